@@ -1,0 +1,109 @@
+"""miminions: run many AI agents side by side on one machine.
+
+A durable priority queue of dependent tasks, agents you can start, pause, resume and stop,
+resource limits and a full event log, on an embedded SQLite file. Everything that is a
+mechanism (scheduling, isolation, storage, monitoring) is a pluggy plugin.
+
+    async with AgentRuntime("miminions.db") as rt:
+        agent_id = await rt.register_agent("echo", EchoAgent)
+        await rt.start_agent(agent_id)
+        task = await rt.wait_for_task(await rt.submit_task("echo", {"text": "hi"}))
+"""
+
+from miminions.kernel.agent import AgentContext, AgentProtocol, BaseAgent
+from miminions.kernel.errors import (
+    AgentCrashedError,
+    AlreadyExistsError,
+    ConfigurationError,
+    DependencyCycleError,
+    InvalidStateError,
+    MessageTooLargeError,
+    MiminionsError,
+    MissingExtraError,
+    NotFoundError,
+    PluginError,
+    QueueFullError,
+    ResourceLimitExceeded,
+    RuntimeNotRunningError,
+    TaskCancelledError,
+    TaskTimeoutError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from miminions.kernel.hookspecs import hookimpl, hookspec
+from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store, StoredAgent
+from miminions.kernel.models import (
+    AgentInstance,
+    AgentSpec,
+    AgentStatus,
+    Capacity,
+    DeadLetter,
+    Event,
+    EventType,
+    HoldKind,
+    HoldReason,
+    Metrics,
+    Priority,
+    QueueStatus,
+    ResourceLimits,
+    RuntimeConfig,
+    Severity,
+    Task,
+    TaskExplanation,
+    TaskStatus,
+)
+from miminions.kernel.runtime import AgentRuntime
+from miminions.kernel.task_book import TaskRequest
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AgentContext",
+    "AgentCrashedError",
+    "AgentHost",
+    "AgentInstance",
+    "AgentProtocol",
+    "AgentRuntime",
+    "AgentSpec",
+    "AgentStatus",
+    "AlreadyExistsError",
+    "BaseAgent",
+    "Capacity",
+    "ConfigurationError",
+    "DeadLetter",
+    "DependencyCycleError",
+    "Event",
+    "EventQuery",
+    "EventType",
+    "Executor",
+    "HoldKind",
+    "HoldReason",
+    "InvalidStateError",
+    "MessageTooLargeError",
+    "Metrics",
+    "MiminionsError",
+    "MissingExtraError",
+    "NotFoundError",
+    "PluginError",
+    "Priority",
+    "QueueFullError",
+    "QueueStatus",
+    "ResourceLimitExceeded",
+    "ResourceLimits",
+    "RuntimeConfig",
+    "RuntimeNotRunningError",
+    "Severity",
+    "Store",
+    "StoredAgent",
+    "Task",
+    "TaskCancelledError",
+    "TaskExplanation",
+    "TaskRequest",
+    "TaskStatus",
+    "TaskTimeoutError",
+    "ValidationError",
+    "WaitTimeoutError",
+    "__version__",
+    "hookimpl",
+    "hookspec",
+]

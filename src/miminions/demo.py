@@ -1,0 +1,500 @@
+"""The built-in demo workload behind ``miminions demo``.
+
+Five in-process agents in two groups (``research`` and ``writers``) work through a small
+report-writing project: a dependency graph of ten tasks with HIGH, MEDIUM and LOW
+priorities. Along the way one task fails on its first attempt and succeeds on its retry, a
+writer agent and the queue are paused and resumed, and ``explain()`` says why a blocked task
+is not running. Progress lines show the run as it happens; a summary closes it.
+
+Everything here uses the public API only, so the module doubles as a worked example. The
+agents are module-level classes, so they can be imported (and run in worker processes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shlex
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    BaseAgent,
+    Event,
+    EventType,
+    Metrics,
+    Priority,
+    RuntimeConfig,
+    Task,
+    TaskExplanation,
+    TaskRequest,
+    TaskStatus,
+    hookimpl,
+)
+from miminions.kernel.models import JSONObject
+
+TICK_SECONDS = 0.25
+"""How often a progress line is printed."""
+STEP_SECONDS = 0.12
+"""How long one step of a demo task takes."""
+PAUSE_SECONDS = 0.6
+"""How long the demo keeps the queue and one writer paused."""
+RUN_TIMEOUT_SECONDS = 30.0
+"""Safety net: the demo gives up waiting after this long (it normally takes a few seconds)."""
+EXPLAINED_TASK = "publish"
+"""The blocked task whose ``explain()`` the demo prints."""
+PAUSED_AT_TASK = "draft-outline"
+"""The demo pauses the agent running this task (and the queue) once it has started."""
+
+DEMO_CONFIG = RuntimeConfig(
+    retry_backoff_base_seconds=0.2,  # quick retries so the demo stays short
+    retry_backoff_max_seconds=1.0,
+    shutdown_timeout_seconds=5.0,
+    default_isolation="inline",
+)
+
+
+class DemoError(RuntimeError):
+    """The simulated failure of a flaky task's first attempt."""
+
+
+# --------------------------------------------------------------------------- the agents
+async def _do_steps(agent: BaseAgent, task: Task) -> int:
+    """Work through ``task``'s steps; every step ends at a safe point (pause halts there).
+
+    A task with ``fail_attempts: n`` in its input raises :class:`DemoError` on its first
+    ``n`` attempts, after one step, so the retry is visible.
+    """
+    steps = int(task.input_data.get("steps", 2))
+    fail_attempts = int(task.input_data.get("fail_attempts", 0))
+    for step in range(steps):
+        await asyncio.sleep(STEP_SECONDS)
+        await agent.context.checkpoint()
+        if step == 0 and task.retry_count < fail_attempts:
+            raise DemoError(f"{task.name}: upstream source timed out (simulated)")
+    return steps
+
+
+class ResearchAgent(BaseAgent):
+    """Gathers and analyses material: a few short steps per task."""
+
+    async def execute_task(self, task: Task) -> JSONObject:
+        """Do the research steps and report what was found."""
+        steps = await _do_steps(self, task)
+        return {"task": task.name, "findings": steps, "by": self.context.name}
+
+
+class WriterAgent(BaseAgent):
+    """Writes; keeps a count of the pages written that survives a pause (F-09)."""
+
+    def __init__(self) -> None:
+        self.pages = 0
+
+    async def execute_task(self, task: Task) -> JSONObject:
+        """Write the task's pages."""
+        self.pages += await _do_steps(self, task)
+        return {"task": task.name, "pages_total": self.pages, "by": self.context.name}
+
+    async def on_pause(self) -> JSONObject:
+        """Keep the page count while paused."""
+        return {"pages": self.pages}
+
+    async def on_resume(self, state: JSONObject) -> None:
+        """Get the page count back."""
+        self.pages = int(state.get("pages", 0))
+
+
+@dataclass(frozen=True)
+class AgentPlan:
+    """One agent of the demo."""
+
+    name: str
+    group: str
+    agent: type[BaseAgent]
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One task of the demo; ``after`` names the tasks it depends on."""
+
+    name: str
+    priority: int
+    group: str | None
+    steps: int
+    after: tuple[str, ...] = ()
+    fail_attempts: int = 0
+    max_retries: int = 0
+
+
+AGENTS: tuple[AgentPlan, ...] = (
+    AgentPlan("scout", "research", ResearchAgent),
+    AgentPlan("analyst", "research", ResearchAgent),
+    AgentPlan("librarian", "research", ResearchAgent),
+    AgentPlan("drafter", "writers", WriterAgent),
+    AgentPlan("editor", "writers", WriterAgent),
+)
+
+H, M, L = Priority.HIGH, Priority.MEDIUM, Priority.LOW
+TASKS: tuple[TaskPlan, ...] = (
+    TaskPlan("collect-sources", H, "research", 3),
+    TaskPlan("fetch-statistics", H, "research", 2, fail_attempts=1, max_retries=2),
+    TaskPlan("scan-archives", L, "research", 2),
+    TaskPlan("analyse-trends", M, "research", 3, after=("collect-sources", "fetch-statistics")),
+    TaskPlan("check-facts", M, "research", 2, after=("analyse-trends",)),
+    TaskPlan("draft-outline", M, "writers", 3, after=("collect-sources",)),
+    TaskPlan("design-cover", L, "writers", 2),
+    TaskPlan("write-chapters", H, "writers", 4, after=("draft-outline", "analyse-trends")),
+    TaskPlan("edit-report", M, "writers", 2, after=("write-chapters", "check-facts")),
+    TaskPlan("publish", H, None, 1, after=("edit-report", "design-cover")),
+)
+
+
+# --------------------------------------------------------------------------- live output
+class DemoMonitor:
+    """A ``miminions_event`` plugin: prints notable events of this run as they happen and
+    lets the demo wait for a task to start."""
+
+    miminions_plugin_name = "demo_monitor"
+
+    def __init__(self, out: TextIO, quiet: bool) -> None:
+        self.out = out
+        self.quiet = quiet
+        self.started_mono = time.monotonic()
+        self.task_names: dict[str, str] = {}
+        self.agent_names: dict[str, str] = {}
+        self.started: dict[str, asyncio.Event] = {}
+
+    def say(self, text: str) -> None:
+        """Print one progress line prefixed with the time since the demo began."""
+        if not self.quiet:
+            elapsed = time.monotonic() - self.started_mono
+            print(f"[{elapsed:5.2f}s] {text}", file=self.out, flush=True)
+
+    def agent(self, agent_id: str | None) -> str:
+        """The name of an agent of this demo (or its id)."""
+        return self.agent_names.get(agent_id or "", agent_id or "-")
+
+    @hookimpl
+    def miminions_event(self, event: Event) -> None:
+        """Print the events worth seeing live; note task starts."""
+        task_id = event.task_id
+        if task_id is not None and task_id not in self.task_names:
+            return  # a task of an earlier run
+        line = self._describe(event)
+        if event.event_type is EventType.TASK_STARTED and task_id is not None:
+            self.started.setdefault(self.task_names[task_id], asyncio.Event()).set()
+        if line is not None:
+            self.say(line)
+
+    def _describe(self, event: Event) -> str | None:
+        kind, details = event.event_type, event.details
+        task = self.task_names.get(event.task_id or "", "")
+        if kind is EventType.TASK_COMPLETED:
+            return f"done      {task} (by {self.agent(event.agent_id)})"
+        if kind is EventType.TASK_RETRY_SCHEDULED:
+            delay = float(details.get("delay_seconds", 0.0))
+            return (
+                f"RETRY     {task} failed on {self.agent(event.agent_id)}: "
+                f"{details.get('error')}; attempt {int(details.get('attempt', 0)) + 1} "
+                f"in {delay:.2f} s"
+            )
+        if kind is EventType.TASK_FAILED:
+            return f"FAILED    {task}: {details.get('error') or details.get('reason')}"
+        if kind is EventType.AGENT_PAUSED:
+            return f"PAUSED    agent {self.agent(event.agent_id)} (halted at a safe point)"
+        if kind is EventType.AGENT_RESUMED:
+            return f"RESUMED   agent {self.agent(event.agent_id)}"
+        if kind is EventType.QUEUE_PAUSED:
+            return "PAUSED    the task queue: no new task is handed out"
+        if kind is EventType.QUEUE_RESUMED:
+            return "RESUMED   the task queue"
+        if kind in (EventType.TASK_TIMEOUT, EventType.AGENT_FAILED, EventType.RUNTIME_RECOVERED):
+            return f"{kind.value}: {json.dumps(details)}"
+        return None
+
+    async def wait_started(self, task_name: str, timeout_seconds: float) -> bool:
+        """Wait until the task named ``task_name`` starts; False after ``timeout_seconds``."""
+        started = self.started.setdefault(task_name, asyncio.Event())
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await started.wait()
+        except TimeoutError:
+            return False
+        return True
+
+
+def status_counts(rt: AgentRuntime, task_ids: Sequence[str]) -> Counter[TaskStatus]:
+    """How many of ``task_ids`` are in each status."""
+    return Counter(rt.get_task_status(task_id).status for task_id in task_ids)
+
+
+def progress_line(counts: Counter[TaskStatus], total: int) -> str:
+    """``done 3/10 | running 2 | pending 1 | blocked 4`` (plus failed/cancelled if any)."""
+    parts = [f"done {counts[TaskStatus.COMPLETED]}/{total}"]
+    for status in (TaskStatus.RUNNING, TaskStatus.PENDING, TaskStatus.BLOCKED):
+        parts.append(f"{status.value} {counts[status]}")
+    for status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
+        if counts[status]:
+            parts.append(f"{status.value} {counts[status]}")
+    return "progress  " + " | ".join(parts)
+
+
+async def report_progress(rt: AgentRuntime, monitor: DemoMonitor, task_ids: Sequence[str]) -> None:
+    """Print a progress line every :data:`TICK_SECONDS` until cancelled."""
+    while True:
+        monitor.say(progress_line(status_counts(rt, task_ids), len(task_ids)))
+        await asyncio.sleep(TICK_SECONDS)
+
+
+# --------------------------------------------------------------------------- the run
+@dataclass
+class DemoResult:
+    """What one demo run did: its tasks (final state), agents and metrics."""
+
+    db_path: Path
+    tasks: list[Task]
+    agent_names: dict[str, str]
+    agent_groups: dict[str, str]
+    metrics: Metrics
+    explanation: TaskExplanation | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        """True when every task of the run completed."""
+        return all(task.status is TaskStatus.COMPLETED for task in self.tasks)
+
+
+async def setup_agents(rt: AgentRuntime) -> dict[str, str]:
+    """Register and start the demo agents; return ``{agent_id: name}``.
+
+    On a database an earlier demo used, registration gives back the same ids; an agent left
+    paused by an interrupted run is resumed instead of started.
+    """
+    names: dict[str, str] = {}
+    for plan in AGENTS:
+        agent_id = await rt.register_agent(plan.name, plan.agent, group=plan.group)
+        names[agent_id] = plan.name
+        status = rt.get_agent_status(agent_id).status
+        if status is AgentStatus.PAUSED:
+            await rt.resume_agent(agent_id)
+        elif status in (AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED):
+            await rt.start_agent(agent_id)
+    return names
+
+
+def task_requests() -> tuple[list[TaskRequest], dict[str, str]]:
+    """The demo's task graph as one batch with fresh ids; also ``{task_id: name}``."""
+    ids = {plan.name: uuid.uuid4().hex for plan in TASKS}
+    requests = [
+        TaskRequest(
+            task_id=ids[plan.name],
+            name=plan.name,
+            input_data={"steps": plan.steps, "fail_attempts": plan.fail_attempts},
+            priority=int(plan.priority),
+            dependencies=[ids[name] for name in plan.after],
+            group=plan.group,
+            max_retries=plan.max_retries,
+        )
+        for plan in TASKS
+    ]
+    return requests, {task_id: name for name, task_id in ids.items()}
+
+
+async def pause_and_explain(
+    rt: AgentRuntime, monitor: DemoMonitor, ids_by_name: dict[str, str]
+) -> TaskExplanation | None:
+    """Pause the agent running :data:`PAUSED_AT_TASK` and the queue, print ``explain()``
+    of :data:`EXPLAINED_TASK`, wait a moment, then resume both."""
+    if not await monitor.wait_started(PAUSED_AT_TASK, RUN_TIMEOUT_SECONDS):
+        monitor.say(f"note: {PAUSED_AT_TASK} never started; skipping the pause")
+        return None
+    agent_id = rt.get_task_status(ids_by_name[PAUSED_AT_TASK]).assigned_agent_id
+    paused_agent = (
+        agent_id is not None and rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+    )
+    if paused_agent and agent_id is not None:
+        await rt.pause_agent(agent_id, timeout_seconds=5.0)
+    await rt.pause_queue()
+    explanation = rt.explain(ids_by_name[EXPLAINED_TASK])
+    if not monitor.quiet:
+        print(format_explanation(explanation, monitor.task_names), file=monitor.out, flush=True)
+    await asyncio.sleep(PAUSE_SECONDS)
+    await rt.resume_queue()
+    if paused_agent and agent_id is not None:
+        await rt.resume_agent(agent_id)
+    return explanation
+
+
+def format_explanation(explanation: TaskExplanation, task_names: dict[str, str]) -> str:
+    """``explain()`` as readable lines, with task ids replaced by the demo's task names."""
+    name = task_names.get(explanation.task_id, explanation.task_id)
+    lines = [
+        f"          why isn't {name!r} running? status {explanation.status.value}, "
+        f"priority {explanation.priority} (effective {explanation.effective_priority})"
+    ]
+    for reason in explanation.reasons:
+        message = reason.message
+        for task_id in reason.related_ids:
+            message = message.replace(task_id, repr(task_names.get(task_id, task_id)))
+        lines.append(f"            - {reason.kind.value}: {message}")
+    return "\n".join(lines)
+
+
+async def run_demo(db_path: Path, *, out: TextIO = sys.stdout, quiet: bool = False) -> DemoResult:
+    """Run the demo workload on the database at ``db_path`` and return what it did.
+
+    Progress goes to ``out`` unless ``quiet``; the summary is left to :func:`format_summary`.
+    """
+    monitor = DemoMonitor(out, quiet)
+    config = DEMO_CONFIG.model_copy(update={"storage_path": str(db_path)})
+    # The demo prints events itself; the logging monitor would repeat warnings on stderr.
+    async with AgentRuntime(config=config, plugins=[monitor], disable=["logging_monitor"]) as rt:
+        monitor.agent_names = await setup_agents(rt)
+        requests, monitor.task_names = task_requests()
+        ids_by_name = {name: task_id for task_id, name in monitor.task_names.items()}
+        monitor.say(f"started {len(AGENTS)} agents in groups 'research' and 'writers'")
+        task_ids = await rt.submit_tasks(requests)
+        monitor.say(f"submitted {len(task_ids)} tasks (a dependency graph, priorities H/M/L)")
+        ticker = asyncio.create_task(report_progress(rt, monitor, task_ids))
+        try:
+            async with asyncio.timeout(RUN_TIMEOUT_SECONDS):
+                explanation = await pause_and_explain(rt, monitor, ids_by_name)
+                final = [await rt.wait_for_task(task_id) for task_id in task_ids]
+        finally:
+            ticker.cancel()
+        monitor.say(progress_line(status_counts(rt, task_ids), len(task_ids)))
+        groups = {
+            agent_id: rt.get_agent_status(agent_id).group or "-" for agent_id in monitor.agent_names
+        }
+        return DemoResult(
+            db_path=db_path,
+            tasks=final,
+            agent_names=monitor.agent_names,
+            agent_groups=groups,
+            metrics=rt.get_metrics(),
+            explanation=explanation,
+        )
+
+
+# --------------------------------------------------------------------------- the summary
+def priority_label(priority: int) -> str:
+    """``HIGH``, ``MEDIUM`` or ``LOW`` for the named levels, else the number."""
+    try:
+        return Priority(priority).name
+    except ValueError:
+        return str(priority)
+
+
+def attempts(task: Task) -> int:
+    """How many times the task was started."""
+    return task.retry_count + (1 if task.started_at is not None else 0)
+
+
+def duration_text(task: Task) -> str:
+    """The last attempt's run time, or ``-``."""
+    if task.started_at is None or task.completed_at is None:
+        return "-"
+    return f"{(task.completed_at - task.started_at).total_seconds():.2f} s"
+
+
+def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
+    """A plain text table with left-aligned columns sized to fit."""
+    cells = [[str(cell) for cell in row] for row in rows]
+    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
+    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    for row in cells:
+        lines.append(
+            indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+        )
+    return "\n".join(lines)
+
+
+def _task_rows(result: DemoResult) -> list[list[Any]]:
+    return [
+        [
+            task.name,
+            priority_label(task.priority),
+            task.status.value,
+            attempts(task),
+            result.agent_names.get(task.assigned_agent_id or "", task.assigned_agent_id or "-"),
+            duration_text(task),
+        ]
+        for task in result.tasks
+    ]
+
+
+def _agent_rows(result: DemoResult) -> list[list[Any]]:
+    done: Counter[str] = Counter()
+    failed: Counter[str] = Counter()
+    for task in result.tasks:
+        agent_id = task.assigned_agent_id or ""
+        if task.status is TaskStatus.COMPLETED:
+            done[agent_id] += 1
+        elif task.status is TaskStatus.FAILED:
+            failed[agent_id] += 1
+    return [
+        [name, result.agent_groups.get(agent_id, "-"), done[agent_id], failed[agent_id]]
+        for agent_id, name in result.agent_names.items()
+    ]
+
+
+def _seconds(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f} s"
+
+
+def format_summary(result: DemoResult) -> str:
+    """The closing summary: tasks, agents, queue metrics and what to try next."""
+    metrics = result.metrics
+    db = shlex.quote(str(result.db_path))
+    verdict = "all tasks completed" if result.ok else "SOME TASKS DID NOT COMPLETE"
+    return "\n".join(
+        [
+            "",
+            f"Summary of this run: {verdict}",
+            "",
+            "Tasks",
+            format_table(
+                ["name", "priority", "status", "attempts", "agent", "duration"], _task_rows(result)
+            ),
+            "",
+            "Agents (tasks of this run)",
+            format_table(["name", "group", "completed", "failed"], _agent_rows(result)),
+            "",
+            "Queue metrics",
+            f"  tasks submitted {metrics.tasks_submitted}, completed {metrics.tasks_completed}, "
+            f"failed {metrics.tasks_failed}, retried {metrics.tasks_retried}",
+            f"  task duration mean {_seconds(metrics.task_duration_mean_seconds)}, "
+            f"p95 {_seconds(metrics.task_duration_p95_seconds)}",
+            f"  events recorded {metrics.events_recorded}, uptime {metrics.uptime_seconds:.2f} s",
+            "",
+            f"Everything is stored in {result.db_path}. Try next:",
+            f"  miminions status --db {db}",
+            f"  miminions tasks --db {db}",
+            f"  miminions events --db {db} --type task_retry_scheduled agent_paused agent_resumed",
+            f"  miminions events --db {db} --format jsonl --output events.jsonl",
+        ]
+    )
+
+
+__all__ = [
+    "AGENTS",
+    "TASKS",
+    "AgentPlan",
+    "DemoError",
+    "DemoMonitor",
+    "DemoResult",
+    "ResearchAgent",
+    "TaskPlan",
+    "WriterAgent",
+    "format_summary",
+    "run_demo",
+]

@@ -1,0 +1,1 @@
+"""The kernel: rules without I/O (scheduler, supervisor, models, hookspecs) and the façade."""

@@ -1,0 +1,200 @@
+"""What an agent is: :class:`BaseAgent`, :class:`AgentProtocol`, function agents, and the
+:class:`AgentContext` every agent gets as ``self.context``.
+
+Three ways to write an agent (F-22):
+
+- subclass :class:`BaseAgent` and implement ``execute_task``;
+- any class with an ``execute_task(task)`` method (it satisfies :class:`AgentProtocol`);
+- a plain function ``async def fn(task, context) -> dict`` (or a sync ``def``).
+
+Synchronous ``execute_task`` methods and hooks run in a worker thread so they never block the
+runtime's loop. Agent classes are instantiated with no arguments; their registration
+``config`` is ``self.context.config`` (``self.config`` on a BaseAgent).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol, runtime_checkable
+
+from miminions.kernel.errors import InvalidStateError, ValidationError
+from miminions.kernel.models import JSONObject, Task
+
+
+class ContextChannel(Protocol):
+    """How a context reaches the runtime: implemented by each agent host."""
+
+    async def safe_point(self) -> None:
+        """Return at once, or wait here while the agent is paused."""
+        ...
+
+    def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
+        """Durably record ``state`` as the latest checkpoint of ``task_id``."""
+        ...
+
+    @property
+    def stopping(self) -> bool:
+        """True once the agent was asked to stop."""
+        ...
+
+
+class AgentContext:
+    """The agent's handle on the runtime: who it is, its config, checkpoints and pause points.
+
+    Every ``await context.<call>`` is a *safe point*: when the agent has been paused, the call
+    waits there until it is resumed, so a paused agent's task halts at its next context call.
+    """
+
+    def __init__(
+        self,
+        *,
+        agent_id: str,
+        name: str,
+        group: str | None,
+        config: JSONObject,
+        channel: ContextChannel,
+    ) -> None:
+        self.agent_id = agent_id
+        self.name = name
+        self.group = group
+        self.config = config
+        self.logger = logging.getLogger(f"miminions.agent.{name}")
+        self.current_task: Task | None = None
+        self.last_checkpoint: Any = None
+        self._channel = channel
+
+    @property
+    def is_stopping(self) -> bool:
+        """True once the agent was asked to stop: finish or checkpoint the current task."""
+        return self._channel.stopping
+
+    async def checkpoint(self, state: Any = None) -> None:
+        """A safe point; with ``state``, also save it as the current task's checkpoint.
+
+        The saved state is JSON. If the task is interrupted (crash, shutdown) and runs again,
+        the next attempt finds it in ``context.last_checkpoint``.
+        """
+        await self._channel.safe_point()
+        if state is None:
+            return
+        task = self.current_task
+        if task is None:
+            raise InvalidStateError("checkpoint(state) is only possible while running a task")
+        await self._channel.save_checkpoint(task.task_id, state)
+        self.last_checkpoint = state
+
+
+@runtime_checkable
+class AgentProtocol(Protocol):
+    """Anything with ``execute_task`` is an agent; lifecycle hooks are optional.
+
+    Optional: ``on_start()``, ``on_stop()``, ``on_pause() -> dict`` (the state to keep),
+    ``on_resume(state)``, ``on_error(error, task)``; each may be ``async def`` or ``def``.
+    """
+
+    def execute_task(self, task: Task) -> Any:
+        """Do the work of ``task`` and return a JSON-serialisable result."""
+        ...
+
+
+class BaseAgent:
+    """Convenient base class for agents: override ``execute_task`` and any hooks you need."""
+
+    context: AgentContext
+
+    @property
+    def config(self) -> JSONObject:
+        """The ``config`` given at registration."""
+        return self.context.config
+
+    async def execute_task(self, task: Task) -> Any:
+        """Do the work of ``task`` and return a JSON-serialisable result (usually a dict)."""
+        raise NotImplementedError(f"{type(self).__name__} must implement execute_task")
+
+    async def on_start(self) -> None:
+        """Called once when the agent starts, before its first task."""
+
+    async def on_stop(self) -> None:
+        """Called once when the agent stops, after its last task."""
+
+    async def on_pause(self) -> JSONObject:
+        """Called when the agent pauses; return the state ``on_resume`` should get back."""
+        return {}
+
+    async def on_resume(self, state: JSONObject) -> None:
+        """Called on resume with exactly what ``on_pause`` returned (also after a restart)."""
+
+    async def on_error(self, error: BaseException, task: Task | None) -> None:
+        """Called when a task of this agent failed, timed out, or a soft limit was crossed."""
+
+
+class FunctionAgent(BaseAgent):
+    """Adapts ``fn(task, context)`` to the agent interface."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+
+    async def execute_task(self, task: Task) -> Any:
+        """Call the wrapped function (in a thread when it is synchronous)."""
+        return await call_agent_code(self._fn, task, self.context)
+
+
+async def call_agent_code(fn: Callable[..., Any], *args: Any) -> Any:
+    """Call agent code without blocking the loop: await coroutines, thread sync calls."""
+    if inspect.iscoroutinefunction(fn):
+        return await fn(*args)
+    result = await asyncio.to_thread(fn, *args)
+    if inspect.isawaitable(result):
+        return await result
+    return result
+
+
+async def call_hook(agent: object, hook: str, *args: Any) -> Any:
+    """Call an optional lifecycle hook of ``agent`` if it has one; return its result."""
+    fn = getattr(agent, hook, None)
+    if fn is None:
+        return None
+    return await call_agent_code(fn, *args)
+
+
+def import_path(obj: object) -> str | None:
+    """``module:qualname`` of a class or function when it can be imported back, else None."""
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not module or not qualname or "<locals>" in qualname or module == "__main__":
+        return None
+    return f"{module}:{qualname}"
+
+
+def classify_agent(agent: object) -> tuple[str, str | None]:
+    """Return (kind, import path) of something passed to ``register_agent``.
+
+    kind is ``"class"``, ``"function"`` or ``"instance"``; anything else is rejected.
+    """
+    if inspect.isclass(agent):
+        if not callable(getattr(agent, "execute_task", None)):
+            raise ValidationError(
+                f"agent class {agent.__qualname__} has no execute_task method; subclass "
+                "miminions.BaseAgent or define execute_task(self, task)"
+            )
+        return "class", import_path(agent)
+    if inspect.isfunction(agent) or inspect.iscoroutinefunction(agent):
+        return "function", import_path(agent)
+    if isinstance(agent, AgentProtocol):
+        return "instance", import_path(type(agent))
+    raise ValidationError(
+        f"cannot register {agent!r} as an agent: pass a BaseAgent subclass, an object with an "
+        "execute_task(task) method, or a function fn(task, context)"
+    )
+
+
+def instantiate_agent(agent: object, kind: str) -> Any:
+    """Build the agent object a host runs, from what was registered."""
+    if kind == "class" and inspect.isclass(agent):
+        return agent()
+    if kind == "function" and callable(agent):
+        return FunctionAgent(agent)
+    return agent

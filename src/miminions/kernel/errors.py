@@ -1,0 +1,111 @@
+"""The one error hierarchy of miminions.
+
+Every error the runtime raises on purpose is a :class:`MiminionsError`. Where a standard
+exception already names the category, our error also derives from it (an unknown id is a
+``ValueError``, a missing extra an ``ImportError``, a wait that ran out a ``TimeoutError``),
+so callers can catch either. Messages say what was wrong and what to do instead.
+"""
+
+from __future__ import annotations
+
+
+class MiminionsError(Exception):
+    """Base class of every error raised by miminions."""
+
+
+class ConfigurationError(MiminionsError, ValueError):
+    """The runtime or a plugin was configured in a way that cannot work."""
+
+
+class PluginError(MiminionsError):
+    """A plugin could not be registered or no plugin provided a required mechanism."""
+
+
+class MissingExtraError(MiminionsError, ImportError):
+    """An optional feature needs a package that is not installed.
+
+    The message names the import that failed and the ``pip install 'miminions[extra]'``
+    command that brings it.
+    """
+
+    def __init__(self, module: str, extra: str) -> None:
+        self.module = module
+        self.extra = extra
+        super().__init__(
+            f"{module!r} is not installed; it is needed by the miminions {extra!r} extra. "
+            f"Install it with: pip install 'miminions[{extra}]'",
+            name=module,
+        )
+
+
+class ValidationError(MiminionsError, ValueError):
+    """An argument or payload was rejected before anything was changed."""
+
+
+class NotFoundError(MiminionsError, ValueError):
+    """An id (task, agent, dead letter, ...) names nothing the runtime knows."""
+
+
+class AlreadyExistsError(MiminionsError, ValueError):
+    """Something with that name or id is already registered."""
+
+
+class InvalidStateError(MiminionsError):
+    """The call is not allowed in the current lifecycle state of its target."""
+
+
+class RuntimeNotRunningError(InvalidStateError):
+    """The runtime was not started yet, or was stopped already."""
+
+
+class QueueFullError(MiminionsError):
+    """A queue or mailbox is at its configured capacity; nothing was added."""
+
+
+class DependencyCycleError(ValidationError):
+    """Adding the task would create a cycle in the dependency graph."""
+
+
+class ResourceLimitExceeded(MiminionsError):
+    """An agent went over one of its resource limits and was stopped."""
+
+
+class TaskTimeoutError(MiminionsError, TimeoutError):
+    """A task ran longer than its timeout."""
+
+
+class TaskCancelledError(MiminionsError):
+    """A task was cancelled while it ran; raised into the agent's code path only."""
+
+
+class WaitTimeoutError(MiminionsError, TimeoutError):
+    """Waiting for a task or an agent ran out of time; the awaited thing goes on."""
+
+
+class MessageTooLargeError(ValidationError):
+    """A message payload is larger than the runtime's cap."""
+
+
+class AgentCrashedError(MiminionsError):
+    """The agent hosting a task died while running it."""
+
+
+__all__ = [
+    "AgentCrashedError",
+    "AlreadyExistsError",
+    "ConfigurationError",
+    "DependencyCycleError",
+    "InvalidStateError",
+    "MessageTooLargeError",
+    "MiminionsError",
+    "MissingExtraError",
+    "NotFoundError",
+    "PluginError",
+    "QueueFullError",
+    "ResourceLimitExceeded",
+    "RuntimeNotRunningError",
+    "TaskCancelledError",
+    "TaskTimeoutError",
+    "ValidationError",
+    "WaitTimeoutError",
+]

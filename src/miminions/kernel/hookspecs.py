@@ -1,0 +1,179 @@
+"""The seams of miminions: every hook a plugin can implement.
+
+Hooks are grouped by concern. Three kinds are used consistently:
+
+- ``make_*`` hooks pick a mechanism. They are *firstresult*: the first implementation that
+  returns something other than ``None`` wins; built-ins are registered ``trylast`` so any
+  other plugin that answers is preferred.
+- ``order_key`` / ``pick_agent`` decide something per task; also *firstresult*.
+- ``event``, ``configure``, ``runtime_started`` and ``runtime_stopping`` notify; every
+  implementation is called (*broadcast*) and return values are ignored.
+
+Every hook is synchronous: pluggy cannot await, and an ``async def`` implementation would
+return a coroutine that always "wins" a firstresult hook, so such implementations are rejected
+when the plugin is registered. Async work lives in the objects a ``make_*`` hook returns.
+Implementations may accept any subset of a hook's arguments, so hooks can gain arguments
+without breaking plugins.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from miminions.kernel.interfaces import AgentHost, Executor, Store
+    from miminions.kernel.models import AgentInstance, AgentSpec, Event, RuntimeConfig, Task
+    from miminions.kernel.runtime import AgentRuntime
+
+PROJECT_NAME = "miminions"
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# --------------------------------------------------------------------------- configuration
+@hookspec
+def miminions_configure(config: RuntimeConfig) -> None:
+    """Read or adjust the runtime configuration before anything is built.
+
+    :param config: the runtime's configuration; plugins find their own settings in
+        ``config.plugin_options[<plugin name>]``.
+
+    Called once per runtime, before the store and executor are made. Broadcast: every
+    implementation is called; return values are ignored.
+    """
+
+
+# --------------------------------------------------------------------------- scheduling
+@hookspec(firstresult=True)
+def miminions_loop_factory(config: RuntimeConfig) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """Return a factory for the event loop that runs a runtime, or None to pass.
+
+    :param config: the runtime configuration.
+
+    Used by ``miminions.run()`` and the ``miminions`` command (an ``AgentRuntime`` created
+    inside a running loop uses that loop). Firstresult: the first non-None answer wins;
+    without one, the standard asyncio loop is used.
+    """
+
+
+@hookspec(firstresult=True)
+def miminions_make_executor(runtime: AgentRuntime) -> Executor | None:
+    """Return the executor that dispatches and runs tasks, or None to pass.
+
+    :param runtime: the runtime the executor serves.
+
+    The executor owns the dispatch loop, task timeouts, retries with backoff and
+    cancellation (see :class:`miminions.kernel.interfaces.Executor`). Firstresult: the first
+    non-None answer wins; the built-in ``asyncio_executor`` answers last.
+    """
+
+
+@hookspec(firstresult=True)
+def miminions_order_key(priority: int, ready_at: float, config: RuntimeConfig) -> float | None:
+    """Return the order key of a task that just became ready, or None to pass.
+
+    :param priority: the task's priority after inheritance (the most urgent of its own and
+        that of every task waiting for it), 0..100.
+    :param ready_at: the monotonic time at which it became ready.
+    :param config: the runtime configuration.
+
+    Smaller keys run first; ties keep submission order. Called whenever a task becomes ready
+    or its inherited priority changes, so keep it cheap and pure. Firstresult: the first
+    non-None answer wins; the built-in ``priority_scheduling`` plugin answers with aged
+    priority (``priority * config.aging_seconds_per_level + ready_at``).
+    """
+
+
+@hookspec(firstresult=True)
+def miminions_pick_agent(task: Task, candidates: Sequence[AgentInstance]) -> str | None:
+    """Choose which idle agent runs ``task``: return its ``agent_id``, or None to pass.
+
+    :param task: the task about to be dispatched.
+    :param candidates: idle agents allowed to run it (its target agent or group, or any),
+        in the order they became idle; never empty.
+
+    Returning an id that is not among the candidates is an error. Firstresult: the first
+    non-None answer wins; the built-in ``priority_scheduling`` plugin picks the agent that
+    has been idle longest.
+    """
+
+
+# --------------------------------------------------------------------------- isolation
+@hookspec(firstresult=True)
+def miminions_make_host(spec: AgentSpec, agent: Any, runtime: AgentRuntime) -> AgentHost | None:
+    """Return the host that runs one agent, or None if this plugin does not serve
+    ``spec.isolation``.
+
+    :param spec: how the agent was registered (``spec.isolation`` names the mode, e.g.
+        ``"inline"`` or ``"process"``; ``spec.target`` is its import path when it has one).
+    :param agent: what was registered: a class, an instance, or an async function.
+    :param runtime: the runtime that will drive the host.
+
+    Firstresult: the first non-None answer wins; a runtime with no answer for an isolation
+    mode rejects the registration naming the plugins it asked.
+    """
+
+
+# --------------------------------------------------------------------------- messaging
+@hookspec(firstresult=True)
+def miminions_make_bus(runtime: AgentRuntime) -> Any | None:
+    """Return the message bus agents use to talk to each other, or None to pass.
+
+    :param runtime: the runtime the bus serves.
+
+    The bus delivers direct, multicast, broadcast and topic messages to per-agent mailboxes
+    and matches request/response pairs by correlation id. Firstresult: the first non-None
+    answer wins.
+    """
+
+
+# --------------------------------------------------------------------------- storage
+@hookspec(firstresult=True)
+def miminions_make_store(config: RuntimeConfig) -> Store | None:
+    """Return the durable store for tasks, agents, events and dead letters, or None to pass.
+
+    :param config: the runtime configuration (``config.storage_path`` for file stores).
+
+    The store must group-commit writes (see :class:`miminions.kernel.interfaces.Store`).
+    Firstresult: the first non-None answer wins; the built-in ``sqlite_store`` answers last.
+    """
+
+
+# --------------------------------------------------------------------------- monitoring
+@hookspec
+def miminions_event(event: Event) -> None:
+    """Observe one event of the runtime's event log.
+
+    :param event: the event, already queued for the store (its ``event_id`` is assigned when
+        it is committed and may still be None here).
+
+    Called synchronously on the runtime's loop for every event, so return quickly and never
+    block; hand slow work to a thread or queue. Errors raised here are logged and ignored.
+    Broadcast: every implementation is called.
+    """
+
+
+@hookspec
+def miminions_runtime_started(runtime: AgentRuntime) -> None:
+    """The runtime has started: storage is open, recovery is done, dispatch is running.
+
+    :param runtime: the runtime that started.
+
+    A good place to start servers (metrics endpoints) or tracing providers. Broadcast.
+    """
+
+
+@hookspec
+def miminions_runtime_stopping(runtime: AgentRuntime) -> None:
+    """The runtime is about to stop: release what ``runtime_started`` acquired.
+
+    :param runtime: the runtime that is stopping.
+
+    Called before agents are stopped and the store is closed. Broadcast.
+    """

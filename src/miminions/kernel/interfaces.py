@@ -1,0 +1,248 @@
+"""The interfaces behind the seams: what the kernel awaits from the objects plugins return.
+
+Hooks are synchronous (pluggy has no async support), so a hook that picks a mechanism returns
+one of these objects and the kernel awaits its methods. They are ``typing.Protocol`` classes:
+a plugin satisfies them structurally, no base class needed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from miminions.kernel.models import (
+    AgentSpec,
+    AgentStatus,
+    DeadLetter,
+    Event,
+    EventType,
+    JSONObject,
+    Severity,
+    Task,
+)
+
+if TYPE_CHECKING:
+    from miminions.kernel.lifecycle import AgentSlot
+
+
+class StoredAgent(BaseModel):
+    """What a store keeps of an agent between runs: its spec, last status and pause state."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str
+    name: str
+    spec: AgentSpec
+    status: AgentStatus
+    paused_state: JSONObject | None = None
+    restart_count: int = 0
+    error_message: str | None = None
+
+
+class EventQuery(BaseModel):
+    """Filters for :meth:`Store.query_events`; every given filter must match.
+
+    ``since``/``until`` bound the timestamp; ``after_id`` returns only events newer than that
+    id (for tailing). Results are in event order, oldest first, at most ``limit`` of them
+    (the newest ``limit`` when ``newest`` is true).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_types: list[EventType] | None = None
+    agent_id: str | None = None
+    task_id: str | None = None
+    min_severity: Severity | None = None
+    since: datetime | None = None
+    until: datetime | None = None
+    after_id: int | None = None
+    limit: int | None = Field(default=100, ge=1)
+    newest: bool = False
+
+
+@runtime_checkable
+class Store(Protocol):
+    """Durable state: tasks, agents, events, dead letters and small metadata.
+
+    Writes are *group-committed*: ``put_*`` queue a write and return at once; writes queued
+    while a commit is running share the next transaction. The awaitable a ``put_*`` returns
+    resolves once the write is committed. A task put several times before a commit is
+    written once, in its latest state (the store keeps a reference, not a copy).
+    """
+
+    async def open(self) -> None:
+        """Create or open the database and bring its schema up to date."""
+        ...
+
+    async def close(self) -> None:
+        """Commit everything queued and release the database."""
+        ...
+
+    def put_task(self, task: Task) -> Awaitable[None]:
+        """Queue an insert-or-update of ``task``; resolves when committed."""
+        ...
+
+    def put_agent(self, agent: StoredAgent) -> Awaitable[None]:
+        """Queue an insert-or-update of an agent record; resolves when committed."""
+        ...
+
+    def put_event(self, event: Event) -> None:
+        """Queue an event for the next commit (fire and forget; ``flush`` waits for it)."""
+        ...
+
+    def put_dead_letter(self, dead_letter: DeadLetter) -> Awaitable[None]:
+        """Queue an insert-or-update of a dead letter; resolves when committed."""
+        ...
+
+    def put_meta(self, key: str, value: Any) -> Awaitable[None]:
+        """Queue a write of a small JSON value under ``key``; resolves when committed."""
+        ...
+
+    async def flush(self) -> None:
+        """Return once everything queued before the call is committed."""
+        ...
+
+    async def get_meta(self, key: str) -> Any:
+        """Return the JSON value stored under ``key``, or None."""
+        ...
+
+    async def load_tasks(self) -> list[Task]:
+        """Return every stored task, oldest first."""
+        ...
+
+    async def load_agents(self) -> list[StoredAgent]:
+        """Return every stored agent record."""
+        ...
+
+    async def load_dead_letters(self) -> list[DeadLetter]:
+        """Return every stored dead letter, oldest first."""
+        ...
+
+    async def query_events(self, query: EventQuery) -> list[Event]:
+        """Return the committed events matching ``query``."""
+        ...
+
+
+@runtime_checkable
+class AgentHost(Protocol):
+    """Where one agent's code runs (``inline`` in the runtime's loop, ``process`` in a worker).
+
+    The kernel drives the host through the agent lifecycle; a host never changes agent or
+    task status itself, it reports by returning or raising.
+    """
+
+    spec: AgentSpec
+
+    @property
+    def process_id(self) -> int | None:
+        """The OS process the agent runs in, or None when it shares the runtime's."""
+        ...
+
+    async def start(self, resume_state: JSONObject | None = None) -> None:
+        """Build the agent and run ``on_start``; then ``on_resume(resume_state)`` if given."""
+        ...
+
+    async def run(self, task: Task, checkpoint: Any = None) -> Any:
+        """Run one task and return its JSON result; raise what the agent raised.
+
+        Cancelling the awaiting coroutine must interrupt the task (a process host tells
+        its worker) and let ``asyncio.CancelledError`` propagate.
+
+        ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
+        earlier attempt (``context.last_checkpoint`` inside the agent).
+        """
+        ...
+
+    async def pause(self) -> JSONObject:
+        """Halt at the next safe point and return what ``on_pause`` returned."""
+        ...
+
+    async def resume(self, state: JSONObject) -> None:
+        """Run ``on_resume(state)`` and let a halted task continue."""
+        ...
+
+    async def notify_error(self, error: BaseException, task: Task | None) -> None:
+        """Run the agent's ``on_error(error, task)``; errors it raises are logged, not raised."""
+        ...
+
+    async def stop(self, timeout_seconds: float) -> None:
+        """Run ``on_stop`` (bounded by ``timeout_seconds``) and release the agent."""
+        ...
+
+    async def kill(self) -> None:
+        """Release the agent at once, without running any hook."""
+        ...
+
+
+@runtime_checkable
+class Executor(Protocol):
+    """Runs tasks: the dispatch loop, timeouts, retries with backoff, cancellation.
+
+    The kernel tells it about agents becoming available and about pauses; the executor
+    reports task outcomes to ``runtime.task_book`` (started, completed, failed, cancelled,
+    interrupted) and takes ready tasks from ``runtime.scheduler``.
+    """
+
+    async def start(self) -> None:
+        """Begin dispatching."""
+        ...
+
+    def wake(self) -> None:
+        """Something changed (ready tasks, idle agents, queue resumed): dispatch soon."""
+        ...
+
+    def agent_available(self, slot: AgentSlot) -> None:
+        """The agent may take tasks (it started or resumed)."""
+        ...
+
+    def agent_unavailable(self, slot: AgentSlot) -> None:
+        """The agent takes no new task (pausing or stopping); a running task goes on."""
+        ...
+
+    async def wait_agent_idle(self, agent_id: str, timeout_seconds: float) -> bool:
+        """Wait up to ``timeout_seconds`` for the agent's running task; False on time-out."""
+        ...
+
+    async def interrupt_agent(self, agent_id: str, reason: str) -> bool:
+        """Interrupt the agent's running task so it is re-queued; False if it had none."""
+        ...
+
+    def cancel_task(self, task_id: str, reason: str) -> bool:
+        """Interrupt ``task_id`` so it ends cancelled; False when it is not running."""
+        ...
+
+    def schedule_retry(self, task_id: str, delay: float) -> None:
+        """Make the held task ready after ``delay`` seconds (frozen while paused)."""
+        ...
+
+    def cancel_retry(self, task_id: str) -> None:
+        """Forget a scheduled retry."""
+        ...
+
+    def retry_remaining(self, task_id: str) -> float | None:
+        """Seconds of backoff left for ``task_id``, or None."""
+        ...
+
+    def pause_clocks(self, agent_id: str | None) -> None:
+        """Freeze the timeouts and backoffs a pause affects (``None``: the queue)."""
+        ...
+
+    def resume_clocks(self, agent_id: str | None) -> None:
+        """Undo :meth:`pause_clocks`."""
+        ...
+
+    def running_task_ids(self) -> Sequence[str]:
+        """Ids of the tasks being run now."""
+        ...
+
+    async def drain(self, timeout_seconds: float) -> list[str]:
+        """Stop dispatching, wait up to ``timeout_seconds`` for running tasks, interrupt
+        the rest (re-queued) and return their ids."""
+        ...
+
+    async def close(self) -> None:
+        """Cancel every timer and runner; nothing of the executor outlives this call."""
+        ...

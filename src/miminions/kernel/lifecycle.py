@@ -1,0 +1,403 @@
+"""Agents of a runtime and their lifecycle: register, start, pause, resume, stop (F-04).
+
+One :class:`AgentSlot` per registered agent holds its spec, its host and its live status.
+Lifecycle calls on one agent are serialised by a per-agent lock; the state machine in
+``supervisor.py`` says which calls are allowed when. Starts beyond ``max_concurrent_agents``
+wait in a FIFO queue with status ``queued`` and a reason (F-08).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from miminions.kernel.errors import (
+    AlreadyExistsError,
+    InvalidStateError,
+    NotFoundError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from miminions.kernel.events import EventLog
+from miminions.kernel.interfaces import AgentHost, Store, StoredAgent
+from miminions.kernel.models import (
+    AgentInstance,
+    AgentSpec,
+    AgentStatus,
+    EventType,
+    JSONObject,
+    ResourceLimits,
+    Severity,
+)
+from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
+from miminions.kernel.supervisor import check_request, check_transition
+from miminions.kernel.task_book import describe_error, to_json_value
+
+if TYPE_CHECKING:
+    from miminions.kernel.interfaces import Executor
+
+S = AgentStatus
+
+
+@dataclass(eq=False)
+class AgentSlot:
+    """One registered agent: what it is, where it runs, and its live status."""
+
+    spec: AgentSpec
+    registered: object
+    instance: AgentInstance
+    host: AgentHost
+    routes: tuple[str, ...]
+    paused_state: JSONObject | None = None
+    host_started: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    start_waiter: asyncio.Future[None] | None = None
+
+    @property
+    def agent_id(self) -> str:
+        """The agent's id."""
+        return self.spec.agent_id
+
+    @property
+    def status(self) -> AgentStatus:
+        """The agent's current status."""
+        return self.instance.status
+
+
+class AgentBook:
+    """The agents of one runtime (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        store: Store,
+        events: EventLog,
+        limits: ResourceLimits,
+        make_host: Callable[[AgentSpec, object], AgentHost],
+        stop_timeout: float,
+    ) -> None:
+        self._store = store
+        self._events = events
+        self._limits = limits
+        self._make_host = make_host
+        self._stop_timeout = stop_timeout
+        self.executor: Executor | None = None
+        self.slots: dict[str, AgentSlot] = {}
+        self.by_name: dict[str, str] = {}
+        self.stored: dict[str, StoredAgent] = {}
+        self._start_queue: deque[AgentSlot] = deque()
+
+    # ------------------------------------------------------------------ lookups
+    def get(self, agent_id: str) -> AgentSlot:
+        """The slot of ``agent_id``; NotFoundError names the known agents when it is unknown."""
+        try:
+            return self.slots[agent_id]
+        except (KeyError, TypeError):
+            raise NotFoundError(
+                f"no agent with id {agent_id!r}; register_agent() returns the id to use"
+            ) from None
+
+    def in_group(self, group: str) -> list[AgentSlot]:
+        """The agents of ``group``; NotFoundError if the group has none."""
+        members = [slot for slot in self.slots.values() if slot.spec.group == group]
+        if not members:
+            raise NotFoundError(f"no agent belongs to group {group!r}")
+        return members
+
+    @property
+    def active_count(self) -> int:
+        """Agents holding one of the ``max_concurrent_agents`` slots."""
+        return sum(1 for slot in self.slots.values() if slot.host_started)
+
+    @property
+    def queued_starts(self) -> int:
+        """Start requests waiting for a free slot."""
+        return len(self._start_queue)
+
+    # ------------------------------------------------------------------ register
+    async def register(
+        self,
+        name: str,
+        agent: object,
+        *,
+        kind: str,
+        target: str | None,
+        config: JSONObject | None,
+        group: str | None,
+        isolation: str,
+        limits: ResourceLimits | None,
+    ) -> str:
+        """Register an agent under a unique name; return its id (stable across restarts)."""
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError("agent name must be a non-empty string")
+        if name in self.by_name:
+            raise AlreadyExistsError(f"an agent named {name!r} is registered already")
+        if group is not None and (not isinstance(group, str) or not group):
+            raise ValidationError("group must be a non-empty string or None")
+        if config is not None and type(config) is not dict:
+            raise ValidationError(f"config must be a dict, got {type(config).__name__}")
+        config = to_json_value(config or {}, "config")
+        if limits is not None and not isinstance(limits, ResourceLimits):
+            raise ValidationError("limits must be a miminions.ResourceLimits")
+        previous = next((s for s in self.stored.values() if s.name == name), None)
+        agent_id = previous.agent_id if previous is not None else uuid.uuid4().hex
+        spec = AgentSpec(
+            agent_id=agent_id,
+            name=name,
+            group=group,
+            isolation=isolation,
+            kind=kind,
+            target=target,
+            config=config,
+            limits=limits,
+        )
+        host = self._make_host(spec, agent)
+        restored_paused = previous is not None and previous.status is S.PAUSED
+        instance = AgentInstance(
+            agent_id=agent_id,
+            name=name,
+            group=group,
+            status=S.PAUSED if restored_paused else S.REGISTERED,
+            status_reason="paused before the runtime restarted" if restored_paused else None,
+            isolation=isolation,
+            restart_count=previous.restart_count if previous else 0,
+            registered_at=datetime.now(UTC),
+        )
+        routes = (agent_route(agent_id),) + ((group_route(group),) if group else ()) + (ANY_ROUTE,)
+        slot = AgentSlot(spec, agent, instance, host, routes)
+        if restored_paused and previous is not None:
+            slot.paused_state = previous.paused_state
+        self.slots[agent_id] = slot
+        self.by_name[name] = agent_id
+        self._events.emit(
+            EventType.AGENT_REGISTERED,
+            agent_id=agent_id,
+            details={"name": name, "group": group, "isolation": isolation, "restored": previous is not None},
+        )
+        await self._save(slot)
+        return agent_id
+
+    # ------------------------------------------------------------------ start
+    async def start(self, agent_id: str) -> AgentInstance:
+        """Start an agent, or queue the start while every slot is taken."""
+        slot = self.get(agent_id)
+        async with slot.lock:
+            check_request(agent_id, "start", slot.status)
+            if self.active_count >= self._limits.max_concurrent_agents:
+                self._queue_start(slot)
+            else:
+                await self._start(slot, resume_state=None)
+        return slot.instance.model_copy()
+
+    def _queue_start(self, slot: AgentSlot) -> None:
+        limit = self._limits.max_concurrent_agents
+        self._set(slot, S.QUEUED, f"waiting for a free agent slot ({limit} of {limit} in use)")
+        self._start_queue.append(slot)
+        self._events.emit(EventType.AGENT_QUEUED, agent_id=slot.agent_id, details={"position": len(self._start_queue)})
+        self._save(slot)
+
+    async def _start(self, slot: AgentSlot, resume_state: JSONObject | None) -> None:
+        self._set(slot, S.STARTING, None)
+        slot.host_started = True
+        self._events.emit(EventType.AGENT_STARTING, agent_id=slot.agent_id)
+        try:
+            await slot.host.start(resume_state)
+        except Exception as exc:
+            slot.host_started = False
+            await self._fail(slot, f"failed to start: {describe_error(exc)}")
+            return
+        slot.instance.started_at = datetime.now(UTC)
+        slot.instance.process_id = slot.host.process_id
+        slot.paused_state = None
+        self._set(slot, S.RUNNING, None)
+        self._events.emit(EventType.AGENT_STARTED if resume_state is None else EventType.AGENT_RESUMED, agent_id=slot.agent_id)
+        await self._save(slot)
+        if self.executor is not None:
+            self.executor.agent_available(slot)
+
+    async def _fail(self, slot: AgentSlot, reason: str) -> None:
+        slot.instance.error_message = reason
+        self._set(slot, S.FAILED, reason)
+        self._events.emit(EventType.AGENT_FAILED, severity=Severity.ERROR, agent_id=slot.agent_id, details={"error": reason})
+        await self._save(slot)
+        self._start_next_queued()
+
+    def _start_next_queued(self) -> None:
+        while self._start_queue and self.active_count < self._limits.max_concurrent_agents:
+            slot = self._start_queue.popleft()
+            if slot.status is S.QUEUED:
+                asyncio.ensure_future(self._start_queued(slot))
+                return
+
+    async def _start_queued(self, slot: AgentSlot) -> None:
+        async with slot.lock:
+            if slot.status is S.QUEUED:
+                await self._start(slot, resume_state=slot.paused_state)
+
+    # ------------------------------------------------------------------ pause / resume
+    async def pause(self, agent_id: str, timeout_seconds: float | None = None) -> AgentInstance:
+        """Pause an agent: its task halts at its next safe point, ``on_pause``'s state is
+        stored, and its task timeout stops counting (F-25). Returns when it is paused."""
+        slot = self.get(agent_id)
+        async with slot.lock:
+            check_request(agent_id, "pause", slot.status)
+            if self.executor is not None:
+                self.executor.agent_unavailable(slot)
+            try:
+                state = await asyncio.wait_for(slot.host.pause(), timeout_seconds)
+            except TimeoutError:
+                raise WaitTimeoutError(
+                    f"agent {agent_id!r} did not reach a safe point within {timeout_seconds} s; "
+                    "its task keeps running and the agent pauses at its next context call"
+                ) from None
+            except Exception as exc:
+                await self._fail(slot, f"on_pause failed: {describe_error(exc)}")
+                raise
+            try:
+                slot.paused_state = to_json_value(state if state is not None else {}, "the state on_pause returned")
+            except ValidationError as exc:
+                await self._fail(slot, str(exc))
+                raise
+            self._set(slot, S.PAUSED, "paused by request")
+            if self.executor is not None:
+                self.executor.pause_clocks(agent_id)
+            self._events.emit(EventType.AGENT_PAUSED, agent_id=agent_id, details={"task_id": slot.instance.task_id})
+            await self._save(slot)
+        return slot.instance.model_copy()
+
+    async def resume(self, agent_id: str) -> AgentInstance:
+        """Resume a paused agent: ``on_resume`` gets exactly what ``on_pause`` returned."""
+        slot = self.get(agent_id)
+        async with slot.lock:
+            check_request(agent_id, "resume", slot.status)
+            state = slot.paused_state if slot.paused_state is not None else {}
+            if not slot.host_started:
+                # Paused before a restart: this run has not started the agent yet.
+                if self.active_count >= self._limits.max_concurrent_agents:
+                    self._queue_start(slot)
+                else:
+                    await self._start(slot, resume_state=state)
+                return slot.instance.model_copy()
+            try:
+                await slot.host.resume(state)
+            except Exception as exc:
+                await self._fail(slot, f"on_resume failed: {describe_error(exc)}")
+                raise
+            slot.paused_state = None
+            self._set(slot, S.RUNNING, None)
+            self._events.emit(EventType.AGENT_RESUMED, agent_id=agent_id)
+            await self._save(slot)
+            if self.executor is not None:
+                self.executor.resume_clocks(agent_id)
+                self.executor.agent_available(slot)
+        return slot.instance.model_copy()
+
+    # ------------------------------------------------------------------ stop
+    async def stop(self, agent_id: str, *, graceful: bool = True, timeout_seconds: float = 5.0) -> AgentInstance:
+        """Stop an agent. Graceful: its running task may finish within ``timeout_seconds``,
+        then it is interrupted and re-queued; ``on_stop`` runs. Forced: at once, no hook."""
+        if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float) or timeout_seconds < 0:
+            raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
+        slot = self.get(agent_id)
+        async with slot.lock:
+            check_request(agent_id, "stop", slot.status)
+            await self._stop(slot, graceful=graceful, timeout_seconds=timeout_seconds)
+        return slot.instance.model_copy()
+
+    async def _stop(self, slot: AgentSlot, *, graceful: bool, timeout_seconds: float) -> None:
+        if slot.status is S.QUEUED or not slot.host_started:
+            if slot in self._start_queue:
+                self._start_queue.remove(slot)
+            self._set(slot, S.STOPPED, "stopped before it started")
+            self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
+            await self._save(slot)
+            return
+        was_paused = slot.status is S.PAUSED
+        self._set(slot, S.STOPPING, "stop requested")
+        self._events.emit(EventType.AGENT_STOPPING, agent_id=slot.agent_id, details={"graceful": graceful})
+        executor = self.executor
+        if executor is not None:
+            executor.agent_unavailable(slot)
+            if graceful and not was_paused:
+                await executor.wait_agent_idle(slot.agent_id, timeout_seconds)
+            await executor.interrupt_agent(slot.agent_id, "agent stopped")
+            executor.resume_clocks(slot.agent_id)
+        try:
+            if graceful:
+                await slot.host.stop(timeout_seconds)
+            else:
+                await slot.host.kill()
+        except Exception as exc:
+            self._events.emit(EventType.AGENT_ERROR, severity=Severity.WARNING, agent_id=slot.agent_id, details={"error": f"on_stop failed: {describe_error(exc)}"})
+        slot.host_started = False
+        slot.instance.process_id = None
+        slot.paused_state = None
+        self._set(slot, S.STOPPED, None)
+        self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
+        await self._save(slot)
+        self._start_next_queued()
+
+    async def stop_all(self, timeout_seconds: float) -> None:
+        """Stop every agent that is not stopped (runtime shutdown); paused agents keep their
+        paused status and state in the store so they come back paused."""
+        async def stop_one(slot: AgentSlot) -> None:
+            async with slot.lock:
+                if slot.status is S.PAUSED:
+                    await self._shutdown_paused(slot, timeout_seconds)
+                elif slot.status in (S.QUEUED, S.STARTING, S.RUNNING):
+                    await self._stop(slot, graceful=True, timeout_seconds=timeout_seconds)
+
+        await asyncio.gather(*(stop_one(slot) for slot in self.slots.values()))
+
+    async def _shutdown_paused(self, slot: AgentSlot, timeout_seconds: float) -> None:
+        if self.executor is not None:
+            await self.executor.interrupt_agent(slot.agent_id, "runtime stopped while the agent was paused")
+        if slot.host_started:
+            try:
+                await slot.host.stop(timeout_seconds)
+            except Exception as exc:
+                self._events.emit(EventType.AGENT_ERROR, severity=Severity.WARNING, agent_id=slot.agent_id, details={"error": f"on_stop failed: {describe_error(exc)}"})
+            slot.host_started = False
+        await self._save(slot)
+
+    # ------------------------------------------------------------------ task bookkeeping
+    def task_started(self, slot: AgentSlot, task_id: str) -> None:
+        """The executor gave ``task_id`` to this agent."""
+        slot.instance.task_id = task_id
+
+    def task_ended(self, slot: AgentSlot, ok: bool) -> None:
+        """The agent's current task ended (``ok``: it completed)."""
+        slot.instance.task_id = None
+        if ok:
+            slot.instance.tasks_completed += 1
+        else:
+            slot.instance.tasks_failed += 1
+
+    def restore(self, stored: list[StoredAgent]) -> None:
+        """Remember agents of earlier runs so re-registering a name finds its id and state."""
+        self.stored = {agent.agent_id: agent for agent in stored}
+
+    # ------------------------------------------------------------------ internals
+    def _set(self, slot: AgentSlot, status: AgentStatus, reason: str | None) -> None:
+        check_transition(slot.agent_id, slot.status, status)
+        slot.instance.status = status
+        slot.instance.status_reason = reason
+
+    def _save(self, slot: AgentSlot) -> Any:
+        record = StoredAgent(
+            agent_id=slot.agent_id,
+            name=slot.spec.name,
+            spec=slot.spec,
+            status=slot.status,
+            paused_state=slot.paused_state,
+            restart_count=slot.instance.restart_count,
+            error_message=slot.instance.error_message,
+        )
+        self.stored[slot.agent_id] = record
+        return self._store.put_agent(record)
+

@@ -1,0 +1,386 @@
+"""Data models shared by the kernel, the plugins and users (pydantic v2).
+
+Everything stored or sent between processes is one of these models or plain JSON. Enums are
+``str`` enums with lower-case values, so ``TaskStatus.COMPLETED == "completed"`` and the
+stored form is readable in any SQLite browser.
+
+The kernel builds instances on hot paths with ``model_construct`` after validating the user's
+arguments itself; data read back from a store or received from another process goes through
+full validation (``model_validate``).
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import datetime
+from typing import Any, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+
+JSONObject = dict[str, Any]
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
+    """Build a model from trusted, complete ``values`` without validation.
+
+    For hot paths where the kernel has already checked every value: like
+    ``model_construct`` but without its per-field bookkeeping. ``values`` must name every
+    field; the dict is used as the instance's ``__dict__`` (not copied).
+    """
+    obj = cls.__new__(cls)
+    object.__setattr__(obj, "__dict__", values)
+    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    object.__setattr__(obj, "__pydantic_extra__", None)
+    object.__setattr__(obj, "__pydantic_private__", None)
+    return obj
+
+
+def fast_copy(model: _M) -> _M:
+    """A shallow copy of a model without pydantic's generic copy machinery."""
+    return fast_construct(type(model), dict(model.__dict__))
+
+
+class Priority(enum.IntEnum):
+    """Named priority levels. Any integer 0..100 is valid; 0 is the most urgent."""
+
+    HIGH = 0
+    MEDIUM = 50
+    LOW = 100
+
+
+MIN_PRIORITY = 0
+MAX_PRIORITY = 100
+
+
+class TaskStatus(str, enum.Enum):
+    """Where a task is in its life. The last three are terminal."""
+
+    PENDING = "pending"
+    BLOCKED = "blocked"
+    RUNNING = "running"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+    @property
+    def is_terminal(self) -> bool:
+        """True for completed, failed and cancelled."""
+        return self in _TERMINAL_TASK_STATUSES
+
+
+_TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
+
+
+class AgentStatus(str, enum.Enum):
+    """Where an agent is in its life (see ``kernel/supervisor.py`` for the transitions)."""
+
+    REGISTERED = "registered"
+    QUEUED = "queued"
+    STARTING = "starting"
+    RUNNING = "running"
+    PAUSED = "paused"
+    STOPPING = "stopping"
+    STOPPED = "stopped"
+    FAILED = "failed"
+
+
+class Severity(str, enum.Enum):
+    """Severity of an event, ordered from least to most severe."""
+
+    DEBUG = "debug"
+    INFO = "info"
+    WARNING = "warning"
+    ERROR = "error"
+    CRITICAL = "critical"
+
+
+class EventType(str, enum.Enum):
+    """Every kind of event the runtime records."""
+
+    RUNTIME_STARTED = "runtime_started"
+    RUNTIME_STOPPED = "runtime_stopped"
+    RUNTIME_RECOVERED = "runtime_recovered"
+    AGENT_REGISTERED = "agent_registered"
+    AGENT_QUEUED = "agent_queued"
+    AGENT_STARTING = "agent_starting"
+    AGENT_STARTED = "agent_started"
+    AGENT_PAUSED = "agent_paused"
+    AGENT_RESUMED = "agent_resumed"
+    AGENT_STOPPING = "agent_stopping"
+    AGENT_STOPPED = "agent_stopped"
+    AGENT_FAILED = "agent_failed"
+    AGENT_ERROR = "agent_error"
+    TASK_ENQUEUED = "task_enqueued"
+    TASK_STARTED = "task_started"
+    TASK_COMPLETED = "task_completed"
+    TASK_FAILED = "task_failed"
+    TASK_TIMEOUT = "task_timeout"
+    TASK_RETRY_SCHEDULED = "task_retry_scheduled"
+    TASK_CANCELLED = "task_cancelled"
+    TASK_REQUEUED = "task_requeued"
+    TASK_DEAD_LETTERED = "task_dead_lettered"
+    QUEUE_PAUSED = "queue_paused"
+    QUEUE_RESUMED = "queue_resumed"
+    MESSAGE_SENT = "message_sent"
+    MESSAGE_RECEIVED = "message_received"
+    MESSAGE_EXPIRED = "message_expired"
+    RESOURCE_LIMIT_WARNING = "resource_limit_warning"
+    RESOURCE_LIMIT_EXCEEDED = "resource_limit_exceeded"
+
+
+class Task(BaseModel):
+    """A unit of work: what to do (``name``, ``input_data``) and everything that happened to it.
+
+    ``agent_id`` / ``group`` say where it may run (neither: any agent);
+    ``assigned_agent_id`` is the agent that ran it last. ``effective_priority``,
+    ``queue_position`` and ``estimated_wait_seconds`` are filled in by status queries.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    task_id: str
+    name: str
+    priority: int = Field(default=Priority.MEDIUM, ge=MIN_PRIORITY, le=MAX_PRIORITY)
+    status: TaskStatus = TaskStatus.PENDING
+    input_data: JSONObject = Field(default_factory=dict)
+    output_data: Any = None
+    error_message: str | None = None
+    agent_id: str | None = None
+    group: str | None = None
+    assigned_agent_id: str | None = None
+    dependencies: list[str] = Field(default_factory=list)
+    retry_count: int = Field(default=0, ge=0)
+    max_retries: int = Field(default=0, ge=0)
+    timeout_seconds: PositiveFloat | None = None
+    idempotency_key: str | None = None
+    checkpoint: Any = None
+    dead_lettered: bool = False
+    created_at: datetime
+    started_at: datetime | None = None
+    completed_at: datetime | None = None
+    effective_priority: int | None = None
+    queue_position: int | None = None
+    estimated_wait_seconds: float | None = None
+
+
+class ResourceLimits(BaseModel):
+    """Limits for the whole runtime (``AgentRuntime(limits=...)``) or one agent.
+
+    ``None`` means unlimited. Per-agent limits given to ``register_agent`` override the
+    runtime's for that agent; the agent-count and queue limits only apply runtime-wide.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_concurrent_agents: PositiveInt = 10
+    max_memory_per_agent_mb: PositiveFloat | None = None
+    max_cpu_time_per_agent_seconds: PositiveFloat | None = None
+    max_task_queue_size: PositiveInt | None = None
+    message_queue_max_size: PositiveInt = 1000
+    task_timeout_seconds: PositiveFloat | None = 300.0
+
+
+class RuntimeConfig(BaseModel):
+    """Everything an :class:`~miminions.AgentRuntime` is configured with.
+
+    ``aging_seconds_per_level``: a pending task gains one level of priority for every that
+    many seconds it has been ready, so LOW work cannot starve. ``retry_backoff_*``: the
+    delay before retry *n* is ``base * 2 ** (n - 1)`` capped at ``max``.
+    ``plugin_options`` is free-form configuration for third-party plugins, keyed by plugin.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    storage_path: str = "miminions.db"
+    limits: ResourceLimits = Field(default_factory=ResourceLimits)
+    aging_seconds_per_level: PositiveFloat = 1.0
+    retry_backoff_base_seconds: NonNegativeFloat = 0.5
+    retry_backoff_max_seconds: NonNegativeFloat = 60.0
+    shutdown_timeout_seconds: NonNegativeFloat = 10.0
+    default_isolation: str = "inline"
+    record_task_events: bool = True
+    plugin_options: dict[str, JSONObject] = Field(default_factory=dict)
+
+
+class AgentSpec(BaseModel):
+    """How an agent was registered: enough to build (or rebuild) its host.
+
+    ``target`` is the import path (``module:qualname``) of the agent class or function when
+    it has one, so a worker process can import it instead of receiving pickled code.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str
+    name: str
+    group: str | None = None
+    isolation: str = "inline"
+    kind: str = "class"
+    target: str | None = None
+    config: JSONObject = Field(default_factory=dict)
+    limits: ResourceLimits | None = None
+
+
+class AgentInstance(BaseModel):
+    """The live status of one agent, as status queries report it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    agent_id: str
+    name: str
+    group: str | None = None
+    status: AgentStatus = AgentStatus.REGISTERED
+    status_reason: str | None = None
+    isolation: str = "inline"
+    process_id: int | None = None
+    task_id: str | None = None
+    restart_count: int = 0
+    error_message: str | None = None
+    tasks_completed: int = 0
+    tasks_failed: int = 0
+    registered_at: datetime
+    started_at: datetime | None = None
+
+
+class Event(BaseModel):
+    """One entry of the event log."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: int | None = None
+    timestamp: datetime
+    event_type: EventType
+    severity: Severity = Severity.INFO
+    agent_id: str | None = None
+    task_id: str | None = None
+    details: JSONObject = Field(default_factory=dict)
+
+
+class DeadLetter(BaseModel):
+    """Something that could not be done and was set aside for a person to look at (F-28)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dead_letter_id: str
+    kind: str
+    ref_id: str
+    reason: str
+    payload: JSONObject = Field(default_factory=dict)
+    created_at: datetime
+    requeued_at: datetime | None = None
+
+
+class HoldKind(str, enum.Enum):
+    """Why a task is not running yet (see :meth:`AgentRuntime.explain`)."""
+
+    DEPENDENCY = "dependency"
+    QUEUE_PAUSED = "queue_paused"
+    AGENT_PAUSED = "agent_paused"
+    NO_AGENT = "no_agent"
+    AGENTS_BUSY = "agents_busy"
+    CONCURRENCY_LIMIT = "concurrency_limit"
+    RETRY_BACKOFF = "retry_backoff"
+    TASKS_AHEAD = "tasks_ahead"
+    RUNTIME_STOPPED = "runtime_stopped"
+
+
+class HoldReason(BaseModel):
+    """One thing that holds a task back, with the ids involved."""
+
+    kind: HoldKind
+    message: str
+    related_ids: list[str] = Field(default_factory=list)
+
+
+class TaskExplanation(BaseModel):
+    """The answer to "why isn't it running?" for one task (F-24)."""
+
+    task_id: str
+    status: TaskStatus
+    priority: int
+    effective_priority: int
+    reasons: list[HoldReason] = Field(default_factory=list)
+    queue_position: int | None = None
+    estimated_wait_seconds: float | None = None
+
+    @property
+    def summary(self) -> str:
+        """One readable sentence per reason, or what the task is doing."""
+        if not self.reasons:
+            return f"task {self.task_id} is {self.status.value}"
+        return "; ".join(reason.message for reason in self.reasons)
+
+
+class QueueStatus(BaseModel):
+    """Counts of the task queue. ``pending_by_priority`` counts ready tasks per base priority."""
+
+    total: int
+    pending: int
+    blocked: int
+    running: int
+    completed: int
+    failed: int
+    cancelled: int
+    paused: bool
+    dead_letters: int
+    pending_by_priority: dict[int, int] = Field(default_factory=dict)
+    max_size: int | None = None
+
+
+class Capacity(BaseModel):
+    """Usage, limits and free room of the runtime."""
+
+    max_concurrent_agents: int
+    active_agents: int
+    free_agent_slots: int
+    queued_agent_starts: int
+    max_task_queue_size: int | None
+    queued_tasks: int
+    free_task_slots: int | None
+    message_queue_max_size: int
+
+
+class Metrics(BaseModel):
+    """Runtime-wide counters and timings since this runtime started."""
+
+    uptime_seconds: float
+    tasks_submitted: int
+    tasks_completed: int
+    tasks_failed: int
+    tasks_cancelled: int
+    tasks_retried: int
+    task_duration_mean_seconds: float | None
+    task_duration_p95_seconds: float | None
+    agents_by_status: dict[str, int]
+    events_recorded: int
+    messages_sent: int = 0
+    messages_delivered: int = 0
+    message_latency_mean_seconds: float | None = None
+    message_latency_p95_seconds: float | None = None
+
+
+__all__ = [
+    "MAX_PRIORITY",
+    "MIN_PRIORITY",
+    "AgentInstance",
+    "AgentSpec",
+    "AgentStatus",
+    "Capacity",
+    "DeadLetter",
+    "Event",
+    "EventType",
+    "HoldKind",
+    "HoldReason",
+    "JSONObject",
+    "Metrics",
+    "Priority",
+    "QueueStatus",
+    "ResourceLimits",
+    "RuntimeConfig",
+    "Severity",
+    "Task",
+    "TaskExplanation",
+    "TaskStatus",
+]

@@ -1,0 +1,184 @@
+"""Status answers built from the runtime's in-memory view: no I/O, no awaiting.
+
+Kept apart from the façade so each answer (task status, queue, capacity, metrics, explain)
+is one small function that reads the scheduler, the task book and the agent book.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from typing import TYPE_CHECKING
+
+from miminions.kernel.models import (
+    AgentStatus,
+    Capacity,
+    HoldKind,
+    HoldReason,
+    Metrics,
+    QueueStatus,
+    Task,
+    TaskExplanation,
+    TaskStatus,
+)
+from miminions.kernel.scheduler import NodeState
+from miminions.kernel.supervisor import ACTIVE_STATES
+
+if TYPE_CHECKING:
+    from miminions.kernel.lifecycle import AgentSlot
+    from miminions.kernel.runtime import AgentRuntime
+
+
+def task_status(rt: AgentRuntime, task_id: str) -> Task:
+    """A copy of the task with effective priority, queue position and estimated wait."""
+    task = rt.task_book.get(task_id)
+    sched = rt.scheduler
+    update: dict[str, object] = {"effective_priority": sched.effective_priority(task_id)}
+    position = sched.position(task_id)
+    if position is not None:
+        update["queue_position"] = position
+        update["estimated_wait_seconds"] = _estimated_wait(rt, task_id, position)
+    return task.model_copy(update=update)
+
+
+def _serving_agents(rt: AgentRuntime, task_id: str) -> list[AgentSlot]:
+    route = rt.scheduler.route(task_id)
+    return [slot for slot in rt.agent_book.slots.values() if route in slot.routes]
+
+
+def _estimated_wait(rt: AgentRuntime, task_id: str, position: int) -> float | None:
+    mean = rt.task_book.mean_duration
+    if mean is None:
+        return None
+    running = sum(1 for slot in _serving_agents(rt, task_id) if slot.status is AgentStatus.RUNNING)
+    if running == 0:
+        return None
+    busy = sum(1 for slot in _serving_agents(rt, task_id) if slot.instance.task_id is not None)
+    rounds = position / running + (1 if busy >= running else 0)
+    return rounds * mean
+
+
+def queue_status(rt: AgentRuntime) -> QueueStatus:
+    """Counts of tasks by status, pending tasks by base priority, and the queue's state."""
+    book = rt.task_book
+    counts = book.status_counts
+    return QueueStatus(
+        total=len(book.tasks),
+        pending=counts[TaskStatus.PENDING],
+        blocked=counts[TaskStatus.BLOCKED],
+        running=counts[TaskStatus.RUNNING],
+        completed=counts[TaskStatus.COMPLETED],
+        failed=counts[TaskStatus.FAILED],
+        cancelled=counts[TaskStatus.CANCELLED],
+        paused=rt.queue_paused,
+        dead_letters=sum(1 for letter in book.dead_letters.values() if letter.requeued_at is None),
+        pending_by_priority=dict(sorted(book.pending_by_priority.items())),
+        max_size=rt.config.limits.max_task_queue_size,
+    )
+
+
+def capacity(rt: AgentRuntime) -> Capacity:
+    """Agent slots and queue room in use and free."""
+    limits = rt.config.limits
+    active = rt.agent_book.active_count
+    waiting = rt.scheduler.waiting_count
+    max_queue = limits.max_task_queue_size
+    return Capacity(
+        max_concurrent_agents=limits.max_concurrent_agents,
+        active_agents=active,
+        free_agent_slots=max(limits.max_concurrent_agents - active, 0),
+        queued_agent_starts=rt.agent_book.queued_starts,
+        max_task_queue_size=max_queue,
+        queued_tasks=waiting,
+        free_task_slots=None if max_queue is None else max(max_queue - waiting, 0),
+        message_queue_max_size=limits.message_queue_max_size,
+    )
+
+
+def metrics(rt: AgentRuntime, uptime: float) -> Metrics:
+    """Counters since start and task duration mean / p95 over recent tasks."""
+    book = rt.task_book
+    durations = sorted(book.durations)
+    mean = sum(durations) / len(durations) if durations else None
+    p95 = durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)] if durations else None
+    agents = Counter(slot.status.value for slot in rt.agent_book.slots.values())
+    return Metrics(
+        uptime_seconds=uptime,
+        tasks_submitted=book.counters["submitted"],
+        tasks_completed=book.counters["completed"],
+        tasks_failed=book.counters["failed"],
+        tasks_cancelled=book.counters["cancelled"],
+        tasks_retried=book.counters["retried"],
+        task_duration_mean_seconds=mean,
+        task_duration_p95_seconds=p95,
+        agents_by_status=dict(agents),
+        events_recorded=rt.events.count,
+    )
+
+
+def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
+    """Everything that holds ``task_id`` back, most fundamental first (F-24)."""
+    task = rt.task_book.get(task_id)
+    sched = rt.scheduler
+    state = sched.state(task_id)
+    reasons: list[HoldReason] = []
+    position = None
+    wait = None
+    if state is NodeState.BLOCKED:
+        waiting = sched.waiting_on(task_id)
+        listed = ", ".join(f"{dep} ({rt.task_book.tasks[dep].status.value})" for dep in waiting)
+        reasons.append(HoldReason(kind=HoldKind.DEPENDENCY, message=f"waiting for prerequisite task(s) {listed}", related_ids=waiting))
+    elif state is NodeState.HELD:
+        remaining = rt.executor.retry_remaining(task_id)
+        shown = f"{remaining:.2f} s" if remaining is not None else "a moment"
+        reasons.append(HoldReason(
+            kind=HoldKind.RETRY_BACKOFF,
+            message=f"waiting {shown} before retry {task.retry_count} of {task.max_retries} (last error: {task.error_message})",
+        ))
+    if state in (NodeState.BLOCKED, NodeState.READY, NodeState.HELD):
+        if not rt.is_running:
+            reasons.append(HoldReason(kind=HoldKind.RUNTIME_STOPPED, message="the runtime is not running"))
+        if rt.queue_paused:
+            reasons.append(HoldReason(kind=HoldKind.QUEUE_PAUSED, message="the task queue is paused (resume_queue() releases it)"))
+        reasons.extend(_agent_reasons(rt, task, state is NodeState.READY))
+    if state is NodeState.READY:
+        position = sched.position(task_id)
+        if position:
+            reasons.append(HoldReason(kind=HoldKind.TASKS_AHEAD, message=f"{position} ready task(s) are ahead of it by effective priority"))
+        if position is not None:
+            wait = _estimated_wait(rt, task_id, position)
+    return TaskExplanation(
+        task_id=task_id,
+        status=task.status,
+        priority=task.priority,
+        effective_priority=sched.effective_priority(task_id),
+        reasons=reasons,
+        queue_position=position,
+        estimated_wait_seconds=wait,
+    )
+
+
+def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason]:
+    serving = _serving_agents(rt, task.task_id)
+    target = f"agent {task.agent_id}" if task.agent_id else f"group {task.group!r}" if task.group else "any agent"
+    ids = [slot.agent_id for slot in serving]
+    if not serving:
+        return [HoldReason(kind=HoldKind.NO_AGENT, message=f"no agent is registered that can run it (target: {target})")]
+    running = [slot for slot in serving if slot.status is AgentStatus.RUNNING]
+    if running:
+        if ready and all(slot.instance.task_id is not None for slot in running):
+            return [HoldReason(kind=HoldKind.AGENTS_BUSY, message=f"all {len(running)} running agent(s) for {target} are busy", related_ids=[s.agent_id for s in running])]
+        return []
+    reasons = []
+    paused = [slot.agent_id for slot in serving if slot.status is AgentStatus.PAUSED]
+    if paused:
+        reasons.append(HoldReason(kind=HoldKind.AGENT_PAUSED, message=f"agent(s) {', '.join(paused)} for {target} are paused", related_ids=paused))
+    queued = [slot.agent_id for slot in serving if slot.status is AgentStatus.QUEUED]
+    if queued:
+        limit = rt.config.limits.max_concurrent_agents
+        reasons.append(HoldReason(kind=HoldKind.CONCURRENCY_LIMIT, message=f"agent(s) {', '.join(queued)} wait for a free slot (max_concurrent_agents={limit})", related_ids=queued))
+    if not paused and not queued:
+        starting = [slot.agent_id for slot in serving if slot.status in ACTIVE_STATES]
+        message = f"no agent for {target} is running" + (f" (starting: {', '.join(starting)})" if starting else "")
+        reasons.append(HoldReason(kind=HoldKind.NO_AGENT, message=message, related_ids=ids))
+    return reasons

@@ -1,0 +1,611 @@
+"""``AgentRuntime``: the façade users hold.
+
+It wires the plugins (store, executor, hosts, monitors), owns start, stop and crash
+recovery, and answers status queries from memory. The rules live in the scheduler, the task
+book and the agent book; this module connects them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Literal
+
+import pydantic
+
+from miminions.kernel import queries
+from miminions.kernel.agent import AgentContext, ContextChannel, classify_agent
+from miminions.kernel.errors import (
+    ConfigurationError,
+    InvalidStateError,
+    RuntimeNotRunningError,
+    ValidationError,
+)
+from miminions.kernel.events import EventLog
+from miminions.kernel.export import EXPORT_FORMATS, write_events
+from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store
+from miminions.kernel.lifecycle import AgentBook
+from miminions.kernel.models import (
+    AgentInstance,
+    AgentSpec,
+    AgentStatus,
+    Capacity,
+    DeadLetter,
+    Event,
+    EventType,
+    JSONObject,
+    Metrics,
+    QueueStatus,
+    ResourceLimits,
+    RuntimeConfig,
+    Severity,
+    Task,
+    TaskExplanation,
+    TaskStatus,
+)
+from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result
+from miminions.kernel.scheduler import Scheduler
+from miminions.kernel.task_book import TaskBook, TaskRequest
+
+RUN_META_KEY = "runtime.run"
+_BUILTIN_SCHEDULING = "priority_scheduling"
+
+
+class AgentRuntime:
+    """Runs agents and their tasks on one machine (see the package docs for a tour).
+
+    Use it as an async context manager (``async with AgentRuntime(...) as rt``) or call
+    :meth:`start` and :meth:`stop`. Status queries (``get_*``, ``list_*``, ``explain``)
+    are synchronous and answered from memory; everything that changes state is async and
+    returns once the change is durable.
+    """
+
+    def __init__(
+        self,
+        storage_path: str | os.PathLike[str] | None = None,
+        *,
+        limits: ResourceLimits | None = None,
+        plugins: Sequence[object] = (),
+        disable: Sequence[str] = (),
+        config: RuntimeConfig | None = None,
+    ) -> None:
+        if config is not None and not isinstance(config, RuntimeConfig):
+            raise ConfigurationError("config must be a miminions.RuntimeConfig")
+        if limits is not None and not isinstance(limits, ResourceLimits):
+            raise ConfigurationError("limits must be a miminions.ResourceLimits")
+        if isinstance(disable, str):
+            raise ConfigurationError("disable takes a list of plugin names, not a string")
+        base = config or RuntimeConfig()
+        updates: dict[str, Any] = {}
+        if storage_path is not None:
+            updates["storage_path"] = os.fspath(storage_path)
+        if limits is not None:
+            updates["limits"] = limits
+        self.config = base.model_copy(update=updates)
+        self.plugin_manager: PluginManager = build_plugin_manager(plugins, disable)
+        self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
+        self._queue_paused = False
+        self._started_mono = 0.0
+        self._store: Store | None = None
+        self._executor: Executor | None = None
+        self._events: EventLog | None = None
+        self._scheduler: Scheduler | None = None
+        self._task_book: TaskBook | None = None
+        self._agent_book: AgentBook | None = None
+        self.recovery: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ plumbing for plugins
+    @property
+    def scheduler(self) -> Scheduler:
+        """The pure scheduler (for executor plugins)."""
+        return _need(self._scheduler)
+
+    @property
+    def task_book(self) -> TaskBook:
+        """The task book (for executor and host plugins)."""
+        return _need(self._task_book)
+
+    @property
+    def agent_book(self) -> AgentBook:
+        """The agent book (for executor plugins)."""
+        return _need(self._agent_book)
+
+    @property
+    def store(self) -> Store:
+        """The store the runtime writes to."""
+        return _need(self._store)
+
+    @property
+    def executor(self) -> Executor:
+        """The executor that runs tasks."""
+        return _need(self._executor)
+
+    @property
+    def events(self) -> EventLog:
+        """The event log front door (``emit``) for plugins that record events."""
+        return _need(self._events)
+
+    @property
+    def queue_paused(self) -> bool:
+        """True while :meth:`pause_queue` holds the queue."""
+        return self._queue_paused
+
+    @property
+    def is_running(self) -> bool:
+        """True between a completed :meth:`start` and the beginning of :meth:`stop`."""
+        return self._state == "running"
+
+    def custom_hook(self, hook_name: str) -> bool:
+        """True when a plugin other than the built-in policy implements ``hook_name``."""
+        hook = getattr(self.plugin_manager.hook, hook_name)
+        return any(impl.plugin_name != _BUILTIN_SCHEDULING for impl in hook.get_hookimpls())
+
+    def make_context(self, spec: AgentSpec, channel: ContextChannel) -> AgentContext:
+        """Build the :class:`AgentContext` an agent sees (for host plugins)."""
+        return AgentContext(
+            agent_id=spec.agent_id, name=spec.name, group=spec.group, config=spec.config, channel=channel
+        )
+
+    # ------------------------------------------------------------------ lifecycle
+    async def __aenter__(self) -> AgentRuntime:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def start(self) -> None:
+        """Open storage, recover what an earlier run left, and begin dispatching."""
+        if self._state != "new":
+            raise InvalidStateError(
+                f"this runtime is {self._state}; a runtime starts once — create a new "
+                "AgentRuntime on the same storage_path to continue its work"
+            )
+        self._state = "starting"
+        try:
+            await self._start()
+        except BaseException:
+            await self._abort_start()
+            raise
+        self._state = "running"
+        self.plugin_manager.hook.miminions_runtime_started(runtime=self)
+
+    async def _start(self) -> None:
+        config = self.config
+        pm = self.plugin_manager
+        pm.hook.miminions_configure(config=config)
+        store: Store = first_result(pm, "miminions_make_store", "a store", config=config)
+        self._store = store
+        await store.open()
+        events = self._events = EventLog(store, pm, record_task_events=config.record_task_events)
+        order_key = None
+        if self.custom_hook("miminions_order_key"):
+            hook = pm.hook.miminions_order_key
+
+            def order_key(priority: int, ready_at: float) -> float:
+                return float(hook(priority=priority, ready_at=ready_at, config=config))
+
+        self._scheduler = Scheduler(
+            aging_seconds=config.aging_seconds_per_level,
+            max_waiting=config.limits.max_task_queue_size,
+            clock=time.monotonic,
+            order_key=order_key,
+        )
+        self._agent_book = AgentBook(
+            store=store,
+            events=events,
+            limits=config.limits,
+            make_host=self._make_host,
+            stop_timeout=config.shutdown_timeout_seconds,
+        )
+        self._task_book = TaskBook(
+            scheduler=self._scheduler,
+            store=store,
+            events=events,
+            backoff_base=config.retry_backoff_base_seconds,
+            backoff_max=config.retry_backoff_max_seconds,
+            default_timeout=config.limits.task_timeout_seconds,
+            agent_exists=self._agent_book.slots.__contains__,
+        )
+        previous = await store.get_meta(RUN_META_KEY)
+        self._agent_book.restore(await store.load_agents())
+        report = self._task_book.restore(await store.load_tasks(), await store.load_dead_letters())
+        self._started_mono = time.monotonic()
+        store.put_meta(RUN_META_KEY, {"pid": os.getpid(), "clean": False, "started_at": time.time()})
+        events.emit(EventType.RUNTIME_STARTED, details={"pid": os.getpid(), "storage_path": config.storage_path})
+        crashed = isinstance(previous, dict) and not previous.get("clean", True)
+        if crashed or report["requeued"] or report["failed"]:
+            self.recovery = {
+                "previous_pid": previous.get("pid") if isinstance(previous, dict) else None,
+                "clean_shutdown": not crashed,
+                "tasks_restored": report["restored"],
+                "tasks_requeued": report["requeued"],
+                "tasks_failed": report["failed"],
+            }
+            events.emit(
+                EventType.RUNTIME_RECOVERED,
+                severity=Severity.WARNING if crashed else Severity.INFO,
+                details=self.recovery,
+            )
+        executor: Executor = first_result(pm, "miminions_make_executor", "an executor", runtime=self)
+        self._executor = executor
+        self._task_book.executor = executor
+        self._agent_book.executor = executor
+        await executor.start()
+        await store.flush()
+
+    async def _abort_start(self) -> None:
+        self._state = "stopped"
+        if self._executor is not None:
+            await self._executor.close()
+        if self._store is not None:
+            try:
+                await self._store.close()
+            except Exception:  # the start error is the one worth reporting
+                pass
+
+    async def stop(self, timeout_seconds: float | None = None) -> None:
+        """Shut down gracefully (F-14): running tasks get ``timeout_seconds`` (default
+        ``config.shutdown_timeout_seconds``) to finish, the rest are re-queued with their
+        checkpoints; agents stop (paused ones stay paused in the store); storage closes.
+        Calling stop again, or on a runtime that never started, does nothing."""
+        if self._state != "running":
+            return
+        if timeout_seconds is None:
+            timeout_seconds = self.config.shutdown_timeout_seconds
+        _check_timeout(timeout_seconds)
+        self._state = "stopping"
+        try:
+            self.plugin_manager.hook.miminions_runtime_stopping(runtime=self)
+        finally:
+            executor, store, events = self.executor, self.store, self.events
+            interrupted: list[str] = []
+            try:
+                interrupted = await executor.drain(timeout_seconds)
+                await self.agent_book.stop_all(timeout_seconds)
+            finally:
+                await executor.close()
+                events.emit(EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)})
+                store.put_meta(RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()})
+                self._state = "stopped"
+                await store.close()
+
+    def _require_running(self) -> None:
+        if self._state != "running":
+            hint = "await rt.start() or use 'async with AgentRuntime(...)'" if self._state == "new" else "create a new AgentRuntime"
+            raise RuntimeNotRunningError(f"the runtime is {self._state}; {hint}")
+
+    def _make_host(self, spec: AgentSpec, agent: object) -> AgentHost:
+        return first_result(
+            self.plugin_manager,
+            "miminions_make_host",
+            f"a host for isolation {spec.isolation!r}",
+            spec=spec,
+            agent=agent,
+            runtime=self,
+        )
+
+    # ------------------------------------------------------------------ agents
+    async def register_agent(
+        self,
+        name: str,
+        agent: object,
+        config: JSONObject | None = None,
+        group: str | None = None,
+        isolation: str | None = None,
+        limits: ResourceLimits | None = None,
+    ) -> str:
+        """Register an agent class, agent object or function under a unique ``name``.
+
+        Returns the agent id. Registering a name an earlier run on the same database knew
+        gives back the same id, and a paused agent comes back paused with its state.
+        """
+        self._require_running()
+        kind, target = classify_agent(agent)
+        return await self.agent_book.register(
+            name,
+            agent,
+            kind=kind,
+            target=target,
+            config=config,
+            group=group,
+            isolation=isolation or self.config.default_isolation,
+            limits=limits,
+        )
+
+    async def start_agent(self, agent_id: str) -> AgentInstance:
+        """Start an agent (``on_start`` runs); queued while every agent slot is in use."""
+        self._require_running()
+        return await self.agent_book.start(agent_id)
+
+    async def pause_agent(self, agent_id: str, timeout_seconds: float | None = None) -> AgentInstance:
+        """Pause an agent; returns once it reached a safe point and its state is stored."""
+        self._require_running()
+        return await self.agent_book.pause(agent_id, timeout_seconds)
+
+    async def resume_agent(self, agent_id: str) -> AgentInstance:
+        """Resume a paused agent with the state its ``on_pause`` returned."""
+        self._require_running()
+        return await self.agent_book.resume(agent_id)
+
+    async def stop_agent(self, agent_id: str, graceful: bool = True, timeout_seconds: float = 5.0) -> AgentInstance:
+        """Stop an agent: graceful lets its task finish within ``timeout_seconds``."""
+        self._require_running()
+        return await self.agent_book.stop(agent_id, graceful=graceful, timeout_seconds=timeout_seconds)
+
+    async def start_group(self, group: str) -> list[AgentInstance]:
+        """Start every agent of ``group`` that is registered, stopped or failed."""
+        return await self._group_call(group, self.start_agent, {AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED})
+
+    async def pause_group(self, group: str) -> list[AgentInstance]:
+        """Pause every running agent of ``group``; returns when all reached a safe point."""
+        return await self._group_call(group, self.pause_agent, {AgentStatus.RUNNING})
+
+    async def resume_group(self, group: str) -> list[AgentInstance]:
+        """Resume every paused agent of ``group``."""
+        return await self._group_call(group, self.resume_agent, {AgentStatus.PAUSED})
+
+    async def stop_group(self, group: str, graceful: bool = True, timeout_seconds: float = 5.0) -> list[AgentInstance]:
+        """Stop every agent of ``group`` that is not stopped."""
+
+        async def stop(agent_id: str) -> AgentInstance:
+            return await self.stop_agent(agent_id, graceful, timeout_seconds)
+
+        return await self._group_call(group, stop, {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED})
+
+    async def _group_call(self, group: str, call: Any, statuses: set[AgentStatus]) -> list[AgentInstance]:
+        self._require_running()
+        members = [slot.agent_id for slot in self.agent_book.in_group(group) if slot.status in statuses]
+        return list(await asyncio.gather(*(call(agent_id) for agent_id in members)))
+
+    # ------------------------------------------------------------------ tasks
+    async def submit_task(
+        self,
+        name: str,
+        input_data: JSONObject | None = None,
+        priority: int = 50,
+        dependencies: Sequence[str] | None = None,
+        timeout_seconds: float | None = None,
+        max_retries: int = 0,
+        agent_id: str | None = None,
+        group: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> str:
+        """Queue a task and return its id once it is durable.
+
+        ``priority`` 0..100 (0 most urgent); ``dependencies`` are ids of tasks that must
+        complete first; ``agent_id`` or ``group`` restrict which agents may run it;
+        ``max_retries`` retries with exponential backoff; an ``idempotency_key`` seen
+        before returns the earlier task's id instead of adding a task.
+        """
+        self._require_running()
+        if dependencies is not None and (isinstance(dependencies, str) or not isinstance(dependencies, Sequence)):
+            raise ValidationError("dependencies must be a list of task ids")
+        request = TaskRequest.model_construct(
+            name=name,
+            input_data=input_data,
+            priority=priority,
+            dependencies=list(dependencies) if dependencies else [],
+            timeout_seconds=timeout_seconds,
+            max_retries=max_retries,
+            agent_id=agent_id,
+            group=group,
+            idempotency_key=idempotency_key,
+            task_id=None,
+        )
+        return (await self.task_book.submit([request]))[0]
+
+    async def submit_tasks(self, requests: Sequence[TaskRequest | Mapping[str, Any]]) -> list[str]:
+        """Queue several tasks at once, all or nothing; they may depend on each other by
+        the ``task_id`` they are given here. Returns their ids in order."""
+        self._require_running()
+        parsed = []
+        for request in requests:
+            if isinstance(request, TaskRequest):
+                parsed.append(request)
+                continue
+            try:
+                parsed.append(TaskRequest.model_validate(request))
+            except pydantic.ValidationError as exc:
+                raise ValidationError(f"invalid task request {request!r}: {exc}") from None
+        return await self.task_book.submit(parsed)
+
+    async def wait_for_task(self, task_id: str, timeout_seconds: float | None = None) -> Task:
+        """Wait until the task completed, failed or was cancelled; return it (with
+        ``output_data`` or ``error_message``). Raises WaitTimeoutError after
+        ``timeout_seconds``."""
+        self._require_running()
+        return await self.task_book.wait(task_id, timeout_seconds)
+
+    async def cancel_task(self, task_id: str) -> Task:
+        """Cancel a pending, blocked or running task (and its waiting dependents)."""
+        self._require_running()
+        return await self.task_book.cancel(task_id)
+
+    async def pause_queue(self) -> None:
+        """Stop handing out tasks; running ones go on. Retry backoffs stop counting."""
+        self._require_running()
+        if self._queue_paused:
+            return
+        self._queue_paused = True
+        self.executor.pause_clocks(None)
+        self.events.emit(EventType.QUEUE_PAUSED)
+        await self.store.flush()
+
+    async def resume_queue(self) -> None:
+        """Hand out tasks again after :meth:`pause_queue`."""
+        self._require_running()
+        if not self._queue_paused:
+            return
+        self._queue_paused = False
+        self.executor.resume_clocks(None)
+        self.events.emit(EventType.QUEUE_RESUMED)
+        self.executor.wake()
+        await self.store.flush()
+
+    def list_dead_letters(self, kind: str | None = None) -> list[DeadLetter]:
+        """Work that could not be done (tasks out of retries), oldest first (F-28)."""
+        self._require_started()
+        letters = self.task_book.dead_letters.values()
+        return [letter.model_copy() for letter in letters if kind is None or letter.kind == kind]
+
+    async def requeue_dead_letter(self, dead_letter_id: str) -> str:
+        """Run a dead-lettered task again with fresh retries; returns its task id."""
+        self._require_running()
+        return await self.task_book.requeue_dead_letter(dead_letter_id)
+
+    # ------------------------------------------------------------------ queries (memory)
+    def _require_started(self) -> None:
+        if self._task_book is None:
+            raise RuntimeNotRunningError("the runtime has not been started; await rt.start() first")
+
+    def get_agent_status(self, agent_id: str) -> AgentInstance:
+        """The live status of one agent."""
+        self._require_started()
+        return self.agent_book.get(agent_id).instance.model_copy()
+
+    def list_agents(self, status: AgentStatus | str | None = None, group: str | None = None) -> list[AgentInstance]:
+        """All agents, optionally only those with ``status`` and/or in ``group``."""
+        self._require_started()
+        wanted = _parse_enum(AgentStatus, status, "status")
+        return [
+            slot.instance.model_copy()
+            for slot in self.agent_book.slots.values()
+            if (wanted is None or slot.status is wanted) and (group is None or slot.spec.group == group)
+        ]
+
+    def get_task_status(self, task_id: str) -> Task:
+        """One task with its effective priority, queue position and estimated wait."""
+        self._require_started()
+        return queries.task_status(self, task_id)
+
+    def list_tasks(self, status: TaskStatus | str | None = None, limit: int | None = 100) -> list[Task]:
+        """Tasks, newest first, optionally only those with ``status``; at most ``limit``."""
+        self._require_started()
+        wanted = _parse_enum(TaskStatus, status, "status")
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+            raise ValidationError(f"limit must be a positive integer or None, got {limit!r}")
+        found: list[Task] = []
+        for task in reversed(self.task_book.tasks.values()):
+            if wanted is None or task.status is wanted:
+                found.append(task.model_copy())
+                if limit is not None and len(found) >= limit:
+                    break
+        return found
+
+    def get_queue_status(self) -> QueueStatus:
+        """Counts of the task queue by status and priority."""
+        self._require_started()
+        return queries.queue_status(self)
+
+    def get_capacity(self) -> Capacity:
+        """Usage, limits and free room for agents and tasks."""
+        self._require_started()
+        return queries.capacity(self)
+
+    def get_metrics(self) -> Metrics:
+        """Counters and timings since this runtime started."""
+        self._require_started()
+        return queries.metrics(self, time.monotonic() - self._started_mono)
+
+    def explain(self, task_id: str) -> TaskExplanation:
+        """Why isn't it running? Names everything that holds a pending task (F-24)."""
+        self._require_started()
+        return queries.explain(self, task_id)
+
+    # ------------------------------------------------------------------ event log
+    async def query_events(
+        self,
+        event_type: EventType | str | Sequence[EventType | str] | None = None,
+        agent_id: str | None = None,
+        task_id: str | None = None,
+        severity: Severity | str | None = None,
+        since: datetime | None = None,
+        limit: int | None = 100,
+        until: datetime | None = None,
+    ) -> list[Event]:
+        """Events matching every given filter, oldest first; ``severity`` is a minimum."""
+        self._require_running()
+        query = build_event_query(event_type, agent_id, task_id, severity, since, until, limit)
+        return await self.store.query_events(query)
+
+    async def export_events(self, path: str | os.PathLike[str], format: str = "jsonl", **filters: Any) -> int:
+        """Write the event log (optionally filtered as in :meth:`query_events`) to ``path``
+        as ``jsonl``, ``csv`` or ``json``; returns the number of events written."""
+        self._require_running()
+        if format not in EXPORT_FORMATS:
+            raise ValidationError(f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
+        filters.setdefault("limit", None)
+        events = await self.query_events(**filters)
+        await asyncio.to_thread(write_events, Path(path), events, format)
+        return len(events)
+
+
+def build_event_query(
+    event_type: EventType | str | Sequence[EventType | str] | None = None,
+    agent_id: str | None = None,
+    task_id: str | None = None,
+    severity: Severity | str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = 100,
+    newest: bool = False,
+) -> EventQuery:
+    """Turn user-facing event filters into an :class:`EventQuery`, with clear errors."""
+    types: list[EventType] | None = None
+    if event_type is not None:
+        raw = [event_type] if isinstance(event_type, str | EventType) else list(event_type)
+        types = [_parse_enum(EventType, item, "event_type") for item in raw]  # type: ignore[misc]
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not isinstance(value, datetime):
+            raise ValidationError(f"{name} must be a datetime")
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValidationError(f"limit must be a positive integer or None, got {limit!r}")
+    return EventQuery(
+        event_types=types,
+        agent_id=agent_id,
+        task_id=task_id,
+        min_severity=_parse_enum(Severity, severity, "severity"),
+        since=since,
+        until=until,
+        limit=limit,
+        newest=newest,
+    )
+
+
+def _parse_enum(enum_type: Any, value: Any, what: str) -> Any:
+    if value is None or isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)
+    except ValueError:
+        choices = ", ".join(member.value for member in enum_type)
+        raise ValidationError(f"{what} {value!r} is not one of: {choices}") from None
+
+
+def _check_timeout(value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise ValidationError(f"timeout_seconds must be a number >= 0, got {value!r}")
+
+
+def _need(value: Any) -> Any:
+    if value is None:
+        raise RuntimeNotRunningError("the runtime has not been started; await rt.start() first")
+    return value
+
+
+__all__ = ["AgentRuntime", "build_event_query"]

@@ -1,0 +1,568 @@
+"""The task scheduler: priorities, aging, dependencies and routing. Pure: no I/O, no asyncio.
+
+Ordering. A ready task's *order key* is ``inherited_priority * aging_seconds + ready_at``:
+one priority level is worth ``aging_seconds`` of waiting. Comparing two tasks' effective
+priorities ``p - (now - ready_at) / aging_seconds`` gives the same order at any ``now``, so the
+key is fixed when the task becomes ready and a plain heap keeps aged order. Equal keys fall
+back to submission order (FIFO). The effective priority shown in status is
+``max(0, inherited - floor(waited / aging_seconds))``.
+
+Inheritance. A task's *inherited* priority is the most urgent of its own and that of every
+task that (transitively) waits for it, so a prerequisite of urgent work becomes urgent.
+
+Routing. A task targets one agent (route ``"a:<id>"``), a group (``"g:<name>"``) or any agent
+(``""``). Each route has its own heap; an agent takes the best task of the three routes it
+serves.
+"""
+
+from __future__ import annotations
+
+import enum
+import heapq
+import math
+from collections import deque
+from bisect import bisect_left
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+
+from miminions.kernel.errors import (
+    AlreadyExistsError,
+    DependencyCycleError,
+    InvalidStateError,
+    NotFoundError,
+    QueueFullError,
+)
+
+ANY_ROUTE = ""
+
+
+def agent_route(agent_id: str) -> str:
+    """The route of tasks targeted at one agent."""
+    return "a:" + agent_id
+
+
+def group_route(group: str) -> str:
+    """The route of tasks targeted at a group."""
+    return "g:" + group
+
+
+def route_for(agent_id: str | None, group: str | None) -> str:
+    """The route of a task with the given targets (agent wins over group)."""
+    if agent_id is not None:
+        return agent_route(agent_id)
+    if group is not None:
+        return group_route(group)
+    return ANY_ROUTE
+
+
+class NodeState(enum.Enum):
+    """The scheduler's view of a task; finer than TaskStatus where dispatch needs it."""
+
+    BLOCKED = "blocked"
+    READY = "ready"
+    HELD = "held"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+WAITING_STATES = frozenset({NodeState.BLOCKED, NodeState.READY, NodeState.HELD})
+FINAL_STATES = frozenset({NodeState.DONE, NodeState.FAILED, NodeState.CANCELLED})
+
+
+@dataclass(slots=True)
+class _Node:
+    task_id: str
+    priority: int
+    seq: int
+    route: str
+    state: NodeState
+    inherited: int
+    waiting_on: set[str] = field(default_factory=set)
+    prerequisites: tuple[str, ...] = ()
+    dependents: list[str] = field(default_factory=list)
+    ready_at: float = 0.0
+    key: float = 0.0
+    version: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NewTask:
+    """A task to add: its id, base priority, prerequisites and route."""
+
+    task_id: str
+    priority: int
+    dependencies: Sequence[str] = ()
+    route: str = ANY_ROUTE
+
+
+@dataclass(slots=True)
+class Change:
+    """What an operation did beyond its target: tasks that became ready, and tasks that
+    reached a final state because of a prerequisite (id, final state, reason)."""
+
+    ready: list[str] = field(default_factory=list)
+    finished: list[tuple[str, NodeState, str]] = field(default_factory=list)
+
+
+class Scheduler:
+    """Priority queue of dependent, routed tasks. See the module docstring for the rules."""
+
+    def __init__(
+        self,
+        *,
+        aging_seconds: float = 1.0,
+        max_waiting: int | None = None,
+        clock: Callable[[], float],
+        order_key: Callable[[int, float], float] | None = None,
+    ) -> None:
+        if aging_seconds <= 0:
+            raise ValueError("aging_seconds must be positive")
+        self._aging = aging_seconds
+        self._order_key = order_key or self._aged_key
+        self._max_waiting = max_waiting
+        self._clock = clock
+        self._nodes: dict[str, _Node] = {}
+        self._heaps: dict[str, list[tuple[float, int, int, str]]] = {}
+        self._seq = 0
+        self._waiting = 0
+        self._ready_count = 0
+        self._sorted_ready: list[tuple[float, int]] | None = None
+
+    # ------------------------------------------------------------------ adding
+    def check_new(self, tasks: Sequence[NewTask]) -> None:
+        """Raise if ``tasks`` cannot all be added; change nothing.
+
+        Unknown prerequisites, duplicate ids, cycles (within the batch or a task depending on
+        itself) and a full queue are rejected.
+        """
+        batch_ids: dict[str, NewTask] = {}
+        for new in tasks:
+            if new.task_id in self._nodes or new.task_id in batch_ids:
+                raise AlreadyExistsError(f"task id {new.task_id!r} is already in use")
+            batch_ids[new.task_id] = new
+        for new in tasks:
+            for dep in new.dependencies:
+                if dep == new.task_id:
+                    raise DependencyCycleError(f"task {new.task_id!r} cannot depend on itself")
+                if dep not in self._nodes and dep not in batch_ids:
+                    raise NotFoundError(
+                        f"task {new.task_id!r} depends on unknown task id {dep!r}; "
+                        "submit the prerequisite first or check the id"
+                    )
+        if len(tasks) > 1:
+            self._topological_order(tasks)
+        if self._max_waiting is not None and self._waiting + len(tasks) > self._max_waiting:
+            raise QueueFullError(
+                f"the task queue holds {self._waiting} waiting tasks and its limit is "
+                f"{self._max_waiting}; wait for tasks to finish or raise "
+                "ResourceLimits.max_task_queue_size"
+            )
+
+    def add(self, tasks: Sequence[NewTask]) -> Change:
+        """Add tasks (validated with :meth:`check_new` first, all or nothing)."""
+        self.check_new(tasks)
+        ordered = self._topological_order(tasks) if len(tasks) > 1 else list(tasks)
+        change = Change()
+        now = self._clock()
+        # Sequence numbers follow the caller's order (FIFO), not the insertion order.
+        first = self._seq + 1
+        self._seq += len(tasks)
+        seqs = {new.task_id: first + i for i, new in enumerate(tasks)} if len(tasks) > 1 else None
+        for new in ordered:
+            self._insert(new, now, change, seqs[new.task_id] if seqs else self._seq)
+        return change
+
+    def restore(
+        self, task_id: str, priority: int, dependencies: Sequence[str], route: str, state: NodeState
+    ) -> None:
+        """Re-create a task read back from a store, in the given state (no capacity check).
+
+        Tasks must be restored prerequisites first. A waiting task is restored as blocked or
+        ready from its prerequisites' states; call :meth:`settle` after the last one.
+        """
+        node = _Node(task_id, priority, self._next_seq(), route, state, priority)
+        node.prerequisites = tuple(dependencies)
+        self._nodes[task_id] = node
+        for dep in dependencies:
+            prereq = self._nodes.get(dep)
+            if prereq is None:
+                continue
+            prereq.dependents.append(task_id)
+            if prereq.state not in FINAL_STATES:
+                node.waiting_on.add(dep)
+        if state is NodeState.RUNNING:
+            self._inherit(node)
+        elif state in WAITING_STATES:
+            self._waiting += 1
+            if node.waiting_on:
+                node.state = NodeState.BLOCKED
+            elif state is not NodeState.HELD:  # held tasks wait for release()
+                self._make_ready(node, self._clock())
+            self._inherit(node)
+
+    def settle(self) -> Change:
+        """After restoring: fail or cancel waiting tasks whose prerequisite ended badly."""
+        change = Change()
+        for node in list(self._nodes.values()):
+            if node.state in (NodeState.FAILED, NodeState.CANCELLED):
+                self._finish_dependents(node, node.state, "", change)
+        return change
+
+    def _insert(self, new: NewTask, now: float, change: Change, seq: int) -> None:
+        node = _Node(new.task_id, new.priority, seq, new.route, NodeState.BLOCKED, new.priority)
+        node.prerequisites = tuple(new.dependencies)
+        self._nodes[new.task_id] = node
+        self._waiting += 1
+        doomed: tuple[NodeState, str] | None = None
+        for dep in new.dependencies:
+            prereq = self._nodes[dep]
+            prereq.dependents.append(new.task_id)
+            if prereq.state is NodeState.DONE:
+                continue
+            if prereq.state in (NodeState.FAILED, NodeState.CANCELLED) and doomed is None:
+                doomed = (prereq.state, _dependency_reason(dep, prereq.state))
+            node.waiting_on.add(dep)
+        if doomed is not None:
+            self._set_final(node, doomed[0])
+            change.finished.append((node.task_id, doomed[0], doomed[1]))
+            return
+        if node.waiting_on:
+            self._inherit(node)
+        else:
+            self._make_ready(node, now)
+            change.ready.append(node.task_id)
+
+    def _topological_order(self, tasks: Sequence[NewTask]) -> list[NewTask]:
+        by_id = {t.task_id: t for t in tasks}
+        indegree = {t.task_id: sum(dep in by_id for dep in t.dependencies) for t in tasks}
+        children: dict[str, list[str]] = {t.task_id: [] for t in tasks}
+        for t in tasks:
+            for dep in t.dependencies:
+                if dep in by_id:
+                    children[dep].append(t.task_id)
+        queue = deque(t.task_id for t in tasks if indegree[t.task_id] == 0)
+        order: list[NewTask] = []
+        while queue:
+            current = queue.popleft()
+            order.append(by_id[current])
+            for child in children[current]:
+                indegree[child] -= 1
+                if indegree[child] == 0:
+                    queue.append(child)
+        if len(order) != len(tasks):
+            stuck = sorted(task_id for task_id, degree in indegree.items() if degree > 0)
+            raise DependencyCycleError(
+                f"the dependencies of tasks {stuck} form a cycle; a task can only depend on "
+                "tasks that do not (transitively) depend on it"
+            )
+        return order
+
+    # ------------------------------------------------------------------ dispatching
+    def take(self, routes: Iterable[str]) -> str | None:
+        """Pop the most urgent ready task among ``routes`` and mark it running."""
+        best_heap: list[tuple[float, int, int, str]] | None = None
+        for route in routes:
+            heap = self._heaps.get(route)
+            if not heap:
+                continue
+            self._drop_stale(heap)
+            if heap and (best_heap is None or heap[0] < best_heap[0]):
+                best_heap = heap
+        if best_heap is None:
+            return None
+        _, _, _, task_id = heapq.heappop(best_heap)
+        node = self._nodes[task_id]
+        self._leave_ready(node)
+        node.state = NodeState.RUNNING
+        self._waiting -= 1
+        return task_id
+
+    def best_per_route(self) -> list[tuple[float, int, str]]:
+        """(key, seq, route) of the most urgent ready task of every non-empty route."""
+        result = []
+        for route, heap in self._heaps.items():
+            self._drop_stale(heap)
+            if heap:
+                key, seq, _, _ = heap[0]
+                result.append((key, seq, route))
+        return result
+
+    def peek(self, route: str) -> str | None:
+        """The id of the most urgent ready task on ``route``, without taking it."""
+        heap = self._heaps.get(route)
+        if not heap:
+            return None
+        self._drop_stale(heap)
+        return heap[0][3] if heap else None
+
+    def take_id(self, task_id: str) -> None:
+        """Mark a ready task running (it was chosen by :meth:`peek`)."""
+        node = self._get(task_id)
+        if node.state is not NodeState.READY:
+            raise InvalidStateError(f"task {task_id!r} is {node.state.value}, not ready")
+        self._leave_ready(node)
+        node.version += 1
+        node.state = NodeState.RUNNING
+        self._waiting -= 1
+
+    # ------------------------------------------------------------------ outcomes
+    def complete(self, task_id: str) -> Change:
+        """A running task completed: release its dependents."""
+        node = self._get(task_id)
+        self._require(node, NodeState.RUNNING)
+        node.state = NodeState.DONE
+        change = Change()
+        now = self._clock()
+        for dep_id in node.dependents:
+            dependent = self._nodes[dep_id]
+            dependent.waiting_on.discard(task_id)
+            if dependent.state is NodeState.BLOCKED and not dependent.waiting_on:
+                self._make_ready(dependent, now)
+                change.ready.append(dep_id)
+        return change
+
+    def fail(self, task_id: str, reason: str) -> Change:
+        """A task failed for good: fail every waiting dependent, transitively."""
+        return self._end(task_id, NodeState.FAILED, reason)
+
+    def cancel(self, task_id: str, reason: str) -> Change:
+        """Cancel a waiting or running task and, transitively, its waiting dependents."""
+        return self._end(task_id, NodeState.CANCELLED, reason)
+
+    def hold(self, task_id: str) -> None:
+        """A running task waits before its retry: it is waiting but not ready."""
+        node = self._get(task_id)
+        self._require(node, NodeState.RUNNING)
+        node.state = NodeState.HELD
+        self._waiting += 1
+
+    def release(self, task_id: str) -> bool:
+        """A held task's wait is over: make it ready. False if it was not held any more."""
+        node = self._nodes.get(task_id)
+        if node is None or node.state is not NodeState.HELD:
+            return False
+        self._make_ready(node, self._clock())
+        return True
+
+    def requeue(self, task_id: str) -> None:
+        """A running task was interrupted (not failed): it is ready again at once."""
+        node = self._get(task_id)
+        self._require(node, NodeState.RUNNING)
+        self._waiting += 1
+        self._make_ready(node, self._clock())
+
+    def revive(self, task_id: str) -> Change:
+        """A failed or cancelled task is run again (dead-letter re-queue)."""
+        node = self._get(task_id)
+        if node.state not in (NodeState.FAILED, NodeState.CANCELLED):
+            raise InvalidStateError(
+                f"task {task_id!r} is {node.state.value}; only failed or cancelled tasks can "
+                "be re-queued"
+            )
+        dead = [
+            dep
+            for dep in node.prerequisites
+            if self._nodes[dep].state in (NodeState.FAILED, NodeState.CANCELLED)
+        ]
+        if dead:
+            raise InvalidStateError(
+                f"task {task_id!r} cannot run again while its prerequisite(s) {dead} are "
+                "failed or cancelled; re-queue those first"
+            )
+        node.inherited = node.priority
+        self._waiting += 1
+        change = Change()
+        node.waiting_on = {
+            dep for dep in node.prerequisites if self._nodes[dep].state is not NodeState.DONE
+        }
+        if node.waiting_on:
+            node.state = NodeState.BLOCKED
+            self._inherit(node)
+        else:
+            self._make_ready(node, self._clock())
+            change.ready.append(task_id)
+        return change
+
+    def _end(self, task_id: str, final: NodeState, reason: str) -> Change:
+        node = self._get(task_id)
+        if node.state in FINAL_STATES:
+            raise InvalidStateError(f"task {task_id!r} is already {node.state.value}")
+        self._set_final(node, final)
+        change = Change()
+        self._finish_dependents(node, final, reason, change)
+        self._withdraw([node, *(self._nodes[task_id] for task_id, _, _ in change.finished)])
+        return change
+
+    def _finish_dependents(self, node: _Node, final: NodeState, reason: str, change: Change) -> None:
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            why = _dependency_reason(current.task_id, final, reason if current is node else "")
+            for dep_id in current.dependents:
+                dependent = self._nodes[dep_id]
+                if dependent.state not in WAITING_STATES:
+                    continue
+                self._set_final(dependent, final)
+                change.finished.append((dep_id, final, why))
+                stack.append(dependent)
+
+    def _set_final(self, node: _Node, final: NodeState) -> None:
+        if node.state in WAITING_STATES:
+            self._waiting -= 1
+        if node.state is NodeState.READY:
+            self._leave_ready(node)
+            node.version += 1
+        node.state = final
+
+    # ------------------------------------------------------------------ queries
+    def state(self, task_id: str) -> NodeState:
+        """The scheduler state of a task."""
+        return self._get(task_id).state
+
+    def __contains__(self, task_id: object) -> bool:
+        return task_id in self._nodes
+
+    def waiting_on(self, task_id: str) -> list[str]:
+        """Unfinished prerequisites of a task, in the order they were given."""
+        node = self._get(task_id)
+        return [dep for dep in node.prerequisites if dep in node.waiting_on]
+
+    def dependents(self, task_id: str) -> list[str]:
+        """Tasks that list ``task_id`` among their prerequisites."""
+        return list(self._get(task_id).dependents)
+
+    def route(self, task_id: str) -> str:
+        """The route of a task."""
+        return self._get(task_id).route
+
+    def effective_priority(self, task_id: str) -> int:
+        """Inherited priority minus one level per ``aging_seconds`` spent ready (>= 0)."""
+        node = self._get(task_id)
+        if node.state is not NodeState.READY:
+            return node.inherited
+        aged = math.floor((self._clock() - node.ready_at) / self._aging)
+        return max(0, node.inherited - aged)
+
+    def position(self, task_id: str) -> int | None:
+        """0-based rank of a ready task among all ready tasks; None if it is not ready."""
+        node = self._get(task_id)
+        if node.state is not NodeState.READY:
+            return None
+        if self._sorted_ready is None:
+            self._sorted_ready = sorted(
+                (n.key, n.seq) for n in self._nodes.values() if n.state is NodeState.READY
+            )
+        return bisect_left(self._sorted_ready, (node.key, node.seq))
+
+    @property
+    def waiting_count(self) -> int:
+        """Tasks blocked, ready or held (they count against the queue limit)."""
+        return self._waiting
+
+    @property
+    def ready_count(self) -> int:
+        """Tasks ready to run now."""
+        return self._ready_count
+
+    # ------------------------------------------------------------------ internals
+    def _get(self, task_id: str) -> _Node:
+        try:
+            return self._nodes[task_id]
+        except KeyError:
+            raise NotFoundError(f"no task with id {task_id!r}") from None
+
+    @staticmethod
+    def _require(node: _Node, state: NodeState) -> None:
+        if node.state is not state:
+            raise InvalidStateError(
+                f"task {node.task_id!r} is {node.state.value}, expected {state.value}"
+            )
+
+    def _next_seq(self) -> int:
+        self._seq += 1
+        return self._seq
+
+    def _make_ready(self, node: _Node, now: float) -> None:
+        node.state = NodeState.READY
+        node.ready_at = now
+        self._ready_count += 1
+        self._push(node, now)
+
+    def _push(self, node: _Node, now: float) -> None:
+        node.version += 1
+        node.key = self._order_key(node.inherited, node.ready_at)
+        heap = self._heaps.get(node.route)
+        if heap is None:
+            heap = self._heaps[node.route] = []
+        heapq.heappush(heap, (node.key, node.seq, node.version, node.task_id))
+        self._sorted_ready = None
+
+    def _aged_key(self, priority: int, ready_at: float) -> float:
+        return priority * self._aging + ready_at
+
+    def _leave_ready(self, node: _Node) -> None:
+        self._ready_count -= 1
+        self._sorted_ready = None
+
+    def _drop_stale(self, heap: list[tuple[float, int, int, str]]) -> None:
+        nodes = self._nodes
+        while heap:
+            _, _, version, task_id = heap[0]
+            node = nodes[task_id]
+            if node.version == version and node.state is NodeState.READY:
+                return
+            heapq.heappop(heap)
+
+    def _withdraw(self, ended: Iterable[_Node]) -> None:
+        """Tasks ended: their prerequisites no longer inherit their urgency."""
+        stack = [self._nodes[dep] for node in ended for dep in node.prerequisites]
+        while stack:
+            prereq = stack.pop()
+            if prereq.state in FINAL_STATES:
+                continue
+            inherited = prereq.priority
+            for dep_id in prereq.dependents:
+                dependent = self._nodes[dep_id]
+                if dependent.state is NodeState.BLOCKED and prereq.task_id in dependent.waiting_on:
+                    inherited = min(inherited, dependent.inherited)
+            if inherited == prereq.inherited:
+                continue
+            prereq.inherited = inherited
+            if prereq.state is NodeState.READY:
+                self._push(prereq, prereq.ready_at)
+            stack.extend(self._nodes[dep] for dep in prereq.prerequisites)
+
+    def _inherit(self, node: _Node) -> None:
+        """Lower the inherited priority of every unfinished prerequisite to ``node``'s."""
+        stack = [node]
+        while stack:
+            current = stack.pop()
+            for dep in current.prerequisites:
+                prereq = self._nodes.get(dep)
+                if prereq is None or prereq.state in FINAL_STATES:
+                    continue
+                if prereq.inherited <= current.inherited:
+                    continue
+                prereq.inherited = current.inherited
+                if prereq.state is NodeState.READY:
+                    self._push(prereq, prereq.ready_at)
+                stack.append(prereq)
+
+
+def _dependency_reason(task_id: str, final: NodeState, reason: str = "") -> str:
+    verb = "failed" if final is NodeState.FAILED else "was cancelled"
+    return f"prerequisite task {task_id} {verb}" + (f": {reason}" if reason else "")
+
+
+__all__ = [
+    "ANY_ROUTE",
+    "Change",
+    "NewTask",
+    "NodeState",
+    "Scheduler",
+    "agent_route",
+    "group_route",
+    "route_for",
+]

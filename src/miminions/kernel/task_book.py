@@ -1,0 +1,611 @@
+"""Every task of a runtime and its transitions: submit, start, complete, fail, retry, cancel.
+
+The book is the in-memory view status queries read (no database round trip) and the one
+place a task's status changes. Each change is queued to the store (group commit) and logged
+as an event; waiters of ``wait_for_task`` are woken once the final state is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+import uuid
+from collections import Counter, deque
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from miminions.kernel.errors import (
+    InvalidStateError,
+    NotFoundError,
+    ValidationError,
+    WaitTimeoutError,
+)
+from miminions.kernel.events import EventLog
+from miminions.kernel.interfaces import Store
+from miminions.kernel.models import (
+    MAX_PRIORITY,
+    MIN_PRIORITY,
+    DeadLetter,
+    EventType,
+    JSONObject,
+    Severity,
+    Task,
+    TaskStatus,
+    fast_construct,
+    fast_copy,
+)
+from miminions.kernel.scheduler import Change, NewTask, NodeState, Scheduler, route_for
+from miminions.kernel.supervisor import retry_delay
+
+if TYPE_CHECKING:
+    from miminions.kernel.interfaces import Executor
+
+_FINAL_STATUS = {NodeState.FAILED: TaskStatus.FAILED, NodeState.CANCELLED: TaskStatus.CANCELLED}
+_DURATION_SAMPLES = 10_000
+
+
+class TaskRequest(BaseModel):
+    """One task of a :meth:`AgentRuntime.submit_tasks` batch.
+
+    ``task_id`` is optional; give one when other tasks of the same batch depend on it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    input_data: JSONObject | None = None
+    priority: int = 50
+    dependencies: list[str] = Field(default_factory=list)
+    timeout_seconds: float | None = None
+    max_retries: int = 0
+    agent_id: str | None = None
+    group: str | None = None
+    idempotency_key: str | None = None
+    task_id: str | None = None
+
+
+def to_json_value(value: Any, what: str) -> Any:
+    """Return an independent JSON copy of ``value``; raise ValidationError if it is not JSON."""
+    if value is None or (type(value) is dict and not value):
+        return {} if value is not None else None
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {exc}"
+        ) from None
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line description of an exception for ``Task.error_message``."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+class TaskBook:
+    """The tasks of one runtime (see the module docstring)."""
+
+    def __init__(
+        self,
+        *,
+        scheduler: Scheduler,
+        store: Store,
+        events: EventLog,
+        backoff_base: float,
+        backoff_max: float,
+        default_timeout: float | None,
+        agent_exists: Callable[[str], bool],
+    ) -> None:
+        self.scheduler = scheduler
+        self._store = store
+        self._events = events
+        self._backoff = (backoff_base, backoff_max)
+        self._default_timeout = default_timeout
+        self._agent_exists = agent_exists
+        self.executor: Executor | None = None
+        self.tasks: dict[str, Task] = {}
+        self.by_idempotency_key: dict[str, str] = {}
+        self.dead_letters: dict[str, DeadLetter] = {}
+        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        self._started_mono: dict[str, float] = {}
+        self.durations: deque[float] = deque(maxlen=_DURATION_SAMPLES)
+        self.mean_duration: float | None = None
+        self.counters = {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "retried": 0}
+        # Kept up to date on every transition so queue status is O(1), not a scan.
+        self.status_counts: Counter[TaskStatus] = Counter()
+        self.pending_by_priority: Counter[int] = Counter()
+
+    # ------------------------------------------------------------------ lookups
+    def get(self, task_id: str) -> Task:
+        """The live task (internal: callers outside the kernel get copies)."""
+        try:
+            return self.tasks[task_id]
+        except (KeyError, TypeError):
+            raise NotFoundError(f"no task with id {task_id!r}") from None
+
+    # ------------------------------------------------------------------ submit
+    async def submit(self, requests: Sequence[TaskRequest]) -> list[str]:
+        """Validate and add tasks (all or nothing); return when they are committed."""
+        ids: list[str] = []
+        new_tasks: list[Task] = []
+        sched: list[NewTask] = []
+        batch_keys: dict[str, str] = {}
+        now = datetime.now(UTC)
+        for request in requests:
+            existing = self._existing_for_key(request.idempotency_key, batch_keys)
+            if existing is not None:
+                ids.append(existing)
+                continue
+            task = self._build(request, now)
+            if request.idempotency_key is not None:
+                batch_keys[request.idempotency_key] = task.task_id
+            ids.append(task.task_id)
+            new_tasks.append(task)
+            sched.append(NewTask(task.task_id, task.priority, task.dependencies, route_for(task.agent_id, task.group)))
+        if not new_tasks:
+            await self._store.flush()
+            return ids
+        change = self.scheduler.add(sched)
+        commit = None
+        for task in new_tasks:
+            self.tasks[task.task_id] = task
+            self._count(task, 1)
+            if task.idempotency_key is not None:
+                self.by_idempotency_key[task.idempotency_key] = task.task_id
+            if self.scheduler.state(task.task_id) is NodeState.BLOCKED:
+                self._set_status(task, TaskStatus.BLOCKED)
+            commit = self._store.put_task(task)
+            self._events.task_event(
+                EventType.TASK_ENQUEUED,
+                task.task_id,
+                details={"name": task.name, "priority": task.priority},
+            )
+        self.counters["submitted"] += len(new_tasks)
+        self._apply(change)
+        if change.ready and self.executor is not None:
+            self.executor.wake()
+        await commit  # one commit covers the whole batch
+        return ids
+
+    def _existing_for_key(self, key: str | None, batch_keys: dict[str, str]) -> str | None:
+        if key is None:
+            return None
+        return self.by_idempotency_key.get(key) or batch_keys.get(key)
+
+    def _build(self, request: TaskRequest, now: datetime) -> Task:
+        name = request.name
+        if not isinstance(name, str) or not name.strip():
+            raise ValidationError("task name must be a non-empty string")
+        priority = request.priority
+        if isinstance(priority, bool) or not isinstance(priority, int):
+            raise ValidationError(f"priority must be an integer 0..100, got {priority!r}")
+        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            raise ValidationError(
+                f"priority must be between {MIN_PRIORITY} (most urgent) and {MAX_PRIORITY}, "
+                f"got {priority}; use Priority.HIGH/MEDIUM/LOW or an integer in that range"
+            )
+        timeout = request.timeout_seconds
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
+        ):
+            raise ValidationError(f"timeout_seconds must be a positive number, got {timeout!r}")
+        retries = request.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValidationError(f"max_retries must be an integer >= 0, got {retries!r}")
+        if request.agent_id is not None and not self._agent_exists(request.agent_id):
+            raise NotFoundError(
+                f"no agent with id {request.agent_id!r}; register it first or target a group"
+            )
+        if request.group is not None and (not isinstance(request.group, str) or not request.group):
+            raise ValidationError("group must be a non-empty string")
+        deps = list(request.dependencies)
+        if any(not isinstance(dep, str) for dep in deps):
+            raise ValidationError("dependencies must be a list of task ids (strings)")
+        input_data = request.input_data
+        if input_data is None:
+            input_data = {}
+        elif type(input_data) is not dict:
+            raise ValidationError(f"input_data must be a dict, got {type(input_data).__name__}")
+        else:
+            input_data = to_json_value(input_data, "input_data")
+        return fast_construct(
+            Task,
+            {
+                "task_id": request.task_id or uuid.uuid4().hex,
+                "name": name,
+                "priority": int(priority),
+                "status": TaskStatus.PENDING,
+                "input_data": input_data,
+                "output_data": None,
+                "error_message": None,
+                "agent_id": request.agent_id,
+                "group": request.group,
+                "assigned_agent_id": None,
+                "dependencies": deps,
+                "retry_count": 0,
+                "max_retries": retries,
+                "timeout_seconds": float(timeout) if timeout is not None else None,
+                "idempotency_key": request.idempotency_key,
+                "checkpoint": None,
+                "dead_lettered": False,
+                "created_at": now,
+                "started_at": None,
+                "completed_at": None,
+                "effective_priority": None,
+                "queue_position": None,
+                "estimated_wait_seconds": None,
+            },
+        )
+
+    # ------------------------------------------------------------------ execution callbacks
+    def effective_timeout(self, task: Task) -> float | None:
+        """The task's own timeout, else the runtime default."""
+        return task.timeout_seconds if task.timeout_seconds is not None else self._default_timeout
+
+    def started(self, task_id: str, agent_id: str) -> Task:
+        """The executor took ``task_id`` for ``agent_id``; return the live task."""
+        task = self.tasks[task_id]
+        self._set_status(task, TaskStatus.RUNNING)
+        task.assigned_agent_id = agent_id
+        task.started_at = datetime.now(UTC)
+        self._started_mono[task_id] = time.monotonic()
+        self._store.put_task(task)
+        self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=agent_id)
+        return task
+
+    def completed(self, task_id: str, result: Any) -> None:
+        """A running task returned ``result``."""
+        task = self.tasks[task_id]
+        try:
+            output = result if result is None else to_json_value(result, "the task result")
+        except ValidationError as exc:
+            self.failed(task_id, exc)
+            return
+        self._record_duration(task_id)
+        self._set_status(task, TaskStatus.COMPLETED)
+        task.output_data = output
+        task.completed_at = datetime.now(UTC)
+        self.counters["completed"] += 1
+        change = self.scheduler.complete(task_id)
+        self._events.task_event(EventType.TASK_COMPLETED, task_id, agent_id=task.assigned_agent_id)
+        self._finish(task)
+        self._apply(change)
+        if change.ready and self.executor is not None:
+            self.executor.wake()
+
+    def failed(self, task_id: str, error: BaseException, *, timed_out: bool = False) -> None:
+        """A running task raised, timed out or lost its agent: retry it or fail it for good."""
+        task = self.tasks[task_id]
+        self._record_duration(task_id)
+        message = describe_error(error)
+        agent_id = task.assigned_agent_id
+        if timed_out:
+            self._events.emit(
+                EventType.TASK_TIMEOUT,
+                severity=Severity.WARNING,
+                agent_id=agent_id,
+                task_id=task_id,
+                details={"timeout_seconds": self.effective_timeout(task)},
+            )
+        task.error_message = message
+        if task.retry_count < task.max_retries:
+            task.retry_count += 1
+            delay = retry_delay(task.retry_count, *self._backoff)
+            self._set_status(task, TaskStatus.PENDING)
+            self.scheduler.hold(task_id)
+            self.counters["retried"] += 1
+            self._events.emit(
+                EventType.TASK_RETRY_SCHEDULED,
+                severity=Severity.WARNING,
+                agent_id=agent_id,
+                task_id=task_id,
+                details={"attempt": task.retry_count, "delay_seconds": delay, "error": message},
+            )
+            self._store.put_task(task)
+            if self.executor is not None:
+                self.executor.schedule_retry(task_id, delay)
+            return
+        self._fail_for_good(task, message)
+
+    def _fail_for_good(self, task: Task, message: str) -> None:
+        task.error_message = message
+        self._set_status(task, TaskStatus.FAILED)
+        task.completed_at = datetime.now(UTC)
+        task.dead_lettered = True
+        self.counters["failed"] += 1
+        change = self.scheduler.fail(task.task_id, message)
+        self._events.emit(
+            EventType.TASK_FAILED,
+            severity=Severity.ERROR,
+            agent_id=task.assigned_agent_id,
+            task_id=task.task_id,
+            details={"error": message, "attempts": task.retry_count + 1},
+        )
+        self._dead_letter(task, message)
+        self._finish(task)
+        self._apply(change)
+
+    def cancelled(self, task_id: str, reason: str) -> None:
+        """A running task was interrupted by ``cancel_task``."""
+        task = self.tasks[task_id]
+        self._started_mono.pop(task_id, None)
+        self._mark_cancelled(task, reason, self.scheduler.cancel(task_id, reason))
+
+    def interrupted(self, task_id: str, reason: str) -> None:
+        """A running task was interrupted through no fault of its own (agent stopped,
+        runtime shutting down): it goes back to the queue without using up an attempt."""
+        task = self.tasks[task_id]
+        self._started_mono.pop(task_id, None)
+        self._set_status(task, TaskStatus.PENDING)
+        self.scheduler.requeue(task_id)
+        self._events.emit(
+            EventType.TASK_REQUEUED,
+            agent_id=task.assigned_agent_id,
+            task_id=task_id,
+            details={"reason": reason},
+        )
+        self._store.put_task(task)
+        if self.executor is not None:
+            self.executor.wake()
+
+    def retry_due(self, task_id: str) -> None:
+        """A task's retry backoff is over: it is ready again."""
+        if self.scheduler.release(task_id) and self.executor is not None:
+            self.executor.wake()
+
+    # ------------------------------------------------------------------ user operations
+    async def cancel(self, task_id: str, reason: str = "cancelled by user") -> Task:
+        """Cancel a pending, blocked or running task; return it once it is cancelled."""
+        task = self.get(task_id)
+        if task.status.is_terminal:
+            raise InvalidStateError(
+                f"task {task_id!r} is already {task.status.value}; only pending, blocked or "
+                "running tasks can be cancelled"
+            )
+        state = self.scheduler.state(task_id)
+        if state is NodeState.RUNNING and self.executor is not None:
+            self.executor.cancel_task(task_id, reason)
+        else:
+            if state is NodeState.HELD and self.executor is not None:
+                self.executor.cancel_retry(task_id)
+            self._mark_cancelled(task, reason, self.scheduler.cancel(task_id, reason))
+        return await self.wait(task_id, None)
+
+    async def requeue_dead_letter(self, dead_letter_id: str) -> str:
+        """Run a dead-lettered task again (fresh retries), with the dependents its failure
+        took down; return the task id."""
+        letter = self.dead_letters.get(dead_letter_id)
+        if letter is None:
+            raise NotFoundError(f"no dead letter with id {dead_letter_id!r}")
+        if letter.kind != "task":
+            raise InvalidStateError(f"dead letter {dead_letter_id!r} is a {letter.kind}, not a task")
+        if letter.requeued_at is not None:
+            raise InvalidStateError(f"dead letter {dead_letter_id!r} was re-queued already")
+        task = self.get(letter.ref_id)
+        letter.requeued_at = datetime.now(UTC)
+        revived = self._revive(task, reset_attempts=True)
+        commit = self._store.put_dead_letter(letter)
+        if revived and self.executor is not None:
+            self.executor.wake()
+        await commit
+        return task.task_id
+
+    def _revive(self, task: Task, *, reset_attempts: bool) -> bool:
+        change = self.scheduler.revive(task.task_id)
+        if reset_attempts:
+            task.retry_count = 0
+        self._set_status(task, TaskStatus.PENDING if change.ready else TaskStatus.BLOCKED)
+        task.error_message = None
+        task.completed_at = None
+        task.dead_lettered = False
+        self._events.emit(EventType.TASK_REQUEUED, task_id=task.task_id, details={"reason": "re-queued from the dead-letter list"})
+        self._store.put_task(task)
+        any_ready = bool(change.ready)
+        prefix = f"prerequisite task {task.task_id} "
+        for dependent_id in self.scheduler.dependents(task.task_id):
+            dependent = self.tasks[dependent_id]
+            if (
+                dependent.status.is_terminal
+                and not dependent.dead_lettered
+                and (dependent.error_message or "").startswith(prefix)
+            ):
+                with contextlib.suppress(InvalidStateError):  # another prerequisite is dead
+                    any_ready |= self._revive(dependent, reset_attempts=False)
+        return any_ready
+
+    async def wait(self, task_id: str, timeout_seconds: float | None) -> Task:
+        """Wait until the task is completed, failed or cancelled and that is committed."""
+        task = self.get(task_id)
+        if timeout_seconds is not None and (isinstance(timeout_seconds, bool) or timeout_seconds < 0):
+            raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
+        if not task.status.is_terminal:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            self._waiters.setdefault(task_id, []).append(waiter)
+            try:
+                if timeout_seconds is None:
+                    await waiter
+                else:
+                    async with asyncio.timeout(timeout_seconds):
+                        await waiter
+            except TimeoutError:
+                raise WaitTimeoutError(
+                    f"task {task_id!r} is still {task.status.value} after {timeout_seconds} s; "
+                    "it keeps running (use explain() to see what holds it)"
+                ) from None
+            finally:
+                waiters = self._waiters.get(task_id)
+                if waiters is not None and waiter in waiters:
+                    waiters.remove(waiter)
+                    if not waiters:
+                        del self._waiters[task_id]
+        else:
+            await self._store.flush()
+        return fast_copy(task)
+
+    def save_checkpoint(self, task_id: str, state: Any) -> asyncio.Future[None]:
+        """Record an agent's checkpoint for a task (see ``AgentContext.checkpoint``)."""
+        task = self.get(task_id)
+        task.checkpoint = to_json_value(state, "checkpoint state")
+        return asyncio.ensure_future(self._store.put_task(task))
+
+    # ------------------------------------------------------------------ recovery
+    def restore(self, stored: Iterable[Task], dead_letters: Iterable[DeadLetter]) -> dict[str, int]:
+        """Load tasks read back from the store after a restart (prerequisites first).
+
+        Tasks that were running are re-queued with the attempt counted, or failed when out
+        of retries. Returns counts of what was done for the RUNTIME_RECOVERED event.
+        """
+        states = {
+            TaskStatus.PENDING: NodeState.READY,
+            TaskStatus.BLOCKED: NodeState.BLOCKED,
+            TaskStatus.RUNNING: NodeState.RUNNING,
+            TaskStatus.COMPLETED: NodeState.DONE,
+            TaskStatus.FAILED: NodeState.FAILED,
+            TaskStatus.CANCELLED: NodeState.CANCELLED,
+        }
+        report = {"restored": 0, "requeued": 0, "failed": 0}
+        interrupted: list[Task] = []
+        for task in _prerequisites_first(stored):
+            self.tasks[task.task_id] = task
+            self._count(task, 1)
+            if task.idempotency_key is not None:
+                self.by_idempotency_key[task.idempotency_key] = task.task_id
+            route = route_for(task.agent_id, task.group)
+            self.scheduler.restore(task.task_id, task.priority, task.dependencies, route, states[task.status])
+            report["restored"] += 1
+            if task.status is TaskStatus.RUNNING:
+                interrupted.append(task)
+            elif not task.status.is_terminal:
+                self._set_status(
+                    task,
+                    TaskStatus.BLOCKED
+                    if self.scheduler.state(task.task_id) is NodeState.BLOCKED
+                    else TaskStatus.PENDING,
+
+                )
+        for letter in dead_letters:
+            self.dead_letters[letter.dead_letter_id] = letter
+        for task in interrupted:
+            task.retry_count += 1
+            if task.retry_count > task.max_retries:
+                task.retry_count = task.max_retries
+                self._fail_for_good(task, "interrupted: the runtime stopped while this task ran and it has no retries left")
+                report["failed"] += 1
+            else:
+                self._set_status(task, TaskStatus.PENDING)
+                self.scheduler.requeue(task.task_id)
+                self._events.emit(EventType.TASK_REQUEUED, task_id=task.task_id, details={"reason": "runtime restarted while the task ran", "attempt": task.retry_count})
+                self._store.put_task(task)
+                report["requeued"] += 1
+        self._apply(self.scheduler.settle())
+        return report
+
+    # ------------------------------------------------------------------ internals
+    def _count(self, task: Task, delta: int) -> None:
+        self.status_counts[task.status] += delta
+        if task.status is TaskStatus.PENDING:
+            self.pending_by_priority[task.priority] += delta
+            if not self.pending_by_priority[task.priority]:
+                del self.pending_by_priority[task.priority]
+
+    def _set_status(self, task: Task, status: TaskStatus) -> None:
+        self._count(task, -1)
+        task.status = status
+        self._count(task, 1)
+
+    def _mark_cancelled(self, task: Task, reason: str, change: Change) -> None:
+        self._set_status(task, TaskStatus.CANCELLED)
+        task.error_message = reason
+        task.completed_at = datetime.now(UTC)
+        self.counters["cancelled"] += 1
+        self._events.emit(EventType.TASK_CANCELLED, task_id=task.task_id, agent_id=task.assigned_agent_id, details={"reason": reason})
+        self._finish(task)
+        self._apply(change)
+
+    def _apply(self, change: Change) -> None:
+        """Bring ready and cascaded tasks' statuses in line with the scheduler."""
+        for task_id in change.ready:
+            task = self.tasks[task_id]
+            if task.status is TaskStatus.BLOCKED:
+                self._set_status(task, TaskStatus.PENDING)
+                self._store.put_task(task)
+        for task_id, final, reason in change.finished:
+            task = self.tasks[task_id]
+            if self.executor is not None and task.status is TaskStatus.PENDING:
+                self.executor.cancel_retry(task_id)
+            self._set_status(task, _FINAL_STATUS[final])
+            task.error_message = reason
+            task.completed_at = datetime.now(UTC)
+            counter = "failed" if final is NodeState.FAILED else "cancelled"
+            self.counters[counter] += 1
+            self._events.emit(
+                EventType.TASK_FAILED if final is NodeState.FAILED else EventType.TASK_CANCELLED,
+                severity=Severity.ERROR if final is NodeState.FAILED else Severity.INFO,
+                task_id=task_id,
+                details={"reason": reason},
+            )
+            self._finish(task)
+
+    def _finish(self, task: Task) -> None:
+        commit = self._store.put_task(task)
+        waiters = self._waiters.pop(task.task_id, None)
+        if waiters:
+            asyncio.ensure_future(commit).add_done_callback(lambda _: _wake(waiters))
+
+    def _dead_letter(self, task: Task, reason: str) -> None:
+        letter = DeadLetter.model_construct(
+            dead_letter_id="task:" + task.task_id,
+            kind="task",
+            ref_id=task.task_id,
+            reason=reason,
+            payload={"name": task.name, "attempts": task.retry_count + 1},
+            created_at=datetime.now(UTC),
+            requeued_at=None,
+        )
+        self.dead_letters[letter.dead_letter_id] = letter
+        self._store.put_dead_letter(letter)
+
+    def _record_duration(self, task_id: str) -> None:
+        started = self._started_mono.pop(task_id, None)
+        if started is not None:
+            duration = time.monotonic() - started
+            self.durations.append(duration)
+            # an exponential moving average answers ETA queries in O(1)
+            mean = self.mean_duration
+            self.mean_duration = duration if mean is None else mean + (duration - mean) * 0.05
+
+
+def _wake(waiters: list[asyncio.Future[None]]) -> None:
+    for waiter in waiters:
+        if not waiter.done():
+            waiter.set_result(None)
+
+
+def _prerequisites_first(tasks: Iterable[Task]) -> list[Task]:
+    """Order tasks so every task comes after the tasks it depends on (stable otherwise)."""
+    by_id = {task.task_id: task for task in tasks}
+    ordered: list[Task] = []
+    seen: set[str] = set()
+    for root in by_id.values():
+        stack: list[tuple[Task, bool]] = [(root, False)]
+        while stack:
+            task, expanded = stack.pop()
+            if task.task_id in seen:
+                continue
+            if expanded:
+                seen.add(task.task_id)
+                ordered.append(task)
+                continue
+            stack.append((task, True))
+            for dep in reversed(task.dependencies):
+                if dep in by_id and dep not in seen:
+                    stack.append((by_id[dep], False))
+    return ordered
+
+
+__all__ = ["TaskBook", "TaskRequest", "describe_error", "to_json_value"]

@@ -1,0 +1,345 @@
+"""Built-in executor: dispatches ready tasks to idle agents on the asyncio loop.
+
+No polling anywhere: a change (task ready, agent idle, queue resumed) schedules one dispatch
+pass with ``loop.call_soon``, so everything that changed in one loop iteration is matched in
+one pass, in priority order. An agent that finishes a task takes its next one directly,
+without going through the loop. Timeouts are ``asyncio.timeout`` contexts and retry backoffs
+are loop timers, both frozen while the queue or the task's agent is paused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from miminions.kernel.clock import FreezableDeadline, FreezableTimer
+from miminions.kernel.errors import PluginError, TaskCancelledError, TaskTimeoutError
+from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.models import Task, fast_copy
+from miminions.kernel.scheduler import agent_route
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from miminions.kernel.lifecycle import AgentSlot
+    from miminions.kernel.runtime import AgentRuntime
+
+QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
+
+
+@dataclass(eq=False)
+class _Run:
+    slot: AgentSlot
+    task_id: str
+    worker: asyncio.Task[None]
+    deadline: FreezableDeadline | None = None
+    cancel_reason: str | None = None
+    interrupt_reason: str | None = None
+    done: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class AsyncioExecutor:
+    """The built-in :class:`~miminions.kernel.interfaces.Executor`."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._rt = runtime
+        self._loop = asyncio.get_running_loop()
+        self._sched = runtime.scheduler
+        self._book = runtime.task_book
+        self._agents = runtime.agent_book
+        self._idle: dict[str, AgentSlot] = {}
+        self._idle_by_group: dict[str, dict[str, AgentSlot]] = {}
+        self._available: set[str] = set()
+        self._runs: dict[str, _Run] = {}
+        self._run_by_agent: dict[str, _Run] = {}
+        self._workers: set[asyncio.Task[None]] = set()
+        self._retry_timers: dict[str, FreezableTimer] = {}
+        self._paused_agents: set[str] = set()
+        self._queue_frozen = False
+        self._accepting = False
+        self._dispatch_scheduled = False
+        pick = runtime.plugin_manager.hook.miminions_pick_agent
+        self._pick_hook = pick if runtime.custom_hook("miminions_pick_agent") else None
+        self._notify_timeout = runtime.config.shutdown_timeout_seconds
+
+    # ------------------------------------------------------------------ lifecycle
+    async def start(self) -> None:
+        """Begin dispatching."""
+        self._accepting = True
+        self.wake()
+
+    async def drain(self, timeout_seconds: float) -> list[str]:
+        """Stop dispatching; let running tasks finish for ``timeout_seconds``; interrupt
+        (and re-queue) the rest. Returns the ids of the interrupted tasks."""
+        self._accepting = False
+        runs = list(self._runs.values())
+        if runs:
+            await asyncio.wait([asyncio.ensure_future(run.done.wait()) for run in runs], timeout=timeout_seconds)
+        leftover = [run.task_id for run in self._runs.values()]
+        await asyncio.gather(*(self._interrupt(run, "runtime shutting down") for run in list(self._runs.values())))
+        return leftover
+
+    async def close(self) -> None:
+        """Cancel timers and workers; nothing of the executor outlives this call."""
+        self._accepting = False
+        for timer in self._retry_timers.values():
+            timer.cancel()
+        self._retry_timers.clear()
+        await asyncio.gather(*(self._interrupt(run, "runtime closed") for run in list(self._runs.values())))
+        for worker in list(self._workers):
+            worker.cancel()
+        if self._workers:
+            await asyncio.gather(*self._workers, return_exceptions=True)
+
+    # ------------------------------------------------------------------ agents
+    def agent_available(self, slot: AgentSlot) -> None:
+        """``slot`` may take tasks (it started or resumed)."""
+        self._available.add(slot.agent_id)
+        if slot.agent_id not in self._run_by_agent:
+            self._make_idle(slot)
+            self.wake()
+
+    def agent_unavailable(self, slot: AgentSlot) -> None:
+        """``slot`` takes no new task (pausing or stopping); a running task goes on."""
+        self._available.discard(slot.agent_id)
+        self._leave_idle(slot)
+
+    async def wait_agent_idle(self, agent_id: str, timeout_seconds: float) -> bool:
+        """Wait up to ``timeout_seconds`` for the agent's running task to end."""
+        run = self._run_by_agent.get(agent_id)
+        if run is None:
+            return True
+        try:
+            await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout_seconds)
+        except TimeoutError:
+            return False
+        return True
+
+    async def interrupt_agent(self, agent_id: str, reason: str) -> bool:
+        """Interrupt the agent's running task (it is re-queued); False if it had none."""
+        run = self._run_by_agent.get(agent_id)
+        if run is None:
+            return False
+        await self._interrupt(run, reason)
+        return True
+
+    # ------------------------------------------------------------------ tasks
+    def wake(self) -> None:
+        """Schedule one dispatch pass (coalesced)."""
+        if not self._dispatch_scheduled:
+            self._dispatch_scheduled = True
+            self._loop.call_soon(self._dispatch)
+
+    def cancel_task(self, task_id: str, reason: str = "cancelled by user") -> bool:
+        """Interrupt a running task; it ends cancelled. False if it is not running."""
+        run = self._runs.get(task_id)
+        if run is None:
+            return False
+        run.cancel_reason = reason
+        run.worker.cancel()
+        return True
+
+    def running_task_ids(self) -> Sequence[str]:
+        """Ids of the tasks being run now."""
+        return list(self._runs)
+
+    def schedule_retry(self, task_id: str, delay: float) -> None:
+        """Make ``task_id`` ready again after ``delay`` seconds of unfrozen time."""
+        frozen = set()
+        if self._queue_frozen:
+            frozen.add(QUEUE_REASON)
+        route = self._sched.route(task_id)
+        for agent_id in self._paused_agents:
+            if route == agent_route(agent_id):
+                frozen.add(agent_id)
+        self._retry_timers[task_id] = FreezableTimer(self._loop, delay, lambda: self._retry_due(task_id), frozen)
+
+    def cancel_retry(self, task_id: str) -> None:
+        """Forget the pending retry of ``task_id``."""
+        timer = self._retry_timers.pop(task_id, None)
+        if timer is not None:
+            timer.cancel()
+
+    def retry_remaining(self, task_id: str) -> float | None:
+        """Seconds of backoff left for ``task_id``, or None when it is not waiting to retry."""
+        timer = self._retry_timers.get(task_id)
+        return None if timer is None else timer.remaining
+
+    def pause_clocks(self, agent_id: str | None) -> None:
+        """Freeze timeouts and backoffs affected by a paused agent (or, for None, the queue)."""
+        self._set_frozen(agent_id, freeze=True)
+
+    def resume_clocks(self, agent_id: str | None) -> None:
+        """Undo :meth:`pause_clocks`."""
+        self._set_frozen(agent_id, freeze=False)
+
+    # ------------------------------------------------------------------ internals
+    def _set_frozen(self, agent_id: str | None, *, freeze: bool) -> None:
+        if agent_id is None:
+            self._queue_frozen = freeze
+            reason = QUEUE_REASON
+            timers = list(self._retry_timers.values())
+        else:
+            reason = agent_id
+            if freeze:
+                self._paused_agents.add(agent_id)
+            else:
+                self._paused_agents.discard(agent_id)
+            route = agent_route(agent_id)
+            timers = [t for task_id, t in self._retry_timers.items() if self._sched.route(task_id) == route]
+            run = self._run_by_agent.get(agent_id)
+            if run is not None and run.deadline is not None:
+                (run.deadline.freeze if freeze else run.deadline.thaw)(reason)
+        for timer in timers:
+            (timer.freeze if freeze else timer.thaw)(reason)
+        if not freeze:
+            self.wake()
+
+    def _retry_due(self, task_id: str) -> None:
+        self._retry_timers.pop(task_id, None)
+        self._book.retry_due(task_id)
+
+    def _dispatch(self) -> None:
+        self._dispatch_scheduled = False
+        if not self._accepting or self._rt.queue_paused:
+            return
+        while self._idle:
+            best: tuple[tuple[float, int], str] | None = None
+            for key, seq, route in self._sched.best_per_route():
+                if self._has_candidate(route) and (best is None or (key, seq) < best[0]):
+                    best = ((key, seq), route)
+            if best is None:
+                return
+            route = best[1]
+            task_id = self._sched.peek(route)
+            if task_id is None:
+                return
+            slot = self._choose(task_id, route)
+            self._sched.take_id(task_id)
+            self._leave_idle(slot)
+            self._launch(slot, task_id)
+
+    def _has_candidate(self, route: str) -> bool:
+        if not route:
+            return True
+        if route.startswith("g:"):
+            return bool(self._idle_by_group.get(route[2:]))
+        return route[2:] in self._idle
+
+    def _candidates(self, route: str) -> list[AgentSlot]:
+        if not route:
+            return list(self._idle.values())
+        if route.startswith("g:"):
+            return list(self._idle_by_group[route[2:]].values())
+        return [self._idle[route[2:]]]
+
+    def _choose(self, task_id: str, route: str) -> AgentSlot:
+        if self._pick_hook is None:
+            if not route:
+                return next(iter(self._idle.values()))
+            return self._candidates(route)[0]
+        candidates = self._candidates(route)
+        chosen = self._pick_hook(task=self._book.tasks[task_id].model_copy(), candidates=[c.instance.model_copy() for c in candidates])
+        for slot in candidates:
+            if slot.agent_id == chosen:
+                return slot
+        raise PluginError(f"miminions_pick_agent returned {chosen!r}, which is not one of the idle candidates")
+
+    def _make_idle(self, slot: AgentSlot) -> None:
+        if slot.agent_id not in self._available:
+            return
+        self._idle[slot.agent_id] = slot
+        if slot.spec.group:
+            self._idle_by_group.setdefault(slot.spec.group, {})[slot.agent_id] = slot
+
+    def _leave_idle(self, slot: AgentSlot) -> None:
+        self._idle.pop(slot.agent_id, None)
+        if slot.spec.group:
+            group = self._idle_by_group.get(slot.spec.group)
+            if group is not None:
+                group.pop(slot.agent_id, None)
+
+    def _launch(self, slot: AgentSlot, task_id: str) -> None:
+        worker = self._loop.create_task(self._work(slot, task_id))
+        self._workers.add(worker)
+        worker.add_done_callback(self._workers.discard)
+
+    async def _work(self, slot: AgentSlot, task_id: str | None) -> None:
+        agent_id = slot.agent_id
+        while task_id is not None:
+            await self._run_one(slot, task_id)
+            # Let the loop breathe between tasks: an agent whose tasks never suspend must
+            # not starve commits, other agents or the application.
+            await asyncio.sleep(0)
+            if not self._accepting or self._rt.queue_paused or agent_id not in self._available:
+                break
+            task_id = self._sched.take(slot.routes)
+        self._make_idle(slot)
+        if self._idle and self._accepting:
+            self.wake()
+
+    async def _run_one(self, slot: AgentSlot, task_id: str) -> None:
+        worker = asyncio.current_task()
+        assert worker is not None  # always run inside the worker task
+        book = self._book
+        task = book.started(task_id, slot.agent_id)
+        self._agents.task_started(slot, task_id)
+        run = _Run(slot, task_id, worker)
+        self._runs[task_id] = run
+        self._run_by_agent[slot.agent_id] = run
+        timeout = book.effective_timeout(task)
+        ok = False
+        error: BaseException | None = None
+        try:
+            async with asyncio.timeout(timeout) as scope:
+                if timeout is not None:
+                    run.deadline = FreezableDeadline(self._loop, scope)
+                    if slot.agent_id in self._paused_agents:
+                        run.deadline.freeze(slot.agent_id)
+                result = await slot.host.run(fast_copy(task), task.checkpoint)
+        except (asyncio.CancelledError, TaskCancelledError):
+            if run.cancel_reason is None and run.interrupt_reason is None:
+                raise
+            worker.uncancel()
+            if run.cancel_reason is not None:
+                book.cancelled(task_id, run.cancel_reason)
+            else:
+                book.interrupted(task_id, run.interrupt_reason or "interrupted")
+        except TimeoutError as exc:
+            if scope.expired():
+                error = TaskTimeoutError(f"task {task_id} timed out after {timeout} s")
+                book.failed(task_id, error, timed_out=True)
+            else:
+                error = exc
+                book.failed(task_id, exc)
+        except Exception as exc:
+            error = exc
+            book.failed(task_id, exc)
+        else:
+            book.completed(task_id, result)
+            ok = True
+        finally:
+            self._runs.pop(task_id, None)
+            self._run_by_agent.pop(slot.agent_id, None)
+            self._agents.task_ended(slot, ok)
+            run.done.set()
+        if error is not None:
+            await self._notify_error(slot, error, task)
+
+    async def _notify_error(self, slot: AgentSlot, error: BaseException, task: Task) -> None:
+        with contextlib.suppress(Exception, TimeoutError):
+            await asyncio.wait_for(slot.host.notify_error(error, task.model_copy()), self._notify_timeout)
+
+    async def _interrupt(self, run: _Run, reason: str) -> None:
+        if run.cancel_reason is None:
+            run.interrupt_reason = reason
+        run.worker.cancel()
+        await run.done.wait()
+
+
+@hookimpl(trylast=True)  # built-in: any other executor plugin wins
+def miminions_make_executor(runtime: AgentRuntime) -> AsyncioExecutor:
+    """Provide the built-in asyncio executor."""
+    return AsyncioExecutor(runtime)

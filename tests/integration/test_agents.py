@@ -1,0 +1,242 @@
+"""Agent lifecycle end to end: hooks, pause/resume, stop, limits, groups, durable state."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    AlreadyExistsError,
+    BaseAgent,
+    EventType,
+    InvalidStateError,
+    ResourceLimits,
+    RuntimeConfig,
+    Task,
+    TaskStatus,
+    ValidationError,
+)
+from tests.support import agents
+from tests.support.events import EventRecorder
+
+
+async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: Any) -> str:
+    agent_id = await rt.register_agent(name, agent, **kwargs)
+    await rt.start_agent(agent_id)
+    return agent_id
+
+
+def started(name: str) -> asyncio.Event:
+    return agents.STARTED.setdefault(name, asyncio.Event())
+
+
+def gate(name: str) -> asyncio.Event:
+    return agents.GATES.setdefault(name, asyncio.Event())
+
+
+async def test_lifecycle_hooks_are_called_in_order(rt: AgentRuntime) -> None:
+    """F-11: on_start, on_error, on_pause, on_resume(state) and on_stop run when expected."""
+    agent_id = await start(rt, "rec", agents.RecordingAgent)
+    failing = await rt.submit_task("bad", {"fail": "nope"})
+    assert (await rt.wait_for_task(failing, 5)).status is TaskStatus.FAILED
+    await rt.pause_agent(agent_id)
+    await rt.resume_agent(agent_id)
+    await rt.stop_agent(agent_id)
+    assert agents.CALLS == [
+        ("on_start", "rec"),
+        ("execute", "bad"),
+        ("on_error", ("RuntimeError", failing)),
+        ("on_pause", "rec"),
+        ("on_resume", {"counter": 41, "nested": {"items": [1, "two", None, 3.5]}}),
+        ("on_stop", "rec"),
+    ]
+    assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
+
+
+async def test_pause_halts_running_task_at_safe_point(rt: AgentRuntime) -> None:
+    """F-04, F-25: pause returns once the running task reached a safe point; the task
+    stays halted there until resume, then finishes."""
+    agent_id = await start(rt, "gated", agents.GatedAgent)
+    task_id = await rt.submit_task("work")
+    await asyncio.wait_for(started("work").wait(), 5)
+    paused = await rt.pause_agent(agent_id, timeout_seconds=5)
+    assert paused.status is AgentStatus.PAUSED
+    assert paused.task_id == task_id
+    gate("work").set()  # the task could finish now, but it is halted at its checkpoint
+    with pytest.raises(TimeoutError):
+        await rt.wait_for_task(task_id, timeout_seconds=0.1)
+    assert rt.get_task_status(task_id).status is TaskStatus.RUNNING
+    await rt.resume_agent(agent_id)
+    assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_task_timeout_does_not_count_while_agent_paused(rt: AgentRuntime) -> None:
+    """F-25: a paused agent's task timeout stops counting."""
+    agent_id = await start(rt, "gated", agents.GatedAgent)
+    task_id = await rt.submit_task("work", timeout_seconds=0.3)
+    await asyncio.wait_for(started("work").wait(), 5)
+    await rt.pause_agent(agent_id)
+    await asyncio.sleep(0.5)  # longer than the whole timeout: this is the time under test
+    gate("work").set()
+    await rt.resume_agent(agent_id)
+    task = await rt.wait_for_task(task_id, 5)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+
+
+async def test_retry_backoff_does_not_count_while_queue_paused(make_config: Callable[..., RuntimeConfig]) -> None:
+    """F-25: retry backoff is frozen while the queue is paused."""
+    config = make_config(retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=0.2)
+    recorder = EventRecorder()
+    async with AgentRuntime(config=config, plugins=[recorder]) as rt:
+        await start(rt, "switch", agents.SwitchAgent)
+        agents.FAILING.add("job")
+        task_id = await rt.submit_task("job", max_retries=1)
+        await recorder.wait_for(EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
+        await rt.pause_queue()
+        agents.FAILING.clear()
+        await asyncio.sleep(0.4)  # twice the backoff: this is the time under test
+        explanation = rt.explain(task_id)
+        kinds = [reason.kind.value for reason in explanation.reasons]
+        assert kinds[:2] == ["retry_backoff", "queue_paused"]
+        assert rt.executor.retry_remaining(task_id) == pytest.approx(0.2, abs=0.05)
+        await rt.resume_queue()
+        assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_graceful_stop_lets_task_finish(rt: AgentRuntime) -> None:
+    """F-04, F-14: a graceful stop waits for the running task."""
+    agent_id = await start(rt, "gated", agents.GatedAgent)
+    task_id = await rt.submit_task("work")
+    await asyncio.wait_for(started("work").wait(), 5)
+    stopping = asyncio.create_task(rt.stop_agent(agent_id, graceful=True, timeout_seconds=5))
+    await asyncio.sleep(0)
+    gate("work").set()
+    assert (await stopping).status is AgentStatus.STOPPED
+    assert rt.get_task_status(task_id).status is TaskStatus.COMPLETED
+
+
+async def test_stop_timeout_requeues_task_for_another_agent(rt: AgentRuntime) -> None:
+    """F-04: a task still running when the stop timeout ends is re-queued, not lost, and
+    the attempt does not count."""
+    first = await start(rt, "first", agents.GatedAgent)
+    task_id = await rt.submit_task("work")
+    await asyncio.wait_for(started("work").wait(), 5)
+    await rt.stop_agent(first, graceful=True, timeout_seconds=0.05)
+    assert rt.get_task_status(task_id).status is TaskStatus.PENDING
+    second = await start(rt, "second", agents.GatedAgent)
+    gate("work").set()
+    task = await rt.wait_for_task(task_id, 5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.assigned_agent_id == second
+    assert task.retry_count == 0
+    assert await rt.query_events(event_type=EventType.TASK_REQUEUED, task_id=task_id)
+
+
+async def test_forced_stop_skips_on_stop(rt: AgentRuntime) -> None:
+    """F-04: a forced stop does not run on_stop."""
+    agent_id = await start(rt, "rec", agents.RecordingAgent)
+    await rt.stop_agent(agent_id, graceful=False)
+    assert ("on_stop", "rec") not in agents.CALLS
+    assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
+
+
+async def test_max_concurrent_agents_queues_extra_starts(make_config: Callable[..., RuntimeConfig]) -> None:
+    """F-08: starts beyond max_concurrent_agents wait as QUEUED with a reason, and start in
+    order when a slot frees."""
+    config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
+    async with AgentRuntime(config=config) as rt:
+        first = await start(rt, "first", agents.EchoAgent)
+        second = await rt.register_agent("second", agents.EchoAgent)
+        queued = await rt.start_agent(second)
+        assert queued.status is AgentStatus.QUEUED
+        assert "free agent slot" in (queued.status_reason or "")
+        capacity = rt.get_capacity()
+        assert (capacity.active_agents, capacity.free_agent_slots, capacity.queued_agent_starts) == (1, 0, 1)
+        task_id = await rt.submit_task("for-second", agent_id=second)
+        assert [r.kind.value for r in rt.explain(task_id).reasons] == ["concurrency_limit"]
+        await rt.stop_agent(first)
+        task = await rt.wait_for_task(task_id, 5)
+        assert task.assigned_agent_id == second
+        assert rt.get_agent_status(second).status is AgentStatus.RUNNING
+
+
+async def test_group_operations(rt: AgentRuntime) -> None:
+    """F-18, F-25: lifecycle operations apply to a whole group in one call."""
+    ids = [await rt.register_agent(f"w{i}", agents.EchoAgent, group="workers") for i in range(3)]
+    other = await start(rt, "other", agents.EchoAgent, group="others")
+    assert {a.status for a in await rt.start_group("workers")} == {AgentStatus.RUNNING}
+    assert {a.status for a in await rt.pause_group("workers")} == {AgentStatus.PAUSED}
+    assert rt.get_agent_status(other).status is AgentStatus.RUNNING
+    assert {a.status for a in await rt.resume_group("workers")} == {AgentStatus.RUNNING}
+    assert {a.status for a in await rt.stop_group("workers")} == {AgentStatus.STOPPED}
+    assert sorted(a.agent_id for a in rt.list_agents(status="stopped")) == sorted(ids)
+
+
+async def test_wrong_lifecycle_state_is_rejected(rt: AgentRuntime) -> None:
+    """R-04: calls in the wrong lifecycle state raise a clear InvalidStateError."""
+    agent_id = await rt.register_agent("echo", agents.EchoAgent)
+    with pytest.raises(InvalidStateError, match="cannot pause agent .* it is registered"):
+        await rt.pause_agent(agent_id)
+    with pytest.raises(InvalidStateError, match="cannot resume"):
+        await rt.resume_agent(agent_id)
+    await rt.start_agent(agent_id)
+    with pytest.raises(InvalidStateError, match="cannot start"):
+        await rt.start_agent(agent_id)
+    assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+
+async def test_register_rejects_bad_input(rt: AgentRuntime) -> None:
+    """R-04: duplicate names, non-agents, bad config and unknown isolation are rejected."""
+    await rt.register_agent("echo", agents.EchoAgent)
+    with pytest.raises(AlreadyExistsError):
+        await rt.register_agent("echo", agents.EchoAgent)
+    with pytest.raises(ValidationError, match="cannot register"):
+        await rt.register_agent("number", 42)
+    with pytest.raises(ValidationError, match="JSON"):
+        await rt.register_agent("cfg", agents.EchoAgent, config={"x": object()})
+    with pytest.raises(Exception, match="isolation 'nope'"):
+        await rt.register_agent("iso", agents.EchoAgent, isolation="nope")
+    assert [a.name for a in rt.list_agents()] == ["echo"]
+
+
+class BrokenStart(BaseAgent):
+    async def on_start(self) -> None:
+        raise OSError("no connection")
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+async def test_failing_on_start_marks_agent_failed(rt: AgentRuntime) -> None:
+    """F-07: an agent whose on_start raises is FAILED with the reason; the runtime goes on."""
+    agent_id = await rt.register_agent("broken", BrokenStart)
+    status = await rt.start_agent(agent_id)
+    assert status.status is AgentStatus.FAILED
+    assert "OSError: no connection" in (status.error_message or "")
+    await start(rt, "echo", agents.EchoAgent)
+    assert (await rt.wait_for_task(await rt.submit_task("still works"), 5)).status is TaskStatus.COMPLETED
+
+
+async def test_paused_state_survives_restart(make_config: Callable[..., RuntimeConfig]) -> None:
+    """F-09: what on_pause returned is handed back unchanged to on_resume after a restart."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await start(rt, "rec", agents.RecordingAgent)
+        await rt.pause_agent(agent_id)
+    agents.CALLS.clear()
+    async with AgentRuntime(config=make_config()) as rt:
+        again = await rt.register_agent("rec", agents.RecordingAgent)
+        assert again == agent_id
+        assert rt.get_agent_status(agent_id).status is AgentStatus.PAUSED
+        await rt.resume_agent(agent_id)
+        assert agents.CALLS == [
+            ("on_start", "rec"),
+            ("on_resume", {"counter": 41, "nested": {"items": [1, "two", None, 3.5]}}),
+        ]
+        assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+        task = await rt.wait_for_task(await rt.submit_task("after"), 5)
+        assert task.status is TaskStatus.COMPLETED

@@ -1,0 +1,259 @@
+"""Tasks end to end on a real runtime: submit, run, priorities, dependencies, retries,
+timeouts, cancellation, idempotency, routing, dead letters."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from miminions import (
+    AgentRuntime,
+    InvalidStateError,
+    EventType,
+    Priority,
+    TaskRequest,
+    TaskStatus,
+)
+from tests.support import agents
+
+
+async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: object) -> str:
+    agent_id = await rt.register_agent(name, agent, **kwargs)  # type: ignore[arg-type]
+    await rt.start_agent(agent_id)
+    return agent_id
+
+
+async def test_submit_and_wait_returns_output(rt: AgentRuntime) -> None:
+    """F-02: a task is stored, handed to an available agent and its result recorded."""
+    agent_id = await start(rt, "echo", agents.EchoAgent)
+    task_id = await rt.submit_task("hello", {"text": "hi"})
+    task = await rt.wait_for_task(task_id, timeout_seconds=5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.output_data == {"echo": {"text": "hi"}, "agent": "echo"}
+    assert task.assigned_agent_id == agent_id
+    assert task.started_at is not None and task.completed_at is not None
+    assert task.completed_at >= task.started_at >= task.created_at
+
+
+@pytest.mark.parametrize("fn", [agents.async_function_agent, agents.sync_function_agent])
+async def test_function_agents(rt: AgentRuntime, fn: object) -> None:
+    """F-22: a plain async or sync function is an agent."""
+    await start(rt, "fn", fn)
+    task = await rt.wait_for_task(await rt.submit_task("double", {"x": 21}), 5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.output_data["agent"] == "fn"
+
+
+async def test_sync_agent_does_not_block_the_loop(rt: AgentRuntime) -> None:
+    """F-22: synchronous agent code runs in a thread; other agents keep working."""
+    await start(rt, "sync", agents.SyncBlockingAgent, group="slow")
+    await start(rt, "echo", agents.EchoAgent, group="fast")
+    blocked = await rt.submit_task("blocked", group="slow")
+    quick = await rt.wait_for_task(await rt.submit_task("quick", group="fast"), 5)
+    assert quick.status is TaskStatus.COMPLETED
+    assert rt.get_task_status(blocked).status is TaskStatus.RUNNING
+    agents.SyncBlockingAgent.release.set()
+    done = await rt.wait_for_task(blocked, 5)
+    assert done.status is TaskStatus.COMPLETED
+    assert done.output_data["thread"] != "MainThread"
+
+
+async def test_priority_order_and_fifo(rt: AgentRuntime) -> None:
+    """F-03: a ready task of higher priority runs first; equal priorities are FIFO."""
+    await start(rt, "echo", agents.EchoAgent)
+    await rt.pause_queue()
+    ids = [
+        await rt.submit_task("low", priority=Priority.LOW),
+        await rt.submit_task("medium-1", priority=Priority.MEDIUM),
+        await rt.submit_task("high", priority=Priority.HIGH),
+        await rt.submit_task("medium-2", priority=Priority.MEDIUM),
+        await rt.submit_task("p10", priority=10),
+    ]
+    await rt.resume_queue()
+    for task_id in ids:
+        await rt.wait_for_task(task_id, 5)
+    assert [name for _, name in agents.CALLS] == ["high", "p10", "medium-1", "medium-2", "low"]
+
+
+async def test_dependencies_run_in_order(rt: AgentRuntime) -> None:
+    """F-10: a task runs only after all its prerequisites completed."""
+    await start(rt, "echo", agents.EchoAgent)
+    await rt.pause_queue()
+    first = await rt.submit_task("first", priority=Priority.LOW)
+    second = await rt.submit_task("second", priority=Priority.LOW)
+    last = await rt.submit_task("last", priority=Priority.HIGH, dependencies=[first, second])
+    assert rt.get_task_status(last).status is TaskStatus.BLOCKED
+    await rt.resume_queue()
+    assert (await rt.wait_for_task(last, 5)).status is TaskStatus.COMPLETED
+    assert [name for _, name in agents.CALLS] == ["first", "second", "last"]
+
+
+async def test_batch_with_internal_dependencies(rt: AgentRuntime) -> None:
+    """F-10: submit_tasks accepts a DAG whose tasks refer to each other by id."""
+    await start(rt, "echo", agents.EchoAgent)
+    ids = await rt.submit_tasks(
+        [
+            TaskRequest(name="c", task_id="c", dependencies=["a", "b"]),
+            {"name": "a", "task_id": "a"},
+            TaskRequest(name="b", task_id="b", dependencies=["a"]),
+        ]
+    )
+    assert ids == ["c", "a", "b"]
+    await rt.wait_for_task("c", 5)
+    assert [name for _, name in agents.CALLS] == ["a", "b", "c"]
+
+
+async def test_failed_prerequisite_fails_dependents(rt: AgentRuntime) -> None:
+    """F-10: a failed prerequisite fails its dependents with the reason, transitively."""
+    await start(rt, "rec", agents.RecordingAgent)
+    root = await rt.submit_task("root", {"fail": "boom"})
+    child = await rt.submit_task("child", dependencies=[root])
+    grandchild = await rt.submit_task("grandchild", dependencies=[child])
+    assert (await rt.wait_for_task(root, 5)).status is TaskStatus.FAILED
+    for task_id in (child, grandchild):
+        task = await rt.wait_for_task(task_id, 5)
+        assert task.status is TaskStatus.FAILED
+        assert "prerequisite task" in (task.error_message or "")
+    assert root in (rt.get_task_status(child).error_message or "")
+    assert ("execute", "child") not in agents.CALLS
+
+
+async def test_cancelled_prerequisite_cancels_dependents(rt: AgentRuntime) -> None:
+    """F-10: cancelling a prerequisite cancels its waiting dependents."""
+    await rt.pause_queue()
+    root = await rt.submit_task("root")
+    child = await rt.submit_task("child", dependencies=[root])
+    cancelled = await rt.cancel_task(root)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert rt.get_task_status(child).status is TaskStatus.CANCELLED
+
+
+async def test_retries_with_backoff_then_success(rt: AgentRuntime) -> None:
+    """F-19: a failing task is retried up to max_retries with backoff."""
+    await start(rt, "flaky", agents.FlakyAgent)
+    task_id = await rt.submit_task("flaky", {"fail_times": 2}, max_retries=3)
+    task = await rt.wait_for_task(task_id, 5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.retry_count == 2
+    assert task.output_data == {"attempts": 3}
+    retries = await rt.query_events(event_type=EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
+    assert [e.details["attempt"] for e in retries] == [1, 2]
+    delays = [e.details["delay_seconds"] for e in retries]
+    assert delays[1] == pytest.approx(2 * delays[0])
+
+
+async def test_exhausted_retries_go_to_dead_letters_and_can_be_requeued(rt: AgentRuntime) -> None:
+    """F-19, F-28: out of retries the task fails, lands on the dead-letter list and can be
+    re-queued from it with a fresh round of retries."""
+    await start(rt, "switch", agents.SwitchAgent)
+    agents.FAILING.add("job")
+    task_id = await rt.submit_task("job", max_retries=1)
+    failed = await rt.wait_for_task(task_id, 5)
+    assert failed.status is TaskStatus.FAILED
+    assert failed.retry_count == 1
+    assert failed.error_message == "RuntimeError: job is switched to fail"
+    letters = rt.list_dead_letters()
+    assert [(letter.kind, letter.ref_id) for letter in letters] == [("task", task_id)]
+    assert rt.get_queue_status().dead_letters == 1
+
+    agents.FAILING.clear()
+    assert await rt.requeue_dead_letter(letters[0].dead_letter_id) == task_id
+    again = await rt.wait_for_task(task_id, 5)
+    assert again.status is TaskStatus.COMPLETED
+    assert again.retry_count == 0
+    assert rt.get_queue_status().dead_letters == 0
+    assert rt.list_dead_letters()[0].requeued_at is not None
+    with pytest.raises(InvalidStateError):
+        await rt.requeue_dead_letter(letters[0].dead_letter_id)
+
+
+async def test_requeued_dead_letter_revives_its_dependents(rt: AgentRuntime) -> None:
+    """F-28: re-queuing a failed prerequisite also revives the dependents it took down."""
+    await start(rt, "switch", agents.SwitchAgent)
+    agents.FAILING.add("root")
+    root = await rt.submit_task("root")
+    child = await rt.submit_task("child", dependencies=[root])
+    assert (await rt.wait_for_task(child, 5)).status is TaskStatus.FAILED
+    agents.FAILING.clear()
+    await rt.requeue_dead_letter("task:" + root)
+    assert (await rt.wait_for_task(root, 5)).status is TaskStatus.COMPLETED
+    assert (await rt.wait_for_task(child, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_timeout_fails_task_and_records_event(rt: AgentRuntime) -> None:
+    """F-17: a task that runs past its timeout is stopped and failed (TASK_TIMEOUT)."""
+    await start(rt, "sleepy", agents.SleepyAgent)
+    task_id = await rt.submit_task("forever", timeout_seconds=0.05)
+    task = await rt.wait_for_task(task_id, 5)
+    assert task.status is TaskStatus.FAILED
+    assert "TaskTimeoutError" in (task.error_message or "")
+    assert await rt.query_events(event_type="task_timeout", task_id=task_id)
+
+
+async def test_cancel_pending_and_running(rt: AgentRuntime) -> None:
+    """F-19: pending and running tasks can be cancelled."""
+    await start(rt, "sleepy", agents.SleepyAgent)
+    running = await rt.submit_task("running")
+    pending = await rt.submit_task("pending")
+    await asyncio.wait_for(agents.STARTED.setdefault("running", asyncio.Event()).wait(), 5)
+    assert (await rt.cancel_task(pending)).status is TaskStatus.CANCELLED
+    cancelled = await rt.cancel_task(running)
+    assert cancelled.status is TaskStatus.CANCELLED
+    assert cancelled.error_message == "cancelled by user"
+    assert rt.get_queue_status().cancelled == 2
+
+
+async def test_idempotency_key_returns_the_same_task(rt: AgentRuntime) -> None:
+    """F-19: a re-submitted task with the same idempotency key is not added again."""
+    await start(rt, "echo", agents.EchoAgent)
+    first = await rt.submit_task("once", idempotency_key="k1")
+    second = await rt.submit_task("once", idempotency_key="k1")
+    assert first == second
+    await rt.wait_for_task(first, 5)
+    assert rt.get_queue_status().total == 1
+    assert agents.CALLS == [("echo", "once")]
+
+
+async def test_routing_to_agent_and_group(rt: AgentRuntime) -> None:
+    """F-02, F-18: a task may target one agent or a group."""
+    a1 = await start(rt, "a1", agents.EchoAgent, group="alpha")
+    await start(rt, "b1", agents.EchoAgent, group="beta")
+    await start(rt, "b2", agents.EchoAgent, group="beta")
+    to_agent = [await rt.submit_task(f"agent-{i}", agent_id=a1) for i in range(5)]
+    to_group = [await rt.submit_task(f"group-{i}", group="beta") for i in range(10)]
+    for task_id in to_agent:
+        assert (await rt.wait_for_task(task_id, 5)).assigned_agent_id == a1
+    beta = {a.agent_id for a in rt.list_agents(group="beta")}
+    for task_id in to_group:
+        assert (await rt.wait_for_task(task_id, 5)).assigned_agent_id in beta
+
+
+async def test_queue_pause_holds_tasks(rt: AgentRuntime) -> None:
+    """F-04: while the queue is paused no task is handed out."""
+    await start(rt, "echo", agents.EchoAgent)
+    await rt.pause_queue()
+    task_id = await rt.submit_task("held")
+    assert rt.get_queue_status().paused
+    explanation = rt.explain(task_id)
+    assert [r.kind.value for r in explanation.reasons] == ["queue_paused"]
+    with pytest.raises(TimeoutError):
+        await rt.wait_for_task(task_id, timeout_seconds=0.05)
+    await rt.resume_queue()
+    assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_task_status_reports_position_and_effective_priority(rt: AgentRuntime) -> None:
+    """F-05, F-26: pending tasks show queue position, estimated wait and effective
+    priority; a prerequisite of urgent work inherits its urgency."""
+    await rt.pause_queue()
+    low = await rt.submit_task("low", priority=Priority.LOW)
+    other = await rt.submit_task("other", priority=Priority.MEDIUM)
+    urgent = await rt.submit_task("urgent", priority=Priority.HIGH, dependencies=[low])
+    low_status = rt.get_task_status(low)
+    assert low_status.priority == Priority.LOW
+    assert low_status.effective_priority == 0
+    assert low_status.queue_position == 0
+    assert rt.get_task_status(other).queue_position == 1
+    assert rt.get_task_status(urgent).queue_position is None
+    assert rt.get_task_status(urgent).status is TaskStatus.BLOCKED

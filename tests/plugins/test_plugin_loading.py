@@ -1,0 +1,217 @@
+"""F-21: the plugin kernel — built-ins, entry points, user plugins, disabling, validation."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+from miminions import (
+    AgentInstance,
+    AgentRuntime,
+    EventType,
+    PluginError,
+    RuntimeConfig,
+    Task,
+    TaskStatus,
+    hookimpl,
+)
+from miminions.kernel.plugins import AUTOLOAD_ENV, BUILTIN_PLUGINS, build_plugin_manager
+from miminions.plugins.sqlite_store import SQLiteStore
+from tests.support import agents
+from tests.support.events import EventRecorder
+from tests.support.memory_store import MemoryStore
+
+PLUGIN_SOURCE = '''
+import miminions
+from tests.support.memory_store import MemoryStore
+
+SEEN = []
+STORES = []
+
+
+@miminions.hookimpl
+def miminions_event(event):
+    SEEN.append(event.event_type.value)
+
+
+@miminions.hookimpl
+def miminions_make_store(config):
+    store = MemoryStore()
+    STORES.append(store)
+    return store
+'''
+
+
+@pytest.fixture
+def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Install a real distribution ('acme-miminions') exposing an entry point."""
+    site = tmp_path / "site"
+    package = site / "acme_miminions_plugin"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
+    dist_info = site / "acme_miminions-1.0.dist-info"
+    dist_info.mkdir()
+    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-miminions\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text("[miminions]\nacme = acme_miminions_plugin\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+    return "acme"
+
+
+def config(tmp_path: Path) -> RuntimeConfig:
+    return RuntimeConfig(storage_path=str(tmp_path / "rt.db"))
+
+
+async def run_one_task(rt: AgentRuntime) -> Task:
+    await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent))
+    return await rt.wait_for_task(await rt.submit_task("t"), 5)
+
+
+async def test_entry_point_plugin_replaces_store_and_sees_events(tmp_path: Path, installed_plugin: str) -> None:
+    """F-21: a plugin installed as a distribution with an entry point is loaded; it can
+    replace the store and observe every event."""
+    import acme_miminions_plugin as plugin  # type: ignore[import-not-found]
+
+    async with AgentRuntime(config=config(tmp_path)) as rt:
+        assert installed_plugin in rt.plugin_manager.plugin_names()
+        assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
+        assert isinstance(rt.store, MemoryStore)
+    assert not (tmp_path / "rt.db").exists()  # the SQLite built-in was not used
+    assert plugin.STORES[0].closed
+    assert [t.status for t in plugin.STORES[0].tasks.values()] == [TaskStatus.COMPLETED]
+    assert {"runtime_started", "task_enqueued", "task_completed", "runtime_stopped"} <= set(plugin.SEEN)
+
+
+async def test_entry_point_plugin_can_be_disabled(tmp_path: Path, installed_plugin: str) -> None:
+    """F-21: disable=[name] blocks an entry-point plugin; the built-in store is used."""
+    async with AgentRuntime(config=config(tmp_path), disable=[installed_plugin]) as rt:
+        assert installed_plugin not in rt.plugin_manager.plugin_names()
+        assert isinstance(rt.store, SQLiteStore)
+        assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
+    assert (tmp_path / "rt.db").exists()
+
+
+def test_autoload_can_be_switched_off(installed_plugin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """F-21: MIMINIONS_DISABLE_PLUGIN_AUTOLOAD skips the entry-point group."""
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    assert installed_plugin not in build_plugin_manager().plugin_names()
+
+
+def test_builtins_are_registered_by_name() -> None:
+    """F-21: the built-ins are plugins like any other, registered by short name."""
+    pm = build_plugin_manager()
+    assert set(BUILTIN_PLUGINS) <= set(pm.plugin_names())
+    assert pm.hooks_of("sqlite_store") == ["miminions_make_store"]
+    assert pm.hooks_of("asyncio_executor") == ["miminions_make_executor"]
+
+
+def test_async_hook_impl_is_rejected() -> None:
+    """F-21: an async def hook implementation is refused with advice."""
+
+    class AsyncPlugin:
+        @hookimpl
+        async def miminions_event(self, event: object) -> None:
+            return None
+
+    with pytest.raises(PluginError, match="'async def'.*synchronous"):
+        build_plugin_manager([AsyncPlugin()])
+
+
+def test_impl_matching_no_hook_is_rejected() -> None:
+    """F-21: a misspelled hook is an error at registration (check_pending)."""
+
+    class Typo:
+        @hookimpl
+        def miminions_evnt(self, event: object) -> None:
+            return None
+
+    with pytest.raises(PluginError, match="miminions_evnt"):
+        build_plugin_manager([Typo()])
+
+
+async def test_disabled_builtin_without_replacement_names_plugins(tmp_path: Path) -> None:
+    """F-21: when no plugin provides a mechanism, the error lists who was asked."""
+    rt = AgentRuntime(config=config(tmp_path), disable=["sqlite_store"])
+    with pytest.raises(PluginError, match="no plugin provided a store"):
+        await rt.start()
+
+
+async def test_user_plugin_wins_over_builtin_store(tmp_path: Path) -> None:
+    """F-21: a plugin passed in plugins=[...] replaces a built-in provider."""
+    store = MemoryStore()
+
+    class StorePlugin:
+        @hookimpl
+        def miminions_make_store(self, config: RuntimeConfig) -> MemoryStore:
+            return store
+
+    async with AgentRuntime(config=config(tmp_path), plugins=[StorePlugin()]) as rt:
+        assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
+        assert rt.store is store
+
+
+async def test_configure_and_lifecycle_hooks(tmp_path: Path) -> None:
+    """F-21: configure, runtime_started and runtime_stopping are called in order."""
+    calls: list[str] = []
+
+    class Watcher:
+        @hookimpl
+        def miminions_configure(self, config: RuntimeConfig) -> None:
+            calls.append(f"configure:{config.plugin_options.get('watcher', {}).get('flag')}")
+
+        @hookimpl
+        def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+            calls.append(f"started:{runtime.is_running}")
+
+        @hookimpl
+        def miminions_runtime_stopping(self, runtime: AgentRuntime) -> None:
+            calls.append("stopping")
+
+    cfg = config(tmp_path).model_copy(update={"plugin_options": {"watcher": {"flag": 7}}})
+    async with AgentRuntime(config=cfg, plugins=[Watcher()]):
+        pass
+    assert calls == ["configure:7", "started:True", "stopping"]
+
+
+async def test_custom_pick_agent_and_order_key(tmp_path: Path) -> None:
+    """F-21: scheduling policy hooks replace the built-in policy."""
+    picked: list[list[str]] = []
+
+    class Policy:
+        @hookimpl
+        def miminions_pick_agent(self, task: Task, candidates: Sequence[AgentInstance]) -> str:
+            names = sorted(c.name for c in candidates)
+            picked.append(names)
+            return next(c.agent_id for c in candidates if c.name == names[-1])
+
+        @hookimpl
+        def miminions_order_key(self, priority: int, ready_at: float) -> float:
+            return -priority  # invert: the least urgent first
+
+    async with AgentRuntime(config=config(tmp_path), plugins=[Policy()]) as rt:
+        await rt.pause_queue()
+        ids = [await rt.submit_task(name, priority=p) for name, p in (("urgent", 0), ("lazy", 100))]
+        for name in ("a", "b"):
+            await rt.start_agent(await rt.register_agent(name, agents.EchoAgent))
+        await rt.resume_queue()
+        done = [await rt.wait_for_task(task_id, 5) for task_id in ids]
+    assert picked[0] == ["a", "b"]
+    assert done[1].assigned_agent_id is not None
+    assert [name for _, name in agents.CALLS][0] == "lazy"
+
+
+async def test_event_hook_errors_do_not_break_the_runtime(tmp_path: Path) -> None:
+    """F-21: a monitor that raises is logged and ignored."""
+
+    class Broken:
+        @hookimpl
+        def miminions_event(self, event: object) -> None:
+            raise RuntimeError("monitor bug")
+
+    recorder = EventRecorder()
+    async with AgentRuntime(config=config(tmp_path), plugins=[Broken(), recorder]) as rt:
+        assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
+    assert recorder.matching(EventType.TASK_COMPLETED)

@@ -1,0 +1,116 @@
+"""Agents used by the tests. Module-level and importable, so they also work when an agent
+has to be located by import path."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+
+from miminions import AgentContext, BaseAgent, Task
+
+# Tests reach into these to observe what agents did; each test resets what it uses.
+CALLS: list[tuple[str, Any]] = []
+
+
+class EchoAgent(BaseAgent):
+    """Returns its input and records which task it ran."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        CALLS.append((self.context.name, task.name))
+        return {"echo": task.input_data, "agent": self.context.name}
+
+
+class RecordingAgent(BaseAgent):
+    """Records every lifecycle hook and task, in order."""
+
+    async def on_start(self) -> None:
+        CALLS.append(("on_start", self.context.name))
+
+    async def on_stop(self) -> None:
+        CALLS.append(("on_stop", self.context.name))
+
+    async def on_pause(self) -> dict[str, Any]:
+        CALLS.append(("on_pause", self.context.name))
+        return {"counter": 41, "nested": {"items": [1, "two", None, 3.5]}}
+
+    async def on_resume(self, state: dict[str, Any]) -> None:
+        CALLS.append(("on_resume", state))
+
+    async def on_error(self, error: BaseException, task: Task | None) -> None:
+        CALLS.append(("on_error", (type(error).__name__, task.task_id if task else None)))
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        CALLS.append(("execute", task.name))
+        if task.input_data.get("fail"):
+            raise RuntimeError(task.input_data["fail"])
+        return {"done": task.name}
+
+
+class FlakyAgent(BaseAgent):
+    """Fails the first ``fail_times`` attempts of each task (from input_data)."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if task.retry_count < task.input_data.get("fail_times", 0):
+            raise ValueError(f"attempt {task.retry_count + 1} fails")
+        return {"attempts": task.retry_count + 1}
+
+
+FAILING: set[str] = set()
+
+
+class SwitchAgent(BaseAgent):
+    """Fails tasks whose name is in ``FAILING``, completes the others."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if task.name in FAILING:
+            raise RuntimeError(f"{task.name} is switched to fail")
+        return {"ok": task.name}
+
+
+class GatedAgent(BaseAgent):
+    """Waits at a checkpoint loop until released through ``GATES[task name]``."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        gate = GATES.setdefault(task.name, asyncio.Event())
+        STARTED.setdefault(task.name, asyncio.Event()).set()
+        steps = 0
+        while not gate.is_set():
+            await self.context.checkpoint({"steps": steps})
+            steps += 1
+            await asyncio.sleep(0.005)
+        return {"steps": steps}
+
+
+GATES: dict[str, asyncio.Event] = {}
+STARTED: dict[str, asyncio.Event] = {}
+
+
+class SleepyAgent(BaseAgent):
+    """Sleeps ``input_data['seconds']`` (default: forever)."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        STARTED.setdefault(task.name, asyncio.Event()).set()
+        await asyncio.sleep(task.input_data.get("seconds", 3600))
+        return {"slept": True}
+
+
+class SyncBlockingAgent:
+    """A plain (non-BaseAgent) agent with a synchronous execute_task that blocks a thread."""
+
+    release = threading.Event()
+
+    def execute_task(self, task: Task) -> dict[str, Any]:
+        if not self.release.wait(timeout=30):
+            raise TimeoutError("never released")
+        return {"thread": threading.current_thread().name}
+
+
+async def async_function_agent(task: Task, context: AgentContext) -> dict[str, Any]:
+    """A function agent."""
+    return {"fn": task.input_data.get("x", 0) * 2, "agent": context.name}
+
+
+def sync_function_agent(task: Task, context: AgentContext) -> dict[str, Any]:
+    """A synchronous function agent (runs in a thread)."""
+    return {"thread": threading.current_thread().name, "agent": context.name}
