@@ -10,6 +10,8 @@ mechanism (scheduling, isolation, storage, monitoring) is a pluggy plugin.
         task = await rt.wait_for_task(await rt.submit_task("echo", {"text": "hi"}))
 """
 
+import logging
+
 from miminions.kernel.agent import AgentContext, AgentProtocol, BaseAgent
 from miminions.kernel.errors import (
     AgentCrashedError,
@@ -42,6 +44,7 @@ from miminions.kernel.models import (
     EventType,
     HoldKind,
     HoldReason,
+    JSONObject,
     Metrics,
     Priority,
     QueueStatus,
@@ -52,10 +55,14 @@ from miminions.kernel.models import (
     TaskExplanation,
     TaskStatus,
 )
+from miminions.kernel.run import run
 from miminions.kernel.runtime import AgentRuntime
 from miminions.kernel.task_book import TaskRequest
 
 __version__ = "0.1.0"
+
+# A library does not configure logging; applications decide where events go.
+logging.getLogger("miminions").addHandler(logging.NullHandler())
 
 __all__ = [
     "AgentContext",
@@ -79,6 +86,7 @@ __all__ = [
     "HoldKind",
     "HoldReason",
     "InvalidStateError",
+    "JSONObject",
     "MessageTooLargeError",
     "Metrics",
     "MiminionsError",
@@ -106,4 +114,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "hookspec",
+    "run",
 ]

@@ -21,13 +21,13 @@ import json
 import os
 import sqlite3
 import sys
-from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from datetime import UTC, datetime
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from miminions import __version__
+from miminions import __version__, run
 from miminions.demo import DEMO_CONFIG, format_summary, format_table, priority_label, run_demo
 from miminions.kernel.errors import MiminionsError
 from miminions.kernel.export import EXPORT_FORMATS, dump_events
@@ -44,6 +44,8 @@ TEXT_EVENTS_LIMIT = 50
 DETAILS_WIDTH = 70
 ERROR_WIDTH = 60
 EXIT_USAGE = 2
+# The latest of these says whether a live runtime's queue is paused (a start resets it).
+_QUEUE_EVENTS = [EventType.QUEUE_PAUSED, EventType.QUEUE_RESUMED, EventType.RUNTIME_STARTED]
 
 _T = TypeVar("_T")
 
@@ -157,9 +159,24 @@ def _runtime_line(meta: Any) -> str:
     if meta.get("clean", True):
         stopped = meta.get("stopped_at")
         return f"stopped cleanly at {_unix_time(stopped)} UTC"
-    if isinstance(pid, int) and _process_alive(pid):
+    if _is_live(meta):
         return f"running (pid {pid}, started {_unix_time(meta.get('started_at'))} UTC)"
     return f"not running: pid {pid} did not stop cleanly; the next start recovers its work"
+
+
+def _is_live(meta: Any) -> bool:
+    """True when the run record names a runtime that has not stopped and is still alive."""
+    if not isinstance(meta, dict) or meta.get("clean", True):
+        return False
+    pid = meta.get("pid")
+    return isinstance(pid, int) and _process_alive(pid)
+
+
+def _queue_line(last: Sequence[Event]) -> str:
+    """Whether the live runtime's queue is paused, from its latest queue or start event."""
+    if last and last[-1].event_type is EventType.QUEUE_PAUSED:
+        return f"paused since {_when(last[-1].timestamp)} UTC: no new task is handed out"
+    return "handing out tasks"
 
 
 def _unix_time(value: object) -> str:
@@ -211,8 +228,11 @@ async def _status(path: Path, out: TextIO) -> int:
         counts = await store.count_tasks_by_status()
         letters = [d for d in await store.load_dead_letters() if d.requeued_at is None]
         recent = await store.query_events(build_event_query(limit=RECENT_EVENTS, newest=True))
+        queue = await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
     _print(f"Database  {path}", out)
     _print(f"Runtime   {_runtime_line(meta)}", out)
+    if _is_live(meta):
+        _print(f"Queue     {_queue_line(queue)}", out)
     _print(f"\nAgents ({len(agents)})", out)
     _print(format_agents(agents), out)
     _print("\nTasks", out)
@@ -345,19 +365,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- demo
-def _run_with_loop_factory(coro: Coroutine[Any, Any, _T]) -> _T:
-    """Run ``coro`` on the loop a ``miminions_loop_factory`` plugin provides (uvloop, ...),
-    or on asyncio's default loop when no plugin provides one."""
-    pm = build_plugin_manager()
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = pm.hook.miminions_loop_factory(
-        config=DEMO_CONFIG
-    )
-    if factory is None:
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=factory) as runner:
-        return runner.run(coro)
-
-
 def cmd_demo(args: argparse.Namespace) -> int:
     """``miminions demo``: run the built-in workload; exit 0 when every task completed."""
     db = Path(args.db).expanduser().resolve()
@@ -365,7 +372,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(f"directory {str(db.parent)!r} does not exist")
     if db.exists() and not db.is_file():
         raise CliError(f"{str(db)!r} is not a database file")
-    result = _run_with_loop_factory(run_demo(db, out=sys.stdout, quiet=args.quiet))
+    result = run(run_demo(db, out=sys.stdout, quiet=args.quiet), config=DEMO_CONFIG)
     _print(format_summary(result))
     return 0 if result.ok else 1
 
@@ -552,7 +559,8 @@ def main(argv: list[str] | None = None) -> int:
     except (CliError, MiminionsError) as exc:
         return _fail(str(exc))
     except sqlite3.DatabaseError as exc:
-        return _fail(f"cannot read the database: {exc}")
+        db = getattr(args, "db", "?")
+        return _fail(f"cannot read database {db!r}: {exc} (is it a miminions database?)")
     except KeyboardInterrupt:
         _print("interrupted", sys.stderr)
         return 130

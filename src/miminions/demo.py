@@ -236,21 +236,25 @@ def status_counts(rt: AgentRuntime, task_ids: Sequence[str]) -> Counter[TaskStat
     return Counter(rt.get_task_status(task_id).status for task_id in task_ids)
 
 
-def progress_line(counts: Counter[TaskStatus], total: int) -> str:
-    """``done 3/10 | running 2 | pending 1 | blocked 4`` (plus failed/cancelled if any)."""
+def progress_line(counts: Counter[TaskStatus], total: int, queue_paused: bool = False) -> str:
+    """``done 3/10 | running 2 | pending 1 | blocked 4`` (plus failed/cancelled if any, and
+    whether the queue is paused)."""
     parts = [f"done {counts[TaskStatus.COMPLETED]}/{total}"]
     for status in (TaskStatus.RUNNING, TaskStatus.PENDING, TaskStatus.BLOCKED):
         parts.append(f"{status.value} {counts[status]}")
     for status in (TaskStatus.FAILED, TaskStatus.CANCELLED):
         if counts[status]:
             parts.append(f"{status.value} {counts[status]}")
+    if queue_paused:
+        parts.append("queue paused")
     return "progress  " + " | ".join(parts)
 
 
 async def report_progress(rt: AgentRuntime, monitor: DemoMonitor, task_ids: Sequence[str]) -> None:
     """Print a progress line every :data:`TICK_SECONDS` until cancelled."""
     while True:
-        monitor.say(progress_line(status_counts(rt, task_ids), len(task_ids)))
+        counts = status_counts(rt, task_ids)
+        monitor.say(progress_line(counts, len(task_ids), rt.queue_paused))
         await asyncio.sleep(TICK_SECONDS)
 
 

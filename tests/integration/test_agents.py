@@ -47,14 +47,14 @@ async def test_lifecycle_hooks_are_called_in_order(rt: AgentRuntime) -> None:
     await rt.pause_agent(agent_id)
     await rt.resume_agent(agent_id)
     await rt.stop_agent(agent_id)
-    assert agents.CALLS == [
+    assert [
         ("on_start", "rec"),
         ("execute", "bad"),
         ("on_error", ("RuntimeError", failing)),
         ("on_pause", "rec"),
         ("on_resume", {"counter": 41, "nested": {"items": [1, "two", None, 3.5]}}),
         ("on_stop", "rec"),
-    ]
+    ] == agents.CALLS
     assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
 
 
@@ -88,7 +88,9 @@ async def test_task_timeout_does_not_count_while_agent_paused(rt: AgentRuntime) 
     assert task.status is TaskStatus.COMPLETED, task.error_message
 
 
-async def test_retry_backoff_does_not_count_while_queue_paused(make_config: Callable[..., RuntimeConfig]) -> None:
+async def test_retry_backoff_does_not_count_while_queue_paused(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
     """F-25: retry backoff is frozen while the queue is paused."""
     config = make_config(retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=0.2)
     recorder = EventRecorder()
@@ -145,7 +147,9 @@ async def test_forced_stop_skips_on_stop(rt: AgentRuntime) -> None:
     assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
 
 
-async def test_max_concurrent_agents_queues_extra_starts(make_config: Callable[..., RuntimeConfig]) -> None:
+async def test_max_concurrent_agents_queues_extra_starts(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
     """F-08: starts beyond max_concurrent_agents wait as QUEUED with a reason, and start in
     order when a slot frees."""
     config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
@@ -156,7 +160,11 @@ async def test_max_concurrent_agents_queues_extra_starts(make_config: Callable[.
         assert queued.status is AgentStatus.QUEUED
         assert "free agent slot" in (queued.status_reason or "")
         capacity = rt.get_capacity()
-        assert (capacity.active_agents, capacity.free_agent_slots, capacity.queued_agent_starts) == (1, 0, 1)
+        assert (
+            capacity.active_agents,
+            capacity.free_agent_slots,
+            capacity.queued_agent_starts,
+        ) == (1, 0, 1)
         task_id = await rt.submit_task("for-second", agent_id=second)
         assert [r.kind.value for r in rt.explain(task_id).reasons] == ["concurrency_limit"]
         await rt.stop_agent(first)
@@ -180,7 +188,7 @@ async def test_group_operations(rt: AgentRuntime) -> None:
 async def test_wrong_lifecycle_state_is_rejected(rt: AgentRuntime) -> None:
     """R-04: calls in the wrong lifecycle state raise a clear InvalidStateError."""
     agent_id = await rt.register_agent("echo", agents.EchoAgent)
-    with pytest.raises(InvalidStateError, match="cannot pause agent .* it is registered"):
+    with pytest.raises(InvalidStateError, match=r"cannot pause agent .* it is registered"):
         await rt.pause_agent(agent_id)
     with pytest.raises(InvalidStateError, match="cannot resume"):
         await rt.resume_agent(agent_id)
@@ -219,7 +227,9 @@ async def test_failing_on_start_marks_agent_failed(rt: AgentRuntime) -> None:
     assert status.status is AgentStatus.FAILED
     assert "OSError: no connection" in (status.error_message or "")
     await start(rt, "echo", agents.EchoAgent)
-    assert (await rt.wait_for_task(await rt.submit_task("still works"), 5)).status is TaskStatus.COMPLETED
+    assert (
+        await rt.wait_for_task(await rt.submit_task("still works"), 5)
+    ).status is TaskStatus.COMPLETED
 
 
 async def test_paused_state_survives_restart(make_config: Callable[..., RuntimeConfig]) -> None:

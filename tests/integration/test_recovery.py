@@ -22,8 +22,13 @@ async def run_and_kill(db_path: Path) -> dict[str, str]:
     """Start the child runtime, wait until both agents run a task, SIGKILL it."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     child = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "tests.support.crash_child", str(db_path),
-        stdout=asyncio.subprocess.PIPE, env=env, cwd=ROOT,
+        sys.executable,
+        "-m",
+        "tests.support.crash_child",
+        str(db_path),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
     )
     assert child.stdout is not None
     try:

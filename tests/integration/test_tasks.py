@@ -9,8 +9,8 @@ import pytest
 
 from miminions import (
     AgentRuntime,
-    InvalidStateError,
     EventType,
+    InvalidStateError,
     Priority,
     TaskRequest,
     TaskStatus,
@@ -32,7 +32,8 @@ async def test_submit_and_wait_returns_output(rt: AgentRuntime) -> None:
     assert task.status is TaskStatus.COMPLETED
     assert task.output_data == {"echo": {"text": "hi"}, "agent": "echo"}
     assert task.assigned_agent_id == agent_id
-    assert task.started_at is not None and task.completed_at is not None
+    assert task.started_at is not None
+    assert task.completed_at is not None
     assert task.completed_at >= task.started_at >= task.created_at
 
 

@@ -24,7 +24,7 @@ from tests.support import agents
 from tests.support.events import EventRecorder
 from tests.support.memory_store import MemoryStore
 
-PLUGIN_SOURCE = '''
+PLUGIN_SOURCE = """
 import miminions
 from tests.support.memory_store import MemoryStore
 
@@ -42,7 +42,7 @@ def miminions_make_store(config):
     store = MemoryStore()
     STORES.append(store)
     return store
-'''
+"""
 
 
 @pytest.fixture
@@ -54,7 +54,9 @@ def installed_plugin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     (package / "__init__.py").write_text(textwrap.dedent(PLUGIN_SOURCE))
     dist_info = site / "acme_miminions-1.0.dist-info"
     dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: acme-miminions\nVersion: 1.0\n")
+    (dist_info / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: acme-miminions\nVersion: 1.0\n"
+    )
     (dist_info / "entry_points.txt").write_text("[miminions]\nacme = acme_miminions_plugin\n")
     monkeypatch.syspath_prepend(str(site))
     monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
@@ -70,7 +72,9 @@ async def run_one_task(rt: AgentRuntime) -> Task:
     return await rt.wait_for_task(await rt.submit_task("t"), 5)
 
 
-async def test_entry_point_plugin_replaces_store_and_sees_events(tmp_path: Path, installed_plugin: str) -> None:
+async def test_entry_point_plugin_replaces_store_and_sees_events(
+    tmp_path: Path, installed_plugin: str
+) -> None:
     """F-21: a plugin installed as a distribution with an entry point is loaded; it can
     replace the store and observe every event."""
     import acme_miminions_plugin as plugin  # type: ignore[import-not-found]
@@ -82,7 +86,9 @@ async def test_entry_point_plugin_replaces_store_and_sees_events(tmp_path: Path,
     assert not (tmp_path / "rt.db").exists()  # the SQLite built-in was not used
     assert plugin.STORES[0].closed
     assert [t.status for t in plugin.STORES[0].tasks.values()] == [TaskStatus.COMPLETED]
-    assert {"runtime_started", "task_enqueued", "task_completed", "runtime_stopped"} <= set(plugin.SEEN)
+    assert {"runtime_started", "task_enqueued", "task_completed", "runtime_stopped"} <= set(
+        plugin.SEEN
+    )
 
 
 async def test_entry_point_plugin_can_be_disabled(tmp_path: Path, installed_plugin: str) -> None:
@@ -94,7 +100,9 @@ async def test_entry_point_plugin_can_be_disabled(tmp_path: Path, installed_plug
     assert (tmp_path / "rt.db").exists()
 
 
-def test_autoload_can_be_switched_off(installed_plugin: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_autoload_can_be_switched_off(
+    installed_plugin: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """F-21: MIMINIONS_DISABLE_PLUGIN_AUTOLOAD skips the entry-point group."""
     monkeypatch.setenv(AUTOLOAD_ENV, "1")
     assert installed_plugin not in build_plugin_manager().plugin_names()
@@ -116,7 +124,7 @@ def test_async_hook_impl_is_rejected() -> None:
         async def miminions_event(self, event: object) -> None:
             return None
 
-    with pytest.raises(PluginError, match="'async def'.*synchronous"):
+    with pytest.raises(PluginError, match=r"'async def'.*synchronous"):
         build_plugin_manager([AsyncPlugin()])
 
 
@@ -132,11 +140,16 @@ def test_impl_matching_no_hook_is_rejected() -> None:
         build_plugin_manager([Typo()])
 
 
-async def test_disabled_builtin_without_replacement_names_plugins(tmp_path: Path) -> None:
-    """F-21: when no plugin provides a mechanism, the error lists who was asked."""
-    rt = AgentRuntime(config=config(tmp_path), disable=["sqlite_store"])
-    with pytest.raises(PluginError, match="no plugin provided a store"):
-        await rt.start()
+def test_disabled_builtin_without_replacement_is_a_usage_error(tmp_path: Path) -> None:
+    """F-21: disabling an essential mechanism with no replacement fails at construction."""
+    with pytest.raises(PluginError, match="no plugin left provides a store"):
+        AgentRuntime(config=config(tmp_path), disable=["sqlite_store"])
+
+
+async def test_no_answer_from_providers_names_plugins_asked(rt: AgentRuntime) -> None:
+    """F-21: when every provider passes, the error lists the plugins consulted."""
+    with pytest.raises(PluginError, match=r"isolation 'gpu'.*consulted: \['inline_host'\]"):
+        await rt.register_agent("x", agents.EchoAgent, isolation="gpu")
 
 
 async def test_user_plugin_wins_over_builtin_store(tmp_path: Path) -> None:
@@ -200,7 +213,7 @@ async def test_custom_pick_agent_and_order_key(tmp_path: Path) -> None:
         done = [await rt.wait_for_task(task_id, 5) for task_id in ids]
     assert picked[0] == ["a", "b"]
     assert done[1].assigned_agent_id is not None
-    assert [name for _, name in agents.CALLS][0] == "lazy"
+    assert agents.CALLS[0][1] == "lazy"
 
 
 async def test_event_hook_errors_do_not_break_the_runtime(tmp_path: Path) -> None:

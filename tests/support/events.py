@@ -30,9 +30,10 @@ class EventRecorder:
             if e.event_type is event_type and all(getattr(e, k) == v for k, v in fields.items())
         ]
 
-    async def wait_for(self, event_type: EventType, timeout: float = 5.0, **fields: Any) -> Event:
-        """Wait (bounded) until an event of ``event_type`` matching ``fields`` was recorded."""
-        async with asyncio.timeout(timeout):
+    async def wait_for(self, event_type: EventType, within: float = 5.0, **fields: Any) -> Event:
+        """Wait (at most ``within`` seconds) for an event of ``event_type`` matching
+        ``fields``."""
+        async with asyncio.timeout(within):
             while True:
                 found = self.matching(event_type, **fields)
                 if found:

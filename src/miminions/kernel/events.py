@@ -20,7 +20,15 @@ class EventLog:
     def __init__(self, store: Store, pm: PluginManager, *, record_task_events: bool = True) -> None:
         self._store = store
         self._hook = pm.hook.miminions_event
-        self._has_listeners = bool(self._hook.get_hookimpls())
+        impls = self._hook.get_hookimpls()
+        # Each monitor is called on its own so one that raises cannot silence the others
+        # (pluggy stops at the first exception); wrappers need pluggy's own calling.
+        self._direct = (
+            None
+            if any(i.hookwrapper or i.wrapper for i in impls)
+            else [(i.function, bool(i.argnames), i.plugin_name) for i in reversed(impls)]
+        )
+        self._has_listeners = bool(impls)
         self.record_task_events = record_task_events
         self.count = 0
 
@@ -49,11 +57,24 @@ class EventLog:
         self.count += 1
         self._store.put_event(event)
         if self._has_listeners:
+            self._notify(event)
+        return event
+
+    def _notify(self, event: Event) -> None:
+        if self._direct is None:
             try:
                 self._hook(event=event)
             except Exception:
-                _log.exception("a miminions_event hook failed on %s", event_type.value)
-        return event
+                _log.exception("a miminions_event hook failed on %s", event.event_type.value)
+            return
+        for function, wants_event, plugin in self._direct:
+            try:
+                if wants_event:
+                    function(event)
+                else:
+                    function()
+            except Exception:
+                _log.exception("plugin %s failed on event %s", plugin, event.event_type.value)
 
     def task_event(self, event_type: EventType, task_id: str, **kwargs: Any) -> None:
         """Emit a routine task transition unless task events are switched off."""

@@ -56,8 +56,8 @@ def miminions_loop_factory(config: RuntimeConfig) -> Callable[[], asyncio.Abstra
 
     :param config: the runtime configuration.
 
-    Used by ``miminions.run()`` and the ``miminions`` command (an ``AgentRuntime`` created
-    inside a running loop uses that loop). Firstresult: the first non-None answer wins;
+    Used by :func:`miminions.run` and the ``miminions`` command (an ``AgentRuntime``
+    always runs on the loop it was started in). Firstresult: the first non-None answer wins;
     without one, the standard asyncio loop is used.
     """
 

@@ -9,6 +9,7 @@ wait in a FIFO queue with status ``queued`` and a reason (F-08).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -18,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
     AlreadyExistsError,
-    InvalidStateError,
     NotFoundError,
     ValidationError,
     WaitTimeoutError,
@@ -79,18 +79,17 @@ class AgentBook:
         events: EventLog,
         limits: ResourceLimits,
         make_host: Callable[[AgentSpec, object], AgentHost],
-        stop_timeout: float,
     ) -> None:
         self._store = store
         self._events = events
         self._limits = limits
         self._make_host = make_host
-        self._stop_timeout = stop_timeout
         self.executor: Executor | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.by_name: dict[str, str] = {}
         self.stored: dict[str, StoredAgent] = {}
         self._start_queue: deque[AgentSlot] = deque()
+        self._background: set[asyncio.Future[None]] = set()
 
     # ------------------------------------------------------------------ lookups
     def get(self, agent_id: str) -> AgentSlot:
@@ -177,7 +176,12 @@ class AgentBook:
         self._events.emit(
             EventType.AGENT_REGISTERED,
             agent_id=agent_id,
-            details={"name": name, "group": group, "isolation": isolation, "restored": previous is not None},
+            details={
+                "name": name,
+                "group": group,
+                "isolation": isolation,
+                "restored": previous is not None,
+            },
         )
         await self._save(slot)
         return agent_id
@@ -198,7 +202,11 @@ class AgentBook:
         limit = self._limits.max_concurrent_agents
         self._set(slot, S.QUEUED, f"waiting for a free agent slot ({limit} of {limit} in use)")
         self._start_queue.append(slot)
-        self._events.emit(EventType.AGENT_QUEUED, agent_id=slot.agent_id, details={"position": len(self._start_queue)})
+        self._events.emit(
+            EventType.AGENT_QUEUED,
+            agent_id=slot.agent_id,
+            details={"position": len(self._start_queue)},
+        )
         self._save(slot)
 
     async def _start(self, slot: AgentSlot, resume_state: JSONObject | None) -> None:
@@ -215,15 +223,34 @@ class AgentBook:
         slot.instance.process_id = slot.host.process_id
         slot.paused_state = None
         self._set(slot, S.RUNNING, None)
-        self._events.emit(EventType.AGENT_STARTED if resume_state is None else EventType.AGENT_RESUMED, agent_id=slot.agent_id)
+        self._events.emit(
+            EventType.AGENT_STARTED if resume_state is None else EventType.AGENT_RESUMED,
+            agent_id=slot.agent_id,
+        )
         await self._save(slot)
         if self.executor is not None:
             self.executor.agent_available(slot)
 
     async def _fail(self, slot: AgentSlot, reason: str) -> None:
+        if slot.host_started:
+            # Release everything the agent holds: its task goes back to the queue, its slot
+            # to the next queued start.
+            if self.executor is not None:
+                self.executor.agent_unavailable(slot)
+                await self.executor.interrupt_agent(slot.agent_id, f"agent failed: {reason}")
+                self.executor.resume_clocks(slot.agent_id)
+            with contextlib.suppress(Exception):
+                await slot.host.kill()
+            slot.host_started = False
+            slot.instance.process_id = None
         slot.instance.error_message = reason
         self._set(slot, S.FAILED, reason)
-        self._events.emit(EventType.AGENT_FAILED, severity=Severity.ERROR, agent_id=slot.agent_id, details={"error": reason})
+        self._events.emit(
+            EventType.AGENT_FAILED,
+            severity=Severity.ERROR,
+            agent_id=slot.agent_id,
+            details={"error": reason},
+        )
         await self._save(slot)
         self._start_next_queued()
 
@@ -231,7 +258,9 @@ class AgentBook:
         while self._start_queue and self.active_count < self._limits.max_concurrent_agents:
             slot = self._start_queue.popleft()
             if slot.status is S.QUEUED:
-                asyncio.ensure_future(self._start_queued(slot))
+                starting = asyncio.ensure_future(self._start_queued(slot))
+                self._background.add(starting)
+                starting.add_done_callback(self._background.discard)
                 return
 
     async def _start_queued(self, slot: AgentSlot) -> None:
@@ -251,22 +280,31 @@ class AgentBook:
             try:
                 state = await asyncio.wait_for(slot.host.pause(), timeout_seconds)
             except TimeoutError:
+                # The host reopened its gate when the wait was cancelled: undo the pause.
+                if self.executor is not None:
+                    self.executor.agent_available(slot)
                 raise WaitTimeoutError(
                     f"agent {agent_id!r} did not reach a safe point within {timeout_seconds} s; "
-                    "its task keeps running and the agent pauses at its next context call"
+                    "the pause was abandoned and the agent keeps running"
                 ) from None
             except Exception as exc:
                 await self._fail(slot, f"on_pause failed: {describe_error(exc)}")
                 raise
             try:
-                slot.paused_state = to_json_value(state if state is not None else {}, "the state on_pause returned")
+                slot.paused_state = to_json_value(
+                    state if state is not None else {}, "the state on_pause returned"
+                )
             except ValidationError as exc:
                 await self._fail(slot, str(exc))
                 raise
             self._set(slot, S.PAUSED, "paused by request")
             if self.executor is not None:
                 self.executor.pause_clocks(agent_id)
-            self._events.emit(EventType.AGENT_PAUSED, agent_id=agent_id, details={"task_id": slot.instance.task_id})
+            self._events.emit(
+                EventType.AGENT_PAUSED,
+                agent_id=agent_id,
+                details={"task_id": slot.instance.task_id},
+            )
             await self._save(slot)
         return slot.instance.model_copy()
 
@@ -298,10 +336,16 @@ class AgentBook:
         return slot.instance.model_copy()
 
     # ------------------------------------------------------------------ stop
-    async def stop(self, agent_id: str, *, graceful: bool = True, timeout_seconds: float = 5.0) -> AgentInstance:
+    async def stop(
+        self, agent_id: str, *, graceful: bool = True, timeout_seconds: float = 5.0
+    ) -> AgentInstance:
         """Stop an agent. Graceful: its running task may finish within ``timeout_seconds``,
         then it is interrupted and re-queued; ``on_stop`` runs. Forced: at once, no hook."""
-        if isinstance(timeout_seconds, bool) or not isinstance(timeout_seconds, int | float) or timeout_seconds < 0:
+        if (
+            isinstance(timeout_seconds, bool)
+            or not isinstance(timeout_seconds, int | float)
+            or timeout_seconds < 0
+        ):
             raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
         slot = self.get(agent_id)
         async with slot.lock:
@@ -319,7 +363,9 @@ class AgentBook:
             return
         was_paused = slot.status is S.PAUSED
         self._set(slot, S.STOPPING, "stop requested")
-        self._events.emit(EventType.AGENT_STOPPING, agent_id=slot.agent_id, details={"graceful": graceful})
+        self._events.emit(
+            EventType.AGENT_STOPPING, agent_id=slot.agent_id, details={"graceful": graceful}
+        )
         executor = self.executor
         if executor is not None:
             executor.agent_unavailable(slot)
@@ -333,7 +379,12 @@ class AgentBook:
             else:
                 await slot.host.kill()
         except Exception as exc:
-            self._events.emit(EventType.AGENT_ERROR, severity=Severity.WARNING, agent_id=slot.agent_id, details={"error": f"on_stop failed: {describe_error(exc)}"})
+            self._events.emit(
+                EventType.AGENT_ERROR,
+                severity=Severity.WARNING,
+                agent_id=slot.agent_id,
+                details={"error": f"on_stop failed: {describe_error(exc)}"},
+            )
         slot.host_started = False
         slot.instance.process_id = None
         slot.paused_state = None
@@ -345,6 +396,7 @@ class AgentBook:
     async def stop_all(self, timeout_seconds: float) -> None:
         """Stop every agent that is not stopped (runtime shutdown); paused agents keep their
         paused status and state in the store so they come back paused."""
+
         async def stop_one(slot: AgentSlot) -> None:
             async with slot.lock:
                 if slot.status is S.PAUSED:
@@ -356,12 +408,19 @@ class AgentBook:
 
     async def _shutdown_paused(self, slot: AgentSlot, timeout_seconds: float) -> None:
         if self.executor is not None:
-            await self.executor.interrupt_agent(slot.agent_id, "runtime stopped while the agent was paused")
+            await self.executor.interrupt_agent(
+                slot.agent_id, "runtime stopped while the agent was paused"
+            )
         if slot.host_started:
             try:
                 await slot.host.stop(timeout_seconds)
             except Exception as exc:
-                self._events.emit(EventType.AGENT_ERROR, severity=Severity.WARNING, agent_id=slot.agent_id, details={"error": f"on_stop failed: {describe_error(exc)}"})
+                self._events.emit(
+                    EventType.AGENT_ERROR,
+                    severity=Severity.WARNING,
+                    agent_id=slot.agent_id,
+                    details={"error": f"on_stop failed: {describe_error(exc)}"},
+                )
             slot.host_started = False
         await self._save(slot)
 
@@ -400,4 +459,3 @@ class AgentBook:
         )
         self.stored[slot.agent_id] = record
         return self._store.put_agent(record)
-

@@ -54,7 +54,7 @@ MIN_PRIORITY = 0
 MAX_PRIORITY = 100
 
 
-class TaskStatus(str, enum.Enum):
+class TaskStatus(enum.StrEnum):
     """Where a task is in its life. The last three are terminal."""
 
     PENDING = "pending"
@@ -73,7 +73,7 @@ class TaskStatus(str, enum.Enum):
 _TERMINAL_TASK_STATUSES = frozenset({TaskStatus.COMPLETED, TaskStatus.FAILED, TaskStatus.CANCELLED})
 
 
-class AgentStatus(str, enum.Enum):
+class AgentStatus(enum.StrEnum):
     """Where an agent is in its life (see ``kernel/supervisor.py`` for the transitions)."""
 
     REGISTERED = "registered"
@@ -86,7 +86,7 @@ class AgentStatus(str, enum.Enum):
     FAILED = "failed"
 
 
-class Severity(str, enum.Enum):
+class Severity(enum.StrEnum):
     """Severity of an event, ordered from least to most severe."""
 
     DEBUG = "debug"
@@ -96,7 +96,7 @@ class Severity(str, enum.Enum):
     CRITICAL = "critical"
 
 
-class EventType(str, enum.Enum):
+class EventType(enum.StrEnum):
     """Every kind of event the runtime records."""
 
     RUNTIME_STARTED = "runtime_started"
@@ -224,7 +224,11 @@ class AgentSpec(BaseModel):
 
 
 class AgentInstance(BaseModel):
-    """The live status of one agent, as status queries report it."""
+    """The live status of one agent, as status queries report it.
+
+    ``tasks_completed`` / ``tasks_failed`` count task *attempts* this agent ran in this
+    runtime: an attempt that failed and was retried elsewhere counts as failed here.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
@@ -272,7 +276,7 @@ class DeadLetter(BaseModel):
     requeued_at: datetime | None = None
 
 
-class HoldKind(str, enum.Enum):
+class HoldKind(enum.StrEnum):
     """Why a task is not running yet (see :meth:`AgentRuntime.explain`)."""
 
     DEPENDENCY = "dependency"

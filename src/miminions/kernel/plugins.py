@@ -58,7 +58,10 @@ class PluginManager(pluggy.PluginManager):
                     "miminions hooks are synchronous; return an object with async methods "
                     "(a store, host, bus or executor) instead and the runtime will await them."
                 )
-        return super().register(plugin, name)
+        try:
+            return super().register(plugin, name)
+        except (pluggy.PluginValidationError, ValueError) as exc:
+            raise PluginError(f"cannot register plugin {name or plugin!r}: {exc}") from exc
 
     def plugin_names(self) -> list[str]:
         """Names of the registered plugins, in registration order."""

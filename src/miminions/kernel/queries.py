@@ -100,7 +100,11 @@ def metrics(rt: AgentRuntime, uptime: float) -> Metrics:
     book = rt.task_book
     durations = sorted(book.durations)
     mean = sum(durations) / len(durations) if durations else None
-    p95 = durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)] if durations else None
+    p95 = (
+        durations[min(len(durations) - 1, math.ceil(0.95 * len(durations)) - 1)]
+        if durations
+        else None
+    )
     agents = Counter(slot.status.value for slot in rt.agent_book.slots.values())
     return Metrics(
         uptime_seconds=uptime,
@@ -127,24 +131,47 @@ def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
     if state is NodeState.BLOCKED:
         waiting = sched.waiting_on(task_id)
         listed = ", ".join(f"{dep} ({rt.task_book.tasks[dep].status.value})" for dep in waiting)
-        reasons.append(HoldReason(kind=HoldKind.DEPENDENCY, message=f"waiting for prerequisite task(s) {listed}", related_ids=waiting))
+        reasons.append(
+            HoldReason(
+                kind=HoldKind.DEPENDENCY,
+                message=f"waiting for prerequisite task(s) {listed}",
+                related_ids=waiting,
+            )
+        )
     elif state is NodeState.HELD:
         remaining = rt.executor.retry_remaining(task_id)
         shown = f"{remaining:.2f} s" if remaining is not None else "a moment"
-        reasons.append(HoldReason(
-            kind=HoldKind.RETRY_BACKOFF,
-            message=f"waiting {shown} before retry {task.retry_count} of {task.max_retries} (last error: {task.error_message})",
-        ))
+        reasons.append(
+            HoldReason(
+                kind=HoldKind.RETRY_BACKOFF,
+                message=(
+                    f"waiting {shown} before retry {task.retry_count} of {task.max_retries} "
+                    f"(last error: {task.error_message})"
+                ),
+            )
+        )
     if state in (NodeState.BLOCKED, NodeState.READY, NodeState.HELD):
         if not rt.is_running:
-            reasons.append(HoldReason(kind=HoldKind.RUNTIME_STOPPED, message="the runtime is not running"))
+            reasons.append(
+                HoldReason(kind=HoldKind.RUNTIME_STOPPED, message="the runtime is not running")
+            )
         if rt.queue_paused:
-            reasons.append(HoldReason(kind=HoldKind.QUEUE_PAUSED, message="the task queue is paused (resume_queue() releases it)"))
+            reasons.append(
+                HoldReason(
+                    kind=HoldKind.QUEUE_PAUSED,
+                    message="the task queue is paused (resume_queue() releases it)",
+                )
+            )
         reasons.extend(_agent_reasons(rt, task, state is NodeState.READY))
     if state is NodeState.READY:
         position = sched.position(task_id)
         if position:
-            reasons.append(HoldReason(kind=HoldKind.TASKS_AHEAD, message=f"{position} ready task(s) are ahead of it by effective priority"))
+            reasons.append(
+                HoldReason(
+                    kind=HoldKind.TASKS_AHEAD,
+                    message=f"{position} ready task(s) are ahead of it by effective priority",
+                )
+            )
         if position is not None:
             wait = _estimated_wait(rt, task_id, position)
     return TaskExplanation(
@@ -160,25 +187,59 @@ def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
 
 def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason]:
     serving = _serving_agents(rt, task.task_id)
-    target = f"agent {task.agent_id}" if task.agent_id else f"group {task.group!r}" if task.group else "any agent"
+    target = (
+        f"agent {task.agent_id}"
+        if task.agent_id
+        else f"group {task.group!r}"
+        if task.group
+        else "any agent"
+    )
     ids = [slot.agent_id for slot in serving]
     if not serving:
-        return [HoldReason(kind=HoldKind.NO_AGENT, message=f"no agent is registered that can run it (target: {target})")]
+        return [
+            HoldReason(
+                kind=HoldKind.NO_AGENT,
+                message=f"no agent is registered that can run it (target: {target})",
+            )
+        ]
     running = [slot for slot in serving if slot.status is AgentStatus.RUNNING]
     if running:
         if ready and all(slot.instance.task_id is not None for slot in running):
-            return [HoldReason(kind=HoldKind.AGENTS_BUSY, message=f"all {len(running)} running agent(s) for {target} are busy", related_ids=[s.agent_id for s in running])]
+            return [
+                HoldReason(
+                    kind=HoldKind.AGENTS_BUSY,
+                    message=f"all {len(running)} running agent(s) for {target} are busy",
+                    related_ids=[s.agent_id for s in running],
+                )
+            ]
         return []
     reasons = []
     paused = [slot.agent_id for slot in serving if slot.status is AgentStatus.PAUSED]
     if paused:
-        reasons.append(HoldReason(kind=HoldKind.AGENT_PAUSED, message=f"agent(s) {', '.join(paused)} for {target} are paused", related_ids=paused))
+        reasons.append(
+            HoldReason(
+                kind=HoldKind.AGENT_PAUSED,
+                message=f"agent(s) {', '.join(paused)} for {target} are paused",
+                related_ids=paused,
+            )
+        )
     queued = [slot.agent_id for slot in serving if slot.status is AgentStatus.QUEUED]
     if queued:
         limit = rt.config.limits.max_concurrent_agents
-        reasons.append(HoldReason(kind=HoldKind.CONCURRENCY_LIMIT, message=f"agent(s) {', '.join(queued)} wait for a free slot (max_concurrent_agents={limit})", related_ids=queued))
+        reasons.append(
+            HoldReason(
+                kind=HoldKind.CONCURRENCY_LIMIT,
+                message=(
+                    f"agent(s) {', '.join(queued)} wait for a free slot "
+                    f"(max_concurrent_agents={limit})"
+                ),
+                related_ids=queued,
+            )
+        )
     if not paused and not queued:
         starting = [slot.agent_id for slot in serving if slot.status in ACTIVE_STATES]
-        message = f"no agent for {target} is running" + (f" (starting: {', '.join(starting)})" if starting else "")
+        message = f"no agent for {target} is running" + (
+            f" (starting: {', '.join(starting)})" if starting else ""
+        )
         reasons.append(HoldReason(kind=HoldKind.NO_AGENT, message=message, related_ids=ids))
     return reasons

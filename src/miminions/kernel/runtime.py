@@ -8,13 +8,14 @@ book and the agent book; this module connects them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import pydantic
 
@@ -23,6 +24,7 @@ from miminions.kernel.agent import AgentContext, ContextChannel, classify_agent
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
+    PluginError,
     RuntimeNotRunningError,
     ValidationError,
 )
@@ -52,8 +54,16 @@ from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook, TaskRequest
 
+_T = TypeVar("_T")
+
 RUN_META_KEY = "runtime.run"
+QUEUE_PAUSED_KEY = "queue.paused"
 _BUILTIN_SCHEDULING = "priority_scheduling"
+_ESSENTIAL_HOOKS = {
+    "miminions_make_store": "a store",
+    "miminions_make_executor": "an executor",
+    "miminions_make_host": "an agent host",
+}
 
 
 class AgentRuntime:
@@ -88,6 +98,12 @@ class AgentRuntime:
             updates["limits"] = limits
         self.config = base.model_copy(update=updates)
         self.plugin_manager: PluginManager = build_plugin_manager(plugins, disable)
+        for hook_name, what in _ESSENTIAL_HOOKS.items():
+            if not getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
+                raise PluginError(
+                    f"no plugin left provides {what} ({hook_name}) after disable={list(disable)}; "
+                    "keep the built-in enabled or pass a plugin that implements it"
+                )
         self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
         self._queue_paused = False
         self._started_mono = 0.0
@@ -148,7 +164,11 @@ class AgentRuntime:
     def make_context(self, spec: AgentSpec, channel: ContextChannel) -> AgentContext:
         """Build the :class:`AgentContext` an agent sees (for host plugins)."""
         return AgentContext(
-            agent_id=spec.agent_id, name=spec.name, group=spec.group, config=spec.config, channel=channel
+            agent_id=spec.agent_id,
+            name=spec.name,
+            group=spec.group,
+            config=spec.config,
+            channel=channel,
         )
 
     # ------------------------------------------------------------------ lifecycle
@@ -193,7 +213,10 @@ class AgentRuntime:
             hook = pm.hook.miminions_order_key
 
             def order_key(priority: int, ready_at: float) -> float:
-                return float(hook(priority=priority, ready_at=ready_at, config=config))
+                key = hook(priority=priority, ready_at=ready_at, config=config)
+                if key is None:  # every plugin passed: the documented default
+                    return priority * config.aging_seconds_per_level + ready_at
+                return float(key)
 
         self._scheduler = Scheduler(
             aging_seconds=config.aging_seconds_per_level,
@@ -206,7 +229,6 @@ class AgentRuntime:
             events=events,
             limits=config.limits,
             make_host=self._make_host,
-            stop_timeout=config.shutdown_timeout_seconds,
         )
         self._task_book = TaskBook(
             scheduler=self._scheduler,
@@ -218,11 +240,18 @@ class AgentRuntime:
             agent_exists=self._agent_book.slots.__contains__,
         )
         previous = await store.get_meta(RUN_META_KEY)
+        _refuse_live_owner(previous, config.storage_path)
+        self._queue_paused = bool(await store.get_meta(QUEUE_PAUSED_KEY))
         self._agent_book.restore(await store.load_agents())
         report = self._task_book.restore(await store.load_tasks(), await store.load_dead_letters())
         self._started_mono = time.monotonic()
-        store.put_meta(RUN_META_KEY, {"pid": os.getpid(), "clean": False, "started_at": time.time()})
-        events.emit(EventType.RUNTIME_STARTED, details={"pid": os.getpid(), "storage_path": config.storage_path})
+        store.put_meta(
+            RUN_META_KEY, {"pid": os.getpid(), "clean": False, "started_at": time.time()}
+        )
+        events.emit(
+            EventType.RUNTIME_STARTED,
+            details={"pid": os.getpid(), "storage_path": config.storage_path},
+        )
         crashed = isinstance(previous, dict) and not previous.get("clean", True)
         if crashed or report["requeued"] or report["failed"]:
             self.recovery = {
@@ -237,10 +266,14 @@ class AgentRuntime:
                 severity=Severity.WARNING if crashed else Severity.INFO,
                 details=self.recovery,
             )
-        executor: Executor = first_result(pm, "miminions_make_executor", "an executor", runtime=self)
+        executor: Executor = first_result(
+            pm, "miminions_make_executor", "an executor", runtime=self
+        )
         self._executor = executor
         self._task_book.executor = executor
         self._agent_book.executor = executor
+        if self._queue_paused:
+            executor.pause_clocks(None)
         await executor.start()
         await store.flush()
 
@@ -249,10 +282,8 @@ class AgentRuntime:
         if self._executor is not None:
             await self._executor.close()
         if self._store is not None:
-            try:
+            with contextlib.suppress(Exception):  # the start error is the one to report
                 await self._store.close()
-            except Exception:  # the start error is the one worth reporting
-                pass
 
     async def stop(self, timeout_seconds: float | None = None) -> None:
         """Shut down gracefully (F-14): running tasks get ``timeout_seconds`` (default
@@ -276,17 +307,23 @@ class AgentRuntime:
             finally:
                 await executor.close()
                 events.emit(EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)})
-                store.put_meta(RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()})
+                store.put_meta(
+                    RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()}
+                )
                 self._state = "stopped"
                 await store.close()
 
     def _require_running(self) -> None:
         if self._state != "running":
-            hint = "await rt.start() or use 'async with AgentRuntime(...)'" if self._state == "new" else "create a new AgentRuntime"
+            hint = (
+                "await rt.start() or use 'async with AgentRuntime(...)'"
+                if self._state == "new"
+                else "create a new AgentRuntime"
+            )
             raise RuntimeNotRunningError(f"the runtime is {self._state}; {hint}")
 
     def _make_host(self, spec: AgentSpec, agent: object) -> AgentHost:
-        return first_result(
+        host: AgentHost = first_result(
             self.plugin_manager,
             "miminions_make_host",
             f"a host for isolation {spec.isolation!r}",
@@ -294,6 +331,7 @@ class AgentRuntime:
             agent=agent,
             runtime=self,
         )
+        return host
 
     # ------------------------------------------------------------------ agents
     async def register_agent(
@@ -328,7 +366,9 @@ class AgentRuntime:
         self._require_running()
         return await self.agent_book.start(agent_id)
 
-    async def pause_agent(self, agent_id: str, timeout_seconds: float | None = None) -> AgentInstance:
+    async def pause_agent(
+        self, agent_id: str, timeout_seconds: float | None = None
+    ) -> AgentInstance:
         """Pause an agent; returns once it reached a safe point and its state is stored."""
         self._require_running()
         return await self.agent_book.pause(agent_id, timeout_seconds)
@@ -338,14 +378,22 @@ class AgentRuntime:
         self._require_running()
         return await self.agent_book.resume(agent_id)
 
-    async def stop_agent(self, agent_id: str, graceful: bool = True, timeout_seconds: float = 5.0) -> AgentInstance:
+    async def stop_agent(
+        self, agent_id: str, graceful: bool = True, timeout_seconds: float = 5.0
+    ) -> AgentInstance:
         """Stop an agent: graceful lets its task finish within ``timeout_seconds``."""
         self._require_running()
-        return await self.agent_book.stop(agent_id, graceful=graceful, timeout_seconds=timeout_seconds)
+        return await self.agent_book.stop(
+            agent_id, graceful=graceful, timeout_seconds=timeout_seconds
+        )
 
     async def start_group(self, group: str) -> list[AgentInstance]:
         """Start every agent of ``group`` that is registered, stopped or failed."""
-        return await self._group_call(group, self.start_agent, {AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED})
+        return await self._group_call(
+            group,
+            self.start_agent,
+            {AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED},
+        )
 
     async def pause_group(self, group: str) -> list[AgentInstance]:
         """Pause every running agent of ``group``; returns when all reached a safe point."""
@@ -355,17 +403,27 @@ class AgentRuntime:
         """Resume every paused agent of ``group``."""
         return await self._group_call(group, self.resume_agent, {AgentStatus.PAUSED})
 
-    async def stop_group(self, group: str, graceful: bool = True, timeout_seconds: float = 5.0) -> list[AgentInstance]:
+    async def stop_group(
+        self, group: str, graceful: bool = True, timeout_seconds: float = 5.0
+    ) -> list[AgentInstance]:
         """Stop every agent of ``group`` that is not stopped."""
 
         async def stop(agent_id: str) -> AgentInstance:
             return await self.stop_agent(agent_id, graceful, timeout_seconds)
 
-        return await self._group_call(group, stop, {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED})
+        return await self._group_call(
+            group,
+            stop,
+            {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED},
+        )
 
-    async def _group_call(self, group: str, call: Any, statuses: set[AgentStatus]) -> list[AgentInstance]:
+    async def _group_call(
+        self, group: str, call: Any, statuses: set[AgentStatus]
+    ) -> list[AgentInstance]:
         self._require_running()
-        members = [slot.agent_id for slot in self.agent_book.in_group(group) if slot.status in statuses]
+        members = [
+            slot.agent_id for slot in self.agent_book.in_group(group) if slot.status in statuses
+        ]
         return list(await asyncio.gather(*(call(agent_id) for agent_id in members)))
 
     # ------------------------------------------------------------------ tasks
@@ -389,7 +447,9 @@ class AgentRuntime:
         before returns the earlier task's id instead of adding a task.
         """
         self._require_running()
-        if dependencies is not None and (isinstance(dependencies, str) or not isinstance(dependencies, Sequence)):
+        if dependencies is not None and (
+            isinstance(dependencies, str) or not isinstance(dependencies, Sequence)
+        ):
             raise ValidationError("dependencies must be a list of task ids")
         request = TaskRequest.model_construct(
             name=name,
@@ -433,14 +493,15 @@ class AgentRuntime:
         return await self.task_book.cancel(task_id)
 
     async def pause_queue(self) -> None:
-        """Stop handing out tasks; running ones go on. Retry backoffs stop counting."""
+        """Stop handing out tasks; running ones go on. Retry backoffs stop counting. The
+        pause is stored: a runtime started later on the same database starts paused."""
         self._require_running()
         if self._queue_paused:
             return
         self._queue_paused = True
         self.executor.pause_clocks(None)
         self.events.emit(EventType.QUEUE_PAUSED)
-        await self.store.flush()
+        await self.store.put_meta(QUEUE_PAUSED_KEY, True)
 
     async def resume_queue(self) -> None:
         """Hand out tasks again after :meth:`pause_queue`."""
@@ -451,7 +512,7 @@ class AgentRuntime:
         self.executor.resume_clocks(None)
         self.events.emit(EventType.QUEUE_RESUMED)
         self.executor.wake()
-        await self.store.flush()
+        await self.store.put_meta(QUEUE_PAUSED_KEY, False)
 
     def list_dead_letters(self, kind: str | None = None) -> list[DeadLetter]:
         """Work that could not be done (tasks out of retries), oldest first (F-28)."""
@@ -474,14 +535,17 @@ class AgentRuntime:
         self._require_started()
         return self.agent_book.get(agent_id).instance.model_copy()
 
-    def list_agents(self, status: AgentStatus | str | None = None, group: str | None = None) -> list[AgentInstance]:
+    def list_agents(
+        self, status: AgentStatus | str | None = None, group: str | None = None
+    ) -> list[AgentInstance]:
         """All agents, optionally only those with ``status`` and/or in ``group``."""
         self._require_started()
         wanted = _parse_enum(AgentStatus, status, "status")
         return [
             slot.instance.model_copy()
             for slot in self.agent_book.slots.values()
-            if (wanted is None or slot.status is wanted) and (group is None or slot.spec.group == group)
+            if (wanted is None or slot.status is wanted)
+            and (group is None or slot.spec.group == group)
         ]
 
     def get_task_status(self, task_id: str) -> Task:
@@ -489,11 +553,15 @@ class AgentRuntime:
         self._require_started()
         return queries.task_status(self, task_id)
 
-    def list_tasks(self, status: TaskStatus | str | None = None, limit: int | None = 100) -> list[Task]:
+    def list_tasks(
+        self, status: TaskStatus | str | None = None, limit: int | None = 100
+    ) -> list[Task]:
         """Tasks, newest first, optionally only those with ``status``; at most ``limit``."""
         self._require_started()
         wanted = _parse_enum(TaskStatus, status, "status")
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
             raise ValidationError(f"limit must be a positive integer or None, got {limit!r}")
         found: list[Task] = []
         for task in reversed(self.task_book.tasks.values()):
@@ -533,13 +601,21 @@ class AgentRuntime:
         since: datetime | None = None,
         limit: int | None = 100,
         until: datetime | None = None,
+        newest: bool = False,
     ) -> list[Event]:
-        """Events matching every given filter, oldest first; ``severity`` is a minimum."""
+        """Events matching every given filter, oldest first; ``severity`` is a minimum.
+
+        At most ``limit`` events: the oldest ones, or with ``newest=True`` the most recent
+        ones (still returned oldest first)."""
         self._require_running()
-        query = build_event_query(event_type, agent_id, task_id, severity, since, until, limit)
+        query = build_event_query(
+            event_type, agent_id, task_id, severity, since, until, limit, newest
+        )
         return await self.store.query_events(query)
 
-    async def export_events(self, path: str | os.PathLike[str], format: str = "jsonl", **filters: Any) -> int:
+    async def export_events(
+        self, path: str | os.PathLike[str], format: str = "jsonl", **filters: Any
+    ) -> int:
         """Write the event log (optionally filtered as in :meth:`query_events`) to ``path``
         as ``jsonl``, ``csv`` or ``json``; returns the number of events written."""
         self._require_running()
@@ -565,7 +641,7 @@ def build_event_query(
     types: list[EventType] | None = None
     if event_type is not None:
         raw = [event_type] if isinstance(event_type, str | EventType) else list(event_type)
-        types = [_parse_enum(EventType, item, "event_type") for item in raw]  # type: ignore[misc]
+        types = [_parse_enum(EventType, item, "event_type") for item in raw]
     for name, value in (("since", since), ("until", until)):
         if value is not None and not isinstance(value, datetime):
             raise ValidationError(f"{name} must be a datetime")
@@ -597,12 +673,31 @@ def _parse_enum(enum_type: Any, value: Any, what: str) -> Any:
         raise ValidationError(f"{what} {value!r} is not one of: {choices}") from None
 
 
+def _refuse_live_owner(previous: Any, path: str) -> None:
+    """Refuse a database that a runtime in another, still living process has open."""
+    if not isinstance(previous, dict) or previous.get("clean", True):
+        return
+    pid = previous.get("pid")
+    if not isinstance(pid, int) or pid == os.getpid():
+        return
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return  # it died: this start recovers its work
+    except PermissionError:
+        pass  # alive, owned by someone else
+    raise ConfigurationError(
+        f"database {path!r} is in use by a runtime in process {pid}; one runtime per "
+        "database (stop that one, or use another storage_path)"
+    )
+
+
 def _check_timeout(value: Any) -> None:
     if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
         raise ValidationError(f"timeout_seconds must be a number >= 0, got {value!r}")
 
 
-def _need(value: Any) -> Any:
+def _need(value: _T | None) -> _T:
     if value is None:
         raise RuntimeNotRunningError("the runtime has not been started; await rt.start() first")
     return value

@@ -20,8 +20,8 @@ from __future__ import annotations
 import enum
 import heapq
 import math
-from collections import deque
 from bisect import bisect_left
+from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
@@ -131,47 +131,56 @@ class Scheduler:
         self._sorted_ready: list[tuple[float, int]] | None = None
 
     # ------------------------------------------------------------------ adding
-    def check_new(self, tasks: Sequence[NewTask]) -> None:
+    def check_new(self, tasks: Sequence[NewTask]) -> list[NewTask]:
         """Raise if ``tasks`` cannot all be added; change nothing.
 
         Unknown prerequisites, duplicate ids, cycles (within the batch or a task depending on
-        itself) and a full queue are rejected.
+        itself) and a full queue are rejected. Returns the tasks in an order that puts every
+        prerequisite before its dependents (the given order when that already holds).
         """
+        nodes = self._nodes
         batch_ids: dict[str, NewTask] = {}
         for new in tasks:
-            if new.task_id in self._nodes or new.task_id in batch_ids:
+            if new.task_id in nodes or new.task_id in batch_ids:
                 raise AlreadyExistsError(f"task id {new.task_id!r} is already in use")
             batch_ids[new.task_id] = new
+        internal = False
         for new in tasks:
             for dep in new.dependencies:
+                if dep in nodes:
+                    continue
                 if dep == new.task_id:
                     raise DependencyCycleError(f"task {new.task_id!r} cannot depend on itself")
-                if dep not in self._nodes and dep not in batch_ids:
+                if dep not in batch_ids:
                     raise NotFoundError(
                         f"task {new.task_id!r} depends on unknown task id {dep!r}; "
                         "submit the prerequisite first or check the id"
                     )
-        if len(tasks) > 1:
-            self._topological_order(tasks)
+                internal = True
+        ordered = self._topological_order(tasks) if internal else list(tasks)
         if self._max_waiting is not None and self._waiting + len(tasks) > self._max_waiting:
             raise QueueFullError(
                 f"the task queue holds {self._waiting} waiting tasks and its limit is "
                 f"{self._max_waiting}; wait for tasks to finish or raise "
                 "ResourceLimits.max_task_queue_size"
             )
+        return ordered
 
     def add(self, tasks: Sequence[NewTask]) -> Change:
         """Add tasks (validated with :meth:`check_new` first, all or nothing)."""
-        self.check_new(tasks)
-        ordered = self._topological_order(tasks) if len(tasks) > 1 else list(tasks)
+        ordered = self.check_new(tasks)
         change = Change()
         now = self._clock()
         # Sequence numbers follow the caller's order (FIFO), not the insertion order.
         first = self._seq + 1
         self._seq += len(tasks)
-        seqs = {new.task_id: first + i for i, new in enumerate(tasks)} if len(tasks) > 1 else None
-        for new in ordered:
-            self._insert(new, now, change, seqs[new.task_id] if seqs else self._seq)
+        if ordered == tasks or len(tasks) == 1:
+            for offset, new in enumerate(ordered):
+                self._insert(new, now, change, first + offset)
+        else:
+            seqs = {new.task_id: first + i for i, new in enumerate(tasks)}
+            for new in ordered:
+                self._insert(new, now, change, seqs[new.task_id])
         return change
 
     def restore(
@@ -395,7 +404,9 @@ class Scheduler:
         self._withdraw([node, *(self._nodes[task_id] for task_id, _, _ in change.finished)])
         return change
 
-    def _finish_dependents(self, node: _Node, final: NodeState, reason: str, change: Change) -> None:
+    def _finish_dependents(
+        self, node: _Node, final: NodeState, reason: str, change: Change
+    ) -> None:
         stack = [node]
         while stack:
             current = stack.pop()

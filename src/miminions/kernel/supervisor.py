@@ -14,8 +14,6 @@ A stopped or failed agent can be started again.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 from miminions.kernel.errors import InvalidStateError
 from miminions.kernel.models import AgentStatus
 
@@ -47,9 +45,7 @@ ALLOWED_FROM: dict[str, frozenset[AgentStatus]] = {
 def check_transition(agent_id: str, current: AgentStatus, new: AgentStatus) -> None:
     """Raise :class:`InvalidStateError` if the state machine has no edge current -> new."""
     if new not in TRANSITIONS[current]:
-        raise InvalidStateError(
-            f"agent {agent_id!r} cannot go from {current.value} to {new.value}"
-        )
+        raise InvalidStateError(f"agent {agent_id!r} cannot go from {current.value} to {new.value}")
 
 
 def check_request(agent_id: str, request: str, current: AgentStatus) -> None:
@@ -58,35 +54,10 @@ def check_request(agent_id: str, request: str, current: AgentStatus) -> None:
     if current not in allowed:
         names = ", ".join(sorted(s.value for s in allowed))
         raise InvalidStateError(
-            f"cannot {request} agent {agent_id!r}: it is {current.value} "
-            f"(allowed when {names})"
+            f"cannot {request} agent {agent_id!r}: it is {current.value} (allowed when {names})"
         )
-
-
-@dataclass
-class RestartPolicy:
-    """How often a failing agent is restarted before it is marked failed for good.
-
-    At most ``max_restarts`` restarts within ``window_seconds``; the n-th restart in a row
-    waits ``backoff_base_seconds * 2 ** (n - 1)`` (capped at ``backoff_max_seconds``).
-    """
-
-    max_restarts: int = 3
-    window_seconds: float = 60.0
-    backoff_base_seconds: float = 0.1
-    backoff_max_seconds: float = 10.0
-    _history: list[float] = field(default_factory=list)
-
-    def next_delay(self, now: float) -> float | None:
-        """Record a failure at ``now``; return the delay before restarting, or None to give up."""
-        self._history = [t for t in self._history if now - t < self.window_seconds]
-        if len(self._history) >= self.max_restarts:
-            return None
-        self._history.append(now)
-        exponent = len(self._history) - 1
-        return min(self.backoff_base_seconds * 2**exponent, self.backoff_max_seconds)
 
 
 def retry_delay(attempt: int, base: float, cap: float) -> float:
     """Backoff before retry number ``attempt`` (1-based): ``base * 2 ** (attempt - 1)``."""
-    return min(base * 2 ** max(attempt - 1, 0), cap)
+    return float(min(base * 2 ** max(attempt - 1, 0), cap))

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import time
-import uuid
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime
@@ -33,6 +33,7 @@ from miminions.kernel.models import (
     DeadLetter,
     EventType,
     JSONObject,
+    ResourceLimits,
     Severity,
     Task,
     TaskStatus,
@@ -146,7 +147,14 @@ class TaskBook:
                 batch_keys[request.idempotency_key] = task.task_id
             ids.append(task.task_id)
             new_tasks.append(task)
-            sched.append(NewTask(task.task_id, task.priority, task.dependencies, route_for(task.agent_id, task.group)))
+            sched.append(
+                NewTask(
+                    task.task_id,
+                    task.priority,
+                    task.dependencies,
+                    route_for(task.agent_id, task.group),
+                )
+            )
         if not new_tasks:
             await self._store.flush()
             return ids
@@ -169,7 +177,8 @@ class TaskBook:
         self._apply(change)
         if change.ready and self.executor is not None:
             self.executor.wake()
-        await commit  # one commit covers the whole batch
+        if commit is not None:
+            await commit  # one commit covers the whole batch
         return ids
 
     def _existing_for_key(self, key: str | None, batch_keys: dict[str, str]) -> str | None:
@@ -216,7 +225,7 @@ class TaskBook:
         return fast_construct(
             Task,
             {
-                "task_id": request.task_id or uuid.uuid4().hex,
+                "task_id": request.task_id or os.urandom(16).hex(),
                 "name": name,
                 "priority": int(priority),
                 "status": TaskStatus.PENDING,
@@ -243,9 +252,16 @@ class TaskBook:
         )
 
     # ------------------------------------------------------------------ execution callbacks
-    def effective_timeout(self, task: Task) -> float | None:
-        """The task's own timeout, else the runtime default."""
-        return task.timeout_seconds if task.timeout_seconds is not None else self._default_timeout
+    def effective_timeout(
+        self, task: Task, agent_limits: ResourceLimits | None = None
+    ) -> float | None:
+        """The task's own timeout, else the one set in its agent's limits, else the
+        runtime default."""
+        if task.timeout_seconds is not None:
+            return task.timeout_seconds
+        if agent_limits is not None and "task_timeout_seconds" in agent_limits.model_fields_set:
+            return agent_limits.task_timeout_seconds
+        return self._default_timeout
 
     def started(self, task_id: str, agent_id: str) -> Task:
         """The executor took ``task_id`` for ``agent_id``; return the live task."""
@@ -269,6 +285,7 @@ class TaskBook:
         self._record_duration(task_id)
         self._set_status(task, TaskStatus.COMPLETED)
         task.output_data = output
+        task.error_message = None  # earlier attempts' errors stay in the event log
         task.completed_at = datetime.now(UTC)
         self.counters["completed"] += 1
         change = self.scheduler.complete(task_id)
@@ -383,7 +400,9 @@ class TaskBook:
         if letter is None:
             raise NotFoundError(f"no dead letter with id {dead_letter_id!r}")
         if letter.kind != "task":
-            raise InvalidStateError(f"dead letter {dead_letter_id!r} is a {letter.kind}, not a task")
+            raise InvalidStateError(
+                f"dead letter {dead_letter_id!r} is a {letter.kind}, not a task"
+            )
         if letter.requeued_at is not None:
             raise InvalidStateError(f"dead letter {dead_letter_id!r} was re-queued already")
         task = self.get(letter.ref_id)
@@ -403,7 +422,11 @@ class TaskBook:
         task.error_message = None
         task.completed_at = None
         task.dead_lettered = False
-        self._events.emit(EventType.TASK_REQUEUED, task_id=task.task_id, details={"reason": "re-queued from the dead-letter list"})
+        self._events.emit(
+            EventType.TASK_REQUEUED,
+            task_id=task.task_id,
+            details={"reason": "re-queued from the dead-letter list"},
+        )
         self._store.put_task(task)
         any_ready = bool(change.ready)
         prefix = f"prerequisite task {task.task_id} "
@@ -421,7 +444,9 @@ class TaskBook:
     async def wait(self, task_id: str, timeout_seconds: float | None) -> Task:
         """Wait until the task is completed, failed or cancelled and that is committed."""
         task = self.get(task_id)
-        if timeout_seconds is not None and (isinstance(timeout_seconds, bool) or timeout_seconds < 0):
+        if timeout_seconds is not None and (
+            isinstance(timeout_seconds, bool) or timeout_seconds < 0
+        ):
             raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
         if not task.status.is_terminal:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -476,7 +501,9 @@ class TaskBook:
             if task.idempotency_key is not None:
                 self.by_idempotency_key[task.idempotency_key] = task.task_id
             route = route_for(task.agent_id, task.group)
-            self.scheduler.restore(task.task_id, task.priority, task.dependencies, route, states[task.status])
+            self.scheduler.restore(
+                task.task_id, task.priority, task.dependencies, route, states[task.status]
+            )
             report["restored"] += 1
             if task.status is TaskStatus.RUNNING:
                 interrupted.append(task)
@@ -486,7 +513,6 @@ class TaskBook:
                     TaskStatus.BLOCKED
                     if self.scheduler.state(task.task_id) is NodeState.BLOCKED
                     else TaskStatus.PENDING,
-
                 )
         for letter in dead_letters:
             self.dead_letters[letter.dead_letter_id] = letter
@@ -494,12 +520,23 @@ class TaskBook:
             task.retry_count += 1
             if task.retry_count > task.max_retries:
                 task.retry_count = task.max_retries
-                self._fail_for_good(task, "interrupted: the runtime stopped while this task ran and it has no retries left")
+                self._fail_for_good(
+                    task,
+                    "interrupted: the runtime stopped while this task ran and it has no "
+                    "retries left",
+                )
                 report["failed"] += 1
             else:
                 self._set_status(task, TaskStatus.PENDING)
                 self.scheduler.requeue(task.task_id)
-                self._events.emit(EventType.TASK_REQUEUED, task_id=task.task_id, details={"reason": "runtime restarted while the task ran", "attempt": task.retry_count})
+                self._events.emit(
+                    EventType.TASK_REQUEUED,
+                    task_id=task.task_id,
+                    details={
+                        "reason": "runtime restarted while the task ran",
+                        "attempt": task.retry_count,
+                    },
+                )
                 self._store.put_task(task)
                 report["requeued"] += 1
         self._apply(self.scheduler.settle())
@@ -523,7 +560,12 @@ class TaskBook:
         task.error_message = reason
         task.completed_at = datetime.now(UTC)
         self.counters["cancelled"] += 1
-        self._events.emit(EventType.TASK_CANCELLED, task_id=task.task_id, agent_id=task.assigned_agent_id, details={"reason": reason})
+        self._events.emit(
+            EventType.TASK_CANCELLED,
+            task_id=task.task_id,
+            agent_id=task.assigned_agent_id,
+            details={"reason": reason},
+        )
         self._finish(task)
         self._apply(change)
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from miminions.kernel.clock import FreezableDeadline, FreezableTimer
@@ -29,15 +28,58 @@ if TYPE_CHECKING:
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
 
 
-@dataclass(eq=False)
 class _Run:
-    slot: AgentSlot
-    task_id: str
-    worker: asyncio.Task[None]
-    deadline: FreezableDeadline | None = None
-    cancel_reason: str | None = None
-    interrupt_reason: str | None = None
-    done: asyncio.Event = field(default_factory=asyncio.Event)
+    """One task being run by one agent."""
+
+    __slots__ = (
+        "cancel_reason",
+        "deadline",
+        "finished",
+        "interrupt_reason",
+        "scope",
+        "slot",
+        "task_id",
+        "waiters",
+        "worker",
+    )
+
+    def __init__(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> None:
+        self.slot = slot
+        self.task_id = task_id
+        self.worker = worker
+        self.scope: asyncio.Timeout | None = None
+        self.deadline: FreezableDeadline | None = None  # made on first freeze only
+        self.cancel_reason: str | None = None
+        self.interrupt_reason: str | None = None
+        self.finished = False
+        self.waiters: list[asyncio.Future[None]] | None = None
+
+    def freeze(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
+        if self.scope is None:
+            return
+        if self.deadline is None:
+            self.deadline = FreezableDeadline(loop, self.scope)
+        self.deadline.freeze(reason)
+
+    def thaw(self, reason: str) -> None:
+        if self.deadline is not None:
+            self.deadline.thaw(reason)
+
+    async def wait(self) -> None:
+        """Wait until the run has ended (futures are made only when someone waits)."""
+        if self.finished:
+            return
+        future = asyncio.get_running_loop().create_future()
+        if self.waiters is None:
+            self.waiters = []
+        self.waiters.append(future)
+        await asyncio.shield(future)
+
+    def finish(self) -> None:
+        self.finished = True
+        for future in self.waiters or ():
+            if not future.done():
+                future.set_result(None)
 
 
 class AsyncioExecutor:
@@ -76,9 +118,13 @@ class AsyncioExecutor:
         self._accepting = False
         runs = list(self._runs.values())
         if runs:
-            await asyncio.wait([asyncio.ensure_future(run.done.wait()) for run in runs], timeout=timeout_seconds)
+            await asyncio.wait(
+                [asyncio.ensure_future(run.wait()) for run in runs], timeout=timeout_seconds
+            )
         leftover = [run.task_id for run in self._runs.values()]
-        await asyncio.gather(*(self._interrupt(run, "runtime shutting down") for run in list(self._runs.values())))
+        await asyncio.gather(
+            *(self._interrupt(run, "runtime shutting down") for run in list(self._runs.values()))
+        )
         return leftover
 
     async def close(self) -> None:
@@ -87,7 +133,9 @@ class AsyncioExecutor:
         for timer in self._retry_timers.values():
             timer.cancel()
         self._retry_timers.clear()
-        await asyncio.gather(*(self._interrupt(run, "runtime closed") for run in list(self._runs.values())))
+        await asyncio.gather(
+            *(self._interrupt(run, "runtime closed") for run in list(self._runs.values()))
+        )
         for worker in list(self._workers):
             worker.cancel()
         if self._workers:
@@ -112,7 +160,7 @@ class AsyncioExecutor:
         if run is None:
             return True
         try:
-            await asyncio.wait_for(asyncio.shield(run.done.wait()), timeout_seconds)
+            await asyncio.wait_for(run.wait(), timeout_seconds)
         except TimeoutError:
             return False
         return True
@@ -154,7 +202,9 @@ class AsyncioExecutor:
         for agent_id in self._paused_agents:
             if route == agent_route(agent_id):
                 frozen.add(agent_id)
-        self._retry_timers[task_id] = FreezableTimer(self._loop, delay, lambda: self._retry_due(task_id), frozen)
+        self._retry_timers[task_id] = FreezableTimer(
+            self._loop, delay, lambda: self._retry_due(task_id), frozen
+        )
 
     def cancel_retry(self, task_id: str) -> None:
         """Forget the pending retry of ``task_id``."""
@@ -188,10 +238,17 @@ class AsyncioExecutor:
             else:
                 self._paused_agents.discard(agent_id)
             route = agent_route(agent_id)
-            timers = [t for task_id, t in self._retry_timers.items() if self._sched.route(task_id) == route]
+            timers = [
+                t
+                for task_id, t in self._retry_timers.items()
+                if self._sched.route(task_id) == route
+            ]
             run = self._run_by_agent.get(agent_id)
-            if run is not None and run.deadline is not None:
-                (run.deadline.freeze if freeze else run.deadline.thaw)(reason)
+            if run is not None:
+                if freeze:
+                    run.freeze(self._loop, reason)
+                else:
+                    run.thaw(reason)
         for timer in timers:
             (timer.freeze if freeze else timer.thaw)(reason)
         if not freeze:
@@ -241,11 +298,16 @@ class AsyncioExecutor:
                 return next(iter(self._idle.values()))
             return self._candidates(route)[0]
         candidates = self._candidates(route)
-        chosen = self._pick_hook(task=self._book.tasks[task_id].model_copy(), candidates=[c.instance.model_copy() for c in candidates])
+        chosen = self._pick_hook(
+            task=self._book.tasks[task_id].model_copy(),
+            candidates=[c.instance.model_copy() for c in candidates],
+        )
         for slot in candidates:
             if slot.agent_id == chosen:
                 return slot
-        raise PluginError(f"miminions_pick_agent returned {chosen!r}, which is not one of the idle candidates")
+        raise PluginError(
+            f"miminions_pick_agent returned {chosen!r}, which is not one of the idle candidates"
+        )
 
     def _make_idle(self, slot: AgentSlot) -> None:
         if slot.agent_id not in self._available:
@@ -289,15 +351,15 @@ class AsyncioExecutor:
         run = _Run(slot, task_id, worker)
         self._runs[task_id] = run
         self._run_by_agent[slot.agent_id] = run
-        timeout = book.effective_timeout(task)
+        timeout = book.effective_timeout(task, slot.spec.limits)
         ok = False
         error: BaseException | None = None
         try:
             async with asyncio.timeout(timeout) as scope:
                 if timeout is not None:
-                    run.deadline = FreezableDeadline(self._loop, scope)
+                    run.scope = scope
                     if slot.agent_id in self._paused_agents:
-                        run.deadline.freeze(slot.agent_id)
+                        run.freeze(self._loop, slot.agent_id)
                 result = await slot.host.run(fast_copy(task), task.checkpoint)
         except (asyncio.CancelledError, TaskCancelledError):
             if run.cancel_reason is None and run.interrupt_reason is None:
@@ -324,19 +386,21 @@ class AsyncioExecutor:
             self._runs.pop(task_id, None)
             self._run_by_agent.pop(slot.agent_id, None)
             self._agents.task_ended(slot, ok)
-            run.done.set()
+            run.finish()
         if error is not None:
             await self._notify_error(slot, error, task)
 
     async def _notify_error(self, slot: AgentSlot, error: BaseException, task: Task) -> None:
         with contextlib.suppress(Exception, TimeoutError):
-            await asyncio.wait_for(slot.host.notify_error(error, task.model_copy()), self._notify_timeout)
+            await asyncio.wait_for(
+                slot.host.notify_error(error, task.model_copy()), self._notify_timeout
+            )
 
     async def _interrupt(self, run: _Run, reason: str) -> None:
         if run.cancel_reason is None:
             run.interrupt_reason = reason
         run.worker.cancel()
-        await run.done.wait()
+        await run.wait()
 
 
 @hookimpl(trylast=True)  # built-in: any other executor plugin wins

@@ -12,6 +12,10 @@ next ``await context.<call>`` (a safe point) until :meth:`resume` opens it again
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.agent import AgentContext, call_agent_code, call_hook, instantiate_agent
@@ -31,6 +35,7 @@ class InlineHost:
         self._registered = registered
         self._runtime = runtime
         self._agent: Any = None
+        self._execute: Callable[[Task], Awaitable[Any]] = _not_started
         self._context: AgentContext | None = None
         self._gate = asyncio.Event()
         self._gate.set()
@@ -70,11 +75,15 @@ class InlineHost:
         self._stopping = False
         self._gate.set()
         self._agent = instantiate_agent(self._registered, self.spec.kind)
+        execute = self._agent.execute_task
+        # Decided once per start, not per task: async code is awaited directly.
+        self._execute = (
+            execute if inspect.iscoroutinefunction(execute) else partial(call_agent_code, execute)
+        )
         self._context = self._runtime.make_context(self.spec, self)
-        try:
+        # objects with __slots__ can still use the context passed to function agents
+        with contextlib.suppress(AttributeError):
             self._agent.context = self._context
-        except AttributeError:
-            pass  # objects with __slots__ can still use the context passed to functions
         await call_hook(self._agent, "on_start")
         if resume_state is not None:
             await call_hook(self._agent, "on_resume", resume_state)
@@ -86,7 +95,7 @@ class InlineHost:
         context.last_checkpoint = checkpoint
         self._idle.clear()
         try:
-            return await call_agent_code(self._agent.execute_task, task)
+            return await self._execute(task)
         finally:
             context.current_task = None
             self._idle.set()
@@ -99,6 +108,9 @@ class InlineHost:
             idle = asyncio.ensure_future(self._idle.wait())
             try:
                 await asyncio.wait({halted, idle}, return_when=asyncio.FIRST_COMPLETED)
+            except asyncio.CancelledError:
+                self._gate.set()  # the pause was abandoned: let the task go on
+                raise
             finally:
                 halted.cancel()
                 idle.cancel()
@@ -134,6 +146,10 @@ class InlineHost:
         if self._context is None or self._agent is None:
             raise InvalidStateError(f"agent {self.spec.name!r} is not started")
         return self._context
+
+
+async def _not_started(task: Task) -> Any:
+    raise InvalidStateError("the agent is not started")
 
 
 @hookimpl(trylast=True)  # built-in: another plugin may take over inline agents

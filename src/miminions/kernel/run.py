@@ -1,0 +1,29 @@
+"""``miminions.run()``: run a coroutine on the event loop the plugins ask for."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, TypeVar
+
+from miminions.kernel.models import RuntimeConfig
+from miminions.kernel.plugins import build_plugin_manager
+
+_T = TypeVar("_T")
+
+
+def run(
+    main: Coroutine[Any, Any, _T],
+    *,
+    plugins: Sequence[object] = (),
+    disable: Sequence[str] = (),
+    config: RuntimeConfig | None = None,
+) -> _T:
+    """Like ``asyncio.run(main)``, on the loop a ``miminions_loop_factory`` plugin provides
+    (uvloop, when its extra is installed and enabled), else the standard asyncio loop."""
+    pm = build_plugin_manager(plugins, disable)
+    factory: Callable[[], asyncio.AbstractEventLoop] | None = pm.hook.miminions_loop_factory(
+        config=config or RuntimeConfig()
+    )
+    with asyncio.Runner(loop_factory=factory) as runner:
+        return runner.run(main)

@@ -1,0 +1,487 @@
+"""The ``miminions`` command (F-23): demo, status, tasks, events, plugins, and its errors.
+
+Most tests call ``main([...])`` in-process against one database the demo filled (run twice,
+with shortened step times so it takes well under a second). The demo's own pauses and
+retries are driven by task events, not by timing, so its outcome is deterministic.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import json
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from miminions import AgentRuntime, RuntimeConfig, TaskStatus, __version__
+from miminions import demo as demo_module
+from miminions.cli import main
+from miminions.kernel.export import FIELDS
+
+BUILTINS = {
+    "priority_scheduling": ["miminions_order_key", "miminions_pick_agent"],
+    "asyncio_executor": ["miminions_make_executor"],
+    "inline_host": ["miminions_make_host"],
+    "sqlite_store": ["miminions_make_store"],
+    "logging_monitor": ["miminions_event"],
+}
+DEMO_TASKS = [plan.name for plan in demo_module.TASKS]
+DEMO_AGENTS = {plan.name: plan.group for plan in demo_module.AGENTS}
+
+
+@dataclass
+class DemoRuns:
+    """A database the demo ran on twice, and what each run printed."""
+
+    db: Path
+    first: str
+    second: str
+    first_code: int
+    second_code: int
+
+
+def run_main(argv: list[str]) -> tuple[int, str]:
+    """Run the command outside pytest's capture (for module-scoped fixtures)."""
+    buffer = io.StringIO()
+    with redirect_stdout(buffer):
+        code = main(argv)
+    return code, buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> DemoRuns:
+    """Run the demo twice on one database (the second time ``--quiet``), quickly."""
+    db = tmp_path_factory.mktemp("demo") / "demo.db"
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(demo_module, "STEP_SECONDS", 0.02)
+        mp.setattr(demo_module, "PAUSE_SECONDS", 0.1)
+        mp.setattr(demo_module, "TICK_SECONDS", 0.05)
+        first_code, first = run_main(["demo", "--db", str(db)])
+        second_code, second = run_main(["demo", "--db", str(db), "--quiet"])
+    return DemoRuns(db, first, second, first_code, second_code)
+
+
+def cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+    """Run ``main(argv)`` and return (exit code, stdout, stderr)."""
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def table_row(output: str, first_cell: str) -> list[str]:
+    """The cells of the table row whose first or second cell is ``first_cell``."""
+    for line in output.splitlines():
+        cells = line.split()
+        if cells and first_cell in cells[:2]:
+            return cells
+    raise AssertionError(f"no row for {first_cell!r} in:\n{output}")
+
+
+def events_json(
+    capsys: pytest.CaptureFixture[str], db: Path, *filters: str
+) -> list[dict[str, object]]:
+    """Events matching ``filters``, through ``events --format json``."""
+    code, out, err = cli(capsys, "events", "--db", str(db), "--format", "json", *filters)
+    assert code == 0, err
+    records = json.loads(out)
+    assert isinstance(records, list)
+    return records
+
+
+# --------------------------------------------------------------------------- demo
+def test_demo_completes_every_task_and_summarises_this_run(demo_runs: DemoRuns) -> None:
+    """F-23: the demo exits 0; its summary lists the run's tasks, agents, metrics, next steps."""
+    assert demo_runs.first_code == 0
+    out = demo_runs.first
+    assert "Summary of this run: all tasks completed" in out
+    for name in DEMO_TASKS:
+        row = table_row(out, name)
+        assert row[2] == "completed"
+    assert table_row(out, "fetch-statistics")[3] == "2"  # failed once, then retried
+    assert table_row(out, "collect-sources")[1] == "HIGH"
+    assert table_row(out, "scan-archives")[1] == "LOW"
+    for name, group in DEMO_AGENTS.items():
+        assert table_row(out, name)[1] == group
+    assert "tasks submitted 10, completed 10, failed 0, retried 1" in out
+    assert "task duration mean" in out
+    assert "p95" in out
+    assert f"miminions status --db {demo_runs.db}" in out
+    assert f"miminions events --db {demo_runs.db}" in out
+
+
+def test_demo_prints_progress_retry_pause_resume_and_explain(demo_runs: DemoRuns) -> None:
+    """F-23/F-24: live progress lines, notable events and one explain() of a blocked task."""
+    out = demo_runs.first
+    assert "progress  done 0/10" in out
+    assert "progress  done 10/10" in out
+    assert "RETRY     fetch-statistics" in out
+    assert "PAUSED    agent" in out
+    assert "PAUSED    the task queue" in out
+    assert "RESUMED   the task queue" in out
+    assert "RESUMED   agent" in out
+    assert out.count("why isn't 'publish' running?") == 1
+    assert "- dependency: waiting for prerequisite task(s) 'edit-report'" in out
+    assert "- queue_paused:" in out
+
+
+def test_demo_runs_again_on_the_same_database(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A second run re-registers the same agents and summarises only its own ten tasks."""
+    assert demo_runs.second_code == 0
+    out = demo_runs.second
+    assert "progress" not in out
+    assert "RETRY" not in out
+    assert "tasks submitted 10, completed 10, failed 0, retried 1" in out
+    task_rows = [
+        line for line in out.splitlines() if line.split()[:1] and line.split()[0] in DEMO_TASKS
+    ]
+    assert len(task_rows) == len(DEMO_TASKS)
+    code, status, _ = cli(capsys, "status", "--db", str(demo_runs.db))
+    assert code == 0
+    assert "Agents (5)" in status  # the same five agents, not ten
+
+
+# --------------------------------------------------------------------------- status / tasks
+def test_status_shows_agents_counts_and_recent_events(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F-23: status lists agents (name, group, status, isolation), counts and recent events."""
+    code, out, err = cli(capsys, "status", "--db", str(demo_runs.db))
+    assert code == 0, err
+    assert "stopped cleanly" in out
+    for name, group in DEMO_AGENTS.items():
+        assert table_row(out, name)[1:4] == [group, "stopped", "inline"]
+    header = table_row(out, "pending")
+    counts = dict(zip(header, table_row(out, "0"), strict=True))  # the counts row
+    assert counts["completed"] == "20"
+    assert counts["total"] == "20"
+    assert counts["failed"] == "0"
+    assert "Recent events (last 10)" in out
+    assert "runtime_stopped" in out  # the most recent event of the second run
+
+
+def test_tasks_table_and_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]) -> None:
+    """tasks shows id, name, priority, status, attempts, agent, error; --status and --limit."""
+    code, out, err = cli(capsys, "tasks", "--db", str(demo_runs.db), "--status", "completed")
+    assert code == 0, err
+    assert out.splitlines()[1].split() == [
+        "id",
+        "name",
+        "priority",
+        "status",
+        "attempts",
+        "agent",
+        "error",
+    ]
+    row = table_row(out, "fetch-statistics")
+    assert row[2:5] == ["HIGH", "completed", "2"]
+    assert row[5] in DEMO_AGENTS
+    assert "DemoError" not in out  # a completed task carries no error; the log keeps it
+    code, out, _ = cli(capsys, "tasks", "--db", str(demo_runs.db), "--limit", "3")
+    assert code == 0
+    assert len(out.splitlines()) == 2 + 3
+    assert table_row(out, "publish")  # newest first: the last task of the second run
+    code, out, _ = cli(capsys, "tasks", "--db", str(demo_runs.db), "--status", "FAILED")
+    assert code == 0
+    assert "(no tasks)" in out
+
+
+# --------------------------------------------------------------------------- events
+def test_events_text_table(demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]) -> None:
+    """The default format is a readable table with agents by name."""
+    code, out, err = cli(capsys, "events", "--db", str(demo_runs.db), "--type", "agent_paused")
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].split()[:4] == ["id", "time", "(UTC)", "type"]
+    assert len(lines) == 1 + 2  # one pause per run
+    assert all(
+        line.split()[3] == "agent_paused" and line.split()[5] in DEMO_AGENTS for line in lines[1:]
+    )
+
+
+@pytest.mark.parametrize("to_file", [False, True])
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+def test_events_export_formats_parse(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str], tmp_path: Path, fmt: str, to_file: bool
+) -> None:
+    """F-12/F-23: jsonl lines are JSON objects, csv has the header, json is a list."""
+    argv = ["events", "--db", str(demo_runs.db), "--format", fmt]
+    if to_file:
+        argv += ["--output", str(tmp_path / f"events.{fmt}")]
+    code, out, err = cli(capsys, *argv)
+    assert code == 0, err
+    if to_file:
+        assert out == ""
+        assert "wrote" in err
+        out = (tmp_path / f"events.{fmt}").read_text(encoding="utf-8")
+    if fmt == "jsonl":
+        records = [json.loads(line) for line in out.splitlines()]
+    elif fmt == "csv":
+        reader = csv.DictReader(io.StringIO(out))
+        assert tuple(reader.fieldnames or ()) == FIELDS
+        records = list(reader)
+    else:
+        records = json.loads(out)
+        assert isinstance(records, list)
+    types = {record["event_type"] for record in records}
+    assert {
+        "runtime_started",
+        "task_retry_scheduled",
+        "agent_paused",
+        "agent_resumed",
+        "queue_paused",
+    } <= types
+    assert len(records) > 50  # exports are not cut to the text table's default
+
+
+def test_demo_database_records_retry_and_pause_events(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The demo's retry, pauses and resumes are in the event log, twice (two runs)."""
+    db = demo_runs.db
+    kinds = [
+        "task_retry_scheduled",
+        "agent_paused",
+        "agent_resumed",
+        "queue_paused",
+        "queue_resumed",
+    ]
+    records = events_json(capsys, db, "--type", *kinds)
+    counts = {kind: sum(1 for r in records if r["event_type"] == kind) for kind in kinds}
+    assert counts == dict.fromkeys(kinds, 2)
+    completed = events_json(capsys, db, "--type", "task_completed")
+    assert len(completed) == 20
+
+
+def test_events_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]) -> None:
+    """--type (repeatable), --agent (id or name), --task, --severity, --since, --limit."""
+    db = demo_runs.db
+    both = events_json(capsys, db, "--type", "agent_paused", "--type", "queue_paused")
+    assert {r["event_type"] for r in both} == {"agent_paused", "queue_paused"}
+    retry = events_json(capsys, db, "--type", "task_retry_scheduled")[0]
+    by_name = events_json(capsys, db, "--agent", "scout")
+    by_id = events_json(capsys, db, "--agent", str(by_name[0]["agent_id"]))
+    assert by_name == by_id
+    assert {r["agent_id"] for r in by_name} == {by_name[0]["agent_id"]}
+    for_task = events_json(capsys, db, "--task", str(retry["task_id"]))
+    assert {r["task_id"] for r in for_task} == {retry["task_id"]}
+    assert {"task_enqueued", "task_retry_scheduled", "task_completed"} <= {
+        r["event_type"] for r in for_task
+    }
+    warnings = events_json(capsys, db, "--severity", "warning")
+    assert warnings
+    assert {r["severity"] for r in warnings} <= {"warning", "error", "critical"}
+    everything = events_json(capsys, db)
+    last = everything[-1]
+    assert events_json(capsys, db, "--since", str(last["timestamp"]))[-1] == last
+    assert events_json(capsys, db, "--since", "2999-01-01") == []
+    newest = events_json(capsys, db, "--limit", "5")
+    assert newest == everything[-5:]
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("command", ["status", "tasks", "events"])
+def test_missing_database_is_a_one_line_usage_error(
+    command: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A missing database: exit 2, one clear line, and no file created by the read."""
+    missing = tmp_path / "nope.db"
+    code, out, err = cli(capsys, command, "--db", str(missing))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert "does not exist" in err
+    assert "Traceback" not in err
+    assert not missing.exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["events", "--type", "bogus"], "event_type 'bogus' is not one of"),
+        (["events", "--severity", "loud"], "severity 'loud' is not one of"),
+        (["tasks", "--status", "sleeping"], "status 'sleeping' is not one of"),
+    ],
+)
+def test_bad_filter_values_are_one_line_usage_errors(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
+) -> None:
+    """Unknown event type, severity or status: exit 2 with one line naming the choices."""
+    code, out, err = cli(capsys, *argv, "--db", str(demo_runs.db))
+    assert code == 2
+    assert out == ""
+    assert err.count("\n") == 1
+    assert message in err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["events", "--since", "yesterday"],
+        ["events", "--limit", "0"],
+        ["events", "--format", "xml"],
+        ["tasks", "--limit", "many"],
+    ],
+)
+def test_bad_argument_values_exit_2(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    """Malformed option values are argparse usage errors (exit 2), not tracebacks."""
+    code, _, err = cli(capsys, *argv, "--db", str(demo_runs.db))
+    assert code == 2
+    assert "error: argument" in err
+    assert "Traceback" not in err
+
+
+def test_a_file_that_is_not_a_database(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A file that is not a miminions database: exit 2 with a clear line."""
+    bogus = tmp_path / "notes.db"
+    bogus.write_text("not a database\n" * 100)
+    code, _, err = cli(capsys, "status", "--db", str(bogus))
+    assert code == 2
+    assert err.count("\n") == 1
+    assert "notes.db" in err
+
+
+def test_no_command_prints_help_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:
+    """Without a command the help goes to stderr."""
+    code, _, err = cli(capsys)
+    assert code == 2
+    assert "demo" in err
+    assert "status" in err
+    assert "events" in err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    """--version prints the package version."""
+    code, out, _ = cli(capsys, "--version")
+    assert code == 0
+    assert out.strip() == f"miminions {__version__}"
+
+
+@pytest.mark.parametrize("command", [[], ["demo"], ["status"], ["tasks"], ["events"], ["plugins"]])
+def test_help_everywhere(command: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    """Every command has --help and exits 0."""
+    code, out, _ = cli(capsys, *command, "--help")
+    assert code == 0
+    assert out.startswith("usage: miminions")
+
+
+@pytest.mark.slow
+def test_module_entry_point_help() -> None:
+    """``python -m miminions.cli --help`` works in a fresh interpreter."""
+    result = subprocess.run(
+        [sys.executable, "-m", "miminions.cli", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage: miminions" in result.stdout
+    for command in ("demo", "status", "tasks", "events", "plugins"):
+        assert command in result.stdout
+
+
+# --------------------------------------------------------------------------- plugins
+def test_plugins_lists_builtins_and_their_hooks(capsys: pytest.CaptureFixture[str]) -> None:
+    """F-21/F-23: every built-in is listed with the hooks it implements."""
+    code, out, err = cli(capsys, "plugins")
+    assert code == 0, err
+    for name, hooks in BUILTINS.items():
+        row = " ".join(table_row(out, name))
+        assert "built-in" in row
+        for hook in hooks:
+            assert hook in row
+
+
+def test_plugins_disable(capsys: pytest.CaptureFixture[str]) -> None:
+    """--disable leaves a plugin out; an unknown name is a usage error."""
+    code, out, _ = cli(capsys, "plugins", "--disable", "logging_monitor")
+    assert code == 0
+    listed = [line.split()[0] for line in out.splitlines()[2:] if line.startswith("  ")]
+    assert "logging_monitor" not in listed
+    assert "sqlite_store" in listed
+    assert "Disabled: logging_monitor" in out
+    code, _, err = cli(capsys, "plugins", "--disable", "no_such_plugin")
+    assert code == 2
+    assert "no_such_plugin" in err
+    assert err.count("\n") == 1
+
+
+# --------------------------------------------------------------------------- live database
+@pytest.fixture
+async def live_runtime(tmp_path: Path) -> AsyncIterator[tuple[AgentRuntime, Path]]:
+    """A running runtime with one agent that ran one task and one pending task waiting
+    for that agent, which is paused."""
+    db = tmp_path / "live.db"
+    config = RuntimeConfig(storage_path=str(db), retry_backoff_base_seconds=0.01)
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent("worker", demo_module.ResearchAgent, group="crew")
+        await rt.start_agent(agent_id)
+        done = await rt.submit_task("first-job", {"steps": 1})
+        assert (await rt.wait_for_task(done, 10)).status is TaskStatus.COMPLETED
+        await rt.pause_agent(agent_id)
+        await rt.submit_task("waiting-job", {"steps": 1}, agent_id=agent_id)
+        yield rt, db
+
+
+async def test_reading_a_database_a_live_runtime_holds_open(
+    live_runtime: tuple[AgentRuntime, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """F-23: status, tasks and events read a database while its runtime runs (read-only)."""
+    rt, db = live_runtime
+    code = await asyncio.to_thread(main, ["status", "--db", str(db)])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert "Runtime   running (pid" in out
+    assert "Queue     handing out tasks" in out
+    assert table_row(out, "worker")[1:4] == ["crew", "paused", "inline"]
+    code = await asyncio.to_thread(main, ["tasks", "--db", str(db), "--status", "pending"])
+    out = capsys.readouterr().out
+    assert code == 0
+    assert table_row(out, "waiting-job")[2:4] == ["MEDIUM", "pending"]
+    code = await asyncio.to_thread(
+        main, ["events", "--db", str(db), "--format", "jsonl", "--agent", "worker"]
+    )
+    out = capsys.readouterr().out
+    assert code == 0
+    types = [json.loads(line)["event_type"] for line in out.splitlines()]
+    assert types[-1] == "agent_paused"
+    assert "task_completed" in types
+    await rt.pause_queue()
+    assert await asyncio.to_thread(main, ["status", "--db", str(db)]) == 0
+    assert "Queue     paused since" in capsys.readouterr().out
+    await rt.resume_queue()
+    # The runtime keeps working after being read.
+    assert rt.is_running
+    assert rt.list_tasks(status="pending")[0].name == "waiting-job"
+
+
+# --------------------------------------------------------------------------- console script
+@pytest.mark.slow
+def test_console_script_runs_the_real_demo(tmp_path: Path) -> None:
+    """The installed ``miminions`` script runs the demo at its normal pace and exits 0."""
+    script = Path(sys.executable).with_name("miminions")
+    if not script.exists():
+        pytest.skip("the miminions console script is not installed in this environment")
+    db = tmp_path / "real.db"
+    result = subprocess.run(
+        [str(script), "demo", "--db", str(db), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "all tasks completed" in result.stdout
+    assert result.stderr == ""
+    assert db.exists()

@@ -1,0 +1,636 @@
+"""Tests of the built-in SQLite store (``miminions.plugins.sqlite_store``)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+import stat
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from miminions.kernel.errors import (
+    AlreadyExistsError,
+    ConfigurationError,
+    InvalidStateError,
+    RuntimeNotRunningError,
+    ValidationError,
+)
+from miminions.kernel.interfaces import EventQuery, Store, StoredAgent
+from miminions.kernel.models import (
+    AgentSpec,
+    AgentStatus,
+    DeadLetter,
+    Event,
+    EventType,
+    ResourceLimits,
+    RuntimeConfig,
+    Severity,
+    Task,
+    TaskStatus,
+)
+from miminions.plugins import sqlite_schema
+from miminions.plugins.sqlite_store import SQLiteStore, miminions_make_store
+
+T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+
+
+def make_task(task_id: str = "t1", **fields: Any) -> Task:
+    """A valid task; ``fields`` override the defaults."""
+    return Task(task_id=task_id, name="work", created_at=T0, **fields)
+
+
+def full_task(task_id: str = "full") -> Task:
+    """A task with every stored field set to something other than its default."""
+    return Task(
+        task_id=task_id,
+        name="summarise ✓",
+        priority=7,
+        status=TaskStatus.COMPLETED,
+        input_data={"text": 'héllo\n"quoted"', "n": [1, 2.5, None, True], "deep": {"x": {}}},
+        output_data=["result", {"score": 0.30000000000000004}],
+        error_message="an earlier attempt failed",
+        agent_id="agent-1",
+        group="writers",
+        assigned_agent_id="agent-2",
+        dependencies=["dep-a", "dep-b"],
+        retry_count=2,
+        max_retries=3,
+        timeout_seconds=1.5,
+        idempotency_key=f"key-{task_id}",
+        checkpoint={"step": 3, "partial": "abc"},
+        dead_lettered=True,
+        created_at=T0,
+        started_at=T0 + timedelta(seconds=1, microseconds=7),
+        completed_at=T0 + timedelta(seconds=2, microseconds=999999),
+    )
+
+
+def make_event(n: int, **fields: Any) -> Event:
+    """An event at ``T0 + n`` seconds; ``fields`` override the defaults."""
+    values: dict[str, Any] = {
+        "timestamp": T0 + timedelta(seconds=n),
+        "event_type": EventType.TASK_ENQUEUED,
+    }
+    values.update(fields)
+    return Event(**values)
+
+
+def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+    """Run ``sql`` on a second, plain sqlite3 connection (another reader of the file)."""
+    conn = sqlite3.connect(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "miminions.db"
+
+
+@pytest.fixture
+async def store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    s = SQLiteStore(str(db_path))
+    await s.open()
+    yield s
+    await s.close()
+
+
+# ----------------------------------------------------------------------------- round trips
+async def test_task_round_trip_keeps_every_field(store: SQLiteStore, db_path: Path) -> None:
+    """F-09: a stored task reads back field for field, also from a new store on the file."""
+    task, plain = full_task(), make_task("plain")
+    await store.put_task(task)
+    await store.put_task(plain)
+
+    loaded = await store.load_tasks()
+    assert [t.model_dump() for t in loaded] == [task.model_dump(), plain.model_dump()]
+    assert loaded[0].created_at.tzinfo is not None
+
+    await store.close()
+    reopened = SQLiteStore(str(db_path))
+    await reopened.open()
+    try:
+        assert [t.model_dump() for t in await reopened.load_tasks()] == [
+            task.model_dump(),
+            plain.model_dump(),
+        ]
+    finally:
+        await reopened.close()
+
+
+async def test_computed_task_fields_are_not_stored(store: SQLiteStore) -> None:
+    """Queue position, ETA and effective priority are filled in by queries, never stored."""
+    await store.put_task(
+        make_task(effective_priority=1, queue_position=4, estimated_wait_seconds=2.0)
+    )
+    (loaded,) = await store.load_tasks()
+    assert (loaded.effective_priority, loaded.queue_position) == (None, None)
+    assert loaded.estimated_wait_seconds is None
+
+
+async def test_agent_round_trip(store: SQLiteStore) -> None:
+    """F-09: an agent's spec, status and pause state survive exactly."""
+    spec = AgentSpec(
+        agent_id="a1",
+        name="writer",
+        group="g",
+        isolation="process",
+        kind="function",
+        target="pkg.mod:fn",
+        config={"model": "small", "temperature": 0.1},
+        limits=ResourceLimits(max_memory_per_agent_mb=256.0),
+    )
+    agent = StoredAgent(
+        agent_id="a1",
+        name="writer",
+        spec=spec,
+        status=AgentStatus.PAUSED,
+        paused_state={"cursor": 17, "seen": ["x", "ü"], "nested": {"f": 1e-9}},
+        restart_count=2,
+        error_message="crashed once",
+    )
+    other = StoredAgent(
+        agent_id="a2",
+        name="reader",
+        spec=AgentSpec(agent_id="a2", name="reader"),
+        status=AgentStatus.REGISTERED,
+    )
+    await store.put_agent(agent)
+    await store.put_agent(other)
+    assert await store.load_agents() == [agent, other]
+
+    agent.status = AgentStatus.RUNNING
+    agent.paused_state = None
+    await store.put_agent(agent)
+    assert (await store.load_agents())[0] == agent
+
+
+async def test_dead_letter_round_trip(store: SQLiteStore) -> None:
+    """Dead letters keep every field and come back oldest first."""
+    newer = DeadLetter(
+        dead_letter_id="d2",
+        kind="message",
+        ref_id="m1",
+        reason="expired",
+        created_at=T0 + timedelta(seconds=5),
+    )
+    older = DeadLetter(
+        dead_letter_id="d1",
+        kind="task",
+        ref_id="t1",
+        reason="retries exhausted",
+        payload={"error": "boom", "attempts": 3},
+        created_at=T0,
+        requeued_at=T0 + timedelta(seconds=9),
+    )
+    await store.put_dead_letter(newer)
+    await store.put_dead_letter(older)
+    assert await store.load_dead_letters() == [older, newer]
+
+
+async def test_meta_round_trip(store: SQLiteStore) -> None:
+    """Meta holds any JSON value; an unknown key reads as None; a put overwrites."""
+    values: dict[str, Any] = {"dict": {"a": [1, 2]}, "list": [None, "x"], "str": "é", "int": 3}
+    for key, value in values.items():
+        store.put_meta(key, value)
+    await store.flush()
+    for key, value in values.items():
+        assert await store.get_meta(key) == value
+    assert await store.get_meta("missing") is None
+    await store.put_meta("int", 4)
+    assert await store.get_meta("int") == 4
+
+
+async def test_event_round_trip_assigns_increasing_ids(store: SQLiteStore) -> None:
+    """F-12: events are appended durably with every field and increasing ids."""
+    first = make_event(
+        0,
+        event_type=EventType.AGENT_ERROR,
+        severity=Severity.ERROR,
+        agent_id="a1",
+        task_id="t1",
+        details={"error": "boom", "trace": ["x", "y"]},
+    )
+    second = make_event(1)
+    store.put_event(first)
+    store.put_event(second)
+    await store.flush()
+
+    loaded = await store.query_events(EventQuery())
+    assert [e.model_dump(exclude={"event_id"}) for e in loaded] == [
+        first.model_dump(exclude={"event_id"}),
+        second.model_dump(exclude={"event_id"}),
+    ]
+    first_id, second_id = (e.event_id for e in loaded)
+    assert first_id is not None
+    assert second_id is not None
+    assert first_id < second_id
+
+
+async def test_event_details_that_are_not_json_are_stored_as_repr(store: SQLiteStore) -> None:
+    """F-12: an odd detail value never loses the event (nor the batch); it is kept as text."""
+    store.put_event(make_event(0, details={"obj": {1, 2}}))
+    await store.flush()
+    (event,) = await store.query_events(EventQuery())
+    assert event.details == {"obj": "{1, 2}"}
+
+
+# ----------------------------------------------------------------------------- group commit
+async def test_task_put_three_times_in_one_iteration_is_written_once(
+    store: SQLiteStore,
+) -> None:
+    """Puts before a commit coalesce: one row write, holding the latest state."""
+    task = make_task()
+    assert store._conn is not None
+    changes_before = store._conn.total_changes
+    first = store.put_task(task)
+    task.status = TaskStatus.RUNNING
+    second = store.put_task(task)
+    task.status = TaskStatus.COMPLETED
+    task.output_data = {"answer": 42}
+    third = store.put_task(task)
+    await asyncio.gather(first, second, third)
+
+    assert store._conn.total_changes - changes_before == 1
+    (loaded,) = await store.load_tasks()
+    assert loaded.status is TaskStatus.COMPLETED
+    assert loaded.output_data == {"answer": 42}
+
+
+async def test_put_resolves_after_commit_visible_to_another_connection(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """F-09: when the awaitable of a put resolves, the row is committed for every reader."""
+    pending = store.put_task(make_task())
+    # Nothing is written before the loop runs the committer.
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(0,)]
+    await pending
+    assert raw(db_path, "SELECT task_id, status FROM tasks") == [("t1", "pending")]
+
+
+async def test_flush_commits_events(store: SQLiteStore, db_path: Path) -> None:
+    """F-12: ``flush`` returns once every queued event is committed."""
+    for n in range(3):
+        store.put_event(make_event(n))
+    await store.flush()
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(3,)]
+    await store.flush()  # nothing queued: returns at once
+
+
+async def test_writes_during_a_commit_go_to_the_next_one(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes queued while a commit runs share the following commit; both resolve."""
+    real_write = store._write
+    batches: list[list[str]] = []
+    late: list[Any] = []
+
+    async def write(batch: Any, tasks: dict[str, Task], *rest: Any) -> None:
+        batches.append(list(tasks))
+        if not late:  # a write arriving while the first commit is in flight
+            late.append(store.put_task(make_task("b")))
+        await real_write(batch, tasks, *rest)
+
+    monkeypatch.setattr(store, "_write", write)
+    await store.put_task(make_task("a"))
+    await late[0]
+    assert batches == [["a"], ["b"]]
+    assert [t.task_id for t in await store.load_tasks()] == ["a", "b"]
+
+
+async def test_many_rows_in_one_batch(store: SQLiteStore, db_path: Path) -> None:
+    """A large batch (multi-row statements plus a remainder) stores every row."""
+    tasks = [make_task(f"t{i:04d}", priority=i % 100) for i in range(1000)]
+    for task in tasks:
+        store.put_task(task)
+        store.put_event(make_event(0, task_id=task.task_id))
+    await store.flush()
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1000,)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1000,)]
+    assert [t.task_id for t in await store.load_tasks()] == [t.task_id for t in tasks]
+
+
+async def test_cancelling_one_wait_does_not_cancel_the_commit(store: SQLiteStore) -> None:
+    """A caller that gives up waiting (cancellation) does not fail other writers."""
+    impatient = asyncio.ensure_future(store.put_task(make_task("a")))
+    patient = store.put_task(make_task("b"))
+    await asyncio.sleep(0)
+    impatient.cancel()
+    await patient
+    assert {t.task_id for t in await store.load_tasks()} == {"a", "b"}
+
+
+async def test_failed_commit_rejects_its_writes_and_store_stays_usable(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A commit that fails rejects every write in it; the next write commits normally."""
+    conn = store._conn
+    assert conn is not None
+    real_executemany = conn.executemany
+    calls = 0
+
+    async def fail_once(sql: str, params: Any) -> Any:
+        # Fail the event insert, after the task rows went into the transaction: those must
+        # be rolled back, not committed by the next commit.
+        nonlocal calls
+        if "INTO events" in sql:
+            calls += 1
+            if calls == 1:
+                raise sqlite3.OperationalError("disk I/O error")
+        return await real_executemany(sql, params)
+
+    monkeypatch.setattr(conn, "executemany", fail_once)
+    first, second = store.put_task(make_task("a")), store.put_task(make_task("b"))
+    store.put_event(make_event(0))
+    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
+        await first
+    with pytest.raises(sqlite3.OperationalError):
+        await second
+
+    await store.put_task(make_task("c"))
+    assert [t.task_id for t in await store.load_tasks()] == ["c"]
+    assert await store.query_events(EventQuery()) == []
+
+
+async def test_unserializable_task_rejects_only_its_own_write(store: SQLiteStore) -> None:
+    """R-06: stored data is JSON; a value that is not JSON fails its own put only."""
+    bad = make_task("bad", output_data={"when": object()})
+    good = store.put_task(make_task("good"))
+    rejected = store.put_task(bad)
+    await good
+    with pytest.raises(ValidationError, match="bad"):
+        await rejected
+    assert [t.task_id for t in await store.load_tasks()] == ["good"]
+
+
+async def test_duplicate_idempotency_key_rejects_only_the_duplicate(store: SQLiteStore) -> None:
+    """A unique-rule conflict in a batch fails the offending write, not its neighbours."""
+    await store.put_task(make_task("first", idempotency_key="k"))
+    neighbour = store.put_task(make_task("neighbour"))
+    duplicate = store.put_task(make_task("second", idempotency_key="k"))
+    await neighbour
+    with pytest.raises(AlreadyExistsError, match="second"):
+        await duplicate
+    assert [t.task_id for t in await store.load_tasks()] == ["first", "neighbour"]
+
+
+# ----------------------------------------------------------------------------- the file
+async def test_database_file_is_private(store: SQLiteStore, db_path: Path) -> None:
+    """R-06: the database file (and its WAL companions) are created mode 0600."""
+    await store.put_task(make_task())
+    for path in (db_path, Path(f"{db_path}-wal"), Path(f"{db_path}-shm")):
+        if path.exists() or path == db_path:
+            assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+async def test_existing_file_keeps_its_mode(tmp_path: Path) -> None:
+    """An existing database file is opened as it is; its owner chose its permissions."""
+    path = tmp_path / "shared.db"
+    path.touch()
+    path.chmod(0o640)
+    async with SQLiteStore(str(path)):
+        pass
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
+
+
+async def test_wal_mode(store: SQLiteStore, db_path: Path) -> None:
+    """The database runs in WAL mode, so readers never block the writer."""
+    assert raw(db_path, "PRAGMA journal_mode") == [("wal",)]
+
+
+async def test_unwritable_location_is_a_configuration_error(tmp_path: Path) -> None:
+    """A path whose directory does not exist fails with a clear error."""
+    with pytest.raises(ConfigurationError, match="cannot create"):
+        await SQLiteStore(str(tmp_path / "missing" / "x.db")).open()
+
+
+async def test_in_memory_database(tmp_path: Path) -> None:
+    """``:memory:`` works (handy in tests); nothing is created on disk."""
+    async with SQLiteStore(":memory:") as store:
+        await store.put_task(make_task())
+        assert len(await store.load_tasks()) == 1
+
+
+# ----------------------------------------------------------------------------- migrations
+async def test_migrations_recorded_once_and_reopen_keeps_data(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """F-09: each migration is applied once; reopening migrates nothing and keeps data."""
+    await store.put_task(make_task())
+    await store.close()
+    for _ in range(2):
+        async with SQLiteStore(str(db_path)) as again:
+            assert [t.task_id for t in await again.load_tasks()] == ["t1"]
+    versions = [v for (v,) in raw(db_path, "SELECT version FROM schema_migrations")]
+    assert versions == [m.version for m in sqlite_schema.MIGRATIONS]
+    assert versions[-1] == sqlite_schema.SCHEMA_VERSION
+
+
+async def test_newer_schema_is_refused(store: SQLiteStore, db_path: Path) -> None:
+    """A database from a newer miminions is refused, by writers and readers alike."""
+    await store.close()
+    newer = sqlite_schema.SCHEMA_VERSION + 1
+    conn = sqlite3.connect(db_path)
+    conn.execute("INSERT INTO schema_migrations VALUES (?, 0)", (newer,))
+    conn.commit()
+    conn.close()
+    with pytest.raises(ConfigurationError, match=f"schema version {newer}"):
+        await SQLiteStore(str(db_path)).open()
+    with pytest.raises(ConfigurationError, match=f"schema version {newer}"):
+        await SQLiteStore.open_readonly(str(db_path))
+
+
+# ----------------------------------------------------------------------------- queries
+@pytest.fixture
+async def events(store: SQLiteStore) -> list[Event]:
+    """Six events varying in type, severity, agent, task and time; returned as stored."""
+    specs: list[dict[str, Any]] = [
+        {"event_type": EventType.TASK_ENQUEUED, "task_id": "t1"},
+        {"event_type": EventType.TASK_STARTED, "task_id": "t1", "agent_id": "a1"},
+        {"event_type": EventType.AGENT_ERROR, "agent_id": "a1", "severity": Severity.ERROR},
+        {"event_type": EventType.TASK_FAILED, "task_id": "t2", "severity": Severity.WARNING},
+        {"event_type": EventType.RUNTIME_STOPPED, "severity": Severity.CRITICAL},
+        {"event_type": EventType.MESSAGE_SENT, "agent_id": "a2", "severity": Severity.DEBUG},
+    ]
+    for n, fields in enumerate(specs):
+        store.put_event(make_event(n, **fields))
+    return await store.query_events(EventQuery(limit=None))
+
+
+def types(found: list[Event]) -> list[EventType]:
+    return [e.event_type for e in found]
+
+
+async def test_query_by_type_agent_task(store: SQLiteStore, events: list[Event]) -> None:
+    """F-12: event type list, agent id and task id filters, combined with AND."""
+    q = store.query_events
+    assert types(
+        await q(EventQuery(event_types=[EventType.TASK_FAILED, EventType.AGENT_ERROR]))
+    ) == [EventType.AGENT_ERROR, EventType.TASK_FAILED]
+    assert await q(EventQuery(event_types=[])) == []
+    assert types(await q(EventQuery(agent_id="a1"))) == [
+        EventType.TASK_STARTED,
+        EventType.AGENT_ERROR,
+    ]
+    assert types(await q(EventQuery(task_id="t1"))) == [
+        EventType.TASK_ENQUEUED,
+        EventType.TASK_STARTED,
+    ]
+    assert types(await q(EventQuery(task_id="t1", agent_id="a1"))) == [EventType.TASK_STARTED]
+    assert await q(EventQuery(task_id="nope")) == []
+
+
+async def test_query_by_min_severity(store: SQLiteStore, events: list[Event]) -> None:
+    """F-12: ``min_severity`` keeps events at that severity or above."""
+    q = store.query_events
+    assert types(await q(EventQuery(min_severity=Severity.WARNING))) == [
+        EventType.AGENT_ERROR,
+        EventType.TASK_FAILED,
+        EventType.RUNTIME_STOPPED,
+    ]
+    assert types(await q(EventQuery(min_severity=Severity.CRITICAL))) == [EventType.RUNTIME_STOPPED]
+    assert len(await q(EventQuery(min_severity=Severity.DEBUG))) == 6
+
+
+async def test_query_by_time_and_id(store: SQLiteStore, events: list[Event]) -> None:
+    """F-12: ``since``/``until`` bound the timestamp (inclusive); ``after_id`` tails."""
+    q = store.query_events
+    assert types(await q(EventQuery(since=T0 + timedelta(seconds=4)))) == [
+        EventType.RUNTIME_STOPPED,
+        EventType.MESSAGE_SENT,
+    ]
+    assert types(await q(EventQuery(until=T0 + timedelta(seconds=1)))) == [
+        EventType.TASK_ENQUEUED,
+        EventType.TASK_STARTED,
+    ]
+    window = EventQuery(since=T0 + timedelta(seconds=2), until=T0 + timedelta(seconds=3))
+    assert types(await q(window)) == [EventType.AGENT_ERROR, EventType.TASK_FAILED]
+    naive = EventQuery(since=(T0 + timedelta(seconds=5)).replace(tzinfo=None))
+    assert types(await q(naive)) == [EventType.MESSAGE_SENT]  # naive is taken as UTC
+    after = events[3].event_id
+    assert types(await q(EventQuery(after_id=after))) == types(events[4:])
+
+
+async def test_query_limit_and_newest(store: SQLiteStore, events: list[Event]) -> None:
+    """F-12: ``limit`` caps the result; ``newest`` takes the last ones, still oldest first."""
+    q = store.query_events
+    assert types(await q(EventQuery(limit=2))) == types(events[:2])
+    assert types(await q(EventQuery(limit=2, newest=True))) == types(events[-2:])
+    assert types(await q(EventQuery(limit=None, newest=True))) == types(events)
+    assert types(await q(EventQuery(limit=1, newest=True, task_id="t1"))) == [
+        EventType.TASK_STARTED
+    ]
+
+
+async def test_reads_see_unflushed_writes(store: SQLiteStore) -> None:
+    """Reads commit pending writes first, so callers always read their own writes."""
+    store.put_task(make_task())
+    store.put_event(make_event(0))
+    store.put_meta("k", 1)
+    assert len(await store.load_tasks()) == 1
+    assert len(await store.query_events(EventQuery())) == 1
+    assert await store.get_meta("k") == 1
+
+
+async def test_cli_helpers(store: SQLiteStore) -> None:
+    """``count_tasks_by_status`` and ``list_tasks`` (newest first, filter, limit)."""
+    for i, status in enumerate([TaskStatus.PENDING, TaskStatus.COMPLETED, TaskStatus.PENDING]):
+        store.put_task(make_task(f"t{i}", status=status))
+    assert await store.count_tasks_by_status() == {"pending": 2, "completed": 1}
+    assert [t.task_id for t in await store.list_tasks(None, 10)] == ["t2", "t1", "t0"]
+    assert [t.task_id for t in await store.list_tasks("pending", 1)] == ["t2"]
+    assert [t.task_id for t in await store.list_tasks(TaskStatus.COMPLETED, 5)] == ["t1"]
+
+
+# ----------------------------------------------------------------------------- read-only
+async def test_readonly_reads_a_database_in_use(store: SQLiteStore, db_path: Path) -> None:
+    """A read-only store inspects a database another store is writing, and takes no writes."""
+    await store.put_task(make_task("t0", status=TaskStatus.RUNNING))
+    store.put_event(make_event(0))
+    await store.put_meta("k", "v")
+    reader = await SQLiteStore.open_readonly(str(db_path))
+    try:
+        assert [t.task_id for t in await reader.load_tasks()] == ["t0"]
+        assert len(await reader.query_events(EventQuery())) == 1
+        assert await reader.get_meta("k") == "v"
+        assert await reader.count_tasks_by_status() == {"running": 1}
+
+        await store.put_task(make_task("t1"))  # the writer goes on; the reader sees it
+        assert [t.task_id for t in await reader.list_tasks(None, 5)] == ["t1", "t0"]
+
+        with pytest.raises(InvalidStateError, match="read-only"):
+            reader.put_task(make_task("t2"))
+        with pytest.raises(InvalidStateError):
+            reader.put_event(make_event(1))
+        with pytest.raises(InvalidStateError):
+            reader.put_meta("k", 1)
+    finally:
+        await reader.close()
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(2,)]
+
+
+async def test_readonly_missing_or_foreign_file(tmp_path: Path) -> None:
+    """Read-only mode never creates a database, and rejects one that is not ours."""
+    missing = tmp_path / "missing.db"
+    with pytest.raises(ConfigurationError, match="does not exist"):
+        await SQLiteStore.open_readonly(str(missing))
+    assert not missing.exists()
+
+    foreign = tmp_path / "foreign.db"
+    conn = sqlite3.connect(foreign)
+    conn.execute("CREATE TABLE t (x)")
+    conn.close()
+    with pytest.raises(ConfigurationError, match="not a miminions database"):
+        await SQLiteStore.open_readonly(str(foreign))
+
+
+# ----------------------------------------------------------------------------- lifecycle
+async def test_use_after_close(store: SQLiteStore) -> None:
+    """After close every call raises RuntimeNotRunningError; closing twice is fine."""
+    store.put_task(make_task())
+    await store.close()  # commits what was queued
+    await store.close()
+    with pytest.raises(RuntimeNotRunningError):
+        store.put_task(make_task("t2"))
+    with pytest.raises(RuntimeNotRunningError):
+        store.put_event(make_event(0))
+    with pytest.raises(RuntimeNotRunningError):
+        await store.load_tasks()
+    with pytest.raises(RuntimeNotRunningError):
+        await store.open()
+
+
+async def test_close_commits_queued_writes(db_path: Path) -> None:
+    """F-09: ``close`` commits everything queued before it."""
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    store.put_task(make_task())
+    store.put_event(make_event(0))
+    await store.close()
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1,)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1,)]
+
+
+async def test_put_before_open(db_path: Path) -> None:
+    """Writing to a store that was never opened is a clear error, not a hang."""
+    with pytest.raises(RuntimeNotRunningError, match="open"):
+        SQLiteStore(str(db_path)).put_task(make_task())
+
+
+# ----------------------------------------------------------------------------- plugin
+def test_make_store_hook(tmp_path: Path) -> None:
+    """The built-in hook builds a SQLite store at ``storage_path`` and yields to others."""
+    path = str(tmp_path / "x.db")
+    store = miminions_make_store(RuntimeConfig(storage_path=path))
+    assert isinstance(store, SQLiteStore)
+    assert isinstance(store, Store)
+    assert store.path == path
+    assert miminions_make_store.miminions_impl["trylast"] is True  # type: ignore[attr-defined]
+    assert not os.path.exists(path)  # nothing is touched before open()
