@@ -306,15 +306,17 @@ async def test_writes_during_a_commit_go_to_the_next_one(
 
 
 async def test_many_rows_in_one_batch(store: SQLiteStore, db_path: Path) -> None:
-    """A large batch (multi-row statements plus a remainder) stores every row."""
-    tasks = [make_task(f"t{i:04d}", priority=i % 100) for i in range(1000)]
-    for task in tasks:
+    """F-12: a large batch (several multi-row statements) stores every row, events in order."""
+    tasks = [make_task(f"t{i:04d}", priority=i % 100) for i in range(1500)]
+    for i, task in enumerate(tasks):
         store.put_task(task)
-        store.put_event(make_event(0, task_id=task.task_id))
+        for n in range(2):
+            store.put_event(make_event(0, task_id=task.task_id, details={"n": 2 * i + n}))
     await store.flush()
-    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1000,)]
-    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1000,)]
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1500,)]
     assert [t.task_id for t in await store.load_tasks()] == [t.task_id for t in tasks]
+    events = await store.query_events(EventQuery(limit=None))
+    assert [e.details["n"] for e in events] == list(range(3000))
 
 
 async def test_cancelling_one_wait_does_not_cancel_the_commit(store: SQLiteStore) -> None:
@@ -333,10 +335,10 @@ async def test_failed_commit_rejects_its_writes_and_store_stays_usable(
     """A commit that fails rejects every write in it; the next write commits normally."""
     conn = store._conn
     assert conn is not None
-    real_executemany = conn.executemany
+    real_execute = conn.execute
     calls = 0
 
-    async def fail_once(sql: str, params: Any) -> Any:
+    async def fail_once(sql: str, params: Any = None) -> Any:
         # Fail the event insert, after the task rows went into the transaction: those must
         # be rolled back, not committed by the next commit.
         nonlocal calls
@@ -344,9 +346,9 @@ async def test_failed_commit_rejects_its_writes_and_store_stays_usable(
             calls += 1
             if calls == 1:
                 raise sqlite3.OperationalError("disk I/O error")
-        return await real_executemany(sql, params)
+        return await real_execute(sql, params)
 
-    monkeypatch.setattr(conn, "executemany", fail_once)
+    monkeypatch.setattr(conn, "execute", fail_once)
     first, second = store.put_task(make_task("a")), store.put_task(make_task("b"))
     store.put_event(make_event(0))
     with pytest.raises(sqlite3.OperationalError, match="disk I/O"):

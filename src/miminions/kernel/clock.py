@@ -8,6 +8,8 @@ remaining delay is kept and the clock does not run.
 from __future__ import annotations
 
 import asyncio
+import heapq
+import math
 from collections.abc import Callable
 
 
@@ -78,27 +80,102 @@ class FreezableTimer:
         self._callback()
 
 
-class FreezableDeadline:
-    """Freezes an ``asyncio.timeout()`` context: the deadline moves by the frozen time."""
+class Deadline:
+    """One deadline in a :class:`Deadlines` set; it can be frozen while paused (F-25).
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: asyncio.Timeout) -> None:
+    Subclasses implement :meth:`on_expiry` (the executor's run record is one, so no extra
+    object is made per task).
+    """
+
+    __slots__ = ("_frozen_by", "_remaining", "when")
+
+    def __init__(self) -> None:
+        self.when: float | None = None  # None: not armed (frozen or done)
+        self._remaining = 0.0
+        self._frozen_by: set[str] | None = None
+
+    def on_expiry(self) -> None:
+        """Called once when the deadline passes."""
+        raise NotImplementedError
+
+
+class Deadlines:
+    """Many deadlines served by one loop timer, armed for the earliest of them.
+
+    Task timeouts are mostly cancelled long before they expire; keeping them in one heap
+    costs a push per task instead of a timer handle and a timeout context per task.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self._loop = loop
-        self._timeout = timeout
-        self._frozen_by: set[str] = set()
-        self._remaining: float | None = None
+        self._heap: list[tuple[float, int, Deadline]] = []
+        self._seq = 0
+        self._handle: asyncio.TimerHandle | None = None
+        self._armed_for = math.inf
 
-    def freeze(self, reason: str) -> None:
-        """Stop the deadline from approaching while ``reason`` holds."""
-        if not self._frozen_by:
-            when = self._timeout.when()
-            self._remaining = None if when is None else max(when - self._loop.time(), 0.0)
-            self._timeout.reschedule(None)
-        self._frozen_by.add(reason)
+    def start(self, deadline: Deadline, delay: float) -> None:
+        """Arm ``deadline`` to expire after ``delay`` seconds."""
+        self._push(deadline, self._loop.time() + delay)
 
-    def thaw(self, reason: str) -> None:
+    def clear(self, deadline: Deadline) -> None:
+        """The deadline is not needed any more (its work ended)."""
+        deadline.when = None
+        deadline._frozen_by = None
+
+    def freeze(self, deadline: Deadline, reason: str) -> None:
+        """Stop ``deadline`` from approaching while ``reason`` holds."""
+        if deadline._frozen_by is None:
+            if deadline.when is None:
+                return  # not armed
+            deadline._remaining = max(deadline.when - self._loop.time(), 0.0)
+            deadline.when = None
+            deadline._frozen_by = set()
+        deadline._frozen_by.add(reason)
+
+    def thaw(self, deadline: Deadline, reason: str) -> None:
         """Release ``reason``; the deadline approaches again once nothing holds it."""
-        if reason not in self._frozen_by:
+        frozen_by = deadline._frozen_by
+        if frozen_by is None or reason not in frozen_by:
             return
-        self._frozen_by.discard(reason)
-        if not self._frozen_by and self._remaining is not None:
-            self._timeout.reschedule(self._loop.time() + self._remaining)
+        frozen_by.discard(reason)
+        if not frozen_by:
+            deadline._frozen_by = None
+            self._push(deadline, self._loop.time() + deadline._remaining)
+
+    def close(self) -> None:
+        """Cancel the timer; no deadline expires after this."""
+        if self._handle is not None:
+            self._handle.cancel()
+            self._handle = None
+        self._heap.clear()
+
+    def _push(self, deadline: Deadline, when: float) -> None:
+        deadline.when = when
+        self._seq += 1
+        heapq.heappush(self._heap, (when, self._seq, deadline))
+        if when < self._armed_for:
+            self._arm(when)
+
+    def _arm(self, when: float) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        self._armed_for = when
+        self._handle = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._handle = None
+        self._armed_for = math.inf
+        now = self._loop.time()
+        heap = self._heap
+        expired = []
+        while heap and heap[0][0] <= now:
+            when, _, deadline = heapq.heappop(heap)
+            if deadline.when == when:  # still armed for this very instant
+                deadline.when = None
+                expired.append(deadline)
+        while heap and heap[0][2].when != heap[0][0]:
+            heapq.heappop(heap)  # drop stale entries so the timer is armed for a live one
+        if heap:
+            self._arm(heap[0][0])
+        for deadline in expired:
+            deadline.on_expiry()

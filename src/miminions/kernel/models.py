@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFlo
 JSONObject = dict[str, Any]
 
 _M = TypeVar("_M", bound=BaseModel)
+_ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
 
 
 def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
@@ -31,7 +32,12 @@ def fast_construct(cls: type[_M], values: dict[str, Any]) -> _M:
     """
     obj = cls.__new__(cls)
     object.__setattr__(obj, "__dict__", values)
-    object.__setattr__(obj, "__pydantic_fields_set__", set(values))
+    # Every field is set, so pydantic's later ``fields_set.add(name)`` never changes this set:
+    # one set per class can be shared instead of building one per instance.
+    fields_set = _ALL_FIELDS.get(cls)
+    if fields_set is None or len(fields_set) != len(values):
+        fields_set = _ALL_FIELDS[cls] = set(values)
+    object.__setattr__(obj, "__pydantic_fields_set__", fields_set)
     object.__setattr__(obj, "__pydantic_extra__", None)
     object.__setattr__(obj, "__pydantic_private__", None)
     return obj

@@ -13,7 +13,7 @@ import json
 import os
 import time
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +82,15 @@ def to_json_value(value: Any, what: str) -> Any:
         ) from None
 
 
+def new_task_id() -> str:
+    """A unique, roughly time-ordered id: 14 hex digits of microseconds, 10 random.
+
+    Time order keeps database index inserts near the end of the B-tree instead of at
+    random pages, which keeps bulk writes fast as the table grows.
+    """
+    return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+
+
 def describe_error(error: BaseException) -> str:
     """A one-line description of an exception for ``Task.error_message``."""
     text = str(error)
@@ -112,7 +121,9 @@ class TaskBook:
         self.tasks: dict[str, Task] = {}
         self.by_idempotency_key: dict[str, str] = {}
         self.dead_letters: dict[str, DeadLetter] = {}
-        self._waiters: dict[str, list[asyncio.Future[None]]] = {}
+        # A waiter is woken with the awaitable of the commit holding the final state; the
+        # waiting coroutine awaits it, so no task or callback is made per finished task.
+        self._waiters: dict[str, list[asyncio.Future[Awaitable[None]]]] = {}
         self._started_mono: dict[str, float] = {}
         self.durations: deque[float] = deque(maxlen=_DURATION_SAMPLES)
         self.mean_duration: float | None = None
@@ -225,7 +236,7 @@ class TaskBook:
         return fast_construct(
             Task,
             {
-                "task_id": request.task_id or os.urandom(16).hex(),
+                "task_id": request.task_id or new_task_id(),
                 "name": name,
                 "priority": int(priority),
                 "status": TaskStatus.PENDING,
@@ -449,14 +460,14 @@ class TaskBook:
         ):
             raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
         if not task.status.is_terminal:
-            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            waiter: asyncio.Future[Awaitable[None]] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(task_id, []).append(waiter)
             try:
                 if timeout_seconds is None:
-                    await waiter
+                    await (await waiter)
                 else:
                     async with asyncio.timeout(timeout_seconds):
-                        await waiter
+                        await (await waiter)
             except TimeoutError:
                 raise WaitTimeoutError(
                     f"task {task_id!r} is still {task.status.value} after {timeout_seconds} s; "
@@ -472,11 +483,11 @@ class TaskBook:
             await self._store.flush()
         return fast_copy(task)
 
-    def save_checkpoint(self, task_id: str, state: Any) -> asyncio.Future[None]:
+    def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
         """Record an agent's checkpoint for a task (see ``AgentContext.checkpoint``)."""
         task = self.get(task_id)
         task.checkpoint = to_json_value(state, "checkpoint state")
-        return asyncio.ensure_future(self._store.put_task(task))
+        return self._store.put_task(task)
 
     # ------------------------------------------------------------------ recovery
     def restore(self, stored: Iterable[Task], dead_letters: Iterable[DeadLetter]) -> dict[str, int]:
@@ -597,7 +608,9 @@ class TaskBook:
         commit = self._store.put_task(task)
         waiters = self._waiters.pop(task.task_id, None)
         if waiters:
-            asyncio.ensure_future(commit).add_done_callback(lambda _: _wake(waiters))
+            for waiter in waiters:
+                if not waiter.done():
+                    waiter.set_result(commit)
 
     def _dead_letter(self, task: Task, reason: str) -> None:
         letter = DeadLetter.model_construct(
@@ -620,12 +633,6 @@ class TaskBook:
             # an exponential moving average answers ETA queries in O(1)
             mean = self.mean_duration
             self.mean_duration = duration if mean is None else mean + (duration - mean) * 0.05
-
-
-def _wake(waiters: list[asyncio.Future[None]]) -> None:
-    for waiter in waiters:
-        if not waiter.done():
-            waiter.set_result(None)
 
 
 def _prerequisites_first(tasks: Iterable[Task]) -> list[Task]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 from typing import TYPE_CHECKING
 
-from miminions.kernel.clock import FreezableDeadline, FreezableTimer
+from miminions.kernel.clock import Deadline, Deadlines, FreezableTimer
 from miminions.kernel.errors import PluginError, TaskCancelledError, TaskTimeoutError
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import Task, fast_copy
@@ -28,42 +28,36 @@ if TYPE_CHECKING:
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
 
 
-class _Run:
-    """One task being run by one agent."""
+class _Run(Deadline):
+    """One task being run by one agent; it is also the task's timeout deadline."""
 
     __slots__ = (
         "cancel_reason",
-        "deadline",
         "finished",
         "interrupt_reason",
-        "scope",
         "slot",
         "task_id",
+        "timed_out",
         "waiters",
         "worker",
     )
 
     def __init__(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> None:
+        super().__init__()
         self.slot = slot
         self.task_id = task_id
         self.worker = worker
-        self.scope: asyncio.Timeout | None = None
-        self.deadline: FreezableDeadline | None = None  # made on first freeze only
         self.cancel_reason: str | None = None
         self.interrupt_reason: str | None = None
+        self.timed_out = False
         self.finished = False
         self.waiters: list[asyncio.Future[None]] | None = None
 
-    def freeze(self, loop: asyncio.AbstractEventLoop, reason: str) -> None:
-        if self.scope is None:
-            return
-        if self.deadline is None:
-            self.deadline = FreezableDeadline(loop, self.scope)
-        self.deadline.freeze(reason)
-
-    def thaw(self, reason: str) -> None:
-        if self.deadline is not None:
-            self.deadline.thaw(reason)
+    def on_expiry(self) -> None:
+        """The task's timeout passed: interrupt it (it then fails with TaskTimeoutError)."""
+        if not self.finished and self.cancel_reason is None and self.interrupt_reason is None:
+            self.timed_out = True
+            self.worker.cancel()
 
     async def wait(self) -> None:
         """Wait until the run has ended (futures are made only when someone waits)."""
@@ -105,6 +99,7 @@ class AsyncioExecutor:
         pick = runtime.plugin_manager.hook.miminions_pick_agent
         self._pick_hook = pick if runtime.custom_hook("miminions_pick_agent") else None
         self._notify_timeout = runtime.config.shutdown_timeout_seconds
+        self._deadlines = Deadlines(self._loop)
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -133,6 +128,7 @@ class AsyncioExecutor:
         for timer in self._retry_timers.values():
             timer.cancel()
         self._retry_timers.clear()
+        self._deadlines.close()
         await asyncio.gather(
             *(self._interrupt(run, "runtime closed") for run in list(self._runs.values()))
         )
@@ -246,9 +242,9 @@ class AsyncioExecutor:
             run = self._run_by_agent.get(agent_id)
             if run is not None:
                 if freeze:
-                    run.freeze(self._loop, reason)
+                    self._deadlines.freeze(run, reason)
                 else:
-                    run.thaw(reason)
+                    self._deadlines.thaw(run, reason)
         for timer in timers:
             (timer.freeze if freeze else timer.thaw)(reason)
         if not freeze:
@@ -352,30 +348,27 @@ class AsyncioExecutor:
         self._runs[task_id] = run
         self._run_by_agent[slot.agent_id] = run
         timeout = book.effective_timeout(task, slot.spec.limits)
+        if timeout is not None:
+            self._deadlines.start(run, timeout)
+            if slot.agent_id in self._paused_agents:
+                self._deadlines.freeze(run, slot.agent_id)
         ok = False
         error: BaseException | None = None
         try:
-            async with asyncio.timeout(timeout) as scope:
-                if timeout is not None:
-                    run.scope = scope
-                    if slot.agent_id in self._paused_agents:
-                        run.freeze(self._loop, slot.agent_id)
-                result = await slot.host.run(fast_copy(task), task.checkpoint)
+            result = await slot.host.run(fast_copy(task), task.checkpoint)
         except (asyncio.CancelledError, TaskCancelledError):
-            if run.cancel_reason is None and run.interrupt_reason is None:
-                raise
-            worker.uncancel()
-            if run.cancel_reason is not None:
-                book.cancelled(task_id, run.cancel_reason)
-            else:
-                book.interrupted(task_id, run.interrupt_reason or "interrupted")
-        except TimeoutError as exc:
-            if scope.expired():
+            if run.timed_out:
+                worker.uncancel()
                 error = TaskTimeoutError(f"task {task_id} timed out after {timeout} s")
                 book.failed(task_id, error, timed_out=True)
+            elif run.cancel_reason is not None:
+                worker.uncancel()
+                book.cancelled(task_id, run.cancel_reason)
+            elif run.interrupt_reason is not None:
+                worker.uncancel()
+                book.interrupted(task_id, run.interrupt_reason)
             else:
-                error = exc
-                book.failed(task_id, exc)
+                raise
         except Exception as exc:
             error = exc
             book.failed(task_id, exc)
@@ -383,6 +376,7 @@ class AsyncioExecutor:
             book.completed(task_id, result)
             ok = True
         finally:
+            self._deadlines.clear(run)
             self._runs.pop(task_id, None)
             self._run_by_agent.pop(slot.agent_id, None)
             self._agents.task_ended(slot, ok)

@@ -65,7 +65,7 @@ class InlineHost:
         finally:
             self._halted.clear()
 
-    def save_checkpoint(self, task_id: str, state: Any) -> asyncio.Future[None]:
+    def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
         """Record a task checkpoint through the runtime's task book."""
         return self._runtime.task_book.save_checkpoint(task_id, state)
 

@@ -4,10 +4,11 @@ Writes are queued in memory and committed in batches by one background coroutine
 ``put_*`` keeps a *reference* to the model in a dict keyed by its id, so a task put three
 times before the next commit is written once, in its latest state; events are appended to a
 list. Everything queued during one event-loop iteration shares a commit, and everything queued
-while a commit runs shares the next one. Each batch costs one ``executemany`` per table and one
-``COMMIT`` (a handful of hops to the aiosqlite thread, not one per row).
-
-Stored data is JSON text, never pickle (R-06); timestamps are UTC unix seconds.
+while a commit runs shares the next one. A batch is written with multi-row statements (up to
+1024 rows each, see :class:`~miminions.plugins.sqlite_schema.BulkWrite`) handed to the
+aiosqlite thread together, then one ``COMMIT``: two trips to that thread per batch, not one
+per row or per table. Tables, SQL and row codecs are in
+:mod:`miminions.plugins.sqlite_schema`.
 """
 
 from __future__ import annotations
@@ -19,8 +20,7 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Generator, Iterable, Sequence
-from datetime import UTC, datetime
+from collections.abc import Callable, Generator, Iterable
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -35,63 +35,13 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
-from miminions.kernel.models import (
-    AgentStatus,
-    DeadLetter,
-    Event,
-    EventType,
-    RuntimeConfig,
-    Severity,
-    Task,
-    TaskStatus,
-)
+from miminions.kernel.models import DeadLetter, Event, RuntimeConfig, Task
 from miminions.plugins import sqlite_schema as schema
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-_Row = tuple[Any, ...]
 
-
-def _make_dumps(default: Callable[[Any], Any]) -> Callable[[Any], str]:
-    """Return a compact JSON encoder (no spaces, non-ASCII kept) calling ``default``.
-
-    ``json.dumps``/``JSONEncoder.encode`` build a fresh C encoder on every call, which costs
-    more than encoding a small dict; the store encodes several values per row, so it builds
-    the C encoder once. That constructor is an implementation detail of the ``json``
-    module, so it is checked against the public encoder here and not used if they differ.
-    """
-    public = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=default).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    basestring = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or basestring is None:
-        return public
-    try:
-        # markers=None: no cycle bookkeeping (a cycle still fails, as RecursionError).
-        chunks = make(None, default, basestring, None, ":", ",", False, False, True)
-
-        def fast(value: Any) -> str:
-            return "".join(chunks(value, 0))
-
-        sample = {"s": 'é"\n', "i": [1, -2.5, 1e300, None, True, False], "d": {"1": {}}}
-        if fast(sample) != public(sample) or fast("x") != public("x"):
-            return public
-    except Exception:  # a different json implementation: use the public API
-        return public
-    return fast
-
-
-def _reject(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_dumps = _make_dumps(_reject)
-# Event details are diagnostics: an odd value is stored as its repr instead of failing the
-# batch that carries everybody's task writes.
-_dumps_lenient = _make_dumps(repr)
-_loads = json.loads
-
-_SEVERITY_ORDER = list(Severity)
 _BUSY_TIMEOUT_MS = 5000
 # Throughput settings of the writing connection: a page cache that holds the hot index pages
 # (the default 2 MiB thrashes once the event indexes outgrow it), and rarer WAL checkpoints,
@@ -105,136 +55,13 @@ _WRITER_PRAGMAS = (
 _MEMORY = ":memory:"
 
 
-def _ts(value: datetime | None) -> float | None:
-    return None if value is None else value.timestamp()
-
-
-def _dt(value: float | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value, UTC)
-
-
-def _query_ts(value: datetime) -> float:
-    # Naive datetimes are taken as UTC, like everything else the runtime stores.
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
-
-
-# ----------------------------------------------------------------------------- row codecs
-# Hot path: attributes are read directly (no model_dump). Only exact str/int/float values are
-# bound: for any subclass (a str enum, a bool, an IntEnum priority) sqlite3 first looks for an
-# adapter, which costs microseconds per value while the database thread holds the GIL. Enum
-# members hash and compare as their values, so this table maps plain strings as well.
-# Column order follows sqlite_schema.*_COLUMNS.
-_TEXT: dict[str, str] = {
-    member: member.value
-    for enum in (TaskStatus, AgentStatus, EventType, Severity)
-    for member in enum
-}
-
-
-def _task_row(t: Task) -> _Row:
-    # The hottest function of the store (every put of every task): one read of the model's
-    # field dict is measurably cheaper than twenty attribute lookups through the class.
-    f = t.__dict__
-    i, deps, o, k = f["input_data"], f["dependencies"], f["output_data"], f["checkpoint"]
-    s, c = f["started_at"], f["completed_at"]
-    return (
-        f["task_id"],
-        f["name"],
-        int(f["priority"]),
-        _TEXT[f["status"]],
-        _dumps(i) if i else "{}",
-        None if o is None else _dumps(o),
-        f["error_message"],
-        f["agent_id"],
-        f["group"],
-        f["assigned_agent_id"],
-        _dumps(deps) if deps else "[]",
-        f["retry_count"],
-        f["max_retries"],
-        f["timeout_seconds"],
-        f["idempotency_key"],
-        None if k is None else _dumps(k),
-        1 if f["dead_lettered"] else 0,
-        f["created_at"].timestamp(),
-        None if s is None else s.timestamp(),
-        None if c is None else c.timestamp(),
-    )
-
-
-def _task_from_row(r: sqlite3.Row | Sequence[Any]) -> Task:
-    return Task.model_validate(
-        {
-            "task_id": r[0],
-            "name": r[1],
-            "priority": r[2],
-            "status": r[3],
-            "input_data": _loads(r[4]),
-            "output_data": None if r[5] is None else _loads(r[5]),
-            "error_message": r[6],
-            "agent_id": r[7],
-            "group": r[8],
-            "assigned_agent_id": r[9],
-            "dependencies": _loads(r[10]),
-            "retry_count": r[11],
-            "max_retries": r[12],
-            "timeout_seconds": r[13],
-            "idempotency_key": r[14],
-            "checkpoint": None if r[15] is None else _loads(r[15]),
-            "dead_lettered": bool(r[16]),
-            "created_at": _dt(r[17]),
-            "started_at": _dt(r[18]),
-            "completed_at": _dt(r[19]),
-        }
-    )
-
-
-def _event_row(e: Event) -> _Row:
-    d = e.details
-    return (
-        e.timestamp.timestamp(),
-        _TEXT[e.event_type],
-        _TEXT[e.severity],
-        e.agent_id,
-        e.task_id,
-        _dumps_lenient(d) if d else "{}",
-    )
-
-
-def _agent_row(a: StoredAgent) -> _Row:
-    p = a.paused_state
-    return (
-        a.agent_id,
-        a.name,
-        a.spec.model_dump_json(),
-        _TEXT[a.status],
-        None if p is None else _dumps(p),
-        a.restart_count,
-        a.error_message,
-    )
-
-
-def _meta_row(item: tuple[str, Any]) -> _Row:
-    return (item[0], _dumps(item[1]))
-
-
-def _dead_letter_row(d: DeadLetter) -> _Row:
-    return (
-        d.dead_letter_id,
-        d.kind,
-        d.ref_id,
-        d.reason,
-        _dumps(d.payload),
-        d.created_at.timestamp(),
-        _ts(d.requeued_at),
-    )
-
-
+# ----------------------------------------------------------------------------- statements
 def _rows(
     kind: str,
     pending: dict[str, _T],
-    to_row: Callable[[_T], _Row],
+    to_row: Callable[[_T], schema.Row],
     rejected: dict[tuple[str, str], BaseException],
-) -> list[_Row]:
+) -> list[schema.Row]:
     """Serialize a pending dict; a value that cannot be encoded rejects only its own write."""
     try:
         return [to_row(item) for item in pending.values()]
@@ -250,48 +77,92 @@ def _rows(
         return rows
 
 
-def _event_rows(events: list[Event]) -> list[_Row]:
+def _event_rows(events: list[Event]) -> list[schema.Row]:
     """Serialize events; a malformed one is logged and dropped, never the whole batch."""
     try:
-        return [_event_row(e) for e in events]
+        return [schema.event_row(e) for e in events]
     except Exception:
         rows = []
         for event in events:
             try:
-                rows.append(_event_row(event))
+                rows.append(schema.event_row(event))
             except Exception as exc:
                 logger.error("not storing malformed event %r: %s", event, exc)
         return rows
 
 
-async def _write_rows(
-    conn: aiosqlite.Connection, write: schema.BulkWrite, rows: list[_Row]
-) -> None:
-    """Write ``rows`` with as many multi-row statements as fit, then the rest one by one."""
-    per, full = write.rows, len(rows) - len(rows) % write.rows
-    if full:
-        chunks = [list(chain.from_iterable(rows[i : i + per])) for i in range(0, full, per)]
-        await conn.executemany(write.multi, chunks)
-    if full < len(rows):
-        await conn.executemany(write.single, rows[full:])
+def _statements(write: schema.BulkWrite, rows: list[schema.Row]) -> list[tuple[str, list[Any]]]:
+    """The ``(sql, parameters)`` statements that write ``rows``, many rows per statement."""
+    return [
+        (write.statements[size], list(chain.from_iterable(rows[start : start + size])))
+        for start, size in write.plan(len(rows))
+    ]
+
+
+async def _execute_all(
+    conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]]
+) -> BaseException | None:
+    """Run ``statements`` in order and return the first error, or None.
+
+    All are handed to the aiosqlite thread at once, so it runs them back to back instead of
+    waiting for the event loop between them. They still run in list order, which keeps event
+    ids in the order events were put: tasks start in creation order and aiosqlite queues a
+    statement in its first step, onto a FIFO its thread drains. A statement after a failed
+    one still runs; the caller rolls the transaction back, so that is harmless.
+    """
+    if not statements:
+        return None
+    results = await asyncio.gather(
+        *(conn.execute(sql, params) for sql, params in statements), return_exceptions=True
+    )
+    return next((r for r in results if isinstance(r, BaseException)), None)
 
 
 # ----------------------------------------------------------------------------- batching
 class _Batch:
-    """Writes that share one commit: a future for the commit and any per-write rejections."""
+    """Writes that share one commit: who waits for it, how it ended, per-write rejections.
 
-    __slots__ = ("future", "rejected")
+    Every waiter gets its own future, resolved by :meth:`settle`, so a caller that cancels
+    its wait (``asyncio.wait_for``) cancels only that future, never the commit everybody
+    else waits for. Awaiting a batch waits for its commit and raises the commit's error.
+    """
 
-    def __init__(self, future: asyncio.Future[None]) -> None:
-        self.future = future
+    __slots__ = ("done", "error", "loop", "rejected", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.done = False
+        self.error: BaseException | None = None
+        self.waiters: list[asyncio.Future[None]] = []
         self.rejected: dict[tuple[str, str], BaseException] = {}
+
+    def settle(self, error: BaseException | None = None) -> None:
+        """Record the outcome of the commit and wake every waiter with it."""
+        self.done, self.error = True, error
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if waiter.done():  # its caller gave up waiting
+                continue
+            if error is None:
+                waiter.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(error)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self.done:
+            waiter = self.loop.create_future()
+            self.waiters.append(waiter)
+            yield from waiter.__await__()
+        elif self.error is not None:
+            raise self.error
 
 
 class _Committed:
     """What ``put_*`` returns: awaiting it waits for the commit holding that write.
 
-    The batch's shared future is awaited through :func:`asyncio.shield`, so a caller that
-    cancels its wait (``asyncio.wait_for``) cannot cancel the commit for everybody else.
+    Raises the commit's error, or the error that kept this one write out of it.
     """
 
     __slots__ = ("_batch", "_key", "_kind")
@@ -303,7 +174,7 @@ class _Committed:
 
     def __await__(self) -> Generator[Any, None, None]:
         batch = self._batch
-        yield from asyncio.shield(batch.future).__await__()
+        yield from batch.__await__()
         if batch.rejected:
             error = batch.rejected.get((self._kind, self._key))
             if error is not None:
@@ -454,7 +325,7 @@ class SQLiteStore:
             raise RuntimeNotRunningError(f"store {self.path!r} is closed")
         if self._conn is None:
             raise RuntimeNotRunningError("the store is not open; await store.open() first")
-        batch = self._batch = _Batch(asyncio.get_running_loop().create_future())
+        batch = self._batch = _Batch(asyncio.get_running_loop())
         self._ensure_committer()
         return batch
 
@@ -478,15 +349,14 @@ class SQLiteStore:
                 self._batch, self._committing = None, batch
                 try:
                     await self._write(batch, tasks, agents, dead_letters, meta, events)
-                except asyncio.CancelledError:
-                    batch.future.cancel()
+                except asyncio.CancelledError as exc:
+                    batch.settle(exc)
                     raise
                 except Exception as exc:
                     logger.error("commit to %r failed: %s", self.path, exc)
-                    batch.future.set_exception(exc)
-                    batch.future.exception()  # retrieved: fire-and-forget writers need no log
+                    batch.settle(exc)
                 else:
-                    batch.future.set_result(None)
+                    batch.settle()
                 finally:
                     self._committing = None
         finally:
@@ -506,37 +376,29 @@ class SQLiteStore:
         if conn is None:  # closed underneath us; cannot happen through the public API
             raise RuntimeNotRunningError("the store was closed before the commit")
         rejected = batch.rejected
-        # Keyed writes, in order; the key is the first column of each row.
+        # Keyed writes in table order, then events. A keyed row's key is its first column.
         keyed = (
-            (schema.UPSERT_TASK, "task", _rows("task", tasks, _task_row, rejected)),
-            (schema.UPSERT_AGENT, "agent", _rows("agent", agents, _agent_row, rejected)),
+            (schema.UPSERT_TASK, "task", _rows("task", tasks, schema.task_row, rejected)),
+            (schema.UPSERT_AGENT, "agent", _rows("agent", agents, schema.agent_row, rejected)),
             (
                 schema.UPSERT_DEAD_LETTER,
                 "dead letter",
-                _rows("dead letter", dead_letters, _dead_letter_row, rejected),
+                _rows("dead letter", dead_letters, schema.dead_letter_row, rejected),
             ),
-            (schema.UPSERT_META, "meta", _rows("meta", meta, _meta_row, rejected)),
+            (schema.UPSERT_META, "meta", _rows("meta", meta, schema.meta_row, rejected)),
         )
+        appended = _statements(schema.INSERT_EVENT, _event_rows(events)) if events else []
+        statements = [s for write, _, rows in keyed for s in _statements(write, rows)]
         try:
-            try:
-                for write, _, rows in keyed:
-                    if rows:
-                        await _write_rows(conn, write, rows)
-            except sqlite3.IntegrityError:
+            error = await _execute_all(conn, statements + appended)
+            if isinstance(error, sqlite3.IntegrityError):
                 # A row broke a UNIQUE rule (an idempotency key or agent name used twice).
-                # Redo the keyed writes row by row so only the offending write is rejected.
+                # Redo the batch with keyed rows one by one, rejecting only the offenders.
                 await conn.rollback()
-                for write, kind, rows in keyed:
-                    for row in rows:
-                        try:
-                            await conn.execute(write.single, row)
-                        except sqlite3.IntegrityError as exc:
-                            logger.error("not storing %s %r: %s", kind, row[0], exc)
-                            rejected[(kind, row[0])] = AlreadyExistsError(
-                                f"{kind} {row[0]!r} conflicts with a stored one: {exc}"
-                            )
-            if events:
-                await _write_rows(conn, schema.INSERT_EVENT, _event_rows(events))
+                await self._write_keyed_one_by_one(conn, keyed, rejected)
+                error = await _execute_all(conn, appended)
+            if error is not None:
+                raise error
             await conn.commit()
         except BaseException:
             try:
@@ -544,6 +406,23 @@ class SQLiteStore:
             except Exception:  # the original error is the one to report
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
+
+    @staticmethod
+    async def _write_keyed_one_by_one(
+        conn: aiosqlite.Connection,
+        keyed: Iterable[tuple[schema.BulkWrite, str, list[schema.Row]]],
+        rejected: dict[tuple[str, str], BaseException],
+    ) -> None:
+        """Write keyed rows one statement each; a UNIQUE conflict rejects only its row."""
+        for write, kind, rows in keyed:
+            for row in rows:
+                try:
+                    await conn.execute(write.statements[1], row)
+                except sqlite3.IntegrityError as exc:
+                    logger.error("not storing %s %r: %s", kind, row[0], exc)
+                    rejected[(kind, row[0])] = AlreadyExistsError(
+                        f"{kind} {row[0]!r} conflicts with a stored one: {exc}"
+                    )
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed.
@@ -555,7 +434,7 @@ class SQLiteStore:
             self._ensure_committer()
         batch = self._batch or self._committing
         if batch is not None:
-            await asyncio.shield(batch.future)
+            await batch
 
     async def _reader(self) -> aiosqlite.Connection:
         """The connection, after pending writes are committed, so callers read their own."""
@@ -573,11 +452,14 @@ class SQLiteStore:
     async def get_meta(self, key: str) -> Any:
         """Return the JSON value stored under ``key``, or None."""
         rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
-        return _loads(rows[0][0]) if rows else None
+        return json.loads(rows[0][0]) if rows else None
 
     async def load_tasks(self) -> list[Task]:
         """Return every stored task, oldest first."""
-        return [_task_from_row(r) for r in await self._fetch(schema.SELECT_TASKS + " ORDER BY seq")]
+        return [
+            schema.task_from_row(r)
+            for r in await self._fetch(schema.SELECT_TASKS + " ORDER BY seq")
+        ]
 
     async def list_tasks(self, status: str | None = None, limit: int = 100) -> list[Task]:
         """Return up to ``limit`` tasks, newest first, optionally only those in ``status``."""
@@ -586,7 +468,7 @@ class SQLiteStore:
             sql += " WHERE status = ?"
             params.append(status)
         rows = await self._fetch(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
-        return [_task_from_row(r) for r in rows]
+        return [schema.task_from_row(r) for r in rows]
 
     async def count_tasks_by_status(self) -> dict[str, int]:
         """Return how many stored tasks are in each status (statuses with none are omitted)."""
@@ -595,37 +477,12 @@ class SQLiteStore:
 
     async def load_agents(self) -> list[StoredAgent]:
         """Return every stored agent record, in the order they were first stored."""
-        return [
-            StoredAgent.model_validate(
-                {
-                    "agent_id": r[0],
-                    "name": r[1],
-                    "spec": _loads(r[2]),
-                    "status": r[3],
-                    "paused_state": None if r[4] is None else _loads(r[4]),
-                    "restart_count": r[5],
-                    "error_message": r[6],
-                }
-            )
-            for r in await self._fetch(schema.SELECT_AGENTS)
-        ]
+        return [schema.agent_from_row(r) for r in await self._fetch(schema.SELECT_AGENTS)]
 
     async def load_dead_letters(self) -> list[DeadLetter]:
         """Return every stored dead letter, oldest first."""
-        return [
-            DeadLetter.model_validate(
-                {
-                    "dead_letter_id": r[0],
-                    "kind": r[1],
-                    "ref_id": r[2],
-                    "reason": r[3],
-                    "payload": _loads(r[4]),
-                    "created_at": _dt(r[5]),
-                    "requeued_at": _dt(r[6]),
-                }
-            )
-            for r in await self._fetch(schema.SELECT_DEAD_LETTERS)
-        ]
+        rows = await self._fetch(schema.SELECT_DEAD_LETTERS)
+        return [schema.dead_letter_from_row(r) for r in rows]
 
     async def query_events(self, query: EventQuery) -> list[Event]:
         """Return the committed events matching ``query``, oldest first.
@@ -633,7 +490,7 @@ class SQLiteStore:
         ``since`` and ``until`` are inclusive; with ``newest`` the last ``limit`` matches are
         returned (still oldest first).
         """
-        where, params = _event_filters(query)
+        where, params = schema.event_filters(query)
         if where is None:
             return []
         sql = schema.SELECT_EVENTS + where
@@ -644,49 +501,7 @@ class SQLiteStore:
         rows = await self._fetch(sql, params)
         if query.newest:
             rows.reverse()
-        return [
-            Event.model_validate(
-                {
-                    "event_id": r[0],
-                    "timestamp": _dt(r[1]),
-                    "event_type": r[2],
-                    "severity": r[3],
-                    "agent_id": r[4],
-                    "task_id": r[5],
-                    "details": _loads(r[6]),
-                }
-            )
-            for r in rows
-        ]
-
-
-def _event_filters(query: EventQuery) -> tuple[str | None, list[Any]]:
-    """Translate a query into a WHERE clause; None means nothing can match."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if query.event_types is not None:
-        if not query.event_types:
-            return None, params
-        clauses.append(f"event_type IN ({', '.join('?' * len(query.event_types))})")
-        params.extend(t.value for t in query.event_types)
-    if query.min_severity is not None:
-        allowed = _SEVERITY_ORDER[_SEVERITY_ORDER.index(query.min_severity) :]
-        clauses.append(f"severity IN ({', '.join('?' * len(allowed))})")
-        params.extend(s.value for s in allowed)
-    for column, value in (("agent_id", query.agent_id), ("task_id", query.task_id)):
-        if value is not None:
-            clauses.append(f"{column} = ?")
-            params.append(value)
-    if query.since is not None:
-        clauses.append("ts >= ?")
-        params.append(_query_ts(query.since))
-    if query.until is not None:
-        clauses.append("ts <= ?")
-        params.append(_query_ts(query.until))
-    if query.after_id is not None:
-        clauses.append("event_id > ?")
-        params.append(query.after_id)
-    return (" WHERE " + " AND ".join(clauses) if clauses else ""), params
+        return [schema.event_from_row(r) for r in rows]
 
 
 # ----------------------------------------------------------------------------- plugin hook
