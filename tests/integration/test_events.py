@@ -1,0 +1,123 @@
+"""F-12, F-13: the event log records every transition; query, export and metrics."""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from miminions import AgentRuntime, EventType, Severity, TaskStatus
+from tests.support import agents
+
+
+async def run_some_work(rt: AgentRuntime) -> tuple[str, str, str]:
+    agent_id = await rt.register_agent("rec", agents.RecordingAgent, group="g")
+    await rt.start_agent(agent_id)
+    ok = await rt.submit_task("ok")
+    bad = await rt.submit_task("bad", {"fail": "broken"})
+    await rt.wait_for_task(ok, 5)
+    await rt.wait_for_task(bad, 5)
+    await rt.pause_agent(agent_id)
+    await rt.resume_agent(agent_id)
+    return agent_id, ok, bad
+
+
+async def test_every_transition_is_logged(rt: AgentRuntime) -> None:
+    """F-12: lifecycle changes and task transitions are appended with severities."""
+    agent_id, ok, bad = await run_some_work(rt)
+    events = await rt.query_events(limit=None)
+    kinds = [e.event_type for e in events]
+    assert kinds[0] is EventType.RUNTIME_STARTED
+    for expected in (
+        EventType.AGENT_REGISTERED,
+        EventType.AGENT_STARTING,
+        EventType.AGENT_STARTED,
+        EventType.AGENT_PAUSED,
+        EventType.AGENT_RESUMED,
+    ):
+        assert [e.agent_id for e in events if e.event_type is expected] == [agent_id]
+    ok_events = [e.event_type for e in events if e.task_id == ok]
+    assert ok_events == [EventType.TASK_ENQUEUED, EventType.TASK_STARTED, EventType.TASK_COMPLETED]
+    failed = [e for e in events if e.task_id == bad and e.event_type is EventType.TASK_FAILED]
+    assert failed[0].severity is Severity.ERROR
+    assert failed[0].details["error"] == "RuntimeError: broken"
+    assert [e.event_id for e in events] == sorted(e.event_id for e in events if e.event_id)
+
+
+async def test_query_filters(rt: AgentRuntime) -> None:
+    """F-12: every filter narrows the result; newest=True keeps the most recent."""
+    agent_id, ok, _ = await run_some_work(rt)
+    assert {e.task_id for e in await rt.query_events(task_id=ok)} == {ok}
+    assert {e.agent_id for e in await rt.query_events(agent_id=agent_id, limit=None)} == {agent_id}
+    errors = await rt.query_events(severity="error")
+    assert errors
+    assert all(e.severity in (Severity.ERROR, Severity.CRITICAL) for e in errors)
+    types = {EventType.TASK_COMPLETED, EventType.TASK_FAILED}
+    assert {e.event_type for e in await rt.query_events(event_type=list(types))} == types
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert await rt.query_events(since=later) == []
+    everything = await rt.query_events(limit=None)
+    assert await rt.query_events(limit=2) == everything[:2]
+    assert await rt.query_events(limit=2, newest=True) == everything[-2:]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])
+async def test_export_formats(rt: AgentRuntime, tmp_path: Path, fmt: str) -> None:
+    """F-12: the log exports as jsonl, csv and json with the same content."""
+    await run_some_work(rt)
+    path = tmp_path / f"events.{fmt}"
+    count = await rt.export_events(path, format=fmt)
+    everything = await rt.query_events(limit=None)
+    assert count == len(everything)
+    text = path.read_text()
+    if fmt == "jsonl":
+        rows = [json.loads(line) for line in text.splitlines()]
+    elif fmt == "json":
+        rows = json.loads(text)
+    else:
+        rows = list(csv.DictReader(text.splitlines()))
+        for row in rows:
+            row["details"] = json.loads(row["details"])
+    assert [row["event_type"] for row in rows] == [e.event_type.value for e in everything]
+    assert rows[0]["event_type"] == "runtime_started"
+    assert {"event_id", "timestamp", "severity", "agent_id", "task_id", "details"} <= set(rows[0])
+
+
+async def test_export_with_filter(rt: AgentRuntime, tmp_path: Path) -> None:
+    """F-12: export accepts the query filters."""
+    _, ok, _ = await run_some_work(rt)
+    path = tmp_path / "ok.jsonl"
+    assert await rt.export_events(path, task_id=ok) == 3
+    assert {json.loads(line)["task_id"] for line in path.read_text().splitlines()} == {ok}
+
+
+async def test_metrics_and_queue_status(rt: AgentRuntime) -> None:
+    """F-13: counts, durations and agent states are reported."""
+    await run_some_work(rt)
+    metrics = rt.get_metrics()
+    assert (metrics.tasks_submitted, metrics.tasks_completed, metrics.tasks_failed) == (2, 1, 1)
+    assert metrics.task_duration_mean_seconds is not None
+    assert metrics.task_duration_p95_seconds is not None
+    assert metrics.agents_by_status == {"running": 1}
+    assert metrics.uptime_seconds > 0
+    assert metrics.events_recorded >= len(await rt.query_events(limit=None))
+    queue = rt.get_queue_status()
+    assert (queue.total, queue.completed, queue.failed, queue.pending) == (2, 1, 1, 0)
+    assert [t.status for t in rt.list_tasks()] == [TaskStatus.FAILED, TaskStatus.COMPLETED]
+    assert [t.name for t in rt.list_tasks(status="completed")] == ["ok"]
+
+
+async def test_logging_monitor_logs_events(
+    rt: AgentRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """F-21: the built-in logging monitor writes events to the miminions.events logger."""
+    caplog.set_level(logging.INFO, logger="miminions.events")
+    await run_some_work(rt)
+    messages = [r.getMessage() for r in caplog.records if r.name == "miminions.events"]
+    assert any(m.startswith("task_completed") for m in messages)
+    failed = [r for r in caplog.records if r.getMessage().startswith("task_failed")]
+    assert failed[0].levelno == logging.ERROR
