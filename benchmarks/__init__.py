@@ -1,0 +1,1 @@
+"""miminions benchmark suite (pytest-benchmark); see benchmarks/README.md."""

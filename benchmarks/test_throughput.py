@@ -1,0 +1,172 @@
+"""P-01: end-to-end no-op task throughput with inline agents on the durable SQLite store.
+
+N no-op tasks are submitted to a fresh runtime (default config: durable SQLite, task events
+recorded) with 4 inline no-op agents running, then every task is awaited with
+``wait_for_task`` (which returns once the completion is committed). A round is timed from
+the first submit to the last completion; runtime start and stop are not timed. Two ways of
+submitting: many concurrent ``submit_task`` calls (``asyncio.gather``), and one
+``submit_tasks`` batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from benchmarks.agents import NoOpAgent
+from benchmarks.harness import (
+    BenchRuntime,
+    DbPaths,
+    GcMeter,
+    Mode,
+    close_runtime,
+    latency_summary,
+    median,
+    open_runtime,
+    run_async_rounds,
+)
+from miminions import Task, TaskRequest, TaskStatus
+
+AGENTS = 4
+TARGET_TASKS_PER_SECOND = 20_000  # P-01, in-process agents
+QUICK_MIN_TASKS_PER_SECOND = 1_000  # quick-mode sanity bound
+
+
+@dataclass
+class RawRound:
+    seconds: float
+    submit_seconds: float
+    tasks: list[Task]
+    gc: GcMeter
+
+
+@dataclass
+class RoundResult:
+    seconds: float
+    submit_seconds: float
+    latencies_ms: list[float]  # created_at -> completed_at of each task
+    not_completed: dict[str, int]
+    gc_seconds: float
+    gc_collections: list[int]
+
+
+def _digest(raw: RawRound) -> RoundResult:
+    not_completed: dict[str, int] = {}
+    latencies = []
+    for task in raw.tasks:
+        if task.status is TaskStatus.COMPLETED and task.completed_at is not None:
+            latencies.append((task.completed_at - task.created_at).total_seconds() * 1000)
+        else:
+            not_completed[task.status.value] = not_completed.get(task.status.value, 0) + 1
+    return RoundResult(
+        raw.seconds,
+        raw.submit_seconds,
+        latencies,
+        not_completed,
+        raw.gc.seconds,
+        raw.gc.collections,
+    )
+
+
+async def _submit_each(bench: BenchRuntime, n: int, _requests: object) -> list[str]:
+    rt = bench.rt
+    return list(await asyncio.gather(*(rt.submit_task("noop") for _ in range(n))))
+
+
+async def _submit_batch(bench: BenchRuntime, _n: int, requests: list[TaskRequest]) -> list[str]:
+    return await bench.rt.submit_tasks(requests)
+
+
+VARIANTS: dict[str, tuple[str, Callable[..., Any]]] = {
+    "gather": ("concurrent submit_task calls (asyncio.gather)", _submit_each),
+    "batch": ("one submit_tasks batch", _submit_batch),
+}
+
+
+@pytest.mark.parametrize("variant", list(VARIANTS))
+def test_noop_throughput(
+    benchmark: Any,
+    runner: asyncio.Runner,
+    db_paths: DbPaths,
+    mode: Mode,
+    report: Callable[..., None],
+    variant: str,
+) -> None:
+    """P-01: no-op tasks submit -> completed per second, inline agents, durable SQLite."""
+    n = mode.pick(20_000, 2_000)
+    rounds = mode.pick(5, 3)
+    warmup = mode.pick(1, 0)
+    label, submit = VARIANTS[variant]
+
+    async def prepare() -> tuple[BenchRuntime, list[TaskRequest] | None]:
+        bench = await open_runtime(db_paths("throughput"), agent=NoOpAgent, agents=AGENTS)
+        # Building the request objects is the caller's work, not the runtime's.
+        requests = [TaskRequest(name="noop") for _ in range(n)] if variant == "batch" else None
+        return bench, requests
+
+    async def measure(state: tuple[BenchRuntime, list[TaskRequest] | None]) -> RawRound:
+        bench, requests = state
+        with GcMeter() as gc_meter:
+            start = time.perf_counter()
+            ids = await submit(bench, n, requests)
+            submitted = time.perf_counter()
+            tasks = await asyncio.gather(*(bench.rt.wait_for_task(task_id) for task_id in ids))
+            end = time.perf_counter()
+        return RawRound(end - start, submitted - start, list(tasks), gc_meter)
+
+    async def cleanup(state: tuple[BenchRuntime, list[TaskRequest] | None]) -> None:
+        await close_runtime(state[0])
+
+    results = run_async_rounds(
+        benchmark,
+        runner,
+        prepare=prepare,
+        measure=measure,
+        digest=_digest,
+        cleanup=cleanup,
+        rounds=rounds,
+        warmup_rounds=warmup,
+    )
+
+    for result in results:
+        assert not result.not_completed, f"tasks did not complete: {result.not_completed}"
+        assert len(result.latencies_ms) == n
+
+    rates = [n / r.seconds for r in results]
+    rate = median(rates)
+    submit_rate = median(n / r.submit_seconds for r in results)
+    latencies = latency_summary(ms for r in results for ms in r.latencies_ms)
+    gc_share = median(r.gc_seconds / r.seconds for r in results)
+    gc_full = median(r.gc_collections[2] for r in results)
+    verdict = "meets" if rate >= TARGET_TASKS_PER_SECOND else "below"
+    report(
+        f"P-01 throughput, {label}: {n:,} no-op tasks x {rounds} rounds, {AGENTS} inline "
+        f"agents: median {rate:,.0f} tasks/s ({verdict} target {TARGET_TASKS_PER_SECOND:,}); "
+        f"submit phase {submit_rate:,.0f} tasks/s; submit->completed latency "
+        f"p50 {latencies['p50']:.0f} / p95 {latencies['p95']:.0f} / "
+        f"p99 {latencies['p99']:.0f} ms; cyclic GC {gc_share:.0%} of the time "
+        f"({gc_full:.0f} full collections per round)",
+        tasks=n,
+        agents=AGENTS,
+        rounds=rounds,
+        tasks_per_second_median=round(rate, 1),
+        tasks_per_second_rounds=[round(r, 1) for r in rates],
+        submit_tasks_per_second_median=round(submit_rate, 1),
+        latency_ms_p50=round(latencies["p50"], 3),
+        latency_ms_p95=round(latencies["p95"], 3),
+        latency_ms_p99=round(latencies["p99"], 3),
+        gc_share_of_time_median=round(gc_share, 4),
+        gc_seconds_rounds=[round(r.gc_seconds, 4) for r in results],
+        gc_full_collections_median=gc_full,
+        target_tasks_per_second=TARGET_TASKS_PER_SECOND,
+    )
+    if mode.quick:
+        assert rate > QUICK_MIN_TASKS_PER_SECOND, (
+            f"no-op throughput {rate:,.0f} tasks/s is below the quick sanity bound "
+            f"of {QUICK_MIN_TASKS_PER_SECOND:,} tasks/s"
+        )
