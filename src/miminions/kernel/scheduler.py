@@ -20,7 +20,6 @@ from __future__ import annotations
 import enum
 import heapq
 import math
-from bisect import bisect_left
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -32,6 +31,7 @@ from miminions.kernel.errors import (
     NotFoundError,
     QueueFullError,
 )
+from miminions.kernel.order_index import OrderIndex
 
 ANY_ROUTE = ""
 
@@ -128,7 +128,9 @@ class Scheduler:
         self._seq = 0
         self._waiting = 0
         self._ready_count = 0
-        self._sorted_ready: list[tuple[float, int]] | None = None
+        # Ranks of ready tasks, built on the first position() query and then kept up to
+        # date, so workloads that never ask for positions never pay for it.
+        self._ranks: OrderIndex[tuple[float, int]] | None = None
 
     # ------------------------------------------------------------------ adding
     def check_new(self, tasks: Sequence[NewTask]) -> list[NewTask]:
@@ -461,11 +463,12 @@ class Scheduler:
         node = self._get(task_id)
         if node.state is not NodeState.READY:
             return None
-        if self._sorted_ready is None:
-            self._sorted_ready = sorted(
+        if self._ranks is None:
+            self._ranks = OrderIndex()
+            self._ranks.bulk_load(
                 (n.key, n.seq) for n in self._nodes.values() if n.state is NodeState.READY
             )
-        return bisect_left(self._sorted_ready, (node.key, node.seq))
+        return self._ranks.rank((node.key, node.seq))
 
     @property
     def waiting_count(self) -> int:
@@ -503,19 +506,24 @@ class Scheduler:
 
     def _push(self, node: _Node, now: float) -> None:
         node.version += 1
+        ranks = self._ranks
+        if ranks is not None:
+            ranks.discard((node.key, node.seq))  # a re-push (inheritance) moves the key
         node.key = self._order_key(node.inherited, node.ready_at)
         heap = self._heaps.get(node.route)
         if heap is None:
             heap = self._heaps[node.route] = []
         heapq.heappush(heap, (node.key, node.seq, node.version, node.task_id))
-        self._sorted_ready = None
+        if ranks is not None:
+            ranks.add((node.key, node.seq))
 
     def _aged_key(self, priority: int, ready_at: float) -> float:
         return priority * self._aging + ready_at
 
     def _leave_ready(self, node: _Node) -> None:
         self._ready_count -= 1
-        self._sorted_ready = None
+        if self._ranks is not None:
+            self._ranks.discard((node.key, node.seq))
 
     def _drop_stale(self, heap: list[tuple[float, int, int, str]]) -> None:
         nodes = self._nodes

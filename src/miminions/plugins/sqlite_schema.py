@@ -22,7 +22,7 @@ from typing import Any
 
 import aiosqlite
 
-from miminions.kernel.errors import ConfigurationError
+from miminions.kernel.errors import ConfigurationError, ValidationError
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import (
     AgentStatus,
@@ -32,6 +32,7 @@ from miminions.kernel.models import (
     Severity,
     Task,
     TaskStatus,
+    fast_construct,
 )
 
 
@@ -431,19 +432,35 @@ def dead_letter_from_row(r: Sequence[Any]) -> DeadLetter:
     )
 
 
+_EVENT_TYPES: dict[str, EventType] = {member.value: member for member in EventType}
+_SEVERITIES: dict[str, Severity] = {member.value: member for member in Severity}
+
+
 def event_from_row(r: Sequence[Any]) -> Event:
-    """Rebuild (and validate) an event from its row (``event_id`` first)."""
-    return Event.model_validate(
-        {
-            "event_id": r[0],
-            "timestamp": _dt(r[1]),
-            "event_type": r[2],
-            "severity": r[3],
-            "agent_id": r[4],
-            "task_id": r[5],
-            "details": _loads(r[6]),
-        }
-    )
+    """Rebuild and check an event from its row (``event_id`` first).
+
+    Event queries return thousands of rows, so each column is checked by hand (known enum
+    value, float timestamp, JSON object details) instead of a full pydantic validation; a
+    row that fails a check raises :class:`ValidationError` naming the event.
+    """
+    try:
+        details = _loads(r[6]) if r[6] != "{}" else {}
+        if type(details) is not dict:
+            raise TypeError("details is not a JSON object")
+        return fast_construct(
+            Event,
+            {
+                "event_id": int(r[0]),
+                "timestamp": datetime.fromtimestamp(r[1], UTC),
+                "event_type": _EVENT_TYPES[r[2]],
+                "severity": _SEVERITIES[r[3]],
+                "agent_id": None if r[4] is None else str(r[4]),
+                "task_id": None if r[5] is None else str(r[5]),
+                "details": details,
+            },
+        )
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        raise ValidationError(f"stored event {r[0]!r} is malformed: {exc!r}") from None
 
 
 # ----------------------------------------------------------------------------- queries
