@@ -71,20 +71,59 @@ WAITING_STATES = frozenset({NodeState.BLOCKED, NodeState.READY, NodeState.HELD})
 FINAL_STATES = frozenset({NodeState.DONE, NodeState.FAILED, NodeState.CANCELLED})
 
 
-@dataclass(slots=True)
+# Shared, never mutated: most tasks have no prerequisites or dependents, and finished tasks
+# drop theirs, so they hold no containers of their own for the garbage collector to scan.
+_NO_WAIT: set[str] = set()
+_NO_DEPENDENTS: list[str] = []
+
+
 class _Node:
-    task_id: str
-    priority: int
-    seq: int
-    route: str
-    state: NodeState
-    inherited: int
-    waiting_on: set[str] = field(default_factory=set)
-    prerequisites: tuple[str, ...] = ()
-    dependents: list[str] = field(default_factory=list)
-    ready_at: float = 0.0
-    key: float = 0.0
-    version: int = 0
+    __slots__ = (
+        "dependents",
+        "inherited",
+        "key",
+        "prerequisites",
+        "priority",
+        "ready_at",
+        "route",
+        "seq",
+        "state",
+        "task_id",
+        "version",
+        "waiting_on",
+    )
+
+    def __init__(
+        self,
+        task_id: str,
+        priority: int,
+        seq: int,
+        route: str,
+        state: NodeState,
+        prerequisites: tuple[str, ...],
+    ) -> None:
+        self.task_id = task_id
+        self.priority = priority
+        self.inherited = priority
+        self.seq = seq
+        self.route = route
+        self.state = state
+        self.prerequisites = prerequisites
+        self.waiting_on = _NO_WAIT
+        self.dependents = _NO_DEPENDENTS
+        self.ready_at = 0.0
+        self.key = 0.0
+        self.version = 0
+
+    def wait_for(self, task_id: str) -> None:
+        if self.waiting_on is _NO_WAIT:
+            self.waiting_on = set()
+        self.waiting_on.add(task_id)
+
+    def add_dependent(self, task_id: str) -> None:
+        if self.dependents is _NO_DEPENDENTS:
+            self.dependents = []
+        self.dependents.append(task_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -193,16 +232,15 @@ class Scheduler:
         Tasks must be restored prerequisites first. A waiting task is restored as blocked or
         ready from its prerequisites' states; call :meth:`settle` after the last one.
         """
-        node = _Node(task_id, priority, self._next_seq(), route, state, priority)
-        node.prerequisites = tuple(dependencies)
+        node = _Node(task_id, priority, self._next_seq(), route, state, tuple(dependencies))
         self._nodes[task_id] = node
         for dep in dependencies:
             prereq = self._nodes.get(dep)
             if prereq is None:
                 continue
-            prereq.dependents.append(task_id)
+            prereq.add_dependent(task_id)
             if prereq.state not in FINAL_STATES:
-                node.waiting_on.add(dep)
+                node.wait_for(dep)
         if state is NodeState.RUNNING:
             self._inherit(node)
         elif state in WAITING_STATES:
@@ -222,19 +260,19 @@ class Scheduler:
         return change
 
     def _insert(self, new: NewTask, now: float, change: Change, seq: int) -> None:
-        node = _Node(new.task_id, new.priority, seq, new.route, NodeState.BLOCKED, new.priority)
-        node.prerequisites = tuple(new.dependencies)
+        deps = tuple(new.dependencies)
+        node = _Node(new.task_id, new.priority, seq, new.route, NodeState.BLOCKED, deps)
         self._nodes[new.task_id] = node
         self._waiting += 1
         doomed: tuple[NodeState, str] | None = None
-        for dep in new.dependencies:
+        for dep in deps:
             prereq = self._nodes[dep]
-            prereq.dependents.append(new.task_id)
             if prereq.state is NodeState.DONE:
                 continue
+            prereq.add_dependent(new.task_id)
             if prereq.state in (NodeState.FAILED, NodeState.CANCELLED) and doomed is None:
                 doomed = (prereq.state, _dependency_reason(dep, prereq.state))
-            node.waiting_on.add(dep)
+            node.wait_for(dep)
         if doomed is not None:
             self._set_final(node, doomed[0])
             change.finished.append((node.task_id, doomed[0], doomed[1]))
@@ -332,6 +370,7 @@ class Scheduler:
             if dependent.state is NodeState.BLOCKED and not dependent.waiting_on:
                 self._make_ready(dependent, now)
                 change.ready.append(dep_id)
+        node.dependents = _NO_DEPENDENTS  # a done task never notifies anybody again
         return change
 
     def fail(self, task_id: str, reason: str) -> Change:

@@ -77,20 +77,6 @@ def _rows(
         return rows
 
 
-def _event_rows(events: list[Event]) -> list[schema.Row]:
-    """Serialize events; a malformed one is logged and dropped, never the whole batch."""
-    try:
-        return [schema.event_row(e) for e in events]
-    except Exception:
-        rows = []
-        for event in events:
-            try:
-                rows.append(schema.event_row(event))
-            except Exception as exc:
-                logger.error("not storing malformed event %r: %s", event, exc)
-        return rows
-
-
 def _statements(write: schema.BulkWrite, rows: list[schema.Row]) -> list[tuple[str, list[Any]]]:
     """The ``(sql, parameters)`` statements that write ``rows``, many rows per statement."""
     return [
@@ -197,7 +183,9 @@ class SQLiteStore:
         self._agents: dict[str, StoredAgent] = {}
         self._dead_letters: dict[str, DeadLetter] = {}
         self._meta: dict[str, tuple[str, Any]] = {}
-        self._events: list[Event] = []
+        # Events are turned into rows as they arrive, so the Event objects die at once
+        # instead of surviving (and being traversed by the garbage collector) until commit.
+        self._events: list[schema.Row] = []
         self._batch: _Batch | None = None  # collecting writes for the next commit
         self._committing: _Batch | None = None  # being committed now
         self._committer: asyncio.Task[None] | None = None
@@ -303,7 +291,10 @@ class SQLiteStore:
         """Queue an event for the next commit (fire and forget; ``flush`` waits for it)."""
         if self._batch is None:
             self._new_batch()
-        self._events.append(event)
+        try:
+            self._events.append(schema.event_row(event))
+        except Exception as exc:  # a malformed event must not take the batch down
+            logger.error("not storing malformed event %r: %s", event, exc)
 
     def put_dead_letter(self, dead_letter: DeadLetter) -> _Committed:
         """Queue an insert-or-update of a dead letter; the result resolves when committed."""
@@ -369,7 +360,7 @@ class SQLiteStore:
         agents: dict[str, StoredAgent],
         dead_letters: dict[str, DeadLetter],
         meta: dict[str, tuple[str, Any]],
-        events: list[Event],
+        events: list[schema.Row],
     ) -> None:
         """Write one batch in one transaction; roll back on failure."""
         conn = self._conn
@@ -387,7 +378,7 @@ class SQLiteStore:
             ),
             (schema.UPSERT_META, "meta", _rows("meta", meta, schema.meta_row, rejected)),
         )
-        appended = _statements(schema.INSERT_EVENT, _event_rows(events)) if events else []
+        appended = _statements(schema.INSERT_EVENT, events) if events else []
         statements = [s for write, _, rows in keyed for s in _statements(write, rows)]
         try:
             error = await _execute_all(conn, statements + appended)
