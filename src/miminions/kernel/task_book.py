@@ -129,7 +129,7 @@ class TaskBook:
         self.mean_duration: float | None = None
         self.counters = {"submitted": 0, "completed": 0, "failed": 0, "cancelled": 0, "retried": 0}
         # Kept up to date on every transition so queue status is O(1), not a scan.
-        self.status_counts: Counter[TaskStatus] = Counter()
+        self.status_counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.pending_by_priority: Counter[int] = Counter()
 
     # ------------------------------------------------------------------ lookups
@@ -278,8 +278,11 @@ class TaskBook:
         """The executor took ``task_id`` for ``agent_id``; return the live task."""
         task = self.tasks[task_id]
         self._set_status(task, TaskStatus.RUNNING)
-        task.assigned_agent_id = agent_id
-        task.started_at = datetime.now(UTC)
+        # Hot path: tasks are built with every field set, so plain dict writes are enough
+        # (pydantic's __setattr__ would do the same, several times slower).
+        fields = task.__dict__
+        fields["assigned_agent_id"] = agent_id
+        fields["started_at"] = datetime.now(UTC)
         self._started_mono[task_id] = time.monotonic()
         self._store.put_task(task)
         self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=agent_id)
@@ -295,9 +298,10 @@ class TaskBook:
             return
         self._record_duration(task_id)
         self._set_status(task, TaskStatus.COMPLETED)
-        task.output_data = output
-        task.error_message = None  # earlier attempts' errors stay in the event log
-        task.completed_at = datetime.now(UTC)
+        fields = task.__dict__
+        fields["output_data"] = output
+        fields["error_message"] = None  # earlier attempts' errors stay in the event log
+        fields["completed_at"] = datetime.now(UTC)
         self.counters["completed"] += 1
         change = self.scheduler.complete(task_id)
         self._events.task_event(EventType.TASK_COMPLETED, task_id, agent_id=task.assigned_agent_id)
@@ -555,15 +559,17 @@ class TaskBook:
 
     # ------------------------------------------------------------------ internals
     def _count(self, task: Task, delta: int) -> None:
-        self.status_counts[task.status] += delta
-        if task.status is TaskStatus.PENDING:
-            self.pending_by_priority[task.priority] += delta
-            if not self.pending_by_priority[task.priority]:
-                del self.pending_by_priority[task.priority]
+        status = task.status
+        self.status_counts[status] += delta
+        if status is TaskStatus.PENDING:
+            by_priority = self.pending_by_priority
+            by_priority[task.priority] += delta
+            if not by_priority[task.priority]:
+                del by_priority[task.priority]
 
     def _set_status(self, task: Task, status: TaskStatus) -> None:
         self._count(task, -1)
-        task.status = status
+        task.__dict__["status"] = status
         self._count(task, 1)
 
     def _mark_cancelled(self, task: Task, reason: str, change: Change) -> None:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
+_YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the loop
 
 
 class _Run(Deadline):
@@ -326,11 +327,14 @@ class AsyncioExecutor:
 
     async def _work(self, slot: AgentSlot, task_id: str | None) -> None:
         agent_id = slot.agent_id
+        streak = 0
         while task_id is not None:
             await self._run_one(slot, task_id)
-            # Let the loop breathe between tasks: an agent whose tasks never suspend must
-            # not starve commits, other agents or the application.
-            await asyncio.sleep(0)
+            streak += 1
+            if streak % _YIELD_EVERY == 0:
+                # Let the loop breathe: an agent whose tasks never suspend must not starve
+                # commits, other agents or the application.
+                await asyncio.sleep(0)
             if not self._accepting or self._rt.queue_paused or agent_id not in self._available:
                 break
             task_id = self._sched.take(slot.routes)
