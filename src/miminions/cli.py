@@ -34,7 +34,7 @@ from miminions.kernel.export import EXPORT_FORMATS, dump_events
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import Event, EventType, Severity, Task, TaskStatus
 from miminions.kernel.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, build_plugin_manager
-from miminions.kernel.runtime import RUN_META_KEY, build_event_query
+from miminions.kernel.runtime import RUN_META_KEY, build_event_query, live_owner
 from miminions.plugins.sqlite_store import SQLiteStore
 
 PROG = "miminions"
@@ -44,8 +44,8 @@ TEXT_EVENTS_LIMIT = 50
 DETAILS_WIDTH = 70
 ERROR_WIDTH = 60
 EXIT_USAGE = 2
-# The latest of these says whether a live runtime's queue is paused (a start resets it).
-_QUEUE_EVENTS = [EventType.QUEUE_PAUSED, EventType.QUEUE_RESUMED, EventType.RUNTIME_STARTED]
+# The latest of these says whether the queue is paused (the pause survives restarts).
+_QUEUE_EVENTS = [EventType.QUEUE_PAUSED, EventType.QUEUE_RESUMED]
 
 _T = TypeVar("_T")
 
@@ -159,21 +159,13 @@ def _runtime_line(meta: Any) -> str:
     if meta.get("clean", True):
         stopped = meta.get("stopped_at")
         return f"stopped cleanly at {_unix_time(stopped)} UTC"
-    if _is_live(meta):
+    if live_owner(meta) is not None:
         return f"running (pid {pid}, started {_unix_time(meta.get('started_at'))} UTC)"
     return f"not running: pid {pid} did not stop cleanly; the next start recovers its work"
 
 
-def _is_live(meta: Any) -> bool:
-    """True when the run record names a runtime that has not stopped and is still alive."""
-    if not isinstance(meta, dict) or meta.get("clean", True):
-        return False
-    pid = meta.get("pid")
-    return isinstance(pid, int) and _process_alive(pid)
-
-
 def _queue_line(last: Sequence[Event]) -> str:
-    """Whether the live runtime's queue is paused, from its latest queue or start event."""
+    """Whether the live runtime's queue is paused, from its latest queue event."""
     if last and last[-1].event_type is EventType.QUEUE_PAUSED:
         return f"paused since {_when(last[-1].timestamp)} UTC: no new task is handed out"
     return "handing out tasks"
@@ -183,18 +175,6 @@ def _unix_time(value: object) -> str:
     if isinstance(value, int | float) and not isinstance(value, bool):
         return _when(datetime.fromtimestamp(value, UTC))
     return "?"
-
-
-def _process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    except OSError:
-        return False
-    return True
 
 
 def format_agents(agents: Sequence[StoredAgent]) -> str:
@@ -231,7 +211,7 @@ async def _status(path: Path, out: TextIO) -> int:
         queue = await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
     _print(f"Database  {path}", out)
     _print(f"Runtime   {_runtime_line(meta)}", out)
-    if _is_live(meta):
+    if live_owner(meta) is not None:
         _print(f"Queue     {_queue_line(queue)}", out)
     _print(f"\nAgents ({len(agents)})", out)
     _print(format_agents(agents), out)

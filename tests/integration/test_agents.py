@@ -250,3 +250,53 @@ async def test_paused_state_survives_restart(make_config: Callable[..., RuntimeC
         assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
         task = await rt.wait_for_task(await rt.submit_task("after"), 5)
         assert task.status is TaskStatus.COMPLETED
+
+
+class NeverYields(BaseAgent):
+    """Runs a task that never reaches a safe point until released."""
+
+    async def execute_task(self, task: Task) -> dict[str, bool]:
+        started(task.name).set()
+        await gate(task.name).wait()  # not a context call: no safe point
+        return {"done": True}
+
+
+async def test_pause_that_times_out_is_abandoned(rt: AgentRuntime) -> None:
+    """F-04: when no safe point comes in time the pause is abandoned; the agent keeps
+    running and takes new tasks."""
+    agent_id = await start(rt, "busy", NeverYields)
+    first = await rt.submit_task("first")
+    await asyncio.wait_for(started("first").wait(), 5)
+    with pytest.raises(TimeoutError, match="abandoned"):
+        await rt.pause_agent(agent_id, timeout_seconds=0.05)
+    assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+    gate("first").set()
+    gate("second").set()
+    assert (await rt.wait_for_task(first, 5)).status is TaskStatus.COMPLETED
+    second = await rt.wait_for_task(await rt.submit_task("second"), 5)
+    assert second.assigned_agent_id == agent_id
+
+
+class BadPause(BaseAgent):
+    async def on_pause(self) -> dict[str, Any]:
+        raise RuntimeError("cannot save")
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+async def test_failing_on_pause_fails_agent_and_frees_its_slot(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-07, F-08: an agent whose on_pause raises is FAILED and gives its slot back."""
+    config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
+    async with AgentRuntime(config=config) as rt:
+        bad = await start(rt, "bad", BadPause)
+        waiting = await rt.register_agent("waiting", agents.EchoAgent)
+        assert (await rt.start_agent(waiting)).status is AgentStatus.QUEUED
+        with pytest.raises(RuntimeError, match="cannot save"):
+            await rt.pause_agent(bad)
+        assert rt.get_agent_status(bad).status is AgentStatus.FAILED
+        task = await rt.wait_for_task(await rt.submit_task("t", agent_id=waiting), 5)
+        assert task.status is TaskStatus.COMPLETED
+        assert rt.get_capacity().active_agents == 1

@@ -188,7 +188,7 @@ def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
 def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason]:
     serving = _serving_agents(rt, task.task_id)
     target = (
-        f"agent {task.agent_id}"
+        f"its target agent {task.agent_id}"
         if task.agent_id
         else f"group {task.group!r}"
         if task.group
@@ -238,7 +238,7 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
         )
     if not paused and not queued:
         starting = [slot.agent_id for slot in serving if slot.status in ACTIVE_STATES]
-        message = f"no agent for {target} is running" + (
+        message = f"no agent is running for {target}" + (
             f" (starting: {', '.join(starting)})" if starting else ""
         )
         reasons.append(HoldReason(kind=HoldKind.NO_AGENT, message=message, related_ids=ids))

@@ -673,19 +673,30 @@ def _parse_enum(enum_type: Any, value: Any, what: str) -> Any:
         raise ValidationError(f"{what} {value!r} is not one of: {choices}") from None
 
 
-def _refuse_live_owner(previous: Any, path: str) -> None:
-    """Refuse a database that a runtime in another, still living process has open."""
-    if not isinstance(previous, dict) or previous.get("clean", True):
-        return
-    pid = previous.get("pid")
-    if not isinstance(pid, int) or pid == os.getpid():
-        return
+def live_owner(run_record: Any) -> int | None:
+    """The pid of a runtime that has the database open, from the run record it keeps
+    (``get_meta(RUN_META_KEY)``): None when it stopped cleanly or its process is gone."""
+    if not isinstance(run_record, dict) or run_record.get("clean", True):
+        return None
+    pid = run_record.get("pid")
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
+        return None
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return  # it died: this start recovers its work
+        return None
     except PermissionError:
-        pass  # alive, owned by someone else
+        return pid  # alive, owned by another user
+    except OSError:
+        return None
+    return pid
+
+
+def _refuse_live_owner(previous: Any, path: str) -> None:
+    """Refuse a database that a runtime in another, still living process has open."""
+    pid = live_owner(previous)
+    if pid is None or pid == os.getpid():
+        return  # free, or its owner died (this start recovers the work)
     raise ConfigurationError(
         f"database {path!r} is in use by a runtime in process {pid}; one runtime per "
         "database (stop that one, or use another storage_path)"
@@ -703,4 +714,4 @@ def _need(value: _T | None) -> _T:
     return value
 
 
-__all__ = ["AgentRuntime", "build_event_query"]
+__all__ = ["AgentRuntime", "build_event_query", "live_owner"]

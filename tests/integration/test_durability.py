@@ -1,0 +1,67 @@
+"""F-20, F-25: what survives a restart, and one runtime per database."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import pytest
+
+from miminions import AgentRuntime, ConfigurationError, RuntimeConfig, TaskStatus
+from miminions.kernel.runtime import RUN_META_KEY, live_owner
+from tests.support import agents
+
+
+async def test_queue_pause_survives_restart(make_config: Callable[..., RuntimeConfig]) -> None:
+    """F-25: a paused queue comes back paused; pending work waits until it is resumed."""
+    async with AgentRuntime(config=make_config()) as rt:
+        await rt.pause_queue()
+        task_id = await rt.submit_task("later")
+    async with AgentRuntime(config=make_config()) as rt:
+        assert rt.get_queue_status().paused
+        await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent))
+        assert [r.kind.value for r in rt.explain(task_id).reasons] == ["queue_paused"]
+        await rt.resume_queue()
+        assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+    async with AgentRuntime(config=make_config()) as rt:
+        assert not rt.get_queue_status().paused
+
+
+async def test_pending_tasks_survive_a_clean_restart(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-20: tasks still waiting at a clean stop are there after a restart, with their
+    dependencies, idempotency keys and priorities."""
+    async with AgentRuntime(config=make_config()) as rt:
+        await rt.pause_queue()
+        first = await rt.submit_task("first", {"n": 1}, priority=10, idempotency_key="k")
+        second = await rt.submit_task("second", dependencies=[first])
+    async with AgentRuntime(config=make_config()) as rt:
+        assert rt.recovery is None
+        assert rt.get_task_status(first).input_data == {"n": 1}
+        assert rt.get_task_status(second).status is TaskStatus.BLOCKED
+        assert await rt.submit_task("first", idempotency_key="k") == first
+        await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent))
+        await rt.resume_queue()
+        assert (await rt.wait_for_task(second, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_database_of_a_live_runtime_is_refused(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """R-02: a second runtime never takes over a database another living process uses."""
+    async with AgentRuntime(config=make_config()) as rt:
+        # Pretend another process (our parent, which is alive) owns the database.
+        await rt.store.put_meta(RUN_META_KEY, {"pid": os.getppid(), "clean": False})
+        with pytest.raises(
+            ConfigurationError, match=f"in use by a runtime in process {os.getppid()}"
+        ):
+            await AgentRuntime(config=make_config()).start()
+
+
+def test_live_owner_reads_the_run_record() -> None:
+    """A run record names a live owner only when it did not stop cleanly and is alive."""
+    assert live_owner(None) is None
+    assert live_owner({"pid": os.getpid(), "clean": True}) is None
+    assert live_owner({"pid": os.getpid(), "clean": False}) == os.getpid()
+    assert live_owner({"pid": "x", "clean": False}) is None
