@@ -12,6 +12,7 @@ from miminions import (
     EventType,
     InvalidStateError,
     Priority,
+    ResourceLimits,
     TaskRequest,
     TaskStatus,
 )
@@ -258,3 +259,25 @@ async def test_task_status_reports_position_and_effective_priority(rt: AgentRunt
     assert rt.get_task_status(other).queue_position == 1
     assert rt.get_task_status(urgent).queue_position is None
     assert rt.get_task_status(urgent).status is TaskStatus.BLOCKED
+
+
+async def test_agent_limit_timeout_applies_and_is_reported(rt: AgentRuntime) -> None:
+    """F-17: a timeout set in the agent's limits applies to its tasks; the event says which."""
+    await start(rt, "sleepy", agents.SleepyAgent, limits=ResourceLimits(task_timeout_seconds=0.05))
+    task_id = await rt.submit_task("forever")
+    assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.FAILED
+    (event,) = await rt.query_events(event_type="task_timeout", task_id=task_id)
+    assert event.details["timeout_seconds"] == 0.05
+
+
+async def test_non_json_result_fails_the_task_and_tells_the_agent(rt: AgentRuntime) -> None:
+    """R-04: a result that is not JSON fails the task (not stored), on_error is called and
+    the attempt counts as failed for the agent."""
+    agent_id = await start(rt, "odd", agents.RecordingAgent)
+    task_id = await rt.submit_task("odd", {"return": "object"})
+    task = await rt.wait_for_task(task_id, 5)
+    assert task.status is TaskStatus.FAILED
+    assert "JSON" in (task.error_message or "")
+    assert ("on_error", ("ValidationError", task_id)) in agents.CALLS
+    status = rt.get_agent_status(agent_id)
+    assert (status.tasks_completed, status.tasks_failed) == (0, 1)

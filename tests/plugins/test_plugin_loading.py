@@ -228,3 +228,35 @@ async def test_event_hook_errors_do_not_break_the_runtime(tmp_path: Path) -> Non
     async with AgentRuntime(config=config(tmp_path), plugins=[Broken(), recorder]) as rt:
         assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
     assert recorder.matching(EventType.TASK_COMPLETED)
+
+
+async def test_pick_agent_passing_falls_back_to_longest_idle(tmp_path: Path) -> None:
+    """F-21: when every pick_agent implementation passes, the longest-idle agent runs it."""
+
+    class Undecided:
+        @hookimpl
+        def miminions_pick_agent(self, task: Task, candidates: Sequence[AgentInstance]) -> None:
+            return None
+
+    cfg = config(tmp_path)
+    async with AgentRuntime(
+        config=cfg, plugins=[Undecided()], disable=["priority_scheduling"]
+    ) as rt:
+        assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
+
+
+async def test_failing_runtime_started_hook_stops_the_runtime(tmp_path: Path) -> None:
+    """F-21: a runtime whose start hook fails is stopped again, not left half running."""
+
+    class Broken:
+        @hookimpl
+        def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+            raise RuntimeError("metrics port taken")
+
+    rt = AgentRuntime(config=config(tmp_path), plugins=[Broken()])
+    with pytest.raises(RuntimeError, match="metrics port taken"):
+        await rt.start()
+    assert not rt.is_running
+    assert rt.store is not None
+    async with AgentRuntime(config=config(tmp_path)) as again:  # the database is free
+        assert again.recovery is None

@@ -44,6 +44,8 @@ class RecordingAgent(BaseAgent):
         CALLS.append(("execute", task.name))
         if task.input_data.get("fail"):
             raise RuntimeError(task.input_data["fail"])
+        if task.input_data.get("return") == "object":
+            return {"not json": object()}
         return {"done": task.name}
 
 

@@ -128,7 +128,7 @@ class BaseAgent:
         """Called on resume with exactly what ``on_pause`` returned (also after a restart)."""
 
     async def on_error(self, error: BaseException, task: Task | None) -> None:
-        """Called when a task of this agent failed, timed out, or a soft limit was crossed."""
+        """Called when a task of this agent failed or timed out (``task`` is a copy)."""
 
 
 class FunctionAgent(BaseAgent):

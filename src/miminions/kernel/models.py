@@ -174,8 +174,10 @@ class Task(BaseModel):
 class ResourceLimits(BaseModel):
     """Limits for the whole runtime (``AgentRuntime(limits=...)``) or one agent.
 
-    ``None`` means unlimited. Per-agent limits given to ``register_agent`` override the
-    runtime's for that agent; the agent-count and queue limits only apply runtime-wide.
+    ``None`` means unlimited. Of per-agent limits given to ``register_agent``, the fields set
+    explicitly override the runtime's for that agent (today: ``task_timeout_seconds``; the
+    memory and CPU limits are enforced once process isolation lands). The agent-count,
+    queue and mailbox limits only apply runtime-wide.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -324,7 +326,8 @@ class TaskExplanation(BaseModel):
 
 
 class QueueStatus(BaseModel):
-    """Counts of the task queue. ``pending_by_priority`` counts ready tasks per base priority."""
+    """Counts of the task queue. ``pending_by_priority`` counts pending tasks (ready, or
+    waiting out a retry backoff) per base priority."""
 
     total: int
     pending: int

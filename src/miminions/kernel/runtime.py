@@ -198,7 +198,11 @@ class AgentRuntime:
             await self._abort_start()
             raise
         self._state = "running"
-        self.plugin_manager.hook.miminions_runtime_started(runtime=self)
+        try:
+            self.plugin_manager.hook.miminions_runtime_started(runtime=self)
+        except BaseException:
+            await self.stop()  # a half-started runtime must not be left running
+            raise
 
     async def _start(self) -> None:
         config = self.config

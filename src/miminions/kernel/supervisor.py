@@ -1,4 +1,4 @@
-"""The agent state machine and the restart policy. Pure rules: no I/O, no asyncio.
+"""The agent state machine and the retry backoff rule. Pure rules: no I/O, no asyncio.
 
 ::
 

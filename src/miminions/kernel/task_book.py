@@ -288,14 +288,15 @@ class TaskBook:
         self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=agent_id)
         return task
 
-    def completed(self, task_id: str, result: Any) -> None:
-        """A running task returned ``result``."""
+    def completed(self, task_id: str, result: Any) -> ValidationError | None:
+        """A running task returned ``result``; a result that is not JSON fails the task
+        instead (the error is returned so the executor can tell the agent)."""
         task = self.tasks[task_id]
         try:
             output = result if result is None else to_json_value(result, "the task result")
         except ValidationError as exc:
             self.failed(task_id, exc)
-            return
+            return exc
         self._record_duration(task_id)
         self._set_status(task, TaskStatus.COMPLETED)
         fields = task.__dict__
@@ -309,20 +310,24 @@ class TaskBook:
         self._apply(change)
         if change.ready and self.executor is not None:
             self.executor.wake()
+        return None
 
-    def failed(self, task_id: str, error: BaseException, *, timed_out: bool = False) -> None:
-        """A running task raised, timed out or lost its agent: retry it or fail it for good."""
+    def failed(
+        self, task_id: str, error: BaseException, *, timed_out_after: float | None = None
+    ) -> None:
+        """A running task raised, timed out (after ``timed_out_after`` seconds) or lost its
+        agent: retry it or fail it for good."""
         task = self.tasks[task_id]
         self._record_duration(task_id)
         message = describe_error(error)
         agent_id = task.assigned_agent_id
-        if timed_out:
+        if timed_out_after is not None:
             self._events.emit(
                 EventType.TASK_TIMEOUT,
                 severity=Severity.WARNING,
                 agent_id=agent_id,
                 task_id=task_id,
-                details={"timeout_seconds": self.effective_timeout(task)},
+                details={"timeout_seconds": timed_out_after},
             )
         task.error_message = message
         if task.retry_count < task.max_retries:

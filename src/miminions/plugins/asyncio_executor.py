@@ -3,8 +3,9 @@
 No polling anywhere: a change (task ready, agent idle, queue resumed) schedules one dispatch
 pass with ``loop.call_soon``, so everything that changed in one loop iteration is matched in
 one pass, in priority order. An agent that finishes a task takes its next one directly,
-without going through the loop. Timeouts are ``asyncio.timeout`` contexts and retry backoffs
-are loop timers, both frozen while the queue or the task's agent is paused.
+without going through the loop. Task timeouts live in one deadline heap served by a single
+loop timer, retry backoffs are loop timers; both freeze while the queue or the task's agent
+is paused.
 """
 
 from __future__ import annotations
@@ -299,6 +300,8 @@ class AsyncioExecutor:
             task=self._book.tasks[task_id].model_copy(),
             candidates=[c.instance.model_copy() for c in candidates],
         )
+        if chosen is None:  # every plugin passed: the documented default
+            return candidates[0]
         for slot in candidates:
             if slot.agent_id == chosen:
                 return slot
@@ -364,7 +367,7 @@ class AsyncioExecutor:
             if run.timed_out:
                 worker.uncancel()
                 error = TaskTimeoutError(f"task {task_id} timed out after {timeout} s")
-                book.failed(task_id, error, timed_out=True)
+                book.failed(task_id, error, timed_out_after=timeout)
             elif run.cancel_reason is not None:
                 worker.uncancel()
                 book.cancelled(task_id, run.cancel_reason)
@@ -377,8 +380,8 @@ class AsyncioExecutor:
             error = exc
             book.failed(task_id, exc)
         else:
-            book.completed(task_id, result)
-            ok = True
+            error = book.completed(task_id, result)
+            ok = error is None
         finally:
             self._deadlines.clear(run)
             self._runs.pop(task_id, None)
