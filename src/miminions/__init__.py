@@ -15,6 +15,7 @@ import logging
 from miminions.kernel.agent import AgentContext, AgentProtocol, BaseAgent
 from miminions.kernel.errors import (
     AgentCrashedError,
+    AgentHookError,
     AlreadyExistsError,
     ConfigurationError,
     DependencyCycleError,
@@ -67,6 +68,7 @@ logging.getLogger("miminions").addHandler(logging.NullHandler())
 __all__ = [
     "AgentContext",
     "AgentCrashedError",
+    "AgentHookError",
     "AgentHost",
     "AgentInstance",
     "AgentProtocol",

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from miminions import (
+    AgentHookError,
     AgentRuntime,
     AgentStatus,
     AlreadyExistsError,
@@ -23,12 +24,7 @@ from miminions import (
 )
 from tests.support import agents
 from tests.support.events import EventRecorder
-
-
-async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: Any) -> str:
-    agent_id = await rt.register_agent(name, agent, **kwargs)
-    await rt.start_agent(agent_id)
-    return agent_id
+from tests.support.runtime import start_agent
 
 
 def started(name: str) -> asyncio.Event:
@@ -41,7 +37,7 @@ def gate(name: str) -> asyncio.Event:
 
 async def test_lifecycle_hooks_are_called_in_order(rt: AgentRuntime) -> None:
     """F-11: on_start, on_error, on_pause, on_resume(state) and on_stop run when expected."""
-    agent_id = await start(rt, "rec", agents.RecordingAgent)
+    agent_id = await start_agent(rt, "rec", agents.RecordingAgent)
     failing = await rt.submit_task("bad", {"fail": "nope"})
     assert (await rt.wait_for_task(failing, 5)).status is TaskStatus.FAILED
     await rt.pause_agent(agent_id)
@@ -61,7 +57,7 @@ async def test_lifecycle_hooks_are_called_in_order(rt: AgentRuntime) -> None:
 async def test_pause_halts_running_task_at_safe_point(rt: AgentRuntime) -> None:
     """F-04, F-25: pause returns once the running task reached a safe point; the task
     stays halted there until resume, then finishes."""
-    agent_id = await start(rt, "gated", agents.GatedAgent)
+    agent_id = await start_agent(rt, "gated", agents.GatedAgent)
     task_id = await rt.submit_task("work")
     await asyncio.wait_for(started("work").wait(), 5)
     paused = await rt.pause_agent(agent_id, timeout_seconds=5)
@@ -77,7 +73,7 @@ async def test_pause_halts_running_task_at_safe_point(rt: AgentRuntime) -> None:
 
 async def test_task_timeout_does_not_count_while_agent_paused(rt: AgentRuntime) -> None:
     """F-25: a paused agent's task timeout stops counting."""
-    agent_id = await start(rt, "gated", agents.GatedAgent)
+    agent_id = await start_agent(rt, "gated", agents.GatedAgent)
     task_id = await rt.submit_task("work", timeout_seconds=0.3)
     await asyncio.wait_for(started("work").wait(), 5)
     await rt.pause_agent(agent_id)
@@ -95,7 +91,7 @@ async def test_retry_backoff_does_not_count_while_queue_paused(
     config = make_config(retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=0.2)
     recorder = EventRecorder()
     async with AgentRuntime(config=config, plugins=[recorder]) as rt:
-        await start(rt, "switch", agents.SwitchAgent)
+        await start_agent(rt, "switch", agents.SwitchAgent)
         agents.FAILING.add("job")
         task_id = await rt.submit_task("job", max_retries=1)
         await recorder.wait_for(EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
@@ -112,7 +108,7 @@ async def test_retry_backoff_does_not_count_while_queue_paused(
 
 async def test_graceful_stop_lets_task_finish(rt: AgentRuntime) -> None:
     """F-04, F-14: a graceful stop waits for the running task."""
-    agent_id = await start(rt, "gated", agents.GatedAgent)
+    agent_id = await start_agent(rt, "gated", agents.GatedAgent)
     task_id = await rt.submit_task("work")
     await asyncio.wait_for(started("work").wait(), 5)
     stopping = asyncio.create_task(rt.stop_agent(agent_id, graceful=True, timeout_seconds=5))
@@ -125,12 +121,12 @@ async def test_graceful_stop_lets_task_finish(rt: AgentRuntime) -> None:
 async def test_stop_timeout_requeues_task_for_another_agent(rt: AgentRuntime) -> None:
     """F-04: a task still running when the stop timeout ends is re-queued, not lost, and
     the attempt does not count."""
-    first = await start(rt, "first", agents.GatedAgent)
+    first = await start_agent(rt, "first", agents.GatedAgent)
     task_id = await rt.submit_task("work")
     await asyncio.wait_for(started("work").wait(), 5)
     await rt.stop_agent(first, graceful=True, timeout_seconds=0.05)
     assert rt.get_task_status(task_id).status is TaskStatus.PENDING
-    second = await start(rt, "second", agents.GatedAgent)
+    second = await start_agent(rt, "second", agents.GatedAgent)
     gate("work").set()
     task = await rt.wait_for_task(task_id, 5)
     assert task.status is TaskStatus.COMPLETED
@@ -141,7 +137,7 @@ async def test_stop_timeout_requeues_task_for_another_agent(rt: AgentRuntime) ->
 
 async def test_forced_stop_skips_on_stop(rt: AgentRuntime) -> None:
     """F-04: a forced stop does not run on_stop."""
-    agent_id = await start(rt, "rec", agents.RecordingAgent)
+    agent_id = await start_agent(rt, "rec", agents.RecordingAgent)
     await rt.stop_agent(agent_id, graceful=False)
     assert ("on_stop", "rec") not in agents.CALLS
     assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
@@ -154,7 +150,7 @@ async def test_max_concurrent_agents_queues_extra_starts(
     order when a slot frees."""
     config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
     async with AgentRuntime(config=config) as rt:
-        first = await start(rt, "first", agents.EchoAgent)
+        first = await start_agent(rt, "first", agents.EchoAgent)
         second = await rt.register_agent("second", agents.EchoAgent)
         queued = await rt.start_agent(second)
         assert queued.status is AgentStatus.QUEUED
@@ -176,7 +172,7 @@ async def test_max_concurrent_agents_queues_extra_starts(
 async def test_group_operations(rt: AgentRuntime) -> None:
     """F-18, F-25: lifecycle operations apply to a whole group in one call."""
     ids = [await rt.register_agent(f"w{i}", agents.EchoAgent, group="workers") for i in range(3)]
-    other = await start(rt, "other", agents.EchoAgent, group="others")
+    other = await start_agent(rt, "other", agents.EchoAgent, group="others")
     assert {a.status for a in await rt.start_group("workers")} == {AgentStatus.RUNNING}
     assert {a.status for a in await rt.pause_group("workers")} == {AgentStatus.PAUSED}
     assert rt.get_agent_status(other).status is AgentStatus.RUNNING
@@ -226,7 +222,7 @@ async def test_failing_on_start_marks_agent_failed(rt: AgentRuntime) -> None:
     status = await rt.start_agent(agent_id)
     assert status.status is AgentStatus.FAILED
     assert "OSError: no connection" in (status.error_message or "")
-    await start(rt, "echo", agents.EchoAgent)
+    await start_agent(rt, "echo", agents.EchoAgent)
     assert (
         await rt.wait_for_task(await rt.submit_task("still works"), 5)
     ).status is TaskStatus.COMPLETED
@@ -235,7 +231,7 @@ async def test_failing_on_start_marks_agent_failed(rt: AgentRuntime) -> None:
 async def test_paused_state_survives_restart(make_config: Callable[..., RuntimeConfig]) -> None:
     """F-09: what on_pause returned is handed back unchanged to on_resume after a restart."""
     async with AgentRuntime(config=make_config()) as rt:
-        agent_id = await start(rt, "rec", agents.RecordingAgent)
+        agent_id = await start_agent(rt, "rec", agents.RecordingAgent)
         await rt.pause_agent(agent_id)
     agents.CALLS.clear()
     async with AgentRuntime(config=make_config()) as rt:
@@ -264,7 +260,7 @@ class NeverYields(BaseAgent):
 async def test_pause_that_times_out_is_abandoned(rt: AgentRuntime) -> None:
     """F-04: when no safe point comes in time the pause is abandoned; the agent keeps
     running and takes new tasks."""
-    agent_id = await start(rt, "busy", NeverYields)
+    agent_id = await start_agent(rt, "busy", NeverYields)
     first = await rt.submit_task("first")
     await asyncio.wait_for(started("first").wait(), 5)
     with pytest.raises(TimeoutError, match="abandoned"):
@@ -291,10 +287,10 @@ async def test_failing_on_pause_fails_agent_and_frees_its_slot(
     """F-07, F-08: an agent whose on_pause raises is FAILED and gives its slot back."""
     config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
     async with AgentRuntime(config=config) as rt:
-        bad = await start(rt, "bad", BadPause)
+        bad = await start_agent(rt, "bad", BadPause)
         waiting = await rt.register_agent("waiting", agents.EchoAgent)
         assert (await rt.start_agent(waiting)).status is AgentStatus.QUEUED
-        with pytest.raises(RuntimeError, match="cannot save"):
+        with pytest.raises(AgentHookError, match="on_pause failed: RuntimeError: cannot save"):
             await rt.pause_agent(bad)
         assert rt.get_agent_status(bad).status is AgentStatus.FAILED
         task = await rt.wait_for_task(await rt.submit_task("t", agent_id=waiting), 5)

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import os
+import sqlite3
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
@@ -47,16 +50,30 @@ async def test_pending_tasks_survive_a_clean_restart(
 
 
 async def test_database_of_a_live_runtime_is_refused(
+    make_config: Callable[..., RuntimeConfig], db_path: Path
+) -> None:
+    """R-02: a runtime never takes over a database a runtime in another living process has
+    open (here: our parent process, which is alive, as recorded by a crashed runtime)."""
+    async with AgentRuntime(config=make_config()):
+        pass
+    with sqlite3.connect(db_path) as conn:
+        record = json.dumps({"pid": os.getppid(), "clean": False})
+        conn.execute("UPDATE meta SET value = ? WHERE key = ?", (record, RUN_META_KEY))
+    with pytest.raises(ConfigurationError, match=f"in use by a runtime in process {os.getppid()}"):
+        await AgentRuntime(config=make_config()).start()
+
+
+async def test_second_runtime_in_one_process_is_refused(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
-    """R-02: a second runtime never takes over a database another living process uses."""
-    async with AgentRuntime(config=make_config()) as rt:
-        # Pretend another process (our parent, which is alive) owns the database.
-        await rt.store.put_meta(RUN_META_KEY, {"pid": os.getppid(), "clean": False})
-        with pytest.raises(
-            ConfigurationError, match=f"in use by a runtime in process {os.getppid()}"
-        ):
-            await AgentRuntime(config=make_config()).start()
+    """R-02: two runtimes of one process never share a database (each task would run
+    twice); once the first stops, the database is free again."""
+    async with AgentRuntime(config=make_config()):
+        second = AgentRuntime(config=make_config())
+        with pytest.raises(ConfigurationError, match="already open by another runtime"):
+            await second.start()
+    async with AgentRuntime(config=make_config()) as third:
+        assert third.is_running
 
 
 def test_live_owner_reads_the_run_record() -> None:

@@ -17,17 +17,12 @@ from miminions import (
     TaskStatus,
 )
 from tests.support import agents
-
-
-async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: object) -> str:
-    agent_id = await rt.register_agent(name, agent, **kwargs)  # type: ignore[arg-type]
-    await rt.start_agent(agent_id)
-    return agent_id
+from tests.support.runtime import start_agent
 
 
 async def test_submit_and_wait_returns_output(rt: AgentRuntime) -> None:
     """F-02: a task is stored, handed to an available agent and its result recorded."""
-    agent_id = await start(rt, "echo", agents.EchoAgent)
+    agent_id = await start_agent(rt, "echo", agents.EchoAgent)
     task_id = await rt.submit_task("hello", {"text": "hi"})
     task = await rt.wait_for_task(task_id, timeout_seconds=5)
     assert task.status is TaskStatus.COMPLETED
@@ -41,7 +36,7 @@ async def test_submit_and_wait_returns_output(rt: AgentRuntime) -> None:
 @pytest.mark.parametrize("fn", [agents.async_function_agent, agents.sync_function_agent])
 async def test_function_agents(rt: AgentRuntime, fn: object) -> None:
     """F-22: a plain async or sync function is an agent."""
-    await start(rt, "fn", fn)
+    await start_agent(rt, "fn", fn)
     task = await rt.wait_for_task(await rt.submit_task("double", {"x": 21}), 5)
     assert task.status is TaskStatus.COMPLETED
     assert task.output_data["agent"] == "fn"
@@ -49,8 +44,8 @@ async def test_function_agents(rt: AgentRuntime, fn: object) -> None:
 
 async def test_sync_agent_does_not_block_the_loop(rt: AgentRuntime) -> None:
     """F-22: synchronous agent code runs in a thread; other agents keep working."""
-    await start(rt, "sync", agents.SyncBlockingAgent, group="slow")
-    await start(rt, "echo", agents.EchoAgent, group="fast")
+    await start_agent(rt, "sync", agents.SyncBlockingAgent, group="slow")
+    await start_agent(rt, "echo", agents.EchoAgent, group="fast")
     blocked = await rt.submit_task("blocked", group="slow")
     quick = await rt.wait_for_task(await rt.submit_task("quick", group="fast"), 5)
     assert quick.status is TaskStatus.COMPLETED
@@ -63,7 +58,7 @@ async def test_sync_agent_does_not_block_the_loop(rt: AgentRuntime) -> None:
 
 async def test_priority_order_and_fifo(rt: AgentRuntime) -> None:
     """F-03: a ready task of higher priority runs first; equal priorities are FIFO."""
-    await start(rt, "echo", agents.EchoAgent)
+    await start_agent(rt, "echo", agents.EchoAgent)
     await rt.pause_queue()
     ids = [
         await rt.submit_task("low", priority=Priority.LOW),
@@ -80,7 +75,7 @@ async def test_priority_order_and_fifo(rt: AgentRuntime) -> None:
 
 async def test_dependencies_run_in_order(rt: AgentRuntime) -> None:
     """F-10: a task runs only after all its prerequisites completed."""
-    await start(rt, "echo", agents.EchoAgent)
+    await start_agent(rt, "echo", agents.EchoAgent)
     await rt.pause_queue()
     first = await rt.submit_task("first", priority=Priority.LOW)
     second = await rt.submit_task("second", priority=Priority.LOW)
@@ -93,7 +88,7 @@ async def test_dependencies_run_in_order(rt: AgentRuntime) -> None:
 
 async def test_batch_with_internal_dependencies(rt: AgentRuntime) -> None:
     """F-10: submit_tasks accepts a DAG whose tasks refer to each other by id."""
-    await start(rt, "echo", agents.EchoAgent)
+    await start_agent(rt, "echo", agents.EchoAgent)
     ids = await rt.submit_tasks(
         [
             TaskRequest(name="c", task_id="c", dependencies=["a", "b"]),
@@ -108,7 +103,7 @@ async def test_batch_with_internal_dependencies(rt: AgentRuntime) -> None:
 
 async def test_failed_prerequisite_fails_dependents(rt: AgentRuntime) -> None:
     """F-10: a failed prerequisite fails its dependents with the reason, transitively."""
-    await start(rt, "rec", agents.RecordingAgent)
+    await start_agent(rt, "rec", agents.RecordingAgent)
     root = await rt.submit_task("root", {"fail": "boom"})
     child = await rt.submit_task("child", dependencies=[root])
     grandchild = await rt.submit_task("grandchild", dependencies=[child])
@@ -133,7 +128,7 @@ async def test_cancelled_prerequisite_cancels_dependents(rt: AgentRuntime) -> No
 
 async def test_retries_with_backoff_then_success(rt: AgentRuntime) -> None:
     """F-19: a failing task is retried up to max_retries with backoff."""
-    await start(rt, "flaky", agents.FlakyAgent)
+    await start_agent(rt, "flaky", agents.FlakyAgent)
     task_id = await rt.submit_task("flaky", {"fail_times": 2}, max_retries=3)
     task = await rt.wait_for_task(task_id, 5)
     assert task.status is TaskStatus.COMPLETED
@@ -148,7 +143,7 @@ async def test_retries_with_backoff_then_success(rt: AgentRuntime) -> None:
 async def test_exhausted_retries_go_to_dead_letters_and_can_be_requeued(rt: AgentRuntime) -> None:
     """F-19, F-28: out of retries the task fails, lands on the dead-letter list and can be
     re-queued from it with a fresh round of retries."""
-    await start(rt, "switch", agents.SwitchAgent)
+    await start_agent(rt, "switch", agents.SwitchAgent)
     agents.FAILING.add("job")
     task_id = await rt.submit_task("job", max_retries=1)
     failed = await rt.wait_for_task(task_id, 5)
@@ -172,7 +167,7 @@ async def test_exhausted_retries_go_to_dead_letters_and_can_be_requeued(rt: Agen
 
 async def test_requeued_dead_letter_revives_its_dependents(rt: AgentRuntime) -> None:
     """F-28: re-queuing a failed prerequisite also revives the dependents it took down."""
-    await start(rt, "switch", agents.SwitchAgent)
+    await start_agent(rt, "switch", agents.SwitchAgent)
     agents.FAILING.add("root")
     root = await rt.submit_task("root")
     child = await rt.submit_task("child", dependencies=[root])
@@ -185,7 +180,7 @@ async def test_requeued_dead_letter_revives_its_dependents(rt: AgentRuntime) -> 
 
 async def test_timeout_fails_task_and_records_event(rt: AgentRuntime) -> None:
     """F-17: a task that runs past its timeout is stopped and failed (TASK_TIMEOUT)."""
-    await start(rt, "sleepy", agents.SleepyAgent)
+    await start_agent(rt, "sleepy", agents.SleepyAgent)
     task_id = await rt.submit_task("forever", timeout_seconds=0.05)
     task = await rt.wait_for_task(task_id, 5)
     assert task.status is TaskStatus.FAILED
@@ -195,7 +190,7 @@ async def test_timeout_fails_task_and_records_event(rt: AgentRuntime) -> None:
 
 async def test_cancel_pending_and_running(rt: AgentRuntime) -> None:
     """F-19: pending and running tasks can be cancelled."""
-    await start(rt, "sleepy", agents.SleepyAgent)
+    await start_agent(rt, "sleepy", agents.SleepyAgent)
     running = await rt.submit_task("running")
     pending = await rt.submit_task("pending")
     await asyncio.wait_for(agents.STARTED.setdefault("running", asyncio.Event()).wait(), 5)
@@ -208,7 +203,7 @@ async def test_cancel_pending_and_running(rt: AgentRuntime) -> None:
 
 async def test_idempotency_key_returns_the_same_task(rt: AgentRuntime) -> None:
     """F-19: a re-submitted task with the same idempotency key is not added again."""
-    await start(rt, "echo", agents.EchoAgent)
+    await start_agent(rt, "echo", agents.EchoAgent)
     first = await rt.submit_task("once", idempotency_key="k1")
     second = await rt.submit_task("once", idempotency_key="k1")
     assert first == second
@@ -219,9 +214,9 @@ async def test_idempotency_key_returns_the_same_task(rt: AgentRuntime) -> None:
 
 async def test_routing_to_agent_and_group(rt: AgentRuntime) -> None:
     """F-02, F-18: a task may target one agent or a group."""
-    a1 = await start(rt, "a1", agents.EchoAgent, group="alpha")
-    await start(rt, "b1", agents.EchoAgent, group="beta")
-    await start(rt, "b2", agents.EchoAgent, group="beta")
+    a1 = await start_agent(rt, "a1", agents.EchoAgent, group="alpha")
+    await start_agent(rt, "b1", agents.EchoAgent, group="beta")
+    await start_agent(rt, "b2", agents.EchoAgent, group="beta")
     to_agent = [await rt.submit_task(f"agent-{i}", agent_id=a1) for i in range(5)]
     to_group = [await rt.submit_task(f"group-{i}", group="beta") for i in range(10)]
     for task_id in to_agent:
@@ -233,7 +228,7 @@ async def test_routing_to_agent_and_group(rt: AgentRuntime) -> None:
 
 async def test_queue_pause_holds_tasks(rt: AgentRuntime) -> None:
     """F-04: while the queue is paused no task is handed out."""
-    await start(rt, "echo", agents.EchoAgent)
+    await start_agent(rt, "echo", agents.EchoAgent)
     await rt.pause_queue()
     task_id = await rt.submit_task("held")
     assert rt.get_queue_status().paused
@@ -263,7 +258,9 @@ async def test_task_status_reports_position_and_effective_priority(rt: AgentRunt
 
 async def test_agent_limit_timeout_applies_and_is_reported(rt: AgentRuntime) -> None:
     """F-17: a timeout set in the agent's limits applies to its tasks; the event says which."""
-    await start(rt, "sleepy", agents.SleepyAgent, limits=ResourceLimits(task_timeout_seconds=0.05))
+    await start_agent(
+        rt, "sleepy", agents.SleepyAgent, limits=ResourceLimits(task_timeout_seconds=0.05)
+    )
     task_id = await rt.submit_task("forever")
     assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.FAILED
     (event,) = await rt.query_events(event_type="task_timeout", task_id=task_id)
@@ -273,7 +270,7 @@ async def test_agent_limit_timeout_applies_and_is_reported(rt: AgentRuntime) -> 
 async def test_non_json_result_fails_the_task_and_tells_the_agent(rt: AgentRuntime) -> None:
     """R-04: a result that is not JSON fails the task (not stored), on_error is called and
     the attempt counts as failed for the agent."""
-    agent_id = await start(rt, "odd", agents.RecordingAgent)
+    agent_id = await start_agent(rt, "odd", agents.RecordingAgent)
     task_id = await rt.submit_task("odd", {"return": "object"})
     task = await rt.wait_for_task(task_id, 5)
     assert task.status is TaskStatus.FAILED

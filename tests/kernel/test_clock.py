@@ -77,3 +77,17 @@ async def test_frozen_deadline_waits_until_thawed() -> None:
     deadlines.thaw(deadline, "paused")
     await asyncio.wait_for(deadline.fired.wait(), 5)
     deadlines.close()
+
+
+async def test_cleared_deadlines_do_not_pile_up() -> None:
+    """Finished work is not kept alive in the heap until its original expiry."""
+    deadlines = Deadlines(asyncio.get_running_loop())
+    live = Recorder()
+    deadlines.start(live, 3600)
+    for _ in range(5000):
+        done = Recorder()
+        deadlines.start(done, 3600)
+        deadlines.clear(done)
+    assert len(deadlines) < 2100
+    deadlines.clear(live)
+    deadlines.close()

@@ -15,6 +15,8 @@ runtime's loop. Agent classes are instantiated with no arguments; their registra
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import functools
 import inspect
 import logging
 from collections.abc import Awaitable, Callable
@@ -132,32 +134,49 @@ class BaseAgent:
 
 
 class FunctionAgent(BaseAgent):
-    """Adapts ``fn(task, context)`` to the agent interface."""
+    """Adapts ``async def fn(task, context)`` to the agent interface."""
 
     def __init__(self, fn: Callable[..., Any]) -> None:
         self._fn = fn
 
     async def execute_task(self, task: Task) -> Any:
-        """Call the wrapped function (in a thread when it is synchronous)."""
-        return await call_agent_code(self._fn, task, self.context)
+        """Await the wrapped coroutine function."""
+        return await self._fn(task, self.context)
 
 
-async def call_agent_code(fn: Callable[..., Any], *args: Any) -> Any:
-    """Call agent code without blocking the loop: await coroutines, thread sync calls."""
+class SyncFunctionAgent(BaseAgent):
+    """Adapts a plain ``def fn(task, context)``; its host runs it in the agent's thread."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self._fn = fn
+
+    def execute_task(self, task: Task) -> Any:
+        """Call the wrapped function (the host calls this in a worker thread)."""
+        return self._fn(task, self.context)
+
+
+async def call_agent_code(
+    fn: Callable[..., Any], *args: Any, executor: concurrent.futures.Executor | None = None
+) -> Any:
+    """Call agent code without blocking the loop: await coroutines, run sync calls in
+    ``executor`` (a thread; the loop's default executor when None)."""
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)
-    result = await asyncio.to_thread(fn, *args)
+    loop = asyncio.get_running_loop()
+    result = await loop.run_in_executor(executor, functools.partial(fn, *args))
     if inspect.isawaitable(result):
         return await result
     return result
 
 
-async def call_hook(agent: object, hook: str, *args: Any) -> Any:
+async def call_hook(
+    agent: object, hook: str, *args: Any, executor: concurrent.futures.Executor | None = None
+) -> Any:
     """Call an optional lifecycle hook of ``agent`` if it has one; return its result."""
     fn = getattr(agent, hook, None)
     if fn is None:
         return None
-    return await call_agent_code(fn, *args)
+    return await call_agent_code(fn, *args, executor=executor)
 
 
 def import_path(obj: object) -> str | None:
@@ -196,5 +215,7 @@ def instantiate_agent(agent: object, kind: str) -> Any:
     if kind == "class" and inspect.isclass(agent):
         return agent()
     if kind == "function" and callable(agent):
-        return FunctionAgent(agent)
+        return (
+            FunctionAgent(agent) if inspect.iscoroutinefunction(agent) else SyncFunctionAgent(agent)
+        )
     return agent

@@ -112,6 +112,11 @@ class Deadlines:
         self._seq = 0
         self._handle: asyncio.TimerHandle | None = None
         self._armed_for = math.inf
+        self._stale = 0
+
+    def __len__(self) -> int:
+        """Heap entries held: live deadlines plus cleared ones not yet dropped."""
+        return len(self._heap)
 
     def start(self, deadline: Deadline, delay: float) -> None:
         """Arm ``deadline`` to expire after ``delay`` seconds."""
@@ -119,6 +124,14 @@ class Deadlines:
 
     def clear(self, deadline: Deadline) -> None:
         """The deadline is not needed any more (its work ended)."""
+        if deadline.when is not None:
+            self._stale += 1
+            # Cleared entries stay in the heap until popped; rebuild it once they are the
+            # majority so finished work is not kept alive until its original expiry.
+            if self._stale > 1024 and self._stale * 2 > len(self._heap):
+                self._heap = [e for e in self._heap if e[2].when == e[0] and e[2] is not deadline]
+                heapq.heapify(self._heap)
+                self._stale = 0
         deadline.when = None
         deadline._frozen_by = None
 
@@ -129,6 +142,7 @@ class Deadlines:
                 return  # not armed
             deadline._remaining = max(deadline.when - self._loop.time(), 0.0)
             deadline.when = None
+            self._stale += 1
             deadline._frozen_by = set()
         deadline._frozen_by.add(reason)
 
@@ -173,8 +187,12 @@ class Deadlines:
             if deadline.when == when:  # still armed for this very instant
                 deadline.when = None
                 expired.append(deadline)
+            elif self._stale:
+                self._stale -= 1
         while heap and heap[0][2].when != heap[0][0]:
             heapq.heappop(heap)  # drop stale entries so the timer is armed for a live one
+            if self._stale:
+                self._stale -= 1
         if heap:
             self._arm(heap[0][0])
         for deadline in expired:

@@ -86,12 +86,18 @@ class MessageTooLargeError(ValidationError):
     """A message payload is larger than the runtime's cap."""
 
 
+class AgentHookError(MiminionsError):
+    """An agent's lifecycle hook (``on_pause``, ``on_resume``, ...) raised; the agent is
+    failed. The hook's own exception is the ``__cause__``."""
+
+
 class AgentCrashedError(MiminionsError):
     """The agent hosting a task died while running it."""
 
 
 __all__ = [
     "AgentCrashedError",
+    "AgentHookError",
     "AlreadyExistsError",
     "ConfigurationError",
     "DependencyCycleError",

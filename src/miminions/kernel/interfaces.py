@@ -7,7 +7,7 @@ a plugin satisfies them structurally, no base class needed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -168,6 +168,11 @@ class AgentHost(Protocol):
         """Run the agent's ``on_error(error, task)``; errors it raises are logged, not raised."""
         ...
 
+    def request_stop(self) -> None:
+        """Tell the agent a stop is coming: ``context.is_stopping`` becomes true so its task
+        can finish or checkpoint during the grace period."""
+        ...
+
     async def stop(self, timeout_seconds: float) -> None:
         """Run ``on_stop`` (bounded by ``timeout_seconds``) and release the agent."""
         ...
@@ -232,10 +237,6 @@ class Executor(Protocol):
 
     def resume_clocks(self, agent_id: str | None) -> None:
         """Undo :meth:`pause_clocks`."""
-        ...
-
-    def running_task_ids(self) -> Sequence[str]:
-        """Ids of the tasks being run now."""
         ...
 
     async def drain(self, timeout_seconds: float) -> list[str]:

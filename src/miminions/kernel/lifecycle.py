@@ -18,7 +18,9 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
+    AgentHookError,
     AlreadyExistsError,
+    InvalidStateError,
     NotFoundError,
     ValidationError,
     WaitTimeoutError,
@@ -37,6 +39,7 @@ from miminions.kernel.models import (
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.kernel.supervisor import check_request, check_transition
 from miminions.kernel.task_book import describe_error, to_json_value
+from miminions.kernel.validation import check_seconds
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
@@ -56,7 +59,7 @@ class AgentSlot:
     paused_state: JSONObject | None = None
     host_started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    start_waiter: asyncio.Future[None] | None = None
+    pausing: asyncio.Future[JSONObject] | None = None
 
     @property
     def agent_id(self) -> str:
@@ -79,11 +82,13 @@ class AgentBook:
         events: EventLog,
         limits: ResourceLimits,
         make_host: Callable[[AgentSpec, object], AgentHost],
+        start_timeout: float = 60.0,
     ) -> None:
         self._store = store
         self._events = events
         self._limits = limits
         self._make_host = make_host
+        self._start_timeout = start_timeout
         self.executor: Executor | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.by_name: dict[str, str] = {}
@@ -209,14 +214,18 @@ class AgentBook:
         )
         self._save(slot)
 
-    async def _start(self, slot: AgentSlot, resume_state: JSONObject | None) -> None:
-        self._set(slot, S.STARTING, None)
-        slot.host_started = True
+    async def _start(
+        self, slot: AgentSlot, resume_state: JSONObject | None, *, reserved: bool = False
+    ) -> None:
+        if not reserved:
+            self._reserve(slot)
         self._events.emit(EventType.AGENT_STARTING, agent_id=slot.agent_id)
         try:
-            await slot.host.start(resume_state)
+            await asyncio.wait_for(slot.host.start(resume_state), self._start_timeout)
+        except TimeoutError:
+            await self._fail(slot, f"on_start did not finish within {self._start_timeout} s")
+            return
         except Exception as exc:
-            slot.host_started = False
             await self._fail(slot, f"failed to start: {describe_error(exc)}")
             return
         slot.instance.started_at = datetime.now(UTC)
@@ -254,31 +263,51 @@ class AgentBook:
         await self._save(slot)
         self._start_next_queued()
 
+    def _reserve(self, slot: AgentSlot) -> None:
+        """Take an agent slot for ``slot`` now (it counts as active from here on)."""
+        self._set(slot, S.STARTING, None)
+        slot.host_started = True
+
     def _start_next_queued(self) -> None:
+        """Start queued agents, in order, while slots are free."""
         while self._start_queue and self.active_count < self._limits.max_concurrent_agents:
             slot = self._start_queue.popleft()
-            if slot.status is S.QUEUED:
-                starting = asyncio.ensure_future(self._start_queued(slot))
-                self._background.add(starting)
-                starting.add_done_callback(self._background.discard)
-                return
+            if slot.status is not S.QUEUED:
+                continue
+            # Reserved here, synchronously, so a start racing with this one sees the slot
+            # taken; the host itself starts in the background under the agent's lock.
+            self._reserve(slot)
+            starting = asyncio.ensure_future(self._start_queued(slot))
+            self._background.add(starting)
+            starting.add_done_callback(self._background.discard)
 
     async def _start_queued(self, slot: AgentSlot) -> None:
         async with slot.lock:
-            if slot.status is S.QUEUED:
-                await self._start(slot, resume_state=slot.paused_state)
+            if slot.status is S.STARTING:  # not stopped while it waited for the lock
+                await self._start(slot, resume_state=slot.paused_state, reserved=True)
 
     # ------------------------------------------------------------------ pause / resume
     async def pause(self, agent_id: str, timeout_seconds: float | None = None) -> AgentInstance:
         """Pause an agent: its task halts at its next safe point, ``on_pause``'s state is
         stored, and its task timeout stops counting (F-25). Returns when it is paused."""
+        timeout_seconds = check_seconds(timeout_seconds)
         slot = self.get(agent_id)
         async with slot.lock:
             check_request(agent_id, "pause", slot.status)
             if self.executor is not None:
                 self.executor.agent_unavailable(slot)
+            pausing = slot.pausing = asyncio.ensure_future(slot.host.pause())
             try:
-                state = await asyncio.wait_for(slot.host.pause(), timeout_seconds)
+                state = await asyncio.wait_for(pausing, timeout_seconds)
+            except asyncio.CancelledError:
+                caller = asyncio.current_task()
+                if not pausing.cancelled() or (caller is not None and caller.cancelling()):
+                    raise
+                # A stop cancelled the pause (its task may never reach a safe point).
+                raise InvalidStateError(
+                    f"the pause of agent {agent_id!r} was abandoned because the agent is "
+                    "being stopped"
+                ) from None
             except TimeoutError:
                 # The host reopened its gate when the wait was cancelled: undo the pause.
                 if self.executor is not None:
@@ -288,8 +317,11 @@ class AgentBook:
                     "the pause was abandoned and the agent keeps running"
                 ) from None
             except Exception as exc:
-                await self._fail(slot, f"on_pause failed: {describe_error(exc)}")
-                raise
+                reason = f"on_pause failed: {describe_error(exc)}"
+                await self._fail(slot, reason)
+                raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
+            finally:
+                slot.pausing = None
             try:
                 slot.paused_state = to_json_value(
                     state if state is not None else {}, "the state on_pause returned"
@@ -324,8 +356,9 @@ class AgentBook:
             try:
                 await slot.host.resume(state)
             except Exception as exc:
-                await self._fail(slot, f"on_resume failed: {describe_error(exc)}")
-                raise
+                reason = f"on_resume failed: {describe_error(exc)}"
+                await self._fail(slot, reason)
+                raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
             slot.paused_state = None
             self._set(slot, S.RUNNING, None)
             self._events.emit(EventType.AGENT_RESUMED, agent_id=agent_id)
@@ -341,16 +374,13 @@ class AgentBook:
     ) -> AgentInstance:
         """Stop an agent. Graceful: its running task may finish within ``timeout_seconds``,
         then it is interrupted and re-queued; ``on_stop`` runs. Forced: at once, no hook."""
-        if (
-            isinstance(timeout_seconds, bool)
-            or not isinstance(timeout_seconds, int | float)
-            or timeout_seconds < 0
-        ):
-            raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
+        timeout = check_seconds(timeout_seconds, allow_none=False) or 0.0
         slot = self.get(agent_id)
+        if slot.pausing is not None:
+            slot.pausing.cancel()  # a pause waiting for a safe point must not hold up a stop
         async with slot.lock:
             check_request(agent_id, "stop", slot.status)
-            await self._stop(slot, graceful=graceful, timeout_seconds=timeout_seconds)
+            await self._stop(slot, graceful=graceful, timeout_seconds=timeout)
         return slot.instance.model_copy()
 
     async def _stop(self, slot: AgentSlot, *, graceful: bool, timeout_seconds: float) -> None:
@@ -362,6 +392,7 @@ class AgentBook:
             await self._save(slot)
             return
         was_paused = slot.status is S.PAUSED
+        slot.host.request_stop()
         self._set(slot, S.STOPPING, "stop requested")
         self._events.emit(
             EventType.AGENT_STOPPING, agent_id=slot.agent_id, details={"graceful": graceful}
@@ -373,25 +404,19 @@ class AgentBook:
                 await executor.wait_agent_idle(slot.agent_id, timeout_seconds)
             await executor.interrupt_agent(slot.agent_id, "agent stopped")
             executor.resume_clocks(slot.agent_id)
-        try:
-            if graceful:
-                await slot.host.stop(timeout_seconds)
-            else:
-                await slot.host.kill()
-        except Exception as exc:
-            self._events.emit(
-                EventType.AGENT_ERROR,
-                severity=Severity.WARNING,
-                agent_id=slot.agent_id,
-                details={"error": f"on_stop failed: {describe_error(exc)}"},
-            )
-        slot.host_started = False
+        await self._release_host(slot, timeout_seconds if graceful else None)
         slot.instance.process_id = None
         slot.paused_state = None
         self._set(slot, S.STOPPED, None)
         self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
         await self._save(slot)
         self._start_next_queued()
+
+    def request_stop_all(self) -> None:
+        """The runtime is shutting down: tell every started agent (``context.is_stopping``)."""
+        for slot in self.slots.values():
+            if slot.host_started:
+                slot.host.request_stop()
 
     async def stop_all(self, timeout_seconds: float) -> None:
         """Stop every agent that is not stopped (runtime shutdown); paused agents keep their
@@ -412,17 +437,24 @@ class AgentBook:
                 slot.agent_id, "runtime stopped while the agent was paused"
             )
         if slot.host_started:
-            try:
-                await slot.host.stop(timeout_seconds)
-            except Exception as exc:
-                self._events.emit(
-                    EventType.AGENT_ERROR,
-                    severity=Severity.WARNING,
-                    agent_id=slot.agent_id,
-                    details={"error": f"on_stop failed: {describe_error(exc)}"},
-                )
-            slot.host_started = False
+            await self._release_host(slot, timeout_seconds)
         await self._save(slot)
+
+    async def _release_host(self, slot: AgentSlot, graceful_timeout: float | None) -> None:
+        """Stop the host (``on_stop`` within the timeout) or, with None, kill it."""
+        try:
+            if graceful_timeout is None:
+                await slot.host.kill()
+            else:
+                await slot.host.stop(graceful_timeout)
+        except Exception as exc:
+            self._events.emit(
+                EventType.AGENT_ERROR,
+                severity=Severity.WARNING,
+                agent_id=slot.agent_id,
+                details={"error": f"on_stop failed: {describe_error(exc)}"},
+            )
+        slot.host_started = False
 
     # ------------------------------------------------------------------ task bookkeeping
     def task_started(self, slot: AgentSlot, task_id: str) -> None:

@@ -195,7 +195,8 @@ class RuntimeConfig(BaseModel):
 
     ``aging_seconds_per_level``: a pending task gains one level of priority for every that
     many seconds it has been ready, so LOW work cannot starve. ``retry_backoff_*``: the
-    delay before retry *n* is ``base * 2 ** (n - 1)`` capped at ``max``.
+    delay before retry *n* is ``base * 2 ** (n - 1)`` capped at ``max``. An agent whose
+    ``on_start`` takes longer than ``agent_start_timeout_seconds`` is failed.
     ``plugin_options`` is free-form configuration for third-party plugins, keyed by plugin.
     """
 
@@ -207,6 +208,7 @@ class RuntimeConfig(BaseModel):
     retry_backoff_base_seconds: NonNegativeFloat = 0.5
     retry_backoff_max_seconds: NonNegativeFloat = 60.0
     shutdown_timeout_seconds: NonNegativeFloat = 10.0
+    agent_start_timeout_seconds: PositiveFloat = 60.0
     default_isolation: str = "inline"
     record_task_events: bool = True
     plugin_options: dict[str, JSONObject] = Field(default_factory=dict)

@@ -12,7 +12,7 @@ import contextlib
 import os
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -30,7 +30,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
-from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store
+from miminions.kernel.interfaces import AgentHost, Executor, Store
 from miminions.kernel.lifecycle import AgentBook
 from miminions.kernel.models import (
     AgentInstance,
@@ -50,15 +50,19 @@ from miminions.kernel.models import (
     TaskExplanation,
     TaskStatus,
 )
+from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
 from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook, TaskRequest
+from miminions.kernel.validation import build_event_query, check_limit, check_seconds, parse_enum
 
 _T = TypeVar("_T")
 
-RUN_META_KEY = "runtime.run"
 QUEUE_PAUSED_KEY = "queue.paused"
 _BUILTIN_SCHEDULING = "priority_scheduling"
+_EVENT_FILTERS = frozenset(
+    {"event_type", "agent_id", "task_id", "severity", "since", "until", "limit", "newest"}
+)
 _ESSENTIAL_HOOKS = {
     "miminions_make_store": "a store",
     "miminions_make_executor": "an executor",
@@ -114,6 +118,8 @@ class AgentRuntime:
         self._task_book: TaskBook | None = None
         self._agent_book: AgentBook | None = None
         self.recovery: dict[str, Any] | None = None
+        self._claim = ""
+        self._stopped: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------------ plumbing for plugins
     @property
@@ -192,6 +198,7 @@ class AgentRuntime:
                 "AgentRuntime on the same storage_path to continue its work"
             )
         self._state = "starting"
+        self._claim = claim(self.config.storage_path)
         try:
             await self._start()
         except BaseException:
@@ -233,6 +240,7 @@ class AgentRuntime:
             events=events,
             limits=config.limits,
             make_host=self._make_host,
+            start_timeout=config.agent_start_timeout_seconds,
         )
         self._task_book = TaskBook(
             scheduler=self._scheduler,
@@ -244,7 +252,7 @@ class AgentRuntime:
             agent_exists=self._agent_book.slots.__contains__,
         )
         previous = await store.get_meta(RUN_META_KEY)
-        _refuse_live_owner(previous, config.storage_path)
+        refuse_live_owner(previous, config.storage_path)
         self._queue_paused = bool(await store.get_meta(QUEUE_PAUSED_KEY))
         self._agent_book.restore(await store.load_agents())
         report = self._task_book.restore(await store.load_tasks(), await store.load_dead_letters())
@@ -283,6 +291,7 @@ class AgentRuntime:
 
     async def _abort_start(self) -> None:
         self._state = "stopped"
+        release(self._claim)
         if self._executor is not None:
             await self._executor.close()
         if self._store is not None:
@@ -293,29 +302,45 @@ class AgentRuntime:
         """Shut down gracefully (F-14): running tasks get ``timeout_seconds`` (default
         ``config.shutdown_timeout_seconds``) to finish, the rest are re-queued with their
         checkpoints; agents stop (paused ones stay paused in the store); storage closes.
-        Calling stop again, or on a runtime that never started, does nothing."""
+        Calling stop again waits for the first call to finish; on a runtime that never
+        started it does nothing."""
+        if self._stopped is not None:
+            await asyncio.shield(self._stopped)
+            return
         if self._state != "running":
             return
         if timeout_seconds is None:
             timeout_seconds = self.config.shutdown_timeout_seconds
-        _check_timeout(timeout_seconds)
+        timeout = check_seconds(timeout_seconds, allow_none=False) or 0.0
         self._state = "stopping"
+        self._stopped = asyncio.get_running_loop().create_future()
+        try:
+            await self._stop(timeout)
+        finally:
+            self._stopped.set_result(None)
+
+    async def _stop(self, timeout_seconds: float) -> None:
         try:
             self.plugin_manager.hook.miminions_runtime_stopping(runtime=self)
         finally:
             executor, store, events = self.executor, self.store, self.events
             interrupted: list[str] = []
             try:
+                self.agent_book.request_stop_all()
                 interrupted = await executor.drain(timeout_seconds)
                 await self.agent_book.stop_all(timeout_seconds)
             finally:
                 await executor.close()
+                self.task_book.close()
                 events.emit(EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)})
                 store.put_meta(
                     RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()}
                 )
                 self._state = "stopped"
-                await store.close()
+                try:
+                    await store.close()
+                finally:
+                    release(self._claim)
 
     def _require_running(self) -> None:
         if self._state != "running":
@@ -544,7 +569,7 @@ class AgentRuntime:
     ) -> list[AgentInstance]:
         """All agents, optionally only those with ``status`` and/or in ``group``."""
         self._require_started()
-        wanted = _parse_enum(AgentStatus, status, "status")
+        wanted = parse_enum(AgentStatus, status, "status")
         return [
             slot.instance.model_copy()
             for slot in self.agent_book.slots.values()
@@ -562,11 +587,8 @@ class AgentRuntime:
     ) -> list[Task]:
         """Tasks, newest first, optionally only those with ``status``; at most ``limit``."""
         self._require_started()
-        wanted = _parse_enum(TaskStatus, status, "status")
-        if limit is not None and (
-            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
-        ):
-            raise ValidationError(f"limit must be a positive integer or None, got {limit!r}")
+        wanted = parse_enum(TaskStatus, status, "status")
+        check_limit(limit)
         found: list[Task] = []
         for task in reversed(self.task_book.tasks.values()):
             if wanted is None or task.status is wanted:
@@ -625,91 +647,15 @@ class AgentRuntime:
         self._require_running()
         if format not in EXPORT_FORMATS:
             raise ValidationError(f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
+        unknown = set(filters) - _EVENT_FILTERS
+        if unknown:
+            raise ValidationError(
+                f"unknown event filter(s) {sorted(unknown)}; use {sorted(_EVENT_FILTERS)}"
+            )
         filters.setdefault("limit", None)
         events = await self.query_events(**filters)
         await asyncio.to_thread(write_events, Path(path), events, format)
         return len(events)
-
-
-def build_event_query(
-    event_type: EventType | str | Sequence[EventType | str] | None = None,
-    agent_id: str | None = None,
-    task_id: str | None = None,
-    severity: Severity | str | None = None,
-    since: datetime | None = None,
-    until: datetime | None = None,
-    limit: int | None = 100,
-    newest: bool = False,
-) -> EventQuery:
-    """Turn user-facing event filters into an :class:`EventQuery`, with clear errors."""
-    types: list[EventType] | None = None
-    if event_type is not None:
-        raw = [event_type] if isinstance(event_type, str | EventType) else list(event_type)
-        types = [_parse_enum(EventType, item, "event_type") for item in raw]
-    for name, value in (("since", since), ("until", until)):
-        if value is not None and not isinstance(value, datetime):
-            raise ValidationError(f"{name} must be a datetime")
-    if since is not None and since.tzinfo is None:
-        since = since.replace(tzinfo=UTC)
-    if until is not None and until.tzinfo is None:
-        until = until.replace(tzinfo=UTC)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-        raise ValidationError(f"limit must be a positive integer or None, got {limit!r}")
-    return EventQuery(
-        event_types=types,
-        agent_id=agent_id,
-        task_id=task_id,
-        min_severity=_parse_enum(Severity, severity, "severity"),
-        since=since,
-        until=until,
-        limit=limit,
-        newest=newest,
-    )
-
-
-def _parse_enum(enum_type: Any, value: Any, what: str) -> Any:
-    if value is None or isinstance(value, enum_type):
-        return value
-    try:
-        return enum_type(value)
-    except ValueError:
-        choices = ", ".join(member.value for member in enum_type)
-        raise ValidationError(f"{what} {value!r} is not one of: {choices}") from None
-
-
-def live_owner(run_record: Any) -> int | None:
-    """The pid of a runtime that has the database open, from the run record it keeps
-    (``get_meta(RUN_META_KEY)``): None when it stopped cleanly or its process is gone."""
-    if not isinstance(run_record, dict) or run_record.get("clean", True):
-        return None
-    pid = run_record.get("pid")
-    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
-        return None
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return None
-    except PermissionError:
-        return pid  # alive, owned by another user
-    except OSError:
-        return None
-    return pid
-
-
-def _refuse_live_owner(previous: Any, path: str) -> None:
-    """Refuse a database that a runtime in another, still living process has open."""
-    pid = live_owner(previous)
-    if pid is None or pid == os.getpid():
-        return  # free, or its owner died (this start recovers the work)
-    raise ConfigurationError(
-        f"database {path!r} is in use by a runtime in process {pid}; one runtime per "
-        "database (stop that one, or use another storage_path)"
-    )
-
-
-def _check_timeout(value: Any) -> None:
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValidationError(f"timeout_seconds must be a number >= 0, got {value!r}")
 
 
 def _need(value: _T | None) -> _T:
@@ -718,4 +664,4 @@ def _need(value: _T | None) -> _T:
     return value
 
 
-__all__ = ["AgentRuntime", "build_event_query", "live_owner"]
+__all__ = ["RUN_META_KEY", "AgentRuntime", "build_event_query", "live_owner"]

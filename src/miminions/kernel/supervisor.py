@@ -60,4 +60,5 @@ def check_request(agent_id: str, request: str, current: AgentStatus) -> None:
 
 def retry_delay(attempt: int, base: float, cap: float) -> float:
     """Backoff before retry number ``attempt`` (1-based): ``base * 2 ** (attempt - 1)``."""
-    return float(min(base * 2 ** max(attempt - 1, 0), cap))
+    exponent = min(max(attempt - 1, 0), 64)  # past 2**64 the cap has long applied
+    return float(min(base * 2**exponent, cap))

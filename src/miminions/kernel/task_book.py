@@ -22,6 +22,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from miminions.kernel.errors import (
     InvalidStateError,
     NotFoundError,
+    RuntimeNotRunningError,
     ValidationError,
     WaitTimeoutError,
 )
@@ -42,12 +43,14 @@ from miminions.kernel.models import (
 )
 from miminions.kernel.scheduler import Change, NewTask, NodeState, Scheduler, route_for
 from miminions.kernel.supervisor import retry_delay
+from miminions.kernel.validation import check_seconds
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
 
 _FINAL_STATUS = {NodeState.FAILED: TaskStatus.FAILED, NodeState.CANCELLED: TaskStatus.CANCELLED}
 _DURATION_SAMPLES = 10_000
+MAX_RETRIES = 10_000
 
 
 class TaskRequest(BaseModel):
@@ -195,6 +198,10 @@ class TaskBook:
     def _existing_for_key(self, key: str | None, batch_keys: dict[str, str]) -> str | None:
         if key is None:
             return None
+        if not isinstance(key, str) or not key or len(key) > 1024:
+            raise ValidationError(
+                "idempotency_key must be a non-empty string of at most 1024 chars"
+            )
         return self.by_idempotency_key.get(key) or batch_keys.get(key)
 
     def _build(self, request: TaskRequest, now: datetime) -> Task:
@@ -209,14 +216,16 @@ class TaskBook:
                 f"priority must be between {MIN_PRIORITY} (most urgent) and {MAX_PRIORITY}, "
                 f"got {priority}; use Priority.HIGH/MEDIUM/LOW or an integer in that range"
             )
-        timeout = request.timeout_seconds
-        if timeout is not None and (
-            isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0
-        ):
-            raise ValidationError(f"timeout_seconds must be a positive number, got {timeout!r}")
+        timeout = check_seconds(request.timeout_seconds, positive=True)
         retries = request.max_retries
-        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
-            raise ValidationError(f"max_retries must be an integer >= 0, got {retries!r}")
+        if (
+            isinstance(retries, bool)
+            or not isinstance(retries, int)
+            or not 0 <= retries <= MAX_RETRIES
+        ):
+            raise ValidationError(
+                f"max_retries must be an integer 0..{MAX_RETRIES}, got {retries!r}"
+            )
         if request.agent_id is not None and not self._agent_exists(request.agent_id):
             raise NotFoundError(
                 f"no agent with id {request.agent_id!r}; register it first or target a group"
@@ -249,7 +258,7 @@ class TaskBook:
                 "dependencies": deps,
                 "retry_count": 0,
                 "max_retries": retries,
-                "timeout_seconds": float(timeout) if timeout is not None else None,
+                "timeout_seconds": timeout,
                 "idempotency_key": request.idempotency_key,
                 "checkpoint": None,
                 "dead_lettered": False,
@@ -426,8 +435,8 @@ class TaskBook:
         if letter.requeued_at is not None:
             raise InvalidStateError(f"dead letter {dead_letter_id!r} was re-queued already")
         task = self.get(letter.ref_id)
+        revived = self._revive(task, reset_attempts=True)  # raises before anything changed
         letter.requeued_at = datetime.now(UTC)
-        revived = self._revive(task, reset_attempts=True)
         commit = self._store.put_dead_letter(letter)
         if revived and self.executor is not None:
             self.executor.wake()
@@ -464,10 +473,7 @@ class TaskBook:
     async def wait(self, task_id: str, timeout_seconds: float | None) -> Task:
         """Wait until the task is completed, failed or cancelled and that is committed."""
         task = self.get(task_id)
-        if timeout_seconds is not None and (
-            isinstance(timeout_seconds, bool) or timeout_seconds < 0
-        ):
-            raise ValidationError(f"timeout_seconds must be >= 0, got {timeout_seconds!r}")
+        timeout_seconds = check_seconds(timeout_seconds)
         if not task.status.is_terminal:
             waiter: asyncio.Future[Awaitable[None]] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(task_id, []).append(waiter)
@@ -491,6 +497,20 @@ class TaskBook:
         else:
             await self._store.flush()
         return fast_copy(task)
+
+    def close(self) -> None:
+        """The runtime stopped: every ``wait_for_task`` still waiting gets an error."""
+        waiters, self._waiters = self._waiters, {}
+        for task_id, futures in waiters.items():
+            status = self.tasks[task_id].status.value
+            for waiter in futures:
+                if not waiter.done():
+                    waiter.set_exception(
+                        RuntimeNotRunningError(
+                            f"the runtime stopped while task {task_id!r} was {status}; it is "
+                            "stored and continues when a runtime starts on the same database"
+                        )
+                    )
 
     def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
         """Record an agent's checkpoint for a task (see ``AgentContext.checkpoint``)."""
@@ -635,6 +655,13 @@ class TaskBook:
         )
         self.dead_letters[letter.dead_letter_id] = letter
         self._store.put_dead_letter(letter)
+        self._events.emit(
+            EventType.TASK_DEAD_LETTERED,
+            severity=Severity.WARNING,
+            agent_id=task.assigned_agent_id,
+            task_id=task.task_id,
+            details={"dead_letter_id": letter.dead_letter_id, "reason": reason},
+        )
 
     def _record_duration(self, task_id: str) -> None:
         started = self._started_mono.pop(task_id, None)

@@ -21,8 +21,6 @@ from miminions.kernel.models import Task, fast_copy
 from miminions.kernel.scheduler import agent_route
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
     from miminions.kernel.lifecycle import AgentSlot
     from miminions.kernel.runtime import AgentRuntime
 
@@ -31,35 +29,49 @@ _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the lo
 
 
 class _Run(Deadline):
-    """One task being run by one agent; it is also the task's timeout deadline."""
+    """One task being run by one agent; it is also the task's timeout deadline.
+
+    A run is registered the moment the task is taken, before its worker first runs, so a
+    cancel, pause or stop in between sees it; the worker checks the run's reasons before it
+    calls the agent.
+    """
 
     __slots__ = (
+        "abandoned",
         "cancel_reason",
         "finished",
         "interrupt_reason",
+        "running",
         "slot",
+        "task",
         "task_id",
         "timed_out",
+        "timeout",
         "waiters",
         "worker",
     )
 
-    def __init__(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> None:
+    def __init__(self, slot: AgentSlot, task: Task, worker: asyncio.Task[None]) -> None:
         super().__init__()
         self.slot = slot
-        self.task_id = task_id
+        self.task = task
+        self.task_id = task.task_id
         self.worker = worker
+        self.timeout: float | None = None
         self.cancel_reason: str | None = None
         self.interrupt_reason: str | None = None
         self.timed_out = False
+        self.running = False  # inside host.run(): interrupting it needs a cancel
         self.finished = False
+        self.abandoned = False  # its agent did not stop when told; its outcome is ignored
         self.waiters: list[asyncio.Future[None]] | None = None
 
     def on_expiry(self) -> None:
         """The task's timeout passed: interrupt it (it then fails with TaskTimeoutError)."""
         if not self.finished and self.cancel_reason is None and self.interrupt_reason is None:
             self.timed_out = True
-            self.worker.cancel()
+            if self.running:
+                self.worker.cancel()
 
     async def wait(self) -> None:
         """Wait until the run has ended (futures are made only when someone waits)."""
@@ -184,12 +196,9 @@ class AsyncioExecutor:
         if run is None:
             return False
         run.cancel_reason = reason
-        run.worker.cancel()
+        if run.running:
+            run.worker.cancel()
         return True
-
-    def running_task_ids(self) -> Sequence[str]:
-        """Ids of the tasks being run now."""
-        return list(self._runs)
 
     def schedule_retry(self, task_id: str, delay: float) -> None:
         """Make ``task_id`` ready again after ``delay`` seconds of unfrozen time."""
@@ -324,15 +333,33 @@ class AsyncioExecutor:
                 group.pop(slot.agent_id, None)
 
     def _launch(self, slot: AgentSlot, task_id: str) -> None:
-        worker = self._loop.create_task(self._work(slot, task_id))
+        worker = self._loop.create_task(self._work(slot))
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
+        self._begin(slot, task_id, worker)
 
-    async def _work(self, slot: AgentSlot, task_id: str | None) -> None:
+    def _begin(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> _Run:
+        """Record that ``slot`` runs ``task_id`` now (synchronously, no await)."""
+        book = self._book
+        task = book.started(task_id, slot.agent_id)
+        self._agents.task_started(slot, task_id)
+        run = _Run(slot, task, worker)
+        self._runs[task_id] = run
+        self._run_by_agent[slot.agent_id] = run
+        run.timeout = timeout = book.effective_timeout(task, slot.spec.limits)
+        if timeout is not None:
+            self._deadlines.start(run, timeout)
+            if slot.agent_id in self._paused_agents:
+                self._deadlines.freeze(run, slot.agent_id)
+        return run
+
+    async def _work(self, slot: AgentSlot) -> None:
         agent_id = slot.agent_id
+        run = self._run_by_agent.get(agent_id)
+        worker = asyncio.current_task()
         streak = 0
-        while task_id is not None:
-            await self._run_one(slot, task_id)
+        while run is not None and worker is not None:
+            await self._run_one(run)
             streak += 1
             if streak % _YIELD_EVERY == 0:
                 # Let the loop breathe: an agent whose tasks never suspend must not starve
@@ -341,55 +368,59 @@ class AsyncioExecutor:
             if not self._accepting or self._rt.queue_paused or agent_id not in self._available:
                 break
             task_id = self._sched.take(slot.routes)
+            run = None if task_id is None else self._begin(slot, task_id, worker)
         self._make_idle(slot)
         if self._idle and self._accepting:
             self.wake()
 
-    async def _run_one(self, slot: AgentSlot, task_id: str) -> None:
-        worker = asyncio.current_task()
-        assert worker is not None  # always run inside the worker task
+    async def _run_one(self, run: _Run) -> None:
+        slot, task, task_id = run.slot, run.task, run.task_id
         book = self._book
-        task = book.started(task_id, slot.agent_id)
-        self._agents.task_started(slot, task_id)
-        run = _Run(slot, task_id, worker)
-        self._runs[task_id] = run
-        self._run_by_agent[slot.agent_id] = run
-        timeout = book.effective_timeout(task, slot.spec.limits)
-        if timeout is not None:
-            self._deadlines.start(run, timeout)
-            if slot.agent_id in self._paused_agents:
-                self._deadlines.freeze(run, slot.agent_id)
         ok = False
         error: BaseException | None = None
         try:
-            result = await slot.host.run(fast_copy(task), task.checkpoint)
-        except (asyncio.CancelledError, TaskCancelledError):
-            if run.timed_out:
-                worker.uncancel()
-                error = TaskTimeoutError(f"task {task_id} timed out after {timeout} s")
-                book.failed(task_id, error, timed_out_after=timeout)
-            elif run.cancel_reason is not None:
-                worker.uncancel()
-                book.cancelled(task_id, run.cancel_reason)
-            elif run.interrupt_reason is not None:
-                worker.uncancel()
-                book.interrupted(task_id, run.interrupt_reason)
+            if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
+                run.running = True
+                result = await slot.host.run(fast_copy(task), task.checkpoint)
             else:
-                raise
+                result = None  # stopped before the agent was called
+        except (asyncio.CancelledError, TaskCancelledError) as exc:
+            if not (run.timed_out or run.cancel_reason or run.interrupt_reason):
+                if run.worker.cancelling():
+                    raise  # the executor itself is being cancelled
+                # The agent's own code raised CancelledError: that is its failure.
+                error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
+            elif isinstance(exc, asyncio.CancelledError):
+                run.worker.uncancel()
         except Exception as exc:
             error = exc
-            book.failed(task_id, exc)
+        finally:
+            run.running = False
+            self._deadlines.clear(run)
+        if run.abandoned:
+            return  # already reported when it was abandoned
+        if run.timed_out and error is None:
+            error = TaskTimeoutError(f"task {task_id} timed out after {run.timeout} s")
+            book.failed(task_id, error, timed_out_after=run.timeout)
+        elif run.cancel_reason is not None:
+            book.cancelled(task_id, run.cancel_reason)
+        elif run.interrupt_reason is not None:
+            book.interrupted(task_id, run.interrupt_reason)
+        elif error is not None:
+            book.failed(task_id, error)
         else:
             error = book.completed(task_id, result)
             ok = error is None
-        finally:
-            self._deadlines.clear(run)
-            self._runs.pop(task_id, None)
-            self._run_by_agent.pop(slot.agent_id, None)
-            self._agents.task_ended(slot, ok)
-            run.finish()
+        self._end_run(run, ok)
         if error is not None:
             await self._notify_error(slot, error, task)
+
+    def _end_run(self, run: _Run, ok: bool) -> None:
+        self._runs.pop(run.task_id, None)
+        if self._run_by_agent.get(run.slot.agent_id) is run:
+            del self._run_by_agent[run.slot.agent_id]
+        self._agents.task_ended(run.slot, ok)
+        run.finish()
 
     async def _notify_error(self, slot: AgentSlot, error: BaseException, task: Task) -> None:
         with contextlib.suppress(Exception, TimeoutError):
@@ -400,8 +431,20 @@ class AsyncioExecutor:
     async def _interrupt(self, run: _Run, reason: str) -> None:
         if run.cancel_reason is None:
             run.interrupt_reason = reason
-        run.worker.cancel()
-        await run.wait()
+        if run.running:
+            run.worker.cancel()
+        try:
+            await asyncio.wait_for(run.wait(), self._notify_timeout)
+        except TimeoutError:
+            # The agent's code ignores cancellation (it caught CancelledError or blocks in
+            # a thread): give up on it, re-queue the task and free the runtime.
+            if not run.finished:
+                run.abandoned = True
+                self._deadlines.clear(run)
+                self._book.interrupted(
+                    run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
+                )
+                self._end_run(run, ok=False)
 
 
 @hookimpl(trylast=True)  # built-in: any other executor plugin wins

@@ -15,6 +15,7 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +44,7 @@ class InlineHost:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._thread: ThreadPoolExecutor | None = None
 
     @property
     def process_id(self) -> int | None:
@@ -76,20 +78,23 @@ class InlineHost:
         self._gate.set()
         self._agent = instantiate_agent(self._registered, self.spec.kind)
         execute = self._agent.execute_task
-        # Decided once per start, not per task: async code is awaited directly.
-        self._execute = (
-            execute if inspect.iscoroutinefunction(execute) else partial(call_agent_code, execute)
-        )
+        # Decided once per start, not per task: async code is awaited directly; sync code
+        # runs in this agent's own thread, one call at a time (an abandoned call that is
+        # still running delays the next one instead of running beside it).
+        if inspect.iscoroutinefunction(execute):
+            self._execute = execute
+        else:
+            self._execute = partial(call_agent_code, execute, executor=self._own_thread())
         self._context = self._runtime.make_context(self.spec, self)
         # objects with __slots__ can still use the context passed to function agents
         with contextlib.suppress(AttributeError):
             self._agent.context = self._context
-        await call_hook(self._agent, "on_start")
+        await self._hook("on_start")
         if resume_state is not None:
-            await call_hook(self._agent, "on_resume", resume_state)
+            await self._hook("on_resume", resume_state)
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
-        """Run one task on this loop (a sync ``execute_task`` runs in a thread)."""
+        """Run one task on this loop (a sync ``execute_task`` runs in the agent's thread)."""
         context = self._require_context()
         context.current_task = task
         context.last_checkpoint = checkpoint
@@ -101,30 +106,39 @@ class InlineHost:
             self._idle.set()
 
     async def pause(self) -> JSONObject:
-        """Close the gate, wait for the running task's safe point (or its end), ``on_pause``."""
+        """Close the gate, wait for the running task's safe point (or its end), ``on_pause``.
+
+        If the pause is abandoned (cancelled, or ``on_pause`` fails) the gate opens again,
+        so a halted task never stays halted without a pause to show for it.
+        """
         self._gate.clear()
-        if not self._idle.is_set():
-            halted = asyncio.ensure_future(self._halted.wait())
-            idle = asyncio.ensure_future(self._idle.wait())
-            try:
-                await asyncio.wait({halted, idle}, return_when=asyncio.FIRST_COMPLETED)
-            except asyncio.CancelledError:
-                self._gate.set()  # the pause was abandoned: let the task go on
-                raise
-            finally:
-                halted.cancel()
-                idle.cancel()
-        state = await call_hook(self._agent, "on_pause")
+        try:
+            if not self._idle.is_set():
+                halted = asyncio.ensure_future(self._halted.wait())
+                idle = asyncio.ensure_future(self._idle.wait())
+                try:
+                    await asyncio.wait({halted, idle}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    halted.cancel()
+                    idle.cancel()
+            state = await self._hook("on_pause")
+        except BaseException:
+            self._gate.set()
+            raise
         return state if state is not None else {}
 
     async def resume(self, state: JSONObject) -> None:
         """Run ``on_resume(state)`` and open the gate."""
-        await call_hook(self._agent, "on_resume", state)
+        await self._hook("on_resume", state)
         self._gate.set()
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
         """Run the agent's ``on_error``."""
-        await call_hook(self._agent, "on_error", error, task)
+        await self._hook("on_error", error, task)
+
+    def request_stop(self) -> None:
+        """From now on ``context.is_stopping`` is true: the task should finish or checkpoint."""
+        self._stopping = True
 
     async def stop(self, timeout_seconds: float) -> None:
         """Run ``on_stop`` within ``timeout_seconds`` and drop the agent."""
@@ -132,15 +146,30 @@ class InlineHost:
         self._gate.set()
         try:
             async with asyncio.timeout(timeout_seconds):
-                await call_hook(self._agent, "on_stop")
+                await self._hook("on_stop")
         finally:
-            self._agent = None
+            self._release()
 
     async def kill(self) -> None:
         """Drop the agent without running any hook."""
         self._stopping = True
         self._gate.set()
+        self._release()
+
+    def _own_thread(self) -> ThreadPoolExecutor:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"miminions-{self.spec.name}")
+        return self._thread
+
+    async def _hook(self, name: str, *args: Any) -> Any:
+        return await call_hook(self._agent, name, *args, executor=self._own_thread())
+
+    def _release(self) -> None:
         self._agent = None
+        if self._thread is not None:
+            # A sync call that ignores cancellation keeps its thread; nothing waits for it.
+            self._thread.shutdown(wait=False, cancel_futures=True)
+            self._thread = None
 
     def _require_context(self) -> AgentContext:
         if self._context is None or self._agent is None:

@@ -1,0 +1,90 @@
+"""Checking user-facing arguments: one helper per kind of value, with clear errors.
+
+Every public call validates with these before changing anything, so a rejected call leaves
+no trace (R-04).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, TypeVar
+
+from miminions.kernel.errors import ValidationError
+from miminions.kernel.interfaces import EventQuery
+from miminions.kernel.models import EventType, Severity
+
+_E = TypeVar("_E")
+
+
+def check_seconds(
+    value: Any, what: str = "timeout_seconds", *, allow_none: bool = True, positive: bool = False
+) -> float | None:
+    """A duration in seconds: a real number >= 0 (> 0 with ``positive``), or None when allowed."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
+    if not ok or value < 0 or (positive and value == 0) or value == float("inf"):
+        kind = "a positive number of seconds" if positive else "a number of seconds >= 0"
+        also = " or None" if allow_none else ""
+        raise ValidationError(f"{what} must be {kind}{also}, got {value!r}")
+    return float(value)
+
+
+def check_limit(value: Any, what: str = "limit") -> int | None:
+    """A positive integer count, or None for no limit."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+        raise ValidationError(f"{what} must be a positive integer or None, got {value!r}")
+    return value
+
+
+def parse_enum(enum_type: type[_E], value: Any, what: str) -> _E | None:
+    """``value`` as a member of ``enum_type`` (by member or value); None stays None."""
+    if value is None or isinstance(value, enum_type):
+        return value
+    try:
+        return enum_type(value)  # type: ignore[call-arg]
+    except ValueError:
+        choices = ", ".join(str(member.value) for member in enum_type)  # type: ignore[attr-defined]
+        raise ValidationError(f"{what} {value!r} is not one of: {choices}") from None
+
+
+def build_event_query(
+    event_type: EventType | str | Sequence[EventType | str] | None = None,
+    agent_id: str | None = None,
+    task_id: str | None = None,
+    severity: Severity | str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    limit: int | None = 100,
+    newest: bool = False,
+) -> EventQuery:
+    """Turn user-facing event filters into an :class:`EventQuery`, with clear errors."""
+    types: list[EventType] | None = None
+    if event_type is not None:
+        raw = [event_type] if isinstance(event_type, str | EventType) else list(event_type)
+        types = [_require(parse_enum(EventType, item, "event_type")) for item in raw]
+    for name, value in (("since", since), ("until", until)):
+        if value is not None and not isinstance(value, datetime):
+            raise ValidationError(f"{name} must be a datetime")
+    if since is not None and since.tzinfo is None:
+        since = since.replace(tzinfo=UTC)
+    if until is not None and until.tzinfo is None:
+        until = until.replace(tzinfo=UTC)
+    check_limit(limit)
+    return EventQuery(
+        event_types=types,
+        agent_id=agent_id,
+        task_id=task_id,
+        min_severity=parse_enum(Severity, severity, "severity"),
+        since=since,
+        until=until,
+        limit=limit,
+        newest=newest,
+    )
+
+
+def _require(value: _E | None) -> _E:
+    if value is None:
+        raise ValidationError("None is not an event type")
+    return value
