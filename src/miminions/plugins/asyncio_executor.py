@@ -341,11 +341,13 @@ class AsyncioExecutor:
     def _begin(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> _Run:
         """Record that ``slot`` runs ``task_id`` now (synchronously, no await)."""
         book = self._book
-        task = book.started(task_id, slot.agent_id)
-        self._agents.task_started(slot, task_id)
-        run = _Run(slot, task, worker)
+        run = _Run(slot, book.tasks[task_id], worker)
+        # Registered before the start is reported, so anyone reacting to TASK_STARTED
+        # (a monitor, a cancel) already finds the run.
         self._runs[task_id] = run
         self._run_by_agent[slot.agent_id] = run
+        task = book.started(task_id, slot.agent_id)
+        self._agents.task_started(slot, task_id)
         run.timeout = timeout = book.effective_timeout(task, slot.spec.limits)
         if timeout is not None:
             self._deadlines.start(run, timeout)

@@ -1,0 +1,240 @@
+"""Regression tests for races and hangs found in review (F-04, F-07, F-08, F-14, R-04)."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    BaseAgent,
+    Event,
+    EventType,
+    InvalidStateError,
+    ResourceLimits,
+    RuntimeConfig,
+    RuntimeNotRunningError,
+    Task,
+    TaskStatus,
+    ValidationError,
+    hookimpl,
+)
+from miminions.kernel.supervisor import retry_delay
+from tests.support import agents
+
+
+async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: Any) -> str:
+    agent_id = await rt.register_agent(name, agent, **kwargs)
+    await rt.start_agent(agent_id)
+    return agent_id
+
+
+class SelfCancelling(BaseAgent):
+    async def execute_task(self, task: Task) -> None:
+        if task.name == "self-cancel":
+            future = asyncio.get_running_loop().create_future()
+            future.cancel()
+            await future
+        return None
+
+
+async def test_cancelled_error_from_agent_code_fails_only_that_task(rt: AgentRuntime) -> None:
+    """F-07: an agent whose own code raises CancelledError fails that task; the agent
+    keeps serving."""
+    await start(rt, "odd", SelfCancelling)
+    bad = await rt.wait_for_task(await rt.submit_task("self-cancel"), 5)
+    assert bad.status is TaskStatus.FAILED
+    assert "CancelledError" in (bad.error_message or "")
+    good = await rt.wait_for_task(await rt.submit_task("fine"), 5)
+    assert good.status is TaskStatus.COMPLETED
+
+
+async def test_cancel_between_dispatch_and_first_step_is_honoured(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-19: a cancel that arrives after a task was handed to an agent but before the
+    agent's code ran cancels it; the agent never sees the task."""
+    runtime: list[AgentRuntime] = []
+
+    class CancelOnStart:
+        @hookimpl
+        def miminions_event(self, event: Event) -> None:
+            # Called synchronously while the task is handed out, before its worker runs.
+            if event.event_type is EventType.TASK_STARTED and event.task_id:
+                runtime[0].executor.cancel_task(event.task_id, "cancelled by user")
+
+    async with AgentRuntime(config=make_config(), plugins=[CancelOnStart()]) as rt:
+        runtime.append(rt)
+        await start(rt, "echo", agents.EchoAgent)
+        task = await rt.wait_for_task(await rt.submit_task("t"), 5)
+        assert task.status is TaskStatus.CANCELLED
+        assert agents.CALLS == []
+
+
+class SlowPause(BaseAgent):
+    async def on_pause(self) -> dict[str, Any]:
+        await asyncio.sleep(1)
+        return {}
+
+    async def execute_task(self, task: Task) -> dict[str, int]:
+        agents.STARTED.setdefault(task.name, asyncio.Event()).set()
+        for step in range(1000):
+            await self.context.checkpoint()
+            if agents.GATES.setdefault(task.name, asyncio.Event()).is_set():
+                return {"steps": step}
+            await asyncio.sleep(0.002)
+        return {"steps": -1}
+
+
+async def test_pause_abandoned_during_slow_on_pause_lets_the_task_go_on(rt: AgentRuntime) -> None:
+    """F-04: a pause abandoned while on_pause runs reopens the gate; the task finishes."""
+    agent_id = await start(rt, "slow", SlowPause)
+    task_id = await rt.submit_task("work")
+    await asyncio.wait_for(agents.STARTED.setdefault("work", asyncio.Event()).wait(), 5)
+    with pytest.raises(TimeoutError):
+        await rt.pause_agent(agent_id, timeout_seconds=0.05)
+    agents.GATES.setdefault("work", asyncio.Event()).set()
+    assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+    assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+
+class NoSafePoint(BaseAgent):
+    async def execute_task(self, task: Task) -> None:
+        agents.STARTED.setdefault(task.name, asyncio.Event()).set()
+        await asyncio.sleep(3600)  # never calls the context
+
+
+async def test_stop_is_not_held_up_by_a_waiting_pause(rt: AgentRuntime) -> None:
+    """F-14: a stop preempts a pause that waits for a safe point that never comes."""
+    agent_id = await start(rt, "stuck", NoSafePoint)
+    task_id = await rt.submit_task("work")
+    await asyncio.wait_for(agents.STARTED.setdefault("work", asyncio.Event()).wait(), 5)
+    pausing = asyncio.create_task(rt.pause_agent(agent_id))
+    await asyncio.sleep(0.01)
+    stopped = await asyncio.wait_for(rt.stop_agent(agent_id, graceful=False), 5)
+    assert stopped.status is AgentStatus.STOPPED
+    with pytest.raises(InvalidStateError, match="being stopped"):
+        await pausing
+    assert rt.get_task_status(task_id).status is TaskStatus.PENDING  # re-queued, not lost
+
+
+class HangingStart(BaseAgent):
+    async def on_start(self) -> None:
+        await asyncio.sleep(3600)
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+async def test_hanging_on_start_fails_the_agent(make_config: Callable[..., RuntimeConfig]) -> None:
+    """F-07: an on_start that never returns fails the agent after the start timeout."""
+    async with AgentRuntime(config=make_config(agent_start_timeout_seconds=0.05)) as rt:
+        agent_id = await rt.register_agent("hang", HangingStart)
+        status = await rt.start_agent(agent_id)
+        assert status.status is AgentStatus.FAILED
+        assert "did not finish within 0.05 s" in (status.error_message or "")
+        assert rt.get_capacity().active_agents == 0
+
+
+async def test_waiters_are_released_when_the_runtime_stops(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-14: wait_for_task does not hang once the runtime stops; the task stays stored."""
+    rt = AgentRuntime(config=make_config())
+    await rt.start()
+    task_id = await rt.submit_task("nobody-runs-this")
+    waiting = asyncio.create_task(rt.wait_for_task(task_id))
+    await asyncio.sleep(0)
+    await rt.stop()
+    with pytest.raises(RuntimeNotRunningError, match="stored"):
+        await asyncio.wait_for(waiting, 5)
+
+
+class CountingSync:
+    """A sync agent that records how many of its calls overlap."""
+
+    lock = threading.Lock()
+    active = 0
+    most = 0
+
+    def execute_task(self, task: Task) -> dict[str, str]:
+        with self.lock:
+            CountingSync.active += 1
+            CountingSync.most = max(CountingSync.most, CountingSync.active)
+        try:
+            time.sleep(task.input_data.get("seconds", 0))
+        finally:
+            with self.lock:
+                CountingSync.active -= 1
+        return {"thread": threading.current_thread().name}
+
+
+async def test_timed_out_sync_call_never_runs_beside_the_next(rt: AgentRuntime) -> None:
+    """F-22: an abandoned sync call still occupies its agent's thread; the agent's next
+    task waits for it instead of running concurrently on the same instance."""
+    CountingSync.most = 0
+    await start(rt, "sync", CountingSync)
+    slow = await rt.submit_task("slow", {"seconds": 0.3}, timeout_seconds=0.05)
+    after = [await rt.submit_task(f"next-{i}") for i in range(3)]
+    assert (await rt.wait_for_task(slow, 5)).status is TaskStatus.FAILED
+    for task_id in after:
+        task = await rt.wait_for_task(task_id, 5)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.output_data["thread"].startswith("miminions-sync")
+    assert CountingSync.most == 1
+
+
+async def test_queued_starts_keep_order_and_the_limit(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-08: a freed slot goes to the first queued start; a new start queues behind it."""
+    config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
+    async with AgentRuntime(config=config) as rt:
+        first = await start(rt, "first", agents.EchoAgent)
+        queued = await rt.register_agent("queued", agents.EchoAgent)
+        late = await rt.register_agent("late", agents.EchoAgent)
+        await rt.start_agent(queued)
+        await rt.stop_agent(first)
+        assert (await rt.start_agent(late)).status is AgentStatus.QUEUED
+        task = await rt.wait_for_task(await rt.submit_task("t", agent_id=queued), 5)
+        assert task.assigned_agent_id == queued
+        assert rt.get_capacity().active_agents == 1
+
+
+class StopAware(BaseAgent):
+    async def execute_task(self, task: Task) -> dict[str, bool]:
+        agents.STARTED.setdefault(task.name, asyncio.Event()).set()
+        while not self.context.is_stopping:  # noqa: ASYNC110 - polling the flag is the test
+            await asyncio.sleep(0.005)
+        return {"noticed_stop": True}
+
+
+async def test_context_is_stopping_during_graceful_stop(rt: AgentRuntime) -> None:
+    """F-14: during a graceful stop the running task sees is_stopping and can finish."""
+    agent_id = await start(rt, "aware", StopAware)
+    task_id = await rt.submit_task("work")
+    await asyncio.wait_for(agents.STARTED.setdefault("work", asyncio.Event()).wait(), 5)
+    await rt.stop_agent(agent_id, graceful=True, timeout_seconds=5)
+    task = await rt.wait_for_task(task_id, 5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.output_data == {"noticed_stop": True}
+
+
+async def test_values_the_database_cannot_hold_are_rejected(rt: AgentRuntime) -> None:
+    """R-04: out-of-range retries and non-string idempotency keys never reach the store."""
+    with pytest.raises(ValidationError, match="max_retries"):
+        await rt.submit_task("t", max_retries=10**30)
+    with pytest.raises(ValidationError, match="idempotency_key"):
+        await rt.submit_task("t", idempotency_key=("a", 1))  # type: ignore[arg-type]
+    assert rt.get_queue_status().total == 0
+
+
+def test_retry_delay_never_overflows() -> None:
+    """F-19: very late retries are capped, not an overflow."""
+    assert retry_delay(5000, 0.5, 60.0) == 60.0
