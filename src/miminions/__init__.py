@@ -58,7 +58,7 @@ from miminions.kernel.models import (
 )
 from miminions.kernel.run import run
 from miminions.kernel.runtime import AgentRuntime
-from miminions.kernel.task_book import TaskRequest
+from miminions.kernel.task_input import TaskRequest
 
 __version__ = "0.1.0"
 

@@ -38,7 +38,7 @@ from miminions.kernel.models import (
 )
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.kernel.supervisor import check_request, check_transition
-from miminions.kernel.task_book import describe_error, to_json_value
+from miminions.kernel.task_input import describe_error, to_json_value
 from miminions.kernel.validation import check_seconds
 
 if TYPE_CHECKING:

@@ -53,7 +53,8 @@ from miminions.kernel.models import (
 from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
 from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result
 from miminions.kernel.scheduler import Scheduler
-from miminions.kernel.task_book import TaskBook, TaskRequest
+from miminions.kernel.task_book import TaskBook
+from miminions.kernel.task_input import TaskRequest
 from miminions.kernel.validation import build_event_query, check_limit, check_seconds, parse_enum
 
 _T = TypeVar("_T")

@@ -1,0 +1,65 @@
+"""What goes into a task: the request model, id generation, JSON checks, error text."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from miminions.kernel.errors import ValidationError
+from miminions.kernel.models import JSONObject
+
+MAX_RETRIES = 10_000
+
+
+class TaskRequest(BaseModel):
+    """One task of a :meth:`AgentRuntime.submit_tasks` batch.
+
+    ``task_id`` is optional; give one when other tasks of the same batch depend on it.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    input_data: JSONObject | None = None
+    priority: int = 50
+    dependencies: list[str] = Field(default_factory=list)
+    timeout_seconds: float | None = None
+    max_retries: int = 0
+    agent_id: str | None = None
+    group: str | None = None
+    idempotency_key: str | None = None
+    task_id: str | None = None
+
+
+def to_json_value(value: Any, what: str) -> Any:
+    """Return an independent JSON copy of ``value``; raise ValidationError if it is not JSON."""
+    if value is None or (type(value) is dict and not value):
+        return {} if value is not None else None
+    try:
+        return json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(
+            f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {exc}"
+        ) from None
+
+
+def new_task_id() -> str:
+    """A unique, roughly time-ordered id: 14 hex digits of microseconds, 10 random.
+
+    Time order keeps database index inserts near the end of the B-tree instead of at
+    random pages, which keeps bulk writes fast as the table grows.
+    """
+    return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+
+
+def describe_error(error: BaseException) -> str:
+    """A one-line description of an exception for ``Task.error_message``."""
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+__all__ = ["MAX_RETRIES", "TaskRequest", "describe_error", "new_task_id", "to_json_value"]
