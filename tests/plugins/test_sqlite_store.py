@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from miminions.kernel.errors import (
     AlreadyExistsError,
     ConfigurationError,
     InvalidStateError,
+    MiminionsError,
     RuntimeNotRunningError,
     ValidationError,
 )
@@ -34,7 +36,7 @@ from miminions.kernel.models import (
     TaskStatus,
 )
 from miminions.plugins import sqlite_schema
-from miminions.plugins.sqlite_store import SQLiteStore, miminions_make_store
+from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -329,10 +331,10 @@ async def test_cancelling_one_wait_does_not_cancel_the_commit(store: SQLiteStore
     assert {t.task_id for t in await store.load_tasks()} == {"a", "b"}
 
 
-async def test_failed_commit_rejects_its_writes_and_store_stays_usable(
-    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+async def test_failed_statement_is_retried_and_nothing_is_lost(
+    store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A commit that fails rejects every write in it; the next write commits normally."""
+    """An operational error rolls the batch back and retries it; every write is stored once."""
     conn = store._conn
     assert conn is not None
     real_execute = conn.execute
@@ -340,7 +342,7 @@ async def test_failed_commit_rejects_its_writes_and_store_stays_usable(
 
     async def fail_once(sql: str, params: Any = None) -> Any:
         # Fail the event insert, after the task rows went into the transaction: those must
-        # be rolled back, not committed by the next commit.
+        # be rolled back and written again, not stored twice.
         nonlocal calls
         if "INTO events" in sql:
             calls += 1
@@ -351,14 +353,273 @@ async def test_failed_commit_rejects_its_writes_and_store_stays_usable(
     monkeypatch.setattr(conn, "execute", fail_once)
     first, second = store.put_task(make_task("a")), store.put_task(make_task("b"))
     store.put_event(make_event(0))
-    with pytest.raises(sqlite3.OperationalError, match="disk I/O"):
-        await first
-    with pytest.raises(sqlite3.OperationalError):
-        await second
+    await asyncio.gather(first, second)
+    assert calls == 2
+    assert raw(db_path, "SELECT task_id FROM tasks ORDER BY seq") == [("a",), ("b",)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1,)]
 
     await store.put_task(make_task("c"))
-    assert [t.task_id for t in await store.load_tasks()] == ["c"]
-    assert await store.query_events(EventQuery()) == []
+    assert [t.task_id for t in await store.load_tasks()] == ["a", "b", "c"]
+
+
+# ----------------------------------------------------------------------------- failures
+def failing(
+    real: Callable[..., Awaitable[Any]], times: int, error: Exception | None = None
+) -> tuple[Callable[..., Awaitable[Any]], list[int]]:
+    """Wrap an aiosqlite method to raise ``error`` on its first ``times`` calls.
+
+    Returns the wrapper and a one-item list counting the calls; setting ``times`` below the
+    count (``state[1] = 0``) removes the fault.
+    """
+    state = [0, times]
+
+    async def method(*args: Any) -> Any:
+        state[0] += 1
+        if state[0] <= state[1]:
+            raise error or sqlite3.OperationalError("database is locked")
+        return await real(*args)
+
+    return method, state
+
+
+@pytest.fixture
+async def quick_store(db_path: Path) -> AsyncIterator[SQLiteStore]:
+    """A store that retries a failed commit 3 times, without pausing."""
+    s = SQLiteStore(str(db_path), commit_attempts=3, retry_delay=0)
+    await s.open()
+    yield s
+    await s.close()
+
+
+async def test_too_large_int_rejects_only_its_own_write(store: SQLiteStore, db_path: Path) -> None:
+    """A value SQLite cannot hold fails its own put; the rest of the batch is stored."""
+    good = store.put_task(make_task("good"))
+    huge = store.put_task(make_task("huge", max_retries=10**30))
+    meta = store.put_meta("k", 1)
+    store.put_event(make_event(0))
+    await good
+    await meta
+    with pytest.raises(ValidationError, match=r"huge.*Overflow"):
+        await huge
+    assert raw(db_path, "SELECT task_id FROM tasks") == [("good",)]
+    assert raw(db_path, "SELECT key FROM meta") == [("k",)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1,)]
+    assert store._queued() == 0  # a rejected write is not retried
+
+
+async def test_unbindable_value_rejects_only_its_own_write(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """A tuple idempotency key (not a type SQLite binds) fails its own put only."""
+    bad = make_task("bad")
+    bad.idempotency_key = ("a", 1)  # type: ignore[assignment]
+    neighbours = [store.put_task(make_task(f"n{i}")) for i in range(5)]
+    rejected = store.put_task(bad)
+    neighbours.append(store.put_task(make_task("after")))
+    await asyncio.gather(*neighbours)
+    with pytest.raises(ValidationError, match="'bad'"):
+        await rejected
+    stored = [r[0] for r in raw(db_path, "SELECT task_id FROM tasks ORDER BY seq")]
+    assert stored == ["n0", "n1", "n2", "n3", "n4", "after"]
+
+
+async def test_bad_event_row_is_dropped_and_the_others_kept(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """An event row SQLite cannot bind is logged and dropped; the other events keep order."""
+    store.put_event(make_event(0, details={"n": 0}))
+    store.put_event(Event.model_construct(**{**make_event(1).__dict__, "agent_id": ("x",)}))
+    store.put_event(make_event(2, details={"n": 2}))
+    task = store.put_task(make_task())
+    await store.flush()
+    await task
+    assert [e.details for e in await store.query_events(EventQuery())] == [{"n": 0}, {"n": 2}]
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1,)]
+
+
+async def test_failed_commit_is_retried_and_waiters_succeed(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An OperationalError at COMMIT is retried; everybody's writes are stored."""
+    store = quick_store
+    assert store._conn is not None
+    commit, state = failing(store._conn.commit, 1)
+    monkeypatch.setattr(store._conn, "commit", commit)
+    puts = [store.put_task(make_task(f"t{i}")) for i in range(3)]
+    puts.append(store.put_meta("k", "v"))
+    store.put_event(make_event(0))
+    await asyncio.gather(*puts)
+    assert state[0] == 2
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(3,)]
+    assert raw(db_path, "SELECT value FROM meta") == [('"v"',)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1,)]
+
+
+async def test_writes_during_a_failed_commit_are_not_overwritten(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Put back after a failure, old writes yield to newer puts of a key; events keep order."""
+    store = quick_store
+    assert store._conn is not None
+    real_commit = store._conn.commit
+    late: list[Any] = []
+
+    async def commit() -> None:
+        if not late:  # writes arriving while the first commit is in flight, which then fails
+            newer = make_task("a", status=TaskStatus.RUNNING)
+            late.append(store.put_task(newer))
+            late.append(store.put_task(make_task("b")))
+            store.put_event(make_event(1, details={"n": 1}))
+            raise sqlite3.OperationalError("disk I/O error")
+        await real_commit()
+
+    monkeypatch.setattr(store._conn, "commit", commit)
+    first = store.put_task(make_task("a"))
+    store.put_event(make_event(0, details={"n": 0}))
+    await asyncio.gather(first, *late)
+    assert raw(db_path, "SELECT task_id, status FROM tasks ORDER BY seq") == [
+        ("a", "running"),
+        ("b", "pending"),
+    ]
+    assert [e.details for e in await store.query_events(EventQuery())] == [{"n": 0}, {"n": 1}]
+
+
+async def test_retries_back_off_exponentially(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Each retry is logged as a warning, the pause doubling up to its cap."""
+    async with SQLiteStore(
+        str(db_path), commit_attempts=5, retry_delay=0.001, max_retry_delay=0.004
+    ) as store:
+        assert store._conn is not None
+        commit, state = failing(store._conn.commit, 4)
+        monkeypatch.setattr(store._conn, "commit", commit)
+        with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
+            await store.put_task(make_task())
+        assert state[0] == 5
+        retries = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert [m.split("retrying in ")[1].split(" s")[0] for m in retries] == [
+            "0.001",
+            "0.002",
+            "0.004",
+            "0.004",
+        ]
+        assert [m.rsplit("(", 1)[1] for m in retries] == [
+            "attempt 2 of 5)",
+            "attempt 3 of 5)",
+            "attempt 4 of 5)",
+            "attempt 5 of 5)",
+        ]
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1,)]
+
+
+async def test_persistent_failure_keeps_writes_queued_until_flush(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After the bounded attempts waiters get a StoreError; the rows stay queued for flush."""
+    store = quick_store
+    assert store._conn is not None
+    commit, state = failing(store._conn.commit, 10**9, sqlite3.OperationalError("disk I/O"))
+    monkeypatch.setattr(store._conn, "commit", commit)
+    task, meta = store.put_task(make_task("a")), store.put_meta("k", 1)
+    store.put_event(make_event(0))
+    with pytest.raises(StoreError, match=r"3 attempts.*disk I/O") as failure:
+        await task
+    assert isinstance(failure.value, MiminionsError)
+    assert isinstance(failure.value.__cause__, sqlite3.OperationalError)
+    with pytest.raises(StoreError):
+        await meta
+    assert state[0] == 3
+    assert store._queued() == 3
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(0,)]
+
+    assert await store.load_tasks() == []  # reads still work (and do not retry)
+    assert state[0] == 3
+    with pytest.raises(StoreError):  # flush retries, and says it failed
+        await store.flush()
+    assert state[0] == 6
+    assert store._queued() == 3
+
+    state[1] = 0  # the fault goes away
+    await store.flush()
+    assert store._queued() == 0
+    assert raw(db_path, "SELECT task_id FROM tasks") == [("a",)]
+    assert raw(db_path, "SELECT key FROM meta") == [("k",)]
+    assert raw(db_path, "SELECT COUNT(*) FROM events") == [(1,)]
+
+
+async def test_next_put_retries_writes_of_a_failed_commit(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writes left queued by a commit that gave up go out with the next put's commit."""
+    store = quick_store
+    assert store._conn is not None
+    commit, state = failing(store._conn.commit, 3)
+    monkeypatch.setattr(store._conn, "commit", commit)
+    with pytest.raises(StoreError):
+        await store.put_task(make_task("a"))
+    await store.put_task(make_task("b"))
+    assert state[0] == 4
+    assert raw(db_path, "SELECT task_id FROM tasks ORDER BY seq") == [("a",), ("b",)]
+
+
+async def test_close_after_persistent_failure_names_lost_writes(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() makes a final attempt, then raises naming how many writes were not stored."""
+    store = quick_store
+    assert store._conn is not None
+    commit, state = failing(store._conn.commit, 10**9)
+    monkeypatch.setattr(store._conn, "commit", commit)
+    pending = store.put_task(make_task("a"))
+    store.put_event(make_event(0))
+    with pytest.raises(StoreError):
+        await pending
+    assert state[0] == 3
+    with pytest.raises(StoreError, match="2 queued writes could not be stored"):
+        await store.close()
+    assert state[0] == 6
+    assert store._conn is None  # released all the same
+    await store.close()  # a second close does nothing
+
+
+async def test_close_during_retries_waits_for_them(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() while a failed commit is being retried waits for the retry, which stores it."""
+    store = quick_store
+    assert store._conn is not None
+    commit, state = failing(store._conn.commit, 2)
+    monkeypatch.setattr(store._conn, "commit", commit)
+    pending = store.put_task(make_task("a"))
+    await store.close()
+    await pending
+    assert state[0] == 3
+    assert raw(db_path, "SELECT task_id FROM tasks") == [("a",)]
+
+
+async def test_row_error_and_operational_error_in_one_batch(
+    quick_store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A retried batch still rejects its bad row, and only that one."""
+    store = quick_store
+    assert store._conn is not None
+    commit, state = failing(store._conn.commit, 1)
+    monkeypatch.setattr(store._conn, "commit", commit)
+    good = store.put_task(make_task("good"))
+    huge = store.put_task(make_task("huge", retry_count=2**64))
+    await good
+    with pytest.raises(ValidationError, match="huge"):
+        await huge
+    assert state[0] == 2
+    assert raw(db_path, "SELECT task_id FROM tasks") == [("good",)]
+
+
+def test_retry_settings_are_checked(db_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="commit_attempts"):
+        SQLiteStore(str(db_path), commit_attempts=0)
+    with pytest.raises(ConfigurationError, match="retry_delay"):
+        SQLiteStore(str(db_path), retry_delay=-1)
 
 
 async def test_unserializable_task_rejects_only_its_own_write(store: SQLiteStore) -> None:

@@ -9,6 +9,18 @@ while a commit runs shares the next one. A batch is written with multi-row state
 aiosqlite thread together, then one ``COMMIT``: two trips to that thread per batch, not one
 per row or per table. Tables, SQL and row codecs are in
 :mod:`miminions.plugins.sqlite_schema`.
+
+A failed commit never loses the writes of a whole batch:
+
+* a row whose *data* cannot be stored (a UNIQUE conflict, an int too large for SQLite, a value
+  of a type SQLite cannot bind, a value that is not JSON) rejects only its own write: the batch
+  is redone statement by statement, a failing statement row by row, and the others commit;
+* an operational failure (disk I/O, ``database is locked``, ...) rolls the batch back and puts
+  its writes back in the queue, in front of newer ones, and the commit is retried with
+  exponential backoff while its waiters keep waiting. After ``commit_attempts`` attempts the
+  waiters get a :class:`StoreError`, but the writes stay queued: the next ``put_*``,
+  :meth:`SQLiteStore.flush` or :meth:`SQLiteStore.close` tries again, and ``close`` raises if
+  it still cannot store them.
 """
 
 from __future__ import annotations
@@ -30,6 +42,7 @@ from miminions.kernel.errors import (
     AlreadyExistsError,
     ConfigurationError,
     InvalidStateError,
+    MiminionsError,
     RuntimeNotRunningError,
     ValidationError,
 )
@@ -53,6 +66,41 @@ _WRITER_PRAGMAS = (
     "PRAGMA journal_size_limit=67108864",
 )
 _MEMORY = ":memory:"
+
+# Commit retries after an operational failure: 0.05 s, doubling, at most 2 s between attempts.
+_COMMIT_ATTEMPTS = 8
+_RETRY_DELAY = 0.05
+_MAX_RETRY_DELAY = 2.0
+
+# Errors caused by the data of a row, not by the database: they reject that row's write only.
+# (sqlite3 raises ProgrammingError, InterfaceError on older versions, for a value of a type it
+# cannot bind, OverflowError for an int beyond 64 bits, DataError for a value too big.)
+_ROW_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+_NO_REJECTIONS: dict[tuple[str, str], BaseException] = {}  # shared, never written to
+
+
+class StoreError(MiminionsError):
+    """Queued writes could not be committed; they stay queued and a later commit retries them."""
+
+
+def _retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is an operational failure of the database, worth retrying the commit."""
+    return isinstance(exc, (sqlite3.DatabaseError, OSError)) and not isinstance(exc, _ROW_ERRORS)
+
+
+def _rejection(kind: str, key: Any, exc: BaseException) -> MiminionsError:
+    """The error a write gets when its row could not be stored because of its data."""
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+        return AlreadyExistsError(f"{kind} {key!r} conflicts with a stored one: {exc}")
+    return ValidationError(f"{kind} {key!r} cannot be stored: {type(exc).__name__}: {exc}")
 
 
 # ----------------------------------------------------------------------------- statements
@@ -120,11 +168,17 @@ class _Batch:
         self.done = False
         self.error: BaseException | None = None
         self.waiters: list[asyncio.Future[None]] = []
-        self.rejected: dict[tuple[str, str], BaseException] = {}
+        self.rejected = _NO_REJECTIONS
 
-    def settle(self, error: BaseException | None = None) -> None:
+    def settle(
+        self,
+        error: BaseException | None = None,
+        rejected: dict[tuple[str, str], BaseException] | None = None,
+    ) -> None:
         """Record the outcome of the commit and wake every waiter with it."""
         self.done, self.error = True, error
+        if rejected:
+            self.rejected = rejected
         waiters, self.waiters = self.waiters, []
         for waiter in waiters:
             if waiter.done():  # its caller gave up waiting
@@ -148,7 +202,9 @@ class _Batch:
 class _Committed:
     """What ``put_*`` returns: awaiting it waits for the commit holding that write.
 
-    Raises the commit's error, or the error that kept this one write out of it.
+    Raises the error that kept this one write out of its commit (``ValidationError``,
+    ``AlreadyExistsError``), or the commit's own error (a :class:`StoreError` once the commit
+    gave up retrying; the write then stays queued for the next commit).
     """
 
     __slots__ = ("_batch", "_key", "_kind")
@@ -172,11 +228,31 @@ class SQLiteStore:
 
     ``readonly=True`` opens an existing database without migrating it, for tools that inspect
     a database another process is writing; every ``put_*`` then raises ``InvalidStateError``.
+    A commit that fails for an operational reason is tried ``commit_attempts`` times, waiting
+    ``retry_delay`` seconds after the first failure, doubling up to ``max_retry_delay``.
     """
 
-    def __init__(self, path: str, *, readonly: bool = False) -> None:
+    def __init__(
+        self,
+        path: str,
+        *,
+        readonly: bool = False,
+        commit_attempts: int = _COMMIT_ATTEMPTS,
+        retry_delay: float = _RETRY_DELAY,
+        max_retry_delay: float = _MAX_RETRY_DELAY,
+    ) -> None:
+        if commit_attempts < 1:
+            raise ConfigurationError(f"commit_attempts must be at least 1, not {commit_attempts}")
+        if not 0 <= retry_delay <= max_retry_delay:
+            raise ConfigurationError(
+                "need 0 <= retry_delay <= max_retry_delay, "
+                f"not retry_delay={retry_delay}, max_retry_delay={max_retry_delay}"
+            )
         self.path = os.fspath(path)
         self.readonly = readonly
+        self.commit_attempts = commit_attempts
+        self.retry_delay = retry_delay
+        self.max_retry_delay = max_retry_delay
         self._conn: aiosqlite.Connection | None = None
         self._closed = False
         self._tasks: dict[str, Task] = {}
@@ -189,6 +265,9 @@ class SQLiteStore:
         self._batch: _Batch | None = None  # collecting writes for the next commit
         self._committing: _Batch | None = None  # being committed now
         self._committer: asyncio.Task[None] | None = None
+        # A failed commit may have left its transaction open (its rollback failed too).
+        self._dirty = False
+        self._commit_sent = False  # the COMMIT of the batch being written was handed over
 
     @classmethod
     async def open_readonly(cls, path: str) -> SQLiteStore:
@@ -263,16 +342,32 @@ class SQLiteStore:
         return conn
 
     async def close(self) -> None:
-        """Commit everything queued and release the database; a second call does nothing."""
+        """Commit everything queued and release the database; a second call does nothing.
+
+        Waits for a commit in progress (with its retries); writes a failed commit left queued
+        get one final round of attempts. Raises :class:`StoreError`, naming how many writes
+        were not stored, if that fails too; the database is released either way.
+        """
         if self._closed:
             return
         self._closed = True  # refuse new batches; writes already queued still commit
         try:
-            await self.flush()
+            if self._batch is not None or self._committing is not None:
+                with contextlib.suppress(Exception):  # a failure leaves its writes queued
+                    await self.flush()
+            if self._queued():  # left behind by a commit that gave up: a final attempt
+                try:
+                    await self.flush()
+                except Exception as exc:
+                    raise StoreError(
+                        f"closing {self.path!r}: {self._queued()} queued writes could not be "
+                        f"stored: {exc}"
+                    ) from exc
         finally:
-            if self._conn is not None:
-                await self._conn.close()
-                self._conn = None
+            # Forget the connection before closing it, so a commit still running sees it gone.
+            conn, self._conn = self._conn, None
+            if conn is not None:
+                await conn.close()
 
     # ------------------------------------------------------------------------- writes
     def put_task(self, task: Task) -> _Committed:
@@ -314,11 +409,24 @@ class SQLiteStore:
             raise InvalidStateError(f"store {self.path!r} was opened read-only; it takes no writes")
         if self._closed:
             raise RuntimeNotRunningError(f"store {self.path!r} is closed")
+        return self._start_batch()
+
+    def _start_batch(self) -> _Batch:
         if self._conn is None:
             raise RuntimeNotRunningError("the store is not open; await store.open() first")
         batch = self._batch = _Batch(asyncio.get_running_loop())
         self._ensure_committer()
         return batch
+
+    def _queued(self) -> int:
+        """How many writes are queued and not committed (including those of a failed commit)."""
+        return (
+            len(self._tasks)
+            + len(self._agents)
+            + len(self._dead_letters)
+            + len(self._meta)
+            + len(self._events)
+        )
 
     def _ensure_committer(self) -> None:
         if self._committer is None:
@@ -329,46 +437,170 @@ class SQLiteStore:
             )
 
     async def _commit_loop(self) -> None:
-        """Commit batches until nothing is queued; writes made meanwhile form the next batch."""
+        """Commit batches until nothing is queued; writes made meanwhile form the next batch.
+
+        A batch whose commit failed for an operational reason has its writes put back in the
+        queue and is retried after a pause; writes queued meanwhile join the retry, and the
+        batches involved are settled together once it succeeds or gives up.
+        """
+        carried: list[_Batch] = []  # batches of a failed attempt, waiting for the retry
+        failures = 0  # consecutive failed attempts of this round
         try:
             while (batch := self._batch) is not None:
+                group = [*carried, batch] if carried else [batch]
                 tasks, self._tasks = self._tasks, {}
                 agents, self._agents = self._agents, {}
                 dead_letters, self._dead_letters = self._dead_letters, {}
                 meta, self._meta = self._meta, {}
                 events, self._events = self._events, []
                 self._batch, self._committing = None, batch
+                rejected: dict[tuple[str, str], BaseException] = {}
+                self._commit_sent = False
                 try:
-                    await self._write(batch, tasks, agents, dead_letters, meta, events)
-                except asyncio.CancelledError as exc:
-                    batch.settle(exc)
-                    raise
-                except Exception as exc:
-                    logger.error("commit to %r failed: %s", self.path, exc)
-                    batch.settle(exc)
+                    if self._dirty:
+                        await self._roll_back_leftover()
+                    await self._write(rejected, tasks, agents, dead_letters, meta, events)
+                except BaseException as exc:
+                    self._committing = None
+                    if self._commit_sent and isinstance(exc, asyncio.CancelledError):
+                        # Cancelled while the database thread commits: it most likely stores
+                        # them. Keyed rows are upserts, so queueing them again is harmless;
+                        # events would be stored twice.
+                        logger.warning(
+                            "commit to %r cancelled while committing; %d events may be lost "
+                            "if that commit failed",
+                            self.path,
+                            len(events),
+                        )
+                        events = []
+                    self._requeue(tasks, agents, dead_letters, meta, events)
+                    failures += 1
+                    if failures < self.commit_attempts and _retryable(exc):
+                        carried = await self._retry_later(batch, group, exc, failures)
+                        continue
+                    failures, carried = 0, []
+                    self._give_up(group, exc)
+                    if not isinstance(exc, Exception):  # cancelled, interrupted
+                        raise
                 else:
-                    batch.settle()
+                    failures, carried = 0, []
+                    for done in group:
+                        done.settle(None, rejected)
                 finally:
                     self._committing = None
         finally:
             self._committer = None
 
-    async def _write(
+    def _requeue(
         self,
-        batch: _Batch,
         tasks: dict[str, Task],
         agents: dict[str, StoredAgent],
         dead_letters: dict[str, DeadLetter],
         meta: dict[str, tuple[str, Any]],
         events: list[schema.Row],
     ) -> None:
-        """Write one batch in one transaction; roll back on failure."""
+        """Put the writes of a failed commit back in front of those queued since.
+
+        A key written again meanwhile keeps its newer value; events keep their order.
+        """
+        if tasks:
+            tasks.update(self._tasks)
+            self._tasks = tasks
+        if agents:
+            agents.update(self._agents)
+            self._agents = agents
+        if dead_letters:
+            dead_letters.update(self._dead_letters)
+            self._dead_letters = dead_letters
+        if meta:
+            meta.update(self._meta)
+            self._meta = meta
+        if events:
+            events.extend(self._events)
+            self._events = events
+
+    async def _retry_later(
+        self, batch: _Batch, group: list[_Batch], exc: BaseException, failures: int
+    ) -> list[_Batch]:
+        """Wait before the next attempt; return the batches to settle with it.
+
+        Writes queued meanwhile join the retried batch (or the newer batch already collecting
+        them), so their waiters and those of ``group`` are answered by the same commit.
+        """
+        delay = min(self.retry_delay * 2 ** (failures - 1), self.max_retry_delay)
+        logger.warning(
+            "commit to %r failed (%s: %s); retrying in %.3g s (attempt %d of %d)",
+            self.path,
+            type(exc).__name__,
+            exc,
+            delay,
+            failures + 1,
+            self.commit_attempts,
+        )
+        if self._batch is None:
+            self._batch, carried = batch, group[:-1]
+        else:
+            carried = group
+        try:
+            await asyncio.sleep(delay)
+        except asyncio.CancelledError as cancelled:
+            if self._batch is batch:
+                self._batch = None
+            for waiting in group:  # the writes stay queued for a later flush
+                waiting.settle(cancelled)
+            raise
+        return carried
+
+    def _give_up(self, group: list[_Batch], exc: BaseException) -> None:
+        """Fail the waiters of a commit that could not be made; its writes stay queued."""
+        if isinstance(exc, asyncio.CancelledError):
+            error: BaseException = exc
+        else:
+            logger.error(
+                "commit to %r failed: %s: %s; %d writes stay queued for the next commit",
+                self.path,
+                type(exc).__name__,
+                exc,
+                self._queued(),
+            )
+            if isinstance(exc, Exception) and not _retryable(exc):
+                error = exc
+            else:
+                how = f"in {self.commit_attempts} attempts" if _retryable(exc) else "(interrupted)"
+                error = StoreError(
+                    f"could not commit to {self.path!r} {how}: {type(exc).__name__}: {exc}; "
+                    "the writes stay queued and the next commit (a put, flush() or close()) "
+                    "tries again"
+                )
+                error.__cause__ = exc
+        for done in group:
+            done.settle(error)
+
+    async def _roll_back_leftover(self) -> None:
+        """End a transaction a failed commit could not roll back, before writing anew."""
+        conn = self._conn
+        if conn is not None and conn.in_transaction:
+            await conn.rollback()
+        self._dirty = False
+
+    async def _write(
+        self,
+        rejected: dict[tuple[str, str], BaseException],
+        tasks: dict[str, Task],
+        agents: dict[str, StoredAgent],
+        dead_letters: dict[str, DeadLetter],
+        meta: dict[str, tuple[str, Any]],
+        events: list[schema.Row],
+    ) -> None:
+        """Write one batch in one transaction; roll back on failure.
+
+        Writes whose rows cannot be stored are left out and recorded in ``rejected``.
+        """
         conn = self._conn
         if conn is None:  # closed underneath us; cannot happen through the public API
             raise RuntimeNotRunningError("the store was closed before the commit")
-        rejected = batch.rejected
         # Keyed writes in table order, then events. A keyed row's key is its first column.
-        keyed = (
+        writes = (
             (schema.UPSERT_TASK, "task", _rows("task", tasks, schema.task_row, rejected)),
             (schema.UPSERT_AGENT, "agent", _rows("agent", agents, schema.agent_row, rejected)),
             (
@@ -377,52 +609,77 @@ class SQLiteStore:
                 _rows("dead letter", dead_letters, schema.dead_letter_row, rejected),
             ),
             (schema.UPSERT_META, "meta", _rows("meta", meta, schema.meta_row, rejected)),
+            (schema.INSERT_EVENT, "event", events),
         )
-        appended = _statements(schema.INSERT_EVENT, events) if events else []
-        statements = [s for write, _, rows in keyed for s in _statements(write, rows)]
+        statements = [s for write, _, rows in writes if rows for s in _statements(write, rows)]
         try:
-            error = await _execute_all(conn, statements + appended)
-            if isinstance(error, sqlite3.IntegrityError):
-                # A row broke a UNIQUE rule (an idempotency key or agent name used twice).
-                # Redo the batch with keyed rows one by one, rejecting only the offenders.
-                await conn.rollback()
-                await self._write_keyed_one_by_one(conn, keyed, rejected)
-                error = await _execute_all(conn, appended)
+            error = await _execute_all(conn, statements)
             if error is not None:
-                raise error
+                if not isinstance(error, _ROW_ERRORS):
+                    raise error
+                # A row could not be stored (a UNIQUE rule broken, a value SQLite cannot
+                # hold). Redo the batch statement by statement, rejecting only the culprits.
+                await conn.rollback()
+                await self._write_one_by_one(conn, writes, rejected)
+            self._commit_sent = True
             await conn.commit()
         except BaseException:
             try:
                 await conn.rollback()
             except Exception:  # the original error is the one to report
+                self._dirty = True
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
 
-    @staticmethod
-    async def _write_keyed_one_by_one(
+    async def _write_one_by_one(
+        self,
         conn: aiosqlite.Connection,
-        keyed: Iterable[tuple[schema.BulkWrite, str, list[schema.Row]]],
+        writes: Iterable[tuple[schema.BulkWrite, str, list[schema.Row]]],
         rejected: dict[tuple[str, str], BaseException],
     ) -> None:
-        """Write keyed rows one statement each; a UNIQUE conflict rejects only its row."""
-        for write, kind, rows in keyed:
-            for row in rows:
-                try:
-                    await conn.execute(write.statements[1], row)
-                except sqlite3.IntegrityError as exc:
-                    logger.error("not storing %s %r: %s", kind, row[0], exc)
-                    rejected[(kind, row[0])] = AlreadyExistsError(
-                        f"{kind} {row[0]!r} conflicts with a stored one: {exc}"
-                    )
+        """Write rows one statement at a time, in order; a failing statement row by row.
+
+        A row that fails on its own because of its data is left out: a keyed one rejects its
+        write (recorded in ``rejected``), an event is logged and dropped. A failed statement
+        changes nothing, so the rows before and after it are kept. Any other error is raised.
+        """
+        for write, kind, rows in writes:
+            for start, size in write.plan(len(rows)):
+                chunk = rows[start : start + size]
+                if size > 1:
+                    try:
+                        await conn.execute(write.statements[size], list(chain.from_iterable(chunk)))
+                        continue
+                    except _ROW_ERRORS:
+                        pass  # find the culprits below
+                for row in chunk:
+                    try:
+                        await conn.execute(write.statements[1], row)
+                    except _ROW_ERRORS as exc:
+                        if self._conn is not conn:  # closed: not the row's fault
+                            raise RuntimeNotRunningError(
+                                f"store {self.path!r} was closed during a commit"
+                            ) from exc
+                        if kind == "event":
+                            logger.error("not storing event row %r: %s", row, exc)
+                            continue
+                        logger.error("not storing %s %r: %s", kind, row[0], exc)
+                        rejected[(kind, row[0])] = _rejection(kind, row[0], exc)
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed.
 
-        Raises the error of that commit if it failed.
+        Writes a failed commit left queued are tried again. Raises the error of that commit
+        (a :class:`StoreError` if it gave up retrying) if it failed.
         """
+        await self._wait_for_commit(retry_failed=True)
+
+    async def _wait_for_commit(self, *, retry_failed: bool) -> None:
         if self._batch is not None:
             # Normally a committer is already on it; one cancelled with the loop is not.
             self._ensure_committer()
+        elif retry_failed and self._committing is None and self._queued():
+            self._start_batch()  # writes left queued by a commit that gave up
         batch = self._batch or self._committing
         if batch is not None:
             await batch
@@ -430,8 +687,9 @@ class SQLiteStore:
     async def _reader(self) -> aiosqlite.Connection:
         """The connection, after pending writes are committed, so callers read their own."""
         # A failed commit was reported to its writers and logged; the read still goes ahead.
+        # Writes it left queued are not retried for a read: they wait for the next commit.
         with contextlib.suppress(Exception):
-            await self.flush()
+            await self._wait_for_commit(retry_failed=False)
         if self._conn is None:
             raise RuntimeNotRunningError(f"store {self.path!r} is not open")
         return self._conn
