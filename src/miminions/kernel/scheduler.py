@@ -126,6 +126,17 @@ class _Node:
         self.dependents.append(task_id)
 
 
+_DONE_NODES: dict[int, _Node] = {}
+
+
+def _done_node(priority: int) -> _Node:
+    """The shared, never mutated stand-in for every completed task of ``priority``."""
+    node = _DONE_NODES.get(priority)
+    if node is None:
+        node = _DONE_NODES[priority] = _Node("", priority, 0, ANY_ROUTE, NodeState.DONE, ())
+    return node
+
+
 @dataclass(frozen=True, slots=True)
 class NewTask:
     """A task to add: its id, base priority, prerequisites and route."""
@@ -232,11 +243,14 @@ class Scheduler:
         Tasks must be restored prerequisites first. A waiting task is restored as blocked or
         ready from its prerequisites' states; call :meth:`settle` after the last one.
         """
+        if state is NodeState.DONE:
+            self._nodes[task_id] = _done_node(priority)
+            return
         node = _Node(task_id, priority, self._next_seq(), route, state, tuple(dependencies))
         self._nodes[task_id] = node
         for dep in dependencies:
             prereq = self._nodes.get(dep)
-            if prereq is None:
+            if prereq is None or prereq.state is NodeState.DONE:
                 continue
             prereq.add_dependent(task_id)
             if prereq.state not in FINAL_STATES:
@@ -370,7 +384,9 @@ class Scheduler:
             if dependent.state is NodeState.BLOCKED and not dependent.waiting_on:
                 self._make_ready(dependent, now)
                 change.ready.append(dep_id)
-        node.dependents = _NO_DEPENDENTS  # a done task never notifies anybody again
+        # A done task never changes again: a shared stand-in keeps what queries need (its
+        # state and priority) and frees the node for the garbage collector.
+        self._nodes[task_id] = _done_node(node.priority)
         return change
 
     def fail(self, task_id: str, reason: str) -> Change:
