@@ -32,28 +32,34 @@ import logging
 import os
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Iterable
 from itertools import chain
-from typing import Any, TypeVar
+from typing import Any
 
 import aiosqlite
 
 from miminions.kernel.errors import (
-    AlreadyExistsError,
     ConfigurationError,
     InvalidStateError,
-    MiminionsError,
     RuntimeNotRunningError,
-    ValidationError,
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import DeadLetter, Event, RuntimeConfig, Task
 from miminions.plugins import sqlite_schema as schema
+from miminions.plugins.sqlite_batch import (
+    ROW_ERRORS,
+    Batch,
+    Committed,
+    StoreError,
+    encode_rows,
+    execute_all,
+    plan_statements,
+    rejection,
+    retryable,
+)
 
 logger = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 _BUSY_TIMEOUT_MS = 5000
 # Throughput settings of the writing connection: a page cache that holds the hot index pages
@@ -71,156 +77,6 @@ _MEMORY = ":memory:"
 _COMMIT_ATTEMPTS = 8
 _RETRY_DELAY = 0.05
 _MAX_RETRY_DELAY = 2.0
-
-# Errors caused by the data of a row, not by the database: they reject that row's write only.
-# (sqlite3 raises ProgrammingError, InterfaceError on older versions, for a value of a type it
-# cannot bind, OverflowError for an int beyond 64 bits, DataError for a value too big.)
-_ROW_ERRORS: tuple[type[Exception], ...] = (
-    sqlite3.IntegrityError,
-    sqlite3.DataError,
-    sqlite3.ProgrammingError,
-    sqlite3.InterfaceError,
-    OverflowError,
-    ValueError,
-    TypeError,
-)
-_NO_REJECTIONS: dict[tuple[str, str], BaseException] = {}  # shared, never written to
-
-
-class StoreError(MiminionsError):
-    """Queued writes could not be committed; they stay queued and a later commit retries them."""
-
-
-def _retryable(exc: BaseException) -> bool:
-    """Whether ``exc`` is an operational failure of the database, worth retrying the commit."""
-    return isinstance(exc, (sqlite3.DatabaseError, OSError)) and not isinstance(exc, _ROW_ERRORS)
-
-
-def _rejection(kind: str, key: Any, exc: BaseException) -> MiminionsError:
-    """The error a write gets when its row could not be stored because of its data."""
-    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
-        return AlreadyExistsError(f"{kind} {key!r} conflicts with a stored one: {exc}")
-    return ValidationError(f"{kind} {key!r} cannot be stored: {type(exc).__name__}: {exc}")
-
-
-# ----------------------------------------------------------------------------- statements
-def _rows(
-    kind: str,
-    pending: dict[str, _T],
-    to_row: Callable[[_T], schema.Row],
-    rejected: dict[tuple[str, str], BaseException],
-) -> list[schema.Row]:
-    """Serialize a pending dict; a value that cannot be encoded rejects only its own write."""
-    try:
-        return [to_row(item) for item in pending.values()]
-    except Exception:  # find the culprits one by one; the fast path has no per-row try
-        rows = []
-        for key, item in pending.items():
-            try:
-                rows.append(to_row(item))
-            except Exception as exc:
-                logger.error("not storing %s %r: %s", kind, key, exc)
-                error = ValidationError(f"{kind} {key!r} cannot be stored as JSON: {exc}")
-                rejected[(kind, key)] = error
-        return rows
-
-
-def _statements(write: schema.BulkWrite, rows: list[schema.Row]) -> list[tuple[str, list[Any]]]:
-    """The ``(sql, parameters)`` statements that write ``rows``, many rows per statement."""
-    return [
-        (write.statements[size], list(chain.from_iterable(rows[start : start + size])))
-        for start, size in write.plan(len(rows))
-    ]
-
-
-async def _execute_all(
-    conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]]
-) -> BaseException | None:
-    """Run ``statements`` in order and return the first error, or None.
-
-    All are handed to the aiosqlite thread at once, so it runs them back to back instead of
-    waiting for the event loop between them. They still run in list order, which keeps event
-    ids in the order events were put: tasks start in creation order and aiosqlite queues a
-    statement in its first step, onto a FIFO its thread drains. A statement after a failed
-    one still runs; the caller rolls the transaction back, so that is harmless.
-    """
-    if not statements:
-        return None
-    results = await asyncio.gather(
-        *(conn.execute(sql, params) for sql, params in statements), return_exceptions=True
-    )
-    return next((r for r in results if isinstance(r, BaseException)), None)
-
-
-# ----------------------------------------------------------------------------- batching
-class _Batch:
-    """Writes that share one commit: who waits for it, how it ended, per-write rejections.
-
-    Every waiter gets its own future, resolved by :meth:`settle`, so a caller that cancels
-    its wait (``asyncio.wait_for``) cancels only that future, never the commit everybody
-    else waits for. Awaiting a batch waits for its commit and raises the commit's error.
-    """
-
-    __slots__ = ("done", "error", "loop", "rejected", "waiters")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.done = False
-        self.error: BaseException | None = None
-        self.waiters: list[asyncio.Future[None]] = []
-        self.rejected = _NO_REJECTIONS
-
-    def settle(
-        self,
-        error: BaseException | None = None,
-        rejected: dict[tuple[str, str], BaseException] | None = None,
-    ) -> None:
-        """Record the outcome of the commit and wake every waiter with it."""
-        self.done, self.error = True, error
-        if rejected:
-            self.rejected = rejected
-        waiters, self.waiters = self.waiters, []
-        for waiter in waiters:
-            if waiter.done():  # its caller gave up waiting
-                continue
-            if error is None:
-                waiter.set_result(None)
-            elif isinstance(error, asyncio.CancelledError):
-                waiter.cancel()
-            else:
-                waiter.set_exception(error)
-
-    def __await__(self) -> Generator[Any, None, None]:
-        if not self.done:
-            waiter = self.loop.create_future()
-            self.waiters.append(waiter)
-            yield from waiter.__await__()
-        elif self.error is not None:
-            raise self.error
-
-
-class _Committed:
-    """What ``put_*`` returns: awaiting it waits for the commit holding that write.
-
-    Raises the error that kept this one write out of its commit (``ValidationError``,
-    ``AlreadyExistsError``), or the commit's own error (a :class:`StoreError` once the commit
-    gave up retrying; the write then stays queued for the next commit).
-    """
-
-    __slots__ = ("_batch", "_key", "_kind")
-
-    def __init__(self, batch: _Batch, kind: str, key: str) -> None:
-        self._batch = batch
-        self._kind = kind
-        self._key = key
-
-    def __await__(self) -> Generator[Any, None, None]:
-        batch = self._batch
-        yield from batch.__await__()
-        if batch.rejected:
-            error = batch.rejected.get((self._kind, self._key))
-            if error is not None:
-                raise error
 
 
 class SQLiteStore:
@@ -262,8 +118,8 @@ class SQLiteStore:
         # Events are turned into rows as they arrive, so the Event objects die at once
         # instead of surviving (and being traversed by the garbage collector) until commit.
         self._events: list[schema.Row] = []
-        self._batch: _Batch | None = None  # collecting writes for the next commit
-        self._committing: _Batch | None = None  # being committed now
+        self._batch: Batch | None = None  # collecting writes for the next commit
+        self._committing: Batch | None = None  # being committed now
         self._committer: asyncio.Task[None] | None = None
         # A failed commit may have left its transaction open (its rollback failed too).
         self._dirty = False
@@ -370,17 +226,17 @@ class SQLiteStore:
                 await conn.close()
 
     # ------------------------------------------------------------------------- writes
-    def put_task(self, task: Task) -> _Committed:
+    def put_task(self, task: Task) -> Committed:
         """Queue an insert-or-update of ``task``; the result resolves when committed."""
         batch = self._batch or self._new_batch()
         self._tasks[task.task_id] = task
-        return _Committed(batch, "task", task.task_id)
+        return Committed(batch, "task", task.task_id)
 
-    def put_agent(self, agent: StoredAgent) -> _Committed:
+    def put_agent(self, agent: StoredAgent) -> Committed:
         """Queue an insert-or-update of an agent record; the result resolves when committed."""
         batch = self._batch or self._new_batch()
         self._agents[agent.agent_id] = agent
-        return _Committed(batch, "agent", agent.agent_id)
+        return Committed(batch, "agent", agent.agent_id)
 
     def put_event(self, event: Event) -> None:
         """Queue an event for the next commit (fire and forget; ``flush`` waits for it)."""
@@ -391,19 +247,19 @@ class SQLiteStore:
         except Exception as exc:  # a malformed event must not take the batch down
             logger.error("not storing malformed event %r: %s", event, exc)
 
-    def put_dead_letter(self, dead_letter: DeadLetter) -> _Committed:
+    def put_dead_letter(self, dead_letter: DeadLetter) -> Committed:
         """Queue an insert-or-update of a dead letter; the result resolves when committed."""
         batch = self._batch or self._new_batch()
         self._dead_letters[dead_letter.dead_letter_id] = dead_letter
-        return _Committed(batch, "dead letter", dead_letter.dead_letter_id)
+        return Committed(batch, "dead letter", dead_letter.dead_letter_id)
 
-    def put_meta(self, key: str, value: Any) -> _Committed:
+    def put_meta(self, key: str, value: Any) -> Committed:
         """Queue a write of a small JSON value under ``key``; the result resolves when committed."""
         batch = self._batch or self._new_batch()
         self._meta[key] = (key, value)
-        return _Committed(batch, "meta", key)
+        return Committed(batch, "meta", key)
 
-    def _new_batch(self) -> _Batch:
+    def _new_batch(self) -> Batch:
         """Start collecting a batch and make sure a committer will pick it up."""
         if self.readonly:
             raise InvalidStateError(f"store {self.path!r} was opened read-only; it takes no writes")
@@ -411,10 +267,10 @@ class SQLiteStore:
             raise RuntimeNotRunningError(f"store {self.path!r} is closed")
         return self._start_batch()
 
-    def _start_batch(self) -> _Batch:
+    def _start_batch(self) -> Batch:
         if self._conn is None:
             raise RuntimeNotRunningError("the store is not open; await store.open() first")
-        batch = self._batch = _Batch(asyncio.get_running_loop())
+        batch = self._batch = Batch(asyncio.get_running_loop())
         self._ensure_committer()
         return batch
 
@@ -443,7 +299,7 @@ class SQLiteStore:
         queue and is retried after a pause; writes queued meanwhile join the retry, and the
         batches involved are settled together once it succeeds or gives up.
         """
-        carried: list[_Batch] = []  # batches of a failed attempt, waiting for the retry
+        carried: list[Batch] = []  # batches of a failed attempt, waiting for the retry
         failures = 0  # consecutive failed attempts of this round
         try:
             while (batch := self._batch) is not None:
@@ -475,7 +331,7 @@ class SQLiteStore:
                         events = []
                     self._requeue(tasks, agents, dead_letters, meta, events)
                     failures += 1
-                    if failures < self.commit_attempts and _retryable(exc):
+                    if failures < self.commit_attempts and retryable(exc):
                         carried = await self._retry_later(batch, group, exc, failures)
                         continue
                     failures, carried = 0, []
@@ -520,8 +376,8 @@ class SQLiteStore:
             self._events = events
 
     async def _retry_later(
-        self, batch: _Batch, group: list[_Batch], exc: BaseException, failures: int
-    ) -> list[_Batch]:
+        self, batch: Batch, group: list[Batch], exc: BaseException, failures: int
+    ) -> list[Batch]:
         """Wait before the next attempt; return the batches to settle with it.
 
         Writes queued meanwhile join the retried batch (or the newer batch already collecting
@@ -551,7 +407,7 @@ class SQLiteStore:
             raise
         return carried
 
-    def _give_up(self, group: list[_Batch], exc: BaseException) -> None:
+    def _give_up(self, group: list[Batch], exc: BaseException) -> None:
         """Fail the waiters of a commit that could not be made; its writes stay queued."""
         if isinstance(exc, asyncio.CancelledError):
             error: BaseException = exc
@@ -563,10 +419,10 @@ class SQLiteStore:
                 exc,
                 self._queued(),
             )
-            if isinstance(exc, Exception) and not _retryable(exc):
+            if isinstance(exc, Exception) and not retryable(exc):
                 error = exc
             else:
-                how = f"in {self.commit_attempts} attempts" if _retryable(exc) else "(interrupted)"
+                how = f"in {self.commit_attempts} attempts" if retryable(exc) else "(interrupted)"
                 error = StoreError(
                     f"could not commit to {self.path!r} {how}: {type(exc).__name__}: {exc}; "
                     "the writes stay queued and the next commit (a put, flush() or close()) "
@@ -601,21 +457,25 @@ class SQLiteStore:
             raise RuntimeNotRunningError("the store was closed before the commit")
         # Keyed writes in table order, then events. A keyed row's key is its first column.
         writes = (
-            (schema.UPSERT_TASK, "task", _rows("task", tasks, schema.task_row, rejected)),
-            (schema.UPSERT_AGENT, "agent", _rows("agent", agents, schema.agent_row, rejected)),
+            (schema.UPSERT_TASK, "task", encode_rows("task", tasks, schema.task_row, rejected)),
+            (
+                schema.UPSERT_AGENT,
+                "agent",
+                encode_rows("agent", agents, schema.agent_row, rejected),
+            ),
             (
                 schema.UPSERT_DEAD_LETTER,
                 "dead letter",
-                _rows("dead letter", dead_letters, schema.dead_letter_row, rejected),
+                encode_rows("dead letter", dead_letters, schema.dead_letter_row, rejected),
             ),
-            (schema.UPSERT_META, "meta", _rows("meta", meta, schema.meta_row, rejected)),
+            (schema.UPSERT_META, "meta", encode_rows("meta", meta, schema.meta_row, rejected)),
             (schema.INSERT_EVENT, "event", events),
         )
-        statements = [s for write, _, rows in writes if rows for s in _statements(write, rows)]
+        statements = [s for write, _, rows in writes if rows for s in plan_statements(write, rows)]
         try:
-            error = await _execute_all(conn, statements)
+            error = await execute_all(conn, statements)
             if error is not None:
-                if not isinstance(error, _ROW_ERRORS):
+                if not isinstance(error, ROW_ERRORS):
                     raise error
                 # A row could not be stored (a UNIQUE rule broken, a value SQLite cannot
                 # hold). Redo the batch statement by statement, rejecting only the culprits.
@@ -650,12 +510,12 @@ class SQLiteStore:
                     try:
                         await conn.execute(write.statements[size], list(chain.from_iterable(chunk)))
                         continue
-                    except _ROW_ERRORS:
+                    except ROW_ERRORS:
                         pass  # find the culprits below
                 for row in chunk:
                     try:
                         await conn.execute(write.statements[1], row)
-                    except _ROW_ERRORS as exc:
+                    except ROW_ERRORS as exc:
                         if self._conn is not conn:  # closed: not the row's fault
                             raise RuntimeNotRunningError(
                                 f"store {self.path!r} was closed during a commit"
@@ -664,7 +524,7 @@ class SQLiteStore:
                             logger.error("not storing event row %r: %s", row, exc)
                             continue
                         logger.error("not storing %s %r: %s", kind, row[0], exc)
-                        rejected[(kind, row[0])] = _rejection(kind, row[0], exc)
+                        rejected[(kind, row[0])] = rejection(kind, row[0], exc)
 
     async def flush(self) -> None:
         """Return once everything queued before the call is committed.

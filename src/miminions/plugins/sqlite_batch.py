@@ -1,0 +1,188 @@
+"""Group-commit building blocks of the SQLite store: batches, their waiters, row errors.
+
+A :class:`Batch` is the set of writes that share one commit; :class:`Committed` is what a
+``put_*`` returns. Errors are sorted here into row errors (the data of one row cannot be
+stored: only that write fails) and operational errors (the database failed: retry).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable, Generator
+from itertools import chain
+from typing import Any, TypeVar
+
+import aiosqlite
+
+from miminions.kernel.errors import AlreadyExistsError, MiminionsError, ValidationError
+from miminions.plugins import sqlite_schema as schema
+
+logger = logging.getLogger("miminions.plugins.sqlite_store")
+
+_T = TypeVar("_T")
+
+# Errors caused by the data of a row, not by the database: they reject that row's write only.
+# (sqlite3 raises ProgrammingError, InterfaceError on older versions, for a value of a type it
+# cannot bind, OverflowError for an int beyond 64 bits, DataError for a value too big.)
+ROW_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    sqlite3.DataError,
+    sqlite3.ProgrammingError,
+    sqlite3.InterfaceError,
+    OverflowError,
+    ValueError,
+    TypeError,
+)
+NO_REJECTIONS: dict[tuple[str, str], BaseException] = {}  # shared, never written to
+
+
+class StoreError(MiminionsError):
+    """Queued writes could not be committed; they stay queued and a later commit retries them."""
+
+
+def retryable(exc: BaseException) -> bool:
+    """Whether ``exc`` is an operational failure of the database, worth retrying the commit."""
+    return isinstance(exc, (sqlite3.DatabaseError, OSError)) and not isinstance(exc, ROW_ERRORS)
+
+
+def rejection(kind: str, key: Any, exc: BaseException) -> MiminionsError:
+    """The error a write gets when its row could not be stored because of its data."""
+    if isinstance(exc, sqlite3.IntegrityError) and "UNIQUE" in str(exc):
+        return AlreadyExistsError(f"{kind} {key!r} conflicts with a stored one: {exc}")
+    return ValidationError(f"{kind} {key!r} cannot be stored: {type(exc).__name__}: {exc}")
+
+
+# ----------------------------------------------------------------------------- statements
+def encode_rows(
+    kind: str,
+    pending: dict[str, _T],
+    to_row: Callable[[_T], schema.Row],
+    rejected: dict[tuple[str, str], BaseException],
+) -> list[schema.Row]:
+    """Serialize a pending dict; a value that cannot be encoded rejects only its own write."""
+    try:
+        return [to_row(item) for item in pending.values()]
+    except Exception:  # find the culprits one by one; the fast path has no per-row try
+        rows = []
+        for key, item in pending.items():
+            try:
+                rows.append(to_row(item))
+            except Exception as exc:
+                logger.error("not storing %s %r: %s", kind, key, exc)
+                error = ValidationError(f"{kind} {key!r} cannot be stored as JSON: {exc}")
+                rejected[(kind, key)] = error
+        return rows
+
+
+def plan_statements(write: schema.BulkWrite, rows: list[schema.Row]) -> list[tuple[str, list[Any]]]:
+    """The ``(sql, parameters)`` statements that write ``rows``, many rows per statement."""
+    return [
+        (write.statements[size], list(chain.from_iterable(rows[start : start + size])))
+        for start, size in write.plan(len(rows))
+    ]
+
+
+async def execute_all(
+    conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]]
+) -> BaseException | None:
+    """Run ``statements`` in order and return the first error, or None.
+
+    All are handed to the aiosqlite thread at once, so it runs them back to back instead of
+    waiting for the event loop between them. They still run in list order, which keeps event
+    ids in the order events were put: tasks start in creation order and aiosqlite queues a
+    statement in its first step, onto a FIFO its thread drains. A statement after a failed
+    one still runs; the caller rolls the transaction back, so that is harmless.
+    """
+    if not statements:
+        return None
+    results = await asyncio.gather(
+        *(conn.execute(sql, params) for sql, params in statements), return_exceptions=True
+    )
+    return next((r for r in results if isinstance(r, BaseException)), None)
+
+
+# ----------------------------------------------------------------------------- batching
+class Batch:
+    """Writes that share one commit: who waits for it, how it ended, per-write rejections.
+
+    Every waiter gets its own future, resolved by :meth:`settle`, so a caller that cancels
+    its wait (``asyncio.wait_for``) cancels only that future, never the commit everybody
+    else waits for. Awaiting a batch waits for its commit and raises the commit's error.
+    """
+
+    __slots__ = ("done", "error", "loop", "rejected", "waiters")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.done = False
+        self.error: BaseException | None = None
+        self.waiters: list[asyncio.Future[None]] = []
+        self.rejected = NO_REJECTIONS
+
+    def settle(
+        self,
+        error: BaseException | None = None,
+        rejected: dict[tuple[str, str], BaseException] | None = None,
+    ) -> None:
+        """Record the outcome of the commit and wake every waiter with it."""
+        self.done, self.error = True, error
+        if rejected:
+            self.rejected = rejected
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if waiter.done():  # its caller gave up waiting
+                continue
+            if error is None:
+                waiter.set_result(None)
+            elif isinstance(error, asyncio.CancelledError):
+                waiter.cancel()
+            else:
+                waiter.set_exception(error)
+
+    def __await__(self) -> Generator[Any, None, None]:
+        if not self.done:
+            waiter = self.loop.create_future()
+            self.waiters.append(waiter)
+            yield from waiter.__await__()
+        elif self.error is not None:
+            raise self.error
+
+
+class Committed:
+    """What ``put_*`` returns: awaiting it waits for the commit holding that write.
+
+    Raises the error that kept this one write out of its commit (``ValidationError``,
+    ``AlreadyExistsError``), or the commit's own error (a :class:`StoreError` once the commit
+    gave up retrying; the write then stays queued for the next commit).
+    """
+
+    __slots__ = ("_batch", "_key", "_kind")
+
+    def __init__(self, batch: Batch, kind: str, key: str) -> None:
+        self._batch = batch
+        self._kind = kind
+        self._key = key
+
+    def __await__(self) -> Generator[Any, None, None]:
+        batch = self._batch
+        yield from batch.__await__()
+        if batch.rejected:
+            error = batch.rejected.get((self._kind, self._key))
+            if error is not None:
+                raise error
+
+
+__all__ = [
+    "NO_REJECTIONS",
+    "ROW_ERRORS",
+    "Batch",
+    "Committed",
+    "StoreError",
+    "encode_rows",
+    "execute_all",
+    "plan_statements",
+    "rejection",
+    "retryable",
+]
