@@ -44,7 +44,7 @@ def test_allowed_transitions(current: AgentStatus, new: AgentStatus) -> None:
     [
         (S.REGISTERED, S.RUNNING),
         (S.STOPPED, S.PAUSED),
-        (S.PAUSED, S.STOPPED),
+        (S.QUEUED, S.RUNNING),
         (S.STOPPING, S.RUNNING),
     ],
 )

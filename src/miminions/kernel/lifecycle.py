@@ -387,6 +387,7 @@ class AgentBook:
         if slot.status is S.QUEUED or not slot.host_started:
             if slot in self._start_queue:
                 self._start_queue.remove(slot)
+            slot.paused_state = None  # stopped: a later start is a fresh one
             self._set(slot, S.STOPPED, "stopped before it started")
             self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
             await self._save(slot)

@@ -24,7 +24,9 @@ TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
     S.QUEUED: frozenset({S.STARTING, S.STOPPED, S.PAUSED}),
     S.STARTING: frozenset({S.RUNNING, S.FAILED, S.STOPPING, S.PAUSED}),
     S.RUNNING: frozenset({S.PAUSED, S.STOPPING, S.FAILED}),
-    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.FAILED, S.QUEUED, S.STARTING}),
+    # PAUSED -> STOPPED: an agent that came back paused after a restart was never started
+    # in this run, so stopping it has nothing to wind down.
+    S.PAUSED: frozenset({S.RUNNING, S.STOPPING, S.STOPPED, S.FAILED, S.QUEUED, S.STARTING}),
     S.STOPPING: frozenset({S.STOPPED, S.FAILED}),
     S.STOPPED: frozenset({S.QUEUED, S.STARTING}),
     S.FAILED: frozenset({S.QUEUED, S.STARTING, S.STOPPED}),
