@@ -60,6 +60,7 @@ class AgentSlot:
     host_started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pausing: asyncio.Future[JSONObject] | None = None
+    resume_queued: bool = False  # the queued start is a resume: on_resume gets paused_state
 
     @property
     def agent_id(self) -> str:
@@ -198,12 +199,13 @@ class AgentBook:
         async with slot.lock:
             check_request(agent_id, "start", slot.status)
             if self.active_count >= self._limits.max_concurrent_agents:
-                self._queue_start(slot)
+                self._queue_start(slot, resume=False)
             else:
                 await self._start(slot, resume_state=None)
         return slot.instance.model_copy()
 
-    def _queue_start(self, slot: AgentSlot) -> None:
+    def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:
+        slot.resume_queued = resume
         limit = self._limits.max_concurrent_agents
         self._set(slot, S.QUEUED, f"waiting for a free agent slot ({limit} of {limit} in use)")
         self._start_queue.append(slot)
@@ -284,7 +286,8 @@ class AgentBook:
     async def _start_queued(self, slot: AgentSlot) -> None:
         async with slot.lock:
             if slot.status is S.STARTING:  # not stopped while it waited for the lock
-                await self._start(slot, resume_state=slot.paused_state, reserved=True)
+                state = slot.paused_state if slot.resume_queued else None
+                await self._start(slot, resume_state=state, reserved=True)
 
     # ------------------------------------------------------------------ pause / resume
     async def pause(self, agent_id: str, timeout_seconds: float | None = None) -> AgentInstance:
@@ -349,7 +352,7 @@ class AgentBook:
             if not slot.host_started:
                 # Paused before a restart: this run has not started the agent yet.
                 if self.active_count >= self._limits.max_concurrent_agents:
-                    self._queue_start(slot)
+                    self._queue_start(slot, resume=True)
                 else:
                     await self._start(slot, resume_state=state)
                 return slot.instance.model_copy()
