@@ -247,19 +247,28 @@ class AgentMachine(RuleBasedStateMachine):
     def active(self) -> int:
         return sum(self.live.values())
 
+    def quiet(self) -> bool:
+        """The runtime shows the model's statuses and no lifecycle work is under way (a
+        background start holds its agent's lock until it has finished, also after its
+        status already shows)."""
+        book = self.runtime.agent_book
+        return all(self.actual(name).status is self.status[name] for name in NAMES) and not any(
+            slot.lock.locked() for slot in book.slots.values()
+        )
+
     def settle(self) -> None:
         """Let background work (a queued agent taking a freed slot, the rest of a group
-        call that raised) finish: wait until the runtime reaches the model's statuses."""
+        call that raised) finish before the runtime is compared with the model."""
 
         async def wait() -> None:
             loop = asyncio.get_running_loop()
             deadline = loop.time() + SETTLE_TIMEOUT
             while loop.time() < deadline:
-                if all(self.actual(name).status is self.status[name] for name in NAMES):
+                if self.quiet():
                     return
                 await asyncio.sleep(0.002)
 
-        if any(self.actual(name).status is not self.status[name] for name in NAMES):
+        if not self.quiet():
             self.runner.run(wait())
 
     # ------------------------------------------------------------------ model transitions
