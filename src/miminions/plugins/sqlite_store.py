@@ -34,7 +34,7 @@ import sqlite3
 import urllib.parse
 from collections.abc import Iterable
 from itertools import chain
-from typing import Any
+from typing import Any, TypeVar
 
 import aiosqlite
 
@@ -60,6 +60,7 @@ from miminions.plugins.sqlite_batch import (
 )
 
 logger = logging.getLogger(__name__)
+_V = TypeVar("_V")
 
 _BUSY_TIMEOUT_MS = 5000
 # Throughput settings of the writing connection: a page cache that holds the hot index pages
@@ -359,18 +360,10 @@ class SQLiteStore:
 
         A key written again meanwhile keeps its newer value; events keep their order.
         """
-        if tasks:
-            tasks.update(self._tasks)
-            self._tasks = tasks
-        if agents:
-            agents.update(self._agents)
-            self._agents = agents
-        if dead_letters:
-            dead_letters.update(self._dead_letters)
-            self._dead_letters = dead_letters
-        if meta:
-            meta.update(self._meta)
-            self._meta = meta
+        self._tasks = _in_front(tasks, self._tasks)
+        self._agents = _in_front(agents, self._agents)
+        self._dead_letters = _in_front(dead_letters, self._dead_letters)
+        self._meta = _in_front(meta, self._meta)
         if events:
             events.extend(self._events)
             self._events = events
@@ -611,6 +604,14 @@ class SQLiteStore:
         if query.newest:
             rows.reverse()
         return [schema.event_from_row(r) for r in rows]
+
+
+def _in_front(older: dict[str, _V], newer: dict[str, _V]) -> dict[str, _V]:
+    """``older`` writes followed by ``newer`` ones: a key written again keeps its new value."""
+    if not older:
+        return newer
+    older.update(newer)
+    return older
 
 
 # ----------------------------------------------------------------------------- plugin hook
