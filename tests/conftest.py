@@ -29,11 +29,14 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def make_config(db_path: Path) -> Callable[..., RuntimeConfig]:
-    """Build a config for fast tests (short backoffs)."""
+    """Build a config for fast tests (short backoffs). Agents default to ``inline`` here:
+    most tests watch agents through in-process records; the isolation tests and the
+    parametrised behaviour tests choose ``process`` explicitly."""
 
     def make(**overrides: Any) -> RuntimeConfig:
         values: dict[str, Any] = {
             "storage_path": str(db_path),
+            "default_isolation": "inline",
             "retry_backoff_base_seconds": 0.01,
             "retry_backoff_max_seconds": 0.05,
             "shutdown_timeout_seconds": 2.0,

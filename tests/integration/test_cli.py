@@ -444,7 +444,7 @@ async def test_reading_a_database_a_live_runtime_holds_open(
     assert code == 0
     assert "Runtime   running (pid" in out
     assert "Queue     handing out tasks" in out
-    assert table_row(out, "worker")[1:4] == ["crew", "paused", "inline"]
+    assert table_row(out, "worker")[1:4] == ["crew", "paused", "process"]
     code = await asyncio.to_thread(main, ["tasks", "--db", str(db), "--status", "pending"])
     out = capsys.readouterr().out
     assert code == 0

@@ -224,6 +224,7 @@ class AgentMachine(RuleBasedStateMachine):
     def config(self) -> RuntimeConfig:
         return RuntimeConfig(
             storage_path=str(self.tmp / "runtime.db"),
+            default_isolation="inline",
             limits=ResourceLimits(max_concurrent_agents=self.limit),
             retry_backoff_base_seconds=0.01,
             retry_backoff_max_seconds=0.05,
@@ -834,7 +835,7 @@ def _reset_records() -> None:
 async def test_agent_paused_before_a_restart_can_be_stopped(tmp_path: Path) -> None:
     """F-04, F-09: ``stop`` is allowed from ``paused``, also for an agent that comes back
     paused after a restart (its host never started in this run)."""
-    config = RuntimeConfig(storage_path=str(tmp_path / "runtime.db"))
+    config = RuntimeConfig(storage_path=str(tmp_path / "runtime.db"), default_isolation="inline")
     async with AgentRuntime(config=config) as rt:
         agent_id = await rt.register_agent(QUICK, QuickAgent)
         await rt.start_agent(agent_id)
@@ -853,6 +854,7 @@ async def test_start_after_stopping_a_queued_resume_is_a_fresh_start(tmp_path: P
     ``on_resume`` of the old state (an ``agent_started`` event, not ``agent_resumed``)."""
     config = RuntimeConfig(
         storage_path=str(tmp_path / "runtime.db"),
+        default_isolation="inline",
         limits=ResourceLimits(max_concurrent_agents=1),
     )
     async with AgentRuntime(config=config) as rt:
@@ -884,6 +886,7 @@ async def test_start_after_a_failed_resume_is_a_fresh_start(tmp_path: Path) -> N
     for a slot: ``on_resume`` must not get the old paused state."""
     config = RuntimeConfig(
         storage_path=str(tmp_path / "runtime.db"),
+        default_isolation="inline",
         limits=ResourceLimits(max_concurrent_agents=1),
     )
     async with AgentRuntime(config=config) as rt:
@@ -909,6 +912,7 @@ async def test_queued_start_after_on_resume_failed_is_a_fresh_start(tmp_path: Pa
     later start that waits for a slot must not hand the old state to on_resume again."""
     config = RuntimeConfig(
         storage_path=str(tmp_path / "runtime.db"),
+        default_isolation="inline",
         limits=ResourceLimits(max_concurrent_agents=1),
     )
     async with AgentRuntime(config=config) as rt:

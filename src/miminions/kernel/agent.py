@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
@@ -180,12 +181,41 @@ async def call_hook(
 
 
 def import_path(obj: object) -> str | None:
-    """``module:qualname`` of a class or function when it can be imported back, else None."""
+    """``module:qualname`` of a class or function when it can be imported back, else None.
+
+    ``__main__`` counts: a worker process loads the main script by its file path (as
+    multiprocessing does), which is why such a script needs a main guard.
+    """
     module = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
-    if not module or not qualname or "<locals>" in qualname or module == "__main__":
+    if not module or not qualname or "<locals>" in qualname:
         return None
     return f"{module}:{qualname}"
+
+
+# Set while a worker process runs the user's main script to find an agent defined there.
+_loading_main_in_worker = False
+
+
+def check_not_loading_main_in_worker() -> None:
+    """Refuse to start a runtime from a main script a worker is importing (no main guard)."""
+    if _loading_main_in_worker:
+        raise InvalidStateError(
+            "the main script started a runtime while an agent worker process was importing "
+            "it to find an agent defined there: put the script's top-level code under "
+            "'if __name__ == \"__main__\":' (or define agents in a separate module)"
+        )
+
+
+@contextlib.contextmanager
+def loading_main_in_worker() -> Iterator[None]:
+    """Mark the import of the main script in a worker (see above)."""
+    global _loading_main_in_worker
+    _loading_main_in_worker = True
+    try:
+        yield
+    finally:
+        _loading_main_in_worker = False
 
 
 def classify_agent(agent: object) -> tuple[str, str | None]:

@@ -70,6 +70,11 @@ class ResourceLimitExceeded(MiminionsError):
     """An agent went over one of its resource limits and was stopped."""
 
 
+class ResourceLimitWarning(MiminionsError):
+    """An agent crossed a soft memory or CPU limit (handed to its ``on_error``, task None):
+    shed load before the hard limit stops it."""
+
+
 class TaskTimeoutError(MiminionsError, TimeoutError):
     """A task ran longer than its timeout."""
 
@@ -92,7 +97,21 @@ class AgentHookError(MiminionsError):
 
 
 class AgentCrashedError(MiminionsError):
-    """The agent hosting a task died while running it."""
+    """The agent hosting a task died while running it (its worker process exited, was
+    killed, or stopped answering)."""
+
+
+class RemoteAgentError(MiminionsError):
+    """An exception raised by agent code in a worker process, rebuilt in the runtime.
+
+    ``remote_type`` is the name of the original exception class, ``remote_traceback`` its
+    formatted traceback in the worker; ``str()`` is its message.
+    """
+
+    def __init__(self, remote_type: str, message: str, remote_traceback: str = "") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
 
 
 __all__ = [
@@ -108,7 +127,9 @@ __all__ = [
     "NotFoundError",
     "PluginError",
     "QueueFullError",
+    "RemoteAgentError",
     "ResourceLimitExceeded",
+    "ResourceLimitWarning",
     "RuntimeNotRunningError",
     "TaskCancelledError",
     "TaskTimeoutError",

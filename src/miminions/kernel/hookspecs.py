@@ -177,3 +177,15 @@ def miminions_runtime_stopping(runtime: AgentRuntime) -> None:
 
     Called before agents are stopped and the store is closed. Broadcast.
     """
+
+
+@hookspec
+def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
+    """The runtime has stopped: agents are stopped and the store is closed.
+
+    :param runtime: the runtime that stopped.
+
+    Also called when the stop was cut short (cancelled, interrupted): the place to make
+    sure nothing a plugin started (a process, a thread, a server) outlives the runtime.
+    Must not block. Broadcast.
+    """

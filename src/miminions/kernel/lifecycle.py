@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 import uuid
 from collections import deque
 from collections.abc import Callable
@@ -34,10 +35,11 @@ from miminions.kernel.models import (
     EventType,
     JSONObject,
     ResourceLimits,
+    RestartPolicy,
     Severity,
 )
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
-from miminions.kernel.supervisor import check_request, check_transition
+from miminions.kernel.supervisor import check_request, check_transition, retry_delay
 from miminions.kernel.task_input import describe_error, to_json_value
 from miminions.kernel.validation import check_seconds
 
@@ -61,6 +63,14 @@ class AgentSlot:
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     pausing: asyncio.Future[JSONObject] | None = None
     resume_queued: bool = False  # the queued start is a resume: on_resume gets paused_state
+    crash_times: deque[float] = field(default_factory=deque)  # monotonic, for the policy
+    restart_timer: asyncio.TimerHandle | None = None
+
+    def cancel_restart(self) -> None:
+        """Forget a planned restart (the user started or stopped the agent meanwhile)."""
+        if self.restart_timer is not None:
+            self.restart_timer.cancel()
+            self.restart_timer = None
 
     @property
     def agent_id(self) -> str:
@@ -84,12 +94,15 @@ class AgentBook:
         limits: ResourceLimits,
         make_host: Callable[[AgentSpec, object], AgentHost],
         start_timeout: float = 60.0,
+        restart_policy: RestartPolicy | None = None,
     ) -> None:
         self._store = store
         self._events = events
         self._limits = limits
         self._make_host = make_host
         self._start_timeout = start_timeout
+        self._restart_policy = restart_policy or RestartPolicy()
+        self._closing = False
         self.executor: Executor | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.by_name: dict[str, str] = {}
@@ -198,6 +211,7 @@ class AgentBook:
         slot = self.get(agent_id)
         async with slot.lock:
             check_request(agent_id, "start", slot.status)
+            slot.cancel_restart()
             if self.active_count >= self._limits.max_concurrent_agents:
                 self._queue_start(slot, resume=False)
             else:
@@ -242,7 +256,7 @@ class AgentBook:
         if self.executor is not None:
             self.executor.agent_available(slot)
 
-    async def _fail(self, slot: AgentSlot, reason: str) -> None:
+    async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
         if slot.host_started:
             # Release everything the agent holds: its task goes back to the queue, its slot
             # to the next queued start.
@@ -260,10 +274,87 @@ class AgentBook:
             EventType.AGENT_FAILED,
             severity=Severity.ERROR,
             agent_id=slot.agent_id,
-            details={"error": reason},
+            details={"error": reason, **(details or {})},
         )
         await self._save(slot)
         self._start_next_queued()
+
+    # ------------------------------------------------------------------ crashes (F-07)
+    def host_failed(self, agent_id: str, reason: str, details: JSONObject | None = None) -> None:
+        """A host reports that its agent died on its own (a crash, a hang, a limit breach).
+
+        The agent is failed (its running task was already failed by the host's ``run``),
+        then restarted per the restart policy, or left ``failed`` with the reason once it
+        crashed too often.
+        """
+        slot = self.slots.get(agent_id)
+        if slot is None or self._closing:
+            return
+        handling = asyncio.ensure_future(self._handle_crash(slot, reason, details or {}))
+        self._background.add(handling)
+        handling.add_done_callback(self._background.discard)
+
+    async def _handle_crash(self, slot: AgentSlot, reason: str, details: JSONObject) -> None:
+        if self.executor is not None:
+            # The task the crash interrupted fails through the executor first, so it counts
+            # as a failed attempt (and is retried per its policy) rather than an interruption.
+            await self.executor.wait_agent_idle(slot.agent_id, 5.0)
+        async with slot.lock:
+            if self._closing or not slot.host_started:
+                return  # a stop, a failed lifecycle call or the shutdown dealt with it
+            if slot.status not in (S.RUNNING, S.PAUSED, S.STARTING):
+                return
+            await self._fail(slot, reason, details)
+            self._plan_restart(slot, reason)
+
+    def _plan_restart(self, slot: AgentSlot, reason: str) -> None:
+        policy = self._restart_policy
+        now = time.monotonic()
+        crashes = slot.crash_times
+        while crashes and now - crashes[0] > policy.window_seconds:
+            crashes.popleft()
+        if len(crashes) >= policy.max_restarts:
+            slot.instance.status_reason = (
+                f"not restarted: it crashed {len(crashes) + 1} times within "
+                f"{policy.window_seconds:g} s (restart policy: at most {policy.max_restarts}); "
+                f"last: {reason}"
+            )
+            self._save(slot)
+            return
+        crashes.append(now)
+        attempt = len(crashes)
+        delay = retry_delay(attempt, policy.backoff_base_seconds, policy.backoff_max_seconds)
+        slot.instance.status_reason = (
+            f"crashed ({reason}); restarting in {delay:.2f} s "
+            f"(restart {attempt} of at most {policy.max_restarts} within "
+            f"{policy.window_seconds:g} s)"
+        )
+        self._events.emit(
+            EventType.AGENT_RESTARTING,
+            severity=Severity.WARNING,
+            agent_id=slot.agent_id,
+            details={"reason": reason, "delay_seconds": delay, "restart": attempt},
+        )
+        loop = asyncio.get_running_loop()
+        slot.restart_timer = loop.call_later(delay, self._restart_due, slot)
+
+    def _restart_due(self, slot: AgentSlot) -> None:
+        slot.restart_timer = None
+        if self._closing:
+            return
+        restarting = asyncio.ensure_future(self._restart(slot))
+        self._background.add(restarting)
+        restarting.add_done_callback(self._background.discard)
+
+    async def _restart(self, slot: AgentSlot) -> None:
+        async with slot.lock:
+            if self._closing or slot.status is not S.FAILED:
+                return  # started, stopped or restarted by someone else meanwhile
+            slot.instance.restart_count += 1
+            if self.active_count >= self._limits.max_concurrent_agents:
+                self._queue_start(slot, resume=False)
+            else:
+                await self._start(slot, resume_state=None)
 
     def _reserve(self, slot: AgentSlot) -> None:
         """Take an agent slot for ``slot`` now (it counts as active from here on)."""
@@ -382,6 +473,14 @@ class AgentBook:
         if slot.pausing is not None:
             slot.pausing.cancel()  # a pause waiting for a safe point must not hold up a stop
         async with slot.lock:
+            if slot.status is S.FAILED and slot.restart_timer is not None:
+                # failed and waiting to restart: stopping it cancels the restart
+                slot.cancel_restart()
+                slot.paused_state = None
+                self._set(slot, S.STOPPED, "stopped while waiting to restart")
+                self._events.emit(EventType.AGENT_STOPPED, agent_id=agent_id)
+                await self._save(slot)
+                return slot.instance.model_copy()
             check_request(agent_id, "stop", slot.status)
             await self._stop(slot, graceful=graceful, timeout_seconds=timeout)
         return slot.instance.model_copy()
@@ -418,7 +517,9 @@ class AgentBook:
 
     def request_stop_all(self) -> None:
         """The runtime is shutting down: tell every started agent (``context.is_stopping``)."""
+        self._closing = True
         for slot in self.slots.values():
+            slot.cancel_restart()
             if slot.host_started:
                 slot.host.request_stop()
 

@@ -15,7 +15,15 @@ import enum
 from datetime import datetime
 from typing import Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeFloat, PositiveFloat, PositiveInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+)
 
 JSONObject = dict[str, Any]
 
@@ -118,6 +126,9 @@ class EventType(enum.StrEnum):
     AGENT_STOPPED = "agent_stopped"
     AGENT_FAILED = "agent_failed"
     AGENT_ERROR = "agent_error"
+    AGENT_RESTARTING = "agent_restarting"
+    AGENT_KILLED = "agent_killed"
+    WORKERS_REAPED = "workers_reaped"
     TASK_ENQUEUED = "task_enqueued"
     TASK_STARTED = "task_started"
     TASK_COMPLETED = "task_completed"
@@ -175,19 +186,63 @@ class ResourceLimits(BaseModel):
     """Limits for the whole runtime (``AgentRuntime(limits=...)``) or one agent.
 
     ``None`` means unlimited. Of per-agent limits given to ``register_agent``, the fields set
-    explicitly override the runtime's for that agent (today: ``task_timeout_seconds``; the
-    memory and CPU limits are enforced once process isolation lands). The agent-count,
-    queue and mailbox limits only apply runtime-wide.
+    explicitly override the runtime's for that agent; the agent-count, queue, mailbox and
+    load limits only apply runtime-wide.
+
+    Memory (resident set size) and CPU time are watched for ``process`` agents: crossing a
+    ``soft_*`` limit records a RESOURCE_LIMIT_WARNING and calls the agent's ``on_error`` so
+    it can shed load; crossing a hard limit stops its worker with RESOURCE_LIMIT_EXCEEDED
+    and fails its task with :class:`~miminions.ResourceLimitExceeded`. While the machine's
+    load average per CPU is above ``max_load_per_cpu``, agent starts wait.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     max_concurrent_agents: PositiveInt = 10
     max_memory_per_agent_mb: PositiveFloat | None = None
+    soft_memory_per_agent_mb: PositiveFloat | None = None
     max_cpu_time_per_agent_seconds: PositiveFloat | None = None
+    soft_cpu_time_per_agent_seconds: PositiveFloat | None = None
+    max_load_per_cpu: PositiveFloat | None = None
     max_task_queue_size: PositiveInt | None = None
     message_queue_max_size: PositiveInt = 1000
     task_timeout_seconds: PositiveFloat | None = 300.0
+
+
+class RestartPolicy(BaseModel):
+    """How a crashed agent is restarted: at most ``max_restarts`` within ``window_seconds``,
+    the *n*-th after ``backoff_base_seconds * 2 ** (n - 1)`` (capped at
+    ``backoff_max_seconds``). Past that the agent stays ``failed`` with the reason."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_restarts: NonNegativeInt = 3
+    window_seconds: PositiveFloat = 60.0
+    backoff_base_seconds: NonNegativeFloat = 0.5
+    backoff_max_seconds: NonNegativeFloat = 30.0
+
+
+class ProcessSettings(BaseModel):
+    """Settings of ``process`` isolation (agents in worker processes).
+
+    ``start_method``: ``forkserver`` (default where available) or ``spawn``. A worker that
+    does not answer a heartbeat within ``heartbeat_timeout_seconds`` is killed and counts as
+    crashed; so is one whose task does not stop within ``cancel_grace_seconds`` of being
+    cancelled or timing out. A worker that does not exit ``stop_grace_seconds`` after
+    ``on_stop`` gets SIGTERM, then SIGKILL after the same grace. Memory and CPU are sampled
+    every ``usage_interval_seconds``. ``preload`` names modules the forkserver imports once
+    so each worker start skips importing them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    start_method: str | None = None
+    heartbeat_interval_seconds: PositiveFloat = 1.0
+    heartbeat_timeout_seconds: PositiveFloat = 10.0
+    cancel_grace_seconds: NonNegativeFloat = 1.0
+    stop_grace_seconds: NonNegativeFloat = 2.0
+    usage_interval_seconds: PositiveFloat = 0.2
+    preload: list[str] = Field(default_factory=list)
 
 
 class RuntimeConfig(BaseModel):
@@ -209,7 +264,9 @@ class RuntimeConfig(BaseModel):
     retry_backoff_max_seconds: NonNegativeFloat = 60.0
     shutdown_timeout_seconds: NonNegativeFloat = 10.0
     agent_start_timeout_seconds: PositiveFloat = 60.0
-    default_isolation: str = "inline"
+    default_isolation: str = "process"
+    restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    process: ProcessSettings = Field(default_factory=ProcessSettings)
     record_task_events: bool = True
     plugin_options: dict[str, JSONObject] = Field(default_factory=dict)
 
@@ -391,8 +448,10 @@ __all__ = [
     "JSONObject",
     "Metrics",
     "Priority",
+    "ProcessSettings",
     "QueueStatus",
     "ResourceLimits",
+    "RestartPolicy",
     "RuntimeConfig",
     "Severity",
     "Task",

@@ -33,6 +33,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "priority_scheduling": "miminions.plugins.priority_scheduling",
     "asyncio_executor": "miminions.plugins.asyncio_executor",
     "inline_host": "miminions.plugins.inline_host",
+    "process_host": "miminions.plugins.process_host",
     "sqlite_store": "miminions.plugins.sqlite_store",
     "logging_monitor": "miminions.plugins.logging_monitor",
 }

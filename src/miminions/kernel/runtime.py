@@ -20,7 +20,12 @@ from typing import Any, Literal, TypeVar
 import pydantic
 
 from miminions.kernel import queries
-from miminions.kernel.agent import AgentContext, ContextChannel, classify_agent
+from miminions.kernel.agent import (
+    AgentContext,
+    ContextChannel,
+    check_not_loading_main_in_worker,
+    classify_agent,
+)
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -178,6 +183,14 @@ class AgentRuntime:
             channel=channel,
         )
 
+    def report_host_failure(
+        self, agent_id: str, reason: str, details: JSONObject | None = None
+    ) -> None:
+        """For host plugins: the agent died on its own (its process exited, hung or broke a
+        limit). It is failed and restarted per ``config.restart`` (see
+        :class:`~miminions.RestartPolicy`); ``details`` go into the AGENT_FAILED event."""
+        self.agent_book.host_failed(agent_id, reason, details)
+
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> AgentRuntime:
         await self.start()
@@ -193,6 +206,7 @@ class AgentRuntime:
 
     async def start(self) -> None:
         """Open storage, recover what an earlier run left, and begin dispatching."""
+        check_not_loading_main_in_worker()
         if self._state != "new":
             raise InvalidStateError(
                 f"this runtime is {self._state}; a runtime starts once — create a new "
@@ -242,6 +256,7 @@ class AgentRuntime:
             limits=config.limits,
             make_host=self._make_host,
             start_timeout=config.agent_start_timeout_seconds,
+            restart_policy=config.restart,
         )
         self._task_book = TaskBook(
             scheduler=self._scheduler,
@@ -342,6 +357,7 @@ class AgentRuntime:
                     await store.close()
                 finally:
                     release(self._claim)
+                    self.plugin_manager.hook.miminions_runtime_stopped(runtime=self)
 
     def _require_running(self) -> None:
         if self._state != "running":

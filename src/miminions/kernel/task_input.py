@@ -59,7 +59,9 @@ def new_task_id() -> str:
 def describe_error(error: BaseException) -> str:
     """A one-line description of an exception for ``Task.error_message``."""
     text = str(error)
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+    # an error raised in a worker process reads the same as one raised inline
+    name = getattr(error, "remote_type", None) or type(error).__name__
+    return f"{name}: {text}" if text else name
 
 
 __all__ = ["MAX_RETRIES", "TaskRequest", "describe_error", "new_task_id", "to_json_value"]

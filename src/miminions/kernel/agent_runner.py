@@ -1,0 +1,199 @@
+"""Running one agent object: its lifecycle hooks, its tasks and its cooperative pause.
+
+:class:`AgentRunner` is what every host builds on: the ``inline`` host runs it on the
+runtime's loop, a ``process`` worker runs it on the worker's own loop. It is also the
+agent's :class:`~miminions.kernel.agent.ContextChannel`: each ``await context.<call>`` is a
+safe point that waits while the runner is paused.
+
+Synchronous agent code runs in the agent's own thread, one call at a time, so the loop
+(and, in a worker, its heartbeat) stays responsive. Such code cannot be interrupted
+mid-call, only abandoned.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any
+
+from miminions.kernel.agent import (
+    AgentContext,
+    ContextChannel,
+    call_agent_code,
+    call_hook,
+    instantiate_agent,
+)
+from miminions.kernel.errors import InvalidStateError
+from miminions.kernel.models import JSONObject, Task
+
+SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
+MakeContext = Callable[[ContextChannel], AgentContext]
+
+
+class AgentRunner:
+    """Builds and drives one agent object (see the module docstring)."""
+
+    def __init__(
+        self,
+        name: str,
+        kind: str,
+        registered: object,
+        *,
+        make_context: MakeContext,
+        save_checkpoint: SaveCheckpoint,
+    ) -> None:
+        self.name = name
+        self._kind = kind
+        self._registered = registered
+        self._make_context = make_context
+        self._save_checkpoint = save_checkpoint
+        self._agent: Any = None
+        self._execute: Callable[[Task], Awaitable[Any]] = _not_started
+        self.context: AgentContext | None = None
+        self._gate = asyncio.Event()
+        self._gate.set()
+        self._halted = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._stopping = False
+        self._thread: ThreadPoolExecutor | None = None
+
+    # --------------------------------------------------------------- ContextChannel
+    @property
+    def stopping(self) -> bool:
+        """True once the agent was asked to stop."""
+        return self._stopping
+
+    async def safe_point(self) -> None:
+        """Wait here while the agent is paused."""
+        if self._gate.is_set():
+            return
+        self._halted.set()
+        try:
+            await self._gate.wait()
+        finally:
+            self._halted.clear()
+
+    def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
+        """Durably record a task checkpoint (through whatever reaches the runtime)."""
+        return self._save_checkpoint(task_id, state)
+
+    # --------------------------------------------------------------- lifecycle
+    @property
+    def idle(self) -> bool:
+        """True while no task runs."""
+        return self._idle.is_set()
+
+    async def start(self, resume_state: JSONObject | None = None) -> None:
+        """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
+        self._stopping = False
+        self._gate.set()
+        self._agent = instantiate_agent(self._registered, self._kind)
+        execute = self._agent.execute_task
+        # Decided once per start, not per task: async code is awaited directly; sync code
+        # runs in this agent's own thread, one call at a time (an abandoned call that is
+        # still running delays the next one instead of running beside it).
+        if inspect.iscoroutinefunction(execute):
+            self._execute = execute
+        else:
+            self._execute = partial(call_agent_code, execute, executor=self._own_thread())
+        self.context = self._make_context(self)
+        # objects with __slots__ can still use the context passed to function agents
+        with contextlib.suppress(AttributeError):
+            self._agent.context = self.context
+        await self.hook("on_start")
+        if resume_state is not None:
+            await self.hook("on_resume", resume_state)
+
+    async def run(self, task: Task, checkpoint: Any = None) -> Any:
+        """Run one task (a sync ``execute_task`` runs in the agent's thread)."""
+        context = self.context
+        if context is None or self._agent is None:
+            raise InvalidStateError(f"agent {self.name!r} is not started")
+        context.current_task = task
+        context.last_checkpoint = checkpoint
+        self._idle.clear()
+        try:
+            return await self._execute(task)
+        finally:
+            context.current_task = None
+            self._idle.set()
+
+    async def halt(self) -> None:
+        """Close the gate and return once the running task halted at a safe point or ended.
+
+        If the wait is abandoned (cancelled) the gate opens again, so a task never stays
+        halted without a pause to show for it.
+        """
+        self._gate.clear()
+        if self._idle.is_set():
+            return
+        halted = asyncio.ensure_future(self._halted.wait())
+        idle = asyncio.ensure_future(self._idle.wait())
+        try:
+            await asyncio.wait({halted, idle}, return_when=asyncio.FIRST_COMPLETED)
+        except BaseException:
+            self._gate.set()
+            raise
+        finally:
+            halted.cancel()
+            idle.cancel()
+
+    async def pause(self) -> JSONObject:
+        """Halt (see :meth:`halt`), then run ``on_pause`` and return its state.
+
+        If ``on_pause`` fails the gate opens again.
+        """
+        await self.halt()
+        try:
+            state = await self.hook("on_pause")
+        except BaseException:
+            self._gate.set()
+            raise
+        return state if state is not None else {}
+
+    async def resume(self, state: JSONObject) -> None:
+        """Run ``on_resume(state)`` and open the gate."""
+        await self.hook("on_resume", state)
+        self._gate.set()
+
+    def request_stop(self) -> None:
+        """From now on ``context.is_stopping`` is true: the task should finish or checkpoint."""
+        self._stopping = True
+
+    async def stop(self, timeout_seconds: float) -> None:
+        """Run ``on_stop`` within ``timeout_seconds`` and drop the agent."""
+        self._stopping = True
+        self._gate.set()
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self.hook("on_stop")
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        """Drop the agent without running any hook."""
+        self._stopping = True
+        self._gate.set()
+        self._agent = None
+        if self._thread is not None:
+            # A sync call that ignores cancellation keeps its thread; nothing waits for it.
+            self._thread.shutdown(wait=False, cancel_futures=True)
+            self._thread = None
+
+    async def hook(self, name: str, *args: Any) -> Any:
+        """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread)."""
+        return await call_hook(self._agent, name, *args, executor=self._own_thread())
+
+    def _own_thread(self) -> ThreadPoolExecutor:
+        if self._thread is None:
+            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"miminions-{self.name}")
+        return self._thread
+
+
+async def _not_started(task: Task) -> Any:
+    raise InvalidStateError("the agent is not started")

@@ -1,0 +1,305 @@
+"""The wire between the runtime and an agent's worker process: JSON frames over a socket.
+
+A frame is a 4-byte big-endian length followed by that many bytes of UTF-8 JSON, always an
+object. Three kinds travel, in both directions:
+
+- a *request* ``{"op": ..., "id": n, ...}`` expects one *reply* ``{"re": n, "value": ...}``
+  or ``{"re": n, "error": {"type", "message", "traceback"}}``;
+- a *notice* ``{"op": ...}`` (no id) expects nothing.
+
+:class:`FrameChannel` is the asyncio protocol both ends speak. Frames written during one
+loop iteration leave in one ``write``, so many small frames cost one system call. Nothing
+here is pickled: whatever arrives is parsed as JSON and checked before it is used (R-06).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import logging
+import traceback
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from miminions.kernel.errors import MiminionsError, RemoteAgentError
+from miminions.kernel.models import Task
+
+logger = logging.getLogger("miminions.wire")
+
+HEADER_BYTES = 4
+#: A length beyond this is a corrupt stream, not a frame (task payloads are far smaller).
+MAX_FRAME_BYTES = 256 * 1024 * 1024
+
+Frame = dict[str, Any]
+Handler = Callable[[Frame], Awaitable[Any] | None]
+
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+class ChannelClosedError(MiminionsError, ConnectionError):
+    """The other end of a frame channel went away (its process exited or was killed)."""
+
+
+class ProtocolViolationError(MiminionsError):
+    """A frame that is not valid JSON, not an object, or too large arrived."""
+
+
+def encode_frame(frame: Frame) -> bytes:
+    """One frame: length header + compact JSON. Raises ValueError/TypeError for non-JSON."""
+    body = _encode(frame).encode()
+    if len(body) > MAX_FRAME_BYTES:
+        raise ValueError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+    return len(body).to_bytes(HEADER_BYTES, "big") + body
+
+
+def error_to_wire(error: BaseException) -> Frame:
+    """What travels for an exception: its type name, message and formatted traceback."""
+    return {
+        "type": getattr(error, "remote_type", None) or type(error).__name__,
+        "message": str(error),
+        "traceback": "".join(traceback.format_exception(error)),
+    }
+
+
+def error_from_wire(data: Any) -> RemoteAgentError:
+    """Rebuild an error sent by :func:`error_to_wire` (checked; never trusted blindly)."""
+    if not isinstance(data, dict):
+        return RemoteAgentError("ProtocolViolationError", f"malformed error {data!r}")
+    return RemoteAgentError(
+        str(data.get("type") or "Exception"),
+        str(data.get("message") or ""),
+        str(data.get("traceback") or ""),
+    )
+
+
+def task_to_wire(task: Task) -> Frame:
+    """A task as JSON: enums as their values, timestamps as UTC unix seconds."""
+    fields = dict(task.__dict__)
+    for key in ("created_at", "started_at", "completed_at"):
+        value = fields[key]
+        if value is not None:
+            fields[key] = value.timestamp()
+    fields["status"] = fields["status"].value
+    return fields
+
+
+def task_from_wire(data: Any) -> Task:
+    """Rebuild (and validate) a task sent by :func:`task_to_wire`."""
+    if not isinstance(data, dict):
+        raise ProtocolViolationError(f"a task must be a JSON object, got {type(data).__name__}")
+    fields = dict(data)
+    for key in ("created_at", "started_at", "completed_at"):
+        value = fields.get(key)
+        if isinstance(value, (int, float)):
+            fields[key] = datetime.fromtimestamp(value, UTC)
+    return Task.model_validate(fields)
+
+
+class FrameChannel(asyncio.Protocol):
+    """One end of the wire (see the module docstring).
+
+    ``handler`` is called with every request and notice; for a request, what it returns
+    (or what its awaitable resolves to) is sent back as the reply, and what it raises as an
+    error reply. ``on_lost`` is called once when the connection ends.
+    """
+
+    def __init__(
+        self, handler: Handler, on_lost: Callable[[BaseException | None], None] | None = None
+    ) -> None:
+        self._handler = handler
+        self._on_lost = on_lost
+        self._transport: asyncio.Transport | None = None
+        self._buffer = bytearray()
+        self._pending: dict[int, asyncio.Future[Any]] = {}
+        self._ids = itertools.count(1)
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._closed_error: BaseException | None = None
+        self.closed = asyncio.get_running_loop().create_future()
+
+    # ------------------------------------------------------------------ sending
+    def request(self, op: str, **payload: Any) -> asyncio.Future[Any]:
+        """Send a request; the future resolves with the reply's value or raises its error."""
+        return self.start_request(op, **payload)[1]
+
+    def start_request(self, op: str, **payload: Any) -> tuple[int, asyncio.Future[Any]]:
+        """Like :meth:`request`, also returning the request id (to send a cancel for it)."""
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        request_id = next(self._ids)
+        if self._closed_error is not None:
+            future.set_exception(self._lost_error())
+            return request_id, future
+        payload["op"] = op
+        payload["id"] = request_id
+        self._send(payload)
+        self._pending[request_id] = future
+        return request_id, future
+
+    def notify(self, op: str, **payload: Any) -> None:
+        """Send a notice (no reply); silently dropped once the channel is closed."""
+        if self._closed_error is None:
+            payload["op"] = op
+            self._send(payload)
+
+    def close(self) -> None:
+        """Flush what is queued and close the connection."""
+        self._flush()
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        """Close at once, dropping queued frames."""
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _send(self, frame: Frame) -> None:
+        self._out.append(encode_frame(frame))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        if not self._out or self._transport is None or self._transport.is_closing():
+            self._out.clear()
+            return
+        data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
+        self._out.clear()
+        self._transport.write(data)
+
+    # ------------------------------------------------------------------ asyncio.Protocol
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        """Keep the transport."""
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        """Split the stream into frames and handle each."""
+        buffer = self._buffer
+        buffer += data
+        start = 0
+        end = len(buffer)
+        try:
+            while end - start >= HEADER_BYTES:
+                size = int.from_bytes(buffer[start : start + HEADER_BYTES], "big")
+                if size > MAX_FRAME_BYTES:
+                    raise ProtocolViolationError(f"frame length {size} exceeds the limit")
+                if end - start - HEADER_BYTES < size:
+                    break
+                body = bytes(buffer[start + HEADER_BYTES : start + HEADER_BYTES + size])
+                start += HEADER_BYTES + size
+                self._dispatch(_decode(body))
+        except ProtocolViolationError as exc:
+            logger.error("closing a frame channel: %s", exc)
+            del buffer[:]
+            self._fail(exc)
+            if self._transport is not None:
+                self._transport.abort()
+            return
+        del buffer[:start]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        """Fail every pending request and tell the owner."""
+        self._fail(exc)
+
+    # ------------------------------------------------------------------ internals
+    def _fail(self, exc: BaseException | None) -> None:
+        if self._closed_error is not None:
+            return
+        self._closed_error = exc or ChannelClosedError("the connection was closed")
+        pending, self._pending = self._pending, {}
+        for future in pending.values():
+            if not future.done():
+                future.set_exception(self._lost_error())
+        if not self.closed.done():
+            self.closed.set_result(None)
+        if self._on_lost is not None:
+            self._on_lost(exc)
+
+    def _lost_error(self) -> ChannelClosedError:
+        return ChannelClosedError(f"the other end is gone ({self._closed_error})")
+
+    def _dispatch(self, frame: Frame) -> None:
+        reply_to = frame.get("re")
+        if reply_to is not None:
+            future = self._pending.pop(reply_to, None)
+            if future is None or future.done():
+                return  # its requester gave up waiting
+            if "error" in frame:
+                future.set_exception(error_from_wire(frame["error"]))
+            else:
+                future.set_result(frame.get("value"))
+            return
+        if not isinstance(frame.get("op"), str):
+            raise ProtocolViolationError(f"a frame without an op: {frame!r:.200}")
+        request_id = frame.get("id")
+        try:
+            result = self._handler(frame)
+        except Exception as exc:
+            if request_id is not None:
+                self._reply_error(request_id, exc)
+            else:
+                logger.exception("handling notice %r failed", frame["op"])
+            return
+        if request_id is None:
+            if result is not None:
+                self._watch(asyncio.ensure_future(result), None)
+        elif result is None:
+            self._reply(request_id, None)
+        else:
+            self._watch(asyncio.ensure_future(result), request_id)
+
+    def _watch(self, future: asyncio.Future[Any], request_id: int | None) -> None:
+        if future.done():
+            self._settled(future, request_id)
+        else:
+            future.add_done_callback(lambda f: self._settled(f, request_id))
+
+    def _settled(self, future: asyncio.Future[Any], request_id: int | None) -> None:
+        if future.cancelled():
+            error: BaseException | None = asyncio.CancelledError("the handler was cancelled")
+        else:
+            error = future.exception()
+        if request_id is None:
+            if error is not None:
+                logger.error("handling a notice failed: %s", error)
+        elif error is not None:
+            self._reply_error(request_id, error)
+        else:
+            self._reply(request_id, future.result())
+
+    def _reply(self, request_id: int, value: Any) -> None:
+        if self._closed_error is not None:
+            return
+        try:
+            self._send({"re": request_id, "value": value})
+        except (TypeError, ValueError) as exc:
+            self._reply_error(request_id, exc)
+
+    def _reply_error(self, request_id: int, error: BaseException) -> None:
+        if self._closed_error is None:
+            self._send({"re": request_id, "error": error_to_wire(error)})
+
+
+def _decode(body: bytes) -> Frame:
+    try:
+        frame = json.loads(body)
+    except ValueError as exc:
+        raise ProtocolViolationError(f"a frame is not JSON: {exc}") from None
+    if not isinstance(frame, dict):
+        raise ProtocolViolationError(f"a frame must be a JSON object, got {type(frame).__name__}")
+    return frame
+
+
+__all__ = [
+    "ChannelClosedError",
+    "FrameChannel",
+    "ProtocolViolationError",
+    "encode_frame",
+    "error_from_wire",
+    "error_to_wire",
+    "task_from_wire",
+    "task_to_wire",
+]

@@ -1,0 +1,475 @@
+"""Built-in ``process`` isolation, the default: each agent runs in its own worker process.
+
+The runtime side of a worker (:class:`ProcessHost`) speaks JSON frames over a socket pair
+(:mod:`miminions.kernel.wire`); the worker side is :mod:`miminions.plugins.process_worker`.
+What this buys over ``inline`` (F-07, F-15, F-17):
+
+- a crash of the agent (exception, ``os._exit``, segfault, SIGKILL) fails only its task,
+  which is retried per its policy; the agent is restarted per the runtime's restart policy;
+- a worker that stops answering heartbeats, or whose task ignores a cancel or timeout, is
+  killed and restarted;
+- memory (RSS) and CPU time are watched and capped (soft limit: warning and ``on_error``;
+  hard limit: the worker is stopped with RESOURCE_LIMIT_EXCEEDED);
+- a paused agent's worker is stopped with SIGSTOP once its task reached a safe point, so it
+  uses no CPU until resumed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import sys
+from collections.abc import Coroutine
+from typing import TYPE_CHECKING, Any
+
+from miminions.kernel.errors import (
+    AgentCrashedError,
+    InvalidStateError,
+    ResourceLimitExceeded,
+    ResourceLimitWarning,
+    ValidationError,
+)
+from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.models import (
+    AgentSpec,
+    EventType,
+    JSONObject,
+    ResourceLimits,
+    Severity,
+    Task,
+)
+from miminions.kernel.wire import (
+    ChannelClosedError,
+    Frame,
+    FrameChannel,
+    error_to_wire,
+    task_to_wire,
+)
+from miminions.plugins import process_probe
+from miminions.plugins.process_pool import WorkerPool, WorkerProcess, describe_exit, pool_of
+
+if TYPE_CHECKING:
+    from miminions.kernel.runtime import AgentRuntime
+
+MIB = 1024 * 1024
+logger = logging.getLogger("miminions.plugins.process_host")
+
+
+class _Live:
+    """One running worker and the channel to it."""
+
+    def __init__(self, process: WorkerProcess, channel: FrameChannel) -> None:
+        self.process = process
+        self.channel = channel
+        self.frozen = False  # SIGSTOPped while paused
+        self.soft_memory_warned = False
+        self.soft_cpu_warned = False
+        self.breach: ResourceLimitExceeded | None = None
+
+
+class ProcessHost:
+    """Hosts one agent in a worker process (see the module docstring)."""
+
+    def __init__(self, spec: AgentSpec, runtime: AgentRuntime, pool: WorkerPool) -> None:
+        self.spec = spec
+        self._rt = runtime
+        self._pool = pool
+        self._settings = pool.settings
+        self._live: _Live | None = None
+        self._heartbeat: asyncio.Task[None] | None = None
+        self._remove_monitor: Any = None
+        self._background: set[asyncio.Future[Any]] = set()
+
+    @property
+    def process_id(self) -> int | None:
+        """The worker's pid while it runs."""
+        return self._live.process.pid if self._live is not None else None
+
+    # ------------------------------------------------------------------ AgentHost
+    async def start(self, resume_state: JSONObject | None = None) -> None:
+        """Start a worker, build the agent there, run ``on_start`` (and ``on_resume``)."""
+        if self._live is not None:
+            await self._discard(self._live, "restarted")
+        limits = self._limits()
+        boot = {
+            "agent_id": self.spec.agent_id,
+            "name": self.spec.name,
+            "group": self.spec.group,
+            "kind": self.spec.kind,
+            "target": self.spec.target,
+            "config": self.spec.config,
+            "max_memory_mb": limits.max_memory_per_agent_mb,
+            "max_cpu_seconds": limits.max_cpu_time_per_agent_seconds,
+            "main_path": _main_path(),
+        }
+        process = await self._pool.launch(boot)
+        loop = asyncio.get_running_loop()
+        live_box: list[_Live] = []
+        _, channel = await loop.create_unix_connection(
+            lambda: FrameChannel(self._handle, lambda exc: self._channel_lost(live_box)),
+            sock=process.sock,
+        )
+        live = _Live(process, channel)
+        live_box.append(live)
+        self._live = live
+        process.exited.add_done_callback(lambda _: self._exited(live))
+        try:
+            await self._call(live, "start", resume_state=resume_state)
+        except BaseException as exc:
+            await self._discard(live, "start failed")
+            if isinstance(exc, ChannelClosedError):
+                raise AgentCrashedError(
+                    f"the worker of agent {self.spec.name!r} "
+                    f"{describe_exit(await self._exit_code(live))} while starting"
+                ) from None
+            raise
+        self._heartbeat = asyncio.ensure_future(self._beat(live))
+        self._remove_monitor = self._pool.add_monitor(lambda: self._check_usage(live))
+
+    async def run(self, task: Task, checkpoint: Any = None) -> Any:
+        """Send the task to the worker and return its result (one frame each way)."""
+        live = self._require_live()
+        run_id, reply = live.channel.start_request(
+            "run", task=task_to_wire(task), checkpoint=checkpoint
+        )
+        try:
+            return await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            await self._cancel_run(live, run_id, reply)
+            raise
+        except ChannelClosedError:
+            raise await self._crash_error(live) from None
+
+    async def pause(self) -> JSONObject:
+        """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker."""
+        live = self._require_live()
+        state = await self._call(live, "pause")
+        live.process.signal(signal.SIGSTOP)
+        live.frozen = True
+        return state if isinstance(state, dict) else {}
+
+    async def resume(self, state: JSONObject) -> None:
+        """SIGCONT the worker, run ``on_resume(state)`` and let the task continue."""
+        live = self._require_live()
+        self._thaw(live)
+        await self._call(live, "resume", state=state)
+
+    async def notify_error(self, error: BaseException, task: Task | None) -> None:
+        """Run the agent's ``on_error`` in its worker."""
+        live = self._live
+        if live is None or not live.process.alive:
+            return
+        await self._call(
+            live,
+            "error",
+            error=error_to_wire(error),
+            task=None if task is None else task_to_wire(task),
+        )
+
+    def request_stop(self) -> None:
+        """Tell the worker a stop is coming (``context.is_stopping``)."""
+        if self._live is not None:
+            self._live.channel.notify("stop_requested")
+
+    async def stop(self, timeout_seconds: float) -> None:
+        """Run ``on_stop`` (within ``timeout_seconds``), then end the worker: it exits on
+        its own, or gets SIGTERM and, after the grace period, SIGKILL."""
+        live = self._live
+        if live is None:
+            return
+        live.process.expected_exit = True
+        self._thaw(live)
+        try:
+            async with asyncio.timeout(timeout_seconds + self._settings.cancel_grace_seconds):
+                await self._call(live, "stop", timeout=timeout_seconds)
+        except (TimeoutError, ChannelClosedError):
+            pass  # it ends below either way
+        finally:
+            await self._end(live, graceful=True)
+
+    async def kill(self) -> None:
+        """SIGKILL the worker without running any hook."""
+        live = self._live
+        if live is not None:
+            await self._discard(live, "killed")
+
+    # ------------------------------------------------------------------ worker requests
+    def _handle(self, frame: Frame) -> Any:
+        op = frame["op"]
+        if op == "checkpoint":
+            task_id = frame.get("task_id")
+            if not isinstance(task_id, str):
+                raise ValidationError("checkpoint needs a task_id")
+            return self._rt.task_book.save_checkpoint(task_id, frame.get("state"))
+        raise ValidationError(f"unknown request {op!r} from the worker")
+
+    # ------------------------------------------------------------------ internals
+    def _require_live(self) -> _Live:
+        live = self._live
+        if live is None or not live.process.alive:
+            raise InvalidStateError(f"agent {self.spec.name!r} has no running worker")
+        return live
+
+    def _limits(self) -> ResourceLimits:
+        runtime_limits = self._rt.config.limits
+        own = self.spec.limits
+        if own is None:
+            return runtime_limits
+        return runtime_limits.model_copy(
+            update={name: getattr(own, name) for name in own.model_fields_set}
+        )
+
+    async def _call(self, live: _Live, op: str, **payload: Any) -> Any:
+        """A request to the worker; cancelling the caller cancels it in the worker too."""
+        request_id, reply = live.channel.start_request(op, **payload)
+        try:
+            return await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            live.channel.notify("cancel", run=request_id)
+            raise
+
+    async def _cancel_run(self, live: _Live, run_id: int, reply: asyncio.Future[Any]) -> None:
+        """The task was cancelled or timed out: tell the worker; kill it if its task does
+        not stop within the grace period (F-17)."""
+        if not live.process.alive:
+            return
+        live.channel.notify("cancel", run=run_id)
+        done, _ = await asyncio.wait({reply}, timeout=self._settings.cancel_grace_seconds)
+        if done:
+            if not reply.cancelled():
+                reply.exception()  # retrieved: the run's outcome no longer matters
+            return
+        grace = self._settings.cancel_grace_seconds
+        await self._kill_worker(
+            live,
+            f"its task did not stop within {grace:g} s of being cancelled or timing out",
+            {"task_ignored_cancel": True},
+        )
+
+    async def _crash_error(self, live: _Live) -> BaseException:
+        """The error a task gets when its worker died under it."""
+        if live.breach is not None:
+            return live.breach
+        reason = live.process.exit_reason or describe_exit(await self._exit_code(live))
+        return AgentCrashedError(
+            f"the worker process of agent {self.spec.name!r} (pid {live.process.pid}) "
+            f"{reason} while running the task"
+        )
+
+    async def _exit_code(self, live: _Live) -> int | None:
+        await live.process.wait_exit(1.0)
+        exited = live.process.exited
+        return exited.result() if exited.done() else None
+
+    def _channel_lost(self, box: list[_Live]) -> None:
+        if not box:
+            return
+        live = box[0]
+        if live.process.alive and not live.process.expected_exit:
+            self._spawn(self._lost_connection(live))
+
+    async def _lost_connection(self, live: _Live) -> None:
+        # Usually the process is exiting and its exit status follows in a moment; one that
+        # closed its end but lives on is of no use any more.
+        if not await live.process.wait_exit(1.0):
+            await self._kill_worker(live, "closed its connection to the runtime", {})
+
+    def _exited(self, live: _Live) -> None:
+        """The worker process ended: if nobody asked for that, it crashed."""
+        self._stop_watching(live)
+        if live.process.expected_exit:
+            return
+        exitcode = live.process.exited.result()
+        details: JSONObject = {"pid": live.process.pid, "exit_code": exitcode}
+        if exitcode is not None and exitcode < 0:
+            details["signal"] = describe_exit(exitcode).rpartition(" ")[2]
+        reason = f"its worker process {describe_exit(exitcode)}"
+        if exitcode == -signal.SIGXCPU and live.breach is None:
+            limit = self._limits().max_cpu_time_per_agent_seconds
+            live.breach = self._breach("cpu", None, limit, "seconds")
+        if live.breach is not None:
+            reason = str(live.breach)
+        self._rt.report_host_failure(self.spec.agent_id, reason, details)
+
+    async def _kill_worker(self, live: _Live, reason: str, details: JSONObject) -> None:
+        """Kill a misbehaving worker; it then counts as crashed (``reason`` says why)."""
+        if not live.process.alive:
+            return
+        live.process.exit_reason = f"was killed: {reason}"
+        self._rt.events.emit(
+            EventType.AGENT_KILLED,
+            severity=Severity.ERROR,
+            agent_id=self.spec.agent_id,
+            details={"pid": live.process.pid, "reason": reason, **details},
+        )
+        await live.process.kill()
+
+    async def _discard(self, live: _Live, why: str) -> None:
+        """End a worker on purpose, at once."""
+        live.process.expected_exit = True
+        live.process.exit_reason = why
+        await self._end(live, graceful=False)
+
+    async def _end(self, live: _Live, *, graceful: bool) -> None:
+        self._stop_watching(live)
+        if graceful:
+            if not await live.process.wait_exit(self._settings.stop_grace_seconds):
+                await live.process.terminate(self._settings.stop_grace_seconds)
+        else:
+            await live.process.kill()
+        live.channel.abort()
+        if self._live is live:
+            self._live = None
+
+    def _stop_watching(self, live: _Live) -> None:
+        if self._live is live:
+            if self._heartbeat is not None:
+                self._heartbeat.cancel()
+                self._heartbeat = None
+            if self._remove_monitor is not None:
+                self._remove_monitor()
+                self._remove_monitor = None
+
+    def _thaw(self, live: _Live) -> None:
+        if live.frozen:
+            live.process.signal(signal.SIGCONT)
+            live.frozen = False
+
+    # ------------------------------------------------------------------ heartbeat
+    async def _beat(self, live: _Live) -> None:
+        """Ping the worker's loop; one that does not answer in time is hung (F-07)."""
+        settings = self._settings
+        while live.process.alive:
+            await asyncio.sleep(settings.heartbeat_interval_seconds)
+            if live.frozen or not live.process.alive:
+                continue
+            reply = live.channel.request("ping")
+            done, _ = await asyncio.wait({reply}, timeout=settings.heartbeat_timeout_seconds)
+            if not done:
+                reply.cancel()
+                if live.frozen:  # paused meanwhile: a stopped process cannot answer
+                    continue
+                limit = settings.heartbeat_timeout_seconds
+                await self._kill_worker(
+                    live,
+                    f"it did not answer a heartbeat within {limit:g} s",
+                    {"heartbeat_timeout_seconds": limit},
+                )
+                return
+            if done and not reply.cancelled():
+                reply.exception()
+
+    # ------------------------------------------------------------------ usage (F-08, F-27)
+    def _check_usage(self, live: _Live) -> None:
+        if not live.process.alive or live.breach is not None:
+            return
+        limits = self._limits()
+        if not (
+            limits.max_memory_per_agent_mb
+            or limits.soft_memory_per_agent_mb
+            or limits.soft_cpu_time_per_agent_seconds
+        ):
+            return
+        usage = process_probe.read_usage(live.process.pid)
+        if usage is None:
+            return
+        rss_mb = usage.rss_bytes / MIB
+        hard = limits.max_memory_per_agent_mb
+        if hard is not None and rss_mb > hard:
+            live.breach = self._breach("memory", rss_mb, hard, "MB")
+            self._spawn(self._kill_worker(live, str(live.breach), {}))
+            return
+        soft = limits.soft_memory_per_agent_mb
+        if soft is not None and rss_mb > soft and not live.soft_memory_warned:
+            live.soft_memory_warned = True
+            self._soft_warning(live, "memory", rss_mb, soft, "MB")
+        elif soft is not None and rss_mb <= soft:
+            live.soft_memory_warned = False
+        soft_cpu = limits.soft_cpu_time_per_agent_seconds
+        if soft_cpu is not None and usage.cpu_seconds > soft_cpu and not live.soft_cpu_warned:
+            live.soft_cpu_warned = True
+            self._soft_warning(live, "cpu", usage.cpu_seconds, soft_cpu, "seconds")
+
+    def _breach(
+        self, resource: str, usage: float | None, limit: float | None, unit: str
+    ) -> ResourceLimitExceeded:
+        used = f"{usage:.1f} {unit}" if usage is not None else "all"
+        self._rt.events.emit(
+            EventType.RESOURCE_LIMIT_EXCEEDED,
+            severity=Severity.ERROR,
+            agent_id=self.spec.agent_id,
+            details={"resource": resource, "usage": usage, "limit": limit, "unit": unit},
+        )
+        noun = "memory" if resource == "memory" else "CPU time"
+        return ResourceLimitExceeded(
+            f"agent {self.spec.name!r} used {used} of {noun}, over its limit of "
+            f"{limit:g} {unit}; its worker was stopped"
+        )
+
+    def _soft_warning(
+        self, live: _Live, resource: str, usage: float, limit: float, unit: str
+    ) -> None:
+        self._rt.events.emit(
+            EventType.RESOURCE_LIMIT_WARNING,
+            severity=Severity.WARNING,
+            agent_id=self.spec.agent_id,
+            details={"resource": resource, "usage": usage, "limit": limit, "unit": unit},
+        )
+        warning = ResourceLimitWarning(
+            f"agent {self.spec.name!r} uses {usage:.1f} {unit} of "
+            f"{'memory' if resource == 'memory' else 'CPU time'}, over its soft limit of "
+            f"{limit:g} {unit}: shed load before the hard limit stops it"
+        )
+        self._spawn(self.notify_error(warning, None))
+
+    def _spawn(self, work: Coroutine[Any, Any, None]) -> None:
+        """Run ``work`` in the background, keeping a reference; its errors are logged."""
+        future = asyncio.ensure_future(work)
+        self._background.add(future)
+        future.add_done_callback(self._background_done)
+
+    def _background_done(self, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            logger.error("agent %r: %s", self.spec.name, future.exception())
+
+
+def _main_path() -> str | None:
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    return os.path.abspath(path) if isinstance(path, str) else None
+
+
+@hookimpl(trylast=True)  # built-in: another plugin may take over process agents
+def miminions_make_host(spec: AgentSpec, agent: object, runtime: AgentRuntime) -> Any:
+    """Host agents registered with ``isolation="process"`` in worker processes."""
+    if spec.isolation != "process":
+        return None
+    if spec.kind == "instance" or spec.target is None:
+        what = (
+            "an agent object"
+            if spec.kind == "instance"
+            else f"{agent!r}, defined inside a function,"
+        )
+        raise ValidationError(
+            f"agent {spec.name!r} cannot run in a worker process: {what} cannot be imported "
+            "there (workers import agents by module path; they never receive pickled code). "
+            "Register a class or function defined at module level of an importable module, "
+            "or pass isolation='inline'"
+        )
+    return ProcessHost(spec, runtime, pool_of(runtime))
+
+
+@hookimpl
+def miminions_runtime_started(runtime: AgentRuntime) -> None:
+    """Reap worker processes an earlier runtime on the same database left alive (F-20)."""
+    pool_of(runtime).reap_leftovers()
+
+
+@hookimpl
+def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
+    """Make sure no worker outlives the runtime: hosts stop their workers gracefully
+    first; whatever is left (a stop cut short) is killed here (F-14)."""
+    pool_of(runtime).kill_all()

@@ -1,0 +1,333 @@
+"""Worker processes of one runtime: starting them, knowing they ended, and cleaning up.
+
+Workers are forked by multiprocessing's forkserver (spawned where there is none) with
+:mod:`miminions.plugins.process_worker` preloaded, so a start costs a fork. Each gets one
+end of a socket pair; nothing else connects them (no listener, no Manager).
+
+Every live worker is recorded in the runtime's store (meta key ``process.workers``: pid and
+start time). A runtime that was SIGKILLed cannot stop its workers, which end on their own
+when their parent goes (see the worker module); a later runtime on the same database still
+reaps any that survived, after checking each really is that worker (same pid *and* start
+time) before killing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import contextlib
+import io
+import logging
+import multiprocessing
+import os
+import signal
+import socket
+import weakref
+from collections.abc import Callable
+from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
+from multiprocessing.context import ForkServerProcess, set_spawning_popen
+from multiprocessing.process import BaseProcess
+from typing import TYPE_CHECKING, Any
+
+from miminions.kernel.errors import ConfigurationError, MiminionsError
+from miminions.kernel.models import EventType, ProcessSettings, Severity
+from miminions.plugins import process_probe
+from miminions.plugins.process_probe import WorkerRecord
+
+if TYPE_CHECKING:
+    from miminions.kernel.runtime import AgentRuntime
+
+logger = logging.getLogger("miminions.plugins.process_host")
+
+WORKERS_META_KEY = "process.workers"
+_WORKER_MODULE = "miminions.plugins.process_worker"
+
+# Every worker process this Python process started and has not seen exit: killed at
+# interpreter exit, whatever happened to the runtimes and loops that owned them.
+_LIVE: dict[int, BaseProcess] = {}
+
+
+def _kill_leftovers() -> None:
+    for process in list(_LIVE.values()):
+        with contextlib.suppress(Exception):
+            process.kill()
+    for process in list(_LIVE.values()):
+        with contextlib.suppress(Exception):
+            process.join(1.0)
+    _LIVE.clear()
+
+
+# Registered after multiprocessing's own exit handler (imported above), so it runs first:
+# multiprocessing would otherwise wait for the non-daemon workers at exit.
+atexit.register(_kill_leftovers)
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """How a worker ended, in words: ``killed by SIGSEGV``, ``exited with code 3``."""
+    if exitcode is None:
+        return "ended (exit status unknown)"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exited with code {exitcode}"
+
+
+class WorkerProcess:
+    """One started worker process: its pid, its socket and a future for its exit code."""
+
+    def __init__(self, process: BaseProcess, sock: socket.socket, record: WorkerRecord) -> None:
+        self.process = process
+        self.sock = sock
+        self.record = record
+        self.pid = record.pid
+        loop = asyncio.get_running_loop()
+        self.exited: asyncio.Future[int | None] = loop.create_future()
+        self.expected_exit = False  # we asked it to stop or killed it on purpose
+        self.exit_reason: str | None = None  # why we killed it, when we did
+        loop.add_reader(process.sentinel, self._sentinel_ready, loop)
+
+    def _sentinel_ready(self, loop: asyncio.AbstractEventLoop) -> None:
+        loop.remove_reader(self.process.sentinel)
+        exitcode = self.process.exitcode
+        _LIVE.pop(self.pid, None)
+        with contextlib.suppress(Exception):
+            self.process.close()
+        if not self.exited.done():
+            self.exited.set_result(exitcode)
+
+    @property
+    def alive(self) -> bool:
+        """True until the process was seen to exit."""
+        return not self.exited.done()
+
+    def signal(self, signum: int) -> None:
+        """Send ``signum`` unless the process already ended."""
+        if self.alive:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.pid, signum)
+
+    async def terminate(self, grace_seconds: float) -> None:
+        """SIGTERM, then SIGKILL after ``grace_seconds``; return once it exited."""
+        self.expected_exit = True
+        self.signal(signal.SIGCONT)  # a stopped (paused) process cannot act on SIGTERM
+        self.signal(signal.SIGTERM)
+        if not await self.wait_exit(grace_seconds):
+            await self.kill()
+
+    async def kill(self) -> None:
+        """SIGKILL; return once it exited."""
+        self.signal(signal.SIGKILL)
+        await self.wait_exit(5.0)
+
+    async def wait_exit(self, seconds: float) -> bool:
+        """Wait up to ``seconds`` for the exit; True if it exited."""
+        if not self.alive:
+            return True
+        done, _ = await asyncio.wait({self.exited}, timeout=seconds)
+        return bool(done)
+
+
+class WorkerPool:
+    """The worker processes of one runtime (see the module docstring)."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self.runtime = runtime
+        self.settings: ProcessSettings = runtime.config.process
+        self.workers: dict[int, WorkerProcess] = {}
+        self._context = _multiprocessing_context(self.settings)
+        self._process_class: Any = (
+            _WorkerProcess
+            if self._context.get_start_method() == "forkserver"
+            else self._context.Process
+        )
+        self._reaped: asyncio.Future[None] | None = None
+        self._monitors: list[Callable[[], None]] = []
+        self._monitor_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ start-up
+    def reap_leftovers(self) -> None:
+        """Begin reaping the workers an earlier runtime on this database left alive."""
+        if self._reaped is None:
+            self._reaped = asyncio.ensure_future(self._reap())
+
+    async def _reap(self) -> None:
+        try:
+            await self._reap_recorded()
+        except MiminionsError as exc:  # the runtime stopped meanwhile
+            logger.warning("could not check for leftover worker processes: %s", exc)
+
+    async def _reap_recorded(self) -> None:
+        stored = await self.runtime.store.get_meta(WORKERS_META_KEY)
+        records = []
+        for item in stored or ():
+            with contextlib.suppress(Exception):
+                records.append(WorkerRecord.model_validate(item))
+        mine = os.getpid()
+        leftovers = [r for r in records if r.runtime_pid != mine or r.pid not in _LIVE]
+        if not leftovers:
+            return
+        killed = await asyncio.to_thread(process_probe.reap, leftovers)
+        await self.runtime.store.put_meta(WORKERS_META_KEY, self._records())
+        if killed:
+            self.runtime.events.emit(
+                EventType.WORKERS_REAPED,
+                severity=Severity.WARNING,
+                details={
+                    "killed": [r.model_dump() for r in killed],
+                    "message": f"killed {len(killed)} worker process(es) a previous runtime "
+                    "on this database left running",
+                },
+            )
+
+    # ------------------------------------------------------------------ workers
+    async def launch(self, boot: dict[str, Any]) -> WorkerProcess:
+        """Start a worker for the agent described by ``boot``; return once it is forked."""
+        if self._reaped is not None:
+            await asyncio.shield(self._reaped)
+        parent_sock, child_sock = socket.socketpair()
+        try:
+            from miminions.plugins.process_worker import worker_main
+
+            process = self._process_class(
+                target=worker_main,
+                args=(child_sock, boot),
+                name=f"miminions-agent-{boot['name']}",
+                daemon=False,
+            )
+            # Blocking (a round trip to the forkserver, or a whole spawn): not on the loop.
+            await asyncio.to_thread(process.start)
+        except BaseException:
+            parent_sock.close()
+            raise
+        finally:
+            child_sock.close()
+        pid = process.pid
+        assert pid is not None
+        _LIVE[pid] = process
+        record = WorkerRecord(
+            pid=pid,
+            start_time=process_probe.process_start_time(pid),
+            agent_id=str(boot["agent_id"]),
+            runtime_pid=os.getpid(),
+        )
+        worker = WorkerProcess(process, parent_sock, record)
+        self.workers[pid] = worker
+        worker.exited.add_done_callback(lambda _: self._forget(pid))
+        await self.runtime.store.put_meta(WORKERS_META_KEY, self._records())
+        self._ensure_monitor()
+        return worker
+
+    def _forget(self, pid: int) -> None:
+        self.workers.pop(pid, None)
+        with contextlib.suppress(MiminionsError):  # the store closed: nothing to update
+            self.runtime.store.put_meta(WORKERS_META_KEY, self._records())
+
+    def _records(self) -> list[dict[str, Any]]:
+        return [w.record.model_dump() for w in self.workers.values()]
+
+    # ------------------------------------------------------------------ monitoring
+    def add_monitor(self, check: Callable[[], None]) -> Callable[[], None]:
+        """Call ``check`` every ``usage_interval_seconds`` while workers live; returns a
+        function that removes it."""
+        self._monitors.append(check)
+        self._ensure_monitor()
+        return lambda: self._monitors.remove(check) if check in self._monitors else None
+
+    def _ensure_monitor(self) -> None:
+        if self._monitor_task is None and self._monitors and self.workers:
+            self._monitor_task = asyncio.ensure_future(self._monitor())
+
+    async def _monitor(self) -> None:
+        # A sampling loop, not on any hot path: memory use has no event to wait for.
+        try:
+            while self.workers and self._monitors:
+                await asyncio.sleep(self.settings.usage_interval_seconds)
+                for check in list(self._monitors):
+                    try:
+                        check()
+                    except Exception:
+                        logger.exception("a worker usage check failed")
+        finally:
+            self._monitor_task = None
+
+    def kill_all(self) -> None:
+        """SIGKILL whatever workers are left and stop monitoring (does not wait)."""
+        if self._monitor_task is not None:
+            self._monitor_task.cancel()
+        if self._reaped is not None and not self._reaped.done():
+            self._reaped.cancel()
+        for worker in list(self.workers.values()):
+            worker.expected_exit = True
+            worker.signal(signal.SIGKILL)
+
+
+class _WorkerPopen(popen_forkserver.Popen):
+    """Forkserver launch without re-running the user's main script in the worker.
+
+    multiprocessing re-imports ``__main__`` in every child so pickled functions from it
+    can be found; a script without an ``if __name__ == "__main__"`` guard would then run
+    again in each worker. Workers import their agent by module path and need nothing from
+    ``__main__``, so the preparation data leaves it out. Otherwise the same steps as the
+    standard library's ``popen_forkserver.Popen._launch`` (identical in 3.11 to 3.13).
+    """
+
+    def _launch(self, process_obj: Any) -> None:
+        prep_data = spawn.get_preparation_data(process_obj._name)
+        prep_data.pop("init_main_from_path", None)
+        prep_data.pop("init_main_from_name", None)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
+        # the parent keeps the data pipe's write end open: the child's sign of its parent
+        parent_w = os.dup(w)
+        self.finalizer = util.Finalize(
+            self,
+            util.close_fds,  # type: ignore[attr-defined]
+            (parent_w, self.sentinel),
+        )
+        with open(w, "wb", closefd=True) as f:
+            f.write(buf.getbuffer())
+        self.pid = forkserver.read_signed(self.sentinel)
+
+
+class _WorkerProcess(ForkServerProcess):
+    """A forkserver process launched by :class:`_WorkerPopen`."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _WorkerPopen(process_obj)
+
+
+def _multiprocessing_context(settings: ProcessSettings) -> Any:
+    methods = multiprocessing.get_all_start_methods()
+    method = settings.start_method or ("forkserver" if "forkserver" in methods else "spawn")
+    if method not in ("forkserver", "spawn") or method not in methods:
+        raise ConfigurationError(
+            f"process start_method {method!r} is not available here; use one of "
+            f"{[m for m in methods if m in ('forkserver', 'spawn')]}"
+        )
+    context = multiprocessing.get_context(method)
+    if method == "forkserver":
+        # Takes effect when the forkserver starts (once per Python process): the worker
+        # code and any modules the user names are imported there once, not in every
+        # worker. Not "__main__": a script without a main guard would run again there.
+        context.set_forkserver_preload([_WORKER_MODULE, *settings.preload])
+    return context
+
+
+_POOLS: weakref.WeakKeyDictionary[AgentRuntime, WorkerPool] = weakref.WeakKeyDictionary()
+
+
+def pool_of(runtime: AgentRuntime) -> WorkerPool:
+    """The worker pool of ``runtime`` (made on first use)."""
+    pool = _POOLS.get(runtime)
+    if pool is None:
+        pool = _POOLS[runtime] = WorkerPool(runtime)
+    return pool

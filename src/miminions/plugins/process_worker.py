@@ -1,0 +1,249 @@
+"""The worker side of ``process`` isolation: the program an agent's worker process runs.
+
+A worker is forked from the runtime's forkserver (this module and the agent modules it
+needs are preloaded there, so a start costs a fork, not an interpreter start). It gets one
+end of a socket pair and a boot record; it imports the agent by its import path (never
+unpickles code or stored data), builds it, and then serves the runtime's requests over JSON
+frames (:mod:`miminions.kernel.wire`) on its own asyncio loop, with the same
+:class:`~miminions.kernel.agent_runner.AgentRunner` the ``inline`` host uses.
+
+It exits when the runtime says stop, when the socket closes, and, on Linux, when the
+process that forked it dies (``PR_SET_PDEATHSIG``), so no worker outlives its runtime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ctypes
+import importlib
+import importlib.util
+import os
+import resource
+import signal
+import socket
+import sys
+from typing import Any
+
+from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
+from miminions.kernel.agent_runner import AgentRunner
+from miminions.kernel.errors import ValidationError
+from miminions.kernel.task_input import to_json_value
+from miminions.kernel.wire import Frame, FrameChannel, error_from_wire, task_from_wire
+
+_PR_SET_PDEATHSIG = 1
+_MAIN_MODULE = "__miminions_main__"
+MIB = 1024 * 1024
+# Address space a Python worker needs beyond its RSS (thread stacks, malloc arenas, mapped
+# libraries); RLIMIT_AS is a backstop against a runaway allocation, the runtime's RSS watch
+# is what enforces the limit.
+_ADDRESS_SPACE_HEADROOM = 512 * MIB
+
+
+def locate(target: str, main_path: str | None = None) -> Any:
+    """Import ``module:qualname`` and return the object.
+
+    ``__main__`` is the runtime's main script, loaded from ``main_path`` under another
+    module name, so its ``if __name__ == "__main__":`` block does not run here.
+    """
+    module_name, _, qualname = target.partition(":")
+    if not module_name or not qualname:
+        raise ValidationError(f"agent import path {target!r} is not 'module:qualname'")
+    if module_name == "__main__":
+        obj: Any = _load_main(main_path)
+    else:
+        obj = importlib.import_module(module_name)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _load_main(main_path: str | None) -> Any:
+    loaded = sys.modules.get(_MAIN_MODULE)
+    if loaded is not None:
+        return loaded
+    if not main_path:
+        raise ValidationError(
+            "the agent is defined in a main module that has no file (an interactive "
+            "session?); define it in an importable module or use isolation='inline'"
+        )
+    spec = importlib.util.spec_from_file_location(_MAIN_MODULE, main_path)
+    if spec is None or spec.loader is None:
+        raise ValidationError(f"cannot load the main script {main_path!r}")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[_MAIN_MODULE] = module  # classes defined there look their module up here
+    try:
+        with loading_main_in_worker():
+            spec.loader.exec_module(module)
+    except BaseException as exc:
+        del sys.modules[_MAIN_MODULE]
+        raise ValidationError(
+            f"loading the main script {main_path} in the agent's worker process (to find "
+            f"the agent defined there) failed with {type(exc).__name__}: {exc}. A script "
+            "that does its work at top level needs it under 'if __name__ == \"__main__\":'"
+        ) from exc
+    return module
+
+
+def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
+    """Entry point of a worker process (called by multiprocessing in the forked child)."""
+    parent = os.getppid()
+    _die_with_parent(parent)
+    # Ctrl-C reaches the whole process group: the runtime decides how its workers stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _apply_limits(boot)
+    try:
+        asyncio.run(_serve(sock, boot))
+    finally:
+        sock.close()
+
+
+def _die_with_parent(parent: int) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # the parent died before prctl took effect
+        os._exit(1)
+
+
+def _apply_limits(boot: dict[str, Any]) -> None:
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file
+    memory_mb = boot.get("max_memory_mb")
+    if memory_mb:
+        current = _address_space_bytes()
+        cap = current + int(memory_mb * MIB) + _ADDRESS_SPACE_HEADROOM
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    cpu_seconds = boot.get("max_cpu_seconds")
+    if cpu_seconds:
+        soft = max(1, int(cpu_seconds + 0.999))
+        # SIGXCPU at the soft limit ends the worker; the hard limit (SIGKILL) is the backstop.
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 2))
+
+
+def _address_space_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class Worker:
+    """Serves one agent to the runtime over a :class:`FrameChannel`."""
+
+    def __init__(self, boot: dict[str, Any]) -> None:
+        self.boot = boot
+        self.channel: FrameChannel | None = None
+        self.done = asyncio.get_running_loop().create_future()
+        self._runs: dict[int, asyncio.Future[Any]] = {}
+        self._runner: AgentRunner | None = None
+
+    @property
+    def runner(self) -> AgentRunner:
+        """The agent's runner, built on first use: an import error then fails the start
+        request, so the runtime can tell the user what went wrong."""
+        if self._runner is None:
+            boot = self.boot
+            self._runner = AgentRunner(
+                str(boot["name"]),
+                str(boot["kind"]),
+                locate(str(boot["target"]), boot.get("main_path")),
+                make_context=self._make_context,
+                save_checkpoint=self._save_checkpoint,
+            )
+        return self._runner
+
+    def _make_context(self, channel: ContextChannel) -> AgentContext:
+        boot = self.boot
+        return AgentContext(
+            agent_id=str(boot["agent_id"]),
+            name=str(boot["name"]),
+            group=boot.get("group"),
+            config=boot.get("config") or {},
+            channel=channel,
+        )
+
+    async def _save_checkpoint(self, task_id: str, state: Any) -> None:
+        assert self.channel is not None
+        await self.channel.request("checkpoint", task_id=task_id, state=state)
+
+    # ------------------------------------------------------------------ requests
+    def handle(self, frame: Frame) -> Any:
+        """Serve one request or notice from the runtime."""
+        op = frame["op"]
+        if op == "run":
+            return self._start_run(frame)
+        if op == "ping":
+            return None
+        if op == "cancel":
+            run = self._runs.get(frame.get("run", -1))
+            if run is not None:
+                run.cancel()
+            return None
+        if op == "start":
+            return self.runner.start(frame.get("resume_state"))
+        if op == "pause":
+            return self.runner.pause()
+        if op == "resume":
+            return self.runner.resume(frame.get("state") or {})
+        if op == "error":
+            return self._on_error(frame)
+        if op == "stop_requested":
+            self.runner.request_stop()
+            return None
+        if op == "stop":
+            return self._stop(float(frame.get("timeout", 5.0)))
+        raise ValidationError(f"unknown request {op!r}")
+
+    def _start_run(self, frame: Frame) -> asyncio.Future[Any]:
+        run_id = frame["id"]
+        future = asyncio.ensure_future(self._run(frame))
+        self._runs[run_id] = future
+        future.add_done_callback(lambda _: self._runs.pop(run_id, None))
+        return future
+
+    async def _run(self, frame: Frame) -> Any:
+        task = task_from_wire(frame.get("task"))
+        result = await self.runner.run(task, frame.get("checkpoint"))
+        return to_json_value(result, "the task result")
+
+    async def _on_error(self, frame: Frame) -> None:
+        task_data = frame.get("task")
+        task = None if task_data is None else task_from_wire(task_data)
+        await self.runner.hook("on_error", error_from_wire(frame.get("error")), task)
+
+    async def _stop(self, seconds: float) -> None:
+        try:
+            await self.runner.stop(seconds)
+        finally:
+            # reply first (the frame is flushed on the next loop turn), then leave
+            asyncio.get_running_loop().call_soon(self._finish)
+
+    def _finish(self) -> None:
+        if not self.done.done():
+            self.done.set_result(None)
+
+    def lost(self, exc: BaseException | None) -> None:
+        """The runtime closed the socket (or died): stop serving."""
+        if self._runner is not None:
+            self._runner.release()
+        self._finish()
+
+
+async def _serve(sock: socket.socket, boot: dict[str, Any]) -> None:
+    worker = Worker(boot)
+    loop = asyncio.get_running_loop()
+    _, channel = await loop.create_unix_connection(
+        lambda: FrameChannel(worker.handle, worker.lost), sock=sock
+    )
+    worker.channel = channel
+    await worker.done
+    channel.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(1.0):  # let the transport flush the last reply
+            await channel.closed
