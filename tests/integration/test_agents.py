@@ -21,6 +21,7 @@ from miminions import (
     Task,
     TaskStatus,
     ValidationError,
+    hookimpl,
 )
 from tests.support import agents
 from tests.support.events import EventRecorder
@@ -296,3 +297,50 @@ async def test_failing_on_pause_fails_agent_and_frees_its_slot(
         task = await rt.wait_for_task(await rt.submit_task("t", agent_id=waiting), 5)
         assert task.status is TaskStatus.COMPLETED
         assert rt.get_capacity().active_agents == 1
+
+
+class FixedLoad:
+    """A plugin answering ``miminions_machine_load`` with a value the test sets."""
+
+    def __init__(self, load: float) -> None:
+        self.load = load
+
+    @hookimpl
+    def miminions_machine_load(self) -> float:
+        return self.load
+
+
+async def test_agent_starts_wait_while_the_machine_is_loaded(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-08: above ``max_load_per_cpu`` a start queues with the load as its reason; once
+    the load falls the agent starts on its own, in order."""
+    probe = FixedLoad(1.7)
+    recorder = EventRecorder()
+    config = make_config(limits=ResourceLimits(max_load_per_cpu=0.8))
+    async with AgentRuntime(config=config, plugins=[probe, recorder]) as rt:
+        first = await rt.register_agent("first", agents.EchoAgent)
+        second = await rt.register_agent("second", agents.EchoAgent)
+        assert (await rt.start_agent(first)).status is AgentStatus.QUEUED
+        assert (await rt.start_agent(second)).status is AgentStatus.QUEUED
+        reason = rt.get_agent_status(first).status_reason or ""
+        assert "machine load (1.70 per CPU)" in reason
+        assert "below 0.8" in reason
+        task_id = await rt.submit_task("echo", {"x": 1})
+        assert rt.get_task_status(task_id).status is TaskStatus.PENDING
+
+        probe.load = 0.2
+        started = await recorder.wait_for(EventType.AGENT_STARTED, agent_id=second, within=5)
+        order = [e.agent_id for e in recorder.matching(EventType.AGENT_STARTED)]
+        assert order == [first, second]
+        assert started.agent_id == second
+        assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_without_a_load_limit_the_load_is_not_consulted(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-08: ``max_load_per_cpu`` unset (the default) means starts never wait for load."""
+    async with AgentRuntime(config=make_config(), plugins=[FixedLoad(50.0)]) as rt:
+        agent_id = await rt.register_agent("a", agents.EchoAgent)
+        assert (await rt.start_agent(agent_id)).status is AgentStatus.RUNNING

@@ -104,6 +104,17 @@ def miminions_pick_agent(task: Task, candidates: Sequence[AgentInstance]) -> str
     """
 
 
+@hookspec(firstresult=True)
+def miminions_machine_load() -> float | None:
+    """Return the machine's current load per CPU (1.0 = every CPU busy), or None to pass.
+
+    While it is above ``ResourceLimits.max_load_per_cpu``, agent starts wait (status
+    ``queued`` with the reason) and are re-checked every second (F-08). Firstresult: the
+    built-in ``process_host`` plugin answers with the 1-minute load average divided by the
+    usable CPUs; a plugin can answer from another source (a cgroup, a test).
+    """
+
+
 # --------------------------------------------------------------------------- isolation
 @hookspec(firstresult=True)
 def miminions_make_host(spec: AgentSpec, agent: Any, runtime: AgentRuntime) -> AgentHost | None:

@@ -95,6 +95,7 @@ class AgentBook:
         make_host: Callable[[AgentSpec, object], AgentHost],
         start_timeout: float = 60.0,
         restart_policy: RestartPolicy | None = None,
+        machine_load: Callable[[], float | None] | None = None,
     ) -> None:
         self._store = store
         self._events = events
@@ -102,6 +103,8 @@ class AgentBook:
         self._make_host = make_host
         self._start_timeout = start_timeout
         self._restart_policy = restart_policy or RestartPolicy()
+        self._machine_load = machine_load
+        self._load_recheck: asyncio.TimerHandle | None = None
         self._closing = False
         self.executor: Executor | None = None
         self.slots: dict[str, AgentSlot] = {}
@@ -212,16 +215,39 @@ class AgentBook:
         async with slot.lock:
             check_request(agent_id, "start", slot.status)
             slot.cancel_restart()
-            if self.active_count >= self._limits.max_concurrent_agents:
+            if self._must_wait():
                 self._queue_start(slot, resume=False)
             else:
                 await self._start(slot, resume_state=None)
         return slot.instance.model_copy()
 
+    def _must_wait(self) -> bool:
+        """Whether a start must queue: no free slot, earlier starts waiting, or load."""
+        return (
+            self.active_count >= self._limits.max_concurrent_agents
+            or any(waiting.status is S.QUEUED for waiting in self._start_queue)
+            or self._overloaded() is not None
+        )
+
+    def _overloaded(self) -> str | None:
+        """Why the machine is too loaded to start an agent now, or None (F-08)."""
+        threshold = self._limits.max_load_per_cpu
+        if threshold is None or self._machine_load is None:
+            return None
+        load = self._machine_load()
+        if load is None or load <= threshold:
+            return None
+        return f"waiting for the machine load ({load:.2f} per CPU) to fall below {threshold:g}"
+
     def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:
         slot.resume_queued = resume
         limit = self._limits.max_concurrent_agents
-        self._set(slot, S.QUEUED, f"waiting for a free agent slot ({limit} of {limit} in use)")
+        reason = (
+            f"waiting for a free agent slot ({limit} of {limit} in use)"
+            if self.active_count >= limit
+            else self._overloaded() or "waiting behind earlier queued starts"
+        )
+        self._set(slot, S.QUEUED, reason)
         self._start_queue.append(slot)
         self._events.emit(
             EventType.AGENT_QUEUED,
@@ -229,6 +255,7 @@ class AgentBook:
             details={"position": len(self._start_queue)},
         )
         self._save(slot)
+        self._start_next_queued()  # in order; arms the load re-check if that is the reason
 
     async def _start(
         self, slot: AgentSlot, resume_state: JSONObject | None, *, reserved: bool = False
@@ -351,7 +378,7 @@ class AgentBook:
             if self._closing or slot.status is not S.FAILED:
                 return  # started, stopped or restarted by someone else meanwhile
             slot.instance.restart_count += 1
-            if self.active_count >= self._limits.max_concurrent_agents:
+            if self._must_wait():
                 self._queue_start(slot, resume=False)
             else:
                 await self._start(slot, resume_state=None)
@@ -362,8 +389,17 @@ class AgentBook:
         slot.host_started = True
 
     def _start_next_queued(self) -> None:
-        """Start queued agents, in order, while slots are free."""
+        """Start queued agents, in order, while slots are free and the load allows."""
         while self._start_queue and self.active_count < self._limits.max_concurrent_agents:
+            if self._closing:
+                return
+            overloaded = self._overloaded()
+            if overloaded is not None:
+                for waiting in self._start_queue:
+                    if waiting.status is S.QUEUED:
+                        waiting.instance.status_reason = overloaded
+                self._recheck_load_later()
+                return
             slot = self._start_queue.popleft()
             if slot.status is not S.QUEUED:
                 continue
@@ -373,6 +409,15 @@ class AgentBook:
             starting = asyncio.ensure_future(self._start_queued(slot))
             self._background.add(starting)
             starting.add_done_callback(self._background.discard)
+
+    def _recheck_load_later(self) -> None:
+        # Machine load has no event to wait for: look again in a second.
+        if self._load_recheck is None:
+            self._load_recheck = asyncio.get_running_loop().call_later(1.0, self._load_rechecked)
+
+    def _load_rechecked(self) -> None:
+        self._load_recheck = None
+        self._start_next_queued()
 
     async def _start_queued(self, slot: AgentSlot) -> None:
         async with slot.lock:
@@ -442,7 +487,7 @@ class AgentBook:
             state = slot.paused_state if slot.paused_state is not None else {}
             if not slot.host_started:
                 # Paused before a restart: this run has not started the agent yet.
-                if self.active_count >= self._limits.max_concurrent_agents:
+                if self._must_wait():
                     self._queue_start(slot, resume=True)
                 else:
                     await self._start(slot, resume_state=state)
@@ -518,6 +563,9 @@ class AgentBook:
     def request_stop_all(self) -> None:
         """The runtime is shutting down: tell every started agent (``context.is_stopping``)."""
         self._closing = True
+        if self._load_recheck is not None:
+            self._load_recheck.cancel()
+            self._load_recheck = None
         for slot in self.slots.values():
             slot.cancel_restart()
             if slot.host_started:

@@ -257,6 +257,7 @@ class AgentRuntime:
             make_host=self._make_host,
             start_timeout=config.agent_start_timeout_seconds,
             restart_policy=config.restart,
+            machine_load=self.plugin_manager.hook.miminions_machine_load,
         )
         self._task_book = TaskBook(
             scheduler=self._scheduler,

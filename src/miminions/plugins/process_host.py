@@ -462,6 +462,12 @@ def miminions_make_host(spec: AgentSpec, agent: object, runtime: AgentRuntime) -
     return ProcessHost(spec, runtime, pool_of(runtime))
 
 
+@hookimpl(trylast=True)  # built-in: another plugin may measure load differently
+def miminions_machine_load() -> float:
+    """The 1-minute load average per usable CPU."""
+    return process_probe.machine_load()
+
+
 @hookimpl
 def miminions_runtime_started(runtime: AgentRuntime) -> None:
     """Reap worker processes an earlier runtime on the same database left alive (F-20)."""
