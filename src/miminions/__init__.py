@@ -59,6 +59,7 @@ from miminions.kernel.models import (
     Task,
     TaskExplanation,
     TaskStatus,
+    UsageBudget,
 )
 from miminions.kernel.run import run
 from miminions.kernel.runtime import AgentRuntime
@@ -119,6 +120,7 @@ __all__ = [
     "TaskRequest",
     "TaskStatus",
     "TaskTimeoutError",
+    "UsageBudget",
     "ValidationError",
     "WaitTimeoutError",
     "__version__",

@@ -20,6 +20,7 @@ from miminions import (
     RuntimeConfig,
     Task,
     TaskStatus,
+    UsageBudget,
     ValidationError,
     hookimpl,
 )
@@ -344,3 +345,64 @@ async def test_without_a_load_limit_the_load_is_not_consulted(
     async with AgentRuntime(config=make_config(), plugins=[FixedLoad(50.0)]) as rt:
         agent_id = await rt.register_agent("a", agents.EchoAgent)
         assert (await rt.start_agent(agent_id)).status is AgentStatus.RUNNING
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_spent_usage_budget_pauses_the_agent(
+    make_config: Callable[..., RuntimeConfig], isolation: str
+) -> None:
+    """F-27: an agent whose self-reported tokens reach its budget is paused by the circuit
+    breaker (BUDGET_EXHAUSTED, a status reason); after reset_usage and resume it works on."""
+    recorder = EventRecorder()
+    async with AgentRuntime(config=make_config(), plugins=[recorder]) as rt:
+        limits = ResourceLimits(usage_budget=UsageBudget(tokens=100))
+        agent_id = await rt.register_agent(
+            "spender", agents.UsageAgent, isolation=isolation, limits=limits
+        )
+        await rt.start_agent(agent_id)
+        for _ in range(2):
+            task = await rt.wait_for_task(await rt.submit_task("t", {"tokens": 60}), 10)
+            assert task.status is TaskStatus.COMPLETED
+        event = await recorder.wait_for(EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
+        assert event.details["resource"] == "tokens"
+        assert (event.details["used"], event.details["budget"]) == (120, 100)
+        await recorder.wait_for(EventType.AGENT_PAUSED, agent_id=agent_id)
+        status = rt.get_agent_status(agent_id)
+        assert status.status is AgentStatus.PAUSED
+        assert status.tokens_used == 120
+        assert "circuit breaker" in (status.status_reason or "")
+        assert "token budget (120 of 100)" in (status.status_reason or "")
+
+        rt.reset_usage(agent_id)
+        await rt.resume_agent(agent_id)
+        task = await rt.wait_for_task(await rt.submit_task("t", {"tokens": 10}), 10)
+        assert task.status is TaskStatus.COMPLETED
+        assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+
+async def test_spent_group_budget_pauses_the_whole_group(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-27: a group budget counts every member's reports; spending it pauses the group."""
+    recorder = EventRecorder()
+    config = make_config(group_budgets={"team": UsageBudget(cost=1.0)})
+    async with AgentRuntime(config=config, plugins=[recorder]) as rt:
+        ids = [await rt.register_agent(n, agents.UsageAgent, group="team") for n in "ab"]
+        for agent_id in ids:
+            await rt.start_agent(agent_id)
+        for agent_id in ids:
+            task_id = await rt.submit_task("t", {"cost": 0.6}, agent_id=agent_id)
+            assert (await rt.wait_for_task(task_id, 10)).status is TaskStatus.COMPLETED
+        event = await recorder.wait_for(EventType.BUDGET_EXHAUSTED)
+        assert (event.details["scope"], event.details["name"]) == ("group", "team")
+        for agent_id in ids:
+            await recorder.wait_for(EventType.AGENT_PAUSED, agent_id=agent_id)
+        assert {rt.get_agent_status(i).status for i in ids} == {AgentStatus.PAUSED}
+
+
+async def test_bad_usage_reports_fail_the_task_clearly(rt: AgentRuntime) -> None:
+    """F-27, R-04: negative or non-numeric usage is a ValidationError in the agent."""
+    agent_id = await start_agent(rt, "spender", agents.UsageAgent)
+    task = await rt.wait_for_task(await rt.submit_task("t", {"tokens": -1}, agent_id=agent_id), 10)
+    assert task.status is TaskStatus.FAILED
+    assert "tokens must be a non-negative integer" in (task.error_message or "")

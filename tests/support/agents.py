@@ -116,3 +116,13 @@ async def async_function_agent(task: Task, context: AgentContext) -> dict[str, A
 def sync_function_agent(task: Task, context: AgentContext) -> dict[str, Any]:
     """A synchronous function agent (runs in a thread)."""
     return {"thread": threading.current_thread().name, "agent": context.name}
+
+
+class UsageAgent(BaseAgent):
+    """Reports ``input_data["tokens"]`` / ``["cost"]`` as its usage, then returns."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.report_usage(
+            tokens=task.input_data.get("tokens", 0), cost=task.input_data.get("cost", 0.0)
+        )
+        return {"reported": True}

@@ -25,6 +25,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
 from miminions.kernel.models import JSONObject, Task
+from miminions.kernel.usage import check_usage
 
 
 class ContextChannel(Protocol):
@@ -41,6 +42,10 @@ class ContextChannel(Protocol):
     @property
     def stopping(self) -> bool:
         """True once the agent was asked to stop."""
+        ...
+
+    def report_usage(self, tokens: int, cost: float) -> None:
+        """Add self-reported usage to the agent's (and its group's) totals."""
         ...
 
 
@@ -88,6 +93,17 @@ class AgentContext:
             raise InvalidStateError("checkpoint(state) is only possible while running a task")
         await self._channel.save_checkpoint(task.task_id, state)
         self.last_checkpoint = state
+
+    async def report_usage(self, tokens: int = 0, cost: float = 0.0) -> None:
+        """Report what the agent consumed (LLM tokens, money), and a safe point.
+
+        Totals count against the agent's ``usage_budget`` and its group's budget; when a
+        budget is spent the runtime pauses the agent or the group (F-27), and the task halts
+        at its next safe point.
+        """
+        tokens, cost = check_usage(tokens, cost)
+        self._channel.report_usage(tokens, cost)
+        await self._channel.safe_point()
 
 
 @runtime_checkable

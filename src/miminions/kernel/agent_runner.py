@@ -31,6 +31,7 @@ from miminions.kernel.errors import InvalidStateError
 from miminions.kernel.models import JSONObject, Task
 
 SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
+ReportUsage = Callable[[int, float], None]
 MakeContext = Callable[[ContextChannel], AgentContext]
 
 
@@ -45,12 +46,14 @@ class AgentRunner:
         *,
         make_context: MakeContext,
         save_checkpoint: SaveCheckpoint,
+        report_usage: ReportUsage,
     ) -> None:
         self.name = name
         self._kind = kind
         self._registered = registered
         self._make_context = make_context
         self._save_checkpoint = save_checkpoint
+        self._report_usage = report_usage
         self._agent: Any = None
         self._execute: Callable[[Task], Awaitable[Any]] = _not_started
         self.context: AgentContext | None = None
@@ -81,6 +84,10 @@ class AgentRunner:
     def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
         """Durably record a task checkpoint (through whatever reaches the runtime)."""
         return self._save_checkpoint(task_id, state)
+
+    def report_usage(self, tokens: int, cost: float) -> None:
+        """Pass self-reported usage on to the runtime."""
+        self._report_usage(tokens, cost)
 
     # --------------------------------------------------------------- lifecycle
     @property

@@ -426,7 +426,12 @@ class AgentBook:
                 await self._start(slot, resume_state=state, reserved=True)
 
     # ------------------------------------------------------------------ pause / resume
-    async def pause(self, agent_id: str, timeout_seconds: float | None = None) -> AgentInstance:
+    async def pause(
+        self,
+        agent_id: str,
+        timeout_seconds: float | None = None,
+        reason: str = "paused by request",
+    ) -> AgentInstance:
         """Pause an agent: its task halts at its next safe point, ``on_pause``'s state is
         stored, and its task timeout stops counting (F-25). Returns when it is paused."""
         timeout_seconds = check_seconds(timeout_seconds)
@@ -468,7 +473,7 @@ class AgentBook:
             except ValidationError as exc:
                 await self._fail(slot, str(exc))
                 raise
-            self._set(slot, S.PAUSED, "paused by request")
+            self._set(slot, S.PAUSED, reason)
             if self.executor is not None:
                 self.executor.pause_clocks(agent_id)
             self._events.emit(

@@ -128,6 +128,7 @@ class EventType(enum.StrEnum):
     AGENT_ERROR = "agent_error"
     AGENT_RESTARTING = "agent_restarting"
     AGENT_KILLED = "agent_killed"
+    BUDGET_EXHAUSTED = "budget_exhausted"
     WORKERS_REAPED = "workers_reaped"
     TASK_ENQUEUED = "task_enqueued"
     TASK_STARTED = "task_started"
@@ -182,6 +183,16 @@ class Task(BaseModel):
     estimated_wait_seconds: float | None = None
 
 
+class UsageBudget(BaseModel):
+    """A budget of self-reported usage (``context.report_usage``): when ``tokens`` or
+    ``cost`` is reached the agent (or group) is paused; None is unlimited."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tokens: PositiveInt | None = None
+    cost: PositiveFloat | None = None
+
+
 class ResourceLimits(BaseModel):
     """Limits for the whole runtime (``AgentRuntime(limits=...)``) or one agent.
 
@@ -193,7 +204,8 @@ class ResourceLimits(BaseModel):
     ``soft_*`` limit records a RESOURCE_LIMIT_WARNING and calls the agent's ``on_error`` so
     it can shed load; crossing a hard limit stops its worker with RESOURCE_LIMIT_EXCEEDED
     and fails its task with :class:`~miminions.ResourceLimitExceeded`. While the machine's
-    load average per CPU is above ``max_load_per_cpu``, agent starts wait.
+    load average per CPU is above ``max_load_per_cpu``, agent starts wait. An agent whose
+    self-reported usage reaches ``usage_budget`` is paused (F-27).
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -204,6 +216,7 @@ class ResourceLimits(BaseModel):
     max_cpu_time_per_agent_seconds: PositiveFloat | None = None
     soft_cpu_time_per_agent_seconds: PositiveFloat | None = None
     max_load_per_cpu: PositiveFloat | None = None
+    usage_budget: UsageBudget | None = None
     max_task_queue_size: PositiveInt | None = None
     message_queue_max_size: PositiveInt = 1000
     task_timeout_seconds: PositiveFloat | None = 300.0
@@ -266,6 +279,7 @@ class RuntimeConfig(BaseModel):
     agent_start_timeout_seconds: PositiveFloat = 60.0
     default_isolation: str = "process"
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
+    group_budgets: dict[str, UsageBudget] = Field(default_factory=dict)
     process: ProcessSettings = Field(default_factory=ProcessSettings)
     record_task_events: bool = True
     plugin_options: dict[str, JSONObject] = Field(default_factory=dict)
@@ -311,6 +325,8 @@ class AgentInstance(BaseModel):
     error_message: str | None = None
     tasks_completed: int = 0
     tasks_failed: int = 0
+    tokens_used: int = 0
+    cost_used: float = 0.0
     registered_at: datetime
     started_at: datetime | None = None
 
@@ -457,4 +473,5 @@ __all__ = [
     "Task",
     "TaskExplanation",
     "TaskStatus",
+    "UsageBudget",
 ]

@@ -29,6 +29,7 @@ from miminions.kernel.agent import (
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
+    MiminionsError,
     PluginError,
     RuntimeNotRunningError,
     ValidationError,
@@ -60,6 +61,7 @@ from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook
 from miminions.kernel.task_input import TaskRequest
+from miminions.kernel.usage import UsageBook
 from miminions.kernel.validation import build_event_query, check_limit, check_seconds, parse_enum
 
 _T = TypeVar("_T")
@@ -124,6 +126,8 @@ class AgentRuntime:
         self._task_book: TaskBook | None = None
         self._agent_book: AgentBook | None = None
         self.recovery: dict[str, Any] | None = None
+        self.usage = UsageBook(group_budgets=dict(self.config.group_budgets))
+        self._background: set[asyncio.Future[Any]] = set()
         self._claim = ""
         self._stopped: asyncio.Future[None] | None = None
 
@@ -190,6 +194,62 @@ class AgentRuntime:
         limit). It is failed and restarted per ``config.restart`` (see
         :class:`~miminions.RestartPolicy`); ``details`` go into the AGENT_FAILED event."""
         self.agent_book.host_failed(agent_id, reason, details)
+
+    def report_usage(self, agent_id: str, tokens: int, cost: float) -> None:
+        """Record usage an agent reported (``context.report_usage``; hosts call this). A
+        spent budget pauses the agent or its whole group (F-27)."""
+        slot = self.agent_book.get(agent_id)
+        limits = slot.spec.limits
+        own = (
+            limits.usage_budget
+            if limits is not None and "usage_budget" in limits.model_fields_set
+            else self.config.limits.usage_budget
+        )
+        breaches = self.usage.record(agent_id, slot.spec.group, tokens, cost, own)
+        totals = self.usage.by_agent[agent_id]
+        slot.instance.tokens_used, slot.instance.cost_used = totals.tokens, totals.cost
+        for breach in breaches:
+            self.events.emit(
+                EventType.BUDGET_EXHAUSTED,
+                severity=Severity.WARNING,
+                agent_id=agent_id,
+                details={
+                    "scope": breach.scope,
+                    "name": breach.name,
+                    "resource": breach.resource,
+                    "used": breach.used,
+                    "budget": breach.budget,
+                },
+            )
+            members = (
+                [agent_id]
+                if breach.scope == "agent"
+                else [s.agent_id for s in self.agent_book.in_group(breach.name)]
+            )
+            for member in members:
+                self._spawn(self._trip_breaker(member, breach.message))
+
+    async def _trip_breaker(self, agent_id: str, message: str) -> None:
+        slot = self.agent_book.get(agent_id)
+        if slot.status is not AgentStatus.RUNNING or not self.is_running:
+            return
+        with contextlib.suppress(MiminionsError):  # stopped, failed or paused meanwhile
+            await self.agent_book.pause(agent_id, reason=f"circuit breaker: {message}")
+
+    def reset_usage(self, agent_id: str | None = None, group: str | None = None) -> None:
+        """Zero the reported usage of an agent, a group, or (no argument) everything, and
+        re-arm their budgets' circuit breakers (resume paused agents yourself)."""
+        if agent_id is not None:
+            self.agent_book.get(agent_id)  # NotFoundError for an unknown id
+        self.usage.reset(agent_id, group)
+        for slot in self.agent_book.slots.values():
+            if (agent_id is None and group is None) or slot.agent_id == agent_id:
+                slot.instance.tokens_used, slot.instance.cost_used = 0, 0.0
+
+    def _spawn(self, work: Any) -> None:
+        future = asyncio.ensure_future(work)
+        self._background.add(future)
+        future.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> AgentRuntime:

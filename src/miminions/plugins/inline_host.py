@@ -32,6 +32,7 @@ class InlineHost:
             registered,
             make_context=lambda channel: runtime.make_context(spec, channel),
             save_checkpoint=runtime.task_book.save_checkpoint,
+            report_usage=lambda tokens, cost: runtime.report_usage(spec.agent_id, tokens, cost),
         )
 
     @property

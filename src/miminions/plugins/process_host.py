@@ -203,6 +203,9 @@ class ProcessHost:
             if not isinstance(task_id, str):
                 raise ValidationError("checkpoint needs a task_id")
             return self._rt.task_book.save_checkpoint(task_id, frame.get("state"))
+        if op == "usage":
+            self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
+            return None
         raise ValidationError(f"unknown request {op!r} from the worker")
 
     # ------------------------------------------------------------------ internals

@@ -155,6 +155,7 @@ class Worker:
                 locate(str(boot["target"]), boot.get("main_path")),
                 make_context=self._make_context,
                 save_checkpoint=self._save_checkpoint,
+                report_usage=self._report_usage,
             )
         return self._runner
 
@@ -171,6 +172,10 @@ class Worker:
     async def _save_checkpoint(self, task_id: str, state: Any) -> None:
         assert self.channel is not None
         await self.channel.request("checkpoint", task_id=task_id, state=state)
+
+    def _report_usage(self, tokens: int, cost: float) -> None:
+        if self.channel is not None:
+            self.channel.notify("usage", tokens=tokens, cost=cost)
 
     # ------------------------------------------------------------------ requests
     def handle(self, frame: Frame) -> Any:
