@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -406,3 +407,28 @@ async def test_bad_usage_reports_fail_the_task_clearly(rt: AgentRuntime) -> None
     task = await rt.wait_for_task(await rt.submit_task("t", {"tokens": -1}, agent_id=agent_id), 10)
     assert task.status is TaskStatus.FAILED
     assert "tokens must be a non-negative integer" in (task.error_message or "")
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_forced_stop_requeues_running_work_at_once(
+    make_config: Callable[..., RuntimeConfig], isolation: str
+) -> None:
+    """F-14: ``stop(graceful=False)`` does not wait for running tasks: they are re-queued
+    (found pending by the next runtime) and no worker process is left."""
+    recorder = EventRecorder()
+    config = make_config(shutdown_timeout_seconds=30.0)
+    rt = AgentRuntime(config=config, plugins=[recorder])
+    await rt.start()
+    try:
+        agent_id = await start_agent(rt, "sleepy", agents.SleepyAgent, isolation=isolation)
+        pid = rt.get_agent_status(agent_id).process_id
+        task_id = await rt.submit_task("nap", {"seconds": 60})
+        await recorder.wait_for(EventType.TASK_STARTED, task_id=task_id)
+    finally:
+        async with asyncio.timeout(10):  # far below the 30 s graceful timeout
+            await rt.stop(graceful=False)
+    if pid is not None:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    async with AgentRuntime(config=config) as again:
+        assert again.get_task_status(task_id).status is TaskStatus.PENDING

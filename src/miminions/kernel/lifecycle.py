@@ -576,20 +576,21 @@ class AgentBook:
             if slot.host_started:
                 slot.host.request_stop()
 
-    async def stop_all(self, timeout_seconds: float) -> None:
+    async def stop_all(self, timeout_seconds: float, *, graceful: bool = True) -> None:
         """Stop every agent that is not stopped (runtime shutdown); paused agents keep their
-        paused status and state in the store so they come back paused."""
+        paused status and state in the store so they come back paused. Not graceful: no
+        hooks run, hosts are killed."""
 
         async def stop_one(slot: AgentSlot) -> None:
             async with slot.lock:
                 if slot.status is S.PAUSED:
-                    await self._shutdown_paused(slot, timeout_seconds)
+                    await self._shutdown_paused(slot, timeout_seconds if graceful else None)
                 elif slot.status in (S.QUEUED, S.STARTING, S.RUNNING):
-                    await self._stop(slot, graceful=True, timeout_seconds=timeout_seconds)
+                    await self._stop(slot, graceful=graceful, timeout_seconds=timeout_seconds)
 
         await asyncio.gather(*(stop_one(slot) for slot in self.slots.values()))
 
-    async def _shutdown_paused(self, slot: AgentSlot, timeout_seconds: float) -> None:
+    async def _shutdown_paused(self, slot: AgentSlot, timeout_seconds: float | None) -> None:
         if self.executor is not None:
             await self.executor.interrupt_agent(
                 slot.agent_id, "runtime stopped while the agent was paused"

@@ -375,12 +375,14 @@ class AgentRuntime:
             with contextlib.suppress(Exception):  # the start error is the one to report
                 await self._store.close()
 
-    async def stop(self, timeout_seconds: float | None = None) -> None:
-        """Shut down gracefully (F-14): running tasks get ``timeout_seconds`` (default
+    async def stop(self, timeout_seconds: float | None = None, graceful: bool = True) -> None:
+        """Shut down (F-14). Graceful: running tasks get ``timeout_seconds`` (default
         ``config.shutdown_timeout_seconds``) to finish, the rest are re-queued with their
-        checkpoints; agents stop (paused ones stay paused in the store); storage closes.
-        Calling stop again waits for the first call to finish; on a runtime that never
-        started it does nothing."""
+        checkpoints; agents run ``on_stop`` and their workers exit (SIGTERM, then SIGKILL
+        after the grace period). Not graceful: running tasks are re-queued and workers
+        killed at once. Paused agents stay paused in the store; storage closes. Calling
+        stop again waits for the first call to finish; on a runtime that never started it
+        does nothing."""
         if self._stopped is not None:
             await asyncio.shield(self._stopped)
             return
@@ -392,11 +394,11 @@ class AgentRuntime:
         self._state = "stopping"
         self._stopped = asyncio.get_running_loop().create_future()
         try:
-            await self._stop(timeout)
+            await self._stop(timeout if graceful else 0.0, graceful)
         finally:
             self._stopped.set_result(None)
 
-    async def _stop(self, timeout_seconds: float) -> None:
+    async def _stop(self, timeout_seconds: float, graceful: bool = True) -> None:
         try:
             self.plugin_manager.hook.miminions_runtime_stopping(runtime=self)
         finally:
@@ -405,7 +407,7 @@ class AgentRuntime:
             try:
                 self.agent_book.request_stop_all()
                 interrupted = await executor.drain(timeout_seconds)
-                await self.agent_book.stop_all(timeout_seconds)
+                await self.agent_book.stop_all(timeout_seconds, graceful=graceful)
             finally:
                 await executor.close()
                 self.task_book.close()
