@@ -64,6 +64,7 @@ class AgentRunner:
         self._idle.set()
         self._stopping = False
         self._thread: ThreadPoolExecutor | None = None
+        self._sync_calls = 0  # sync agent code running in the agent's thread right now
 
     # --------------------------------------------------------------- ContextChannel
     @property
@@ -107,7 +108,9 @@ class AgentRunner:
         if inspect.iscoroutinefunction(execute):
             self._execute = execute
         else:
-            self._execute = partial(call_agent_code, execute, executor=self._own_thread())
+            self._execute = partial(
+                call_agent_code, self._counted(execute), executor=self._own_thread()
+            )
         self.context = self._make_context(self)
         # objects with __slots__ can still use the context passed to function agents
         with contextlib.suppress(AttributeError):
@@ -191,6 +194,22 @@ class AgentRunner:
             # A sync call that ignores cancellation keeps its thread; nothing waits for it.
             self._thread.shutdown(wait=False, cancel_futures=True)
             self._thread = None
+
+    @property
+    def sync_call_running(self) -> bool:
+        """True while the agent's synchronous ``execute_task`` runs in its thread (a
+        cancelled task's thread cannot be interrupted, only abandoned)."""
+        return self._sync_calls > 0
+
+    def _counted(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any) -> Any:
+            self._sync_calls += 1
+            try:
+                return fn(*args)
+            finally:
+                self._sync_calls -= 1
+
+        return call
 
     async def hook(self, name: str, *args: Any) -> Any:
         """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread)."""

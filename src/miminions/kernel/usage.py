@@ -3,9 +3,9 @@
 Agents report what they consumed with ``await context.report_usage(tokens=..., cost=...)``.
 Totals are kept per agent and per group. When a total reaches its budget the breaker trips
 once: the runtime pauses the agent (an agent budget) or the whole group (a group budget)
-and records BUDGET_EXHAUSTED. It stays tripped until the totals are reset with
-``rt.reset_usage(...)``, so resuming an agent that is still over budget trips it again on
-its next report. Pure bookkeeping: no I/O, no asyncio.
+and records BUDGET_EXHAUSTED. It trips once: an agent resumed while still over budget is
+not paused again until the totals are reset with ``rt.reset_usage(...)`` (which re-arms
+the breaker). Pure bookkeeping: no I/O, no asyncio.
 """
 
 from __future__ import annotations

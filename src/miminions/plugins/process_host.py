@@ -81,6 +81,7 @@ class ProcessHost:
         self._heartbeat: asyncio.Task[None] | None = None
         self._remove_monitor: Any = None
         self._background: set[asyncio.Future[Any]] = set()
+        self._stopping = False
 
     @property
     def process_id(self) -> int | None:
@@ -90,6 +91,7 @@ class ProcessHost:
     # ------------------------------------------------------------------ AgentHost
     async def start(self, resume_state: JSONObject | None = None) -> None:
         """Start a worker, build the agent there, run ``on_start`` (and ``on_resume``)."""
+        self._stopping = False
         if self._live is not None:
             await self._discard(self._live, "restarted")
         limits = self._limits()
@@ -170,6 +172,7 @@ class ProcessHost:
 
     def request_stop(self) -> None:
         """Tell the worker a stop is coming (``context.is_stopping``)."""
+        self._stopping = True
         if self._live is not None:
             self._live.channel.notify("stop_requested")
 
@@ -230,32 +233,43 @@ class ProcessHost:
         try:
             return await asyncio.shield(reply)
         except asyncio.CancelledError:
+            reply.add_done_callback(_retrieve)
             live.channel.notify("cancel", run=request_id)
             raise
 
     async def _cancel_run(self, live: _Live, run_id: int, reply: asyncio.Future[Any]) -> None:
         """The task was cancelled or timed out: tell the worker; kill it if its task does
         not stop within the grace period (F-17)."""
+        reply.add_done_callback(_retrieve)
         if not live.process.alive:
             return
+        # A paused (SIGSTOPped) worker cannot act on the cancel: let it run meanwhile.
+        was_frozen = live.frozen
+        self._thaw(live)
         live.channel.notify("cancel", run=run_id)
         done, _ = await asyncio.wait({reply}, timeout=self._settings.cancel_grace_seconds)
-        if done:
-            if not reply.cancelled():
-                reply.exception()  # retrieved: the run's outcome no longer matters
+        stuck = done and _remote_type(reply) == "SyncCallStuckError"
+        if done and not stuck:
+            _retrieve(reply)  # the run's outcome no longer matters
+            if was_frozen and not self._stopping and live.process.alive:
+                live.process.signal(signal.SIGSTOP)  # still paused: back to no CPU
+                live.frozen = True
             return
         grace = self._settings.cancel_grace_seconds
-        await self._kill_worker(
-            live,
-            f"its task did not stop within {grace:g} s of being cancelled or timing out",
-            {"task_ignored_cancel": True},
+        why = (
+            "its task's synchronous code could not be interrupted"
+            if stuck
+            else f"its task did not stop within {grace:g} s of being cancelled or timing out"
         )
+        await self._kill_worker(live, why, {"task_ignored_cancel": True})
 
     async def _crash_error(self, live: _Live) -> BaseException:
         """The error a task gets when its worker died under it."""
+        exitcode = await self._exit_code(live)
+        self._note_cpu_breach(live, exitcode)
         if live.breach is not None:
             return live.breach
-        reason = live.process.exit_reason or describe_exit(await self._exit_code(live))
+        reason = live.process.exit_reason or describe_exit(exitcode)
         return AgentCrashedError(
             f"the worker process of agent {self.spec.name!r} (pid {live.process.pid}) "
             f"{reason} while running the task"
@@ -289,12 +303,16 @@ class ProcessHost:
         if exitcode is not None and exitcode < 0:
             details["signal"] = describe_exit(exitcode).rpartition(" ")[2]
         reason = f"its worker process {describe_exit(exitcode)}"
-        if exitcode == -signal.SIGXCPU and live.breach is None:
-            limit = self._limits().max_cpu_time_per_agent_seconds
-            live.breach = self._breach("cpu", None, limit, "seconds")
+        self._note_cpu_breach(live, exitcode)
         if live.breach is not None:
             reason = str(live.breach)
         self._rt.report_host_failure(self.spec.agent_id, reason, details)
+
+    def _note_cpu_breach(self, live: _Live, exitcode: int | None) -> None:
+        """A worker ended by SIGXCPU spent its CPU time limit (RLIMIT_CPU)."""
+        if exitcode == -signal.SIGXCPU and live.breach is None:
+            limit = self._limits().max_cpu_time_per_agent_seconds
+            live.breach = self._breach("cpu", None, limit, "seconds")
 
     async def _kill_worker(self, live: _Live, reason: str, details: JSONObject) -> None:
         """Kill a misbehaving worker; it then counts as crashed (``reason`` says why)."""
@@ -437,6 +455,20 @@ class ProcessHost:
         self._background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("agent %r: %s", self.spec.name, future.exception())
+
+
+def _remote_type(future: asyncio.Future[Any]) -> str | None:
+    """The remote exception type a settled reply carries, if any."""
+    if future.cancelled():
+        return None
+    error = future.exception()
+    return getattr(error, "remote_type", None)
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an outcome nobody waits for any more as seen (no "never retrieved" warning)."""
+    if future.done() and not future.cancelled():
+        future.exception()
 
 
 def _main_path() -> str | None:

@@ -23,6 +23,7 @@ import resource
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
@@ -133,6 +134,10 @@ def _address_space_bytes() -> int:
         return 0
 
 
+class SyncCallStuckError(Exception):
+    """A cancelled task's synchronous code keeps running in the agent's thread."""
+
+
 class Worker:
     """Serves one agent to the runtime over a :class:`FrameChannel`."""
 
@@ -140,7 +145,7 @@ class Worker:
         self.boot = boot
         self.channel: FrameChannel | None = None
         self.done = asyncio.get_running_loop().create_future()
-        self._runs: dict[int, asyncio.Future[Any]] = {}
+        self._inflight: dict[int, asyncio.Future[Any]] = {}
         self._runner: AgentRunner | None = None
 
     @property
@@ -179,17 +184,30 @@ class Worker:
 
     # ------------------------------------------------------------------ requests
     def handle(self, frame: Frame) -> Any:
-        """Serve one request or notice from the runtime."""
+        """Serve one request or notice from the runtime. A request's work runs as a future
+        kept by its id, so a later ``cancel`` notice can cancel it (a run, a pause)."""
         op = frame["op"]
-        if op == "run":
-            return self._start_run(frame)
         if op == "ping":
             return None
         if op == "cancel":
-            run = self._runs.get(frame.get("run", -1))
-            if run is not None:
-                run.cancel()
+            inflight = self._inflight.get(frame.get("run", -1))
+            if inflight is not None:
+                inflight.cancel()
             return None
+        if op == "stop_requested":
+            self.runner.request_stop()
+            return None
+        work = self._work_for(op, frame)
+        request_id = frame.get("id")
+        future = asyncio.ensure_future(work)
+        if request_id is not None:
+            self._inflight[request_id] = future
+            future.add_done_callback(lambda _: self._inflight.pop(request_id, None))
+        return future
+
+    def _work_for(self, op: str, frame: Frame) -> Coroutine[Any, Any, Any]:
+        if op == "run":
+            return self._run(frame)
         if op == "start":
             return self.runner.start(frame.get("resume_state"))
         if op == "pause":
@@ -198,23 +216,21 @@ class Worker:
             return self.runner.resume(frame.get("state") or {})
         if op == "error":
             return self._on_error(frame)
-        if op == "stop_requested":
-            self.runner.request_stop()
-            return None
         if op == "stop":
             return self._stop(float(frame.get("timeout", 5.0)))
         raise ValidationError(f"unknown request {op!r}")
 
-    def _start_run(self, frame: Frame) -> asyncio.Future[Any]:
-        run_id = frame["id"]
-        future = asyncio.ensure_future(self._run(frame))
-        self._runs[run_id] = future
-        future.add_done_callback(lambda _: self._runs.pop(run_id, None))
-        return future
-
     async def _run(self, frame: Frame) -> Any:
         task = task_from_wire(frame.get("task"))
-        result = await self.runner.run(task, frame.get("checkpoint"))
+        try:
+            result = await self.runner.run(task, frame.get("checkpoint"))
+        except asyncio.CancelledError:
+            if self.runner.sync_call_running:
+                # The runtime must end this process: the thread cannot be stopped.
+                raise SyncCallStuckError(
+                    "the task's synchronous code is still running and cannot be interrupted"
+                ) from None
+            raise
         return to_json_value(result, "the task result")
 
     async def _on_error(self, frame: Frame) -> None:
