@@ -1,0 +1,688 @@
+"""F-07, F-08, F-14, F-15, F-17, F-20, F-27: agents in worker processes (``isolation="process"``).
+
+A crash, a hang or a resource breach of one agent's worker fails only the task it was
+running (retried per its policy, on another agent when one is free); the agent is restarted
+per the restart policy; workers never outlive their runtime.
+
+The agents live in :mod:`tests.support.process_agents` (workers import them by module
+path). Everything observed here happens in other processes, so the tests poll the runtime's
+status and event log with short sleeps against a deadline (:func:`wait_until`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import pytest
+
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    BaseAgent,
+    EventType,
+    ResourceLimits,
+    RuntimeConfig,
+    Task,
+    TaskStatus,
+    ValidationError,
+)
+from miminions.kernel.models import Event, ProcessSettings, RestartPolicy
+from tests.support.process_agents import (
+    CpuSpinAgent,
+    CrashAgent,
+    MemoryAgent,
+    SmallTaskAgent,
+    SteppingAgent,
+    SyncHangAgent,
+)
+
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
+]
+
+ROOT = Path(__file__).resolve().parents[2]
+T = TypeVar("T")
+
+FAST = ProcessSettings(
+    heartbeat_interval_seconds=0.2,
+    heartbeat_timeout_seconds=1.0,
+    cancel_grace_seconds=0.5,
+    usage_interval_seconds=0.05,
+)
+# For tests where a heartbeat kill would be a false alarm (many workers on a loaded machine).
+LENIENT = FAST.model_copy(
+    update={"heartbeat_interval_seconds": 0.5, "heartbeat_timeout_seconds": 10.0}
+)
+QUICK_RESTARTS = RestartPolicy(max_restarts=5, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+
+
+@pytest.fixture
+def config(make_config: Callable[..., RuntimeConfig]) -> Callable[..., RuntimeConfig]:
+    """``make_config`` for process agents with short timings."""
+
+    def make(**overrides: Any) -> RuntimeConfig:
+        values: dict[str, Any] = {
+            "default_isolation": "process",
+            "process": FAST,
+            "restart": QUICK_RESTARTS,
+        }
+        values.update(overrides)
+        return make_config(**values)
+
+    return make
+
+
+# ---------------------------------------------------------------------- helpers
+async def wait_until(check: Callable[[], T | Awaitable[T]], what: str, within: float = 15.0) -> T:
+    """Poll ``check`` (sync or async) every 20 ms until it returns something truthy; return
+    that. Fails the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        value = check()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return value  # type: ignore[return-value]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def wait_events(
+    rt: AgentRuntime,
+    event_type: EventType,
+    *,
+    agent_id: str | None = None,
+    task_id: str | None = None,
+    count: int = 1,
+    within: float = 15.0,
+) -> list[Event]:
+    """Wait until at least ``count`` events match; return all that match."""
+
+    async def found() -> list[Event]:
+        events = await rt.query_events(
+            event_type=event_type, agent_id=agent_id, task_id=task_id, limit=None
+        )
+        return events if len(events) >= count else []
+
+    return await wait_until(found, f"{count} {event_type.value} event(s)", within)
+
+
+def proc_state(pid: int) -> str | None:
+    """The state letter of ``pid`` in /proc (R, S, T, Z, ...), None when there is none."""
+    try:
+        line = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return line[line.rfind(b")") + 2 :].split()[0].decode()
+
+
+def alive(pid: int) -> bool:
+    """True while ``pid`` exists and is not a zombie (an exited process nobody reaped)."""
+    return proc_state(pid) not in (None, "Z", "X", "x")
+
+
+async def running_on(rt: AgentRuntime, task_id: str, agent_id: str) -> int:
+    """Wait until ``task_id`` runs on ``agent_id``; return the pid of that agent's worker."""
+
+    def check() -> int | None:
+        task = rt.get_task_status(task_id)
+        agent = rt.get_agent_status(agent_id)
+        if (
+            task.status is TaskStatus.RUNNING
+            and task.assigned_agent_id == agent_id
+            and agent.task_id == task_id
+        ):
+            return agent.process_id
+        return None
+
+    return await wait_until(check, f"task {task_id} running on agent {agent_id}")
+
+
+async def restarted(rt: AgentRuntime, agent_id: str, old_pid: int, restarts: int = 1) -> int:
+    """Wait until the agent runs again in a new worker after ``restarts`` restarts; return
+    the new pid."""
+
+    def check() -> int | None:
+        agent = rt.get_agent_status(agent_id)
+        if (
+            agent.status is AgentStatus.RUNNING
+            and agent.restart_count >= restarts
+            and agent.process_id not in (None, old_pid)
+        ):
+            return agent.process_id
+        return None
+
+    return await wait_until(check, f"agent {agent_id} restarted ({restarts})")
+
+
+# ---------------------------------------------------------------------- 1. crashes
+CRASHES = {
+    # mode: (exit code, signal name, how the worker ended in words)
+    "system_exit": (7, None, "exited with code 7"),
+    "exit": (3, None, "exited with code 3"),
+    "segfault": (-signal.SIGSEGV, "SIGSEGV", "killed by SIGSEGV"),
+    "sigkill": (-signal.SIGKILL, "SIGKILL", "killed by SIGKILL"),
+}
+
+
+def crash_error(mode: str, pid: int) -> str:
+    """The error a task gets when its worker crashes in ``mode``."""
+    if mode == "system_exit":  # raised by the agent's code: that is reported, then it exits
+        return "SystemExit: 7"
+    return (
+        f"AgentCrashedError: the worker process of agent 'crashy' (pid {pid}) "
+        f"{CRASHES[mode][2]} while running the task"
+    )
+
+
+@pytest.mark.parametrize("mode", list(CRASHES))
+async def test_worker_crash_fails_only_its_task_and_the_agent_restarts(
+    config: Callable[..., RuntimeConfig], mode: str
+) -> None:
+    """F-07: the crashed task is retried and completes on the healthy agent; AGENT_FAILED
+    says how the worker ended; the agent comes back in a new worker. Out of retries, the
+    task fails with a reason naming the exit code or signal."""
+    exit_code, signal_name, words = CRASHES[mode]
+    task_mode = "block" if mode == "sigkill" else mode
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        healthy = await rt.register_agent("healthy", CrashAgent)
+        old_pid = (await rt.start_agent(crashy)).process_id
+        healthy_pid = (await rt.start_agent(healthy)).process_id
+        assert old_pid is not None
+        assert healthy_pid not in (None, old_pid)
+
+        # both idle: the longest idle (crashy, started first) gets the task
+        task_id = await rt.submit_task("retried", {"mode": task_mode}, max_retries=2)
+        if mode == "sigkill":
+            assert await running_on(rt, task_id, crashy) == old_pid
+            os.kill(old_pid, signal.SIGKILL)
+        task = await rt.wait_for_task(task_id, 20)
+        assert task.status is TaskStatus.COMPLETED, task.error_message
+        assert task.assigned_agent_id == healthy
+        assert task.output_data == {"agent": "healthy", "pid": healthy_pid}
+        assert 1 <= task.retry_count <= task.max_retries
+        retries = await rt.query_events(event_type=EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
+        assert retries[0].agent_id == crashy
+        assert retries[0].details["error"] == crash_error(mode, old_pid)
+
+        (failed, *_) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=crashy)
+        assert failed.details["pid"] == old_pid
+        assert failed.details["exit_code"] == exit_code
+        assert failed.details.get("signal") == signal_name
+        assert words in failed.details["error"]
+        new_pid = await restarted(rt, crashy, old_pid)
+        assert not alive(old_pid)
+        restarting = await wait_events(rt, EventType.AGENT_RESTARTING, agent_id=crashy)
+        assert restarting[0].details["restart"] == 1
+        assert (
+            await rt.wait_for_task(await rt.submit_task("after", agent_id=crashy), 10)
+        ).output_data == {
+            "agent": "crashy",
+            "pid": new_pid,
+        }
+
+        # out of retries: the task fails with a reason naming how the worker ended
+        doomed = await rt.submit_task("doomed", {"mode": task_mode}, agent_id=crashy)
+        if mode == "sigkill":
+            os.kill(await running_on(rt, doomed, crashy), signal.SIGKILL)
+        task = await rt.wait_for_task(doomed, 20)
+        assert task.status is TaskStatus.FAILED
+        assert task.error_message == crash_error(mode, new_pid)
+        await restarted(rt, crashy, new_pid, restarts=2)
+
+        assert rt.get_agent_status(healthy).tasks_failed == 0
+        assert rt.get_agent_status(healthy).process_id == healthy_pid
+        assert rt.get_agent_status(crashy).tasks_failed == 2
+
+
+async def test_exception_in_task_fails_the_task_but_not_the_worker(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """An ordinary exception is the task's failure, not a crash: the task is retried (and
+    completes on the healthy agent), the worker lives on, nothing restarts."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        healthy = await rt.register_agent("healthy", CrashAgent)
+        pid = (await rt.start_agent(crashy)).process_id
+        await rt.start_agent(healthy)
+        task = await rt.wait_for_task(
+            await rt.submit_task("raises", {"mode": "raise"}, max_retries=1), 10
+        )
+        assert task.status is TaskStatus.COMPLETED
+        assert (task.assigned_agent_id, task.retry_count) == (healthy, 1)
+        (retry,) = await rt.query_events(
+            event_type=EventType.TASK_RETRY_SCHEDULED, task_id=task.task_id
+        )
+        assert (retry.agent_id, retry.details["error"]) == (
+            crashy,
+            "RuntimeError: the agent raised on purpose",
+        )
+
+        task = await rt.wait_for_task(
+            await rt.submit_task("raises", {"mode": "raise"}, agent_id=crashy), 10
+        )
+        assert (task.status, task.error_message) == (
+            TaskStatus.FAILED,
+            "RuntimeError: the agent raised on purpose",
+        )
+        agent = rt.get_agent_status(crashy)
+        assert (agent.status, agent.process_id, agent.restart_count) == (
+            AgentStatus.RUNNING,
+            pid,
+            0,
+        )
+        assert agent.tasks_failed == 2
+        assert await rt.query_events(event_type=EventType.AGENT_FAILED) == []
+
+
+# ---------------------------------------------------------------------- 2. acceptance
+async def test_other_agents_work_on_while_one_is_killed_repeatedly(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """The issue's acceptance test: of five agents, one is SIGKILLed whenever it runs a task
+    while the others process 300 small tasks. Every task ends completed (or failed with a
+    reason), none is lost, no task failed on another agent; with the default restart
+    policy (3 restarts within 60 s) the victim ends failed, saying why."""
+    policy = RestartPolicy(backoff_base_seconds=0.01)  # default limits: 3 within 60 s
+    assert (policy.max_restarts, policy.window_seconds) == (3, 60.0)
+    async with AgentRuntime(config=config(restart=policy, process=LENIENT)) as rt:
+        # the victim is slow (2 s a task), so the test catches it mid-task every time
+        victim = await rt.register_agent("victim", SmallTaskAgent, config={"task_seconds": 2})
+        others = {name: await rt.register_agent(name, SmallTaskAgent) for name in "abcd"}
+        await rt.start_agent(victim)
+        for agent_id in others.values():
+            await rt.start_agent(agent_id)
+        other_pids = {name: rt.get_agent_status(a).process_id for name, a in others.items()}
+
+        def small(n: int) -> dict[str, Any]:
+            return {
+                "name": f"small-{n}",
+                "input_data": {"n": n, "seconds": 0.005},
+                "max_retries": 5,
+            }
+
+        submitted = await rt.submit_tasks([small(n) for n in range(300)])
+        killed: list[tuple[int, str]] = []  # (pid, task id) of every kill
+        deadline = time.monotonic() + 30
+        while len(killed) < 4:
+            assert time.monotonic() < deadline, f"only {len(killed)} kills in time"
+            agent = rt.get_agent_status(victim)
+            if agent.status is AgentStatus.RUNNING and agent.task_id and agent.process_id:
+                os.kill(agent.process_id, signal.SIGKILL)
+                killed.append((agent.process_id, agent.task_id))
+                await wait_events(rt, EventType.AGENT_FAILED, agent_id=victim, count=len(killed))
+                continue
+            if agent.status is AgentStatus.RUNNING and rt.get_queue_status().pending == 0:
+                # the queue ran dry before the victim came back: one task for each agent
+                submitted += await rt.submit_tasks([small(len(submitted) + n) for n in range(5)])
+            await asyncio.sleep(0.01)
+
+        def victim_given_up() -> bool:
+            agent = rt.get_agent_status(victim)
+            return agent.status is AgentStatus.FAILED and "not restarted" in (
+                agent.status_reason or ""
+            )
+
+        await wait_until(victim_given_up, "the victim to stay failed")
+
+        def all_done() -> bool:
+            queue = rt.get_queue_status()
+            return queue.pending + queue.blocked + queue.running == 0
+
+        await wait_until(all_done, "every task to end", within=60)
+
+        # nothing lost: every task submitted is there, completed or failed with a reason
+        tasks = {task.task_id: task for task in rt.list_tasks(limit=None)}
+        assert set(tasks) == set(submitted)
+        queue = rt.get_queue_status()
+        assert queue.completed + queue.failed == queue.total == len(submitted)
+        for task in tasks.values():
+            if task.status is TaskStatus.COMPLETED:
+                assert task.output_data["n"] == int(task.name.removeprefix("small-"))
+                assert task.output_data["agent"] in others  # the victim never finished one
+            else:
+                assert task.status is TaskStatus.FAILED, task
+                assert task.assigned_agent_id == victim
+                assert "killed by SIGKILL while running the task" in (task.error_message or "")
+
+        # every failed attempt (retried or final) is one of the kills, on the victim
+        failures = await rt.query_events(
+            event_type=[EventType.TASK_RETRY_SCHEDULED, EventType.TASK_FAILED], limit=None
+        )
+        assert sorted((event.task_id or "") for event in failures) == sorted(t for _, t in killed)
+        for event, (pid, _) in zip(failures, killed, strict=True):
+            assert event.agent_id == victim
+            assert (
+                f"agent 'victim' (pid {pid}) killed by SIGKILL while running the task"
+                in event.details["error"]
+            )
+        for name, agent_id in others.items():
+            agent = rt.get_agent_status(agent_id)
+            assert agent.status is AgentStatus.RUNNING
+            assert (agent.tasks_failed, agent.restart_count) == (0, 0)
+            assert agent.process_id == other_pids[name]
+        completed = sum(rt.get_agent_status(a).tasks_completed for a in others.values())
+        assert completed == queue.completed
+
+        agent = rt.get_agent_status(victim)
+        assert (agent.restart_count, agent.tasks_completed, agent.tasks_failed) == (3, 0, 4)
+        assert agent.process_id is None
+        assert agent.status_reason is not None
+        assert "it crashed 4 times within 60 s (restart policy: at most 3)" in agent.status_reason
+        assert "killed by SIGKILL" in agent.status_reason
+        restarts = await rt.query_events(event_type=EventType.AGENT_RESTARTING, agent_id=victim)
+        assert [event.details["restart"] for event in restarts] == [1, 2, 3]
+
+
+# ---------------------------------------------------------------------- 3. hangs
+async def test_hung_event_loop_is_killed_by_the_heartbeat(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-07: a task spinning on the worker's event loop stops heartbeats; the worker is
+    killed (AGENT_KILLED), the task retried on the healthy agent, the agent restarted."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        healthy = await rt.register_agent("healthy", CrashAgent)
+        pid = (await rt.start_agent(crashy)).process_id
+        await rt.start_agent(healthy)
+        task_id = await rt.submit_task("spin", {"mode": "spin"}, max_retries=1)
+
+        (killed,) = await wait_events(rt, EventType.AGENT_KILLED, agent_id=crashy)
+        assert killed.details["pid"] == pid
+        assert killed.details["heartbeat_timeout_seconds"] == 1.0
+        assert "heartbeat" in killed.details["reason"]
+        task = await rt.wait_for_task(task_id, 10)
+        assert (task.status, task.assigned_agent_id, task.retry_count) == (
+            TaskStatus.COMPLETED,
+            healthy,
+            1,
+        )
+        (retry,) = await rt.query_events(event_type=EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
+        assert "did not answer a heartbeat within 1 s" in retry.details["error"]
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=crashy)
+        assert failed.details["signal"] == "SIGKILL"
+        await restarted(rt, crashy, pid)
+        assert not alive(pid)
+
+
+async def test_task_ignoring_its_timeout_gets_its_worker_killed(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-17: a synchronous task (in the worker's agent thread) that ignores its timeout is
+    not stopped within cancel_grace_seconds: TASK_TIMEOUT, then the worker is killed
+    (AGENT_KILLED) and restarted, and the agent works again."""
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("sync", SyncHangAgent)
+        pid = (await rt.start_agent(agent_id)).process_id
+        task_id = await rt.submit_task("hang", {"hang": True}, timeout_seconds=0.5)
+        task = await rt.wait_for_task(task_id, 10)
+        assert task.status is TaskStatus.FAILED
+        assert task.error_message == f"TaskTimeoutError: task {task_id} timed out after 0.5 s"
+        (timeout,) = await wait_events(rt, EventType.TASK_TIMEOUT, task_id=task_id)
+        assert timeout.details["timeout_seconds"] == 0.5
+
+        (killed,) = await wait_events(rt, EventType.AGENT_KILLED, agent_id=agent_id, within=2)
+        assert killed.details["pid"] == pid
+        assert killed.details["task_ignored_cancel"] is True
+        new_pid = await restarted(rt, agent_id, pid)
+        assert not alive(pid)
+        task = await rt.wait_for_task(await rt.submit_task("after"), 10)
+        assert task.output_data == {"pid": new_pid}
+
+
+# ---------------------------------------------------------------------- 4. resources
+async def test_memory_over_the_hard_limit_stops_only_that_worker(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-08, F-27: a worker over max_memory_per_agent_mb is stopped with
+    RESOURCE_LIMIT_EXCEEDED; its task fails saying so; another agent's task completes."""
+    limits = ResourceLimits(max_memory_per_agent_mb=150)
+    async with AgentRuntime(config=config(limits=limits)) as rt:
+        hog = await rt.register_agent("hog", MemoryAgent)
+        other = await rt.register_agent("other", SmallTaskAgent)
+        hog_pid = (await rt.start_agent(hog)).process_id
+        other_pid = (await rt.start_agent(other)).process_id
+        hog_task = await rt.submit_task("hog", {"mb": 300}, agent_id=hog)
+        other_task = await rt.submit_task("other", {"seconds": 0.3, "n": 1}, agent_id=other)
+
+        task = await rt.wait_for_task(hog_task, 20)
+        assert task.status is TaskStatus.FAILED
+        message = task.error_message or ""
+        assert message.startswith("ResourceLimitExceeded: agent 'hog' used ")
+        assert "MB of memory, over its limit of 150 MB" in message
+        (exceeded,) = await wait_events(rt, EventType.RESOURCE_LIMIT_EXCEEDED, agent_id=hog)
+        details = exceeded.details
+        assert (details["resource"], details["limit"], details["unit"]) == ("memory", 150, "MB")
+        assert details["usage"] > 150
+        (killed,) = await wait_events(rt, EventType.AGENT_KILLED, agent_id=hog)
+        assert killed.details["pid"] == hog_pid
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=hog)
+        assert "over its limit of 150 MB" in failed.details["error"]
+
+        done = await rt.wait_for_task(other_task, 10)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.output_data == {"agent": "other", "pid": other_pid, "n": 1}
+        assert rt.get_agent_status(other).tasks_failed == 0
+        await restarted(rt, hog, hog_pid)
+
+
+async def test_memory_over_the_soft_limit_warns_the_agent(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """F-27: over soft_memory_per_agent_mb the agent's on_error gets a ResourceLimitWarning
+    (in its worker) and RESOURCE_LIMIT_WARNING is recorded; the task goes on."""
+    error_log = tmp_path / "on_error.jsonl"
+    release = tmp_path / "release"
+    async with AgentRuntime(config=config()) as rt:
+        hog = await rt.register_agent(
+            "hog",
+            MemoryAgent,
+            config={"error_log": str(error_log)},
+            limits=ResourceLimits(soft_memory_per_agent_mb=50),
+        )
+        pid = (await rt.start_agent(hog)).process_id
+        task_id = await rt.submit_task("hold", {"mb": 80, "release": str(release)})
+
+        (warning,) = await wait_events(rt, EventType.RESOURCE_LIMIT_WARNING, agent_id=hog)
+        details = warning.details
+        assert (details["resource"], details["limit"], details["unit"]) == ("memory", 50, "MB")
+        assert details["usage"] > 50
+
+        def logged() -> list[dict[str, Any]]:
+            if not error_log.exists():
+                return []
+            return [json.loads(line) for line in error_log.read_text().splitlines()]
+
+        (record,) = await wait_until(logged, "on_error to be called")
+        # errors reach the worker rebuilt from the wire, carrying the original class name
+        assert (record["class"], record["type"]) == ("RemoteAgentError", "ResourceLimitWarning")
+        assert record["task_id"] is None
+        assert record["pid"] == pid
+        assert "over its soft limit of 50 MB" in record["message"]
+
+        release.touch()
+        task = await rt.wait_for_task(task_id, 10)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.output_data == {"agent": "hog", "pid": pid, "held_mb": 80}
+        assert await rt.query_events(event_type=EventType.RESOURCE_LIMIT_EXCEEDED) == []
+
+
+async def spin_past_the_cpu_limit(rt: AgentRuntime) -> tuple[str, int, Task]:
+    """Run a CPU-spinning task on an agent limited to 1 s of CPU time; return the agent's
+    id, its worker's pid and the task once it ended."""
+    spinner = await rt.register_agent(
+        "spinner", CpuSpinAgent, limits=ResourceLimits(max_cpu_time_per_agent_seconds=1)
+    )
+    pid = (await rt.start_agent(spinner)).process_id
+    assert pid is not None
+    task = await rt.wait_for_task(await rt.submit_task("spin"), 20)
+    return spinner, pid, task
+
+
+async def test_cpu_time_limit_ends_the_worker(config: Callable[..., RuntimeConfig]) -> None:
+    """F-08: max_cpu_time_per_agent_seconds is RLIMIT_CPU: the spinning worker gets SIGXCPU,
+    RESOURCE_LIMIT_EXCEEDED (cpu) is recorded, its task fails with ResourceLimitExceeded and
+    the agent restarts."""
+    async with AgentRuntime(config=config(process=LENIENT)) as rt:
+        spinner, pid, task = await spin_past_the_cpu_limit(rt)
+        assert task.status is TaskStatus.FAILED
+        assert task.error_message == (
+            "ResourceLimitExceeded: agent 'spinner' used all of CPU time, over its limit of "
+            "1 seconds; its worker was stopped"
+        )
+
+        (exceeded,) = await wait_events(rt, EventType.RESOURCE_LIMIT_EXCEEDED, agent_id=spinner)
+        assert (exceeded.details["resource"], exceeded.details["limit"]) == ("cpu", 1)
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=spinner)
+        assert failed.details["pid"] == pid
+        assert (failed.details["exit_code"], failed.details["signal"]) == (
+            -signal.SIGXCPU,
+            "SIGXCPU",
+        )
+        assert failed.details["error"] == (
+            "agent 'spinner' used all of CPU time, over its limit of 1 seconds; "
+            "its worker was stopped"
+        )
+        await restarted(rt, spinner, pid)
+        assert await rt.query_events(event_type=EventType.AGENT_KILLED) == []
+
+
+# ---------------------------------------------------------------------- 5. pause
+async def test_paused_worker_is_stopped_until_resumed(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """F-15: once pause_agent returns, the worker process is stopped (state T), and stays
+    so past the heartbeat timeout without being killed; resumed, it runs again and its task
+    completes."""
+    progress, release = tmp_path / "progress", tmp_path / "release"
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("stepper", SteppingAgent)
+        pid = (await rt.start_agent(agent_id)).process_id
+        assert pid is not None
+        task_id = await rt.submit_task(
+            "steps", {"progress": str(progress), "release": str(release)}
+        )
+        await wait_until(
+            lambda: progress.exists() and int(progress.read_text() or 0) >= 3, "a few steps"
+        )
+
+        paused = await rt.pause_agent(agent_id, timeout_seconds=5)
+        assert paused.status is AgentStatus.PAUSED
+        assert proc_state(pid) == "T"
+        steps = progress.read_text()
+        # past the heartbeat timeout: a stopped worker is not taken for a hung one
+        await asyncio.sleep(FAST.heartbeat_timeout_seconds * 1.5)
+        assert proc_state(pid) == "T"
+        assert progress.read_text() == steps
+        assert rt.get_task_status(task_id).status is TaskStatus.RUNNING
+        assert await rt.query_events(event_type=EventType.AGENT_KILLED) == []
+
+        await rt.resume_agent(agent_id)
+        assert proc_state(pid) != "T"
+        await wait_until(lambda: progress.read_text() != steps, "steps after the resume")
+        release.touch()
+        task = await rt.wait_for_task(task_id, 10)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.output_data["pid"] == pid
+        assert task.output_data["steps"] > int(steps)
+        assert rt.get_agent_status(agent_id).process_id == pid
+
+
+# ---------------------------------------------------------------------- 6. shutdown
+async def test_stop_leaves_no_worker_alive(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """F-14: after rt.stop() no worker of the runtime is alive: idle, busy or paused."""
+    progress, release = tmp_path / "progress", tmp_path / "release"
+    rt = AgentRuntime(config=config())
+    await rt.start()
+    try:
+        idle = await rt.register_agent("idle", CrashAgent)
+        busy = await rt.register_agent("busy", CrashAgent, config={"crashy": True})
+        paused = await rt.register_agent("paused", SteppingAgent)
+        pids = [(await rt.start_agent(a)).process_id for a in (idle, busy, paused)]
+        assert all(pid is not None and alive(pid) for pid in pids)
+        await running_on(rt, await rt.submit_task("block", {"mode": "block"}, agent_id=busy), busy)
+        steps = await rt.submit_task(
+            "steps", {"progress": str(progress), "release": str(release)}, agent_id=paused
+        )
+        await running_on(rt, steps, paused)
+        await rt.pause_agent(paused, timeout_seconds=5)
+        assert proc_state(pids[2]) == "T"
+    finally:
+        await rt.stop(timeout_seconds=0.5)
+    assert [pid for pid in pids if alive(pid)] == []
+
+
+async def test_workers_die_with_a_killed_runtime(
+    config: Callable[..., RuntimeConfig], db_path: Path
+) -> None:
+    """F-14, F-20: a runtime SIGKILLed in a child process leaves no worker behind (they die
+    with it), so a new runtime on its database has nothing to reap."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.process_child",
+        str(db_path),
+        stdout=asyncio.subprocess.PIPE,
+        env=env,
+        cwd=ROOT,
+    )
+    assert child.stdout is not None
+    try:
+        async with asyncio.timeout(30):
+            line = await child.stdout.readline()
+        assert line, "the child runtime exited early"
+        started = json.loads(line)
+        pids = started["worker_pids"]
+        assert len(pids) == 2
+        assert all(alive(pid) for pid in pids)
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    await wait_until(
+        lambda: not any(alive(pid) for pid in pids), "the workers to die with their runtime", 5
+    )
+
+    async with AgentRuntime(config=config()) as rt:
+        # a worker start waits for the check for leftovers to finish
+        instance = await rt.start_agent(await rt.register_agent("worker1", CrashAgent))
+        assert await rt.query_events(event_type=EventType.WORKERS_REAPED) == []
+        recorded = await rt.store.get_meta("process.workers")
+        assert [record["pid"] for record in recorded] == [instance.process_id]
+
+
+# ---------------------------------------------------------------------- 7. validation
+async def test_local_class_cannot_run_in_a_worker(config: Callable[..., RuntimeConfig]) -> None:
+    """A class defined inside a function cannot be imported by a worker: registering it for
+    process isolation is refused with a hint to use isolation='inline'."""
+
+    class Local(BaseAgent):
+        async def execute_task(self, task: Task) -> None:
+            return None
+
+    async with AgentRuntime(config=config()) as rt:
+        with pytest.raises(ValidationError, match="isolation='inline'") as caught:
+            await rt.register_agent("local", Local, isolation="process")
+        assert "defined inside a function" in str(caught.value)
+        assert rt.list_agents() == []
+        # inline, it works
+        agent_id = await rt.register_agent("local", Local, isolation="inline")
+        await rt.start_agent(agent_id)
+        task = await rt.wait_for_task(await rt.submit_task("t"), 5)
+        assert task.status is TaskStatus.COMPLETED

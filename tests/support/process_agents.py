@@ -1,0 +1,149 @@
+"""Agents for the process-isolation tests. They run in worker processes, which import them
+by module path, so they live at module level here and talk to the test only through task
+input/output, their registration config and files.
+
+Every agent returns (or records) the pid of the worker that ran it, so a test can tell which
+worker process did what.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from miminions import BaseAgent, Task
+
+MIB = 1024 * 1024
+
+
+def _exists(path: str | None) -> bool:
+    return path is not None and Path(path).exists()
+
+
+def _write(path: str, text: str) -> None:
+    Path(path).write_text(text)
+
+
+def _append_line(path: str, line: str) -> None:
+    with open(path, "a", encoding="utf-8") as file:
+        file.write(line + "\n")
+
+
+def _done(agent: BaseAgent, **extra: Any) -> dict[str, Any]:
+    return {"agent": agent.context.name, "pid": os.getpid(), **extra}
+
+
+class CrashAgent(BaseAgent):
+    """Misbehaves as ``task.input_data['mode']`` says when its config has ``crashy: true``;
+    otherwise (a healthy agent) it completes every task at once.
+
+    Modes: ``raise`` (an ordinary exception), ``system_exit`` (``SystemExit(7)`` escapes
+    the worker's loop), ``exit`` (``os._exit(3)``), ``segfault`` (reads address 0),
+    ``block`` (loops until killed from outside), ``spin`` (``while True: pass`` on the
+    worker's event loop: no heartbeat can be answered).
+    """
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        mode = task.input_data.get("mode")
+        if not self.config.get("crashy") or mode is None:
+            return _done(self)
+        if mode == "raise":
+            raise RuntimeError("the agent raised on purpose")
+        if mode == "system_exit":
+            raise SystemExit(7)
+        if mode == "exit":
+            os._exit(3)
+        if mode == "segfault":
+            ctypes.string_at(0)
+        if mode == "block":
+            await asyncio.Event().wait()  # forever: the worker's loop stays responsive
+        if mode == "spin":
+            while True:
+                pass
+        raise ValueError(f"unknown mode {mode!r}")
+
+
+class SmallTaskAgent(BaseAgent):
+    """Sleeps ``input_data['seconds']`` (default 0), or ``config['task_seconds']`` when its
+    config has one (a slow agent), and returns who ran the task."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        seconds = self.config.get("task_seconds", task.input_data.get("seconds", 0))
+        await asyncio.sleep(seconds)
+        return _done(self, n=task.input_data.get("n"))
+
+
+class SyncHangAgent:
+    """A plain class whose synchronous ``execute_task`` runs in the worker's agent thread.
+
+    With ``hang: true`` it never returns and ignores every cancel (a thread cannot be
+    interrupted); otherwise it completes at once.
+    """
+
+    def execute_task(self, task: Task) -> dict[str, Any]:
+        if task.input_data.get("hang"):
+            while True:
+                time.sleep(0.01)
+        return {"pid": os.getpid()}
+
+
+class CpuSpinAgent:
+    """Burns CPU in its (synchronous) task forever; the worker's loop stays responsive."""
+
+    def execute_task(self, task: Task) -> dict[str, Any]:
+        while True:
+            pass
+
+
+class MemoryAgent(BaseAgent):
+    """Allocates ``input_data['mb']`` MiB in touched 10 MiB chunks, then holds it until
+    the file ``input_data['release']`` exists (without one: forever) and returns.
+
+    Every ``on_error`` call is appended as a JSON line to ``config['error_log']`` when
+    given (the type is the original one: errors reach the worker rebuilt from the wire).
+    """
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        target = int(task.input_data["mb"])
+        chunks: list[bytearray] = []
+        while len(chunks) * 10 < target:
+            chunk = bytearray(10 * MIB)
+            for offset in range(0, len(chunk), 4096):  # make every page resident
+                chunk[offset] = 1
+            chunks.append(chunk)
+            await asyncio.sleep(0.005)
+        while not _exists(task.input_data.get("release")):  # noqa: ASYNC110 - a file signal
+            await asyncio.sleep(0.01)
+        return _done(self, held_mb=len(chunks) * 10)
+
+    async def on_error(self, error: BaseException, task: Task | None) -> None:
+        path = self.config.get("error_log")
+        if not path:
+            return
+        record = {
+            "type": getattr(error, "remote_type", None) or type(error).__name__,
+            "class": type(error).__name__,
+            "message": str(error),
+            "task_id": None if task is None else task.task_id,
+            "pid": os.getpid(),
+        }
+        _append_line(path, json.dumps(record))
+
+
+class SteppingAgent(BaseAgent):
+    """Counts steps (one per ~10 ms, each a safe point) into ``input_data['progress']``
+    until the file ``input_data['release']`` exists, then returns the count."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        steps = 0
+        while not _exists(task.input_data["release"]):
+            await self.context.checkpoint()
+            steps += 1
+            _write(task.input_data["progress"], str(steps))
+            await asyncio.sleep(0.01)
+        return _done(self, steps=steps)
