@@ -620,7 +620,8 @@ async def test_stop_leaves_no_worker_alive(
         )
         await running_on(rt, steps, paused)
         await rt.pause_agent(paused, timeout_seconds=5)
-        assert proc_state(pids[2]) == "T"
+        # SIGSTOP is delivered asynchronously: the state turns "T" a moment later
+        await wait_until(lambda: proc_state(pids[2]) == "T", "the paused worker to stop")
     finally:
         await rt.stop(timeout_seconds=0.5)
     assert [pid for pid in pids if alive(pid)] == []

@@ -24,7 +24,9 @@ class Hang(BaseAgent):
 
 
 async def main(db_path: str) -> None:
-    config = RuntimeConfig(storage_path=db_path)
+    # inline: this child is about the runtime's own recovery; killing a runtime with
+    # process agents is covered in test_process_isolation.py
+    config = RuntimeConfig(storage_path=db_path, default_isolation="inline")
     async with AgentRuntime(config=config) as rt:
         await rt.pause_queue()
         ids = {
