@@ -101,6 +101,11 @@ class AgentCrashedError(MiminionsError):
     killed, or stopped answering)."""
 
 
+class TaskNotStartedError(MiminionsError):
+    """A host gives a task back before its agent began it (it waited in the agent's prefetch
+    window when the agent crashed): the task is re-queued without using up an attempt."""
+
+
 class RemoteAgentError(MiminionsError):
     """An exception raised by agent code in a worker process, rebuilt in the runtime.
 
@@ -132,6 +137,7 @@ __all__ = [
     "ResourceLimitWarning",
     "RuntimeNotRunningError",
     "TaskCancelledError",
+    "TaskNotStartedError",
     "TaskTimeoutError",
     "ValidationError",
     "WaitTimeoutError",

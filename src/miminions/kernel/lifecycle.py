@@ -317,6 +317,8 @@ class AgentBook:
         slot = self.slots.get(agent_id)
         if slot is None or self._closing:
             return
+        if self.executor is not None and slot.status is S.RUNNING:
+            self.executor.agent_unavailable(slot)  # no new task for a dead agent
         handling = asyncio.ensure_future(self._handle_crash(slot, reason, details or {}))
         self._background.add(handling)
         handling.add_done_callback(self._background.discard)
@@ -620,12 +622,13 @@ class AgentBook:
         """The executor gave ``task_id`` to this agent."""
         slot.instance.task_id = task_id
 
-    def task_ended(self, slot: AgentSlot, ok: bool) -> None:
-        """The agent's current task ended (``ok``: it completed)."""
+    def task_ended(self, slot: AgentSlot, ok: bool | None) -> None:
+        """The agent's current task ended: ``ok`` it completed, ``False`` it failed (or was
+        cancelled), ``None`` it went back to the queue (counted neither way)."""
         slot.instance.task_id = None
         if ok:
             slot.instance.tasks_completed += 1
-        else:
+        elif ok is not None:
             slot.instance.tasks_failed += 1
 
     def restore(self, stored: list[StoredAgent]) -> None:

@@ -15,7 +15,12 @@ import contextlib
 from typing import TYPE_CHECKING
 
 from miminions.kernel.clock import Deadline, Deadlines, FreezableTimer
-from miminions.kernel.errors import PluginError, TaskCancelledError, TaskTimeoutError
+from miminions.kernel.errors import (
+    PluginError,
+    TaskCancelledError,
+    TaskNotStartedError,
+    TaskTimeoutError,
+)
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import Task, fast_copy
 from miminions.kernel.scheduler import agent_route
@@ -103,7 +108,10 @@ class AsyncioExecutor:
         self._idle_by_group: dict[str, dict[str, AgentSlot]] = {}
         self._available: set[str] = set()
         self._runs: dict[str, _Run] = {}
-        self._run_by_agent: dict[str, _Run] = {}
+        # Runs of each agent in dispatch order; the first (the head) is the one its host is
+        # executing, the others wait in its prefetch window (see ``_window``).
+        self._agent_runs: dict[str, list[_Run]] = {}
+        self._interrupting: set[asyncio.Task[None]] = set()
         self._workers: set[asyncio.Task[None]] = set()
         self._retry_timers: dict[str, FreezableTimer] = {}
         self._paused_agents: set[str] = set()
@@ -155,32 +163,39 @@ class AsyncioExecutor:
     def agent_available(self, slot: AgentSlot) -> None:
         """``slot`` may take tasks (it started or resumed)."""
         self._available.add(slot.agent_id)
-        if slot.agent_id not in self._run_by_agent:
+        if len(self._agent_runs.get(slot.agent_id, ())) < _window(slot):
             self._make_idle(slot)
             self.wake()
 
     def agent_unavailable(self, slot: AgentSlot) -> None:
-        """``slot`` takes no new task (pausing or stopping); a running task goes on."""
+        """``slot`` takes no new task (pausing or stopping); a running task goes on. Tasks
+        waiting in its prefetch window go back to the queue."""
         self._available.discard(slot.agent_id)
         self._leave_idle(slot)
+        for run in self._agent_runs.get(slot.agent_id, [])[1:]:
+            interrupting = self._loop.create_task(
+                self._interrupt(run, "its agent is pausing or stopping; given back to the queue")
+            )
+            self._interrupting.add(interrupting)
+            interrupting.add_done_callback(self._interrupting.discard)
 
     async def wait_agent_idle(self, agent_id: str, timeout_seconds: float) -> bool:
-        """Wait up to ``timeout_seconds`` for the agent's running task to end."""
-        run = self._run_by_agent.get(agent_id)
-        if run is None:
+        """Wait up to ``timeout_seconds`` for the agent's running tasks to end."""
+        runs = self._agent_runs.get(agent_id)
+        if not runs:
             return True
-        try:
-            await asyncio.wait_for(run.wait(), timeout_seconds)
-        except TimeoutError:
-            return False
-        return True
+        waits = [asyncio.ensure_future(run.wait()) for run in runs]
+        _, pending = await asyncio.wait(waits, timeout=timeout_seconds)
+        for waiting in pending:
+            waiting.cancel()
+        return not pending
 
     async def interrupt_agent(self, agent_id: str, reason: str) -> bool:
-        """Interrupt the agent's running task (it is re-queued); False if it had none."""
-        run = self._run_by_agent.get(agent_id)
-        if run is None:
+        """Interrupt the agent's running tasks (they are re-queued); False if it had none."""
+        runs = list(self._agent_runs.get(agent_id, ()))
+        if not runs:
             return False
-        await self._interrupt(run, reason)
+        await asyncio.gather(*(self._interrupt(run, reason) for run in reversed(runs)))
         return True
 
     # ------------------------------------------------------------------ tasks
@@ -250,7 +265,8 @@ class AsyncioExecutor:
                 for task_id, t in self._retry_timers.items()
                 if self._sched.route(task_id) == route
             ]
-            run = self._run_by_agent.get(agent_id)
+            runs = self._agent_runs.get(agent_id)
+            run = runs[0] if runs else None  # only the head's timeout is counting
             if run is not None:
                 if freeze:
                     self._deadlines.freeze(run, reason)
@@ -333,10 +349,16 @@ class AsyncioExecutor:
                 group.pop(slot.agent_id, None)
 
     def _launch(self, slot: AgentSlot, task_id: str) -> None:
-        worker = self._loop.create_task(self._work(slot))
+        window = _window(slot)
+        if window == 1:
+            worker = self._loop.create_task(self._work(slot))
+        else:
+            worker = self._loop.create_task(self._work_prefetched(slot, task_id))
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
         self._begin(slot, task_id, worker)
+        if window > 1 and len(self._agent_runs[slot.agent_id]) < window:
+            self._make_idle(slot)  # room left in its window: it may take more now
 
     def _begin(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> _Run:
         """Record that ``slot`` runs ``task_id`` now (synchronously, no await)."""
@@ -345,19 +367,27 @@ class AsyncioExecutor:
         # Registered before the start is reported, so anyone reacting to TASK_STARTED
         # (a monitor, a cancel) already finds the run.
         self._runs[task_id] = run
-        self._run_by_agent[slot.agent_id] = run
+        runs = self._agent_runs.setdefault(slot.agent_id, [])
+        runs.append(run)
         task = book.started(task_id, slot.agent_id)
-        self._agents.task_started(slot, task_id)
-        run.timeout = timeout = book.effective_timeout(task, slot.spec.limits)
-        if timeout is not None:
-            self._deadlines.start(run, timeout)
+        run.timeout = book.effective_timeout(task, slot.spec.limits)
+        if len(runs) == 1:
+            self._become_head(run)
+        return run
+
+    def _become_head(self, run: _Run) -> None:
+        """``run`` is the task its agent executes now: its timeout starts counting."""
+        slot = run.slot
+        self._agents.task_started(slot, run.task_id)
+        if run.timeout is not None:
+            self._deadlines.start(run, run.timeout)
             if slot.agent_id in self._paused_agents:
                 self._deadlines.freeze(run, slot.agent_id)
-        return run
 
     async def _work(self, slot: AgentSlot) -> None:
         agent_id = slot.agent_id
-        run = self._run_by_agent.get(agent_id)
+        runs = self._agent_runs.get(agent_id)
+        run = runs[0] if runs else None
         worker = asyncio.current_task()
         streak = 0
         while run is not None and worker is not None:
@@ -375,10 +405,30 @@ class AsyncioExecutor:
         if self._idle and self._accepting:
             self.wake()
 
+    async def _work_prefetched(self, slot: AgentSlot, task_id: str) -> None:
+        """Run one task of an agent with a prefetch window, then refill the window."""
+        run = self._runs.get(task_id)
+        if run is None or run.slot is not slot:
+            return
+        await self._run_one(run)
+        if self._accepting and not self._rt.queue_paused and slot.agent_id in self._available:
+            window = _window(slot)
+            runs = self._agent_runs.setdefault(slot.agent_id, [])
+            while len(runs) < window:
+                next_id = self._sched.take(slot.routes)
+                if next_id is None:
+                    break
+                self._leave_idle(slot)
+                self._launch(slot, next_id)
+            if len(runs) < window:
+                self._make_idle(slot)
+        if self._idle and self._accepting:
+            self.wake()
+
     async def _run_one(self, run: _Run) -> None:
         slot, task, task_id = run.slot, run.task, run.task_id
         book = self._book
-        ok = False
+        ok: bool | None = False  # None: given back to the queue, counted neither way
         error: BaseException | None = None
         try:
             if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
@@ -408,6 +458,10 @@ class AsyncioExecutor:
             book.cancelled(task_id, run.cancel_reason)
         elif run.interrupt_reason is not None:
             book.interrupted(task_id, run.interrupt_reason)
+            ok = None
+        elif isinstance(error, TaskNotStartedError):
+            book.interrupted(task_id, str(error))
+            error, ok = None, None  # not the agent's doing: no on_error
         elif error is not None:
             book.failed(task_id, error)
         else:
@@ -417,11 +471,18 @@ class AsyncioExecutor:
         if error is not None:
             await self._notify_error(slot, error, task)
 
-    def _end_run(self, run: _Run, ok: bool) -> None:
+    def _end_run(self, run: _Run, ok: bool | None) -> None:
         self._runs.pop(run.task_id, None)
-        if self._run_by_agent.get(run.slot.agent_id) is run:
-            del self._run_by_agent[run.slot.agent_id]
+        agent_id = run.slot.agent_id
+        runs = self._agent_runs.get(agent_id)
+        was_head = bool(runs) and runs[0] is run  # type: ignore[index]
+        if runs is not None and run in runs:
+            runs.remove(run)
+            if not runs:
+                del self._agent_runs[agent_id]
         self._agents.task_ended(run.slot, ok)
+        if was_head and runs:
+            self._become_head(runs[0])
         run.finish()
 
     async def _notify_error(self, slot: AgentSlot, error: BaseException, task: Task) -> None:
@@ -447,6 +508,12 @@ class AsyncioExecutor:
                     run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
                 )
                 self._end_run(run, ok=False)
+
+
+def _window(slot: AgentSlot) -> int:
+    """How many tasks the agent's host takes at once (``prefetch``; 1 unless it says so)."""
+    prefetch = getattr(slot.host, "prefetch", 1)
+    return prefetch if isinstance(prefetch, int) and prefetch > 1 else 1
 
 
 @hookimpl(trylast=True)  # built-in: any other executor plugin wins

@@ -29,6 +29,7 @@ from miminions.kernel.errors import (
     InvalidStateError,
     ResourceLimitExceeded,
     ResourceLimitWarning,
+    TaskNotStartedError,
     ValidationError,
 )
 from miminions.kernel.hookspecs import hookimpl
@@ -64,6 +65,8 @@ class _Live:
         self.process = process
         self.channel = channel
         self.frozen = False  # SIGSTOPped while paused
+        self.runs: dict[int, None] = {}  # run requests in flight, in order: the first runs
+        self.head_at_loss: int | None = None  # the run that was running when it died
         self.soft_memory_warned = False
         self.soft_cpu_warned = False
         self.breach: ResourceLimitExceeded | None = None
@@ -77,6 +80,8 @@ class ProcessHost:
         self._rt = runtime
         self._pool = pool
         self._settings = pool.settings
+        #: Tasks the executor hands this host at once (see ``ProcessSettings.prefetch``).
+        self.prefetch = self._settings.prefetch
         self._live: _Live | None = None
         self._heartbeat: asyncio.Task[None] | None = None
         self._remove_monitor: Any = None
@@ -132,17 +137,27 @@ class ProcessHost:
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Send the task to the worker and return its result (one frame each way)."""
-        live = self._require_live()
+        live = self._live
+        if live is None or not live.process.alive:
+            # Dispatched in the moment between a crash and the runtime hearing of it.
+            raise TaskNotStartedError(f"agent {self.spec.name!r} has no running worker")
         run_id, reply = live.channel.start_request(
             "run", task=task_to_wire(task), checkpoint=checkpoint
         )
+        live.runs[run_id] = None
         try:
             return await asyncio.shield(reply)
         except asyncio.CancelledError:
             await self._cancel_run(live, run_id, reply)
             raise
         except ChannelClosedError:
+            if live.head_at_loss is not None and live.head_at_loss != run_id:
+                raise TaskNotStartedError(
+                    f"the worker of agent {self.spec.name!r} ended before it began this task"
+                ) from None
             raise await self._crash_error(live) from None
+        finally:
+            live.runs.pop(run_id, None)
 
     async def pause(self) -> JSONObject:
         """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker."""
@@ -284,6 +299,8 @@ class ProcessHost:
         if not box:
             return
         live = box[0]
+        # Runs execute in order in the worker: the first in flight was the one running.
+        live.head_at_loss = next(iter(live.runs), None)
         if live.process.alive and not live.process.expected_exit:
             self._spawn(self._lost_connection(live))
 

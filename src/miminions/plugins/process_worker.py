@@ -146,6 +146,8 @@ class Worker:
         self.channel: FrameChannel | None = None
         self.done = asyncio.get_running_loop().create_future()
         self._inflight: dict[int, asyncio.Future[Any]] = {}
+        # Tasks the runtime prefetched wait here and run one at a time, in arrival order.
+        self._run_lock = asyncio.Lock()
         self._runner: AgentRunner | None = None
 
     @property
@@ -223,7 +225,8 @@ class Worker:
     async def _run(self, frame: Frame) -> Any:
         task = task_from_wire(frame.get("task"))
         try:
-            result = await self.runner.run(task, frame.get("checkpoint"))
+            async with self._run_lock:
+                result = await self.runner.run(task, frame.get("checkpoint"))
         except asyncio.CancelledError:
             if self.runner.sync_call_running:
                 # The runtime must end this process: the thread cannot be stopped.
