@@ -37,8 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 
 WAIT = 10.0  # bound for every wait on another process's progress
 
-# Known runtime bugs of process isolation (see the tests that carry these marks).
-
 
 @pytest.fixture(params=["inline", "process"])
 def isolation(request: pytest.FixtureRequest) -> str:
@@ -546,3 +544,53 @@ async def test_registration_config_reaches_the_agent(
     assert task.output_data["config"] == {"journal": str(journal.path), **settings}
     assert task.output_data["agent"] == "agent"
     assert task.output_data["pid"] == expected_pid(rt, agent_id, isolation)
+
+
+# ---------------------------------------------------------------------- 11. restart while paused
+async def test_paused_agent_survives_a_runtime_restart(
+    make_config: Callable[..., RuntimeConfig], isolation: str, journal: Journal
+) -> None:
+    """F-09, F-20 (issue 3 point 6): an agent paused mid-task comes back PAUSED after the
+    runtime restarts; on resume a fresh agent (a fresh worker for ``process``) gets
+    ``on_resume`` with exactly what ``on_pause`` returned, and the interrupted task runs
+    again with ``context.last_checkpoint`` holding what it saved."""
+    config = make_config(default_isolation=isolation)
+    async with AgentRuntime(config=config) as first:
+        agent_id = await start(first, isolation, journal)
+        old_pid = expected_pid(first, agent_id, isolation)
+        task_id = await first.submit_task(
+            "work", {"action": "gate", "gate": journal.gate("work"), "save_progress": True}
+        )
+        await journal.wait_for("gate_entered", task_id=task_id)
+        await wait_until(
+            lambda: first.get_task_status(task_id).checkpoint is not None,
+            message="the task saved a checkpoint",
+        )
+        paused = await first.pause_agent(agent_id, timeout_seconds=WAIT)
+        assert paused.status is AgentStatus.PAUSED
+        (on_pause,) = journal.records("on_pause")
+    saved = on_pause["state"]
+
+    async with AgentRuntime(config=config) as second:
+        again = await second.register_agent(
+            "agent", JournalAgent, config={"journal": str(journal.path)}, isolation=isolation
+        )
+        assert again == agent_id
+        assert second.get_agent_status(agent_id).status is AgentStatus.PAUSED
+        assert second.get_task_status(task_id).status is TaskStatus.PENDING
+
+        resumed = await second.resume_agent(agent_id)
+        assert resumed.status is AgentStatus.RUNNING
+        (on_resume,) = journal.records("on_resume")
+        assert on_resume["state"] == saved
+        if isolation == "process":
+            assert resumed.process_id not in (None, old_pid)
+            assert on_resume["pid"] == resumed.process_id
+
+        (_, second_run) = await journal.wait_for("execute", count=2, task_id=task_id)
+        assert second_run["last_checkpoint"] is not None
+        assert second_run["last_checkpoint"]["steps"] >= 0
+        journal.open("work")
+        done = await finished(second, task_id)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.retry_count == 0  # a shutdown interruption does not use an attempt

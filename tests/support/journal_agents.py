@@ -80,7 +80,8 @@ class JournalAgent(BaseAgent):
     - ``fail``: raise ``ValueError(input_data["message"])``; with ``times``, only on the
       first ``times`` attempts, then return ``{"attempts": n}``;
     - ``gate``: loop on checkpoints until the file ``input_data["gate"]`` exists (with
-      ``"safe_points": false`` the loop only sleeps: it never reaches a safe point);
+      ``"safe_points": false`` the loop only sleeps: it never reaches a safe point; with
+      ``"save_progress": true`` each checkpoint saves ``{"steps": n}``);
     - ``spin``: a cooperative loop of short sleeps (no safe point) for ``seconds``;
     - ``checkpoint_then_fail``: on the first attempt save ``{"step": 1..steps}`` and raise;
       on a later one return what ``context.last_checkpoint`` holds;
@@ -163,7 +164,9 @@ class JournalAgent(BaseAgent):
                 if self.context.is_stopping and not stopping_seen:
                     stopping_seen = True
                     self._journal("stopping_seen", task=task.name, task_id=task.task_id)
-                if safe_points:
+                if safe_points and task.input_data.get("save_progress"):
+                    await self.context.checkpoint({"steps": steps})  # a safe point, saved
+                elif safe_points:
                     await self.context.checkpoint()  # where a pause halts the task
                 if gate_is_open(gate):
                     break
