@@ -40,6 +40,7 @@ from miminions.kernel.hookspecs import hookimpl, hookspec
 from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store, StoredAgent
 from miminions.kernel.models import (
     AgentInstance,
+    AgentMessage,
     AgentSpec,
     AgentStatus,
     Capacity,
@@ -77,6 +78,7 @@ __all__ = [
     "AgentHookError",
     "AgentHost",
     "AgentInstance",
+    "AgentMessage",
     "AgentProtocol",
     "AgentRuntime",
     "AgentSpec",

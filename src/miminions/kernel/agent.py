@@ -24,7 +24,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
-from miminions.kernel.models import JSONObject, Task
+from miminions.kernel.models import AgentMessage, JSONObject, Task
 from miminions.kernel.usage import check_usage
 
 
@@ -46,6 +46,10 @@ class ContextChannel(Protocol):
 
     def report_usage(self, tokens: int, cost: float) -> None:
         """Add self-reported usage to the agent's (and its group's) totals."""
+        ...
+
+    def runtime_call(self, op: str, payload: dict[str, Any]) -> Awaitable[Any]:
+        """Carry out a messaging call (``send``, ``receive``, ...) in the runtime."""
         ...
 
 
@@ -104,6 +108,90 @@ class AgentContext:
         tokens, cost = check_usage(tokens, cost)
         self._channel.report_usage(tokens, cost)
         await self._channel.safe_point()
+
+    # ------------------------------------------------------------------ messaging (F-06)
+    async def send(
+        self,
+        recipients: str | list[str],
+        message_type: str,
+        data: Any = None,
+        ttl_seconds: float | None = None,
+    ) -> list[str]:
+        """Send ``data`` (JSON, at most 10 MB) to one agent id or several; returns the
+        message ids. A full mailbox raises QueueFullError and nothing is sent."""
+        return await self._call(  # type: ignore[no-any-return]
+            "send",
+            recipients=recipients,
+            message_type=message_type,
+            data=data,
+            ttl_seconds=ttl_seconds,
+        )
+
+    async def broadcast(
+        self, message_type: str, data: Any = None, ttl_seconds: float | None = None
+    ) -> list[str]:
+        """Send to every running or paused agent but this one."""
+        return await self._call(  # type: ignore[no-any-return]
+            "broadcast", message_type=message_type, data=data, ttl_seconds=ttl_seconds
+        )
+
+    async def publish(
+        self, topic: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
+    ) -> list[str]:
+        """Send to the agents subscribed to ``topic``."""
+        return await self._call(  # type: ignore[no-any-return]
+            "publish", topic=topic, message_type=message_type, data=data, ttl_seconds=ttl_seconds
+        )
+
+    async def subscribe(self, topic: str) -> None:
+        """Receive what is published on ``topic`` from now on."""
+        await self._call("subscribe", topic=topic)
+
+    async def unsubscribe(self, topic: str) -> None:
+        """Stop receiving ``topic``."""
+        await self._call("unsubscribe", topic=topic)
+
+    async def receive(self, timeout_seconds: float | None = None) -> AgentMessage:
+        """The next message of this agent's mailbox, waiting up to ``timeout_seconds``
+        (None: as long as it takes); raises WaitTimeoutError. Agents with an ``on_message``
+        handler get their messages there instead."""
+        return _as_message(await self._call("receive", timeout_seconds=timeout_seconds))
+
+    async def request(
+        self,
+        recipient: str,
+        message_type: str,
+        data: Any = None,
+        timeout_seconds: float | None = 30.0,
+    ) -> AgentMessage:
+        """Send a request and return the recipient's reply; raises WaitTimeoutError."""
+        reply = await self._call(
+            "request",
+            recipient=recipient,
+            message_type=message_type,
+            data=data,
+            timeout_seconds=timeout_seconds,
+        )
+        return _as_message(reply)
+
+    async def reply(
+        self, message: AgentMessage, data: Any = None, message_type: str | None = None
+    ) -> str:
+        """Answer a request ``message``; its requester's ``request`` returns the reply."""
+        return await self._call(  # type: ignore[no-any-return]
+            "reply",
+            request=message.model_dump(mode="json"),
+            data=data,
+            message_type=message_type,
+        )
+
+    async def _call(self, op: str, **payload: Any) -> Any:
+        await self._channel.safe_point()
+        return await self._channel.runtime_call(op, payload)
+
+
+def _as_message(value: Any) -> AgentMessage:
+    return value if isinstance(value, AgentMessage) else AgentMessage.model_validate(value)
 
 
 @runtime_checkable

@@ -32,6 +32,7 @@ from miminions.kernel.models import JSONObject, Task
 
 SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
 ReportUsage = Callable[[int, float], None]
+RuntimeCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 MakeContext = Callable[[ContextChannel], AgentContext]
 
 
@@ -47,6 +48,7 @@ class AgentRunner:
         make_context: MakeContext,
         save_checkpoint: SaveCheckpoint,
         report_usage: ReportUsage,
+        runtime_call: RuntimeCall,
     ) -> None:
         self.name = name
         self._kind = kind
@@ -54,6 +56,8 @@ class AgentRunner:
         self._make_context = make_context
         self._save_checkpoint = save_checkpoint
         self._report_usage = report_usage
+        self._runtime_call = runtime_call
+        self._inbox: asyncio.Task[None] | None = None
         self._agent: Any = None
         self._execute: Callable[[Task], Awaitable[Any]] = _not_started
         self.context: AgentContext | None = None
@@ -90,6 +94,10 @@ class AgentRunner:
         """Pass self-reported usage on to the runtime."""
         self._report_usage(tokens, cost)
 
+    def runtime_call(self, op: str, payload: dict[str, Any]) -> Awaitable[Any]:
+        """Carry out a messaging call in the runtime."""
+        return self._runtime_call(op, payload)
+
     # --------------------------------------------------------------- lifecycle
     @property
     def idle(self) -> bool:
@@ -118,6 +126,21 @@ class AgentRunner:
         await self.hook("on_start")
         if resume_state is not None:
             await self.hook("on_resume", resume_state)
+        if callable(getattr(self._agent, "on_message", None)):
+            self._inbox = asyncio.ensure_future(self._deliver_messages())
+
+    async def _deliver_messages(self) -> None:
+        """Hand each message to ``on_message``, one at a time, beside any running task
+        (a handler that raises is logged; the next message still comes)."""
+        context = self.context
+        assert context is not None
+        while True:
+            message = await context.receive()
+            await self.safe_point()  # a paused agent handles nothing
+            try:
+                await self.hook("on_message", message)
+            except Exception:
+                context.logger.exception("on_message failed for %s", message.message_id)
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Run one task (a sync ``execute_task`` runs in the agent's thread)."""
@@ -179,6 +202,9 @@ class AgentRunner:
         """Run ``on_stop`` within ``timeout_seconds`` and drop the agent."""
         self._stopping = True
         self._gate.set()
+        if self._inbox is not None:
+            self._inbox.cancel()
+            self._inbox = None
         try:
             async with asyncio.timeout(timeout_seconds):
                 await self.hook("on_stop")
@@ -189,6 +215,9 @@ class AgentRunner:
         """Drop the agent without running any hook."""
         self._stopping = True
         self._gate.set()
+        if self._inbox is not None:
+            self._inbox.cancel()
+            self._inbox = None
         self._agent = None
         if self._thread is not None:
             # A sync call that ignores cancellation keeps its thread; nothing waits for it.

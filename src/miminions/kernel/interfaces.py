@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 from pydantic import BaseModel, ConfigDict, Field
 
 from miminions.kernel.models import (
+    AgentMessage,
     AgentSpec,
     AgentStatus,
     DeadLetter,
@@ -246,4 +247,63 @@ class Executor(Protocol):
 
     async def close(self) -> None:
         """Cancel every timer and runner; nothing of the executor outlives this call."""
+        ...
+
+
+@runtime_checkable
+class Bus(Protocol):
+    """Mailboxes of the agents and the request/reply matching (the messaging seam).
+
+    The kernel validates and builds every :class:`AgentMessage`; the bus keeps each
+    agent's mailbox in order (per sender order is the order messages were posted), applies
+    the mailbox capacity all-or-nothing, expires messages past their TTL (frozen while the
+    recipient is paused) and hands messages to whoever takes them.
+    """
+
+    def open_mailbox(self, agent_id: str, capacity: int) -> None:
+        """Create the mailbox of a newly registered agent (idempotent)."""
+        ...
+
+    def post(self, messages: list[AgentMessage]) -> None:
+        """Put messages into their recipients' mailboxes, all or none: raise
+        :class:`~miminions.QueueFullError` naming a full mailbox and post nothing."""
+        ...
+
+    async def take(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:
+        """The oldest unexpired message of the agent's mailbox, waiting up to
+        ``timeout_seconds`` (None: forever) for one; raises
+        :class:`~miminions.WaitTimeoutError` when none came."""
+        ...
+
+    def put_back(self, message: AgentMessage) -> None:
+        """Return a taken message to the front of its mailbox (its receiver vanished
+        before it got it)."""
+        ...
+
+    def pending(self, agent_id: str) -> int:
+        """Messages waiting in the agent's mailbox."""
+        ...
+
+    def expect_reply(self, correlation_id: str) -> Awaitable[AgentMessage]:
+        """An awaitable resolved by the reply carrying ``correlation_id``."""
+        ...
+
+    def forget_reply(self, correlation_id: str) -> None:
+        """Stop waiting for a reply (the requester timed out)."""
+        ...
+
+    def resolve_reply(self, message: AgentMessage) -> bool:
+        """Hand a reply to the request waiting for it; False when nobody waits."""
+        ...
+
+    def freeze(self, agent_id: str) -> None:
+        """The agent paused: its messages' TTLs stop counting (F-25)."""
+        ...
+
+    def thaw(self, agent_id: str) -> None:
+        """Undo :meth:`freeze`."""
+        ...
+
+    def close(self) -> None:
+        """Cancel timers and wake every waiting ``take`` with an error."""
         ...

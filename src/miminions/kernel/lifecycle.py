@@ -107,6 +107,9 @@ class AgentBook:
         self._load_recheck: asyncio.TimerHandle | None = None
         self._closing = False
         self.executor: Executor | None = None
+        #: Told (agent id, True) when an agent becomes paused and (id, False) when it leaves
+        #: that state; the runtime freezes its messages' TTLs meanwhile.
+        self.paused_listener: Callable[[str, bool], None] | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.by_name: dict[str, str] = {}
         self.stored: dict[str, StoredAgent] = {}
@@ -638,8 +641,11 @@ class AgentBook:
     # ------------------------------------------------------------------ internals
     def _set(self, slot: AgentSlot, status: AgentStatus, reason: str | None) -> None:
         check_transition(slot.agent_id, slot.status, status)
+        was_paused = slot.status is S.PAUSED
         slot.instance.status = status
         slot.instance.status_reason = reason
+        if was_paused != (status is S.PAUSED) and self.paused_listener is not None:
+            self.paused_listener(slot.agent_id, not was_paused)
 
     def _save(self, slot: AgentSlot) -> Any:
         record = StoredAgent(

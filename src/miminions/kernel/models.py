@@ -350,6 +350,29 @@ class Event(BaseModel):
     details: JSONObject = Field(default_factory=dict)
 
 
+class AgentMessage(BaseModel):
+    """One message between agents (or from the runtime, ``sender_id`` None).
+
+    ``recipient_id`` is the agent whose mailbox holds it; a multicast, broadcast or topic
+    message is one message per recipient with the same ``message_type`` and ``data``.
+    ``correlation_id`` links a reply to its request (it is the request's ``message_id``);
+    ``expires_at`` ends a message nobody received in time (its TTL).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    message_id: str
+    sender_id: str | None = None
+    recipient_id: str
+    message_type: str
+    data: Any = None
+    topic: str | None = None
+    correlation_id: str | None = None
+    is_reply: bool = False
+    created_at: datetime
+    expires_at: datetime | None = None
+
+
 class DeadLetter(BaseModel):
     """Something that could not be done and was set aside for a person to look at (F-28)."""
 
@@ -458,6 +481,7 @@ __all__ = [
     "MAX_PRIORITY",
     "MIN_PRIORITY",
     "AgentInstance",
+    "AgentMessage",
     "AgentSpec",
     "AgentStatus",
     "Capacity",

@@ -34,6 +34,7 @@ BUILTIN_PLUGINS: dict[str, str] = {
     "asyncio_executor": "miminions.plugins.asyncio_executor",
     "inline_host": "miminions.plugins.inline_host",
     "process_host": "miminions.plugins.process_host",
+    "memory_bus": "miminions.plugins.memory_bus",
     "sqlite_store": "miminions.plugins.sqlite_store",
     "logging_monitor": "miminions.plugins.logging_monitor",
 }

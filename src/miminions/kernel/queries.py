@@ -106,6 +106,7 @@ def metrics(rt: AgentRuntime, uptime: float) -> Metrics:
         else None
     )
     agents = Counter(slot.status.value for slot in rt.agent_book.slots.values())
+    latency_mean, latency_p95 = rt.messenger.latency_summary()
     return Metrics(
         uptime_seconds=uptime,
         tasks_submitted=book.counters["submitted"],
@@ -117,6 +118,10 @@ def metrics(rt: AgentRuntime, uptime: float) -> Metrics:
         task_duration_p95_seconds=p95,
         agents_by_status=dict(agents),
         events_recorded=rt.events.count,
+        messages_sent=rt.messenger.sent,
+        messages_delivered=rt.messenger.delivered,
+        message_latency_mean_seconds=latency_mean,
+        message_latency_p95_seconds=latency_p95,
     )
 
 

@@ -38,8 +38,10 @@ from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
 from miminions.kernel.interfaces import AgentHost, Executor, Store
 from miminions.kernel.lifecycle import AgentBook
+from miminions.kernel.messaging import Messenger
 from miminions.kernel.models import (
     AgentInstance,
+    AgentMessage,
     AgentSpec,
     AgentStatus,
     Capacity,
@@ -73,6 +75,7 @@ _EVENT_FILTERS = frozenset(
 )
 _ESSENTIAL_HOOKS = {
     "miminions_make_store": "a store",
+    "miminions_make_bus": "a message bus",
     "miminions_make_executor": "an executor",
     "miminions_make_host": "an agent host",
 }
@@ -127,6 +130,7 @@ class AgentRuntime:
         self._agent_book: AgentBook | None = None
         self.recovery: dict[str, Any] | None = None
         self.usage = UsageBook(group_budgets=dict(self.config.group_budgets))
+        self.messenger = Messenger(self)
         self._background: set[asyncio.Future[Any]] = set()
         self._claim = ""
         self._stopped: asyncio.Future[None] | None = None
@@ -246,6 +250,52 @@ class AgentRuntime:
             if (agent_id is None and group is None) or slot.agent_id == agent_id:
                 slot.instance.tokens_used, slot.instance.cost_used = 0, 0.0
 
+    def _agent_paused(self, agent_id: str, paused: bool) -> None:
+        # A paused agent's messages do not expire meanwhile (F-25).
+        if paused:
+            self.messenger.bus.freeze(agent_id)
+        else:
+            self.messenger.bus.thaw(agent_id)
+
+    # ------------------------------------------------------------------ messaging
+    async def send_message(
+        self,
+        recipients: str | Sequence[str],
+        message_type: str,
+        data: Any = None,
+        ttl_seconds: float | None = None,
+    ) -> list[str]:
+        """Send a message from the runtime to one agent or several (their ids); returns the
+        message ids. A full mailbox raises QueueFullError and nothing is sent."""
+        self._require_running()
+        return self.messenger.send(None, recipients, message_type, data, ttl_seconds)
+
+    async def broadcast(
+        self, message_type: str, data: Any = None, ttl_seconds: float | None = None
+    ) -> list[str]:
+        """Send a message to every running or paused agent."""
+        self._require_running()
+        return self.messenger.broadcast(None, message_type, data, ttl_seconds)
+
+    async def publish(
+        self, topic: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
+    ) -> list[str]:
+        """Send a message to the agents subscribed to ``topic``."""
+        self._require_running()
+        return self.messenger.publish(None, topic, message_type, data, ttl_seconds)
+
+    async def request(
+        self,
+        agent_id: str,
+        message_type: str,
+        data: Any = None,
+        timeout_seconds: float | None = 30.0,
+    ) -> AgentMessage:
+        """Send a request to an agent and return its reply (``context.reply``); raises
+        WaitTimeoutError after ``timeout_seconds``."""
+        self._require_running()
+        return await self.messenger.request(None, agent_id, message_type, data, timeout_seconds)
+
     def _spawn(self, work: Any) -> None:
         future = asyncio.ensure_future(work)
         self._background.add(future)
@@ -355,6 +405,8 @@ class AgentRuntime:
                 severity=Severity.WARNING if crashed else Severity.INFO,
                 details=self.recovery,
             )
+        self.messenger.attach(first_result(pm, "miminions_make_bus", "a message bus", runtime=self))
+        self._agent_book.paused_listener = self._agent_paused
         executor: Executor = first_result(
             pm, "miminions_make_executor", "an executor", runtime=self
         )
@@ -411,6 +463,8 @@ class AgentRuntime:
             finally:
                 await executor.close()
                 self.task_book.close()
+                if self.messenger._bus is not None:
+                    self.messenger.bus.close()
                 events.emit(EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)})
                 store.put_meta(
                     RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()}
@@ -451,15 +505,21 @@ class AgentRuntime:
         group: str | None = None,
         isolation: str | None = None,
         limits: ResourceLimits | None = None,
+        topics: Sequence[str] | None = None,
     ) -> str:
         """Register an agent class, agent object or function under a unique ``name``.
 
         Returns the agent id. Registering a name an earlier run on the same database knew
         gives back the same id, and a paused agent comes back paused with its state.
+        ``topics`` (and a ``topics`` attribute of the agent) subscribe it to those topics.
         """
         self._require_running()
         kind, target = classify_agent(agent)
-        return await self.agent_book.register(
+        declared = list(getattr(agent, "topics", None) or ()) + list(topics or ())
+        for topic in declared:
+            if not isinstance(topic, str) or not topic:
+                raise ValidationError("topics must be non-empty strings")
+        agent_id = await self.agent_book.register(
             name,
             agent,
             kind=kind,
@@ -469,6 +529,10 @@ class AgentRuntime:
             isolation=isolation or self.config.default_isolation,
             limits=limits,
         )
+        self.messenger.agent_registered(agent_id, declared)
+        if self.agent_book.get(agent_id).status is AgentStatus.PAUSED:
+            self.messenger.bus.freeze(agent_id)  # came back paused: its TTLs wait too
+        return agent_id
 
     async def start_agent(self, agent_id: str) -> AgentInstance:
         """Start an agent (``on_start`` runs); queued while every agent slot is in use."""

@@ -34,6 +34,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import (
+    AgentMessage,
     AgentSpec,
     EventType,
     JSONObject,
@@ -221,10 +222,26 @@ class ProcessHost:
             if not isinstance(task_id, str):
                 raise ValidationError("checkpoint needs a task_id")
             return self._rt.task_book.save_checkpoint(task_id, frame.get("state"))
+        if op == "msg":
+            return self._messaging(frame)
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
             return None
         raise ValidationError(f"unknown request {op!r} from the worker")
+
+    async def _messaging(self, frame: Frame) -> Any:
+        """A messaging call from the agent's context, carried out in the runtime."""
+        call, payload = frame.get("call"), frame.get("payload")
+        if not isinstance(call, str) or not isinstance(payload, dict):
+            raise ValidationError("a messaging call needs 'call' and 'payload'")
+        result = await self._rt.messenger.handle(self.spec.agent_id, call, payload)
+        if isinstance(result, AgentMessage):
+            live = self._live
+            if call == "receive" and (live is None or not live.process.alive):
+                self._rt.messenger.bus.put_back(result)  # its receiver is gone: keep it
+                raise ChannelClosedError("the worker is gone")
+            return result.model_dump(mode="json")
+        return result
 
     # ------------------------------------------------------------------ internals
     def _require_live(self) -> _Live:

@@ -163,6 +163,7 @@ class Worker:
                 make_context=self._make_context,
                 save_checkpoint=self._save_checkpoint,
                 report_usage=self._report_usage,
+                runtime_call=self._runtime_call,
             )
         return self._runner
 
@@ -179,6 +180,10 @@ class Worker:
     async def _save_checkpoint(self, task_id: str, state: Any) -> None:
         assert self.channel is not None
         await self.channel.request("checkpoint", task_id=task_id, state=state)
+
+    async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
+        assert self.channel is not None
+        return await self.channel.request("msg", call=op, payload=payload)
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:

@@ -1,0 +1,344 @@
+"""Messages between agents: the rules (F-06). The bus plugin keeps the mailboxes.
+
+The :class:`Messenger` checks and builds every message — recipients must be registered,
+data must be JSON of at most :data:`MAX_PAYLOAD_BYTES`, a TTL must be positive — and
+records MESSAGE_SENT / MESSAGE_RECEIVED / MESSAGE_EXPIRED. Ways to address:
+
+- ``send`` to one id or several (multicast);
+- ``broadcast`` to every running or paused agent but the sender;
+- ``publish`` to the subscribers of a topic (declared at registration with ``topics=``,
+  as a ``topics`` attribute of the agent class, or with ``context.subscribe``);
+- ``request`` / ``reply``: the reply carries the request's id as its ``correlation_id``
+  and goes straight to the waiting requester, not through a mailbox.
+
+Messages to a stopped agent wait in its mailbox until it starts again or they expire.
+Agents reach these calls through their context; process agents through their worker's
+socket, with the same operations (:meth:`Messenger.handle`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import time
+from collections import deque
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from miminions.kernel.errors import MessageTooLargeError, ValidationError, WaitTimeoutError
+from miminions.kernel.interfaces import Bus
+from miminions.kernel.models import AgentMessage, AgentStatus, DeadLetter, EventType, Severity
+from miminions.kernel.validation import check_seconds
+
+if TYPE_CHECKING:
+    from miminions.kernel.runtime import AgentRuntime
+
+#: The largest message payload, as JSON text (R-04).
+MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+_LATENCY_SAMPLES = 1000
+_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+
+
+def new_message_id() -> str:
+    """A unique, time-ordered message id."""
+    return f"m{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+
+
+class Messenger:
+    """The runtime's messaging front door (see the module docstring)."""
+
+    def __init__(self, runtime: AgentRuntime) -> None:
+        self._rt = runtime
+        self._bus: Bus | None = None
+        self.topics: dict[str, set[str]] = {}
+        self.sent = 0
+        self.delivered = 0
+        self.expired = 0
+        self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+
+    @property
+    def bus(self) -> Bus:
+        """The bus plugin's object."""
+        if self._bus is None:
+            raise ValidationError("the runtime has no message bus (it is not started)")
+        return self._bus
+
+    def attach(self, bus: Bus) -> None:
+        """Use ``bus`` (called once at start)."""
+        self._bus = bus
+
+    # ------------------------------------------------------------------ agents
+    def agent_registered(self, agent_id: str, topics: Iterable[str]) -> None:
+        """Give a registered agent its mailbox and its declared topic subscriptions."""
+        self.bus.open_mailbox(agent_id, self._rt.config.limits.message_queue_max_size)
+        for topic in topics:
+            self.subscribe(agent_id, topic)
+
+    def subscribe(self, agent_id: str, topic: str) -> None:
+        """Deliver messages published on ``topic`` to the agent."""
+        _check_name(topic, "topic")
+        self.topics.setdefault(topic, set()).add(agent_id)
+
+    def unsubscribe(self, agent_id: str, topic: str) -> None:
+        """Stop delivering ``topic`` to the agent."""
+        members = self.topics.get(topic)
+        if members is not None:
+            members.discard(agent_id)
+
+    # ------------------------------------------------------------------ sending
+    def send(
+        self,
+        sender: str | None,
+        recipients: str | Sequence[str],
+        message_type: str,
+        data: Any = None,
+        ttl_seconds: float | None = None,
+    ) -> list[str]:
+        """Send to one agent or several; returns the message ids, one per recipient."""
+        ids = [recipients] if isinstance(recipients, str) else list(recipients)
+        if not ids:
+            raise ValidationError("recipients must name at least one agent id")
+        for agent_id in ids:
+            self._rt.agent_book.get(agent_id)  # NotFoundError names the unknown id
+        return self._post(self._build(sender, ids, message_type, data, ttl_seconds))
+
+    def broadcast(
+        self, sender: str | None, message_type: str, data: Any = None, ttl: float | None = None
+    ) -> list[str]:
+        """Send to every running or paused agent except the sender."""
+        ids = [
+            slot.agent_id
+            for slot in self._rt.agent_book.slots.values()
+            if slot.status in (AgentStatus.RUNNING, AgentStatus.PAUSED) and slot.agent_id != sender
+        ]
+        return self._post(self._build(sender, ids, message_type, data, ttl)) if ids else []
+
+    def publish(
+        self,
+        sender: str | None,
+        topic: str,
+        message_type: str,
+        data: Any = None,
+        ttl: float | None = None,
+    ) -> list[str]:
+        """Send to the subscribers of ``topic`` (not to the sender itself)."""
+        _check_name(topic, "topic")
+        ids = sorted(a for a in self.topics.get(topic, ()) if a != sender)
+        if not ids:
+            return []
+        return self._post(self._build(sender, ids, message_type, data, ttl, topic=topic))
+
+    async def request(
+        self,
+        sender: str | None,
+        recipient: str,
+        message_type: str,
+        data: Any = None,
+        timeout_seconds: float | None = 30.0,
+    ) -> AgentMessage:
+        """Send a request and wait for the reply matched by correlation id."""
+        timeout_seconds = check_seconds(timeout_seconds)
+        self._rt.agent_book.get(recipient)
+        (message,) = self._build(sender, [recipient], message_type, data, timeout_seconds)
+        message.correlation_id = message.message_id
+        reply = self.bus.expect_reply(message.message_id)
+        try:
+            self._post([message])
+            if timeout_seconds is None:
+                return await reply
+            async with asyncio.timeout(timeout_seconds):
+                return await reply
+        except TimeoutError:
+            raise WaitTimeoutError(
+                f"no reply to {message_type!r} from agent {recipient!r} within {timeout_seconds} s"
+            ) from None
+        finally:
+            self.bus.forget_reply(message.message_id)
+
+    def reply(
+        self,
+        sender: str | None,
+        request: AgentMessage,
+        data: Any = None,
+        message_type: str | None = None,
+    ) -> str:
+        """Answer ``request``: its requester's ``request`` returns this message."""
+        if request.correlation_id is None or request.is_reply:
+            raise ValidationError(
+                f"message {request.message_id!r} is not a request (send it with request())"
+            )
+        recipient = request.sender_id
+        kind = message_type or f"{request.message_type}.reply"
+        (message,) = self._build(sender, [recipient or "runtime"], kind, data, None)
+        message.recipient_id = recipient or "runtime"
+        message.correlation_id = request.correlation_id
+        message.is_reply = True
+        if self.bus.resolve_reply(message):
+            self._sent([message])
+            self._received(message)
+            return message.message_id
+        if recipient is None:  # the runtime asked and gave up waiting
+            raise WaitTimeoutError(f"request {request.message_id!r} is no longer waited for")
+        return self._post([message])[0]
+
+    # ------------------------------------------------------------------ receiving
+    async def receive(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:
+        """The agent's next message, waiting up to ``timeout_seconds`` (None: forever)."""
+        timeout_seconds = check_seconds(timeout_seconds)
+        message = await self.bus.take(agent_id, timeout_seconds)
+        self._received(message)
+        return message
+
+    def message_expired(self, message: AgentMessage) -> None:
+        """Called by the bus when a message's TTL ran out: event and dead letter (F-28)."""
+        self.expired += 1
+        self._rt.events.emit(
+            EventType.MESSAGE_EXPIRED,
+            severity=Severity.WARNING,
+            agent_id=message.recipient_id,
+            details={"message_id": message.message_id, "message_type": message.message_type},
+        )
+        letter = DeadLetter(
+            dead_letter_id="message:" + message.message_id,
+            kind="message",
+            ref_id=message.message_id,
+            reason="expired before its recipient received it",
+            payload=message.model_dump(mode="json"),
+            created_at=datetime.now(UTC),
+        )
+        self._rt.task_book.dead_letters[letter.dead_letter_id] = letter
+        self._rt.store.put_dead_letter(letter)
+
+    # ------------------------------------------------------------------ for hosts
+    async def handle(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
+        """Carry out a messaging call an agent made through its context."""
+
+        def get(name: str, default: Any = None) -> Any:
+            return payload.get(name, default)
+
+        if op == "send":
+            return self.send(
+                agent_id, get("recipients"), get("message_type"), get("data"), get("ttl_seconds")
+            )
+        if op == "broadcast":
+            return self.broadcast(agent_id, get("message_type"), get("data"), get("ttl_seconds"))
+        if op == "publish":
+            return self.publish(
+                agent_id, get("topic"), get("message_type"), get("data"), get("ttl_seconds")
+            )
+        if op == "subscribe":
+            return self.subscribe(agent_id, get("topic"))
+        if op == "unsubscribe":
+            return self.unsubscribe(agent_id, get("topic"))
+        if op == "receive":
+            return await self.receive(agent_id, get("timeout_seconds"))
+        if op == "request":
+            return await self.request(
+                agent_id,
+                get("recipient"),
+                get("message_type"),
+                get("data"),
+                get("timeout_seconds", 30.0),
+            )
+        if op == "reply":
+            request = get("request")
+            if not isinstance(request, AgentMessage):
+                request = AgentMessage.model_validate(request)
+            return self.reply(agent_id, request, get("data"), get("message_type"))
+        raise ValidationError(f"unknown messaging call {op!r}")
+
+    # ------------------------------------------------------------------ internals
+    def _build(
+        self,
+        sender: str | None,
+        recipients: Sequence[str],
+        message_type: str,
+        data: Any,
+        ttl_seconds: float | None,
+        *,
+        topic: str | None = None,
+    ) -> list[AgentMessage]:
+        _check_name(message_type, "message_type")
+        data = _payload(data)
+        ttl = check_seconds(ttl_seconds, positive=True)
+        now = datetime.now(UTC)
+        expires = None if ttl is None else now + timedelta(seconds=ttl)
+        return [
+            AgentMessage.model_construct(
+                message_id=new_message_id(),
+                sender_id=sender,
+                recipient_id=recipient,
+                message_type=message_type,
+                data=data,
+                topic=topic,
+                correlation_id=None,
+                is_reply=False,
+                created_at=now,
+                expires_at=expires,
+            )
+            for recipient in recipients
+        ]
+
+    def _post(self, messages: list[AgentMessage]) -> list[str]:
+        self.bus.post(messages)
+        self._sent(messages)
+        return [message.message_id for message in messages]
+
+    def _sent(self, messages: list[AgentMessage]) -> None:
+        self.sent += len(messages)
+        emit = self._rt.events.emit
+        for message in messages:
+            emit(
+                EventType.MESSAGE_SENT,
+                agent_id=message.sender_id,
+                details={
+                    "message_id": message.message_id,
+                    "message_type": message.message_type,
+                    "recipient_id": message.recipient_id,
+                },
+            )
+
+    def _received(self, message: AgentMessage) -> None:
+        self.delivered += 1
+        self.latencies.append((datetime.now(UTC) - message.created_at).total_seconds())
+        self._rt.events.emit(
+            EventType.MESSAGE_RECEIVED,
+            agent_id=message.recipient_id,
+            details={"message_id": message.message_id, "message_type": message.message_type},
+        )
+
+    def latency_summary(self) -> tuple[float | None, float | None]:
+        """Mean and p95 delivery latency (seconds) over recent messages."""
+        samples = sorted(self.latencies)
+        if not samples:
+            return None, None
+        p95 = samples[min(len(samples) - 1, math.ceil(0.95 * len(samples)) - 1)]
+        return sum(samples) / len(samples), p95
+
+
+def _check_name(value: Any, what: str) -> None:
+    if not isinstance(value, str) or not value or len(value) > 256:
+        raise ValidationError(f"{what} must be a non-empty string of at most 256 characters")
+
+
+def _payload(data: Any) -> Any:
+    """An independent JSON copy of ``data``; too big or not JSON raises."""
+    if data is None:
+        return None
+    try:
+        text = _encode(data)
+    except (TypeError, ValueError) as exc:
+        raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
+    size = len(text.encode()) if len(text) * 4 > MAX_PAYLOAD_BYTES else len(text)
+    if size > MAX_PAYLOAD_BYTES:
+        raise MessageTooLargeError(
+            f"message data is {size:,} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES:,} "
+            "(10 MB): send a reference (a path, a key in rt.kv) instead"
+        )
+    return json.loads(text)
+
+
+__all__ = ["MAX_PAYLOAD_BYTES", "Messenger", "new_message_id"]

@@ -1,0 +1,229 @@
+"""Built-in message bus: per-agent mailboxes in the runtime's memory (F-06).
+
+Each mailbox is a FIFO of letters; a ``take`` waiting on an empty mailbox is a future the
+next ``post`` resolves directly, so delivery costs no polling and no extra loop turn. TTLs
+are deadlines in one heap served by a single loop timer (shared with nothing else); a
+paused recipient's deadlines are frozen (F-25). Messages expire into the runtime's
+``message_expired`` handling (an event and a dead letter, F-28).
+
+Process agents use the same mailboxes: their worker asks the runtime for the next message
+over its socket, and the runtime takes it from here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+from miminions.kernel.clock import Deadline, Deadlines
+from miminions.kernel.errors import (
+    NotFoundError,
+    QueueFullError,
+    RuntimeNotRunningError,
+    WaitTimeoutError,
+)
+from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.models import AgentMessage
+
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from miminions.kernel.runtime import AgentRuntime
+
+
+class _Letter(Deadline):
+    """A message in a mailbox; also the deadline of its TTL."""
+
+    __slots__ = ("bus", "gone", "message")
+
+    def __init__(self, bus: MemoryBus, message: AgentMessage) -> None:
+        super().__init__()
+        self.bus = bus
+        self.message = message
+        self.gone = False  # taken or expired: skipped when reached
+
+    def on_expiry(self) -> None:
+        """The TTL ran out before anybody took the message."""
+        self.bus._expire(self)
+
+
+class _Mailbox:
+    __slots__ = ("capacity", "count", "frozen", "letters", "waiters")
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self.letters: deque[_Letter] = deque()
+        self.count = 0  # letters not gone
+        self.frozen = False  # its agent is paused: TTLs do not count
+        self.waiters: deque[asyncio.Future[AgentMessage]] = deque()
+
+
+class MemoryBus:
+    """The built-in :class:`~miminions.kernel.interfaces.Bus`."""
+
+    def __init__(self, on_expired: Callable[[AgentMessage], None]) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._mailboxes: dict[str, _Mailbox] = {}
+        self._replies: dict[str, asyncio.Future[AgentMessage]] = {}
+        self._deadlines = Deadlines(self._loop)
+        self._on_expired = on_expired
+        self._closed = False
+
+    def open_mailbox(self, agent_id: str, capacity: int) -> None:
+        """Create the agent's mailbox (kept as it is when it exists)."""
+        if agent_id not in self._mailboxes:
+            self._mailboxes[agent_id] = _Mailbox(capacity)
+
+    def _box(self, agent_id: str) -> _Mailbox:
+        try:
+            return self._mailboxes[agent_id]
+        except KeyError:
+            raise NotFoundError(f"no agent with id {agent_id!r} has a mailbox") from None
+
+    def post(self, messages: list[AgentMessage]) -> None:
+        """Deliver all of ``messages`` or none (a full mailbox raises QueueFullError)."""
+        if self._closed:
+            raise RuntimeNotRunningError("the message bus is closed")
+        wanted: dict[str, int] = {}
+        for message in messages:
+            wanted[message.recipient_id] = wanted.get(message.recipient_id, 0) + 1
+        for agent_id, count in wanted.items():
+            box = self._box(agent_id)
+            free = box.capacity - box.count
+            if count > free:
+                raise QueueFullError(
+                    f"the mailbox of agent {agent_id!r} is full ({box.count} of "
+                    f"{box.capacity} messages waiting); nothing was sent — retry later or "
+                    "raise ResourceLimits.message_queue_max_size"
+                )
+        wall = datetime.now(UTC)
+        for message in messages:
+            box = self._mailboxes[message.recipient_id]
+            while box.waiters:  # a receiver is waiting: hand it over directly
+                waiter = box.waiters.popleft()
+                if not waiter.done():
+                    waiter.set_result(message)
+                    break
+            else:
+                letter = _Letter(self, message)
+                box.letters.append(letter)
+                box.count += 1
+                if message.expires_at is not None:
+                    ttl = (message.expires_at - wall).total_seconds()
+                    self._deadlines.start(letter, max(ttl, 0.0))
+                    if box.frozen:
+                        self._deadlines.freeze(letter, "paused")
+
+    async def take(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:
+        """The oldest waiting message, waiting up to ``timeout_seconds`` for one."""
+        box = self._box(agent_id)
+        while box.letters:
+            letter = box.letters.popleft()
+            if letter.gone:
+                continue
+            letter.gone = True
+            box.count -= 1
+            self._deadlines.clear(letter)
+            return letter.message
+        if self._closed:
+            raise RuntimeNotRunningError("the message bus is closed")
+        waiter: asyncio.Future[AgentMessage] = self._loop.create_future()
+        box.waiters.append(waiter)
+        try:
+            if timeout_seconds is None:
+                return await waiter
+            async with asyncio.timeout(timeout_seconds):
+                return await waiter
+        except TimeoutError:
+            raise WaitTimeoutError(
+                f"no message for agent {agent_id!r} within {timeout_seconds} s"
+            ) from None
+        finally:
+            if not waiter.done():
+                waiter.cancel()
+            if waiter in box.waiters:
+                box.waiters.remove(waiter)
+
+    def put_back(self, message: AgentMessage) -> None:
+        """Return a taken message to the front of its mailbox (its receiver vanished
+        before it got it), ignoring the capacity: it had its place already."""
+        box = self._mailboxes.get(message.recipient_id)
+        if box is None or self._closed:
+            return
+        letter = _Letter(self, message)
+        box.letters.appendleft(letter)
+        box.count += 1
+        if message.expires_at is not None:
+            ttl = (message.expires_at - datetime.now(UTC)).total_seconds()
+            self._deadlines.start(letter, max(ttl, 0.0))
+            if box.frozen:
+                self._deadlines.freeze(letter, "paused")
+
+    def pending(self, agent_id: str) -> int:
+        """Messages waiting in the agent's mailbox."""
+        return self._box(agent_id).count
+
+    def expect_reply(self, correlation_id: str) -> asyncio.Future[AgentMessage]:
+        """A future the reply with ``correlation_id`` resolves."""
+        future: asyncio.Future[AgentMessage] = self._loop.create_future()
+        self._replies[correlation_id] = future
+        return future
+
+    def forget_reply(self, correlation_id: str) -> None:
+        """Nobody waits for this reply any more."""
+        self._replies.pop(correlation_id, None)
+
+    def resolve_reply(self, message: AgentMessage) -> bool:
+        """Hand a reply to its waiting request; False when none waits."""
+        future = self._replies.pop(message.correlation_id or "", None)
+        if future is None or future.done():
+            return False
+        future.set_result(message)
+        return True
+
+    def freeze(self, agent_id: str) -> None:
+        """Stop the TTLs of the agent's messages (it is paused)."""
+        box = self._box(agent_id)
+        box.frozen = True
+        for letter in box.letters:
+            if not letter.gone:
+                self._deadlines.freeze(letter, "paused")
+
+    def thaw(self, agent_id: str) -> None:
+        """Let the TTLs of the agent's messages run again."""
+        box = self._box(agent_id)
+        box.frozen = False
+        for letter in box.letters:
+            if not letter.gone:
+                self._deadlines.thaw(letter, "paused")
+
+    def close(self) -> None:
+        """Stop expiring and wake waiting receivers with an error."""
+        self._closed = True
+        self._deadlines.close()
+        for box in self._mailboxes.values():
+            for waiter in box.waiters:
+                if not waiter.done():
+                    waiter.set_exception(RuntimeNotRunningError("the runtime stopped"))
+            box.waiters.clear()
+        for future in self._replies.values():
+            if not future.done():
+                future.set_exception(RuntimeNotRunningError("the runtime stopped"))
+        self._replies.clear()
+
+    def _expire(self, letter: _Letter) -> None:
+        if letter.gone:
+            return
+        letter.gone = True
+        box = self._mailboxes.get(letter.message.recipient_id)
+        if box is not None:
+            box.count -= 1
+        self._on_expired(letter.message)
+
+
+@hookimpl(trylast=True)  # built-in: another bus plugin wins
+def miminions_make_bus(runtime: AgentRuntime) -> MemoryBus:
+    """Provide the built-in in-memory bus."""
+    return MemoryBus(runtime.messenger.message_expired)
