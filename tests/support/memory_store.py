@@ -56,6 +56,9 @@ class MemoryStore:
     async def flush(self) -> None:
         return None
 
+    async def load_meta_prefix(self, prefix: str) -> dict[str, Any]:
+        return {k: v for k, v in self.meta.items() if k.startswith(prefix)}
+
     async def get_meta(self, key: str) -> Any:
         return self.meta.get(key)
 

@@ -20,7 +20,7 @@ import contextlib
 import functools
 import inspect
 import logging
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
@@ -77,6 +77,8 @@ class AgentContext:
         self.current_task: Task | None = None
         self.last_checkpoint: Any = None
         self._channel = channel
+        #: The shared key-value store (see :class:`AgentKV`).
+        self.kv = AgentKV(channel)
 
     @property
     def is_stopping(self) -> bool:
@@ -188,6 +190,62 @@ class AgentContext:
     async def _call(self, op: str, **payload: Any) -> Any:
         await self._channel.safe_point()
         return await self._channel.runtime_call(op, payload)
+
+
+class AgentKV:
+    """``context.kv``: the runtime's shared key-value store, seen from an agent (F-16).
+
+    The same store as ``rt.kv``, for inline and process agents alike: values are JSON, every
+    write is durable before it returns and visible to every other agent at once. Every call
+    is a safe point. ``namespace`` separates data (e.g. one per group).
+    """
+
+    def __init__(self, channel: ContextChannel) -> None:
+        self._channel = channel
+
+    async def _call(self, op: str, **payload: Any) -> Any:
+        await self._channel.safe_point()
+        return await self._channel.runtime_call(op, payload)
+
+    async def get(self, key: str, default: Any = None, namespace: str = "") -> Any:
+        """The value of ``key``, or ``default``."""
+        return await self._call("kv_get", key=key, default=default, namespace=namespace)
+
+    async def keys(self, prefix: str = "", namespace: str = "") -> list[str]:
+        """The keys starting with ``prefix``, sorted."""
+        return await self._call("kv_keys", prefix=prefix, namespace=namespace)  # type: ignore[no-any-return]
+
+    async def set(self, key: str, value: Any, namespace: str = "") -> int:
+        """Store ``value`` (JSON) under ``key``; returns its new version."""
+        return await self._call("kv_set", key=key, value=value, namespace=namespace)  # type: ignore[no-any-return]
+
+    async def delete(self, key: str, namespace: str = "") -> bool:
+        """Remove ``key``; False if it was not there."""
+        return await self._call("kv_delete", key=key, namespace=namespace)  # type: ignore[no-any-return]
+
+    async def compare_and_set(
+        self, key: str, expected: Any, value: Any, namespace: str = ""
+    ) -> bool:
+        """Set ``key`` to ``value`` only if it holds ``expected`` (None: absent)."""
+        return await self._call(  # type: ignore[no-any-return]
+            "kv_cas", key=key, expected=expected, value=value, namespace=namespace
+        )
+
+    async def watch(self, prefix: str = "", namespace: str = "") -> AsyncIterator[dict[str, Any]]:
+        """Yield every later change under ``prefix`` as ``{"namespace", "key", "value",
+        "version"}`` (value None: deleted) until the iteration is closed."""
+        watch_id = await self._call("kv_watch", prefix=prefix, namespace=namespace)
+        try:
+            while True:
+                change = await self._channel.runtime_call(
+                    "kv_next", {"watch_id": watch_id, "timeout_seconds": None}
+                )
+                if change is None:
+                    return
+                yield change
+        finally:
+            with contextlib.suppress(Exception):
+                await self._channel.runtime_call("kv_unwatch", {"watch_id": watch_id})
 
 
 def _as_message(value: Any) -> AgentMessage:

@@ -110,6 +110,10 @@ class Store(Protocol):
         """Return the JSON value stored under ``key``, or None."""
         ...
 
+    async def load_meta_prefix(self, prefix: str) -> dict[str, Any]:
+        """Return every stored meta value whose key starts with ``prefix``, by key."""
+        ...
+
     async def load_tasks(self) -> list[Task]:
         """Return every stored task, oldest first."""
         ...

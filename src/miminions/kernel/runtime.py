@@ -37,6 +37,7 @@ from miminions.kernel.errors import (
 from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
 from miminions.kernel.interfaces import AgentHost, Executor, Store
+from miminions.kernel.kv import KVCalls, KVStore
 from miminions.kernel.lifecycle import AgentBook
 from miminions.kernel.messaging import Messenger
 from miminions.kernel.models import (
@@ -131,6 +132,8 @@ class AgentRuntime:
         self.recovery: dict[str, Any] | None = None
         self.usage = UsageBook(group_budgets=dict(self.config.group_budgets))
         self.messenger = Messenger(self)
+        self._kv: KVStore | None = None
+        self._kv_calls: KVCalls | None = None
         self._background: set[asyncio.Future[Any]] = set()
         self._claim = ""
         self._stopped: asyncio.Future[None] | None = None
@@ -249,6 +252,19 @@ class AgentRuntime:
         for slot in self.agent_book.slots.values():
             if (agent_id is None and group is None) or slot.agent_id == agent_id:
                 slot.instance.tokens_used, slot.instance.cost_used = 0, 0.0
+
+    @property
+    def kv(self) -> KVStore:
+        """The shared key-value store (F-16): ``get``, ``set``, ``delete``,
+        ``compare_and_set``, ``keys``, ``watch``; values are JSON and durable."""
+        return _need(self._kv)
+
+    async def agent_call(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
+        """For hosts: carry out a call an agent made through its context (messaging and
+        ``context.kv``), on behalf of ``agent_id``."""
+        if op.startswith("kv_"):
+            return await _need(self._kv_calls).handle(agent_id, op, payload)
+        return await self.messenger.handle(agent_id, op, payload)
 
     def _agent_paused(self, agent_id: str, paused: bool) -> None:
         # A paused agent's messages do not expire meanwhile (F-25).
@@ -406,6 +422,9 @@ class AgentRuntime:
                 details=self.recovery,
             )
         self.messenger.attach(first_result(pm, "miminions_make_bus", "a message bus", runtime=self))
+        kv = self._kv = KVStore(store)
+        await kv.load()
+        self._kv_calls = KVCalls(kv)
         self._agent_book.paused_listener = self._agent_paused
         executor: Executor = first_result(
             pm, "miminions_make_executor", "an executor", runtime=self
@@ -465,6 +484,8 @@ class AgentRuntime:
                 self.task_book.close()
                 if self.messenger._bus is not None:
                     self.messenger.bus.close()
+                if self._kv is not None:
+                    self._kv.close()
                 events.emit(EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)})
                 store.put_meta(
                     RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()}

@@ -33,7 +33,7 @@ class InlineHost:
             make_context=lambda channel: runtime.make_context(spec, channel),
             save_checkpoint=runtime.task_book.save_checkpoint,
             report_usage=lambda tokens, cost: runtime.report_usage(spec.agent_id, tokens, cost),
-            runtime_call=lambda op, payload: runtime.messenger.handle(spec.agent_id, op, payload),
+            runtime_call=lambda op, payload: runtime.agent_call(spec.agent_id, op, payload),
         )
 
     @property

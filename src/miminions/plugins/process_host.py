@@ -234,7 +234,7 @@ class ProcessHost:
         call, payload = frame.get("call"), frame.get("payload")
         if not isinstance(call, str) or not isinstance(payload, dict):
             raise ValidationError("a messaging call needs 'call' and 'payload'")
-        result = await self._rt.messenger.handle(self.spec.agent_id, call, payload)
+        result = await self._rt.agent_call(self.spec.agent_id, call, payload)
         if isinstance(result, AgentMessage):
             live = self._live
             if call == "receive" and (live is None or not live.process.alive):

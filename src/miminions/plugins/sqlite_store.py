@@ -556,6 +556,15 @@ class SQLiteStore:
         rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
         return json.loads(rows[0][0]) if rows else None
 
+    async def load_meta_prefix(self, prefix: str) -> dict[str, Any]:
+        """Return every meta value whose key starts with ``prefix``, by key."""
+        # A range on the primary key: the index answers it (LIKE would need escaping).
+        rows = await self._fetch(
+            "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key",
+            (prefix, prefix + "\U0010ffff"),
+        )
+        return {row[0]: json.loads(row[1]) for row in rows}
+
     async def load_tasks(self) -> list[Task]:
         """Return every stored task, oldest first."""
         return [

@@ -1,0 +1,238 @@
+"""The shared key-value store agents exchange data through (F-16): ``rt.kv``, ``context.kv``.
+
+Values are JSON. Every write bumps the key's version and is durable (written through the
+store's group commit, under meta keys ``kv:["namespace","key"]``) before the call returns.
+Reads are answered from memory. ``compare_and_set`` changes a key only when it holds the
+expected value. ``watch(prefix)`` yields every later change of matching keys; a change
+reaches the watchers of other agents (inline or process) at once, well within 100 ms.
+Namespaces separate data, e.g. one per group; the default namespace is ``""``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from miminions.kernel.errors import ValidationError
+from miminions.kernel.task_input import to_json_value
+
+if TYPE_CHECKING:
+    from miminions.kernel.interfaces import Store
+
+META_PREFIX = "kv:"
+_MAX_KEY = 1024
+
+
+@dataclass(frozen=True)
+class KVChange:
+    """One change seen by a watcher: ``value`` None means the key was deleted."""
+
+    namespace: str
+    key: str
+    value: Any
+    version: int
+
+    def to_json(self) -> dict[str, Any]:
+        """The change as JSON (for a process agent's watcher)."""
+        return {
+            "namespace": self.namespace,
+            "key": self.key,
+            "value": self.value,
+            "version": self.version,
+        }
+
+
+class KVWatch:
+    """An async iterator of the changes under a prefix; ``close()`` ends it."""
+
+    def __init__(self, kv: KVStore, namespace: str, prefix: str) -> None:
+        self.namespace = namespace
+        self.prefix = prefix
+        self._kv = kv
+        self._queue: asyncio.Queue[KVChange | None] = asyncio.Queue()
+
+    def matches(self, namespace: str, key: str) -> bool:
+        """Whether a change of ``key`` concerns this watcher."""
+        return namespace == self.namespace and key.startswith(self.prefix)
+
+    def push(self, change: KVChange | None) -> None:
+        """Queue a change (None ends the watch)."""
+        self._queue.put_nowait(change)
+
+    async def next(self, timeout_seconds: float | None = None) -> KVChange | None:
+        """The next change, or None once closed (or after ``timeout_seconds``)."""
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                return await self._queue.get()
+        except TimeoutError:
+            return None
+
+    def __aiter__(self) -> AsyncIterator[KVChange]:
+        return self._iterate()
+
+    async def _iterate(self) -> AsyncIterator[KVChange]:
+        while (change := await self._queue.get()) is not None:
+            yield change
+
+    def close(self) -> None:
+        """Stop watching; an ``async for`` over it ends."""
+        self._kv._watches.discard(self)
+        self.push(None)
+
+
+class KVStore:
+    """The runtime's key-value store (see the module docstring)."""
+
+    def __init__(self, store: Store) -> None:
+        self._store = store
+        self._data: dict[tuple[str, str], tuple[Any, int]] = {}
+        self._watches: set[KVWatch] = set()
+
+    async def load(self) -> None:
+        """Read back what earlier runs stored."""
+        stored = await self._store.load_meta_prefix(META_PREFIX)
+        for meta_key, record in stored.items():
+            namespace, key = json.loads(meta_key[len(META_PREFIX) :])
+            if isinstance(record, dict) and record.get("value") is not None:
+                self._data[(namespace, key)] = (record["value"], int(record["version"]))
+
+    def get(self, key: str, default: Any = None, namespace: str = "") -> Any:
+        """The value of ``key`` (a copy), or ``default``."""
+        entry = self._data.get((_check_ns(namespace), _check_key(key)))
+        return default if entry is None else to_json_value(entry[0], "value")
+
+    def version(self, key: str, namespace: str = "") -> int:
+        """How many times ``key`` was written (0: never)."""
+        entry = self._data.get((_check_ns(namespace), _check_key(key)))
+        return 0 if entry is None else entry[1]
+
+    def keys(self, prefix: str = "", namespace: str = "") -> list[str]:
+        """The keys of ``namespace`` starting with ``prefix``, sorted."""
+        namespace = _check_ns(namespace)
+        return sorted(k for ns, k in self._data if ns == namespace and k.startswith(prefix))
+
+    async def set(self, key: str, value: Any, namespace: str = "") -> int:
+        """Store ``value`` (JSON, not None) under ``key``; returns the new version."""
+        if value is None:
+            raise ValidationError("a value cannot be None; use delete() to remove a key")
+        return await self._write(
+            _check_ns(namespace), _check_key(key), to_json_value(value, "value")
+        )
+
+    async def delete(self, key: str, namespace: str = "") -> bool:
+        """Remove ``key``; False if it was not there."""
+        namespace, key = _check_ns(namespace), _check_key(key)
+        if (namespace, key) not in self._data:
+            return False
+        await self._write(namespace, key, None)
+        return True
+
+    async def compare_and_set(
+        self, key: str, expected: Any, value: Any, namespace: str = ""
+    ) -> bool:
+        """Set ``key`` to ``value`` only if it holds ``expected`` now (None: absent);
+        ``value`` None deletes. True if it was changed."""
+        namespace, key = _check_ns(namespace), _check_key(key)
+        entry = self._data.get((namespace, key))
+        current = None if entry is None else entry[0]
+        if current != expected:
+            return False
+        if value is None:
+            if entry is None:
+                return True
+            await self._write(namespace, key, None)
+            return True
+        await self._write(namespace, key, to_json_value(value, "value"))
+        return True
+
+    def watch(self, prefix: str = "", namespace: str = "") -> KVWatch:
+        """Watch the keys of ``namespace`` starting with ``prefix`` (``async for``)."""
+        watch = KVWatch(self, _check_ns(namespace), prefix)
+        self._watches.add(watch)
+        return watch
+
+    def close(self) -> None:
+        """End every watch."""
+        for watch in list(self._watches):
+            watch.close()
+
+    async def _write(self, namespace: str, key: str, value: Any) -> int:
+        # Applied in memory first and synchronously, so concurrent writers are ordered
+        # (compare_and_set is atomic on the loop); then made durable.
+        entry = self._data.get((namespace, key))
+        version = (0 if entry is None else entry[1]) + 1
+        if value is None:
+            self._data.pop((namespace, key), None)
+        else:
+            self._data[(namespace, key)] = (value, version)
+        meta_key = META_PREFIX + json.dumps([namespace, key], ensure_ascii=False)
+        commit = self._store.put_meta(meta_key, {"value": value, "version": version})
+        change = KVChange(namespace, key, value, version)
+        for watch in list(self._watches):
+            if watch.matches(namespace, key):
+                watch.push(change)
+        await commit
+        return version
+
+
+def _check_key(key: Any) -> str:
+    if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
+        raise ValidationError(f"a key must be a non-empty string of at most {_MAX_KEY} chars")
+    return key
+
+
+def _check_ns(namespace: Any) -> str:
+    if not isinstance(namespace, str) or len(namespace) > 256:
+        raise ValidationError("a namespace must be a string of at most 256 characters")
+    return namespace
+
+
+__all__ = ["KVChange", "KVStore", "KVWatch"]
+
+
+class KVCalls:
+    """Carries out the ``kv_*`` calls agents make through ``context.kv`` (for both hosts:
+    a process agent's calls arrive over its socket). Watches live here, by id."""
+
+    def __init__(self, kv: KVStore) -> None:
+        self._kv = kv
+        self._watches: dict[str, KVWatch] = {}
+        self._ids = 0
+
+    async def handle(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
+        """One call; see :class:`miminions.kernel.agent.AgentKV` for what each does."""
+        kv = self._kv
+        namespace = payload.get("namespace", "")
+        key: Any = payload.get("key")
+        if op == "kv_get":
+            return kv.get(key, payload.get("default"), namespace)
+        if op == "kv_keys":
+            return kv.keys(payload.get("prefix", ""), namespace)
+        if op == "kv_set":
+            return await kv.set(key, payload.get("value"), namespace)
+        if op == "kv_delete":
+            return await kv.delete(key, namespace)
+        if op == "kv_cas":
+            return await kv.compare_and_set(
+                key, payload.get("expected"), payload.get("value"), namespace
+            )
+        if op == "kv_watch":
+            self._ids += 1
+            watch_id = f"{agent_id}:{self._ids}"
+            self._watches[watch_id] = kv.watch(payload.get("prefix", ""), namespace)
+            return watch_id
+        if op == "kv_next":
+            watch = self._watches.get(payload.get("watch_id", ""))
+            if watch is None:
+                return None
+            change = await watch.next(payload.get("timeout_seconds"))
+            return None if change is None else change.to_json()
+        if op == "kv_unwatch":
+            watch = self._watches.pop(payload.get("watch_id", ""), None)
+            if watch is not None:
+                watch.close()
+            return None
+        raise ValidationError(f"unknown key-value call {op!r}")
