@@ -56,6 +56,10 @@ class MemoryStore:
     async def flush(self) -> None:
         return None
 
+    def delete_meta(self, key: str) -> asyncio.Future[None]:
+        self.meta.pop(key, None)
+        return self._done()
+
     async def load_meta_prefix(self, prefix: str) -> dict[str, Any]:
         return {k: v for k, v in self.meta.items() if k.startswith(prefix)}
 

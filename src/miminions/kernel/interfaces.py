@@ -102,6 +102,10 @@ class Store(Protocol):
         """Queue a write of a small JSON value under ``key``; resolves when committed."""
         ...
 
+    def delete_meta(self, key: str) -> Awaitable[None]:
+        """Queue the removal of ``key``; resolves when committed."""
+        ...
+
     async def flush(self) -> None:
         """Return once everything queued before the call is committed."""
         ...

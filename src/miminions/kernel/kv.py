@@ -2,6 +2,7 @@
 
 Values are JSON. Every write bumps the key's version and is durable (written through the
 store's group commit, under meta keys ``kv:["namespace","key"]``) before the call returns.
+A deleted key starts again at version 1 when it is set again.
 Reads are answered from memory. ``compare_and_set`` changes a key only when it holds the
 expected value. ``watch(prefix)`` yields every later change of matching keys; a change
 reaches the watchers of other agents (inline or process) at once, well within 100 ms.
@@ -163,13 +164,17 @@ class KVStore:
         # Applied in memory first and synchronously, so concurrent writers are ordered
         # (compare_and_set is atomic on the loop); then made durable.
         entry = self._data.get((namespace, key))
-        version = (0 if entry is None else entry[1]) + 1
+        version = 0 if value is None else (0 if entry is None else entry[1]) + 1
         if value is None:
             self._data.pop((namespace, key), None)
         else:
             self._data[(namespace, key)] = (value, version)
         meta_key = META_PREFIX + json.dumps([namespace, key], ensure_ascii=False)
-        commit = self._store.put_meta(meta_key, {"value": value, "version": version})
+        commit = (
+            self._store.delete_meta(meta_key)
+            if value is None
+            else self._store.put_meta(meta_key, {"value": value, "version": version})
+        )
         change = KVChange(namespace, key, value, version)
         for watch in list(self._watches):
             if watch.matches(namespace, key):

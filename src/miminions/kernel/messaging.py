@@ -12,6 +12,9 @@ records MESSAGE_SENT / MESSAGE_RECEIVED / MESSAGE_EXPIRED. Ways to address:
   and goes straight to the waiting requester, not through a mailbox.
 
 Messages to a stopped agent wait in its mailbox until it starts again or they expire.
+Mailboxes are durable: each posted message is stored (meta key ``mailbox:<id>``) with the
+next group commit and removed once received or expired, so undelivered messages come back
+when a runtime on the same database registers their recipient again.
 Agents reach these calls through their context; process agents through their worker's
 socket, with the same operations (:meth:`Messenger.handle`).
 """
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import os
 import time
@@ -36,6 +40,8 @@ from miminions.kernel.validation import check_seconds
 if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
+MAILBOX_PREFIX = "mailbox:"
+_log = logging.getLogger("miminions.messaging")
 #: The largest message payload, as JSON text (R-04).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 _LATENCY_SAMPLES = 1000
@@ -58,6 +64,7 @@ class Messenger:
         self.delivered = 0
         self.expired = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
+        self._stored: dict[str, list[AgentMessage]] = {}  # by recipient, from earlier runs
 
     @property
     def bus(self) -> Bus:
@@ -70,10 +77,27 @@ class Messenger:
         """Use ``bus`` (called once at start)."""
         self._bus = bus
 
+    async def load(self) -> None:
+        """Read back the messages earlier runs left undelivered (F-28: nothing dropped)."""
+        stored = await self._rt.store.load_meta_prefix(MAILBOX_PREFIX)
+        messages = []
+        for key, value in stored.items():
+            try:
+                messages.append(AgentMessage.model_validate(value))
+            except ValueError as exc:
+                _log.error("ignoring unreadable stored message %s: %s", key, exc)
+        messages.sort(key=lambda m: (m.created_at, m.message_id))
+        for message in messages:
+            self._stored.setdefault(message.recipient_id, []).append(message)
+
     # ------------------------------------------------------------------ agents
     def agent_registered(self, agent_id: str, topics: Iterable[str]) -> None:
-        """Give a registered agent its mailbox and its declared topic subscriptions."""
-        self.bus.open_mailbox(agent_id, self._rt.config.limits.message_queue_max_size)
+        """Give a registered agent its mailbox (with what earlier runs left in it) and its
+        declared topic subscriptions."""
+        bus = self.bus
+        bus.open_mailbox(agent_id, self._rt.config.limits.message_queue_max_size)
+        for message in reversed(self._stored.pop(agent_id, [])):
+            bus.put_back(message)  # in front, oldest first; they had their place already
         for topic in topics:
             self.subscribe(agent_id, topic)
 
@@ -190,11 +214,13 @@ class Messenger:
         timeout_seconds = check_seconds(timeout_seconds)
         message = await self.bus.take(agent_id, timeout_seconds)
         self._received(message)
+        self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
         return message
 
     def message_expired(self, message: AgentMessage) -> None:
         """Called by the bus when a message's TTL ran out: event and dead letter (F-28)."""
         self.expired += 1
+        self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
         self._rt.events.emit(
             EventType.MESSAGE_EXPIRED,
             severity=Severity.WARNING,
@@ -284,6 +310,9 @@ class Messenger:
 
     def _post(self, messages: list[AgentMessage]) -> list[str]:
         self.bus.post(messages)
+        put_meta = self._rt.store.put_meta
+        for message in messages:
+            put_meta(MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json"))
         self._sent(messages)
         return [message.message_id for message in messages]
 

@@ -422,6 +422,7 @@ class AgentRuntime:
                 details=self.recovery,
             )
         self.messenger.attach(first_result(pm, "miminions_make_bus", "a message bus", runtime=self))
+        await self.messenger.load()
         kv = self._kv = KVStore(store)
         await kv.load()
         self._kv_calls = KVCalls(kv)

@@ -123,6 +123,9 @@ class MemoryBus:
             letter = box.letters.popleft()
             if letter.gone:
                 continue
+            if letter.when is not None and letter.when <= self._loop.time():
+                self._expire(letter)  # due, its timer has not fired yet: never deliver it
+                continue
             letter.gone = True
             box.count -= 1
             self._deadlines.clear(letter)

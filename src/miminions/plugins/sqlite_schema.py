@@ -219,6 +219,15 @@ UPSERT_TASK = _bulk("tasks", TASK_COLUMNS, "task_id")
 UPSERT_AGENT = _bulk("agents", AGENT_COLUMNS, "agent_id")
 UPSERT_DEAD_LETTER = _bulk("dead_letters", DEAD_LETTER_COLUMNS, "dead_letter_id")
 UPSERT_META = _bulk("meta", ("key", "value"), "key")
+#: Deletes of meta keys, in the same bulk shape (one key per "row").
+DELETE_META = BulkWrite(
+    columns=1,
+    max_rows=_MAX_ROWS,
+    statements={
+        size: "DELETE FROM meta WHERE key IN (" + ", ".join(["?"] * size) + ")"
+        for size in (2**n for n in range(_MAX_ROWS.bit_length()))
+    },
+)
 INSERT_EVENT = _bulk("events", EVENT_COLUMNS)
 
 SELECT_TASKS = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks"

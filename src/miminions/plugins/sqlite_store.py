@@ -59,6 +59,7 @@ from miminions.plugins.sqlite_batch import (
     retryable,
 )
 
+_DELETED = object()  # a queued meta write that removes its key
 logger = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
@@ -253,6 +254,12 @@ class SQLiteStore:
         batch = self._batch or self._new_batch()
         self._dead_letters[dead_letter.dead_letter_id] = dead_letter
         return Committed(batch, "dead letter", dead_letter.dead_letter_id)
+
+    def delete_meta(self, key: str) -> Committed:
+        """Queue the removal of ``key``; the result resolves when committed."""
+        batch = self._batch or self._new_batch()
+        self._meta[key] = (key, _DELETED)
+        return Committed(batch, "meta", key)
 
     def put_meta(self, key: str, value: Any) -> Committed:
         """Queue a write of a small JSON value under ``key``; the result resolves when committed."""
@@ -461,7 +468,17 @@ class SQLiteStore:
                 "dead letter",
                 encode_rows("dead letter", dead_letters, schema.dead_letter_row, rejected),
             ),
-            (schema.UPSERT_META, "meta", encode_rows("meta", meta, schema.meta_row, rejected)),
+            (
+                schema.UPSERT_META,
+                "meta",
+                encode_rows(
+                    "meta",
+                    {k: item for k, item in meta.items() if item[1] is not _DELETED},
+                    schema.meta_row,
+                    rejected,
+                ),
+            ),
+            (schema.DELETE_META, "meta", [(k,) for k, item in meta.items() if item[1] is _DELETED]),
             (schema.INSERT_EVENT, "event", events),
         )
         statements = [s for write, _, rows in writes if rows for s in plan_statements(write, rows)]
