@@ -129,6 +129,18 @@ class AgentContext:
             ttl_seconds=ttl_seconds,
         )
 
+    async def send_to_group(
+        self, group: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
+    ) -> list[str]:
+        """Send to every agent of ``group`` (F-18)."""
+        return await self._call(  # type: ignore[no-any-return]
+            "send_to_group",
+            group=group,
+            message_type=message_type,
+            data=data,
+            ttl_seconds=ttl_seconds,
+        )
+
     async def broadcast(
         self, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:

@@ -149,6 +149,11 @@ class KVStore:
         await self._write(namespace, key, to_json_value(value, "value"))
         return True
 
+    @property
+    def watchers(self) -> int:
+        """Open watches (of the runtime and of agents)."""
+        return len(self._watches)
+
     def watch(self, prefix: str = "", namespace: str = "") -> KVWatch:
         """Watch the keys of ``namespace`` starting with ``prefix`` (``async for``)."""
         watch = KVWatch(self, _check_ns(namespace), prefix)

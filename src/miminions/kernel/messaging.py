@@ -32,7 +32,12 @@ from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
-from miminions.kernel.errors import MessageTooLargeError, ValidationError, WaitTimeoutError
+from miminions.kernel.errors import (
+    InvalidStateError,
+    MessageTooLargeError,
+    ValidationError,
+    WaitTimeoutError,
+)
 from miminions.kernel.interfaces import Bus
 from miminions.kernel.models import AgentMessage, AgentStatus, DeadLetter, EventType, Severity
 from miminions.kernel.validation import check_seconds
@@ -128,6 +133,31 @@ class Messenger:
         for agent_id in ids:
             self._rt.agent_book.get(agent_id)  # NotFoundError names the unknown id
         return self._post(self._build(sender, ids, message_type, data, ttl_seconds))
+
+    def send_to_group(
+        self,
+        sender: str | None,
+        group: str,
+        message_type: str,
+        data: Any = None,
+        ttl: float | None = None,
+    ) -> list[str]:
+        """Send to every agent of ``group`` (the sender too, if it belongs to it)."""
+        _check_name(group, "group")
+        ids = [slot.agent_id for slot in self._rt.agent_book.in_group(group)]
+        return self._post(self._build(sender, ids, message_type, data, ttl))
+
+    async def requeue(self, letter: DeadLetter, ttl_seconds: float | None) -> str:
+        """Send a dead-lettered message again (a new id, the TTL given)."""
+        if letter.requeued_at is not None:
+            raise InvalidStateError(f"dead letter {letter.dead_letter_id!r} was re-queued already")
+        old = AgentMessage.model_validate(letter.payload)
+        (message_id,) = self.send(
+            old.sender_id, old.recipient_id, old.message_type, old.data, ttl_seconds
+        )
+        letter.requeued_at = datetime.now(UTC)
+        await self._rt.store.put_dead_letter(letter)
+        return message_id
 
     def broadcast(
         self, sender: str | None, message_type: str, data: Any = None, ttl: float | None = None
@@ -248,6 +278,10 @@ class Messenger:
         if op == "send":
             return self.send(
                 agent_id, get("recipients"), get("message_type"), get("data"), get("ttl_seconds")
+            )
+        if op == "send_to_group":
+            return self.send_to_group(
+                agent_id, get("group"), get("message_type"), get("data"), get("ttl_seconds")
             )
         if op == "broadcast":
             return self.broadcast(agent_id, get("message_type"), get("data"), get("ttl_seconds"))

@@ -286,6 +286,13 @@ class AgentRuntime:
         self._require_running()
         return self.messenger.send(None, recipients, message_type, data, ttl_seconds)
 
+    async def send_to_group(
+        self, group: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
+    ) -> list[str]:
+        """Send a message to every agent of ``group`` (F-18); NotFoundError if it has none."""
+        self._require_running()
+        return self.messenger.send_to_group(None, group, message_type, data, ttl_seconds)
+
     async def broadcast(
         self, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
@@ -710,14 +717,22 @@ class AgentRuntime:
         await self.store.put_meta(QUEUE_PAUSED_KEY, False)
 
     def list_dead_letters(self, kind: str | None = None) -> list[DeadLetter]:
-        """Work that could not be done (tasks out of retries), oldest first (F-28)."""
+        """Work that could not be done, oldest first (F-28): tasks out of retries (kind
+        ``task``) and messages that expired undelivered (kind ``message``)."""
         self._require_started()
         letters = self.task_book.dead_letters.values()
         return [letter.model_copy() for letter in letters if kind is None or letter.kind == kind]
 
-    async def requeue_dead_letter(self, dead_letter_id: str) -> str:
-        """Run a dead-lettered task again with fresh retries; returns its task id."""
+    async def requeue_dead_letter(
+        self, dead_letter_id: str, ttl_seconds: float | None = None
+    ) -> str:
+        """Try again (F-28): a task runs again with fresh retries (returns its task id); a
+        message is sent again to its recipient, with ``ttl_seconds`` (default: none) as
+        its new TTL (returns the new message id)."""
         self._require_running()
+        letter = self.task_book.dead_letters.get(dead_letter_id)
+        if letter is not None and letter.kind == "message":
+            return await self.messenger.requeue(letter, ttl_seconds)
         return await self.task_book.requeue_dead_letter(dead_letter_id)
 
     # ------------------------------------------------------------------ queries (memory)

@@ -1,0 +1,51 @@
+"""Agents that use ``context.kv`` and group messages; module level, so a worker process can
+import them. They report only through their task results."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from miminions import BaseAgent, Task
+
+
+class KVAgent(BaseAgent):
+    """Does what ``input_data["op"]`` says with the shared key-value store."""
+
+    async def execute_task(self, task: Task) -> Any:
+        data = task.input_data
+        kv = self.context.kv
+        op = data["op"]
+        namespace = data.get("namespace", "")
+        if op == "set":
+            return {"version": await kv.set(data["key"], data["value"], namespace=namespace)}
+        if op == "get":
+            return {"value": await kv.get(data["key"], data.get("default"), namespace=namespace)}
+        if op == "cas":
+            changed = await kv.compare_and_set(
+                data["key"], data.get("expected"), data.get("value"), namespace=namespace
+            )
+            return {"changed": changed}
+        if op == "delete":
+            return {"deleted": await kv.delete(data["key"], namespace=namespace)}
+        if op == "keys":
+            return {"keys": await kv.keys(data.get("prefix", ""), namespace=namespace)}
+        if op == "watch":
+            seen = []
+            async for change in kv.watch(data.get("prefix", ""), namespace=namespace):
+                seen.append(change)
+                if len(seen) >= data["count"]:
+                    break
+            return {"seen": seen}
+        raise ValueError(f"unknown op {op!r}")
+
+
+class GroupMailAgent(BaseAgent):
+    """Sends to a group, or receives one message and returns it."""
+
+    async def execute_task(self, task: Task) -> Any:
+        data = task.input_data
+        if data.get("send_to_group"):
+            ids = await self.context.send_to_group(data["send_to_group"], "memo", data.get("data"))
+            return {"sent": len(ids)}
+        message = await self.context.receive(timeout_seconds=10)
+        return {"type": message.message_type, "data": message.data, "from": message.sender_id}
