@@ -1,0 +1,120 @@
+"""P-02: message delivery latency and throughput, in-process and across processes.
+
+Latency is measured where the message arrives: the receiving agent's ``on_message`` takes
+``now - message.created_at`` in its own process (one machine, one clock), for messages an
+agent sends to another agent spaced 2 ms apart (no queueing). Throughput: one agent sends
+a burst as fast as it can; the time until the receiver has handled all of them. Request /
+response: ``rt.request`` round trips to an agent that replies at once. Targets (P-02):
+delivery p95 <= 0.05 ms in-process, <= 0.5 ms agent-to-agent across processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from benchmarks.harness import DbPaths, Mode, latency_summary
+from benchmarks.messaging_agents import LatencyAgent, ReplyAgent, SenderAgent
+from miminions import AgentRuntime, ResourceLimits, RuntimeConfig, TaskStatus
+
+TARGET_P95_MS = {"inline": 0.05, "process": 0.5}
+
+
+async def _start(rt: AgentRuntime, name: str, agent: object, isolation: str) -> str:
+    agent_id = await rt.register_agent(name, agent, isolation=isolation)
+    await rt.start_agent(agent_id)
+    return agent_id
+
+
+async def _result(rt: AgentRuntime, task_id: str) -> dict[str, Any]:
+    task = await rt.wait_for_task(task_id, 120)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert isinstance(task.output_data, dict)
+    return task.output_data
+
+
+async def _measure(
+    path: Path, isolation: str, count: int, burst: int, requests: int
+) -> dict[str, Any]:
+    config = RuntimeConfig(
+        storage_path=str(path),
+        default_isolation=isolation,
+        # a burst outruns its receiver: room for all of it in the mailbox
+        limits=ResourceLimits(message_queue_max_size=burst + count),
+    )
+    async with AgentRuntime(config=config) as rt:
+        receiver = await _start(rt, "receiver", LatencyAgent, isolation)
+        sender = await _start(rt, "sender", SenderAgent, isolation)
+        replier = await _start(rt, "replier", ReplyAgent, isolation)
+        # latency: spaced sends
+        await _result(
+            rt,
+            await rt.submit_task(
+                "send", {"to": receiver, "count": count, "gap": 0.002}, agent_id=sender
+            ),
+        )
+        latencies = (
+            await _result(rt, await rt.submit_task("collect", {"expect": count}, agent_id=receiver))
+        )["latencies"]
+        # throughput: a burst
+        start = time.perf_counter()
+        await _result(
+            rt, await rt.submit_task("send", {"to": receiver, "count": burst}, agent_id=sender)
+        )
+        await _result(rt, await rt.submit_task("collect", {"expect": burst}, agent_id=receiver))
+        burst_seconds = time.perf_counter() - start
+        # request / response from the runtime
+        round_trips = []
+        for index in range(requests):
+            began = time.perf_counter()
+            await rt.request(replier, "ping", index, timeout_seconds=10)
+            round_trips.append(time.perf_counter() - began)
+    return {"latencies": latencies, "burst_seconds": burst_seconds, "round_trips": round_trips}
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+def test_message_delivery(
+    benchmark: Any,
+    runner: asyncio.Runner,
+    db_paths: DbPaths,
+    mode: Mode,
+    report: Callable[..., None],
+    isolation: str,
+) -> None:
+    """P-02: delivery latency p50/p95/p99, burst throughput and request round trips."""
+    count, burst, requests = mode.pick((2000, 5000, 1000), (200, 500, 100))
+    result: dict[str, Any] = {}
+
+    def target() -> None:
+        result.update(
+            runner.run(
+                _measure(db_paths(f"messaging-{isolation}"), isolation, count, burst, requests)
+            )
+        )
+
+    benchmark.pedantic(target, rounds=1, iterations=1)
+    latency = latency_summary(ms * 1000 for ms in result["latencies"])
+    rtt = latency_summary(s * 1000 for s in result["round_trips"])
+    throughput = burst / result["burst_seconds"]
+    target_ms = TARGET_P95_MS[isolation]
+    verdict = "meets" if latency["p95"] <= target_ms else "misses"
+    where = "in-process" if isolation == "inline" else "across processes"
+    report(
+        f"P-02 messages {where} ({isolation} agents): delivery p50 {latency['p50']:.3f} / "
+        f"p95 {latency['p95']:.3f} / p99 {latency['p99']:.3f} ms ({verdict} target p95 "
+        f"{target_ms} ms); burst of {burst:,}: {throughput:,.0f} messages/s; request/response "
+        f"round trip p50 {rtt['p50']:.3f} / p95 {rtt['p95']:.3f} ms",
+        isolation=isolation,
+        latency_ms=latency,
+        round_trip_ms=rtt,
+        burst_messages_per_second=round(throughput, 1),
+        target_p95_ms=target_ms,
+    )
+    assert len(result["latencies"]) == count
+    if mode.quick:
+        assert latency["p95"] < 100, "message delivery p95 is beyond the quick sanity bound"
