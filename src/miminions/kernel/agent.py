@@ -169,7 +169,7 @@ class AgentContext:
         """The next message of this agent's mailbox, waiting up to ``timeout_seconds``
         (None: as long as it takes); raises WaitTimeoutError. Agents with an ``on_message``
         handler get their messages there instead."""
-        return _as_message(await self._call("receive", timeout_seconds=timeout_seconds))
+        return as_message(await self._call("receive", timeout_seconds=timeout_seconds))
 
     async def request(
         self,
@@ -186,7 +186,7 @@ class AgentContext:
             data=data,
             timeout_seconds=timeout_seconds,
         )
-        return _as_message(reply)
+        return as_message(reply)
 
     async def reply(
         self, message: AgentMessage, data: Any = None, message_type: str | None = None
@@ -260,7 +260,8 @@ class AgentKV:
                 await self._channel.runtime_call("kv_unwatch", {"watch_id": watch_id})
 
 
-def _as_message(value: Any) -> AgentMessage:
+def as_message(value: Any) -> AgentMessage:
+    """A message from the runtime: the model itself (inline) or its JSON (process)."""
     return value if isinstance(value, AgentMessage) else AgentMessage.model_validate(value)
 
 

@@ -23,6 +23,7 @@ from typing import Any
 from miminions.kernel.agent import (
     AgentContext,
     ContextChannel,
+    as_message,
     call_agent_code,
     call_hook,
     instantiate_agent,
@@ -58,6 +59,7 @@ class AgentRunner:
         self._report_usage = report_usage
         self._runtime_call = runtime_call
         self._inbox: asyncio.Task[None] | None = None
+        self._task_runner: asyncio.Task[Any] | None = None  # the coroutine running a task
         self._agent: Any = None
         self._execute: Callable[[Task], Awaitable[Any]] = _not_started
         self.context: AgentContext | None = None
@@ -77,14 +79,18 @@ class AgentRunner:
         return self._stopping
 
     async def safe_point(self) -> None:
-        """Wait here while the agent is paused."""
+        """Wait here while the agent is paused. Only the running task reaching it counts as
+        "halted" for a pause; other code of the agent (``on_message``) just waits."""
         if self._gate.is_set():
             return
-        self._halted.set()
+        is_task = asyncio.current_task() is self._task_runner
+        if is_task:
+            self._halted.set()
         try:
             await self._gate.wait()
         finally:
-            self._halted.clear()
+            if is_task:
+                self._halted.clear()
 
     def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
         """Durably record a task checkpoint (through whatever reaches the runtime)."""
@@ -135,8 +141,9 @@ class AgentRunner:
         context = self.context
         assert context is not None
         while True:
-            message = await context.receive()
-            await self.safe_point()  # a paused agent handles nothing
+            await self._gate.wait()  # a paused agent takes no message
+            message = as_message(await self._runtime_call("receive", {"timeout_seconds": None}))
+            await self._gate.wait()  # nor handles one
             try:
                 await self.hook("on_message", message)
             except Exception:
@@ -150,9 +157,11 @@ class AgentRunner:
         context.current_task = task
         context.last_checkpoint = checkpoint
         self._idle.clear()
+        self._task_runner = asyncio.current_task()
         try:
             return await self._execute(task)
         finally:
+            self._task_runner = None
             context.current_task = None
             self._idle.set()
 

@@ -272,9 +272,10 @@ class Bus(Protocol):
         """Create the mailbox of a newly registered agent (idempotent)."""
         ...
 
-    def post(self, messages: list[AgentMessage]) -> None:
+    def post(self, messages: list[AgentMessage]) -> list[AgentMessage]:
         """Put messages into their recipients' mailboxes, all or none: raise
-        :class:`~miminions.QueueFullError` naming a full mailbox and post nothing."""
+        :class:`~miminions.QueueFullError` naming a full mailbox and post nothing. Returns
+        the messages that wait in a mailbox (the rest went straight to a waiting ``take``)."""
         ...
 
     async def take(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:

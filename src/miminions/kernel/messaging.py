@@ -22,6 +22,7 @@ socket, with the same operations (:meth:`Messenger.handle`).
 from __future__ import annotations
 
 import asyncio
+import copy
 import json
 import logging
 import math
@@ -39,7 +40,15 @@ from miminions.kernel.errors import (
     WaitTimeoutError,
 )
 from miminions.kernel.interfaces import Bus
-from miminions.kernel.models import AgentMessage, AgentStatus, DeadLetter, EventType, Severity
+from miminions.kernel.jsonutil import make_encoder
+from miminions.kernel.models import (
+    AgentMessage,
+    AgentStatus,
+    DeadLetter,
+    EventType,
+    Severity,
+    fast_construct,
+)
 from miminions.kernel.validation import check_seconds
 
 if TYPE_CHECKING:
@@ -50,7 +59,7 @@ _log = logging.getLogger("miminions.messaging")
 #: The largest message payload, as JSON text (R-04).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 _LATENCY_SAMPLES = 1000
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_encode = make_encoder(allow_nan=False)
 
 
 def new_message_id() -> str:
@@ -247,6 +256,14 @@ class Messenger:
         self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
         return message
 
+    def put_back(self, message: AgentMessage) -> None:
+        """A taken message did not reach its receiver: back to the front of its mailbox,
+        stored again (its stored copy went when it was taken)."""
+        self.bus.put_back(message)
+        self._rt.store.put_meta(
+            MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json")
+        )
+
     def message_expired(self, message: AgentMessage) -> None:
         """Called by the bus when a message's TTL ran out: event and dead letter (F-28)."""
         self.expired += 1
@@ -323,29 +340,35 @@ class Messenger:
     ) -> list[AgentMessage]:
         _check_name(message_type, "message_type")
         data = _payload(data)
-        ttl = check_seconds(ttl_seconds, positive=True)
+        ttl = check_seconds(ttl_seconds, "ttl_seconds", positive=True)
         now = datetime.now(UTC)
         expires = None if ttl is None else now + timedelta(seconds=ttl)
         return [
-            AgentMessage.model_construct(
-                message_id=new_message_id(),
-                sender_id=sender,
-                recipient_id=recipient,
-                message_type=message_type,
-                data=data,
-                topic=topic,
-                correlation_id=None,
-                is_reply=False,
-                created_at=now,
-                expires_at=expires,
+            fast_construct(
+                AgentMessage,
+                {
+                    "message_id": new_message_id(),
+                    "sender_id": sender,
+                    "recipient_id": recipient,
+                    "message_type": message_type,
+                    # one copy per recipient: a receiver changing its data touches no other
+                    "data": data if index == 0 else copy.deepcopy(data),
+                    "topic": topic,
+                    "correlation_id": None,
+                    "is_reply": False,
+                    "created_at": now,
+                    "expires_at": expires,
+                },
             )
-            for recipient in recipients
+            for index, recipient in enumerate(recipients)
         ]
 
     def _post(self, messages: list[AgentMessage]) -> list[str]:
-        self.bus.post(messages)
+        queued = self.bus.post(messages)
+        # A message handed straight to a waiting receiver is never stored: only those that
+        # wait in a mailbox must survive a restart.
         put_meta = self._rt.store.put_meta
-        for message in messages:
+        for message in queued:
             put_meta(MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json"))
         self._sent(messages)
         return [message.message_id for message in messages]

@@ -546,8 +546,8 @@ class AgentRuntime:
         kind, target = classify_agent(agent)
         declared = list(getattr(agent, "topics", None) or ()) + list(topics or ())
         for topic in declared:
-            if not isinstance(topic, str) or not topic:
-                raise ValidationError("topics must be non-empty strings")
+            if not isinstance(topic, str) or not topic or len(topic) > 256:
+                raise ValidationError("topics must be non-empty strings of at most 256 chars")
         agent_id = await self.agent_book.register(
             name,
             agent,

@@ -7,6 +7,10 @@ object. Three kinds travel, in both directions:
   or ``{"re": n, "error": {"type", "message", "traceback"}}``;
 - a *notice* ``{"op": ...}`` (no id) expects nothing.
 
+The notice ``{"op": "cancel", "run": n}`` is the channel's own: it cancels the work the
+receiving end is doing for its request ``n`` (the requester stopped waiting). When the
+connection ends, all such work is cancelled.
+
 :class:`FrameChannel` is the asyncio protocol both ends speak. Frames written during one
 loop iteration leave in one ``write``, so many small frames cost one system call. Nothing
 here is pickled: whatever arrives is parsed as JSON and checked before it is used (R-06).
@@ -23,6 +27,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from miminions.kernel import errors
 from miminions.kernel.errors import MiminionsError, RemoteAgentError
 from miminions.kernel.models import Task
 
@@ -74,6 +79,26 @@ def error_from_wire(data: Any) -> RemoteAgentError:
     )
 
 
+def kernel_error_from_wire(data: Any) -> BaseException:
+    """Like :func:`error_from_wire`, but an error of miminions' own hierarchy comes back as
+    that class (``QueueFullError``, ``WaitTimeoutError``, ...), so agent code in a worker
+    catches what the docs name. Only classes of :mod:`miminions.kernel.errors` by exact
+    name: nothing is imported or built from what arrives beyond that."""
+    remote = error_from_wire(data)
+    cls = getattr(errors, remote.remote_type, None)
+    if (
+        isinstance(cls, type)
+        and issubclass(cls, MiminionsError)
+        and cls.__module__ == errors.__name__
+        and cls is not RemoteAgentError
+    ):
+        try:
+            return cls(str(remote))
+        except TypeError:  # a constructor with other arguments
+            return remote
+    return remote
+
+
 def task_to_wire(task: Task) -> Frame:
     """A task as JSON: enums as their values, timestamps as UTC unix seconds."""
     fields = dict(task.__dict__)
@@ -106,9 +131,13 @@ class FrameChannel(asyncio.Protocol):
     """
 
     def __init__(
-        self, handler: Handler, on_lost: Callable[[BaseException | None], None] | None = None
+        self,
+        handler: Handler,
+        on_lost: Callable[[BaseException | None], None] | None = None,
+        error_factory: Callable[[Any], BaseException] = error_from_wire,
     ) -> None:
         self._handler = handler
+        self._error_factory = error_factory
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -117,6 +146,7 @@ class FrameChannel(asyncio.Protocol):
         self._out: list[bytes] = []
         self._flush_scheduled = False
         self._closed_error: BaseException | None = None
+        self._handling: dict[int, asyncio.Future[Any]] = {}  # work for requests, by id
         self.closed = asyncio.get_running_loop().create_future()
 
     # ------------------------------------------------------------------ sending
@@ -136,6 +166,16 @@ class FrameChannel(asyncio.Protocol):
         self._send(payload)
         self._pending[request_id] = future
         return request_id, future
+
+    async def call(self, op: str, **payload: Any) -> Any:
+        """A request whose cancellation cancels the work at the other end too."""
+        request_id, reply = self.start_request(op, **payload)
+        try:
+            return await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            reply.add_done_callback(_retrieve)
+            self.notify("cancel", run=request_id)
+            raise
 
     def notify(self, op: str, **payload: Any) -> None:
         """Send a notice (no reply); silently dropped once the channel is closed."""
@@ -213,6 +253,9 @@ class FrameChannel(asyncio.Protocol):
         for future in pending.values():
             if not future.done():
                 future.set_exception(self._lost_error())
+        handling, self._handling = self._handling, {}
+        for work in handling.values():
+            work.cancel()  # nobody is left to take its result
         if not self.closed.done():
             self.closed.set_result(None)
         if self._on_lost is not None:
@@ -228,13 +271,19 @@ class FrameChannel(asyncio.Protocol):
             if future is None or future.done():
                 return  # its requester gave up waiting
             if "error" in frame:
-                future.set_exception(error_from_wire(frame["error"]))
+                future.set_exception(self._error_factory(frame["error"]))
             else:
                 future.set_result(frame.get("value"))
             return
-        if not isinstance(frame.get("op"), str):
+        op = frame.get("op")
+        if not isinstance(op, str):
             raise ProtocolViolationError(f"a frame without an op: {frame!r:.200}")
         request_id = frame.get("id")
+        if op == "cancel" and request_id is None:
+            work = self._handling.get(frame.get("run", -1))
+            if work is not None:
+                work.cancel()
+            return
         try:
             result = self._handler(frame)
         except Exception as exc:
@@ -249,7 +298,10 @@ class FrameChannel(asyncio.Protocol):
         elif result is None:
             self._reply(request_id, None)
         else:
-            self._watch(asyncio.ensure_future(result), request_id)
+            work = asyncio.ensure_future(result)
+            if not work.done():
+                self._handling[request_id] = work
+            self._watch(work, request_id)
 
     def _watch(self, future: asyncio.Future[Any], request_id: int | None) -> None:
         if future.done():
@@ -258,6 +310,8 @@ class FrameChannel(asyncio.Protocol):
             future.add_done_callback(lambda f: self._settled(f, request_id))
 
     def _settled(self, future: asyncio.Future[Any], request_id: int | None) -> None:
+        if request_id is not None:
+            self._handling.pop(request_id, None)
         if future.cancelled():
             error: BaseException | None = asyncio.CancelledError("the handler was cancelled")
         else:
@@ -281,6 +335,12 @@ class FrameChannel(asyncio.Protocol):
     def _reply_error(self, request_id: int, error: BaseException) -> None:
         if self._closed_error is None:
             self._send({"re": request_id, "error": error_to_wire(error)})
+
+
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark an outcome nobody waits for as seen (no "never retrieved" warning)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _decode(body: bytes) -> Frame:

@@ -82,8 +82,9 @@ class MemoryBus:
         except KeyError:
             raise NotFoundError(f"no agent with id {agent_id!r} has a mailbox") from None
 
-    def post(self, messages: list[AgentMessage]) -> None:
-        """Deliver all of ``messages`` or none (a full mailbox raises QueueFullError)."""
+    def post(self, messages: list[AgentMessage]) -> list[AgentMessage]:
+        """Deliver all of ``messages`` or none (a full mailbox raises QueueFullError);
+        return those that wait in a mailbox."""
         if self._closed:
             raise RuntimeNotRunningError("the message bus is closed")
         wanted: dict[str, int] = {}
@@ -99,6 +100,7 @@ class MemoryBus:
                     "raise ResourceLimits.message_queue_max_size"
                 )
         wall = datetime.now(UTC)
+        queued = []
         for message in messages:
             box = self._mailboxes[message.recipient_id]
             while box.waiters:  # a receiver is waiting: hand it over directly
@@ -107,6 +109,7 @@ class MemoryBus:
                     waiter.set_result(message)
                     break
             else:
+                queued.append(message)
                 letter = _Letter(self, message)
                 box.letters.append(letter)
                 box.count += 1
@@ -115,6 +118,7 @@ class MemoryBus:
                     self._deadlines.start(letter, max(ttl, 0.0))
                     if box.frozen:
                         self._deadlines.freeze(letter, "paused")
+        return queued
 
     async def take(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:
         """The oldest waiting message, waiting up to ``timeout_seconds`` for one."""
@@ -139,6 +143,11 @@ class MemoryBus:
                 return await waiter
             async with asyncio.timeout(timeout_seconds):
                 return await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                # handed over in the moment its receiver gave up: back in front
+                self.put_back(waiter.result())
+            raise
         except TimeoutError:
             raise WaitTimeoutError(
                 f"no message for agent {agent_id!r} within {timeout_seconds} s"

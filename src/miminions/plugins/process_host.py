@@ -238,7 +238,7 @@ class ProcessHost:
         if isinstance(result, AgentMessage):
             live = self._live
             if call == "receive" and (live is None or not live.process.alive):
-                self._rt.messenger.bus.put_back(result)  # its receiver is gone: keep it
+                self._rt.messenger.put_back(result)  # its receiver is gone: keep it
                 raise ChannelClosedError("the worker is gone")
             return result.model_dump(mode="json")
         return result
@@ -261,13 +261,7 @@ class ProcessHost:
 
     async def _call(self, live: _Live, op: str, **payload: Any) -> Any:
         """A request to the worker; cancelling the caller cancels it in the worker too."""
-        request_id, reply = live.channel.start_request(op, **payload)
-        try:
-            return await asyncio.shield(reply)
-        except asyncio.CancelledError:
-            reply.add_done_callback(_retrieve)
-            live.channel.notify("cancel", run=request_id)
-            raise
+        return await live.channel.call(op, **payload)
 
     async def _cancel_run(self, live: _Live, run_id: int, reply: asyncio.Future[Any]) -> None:
         """The task was cancelled or timed out: tell the worker; kill it if its task does

@@ -28,9 +28,15 @@ from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
 from miminions.kernel.agent_runner import AgentRunner
-from miminions.kernel.errors import ValidationError
+from miminions.kernel.errors import MiminionsError, ValidationError
 from miminions.kernel.task_input import to_json_value
-from miminions.kernel.wire import Frame, FrameChannel, error_from_wire, task_from_wire
+from miminions.kernel.wire import (
+    Frame,
+    FrameChannel,
+    error_from_wire,
+    kernel_error_from_wire,
+    task_from_wire,
+)
 
 _PR_SET_PDEATHSIG = 1
 _MAIN_MODULE = "__miminions_main__"
@@ -145,7 +151,6 @@ class Worker:
         self.boot = boot
         self.channel: FrameChannel | None = None
         self.done = asyncio.get_running_loop().create_future()
-        self._inflight: dict[int, asyncio.Future[Any]] = {}
         # Tasks the runtime prefetched wait here and run one at a time, in arrival order.
         self._run_lock = asyncio.Lock()
         self._runner: AgentRunner | None = None
@@ -183,7 +188,13 @@ class Worker:
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         assert self.channel is not None
-        return await self.channel.request("msg", call=op, payload=payload)
+        try:
+            return await self.channel.call("msg", call=op, payload=payload)
+        except (TypeError, ValueError) as exc:
+            if isinstance(exc, MiminionsError):  # the runtime's answer
+                raise
+            # what the runtime would say, had the data reached it: it is not JSON
+            raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:
@@ -192,25 +203,16 @@ class Worker:
     # ------------------------------------------------------------------ requests
     def handle(self, frame: Frame) -> Any:
         """Serve one request or notice from the runtime. A request's work runs as a future
-        kept by its id, so a later ``cancel`` notice can cancel it (a run, a pause)."""
+        the channel keeps by its id, so a later ``cancel`` notice cancels it (a run, a
+        pause)."""
         op = frame["op"]
         if op == "ping":
-            return None
-        if op == "cancel":
-            inflight = self._inflight.get(frame.get("run", -1))
-            if inflight is not None:
-                inflight.cancel()
             return None
         if op == "stop_requested":
             self.runner.request_stop()
             return None
-        work = self._work_for(op, frame)
-        request_id = frame.get("id")
-        future = asyncio.ensure_future(work)
-        if request_id is not None:
-            self._inflight[request_id] = future
-            future.add_done_callback(lambda _: self._inflight.pop(request_id, None))
-        return future
+        # The channel keeps the work by request id: a "cancel" notice cancels it.
+        return asyncio.ensure_future(self._work_for(op, frame))
 
     def _work_for(self, op: str, frame: Frame) -> Coroutine[Any, Any, Any]:
         if op == "run":
@@ -268,7 +270,7 @@ async def _serve(sock: socket.socket, boot: dict[str, Any]) -> None:
     worker = Worker(boot)
     loop = asyncio.get_running_loop()
     _, channel = await loop.create_unix_connection(
-        lambda: FrameChannel(worker.handle, worker.lost), sock=sock
+        lambda: FrameChannel(worker.handle, worker.lost, kernel_error_from_wire), sock=sock
     )
     worker.channel = channel
     await worker.done

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -24,6 +24,7 @@ import aiosqlite
 
 from miminions.kernel.errors import ConfigurationError, ValidationError
 from miminions.kernel.interfaces import EventQuery, StoredAgent
+from miminions.kernel.jsonutil import make_encoder, reject
 from miminions.kernel.models import (
     AgentStatus,
     DeadLetter,
@@ -243,42 +244,10 @@ SELECT_EVENTS = f"SELECT event_id, {', '.join(EVENT_COLUMNS)} FROM events"
 Row = tuple[Any, ...]
 
 
-def _make_dumps(default: Callable[[Any], Any]) -> Callable[[Any], str]:
-    """Return a compact JSON encoder (no spaces, non-ASCII kept) calling ``default``.
-
-    ``json.dumps``/``JSONEncoder.encode`` build a fresh C encoder on every call, which costs
-    more than encoding a small dict; the store encodes several values per row, so it builds
-    the C encoder once. That constructor is an implementation detail of the ``json``
-    module, so it is checked against the public encoder here and not used if they differ.
-    """
-    public = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, default=default).encode
-    make = getattr(json.encoder, "c_make_encoder", None)
-    basestring = getattr(json.encoder, "c_encode_basestring", None)
-    if make is None or basestring is None:
-        return public
-    try:
-        # markers=None: no cycle bookkeeping (a cycle still fails, as RecursionError).
-        chunks = make(None, default, basestring, None, ":", ",", False, False, True)
-
-        def fast(value: Any) -> str:
-            return "".join(chunks(value, 0))
-
-        sample = {"s": 'é"\n', "i": [1, -2.5, 1e300, None, True, False], "d": {"1": {}}}
-        if fast(sample) != public(sample) or fast("x") != public("x"):
-            return public
-    except Exception:  # a different json implementation: use the public API
-        return public
-    return fast
-
-
-def _reject(value: Any) -> Any:
-    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-
-
-_dumps = _make_dumps(_reject)
+_dumps = make_encoder(reject)
 # Event details are diagnostics: an odd value is stored as its repr instead of failing the
 # batch that carries everybody's task writes.
-_dumps_lenient = _make_dumps(repr)
+_dumps_lenient = make_encoder(repr)
 _loads = json.loads
 
 
