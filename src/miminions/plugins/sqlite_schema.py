@@ -414,15 +414,17 @@ _EVENT_TYPES: dict[str, EventType] = {member.value: member for member in EventTy
 _SEVERITIES: dict[str, Severity] = {member.value: member for member in Severity}
 
 
-def event_from_row(r: Sequence[Any]) -> Event:
-    """Rebuild and check an event from its row (``event_id`` first).
+def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
+    """Rebuild and check an event from its row (``event_id`` first); ``details``, when
+    given, is the row's details column already decoded.
 
     Event queries return thousands of rows, so each column is checked by hand (known enum
     value, float timestamp, JSON object details) instead of a full pydantic validation; a
     row that fails a check raises :class:`ValidationError` naming the event.
     """
     try:
-        details = _loads(r[6]) if r[6] != "{}" else {}
+        if details is None:
+            details = _loads(r[6]) if r[6] != "{}" else {}
         if type(details) is not dict:
             raise TypeError("details is not a JSON object")
         return fast_construct(
@@ -439,6 +441,20 @@ def event_from_row(r: Sequence[Any]) -> Event:
         )
     except (KeyError, TypeError, ValueError, OverflowError) as exc:
         raise ValidationError(f"stored event {r[0]!r} is malformed: {exc!r}") from None
+
+
+def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:
+    """:func:`event_from_row` for many rows: the details columns are parsed as one JSON
+    array (one call into the parser instead of one per event, several times faster for
+    the thousands of rows a query may return). If that fails, row by row names the
+    culprit."""
+    try:
+        parsed = _loads("[" + ",".join(r[6] for r in rows) + "]")
+    except (TypeError, ValueError):
+        return [event_from_row(r) for r in rows]
+    if len(parsed) != len(rows):  # a column that is several values: find it
+        return [event_from_row(r) for r in rows]
+    return [event_from_row(r, d) for r, d in zip(rows, parsed, strict=True)]
 
 
 # ----------------------------------------------------------------------------- queries

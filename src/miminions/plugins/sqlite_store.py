@@ -629,7 +629,7 @@ class SQLiteStore:
         rows = await self._fetch(sql, params)
         if query.newest:
             rows.reverse()
-        return [schema.event_from_row(r) for r in rows]
+        return schema.events_from_rows(rows)
 
 
 def _in_front(older: dict[str, _V], newer: dict[str, _V]) -> dict[str, _V]:
