@@ -238,7 +238,14 @@ class KVCalls:
             watch = self._watches.get(payload.get("watch_id", ""))
             if watch is None:
                 return None
-            change = await watch.next(payload.get("timeout_seconds"))
+            try:
+                change = await watch.next(payload.get("timeout_seconds"))
+            except asyncio.CancelledError:
+                # The agent stopped waiting for good (its worker died, its task was
+                # cancelled): nobody reads this watch any more.
+                self._watches.pop(payload.get("watch_id", ""), None)
+                watch.close()
+                raise
             return None if change is None else change.to_json()
         if op == "kv_unwatch":
             watch = self._watches.pop(payload.get("watch_id", ""), None)

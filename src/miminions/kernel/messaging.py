@@ -260,6 +260,11 @@ class Messenger:
         """A taken message did not reach its receiver: back to the front of its mailbox,
         stored again (its stored copy went when it was taken)."""
         self.bus.put_back(message)
+        self.message_returned(message)
+
+    def message_returned(self, message: AgentMessage) -> None:
+        """A message is back in a mailbox after all: keep it durable (the bus calls this
+        for one it put back itself)."""
         self._rt.store.put_meta(
             MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json")
         )

@@ -63,7 +63,12 @@ class _Mailbox:
 class MemoryBus:
     """The built-in :class:`~miminions.kernel.interfaces.Bus`."""
 
-    def __init__(self, on_expired: Callable[[AgentMessage], None]) -> None:
+    def __init__(
+        self,
+        on_expired: Callable[[AgentMessage], None],
+        on_returned: Callable[[AgentMessage], None] | None = None,
+    ) -> None:
+        self._on_returned = on_returned
         self._loop = asyncio.get_running_loop()
         self._mailboxes: dict[str, _Mailbox] = {}
         self._replies: dict[str, asyncio.Future[AgentMessage]] = {}
@@ -145,8 +150,12 @@ class MemoryBus:
                 return await waiter
         except asyncio.CancelledError:
             if waiter.done() and not waiter.cancelled():
-                # handed over in the moment its receiver gave up: back in front
-                self.put_back(waiter.result())
+                # handed over in the moment its receiver gave up: back in front (and, as it
+                # was never stored on its way past, stored now)
+                message = waiter.result()
+                self.put_back(message)
+                if self._on_returned is not None:
+                    self._on_returned(message)
             raise
         except TimeoutError:
             raise WaitTimeoutError(
@@ -238,4 +247,4 @@ class MemoryBus:
 @hookimpl(trylast=True)  # built-in: another bus plugin wins
 def miminions_make_bus(runtime: AgentRuntime) -> MemoryBus:
     """Provide the built-in in-memory bus."""
-    return MemoryBus(runtime.messenger.message_expired)
+    return MemoryBus(runtime.messenger.message_expired, runtime.messenger.message_returned)
