@@ -102,7 +102,8 @@ class Messenger:
                 _log.error("ignoring unreadable stored message %s: %s", key, exc)
         messages.sort(key=lambda m: (m.created_at, m.message_id))
         for message in messages:
-            self._stored.setdefault(message.recipient_id, []).append(message)
+            if message.recipient_id is not None:
+                self._stored.setdefault(message.recipient_id, []).append(message)
 
     # ------------------------------------------------------------------ agents
     def agent_registered(self, agent_id: str, topics: Iterable[str]) -> None:
@@ -161,6 +162,8 @@ class Messenger:
         if letter.requeued_at is not None:
             raise InvalidStateError(f"dead letter {letter.dead_letter_id!r} was re-queued already")
         old = AgentMessage.model_validate(letter.payload)
+        if old.recipient_id is None:
+            raise InvalidStateError("a reply to the runtime cannot be sent again")
         (message_id,) = self.send(
             old.sender_id, old.recipient_id, old.message_type, old.data, ttl_seconds
         )
@@ -235,8 +238,8 @@ class Messenger:
             )
         recipient = request.sender_id
         kind = message_type or f"{request.message_type}.reply"
-        (message,) = self._build(sender, [recipient or "runtime"], kind, data, None)
-        message.recipient_id = recipient or "runtime"
+        # recipient None: the runtime asked (as a sender, None stands for the runtime too)
+        (message,) = self._build(sender, [recipient], kind, data, None)
         message.correlation_id = request.correlation_id
         message.is_reply = True
         if self.bus.resolve_reply(message):
@@ -336,7 +339,7 @@ class Messenger:
     def _build(
         self,
         sender: str | None,
-        recipients: Sequence[str],
+        recipients: Sequence[str | None],
         message_type: str,
         data: Any,
         ttl_seconds: float | None,

@@ -353,8 +353,9 @@ class Event(BaseModel):
 class AgentMessage(BaseModel):
     """One message between agents (or from the runtime, ``sender_id`` None).
 
-    ``recipient_id`` is the agent whose mailbox holds it; a multicast, broadcast or topic
-    message is one message per recipient with the same ``message_type`` and ``data``.
+    ``recipient_id`` is the agent whose mailbox holds it (None: the runtime, for a reply to
+    ``rt.request``); a multicast, broadcast or topic message is one message per recipient
+    with the same ``message_type`` and ``data``.
     ``correlation_id`` links a reply to its request (it is the request's ``message_id``);
     ``expires_at`` ends a message nobody received in time (its TTL).
     """
@@ -363,7 +364,7 @@ class AgentMessage(BaseModel):
 
     message_id: str
     sender_id: str | None = None
-    recipient_id: str
+    recipient_id: str | None
     message_type: str
     data: Any = None
     topic: str | None = None

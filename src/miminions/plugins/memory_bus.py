@@ -94,7 +94,8 @@ class MemoryBus:
             raise RuntimeNotRunningError("the message bus is closed")
         wanted: dict[str, int] = {}
         for message in messages:
-            wanted[message.recipient_id] = wanted.get(message.recipient_id, 0) + 1
+            to = message.recipient_id or ""  # None (the runtime) has no mailbox: NotFound
+            wanted[to] = wanted.get(to, 0) + 1
         for agent_id, count in wanted.items():
             box = self._box(agent_id)
             free = box.capacity - box.count
@@ -107,7 +108,7 @@ class MemoryBus:
         wall = datetime.now(UTC)
         queued = []
         for message in messages:
-            box = self._mailboxes[message.recipient_id]
+            box = self._mailboxes[message.recipient_id or ""]
             while box.waiters:  # a receiver is waiting: hand it over directly
                 waiter = box.waiters.popleft()
                 if not waiter.done():
@@ -170,7 +171,7 @@ class MemoryBus:
     def put_back(self, message: AgentMessage) -> None:
         """Return a taken message to the front of its mailbox (its receiver vanished
         before it got it), ignoring the capacity: it had its place already."""
-        box = self._mailboxes.get(message.recipient_id)
+        box = self._mailboxes.get(message.recipient_id or "")
         if box is None or self._closed:
             return
         letter = _Letter(self, message)
@@ -238,7 +239,7 @@ class MemoryBus:
         if letter.gone:
             return
         letter.gone = True
-        box = self._mailboxes.get(letter.message.recipient_id)
+        box = self._mailboxes.get(letter.message.recipient_id or "")
         if box is not None:
             box.count -= 1
         self._on_expired(letter.message)

@@ -1,0 +1,179 @@
+"""Agents that exchange messages, for tests that run them in either isolation mode.
+
+A ``process`` agent shares no Python memory with the test, so these agents report only
+through observable channels: what their tasks return, and a journal file named by
+``config["journal"]`` (see :mod:`tests.support.journal_agents`).
+
+- :class:`ScriptAgent` runs the messaging calls listed in its task's
+  ``input_data["ops"]`` one after the other and returns what each call gave back (a
+  received message as its JSON dump), so a test can drive ``context.send``,
+  ``context.receive``, ``context.request``, ... in the agent's own process.
+- :class:`ResponderAgent` handles messages in ``on_message``: it journals each one and
+  answers requests with ``context.reply`` (except those of type ``"ignore"``). Its tasks
+  can wait at a file gate, so a test can show messages are handled beside a running task.
+- :class:`TopicScriptAgent` is a :class:`ScriptAgent` subscribed to ``"alpha"`` by its
+  ``topics`` class attribute.
+
+Everything here is defined at module level so a worker process can import it by path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from miminions import AgentMessage, BaseAgent, Task
+from tests.support.journal_agents import gate_is_open, write_journal
+
+#: Bound of every wait inside an agent, so a broken test cannot hang.
+MAX_WAIT_SECONDS = 20.0
+POLL_SECONDS = 0.01
+#: The message type a test sends last; ``receive_until`` stops at it.
+SENTINEL = "sentinel"
+#: A request of this type is never answered by :class:`ResponderAgent`.
+IGNORED = "ignore"
+
+
+def dump(message: AgentMessage) -> dict[str, Any]:
+    """A received message as JSON (what a task returns and the journal keeps)."""
+    return message.model_dump(mode="json")
+
+
+def describe(error: BaseException) -> dict[str, Any]:
+    """What an op with ``"catch": true`` returns instead of raising: the class of the
+    exception the agent's code caught, and (in a worker process) the original's name."""
+    return {
+        "error": type(error).__name__,
+        "remote_type": getattr(error, "remote_type", None),
+        "message": str(error),
+    }
+
+
+class ScriptAgent(BaseAgent):
+    """Runs ``input_data["ops"]``, a list of messaging calls, in order; returns
+    ``{"agent_id", "pid", "results"}`` with one result per op. Ops (keys beside ``op``):
+
+    - ``send``: ``to`` (an id or a list), ``type``, ``data``, ``ttl``; with ``count`` n it
+      sends n messages whose data is ``{"seq": i}`` (0..n-1). Result: the message ids.
+    - ``broadcast``: ``type``, ``data``. Result: the message ids.
+    - ``publish``: ``topic``, ``type``, ``data``. Result: the message ids.
+    - ``subscribe`` / ``unsubscribe``: ``topic``. Result: None.
+    - ``receive``: ``count`` messages (default 1), each within ``timeout``. Result: their
+      dumps.
+    - ``receive_until``: receive until a message of type ``type`` (default
+      :data:`SENTINEL`) arrives, each within ``timeout``. Result: the dumps, the last one
+      the sentinel.
+    - ``request``: ``to``, ``type``, ``data``, ``timeout``. Result: the reply's dump.
+
+    Data options of ``send``: ``filler`` n sends a string of n ``"x"``; ``non_json``
+    sends a set. With ``"catch": true`` an op that raises returns :func:`describe` of the
+    error instead of failing the task. With a journal in the config, each op is journalled
+    (``{"hook": "op", "op": ..., "task_id": ...}``) just before it is called.
+    """
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        results = []
+        for op in task.input_data.get("ops", []):
+            write_journal(self.config, "op", op=op["op"], task_id=task.task_id)
+            try:
+                results.append(await self._run(op))
+            except Exception as exc:
+                if not op.get("catch"):
+                    raise
+                results.append(describe(exc))
+        return {"agent_id": self.context.agent_id, "pid": os.getpid(), "results": results}
+
+    async def _run(self, op: dict[str, Any]) -> Any:
+        context = self.context
+        kind = op["op"]
+        timeout = op.get("timeout", MAX_WAIT_SECONDS)
+        if kind == "send":
+            if "count" in op:
+                ids = []
+                for seq in range(int(op["count"])):
+                    ids += await context.send(op["to"], op["type"], {"seq": seq}, op.get("ttl"))
+                return ids
+            data = op.get("data")
+            if "filler" in op:
+                data = "x" * int(op["filler"])
+            elif op.get("non_json"):
+                data = {1, 2, 3}
+            return await context.send(op["to"], op["type"], data, op.get("ttl"))
+        if kind == "broadcast":
+            return await context.broadcast(op["type"], op.get("data"))
+        if kind == "publish":
+            return await context.publish(op["topic"], op["type"], op.get("data"))
+        if kind == "subscribe":
+            return await context.subscribe(op["topic"])
+        if kind == "unsubscribe":
+            return await context.unsubscribe(op["topic"])
+        if kind == "receive":
+            return [
+                dump(await context.receive(timeout_seconds=timeout))
+                for _ in range(int(op.get("count", 1)))
+            ]
+        if kind == "receive_until":
+            wanted = op.get("type", SENTINEL)
+            received: list[dict[str, Any]] = []
+            while not received or received[-1]["message_type"] != wanted:
+                received.append(dump(await context.receive(timeout_seconds=timeout)))
+            return received
+        if kind == "request":
+            reply = await context.request(op["to"], op["type"], op.get("data"), timeout)
+            return dump(reply)
+        raise ValueError(f"unknown op {kind!r}")
+
+
+class TopicScriptAgent(ScriptAgent):
+    """A :class:`ScriptAgent` subscribed to ``"alpha"`` by its class attribute."""
+
+    topics = ["alpha"]
+
+
+class ResponderAgent(BaseAgent):
+    """Handles messages in ``on_message``: journals ``{"hook": "on_message", "message":
+    <dump>}`` and answers a request (unless its type is :data:`IGNORED`) with
+    ``{"echo": <request data>, "by": <agent name>}``, journalling ``"replied"``.
+
+    A task with ``{"action": "gate", "gate": <path>}`` journals ``gate_entered``, loops on
+    checkpoints until the file exists, journals ``gate_passed`` and returns the ids of the
+    messages handled while it waited. Any other task returns the ids handled so far.
+    """
+
+    def __init__(self) -> None:
+        self.handled: list[str] = []
+
+    def _journal(self, hook: str, **fields: Any) -> None:
+        write_journal(self.config, hook, agent=self.context.name, **fields)
+
+    async def on_start(self) -> None:
+        self._journal("on_start")
+
+    async def on_message(self, message: AgentMessage) -> None:
+        self.handled.append(message.message_id)
+        self._journal("on_message", message=dump(message))
+        if message.correlation_id is not None and not message.is_reply:
+            if message.message_type == IGNORED:
+                return
+            reply_id = await self.context.reply(
+                message, {"echo": message.data, "by": self.context.name}
+            )
+            self._journal("replied", request_id=message.message_id, reply_id=reply_id)
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if task.input_data.get("action") != "gate":
+            return {"handled": list(self.handled), "pid": os.getpid()}
+        gate = Path(task.input_data["gate"])
+        deadline = time.monotonic() + MAX_WAIT_SECONDS
+        before = len(self.handled)
+        self._journal("gate_entered", task_id=task.task_id)
+        while not gate_is_open(gate):
+            await self.context.checkpoint()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"gate {gate} was not opened in time")
+            await asyncio.sleep(POLL_SECONDS)
+        self._journal("gate_passed", task_id=task.task_id)
+        return {"handled_while_waiting": self.handled[before:], "pid": os.getpid()}
