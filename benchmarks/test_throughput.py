@@ -1,11 +1,12 @@
 """P-01: end-to-end no-op task throughput with inline agents on the durable SQLite store.
 
 N no-op tasks are submitted to a fresh runtime (default config: durable SQLite, task events
-recorded) with 4 inline no-op agents running, then every task is awaited with
-``wait_for_task`` (which returns once the completion is committed). A round is timed from
-the first submit to the last completion; runtime start and stop are not timed. Two ways of
-submitting: many concurrent ``submit_task`` calls (``asyncio.gather``), and one
-``submit_tasks`` batch.
+recorded) with 4 inline no-op agents running, then every task is awaited (which returns
+once the completion is committed). A round is timed from the first submit to the last
+completion; runtime start and stop are not timed. Three ways: many concurrent
+``submit_task`` calls then as many ``wait_for_task`` calls (``asyncio.gather``); one
+``submit_tasks`` batch then ``wait_for_task`` calls; one ``submit_tasks`` batch then one
+``wait_for_tasks`` call.
 """
 
 from __future__ import annotations
@@ -82,9 +83,22 @@ async def _submit_batch(bench: BenchRuntime, _n: int, requests: list[TaskRequest
     return await bench.rt.submit_tasks(requests)
 
 
-VARIANTS: dict[str, tuple[str, Callable[..., Any]]] = {
-    "gather": ("concurrent submit_task calls (asyncio.gather)", _submit_each),
-    "batch": ("one submit_tasks batch", _submit_batch),
+async def _wait_each(bench: BenchRuntime, ids: list[str]) -> list[Task]:
+    return list(await asyncio.gather(*(bench.rt.wait_for_task(task_id) for task_id in ids)))
+
+
+async def _wait_batch(bench: BenchRuntime, ids: list[str]) -> list[Task]:
+    return await bench.rt.wait_for_tasks(ids)
+
+
+VARIANTS: dict[str, tuple[str, Callable[..., Any], Callable[..., Any]]] = {
+    "gather": ("concurrent submit_task calls (asyncio.gather)", _submit_each, _wait_each),
+    "batch": ("one submit_tasks batch", _submit_batch, _wait_each),
+    "batch-wait": (
+        "one submit_tasks batch, one wait_for_tasks",
+        _submit_batch,
+        _wait_batch,
+    ),
 }
 
 
@@ -101,12 +115,13 @@ def test_noop_throughput(
     n = mode.pick(20_000, 2_000)
     rounds = mode.pick(5, 3)
     warmup = mode.pick(1, 0)
-    label, submit = VARIANTS[variant]
+    label, submit, wait = VARIANTS[variant]
 
     async def prepare() -> tuple[BenchRuntime, list[TaskRequest] | None]:
         bench = await open_runtime(db_paths("throughput"), agent=NoOpAgent, agents=AGENTS)
         # Building the request objects is the caller's work, not the runtime's.
-        requests = [TaskRequest(name="noop") for _ in range(n)] if variant == "batch" else None
+        batch = variant.startswith("batch")
+        requests = [TaskRequest(name="noop") for _ in range(n)] if batch else None
         return bench, requests
 
     async def measure(state: tuple[BenchRuntime, list[TaskRequest] | None]) -> RawRound:
@@ -115,7 +130,7 @@ def test_noop_throughput(
             start = time.perf_counter()
             ids = await submit(bench, n, requests)
             submitted = time.perf_counter()
-            tasks = await asyncio.gather(*(bench.rt.wait_for_task(task_id) for task_id in ids))
+            tasks = await wait(bench, ids)
             end = time.perf_counter()
         return RawRound(end - start, submitted - start, list(tasks), gc_meter)
 

@@ -11,10 +11,12 @@ from miminions import (
     AgentRuntime,
     EventType,
     InvalidStateError,
+    NotFoundError,
     Priority,
     ResourceLimits,
     TaskRequest,
     TaskStatus,
+    WaitTimeoutError,
 )
 from tests.support import agents
 from tests.support.runtime import start_agent
@@ -278,3 +280,32 @@ async def test_non_json_result_fails_the_task_and_tells_the_agent(rt: AgentRunti
     assert ("on_error", ("ValidationError", task_id)) in agents.CALLS
     status = rt.get_agent_status(agent_id)
     assert (status.tasks_completed, status.tasks_failed) == (0, 1)
+
+
+async def test_wait_for_tasks_returns_all_in_order_once_finished(rt: AgentRuntime) -> None:
+    """F-02: ``wait_for_tasks`` waits for a whole batch (finished, failed or not yet run)
+    and returns the tasks in the order asked, each committed."""
+    agent_id = await start_agent(rt, "echo", agents.EchoAgent)
+    first = await rt.submit_task("echo", {"n": 1}, agent_id=agent_id)
+    await rt.wait_for_task(first, 5)  # already finished when the batch wait starts
+    later = await rt.submit_tasks(
+        [TaskRequest(name="echo", input_data={"n": n}, agent_id=agent_id) for n in (2, 3)]
+    )
+    done = await rt.wait_for_tasks([later[1], first, later[0]], timeout_seconds=5)
+    assert [t.task_id for t in done] == [later[1], first, later[0]]
+    assert all(t.status is TaskStatus.COMPLETED for t in done)
+    assert [t.input_data["n"] for t in done] == [3, 1, 2]
+
+
+async def test_wait_for_tasks_times_out_and_names_what_is_left(rt: AgentRuntime) -> None:
+    """F-02, R-04: a batch wait that runs out of time says how many are unfinished; an
+    unknown id is a NotFoundError before anything waits."""
+    task_id = await rt.submit_task("nobody-runs-this")  # no agent registered
+    with pytest.raises(WaitTimeoutError, match="1 of 1 tasks are not finished"):
+        await rt.wait_for_tasks([task_id], timeout_seconds=0.05)
+    with pytest.raises(NotFoundError):
+        await rt.wait_for_tasks([task_id, "no-such-task"], timeout_seconds=0.05)
+    agent_id = await start_agent(rt, "echo", agents.EchoAgent)
+    (task,) = await rt.wait_for_tasks([task_id], timeout_seconds=5)
+    assert task.status is TaskStatus.COMPLETED
+    assert task.assigned_agent_id == agent_id

@@ -689,6 +689,16 @@ class AgentRuntime:
         self._require_running()
         return await self.task_book.wait(task_id, timeout_seconds)
 
+    async def wait_for_tasks(
+        self, task_ids: Sequence[str], timeout_seconds: float | None = None
+    ) -> list[Task]:
+        """:meth:`wait_for_task` for many tasks (the counterpart of :meth:`submit_tasks`):
+        returns them, in the order given, once all are finished and committed; raises
+        WaitTimeoutError after ``timeout_seconds``. Much cheaper than many concurrent
+        ``wait_for_task`` calls."""
+        self._require_running()
+        return await self.task_book.wait_many(list(task_ids), timeout_seconds)
+
     async def cancel_task(self, task_id: str) -> Task:
         """Cancel a pending, blocked or running task (and its waiting dependents)."""
         self._require_running()

@@ -452,6 +452,36 @@ class TaskBook:
             await self._store.flush()
         return fast_copy(task)
 
+    async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
+        """:meth:`wait` for many tasks at once: one future for all of them instead of one
+        per task, then one flush. Returns the tasks in the order of ``task_ids``."""
+        tasks = [self.get(task_id) for task_id in task_ids]
+        timeout_seconds = check_seconds(timeout_seconds)
+        pending = {task.task_id for task in tasks if not task.status.is_terminal}
+        if pending:
+            group = _GroupWait(len(pending))
+            for task_id in pending:
+                self._waiters.setdefault(task_id, []).append(group)  # type: ignore[arg-type]
+            try:
+                async with asyncio.timeout(timeout_seconds):
+                    await group.all_done
+            except TimeoutError:
+                left = sum(1 for t in tasks if not t.status.is_terminal)
+                raise WaitTimeoutError(
+                    f"{left} of {len(tasks)} tasks are not finished after {timeout_seconds} s; "
+                    "they keep running"
+                ) from None
+            finally:
+                for task_id in pending:
+                    waiters = self._waiters.get(task_id)
+                    if waiters is not None and group in waiters:  # type: ignore[comparison-overlap]
+                        waiters.remove(group)  # type: ignore[arg-type]
+                        if not waiters:
+                            del self._waiters[task_id]
+        # Every final write was queued before this flush: it returns once all are committed.
+        await self._store.flush()
+        return [fast_copy(task) for task in tasks]
+
     def close(self) -> None:
         """The runtime stopped: every ``wait_for_task`` still waiting gets an error."""
         waiters, self._waiters = self._waiters, {}
@@ -625,6 +655,30 @@ class TaskBook:
             # an exponential moving average answers ETA queries in O(1)
             mean = self.mean_duration
             self.mean_duration = duration if mean is None else mean + (duration - mean) * 0.05
+
+
+class _GroupWait:
+    """Stands in for one waiter future per task in ``_waiters`` (duck-typed: ``done`` and
+    ``set_result``/``set_exception``): counts the tasks that finished and resolves
+    ``all_done`` when the last one did."""
+
+    __slots__ = ("all_done", "left")
+
+    def __init__(self, count: int) -> None:
+        self.left = count
+        self.all_done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def done(self) -> bool:
+        return self.all_done.done()
+
+    def set_result(self, _commit: object) -> None:
+        self.left -= 1
+        if self.left <= 0 and not self.all_done.done():
+            self.all_done.set_result(None)
+
+    def set_exception(self, error: BaseException) -> None:
+        if not self.all_done.done():
+            self.all_done.set_exception(error)
 
 
 def _prerequisites_first(tasks: Iterable[Task]) -> list[Task]:
