@@ -395,6 +395,7 @@ class ProcessHost:
             if live.frozen or not live.process.alive:
                 continue
             reply = live.channel.request("ping")
+            reply.add_done_callback(_retrieve)  # also when the beat is cancelled meanwhile
             done, _ = await asyncio.wait({reply}, timeout=settings.heartbeat_timeout_seconds)
             if not done:
                 reply.cancel()
@@ -407,8 +408,6 @@ class ProcessHost:
                     {"heartbeat_timeout_seconds": limit},
                 )
                 return
-            if done and not reply.cancelled():
-                reply.exception()
 
     # ------------------------------------------------------------------ usage (F-08, F-27)
     def _check_usage(self, live: _Live) -> None:

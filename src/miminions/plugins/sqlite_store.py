@@ -31,6 +31,7 @@ import json
 import logging
 import os
 import sqlite3
+import threading
 import urllib.parse
 from collections.abc import Iterable
 from itertools import chain
@@ -152,7 +153,7 @@ class SQLiteStore:
             self._conn = await self._connect_readonly()
             return
         self._create_private_file()
-        conn = await aiosqlite.connect(self.path)
+        conn = await _daemon(aiosqlite.connect(self.path))
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
@@ -187,7 +188,7 @@ class SQLiteStore:
         return f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
 
     async def _connect_readonly(self) -> aiosqlite.Connection:
-        conn = await aiosqlite.connect(self._readonly_uri(), uri=True)
+        conn = await _daemon(aiosqlite.connect(self._readonly_uri(), uri=True))
         try:
             await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             version = await schema.recorded_version(conn)
@@ -630,6 +631,18 @@ class SQLiteStore:
         if query.newest:
             rows.reverse()
         return schema.events_from_rows(rows)
+
+
+def _daemon(connection: aiosqlite.Connection) -> aiosqlite.Connection:
+    """Make the connection's thread a daemon before it starts: a program that ends without
+    stopping its runtime (an exception escaped its loop) must not hang at exit waiting
+    for it. Nothing committed is lost; uncommitted writes are, as in any crash."""
+    thread = getattr(connection, "_thread", None)  # aiosqlite >= 0.20 keeps it here
+    if not isinstance(thread, threading.Thread):
+        thread = connection if isinstance(connection, threading.Thread) else None
+    if thread is not None and not thread.is_alive():
+        thread.daemon = True
+    return connection
 
 
 def _in_front(older: dict[str, _V], newer: dict[str, _V]) -> dict[str, _V]:
