@@ -506,8 +506,8 @@ async def test_memory_over_the_soft_limit_warns_the_agent(
             return [json.loads(line) for line in error_log.read_text().splitlines()]
 
         (record,) = await wait_until(logged, "on_error to be called")
-        # errors reach the worker rebuilt from the wire, carrying the original class name
-        assert (record["class"], record["type"]) == ("RemoteAgentError", "ResourceLimitWarning")
+        # miminions' own errors reach on_error in a worker as their own class, as inline
+        assert record["class"] == "ResourceLimitWarning"
         assert record["task_id"] is None
         assert record["pid"] == pid
         assert "over its soft limit of 50 MB" in record["message"]

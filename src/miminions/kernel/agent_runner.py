@@ -143,7 +143,13 @@ class AgentRunner:
         while True:
             await self._gate.wait()  # a paused agent takes no message
             message = as_message(await self._runtime_call("receive", {"timeout_seconds": None}))
-            await self._gate.wait()  # nor handles one
+            if not self._gate.is_set():
+                # Paused while this receive waited: the message goes back to the (durable)
+                # mailbox, where its TTL is frozen, until the agent resumes.
+                await self._runtime_call(
+                    "return_message", {"message": message.model_dump(mode="json")}
+                )
+                continue
             try:
                 await self.hook("on_message", message)
             except Exception:

@@ -253,3 +253,9 @@ class KVCalls:
                 watch.close()
             return None
         raise ValidationError(f"unknown key-value call {op!r}")
+
+    def close_agent(self, agent_id: str) -> None:
+        """The agent stopped or failed: end the watches it opened (nobody reads them)."""
+        prefix = f"{agent_id}:"
+        for watch_id in [w for w in self._watches if w.startswith(prefix)]:
+            self._watches.pop(watch_id).close()

@@ -110,6 +110,9 @@ class AgentBook:
         #: Told (agent id, True) when an agent becomes paused and (id, False) when it leaves
         #: that state; the runtime freezes its messages' TTLs meanwhile.
         self.paused_listener: Callable[[str, bool], None] | None = None
+        #: Told the agent id when an agent becomes stopped or failed (its agent object is
+        #: gone: the runtime ends what it held open, such as key-value watches).
+        self.ended_listener: Callable[[str], None] | None = None
         self.slots: dict[str, AgentSlot] = {}
         self.by_name: dict[str, str] = {}
         self.stored: dict[str, StoredAgent] = {}
@@ -387,6 +390,8 @@ class AgentBook:
                 self._queue_start(slot, resume=False)
             else:
                 await self._start(slot, resume_state=None)
+                if slot.status is S.FAILED:  # the restart itself failed: it counts as a crash
+                    self._plan_restart(slot, slot.instance.error_message or "restart failed")
 
     def _reserve(self, slot: AgentSlot) -> None:
         """Take an agent slot for ``slot`` now (it counts as active from here on)."""
@@ -646,6 +651,8 @@ class AgentBook:
         slot.instance.status_reason = reason
         if was_paused != (status is S.PAUSED) and self.paused_listener is not None:
             self.paused_listener(slot.agent_id, not was_paused)
+        if status in (S.STOPPED, S.FAILED) and self.ended_listener is not None:
+            self.ended_listener(slot.agent_id)
 
     def _save(self, slot: AgentSlot) -> Any:
         record = StoredAgent(

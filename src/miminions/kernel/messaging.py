@@ -328,6 +328,16 @@ class Messenger:
                 get("data"),
                 get("timeout_seconds", 30.0),
             )
+        if op == "return_message":
+            # The agent took a message it could not handle after all (its receive was
+            # cancelled as the message came, or it was paused): front of its mailbox again.
+            message = get("message")
+            if not isinstance(message, AgentMessage):
+                message = AgentMessage.model_validate(message)
+            if message.recipient_id != agent_id:
+                raise ValidationError("an agent can only return messages sent to it")
+            self.put_back(message)
+            return None
         if op == "reply":
             request = get("request")
             if not isinstance(request, AgentMessage):

@@ -434,6 +434,7 @@ class AgentRuntime:
         await kv.load()
         self._kv_calls = KVCalls(kv)
         self._agent_book.paused_listener = self._agent_paused
+        self._agent_book.ended_listener = self._kv_calls.close_agent
         executor: Executor = first_result(
             pm, "miminions_make_executor", "an executor", runtime=self
         )

@@ -28,14 +28,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from miminions.kernel import errors
-from miminions.kernel.errors import MiminionsError, RemoteAgentError
+from miminions.kernel.errors import MiminionsError, RemoteAgentError, ValidationError
 from miminions.kernel.models import Task
 
 logger = logging.getLogger("miminions.wire")
 
 HEADER_BYTES = 4
-#: A length beyond this is a corrupt stream, not a frame (task payloads are far smaller).
-MAX_FRAME_BYTES = 256 * 1024 * 1024
+#: The largest frame: a task result or input bigger than this fails with a clear error at
+#: the sending end (the receiving runtime would need several times it in memory).
+MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 Frame = dict[str, Any]
 Handler = Callable[[Frame], Awaitable[Any] | None]
@@ -55,7 +56,11 @@ def encode_frame(frame: Frame) -> bytes:
     """One frame: length header + compact JSON. Raises ValueError/TypeError for non-JSON."""
     body = _encode(frame).encode()
     if len(body) > MAX_FRAME_BYTES:
-        raise ValueError(f"frame of {len(body)} bytes exceeds {MAX_FRAME_BYTES}")
+        raise ValidationError(
+            f"{len(body):,} bytes of JSON exceed the {MAX_FRAME_BYTES:,} bytes a frame between "
+            "the runtime and a worker may carry: return or send a reference (a file path, a "
+            "key in the key-value store) instead"
+        )
     return len(body).to_bytes(HEADER_BYTES, "big") + body
 
 
@@ -182,6 +187,10 @@ class FrameChannel(asyncio.Protocol):
         if self._closed_error is None:
             payload["op"] = op
             self._send(payload)
+
+    def flush_now(self) -> None:
+        """Hand what is queued to the transport now instead of on the next loop turn."""
+        self._flush()
 
     def close(self) -> None:
         """Flush what is queued and close the connection."""

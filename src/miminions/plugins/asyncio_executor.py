@@ -163,7 +163,7 @@ class AsyncioExecutor:
     def agent_available(self, slot: AgentSlot) -> None:
         """``slot`` may take tasks (it started or resumed)."""
         self._available.add(slot.agent_id)
-        if len(self._agent_runs.get(slot.agent_id, ())) < _window(slot):
+        if not self._agent_runs.get(slot.agent_id):
             self._make_idle(slot)
             self.wake()
 
@@ -357,8 +357,8 @@ class AsyncioExecutor:
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
         self._begin(slot, task_id, worker)
-        if window > 1 and len(self._agent_runs[slot.agent_id]) < window:
-            self._make_idle(slot)  # room left in its window: it may take more now
+        # A busy agent with room left in its window is not made idle: a free agent must
+        # get the next task first. It refills its window itself as its tasks finish.
 
     def _begin(self, slot: AgentSlot, task_id: str, worker: asyncio.Task[None]) -> _Run:
         """Record that ``slot`` runs ``task_id`` now (synchronously, no await)."""
@@ -414,13 +414,15 @@ class AsyncioExecutor:
         if self._accepting and not self._rt.queue_paused and slot.agent_id in self._available:
             window = _window(slot)
             runs = self._agent_runs.setdefault(slot.agent_id, [])
+            # Tasks still ready now are those no free agent took (dispatch serves free
+            # agents as soon as tasks become ready): prefetch them into the window.
             while len(runs) < window:
                 next_id = self._sched.take(slot.routes)
                 if next_id is None:
                     break
                 self._leave_idle(slot)
                 self._launch(slot, next_id)
-            if len(runs) < window:
+            if not runs:
                 self._make_idle(slot)
         if self._idle and self._accepting:
             self.wake()

@@ -221,6 +221,9 @@ class ProcessHost:
             task_id = frame.get("task_id")
             if not isinstance(task_id, str):
                 raise ValidationError("checkpoint needs a task_id")
+            task = self._rt.task_book.get(task_id)
+            if task.assigned_agent_id != self.spec.agent_id or task.status.is_terminal:
+                raise ValidationError(f"task {task_id!r} is not running on this agent")
             return self._rt.task_book.save_checkpoint(task_id, frame.get("state"))
         if op == "msg":
             return self._messaging(frame)

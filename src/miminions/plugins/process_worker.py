@@ -33,7 +33,6 @@ from miminions.kernel.task_input import to_json_value
 from miminions.kernel.wire import (
     Frame,
     FrameChannel,
-    error_from_wire,
     kernel_error_from_wire,
     task_from_wire,
 )
@@ -140,6 +139,11 @@ def _address_space_bytes() -> int:
         return 0
 
 
+def _retrieve(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()
+
+
 class SyncCallStuckError(Exception):
     """A cancelled task's synchronous code keeps running in the agent's thread."""
 
@@ -188,13 +192,35 @@ class Worker:
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         assert self.channel is not None
+        channel = self.channel
         try:
-            return await self.channel.call("msg", call=op, payload=payload)
+            request_id, reply = channel.start_request("msg", call=op, payload=payload)
+        except ValidationError:
+            raise  # too big for a frame: the error says so
+        except (TypeError, ValueError) as exc:
+            # what the runtime would say, had the data reached it: it is not JSON
+            raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
+        try:
+            return await asyncio.shield(reply)
+        except asyncio.CancelledError:
+            channel.notify("cancel", run=request_id)
+            # A receive the runtime answered just before the cancel reached it carries a
+            # message nobody will handle here: hand it back rather than drop it.
+            reply.add_done_callback(self._return_message if op == "receive" else _retrieve)
+            raise
         except (TypeError, ValueError) as exc:
             if isinstance(exc, MiminionsError):  # the runtime's answer
                 raise
             # what the runtime would say, had the data reached it: it is not JSON
             raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
+
+    def _return_message(self, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled() or reply.exception() is not None or self.channel is None:
+            return
+        returning = self.channel.request(
+            "msg", call="return_message", payload={"message": reply.result()}
+        )
+        returning.add_done_callback(_retrieve)
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:
@@ -231,22 +257,29 @@ class Worker:
 
     async def _run(self, frame: Frame) -> Any:
         task = task_from_wire(frame.get("task"))
-        try:
-            async with self._run_lock:
+        async with self._run_lock:
+            # The reply of the run before this one must be on its way before this task's
+            # code runs: if this task kills the process, the runtime must not blame that
+            # one. Its reply is queued one loop turn after the lock changed hands.
+            await asyncio.sleep(0)
+            if self.channel is not None:
+                self.channel.flush_now()
+            try:
                 result = await self.runner.run(task, frame.get("checkpoint"))
-        except asyncio.CancelledError:
-            if self.runner.sync_call_running:
-                # The runtime must end this process: the thread cannot be stopped.
-                raise SyncCallStuckError(
-                    "the task's synchronous code is still running and cannot be interrupted"
-                ) from None
-            raise
+            except asyncio.CancelledError:
+                if self.runner.sync_call_running:
+                    # This run's own sync code cannot be stopped: the runtime must end
+                    # the process. (A run still waiting for the lock just ends.)
+                    raise SyncCallStuckError(
+                        "the task's synchronous code is still running and cannot be interrupted"
+                    ) from None
+                raise
         return to_json_value(result, "the task result")
 
     async def _on_error(self, frame: Frame) -> None:
         task_data = frame.get("task")
         task = None if task_data is None else task_from_wire(task_data)
-        await self.runner.hook("on_error", error_from_wire(frame.get("error")), task)
+        await self.runner.hook("on_error", kernel_error_from_wire(frame.get("error")), task)
 
     async def _stop(self, seconds: float) -> None:
         try:
