@@ -260,7 +260,7 @@ class Worker:
         async with self._run_lock:
             # The reply of the run before this one must be on its way before this task's
             # code runs: if this task kills the process, the runtime must not blame that
-            # one. Its reply is queued one loop turn after the lock changed hands.
+            # one. That reply is queued a loop turn after the previous run ended.
             await asyncio.sleep(0)
             if self.channel is not None:
                 self.channel.flush_now()
