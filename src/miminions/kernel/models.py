@@ -244,12 +244,13 @@ class ProcessSettings(BaseModel):
     cancelled or timing out. A worker that does not exit ``stop_grace_seconds`` after
     ``on_stop`` gets SIGTERM, then SIGKILL after the same grace. Memory and CPU are sampled
     every ``usage_interval_seconds``. ``preload`` names modules the forkserver imports once
-    so each worker start skips importing them. ``prefetch`` (experimental, default 1 = off):
-    how many tasks an agent's worker is handed at once; it runs them one after another,
-    and the next ones travel while the current one runs instead of one round trip per task
-    (about 40 % more no-op throughput). Only the task being run counts its timeout; the
-    others show as ``running`` (assigned) already, go back to the queue when the agent
-    pauses or stops, and without using up an attempt when it crashes.
+    so each worker start skips importing them. ``prefetch``: how many tasks a busy agent's
+    worker may be handed at once when no free agent can take them; it runs them one after
+    another, and the next ones travel while the current one runs instead of one round trip
+    per task. A task handed over ahead of time is ``running`` (taken by that agent) with no
+    ``started_at`` yet; its start, its TASK_STARTED event and its timeout count from when
+    the agent begins it. Such tasks go back to the queue when the agent pauses or stops,
+    and without using up an attempt when its worker dies. 1 turns prefetching off.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -261,7 +262,7 @@ class ProcessSettings(BaseModel):
     stop_grace_seconds: NonNegativeFloat = 2.0
     usage_interval_seconds: PositiveFloat = 0.2
     preload: list[str] = Field(default_factory=list)
-    prefetch: PositiveInt = 1
+    prefetch: PositiveInt = 4
 
 
 class RuntimeConfig(BaseModel):

@@ -237,19 +237,38 @@ class TaskBook:
             return agent_limits.task_timeout_seconds
         return self._default_timeout
 
-    def started(self, task_id: str, agent_id: str) -> Task:
-        """The executor took ``task_id`` for ``agent_id``; return the live task."""
+    def started(self, task_id: str, agent_id: str, *, begun: bool = True) -> Task:
+        """The executor took ``task_id`` for ``agent_id``; return the live task.
+
+        ``begun`` false: the task was handed to the agent ahead of time (a prefetch
+        window): it is ``running`` (taken by that agent) but gets its ``started_at`` and
+        its TASK_STARTED event from :meth:`began`, when the agent really begins it.
+        """
         task = self.tasks[task_id]
         self._set_status(task, TaskStatus.RUNNING)
         # Hot path: tasks are built with every field set, so plain dict writes are enough
         # (pydantic's __setattr__ would do the same, several times slower).
         fields = task.__dict__
         fields["assigned_agent_id"] = agent_id
-        fields["started_at"] = datetime.now(UTC)
+        if begun:
+            fields["started_at"] = datetime.now(UTC)
+            self._started_mono[task_id] = time.monotonic()
+            self._store.put_task(task)
+            self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=agent_id)
+        else:
+            fields["started_at"] = None
+            self._store.put_task(task)
+        return task
+
+    def began(self, task_id: str) -> None:
+        """A task handed over ahead of time is now the one its agent runs."""
+        task = self.tasks[task_id]
+        if task.status is not TaskStatus.RUNNING or task.started_at is not None:
+            return
+        task.__dict__["started_at"] = datetime.now(UTC)
         self._started_mono[task_id] = time.monotonic()
         self._store.put_task(task)
-        self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=agent_id)
-        return task
+        self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=task.assigned_agent_id)
 
     def completed(self, task_id: str, result: Any) -> ValidationError | None:
         """A running task returned ``result``; a result that is not JSON fails the task

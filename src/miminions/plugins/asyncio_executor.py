@@ -369,15 +369,19 @@ class AsyncioExecutor:
         self._runs[task_id] = run
         runs = self._agent_runs.setdefault(slot.agent_id, [])
         runs.append(run)
-        task = book.started(task_id, slot.agent_id)
+        head = len(runs) == 1
+        task = book.started(task_id, slot.agent_id, begun=head)
         run.timeout = book.effective_timeout(task, slot.spec.limits)
-        if len(runs) == 1:
-            self._become_head(run)
+        if head:
+            self._become_head(run, begun=True)
         return run
 
-    def _become_head(self, run: _Run) -> None:
-        """``run`` is the task its agent executes now: its timeout starts counting."""
+    def _become_head(self, run: _Run, *, begun: bool = False) -> None:
+        """``run`` is the task its agent executes now: its timeout starts counting (and,
+        for one handed over ahead of time, its start is recorded now)."""
         slot = run.slot
+        if not begun:
+            self._book.began(run.task_id)
         self._agents.task_started(slot, run.task_id)
         if run.timeout is not None:
             self._deadlines.start(run, run.timeout)
