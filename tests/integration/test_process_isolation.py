@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 import os
 import signal
@@ -32,6 +33,7 @@ from miminions import (
     ResourceLimits,
     RuntimeConfig,
     Task,
+    TaskRequest,
     TaskStatus,
     ValidationError,
 )
@@ -689,3 +691,38 @@ async def test_local_class_cannot_run_in_a_worker(config: Callable[..., RuntimeC
         await rt.start_agent(agent_id)
         task = await rt.wait_for_task(await rt.submit_task("t"), 5)
         assert task.status is TaskStatus.COMPLETED
+
+
+async def test_a_prefetched_task_starts_when_the_agent_begins_it(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """ProcessSettings.prefetch: while its agent is busy, a waiting task is handed to the
+    worker ahead of time: it is running (taken by that agent) with no start yet; its
+    started_at and TASK_STARTED come when the agent begins it, after the task before it."""
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("busy", SmallTaskAgent)
+        await rt.start_agent(agent_id)
+        ids = await rt.submit_tasks(
+            [
+                TaskRequest(name=f"t{n}", input_data={"seconds": 1.0, "n": n}, agent_id=agent_id)
+                for n in range(3)
+            ]
+        )
+        await wait_until(
+            lambda: rt.get_task_status(ids[1]).started_at is not None, "the second task to begin"
+        )
+        waiting = rt.get_task_status(ids[2])
+        assert waiting.status is TaskStatus.RUNNING
+        assert waiting.assigned_agent_id == agent_id
+        assert waiting.started_at is None
+        assert rt.get_agent_status(agent_id).task_id == ids[1]
+
+        done = await rt.wait_for_tasks(ids, timeout_seconds=30)
+        assert [t.status for t in done] == [TaskStatus.COMPLETED] * 3
+        for before, after in itertools.pairwise(done):
+            assert before.completed_at is not None
+            assert after.started_at is not None
+            assert after.started_at >= before.completed_at
+        (started,) = await rt.query_events(event_type=EventType.TASK_STARTED, task_id=ids[2])
+        assert done[1].completed_at is not None
+        assert started.timestamp >= done[1].completed_at
