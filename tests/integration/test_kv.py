@@ -176,3 +176,25 @@ async def test_expired_message_can_be_sent_again(rt: AgentRuntime) -> None:
         await rt.requeue_dead_letter(letter.dead_letter_id)
     await rt.start_agent(agent_id)
     assert await run(rt, agent_id) == {"type": "memo", "data": {"n": 7}, "from": None}
+
+
+async def test_a_paused_recipients_ttl_waits_across_a_restart(
+    make_config: Callable[..., RuntimeConfig], isolation: str
+) -> None:
+    """F-25, F-20: a message's TTL does not count while its recipient is paused, also
+    while the runtime is down and after it restarts with the agent still paused."""
+    config = make_config(default_isolation=isolation)
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await start(rt, "napper", GroupMailAgent)
+        await rt.pause_agent(agent_id, timeout_seconds=WAIT)
+        await rt.send_message(agent_id, "memo", {"n": 1}, ttl_seconds=0.3)
+        # Time has to pass for this test: longer than the TTL, while paused.
+        await asyncio.sleep(0.5)
+        assert rt.messenger.bus.pending(agent_id) == 1
+    await asyncio.sleep(0.4)  # and while no runtime runs
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent("napper", GroupMailAgent)
+        assert rt.messenger.bus.pending(agent_id) == 1
+        await rt.resume_agent(agent_id)
+        assert await run(rt, agent_id) == {"type": "memo", "data": {"n": 1}, "from": None}
+        assert await rt.query_events(event_type=EventType.MESSAGE_EXPIRED) == []

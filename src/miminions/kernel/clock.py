@@ -94,6 +94,11 @@ class Deadline:
         self._remaining = 0.0
         self._frozen_by: set[str] | None = None
 
+    @property
+    def remaining(self) -> float | None:
+        """Seconds left while frozen; None while it runs (or is done)."""
+        return self._remaining if self._frozen_by is not None else None
+
     def on_expiry(self) -> None:
         """Called once when the deadline passes."""
         raise NotImplementedError

@@ -376,6 +376,7 @@ class Messenger:
                     "is_reply": False,
                     "created_at": now,
                     "expires_at": expires,
+                    "ttl_remaining_seconds": None,
                 },
             )
             for index, recipient in enumerate(recipients)

@@ -359,7 +359,8 @@ class AgentMessage(BaseModel):
     ``rt.request``); a multicast, broadcast or topic message is one message per recipient
     with the same ``message_type`` and ``data``.
     ``correlation_id`` links a reply to its request (it is the request's ``message_id``);
-    ``expires_at`` ends a message nobody received in time (its TTL).
+    ``expires_at`` ends a message nobody received in time (its TTL);
+    ``ttl_remaining_seconds`` holds the TTL left while the recipient is paused.
     """
 
     model_config = ConfigDict(extra="forbid")
@@ -374,6 +375,9 @@ class AgentMessage(BaseModel):
     is_reply: bool = False
     created_at: datetime
     expires_at: datetime | None = None
+    #: While the recipient is paused: the TTL left (``expires_at`` is then None); it counts
+    #: again from the resume, also after a runtime restart.
+    ttl_remaining_seconds: float | None = None
 
 
 class DeadLetter(BaseModel):

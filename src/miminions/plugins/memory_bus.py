@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from miminions.kernel.clock import Deadline, Deadlines
@@ -119,12 +119,22 @@ class MemoryBus:
                 letter = _Letter(self, message)
                 box.letters.append(letter)
                 box.count += 1
-                if message.expires_at is not None:
-                    ttl = (message.expires_at - wall).total_seconds()
-                    self._deadlines.start(letter, max(ttl, 0.0))
-                    if box.frozen:
-                        self._deadlines.freeze(letter, "paused")
+                self._start_ttl(box, letter, wall)
         return queued
+
+    def _start_ttl(self, box: _Mailbox, letter: _Letter, now: datetime) -> None:
+        """Arm a letter's TTL: from ``expires_at``, or from what was left when its
+        recipient paused (``ttl_remaining_seconds``: stored, so it survives a restart)."""
+        message = letter.message
+        if message.ttl_remaining_seconds is not None:
+            ttl = message.ttl_remaining_seconds
+        elif message.expires_at is not None:
+            ttl = (message.expires_at - now).total_seconds()
+        else:
+            return
+        self._deadlines.start(letter, max(ttl, 0.0))
+        if box.frozen:
+            self._freeze_letter(letter)
 
     async def take(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:
         """The oldest waiting message, waiting up to ``timeout_seconds`` for one."""
@@ -177,11 +187,7 @@ class MemoryBus:
         letter = _Letter(self, message)
         box.letters.appendleft(letter)
         box.count += 1
-        if message.expires_at is not None:
-            ttl = (message.expires_at - datetime.now(UTC)).total_seconds()
-            self._deadlines.start(letter, max(ttl, 0.0))
-            if box.frozen:
-                self._deadlines.freeze(letter, "paused")
+        self._start_ttl(box, letter, datetime.now(UTC))
 
     def pending(self, agent_id: str) -> int:
         """Messages waiting in the agent's mailbox."""
@@ -211,15 +217,35 @@ class MemoryBus:
         box.frozen = True
         for letter in box.letters:
             if not letter.gone:
-                self._deadlines.freeze(letter, "paused")
+                self._freeze_letter(letter)
+
+    def _freeze_letter(self, letter: _Letter) -> None:
+        if letter.when is None and letter.message.ttl_remaining_seconds is None:
+            return  # no TTL
+        self._deadlines.freeze(letter, "paused")
+        remaining = letter.remaining
+        if remaining is not None and letter.message.ttl_remaining_seconds != remaining:
+            # what is left is what counts now, also for the stored copy (a restart)
+            letter.message.ttl_remaining_seconds = remaining
+            letter.message.expires_at = None
+            if self._on_returned is not None:
+                self._on_returned(letter.message)
 
     def thaw(self, agent_id: str) -> None:
         """Let the TTLs of the agent's messages run again."""
         box = self._box(agent_id)
         box.frozen = False
+        now = datetime.now(UTC)
         for letter in box.letters:
-            if not letter.gone:
-                self._deadlines.thaw(letter, "paused")
+            if letter.gone:
+                continue
+            self._deadlines.thaw(letter, "paused")
+            remaining = letter.message.ttl_remaining_seconds
+            if remaining is not None:
+                letter.message.ttl_remaining_seconds = None
+                letter.message.expires_at = now + timedelta(seconds=remaining)
+                if self._on_returned is not None:
+                    self._on_returned(letter.message)
 
     def close(self) -> None:
         """Stop expiring and wake waiting receivers with an error."""
