@@ -198,3 +198,20 @@ async def test_a_paused_recipients_ttl_waits_across_a_restart(
         await rt.resume_agent(agent_id)
         assert await run(rt, agent_id) == {"type": "memo", "data": {"n": 1}, "from": None}
         assert await rt.query_events(event_type=EventType.MESSAGE_EXPIRED) == []
+
+
+async def test_a_message_received_after_a_restart_is_not_delivered_again(
+    make_config: Callable[..., RuntimeConfig], isolation: str
+) -> None:
+    """F-28: an undelivered message survives a restart, and once received it is gone for
+    good (its stored copy is removed, so a later restart does not bring it back)."""
+    config = make_config(default_isolation=isolation)
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent("late", GroupMailAgent)
+        await rt.send_message(agent_id, "memo", {"n": 5})
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await start(rt, "late", GroupMailAgent)
+        assert await run(rt, agent_id) == {"type": "memo", "data": {"n": 5}, "from": None}
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent("late", GroupMailAgent)
+        assert rt.messenger.bus.pending(agent_id) == 0

@@ -79,6 +79,7 @@ class Messenger:
         self.expired = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._stored: dict[str, list[AgentMessage]] = {}  # by recipient, from earlier runs
+        self._kept: set[str] = set()  # ids of messages with a stored copy to remove later
 
     @property
     def bus(self) -> Bus:
@@ -113,6 +114,7 @@ class Messenger:
         bus.open_mailbox(agent_id, self._rt.config.limits.message_queue_max_size)
         for message in reversed(self._stored.pop(agent_id, [])):
             bus.put_back(message)  # in front, oldest first; they had their place already
+            self._kept.add(message.message_id)  # stored by an earlier run
         for topic in topics:
             self.subscribe(agent_id, topic)
 
@@ -256,7 +258,7 @@ class Messenger:
         timeout_seconds = check_seconds(timeout_seconds)
         message = await self.bus.take(agent_id, timeout_seconds)
         self._received(message)
-        self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
+        self._forget_stored(message)
         return message
 
     def put_back(self, message: AgentMessage) -> None:
@@ -268,14 +270,12 @@ class Messenger:
     def message_returned(self, message: AgentMessage) -> None:
         """A message is back in a mailbox after all: keep it durable (the bus calls this
         for one it put back itself)."""
-        self._rt.store.put_meta(
-            MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json")
-        )
+        self._keep(message)
 
     def message_expired(self, message: AgentMessage) -> None:
         """Called by the bus when a message's TTL ran out: event and dead letter (F-28)."""
         self.expired += 1
-        self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
+        self._forget_stored(message)
         self._rt.events.emit(
             EventType.MESSAGE_EXPIRED,
             severity=Severity.WARNING,
@@ -386,11 +386,24 @@ class Messenger:
         queued = self.bus.post(messages)
         # A message handed straight to a waiting receiver is never stored: only those that
         # wait in a mailbox must survive a restart.
-        put_meta = self._rt.store.put_meta
         for message in queued:
-            put_meta(MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json"))
+            self._keep(message)
         self._sent(messages)
         return [message.message_id for message in messages]
+
+    def _keep(self, message: AgentMessage) -> None:
+        """Store a message that waits in a mailbox (so it survives a restart)."""
+        self._kept.add(message.message_id)
+        self._rt.store.put_meta(
+            MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json")
+        )
+
+    def _forget_stored(self, message: AgentMessage) -> None:
+        """Remove the stored copy of a message that left its mailbox, if it has one (one
+        handed straight to a waiting receiver never had)."""
+        if message.message_id in self._kept:
+            self._kept.discard(message.message_id)
+            self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
 
     def _sent(self, messages: list[AgentMessage]) -> None:
         self.sent += len(messages)
