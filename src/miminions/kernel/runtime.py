@@ -26,10 +26,10 @@ from miminions.kernel.agent import (
     check_not_loading_main_in_worker,
     classify_agent,
 )
+from miminions.kernel.communication import CommunicationAPI
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
-    MiminionsError,
     PluginError,
     RuntimeNotRunningError,
     ValidationError,
@@ -42,7 +42,6 @@ from miminions.kernel.lifecycle import AgentBook
 from miminions.kernel.messaging import Messenger
 from miminions.kernel.models import (
     AgentInstance,
-    AgentMessage,
     AgentSpec,
     AgentStatus,
     Capacity,
@@ -82,7 +81,7 @@ _ESSENTIAL_HOOKS = {
 }
 
 
-class AgentRuntime:
+class AgentRuntime(CommunicationAPI):
     """Runs agents and their tasks on one machine (see the package docs for a tour).
 
     Use it as an async context manager (``async with AgentRuntime(...) as rt``) or call
@@ -201,128 +200,6 @@ class AgentRuntime:
         limit). It is failed and restarted per ``config.restart`` (see
         :class:`~miminions.RestartPolicy`); ``details`` go into the AGENT_FAILED event."""
         self.agent_book.host_failed(agent_id, reason, details)
-
-    def report_usage(self, agent_id: str, tokens: int, cost: float) -> None:
-        """Record usage an agent reported (``context.report_usage``; hosts call this). A
-        spent budget pauses the agent or its whole group (F-27)."""
-        slot = self.agent_book.get(agent_id)
-        limits = slot.spec.limits
-        own = (
-            limits.usage_budget
-            if limits is not None and "usage_budget" in limits.model_fields_set
-            else self.config.limits.usage_budget
-        )
-        breaches = self.usage.record(agent_id, slot.spec.group, tokens, cost, own)
-        totals = self.usage.by_agent[agent_id]
-        slot.instance.tokens_used, slot.instance.cost_used = totals.tokens, totals.cost
-        for breach in breaches:
-            self.events.emit(
-                EventType.BUDGET_EXHAUSTED,
-                severity=Severity.WARNING,
-                agent_id=agent_id,
-                details={
-                    "scope": breach.scope,
-                    "name": breach.name,
-                    "resource": breach.resource,
-                    "used": breach.used,
-                    "budget": breach.budget,
-                },
-            )
-            members = (
-                [agent_id]
-                if breach.scope == "agent"
-                else [s.agent_id for s in self.agent_book.in_group(breach.name)]
-            )
-            for member in members:
-                self._spawn(self._trip_breaker(member, breach.message))
-
-    async def _trip_breaker(self, agent_id: str, message: str) -> None:
-        slot = self.agent_book.get(agent_id)
-        if slot.status is not AgentStatus.RUNNING or not self.is_running:
-            return
-        with contextlib.suppress(MiminionsError):  # stopped, failed or paused meanwhile
-            await self.agent_book.pause(agent_id, reason=f"circuit breaker: {message}")
-
-    def reset_usage(self, agent_id: str | None = None, group: str | None = None) -> None:
-        """Zero the reported usage of an agent, a group, or (no argument) everything, and
-        re-arm their budgets' circuit breakers (resume paused agents yourself)."""
-        if agent_id is not None:
-            self.agent_book.get(agent_id)  # NotFoundError for an unknown id
-        self.usage.reset(agent_id, group)
-        for slot in self.agent_book.slots.values():
-            if (agent_id is None and group is None) or slot.agent_id == agent_id:
-                slot.instance.tokens_used, slot.instance.cost_used = 0, 0.0
-
-    @property
-    def kv(self) -> KVStore:
-        """The shared key-value store (F-16): ``get``, ``set``, ``delete``,
-        ``compare_and_set``, ``keys``, ``watch``; values are JSON and durable."""
-        return _need(self._kv)
-
-    async def agent_call(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
-        """For hosts: carry out a call an agent made through its context (messaging and
-        ``context.kv``), on behalf of ``agent_id``."""
-        if op.startswith("kv_"):
-            return await _need(self._kv_calls).handle(agent_id, op, payload)
-        return await self.messenger.handle(agent_id, op, payload)
-
-    def _agent_paused(self, agent_id: str, paused: bool) -> None:
-        # A paused agent's messages do not expire meanwhile (F-25).
-        if paused:
-            self.messenger.bus.freeze(agent_id)
-        else:
-            self.messenger.bus.thaw(agent_id)
-
-    # ------------------------------------------------------------------ messaging
-    async def send_message(
-        self,
-        recipients: str | Sequence[str],
-        message_type: str,
-        data: Any = None,
-        ttl_seconds: float | None = None,
-    ) -> list[str]:
-        """Send a message from the runtime to one agent or several (their ids); returns the
-        message ids. A full mailbox raises QueueFullError and nothing is sent."""
-        self._require_running()
-        return self.messenger.send(None, recipients, message_type, data, ttl_seconds)
-
-    async def send_to_group(
-        self, group: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
-    ) -> list[str]:
-        """Send a message to every agent of ``group`` (F-18); NotFoundError if it has none."""
-        self._require_running()
-        return self.messenger.send_to_group(None, group, message_type, data, ttl_seconds)
-
-    async def broadcast(
-        self, message_type: str, data: Any = None, ttl_seconds: float | None = None
-    ) -> list[str]:
-        """Send a message to every running or paused agent."""
-        self._require_running()
-        return self.messenger.broadcast(None, message_type, data, ttl_seconds)
-
-    async def publish(
-        self, topic: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
-    ) -> list[str]:
-        """Send a message to the agents subscribed to ``topic``."""
-        self._require_running()
-        return self.messenger.publish(None, topic, message_type, data, ttl_seconds)
-
-    async def request(
-        self,
-        agent_id: str,
-        message_type: str,
-        data: Any = None,
-        timeout_seconds: float | None = 30.0,
-    ) -> AgentMessage:
-        """Send a request to an agent and return its reply (``context.reply``); raises
-        WaitTimeoutError after ``timeout_seconds``."""
-        self._require_running()
-        return await self.messenger.request(None, agent_id, message_type, data, timeout_seconds)
-
-    def _spawn(self, work: Any) -> None:
-        future = asyncio.ensure_future(work)
-        self._background.add(future)
-        future.add_done_callback(self._background.discard)
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> AgentRuntime:
