@@ -726,3 +726,22 @@ async def test_a_prefetched_task_starts_when_the_agent_begins_it(
         (started,) = await rt.query_events(event_type=EventType.TASK_STARTED, task_id=ids[2])
         assert done[1].completed_at is not None
         assert started.timestamp >= done[1].completed_at
+
+
+async def test_prefetch_does_not_keep_tasks_from_other_agents(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """ProcessSettings.prefetch: with few tasks waiting, an agent does not take more than
+    its next one ahead of time: 4 equal tasks on 2 agents end up 2 and 2."""
+    async with AgentRuntime(config=config()) as rt:
+        agents = []
+        for name in ("left", "right"):
+            agent_id = await rt.register_agent(name, SmallTaskAgent)
+            await rt.start_agent(agent_id)
+            agents.append(agent_id)
+        ids = await rt.submit_tasks(
+            [TaskRequest(name=f"t{n}", input_data={"seconds": 0.5, "n": n}) for n in range(4)]
+        )
+        done = await rt.wait_for_tasks(ids, timeout_seconds=30)
+        ran = [t.assigned_agent_id for t in done]
+        assert sorted(ran.count(a) for a in agents) == [2, 2]

@@ -22,7 +22,7 @@ from miminions.kernel.errors import (
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.models import Task, fast_copy
+from miminions.kernel.models import Task, TaskStatus, fast_copy
 from miminions.kernel.scheduler import agent_route
 
 if TYPE_CHECKING:
@@ -421,6 +421,8 @@ class AsyncioExecutor:
             # Tasks still ready now are those no free agent took (dispatch serves free
             # agents as soon as tasks become ready): prefetch them into the window.
             while len(runs) < window:
+                if runs and not self._backlog_beyond_agents():
+                    break  # other agents will want the waiting tasks when they finish
                 next_id = self._sched.take(slot.routes)
                 if next_id is None:
                     break
@@ -430,6 +432,12 @@ class AsyncioExecutor:
                 self._make_idle(slot)
         if self._idle and self._accepting:
             self.wake()
+
+    def _backlog_beyond_agents(self) -> bool:
+        """Whether more tasks wait than the other agents will take when they finish: only
+        then is taking one ahead of time a gain rather than keeping it from a free agent."""
+        waiting = self._book.status_counts[TaskStatus.PENDING]
+        return waiting > len(self._available) - 1
 
     async def _run_one(self, run: _Run) -> None:
         slot, task, task_id = run.slot, run.task, run.task_id
