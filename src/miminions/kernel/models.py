@@ -246,11 +246,12 @@ class ProcessSettings(BaseModel):
     every ``usage_interval_seconds``. ``preload`` names modules the forkserver imports once
     so each worker start skips importing them. ``prefetch``: how many tasks a busy agent's
     worker may be handed at once when no free agent can take them and more tasks wait than
-    the other agents will take when they finish; it runs them one after another, and the next ones travel while the current one runs instead of one round trip
-    per task. A task handed over ahead of time is ``running`` (taken by that agent) with no
-    ``started_at`` yet; its start, its TASK_STARTED event and its timeout count from when
-    the agent begins it. Such tasks go back to the queue when the agent pauses or stops,
-    and without using up an attempt when its worker dies. 1 turns prefetching off.
+    the other agents will take when they finish; it runs them one after another, and the
+    next ones travel while the current one runs instead of one round trip per task. A task
+    handed over ahead of time is ``running`` (taken by that agent) with no ``started_at``
+    yet; its start, its TASK_STARTED event and its timeout count from when the agent begins
+    it. Such tasks go back to the queue when the agent pauses or stops, and without using
+    up an attempt when its worker dies. 1 turns prefetching off.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -1,0 +1,131 @@
+"""Crashes and restarts of agents (F-07): what happens when a host reports that its agent
+died on its own, and the restart policy (:class:`~miminions.RestartPolicy`).
+
+A mixin of :class:`~miminions.kernel.lifecycle.AgentBook`, which provides the lifecycle
+steps used here (fail, start, queue a start, save).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import TYPE_CHECKING, Any
+
+from miminions.kernel.models import AgentStatus, EventType, JSONObject, RestartPolicy, Severity
+from miminions.kernel.supervisor import retry_delay
+
+if TYPE_CHECKING:
+    from miminions.kernel.events import EventLog
+    from miminions.kernel.interfaces import Executor
+    from miminions.kernel.lifecycle import AgentSlot
+
+S = AgentStatus
+
+
+class RestartMixin:
+    """Crash handling and the restart policy of an agent book (see the module docstring)."""
+
+    slots: dict[str, AgentSlot]
+    executor: Executor | None
+    _closing: bool
+    _background: set[asyncio.Future[None]]
+    _restart_policy: RestartPolicy
+    _events: EventLog
+
+    # provided by AgentBook
+    async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
+        raise NotImplementedError
+
+    async def _start(
+        self, slot: AgentSlot, resume_state: JSONObject | None, *, reserved: bool = False
+    ) -> None:
+        raise NotImplementedError
+
+    def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:
+        raise NotImplementedError
+
+    def _must_wait(self) -> bool:
+        raise NotImplementedError
+
+    def _save(self, slot: AgentSlot) -> Any:
+        raise NotImplementedError
+
+    def host_failed(self, agent_id: str, reason: str, details: JSONObject | None = None) -> None:
+        """A host reports that its agent died on its own (a crash, a hang, a limit breach).
+
+        The agent is failed (its running task was already failed by the host's ``run``),
+        then restarted per the restart policy, or left ``failed`` with the reason once it
+        crashed too often.
+        """
+        slot = self.slots.get(agent_id)
+        if slot is None or self._closing:
+            return
+        if self.executor is not None and slot.status is S.RUNNING:
+            self.executor.agent_unavailable(slot)  # no new task for a dead agent
+        handling = asyncio.ensure_future(self._handle_crash(slot, reason, details or {}))
+        self._background.add(handling)
+        handling.add_done_callback(self._background.discard)
+
+    async def _handle_crash(self, slot: AgentSlot, reason: str, details: JSONObject) -> None:
+        if self.executor is not None:
+            # The task the crash interrupted fails through the executor first, so it counts
+            # as a failed attempt (and is retried per its policy) rather than an interruption.
+            await self.executor.wait_agent_idle(slot.agent_id, 5.0)
+        async with slot.lock:
+            if self._closing or not slot.host_started:
+                return  # a stop, a failed lifecycle call or the shutdown dealt with it
+            if slot.status not in (S.RUNNING, S.PAUSED, S.STARTING):
+                return
+            await self._fail(slot, reason, details)
+            self._plan_restart(slot, reason)
+
+    def _plan_restart(self, slot: AgentSlot, reason: str) -> None:
+        policy = self._restart_policy
+        now = time.monotonic()
+        crashes = slot.crash_times
+        while crashes and now - crashes[0] > policy.window_seconds:
+            crashes.popleft()
+        if len(crashes) >= policy.max_restarts:
+            slot.instance.status_reason = (
+                f"not restarted: it crashed {len(crashes) + 1} times within "
+                f"{policy.window_seconds:g} s (restart policy: at most {policy.max_restarts}); "
+                f"last: {reason}"
+            )
+            self._save(slot)
+            return
+        crashes.append(now)
+        attempt = len(crashes)
+        delay = retry_delay(attempt, policy.backoff_base_seconds, policy.backoff_max_seconds)
+        slot.instance.status_reason = (
+            f"crashed ({reason}); restarting in {delay:.2f} s "
+            f"(restart {attempt} of at most {policy.max_restarts} within "
+            f"{policy.window_seconds:g} s)"
+        )
+        self._events.emit(
+            EventType.AGENT_RESTARTING,
+            severity=Severity.WARNING,
+            agent_id=slot.agent_id,
+            details={"reason": reason, "delay_seconds": delay, "restart": attempt},
+        )
+        loop = asyncio.get_running_loop()
+        slot.restart_timer = loop.call_later(delay, self._restart_due, slot)
+
+    def _restart_due(self, slot: AgentSlot) -> None:
+        slot.restart_timer = None
+        if self._closing:
+            return
+        restarting = asyncio.ensure_future(self._restart(slot))
+        self._background.add(restarting)
+        restarting.add_done_callback(self._background.discard)
+
+    async def _restart(self, slot: AgentSlot) -> None:
+        async with slot.lock:
+            if self._closing or slot.status is not S.FAILED:
+                return  # started, stopped or restarted by someone else meanwhile
+            slot.instance.restart_count += 1
+            if self._must_wait():
+                self._queue_start(slot, resume=False)
+            else:
+                await self._start(slot, resume_state=None)
+                if slot.status is S.FAILED:  # the restart itself failed: it counts as a crash
+                    self._plan_restart(slot, slot.instance.error_message or "restart failed")
