@@ -12,10 +12,8 @@ message after a bounded time; nothing here sleeps and hopes.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import os
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from miminions import (
 )
 from tests.support import journal_agents
 from tests.support.journal_agents import PAUSE_STATE, JournalAgent, read_journal
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -43,29 +42,6 @@ def isolation(request: pytest.FixtureRequest) -> str:
     """Every test here runs once per isolation mode."""
     mode: str = request.param
     return mode
-
-
-async def wait_until(
-    predicate: Callable[[], Any | Awaitable[Any]],
-    timeout: float = WAIT,  # noqa: ASYNC109 - a polling bound, not a cancellation scope
-    message: str = "",
-    interval: float = 0.01,
-) -> Any:
-    """Re-check ``predicate`` (sync or async) until it returns something truthy; return it.
-
-    Fails the test after ``timeout`` seconds, naming ``message`` and the last value seen.
-    """
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            what = message or getattr(predicate, "__name__", repr(predicate))
-            pytest.fail(f"timed out after {timeout:g} s waiting until {what} (last: {value!r})")
-        await asyncio.sleep(interval)
 
 
 class Journal:
@@ -97,7 +73,7 @@ class Journal:
             return records if len(records) >= count else []
 
         return await wait_until(  # type: ignore[no-any-return]
-            found, message=f"the journal has {count} {hook!r} record(s) matching {fields}"
+            found, what=f"the journal has {count} {hook!r} record(s) matching {fields}"
         )
 
     def gate(self, name: str) -> str:
@@ -564,7 +540,7 @@ async def test_paused_agent_survives_a_runtime_restart(
         await journal.wait_for("gate_entered", task_id=task_id)
         await wait_until(
             lambda: first.get_task_status(task_id).checkpoint is not None,
-            message="the task saved a checkpoint",
+            what="the task saved a checkpoint",
         )
         paused = await first.pause_agent(agent_id, timeout_seconds=WAIT)
         assert paused.status is AgentStatus.PAUSED

@@ -18,6 +18,7 @@ from miminions import (
     ValidationError,
 )
 from tests.support.kv_agents import GroupMailAgent, KVAgent
+from tests.support.waiting import wait_until
 
 WAIT = 15.0
 
@@ -33,17 +34,6 @@ async def rt(
 ) -> AsyncIterator[AgentRuntime]:
     async with AgentRuntime(config=make_config(default_isolation=isolation)) as runtime:
         yield runtime
-
-
-async def wait_until(check: Callable[[], object], what: str) -> None:
-    """Re-check ``check`` every 10 ms (its state changes in another task or process);
-    fail after WAIT seconds."""
-    deadline = time.monotonic() + WAIT
-    while True:
-        if check():
-            return
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.01)
 
 
 async def run(rt: AgentRuntime, agent_id: str, **input_data: object) -> dict[str, object]:

@@ -12,10 +12,7 @@ before it is in the result. Waits on another process are bounded (:func:`wait_un
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import inspect
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -46,6 +43,7 @@ from tests.support.messaging_agents import (
     ScriptAgent,
     TopicScriptAgent,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -97,24 +95,6 @@ async def rt(
             yield runtime
         finally:
             open_gate(gate)  # nothing keeps the shutdown waiting
-
-
-async def wait_until(
-    predicate: Callable[[], Any | Awaitable[Any]],
-    timeout: float = WAIT,  # noqa: ASYNC109 - a polling bound, not a cancellation scope
-    message: str = "",
-) -> Any:
-    """Re-check ``predicate`` until it returns something truthy; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out after {timeout:g} s waiting until {message} (last: {value!r})")
-        await asyncio.sleep(0.01)
 
 
 def records(journal: Path, hook: str, **fields: Any) -> list[dict[str, Any]]:
@@ -225,7 +205,7 @@ async def test_runtime_sends_to_an_agent(rt: AgentRuntime, journal: Path) -> Non
     # the receive is (as good as always) waiting first this time: the message is handed
     # to it when it comes
     task_id = await submit(rt, agent_id, {"op": "receive", "timeout": WAIT})
-    await wait_until(lambda: records(journal, "op", task_id=task_id), message="receive called")
+    await wait_until(lambda: records(journal, "op", task_id=task_id), what="receive called")
     [later] = await rt.send_message(agent_id, "later", [1, 2, 3])
     [[second]] = await results(rt, task_id)
     assert (second["message_id"], second["data"]) == (later, [1, 2, 3])
@@ -381,7 +361,7 @@ async def test_request_and_reply(rt: AgentRuntime, journal: Path) -> None:
     # requester got the reply
     [replied] = await wait_until(
         lambda: records(journal, "replied", request_id=request["message_id"]),
-        message="the responder journalled its reply",
+        what="the responder journalled its reply",
     )
     assert replied["reply_id"] == reply["message_id"]
 
@@ -411,7 +391,7 @@ async def test_request_without_reply_times_out(rt: AgentRuntime, journal: Path) 
         await rt.request(responder, IGNORED, {"q": 3}, timeout_seconds=0.2)
     requests = await wait_until(
         lambda: handled(journal, IGNORED)[1:] and handled(journal, IGNORED),
-        message="both requests are handled",
+        what="both requests are handled",
     )
     assert [r["sender_id"] for r in requests] == [asker, None]  # both arrived
     assert not records(journal, "replied")
@@ -427,12 +407,12 @@ async def test_on_message_runs_while_a_task_is_in_progress(
     task_id = await rt.submit_task(
         "gated", {"action": "gate", "gate": str(gate)}, agent_id=responder
     )
-    await wait_until(lambda: records(journal, "gate_entered"), message="the task is at its gate")
+    await wait_until(lambda: records(journal, "gate_entered"), what="the task is at its gate")
     [ping] = await rt.send_message(responder, "ping", {"i": 1})
-    await wait_until(lambda: handled(journal, "ping"), message="the ping is handled")
+    await wait_until(lambda: handled(journal, "ping"), what="the ping is handled")
     answer = await rt.request(responder, "ask", {"q": 1}, timeout_seconds=WAIT)
     assert answer.data == {"echo": {"q": 1}, "by": "responder"}
-    await wait_until(lambda: records(journal, "replied"), message="the reply is journalled")
+    await wait_until(lambda: records(journal, "replied"), what="the reply is journalled")
     assert rt.get_task_status(task_id).status is TaskStatus.RUNNING
     assert not records(journal, "gate_passed")
 
@@ -503,7 +483,7 @@ async def test_ttl_expiry_makes_an_event_and_a_dead_letter(
             return {e.details["message_id"] for e in events}
 
         await wait_until(
-            lambda: _contains(expired(), {expiring, from_agent}), message="both messages expired"
+            lambda: _contains(expired(), {expiring, from_agent}), what="both messages expired"
         )
         [event] = [
             e
@@ -548,7 +528,7 @@ async def test_ttl_does_not_count_while_the_recipient_is_paused(rt: AgentRuntime
         events = await rt.query_events(event_type=EventType.MESSAGE_EXPIRED, limit=None)
         return {e.details["message_id"] for e in events}
 
-    await wait_until(lambda: _contains(expired_ids(), {gone}), message="the control expired")
+    await wait_until(lambda: _contains(expired_ids(), {gone}), what="the control expired")
     assert kept not in await expired_ids()
     assert [d.ref_id for d in rt.list_dead_letters(kind="message")] == [gone]
     assert rt.get_task_status(receiving).status is TaskStatus.PENDING
@@ -670,13 +650,13 @@ async def test_on_message_agent_gets_messages_across_a_restart(
     again, and what is sent after that."""
     responder = await start(rt, "responder", ResponderAgent, journal)
     [before] = await rt.send_message(responder, "before")
-    await wait_until(lambda: handled(journal, "before"), message="'before' is handled")
+    await wait_until(lambda: handled(journal, "before"), what="'before' is handled")
     assert (await rt.stop_agent(responder)).status is AgentStatus.STOPPED
     [meanwhile] = await rt.send_message(responder, "meanwhile")
     assert (await rt.start_agent(responder)).status is AgentStatus.RUNNING
-    await wait_until(lambda: handled(journal, "meanwhile"), message="'meanwhile' is handled")
+    await wait_until(lambda: handled(journal, "meanwhile"), what="'meanwhile' is handled")
     [after] = await rt.send_message(responder, "after")
-    await wait_until(lambda: handled(journal, "after"), message="'after' is handled")
+    await wait_until(lambda: handled(journal, "after"), what="'after' is handled")
     assert [m["message_id"] for m in handled(journal)] == [before, meanwhile, after]
 
 
@@ -688,7 +668,7 @@ async def test_on_message_agent_restarted_with_nothing_sent_meanwhile(
     assert (await rt.stop_agent(responder)).status is AgentStatus.STOPPED
     assert (await rt.start_agent(responder)).status is AgentStatus.RUNNING
     [after] = await rt.send_message(responder, "after")
-    await wait_until(lambda: handled(journal, "after"), message="'after' is handled")
+    await wait_until(lambda: handled(journal, "after"), what="'after' is handled")
     assert [m["message_id"] for m in handled(journal)] == [after]
 
 
@@ -699,7 +679,7 @@ async def test_cancelled_receive_does_not_swallow_the_next_message(
     the next message goes to the next receive."""
     receiver = await start(rt, "receiver", ScriptAgent, journal)
     waiting = await submit(rt, receiver, {"op": "receive", "timeout": WAIT})
-    await wait_until(lambda: records(journal, "op", task_id=waiting), message="receive called")
+    await wait_until(lambda: records(journal, "op", task_id=waiting), what="receive called")
     assert (await rt.cancel_task(waiting)).status is TaskStatus.CANCELLED
     [message] = await rt.send_message(receiver, "after-cancel")
     [[got]] = await run(rt, receiver, {"op": "receive", "timeout": 2.0})

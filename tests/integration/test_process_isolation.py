@@ -12,14 +12,13 @@ status and event log with short sleeps against a deadline (:func:`wait_until`).
 from __future__ import annotations
 
 import asyncio
-import inspect
 import itertools
 import json
 import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -46,6 +45,7 @@ from tests.support.process_agents import (
     SteppingAgent,
     SyncHangAgent,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [
     pytest.mark.slow,
@@ -85,21 +85,6 @@ def config(make_config: Callable[..., RuntimeConfig]) -> Callable[..., RuntimeCo
 
 
 # ---------------------------------------------------------------------- helpers
-async def wait_until(check: Callable[[], T | Awaitable[T]], what: str, within: float = 15.0) -> T:
-    """Poll ``check`` (sync or async) every 20 ms until it returns something truthy; return
-    that. Fails the test after ``within`` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        value = check()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value  # type: ignore[return-value]
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {within} s waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 async def wait_events(
     rt: AgentRuntime,
     event_type: EventType,
