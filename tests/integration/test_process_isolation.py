@@ -45,6 +45,7 @@ from tests.support.process_agents import (
     SteppingAgent,
     SyncHangAgent,
 )
+from tests.support.runtime import run_child_runtime
 from tests.support.waiting import wait_until
 
 pytestmark = [
@@ -52,7 +53,6 @@ pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc"),
 ]
 
-ROOT = Path(__file__).resolve().parents[2]
 T = TypeVar("T")
 
 FAST = ProcessSettings(
@@ -621,16 +621,7 @@ async def test_workers_die_with_a_killed_runtime(
 ) -> None:
     """F-14, F-20: a runtime SIGKILLed in a child process leaves no worker behind (they die
     with it), so a new runtime on its database has nothing to reap."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.support.process_child",
-        str(db_path),
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    child = await run_child_runtime("process_child", db_path)
     assert child.stdout is not None
     try:
         async with asyncio.timeout(30):

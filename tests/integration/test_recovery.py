@@ -5,31 +5,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import signal
-import sys
 from pathlib import Path
 
 import pytest
 
 from miminions import AgentRuntime, EventType, RuntimeConfig, TaskStatus
 from tests.support import agents
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.support.runtime import run_child_runtime
 
 
 async def run_and_kill(db_path: Path) -> dict[str, str]:
     """Start the child runtime, wait until both agents run a task, SIGKILL it."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    child = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "tests.support.crash_child",
-        str(db_path),
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    child = await run_child_runtime("crash_child", db_path)
     assert child.stdout is not None
     try:
         async with asyncio.timeout(30):
