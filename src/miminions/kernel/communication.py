@@ -55,12 +55,7 @@ class CommunicationAPI:
         """Record usage an agent reported (``context.report_usage``; hosts call this). A
         spent budget pauses the agent or its whole group (F-27)."""
         slot = self.agent_book.get(agent_id)
-        limits = slot.spec.limits
-        own = (
-            limits.usage_budget
-            if limits is not None and "usage_budget" in limits.model_fields_set
-            else self.config.limits.usage_budget
-        )
+        own = self.config.limits.overridden_by(slot.spec.limits).usage_budget
         breaches = self.usage.record(agent_id, slot.spec.group, tokens, cost, own)
         totals = self.usage.by_agent[agent_id]
         slot.instance.tokens_used, slot.instance.cost_used = totals.tokens, totals.cost

@@ -217,6 +217,13 @@ class ResourceLimits(BaseModel):
     soft_cpu_time_per_agent_seconds: PositiveFloat | None = None
     max_load_per_cpu: PositiveFloat | None = None
     usage_budget: UsageBudget | None = None
+
+    def overridden_by(self, own: ResourceLimits | None) -> ResourceLimits:
+        """These (runtime-wide) limits with the fields ``own`` (an agent's) set explicitly."""
+        if own is None or not own.model_fields_set:
+            return self
+        return self.model_copy(update={name: getattr(own, name) for name in own.model_fields_set})
+
     max_task_queue_size: PositiveInt | None = None
     message_queue_max_size: PositiveInt = 1000
     task_timeout_seconds: PositiveFloat | None = 300.0

@@ -178,7 +178,7 @@ class FrameChannel(asyncio.Protocol):
         try:
             return await asyncio.shield(reply)
         except asyncio.CancelledError:
-            reply.add_done_callback(_retrieve)
+            reply.add_done_callback(retrieve)
             self.notify("cancel", run=request_id)
             raise
 
@@ -346,9 +346,10 @@ class FrameChannel(asyncio.Protocol):
             self._send({"re": request_id, "error": error_to_wire(error)})
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark an outcome nobody waits for as seen (no "never retrieved" warning)."""
-    if not future.cancelled():
+def retrieve(future: asyncio.Future[Any]) -> None:
+    """Mark the outcome of a settled request nobody waits for any more as seen (no "never
+    retrieved" warning); for ``add_done_callback``."""
+    if future.done() and not future.cancelled():
         future.exception()
 
 
@@ -369,6 +370,7 @@ __all__ = [
     "encode_frame",
     "error_from_wire",
     "error_to_wire",
+    "retrieve",
     "task_from_wire",
     "task_to_wire",
 ]

@@ -47,6 +47,7 @@ from miminions.kernel.wire import (
     Frame,
     FrameChannel,
     error_to_wire,
+    retrieve,
     task_to_wire,
 )
 from miminions.plugins import process_probe
@@ -254,13 +255,7 @@ class ProcessHost:
         return live
 
     def _limits(self) -> ResourceLimits:
-        runtime_limits = self._rt.config.limits
-        own = self.spec.limits
-        if own is None:
-            return runtime_limits
-        return runtime_limits.model_copy(
-            update={name: getattr(own, name) for name in own.model_fields_set}
-        )
+        return self._rt.config.limits.overridden_by(self.spec.limits)
 
     async def _call(self, live: _Live, op: str, **payload: Any) -> Any:
         """A request to the worker; cancelling the caller cancels it in the worker too."""
@@ -269,7 +264,7 @@ class ProcessHost:
     async def _cancel_run(self, live: _Live, run_id: int, reply: asyncio.Future[Any]) -> None:
         """The task was cancelled or timed out: tell the worker; kill it if its task does
         not stop within the grace period (F-17)."""
-        reply.add_done_callback(_retrieve)
+        reply.add_done_callback(retrieve)
         if not live.process.alive:
             return
         # A paused (SIGSTOPped) worker cannot act on the cancel: let it run meanwhile.
@@ -279,7 +274,7 @@ class ProcessHost:
         done, _ = await asyncio.wait({reply}, timeout=self._settings.cancel_grace_seconds)
         stuck = done and _remote_type(reply) == "SyncCallStuckError"
         if done and not stuck:
-            _retrieve(reply)  # the run's outcome no longer matters
+            retrieve(reply)  # the run's outcome no longer matters
             if was_frozen and not self._stopping and live.process.alive:
                 live.process.signal(signal.SIGSTOP)  # still paused: back to no CPU
                 live.frozen = True
@@ -398,7 +393,7 @@ class ProcessHost:
             if live.frozen or not live.process.alive:
                 continue
             reply = live.channel.request("ping")
-            reply.add_done_callback(_retrieve)  # also when the beat is cancelled meanwhile
+            reply.add_done_callback(retrieve)  # also when the beat is cancelled meanwhile
             done, _ = await asyncio.wait({reply}, timeout=settings.heartbeat_timeout_seconds)
             if not done:
                 reply.cancel()
@@ -493,12 +488,6 @@ def _remote_type(future: asyncio.Future[Any]) -> str | None:
         return None
     error = future.exception()
     return getattr(error, "remote_type", None)
-
-
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    """Mark an outcome nobody waits for any more as seen (no "never retrieved" warning)."""
-    if future.done() and not future.cancelled():
-        future.exception()
 
 
 def _main_path() -> str | None:

@@ -34,6 +34,7 @@ from miminions.kernel.wire import (
     Frame,
     FrameChannel,
     kernel_error_from_wire,
+    retrieve,
     task_from_wire,
 )
 
@@ -139,11 +140,6 @@ def _address_space_bytes() -> int:
         return 0
 
 
-def _retrieve(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()
-
-
 class SyncCallStuckError(Exception):
     """A cancelled task's synchronous code keeps running in the agent's thread."""
 
@@ -206,7 +202,7 @@ class Worker:
             channel.notify("cancel", run=request_id)
             # A receive the runtime answered just before the cancel reached it carries a
             # message nobody will handle here: hand it back rather than drop it.
-            reply.add_done_callback(self._return_message if op == "receive" else _retrieve)
+            reply.add_done_callback(self._return_message if op == "receive" else retrieve)
             raise
         except (TypeError, ValueError) as exc:
             if isinstance(exc, MiminionsError):  # the runtime's answer
@@ -220,7 +216,7 @@ class Worker:
         returning = self.channel.request(
             "msg", call="return_message", payload={"message": reply.result()}
         )
-        returning.add_done_callback(_retrieve)
+        returning.add_done_callback(retrieve)
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:
