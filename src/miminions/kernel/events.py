@@ -17,8 +17,16 @@ class EventLog:
     """Appends events to the store (batched by its group commit) and broadcasts them to the
     ``miminions_event`` hook. Monitor errors are logged, never raised into the runtime."""
 
-    def __init__(self, store: Store, pm: PluginManager, *, record_task_events: bool = True) -> None:
+    def __init__(
+        self,
+        store: Store,
+        pm: PluginManager,
+        *,
+        runtime: Any = None,
+        record_task_events: bool = True,
+    ) -> None:
         self._store = store
+        self._runtime = runtime
         self._hook = pm.hook.miminions_event
         impls = self._hook.get_hookimpls()
         # Each monitor is called on its own so one that raises cannot silence the others
@@ -26,7 +34,7 @@ class EventLog:
         self._direct = (
             None
             if any(i.hookwrapper or i.wrapper for i in impls)
-            else [(i.function, bool(i.argnames), i.plugin_name) for i in reversed(impls)]
+            else [(i.function, tuple(i.argnames), i.plugin_name) for i in reversed(impls)]
         )
         self._has_listeners = bool(impls)
         self.record_task_events = record_task_events
@@ -63,16 +71,17 @@ class EventLog:
     def _notify(self, event: Event) -> None:
         if self._direct is None:
             try:
-                self._hook(event=event)
+                self._hook(event=event, runtime=self._runtime)
             except Exception:
                 _log.exception("a miminions_event hook failed on %s", event.event_type.value)
             return
-        for function, wants_event, plugin in self._direct:
+        for function, argnames, plugin in self._direct:
             try:
-                if wants_event:
+                if argnames == ("event",):
                     function(event)
                 else:
-                    function()
+                    given = {"event": event, "runtime": self._runtime}
+                    function(**{name: given[name] for name in argnames})
             except Exception:
                 _log.exception("plugin %s failed on event %s", plugin, event.event_type.value)
 

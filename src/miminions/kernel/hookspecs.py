@@ -158,11 +158,13 @@ def miminions_make_store(config: RuntimeConfig) -> Store | None:
 
 # --------------------------------------------------------------------------- monitoring
 @hookspec
-def miminions_event(event: Event) -> None:
+def miminions_event(event: Event, runtime: AgentRuntime) -> None:
     """Observe one event of the runtime's event log.
 
     :param event: the event, already queued for the store (its ``event_id`` is assigned when
         it is committed and may still be None here).
+    :param runtime: the runtime that emitted it (one plugin module may serve several
+        runtimes in a process; an implementation may leave this argument out).
 
     Called synchronously on the runtime's loop for every event, so return quickly and never
     block; hand slow work to a thread or queue. Errors raised here are logged and ignored.

@@ -243,7 +243,9 @@ class AgentRuntime(CommunicationAPI):
         store: Store = first_result(pm, "miminions_make_store", "a store", config=config)
         self._store = store
         await store.open()
-        events = self._events = EventLog(store, pm, record_task_events=config.record_task_events)
+        events = self._events = EventLog(
+            store, pm, runtime=self, record_task_events=config.record_task_events
+        )
         order_key = None
         if self.custom_hook("miminions_order_key"):
             hook = pm.hook.miminions_order_key

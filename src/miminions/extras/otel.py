@@ -1,0 +1,1 @@
+"""Placeholder while the otel extra is being built."""

@@ -1,0 +1,1 @@
+"""Placeholder while the prometheus extra is being built."""

@@ -1,0 +1,1 @@
+"""Placeholder while the uvloop_loop extra is being built."""

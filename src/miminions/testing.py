@@ -1,0 +1,1 @@
+"""Placeholder while the pytest plugin is being built."""
