@@ -444,17 +444,42 @@ def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
 
 
 def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:
-    """:func:`event_from_row` for many rows: the details columns are parsed as one JSON
-    array (one call into the parser instead of one per event, several times faster for
-    the thousands of rows a query may return). If that fails, row by row names the
-    culprit."""
+    """:func:`event_from_row` for many rows, with the same checks: the details columns are
+    parsed as one JSON array (one call into the parser instead of one per event) and the
+    loop is inlined, several times faster for the thousands of rows a query may return. If
+    anything fails, row by row names the culprit."""
     try:
         parsed = _loads("[" + ",".join(r[6] for r in rows) + "]")
-    except (TypeError, ValueError):
+        if len(parsed) != len(rows):  # a column that is several values
+            raise ValueError("details column holds several values")
+        from_ts, types, severities, build = (
+            datetime.fromtimestamp,
+            _EVENT_TYPES,
+            _SEVERITIES,
+            fast_construct,
+        )
+        events = []
+        for r, details in zip(rows, parsed, strict=True):
+            if type(details) is not dict:
+                raise TypeError("details is not a JSON object")
+            agent_id, task_id = r[4], r[5]
+            events.append(
+                build(
+                    Event,
+                    {
+                        "event_id": int(r[0]),
+                        "timestamp": from_ts(r[1], UTC),
+                        "event_type": types[r[2]],
+                        "severity": severities[r[3]],
+                        "agent_id": None if agent_id is None else str(agent_id),
+                        "task_id": None if task_id is None else str(task_id),
+                        "details": details,
+                    },
+                )
+            )
+        return events
+    except (KeyError, TypeError, ValueError, OverflowError):
         return [event_from_row(r) for r in rows]
-    if len(parsed) != len(rows):  # a column that is several values: find it
-        return [event_from_row(r) for r in rows]
-    return [event_from_row(r, d) for r, d in zip(rows, parsed, strict=True)]
 
 
 # ----------------------------------------------------------------------------- queries
