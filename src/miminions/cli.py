@@ -5,6 +5,7 @@
     miminions tasks --db PATH [--status S] [--limit N]
     miminions events --db PATH [--type T ...] [--agent ID] [--task ID] [--severity S]
                      [--since ISO] [--limit N] [--format text|jsonl|csv|json] [--output FILE]
+    miminions top --db PATH [--interval SECONDS] [--once | --frames N] [--events N]
     miminions plugins [--disable NAME ...]
 
 The read commands open the database read-only, so they are safe on a database a running
@@ -40,6 +41,7 @@ from miminions.plugins.sqlite_store import SQLiteStore
 PROG = "miminions"
 DEFAULT_DB = "miminions.db"
 RECENT_EVENTS = 10
+TOP_INTERVAL_SECONDS = 2.0
 TEXT_EVENTS_LIMIT = 50
 DETAILS_WIDTH = 70
 ERROR_WIDTH = 60
@@ -62,6 +64,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0 or value == float("inf"):  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text}")
     return value
 
 
@@ -319,6 +331,18 @@ def cmd_events(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- top
+def cmd_top(args: argparse.Namespace) -> int:
+    """``miminions top``: a live, refreshing view of a runtime database; Ctrl-C exits 0."""
+    # Imported here: miminions.top builds on this module's database helpers.
+    from miminions.top import run_top
+
+    frames: int | None = 1 if args.once else args.frames
+    return run_top(
+        check_database(args.db), interval=args.interval, frames=frames, events=args.events
+    )
+
+
 # --------------------------------------------------------------------------- plugins
 def _plugin_source(name: str, from_entry_points: set[str]) -> str:
     if name in BUILTIN_PLUGINS:
@@ -472,6 +496,42 @@ def _add_events(commands: Any) -> None:
     parser.set_defaults(handler=cmd_events)
 
 
+def _add_top(commands: Any) -> None:
+    parser = commands.add_parser(
+        "top",
+        help="watch a runtime database live: agents, queue, throughput, events",
+        description=(
+            "Show a live view of a runtime database, refreshed every --interval seconds: "
+            "whether a runtime owns it, each agent's status and current task, unfinished "
+            "tasks by priority and status, throughput (tasks completed per second between "
+            "two refreshes) and the most recent events. The database is only read, so a "
+            "live runtime is not slowed down. On a terminal the view is redrawn in place; "
+            "otherwise frames are printed one after another. Ctrl-C exits."
+        ),
+    )
+    _add_db(parser)
+    parser.add_argument(
+        "--interval",
+        type=_positive_seconds,
+        default=TOP_INTERVAL_SECONDS,
+        metavar="SECONDS",
+        help=f"seconds between refreshes (default {TOP_INTERVAL_SECONDS:g})",
+    )
+    count = parser.add_mutually_exclusive_group()
+    count.add_argument("--once", action="store_true", help="print one frame and exit")
+    count.add_argument(
+        "--frames", type=_positive_int, metavar="N", help="print N frames, then exit"
+    )
+    parser.add_argument(
+        "--events",
+        type=_positive_int,
+        default=RECENT_EVENTS,
+        metavar="N",
+        help=f"show the N most recent events (default {RECENT_EVENTS})",
+    )
+    parser.set_defaults(handler=cmd_top)
+
+
 def _add_plugins(commands: Any) -> None:
     parser = commands.add_parser(
         "plugins",
@@ -496,13 +556,13 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``miminions`` command and its subcommands."""
     parser = argparse.ArgumentParser(
         prog=PROG,
-        description="Run many AI agents side by side: run the demo, inspect a runtime "
-        "database (agents, queue, events), export events, list plugins.",
+        description="Run many AI agents side by side: run the demo, inspect or watch a "
+        "runtime database (agents, queue, events), export events, list plugins.",
         epilog="Start with 'miminions demo', then 'miminions status --db miminions.db'.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
-    for add in (_add_demo, _add_status, _add_tasks, _add_events, _add_plugins):
+    for add in (_add_demo, _add_status, _add_tasks, _add_events, _add_top, _add_plugins):
         add(commands)
     return parser
 

@@ -604,6 +604,16 @@ class SQLiteStore:
         rows = await self._fetch("SELECT status, COUNT(*) FROM tasks GROUP BY status")
         return {status: count for status, count in rows}
 
+    async def count_unfinished_tasks_by_priority(self) -> dict[tuple[str, int], int]:
+        """Return how many pending, blocked and running tasks there are per
+        ``(status, priority)`` (pairs with none are omitted)."""
+        # The status index narrows the scan to unfinished tasks, however long the history.
+        rows = await self._fetch(
+            "SELECT status, priority, COUNT(*) FROM tasks"
+            " WHERE status IN ('pending', 'blocked', 'running') GROUP BY status, priority"
+        )
+        return {(status, priority): count for status, priority, count in rows}
+
     async def load_agents(self) -> list[StoredAgent]:
         """Return every stored agent record, in the order they were first stored."""
         return [schema.agent_from_row(r) for r in await self._fetch(schema.SELECT_AGENTS)]

@@ -1,0 +1,208 @@
+"""``miminions top``: a live view of a runtime database, refreshed every few seconds.
+
+Every refresh reads the database through the read-only store ``miminions status`` uses
+(:func:`miminions.cli.open_database`), one connection kept open between refreshes. Each
+query is a single ``SELECT``, hence its own short read transaction: in WAL mode a reader
+never blocks the runtime's writes and takes no lock it waits on, and between refreshes the
+connection holds nothing at all. Task counts and unfinished tasks come from the status
+index, the latest events from the end of the event table.
+
+On a terminal each frame is redrawn in place on the alternate screen (as ``top`` and
+``less`` do), cut to the terminal's size, and the last frame is printed on the normal screen
+at exit. Anywhere else (a pipe, a file, a test) frames are printed one after another,
+separated by a blank line. Ctrl-C ends it with exit status 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import sys
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import TextIO
+
+from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database
+from miminions.kernel.models import TaskStatus
+from miminions.kernel.runtime import RUN_META_KEY, build_event_query, live_owner
+from miminions.plugins.sqlite_store import SQLiteStore
+from miminions.top_view import AgentLine, RunningTask, Snapshot, render
+
+RUNNING_TASKS_LIMIT = 1000
+"""At most this many running tasks are read per refresh to name each agent's current task."""
+
+# Terminal control sequences (ECMA-48 / xterm), written only when stdout is a terminal.
+_ENTER = "\x1b[?1049h\x1b[?25l"  # switch to the alternate screen, hide the cursor
+_LEAVE = "\x1b[?25h\x1b[?1049l"  # show the cursor, back to the normal screen
+_HOME = "\x1b[H"  # cursor to the top-left corner
+_CLEAR_LINE = "\x1b[K"  # erase to the end of the line
+_CLEAR_BELOW = "\x1b[J"  # erase to the end of the screen
+
+
+# --------------------------------------------------------------------------- reading
+async def read_snapshot(store: SQLiteStore, path: Path, events: int) -> Snapshot:
+    """Read one :class:`Snapshot` of the database ``store`` has open (read-only).
+
+    ``events`` is how many of the most recent events it carries.
+    """
+    meta = await store.get_meta(RUN_META_KEY)
+    stored = await store.load_agents()
+    running = await store.list_tasks(TaskStatus.RUNNING.value, RUNNING_TASKS_LIMIT)
+    counts = await store.count_tasks_by_status()
+    unfinished = await store.count_unfinished_tasks_by_priority()
+    recent = await store.query_events(build_event_query(limit=events, newest=True))
+    queue = None
+    if live_owner(meta) is not None:  # a paused queue only matters while a runtime runs
+        queue = _queue_line(
+            await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
+        )
+    by_agent: dict[str, list[RunningTask]] = {}
+    for task in reversed(running):  # list_tasks is newest first; show oldest first
+        if task.assigned_agent_id is not None:
+            by_agent.setdefault(task.assigned_agent_id, []).append(
+                RunningTask(task.task_id, task.name)
+            )
+    agents = tuple(
+        AgentLine(
+            agent_id=agent.agent_id,
+            name=agent.name,
+            group=agent.spec.group,
+            status=agent.status,
+            restarts=agent.restart_count,
+            running=tuple(by_agent.get(agent.agent_id, ())),
+        )
+        for agent in stored
+    )
+    return Snapshot(
+        path=str(path),
+        taken_at=datetime.now(UTC),
+        monotonic=time.monotonic(),
+        runtime=_runtime_line(meta),
+        queue=queue,
+        agents=agents,
+        counts=counts,
+        unfinished=unfinished,
+        events=tuple(recent),
+        events_limit=events,
+    )
+
+
+# --------------------------------------------------------------------------- the screen
+class Screen:
+    """Puts frames on ``out``: redrawn in place when ``in_place`` (a terminal), else
+    printed one after another. Use it as a context manager: leaving it restores the
+    terminal, even when Ctrl-C or an error ends the refresh loop."""
+
+    def __init__(self, out: TextIO, *, in_place: bool) -> None:
+        self.out = out
+        self.in_place = in_place
+        self.frames = 0
+        self.last: str | None = None
+
+    def __enter__(self) -> Screen:
+        if self.in_place:
+            self._write(_ENTER)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self.in_place:
+            # The alternate screen vanishes with its content: leave the last frame
+            # readable on the normal screen, as the final state the user saw.
+            self._write(_LEAVE + (self.last + "\n" if self.last is not None else ""))
+
+    def show(self, frame: str) -> None:
+        """Display ``frame``, replacing the previous one on a terminal."""
+        if self.in_place:
+            size = shutil.get_terminal_size()
+            lines = fit(frame, size.columns, size.lines)
+            body = "".join(line + _CLEAR_LINE + "\n" for line in lines[:-1])
+            self._write(_HOME + body + lines[-1] + _CLEAR_LINE + _CLEAR_BELOW)
+        else:
+            self._write(("\n" if self.frames else "") + frame + "\n")
+        self.frames += 1
+        self.last = frame
+
+    def _write(self, text: str) -> None:
+        self.out.write(text)
+        self.out.flush()
+
+
+def fit(frame: str, columns: int, lines: int) -> list[str]:
+    """The lines of ``frame`` cut to a ``columns`` x ``lines`` terminal.
+
+    One column is kept free: writing the last column leaves some terminals about to wrap,
+    and the erase that follows would then clear that character.
+    """
+    width = max(columns - 1, 1)
+    return [line[:width] for line in frame.splitlines()[: max(lines, 1)]] or [""]
+
+
+# --------------------------------------------------------------------------- the loop
+async def watch(
+    path: Path,
+    *,
+    interval: float,
+    frames: int | None,
+    events: int,
+    out: TextIO,
+    in_place: bool,
+) -> None:
+    """Show a frame of the database at ``path`` every ``interval`` seconds; stop after
+    ``frames`` frames (None: until cancelled).
+
+    The interval runs from the start of one read to the start of the next, so the time a
+    read takes does not stretch it. Throughput is measured between consecutive frames.
+    """
+    async with open_database(path) as store:
+        with Screen(out, in_place=in_place) as screen:
+            previous: Snapshot | None = None
+            while True:
+                started = time.monotonic()
+                snapshot = await read_snapshot(store, path, events)
+                screen.show(render(snapshot, previous))
+                if frames is not None and screen.frames >= frames:
+                    return
+                previous = snapshot
+                await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def run_top(
+    path: Path,
+    *,
+    interval: float,
+    frames: int | None,
+    events: int,
+    out: TextIO | None = None,
+) -> int:
+    """Run :func:`watch` on ``out`` (default stdout) until done or Ctrl-C; return 0.
+
+    Frames are redrawn in place only when ``out`` is a terminal and more than one frame is
+    wanted: a single frame (``--once``) is plain text, whatever ``out`` is.
+    """
+    stream = out if out is not None else sys.stdout
+    in_place = frames != 1 and stream.isatty()
+    # Ctrl-C is the normal way out of a live view, not an interruption: exit status 0.
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            watch(
+                path, interval=interval, frames=frames, events=events, out=stream, in_place=in_place
+            )
+        )
+    return 0
+
+
+__all__ = [
+    "Screen",
+    "fit",
+    "read_snapshot",
+    "run_top",
+    "watch",
+]
