@@ -1,14 +1,16 @@
-"""Shared fixtures: a started runtime on a temporary database."""
+"""Shared fixtures, built on the miminions pytest plugin (``miminions.testing``): a started
+runtime on a temporary database, and configs for tests that start their own."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from miminions import AgentRuntime, RuntimeConfig
+from miminions.testing import runtime_config
 from tests.support import agents
 
 
@@ -22,37 +24,26 @@ def _reset_agent_records() -> None:
 
 
 @pytest.fixture
-def db_path(tmp_path: Path) -> Path:
-    """A fresh database path."""
-    return tmp_path / "runtime.db"
+def db_path(miminions_config: RuntimeConfig) -> Path:
+    """The test's fresh database path (the one ``rt`` and ``make_config`` use)."""
+    return Path(miminions_config.storage_path)
 
 
 @pytest.fixture
-def make_config(db_path: Path) -> Callable[..., RuntimeConfig]:
-    """Build a config for fast tests (short backoffs). Agents default to ``inline`` here:
-    most tests watch agents through in-process records; the isolation tests and the
-    parametrised behaviour tests choose ``process`` explicitly."""
+def make_config(miminions_config: RuntimeConfig) -> Callable[..., RuntimeConfig]:
+    """Build a config for fast tests: the plugin's ``miminions_config`` (short backoffs, a
+    short shutdown) with ``overrides``. Agents default to ``inline`` here: most tests watch
+    agents through in-process records; the isolation tests and the parametrised behaviour
+    tests choose ``process`` explicitly."""
 
     def make(**overrides: Any) -> RuntimeConfig:
-        values: dict[str, Any] = {
-            "storage_path": str(db_path),
-            "default_isolation": "inline",
-            "retry_backoff_base_seconds": 0.01,
-            "retry_backoff_max_seconds": 0.05,
-            "shutdown_timeout_seconds": 2.0,
-        }
-        values.update(overrides)
-        return RuntimeConfig(**values)
+        return runtime_config(base=miminions_config, **overrides)
 
     return make
 
 
 @pytest.fixture
-async def rt(make_config: Callable[..., RuntimeConfig]) -> AsyncIterator[AgentRuntime]:
-    """A started runtime on a temporary database, stopped after the test."""
-    runtime = AgentRuntime(config=make_config())
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
+def rt(miminions_runtime: AgentRuntime) -> AgentRuntime:
+    """A started runtime on a temporary database, stopped after the test (which then
+    fails if the runtime left anything running)."""
+    return miminions_runtime

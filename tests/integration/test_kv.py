@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -17,6 +16,7 @@ from miminions import (
     TaskStatus,
     ValidationError,
 )
+from miminions.testing import runtime_config, started_runtime
 from tests.support.kv_agents import GroupMailAgent, KVAgent
 from tests.support.waiting import wait_until
 
@@ -29,11 +29,9 @@ def isolation(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def rt(
-    make_config: Callable[..., RuntimeConfig], isolation: str
-) -> AsyncIterator[AgentRuntime]:
-    async with AgentRuntime(config=make_config(default_isolation=isolation)) as runtime:
-        yield runtime
+def miminions_config(miminions_config: RuntimeConfig, isolation: str) -> RuntimeConfig:
+    """The plugin's config with agents in the mode under test (``rt`` runs on it)."""
+    return runtime_config(base=miminions_config, isolation=isolation)
 
 
 async def run(rt: AgentRuntime, agent_id: str, **input_data: object) -> dict[str, object]:
@@ -108,16 +106,15 @@ async def test_watch_sees_another_agents_writes_quickly(rt: AgentRuntime) -> Non
 
 
 async def test_values_survive_a_restart(
-    make_config: Callable[..., RuntimeConfig], isolation: str
+    miminions_config: RuntimeConfig,
 ) -> None:
     """F-16: the store is durable; a deleted key stays deleted."""
-    config = make_config(default_isolation=isolation)
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         a = await start(rt, "a", KVAgent)
         await run(rt, a, op="set", key="kept", value={"x": [1, "two"]})
         await run(rt, a, op="set", key="dropped", value=1)
         await run(rt, a, op="delete", key="dropped")
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         assert rt.kv.get("kept") == {"x": [1, "two"]}
         assert rt.kv.version("kept") == 1
         assert rt.kv.get("dropped") is None
@@ -169,12 +166,11 @@ async def test_expired_message_can_be_sent_again(rt: AgentRuntime) -> None:
 
 
 async def test_a_paused_recipients_ttl_waits_across_a_restart(
-    make_config: Callable[..., RuntimeConfig], isolation: str
+    miminions_config: RuntimeConfig,
 ) -> None:
     """F-25, F-20: a message's TTL does not count while its recipient is paused, also
     while the runtime is down and after it restarts with the agent still paused."""
-    config = make_config(default_isolation=isolation)
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         agent_id = await start(rt, "napper", GroupMailAgent)
         await rt.pause_agent(agent_id, timeout_seconds=WAIT)
         await rt.send_message(agent_id, "memo", {"n": 1}, ttl_seconds=0.3)
@@ -182,7 +178,7 @@ async def test_a_paused_recipients_ttl_waits_across_a_restart(
         await asyncio.sleep(0.5)
         assert rt.messenger.bus.pending(agent_id) == 1
     await asyncio.sleep(0.4)  # and while no runtime runs
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         agent_id = await rt.register_agent("napper", GroupMailAgent)
         assert rt.messenger.bus.pending(agent_id) == 1
         await rt.resume_agent(agent_id)
@@ -191,17 +187,16 @@ async def test_a_paused_recipients_ttl_waits_across_a_restart(
 
 
 async def test_a_message_received_after_a_restart_is_not_delivered_again(
-    make_config: Callable[..., RuntimeConfig], isolation: str
+    miminions_config: RuntimeConfig,
 ) -> None:
     """F-28: an undelivered message survives a restart, and once received it is gone for
     good (its stored copy is removed, so a later restart does not bring it back)."""
-    config = make_config(default_isolation=isolation)
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         agent_id = await rt.register_agent("late", GroupMailAgent)
         await rt.send_message(agent_id, "memo", {"n": 5})
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         agent_id = await start(rt, "late", GroupMailAgent)
         assert await run(rt, agent_id) == {"type": "memo", "data": {"n": 5}, "from": None}
-    async with AgentRuntime(config=config) as rt:
+    async with started_runtime(miminions_config) as rt:
         agent_id = await rt.register_agent("late", GroupMailAgent)
         assert rt.messenger.bus.pending(agent_id) == 0

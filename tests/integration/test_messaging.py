@@ -35,6 +35,7 @@ from miminions import (
     WaitTimeoutError,
 )
 from miminions.kernel.messaging import MAX_PAYLOAD_BYTES
+from miminions.testing import started_runtime
 from tests.support.journal_agents import read_journal
 from tests.support.messaging_agents import (
     IGNORED,
@@ -73,16 +74,11 @@ def open_gate(gate: Path) -> None:
     gate.touch()
 
 
-@contextlib.asynccontextmanager
-async def open_runtime(
+def open_runtime(
     make_config: Callable[..., RuntimeConfig], isolation: str, **overrides: Any
-) -> AsyncIterator[AgentRuntime]:
-    runtime = AgentRuntime(config=make_config(default_isolation=isolation, **overrides))
-    await runtime.start()
-    try:
-        yield runtime
-    finally:
-        await runtime.stop()
+) -> contextlib.AbstractAsyncContextManager[AgentRuntime]:
+    """A runtime in ``isolation`` for the block (the plugin's checks run after it stops)."""
+    return started_runtime(make_config(default_isolation=isolation, **overrides))
 
 
 @pytest.fixture
