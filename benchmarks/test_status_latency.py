@@ -50,8 +50,9 @@ AGENTS = 4
 
 
 @pytest.fixture(scope="module")
-def module_runner() -> Iterator[asyncio.Runner]:
-    """One event loop shared by this module's stored runtimes (built once, queried often)."""
+def module_runner(bench_loop: str) -> Iterator[asyncio.Runner]:
+    """One event loop shared by this module's stored runtimes (built once per loop,
+    queried often)."""
     with make_runner() as loop_runner:
         yield loop_runner
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import contextvars
 import functools
 import inspect
 import logging
@@ -25,6 +26,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
 from miminions.kernel.models import AgentMessage, JSONObject, Task
+from miminions.kernel.tracing import current_carrier, scope_carrier
 from miminions.kernel.usage import check_usage
 
 
@@ -121,7 +123,7 @@ class AgentContext:
     ) -> list[str]:
         """Send ``data`` (JSON, at most 10 MB) to one agent id or several; returns the
         message ids. A full mailbox raises QueueFullError and nothing is sent."""
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._send(  # type: ignore[no-any-return]
             "send",
             recipients=recipients,
             message_type=message_type,
@@ -133,7 +135,7 @@ class AgentContext:
         self, group: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
         """Send to every agent of ``group`` (F-18)."""
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._send(  # type: ignore[no-any-return]
             "send_to_group",
             group=group,
             message_type=message_type,
@@ -145,7 +147,7 @@ class AgentContext:
         self, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
         """Send to every running or paused agent but this one."""
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._send(  # type: ignore[no-any-return]
             "broadcast", message_type=message_type, data=data, ttl_seconds=ttl_seconds
         )
 
@@ -153,7 +155,7 @@ class AgentContext:
         self, topic: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
         """Send to the agents subscribed to ``topic``."""
-        return await self._call(  # type: ignore[no-any-return]
+        return await self._send(  # type: ignore[no-any-return]
             "publish", topic=topic, message_type=message_type, data=data, ttl_seconds=ttl_seconds
         )
 
@@ -179,7 +181,7 @@ class AgentContext:
         timeout_seconds: float | None = 30.0,
     ) -> AgentMessage:
         """Send a request and return the recipient's reply; raises WaitTimeoutError."""
-        reply = await self._call(
+        reply = await self._send(
             "request",
             recipient=recipient,
             message_type=message_type,
@@ -191,13 +193,27 @@ class AgentContext:
     async def reply(
         self, message: AgentMessage, data: Any = None, message_type: str | None = None
     ) -> str:
-        """Answer a request ``message``; its requester's ``request`` returns the reply."""
-        return await self._call(  # type: ignore[no-any-return]
-            "reply",
-            request=message.model_dump(mode="json"),
-            data=data,
-            message_type=message_type,
-        )
+        """Answer a request ``message``; its requester's ``request`` returns the reply.
+        The reply belongs to the request's trace: inside the ``on_message`` handling that
+        request, the current one (a span the agent made there included); elsewhere (after
+        ``receive()``), the request's own."""
+        payload: dict[str, Any] = {
+            "request": message.model_dump(mode="json"),
+            "data": data,
+            "message_type": message_type,
+        }
+        own = message.trace_context
+        carrier = current_carrier() if own is None or scope_carrier() == own else own
+        if carrier is not None:
+            payload["trace_context"] = carrier
+        return await self._call("reply", **payload)  # type: ignore[no-any-return]
+
+    async def _send(self, op: str, **payload: Any) -> Any:
+        """A call that creates messages: they carry the current trace."""
+        carrier = current_carrier()
+        if carrier is not None:
+            payload["trace_context"] = carrier
+        return await self._call(op, **payload)
 
     async def _call(self, op: str, **payload: Any) -> Any:
         await self._channel.safe_point()
@@ -339,7 +355,10 @@ async def call_agent_code(
     if inspect.iscoroutinefunction(fn):
         return await fn(*args)
     loop = asyncio.get_running_loop()
-    result = await loop.run_in_executor(executor, functools.partial(fn, *args))
+    # In the caller's context variables (as asyncio.to_thread does): the code sees the
+    # current trace (miminions.kernel.tracing) like async agent code does.
+    context = contextvars.copy_context()
+    result = await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
     if inspect.isawaitable(result):
         return await result
     return result

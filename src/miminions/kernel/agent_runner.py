@@ -30,6 +30,7 @@ from miminions.kernel.agent import (
 )
 from miminions.kernel.errors import InvalidStateError
 from miminions.kernel.models import JSONObject, Task
+from miminions.kernel.tracing import trace_scope
 
 SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
 ReportUsage = Callable[[int, float], None]
@@ -151,7 +152,11 @@ class AgentRunner:
                 )
                 continue
             try:
-                await self.hook("on_message", message)
+                if message.trace_context is None:
+                    await self.hook("on_message", message)
+                else:
+                    with trace_scope(message.trace_context):  # the handling is in its trace
+                        await self.hook("on_message", message)
             except Exception:
                 context.logger.exception("on_message failed for %s", message.message_id)
 
@@ -165,7 +170,10 @@ class AgentRunner:
         self._idle.clear()
         self._task_runner = asyncio.current_task()
         try:
-            return await self._execute(task)
+            if task.trace_context is None:
+                return await self._execute(task)
+            with trace_scope(task.trace_context):  # what the agent does is in the task's trace
+                return await self._execute(task)
         finally:
             self._task_runner = None
             context.current_task = None

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import MiminionsError, RuntimeNotRunningError
 from miminions.kernel.models import AgentMessage, AgentStatus, EventType, Severity
+from miminions.kernel.tracing import Carrier, check_carrier
 
 if TYPE_CHECKING:
     from miminions.kernel.events import EventLog
@@ -24,6 +26,8 @@ if TYPE_CHECKING:
     from miminions.kernel.messaging import Messenger
     from miminions.kernel.models import RuntimeConfig
     from miminions.kernel.usage import UsageBook
+
+_log = logging.getLogger("miminions.tracing")
 
 
 class CommunicationAPI:
@@ -35,6 +39,8 @@ class CommunicationAPI:
     _kv: KVStore | None
     _kv_calls: KVCalls | None
     _background: set[asyncio.Future[Any]]
+    #: ``miminions_trace_context`` when some plugin implements it, else None (no call).
+    _trace_hook: Any
 
     @property
     def agent_book(self) -> AgentBook:  # provided by the runtime
@@ -50,6 +56,21 @@ class CommunicationAPI:
 
     def _require_running(self) -> None:  # provided by the runtime
         raise NotImplementedError
+
+    def trace_carrier(self, operation: str) -> Carrier | None:
+        """The trace carrier of work the application creates now (``operation``:
+        ``"submit"``, ``"send"``, ``"send_to_group"``, ``"broadcast"``, ``"publish"`` or
+        ``"request"``), from the tracing plugin; None without one. A failing plugin costs
+        the trace a link, never the call."""
+        hook = self._trace_hook
+        if hook is None:
+            return None
+        try:
+            carrier = hook(runtime=self, operation=operation)
+        except Exception:
+            _log.exception("miminions_trace_context failed for %r", operation)
+            return None
+        return check_carrier(carrier)
 
     def report_usage(self, agent_id: str, tokens: int, cost: float) -> None:
         """Record usage an agent reported (``context.report_usage``; hosts call this). A
@@ -134,28 +155,41 @@ class CommunicationAPI:
         """Send a message from the runtime to one agent or several (their ids); returns the
         message ids. A full mailbox raises QueueFullError and nothing is sent."""
         self._require_running()
-        return self.messenger.send(None, recipients, message_type, data, ttl_seconds)
+        return self.messenger.send(
+            None,
+            recipients,
+            message_type,
+            data,
+            ttl_seconds,
+            trace_context=self.trace_carrier("send"),
+        )
 
     async def send_to_group(
         self, group: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
         """Send a message to every agent of ``group`` (F-18); NotFoundError if it has none."""
         self._require_running()
-        return self.messenger.send_to_group(None, group, message_type, data, ttl_seconds)
+        return self.messenger.send_to_group(
+            None, group, message_type, data, ttl_seconds, self.trace_carrier("send_to_group")
+        )
 
     async def broadcast(
         self, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
         """Send a message to every running or paused agent."""
         self._require_running()
-        return self.messenger.broadcast(None, message_type, data, ttl_seconds)
+        return self.messenger.broadcast(
+            None, message_type, data, ttl_seconds, self.trace_carrier("broadcast")
+        )
 
     async def publish(
         self, topic: str, message_type: str, data: Any = None, ttl_seconds: float | None = None
     ) -> list[str]:
         """Send a message to the agents subscribed to ``topic``."""
         self._require_running()
-        return self.messenger.publish(None, topic, message_type, data, ttl_seconds)
+        return self.messenger.publish(
+            None, topic, message_type, data, ttl_seconds, self.trace_carrier("publish")
+        )
 
     async def request(
         self,
@@ -167,7 +201,9 @@ class CommunicationAPI:
         """Send a request to an agent and return its reply (``context.reply``); raises
         WaitTimeoutError after ``timeout_seconds``."""
         self._require_running()
-        return await self.messenger.request(None, agent_id, message_type, data, timeout_seconds)
+        return await self.messenger.request(
+            None, agent_id, message_type, data, timeout_seconds, self.trace_carrier("request")
+        )
 
     def _spawn(self, work: Any) -> None:
         future = asyncio.ensure_future(work)

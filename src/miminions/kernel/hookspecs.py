@@ -57,8 +57,10 @@ def miminions_loop_factory(config: RuntimeConfig) -> Callable[[], asyncio.Abstra
     :param config: the runtime configuration.
 
     Used by :func:`miminions.run` and the ``miminions`` command (an ``AgentRuntime``
-    always runs on the loop it was started in). Firstresult: the first non-None answer wins;
-    without one, the standard asyncio loop is used.
+    always runs on the loop it was started in), and once per runtime by the ``process`` host,
+    whose workers run on the answer: they get its import path, so only a module-level
+    callable reaches them. Firstresult: the first non-None answer wins; without one, the
+    standard asyncio loop is used.
     """
 
 
@@ -156,6 +158,43 @@ def miminions_make_store(config: RuntimeConfig) -> Store | None:
     """
 
 
+# --------------------------------------------------------------------------- tracing
+@hookspec(firstresult=True)
+def miminions_trace_context(runtime: AgentRuntime, operation: str) -> dict[str, str] | None:
+    """Return the trace carrier for work the application is creating now, or None to pass.
+
+    :param runtime: the runtime the work is created in.
+    :param operation: what is being created: ``"submit"`` (``submit_task`` /
+        ``submit_tasks``: one call per batch) or a message from ``rt.send_message``
+        (``"send"``), ``rt.send_to_group``, ``rt.broadcast``, ``rt.publish`` or
+        ``rt.request`` (the method's name).
+
+    A carrier is a small dict of text headers (e.g. W3C ``traceparent``) naming the
+    caller's current trace, or a span the plugin starts for the operation. The kernel
+    stores it on the new tasks or messages, hands it to the agent with them and never
+    reads it (see :mod:`miminions.kernel.tracing`). Called only when some plugin implements
+    it, on the runtime's loop, in the caller's context; keep it cheap (``submit_task`` is a
+    hot path). Firstresult: the first non-None answer wins. Built-in: none; the ``otel``
+    extra answers.
+    """
+
+
+@hookspec
+def miminions_worker_setup(spec: AgentSpec, runtime: AgentRuntime) -> str | None:
+    """Name a function a worker process calls before it builds the agent, or return None.
+
+    :param spec: the agent whose worker process is starting.
+    :param runtime: the runtime that starts it.
+
+    Return the function's import path, ``"module:qualname"``. A worker is a separate
+    process with no plugin manager, so this is how a plugin prepares it (e.g. installs a
+    :class:`~miminions.kernel.tracing.TracePropagator`); the function is called with no
+    arguments, in the worker, before the agent is imported, and an error it raises fails
+    the agent's start. Called on every start of a ``process`` agent. Broadcast: every
+    non-None answer is called, in hook order. Built-in: none; the ``otel`` extra answers.
+    """
+
+
 # --------------------------------------------------------------------------- monitoring
 @hookspec
 def miminions_event(event: Event, runtime: AgentRuntime) -> None:
@@ -201,4 +240,18 @@ def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
     Also called when the stop was cut short (cancelled, interrupted): the place to make
     sure nothing a plugin started (a process, a thread, a server) outlives the runtime.
     Must not block. Broadcast.
+    """
+
+
+@hookspec(firstresult=True)
+def miminions_export_metrics(runtime: AgentRuntime, format: str) -> bytes | None:
+    """Render the runtime's metrics in an exposition ``format``, or return None to pass.
+
+    :param runtime: the runtime whose metrics are asked for (started; possibly stopped).
+    :param format: the exposition format: ``"prometheus"`` (the Prometheus text format
+        0.0.4) or ``"openmetrics"`` (OpenMetrics 1.0.0); pass on a format you do not know.
+
+    Called by :meth:`AgentRuntime.export_prometheus_metrics` (``format="prometheus"``), on
+    the runtime's loop; read in-memory state only. Firstresult: the first non-None answer
+    wins. Built-in: none; the ``prometheus`` extra answers.
     """

@@ -49,6 +49,7 @@ from miminions.kernel.models import (
     Severity,
     fast_construct,
 )
+from miminions.kernel.tracing import Carrier, check_carrier
 from miminions.kernel.validation import check_seconds
 
 if TYPE_CHECKING:
@@ -137,14 +138,18 @@ class Messenger:
         message_type: str,
         data: Any = None,
         ttl_seconds: float | None = None,
+        trace_context: Carrier | None = None,
     ) -> list[str]:
-        """Send to one agent or several; returns the message ids, one per recipient."""
+        """Send to one agent or several; returns the message ids, one per recipient. Every
+        message of these methods carries ``trace_context`` (the sender's trace)."""
         ids = [recipients] if isinstance(recipients, str) else list(recipients)
         if not ids:
             raise ValidationError("recipients must name at least one agent id")
         for agent_id in ids:
             self._rt.agent_book.get(agent_id)  # NotFoundError names the unknown id
-        return self._post(self._build(sender, ids, message_type, data, ttl_seconds))
+        return self._post(
+            self._build(sender, ids, message_type, data, ttl_seconds, trace_context=trace_context)
+        )
 
     def send_to_group(
         self,
@@ -153,11 +158,14 @@ class Messenger:
         message_type: str,
         data: Any = None,
         ttl: float | None = None,
+        trace_context: Carrier | None = None,
     ) -> list[str]:
         """Send to every agent of ``group`` (the sender too, if it belongs to it)."""
         _check_name(group, "group")
         ids = [slot.agent_id for slot in self._rt.agent_book.in_group(group)]
-        return self._post(self._build(sender, ids, message_type, data, ttl))
+        return self._post(
+            self._build(sender, ids, message_type, data, ttl, trace_context=trace_context)
+        )
 
     async def requeue(self, letter: DeadLetter, ttl_seconds: float | None) -> str:
         """Send a dead-lettered message again (a new id, the TTL given)."""
@@ -167,14 +175,24 @@ class Messenger:
         if old.recipient_id is None:
             raise InvalidStateError("a reply to the runtime cannot be sent again")
         (message_id,) = self.send(
-            old.sender_id, old.recipient_id, old.message_type, old.data, ttl_seconds
+            old.sender_id,
+            old.recipient_id,
+            old.message_type,
+            old.data,
+            ttl_seconds,
+            trace_context=old.trace_context,
         )
         letter.requeued_at = datetime.now(UTC)
         await self._rt.store.put_dead_letter(letter)
         return message_id
 
     def broadcast(
-        self, sender: str | None, message_type: str, data: Any = None, ttl: float | None = None
+        self,
+        sender: str | None,
+        message_type: str,
+        data: Any = None,
+        ttl: float | None = None,
+        trace_context: Carrier | None = None,
     ) -> list[str]:
         """Send to every running or paused agent except the sender."""
         ids = [
@@ -182,7 +200,11 @@ class Messenger:
             for slot in self._rt.agent_book.slots.values()
             if slot.status in (AgentStatus.RUNNING, AgentStatus.PAUSED) and slot.agent_id != sender
         ]
-        return self._post(self._build(sender, ids, message_type, data, ttl)) if ids else []
+        if not ids:
+            return []
+        return self._post(
+            self._build(sender, ids, message_type, data, ttl, trace_context=trace_context)
+        )
 
     def publish(
         self,
@@ -191,13 +213,18 @@ class Messenger:
         message_type: str,
         data: Any = None,
         ttl: float | None = None,
+        trace_context: Carrier | None = None,
     ) -> list[str]:
         """Send to the subscribers of ``topic`` (not to the sender itself)."""
         _check_name(topic, "topic")
         ids = sorted(a for a in self.topics.get(topic, ()) if a != sender)
         if not ids:
             return []
-        return self._post(self._build(sender, ids, message_type, data, ttl, topic=topic))
+        return self._post(
+            self._build(
+                sender, ids, message_type, data, ttl, topic=topic, trace_context=trace_context
+            )
+        )
 
     async def request(
         self,
@@ -206,11 +233,14 @@ class Messenger:
         message_type: str,
         data: Any = None,
         timeout_seconds: float | None = 30.0,
+        trace_context: Carrier | None = None,
     ) -> AgentMessage:
         """Send a request and wait for the reply matched by correlation id."""
         timeout_seconds = check_seconds(timeout_seconds)
         self._rt.agent_book.get(recipient)
-        (message,) = self._build(sender, [recipient], message_type, data, timeout_seconds)
+        (message,) = self._build(
+            sender, [recipient], message_type, data, timeout_seconds, trace_context=trace_context
+        )
         message.correlation_id = message.message_id
         reply = self.bus.expect_reply(message.message_id)
         try:
@@ -232,6 +262,7 @@ class Messenger:
         request: AgentMessage,
         data: Any = None,
         message_type: str | None = None,
+        trace_context: Carrier | None = None,
     ) -> str:
         """Answer ``request``: its requester's ``request`` returns this message."""
         if request.correlation_id is None or request.is_reply:
@@ -241,7 +272,7 @@ class Messenger:
         recipient = request.sender_id
         kind = message_type or f"{request.message_type}.reply"
         # recipient None: the runtime asked (as a sender, None stands for the runtime too)
-        (message,) = self._build(sender, [recipient], kind, data, None)
+        (message,) = self._build(sender, [recipient], kind, data, None, trace_context=trace_context)
         message.correlation_id = request.correlation_id
         message.is_reply = True
         if self.bus.resolve_reply(message):
@@ -300,19 +331,38 @@ class Messenger:
         def get(name: str, default: Any = None) -> Any:
             return payload.get(name, default)
 
+        # The agent's trace; it may come from a worker process, so it is checked.
+        carrier = check_carrier(payload.get("trace_context"))
         if op == "send":
             return self.send(
-                agent_id, get("recipients"), get("message_type"), get("data"), get("ttl_seconds")
+                agent_id,
+                get("recipients"),
+                get("message_type"),
+                get("data"),
+                get("ttl_seconds"),
+                trace_context=carrier,
             )
         if op == "send_to_group":
             return self.send_to_group(
-                agent_id, get("group"), get("message_type"), get("data"), get("ttl_seconds")
+                agent_id,
+                get("group"),
+                get("message_type"),
+                get("data"),
+                get("ttl_seconds"),
+                trace_context=carrier,
             )
         if op == "broadcast":
-            return self.broadcast(agent_id, get("message_type"), get("data"), get("ttl_seconds"))
+            return self.broadcast(
+                agent_id, get("message_type"), get("data"), get("ttl_seconds"), carrier
+            )
         if op == "publish":
             return self.publish(
-                agent_id, get("topic"), get("message_type"), get("data"), get("ttl_seconds")
+                agent_id,
+                get("topic"),
+                get("message_type"),
+                get("data"),
+                get("ttl_seconds"),
+                trace_context=carrier,
             )
         if op == "subscribe":
             return self.subscribe(agent_id, get("topic"))
@@ -327,6 +377,7 @@ class Messenger:
                 get("message_type"),
                 get("data"),
                 get("timeout_seconds", 30.0),
+                trace_context=carrier,
             )
         if op == "return_message":
             # The agent took a message it could not handle after all (its receive was
@@ -342,7 +393,9 @@ class Messenger:
             request = get("request")
             if not isinstance(request, AgentMessage):
                 request = AgentMessage.model_validate(request)
-            return self.reply(agent_id, request, get("data"), get("message_type"))
+            return self.reply(
+                agent_id, request, get("data"), get("message_type"), trace_context=carrier
+            )
         raise ValidationError(f"unknown messaging call {op!r}")
 
     # ------------------------------------------------------------------ internals
@@ -355,6 +408,7 @@ class Messenger:
         ttl_seconds: float | None,
         *,
         topic: str | None = None,
+        trace_context: Carrier | None = None,
     ) -> list[AgentMessage]:
         _check_name(message_type, "message_type")
         data = _payload(data)
@@ -377,6 +431,7 @@ class Messenger:
                     "created_at": now,
                     "expires_at": expires,
                     "ttl_remaining_seconds": None,
+                    "trace_context": trace_context,
                 },
             )
             for index, recipient in enumerate(recipients)
@@ -421,11 +476,16 @@ class Messenger:
 
     def _received(self, message: AgentMessage) -> None:
         self.delivered += 1
-        self.latencies.append((datetime.now(UTC) - message.created_at).total_seconds())
+        latency = (datetime.now(UTC) - message.created_at).total_seconds()
+        self.latencies.append(latency)
         self._rt.events.emit(
             EventType.MESSAGE_RECEIVED,
             agent_id=message.recipient_id,
-            details={"message_id": message.message_id, "message_type": message.message_type},
+            details={
+                "message_id": message.message_id,
+                "message_type": message.message_type,
+                "latency_seconds": latency,
+            },
         )
 
     def latency_summary(self) -> tuple[float | None, float | None]:

@@ -188,6 +188,9 @@ class Task(BaseModel):
     idempotency_key: str | None = None
     checkpoint: Any = None
     dead_lettered: bool = False
+    #: The trace the task belongs to: text headers (W3C ``traceparent``, ...) a tracing
+    #: plugin put there, stored and handed to the agent untouched; None without one.
+    trace_context: dict[str, str] | None = None
     created_at: datetime
     started_at: datetime | None = None
     completed_at: datetime | None = None
@@ -399,6 +402,9 @@ class AgentMessage(BaseModel):
     #: While the recipient is paused: the TTL left (``expires_at`` is then None); it counts
     #: again from the resume, also after a runtime restart.
     ttl_remaining_seconds: float | None = None
+    #: The trace the message belongs to (see ``Task.trace_context``): the sender's, which a
+    #: tracing plugin may rewrite to its send span as the runtime relays the message.
+    trace_context: dict[str, str] | None = None
 
 
 class DeadLetter(BaseModel):

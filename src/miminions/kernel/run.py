@@ -21,9 +21,13 @@ def run(
 ) -> _T:
     """Like ``asyncio.run(main)``, on the loop a ``miminions_loop_factory`` plugin provides
     (uvloop, when its extra is installed and enabled), else the standard asyncio loop."""
-    pm = build_plugin_manager(plugins, disable)
-    factory: Callable[[], asyncio.AbstractEventLoop] | None = pm.hook.miminions_loop_factory(
-        config=config or RuntimeConfig()
-    )
+    try:
+        pm = build_plugin_manager(plugins, disable)
+        factory: Callable[[], asyncio.AbstractEventLoop] | None = pm.hook.miminions_loop_factory(
+            config=config or RuntimeConfig()
+        )
+    except BaseException:
+        main.close()  # it will never run: no "coroutine was never awaited" warning
+        raise
     with asyncio.Runner(loop_factory=factory) as runner:
         return runner.run(main)

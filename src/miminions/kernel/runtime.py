@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ from miminions.kernel.communication import CommunicationAPI
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
+    MissingExtraError,
     PluginError,
     RuntimeNotRunningError,
     ValidationError,
@@ -136,6 +138,10 @@ class AgentRuntime(CommunicationAPI):
         self._background: set[asyncio.Future[Any]] = set()
         self._claim = ""
         self._stopped: asyncio.Future[None] | None = None
+        # Asked where the application creates work; most runtimes have no tracing plugin,
+        # and then submit and send do not pay for a hook call.
+        trace_hook = self.plugin_manager.hook.miminions_trace_context
+        self._trace_hook = trace_hook if trace_hook.get_hookimpls() else None
 
     # ------------------------------------------------------------------ plumbing for plugins
     @property
@@ -545,7 +551,7 @@ class AgentRuntime(CommunicationAPI):
             idempotency_key=idempotency_key,
             task_id=None,
         )
-        return (await self.task_book.submit([request]))[0]
+        return (await self.task_book.submit([request], self.trace_carrier("submit")))[0]
 
     async def submit_tasks(self, requests: Sequence[TaskRequest | Mapping[str, Any]]) -> list[str]:
         """Queue several tasks at once, all or nothing; they may depend on each other by
@@ -560,7 +566,7 @@ class AgentRuntime(CommunicationAPI):
                 parsed.append(TaskRequest.model_validate(request))
             except pydantic.ValidationError as exc:
                 raise ValidationError(f"invalid task request {request!r}: {exc}") from None
-        return await self.task_book.submit(parsed)
+        return await self.task_book.submit(parsed, self.trace_carrier("submit"))
 
     async def wait_for_task(self, task_id: str, timeout_seconds: float | None = None) -> Task:
         """Wait until the task completed, failed or was cancelled; return it (with
@@ -682,6 +688,31 @@ class AgentRuntime(CommunicationAPI):
         """Counters and timings since this runtime started."""
         self._require_started()
         return queries.metrics(self, time.monotonic() - self._started_mono)
+
+    def export_prometheus_metrics(self) -> bytes:
+        """The runtime's metrics in the Prometheus text format (0.0.4): what a scrape of
+        the ``prometheus`` extra's endpoint returns (``pip install 'miminions[prometheus]'``).
+
+        Raises MissingExtraError when prometheus_client is not installed, PluginError when
+        the ``prometheus`` plugin is disabled or not loaded.
+        """
+        self._require_started()
+        pm = self.plugin_manager
+        body = pm.hook.miminions_export_metrics(runtime=self, format="prometheus")
+        if body is not None:
+            return bytes(body)
+        if pm.is_blocked("prometheus"):
+            raise PluginError(
+                "cannot export Prometheus metrics: the 'prometheus' plugin is disabled "
+                "(disable=['prometheus']); keep it enabled to export them"
+            )
+        if importlib.util.find_spec("prometheus_client") is None:
+            raise MissingExtraError("prometheus_client", "prometheus")
+        raise PluginError(
+            "cannot export Prometheus metrics: no plugin answered miminions_export_metrics; "
+            "the 'prometheus' extra is not loaded (MIMINIONS_DISABLE_PLUGIN_AUTOLOAD is set?): "
+            "pass plugins=[miminions.extras.prometheus]"
+        )
 
     def explain(self, task_id: str) -> TaskExplanation:
         """Why isn't it running? Names everything that holds a pending task (F-24)."""

@@ -45,6 +45,7 @@ from miminions.kernel.task_input import (
     new_task_id,
     to_json_value,
 )
+from miminions.kernel.tracing import Carrier
 from miminions.kernel.validation import check_seconds
 
 if TYPE_CHECKING:
@@ -98,8 +99,11 @@ class TaskBook:
             raise NotFoundError(f"no task with id {task_id!r}") from None
 
     # ------------------------------------------------------------------ submit
-    async def submit(self, requests: Sequence[TaskRequest]) -> list[str]:
-        """Validate and add tasks (all or nothing); return when they are committed."""
+    async def submit(
+        self, requests: Sequence[TaskRequest], trace_context: Carrier | None = None
+    ) -> list[str]:
+        """Validate and add tasks (all or nothing); return when they are committed. Each
+        new task carries ``trace_context`` (see :mod:`miminions.kernel.tracing`)."""
         ids: list[str] = []
         new_tasks: list[Task] = []
         sched: list[NewTask] = []
@@ -110,7 +114,7 @@ class TaskBook:
             if existing is not None:
                 ids.append(existing)
                 continue
-            task = self._build(request, now)
+            task = self._build(request, now, trace_context)
             if request.idempotency_key is not None:
                 batch_keys[request.idempotency_key] = task.task_id
             ids.append(task.task_id)
@@ -158,7 +162,7 @@ class TaskBook:
             )
         return self.by_idempotency_key.get(key) or batch_keys.get(key)
 
-    def _build(self, request: TaskRequest, now: datetime) -> Task:
+    def _build(self, request: TaskRequest, now: datetime, trace_context: Carrier | None) -> Task:
         name = request.name
         if not isinstance(name, str) or not name.strip():
             raise ValidationError("task name must be a non-empty string")
@@ -216,6 +220,7 @@ class TaskBook:
                 "idempotency_key": request.idempotency_key,
                 "checkpoint": None,
                 "dead_lettered": False,
+                "trace_context": trace_context,
                 "created_at": now,
                 "started_at": None,
                 "completed_at": None,

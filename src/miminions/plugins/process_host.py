@@ -112,6 +112,10 @@ class ProcessHost:
             "max_memory_mb": limits.max_memory_per_agent_mb,
             "max_cpu_seconds": limits.max_cpu_time_per_agent_seconds,
             "main_path": _main_path(),
+            # Import paths of functions the worker calls first (a tracing plugin's setup).
+            "worker_setup": self._rt.plugin_manager.hook.miminions_worker_setup(
+                spec=self.spec, runtime=self._rt
+            ),
         }
         process = await self._pool.launch(boot)
         loop = asyncio.get_running_loop()

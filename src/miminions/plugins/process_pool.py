@@ -22,6 +22,7 @@ import multiprocessing
 import os
 import signal
 import socket
+import sys
 import weakref
 from collections.abc import Callable
 from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
@@ -29,6 +30,7 @@ from multiprocessing.context import ForkServerProcess, set_spawning_popen
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
+from miminions.kernel.agent import import_path
 from miminions.kernel.errors import ConfigurationError, MiminionsError
 from miminions.kernel.models import EventType, ProcessSettings, Severity
 from miminions.plugins import process_probe
@@ -136,7 +138,10 @@ class WorkerPool:
         self.runtime = runtime
         self.settings: ProcessSettings = runtime.config.process
         self.workers: dict[int, WorkerProcess] = {}
-        self._context = _multiprocessing_context(self.settings)
+        #: Import path of the event-loop factory workers run their agent on (None: the
+        #: standard asyncio loop), chosen once per runtime by ``miminions_loop_factory``.
+        self.loop_factory = worker_loop_factory(runtime)
+        self._context = _multiprocessing_context(self.settings, self.loop_factory)
         self._process_class: Any = (
             _WorkerProcess
             if self._context.get_start_method() == "forkserver"
@@ -192,7 +197,7 @@ class WorkerPool:
 
             process = self._process_class(
                 target=worker_main,
-                args=(child_sock, boot),
+                args=(child_sock, {**boot, "loop_factory": self.loop_factory}),
                 name=f"miminions-agent-{boot['name']}",
                 daemon=False,
             )
@@ -305,7 +310,41 @@ class _WorkerProcess(ForkServerProcess):
         return _WorkerPopen(process_obj)
 
 
-def _multiprocessing_context(settings: ProcessSettings) -> Any:
+def worker_loop_factory(runtime: AgentRuntime) -> str | None:
+    """The import path (``module:qualname``) of the event-loop factory the plugins answer
+    ``miminions_loop_factory`` with (uvloop's, with the ``uvloop`` extra), for workers to
+    run their agent on; None for the standard asyncio loop.
+
+    Workers get import paths, never pickled code: a factory that cannot be found by its
+    path (a lambda, a bound method) is left out with a warning, and workers use asyncio's.
+    """
+    factory = runtime.plugin_manager.hook.miminions_loop_factory(config=runtime.config)
+    if factory is None:
+        return None
+    path = _importable_path(factory)
+    if path is None:
+        logger.warning(
+            "the event-loop factory %r cannot be imported by module path, so worker "
+            "processes run the standard asyncio loop; make it a module-level function",
+            factory,
+        )
+    return path
+
+
+def _importable_path(obj: object) -> str | None:
+    """``module:qualname`` of ``obj`` if looking that path up gives back ``obj`` itself (a
+    bound method's path leads to the plain function, a lambda's to nothing), else None."""
+    path = import_path(obj)
+    if path is None:
+        return None
+    module_name, _, qualname = path.partition(":")
+    found: Any = sys.modules.get(module_name)
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    return path if found is obj else None
+
+
+def _multiprocessing_context(settings: ProcessSettings, loop_factory: str | None) -> Any:
     methods = multiprocessing.get_all_start_methods()
     method = settings.start_method or ("forkserver" if "forkserver" in methods else "spawn")
     if method not in ("forkserver", "spawn") or method not in methods:
@@ -319,8 +358,11 @@ def _multiprocessing_context(settings: ProcessSettings) -> Any:
         # code and any modules the user names are imported there once, not in every
         # worker. Not "__main__": a script without a main guard would run again there.
         # This module too: the child unpickles its _WorkerProcess object, which would
-        # otherwise import it (and what it imports) in every worker, ~10 ms each.
-        context.set_forkserver_preload([_WORKER_MODULE, __name__, *settings.preload])
+        # otherwise import it (and what it imports) in every worker, ~10 ms each. The
+        # module of the workers' loop factory (uvloop) likewise.
+        module = (loop_factory or "").partition(":")[0]
+        loop_modules = [module] if module not in ("", "__main__") else []
+        context.set_forkserver_preload([_WORKER_MODULE, __name__, *loop_modules, *settings.preload])
     return context
 
 

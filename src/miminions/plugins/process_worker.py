@@ -23,12 +23,12 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
 from miminions.kernel.agent_runner import AgentRunner
-from miminions.kernel.errors import MiminionsError, ValidationError
+from miminions.kernel.errors import ConfigurationError, MiminionsError, ValidationError
 from miminions.kernel.task_input import to_json_value
 from miminions.kernel.wire import (
     Frame,
@@ -100,9 +100,20 @@ def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _apply_limits(boot)
     try:
-        asyncio.run(_serve(sock, boot))
+        with asyncio.Runner(loop_factory=_loop_factory(boot)) as runner:
+            runner.run(_serve(sock, boot))
     finally:
         sock.close()
+
+
+def _loop_factory(boot: dict[str, Any]) -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """The event-loop factory the runtime chose for its workers (an import path in the boot
+    record, e.g. ``uvloop:new_event_loop``), or None for the standard asyncio loop."""
+    path = boot.get("loop_factory")
+    if not path:
+        return None
+    factory: Callable[[], asyncio.AbstractEventLoop] = locate(str(path), boot.get("main_path"))
+    return factory
 
 
 def _die_with_parent(parent: int) -> None:
@@ -140,6 +151,19 @@ def _address_space_bytes() -> int:
         return 0
 
 
+def _run_setups(boot: dict[str, Any]) -> None:
+    """Call the functions plugins named for this worker (``miminions_worker_setup``), in
+    order, before the agent is imported; one that fails fails the agent's start."""
+    for path in boot.get("worker_setup") or ():
+        try:
+            locate(str(path), boot.get("main_path"))()
+        except Exception as exc:
+            raise ConfigurationError(
+                f"the worker setup {path!r} a plugin asked for (miminions_worker_setup) "
+                f"failed with {type(exc).__name__}: {exc}"
+            ) from exc
+
+
 class SyncCallStuckError(Exception):
     """A cancelled task's synchronous code keeps running in the agent's thread."""
 
@@ -161,6 +185,7 @@ class Worker:
         request, so the runtime can tell the user what went wrong."""
         if self._runner is None:
             boot = self.boot
+            _run_setups(boot)
             self._runner = AgentRunner(
                 str(boot["name"]),
                 str(boot["kind"]),

@@ -114,7 +114,14 @@ _INITIAL = (
 )
 
 #: Every migration, oldest first. Append new ones; never edit an applied one.
-MIGRATIONS: tuple[Migration, ...] = (Migration(1, "initial schema", _INITIAL),)
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "initial schema", _INITIAL),
+    Migration(
+        2,
+        "trace context of tasks",
+        ("ALTER TABLE tasks ADD COLUMN trace_context TEXT",),
+    ),
+)
 
 #: The schema version this code reads and writes.
 SCHEMA_VERSION = MIGRATIONS[-1].version
@@ -195,7 +202,11 @@ TASK_COLUMNS = (
     "created_at",
     "started_at",
     "completed_at",
+    "trace_context",
 )
+#: Columns of ``tasks`` a later migration added, with its version: a read-only reader of a
+#: database not migrated yet (a runtime of an older miminions writes it) reads NULL there.
+_TASK_COLUMNS_SINCE = {"trace_context": 2}
 AGENT_COLUMNS = (
     "agent_id",
     "name",
@@ -231,7 +242,17 @@ DELETE_META = BulkWrite(
 )
 INSERT_EVENT = _bulk("events", EVENT_COLUMNS)
 
-SELECT_TASKS = f"SELECT {', '.join(TASK_COLUMNS)} FROM tasks"
+
+def select_tasks(version: int) -> str:
+    """The SELECT of every ``tasks`` column from a database at schema ``version``."""
+    columns = (
+        column if _TASK_COLUMNS_SINCE.get(column, 1) <= version else f"NULL AS {column}"
+        for column in TASK_COLUMNS
+    )
+    return f"SELECT {', '.join(columns)} FROM tasks"
+
+
+SELECT_TASKS = select_tasks(SCHEMA_VERSION)
 SELECT_AGENTS = f"SELECT {', '.join(AGENT_COLUMNS)} FROM agents ORDER BY rowid"
 SELECT_DEAD_LETTERS = (
     f"SELECT {', '.join(DEAD_LETTER_COLUMNS)} FROM dead_letters ORDER BY created_at, rowid"
@@ -282,7 +303,7 @@ def task_row(t: Task) -> Row:
     # field dict is measurably cheaper than twenty attribute lookups through the class.
     f = t.__dict__
     i, deps, o, k = f["input_data"], f["dependencies"], f["output_data"], f["checkpoint"]
-    s, c = f["started_at"], f["completed_at"]
+    s, c, tc = f["started_at"], f["completed_at"], f["trace_context"]
     return (
         f["task_id"],
         f["name"],
@@ -304,6 +325,7 @@ def task_row(t: Task) -> Row:
         f["created_at"].timestamp(),
         None if s is None else s.timestamp(),
         None if c is None else c.timestamp(),
+        None if tc is None else _dumps(tc),
     )
 
 
@@ -331,6 +353,7 @@ def task_from_row(r: Sequence[Any]) -> Task:
             "created_at": _dt(r[17]),
             "started_at": _dt(r[18]),
             "completed_at": _dt(r[19]),
+            "trace_context": None if r[20] is None else _loads(r[20]),
         }
     )
 

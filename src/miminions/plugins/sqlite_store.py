@@ -114,6 +114,7 @@ class SQLiteStore:
         self.max_retry_delay = max_retry_delay
         self._conn: aiosqlite.Connection | None = None
         self._closed = False
+        self._select_tasks = schema.SELECT_TASKS  # a reader of an older schema: its own
         self._tasks: dict[str, Task] = {}
         self._agents: dict[str, StoredAgent] = {}
         self._dead_letters: dict[str, DeadLetter] = {}
@@ -195,6 +196,7 @@ class SQLiteStore:
             if version is None:
                 raise ConfigurationError(f"{self.path!r} is not a miminions database")
             schema.check_version(self.path, version)
+            self._select_tasks = schema.select_tasks(version)
         except BaseException:
             await conn.close()
             raise
@@ -586,13 +588,12 @@ class SQLiteStore:
     async def load_tasks(self) -> list[Task]:
         """Return every stored task, oldest first."""
         return [
-            schema.task_from_row(r)
-            for r in await self._fetch(schema.SELECT_TASKS + " ORDER BY seq")
+            schema.task_from_row(r) for r in await self._fetch(self._select_tasks + " ORDER BY seq")
         ]
 
     async def list_tasks(self, status: str | None = None, limit: int = 100) -> list[Task]:
         """Return up to ``limit`` tasks, newest first, optionally only those in ``status``."""
-        sql, params = schema.SELECT_TASKS, []
+        sql, params = self._select_tasks, []
         if status is not None:
             sql += " WHERE status = ?"
             params.append(status)
