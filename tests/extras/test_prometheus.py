@@ -304,10 +304,9 @@ async def test_a_dropped_runtime_is_not_kept_alive(
 ) -> None:
     """The plugin keeps its state per runtime without keeping the runtime (or its
     registry) alive once the application lets go of it."""
-    # This plugin alone, beside the built-ins that keep nothing per runtime (the process
-    # host keeps a worker pool per runtime, which refers to it).
+    # This plugin alone, beside the built-ins (they too keep state per runtime, weakly).
     monkeypatch.setenv(AUTOLOAD_ENV, "1")
-    rt = AgentRuntime(config=with_port(make_config), plugins=[prometheus], disable=["process_host"])
+    rt = AgentRuntime(config=with_port(make_config), plugins=[prometheus])
     async with rt:
         metrics = prometheus.metrics_of(rt)
         assert metrics is not None

@@ -12,12 +12,14 @@ status and event log with short sleeps against a deadline (:func:`wait_until`).
 from __future__ import annotations
 
 import asyncio
+import gc
 import itertools
 import json
 import os
 import signal
 import sys
 import time
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -721,3 +723,20 @@ async def test_prefetch_does_not_keep_tasks_from_other_agents(
         done = await rt.wait_for_tasks(ids, timeout_seconds=30)
         ran = [t.assigned_agent_id for t in done]
         assert sorted(ran.count(a) for a in agents) == [2, 2]
+
+
+async def test_a_stopped_runtime_with_process_agents_is_freed(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """Nothing the process host keeps per runtime (its worker pool) keeps a stopped runtime
+    alive once the application lets go of it."""
+    rt = AgentRuntime(config=config())
+    async with rt:
+        agent_id = await rt.register_agent("small", SmallTaskAgent)
+        await rt.start_agent(agent_id)
+        task_id = await rt.submit_task("t", {})
+        assert (await rt.wait_for_task(task_id, timeout_seconds=30)).status is TaskStatus.COMPLETED
+    gone = weakref.ref(rt)
+    del rt
+    gc.collect()
+    assert gone() is None

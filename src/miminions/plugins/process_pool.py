@@ -31,7 +31,7 @@ from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.agent import import_path
-from miminions.kernel.errors import ConfigurationError, MiminionsError
+from miminions.kernel.errors import ConfigurationError, MiminionsError, RuntimeNotRunningError
 from miminions.kernel.models import EventType, ProcessSettings, Severity
 from miminions.plugins import process_probe
 from miminions.plugins.process_probe import WorkerRecord
@@ -135,7 +135,9 @@ class WorkerPool:
     """The worker processes of one runtime (see the module docstring)."""
 
     def __init__(self, runtime: AgentRuntime) -> None:
-        self.runtime = runtime
+        # Weak: the pool is the value of a WeakKeyDictionary keyed by its runtime, so a
+        # strong reference back would keep every runtime of the process alive forever.
+        self._runtime = weakref.ref(runtime)
         self.settings: ProcessSettings = runtime.config.process
         self.workers: dict[int, WorkerProcess] = {}
         #: Import path of the event-loop factory workers run their agent on (None: the
@@ -150,6 +152,14 @@ class WorkerPool:
         self._reaped: asyncio.Future[None] | None = None
         self._monitors: list[Callable[[], None]] = []
         self._monitor_task: asyncio.Task[None] | None = None
+
+    @property
+    def runtime(self) -> AgentRuntime:
+        """The runtime these workers belong to."""
+        runtime = self._runtime()
+        if runtime is None:
+            raise RuntimeNotRunningError("the runtime of this worker pool no longer exists")
+        return runtime
 
     # ------------------------------------------------------------------ start-up
     def reap_leftovers(self) -> None:
