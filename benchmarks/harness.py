@@ -17,11 +17,12 @@ import statistics
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TypeVar
 
 from miminions import AgentRuntime, RuntimeConfig
-from miminions.kernel.plugins import build_plugin_manager
+from miminions.kernel.plugins import ENTRY_POINT_GROUP, build_plugin_manager
 
 _S = TypeVar("_S")
 _T = TypeVar("_T")
@@ -47,6 +48,14 @@ class Mode:
 
 
 # ---------------------------------------------------------------------- runtimes
+#: The monitoring extras installed here (``nox -s bench`` installs them all): the benchmarks
+#: measure the runtime itself, so they run without them. The uvloop extra stays: the loop
+#: is a benchmark parameter (see conftest.py).
+INSTRUMENTING_EXTRAS = sorted(
+    {"prometheus", "otel"} & {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+)
+
+
 @dataclass
 class BenchRuntime:
     """A started runtime with its started agents and the database it writes to."""
@@ -71,7 +80,7 @@ async def open_runtime(
     values: dict[str, Any] = {"storage_path": str(path), **config}
     if limits is not None:
         values["limits"] = limits
-    rt = AgentRuntime(config=RuntimeConfig(**values))
+    rt = AgentRuntime(config=RuntimeConfig(**values), disable=INSTRUMENTING_EXTRAS)
     await rt.start()
     bench = BenchRuntime(rt=rt, path=path)
     try:

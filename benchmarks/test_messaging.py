@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.harness import DbPaths, Mode, latency_summary
+from benchmarks.harness import INSTRUMENTING_EXTRAS, DbPaths, Mode, latency_summary
 from benchmarks.messaging_agents import LatencyAgent, ReplyAgent, SenderAgent
 from miminions import AgentRuntime, ResourceLimits, RuntimeConfig, TaskStatus
 
@@ -47,7 +47,7 @@ async def _measure(
         # a burst outruns its receiver: room for all of it in the mailbox
         limits=ResourceLimits(message_queue_max_size=burst + count),
     )
-    async with AgentRuntime(config=config) as rt:
+    async with AgentRuntime(config=config, disable=INSTRUMENTING_EXTRAS) as rt:
         receiver = await _start(rt, "receiver", LatencyAgent, isolation)
         sender = await _start(rt, "sender", SenderAgent, isolation)
         replier = await _start(rt, "replier", ReplyAgent, isolation)
