@@ -10,67 +10,102 @@ mechanism (scheduling, isolation, storage, monitoring) is a pluggy plugin.
         task = await rt.wait_for_task(await rt.submit_task("echo", {"text": "hi"}))
 """
 
+import importlib
 import logging
+from typing import TYPE_CHECKING, Any
 
-from miminions.kernel.agent import AgentContext, AgentProtocol, BaseAgent
-from miminions.kernel.errors import (
-    AgentCrashedError,
-    AgentHookError,
-    AlreadyExistsError,
-    ConfigurationError,
-    DependencyCycleError,
-    InvalidStateError,
-    MessageTooLargeError,
-    MiminionsError,
-    MissingExtraError,
-    NotFoundError,
-    PluginError,
-    QueueFullError,
-    RemoteAgentError,
-    ResourceLimitExceeded,
-    ResourceLimitWarning,
-    RuntimeNotRunningError,
-    TaskCancelledError,
-    TaskNotStartedError,
-    TaskTimeoutError,
-    ValidationError,
-    WaitTimeoutError,
-)
-from miminions.kernel.hookspecs import hookimpl, hookspec
-from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store, StoredAgent
-from miminions.kernel.models import (
-    AgentInstance,
-    AgentMessage,
-    AgentSpec,
-    AgentStatus,
-    Capacity,
-    DeadLetter,
-    Event,
-    EventType,
-    HoldKind,
-    HoldReason,
-    JSONObject,
-    Metrics,
-    Priority,
-    ProcessSettings,
-    QueueStatus,
-    ResourceLimits,
-    RestartPolicy,
-    RuntimeConfig,
-    Severity,
-    Task,
-    TaskExplanation,
-    TaskStatus,
-    UsageBudget,
-)
-from miminions.kernel.run import run
-from miminions.kernel.runtime import AgentRuntime
-from miminions.kernel.task_input import TaskRequest
+if TYPE_CHECKING:
+    from miminions.kernel.agent import AgentContext, AgentProtocol, BaseAgent
+    from miminions.kernel.errors import (
+        AgentCrashedError,
+        AgentHookError,
+        AlreadyExistsError,
+        ConfigurationError,
+        DependencyCycleError,
+        InvalidStateError,
+        MessageTooLargeError,
+        MiminionsError,
+        MissingExtraError,
+        NotFoundError,
+        PluginError,
+        QueueFullError,
+        RemoteAgentError,
+        ResourceLimitExceeded,
+        ResourceLimitWarning,
+        RuntimeNotRunningError,
+        TaskCancelledError,
+        TaskNotStartedError,
+        TaskTimeoutError,
+        ValidationError,
+        WaitTimeoutError,
+    )
+    from miminions.kernel.hookspecs import hookimpl, hookspec
+    from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store, StoredAgent
+    from miminions.kernel.models import (
+        AgentInstance,
+        AgentMessage,
+        AgentSpec,
+        AgentStatus,
+        Capacity,
+        DeadLetter,
+        Event,
+        EventType,
+        HoldKind,
+        HoldReason,
+        JSONObject,
+        Metrics,
+        Priority,
+        ProcessSettings,
+        QueueStatus,
+        ResourceLimits,
+        RestartPolicy,
+        RuntimeConfig,
+        Severity,
+        Task,
+        TaskExplanation,
+        TaskStatus,
+        UsageBudget,
+    )
+    from miminions.kernel.run import run
+    from miminions.kernel.runtime import AgentRuntime
+    from miminions.kernel.task_input import TaskRequest
 
 __version__ = "0.1.0"
 
 # A library does not configure logging; applications decide where events go.
 logging.getLogger("miminions").addHandler(logging.NullHandler())
+
+# The public names are loaded on first use, not on ``import miminions``: the kernel's models
+# take a third of a second to build, and the pytest plugin (``miminions.testing``) is
+# imported by every pytest run of an environment where miminions is installed, used or not.
+# The modules that define the names above, the defining one of each name first.
+_SOURCES = (
+    "miminions.kernel.errors",
+    "miminions.kernel.models",
+    "miminions.kernel.interfaces",
+    "miminions.kernel.hookspecs",
+    "miminions.kernel.task_input",
+    "miminions.kernel.agent",
+    "miminions.kernel.run",
+    "miminions.kernel.runtime",
+)
+
+
+def __getattr__(name: str) -> Any:
+    """Load the public API on first use (PEP 562)."""
+    if name not in __all__:
+        raise AttributeError(f"module 'miminions' has no attribute {name!r}")
+    public = globals()
+    for source in _SOURCES:
+        module = importlib.import_module(source)
+        for exported in __all__:
+            if exported not in public and hasattr(module, exported):
+                public[exported] = getattr(module, exported)
+    return public[name]
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
 
 __all__ = [
     "AgentContext",

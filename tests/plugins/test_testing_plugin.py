@@ -378,3 +378,20 @@ def test_the_plugin_loads_without_pytest_asyncio() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "miminions_runtime"
+
+
+def test_loading_the_plugin_does_not_load_the_runtime() -> None:
+    """Every pytest run of an environment with miminions installed imports the plugin:
+    it must not pay for the runtime (its models take a third of a second to build) until a
+    test uses a fixture or a helper. The helpers are still importable from it."""
+    code = (
+        "import sys, miminions.testing as t; "
+        "loaded = sorted(m for m in sys.modules if m.startswith('miminions.kernel')); "
+        "print(loaded); "
+        "from miminions.testing import AgentHarness; print(AgentHarness.__name__)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split("\n")[:2] == ["[]", "AgentHarness"]

@@ -1,0 +1,54 @@
+"""``import miminions`` is lazy (PEP 562): the public names resolve on first use, to the
+very objects the package's declared imports name."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import miminions
+
+INIT = Path(miminions.__file__)
+
+
+def declared_imports() -> list[tuple[str, str, str]]:
+    """``(public name, module, name there)`` of each import in ``miminions/__init__.py``."""
+    tree = ast.parse(INIT.read_text(encoding="utf-8"))
+    return [
+        (alias.asname or alias.name, node.module, alias.name)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("miminions")
+        for alias in node.names
+    ]
+
+
+def test_every_public_name_is_declared() -> None:
+    declared = {public for public, _, _ in declared_imports()}
+    assert sorted(set(miminions.__all__) - declared) == ["__version__"]
+
+
+@pytest.mark.parametrize(("public", "module", "name"), declared_imports())
+def test_a_public_name_is_the_declared_object(public: str, module: str, name: str) -> None:
+    assert getattr(miminions, public) is getattr(importlib.import_module(module), name)
+
+
+def test_an_unknown_name_is_an_attribute_error() -> None:
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        _ = miminions.Nope  # type: ignore[attr-defined]
+
+
+def test_importing_the_package_loads_no_kernel_module() -> None:
+    code = (
+        "import sys, miminions; "
+        "print(sorted(m for m in sys.modules if m.startswith('miminions.kernel')))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"
