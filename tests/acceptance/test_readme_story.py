@@ -154,6 +154,17 @@ def test_quick_start_demo_then_status_and_events(tmp_path: Path) -> None:
     assert [e["event_id"] for e in events] == sorted(e["event_id"] for e in events)
 
 
+def test_ci_runs_the_readme_test_command_verbatim() -> None:
+    """The quick start has exactly two commands, the demo's and the tests'; ``.ci/run``
+    runs the second one as it is written there."""
+    commands = [block.strip() for block in BASH_BLOCK.findall(readme_section("Quick start"))]
+    assert len(commands) == 2
+    demo, tests = commands
+    assert demo.endswith("miminions demo")
+    ci_lines = (ROOT / ".ci" / "run").read_text(encoding="utf-8").splitlines()
+    assert tests in ci_lines
+
+
 # --------------------------------------------------------------------------- a team story
 GATES: dict[str, asyncio.Event] = {}  # a task whose name is here runs until its gate opens
 
