@@ -40,6 +40,7 @@ from miminions import (
 )
 from miminions.kernel.models import Event, ProcessSettings, RestartPolicy
 from tests.support.process_agents import (
+    AtExitAgent,
     CpuSpinAgent,
     CrashAgent,
     MemoryAgent,
@@ -740,3 +741,16 @@ async def test_a_stopped_runtime_with_process_agents_is_freed(
     del rt
     gc.collect()
     assert gone() is None
+
+
+async def test_a_stopped_worker_runs_the_agents_exit_handlers(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """What the agent's libraries flush at exit (atexit) is flushed when the agent stops."""
+    path = tmp_path / "exits.txt"
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("exits", AtExitAgent, config={"path": str(path)})
+        await rt.start_agent(agent_id)
+        pid = rt.get_agent_status(agent_id).process_id
+        await rt.stop_agent(agent_id)
+    assert path.read_text().splitlines() == [f"exit {pid}"]

@@ -147,3 +147,16 @@ class SteppingAgent(BaseAgent):
             _write(task.input_data["progress"], str(steps))
             await asyncio.sleep(0.01)
         return _done(self, steps=steps)
+
+
+class AtExitAgent(BaseAgent):
+    """Registers an exit handler that appends ``config["path"]`` a line: the worker runs
+    it when the agent is stopped."""
+
+    async def on_start(self) -> None:
+        import atexit
+
+        atexit.register(_append_line, self.config["path"], f"exit {os.getpid()}")
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        return _done(self)

@@ -14,6 +14,7 @@ process that forked it dies (``PR_SET_PDEATHSIG``), so no worker outlives its ru
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import ctypes
 import importlib
@@ -104,6 +105,12 @@ def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
             runner.run(_serve(sock, boot))
     finally:
         sock.close()
+    # multiprocessing ends a worker with os._exit, which skips atexit: run the handlers now,
+    # so what the agent's libraries flush at exit (trace exporters, log handlers) is not
+    # lost when the agent is stopped. A killed worker runs nothing, as any killed process.
+    # (Handlers inherited from the forkserver's preloaded modules run too: logging's
+    # shutdown, multiprocessing's, and the worker pool's, which has no worker to kill here.)
+    atexit._run_exitfuncs()
 
 
 def _loop_factory(boot: dict[str, Any]) -> Callable[[], asyncio.AbstractEventLoop] | None:
