@@ -46,6 +46,10 @@ TEXT_EVENTS_LIMIT = 50
 DETAILS_WIDTH = 70
 ERROR_WIDTH = 60
 EXIT_USAGE = 2
+#: Ids up to this long are shown whole in tables; longer ones by their tail.
+SHORT_ID_WIDTH = 12
+#: How many trailing characters of a longer id are shown (after ``..``).
+SHORT_ID_TAIL = SHORT_ID_WIDTH - 2
 # The latest of these says whether the queue is paused (the pause survives restarts).
 _QUEUE_EVENTS = [EventType.QUEUE_PAUSED, EventType.QUEUE_RESUMED]
 
@@ -96,8 +100,20 @@ def _parse_status(value: str | None) -> TaskStatus | None:
         raise CliError(f"status {value!r} is not one of: {choices}") from None
 
 
-def _short(value: str | None, width: int = 8) -> str:
-    return "-" if not value else value[:width]
+def short_id(value: str | None) -> str:
+    """An agent or task id cut to fit a table column, keeping the part that tells ids apart.
+
+    Generated task ids begin with their creation time (14 hex digits of microseconds, see
+    :func:`miminions.kernel.task_input.new_task_id`), so tasks created within seconds of
+    each other share a long prefix and differ only in their random tail. An id longer than
+    :data:`SHORT_ID_WIDTH` is therefore shown as ``..`` and its last
+    :data:`SHORT_ID_TAIL` characters (a generated id's whole random part; any part of a
+    random agent id), which can be searched for in the full ids ``miminions tasks`` lists.
+    Shorter ids, such as ones the caller chose, are shown whole; no id is ``-``.
+    """
+    if not value:
+        return "-"
+    return value if len(value) <= SHORT_ID_WIDTH else ".." + value[-SHORT_ID_TAIL:]
 
 
 def _clip(text: str, width: int) -> str:
@@ -150,8 +166,8 @@ def format_events(events: Sequence[Event], names: dict[str, str]) -> str:
             _when(event.timestamp),
             event.event_type.value,
             event.severity.value,
-            names.get(event.agent_id or "", _short(event.agent_id)),
-            _short(event.task_id),
+            names.get(event.agent_id or "", short_id(event.agent_id)),
+            short_id(event.task_id),
             _clip(json.dumps(event.details, separators=(",", ":")), DETAILS_WIDTH)
             if event.details
             else "",
@@ -252,7 +268,7 @@ def format_tasks(tasks: Sequence[Task], names: dict[str, str]) -> str:
             priority_label(task.priority),
             task.status.value,
             task.retry_count + (1 if task.started_at is not None else 0),
-            names.get(task.assigned_agent_id or "", _short(task.assigned_agent_id)),
+            names.get(task.assigned_agent_id or "", short_id(task.assigned_agent_id)),
             _clip(task.error_message, ERROR_WIDTH) if task.error_message else "",
         ]
         for task in tasks

@@ -6,10 +6,13 @@ project that uses miminions gets these without any setup (see ``docs/testing.md`
 - ``miminions_config`` — a :class:`~miminions.RuntimeConfig` for fast tests, its database
   in the test's ``tmp_path``, agents ``inline`` by default;
 - ``miminions_plugins`` — the plugins the runtime is built with (none by default);
+- ``miminions_disable`` — the names of the plugins the runtime is built without (none by
+  default): a built-in to replace or an installed extra to leave out;
 - ``miminions_runtime`` — an :class:`~miminions.AgentRuntime` started on that config and
   stopped after the test, which then checks that nothing was left running;
 - ``@pytest.mark.miminions(**options)`` — per-test config overrides (``isolation="process"``,
-  ``limits=...``, any ``RuntimeConfig`` field), ``plugins=[...]`` and ``check_leaks=False``;
+  ``limits=...``, any ``RuntimeConfig`` field), ``plugins=[...]``, ``disable=[...]`` and
+  ``check_leaks=False``;
 - :class:`AgentHarness` and :func:`run_agent` — register and start an agent, give it tasks
   and await their outcomes within a bound, failing with the task's error, what holds it and
   the recent events;
@@ -52,7 +55,7 @@ if TYPE_CHECKING:
     )
 
 #: Options of the ``miminions`` marker that are not RuntimeConfig fields.
-_RUNTIME_OPTIONS = frozenset({"plugins", "check_leaks"})
+_RUNTIME_OPTIONS = frozenset({"plugins", "disable", "check_leaks"})
 
 
 def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
@@ -76,7 +79,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers",
         "miminions(**options): options of the miminions_config and miminions_runtime "
         "fixtures: RuntimeConfig fields (isolation= for default_isolation, limits=...), "
-        "plugins=[...] for the runtime, check_leaks=False to skip the teardown checks",
+        "plugins=[...] for the runtime, disable=[...] for plugins it is built without, "
+        "check_leaks=False to skip the teardown checks",
     )
 
 
@@ -108,6 +112,22 @@ def miminions_plugins(request: pytest.FixtureRequest) -> list[object]:
     return list(_marker_options(request).get("plugins", ()))
 
 
+@pytest.fixture
+def miminions_disable(request: pytest.FixtureRequest) -> list[str]:
+    """The names of the plugins ``miminions_runtime`` is built without (``disable=`` of
+    :class:`~miminions.AgentRuntime`): the ``miminions`` marker's ``disable=[...]``, or
+    none. Disable a built-in to replace it with a plugin of ``miminions_plugins``, or an
+    installed extra to test without it. Redefine it to do so for every test of a scope."""
+    disable = _marker_options(request).get("disable", ())
+    if isinstance(disable, str):  # list("name") would disable one plugin per letter
+        pytest.fail(
+            f"@pytest.mark.miminions: disable takes a list of plugin names, "
+            f"e.g. disable=[{disable!r}]",
+            pytrace=False,
+        )
+    return list(disable)
+
+
 # --------------------------------------------------------------------------- the runtime
 def _async_fixture(function: Callable[..., Any]) -> Any:
     """Declare an async fixture. pytest-asyncio's decorator makes it work in both its
@@ -123,16 +143,18 @@ async def miminions_runtime(
     request: pytest.FixtureRequest,
     miminions_config: RuntimeConfig,
     miminions_plugins: list[object],
+    miminions_disable: list[str],
 ) -> AsyncIterator[AgentRuntime]:
     """A started :class:`~miminions.AgentRuntime` on ``miminions_config`` with
-    ``miminions_plugins``, stopped after the test (see :func:`started_runtime`: the
-    teardown fails if anything was left running, unless the test is marked
-    ``@pytest.mark.miminions(check_leaks=False)``). Needs pytest-asyncio."""
+    ``miminions_plugins`` and without the plugins named in ``miminions_disable``, stopped
+    after the test (see :func:`started_runtime`: the teardown fails if anything was left
+    running, unless the test is marked ``@pytest.mark.miminions(check_leaks=False)``).
+    Needs pytest-asyncio."""
     from miminions.testing_tools import started_runtime
 
     check_leaks = bool(_marker_options(request).get("check_leaks", True))
     async with started_runtime(
-        miminions_config, miminions_plugins, check_leaks=check_leaks
+        miminions_config, miminions_plugins, disable=miminions_disable, check_leaks=check_leaks
     ) as runtime:
         yield runtime
 

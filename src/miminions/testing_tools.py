@@ -135,10 +135,13 @@ async def started_runtime(
     config: RuntimeConfig,
     plugins: Sequence[object] = (),
     *,
+    disable: Sequence[str] = (),
     check_leaks: bool = True,
 ) -> AsyncIterator[AgentRuntime]:
-    """Start an :class:`~miminions.AgentRuntime` on ``config`` with ``plugins``; stop it
-    when the block ends.
+    """Start an :class:`~miminions.AgentRuntime` on ``config`` with ``plugins`` and without
+    the plugins named in ``disable`` (as ``AgentRuntime(disable=...)``: a built-in to
+    replace, an installed extra to leave out); stop it when the block ends. ``disable``
+    cannot name ``miminions_testing_watch``, the plugin the leak checks rely on (ValueError).
 
     When the block ends without an error and ``check_leaks`` is true, the test then fails
     if the runtime left anything running: an agent not stopped, a task still running, an
@@ -148,7 +151,9 @@ async def started_runtime(
     """
     watch = _Watch()
     before = asyncio.all_tasks()
-    runtime = AgentRuntime(config=config, plugins=[*plugins, watch])
+    if _Watch.miminions_plugin_name in disable:  # the leak checks rely on it
+        raise ValueError(f"{_Watch.miminions_plugin_name!r} cannot be disabled")
+    runtime = AgentRuntime(config=config, plugins=[*plugins, watch], disable=disable)
     await runtime.start()
     try:
         yield runtime

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from miminions.cli import format_counts, format_events
+from miminions.cli import format_counts, format_events, short_id
 from miminions.demo import format_table, priority_label
 from miminions.kernel.models import AgentStatus, Event, TaskStatus
 
@@ -111,7 +111,7 @@ def format_throughput(rate: Throughput | None) -> str:
 def _running_text(running: Sequence[RunningTask]) -> str:
     if not running:
         return "-"
-    return ", ".join(f"{task.name} ({task.task_id[:8]})" for task in running)
+    return ", ".join(f"{task.name} ({short_id(task.task_id)})" for task in running)
 
 
 def format_agent_lines(agents: Sequence[AgentLine]) -> str:
@@ -121,7 +121,7 @@ def format_agent_lines(agents: Sequence[AgentLine]) -> str:
     rows = [
         [
             agent.name,
-            agent.agent_id[:8],
+            short_id(agent.agent_id),
             agent.group or "-",
             agent.status.value,
             _running_text(agent.running),

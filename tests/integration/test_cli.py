@@ -13,14 +13,14 @@ import io
 import json
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, RuntimeConfig, TaskStatus, __version__
+from miminions import AgentRuntime, RuntimeConfig, TaskRequest, TaskStatus, __version__
 from miminions import demo as demo_module
 from miminions.cli import main
 from miminions.kernel.export import FIELDS
@@ -205,6 +205,29 @@ def test_events_text_table(demo_runs: DemoRuns, capsys: pytest.CaptureFixture[st
     assert all(
         line.split()[3] == "agent_paused" and line.split()[5] in DEMO_AGENTS for line in lines[1:]
     )
+
+
+def test_event_tables_tell_tasks_created_together_apart(
+    make_config: Callable[..., RuntimeConfig], db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Generated task ids begin with their creation time, so the ids of one batch share
+    their first characters: the events tables of ``events`` and ``status`` show each id's
+    random tail instead, and every task of the batch keeps its own id."""
+
+    async def submit() -> list[str]:
+        async with AgentRuntime(config=make_config()) as rt:
+            return await rt.submit_tasks([TaskRequest(name=f"batch-{n}") for n in range(3)])
+
+    ids = asyncio.run(submit())
+    tails = {".." + task_id[-10:] for task_id in ids}
+    assert len(tails) == 3
+    for command in (["events", "--type", "task_enqueued"], ["status"]):
+        code, out, err = cli(capsys, command[0], "--db", str(db_path), *command[1:])
+        assert code == 0, err
+        # id, date, time, type, severity, agent, task, details
+        enqueued = [line.split() for line in out.splitlines() if "  task_enqueued  " in line]
+        assert {row[6] for row in enqueued} == tails, out
+        assert len(enqueued) == 3
 
 
 @pytest.mark.parametrize("to_file", [False, True])

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from miminions import AgentRuntime, Priority, RuntimeConfig, TaskRequest
-from miminions.cli import main
+from miminions.cli import main, short_id
 from miminions.top import run_top
 from tests.support import agents
 from tests.support.runtime import ROOT, run_child_runtime
@@ -162,8 +162,8 @@ async def test_once_shows_agents_tasks_queue_and_events_of_a_live_runtime(
     assert set(agents_table) == {"hang1", "hang2"}
     running = {row[3] for row in agents_table.values()}
     assert running == {
-        f"no_retries ({ids['no_retries'][:8]})",
-        f"with_retries ({ids['with_retries'][:8]})",
+        f"no_retries ({short_id(ids['no_retries'])})",
+        f"with_retries ({short_id(ids['with_retries'])})",
     }
     for row in agents_table.values():  # id, group, status, task, restarts
         assert (row[1], row[2], row[4]) == ("-", "running", "0")
@@ -195,6 +195,53 @@ async def test_once_shows_agents_tasks_queue_and_events_of_a_live_runtime(
         assert f"  {kind}  " in events
     started = [line for line in events.splitlines() if "  task_started  " in line]
     assert {line.split()[5] for line in started} == {"hang1", "hang2"}  # agents by name
+
+
+# --------------------------------------------------------------------------- task ids
+async def test_tasks_created_together_show_different_ids(
+    make_config: Callable[..., RuntimeConfig], db_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Two agents running two tasks of one batch show two different ids, in the agents table
+    and in the events: generated ids begin with their creation time, so ids created
+    together share their first characters and only the random tail tells them apart."""
+    async with AgentRuntime(config=make_config()) as rt:
+        pairs: dict[str, str] = {}
+        for name in ("gate-a", "gate-b"):
+            agent_id = await rt.register_agent(f"runs-{name}", agents.GatedAgent)
+            await rt.start_agent(agent_id)
+            pairs[name] = agent_id
+        ids = await rt.submit_tasks(
+            [TaskRequest(name=name, agent_id=agent_id) for name, agent_id in pairs.items()]
+        )
+        try:
+
+            async def both_running() -> str | None:
+                code, out, err = await top(capsys, "--db", str(db_path), "--once", "--events", "50")
+                assert code == 0, err
+                frame = one_frame(out)
+                tasks = [row[3] for row in table(frame, "Agents").values()]
+                started = frame.count("  task_started  ")
+                return frame if "-" not in tasks and started == 2 else None
+
+            frame = await wait_until(both_running, "both agents running their task, logged")
+        finally:
+            for name in pairs:
+                agents.GATES.setdefault(name, asyncio.Event()).set()
+            for task_id in ids:
+                await rt.wait_for_task(task_id, 10)
+
+    agents_table = table(frame, "Agents")
+    shown: dict[str, str] = {}
+    for name, task_id in zip(pairs, ids, strict=True):
+        running = re.fullmatch(rf"{name} \((\S+)\)", agents_table[f"runs-{name}"][3])
+        assert running is not None, agents_table
+        shown[name] = running[1]
+        assert shown[name] == ".." + task_id[-10:]  # the random tail, marked as a tail
+    assert shown["gate-a"] != shown["gate-b"]
+    assert len({row[0] for row in agents_table.values()}) == 2  # agent ids differ too
+    events = section(frame, "Recent events (last 50)")[1:]
+    started = {line.split()[5]: line.split()[6] for line in events if "  task_started  " in line}
+    assert started == {f"runs-{name}": shown[name] for name in pairs}  # agent -> its task
 
 
 # --------------------------------------------------------------------------- throughput

@@ -18,6 +18,7 @@ from miminions.testing import (
     TEST_CONFIG_DEFAULTS,
     AgentHarness,
     runtime_config,
+    started_runtime,
     wait_until,
 )
 from tests.support.agents import EchoAgent
@@ -130,6 +131,74 @@ def test_marker_options_reach_the_config_and_the_runtime(pytester: pytest.Pytest
     result.stdout.fnmatch_lines(
         ["*@pytest.mark.miminions: unknown RuntimeConfig field(s) *no_such_option*"]
     )
+
+
+def test_marker_disables_plugins_to_replace_or_leave_out(pytester: pytest.Pytester) -> None:
+    """disable=[...] builds the runtime without those plugins: a built-in left out (no event
+    reaches the log), or replaced by a plugin of plugins=[...] (a store in another file).
+    It is ``miminions_disable``; a bare string or an unknown name fails the setup."""
+    user_tests(
+        pytester,
+        """
+        import logging
+        from pathlib import Path
+
+        from miminions.plugins.sqlite_store import SQLiteStore
+
+
+        def logged(caplog):
+            return [r.getMessage() for r in caplog.records if r.name == "miminions.events"]
+
+
+        async def test_logged_by_default(miminions_runtime, miminions_disable, caplog):
+            caplog.set_level(logging.DEBUG, logger="miminions.events")
+            assert miminions_disable == []
+            await run_agent(miminions_runtime, Echo, [{}])
+            assert any(line.startswith("task_completed ") for line in logged(caplog))
+
+
+        @pytest.mark.miminions(disable=["logging_monitor"])
+        async def test_not_logged(miminions_runtime, miminions_disable, caplog):
+            caplog.set_level(logging.DEBUG, logger="miminions.events")
+            assert miminions_disable == ["logging_monitor"]
+            (task,) = await run_agent(miminions_runtime, Echo, [{}])
+            assert task.status is TaskStatus.COMPLETED
+            assert logged(caplog) == []
+
+
+        class ElsewhereStore:
+            miminions_plugin_name = "elsewhere_store"
+
+            @hookimpl
+            def miminions_make_store(self, config):
+                return SQLiteStore(config.storage_path + ".elsewhere")
+
+
+        @pytest.mark.miminions(disable=["sqlite_store"], plugins=[ElsewhereStore()])
+        async def test_store_replaced(miminions_runtime, miminions_config):
+            (task,) = await run_agent(miminions_runtime, Echo, [{"x": 1}])
+            await miminions_runtime.store.flush()
+            (stored,) = await miminions_runtime.store.load_tasks()
+            assert (stored.task_id, stored.status) == (task.task_id, TaskStatus.COMPLETED)
+            assert Path(miminions_config.storage_path + ".elsewhere").exists()
+            assert not Path(miminions_config.storage_path).exists()
+
+
+        @pytest.mark.miminions(disable="logging_monitor")
+        async def test_a_string(miminions_runtime):
+            pass
+
+
+        @pytest.mark.miminions(disable=["no_such_plugin"])
+        async def test_unknown_name(miminions_runtime):
+            pass
+        """,
+    )
+    result = run(pytester)
+    result.assert_outcomes(passed=3, errors=2)
+    output = result.stdout.str()
+    assert "disable takes a list of plugin names, e.g. disable=['logging_monitor']" in output
+    assert "cannot disable unknown plugin(s) ['no_such_plugin']" in output
 
 
 def test_a_conftest_redefines_the_config_fixture(pytester: pytest.Pytester) -> None:
@@ -324,6 +393,20 @@ async def test_harness_names_agents_and_routes_tasks_to_its_agent(
     assert [task.name for task in tasks] == ["EchoAgent-2-1", "given"]
     assert [task.output_data["echo"] for task in tasks] == [{"n": 1}, {"n": 2}]
     assert {task.assigned_agent_id for task in tasks} == {second.agent_id}
+
+
+async def test_started_runtime_builds_the_runtime_without_the_disabled_plugins(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """started_runtime(disable=[...]) is AgentRuntime(disable=[...]); the plugin the leak
+    checks rely on cannot be disabled."""
+    async with started_runtime(miminions_config, disable=["logging_monitor"]) as rt:
+        names = rt.plugin_manager.plugin_names()
+        assert "logging_monitor" not in names
+        assert {"sqlite_store", "miminions_testing_watch"} <= set(names)
+    with pytest.raises(ValueError, match="'miminions_testing_watch' cannot be disabled"):
+        async with started_runtime(miminions_config, disable=["miminions_testing_watch"]):
+            pass
 
 
 async def test_an_impossible_expect_is_rejected_before_anything_is_submitted(
