@@ -9,9 +9,11 @@ in its worker comes back in its task's result (``tests.support.tracing_agents``)
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
+import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -153,8 +155,8 @@ async def test_submit_wait_and_run_spans_follow_the_caller(
     task = await traced.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
     assert task.status is TaskStatus.COMPLETED
 
-    caller, submit = await recorded.one("caller"), await recorded.one("submit")
-    wait, run = await recorded.one("wait greet"), await recorded.one("run greet")
+    caller, submit = await recorded.one("caller"), await recorded.one("submit tasks")
+    wait, run = await recorded.one("wait tasks"), await recorded.one("process tasks")
     assert_child(submit, caller)
     assert_child(wait, submit)
     assert_child(run, submit)
@@ -165,13 +167,23 @@ async def test_submit_wait_and_run_spans_follow_the_caller(
     )
     assert submit.attributes is not None
     assert run.attributes is not None
-    assert submit.attributes["messaging.system"] == "miminions"
-    assert submit.attributes["messaging.operation.type"] == "send"
+    assert_attributes(
+        submit,
+        {
+            "messaging.system": "miminions",
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "submit",
+            "messaging.destination.name": "tasks",
+        },
+    )
+    assert "messaging.batch.message_count" not in submit.attributes  # one task: no batch
+    assert_attributes(wait, {"miminions.task.id": task_id, "miminions.task.name": "greet"})
     assert_attributes(
         run,
         {
             "messaging.system": "miminions",
             "messaging.operation.type": "process",
+            "messaging.operation.name": "process",
             "messaging.destination.name": "tasks",
             "messaging.message.id": task_id,
             "miminions.task.id": task_id,
@@ -193,6 +205,29 @@ async def test_submit_wait_and_run_spans_follow_the_caller(
     assert ids(submit)["span_id"] in stored["traceparent"]
 
 
+async def test_a_batch_is_one_submit_span_and_names_stay_few(
+    traced: AgentRuntime, recorded: Recorded
+) -> None:
+    """``submit_tasks`` draws one submit span with the batch's size; the tasks' spans are
+    named after the queue, whatever the task is called, and carry its name instead."""
+    await start_agent(traced, "echo", EchoAgent)
+    task_ids = await traced.submit_tasks([{"name": "alpha"}, {"name": "beta"}, {"name": "gamma"}])
+    for task_id in task_ids:
+        task = await traced.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
+        assert task.status is TaskStatus.COMPLETED
+
+    submit = await recorded.one("submit tasks")
+    assert_attributes(submit, {"messaging.batch.message_count": 3})
+    runs = await recorded.some("process tasks", 3)
+    waits = await recorded.some("wait tasks", 3)
+    for span in (*runs, *waits):
+        assert_child(span, submit)
+    named = {(span.attributes or {}).get("miminions.task.name") for span in runs}
+    assert named == {"alpha", "beta", "gamma"}
+    task_spans = {name for name in recorded.names() if not name.startswith("agent ")}
+    assert task_spans == {"submit tasks", "wait tasks", "process tasks"}
+
+
 @pytest.mark.parametrize("isolation", ["process", "inline"])
 @pytest.mark.parametrize("agent", ["async class", "sync function"])
 async def test_agent_code_runs_in_its_run_span(
@@ -210,7 +245,7 @@ async def test_agent_code_runs_in_its_run_span(
     task = await run_task(traced, "report", {}, agent_id=agent_id)
     assert task.status is TaskStatus.COMPLETED, task.error_message
 
-    run = await recorded.one("run report")
+    run = await recorded.one("process tasks")
     seen = task.output_data
     assert (seen["pid"] != os.getpid()) == (isolation == "process")
     assert seen["current"] == ids(run) | {"valid": True}
@@ -229,9 +264,9 @@ async def test_a_failed_attempt_is_an_error_and_its_retry_waits_again(
     task = await run_task(traced, "flaky", {"fail_times": 1}, max_retries=1)
     assert task.status is TaskStatus.COMPLETED, task.error_message
 
-    submit = await recorded.one("submit")
-    first, second = await recorded.some("run flaky", 2)
-    waits = await recorded.some("wait flaky", 2)
+    submit = await recorded.one("submit tasks")
+    first, second = await recorded.some("process tasks", 2)
+    waits = await recorded.some("wait tasks", 2)
     for span in (first, second, *waits):
         assert_child(span, submit)
     assert first.attributes is not None
@@ -257,7 +292,7 @@ async def test_a_timed_out_run_is_an_error(traced: AgentRuntime, recorded: Recor
     task = await run_task(traced, "nap", {"seconds": 30}, timeout_seconds=0.1)
     assert task.status is TaskStatus.FAILED
 
-    run = await recorded.one("run nap")
+    run = await recorded.one("process tasks")
     assert run.attributes is not None
     assert run.status.status_code is StatusCode.ERROR
     assert run.attributes["miminions.task.outcome"] == "timed_out"
@@ -270,7 +305,7 @@ async def test_a_cancelled_run_is_not_an_error(traced: AgentRuntime, recorded: R
     await wait_until(lambda: "nap" in STARTED, "the task to start")
     await traced.cancel_task(task_id)
 
-    run = await recorded.one("run nap")
+    run = await recorded.one("process tasks")
     assert run.attributes is not None
     assert run.attributes["miminions.task.outcome"] == "cancelled"
     assert run.status.status_code is StatusCode.UNSET
@@ -285,7 +320,7 @@ async def test_the_trace_survives_a_restart(make_config: MakeConfig, recorded: R
         await first.pause_queue()
         task_id = await first.submit_task("later")
         stored = first.get_task_status(task_id).trace_context
-    submit = await recorded.one("submit")
+    submit = await recorded.one("submit tasks")
     assert stored is not None
     assert ids(submit)["span_id"] in stored["traceparent"]
 
@@ -297,7 +332,7 @@ async def test_the_trace_survives_a_restart(make_config: MakeConfig, recorded: R
         await second.resume_queue()
         task = await second.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
         assert task.status is TaskStatus.COMPLETED
-    assert_child(await recorded.one("run later"), submit)
+    assert_child(await recorded.one("process tasks"), submit)
 
 
 # ----------------------------------------------------------------------------- messages
@@ -320,8 +355,8 @@ async def test_request_and_reply_between_process_agents_are_one_trace(
 
     caller, submit, run = (
         await recorded.one("caller"),
-        await recorded.one("submit"),
-        await recorded.one("run ask"),
+        await recorded.one("submit tasks"),
+        await recorded.one("process tasks"),
     )
     request = await recorded.one("request replier")
     receive = await recorded.one("receive replier")
@@ -451,7 +486,7 @@ async def test_without_agent_context_a_worker_sees_no_span(
             rt, "reporter", tracing_agents.ContextReportingAgent, isolation="process"
         )
         task = await run_task(rt, "report", {}, agent_id=agent_id)
-    await recorded.one("run report")
+    await recorded.one("process tasks")
     assert task.output_data["current"]["valid"] is False
 
 
@@ -517,6 +552,54 @@ async def test_asked_for_without_the_package_the_start_fails(
         await rt.start()
     assert info.value.extra == "otel"
     assert not rt.is_running
+
+
+# Run in a fresh interpreter: opentelemetry is made unimportable before miminions (and so
+# the plugin module) is imported, as on a machine without the extra.
+NOT_INSTALLED = """
+import asyncio, json, sys
+sys.modules["opentelemetry"] = None
+from miminions import AgentRuntime, MissingExtraError, RuntimeConfig
+from miminions.kernel.plugins import build_plugin_manager
+
+pm = build_plugin_manager()
+seen = {
+    "plugins": pm.plugin_names(),
+    "otel_hooks": pm.hooks_of("otel"),
+    "event": [impl.plugin_name for impl in pm.hook.miminions_event.get_hookimpls()],
+    "trace": [impl.plugin_name for impl in pm.hook.miminions_trace_context.get_hookimpls()],
+}
+
+async def start_asking_for_otel():
+    rt = AgentRuntime(sys.argv[1], config=RuntimeConfig(plugin_options={"otel": {}}))
+    try:
+        await rt.start()
+    except MissingExtraError as exc:
+        return str(exc)
+    await rt.stop()
+    return None
+
+seen["start"] = asyncio.run(start_asking_for_otel())
+print(json.dumps(seen))
+"""
+
+
+def test_not_installed_it_adds_no_hook_to_the_work(tmp_path: Path) -> None:
+    """Without opentelemetry at import, the plugin is loaded but implements nothing the
+    runtime calls per submit, send or event; asking for it still fails the start."""
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_INSTALLED, str(tmp_path / "db.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert "otel" in seen["plugins"]
+    assert seen["otel_hooks"] == ["miminions_configure"]
+    assert "otel" not in seen["event"]
+    assert seen["trace"] == []
+    assert PIP_COMMAND in seen["start"]
 
 
 # ----------------------------------------------------------------------------- the kernel

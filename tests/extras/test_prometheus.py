@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import json
 import socket
+import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -29,6 +31,7 @@ from miminions import (
     UsageBudget,
 )
 from miminions.extras import prometheus
+from miminions.extras.prometheus_http import MetricsEndpoint
 from miminions.kernel.plugins import AUTOLOAD_ENV
 from tests.support.agents import EchoAgent, RecordingAgent
 from tests.support.messaging_agents import ResponderAgent
@@ -106,6 +109,7 @@ def with_port(make_config: MakeConfig, **options: Any) -> RuntimeConfig:
 
 
 # --------------------------------------------------------------------------- registration
+@pytest.mark.usefixtures("client_package")
 def test_registers_through_the_entry_point(make_config: MakeConfig) -> None:
     """The extra comes from the ``miminions`` entry-point group under its name."""
     rt = AgentRuntime(config=make_config())
@@ -373,6 +377,32 @@ async def test_nothing_listens_after_stop(make_config: MakeConfig) -> None:
         idle.close()
 
 
+def test_a_loop_torn_down_right_after_the_start_leaves_no_socket() -> None:
+    """The endpoint starts serving on the loop's next turns; a loop torn down before that
+    (``asyncio.run`` cancels what is left) closes its listening socket at once, instead of
+    leaving it to the garbage collector."""
+
+    async def open_endpoint() -> MetricsEndpoint:
+        return MetricsEndpoint.listen("127.0.0.1", 0, lambda accept: (b"", "text/plain"))
+
+    endpoint = asyncio.run(open_endpoint())  # kept: the garbage collector cannot close it
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((endpoint.address.host, endpoint.address.port), 5.0)
+
+
+@pytest.mark.usefixtures("client_package")
+async def test_a_host_name_is_bound_at_its_first_address(make_config: MakeConfig) -> None:
+    """``host="localhost"``: one socket, on the first address the name resolves to, which
+    ``endpoint()`` reports and a scrape reaches."""
+    infos = socket.getaddrinfo("localhost", 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    first = infos[0][4][0]
+    async with AgentRuntime(config=with_port(make_config, host="localhost")) as rt:
+        where = prometheus.endpoint(rt)
+        assert where is not None
+        assert where.host == first
+        assert (await scrape(where.url)).status == 200
+
+
 @pytest.mark.usefixtures("client_package")
 async def test_a_taken_port_fails_the_start(make_config: MakeConfig) -> None:
     """A port something else listens on is a ConfigurationError at start, and the runtime
@@ -451,3 +481,52 @@ async def test_missing_package_asked_for_fails_the_start(
         await rt.start()
     assert PIP_COMMAND in str(info.value)
     assert not rt.is_running
+
+
+# Run in a fresh interpreter: prometheus_client is made unimportable before miminions (and
+# so the plugin module) is imported, as on a machine without the extra.
+NOT_INSTALLED = """
+import asyncio, json, sys
+sys.modules["prometheus_client"] = None
+from miminions import AgentRuntime, MissingExtraError, RuntimeConfig
+from miminions.kernel.plugins import build_plugin_manager
+
+pm = build_plugin_manager()
+seen = {
+    "plugins": pm.plugin_names(),
+    "prometheus_hooks": pm.hooks_of("prometheus"),
+    "event": [impl.plugin_name for impl in pm.hook.miminions_event.get_hookimpls()],
+}
+
+async def missing(config, export):
+    rt = AgentRuntime(sys.argv[1], config=config)
+    try:
+        async with rt:
+            if export:
+                rt.export_prometheus_metrics()
+    except MissingExtraError as exc:
+        return str(exc)
+    return None
+
+seen["start"] = asyncio.run(missing(RuntimeConfig(plugin_options={"prometheus": {}}), False))
+seen["export"] = asyncio.run(missing(RuntimeConfig(), True))
+print(json.dumps(seen))
+"""
+
+
+def test_not_installed_it_adds_no_hook_to_the_work(tmp_path: Path) -> None:
+    """Without prometheus_client at import, the plugin is loaded but does not listen to
+    events; asking for it still fails the start, and the export names the extra."""
+    done = subprocess.run(
+        [sys.executable, "-c", NOT_INSTALLED, str(tmp_path / "db.sqlite")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    seen = json.loads(done.stdout)
+    assert "prometheus" in seen["plugins"]
+    assert seen["prometheus_hooks"] == ["miminions_configure"]
+    assert "prometheus" not in seen["event"]
+    assert PIP_COMMAND in seen["start"]
+    assert PIP_COMMAND in seen["export"]

@@ -8,6 +8,7 @@ needs them, and asking for an extra whose package is missing raises
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from types import ModuleType
 
 from miminions.kernel.errors import MissingExtraError
@@ -21,4 +22,18 @@ def require(module: str, extra: str) -> ModuleType:
         raise MissingExtraError(module, extra) from exc
 
 
-__all__ = ["require"]
+def installed(package: str) -> bool:
+    """Whether the top-level ``package`` is installed, found without importing anything:
+    an extra's plugin module asks this once, when it is imported, to leave out the hooks
+    that would only pass without it.
+
+    A name set to None in ``sys.modules`` counts as missing, as ``import`` sees it; so does
+    one whose spec cannot be told (``find_spec`` raises ValueError for a module without one).
+    """
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+__all__ = ["installed", "require"]

@@ -5,13 +5,15 @@ opentelemetry is installed and the plugin is not disabled (``disable=["otel"]``)
 records spans with OpenTelemetry's global tracer provider, or the one given to
 :func:`use_tracer_provider`, and one trace follows work across agents and processes:
 
-- ``submit`` (PRODUCER), a child of the caller's current span, for each ``submit_task`` /
-  ``submit_tasks`` call; every task of the call carries its context;
-- per attempt of a task, ``wait <name>`` (the time it waited in the queue) and ``run
-  <name>`` (CONSUMER; ERROR with the error when it fails or times out), children of the
-  submit span. The agent runs inside the run span: in a worker process too, the run's
-  context is OpenTelemetry's current context while ``execute_task`` runs, so spans the agent
-  makes itself (with its own provider) nest under it, and what it sends carries it;
+- ``submit tasks`` (PRODUCER), a child of the caller's current span, for each
+  ``submit_task`` / ``submit_tasks`` call (a batch's size in
+  ``messaging.batch.message_count``); every task of the call carries its context;
+- per attempt of a task, ``wait tasks`` (the time it waited in the queue) and ``process
+  tasks`` (CONSUMER, the run; ERROR with the error when it fails or times out), children of
+  the submit span, the task's name in ``miminions.task.name`` (span names stay few, as
+  backends group by them). The agent runs inside the process span: in a worker process too,
+  the run's context is OpenTelemetry's current context while ``execute_task`` runs, so spans
+  the agent makes itself (with its own provider) nest under it, and what it sends carries it;
 - ``send``/``publish``/``request``/``reply <destination>`` (PRODUCER) for each message,
   a child of what the sender was doing, and ``receive <destination>`` (CONSUMER) when it is
   taken; the receiver's ``on_message`` runs in the send span's context, and a reply in its
@@ -29,8 +31,10 @@ Options, ``plugin_options={"otel": {...}}`` (a section also says the extra is re
 ``tasks``, ``messages``, ``agents`` (which spans to record, all true by default) and
 ``agent_context`` (make the work's context current inside agents, true by default).
 
-Without opentelemetry installed the plugin is dormant (every hook passes), unless the user
-asked for it with an ``otel`` section: then starting the runtime raises
+Without opentelemetry installed the plugin is dormant: it implements no hook but
+``miminions_configure`` (whether the package is installed is decided once, when this module
+is imported), so submits, sends and events cost what they cost without the plugin. If the
+user asked for it with an ``otel`` section, starting the runtime raises
 :class:`~miminions.MissingExtraError` naming ``pip install 'miminions[otel]'``. Options it
 does not know, or bad values, are a :class:`~miminions.ConfigurationError` at start.
 
@@ -46,7 +50,7 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
-from miminions.extras import require
+from miminions.extras import installed, require
 from miminions.extras.otel_context import PROPAGATOR, WORKER_SETUP
 from miminions.kernel.errors import ConfigurationError, MissingExtraError
 from miminions.kernel.hookspecs import hookimpl
@@ -69,6 +73,9 @@ miminions_plugin_name = PLUGIN_NAME
 EXTRA = "otel"
 
 logger = logging.getLogger("miminions.extras.otel")
+
+# Decided once, at import, without importing it (a namespace package with no code).
+_INSTALLED = installed("opentelemetry")
 
 
 class OtelOptions(pydantic.BaseModel):
@@ -162,76 +169,80 @@ def miminions_configure(config: RuntimeConfig) -> None:
         require("opentelemetry.trace", EXTRA)
 
 
-@hookimpl(wrapper=True)
-def miminions_make_bus(runtime: AgentRuntime) -> Generator[None, Any, Any]:
-    """Wrap the chosen bus: a send span per message relayed, a receive span per take."""
-    bus = yield
-    tracing = _tracing(runtime)
-    if bus is None or tracing is None or not tracing.options.messages:
-        return bus
-    from miminions.extras.otel_spans import TracedBus
+# The other hooks do nothing without opentelemetry, and some run for every piece of work
+# (the trace hook on each submit and send, the event hook on each event). Every runtime
+# loads this module, so without the package they are not defined at all: the runtime then
+# makes no trace hook call and the event log has one listener fewer. A package hidden after
+# this import (``sys.modules[name] = None``) leaves them defined and passing: dormant.
+if _INSTALLED:
 
-    return TracedBus(bus, tracing)
+    @hookimpl(wrapper=True)
+    def miminions_make_bus(runtime: AgentRuntime) -> Generator[None, Any, Any]:
+        """Wrap the chosen bus: a send span per message relayed, a receive span per take."""
+        bus = yield
+        tracing = _tracing(runtime)
+        if bus is None or tracing is None or not tracing.options.messages:
+            return bus
+        from miminions.extras.otel_spans import TracedBus
 
+        return TracedBus(bus, tracing)
 
-@hookimpl(wrapper=True)
-def miminions_make_host(
-    spec: AgentSpec, agent: object, runtime: AgentRuntime
-) -> Generator[None, Any, Any]:
-    """Wrap the chosen host: a wait and a run span around each task it runs."""
-    host = yield
-    tracing = _tracing(runtime)
-    if host is None or tracing is None or not tracing.options.tasks:
-        return host
-    from miminions.extras.otel_spans import TracedHost
+    @hookimpl(wrapper=True)
+    def miminions_make_host(
+        spec: AgentSpec, agent: object, runtime: AgentRuntime
+    ) -> Generator[None, Any, Any]:
+        """Wrap the chosen host: a wait and a run span around each task it runs."""
+        host = yield
+        tracing = _tracing(runtime)
+        if host is None or tracing is None or not tracing.options.tasks:
+            return host
+        from miminions.extras.otel_spans import TracedHost
 
-    return TracedHost(host, tracing)
+        return TracedHost(host, tracing)
 
+    @hookimpl
+    def miminions_trace_context(
+        runtime: AgentRuntime, operation: str, count: int
+    ) -> Carrier | None:
+        """The carrier of work the application creates: a submit span's, or the caller's."""
+        tracing = _tracing(runtime)
+        return None if tracing is None else tracing.carrier_for(operation, count)
 
-@hookimpl
-def miminions_trace_context(runtime: AgentRuntime, operation: str) -> Carrier | None:
-    """The carrier of work the application creates: a submit span's, or the caller's."""
-    tracing = _tracing(runtime)
-    return None if tracing is None else tracing.carrier_for(operation)
+    @hookimpl
+    def miminions_worker_setup(runtime: AgentRuntime) -> str | None:
+        """Have agent worker processes attach their work's context (when opentelemetry is
+        importable there)."""
+        tracing = _tracing(runtime)
+        if tracing is None or not tracing.options.agent_context:
+            return None
+        return WORKER_SETUP
 
+    @hookimpl
+    def miminions_event(event: Event, runtime: AgentRuntime) -> None:
+        """Task outcomes end their run spans; agent lifecycle events become spans."""
+        tracing = _runtimes.get(runtime)
+        if tracing is not None:
+            tracing.on_event(event)
 
-@hookimpl
-def miminions_worker_setup(runtime: AgentRuntime) -> str | None:
-    """Have agent worker processes attach their work's context (when opentelemetry is
-    importable there)."""
-    tracing = _tracing(runtime)
-    if tracing is None or not tracing.options.agent_context:
-        return None
-    return WORKER_SETUP
+    @hookimpl
+    def miminions_runtime_started(runtime: AgentRuntime) -> None:
+        """Let inline agents see their work's context (OpenTelemetry's current context)."""
+        tracing = _tracing(runtime)
+        if tracing is not None and tracing.options.agent_context:
+            _propagating.add(runtime)
+            install_propagator(PROPAGATOR)
 
-
-@hookimpl
-def miminions_event(event: Event, runtime: AgentRuntime) -> None:
-    """Task outcomes end their run spans; agent lifecycle events become spans."""
-    tracing = _runtimes.get(runtime)
-    if tracing is not None:
-        tracing.on_event(event)
-
-
-@hookimpl
-def miminions_runtime_started(runtime: AgentRuntime) -> None:
-    """Let inline agents see their work's context (OpenTelemetry's current context)."""
-    tracing = _tracing(runtime)
-    if tracing is not None and tracing.options.agent_context:
-        _propagating.add(runtime)
-        install_propagator(PROPAGATOR)
-
-
-@hookimpl
-def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
-    """End the spans still open; the propagator goes when no runtime needs it any more."""
-    tracing = _runtimes.get(runtime)
-    if tracing is not None:
-        tracing.close()
-        _runtimes[runtime] = None
-    _propagating.discard(runtime)
-    if not _propagating:
-        remove_propagator(PROPAGATOR)
+    @hookimpl
+    def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
+        """End the spans still open; the propagator goes when no runtime needs it any
+        more."""
+        tracing = _runtimes.get(runtime)
+        if tracing is not None:
+            tracing.close()
+            _runtimes[runtime] = None
+        _propagating.discard(runtime)
+        if not _propagating:
+            remove_propagator(PROPAGATOR)
 
 
 __all__ = [

@@ -41,6 +41,15 @@ if TYPE_CHECKING:
 SYSTEM = "miminions"
 #: ``messaging.destination.name`` of task spans: the runtime's one task queue.
 TASK_QUEUE = "tasks"
+# Span names are ``{operation} {destination}`` (the messaging semantic conventions), with
+# the queue as the destination, never the task's name: a name must have few values for a
+# backend to group spans by it. The task's name is the ``miminions.task.name`` attribute.
+#: The PRODUCER span of a ``submit_task`` / ``submit_tasks`` call.
+SUBMIT_SPAN = f"submit {TASK_QUEUE}"
+#: The INTERNAL span of the time an attempt of a task waited in the queue.
+WAIT_SPAN = f"wait {TASK_QUEUE}"
+#: The CONSUMER span of an attempt of a task, its agent running it.
+PROCESS_SPAN = f"process {TASK_QUEUE}"
 
 # Task outcomes, the ``miminions.task.outcome`` of a run span.
 COMPLETED, FAILED, TIMED_OUT, CANCELLED, REQUEUED, INTERRUPTED = (
@@ -124,23 +133,23 @@ class RuntimeTracing:
         self._waiting_since.clear()
 
     # ------------------------------------------------------------------ work created
-    def carrier_for(self, operation: str) -> Carrier | None:
-        """``miminions_trace_context``: a submit span's carrier for tasks, else the
-        caller's current context (the send spans come from :class:`TracedBus`)."""
+    def carrier_for(self, operation: str, count: int = 1) -> Carrier | None:
+        """``miminions_trace_context``: a submit span's carrier for tasks (``count`` of
+        them), else the caller's current context (the send spans come from
+        :class:`TracedBus`)."""
         if operation != "submit" or not self.options.tasks:
             if not trace.get_current_span().get_span_context().is_valid:
                 return None
             return inject()
-        span = self.tracer.start_span(
-            "submit",
-            kind=SpanKind.PRODUCER,
-            attributes={
-                "messaging.system": SYSTEM,
-                "messaging.operation.type": "send",
-                "messaging.operation.name": "submit",
-                "messaging.destination.name": TASK_QUEUE,
-            },
-        )
+        attributes: dict[str, AttributeValue] = {
+            "messaging.system": SYSTEM,
+            "messaging.operation.type": "send",
+            "messaging.operation.name": "submit",
+            "messaging.destination.name": TASK_QUEUE,
+        }
+        if count != 1:  # a batch (semantic conventions: not set for a single message)
+            attributes["messaging.batch.message_count"] = count
+        span = self.tracer.start_span(SUBMIT_SPAN, kind=SpanKind.PRODUCER, attributes=attributes)
         span.end()
         return inject(trace.set_span_in_context(span))
 
@@ -160,18 +169,18 @@ class RuntimeTracing:
             "miminions.agent.name": spec.name,
         }
         wait = self.tracer.start_span(
-            f"wait {task.name}", context=parent, start_time=min(since, now), attributes=attributes
+            WAIT_SPAN, context=parent, start_time=min(since, now), attributes=attributes
         )
         wait.end(end_time=now)
         run = self.tracer.start_span(
-            f"run {task.name}",
+            PROCESS_SPAN,
             context=parent,
             kind=SpanKind.CONSUMER,
             start_time=now,
             attributes={
                 "messaging.system": SYSTEM,
                 "messaging.operation.type": "process",
-                "messaging.operation.name": "run",
+                "messaging.operation.name": "process",
                 "messaging.destination.name": TASK_QUEUE,
                 "messaging.message.id": task.task_id,
                 **attributes,
@@ -369,4 +378,13 @@ class TracedBus:
         return True
 
 
-__all__ = ["RuntimeTracing", "TracedBus", "TracedHost"]
+__all__ = [
+    "PROCESS_SPAN",
+    "SUBMIT_SPAN",
+    "SYSTEM",
+    "TASK_QUEUE",
+    "WAIT_SPAN",
+    "RuntimeTracing",
+    "TracedBus",
+    "TracedHost",
+]

@@ -19,11 +19,13 @@ Counters and histograms the runtime does not keep itself are fed from its events
 scrape asks, so a scrape never touches the database. The metric names are listed in
 ``docs/extras.md`` and in :mod:`miminions.extras.prometheus_collect`.
 
-Without prometheus_client installed the plugin is dormant (every hook passes), unless the
-user asked for it with a ``plugin_options={"prometheus": {...}}`` section: then starting
-the runtime raises :class:`~miminions.MissingExtraError` naming
-``pip install 'miminions[prometheus]'``. Options it does not know, or bad values, are a
-:class:`~miminions.ConfigurationError` at start.
+Without prometheus_client installed the plugin is dormant: it implements no hook but
+``miminions_configure`` (whether the package is installed is decided once, when this module
+is imported), so events cost what they cost without the plugin. If the user asked for it
+with a ``plugin_options={"prometheus": {...}}`` section, starting the runtime raises
+:class:`~miminions.MissingExtraError` naming ``pip install 'miminions[prometheus]'``.
+Options it does not know, or bad values, are a :class:`~miminions.ConfigurationError` at
+start.
 
 Importing this module never imports prometheus_client: every runtime loads it, and it must
 cost nothing when the package is absent.
@@ -39,7 +41,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import pydantic
 
-from miminions.extras import require
+from miminions.extras import installed, require
 from miminions.kernel.errors import ConfigurationError, MissingExtraError
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import Event, RuntimeConfig
@@ -73,6 +75,9 @@ MESSAGE_LATENCY_BUCKETS = (
 
 logger = logging.getLogger("miminions.extras.prometheus")
 
+# Decided once, at import, without importing it.
+_INSTALLED = installed("prometheus_client")
+
 Buckets = Annotated[tuple[pydantic.PositiveFloat, ...], pydantic.Field(min_length=1)]
 
 
@@ -81,7 +86,8 @@ class PrometheusOptions(pydantic.BaseModel):
 
     ``port``: serve ``/metrics`` over HTTP on this port (0: any free port); None (the
     default) opens no endpoint. ``host``: the address to bind, ``127.0.0.1`` by default so
-    nothing outside the machine can read the metrics unless asked. ``task_duration_buckets``
+    nothing outside the machine can read the metrics unless asked; a name is resolved and
+    its first address bound (``localhost`` may give ``::1``). ``task_duration_buckets``
     / ``message_latency_buckets``: upper bounds (seconds, increasing) of the two histograms.
     """
 
@@ -195,53 +201,59 @@ def miminions_configure(config: RuntimeConfig) -> None:
         require("prometheus_client", EXTRA)
 
 
-@hookimpl
-def miminions_event(event: Event, runtime: AgentRuntime | None) -> None:
-    """Count the event, and feed the histograms and counters it stands for."""
-    if runtime is None:  # an event log built without a runtime (unit tests of the kernel)
-        return
-    state = _state(runtime)
-    if state is not None:
-        state.metrics.observe(event)
+# The other hooks do nothing without prometheus_client, and the event hook runs for every
+# event. Every runtime loads this module, so without the package they are not defined at
+# all: the event log has one listener fewer, and the runtime's export names the missing
+# extra itself. A package hidden after this import (``sys.modules[name] = None``) leaves
+# them defined and passing: dormant.
+if _INSTALLED:
 
+    @hookimpl
+    def miminions_event(event: Event, runtime: AgentRuntime | None) -> None:
+        """Count the event, and feed the histograms and counters it stands for."""
+        if runtime is None:  # an event log built without a runtime (unit tests of the kernel)
+            return
+        state = _state(runtime)
+        if state is not None:
+            state.metrics.observe(event)
 
-@hookimpl
-def miminions_runtime_started(runtime: AgentRuntime) -> None:
-    """Open the HTTP endpoint when a port is configured.
+    @hookimpl
+    def miminions_runtime_started(runtime: AgentRuntime) -> None:
+        """Open the HTTP endpoint when a port is configured.
 
-    :raises ConfigurationError: the address cannot be listened on (the port is taken);
-        the runtime's start then fails and stops it again.
-    """
-    state = _state(runtime)
-    if state is None or state.options.port is None:
-        return
-    from miminions.extras.prometheus_http import MetricsEndpoint
+        :raises ConfigurationError: the address cannot be listened on (the port is taken);
+            the runtime's start then fails and stops it again.
+        """
+        state = _state(runtime)
+        if state is None or state.options.port is None:
+            return
+        from miminions.extras.prometheus_http import MetricsEndpoint
 
-    state.endpoint = MetricsEndpoint.listen(
-        state.options.host, state.options.port, state.metrics.render_for
-    )
-    logger.info("Prometheus metrics of %s at %s", runtime.config.storage_path, state.endpoint.url)
+        state.endpoint = MetricsEndpoint.listen(
+            state.options.host, state.options.port, state.metrics.render_for
+        )
+        logger.info(
+            "Prometheus metrics of %s at %s", runtime.config.storage_path, state.endpoint.url
+        )
 
+    @hookimpl
+    def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
+        """Close the endpoint: no socket outlives the runtime, also after a cut-short stop."""
+        state = _runtimes.get(id(runtime))
+        if state is not None and state.endpoint is not None:
+            state.endpoint.close()
+            state.endpoint = None
 
-@hookimpl
-def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
-    """Close the endpoint: no socket outlives the runtime, also after a cut-short stop."""
-    state = _runtimes.get(id(runtime))
-    if state is not None and state.endpoint is not None:
-        state.endpoint.close()
-        state.endpoint = None
-
-
-@hookimpl
-def miminions_export_metrics(runtime: AgentRuntime, format: str) -> bytes | None:
-    """The runtime's metrics as ``prometheus`` (text 0.0.4) or ``openmetrics`` (1.0.0)
-    exposition; None (pass) for another format or while the plugin is dormant."""
-    if format not in FORMATS:
-        return None
-    state = _state(runtime)
-    if state is None:
-        return None
-    return state.metrics.render(format)
+    @hookimpl
+    def miminions_export_metrics(runtime: AgentRuntime, format: str) -> bytes | None:
+        """The runtime's metrics as ``prometheus`` (text 0.0.4) or ``openmetrics`` (1.0.0)
+        exposition; None (pass) for another format or while the plugin is dormant."""
+        if format not in FORMATS:
+            return None
+        state = _state(runtime)
+        if state is None:
+            return None
+        return state.metrics.render(format)
 
 
 __all__ = [

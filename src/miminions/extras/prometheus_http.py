@@ -65,7 +65,6 @@ class MetricsEndpoint:
         self._sock = sock
         self._render = render
         self._closed = False
-        self._entered = False
         self._server: asyncio.Server | None = None
         self._clients: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
         # The socket listens already (connections wait in its backlog); the loop starts
@@ -78,7 +77,10 @@ class MetricsEndpoint:
         """Bind ``host:port`` (port 0: a free port) now and serve ``render``'s output.
 
         Binding happens at once, so a taken port fails the caller, and :attr:`address` is
-        known when this returns.
+        known when this returns. One socket, on the first address ``host`` resolves to (as
+        prometheus_client's own server does): a name like ``localhost`` may resolve to
+        ``::1`` before ``127.0.0.1``, so give an IP address to choose the family;
+        :attr:`address` tells the one bound.
 
         :raises ConfigurationError: the address cannot be resolved or listened on.
         """
@@ -104,34 +106,41 @@ class MetricsEndpoint:
             return
         self._closed = True
         if self._server is not None:
-            self._server.close()
-        elif not self._entered:
-            # The server was never made: nothing but this socket to release.
+            self._server.close()  # and its socket
+        else:  # the server was never made: nothing but this socket to release
             self._opening.cancel()
             self._sock.close()
-        # else: the server is being made right now; _opened closes it when it exists.
         for task, writer in list(self._clients.items()):
             writer.transport.abort()
             task.cancel()
 
     # ------------------------------------------------------------------ serving
-    async def _open(self) -> asyncio.Server:
-        self._entered = True
-        return await asyncio.start_server(self._serve, sock=self._sock, limit=MAX_HEAD_BYTES)
+    async def _open(self) -> None:
+        # Made without serving, the server comes to exist in this first step of the task,
+        # with no suspension point before it is kept: whenever the task ends, _opened finds
+        # either the server or the bare socket to close.
+        self._server = await asyncio.start_server(
+            self._serve, sock=self._sock, limit=MAX_HEAD_BYTES, start_serving=False
+        )
+        if not self._closed:
+            await self._server.start_serving()
 
-    def _opened(self, opening: asyncio.Task[asyncio.Server]) -> None:
+    def _opened(self, opening: asyncio.Task[None]) -> None:
         if opening.cancelled():
+            # The loop is being torn down (asyncio.run cancels what is left) or close() ran
+            # first: no socket may wait for the garbage collector.
+            self._release()
             return
         error = opening.exception()
         if error is not None:
             logger.error("the Prometheus endpoint at %s failed to start: %r", self.url, error)
-            self._sock.close()
-            return
-        server = opening.result()
-        if self._closed:
-            server.close()
-        else:
-            self._server = server
+            self._release()
+
+    def _release(self) -> None:
+        self._closed = True
+        if self._server is not None:
+            self._server.close()
+        self._sock.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()

@@ -57,16 +57,17 @@ class CommunicationAPI:
     def _require_running(self) -> None:  # provided by the runtime
         raise NotImplementedError
 
-    def trace_carrier(self, operation: str) -> Carrier | None:
+    def trace_carrier(self, operation: str, count: int = 1) -> Carrier | None:
         """The trace carrier of work the application creates now (``operation``:
         ``"submit"``, ``"send"``, ``"send_to_group"``, ``"broadcast"``, ``"publish"`` or
-        ``"request"``), from the tracing plugin; None without one. A failing plugin costs
-        the trace a link, never the call."""
+        ``"request"``; ``count``: how many requests, a ``submit_tasks`` batch's size), from
+        the tracing plugin; None without one. A failing plugin costs the trace a link, never
+        the call."""
         hook = self._trace_hook
         if hook is None:
             return None
         try:
-            carrier = hook(runtime=self, operation=operation)
+            carrier = hook(runtime=self, operation=operation, count=count)
         except Exception:
             _log.exception("miminions_trace_context failed for %r", operation)
             return None

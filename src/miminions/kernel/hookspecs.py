@@ -160,7 +160,9 @@ def miminions_make_store(config: RuntimeConfig) -> Store | None:
 
 # --------------------------------------------------------------------------- tracing
 @hookspec(firstresult=True)
-def miminions_trace_context(runtime: AgentRuntime, operation: str) -> dict[str, str] | None:
+def miminions_trace_context(
+    runtime: AgentRuntime, operation: str, count: int
+) -> dict[str, str] | None:
     """Return the trace carrier for work the application is creating now, or None to pass.
 
     :param runtime: the runtime the work is created in.
@@ -168,6 +170,8 @@ def miminions_trace_context(runtime: AgentRuntime, operation: str) -> dict[str, 
         ``submit_tasks``: one call per batch) or a message from ``rt.send_message``
         (``"send"``), ``rt.send_to_group``, ``rt.broadcast``, ``rt.publish`` or
         ``rt.request`` (the method's name).
+    :param count: how many requests the call holds: a ``submit_tasks`` batch's size, 1
+        for everything else.
 
     A carrier is a small dict of text headers (e.g. W3C ``traceparent``) naming the
     caller's current trace, or a span the plugin starts for the operation. The kernel

@@ -566,7 +566,7 @@ class AgentRuntime(CommunicationAPI):
                 parsed.append(TaskRequest.model_validate(request))
             except pydantic.ValidationError as exc:
                 raise ValidationError(f"invalid task request {request!r}: {exc}") from None
-        return await self.task_book.submit(parsed, self.trace_carrier("submit"))
+        return await self.task_book.submit(parsed, self.trace_carrier("submit", len(parsed)))
 
     async def wait_for_task(self, task_id: str, timeout_seconds: float | None = None) -> Task:
         """Wait until the task completed, failed or was cancelled; return it (with
