@@ -52,3 +52,18 @@ def test_importing_the_package_loads_no_kernel_module() -> None:
     )
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "[]"
+
+
+def test_agent_code_does_not_load_the_runtime() -> None:
+    """A worker process imports the agent's module, which imports ``BaseAgent`` and ``Task``
+    from miminions: that must not load the runtime and the plugin machinery, which the
+    forkserver has not preloaded (each worker would import them anew, slowing its start)."""
+    code = (
+        "import sys; from miminions import AgentMessage, BaseAgent, Task, TaskStatus; "
+        "print(sorted(m for m in ('pluggy', 'miminions.kernel.runtime') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[]"

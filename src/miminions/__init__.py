@@ -78,30 +78,32 @@ logging.getLogger("miminions").addHandler(logging.NullHandler())
 # The public names are loaded on first use, not on ``import miminions``: the kernel's models
 # take a third of a second to build, and the pytest plugin (``miminions.testing``) is
 # imported by every pytest run of an environment where miminions is installed, used or not.
-# The modules that define the names above, the defining one of each name first.
+# The modules that define the names above, searched in this order: what agent code needs
+# (and a worker process has preloaded) first, the runtime and the plugin machinery last.
 _SOURCES = (
     "miminions.kernel.errors",
     "miminions.kernel.models",
+    "miminions.kernel.agent",
+    "miminions.kernel.task_input",
     "miminions.kernel.interfaces",
     "miminions.kernel.hookspecs",
-    "miminions.kernel.task_input",
-    "miminions.kernel.agent",
     "miminions.kernel.run",
     "miminions.kernel.runtime",
 )
 
 
 def __getattr__(name: str) -> Any:
-    """Load the public API on first use (PEP 562)."""
+    """Load a public name on first use (PEP 562), importing only the modules up to the one
+    that defines it: a worker process that imports ``BaseAgent`` does not load the runtime."""
     if name not in __all__:
         raise AttributeError(f"module 'miminions' has no attribute {name!r}")
-    public = globals()
     for source in _SOURCES:
         module = importlib.import_module(source)
-        for exported in __all__:
-            if exported not in public and hasattr(module, exported):
-                public[exported] = getattr(module, exported)
-    return public[name]
+        if hasattr(module, name):
+            value = getattr(module, name)
+            globals()[name] = value
+            return value
+    raise AttributeError(f"module 'miminions' has no attribute {name!r}")  # pragma: no cover
 
 
 def __dir__() -> list[str]:

@@ -10,8 +10,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 from types import ModuleType
+from typing import TypeVar
 
-from miminions.kernel.errors import MissingExtraError
+import pydantic
+
+from miminions.kernel.errors import ConfigurationError, MissingExtraError
+from miminions.kernel.models import RuntimeConfig
+
+_Options = TypeVar("_Options", bound=pydantic.BaseModel)
 
 
 def require(module: str, extra: str) -> ModuleType:
@@ -36,4 +42,29 @@ def installed(package: str) -> bool:
         return False
 
 
-__all__ = ["installed", "require"]
+def requested_options(
+    config: RuntimeConfig, name: str, model: type[_Options], *, hint: str | None = None
+) -> _Options | None:
+    """The ``plugin_options[name]`` section of ``config`` validated as ``model``, or None
+    when there is none (a section, even an empty one, is how a user asks for an extra).
+
+    :raises ConfigurationError: the section holds an unknown option or a bad value; the
+        message lists the problems, then ``hint`` (by default, the known options).
+    """
+    section = config.plugin_options.get(name)
+    if section is None:
+        return None
+    try:
+        return model.model_validate(section)
+    except pydantic.ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(str(part) for part in error['loc']) or 'section'}: {error['msg']}"
+            for error in exc.errors()
+        )
+        hint = hint or f"known options: {sorted(model.model_fields)}"
+        raise ConfigurationError(
+            f"plugin_options[{name!r}] is invalid ({problems}); {hint}"
+        ) from None
+
+
+__all__ = ["installed", "requested_options", "require"]

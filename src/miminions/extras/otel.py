@@ -50,9 +50,10 @@ from typing import TYPE_CHECKING, Any
 
 import pydantic
 
+from miminions import extras
 from miminions.extras import installed, require
 from miminions.extras.otel_context import PROPAGATOR, WORKER_SETUP
-from miminions.kernel.errors import ConfigurationError, MissingExtraError
+from miminions.kernel.errors import MissingExtraError
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import AgentSpec, Event, RuntimeConfig
 from miminions.kernel.tracing import Carrier, install_propagator, remove_propagator
@@ -100,20 +101,7 @@ def requested_options(config: RuntimeConfig) -> OtelOptions | None:
 
     :raises ConfigurationError: the section holds an unknown option or a bad value.
     """
-    section = config.plugin_options.get(PLUGIN_NAME)
-    if section is None:
-        return None
-    try:
-        return OtelOptions.model_validate(section)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'section'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigurationError(
-            f"plugin_options[{PLUGIN_NAME!r}] is invalid ({problems}); known options: "
-            f"{sorted(OtelOptions.model_fields)}"
-        ) from None
+    return extras.requested_options(config, PLUGIN_NAME, OtelOptions)
 
 
 def use_tracer_provider(runtime: AgentRuntime, tracer_provider: TracerProvider) -> None:

@@ -41,8 +41,9 @@ from typing import TYPE_CHECKING, Annotated
 
 import pydantic
 
+from miminions import extras
 from miminions.extras import installed, require
-from miminions.kernel.errors import ConfigurationError, MissingExtraError
+from miminions.kernel.errors import MissingExtraError
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import Event, RuntimeConfig
 
@@ -111,20 +112,7 @@ def requested_options(config: RuntimeConfig) -> PrometheusOptions | None:
 
     :raises ConfigurationError: the section holds an unknown option or a bad value.
     """
-    section = config.plugin_options.get(PLUGIN_NAME)
-    if section is None:
-        return None
-    try:
-        return PrometheusOptions.model_validate(section)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'section'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigurationError(
-            f"plugin_options[{PLUGIN_NAME!r}] is invalid ({problems}); known options: "
-            f"{sorted(PrometheusOptions.model_fields)}"
-        ) from None
+    return extras.requested_options(config, PLUGIN_NAME, PrometheusOptions)
 
 
 @dataclass(eq=False)

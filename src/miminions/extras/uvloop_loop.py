@@ -31,8 +31,9 @@ from typing import TYPE_CHECKING
 
 import pydantic
 
+from miminions import extras
 from miminions.extras import require
-from miminions.kernel.errors import ConfigurationError, MissingExtraError
+from miminions.kernel.errors import MissingExtraError
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import RuntimeConfig
 
@@ -60,20 +61,12 @@ def requested_options(config: RuntimeConfig) -> UvloopOptions | None:
 
     :raises ConfigurationError: the section holds something this plugin does not know.
     """
-    section = config.plugin_options.get(PLUGIN_NAME)
-    if section is None:
-        return None
-    try:
-        return UvloopOptions.model_validate(section)
-    except pydantic.ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or 'section'}: {error['msg']}"
-            for error in exc.errors()
-        )
-        raise ConfigurationError(
-            f"plugin_options[{PLUGIN_NAME!r}] is invalid ({problems}); the uvloop plugin "
-            "takes no options: pass an empty section {} to require uvloop"
-        ) from None
+    return extras.requested_options(
+        config,
+        PLUGIN_NAME,
+        UvloopOptions,
+        hint="the uvloop plugin takes no options: pass an empty section {} to require uvloop",
+    )
 
 
 def load_uvloop(config: RuntimeConfig) -> ModuleType | None:
