@@ -100,6 +100,19 @@ async def test_entry_point_plugin_can_be_disabled(tmp_path: Path, installed_plug
     assert (tmp_path / "rt.db").exists()
 
 
+def test_a_plugin_passed_again_by_hand_is_registered_once(installed_plugin: str) -> None:
+    """Passing the module an entry point loaded already (as the docs show for the extras,
+    for when autoload is off) is harmless, not a name clash."""
+    import acme_miminions_plugin as plugin  # type: ignore[import-not-found]
+
+    pm = build_plugin_manager([plugin])
+    assert pm.plugin_names().count(installed_plugin) == 1
+    assert pm.is_registered(plugin)
+    clash = type("Clash", (), {"miminions_plugin_name": installed_plugin})()
+    with pytest.raises(PluginError, match="registered already"):
+        build_plugin_manager([clash])  # another object under a taken name
+
+
 def test_autoload_can_be_switched_off(
     installed_plugin: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -7,7 +7,8 @@ Each :class:`~miminions.AgentRuntime` builds its own manager; nothing is global.
 3. the built-in plugins, by short name (their providers are ``trylast``);
 4. plugins from the ``miminions`` entry-point group, unless the environment variable
    ``MIMINIONS_DISABLE_PLUGIN_AUTOLOAD`` is set;
-5. the plugins passed as ``AgentRuntime(plugins=[...])``;
+5. the plugins passed as ``AgentRuntime(plugins=[...])`` (one the entry points loaded
+   already, the very same object, is not registered twice);
 6. ``check_pending()``: an implementation matching no hook is an error.
 """
 
@@ -96,6 +97,8 @@ def build_plugin_manager(
         known.add(name)
         if pm.is_blocked(name):
             continue
+        if pm.is_registered(plugin):
+            continue  # e.g. an extra passed by hand that its entry point loaded already
         if pm.get_plugin(name) is not None:
             raise PluginError(f"a plugin named {name!r} is registered already")
         pm.register(plugin, name)
