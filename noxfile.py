@@ -15,6 +15,8 @@ package skip where it is not installed (``pytest.importorskip``).
 
 from __future__ import annotations
 
+import tomllib
+
 import nox
 
 nox.options.sessions = ["check", "lint", "types"]
@@ -23,6 +25,15 @@ nox.options.reuse_existing_virtualenvs = True
 nox.options.error_on_missing_interpreters = False
 
 PYTHONS = ["3.11", "3.12", "3.13"]
+
+
+def dev_requirement(name: str) -> str:
+    """The dev extra's requirement for ``name`` (pyproject.toml pins the linters there)."""
+    with open("pyproject.toml", "rb") as file:
+        dev = tomllib.load(file)["project"]["optional-dependencies"]["dev"]
+    return next(req for req in dev if req.split("=")[0].split(">")[0].strip() == name)
+
+
 CORE = "core"
 EXTRAS = [CORE, "uvloop", "prometheus", "otel", "all"]
 
@@ -56,7 +67,7 @@ def check(session: nox.Session, extra: str) -> None:
 @nox.session
 def lint(session: nox.Session) -> None:
     """ruff format --check and ruff check."""
-    session.install("ruff>=0.6")
+    session.install(dev_requirement("ruff"))
     session.run("ruff", "format", "--check", ".")
     session.run("ruff", "check", ".")
 
