@@ -31,6 +31,7 @@ from miminions import (
     AgentStatus,
     BaseAgent,
     EventType,
+    Priority,
     ResourceLimits,
     RuntimeConfig,
     Task,
@@ -754,3 +755,28 @@ async def test_a_stopped_worker_runs_the_agents_exit_handlers(
         pid = rt.get_agent_status(agent_id).process_id
         await rt.stop_agent(agent_id)
     assert path.read_text().splitlines() == [f"exit {pid}"]
+
+
+async def test_an_urgent_task_waits_behind_at_most_one_long_task_taken_ahead(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """ProcessSettings.prefetch is a limit: an agent whose tasks are long holds only the
+    next one ahead of time, so a HIGH task submitted later does not queue behind a window
+    of LOW ones (with a full window of 16 it would start last)."""
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("slow", SmallTaskAgent)
+        await rt.start_agent(agent_id)
+        low = await rt.submit_tasks(
+            [
+                TaskRequest(name=f"low{n}", input_data={"seconds": 0.3}, priority=Priority.LOW)
+                for n in range(6)
+            ]
+        )
+        await wait_until(
+            lambda: rt.get_task_status(low[1]).started_at is not None, "the second task to begin"
+        )
+        high = await rt.submit_task("high", {"seconds": 0.3}, priority=Priority.HIGH)
+        done = await rt.wait_for_tasks([*low, high], timeout_seconds=30)
+        assert all(t.status is TaskStatus.COMPLETED for t in done)
+        order = [t.task_id for t in sorted(done, key=lambda t: t.started_at or t.created_at)]
+        assert order.index(high) <= 3  # after the one running and the one taken ahead

@@ -267,10 +267,13 @@ class ProcessSettings(BaseModel):
     cancelled or timing out. A worker that does not exit ``stop_grace_seconds`` after
     ``on_stop`` gets SIGTERM, then SIGKILL after the same grace. Memory and CPU are sampled
     every ``usage_interval_seconds``. ``preload`` names modules the forkserver imports once
-    so each worker start skips importing them. ``prefetch``: how many tasks a busy agent's
+    so each worker start skips importing them. ``prefetch``: the most tasks a busy agent's
     worker may be handed at once when no free agent can take them and more tasks wait than
     the other agents will take when they finish; it runs them one after another, and the
-    next ones travel while the current one runs instead of one round trip per task. A task
+    next ones travel while the current one runs instead of one round trip per task. The
+    window holds the task being run and the next, and more only while they fit in about
+    5 ms of the agent's average run time: short tasks travel in batches, while a more
+    urgent task never waits behind more than one long one taken ahead of it. A task
     handed over ahead of time is ``running`` (taken by that agent) with no ``started_at``
     yet; its start, its TASK_STARTED event and its timeout count from when the agent begins
     it. Such tasks go back to the queue when the agent pauses or stops, and without using
@@ -286,7 +289,7 @@ class ProcessSettings(BaseModel):
     stop_grace_seconds: NonNegativeFloat = 2.0
     usage_interval_seconds: PositiveFloat = 0.2
     preload: list[str] = Field(default_factory=list)
-    prefetch: PositiveInt = 4
+    prefetch: PositiveInt = 16
 
 
 class RuntimeConfig(BaseModel):

@@ -31,6 +31,11 @@ if TYPE_CHECKING:
 
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
 _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the loop
+#: How much of an agent's recent task time its prefetch window may hold: a task taken ahead
+#: of time waits about this long behind the agent's window at most, so short tasks travel
+#: in batches while a task more urgent than the window's only waits for long ones' ends.
+PREFETCH_BUDGET_SECONDS = 0.005
+_DURATION_WEIGHT = 0.2  # of the latest run in an agent's average run time
 
 
 class _Run(Deadline):
@@ -43,6 +48,7 @@ class _Run(Deadline):
 
     __slots__ = (
         "abandoned",
+        "began",
         "cancel_reason",
         "finished",
         "interrupt_reason",
@@ -70,6 +76,7 @@ class _Run(Deadline):
         self.finished = False
         self.abandoned = False  # its agent did not stop when told; its outcome is ignored
         self.waiters: list[asyncio.Future[None]] | None = None
+        self.began: float | None = None  # loop time its agent began it (as the head)
 
     def on_expiry(self) -> None:
         """The task's timeout passed: interrupt it (it then fails with TaskTimeoutError)."""
@@ -111,6 +118,8 @@ class AsyncioExecutor:
         # Runs of each agent in dispatch order; the first (the head) is the one its host is
         # executing, the others wait in its prefetch window (see ``_window``).
         self._agent_runs: dict[str, list[_Run]] = {}
+        # Each prefetching agent's average run time (seconds), which sizes its window.
+        self._run_seconds: dict[str, float] = {}
         self._interrupting: set[asyncio.Task[None]] = set()
         self._workers: set[asyncio.Task[None]] = set()
         self._retry_timers: dict[str, FreezableTimer] = {}
@@ -349,8 +358,7 @@ class AsyncioExecutor:
                 group.pop(slot.agent_id, None)
 
     def _launch(self, slot: AgentSlot, task_id: str) -> None:
-        window = _window(slot)
-        if window == 1:
+        if _prefetch_limit(slot) == 1:
             worker = self._loop.create_task(self._work(slot))
         else:
             worker = self._loop.create_task(self._work_prefetched(slot, task_id))
@@ -380,6 +388,7 @@ class AsyncioExecutor:
         """``run`` is the task its agent executes now: its timeout starts counting (and,
         for one handed over ahead of time, its start is recorded now)."""
         slot = run.slot
+        run.began = self._loop.time()
         if not begun:
             self._book.began(run.task_id)
         self._agents.task_started(slot, run.task_id)
@@ -416,7 +425,7 @@ class AsyncioExecutor:
             return
         await self._run_one(run)
         if self._accepting and not self._rt.queue_paused and slot.agent_id in self._available:
-            window = _window(slot)
+            window = self._window(slot)
             runs = self._agent_runs.setdefault(slot.agent_id, [])
             # Tasks still ready now are those no free agent took (dispatch serves free
             # agents as soon as tasks become ready): prefetch them into the window.
@@ -432,6 +441,22 @@ class AsyncioExecutor:
                 self._make_idle(slot)
         if self._idle and self._accepting:
             self.wake()
+
+    def _window(self, slot: AgentSlot) -> int:
+        """How many tasks ``slot`` may hold now: the one it runs and the next, and more while
+        they fit in :data:`PREFETCH_BUDGET_SECONDS` of its average run time, up to its
+        host's ``prefetch``."""
+        limit = _prefetch_limit(slot)
+        average = self._run_seconds.get(slot.agent_id)
+        if limit <= 2 or average is None:
+            return min(limit, 2)
+        return max(2, min(limit, 1 + int(PREFETCH_BUDGET_SECONDS / max(average, 1e-6))))
+
+    def _note_run_time(self, agent_id: str, seconds: float) -> None:
+        average = self._run_seconds.get(agent_id)
+        self._run_seconds[agent_id] = (
+            seconds if average is None else average + _DURATION_WEIGHT * (seconds - average)
+        )
 
     def _backlog_beyond_agents(self) -> bool:
         """Whether more tasks wait than the other agents will take when they finish: only
@@ -495,6 +520,8 @@ class AsyncioExecutor:
             if not runs:
                 del self._agent_runs[agent_id]
         self._agents.task_ended(run.slot, ok)
+        if was_head and run.began is not None:
+            self._note_run_time(agent_id, self._loop.time() - run.began)
         if was_head and runs:
             self._become_head(runs[0])
         run.finish()
@@ -524,8 +551,8 @@ class AsyncioExecutor:
                 self._end_run(run, ok=False)
 
 
-def _window(slot: AgentSlot) -> int:
-    """How many tasks the agent's host takes at once (``prefetch``; 1 unless it says so)."""
+def _prefetch_limit(slot: AgentSlot) -> int:
+    """The most tasks the agent's host takes at once (``prefetch``; 1 unless it says so)."""
     prefetch = getattr(slot.host, "prefetch", 1)
     return prefetch if isinstance(prefetch, int) and prefetch > 1 else 1
 
