@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import ast
 import importlib
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 import miminions
+from tests.support.interpreter import run_python
 
 INIT = Path(miminions.__file__)
 
@@ -47,11 +46,7 @@ def test_importing_the_package_loads_no_kernel_module() -> None:
         "import sys, miminions; "
         "print(sorted(m for m in sys.modules if m.startswith('miminions.kernel')))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert run_python(code).strip() == "[]"
 
 
 def test_agent_code_does_not_load_the_runtime() -> None:
@@ -62,8 +57,4 @@ def test_agent_code_does_not_load_the_runtime() -> None:
         "import sys; from miminions import AgentMessage, BaseAgent, Task, TaskStatus; "
         "print(sorted(m for m in ('pluggy', 'miminions.kernel.runtime') if m in sys.modules))"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "[]"
+    assert run_python(code).strip() == "[]"

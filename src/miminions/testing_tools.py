@@ -564,14 +564,3 @@ def _format_event(event: Event) -> str:
         details = json.dumps(event.details, default=str, sort_keys=True)
         parts.append(details if len(details) <= 200 else details[:197] + "...")
     return " ".join(parts)
-
-
-__all__ = [
-    "DEFAULT_TIMEOUT_SECONDS",
-    "TEST_CONFIG_DEFAULTS",
-    "AgentHarness",
-    "run_agent",
-    "runtime_config",
-    "started_runtime",
-    "wait_until",
-]

@@ -9,11 +9,9 @@ in its worker comes back in its task's result (``tests.support.tracing_agents``)
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import sqlite3
-import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
@@ -41,6 +39,7 @@ from miminions.kernel.tracing import scope_carrier
 from miminions.plugins import sqlite_schema
 from miminions.plugins.sqlite_store import SQLiteStore
 from tests.support.agents import STARTED, EchoAgent, FlakyAgent, RecordingAgent, SleepyAgent
+from tests.support.interpreter import without_package
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -554,49 +553,12 @@ async def test_asked_for_without_the_package_the_start_fails(
     assert not rt.is_running
 
 
-# Run in a fresh interpreter: opentelemetry is made unimportable before miminions (and so
-# the plugin module) is imported, as on a machine without the extra.
-NOT_INSTALLED = """
-import asyncio, json, sys
-sys.modules["opentelemetry"] = None
-from miminions import AgentRuntime, MissingExtraError, RuntimeConfig
-from miminions.kernel.plugins import build_plugin_manager
-
-pm = build_plugin_manager()
-seen = {
-    "plugins": pm.plugin_names(),
-    "otel_hooks": pm.hooks_of("otel"),
-    "event": [impl.plugin_name for impl in pm.hook.miminions_event.get_hookimpls()],
-    "trace": [impl.plugin_name for impl in pm.hook.miminions_trace_context.get_hookimpls()],
-}
-
-async def start_asking_for_otel():
-    rt = AgentRuntime(sys.argv[1], config=RuntimeConfig(plugin_options={"otel": {}}))
-    try:
-        await rt.start()
-    except MissingExtraError as exc:
-        return str(exc)
-    await rt.stop()
-    return None
-
-seen["start"] = asyncio.run(start_asking_for_otel())
-print(json.dumps(seen))
-"""
-
-
 def test_not_installed_it_adds_no_hook_to_the_work(tmp_path: Path) -> None:
     """Without opentelemetry at import, the plugin is loaded but implements nothing the
     runtime calls per submit, send or event; asking for it still fails the start."""
-    done = subprocess.run(
-        [sys.executable, "-c", NOT_INSTALLED, str(tmp_path / "db.sqlite")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
+    seen = without_package("opentelemetry", "otel", str(tmp_path / "db.sqlite"))
     assert "otel" in seen["plugins"]
-    assert seen["otel_hooks"] == ["miminions_configure"]
+    assert seen["hooks"] == ["miminions_configure"]
     assert "otel" not in seen["event"]
     assert seen["trace"] == []
     assert PIP_COMMAND in seen["start"]

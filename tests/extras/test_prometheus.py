@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import json
 import socket
-import subprocess
 import sys
 import urllib.error
 import urllib.request
@@ -34,6 +32,7 @@ from miminions.extras import prometheus
 from miminions.extras.prometheus_http import MetricsEndpoint
 from miminions.kernel.plugins import AUTOLOAD_ENV
 from tests.support.agents import EchoAgent, RecordingAgent
+from tests.support.interpreter import without_package
 from tests.support.messaging_agents import ResponderAgent
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
@@ -483,50 +482,12 @@ async def test_missing_package_asked_for_fails_the_start(
     assert not rt.is_running
 
 
-# Run in a fresh interpreter: prometheus_client is made unimportable before miminions (and
-# so the plugin module) is imported, as on a machine without the extra.
-NOT_INSTALLED = """
-import asyncio, json, sys
-sys.modules["prometheus_client"] = None
-from miminions import AgentRuntime, MissingExtraError, RuntimeConfig
-from miminions.kernel.plugins import build_plugin_manager
-
-pm = build_plugin_manager()
-seen = {
-    "plugins": pm.plugin_names(),
-    "prometheus_hooks": pm.hooks_of("prometheus"),
-    "event": [impl.plugin_name for impl in pm.hook.miminions_event.get_hookimpls()],
-}
-
-async def missing(config, export):
-    rt = AgentRuntime(sys.argv[1], config=config)
-    try:
-        async with rt:
-            if export:
-                rt.export_prometheus_metrics()
-    except MissingExtraError as exc:
-        return str(exc)
-    return None
-
-seen["start"] = asyncio.run(missing(RuntimeConfig(plugin_options={"prometheus": {}}), False))
-seen["export"] = asyncio.run(missing(RuntimeConfig(), True))
-print(json.dumps(seen))
-"""
-
-
 def test_not_installed_it_adds_no_hook_to_the_work(tmp_path: Path) -> None:
     """Without prometheus_client at import, the plugin is loaded but does not listen to
     events; asking for it still fails the start, and the export names the extra."""
-    done = subprocess.run(
-        [sys.executable, "-c", NOT_INSTALLED, str(tmp_path / "db.sqlite")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert done.returncode == 0, done.stderr
-    seen = json.loads(done.stdout)
+    seen = without_package("prometheus_client", "prometheus", str(tmp_path / "db.sqlite"))
     assert "prometheus" in seen["plugins"]
-    assert seen["prometheus_hooks"] == ["miminions_configure"]
+    assert seen["hooks"] == ["miminions_configure"]
     assert "prometheus" not in seen["event"]
     assert PIP_COMMAND in seen["start"]
     assert PIP_COMMAND in seen["export"]

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -32,6 +31,7 @@ from miminions import (
 )
 from miminions.extras import uvloop_loop
 from miminions.kernel.plugins import AUTOLOAD_ENV, build_plugin_manager
+from tests.support.interpreter import run_python
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS
 
@@ -116,10 +116,7 @@ def test_registers_through_the_entry_point_group() -> None:
 def test_importing_the_plugin_does_not_import_uvloop() -> None:
     """E-04: every runtime loads the plugin module; that alone must not import uvloop."""
     code = "import sys, miminions.extras.uvloop_loop; print('uvloop' in sys.modules)"
-    shown = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, check=True
-    ).stdout
-    assert shown.strip() == "False"
+    assert run_python(code).strip() == "False"
 
 
 # --------------------------------------------------------------------------- uvloop installed

@@ -5,8 +5,6 @@ the reports."""
 from __future__ import annotations
 
 import re
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -22,6 +20,7 @@ from miminions.testing import (
     wait_until,
 )
 from tests.support.agents import EchoAgent
+from tests.support.interpreter import run_python
 from tests.support.runtime import ROOT
 
 pytest_plugins = ["pytester"]
@@ -456,11 +455,7 @@ def test_the_plugin_loads_without_pytest_asyncio() -> None:
         "import miminions.testing as t; "
         "print(t.miminions_runtime.name)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "miminions_runtime"
+    assert run_python(code).strip() == "miminions_runtime"
 
 
 def test_loading_the_plugin_does_not_load_the_runtime() -> None:
@@ -473,8 +468,4 @@ def test_loading_the_plugin_does_not_load_the_runtime() -> None:
         "print(loaded); "
         "from miminions.testing import AgentHarness; print(AgentHarness.__name__)"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
-    )
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.split("\n")[:2] == ["[]", "AgentHarness"]
+    assert run_python(code).split("\n")[:2] == ["[]", "AgentHarness"]
