@@ -564,20 +564,6 @@ def test_not_installed_it_adds_no_hook_to_the_work(tmp_path: Path) -> None:
     assert PIP_COMMAND in seen["start"]
 
 
-def test_workers_get_the_tracing_setup_preloaded(make_config: MakeConfig) -> None:
-    """With opentelemetry installed, the forkserver preloads the module workers set tracing
-    up from (no worker imports it anew); not when agents get no context."""
-    pytest.importorskip("opentelemetry.trace", reason="needs miminions[otel]")
-    module = otel.WORKER_SETUP.partition(":")[0]
-    config = make_config()
-    otel.miminions_configure(config)
-    otel.miminions_configure(config)
-    assert config.process.preload.count(module) == 1
-    quiet = make_config(plugin_options={"otel": {"agent_context": False}})
-    otel.miminions_configure(quiet)
-    assert module not in quiet.process.preload
-
-
 # ----------------------------------------------------------------------------- the kernel
 class CarrierPlugin:
     """A tracing plugin of the simplest kind: every piece of work gets one fixed carrier."""

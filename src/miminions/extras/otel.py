@@ -152,17 +152,9 @@ def _tracing(runtime: AgentRuntime) -> RuntimeTracing | None:
 @hookimpl
 def miminions_configure(config: RuntimeConfig) -> None:
     """Fail the runtime's start when the ``otel`` section is invalid, or asks for the
-    extra while opentelemetry is not installed. Otherwise have the forkserver preload the
-    module process workers set tracing up from, so no worker imports it anew."""
-    options = requested_options(config)
-    if options is not None:
+    extra while opentelemetry is not installed."""
+    if requested_options(config) is not None:
         require("opentelemetry.trace", EXTRA)
-    if _INSTALLED and (options is None or options.agent_context):
-        module = WORKER_SETUP.partition(":")[0]
-        preload = config.process.preload
-        if module not in preload:
-            # A new settings object: the list may be shared with other configurations.
-            config.process = config.process.model_copy(update={"preload": [*preload, module]})
 
 
 # The other hooks do nothing without opentelemetry, and some run for every piece of work
