@@ -19,9 +19,9 @@ from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
-from miminions import AgentRuntime, RuntimeConfig
+from miminions import AgentRuntime, RuntimeConfig, Task, TaskStatus
 from miminions.kernel.plugins import ENTRY_POINT_GROUP, build_plugin_manager
 
 _S = TypeVar("_S")
@@ -263,3 +263,51 @@ def latency_summary(values: Iterable[float]) -> dict[str, float]:
 def median(values: Iterable[float]) -> float:
     """The median of ``values``."""
     return statistics.median(list(values))
+
+
+# ---------------------------------------------------------------------- throughput rounds
+def task_outcomes(tasks: Iterable[Task]) -> tuple[list[float], dict[str, int]]:
+    """The submit -> completed latency (ms) of each completed task, and how many tasks
+    ended otherwise, by status."""
+    latencies: list[float] = []
+    not_completed: dict[str, int] = {}
+    for task in tasks:
+        if task.status is TaskStatus.COMPLETED and task.completed_at is not None:
+            latencies.append((task.completed_at - task.created_at).total_seconds() * 1000)
+        else:
+            not_completed[task.status.value] = not_completed.get(task.status.value, 0) + 1
+    return latencies, not_completed
+
+
+class ThroughputRound(Protocol):
+    """What a throughput benchmark records of one round."""
+
+    seconds: float
+    submit_seconds: float
+    latencies_ms: list[float]
+    not_completed: dict[str, int]
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Tasks per second over the rounds (each, and their median), the submit phase's
+    median rate, and the latency percentiles of every task of every round (ms)."""
+
+    rates: list[float]
+    rate: float
+    submit_rate: float
+    latencies: dict[str, float]
+
+
+def throughput(results: Sequence[ThroughputRound], n: int) -> Throughput:
+    """Check that every round completed its ``n`` tasks; summarise the rounds."""
+    for result in results:
+        assert not result.not_completed, f"tasks did not complete: {result.not_completed}"
+        assert len(result.latencies_ms) == n
+    rates = [n / r.seconds for r in results]
+    return Throughput(
+        rates,
+        median(rates),
+        median(n / r.submit_seconds for r in results),
+        latency_summary(ms for r in results for ms in r.latencies_ms),
+    )

@@ -34,11 +34,12 @@ from benchmarks.harness import (
     DbPaths,
     Mode,
     close_runtime,
-    latency_summary,
     median,
     open_runtime,
     percentile,
     run_async_rounds,
+    task_outcomes,
+    throughput,
 )
 from miminions import AgentStatus, ResourceLimits, Task, TaskRequest, TaskStatus
 from miminions.plugins import process_probe
@@ -155,15 +156,8 @@ class RoundResult:
 
 
 def _digest(raw: RawRound) -> RoundResult:
-    not_completed: dict[str, int] = {}
-    latencies = []
-    agents = set()
-    for task in raw.tasks:
-        if task.status is TaskStatus.COMPLETED and task.completed_at is not None:
-            latencies.append((task.completed_at - task.created_at).total_seconds() * 1000)
-            agents.add(task.assigned_agent_id)
-        else:
-            not_completed[task.status.value] = not_completed.get(task.status.value, 0) + 1
+    latencies, not_completed = task_outcomes(raw.tasks)
+    agents = {t.assigned_agent_id for t in raw.tasks if t.status is TaskStatus.COMPLETED}
     return RoundResult(
         raw.seconds,
         raw.submit_seconds,
@@ -220,14 +214,13 @@ def test_process_noop_throughput(
         warmup_rounds=warmup,
     )
 
-    for result in results:
-        assert not result.not_completed, f"tasks did not complete: {result.not_completed}"
-        assert len(result.latencies_ms) == n
-
-    rates = [n / r.seconds for r in results]
-    rate = median(rates)
-    submit_rate = median(n / r.submit_seconds for r in results)
-    latencies = latency_summary(ms for r in results for ms in r.latencies_ms)
+    summary = throughput(results, n)
+    rates, rate, submit_rate, latencies = (
+        summary.rates,
+        summary.rate,
+        summary.submit_rate,
+        summary.latencies,
+    )
     runtime_cpu_us = median(r.runtime_cpu_seconds / n * 1e6 for r in results)
     worker_cpu_us = median(r.worker_cpu_seconds / n * 1e6 for r in results)
     agents_used = min(r.agents_used for r in results)

@@ -26,12 +26,13 @@ from benchmarks.harness import (
     GcMeter,
     Mode,
     close_runtime,
-    latency_summary,
     median,
     open_runtime,
     run_async_rounds,
+    task_outcomes,
+    throughput,
 )
-from miminions import Task, TaskRequest, TaskStatus
+from miminions import Task, TaskRequest
 
 AGENTS = 4
 TARGET_TASKS_PER_SECOND = 20_000  # P-01, in-process agents
@@ -57,13 +58,7 @@ class RoundResult:
 
 
 def _digest(raw: RawRound) -> RoundResult:
-    not_completed: dict[str, int] = {}
-    latencies = []
-    for task in raw.tasks:
-        if task.status is TaskStatus.COMPLETED and task.completed_at is not None:
-            latencies.append((task.completed_at - task.created_at).total_seconds() * 1000)
-        else:
-            not_completed[task.status.value] = not_completed.get(task.status.value, 0) + 1
+    latencies, not_completed = task_outcomes(raw.tasks)
     return RoundResult(
         raw.seconds,
         raw.submit_seconds,
@@ -148,14 +143,13 @@ def test_noop_throughput(
         warmup_rounds=warmup,
     )
 
-    for result in results:
-        assert not result.not_completed, f"tasks did not complete: {result.not_completed}"
-        assert len(result.latencies_ms) == n
-
-    rates = [n / r.seconds for r in results]
-    rate = median(rates)
-    submit_rate = median(n / r.submit_seconds for r in results)
-    latencies = latency_summary(ms for r in results for ms in r.latencies_ms)
+    summary = throughput(results, n)
+    rates, rate, submit_rate, latencies = (
+        summary.rates,
+        summary.rate,
+        summary.submit_rate,
+        summary.latencies,
+    )
     gc_share = median(r.gc_seconds / r.seconds for r in results)
     gc_full = median(r.gc_collections[2] for r in results)
     verdict = "meets" if rate >= TARGET_TASKS_PER_SECOND else "below"

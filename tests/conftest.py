@@ -47,3 +47,9 @@ def rt(miminions_runtime: AgentRuntime) -> AgentRuntime:
     """A started runtime on a temporary database, stopped after the test (which then
     fails if the runtime left anything running)."""
     return miminions_runtime
+
+
+@pytest.fixture(params=["inline", "process"])
+def isolation(request: pytest.FixtureRequest) -> str:
+    """The isolation mode under test: a test that asks for it runs once per mode."""
+    return str(request.param)

@@ -37,13 +37,6 @@ pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0  # bound for every wait on another process's progress
 
 
-@pytest.fixture(params=["inline", "process"])
-def isolation(request: pytest.FixtureRequest) -> str:
-    """Every test here runs once per isolation mode."""
-    mode: str = request.param
-    return mode
-
-
 class Journal:
     """The journal file agents write to, and the gate files that hold them."""
 

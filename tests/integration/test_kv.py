@@ -23,11 +23,6 @@ from tests.support.waiting import wait_until
 WAIT = 15.0
 
 
-@pytest.fixture(params=["inline", "process"])
-def isolation(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
 @pytest.fixture
 def miminions_config(miminions_config: RuntimeConfig, isolation: str) -> RuntimeConfig:
     """The plugin's config with agents in the mode under test (``rt`` runs on it)."""
