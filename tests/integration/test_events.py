@@ -121,3 +121,26 @@ async def test_logging_monitor_logs_events(
     assert any(m.startswith("task_completed") for m in messages)
     failed = [r for r in caplog.records if r.getMessage().startswith("task_failed")]
     assert failed[0].levelno == logging.ERROR
+
+
+async def test_message_events_are_in_the_log_at_once_and_in_order(
+    rt: AgentRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """MESSAGE_SENT is recorded just after the send (off the receiver's latency), yet a
+    query made straight away finds it, before events emitted after it; monitors see it."""
+    caplog.set_level(logging.INFO, logger="miminions.events")
+    receiver = await rt.register_agent("quiet", agents.RecordingAgent)
+    await rt.start_agent(receiver)
+    [message_id] = await rt.send_message(receiver, "ping")
+    [sent] = await rt.query_events(event_type=EventType.MESSAGE_SENT)
+    assert sent.details["message_id"] == message_id
+
+    [message_id] = await rt.send_message(receiver, "ping")
+    await rt.pause_queue()  # emits QUEUE_PAUSED the ordinary way, with no loop turn between
+    events = await rt.query_events(newest=True, limit=2)
+    assert [e.event_type for e in events] == [EventType.MESSAGE_SENT, EventType.QUEUE_PAUSED]
+    assert events[0].details["message_id"] == message_id
+    assert events[0].event_id is not None
+    assert events[1].event_id == events[0].event_id + 1
+    logged = [r.getMessage().split()[0] for r in caplog.records if r.name == "miminions.events"]
+    assert logged[-2:] == ["message_sent", "queue_paused"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import UTC, datetime
 from typing import Any
@@ -39,6 +40,8 @@ class EventLog:
         self._has_listeners = bool(impls)
         self.record_task_events = record_task_events
         self.count = 0
+        # Events of emit_soon, in call order, until drain() records them.
+        self._deferred: list[tuple[Any, ...]] = []
 
     def emit(
         self,
@@ -50,11 +53,50 @@ class EventLog:
         details: JSONObject | None = None,
     ) -> Event:
         """Record one event and notify every ``miminions_event`` implementation."""
+        if self._deferred:  # events are recorded in the order they happened
+            self.drain()
+        return self._record(datetime.now(UTC), event_type, severity, agent_id, task_id, details)
+
+    def emit_soon(
+        self,
+        event_type: EventType,
+        *,
+        severity: Severity = Severity.INFO,
+        agent_id: str | None = None,
+        task_id: str | None = None,
+        details: JSONObject | None = None,
+    ) -> None:
+        """Record an event once the current callback is done, stamped with the time now.
+
+        For paths where what the event reports wakes someone up (a message handed to a
+        waiting receiver): the woken code runs first and the bookkeeping after, off its
+        latency. Events keep the order they were emitted in, whichever method emitted them;
+        readers of the event log call :meth:`drain` first.
+        """
+        if not self._deferred:
+            asyncio.get_running_loop().call_soon(self.drain)
+        self._deferred.append((datetime.now(UTC), event_type, severity, agent_id, task_id, details))
+
+    def drain(self) -> None:
+        """Record the events :meth:`emit_soon` holds back, now."""
+        deferred, self._deferred = self._deferred, []
+        for args in deferred:
+            self._record(*args)
+
+    def _record(
+        self,
+        timestamp: datetime,
+        event_type: EventType,
+        severity: Severity,
+        agent_id: str | None,
+        task_id: str | None,
+        details: JSONObject | None,
+    ) -> Event:
         event = fast_construct(
             Event,
             {
                 "event_id": None,
-                "timestamp": datetime.now(UTC),
+                "timestamp": timestamp,
                 "event_type": event_type,
                 "severity": severity,
                 "agent_id": agent_id,

@@ -462,7 +462,8 @@ class Messenger:
 
     def _sent(self, messages: list[AgentMessage]) -> None:
         self.sent += len(messages)
-        emit = self._rt.events.emit
+        # The receiver may be waiting for these messages: it goes first, the log just after.
+        emit = self._rt.events.emit_soon
         for message in messages:
             emit(
                 EventType.MESSAGE_SENT,
@@ -478,7 +479,7 @@ class Messenger:
         self.delivered += 1
         latency = (datetime.now(UTC) - message.created_at).total_seconds()
         self.latencies.append(latency)
-        self._rt.events.emit(
+        self._rt.events.emit_soon(  # after the receiver's handling, which is waiting for it
             EventType.MESSAGE_RECEIVED,
             agent_id=message.recipient_id,
             details={

@@ -739,6 +739,7 @@ class AgentRuntime(CommunicationAPI):
         query = build_event_query(
             event_type, agent_id, task_id, severity, since, until, limit, newest
         )
+        self.events.drain()  # what just happened is in the log
         return await self.store.query_events(query)
 
     async def export_events(
