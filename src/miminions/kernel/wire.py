@@ -19,6 +19,7 @@ here is pickled: whatever arrives is parsed as JSON and checked before it is use
 from __future__ import annotations
 
 import asyncio
+import inspect
 import itertools
 import json
 import logging
@@ -39,7 +40,7 @@ HEADER_BYTES = 4
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 Frame = dict[str, Any]
-Handler = Callable[[Frame], Awaitable[Any] | None]
+Handler = Callable[[Frame], Any]  # a reply's value, or an awaitable of it
 
 _encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
 
@@ -152,6 +153,8 @@ class FrameChannel(asyncio.Protocol):
         self._flush_scheduled = False
         self._closed_error: BaseException | None = None
         self._handling: dict[int, asyncio.Future[Any]] = {}  # work for requests, by id
+        # Replies that came for a requester being cancelled, until the loop's next turn.
+        self._orphans: dict[int, Frame] = {}
         self.closed = asyncio.get_running_loop().create_future()
 
     # ------------------------------------------------------------------ sending
@@ -176,11 +179,37 @@ class FrameChannel(asyncio.Protocol):
         """A request whose cancellation cancels the work at the other end too."""
         request_id, reply = self.start_request(op, **payload)
         try:
-            return await asyncio.shield(reply)
+            return await reply
         except asyncio.CancelledError:
-            reply.add_done_callback(retrieve)
+            self.reclaim(request_id, reply).add_done_callback(retrieve)
             self.notify("cancel", run=request_id)
             raise
+
+    def reclaim(self, request_id: int, reply: asyncio.Future[Any]) -> asyncio.Future[Any]:
+        """The outcome of a request whose requester was cancelled while awaiting ``reply``
+        (which cancelled ``reply``): ``reply`` itself if it had settled first, else a new
+        future settled by the reply still to come, or by the one that came while the
+        requester was being cancelled. Call it as the cancellation reaches the requester.
+
+        This is how a requester that gives up still sees what the other end did (waits
+        for it, hands back what it brought) without awaiting through ``asyncio.shield``,
+        which would cost every reply an extra turn of the loop.
+        """
+        if not reply.cancelled():
+            return reply
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        frame = self._orphans.pop(request_id, None)
+        if frame is not None:
+            self._settle(future, frame)
+        elif request_id in self._pending:
+            self._pending[request_id] = future
+        else:
+            future.set_exception(
+                self._lost_error()
+                if self._closed_error is not None
+                else ChannelClosedError(f"request {request_id} has no reply to wait for")
+            )
+        return future
 
     def notify(self, op: str, **payload: Any) -> None:
         """Send a notice (no reply); silently dropped once the channel is closed."""
@@ -271,6 +300,12 @@ class FrameChannel(asyncio.Protocol):
         if self._on_lost is not None:
             self._on_lost(exc)
 
+    def _settle(self, future: asyncio.Future[Any], frame: Frame) -> None:
+        if "error" in frame:
+            future.set_exception(self._error_factory(frame["error"]))
+        else:
+            future.set_result(frame.get("value"))
+
     def _lost_error(self) -> ChannelClosedError:
         return ChannelClosedError(f"the other end is gone ({self._closed_error})")
 
@@ -278,12 +313,15 @@ class FrameChannel(asyncio.Protocol):
         reply_to = frame.get("re")
         if reply_to is not None:
             future = self._pending.pop(reply_to, None)
-            if future is None or future.done():
-                return  # its requester gave up waiting
-            if "error" in frame:
-                future.set_exception(self._error_factory(frame["error"]))
-            else:
-                future.set_result(frame.get("value"))
+            if future is None:
+                return
+            if future.done():
+                # Its requester gave up waiting. If that is happening right now, it may
+                # still reclaim() the reply on this turn of the loop.
+                self._orphans[reply_to] = frame
+                asyncio.get_running_loop().call_soon(self._orphans.pop, reply_to, None)
+                return
+            self._settle(future, frame)
             return
         op = frame.get("op")
         if not isinstance(op, str):
@@ -304,35 +342,37 @@ class FrameChannel(asyncio.Protocol):
             return
         if request_id is None:
             if result is not None:
-                self._watch(asyncio.ensure_future(result), None)
-        elif result is None:
-            self._reply(request_id, None)
+                asyncio.ensure_future(result).add_done_callback(self._notice_done)
+        elif inspect.isawaitable(result):
+            self._handling[request_id] = asyncio.ensure_future(self._answer(request_id, result))
         else:
-            work = asyncio.ensure_future(result)
-            if not work.done():
-                self._handling[request_id] = work
-            self._watch(work, request_id)
+            self._reply(request_id, result)
 
-    def _watch(self, future: asyncio.Future[Any], request_id: int | None) -> None:
-        if future.done():
-            self._settled(future, request_id)
-        else:
-            future.add_done_callback(lambda f: self._settled(f, request_id))
-
-    def _settled(self, future: asyncio.Future[Any], request_id: int | None) -> None:
-        if request_id is not None:
+    async def _answer(self, request_id: int, work: Awaitable[Any]) -> None:
+        """Await a request's work and reply in the same step as it ends (a done callback
+        would hold the reply back for another turn of the loop)."""
+        try:
+            value = await work
+        except asyncio.CancelledError:
             self._handling.pop(request_id, None)
+            self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+            raise
+        except BaseException as exc:  # SystemExit too: the requester learns why, then it goes on
+            self._handling.pop(request_id, None)
+            self._reply_error(request_id, exc)
+            if isinstance(exc, Exception):
+                return
+            raise
+        self._handling.pop(request_id, None)
+        self._reply(request_id, value)
+
+    @staticmethod
+    def _notice_done(future: asyncio.Future[Any]) -> None:
         if future.cancelled():
-            error: BaseException | None = asyncio.CancelledError("the handler was cancelled")
-        else:
-            error = future.exception()
-        if request_id is None:
-            if error is not None:
-                logger.error("handling a notice failed: %s", error)
-        elif error is not None:
-            self._reply_error(request_id, error)
-        else:
-            self._reply(request_id, future.result())
+            return
+        error = future.exception()
+        if error is not None:
+            logger.error("handling a notice failed: %s", error)
 
     def _reply(self, request_id: int, value: Any) -> None:
         if self._closed_error is not None:

@@ -152,9 +152,9 @@ class ProcessHost:
         )
         live.runs[run_id] = None
         try:
-            return await asyncio.shield(reply)
+            return await reply
         except asyncio.CancelledError:
-            await self._cancel_run(live, run_id, reply)
+            await self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
             raise
         except ChannelClosedError:
             if live.head_at_loss is not None and live.head_at_loss != run_id:
@@ -243,6 +243,10 @@ class ProcessHost:
         if not isinstance(call, str) or not isinstance(payload, dict):
             raise ValidationError("a messaging call needs 'call' and 'payload'")
         result = await self._rt.agent_call(self.spec.agent_id, call, payload)
+        if call in _DELIVERING_CALLS:
+            # Let the receivers this woke go first: their frames leave before the sender's
+            # acknowledgement instead of queueing behind it.
+            await asyncio.sleep(0)
         if isinstance(result, AgentMessage):
             live = self._live
             if call == "receive" and (live is None or not live.process.alive):
@@ -484,6 +488,9 @@ class ProcessHost:
         self._background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("agent %r: %s", self.spec.name, future.exception())
+
+
+_DELIVERING_CALLS = frozenset({"send", "send_to_group", "broadcast", "publish", "reply"})
 
 
 def _remote_type(future: asyncio.Future[Any]) -> str | None:

@@ -229,12 +229,13 @@ class Worker:
             # what the runtime would say, had the data reached it: it is not JSON
             raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
         try:
-            return await asyncio.shield(reply)
+            return await reply
         except asyncio.CancelledError:
             channel.notify("cancel", run=request_id)
             # A receive the runtime answered just before the cancel reached it carries a
             # message nobody will handle here: hand it back rather than drop it.
-            reply.add_done_callback(self._return_message if op == "receive" else retrieve)
+            outcome = channel.reclaim(request_id, reply)
+            outcome.add_done_callback(self._return_message if op == "receive" else retrieve)
             raise
         except (TypeError, ValueError) as exc:
             if isinstance(exc, MiminionsError):  # the runtime's answer

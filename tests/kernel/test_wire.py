@@ -1,0 +1,147 @@
+"""The frame channel between the runtime and a worker: requests, replies, cancellation and
+the reply of a request whose requester gave up (two channels over a socket pair)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from miminions.kernel.errors import NotFoundError, RemoteAgentError
+from miminions.kernel.wire import ChannelClosedError, FrameChannel, encode_frame
+
+WAIT = 5.0
+
+
+@dataclass
+class Server:
+    """The answering end: ``echo`` replies at once, ``slow`` waits for ``release``."""
+
+    started: asyncio.Event = field(default_factory=asyncio.Event)
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def handle(self, frame: dict[str, Any]) -> Any:
+        if frame["op"] == "echo":
+            return frame["value"]
+        if frame["op"] == "missing":
+            raise NotFoundError("no such thing")
+        if frame["op"] == "slow":
+            return self._slow(frame["value"])
+        raise AssertionError(frame)
+
+    async def _slow(self, value: Any) -> Any:
+        self.started.set()
+        try:
+            await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        return value
+
+
+@dataclass
+class Pair:
+    client: FrameChannel
+    server: FrameChannel
+    answering: Server
+
+
+@pytest.fixture
+async def pair() -> AsyncIterator[Pair]:
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    answering = Server()
+    _, client = await loop.create_connection(lambda: FrameChannel(_no_requests), sock=a)
+    _, server = await loop.create_connection(lambda: FrameChannel(answering.handle), sock=b)
+    yield Pair(client, server, answering)
+    client.close()
+    server.close()
+    await asyncio.wait_for(asyncio.gather(client.closed, server.closed), WAIT)
+
+
+def _no_requests(frame: dict[str, Any]) -> None:
+    raise AssertionError(f"the client got a request: {frame}")
+
+
+async def test_request_gets_its_reply_or_error(pair: Pair) -> None:
+    assert await asyncio.wait_for(pair.client.request("echo", value={"a": [1, 2]}), WAIT) == {
+        "a": [1, 2]
+    }
+    with pytest.raises(RemoteAgentError, match="no such thing") as info:
+        await asyncio.wait_for(pair.client.request("missing"), WAIT)
+    assert info.value.remote_type == "NotFoundError"
+
+
+async def test_cancelling_a_call_cancels_the_work_at_the_other_end(pair: Pair) -> None:
+    call = asyncio.ensure_future(pair.client.call("slow", value=1))
+    await asyncio.wait_for(pair.answering.started.wait(), WAIT)
+    call.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await call
+    await asyncio.wait_for(pair.answering.cancelled.wait(), WAIT)
+
+
+async def _cancelled_requester(
+    channel: FrameChannel, op: str, value: Any
+) -> tuple[asyncio.Task[Any], int, asyncio.Future[Any], asyncio.Future[asyncio.Future[Any]]]:
+    """A task awaiting a request that reclaims the reply's outcome once it is cancelled."""
+    request_id, reply = channel.start_request(op, value=value)
+    reclaimed: asyncio.Future[asyncio.Future[Any]] = asyncio.get_running_loop().create_future()
+
+    async def requester() -> Any:
+        try:
+            return await reply
+        except asyncio.CancelledError:
+            reclaimed.set_result(channel.reclaim(request_id, reply))
+            raise
+
+    task = asyncio.ensure_future(requester())
+    await asyncio.sleep(0)  # the task now awaits the reply
+    return task, request_id, reply, reclaimed
+
+
+async def test_a_reply_arriving_while_its_requester_is_cancelled_is_reclaimed(pair: Pair) -> None:
+    """The reply comes in the same turn of the loop as the cancellation: not lost."""
+    task, request_id, reply, reclaimed = await _cancelled_requester(pair.client, "echo", 0)
+    task.cancel()  # cancels the reply future with it
+    assert reply.cancelled()
+    pair.client.data_received(encode_frame({"re": request_id, "value": "late"}))
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await asyncio.wait_for(reclaimed.result(), WAIT) == "late"
+
+
+async def test_a_reply_coming_after_the_cancellation_settles_the_reclaimed_future(
+    pair: Pair,
+) -> None:
+    task, _, _, reclaimed = await _cancelled_requester(pair.client, "slow", "done")
+    await asyncio.wait_for(pair.answering.started.wait(), WAIT)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    outcome = reclaimed.result()
+    assert not outcome.done()
+    pair.answering.release.set()  # no cancel notice was sent: the work finishes
+    assert await asyncio.wait_for(outcome, WAIT) == "done"
+
+
+async def test_a_reply_that_settled_first_is_its_own_outcome(pair: Pair) -> None:
+    request_id, reply = pair.client.start_request("echo", value="first")
+    assert await asyncio.wait_for(asyncio.shield(reply), WAIT) == "first"
+    assert pair.client.reclaim(request_id, reply) is reply
+
+
+async def test_reclaiming_after_the_connection_is_lost_fails_clearly(pair: Pair) -> None:
+    task, _, _, reclaimed = await _cancelled_requester(pair.client, "slow", 0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    pair.server.abort()
+    await asyncio.wait_for(pair.client.closed, WAIT)
+    with pytest.raises(ChannelClosedError):
+        await asyncio.wait_for(reclaimed.result(), WAIT)
