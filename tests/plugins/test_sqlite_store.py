@@ -7,7 +7,8 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import AsyncIterator, Awaitable, Callable
+import sys
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -897,3 +898,81 @@ def test_make_store_hook(tmp_path: Path) -> None:
     assert store.path == path
     assert miminions_make_store.miminions_impl["trylast"] is True  # type: ignore[attr-defined]
     assert not os.path.exists(path)  # nothing is touched before open()
+
+
+# ----------------------------------------------------------------------------- switch interval
+def seconds(value: float) -> Any:
+    """``value`` as the interpreter keeps a switch interval (whole microseconds)."""
+    return pytest.approx(value, abs=1.5e-6)
+
+
+@pytest.fixture
+def interval() -> Iterator[float]:
+    """The interpreter's switch interval before the test, restored after it."""
+    before = sys.getswitchinterval()
+    yield before
+    sys.setswitchinterval(before)
+
+
+async def test_open_store_shortens_the_switch_interval_until_closed(
+    db_path: Path, tmp_path: Path, interval: float
+) -> None:
+    """While a writing store is open the GIL switch interval is at most its setting (its
+    writer thread keeps pace beside a busy loop); the last close brings the old one back."""
+    sys.setswitchinterval(0.005)
+    first = SQLiteStore(str(db_path), switch_interval=0.001)
+    second = SQLiteStore(str(tmp_path / "second.db"), switch_interval=0.0005)
+    await first.open()
+    assert sys.getswitchinterval() == seconds(0.001)
+    await second.open()
+    assert sys.getswitchinterval() == seconds(0.0005)  # the shortest asked for
+    await second.close()
+    assert sys.getswitchinterval() == seconds(0.001)
+    await first.close()
+    assert sys.getswitchinterval() == seconds(0.005)
+
+
+async def test_switch_interval_is_never_lengthened_and_a_users_change_is_kept(
+    db_path: Path, interval: float
+) -> None:
+    sys.setswitchinterval(0.0002)
+    store = SQLiteStore(str(db_path), switch_interval=0.001)
+    await store.open()
+    assert sys.getswitchinterval() == seconds(0.0002)  # already shorter: kept
+    await store.close()
+    assert sys.getswitchinterval() == seconds(0.0002)
+
+    sys.setswitchinterval(0.005)
+    store = SQLiteStore(str(db_path), switch_interval=0.001)
+    await store.open()
+    sys.setswitchinterval(0.002)  # the application changes it meanwhile
+    await store.close()
+    assert sys.getswitchinterval() == seconds(0.002)  # theirs, not the old one
+
+
+async def test_switch_interval_can_be_left_alone_or_set_by_plugin_options(
+    tmp_path: Path, interval: float
+) -> None:
+    sys.setswitchinterval(0.005)
+    path = str(tmp_path / "x.db")
+    untouched = miminions_make_store(
+        RuntimeConfig(
+            storage_path=path, plugin_options={"sqlite_store": {"switch_interval_seconds": None}}
+        )
+    )
+    assert untouched.switch_interval is None
+    await untouched.open()
+    assert sys.getswitchinterval() == seconds(0.005)
+    await untouched.close()
+    assert miminions_make_store(RuntimeConfig(storage_path=path)).switch_interval == 0.0005
+    readonly = await SQLiteStore.open_readonly(path)  # no writer thread to speed up
+    assert sys.getswitchinterval() == seconds(0.005)
+    await readonly.close()
+    with pytest.raises(ConfigurationError, match="switch_interval_seconds"):
+        miminions_make_store(
+            RuntimeConfig(
+                storage_path=path, plugin_options={"sqlite_store": {"switch_interval_seconds": 0}}
+            )
+        )
+    with pytest.raises(ConfigurationError, match="switch_interval"):
+        SQLiteStore(path, switch_interval=-1.0)

@@ -33,12 +33,14 @@ import os
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from itertools import chain
 from typing import Any, TypeVar
 
 import aiosqlite
+import pydantic
 
+from miminions.extras import requested_options
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
@@ -59,6 +61,7 @@ from miminions.plugins.sqlite_batch import (
     rejection,
     retryable,
 )
+from miminions.plugins.switch_interval import WRITER_SWITCH_INTERVAL, hold_switch_interval
 
 _DELETED = object()  # a queued meta write that removes its key
 logger = logging.getLogger(__name__)
@@ -99,6 +102,7 @@ class SQLiteStore:
         commit_attempts: int = _COMMIT_ATTEMPTS,
         retry_delay: float = _RETRY_DELAY,
         max_retry_delay: float = _MAX_RETRY_DELAY,
+        switch_interval: float | None = WRITER_SWITCH_INTERVAL,
     ) -> None:
         if commit_attempts < 1:
             raise ConfigurationError(f"commit_attempts must be at least 1, not {commit_attempts}")
@@ -107,8 +111,14 @@ class SQLiteStore:
                 "need 0 <= retry_delay <= max_retry_delay, "
                 f"not retry_delay={retry_delay}, max_retry_delay={max_retry_delay}"
             )
+        if switch_interval is not None and not switch_interval > 0:
+            raise ConfigurationError(
+                f"switch_interval must be positive or None, not {switch_interval!r}"
+            )
         self.path = os.fspath(path)
         self.readonly = readonly
+        self.switch_interval = switch_interval
+        self._release_switch_interval: Callable[[], None] | None = None
         self.commit_attempts = commit_attempts
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
@@ -166,6 +176,9 @@ class SQLiteStore:
             await conn.close()
             raise
         self._conn = conn
+        if self.switch_interval is not None:
+            # the writer thread must get the GIL promptly beside a busy loop (see the module)
+            self._release_switch_interval = hold_switch_interval(self.switch_interval)
 
     def _create_private_file(self) -> None:
         """Create the database file readable by its owner only (R-06), if it is new."""
@@ -227,8 +240,13 @@ class SQLiteStore:
         finally:
             # Forget the connection before closing it, so a commit still running sees it gone.
             conn, self._conn = self._conn, None
-            if conn is not None:
-                await conn.close()
+            release, self._release_switch_interval = self._release_switch_interval, None
+            try:
+                if conn is not None:
+                    await conn.close()
+            finally:
+                if release is not None:
+                    release()
 
     # ------------------------------------------------------------------------- writes
     def put_task(self, task: Task) -> Committed:
@@ -667,5 +685,17 @@ def _in_front(older: dict[str, _V], newer: dict[str, _V]) -> dict[str, _V]:
 # ----------------------------------------------------------------------------- plugin hook
 @hookimpl(trylast=True)  # built-in: any other store plugin wins
 def miminions_make_store(config: RuntimeConfig) -> SQLiteStore:
-    """Provide the default store: SQLite at ``config.storage_path``."""
-    return SQLiteStore(config.storage_path)
+    """Provide the default store: SQLite at ``config.storage_path``, with the options of
+    ``config.plugin_options["sqlite_store"]`` (:class:`SQLiteOptions`)."""
+    options = requested_options(config, "sqlite_store", SQLiteOptions) or SQLiteOptions()
+    return SQLiteStore(config.storage_path, switch_interval=options.switch_interval_seconds)
+
+
+class SQLiteOptions(pydantic.BaseModel):
+    """``plugin_options["sqlite_store"]``: ``switch_interval_seconds`` is the longest GIL
+    switch interval while the store is open (see :mod:`miminions.plugins.switch_interval`);
+    None leaves the interpreter's setting alone."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    switch_interval_seconds: pydantic.PositiveFloat | None = WRITER_SWITCH_INTERVAL
