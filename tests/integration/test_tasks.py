@@ -309,3 +309,31 @@ async def test_wait_for_tasks_times_out_and_names_what_is_left(rt: AgentRuntime)
     (task,) = await rt.wait_for_tasks([task_id], timeout_seconds=5)
     assert task.status is TaskStatus.COMPLETED
     assert task.assigned_agent_id == agent_id
+
+
+async def test_an_agent_whose_tasks_never_suspend_still_lets_the_loop_turn(
+    rt: AgentRuntime,
+) -> None:
+    """An inline agent working through tasks that never await anything hands the loop to
+    the rest of the application between them, rather than running the whole queue in one go."""
+
+    async def instant(task: object, context: object) -> None:
+        return None
+
+    await start_agent(rt, "instant", instant, isolation="inline")
+    seen: list[int] = []
+    done = asyncio.Event()
+
+    async def watch() -> None:
+        while not done.is_set():
+            seen.append(rt.get_metrics().tasks_completed)
+            await asyncio.sleep(0)
+
+    watcher = asyncio.ensure_future(watch())
+    count = 200
+    ids = await rt.submit_tasks([TaskRequest(name="quick") for _ in range(count)])
+    tasks = await rt.wait_for_tasks(ids, 10)
+    done.set()
+    await watcher
+    assert all(task.status is TaskStatus.COMPLETED for task in tasks)
+    assert any(0 < completed < count for completed in seen)

@@ -402,14 +402,19 @@ class AsyncioExecutor:
         runs = self._agent_runs.get(agent_id)
         run = runs[0] if runs else None
         worker = asyncio.current_task()
+        # An agent whose tasks never suspend must not starve commits, other agents or the
+        # application: after _YIELD_EVERY tasks in a row without the loop turning, it lets
+        # the loop breathe. One whose tasks suspend anyway (I/O) is not held back by that.
+        turned = _LoopTurn(self._loop)
         streak = 0
         while run is not None and worker is not None:
             await self._run_one(run)
-            streak += 1
-            if streak % _YIELD_EVERY == 0:
-                # Let the loop breathe: an agent whose tasks never suspend must not starve
-                # commits, other agents or the application.
-                await asyncio.sleep(0)
+            if turned.since_last_check():
+                streak = 0
+            else:
+                streak += 1
+                if streak >= _YIELD_EVERY:
+                    await asyncio.sleep(0)
             if not self._accepting or self._rt.queue_paused or agent_id not in self._available:
                 break
             task_id = self._sched.take(slot.routes)
@@ -549,6 +554,29 @@ class AsyncioExecutor:
                     run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
                 )
                 self._end_run(run, ok=False)
+
+
+class _LoopTurn:
+    """Tells whether the event loop ran other callbacks since the last check (the code
+    checking suspended in between), at the cost of one ``call_soon`` per turn seen."""
+
+    __slots__ = ("_loop", "_turned")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._turned = False
+        loop.call_soon(self._turn)
+
+    def _turn(self) -> None:
+        self._turned = True
+
+    def since_last_check(self) -> bool:
+        """True if the loop turned since the previous call (or since creation)."""
+        if not self._turned:
+            return False
+        self._turned = False
+        self._loop.call_soon(self._turn)
+        return True
 
 
 def _prefetch_limit(slot: AgentSlot) -> int:
