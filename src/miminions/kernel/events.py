@@ -57,16 +57,9 @@ class EventLog:
             self.drain()
         return self._record(datetime.now(UTC), event_type, severity, agent_id, task_id, details)
 
-    def emit_soon(
-        self,
-        event_type: EventType,
-        *,
-        severity: Severity = Severity.INFO,
-        agent_id: str | None = None,
-        task_id: str | None = None,
-        details: JSONObject | None = None,
-    ) -> None:
-        """Record an event once the current callback is done, stamped with the time now.
+    def emit_soon(self, event_type: EventType, agent_id: str | None, details: JSONObject) -> None:
+        """Record an (info) event once the current callback is done, stamped with the time
+        now.
 
         For paths where what the event reports wakes someone up (a message handed to a
         waiting receiver): the woken code runs first and the bookkeeping after, off its
@@ -75,7 +68,9 @@ class EventLog:
         """
         if not self._deferred:
             asyncio.get_running_loop().call_soon(self.drain)
-        self._deferred.append((datetime.now(UTC), event_type, severity, agent_id, task_id, details))
+        self._deferred.append(
+            (datetime.now(UTC), event_type, Severity.INFO, agent_id, None, details)
+        )
 
     def drain(self) -> None:
         """Record the events :meth:`emit_soon` holds back, now."""
