@@ -31,6 +31,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
@@ -327,10 +328,25 @@ class Messenger:
     # ------------------------------------------------------------------ for hosts
     async def handle(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
         """Carry out a messaging call an agent made through its context."""
+        if op in IMMEDIATE_CALLS:
+            return self.handle_now(agent_id, op, payload)
+        carrier = check_carrier(payload.get("trace_context"))
+        if op == "receive":
+            return await self.receive(agent_id, payload.get("timeout_seconds"))
+        if op == "request":
+            return await self.request(
+                agent_id,
+                _arg(payload, "recipient"),
+                _arg(payload, "message_type"),
+                payload.get("data"),
+                payload.get("timeout_seconds", 30.0),
+                trace_context=carrier,
+            )
+        raise ValidationError(f"unknown messaging call {op!r}")
 
-        def get(name: str, default: Any = None) -> Any:
-            return payload.get(name, default)
-
+    def handle_now(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
+        """Carry out one of the :data:`IMMEDIATE_CALLS` an agent made (they never wait)."""
+        get = partial(_arg, payload)
         # The agent's trace; it may come from a worker process, so it is checked.
         carrier = check_carrier(payload.get("trace_context"))
         if op == "send":
@@ -368,17 +384,6 @@ class Messenger:
             return self.subscribe(agent_id, get("topic"))
         if op == "unsubscribe":
             return self.unsubscribe(agent_id, get("topic"))
-        if op == "receive":
-            return await self.receive(agent_id, get("timeout_seconds"))
-        if op == "request":
-            return await self.request(
-                agent_id,
-                get("recipient"),
-                get("message_type"),
-                get("data"),
-                get("timeout_seconds", 30.0),
-                trace_context=carrier,
-            )
         if op == "return_message":
             # The agent took a message it could not handle after all (its receive was
             # cancelled as the message came, or it was paused): front of its mailbox again.
@@ -498,6 +503,11 @@ class Messenger:
         return sum(samples) / len(samples), p95
 
 
+def _arg(payload: dict[str, Any], name: str, default: Any = None) -> Any:
+    """An argument of a call an agent made (checked where it is used)."""
+    return payload.get(name, default)
+
+
 def _check_name(value: Any, what: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise ValidationError(f"{what} must be a non-empty string of at most 256 characters")
@@ -520,4 +530,18 @@ def _payload(data: Any) -> Any:
     return json.loads(text)
 
 
-__all__ = ["MAX_PAYLOAD_BYTES", "Messenger", "new_message_id"]
+#: Messaging calls that never wait (:meth:`Messenger.handle_now` carries them out).
+IMMEDIATE_CALLS = frozenset(
+    {
+        "send",
+        "send_to_group",
+        "broadcast",
+        "publish",
+        "subscribe",
+        "unsubscribe",
+        "return_message",
+        "reply",
+    }
+)
+
+__all__ = ["IMMEDIATE_CALLS", "MAX_PAYLOAD_BYTES", "Messenger", "new_message_id"]

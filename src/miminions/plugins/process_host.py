@@ -33,6 +33,7 @@ from miminions.kernel.errors import (
     ValidationError,
 )
 from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.messaging import IMMEDIATE_CALLS
 from miminions.kernel.models import (
     AgentMessage,
     AgentSpec,
@@ -231,6 +232,17 @@ class ProcessHost:
                 raise ValidationError(f"task {task_id!r} is not running on this agent")
             return self._rt.task_book.save_checkpoint(task_id, frame.get("state"))
         if op == "msg":
+            call = frame.get("call")
+            if call in IMMEDIATE_CALLS:
+                payload = frame.get("payload")
+                if not isinstance(payload, dict):
+                    raise ValidationError("a messaging call needs 'call' and 'payload'")
+                # Carried out at once; the acknowledgement waits for the next turn of the
+                # loop, so the receivers this woke get their frames first.
+                value = self._rt.messenger.handle_now(self.spec.agent_id, call, payload)
+                acknowledgement = asyncio.get_running_loop().create_future()
+                acknowledgement.get_loop().call_soon(_settle_soon, acknowledgement, value)
+                return acknowledgement
             return self._messaging(frame)
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
@@ -243,10 +255,6 @@ class ProcessHost:
         if not isinstance(call, str) or not isinstance(payload, dict):
             raise ValidationError("a messaging call needs 'call' and 'payload'")
         result = await self._rt.agent_call(self.spec.agent_id, call, payload)
-        if call in _DELIVERING_CALLS:
-            # Let the receivers this woke go first: their frames leave before the sender's
-            # acknowledgement instead of queueing behind it.
-            await asyncio.sleep(0)
         if isinstance(result, AgentMessage):
             live = self._live
             if call == "receive" and (live is None or not live.process.alive):
@@ -490,7 +498,9 @@ class ProcessHost:
             logger.error("agent %r: %s", self.spec.name, future.exception())
 
 
-_DELIVERING_CALLS = frozenset({"send", "send_to_group", "broadcast", "publish", "reply"})
+def _settle_soon(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
 
 
 def _remote_type(future: asyncio.Future[Any]) -> str | None:
