@@ -11,9 +11,10 @@ The notice ``{"op": "cancel", "run": n}`` is the channel's own: it cancels the w
 receiving end is doing for its request ``n`` (the requester stopped waiting). When the
 connection ends, all such work is cancelled.
 
-:class:`FrameChannel` is the asyncio protocol both ends speak. The first frame sent after a
-quiet moment leaves at once; the frames that follow it during the same loop iteration leave
-together in one ``write`` at its end, so many small frames cost two system calls, not many. Nothing
+:class:`FrameChannel` is the asyncio protocol both ends speak. A frame sent after a quiet
+moment (:data:`QUIET_SECONDS` since the last write) leaves at once; while frames keep
+coming, those sent during one loop iteration leave together in one ``write`` at its end, so
+many small frames cost one system call, not many. Nothing
 here is pickled: whatever arrives is parsed as JSON and checked before it is used (R-06).
 """
 
@@ -31,6 +32,7 @@ from typing import Any, cast
 
 from miminions.kernel import errors
 from miminions.kernel.errors import MiminionsError, RemoteAgentError, ValidationError
+from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import Task
 
 logger = logging.getLogger("miminions.wire")
@@ -39,11 +41,14 @@ HEADER_BYTES = 4
 #: The largest frame: a task result or input bigger than this fails with a clear error at
 #: the sending end (the receiving runtime would need several times it in memory).
 MAX_FRAME_BYTES = 64 * 1024 * 1024
+#: A frame sent this long after the previous write leaves at once, not at the end of the
+#: loop turn with the others.
+QUIET_SECONDS = 0.001
 
 Frame = dict[str, Any]
 Handler = Callable[[Frame], Any]  # a reply's value, or an awaitable of it
 
-_encode = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode
+_encode = make_encoder(allow_nan=False)
 
 
 class ChannelClosedError(MiminionsError, ConnectionError):
@@ -154,9 +159,11 @@ class FrameChannel(asyncio.Protocol):
         self._flush_scheduled = False
         self._closed_error: BaseException | None = None
         self._handling: dict[int, asyncio.Future[Any]] = {}  # work for requests, by id
+        self._loop = asyncio.get_running_loop()
+        self._last_write = float("-inf")  # loop time of the last write
         # Replies that came for a requester being cancelled, until the loop's next turn.
         self._orphans: dict[int, Frame] = {}
-        self.closed = asyncio.get_running_loop().create_future()
+        self.closed = self._loop.create_future()
 
     # ------------------------------------------------------------------ sending
     def request(self, op: str, **payload: Any) -> asyncio.Future[Any]:
@@ -236,11 +243,12 @@ class FrameChannel(asyncio.Protocol):
     def _send(self, frame: Frame) -> None:
         self._out.append(encode_frame(frame))
         if not self._flush_scheduled:
-            # The first frame after a quiet turn of the loop leaves at once (latency); the
-            # frames that follow it in the same turn leave together at its end (throughput).
-            self._write_out()
+            # A frame after a quiet moment leaves at once (latency); while frames keep coming,
+            # those of one loop turn leave together at its end (throughput).
+            if self._loop.time() - self._last_write >= QUIET_SECONDS:
+                self._write_out()
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush)
+            self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -255,6 +263,7 @@ class FrameChannel(asyncio.Protocol):
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         self._transport.write(data)
+        self._last_write = self._loop.time()
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
