@@ -28,6 +28,7 @@ import logging
 import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any, cast
 
 from miminions.kernel import errors
@@ -361,6 +362,11 @@ class FrameChannel(asyncio.Protocol):
         if request_id is None:
             if result is not None:
                 asyncio.ensure_future(result).add_done_callback(self._notice_done)
+        elif asyncio.isfuture(result):
+            # Work already running on its own: its outcome is the reply. (A done callback:
+            # an exception that ends the loop, SystemExit, is still reported from there.)
+            self._handling[request_id] = result
+            result.add_done_callback(partial(self._work_done, request_id))
         elif inspect.isawaitable(result):
             self._handling[request_id] = asyncio.ensure_future(self._answer(request_id, result))
         else:
@@ -383,6 +389,15 @@ class FrameChannel(asyncio.Protocol):
             raise
         self._handling.pop(request_id, None)
         self._reply(request_id, value)
+
+    def _work_done(self, request_id: int, work: asyncio.Future[Any]) -> None:
+        self._handling.pop(request_id, None)
+        if work.cancelled():
+            self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+        elif (error := work.exception()) is not None:
+            self._reply_error(request_id, error)
+        else:
+            self._reply(request_id, work.result())
 
     @staticmethod
     def _notice_done(future: asyncio.Future[Any]) -> None:

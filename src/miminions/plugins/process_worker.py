@@ -257,17 +257,16 @@ class Worker:
 
     # ------------------------------------------------------------------ requests
     def handle(self, frame: Frame) -> Any:
-        """Serve one request or notice from the runtime. A request's work runs as a future
-        the channel keeps by its id, so a later ``cancel`` notice cancels it (a run, a
-        pause)."""
+        """Serve one request or notice from the runtime. A request's work is a coroutine
+        the channel runs in a task it keeps by the request's id, so a later ``cancel``
+        notice cancels it (a run, a pause)."""
         op = frame["op"]
         if op == "ping":
             return None
         if op == "stop_requested":
             self.runner.request_stop()
             return None
-        # The channel keeps the work by request id: a "cancel" notice cancels it.
-        return asyncio.ensure_future(self._work_for(op, frame))
+        return self._work_for(op, frame)
 
     def _work_for(self, op: str, frame: Frame) -> Coroutine[Any, Any, Any]:
         if op == "run":
