@@ -549,7 +549,9 @@ async def test_bad_messages_are_refused(rt: AgentRuntime) -> None:
     """Non-JSON data, unknown or no recipients, an empty type and a TTL that is not
     positive are refused before anything is sent."""
     receiver = await start(rt, "receiver")
-    for data in ({1, 2}, float("nan"), object(), {"key": b"bytes"}):
+    cyclic: dict[str, Any] = {}
+    cyclic["itself"] = cyclic
+    for data in ({1, 2}, float("nan"), object(), {"key": b"bytes"}, cyclic):
         with pytest.raises(ValidationError, match="JSON"):
             await rt.send_message(receiver, "bad", data)
     with pytest.raises(NotFoundError, match="no-such-agent"):

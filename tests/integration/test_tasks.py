@@ -337,3 +337,24 @@ async def test_an_agent_whose_tasks_never_suspend_still_lets_the_loop_turn(
     await watcher
     assert all(task.status is TaskStatus.COMPLETED for task in tasks)
     assert any(0 < completed < count for completed in seen)
+
+
+async def test_an_agent_changing_its_task_does_not_change_the_stored_task(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """What an agent does to the task object it was handed (its input, its dependencies)
+    stays with the agent: the runtime's task and the stored one keep what was submitted."""
+
+    agent_id = await start_agent(rt, "meddler", agents.meddling_agent, isolation=isolation)
+    first = await rt.submit_task("first", agent_id=agent_id)
+    task_id = await rt.submit_task(
+        "meddled", {"nested": {"x": 1}}, dependencies=[first], agent_id=agent_id
+    )
+    done = await rt.wait_for_task(task_id, 10)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    stored = {task.task_id: task for task in await rt.store.load_tasks()}
+    for task in (done, rt.get_task_status(task_id), stored[task_id]):
+        assert task.input_data == {"nested": {"x": 1}}
+        assert task.dependencies == [first]
+    assert stored[first].input_data == {}
+    assert stored[first].dependencies == []

@@ -126,3 +126,11 @@ class UsageAgent(BaseAgent):
             tokens=task.input_data.get("tokens", 0), cost=task.input_data.get("cost", 0.0)
         )
         return {"reported": True}
+
+
+async def meddling_agent(task: Task, context: AgentContext) -> None:
+    """Changes the task object it is handed: its input (nested too) and dependencies."""
+    task.input_data["added"] = True
+    if "nested" in task.input_data:
+        task.input_data["nested"]["x"] = 2
+    task.dependencies.append("nonsense")

@@ -1,4 +1,5 @@
-"""A fast compact JSON encoder, shared by the store and the messaging hot paths."""
+"""JSON helpers for hot paths: a fast compact encoder (the store, messaging, the wire) and a
+fast deep copy of JSON values."""
 
 from __future__ import annotations
 
@@ -31,11 +32,16 @@ def make_encoder(
     if make is None or basestring is None:
         return public
     try:
-        # markers=None: no cycle bookkeeping (a cycle still fails, as RecursionError).
+        # markers=None: no cycle bookkeeping (a cycle still fails: RecursionError, below).
         chunks = make(None, default, basestring, None, ":", ",", False, False, allow_nan)
 
         def fast(value: Any) -> str:
-            return "".join(chunks(value, 0))
+            try:
+                return "".join(chunks(value, 0))
+            except RecursionError:  # as the public encoder, a ValueError
+                raise ValueError(
+                    "the value contains itself (a reference cycle) or nests too deep"
+                ) from None
 
         sample = {"s": 'é"\n', "i": [1, -2.5, 1e300, None, True, False], "d": {"1": {}}}
         if fast(sample) != public(sample) or fast("x") != public("x"):
@@ -45,4 +51,14 @@ def make_encoder(
     return fast
 
 
-__all__ = ["make_encoder", "reject"]
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON value (dicts, lists, scalars): about three times faster than
+    ``copy.deepcopy``, which keeps a memo and looks every value's type up."""
+    if type(value) is dict:
+        return {key: copy_json(item) for key, item in value.items()} if value else {}
+    if type(value) is list:
+        return [copy_json(item) for item in value]
+    return value
+
+
+__all__ = ["copy_json", "make_encoder", "reject"]

@@ -22,7 +22,6 @@ socket, with the same operations (:meth:`Messenger.handle`).
 from __future__ import annotations
 
 import asyncio
-import copy
 import json
 import logging
 import math
@@ -41,7 +40,7 @@ from miminions.kernel.errors import (
     WaitTimeoutError,
 )
 from miminions.kernel.interfaces import Bus
-from miminions.kernel.jsonutil import make_encoder
+from miminions.kernel.jsonutil import copy_json, make_encoder
 from miminions.kernel.models import (
     AgentMessage,
     AgentStatus,
@@ -429,7 +428,7 @@ class Messenger:
                     "recipient_id": recipient,
                     "message_type": message_type,
                     # one copy per recipient: a receiver changing its data touches no other
-                    "data": data if index == 0 else copy.deepcopy(data),
+                    "data": data if index == 0 else copy_json(data),
                     "topic": topic,
                     "correlation_id": None,
                     "is_reply": False,

@@ -10,7 +10,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from miminions.kernel.errors import ValidationError
+from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import JSONObject
+
+_encode = make_encoder(allow_nan=False)
 
 MAX_RETRIES = 10_000
 
@@ -40,7 +43,7 @@ def to_json_value(value: Any, what: str) -> Any:
     if value is None or (type(value) is dict and not value):
         return {} if value is not None else None
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        return json.loads(_encode(value))
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {exc}"
