@@ -358,3 +358,24 @@ async def test_an_agent_changing_its_task_does_not_change_the_stored_task(
         assert task.dependencies == [first]
     assert stored[first].input_data == {}
     assert stored[first].dependencies == []
+
+
+async def test_changing_a_returned_task_does_not_change_the_runtime(rt: AgentRuntime) -> None:
+    """Tasks the API returns are snapshots: changing one changes nothing in the runtime."""
+    agent_id = await start_agent(rt, "echo", agents.EchoAgent, isolation="inline")
+    task_id = await rt.submit_task("echo", {"nested": {"x": 1}}, agent_id=agent_id)
+    for task in (
+        await rt.wait_for_task(task_id, 10),
+        (await rt.wait_for_tasks([task_id], 10))[0],
+        rt.get_task_status(task_id),
+        rt.list_tasks()[0],
+    ):
+        task.input_data["nested"]["x"] = 2
+        task.dependencies.append("nonsense")
+        if isinstance(task.output_data, dict):
+            task.output_data["added"] = True
+    again = rt.get_task_status(task_id)
+    assert again.input_data == {"nested": {"x": 1}}
+    assert again.dependencies == []
+    assert isinstance(again.output_data, dict)
+    assert "added" not in again.output_data

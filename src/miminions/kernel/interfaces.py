@@ -161,9 +161,9 @@ class AgentHost(Protocol):
         its worker) and let ``asyncio.CancelledError`` propagate.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
-        earlier attempt (``context.last_checkpoint`` inside the agent). ``task`` is a copy
-        made for this call (the host may change it); its JSON values are the runtime's own,
-        which an agent sharing the runtime's memory must not be handed.
+        earlier attempt (``context.last_checkpoint`` inside the agent). Both are copies
+        made for this call (:func:`~miminions.kernel.models.task_snapshot`): the host may
+        hand them to the agent as they are.
         """
         ...
 

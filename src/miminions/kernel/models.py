@@ -26,6 +26,8 @@ from pydantic import (
     PositiveInt,
 )
 
+from miminions.kernel.jsonutil import copy_json
+
 JSONObject = dict[str, Any]
 
 _M = TypeVar("_M", bound=BaseModel)
@@ -62,11 +64,6 @@ _set_object_attr = object.__setattr__
 _set_fields_set = _slot_setter("__pydantic_fields_set__")
 _set_extra = _slot_setter("__pydantic_extra__")
 _set_private = _slot_setter("__pydantic_private__")
-
-
-def fast_copy(model: _M) -> _M:
-    """A shallow copy of a model without pydantic's generic copy machinery."""
-    return fast_construct(type(model), dict(model.__dict__))
 
 
 class Priority(enum.IntEnum):
@@ -197,6 +194,21 @@ class Task(BaseModel):
     effective_priority: int | None = None
     queue_position: int | None = None
     estimated_wait_seconds: float | None = None
+
+
+_TASK_JSON_FIELDS = ("input_data", "output_data", "dependencies", "checkpoint", "trace_context")
+
+
+def task_snapshot(task: Task) -> Task:
+    """A copy of ``task`` that shares no mutable value with it (its JSON values are copied
+    too): what the runtime hands to callers and to agents sharing its memory, so that none
+    of them changes the runtime's task through what it was given."""
+    fields = dict(task.__dict__)
+    for name in _TASK_JSON_FIELDS:
+        value = fields[name]
+        if value is not None:
+            fields[name] = copy_json(value)
+    return fast_construct(Task, fields)
 
 
 class UsageBudget(BaseModel):

@@ -20,6 +20,7 @@ from miminions.kernel.models import (
     Task,
     TaskExplanation,
     TaskStatus,
+    task_snapshot,
 )
 from miminions.kernel.scheduler import NodeState
 from miminions.kernel.supervisor import ACTIVE_STATES
@@ -38,7 +39,9 @@ def task_status(rt: AgentRuntime, task_id: str) -> Task:
     if position is not None:
         update["queue_position"] = position
         update["estimated_wait_seconds"] = _estimated_wait(rt, task_id, position)
-    return task.model_copy(update=update)
+    snapshot = task_snapshot(task)
+    snapshot.__dict__.update(update)  # computed fields, not validated: the scheduler's own
+    return snapshot
 
 
 def _serving_agents(rt: AgentRuntime, task_id: str) -> list[AgentSlot]:

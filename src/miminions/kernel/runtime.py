@@ -59,6 +59,7 @@ from miminions.kernel.models import (
     Task,
     TaskExplanation,
     TaskStatus,
+    task_snapshot,
 )
 from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
 from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result
@@ -669,7 +670,7 @@ class AgentRuntime(CommunicationAPI):
         found: list[Task] = []
         for task in reversed(self.task_book.tasks.values()):
             if wanted is None or task.status is wanted:
-                found.append(task.model_copy())
+                found.append(task_snapshot(task))
                 if limit is not None and len(found) >= limit:
                     break
         return found

@@ -34,7 +34,7 @@ from miminions.kernel.models import (
     Task,
     TaskStatus,
     fast_construct,
-    fast_copy,
+    task_snapshot,
 )
 from miminions.kernel.scheduler import Change, NewTask, NodeState, Scheduler, route_for
 from miminions.kernel.supervisor import retry_delay
@@ -474,7 +474,7 @@ class TaskBook:
                         del self._waiters[task_id]
         else:
             await self._store.flush()
-        return fast_copy(task)
+        return task_snapshot(task)
 
     async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
         """:meth:`wait` for many tasks at once: one future for all of them instead of one
@@ -504,7 +504,7 @@ class TaskBook:
                             del self._waiters[task_id]
         # Every final write was queued before this flush: it returns once all are committed.
         await self._store.flush()
-        return [fast_copy(task) for task in tasks]
+        return [task_snapshot(task) for task in tasks]
 
     def close(self) -> None:
         """The runtime stopped: every ``wait_for_task`` still waiting gets an error."""

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.agent_runner import AgentRunner
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.jsonutil import copy_json
 from miminions.kernel.models import AgentSpec, JSONObject, Task
 
 if TYPE_CHECKING:
@@ -49,11 +48,11 @@ class InlineHost:
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Run one task on this loop (a sync ``execute_task`` runs in the agent's thread).
 
-        The agent shares the runtime's memory but not its data: it gets its own copy of the
-        task's JSON values and of the checkpoint, so whatever it changes in them stays
-        with it (as it would in a worker process).
+        The agent shares the runtime's memory but not its data: the executor hands it a
+        snapshot of the task and a copy of the checkpoint, so whatever it changes in them
+        stays with it (as it would in a worker process).
         """
-        return await self._runner.run(_private(task), copy_json(checkpoint))
+        return await self._runner.run(task, checkpoint)
 
     async def pause(self) -> JSONObject:
         """Halt the running task at its next safe point (or its end), then ``on_pause``."""
@@ -64,8 +63,8 @@ class InlineHost:
         await self._runner.resume(state)
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
-        """Run the agent's ``on_error`` (with its own copy of the task, as in :meth:`run`)."""
-        await self._runner.hook("on_error", error, None if task is None else _private(task))
+        """Run the agent's ``on_error``."""
+        await self._runner.hook("on_error", error, task)
 
     def request_stop(self) -> None:
         """From now on ``context.is_stopping`` is true: the task should finish or checkpoint."""
@@ -78,16 +77,6 @@ class InlineHost:
     async def kill(self) -> None:
         """Drop the agent without running any hook."""
         self._runner.release()
-
-
-def _private(task: Task) -> Task:
-    """``task`` (a copy the executor made for this call) with JSON values of its own."""
-    fields = task.__dict__
-    for name in ("input_data", "dependencies", "checkpoint", "output_data", "trace_context"):
-        value = fields[name]
-        if value is not None:
-            fields[name] = copy_json(value)
-    return task
 
 
 @hookimpl(trylast=True)  # built-in: another plugin may take over inline agents
