@@ -57,7 +57,7 @@ def copy_json(value: Any) -> Any:
     if type(value) is dict:
         return {key: copy_json(item) for key, item in value.items()} if value else {}
     if type(value) is list:
-        return [copy_json(item) for item in value]
+        return [copy_json(item) for item in value] if value else []
     return value
 
 
