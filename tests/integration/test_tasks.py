@@ -379,3 +379,20 @@ async def test_changing_a_returned_task_does_not_change_the_runtime(rt: AgentRun
     assert again.dependencies == []
     assert isinstance(again.output_data, dict)
     assert "added" not in again.output_data
+
+
+async def test_deeply_nested_input_is_handed_out_whole(rt: AgentRuntime) -> None:
+    """Input nested hundreds of levels deep, accepted at submit, is also handed to the
+    agent and back to callers (the copies made on the way have no depth limit)."""
+    deep: dict[str, object] = {}
+    inner = deep
+    for _ in range(600):
+        inner["x"] = {}
+        inner = inner["x"]  # type: ignore[assignment]
+    agent_id = await start_agent(rt, "echo", agents.EchoAgent, isolation="inline")
+    task_id = await rt.submit_task("deep", deep, agent_id=agent_id)
+    done = await rt.wait_for_task(task_id, 10)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert done.input_data == deep
+    assert rt.get_task_status(task_id).input_data == deep
+    assert [task.task_id for task in rt.list_tasks()] == [task_id]

@@ -4,6 +4,7 @@ the reply of a request whose requester gave up (two channels over a socket pair)
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -145,3 +146,44 @@ async def test_reclaiming_after_the_connection_is_lost_fails_clearly(pair: Pair)
     await asyncio.wait_for(pair.client.closed, WAIT)
     with pytest.raises(ChannelClosedError):
         await asyncio.wait_for(reclaimed.result(), WAIT)
+
+
+class CapturingTransport(asyncio.Transport):
+    """Keeps what a channel writes, decoded, and says when something came."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.frames: list[dict[str, Any]] = []
+        self.wrote = asyncio.Event()
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        data = bytes(data)
+        while data:
+            size = int.from_bytes(data[:4], "big")
+            self.frames.append(json.loads(data[4 : 4 + size]))
+            data = data[4 + size :]
+        self.wrote.set()
+
+    def is_closing(self) -> bool:
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+async def test_a_request_cancelled_before_its_work_starts_is_answered() -> None:
+    """A request and its cancel read together: the work never runs, the requester is told
+    it was cancelled, and nothing is left behind."""
+    answering = Server()
+    channel = FrameChannel(answering.handle)
+    transport = CapturingTransport()
+    channel.connection_made(transport)
+    channel.data_received(
+        encode_frame({"op": "slow", "id": 7, "value": 1}) + encode_frame({"op": "cancel", "run": 7})
+    )
+    await asyncio.wait_for(transport.wrote.wait(), WAIT)
+    [reply] = transport.frames
+    assert reply["re"] == 7
+    assert reply["error"]["type"] == "CancelledError"
+    assert not answering.started.is_set()
+    assert channel._handling == {}

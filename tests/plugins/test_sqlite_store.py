@@ -36,7 +36,7 @@ from miminions.kernel.models import (
     Task,
     TaskStatus,
 )
-from miminions.plugins import sqlite_schema
+from miminions.plugins import sqlite_schema, switch_interval
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -908,9 +908,12 @@ def seconds(value: float) -> Any:
 
 @pytest.fixture
 def interval() -> Iterator[float]:
-    """The interpreter's switch interval before the test, restored after it."""
+    """The interpreter's switch interval before the test, restored after it; a store the
+    test left open no longer holds it short."""
     before = sys.getswitchinterval()
     yield before
+    switch_interval._holders.clear()
+    switch_interval._before = switch_interval._set = None
     sys.setswitchinterval(before)
 
 

@@ -55,6 +55,7 @@ class EventLog:
         """Record one event and notify every ``miminions_event`` implementation."""
         if self._deferred:  # events are recorded in the order they happened
             self.drain()
+        self.count += 1
         return self._record(datetime.now(UTC), event_type, severity, agent_id, task_id, details)
 
     def emit_soon(self, event_type: EventType, agent_id: str | None, details: JSONObject) -> None:
@@ -68,6 +69,7 @@ class EventLog:
         """
         if not self._deferred:
             asyncio.get_running_loop().call_soon(self.drain)
+        self.count += 1  # counted now: metrics do not lag behind the log's readers
         self._deferred.append(
             (datetime.now(UTC), event_type, Severity.INFO, agent_id, None, details)
         )
@@ -99,7 +101,6 @@ class EventLog:
                 "details": details if details is not None else {},
             },
         )
-        self.count += 1
         self._store.put_event(event)
         if self._has_listeners:
             self._notify(event)

@@ -161,9 +161,12 @@ class AgentHost(Protocol):
         its worker) and let ``asyncio.CancelledError`` propagate.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
-        earlier attempt (``context.last_checkpoint`` inside the agent). Both are copies
-        made for this call (:func:`~miminions.kernel.models.task_snapshot`): the host may
-        hand them to the agent as they are.
+        earlier attempt (``context.last_checkpoint`` inside the agent). ``task`` is a
+        shallow copy made for this call: a host may set its fields, but its JSON values
+        (``input_data``, ``dependencies``, ...) and ``checkpoint`` are the runtime's own. A
+        host whose agent shares the runtime's memory gives it copies of them
+        (:func:`~miminions.kernel.models.own_json_values`), as the built-in ``inline`` host
+        does.
         """
         ...
 
@@ -176,7 +179,8 @@ class AgentHost(Protocol):
         ...
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
-        """Run the agent's ``on_error(error, task)``; errors it raises are logged, not raised."""
+        """Run the agent's ``on_error(error, task)``; errors it raises are logged, not raised.
+        ``task`` is a shallow copy, as in :meth:`run`."""
         ...
 
     def request_stop(self) -> None:

@@ -52,13 +52,31 @@ def make_encoder(
 
 
 def copy_json(value: Any) -> Any:
-    """A deep copy of a JSON value (dicts, lists, scalars): about three times faster than
-    ``copy.deepcopy``, which keeps a memo and looks every value's type up."""
-    if type(value) is dict:
-        return {key: copy_json(item) for key, item in value.items()} if value else {}
-    if type(value) is list:
-        return [copy_json(item) for item in value] if value else []
-    return value
+    """A deep copy of a JSON value (dicts, lists, scalars; no cycles), as fast as a
+    recursive copy for small values, three times faster than ``copy.deepcopy``, and without
+    a depth limit: it walks the value with a stack of its own, not with recursion."""
+    kind = type(value)
+    if kind is dict:
+        if not value:
+            return {}
+    elif kind is list:
+        if not value:
+            return []
+    else:
+        return value
+    root = value.copy()
+    stack = [root]
+    while stack:
+        container = stack.pop()
+        pairs = container.items() if type(container) is dict else enumerate(container)
+        for key, item in pairs:
+            kind = type(item)
+            if kind is dict or kind is list:
+                copied = item.copy()
+                container[key] = copied  # replacing a value, not adding a key: safe here
+                if copied:
+                    stack.append(copied)
+    return root
 
 
 __all__ = ["copy_json", "make_encoder", "reject"]

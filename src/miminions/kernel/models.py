@@ -66,6 +66,11 @@ _set_extra = _slot_setter("__pydantic_extra__")
 _set_private = _slot_setter("__pydantic_private__")
 
 
+def fast_copy(model: _M) -> _M:
+    """A shallow copy of a model without pydantic's generic copy machinery."""
+    return fast_construct(type(model), dict(model.__dict__))
+
+
 class Priority(enum.IntEnum):
     """Named priority levels. Any integer 0..100 is valid; 0 is the most urgent."""
 
@@ -203,12 +208,18 @@ def task_snapshot(task: Task) -> Task:
     """A copy of ``task`` that shares no mutable value with it (its JSON values are copied
     too): what the runtime hands to callers and to agents sharing its memory, so that none
     of them changes the runtime's task through what it was given."""
-    fields = dict(task.__dict__)
+    return own_json_values(fast_copy(task))
+
+
+def own_json_values(task: Task) -> Task:
+    """Give ``task`` (a copy, e.g. from :func:`fast_copy`) copies of its JSON values, in
+    place, and return it."""
+    fields = task.__dict__
     for name in _TASK_JSON_FIELDS:
         value = fields[name]
         if value is not None:
             fields[name] = copy_json(value)
-    return fast_construct(Task, fields)
+    return task
 
 
 class UsageBudget(BaseModel):

@@ -25,6 +25,7 @@ import inspect
 import itertools
 import json
 import logging
+import time
 import traceback
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
@@ -161,7 +162,7 @@ class FrameChannel(asyncio.Protocol):
         self._closed_error: BaseException | None = None
         self._handling: dict[int, asyncio.Future[Any]] = {}  # work for requests, by id
         self._loop = asyncio.get_running_loop()
-        self._last_write = float("-inf")  # loop time of the last write
+        self._last_write = float("-inf")  # time.monotonic() of the last write
         # Replies that came for a requester being cancelled, until the loop's next turn.
         self._orphans: dict[int, Frame] = {}
         self.closed = self._loop.create_future()
@@ -246,7 +247,7 @@ class FrameChannel(asyncio.Protocol):
         if not self._flush_scheduled:
             # A frame after a quiet moment leaves at once (latency); while frames keep coming,
             # those of one loop turn leave together at its end (throughput).
-            if self._loop.time() - self._last_write >= QUIET_SECONDS:
+            if time.monotonic() - self._last_write >= QUIET_SECONDS:
                 self._write_out()
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)
@@ -264,7 +265,8 @@ class FrameChannel(asyncio.Protocol):
         data = self._out[0] if len(self._out) == 1 else b"".join(self._out)
         self._out.clear()
         self._transport.write(data)
-        self._last_write = self._loop.time()
+        # time.monotonic, not the loop's clock: uvloop's moves in whole milliseconds
+        self._last_write = time.monotonic()
 
     # ------------------------------------------------------------------ asyncio.Protocol
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -368,7 +370,10 @@ class FrameChannel(asyncio.Protocol):
             self._handling[request_id] = result
             result.add_done_callback(partial(self._work_done, request_id))
         elif inspect.isawaitable(result):
-            self._handling[request_id] = asyncio.ensure_future(self._answer(request_id, result))
+            answer = asyncio.ensure_future(self._answer(request_id, result))
+            self._handling[request_id] = answer
+            # A cancel arriving before the answer's first step never lets it run: reply then.
+            answer.add_done_callback(partial(self._answer_done, request_id, result))
         else:
             self._reply(request_id, result)
 
@@ -389,6 +394,16 @@ class FrameChannel(asyncio.Protocol):
             raise
         self._handling.pop(request_id, None)
         self._reply(request_id, value)
+
+    def _answer_done(
+        self, request_id: int, work: Awaitable[Any], answer: asyncio.Future[Any]
+    ) -> None:
+        if self._handling.get(request_id) is not answer:
+            return  # _answer ran and replied (it forgets itself on every way out)
+        del self._handling[request_id]
+        if inspect.iscoroutine(work):
+            work.close()  # never started
+        self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
 
     def _work_done(self, request_id: int, work: asyncio.Future[Any]) -> None:
         self._handling.pop(request_id, None)

@@ -22,8 +22,7 @@ from miminions.kernel.errors import (
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.jsonutil import copy_json
-from miminions.kernel.models import Task, TaskStatus, task_snapshot
+from miminions.kernel.models import Task, TaskStatus, fast_copy
 from miminions.kernel.scheduler import agent_route
 
 if TYPE_CHECKING:
@@ -478,7 +477,7 @@ class AsyncioExecutor:
         try:
             if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
                 run.running = True
-                result = await slot.host.run(task_snapshot(task), copy_json(task.checkpoint))
+                result = await slot.host.run(fast_copy(task), task.checkpoint)
             else:
                 result = None  # stopped before the agent was called
         except (asyncio.CancelledError, TaskCancelledError) as exc:
@@ -535,7 +534,7 @@ class AsyncioExecutor:
     async def _notify_error(self, slot: AgentSlot, error: BaseException, task: Task) -> None:
         with contextlib.suppress(Exception, TimeoutError):
             await asyncio.wait_for(
-                slot.host.notify_error(error, task_snapshot(task)), self._notify_timeout
+                slot.host.notify_error(error, fast_copy(task)), self._notify_timeout
             )
 
     async def _interrupt(self, run: _Run, reason: str) -> None:

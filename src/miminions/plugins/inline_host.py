@@ -15,7 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.agent_runner import AgentRunner
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.models import AgentSpec, JSONObject, Task
+from miminions.kernel.jsonutil import copy_json
+from miminions.kernel.models import AgentSpec, JSONObject, Task, own_json_values
 
 if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
@@ -48,11 +49,11 @@ class InlineHost:
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Run one task on this loop (a sync ``execute_task`` runs in the agent's thread).
 
-        The agent shares the runtime's memory but not its data: the executor hands it a
-        snapshot of the task and a copy of the checkpoint, so whatever it changes in them
-        stays with it (as it would in a worker process).
+        The agent shares the runtime's memory but not its data: its task (a copy made for
+        this call) gets copies of its JSON values, and it gets a copy of the checkpoint, so
+        whatever it changes in them stays with it (as it would in a worker process).
         """
-        return await self._runner.run(task, checkpoint)
+        return await self._runner.run(own_json_values(task), copy_json(checkpoint))
 
     async def pause(self) -> JSONObject:
         """Halt the running task at its next safe point (or its end), then ``on_pause``."""
@@ -63,8 +64,8 @@ class InlineHost:
         await self._runner.resume(state)
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
-        """Run the agent's ``on_error``."""
-        await self._runner.hook("on_error", error, task)
+        """Run the agent's ``on_error`` (with a snapshot of the task, as in :meth:`run`)."""
+        await self._runner.hook("on_error", error, None if task is None else own_json_values(task))
 
     def request_stop(self) -> None:
         """From now on ``context.is_stopping`` is true: the task should finish or checkpoint."""

@@ -237,11 +237,12 @@ class ProcessHost:
                 payload = frame.get("payload")
                 if not isinstance(payload, dict):
                     raise ValidationError("a messaging call needs 'call' and 'payload'")
-                # Carried out at once; the acknowledgement waits for the next turn of the
-                # loop, so the receivers this woke get their frames first.
+                # Carried out at once. The acknowledgement is a settled future: the channel
+                # replies from its done callback, on the next turn of the loop, after the
+                # receivers this woke (queued first) sent their frames.
                 value = self._rt.messenger.handle_now(self.spec.agent_id, call, payload)
                 acknowledgement = asyncio.get_running_loop().create_future()
-                acknowledgement.get_loop().call_soon(_settle_soon, acknowledgement, value)
+                acknowledgement.set_result(value)
                 return acknowledgement
             return self._messaging(frame)
         if op == "usage":
@@ -496,11 +497,6 @@ class ProcessHost:
         self._background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("agent %r: %s", self.spec.name, future.exception())
-
-
-def _settle_soon(future: asyncio.Future[Any], value: Any) -> None:
-    if not future.done():
-        future.set_result(value)
 
 
 def _remote_type(future: asyncio.Future[Any]) -> str | None:

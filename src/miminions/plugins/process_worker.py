@@ -288,8 +288,8 @@ class Worker:
         async with self._run_lock:
             # The reply of the run before this one must be on its way before this task's
             # code runs: if this task kills the process, the runtime must not blame that
-            # one. That reply is queued a loop turn after the previous run ended.
-            await asyncio.sleep(0)
+            # one. That reply was queued as the previous run ended (before this run got
+            # the lock); it may still wait for the end of the loop turn: send it now.
             if self.channel is not None:
                 self.channel.flush_now()
             try:
