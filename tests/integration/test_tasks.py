@@ -155,6 +155,8 @@ async def test_exhausted_retries_go_to_dead_letters_and_can_be_requeued(rt: Agen
     letters = rt.list_dead_letters()
     assert [(letter.kind, letter.ref_id) for letter in letters] == [("task", task_id)]
     assert rt.get_queue_status().dead_letters == 1
+    letters[0].payload.clear()  # a snapshot: the runtime's letter keeps its payload
+    assert rt.list_dead_letters()[0].payload != {}
 
     agents.FAILING.clear()
     assert await rt.requeue_dead_letter(letters[0].dead_letter_id) == task_id

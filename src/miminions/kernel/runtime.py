@@ -618,7 +618,11 @@ class AgentRuntime(CommunicationAPI):
         ``task``) and messages that expired undelivered (kind ``message``)."""
         self._require_started()
         letters = self.task_book.dead_letters.values()
-        return [letter.model_copy() for letter in letters if kind is None or letter.kind == kind]
+        return [
+            letter.model_copy(deep=True)  # its payload is the runtime's own
+            for letter in letters
+            if kind is None or letter.kind == kind
+        ]
 
     async def requeue_dead_letter(
         self, dead_letter_id: str, ttl_seconds: float | None = None
