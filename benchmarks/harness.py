@@ -298,6 +298,28 @@ class Throughput:
     submit_rate: float
     latencies: dict[str, float]
 
+    def describe(self, target: float) -> str:
+        """The rates and latencies in words, against ``target`` tasks/s."""
+        verdict = "meets" if self.rate >= target else "below"
+        lat = self.latencies
+        return (
+            f"median {self.rate:,.0f} tasks/s ({verdict} target {target:,}); submit phase "
+            f"{self.submit_rate:,.0f} tasks/s; submit->completed latency p50 {lat['p50']:.0f} "
+            f"/ p95 {lat['p95']:.0f} / p99 {lat['p99']:.0f} ms"
+        )
+
+    def fields(self, target: float) -> dict[str, Any]:
+        """The same numbers as ``extra_info`` fields."""
+        return {
+            "tasks_per_second_median": round(self.rate, 1),
+            "tasks_per_second_rounds": [round(r, 1) for r in self.rates],
+            "submit_tasks_per_second_median": round(self.submit_rate, 1),
+            "latency_ms_p50": round(self.latencies["p50"], 3),
+            "latency_ms_p95": round(self.latencies["p95"], 3),
+            "latency_ms_p99": round(self.latencies["p99"], 3),
+            "target_tasks_per_second": target,
+        }
+
 
 def throughput(results: Sequence[ThroughputRound], n: int) -> Throughput:
     """Check that every round completed its ``n`` tasks; summarise the rounds."""
