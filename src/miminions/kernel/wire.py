@@ -384,7 +384,7 @@ class FrameChannel(asyncio.Protocol):
             value = await work
         except asyncio.CancelledError:
             self._handling.pop(request_id, None)
-            self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+            self._reply_cancelled(request_id)
             raise
         except BaseException as exc:  # SystemExit too: the requester learns why, then it goes on
             self._handling.pop(request_id, None)
@@ -403,12 +403,12 @@ class FrameChannel(asyncio.Protocol):
         del self._handling[request_id]
         if inspect.iscoroutine(work):
             work.close()  # never started
-        self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+        self._reply_cancelled(request_id)
 
     def _work_done(self, request_id: int, work: asyncio.Future[Any]) -> None:
         self._handling.pop(request_id, None)
         if work.cancelled():
-            self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+            self._reply_cancelled(request_id)
         elif (error := work.exception()) is not None:
             self._reply_error(request_id, error)
         else:
@@ -429,6 +429,9 @@ class FrameChannel(asyncio.Protocol):
             self._send({"re": request_id, "value": value})
         except (TypeError, ValueError) as exc:
             self._reply_error(request_id, exc)
+
+    def _reply_cancelled(self, request_id: int) -> None:
+        self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
 
     def _reply_error(self, request_id: int, error: BaseException) -> None:
         if self._closed_error is None:

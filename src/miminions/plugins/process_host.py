@@ -232,11 +232,10 @@ class ProcessHost:
                 raise ValidationError(f"task {task_id!r} is not running on this agent")
             return self._rt.task_book.save_checkpoint(task_id, frame.get("state"))
         if op == "msg":
-            call = frame.get("call")
+            call, payload = frame.get("call"), frame.get("payload")
+            if not isinstance(call, str) or not isinstance(payload, dict):
+                raise ValidationError("a messaging call needs 'call' and 'payload'")
             if call in IMMEDIATE_CALLS:
-                payload = frame.get("payload")
-                if not isinstance(payload, dict):
-                    raise ValidationError("a messaging call needs 'call' and 'payload'")
                 # Carried out at once. The acknowledgement is a settled future: the channel
                 # replies from its done callback, on the next turn of the loop, after the
                 # receivers this woke (queued first) sent their frames.
@@ -244,17 +243,15 @@ class ProcessHost:
                 acknowledgement = asyncio.get_running_loop().create_future()
                 acknowledgement.set_result(value)
                 return acknowledgement
-            return self._messaging(frame)
+            return self._messaging(call, payload)
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
             return None
         raise ValidationError(f"unknown request {op!r} from the worker")
 
-    async def _messaging(self, frame: Frame) -> Any:
-        """A messaging call from the agent's context, carried out in the runtime."""
-        call, payload = frame.get("call"), frame.get("payload")
-        if not isinstance(call, str) or not isinstance(payload, dict):
-            raise ValidationError("a messaging call needs 'call' and 'payload'")
+    async def _messaging(self, call: str, payload: dict[str, Any]) -> Any:
+        """A messaging call from the agent's context that may wait, carried out in the
+        runtime."""
         result = await self._rt.agent_call(self.spec.agent_id, call, payload)
         if isinstance(result, AgentMessage):
             live = self._live
