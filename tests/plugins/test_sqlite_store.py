@@ -36,7 +36,8 @@ from miminions.kernel.models import (
     Task,
     TaskStatus,
 )
-from miminions.plugins import sqlite_schema, switch_interval
+from miminions.plugins import sqlite_schema
+from miminions.plugins.interpreter_settings import SWITCH_INTERVAL
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -912,8 +913,7 @@ def interval() -> Iterator[float]:
     test left open no longer holds it short."""
     before = sys.getswitchinterval()
     yield before
-    switch_interval._holders.clear()
-    switch_interval._before = switch_interval._set = None
+    SWITCH_INTERVAL._forget()
     sys.setswitchinterval(before)
 
 

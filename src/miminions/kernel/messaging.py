@@ -25,8 +25,6 @@ import asyncio
 import json
 import logging
 import math
-import os
-import time
 from collections import deque
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
@@ -39,6 +37,7 @@ from miminions.kernel.errors import (
     ValidationError,
     WaitTimeoutError,
 )
+from miminions.kernel.ids import time_ordered_id
 from miminions.kernel.interfaces import Bus
 from miminions.kernel.jsonutil import copy_json, make_encoder
 from miminions.kernel.models import (
@@ -64,8 +63,8 @@ _encode = make_encoder(allow_nan=False)
 
 
 def new_message_id() -> str:
-    """A unique, time-ordered message id."""
-    return f"m{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+    """A new message id: unique and roughly time-ordered (see :mod:`miminions.kernel.ids`)."""
+    return time_ordered_id("m")
 
 
 class Messenger:

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import time
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from miminions.kernel.errors import ValidationError
+from miminions.kernel.ids import time_ordered_id
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import JSONObject
 
@@ -51,12 +50,8 @@ def to_json_value(value: Any, what: str) -> Any:
 
 
 def new_task_id() -> str:
-    """A unique, roughly time-ordered id: 14 hex digits of microseconds, 10 random.
-
-    Time order keeps database index inserts near the end of the B-tree instead of at
-    random pages, which keeps bulk writes fast as the table grows.
-    """
-    return f"{time.time_ns() // 1000:014x}{os.urandom(5).hex()}"
+    """A new task id: unique and roughly time-ordered (see :mod:`miminions.kernel.ids`)."""
+    return time_ordered_id()
 
 
 def describe_error(error: BaseException) -> str:

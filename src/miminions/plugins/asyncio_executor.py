@@ -12,8 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+import pydantic
+
+from miminions.extras import requested_options
 from miminions.kernel.clock import Deadline, Deadlines, FreezableTimer
 from miminions.kernel.errors import (
     PluginError,
@@ -24,6 +28,7 @@ from miminions.kernel.errors import (
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import Task, TaskStatus, fast_copy
 from miminions.kernel.scheduler import agent_route
+from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
 
 if TYPE_CHECKING:
     from miminions.kernel.lifecycle import AgentSlot
@@ -105,8 +110,14 @@ class _Run(Deadline):
 class AsyncioExecutor:
     """The built-in :class:`~miminions.kernel.interfaces.Executor`."""
 
-    def __init__(self, runtime: AgentRuntime) -> None:
+    def __init__(
+        self, runtime: AgentRuntime, gc_threshold: int | None = DISPATCH_GC_THRESHOLD
+    ) -> None:
         self._rt = runtime
+        #: The least first collector threshold while dispatching (see
+        #: :mod:`miminions.plugins.interpreter_settings`); None leaves the collector alone.
+        self.gc_threshold = gc_threshold
+        self._release_gc_threshold: Callable[[], None] | None = None
         self._loop = asyncio.get_running_loop()
         self._sched = runtime.scheduler
         self._book = runtime.task_book
@@ -135,6 +146,8 @@ class AsyncioExecutor:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Begin dispatching."""
+        if self.gc_threshold is not None and self._release_gc_threshold is None:
+            self._release_gc_threshold = hold_gc_threshold(self.gc_threshold)
         self._accepting = True
         self.wake()
 
@@ -156,17 +169,22 @@ class AsyncioExecutor:
     async def close(self) -> None:
         """Cancel timers and workers; nothing of the executor outlives this call."""
         self._accepting = False
-        for timer in self._retry_timers.values():
-            timer.cancel()
-        self._retry_timers.clear()
-        self._deadlines.close()
-        await asyncio.gather(
-            *(self._interrupt(run, "runtime closed") for run in list(self._runs.values()))
-        )
-        for worker in list(self._workers):
-            worker.cancel()
-        if self._workers:
-            await asyncio.gather(*self._workers, return_exceptions=True)
+        try:
+            for timer in self._retry_timers.values():
+                timer.cancel()
+            self._retry_timers.clear()
+            self._deadlines.close()
+            await asyncio.gather(
+                *(self._interrupt(run, "runtime closed") for run in list(self._runs.values()))
+            )
+            for worker in list(self._workers):
+                worker.cancel()
+            if self._workers:
+                await asyncio.gather(*self._workers, return_exceptions=True)
+        finally:
+            release, self._release_gc_threshold = self._release_gc_threshold, None
+            if release is not None:
+                release()
 
     # ------------------------------------------------------------------ agents
     def agent_available(self, slot: AgentSlot) -> None:
@@ -587,5 +605,19 @@ def _prefetch_limit(slot: AgentSlot) -> int:
 
 @hookimpl(trylast=True)  # built-in: any other executor plugin wins
 def miminions_make_executor(runtime: AgentRuntime) -> AsyncioExecutor:
-    """Provide the built-in asyncio executor."""
-    return AsyncioExecutor(runtime)
+    """Provide the built-in asyncio executor, with the options of
+    ``runtime.config.plugin_options["asyncio_executor"]`` (:class:`ExecutorOptions`)."""
+    options = (
+        requested_options(runtime.config, "asyncio_executor", ExecutorOptions) or ExecutorOptions()
+    )
+    return AsyncioExecutor(runtime, gc_threshold=options.gc_threshold)
+
+
+class ExecutorOptions(pydantic.BaseModel):
+    """``plugin_options["asyncio_executor"]``: ``gc_threshold`` is the least first threshold
+    of the cyclic garbage collector while the executor dispatches (see
+    :mod:`miminions.plugins.interpreter_settings`); None leaves the collector alone."""
+
+    model_config = pydantic.ConfigDict(extra="forbid")
+
+    gc_threshold: pydantic.PositiveInt | None = DISPATCH_GC_THRESHOLD

@@ -50,6 +50,7 @@ from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import DeadLetter, Event, RuntimeConfig, Task
 from miminions.plugins import sqlite_schema as schema
+from miminions.plugins.interpreter_settings import WRITER_SWITCH_INTERVAL, hold_switch_interval
 from miminions.plugins.sqlite_batch import (
     ROW_ERRORS,
     Batch,
@@ -61,7 +62,6 @@ from miminions.plugins.sqlite_batch import (
     rejection,
     retryable,
 )
-from miminions.plugins.switch_interval import WRITER_SWITCH_INTERVAL, hold_switch_interval
 
 _DELETED = object()  # a queued meta write that removes its key
 logger = logging.getLogger(__name__)
@@ -693,7 +693,7 @@ def miminions_make_store(config: RuntimeConfig) -> SQLiteStore:
 
 class SQLiteOptions(pydantic.BaseModel):
     """``plugin_options["sqlite_store"]``: ``switch_interval_seconds`` is the longest GIL
-    switch interval while the store is open (see :mod:`miminions.plugins.switch_interval`);
+    switch interval while the store is open (see :mod:`miminions.plugins.interpreter_settings`);
     None leaves the interpreter's setting alone."""
 
     model_config = pydantic.ConfigDict(extra="forbid")

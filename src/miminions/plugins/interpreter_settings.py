@@ -1,0 +1,152 @@
+"""Interpreter settings the built-in plugins adjust while they run, and put back after.
+
+Two process-wide settings cost the runtime dearly at their defaults:
+
+* **The GIL switch interval.** The SQLite store writes from a thread of its own. SQLite
+  itself runs without the GIL, but the thread needs it back between statements (to bind
+  parameters, to hand results to the loop), and while the loop thread is busy it gets it
+  only when the interpreter forces a switch: after ``sys.getswitchinterval()``, 5 ms by
+  default. Each statement then waits up to 5 ms, so under load a commit took four times as
+  long as SQLite needs for it, and every ``wait_for_task`` waited for it. At 0.5 ms the
+  writer keeps pace and the loop loses little.
+* **The cyclic garbage collector's first threshold.** A busy runtime allocates a few
+  container objects per task and keeps every task in memory. With the default threshold
+  (a young collection every 700 allocations) collections took a fifth of a no-op task
+  throughput round, most of it in full collections walking all those tasks. At 20,000 the
+  young collections are as cheap in total and the full ones, which follow from them, rare.
+  Reference counting still frees everything that is not part of a cycle at once; cyclic
+  garbage waits a little longer for its collection.
+
+Each setting is held while at least one holder needs it, only ever in the direction that
+helps (the interval shortened, the threshold raised), and the value in force before the
+first holder comes back after the last one, unless someone else set a different one
+meanwhile (theirs is kept).
+"""
+
+from __future__ import annotations
+
+import gc
+import sys
+import threading
+from collections.abc import Callable
+
+#: The switch interval the SQLite store asks for unless configured otherwise.
+WRITER_SWITCH_INTERVAL = 0.0005
+#: The collector threshold the asyncio executor asks for unless configured otherwise.
+DISPATCH_GC_THRESHOLD = 20_000
+
+
+class ProcessSetting:
+    """One process-wide setting, held by any number of holders at once.
+
+    ``read`` and ``write`` get and set it; ``strongest(before, wanted)`` is the value to
+    apply, given the one in force before the first holder and what the holders asked for.
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], float],
+        write: Callable[[float], None],
+        strongest: Callable[[float, list[float]], float],
+    ) -> None:
+        self._read = read
+        self._write = write
+        self._strongest = strongest
+        self._lock = threading.Lock()
+        self._holders: list[float] = []  # what each current holder asked for
+        self._before: float | None = None  # in force before the first holder
+        self._set: float | None = None  # what we set last, as read back
+
+    def hold(self, value: float) -> Callable[[], None]:
+        """Apply ``value`` (combined with the other holders') until the returned function
+        is called (calling it again does nothing)."""
+        with self._lock:
+            self._holders.append(value)
+            self._apply()
+        released = False
+
+        def release() -> None:
+            nonlocal released
+            with self._lock:
+                if released:
+                    return
+                released = True
+                self._holders.remove(value)
+                self._apply()
+
+        return release
+
+    def _apply(self) -> None:
+        current = self._read()
+        if self._set is not None and current != self._set:
+            self._before = current  # changed by someone else: theirs is the one to come back to
+        if not self._holders:
+            if self._before is not None and self._set is not None:
+                self._write(self._before)
+            self._before = self._set = None
+            return
+        if self._set is None:
+            self._before = current
+        self._write(
+            self._strongest(current if self._before is None else self._before, self._holders)
+        )
+        self._set = self._read()
+
+    def _forget(self) -> None:
+        """Drop every holder without touching the setting (for tests that leave holders)."""
+        with self._lock:
+            self._holders.clear()
+            self._before = self._set = None
+
+
+def _write_switch_interval(seconds: float) -> None:
+    # The interpreter keeps whole microseconds, truncating: aim at the middle of the one
+    # meant, so a value read back and set again stays the same.
+    sys.setswitchinterval((max(1, round(seconds * 1e6)) + 0.5) / 1e6)
+
+
+def _write_gc_threshold(threshold: float) -> None:
+    gc.set_threshold(int(threshold), *gc.get_threshold()[1:])
+
+
+def _raise_gc_threshold(before: float, wanted: list[float]) -> float:
+    # A threshold of 0 turns automatic collection off: whoever did that meant it.
+    return before if before == 0 else max(before, *wanted)
+
+
+SWITCH_INTERVAL = ProcessSetting(
+    sys.getswitchinterval,
+    _write_switch_interval,
+    lambda before, wanted: min(before, *wanted),
+)
+GC_THRESHOLD = ProcessSetting(
+    lambda: gc.get_threshold()[0], _write_gc_threshold, _raise_gc_threshold
+)
+
+
+def hold_switch_interval(seconds: float) -> Callable[[], None]:
+    """Keep the interpreter's switch interval at most ``seconds`` until the returned
+    function is called (calling it again does nothing)."""
+    if not seconds > 0:
+        raise ValueError(f"a switch interval must be positive, not {seconds!r}")
+    return SWITCH_INTERVAL.hold(seconds)
+
+
+def hold_gc_threshold(allocations: int) -> Callable[[], None]:
+    """Keep the collector's first threshold (``gc.get_threshold()[0]``) at least
+    ``allocations`` until the returned function is called (calling it again does nothing).
+    A threshold of 0 (automatic collection off) is left alone."""
+    if isinstance(allocations, bool) or not isinstance(allocations, int) or allocations < 1:
+        raise ValueError(f"a collector threshold must be a positive int, not {allocations!r}")
+    return GC_THRESHOLD.hold(allocations)
+
+
+__all__ = [
+    "DISPATCH_GC_THRESHOLD",
+    "GC_THRESHOLD",
+    "SWITCH_INTERVAL",
+    "WRITER_SWITCH_INTERVAL",
+    "ProcessSetting",
+    "hold_gc_threshold",
+    "hold_switch_interval",
+]
