@@ -545,18 +545,21 @@ class AgentBook(RestartMixin):
         slot.host_started = False
 
     # ------------------------------------------------------------------ task bookkeeping
+    # These two run for every task: they write the status fields directly (pydantic's
+    # __setattr__ costs several times more; nothing validates on assignment anyway).
     def task_started(self, slot: AgentSlot, task_id: str) -> None:
         """The executor gave ``task_id`` to this agent."""
-        slot.instance.task_id = task_id
+        slot.instance.__dict__["task_id"] = task_id
 
     def task_ended(self, slot: AgentSlot, ok: bool | None) -> None:
         """The agent's current task ended: ``ok`` it completed, ``False`` it failed (or was
         cancelled), ``None`` it went back to the queue (counted neither way)."""
-        slot.instance.task_id = None
+        fields = slot.instance.__dict__
+        fields["task_id"] = None
         if ok:
-            slot.instance.tasks_completed += 1
+            fields["tasks_completed"] += 1
         elif ok is not None:
-            slot.instance.tasks_failed += 1
+            fields["tasks_failed"] += 1
 
     def restore(self, stored: list[StoredAgent]) -> None:
         """Remember agents of earlier runs so re-registering a name finds its id and state."""
