@@ -1,4 +1,5 @@
-"""Floors for the P-02 delivery latencies: the same hops without the runtime.
+"""Floors for the P-02 delivery latencies and the P-03 event query: the same work without
+the runtime.
 
 A delivery-latency figure mixes the runtime's own cost with what the machine and the event
 loop charge for the hop at all. These functions measure that floor the way
@@ -13,6 +14,9 @@ each stamped when it is made and timed where it arrives, every sample kept.
   -> worker). The children are plain blocking-socket Python processes that run this
   module's ``_sender_main`` / ``_receiver_main``; they import nothing from miminions.
 
+- :func:`bare_fetch_seconds`: the rows of an event query read with Python's own sqlite3,
+  as tuples, on the calling thread (the floor of ``query_events``: reading the rows at all).
+
 Only the standard library is imported here, so a child starts quickly.
 """
 
@@ -22,6 +26,7 @@ import asyncio
 import contextlib
 import json
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -205,3 +210,19 @@ async def socket_relay_latencies(count: int, gap: float) -> list[float]:
         receiver_ours.close()
         # with their sockets closed, the children see EOF and exit at once
         _reap(children, CHILD_EXIT_TIMEOUT_SECONDS)
+
+
+# ------------------------------------------------------------------ event-query floor
+def bare_fetch_seconds(path: Path, sql: str, calls: int) -> list[float]:
+    """Seconds of each of ``calls`` runs of ``sql`` on one read-only sqlite3 connection to
+    ``path``, every row fetched as a tuple: no thread hop, no JSON, no models."""
+    connection = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        seconds = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            connection.execute(sql).fetchall()
+            seconds.append(time.perf_counter() - start)
+        return seconds
+    finally:
+        connection.close()
