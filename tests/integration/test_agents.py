@@ -432,3 +432,14 @@ async def test_forced_stop_requeues_running_work_at_once(
             os.kill(pid, 0)
     async with AgentRuntime(config=config) as again:
         assert again.get_task_status(task_id).status is TaskStatus.PENDING
+
+
+async def test_agent_status_counts_as_set_fields(rt: AgentRuntime) -> None:
+    """The per-task fields of an agent's status are part of what a dump without defaults
+    shows (they are written directly on the hot path, not through pydantic)."""
+    agent_id = await start_agent(rt, "counted", agents.EchoAgent)
+    await rt.wait_for_task(await rt.submit_task("echo", agent_id=agent_id))
+    dumped = rt.get_agent_status(agent_id).model_dump(exclude_unset=True)
+    assert dumped["tasks_completed"] == 1
+    assert dumped["tasks_failed"] == 0
+    assert dumped["task_id"] is None

@@ -6,6 +6,7 @@ import os
 import random
 import re
 import sys
+import threading
 
 import pytest
 
@@ -23,6 +24,23 @@ def test_ids_are_hex_time_then_random_and_carry_their_prefix() -> None:
 def test_ids_made_in_one_burst_are_unique() -> None:
     ids = [new_task_id() for _ in range(20_000)]  # many within the same microsecond
     assert len(set(ids)) == len(ids)
+
+
+def test_ids_made_by_many_threads_at_once_are_unique() -> None:
+    made: list[list[str]] = [[] for _ in range(4)]
+    start = threading.Barrier(len(made))
+
+    def make(into: list[str]) -> None:
+        start.wait()
+        into.extend(new_task_id() for _ in range(5_000))
+
+    threads = [threading.Thread(target=make, args=(into,)) for into in made]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    every = [i for ids in made for i in ids]
+    assert len(set(every)) == len(every) == 20_000
 
 
 def test_ids_follow_time_order_across_microseconds() -> None:
@@ -44,6 +62,7 @@ def test_an_application_seeding_random_cannot_repeat_ids() -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32" or not hasattr(os, "fork"), reason="needs fork")
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_a_forked_child_makes_different_ids_from_its_parent() -> None:
     read, write = os.pipe()
     pid = os.fork()

@@ -126,7 +126,7 @@ def test_builtins_are_registered_by_name() -> None:
     pm = build_plugin_manager()
     assert set(BUILTIN_PLUGINS) <= set(pm.plugin_names())
     assert pm.hooks_of("sqlite_store") == ["miminions_make_store"]
-    assert pm.hooks_of("asyncio_executor") == ["miminions_make_executor"]
+    assert pm.hooks_of("asyncio_executor") == ["miminions_configure", "miminions_make_executor"]
 
 
 def test_async_hook_impl_is_rejected() -> None:

@@ -12,7 +12,6 @@ from miminions.kernel.models import Event, EventType, JSONObject, Severity, fast
 from miminions.kernel.plugins import PluginManager
 
 _log = logging.getLogger("miminions.events")
-_now = datetime.now
 
 
 class EventLog:
@@ -139,4 +138,4 @@ class EventLog:
             if self._deferred:
                 self.drain()
             self.count += 1
-            self._record(_now(UTC), event_type, Severity.INFO, agent_id, task_id, details)
+            self._record(datetime.now(UTC), event_type, Severity.INFO, agent_id, task_id, details)

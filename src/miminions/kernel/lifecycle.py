@@ -194,6 +194,11 @@ class AgentBook(RestartMixin):
             isolation=isolation,
             restart_count=previous.restart_count if previous else 0,
             registered_at=datetime.now(UTC),
+            # Set here because task_started / task_ended write them without __setattr__:
+            # they count as set (model_dump(exclude_unset=True) shows them) from the start.
+            task_id=None,
+            tasks_completed=0,
+            tasks_failed=0,
         )
         routes = (agent_route(agent_id),) + ((group_route(group),) if group else ()) + (ANY_ROUTE,)
         slot = AgentSlot(spec, agent, instance, host, routes)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from types import EllipsisType
 from typing import TYPE_CHECKING
 
 import pydantic
@@ -20,13 +21,14 @@ import pydantic
 from miminions.extras import requested_options
 from miminions.kernel.clock import Deadline, Deadlines, FreezableTimer
 from miminions.kernel.errors import (
+    ConfigurationError,
     PluginError,
     TaskCancelledError,
     TaskNotStartedError,
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.models import Task, TaskStatus, fast_copy
+from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy
 from miminions.kernel.scheduler import agent_route
 from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
 
@@ -111,9 +113,20 @@ class AsyncioExecutor:
     """The built-in :class:`~miminions.kernel.interfaces.Executor`."""
 
     def __init__(
-        self, runtime: AgentRuntime, gc_threshold: int | None = DISPATCH_GC_THRESHOLD
+        self, runtime: AgentRuntime, gc_threshold: int | EllipsisType | None = ...
     ) -> None:
+        """``gc_threshold``: see :class:`ExecutorOptions`; ``...`` (the default) takes it
+        from ``runtime.config.plugin_options["asyncio_executor"]``, so a subclass made with
+        ``(runtime)`` honours the option too."""
         self._rt = runtime
+        if gc_threshold is ...:
+            gc_threshold = executor_options(runtime.config).gc_threshold
+        elif gc_threshold is not None and (
+            isinstance(gc_threshold, bool) or not isinstance(gc_threshold, int) or gc_threshold < 1
+        ):
+            raise ConfigurationError(
+                f"gc_threshold must be a positive int or None, not {gc_threshold!r}"
+            )
         #: The least first collector threshold while dispatching (see
         #: :mod:`miminions.plugins.interpreter_settings`); None leaves the collector alone.
         self.gc_threshold = gc_threshold
@@ -603,14 +616,26 @@ def _prefetch_limit(slot: AgentSlot) -> int:
     return prefetch if isinstance(prefetch, int) and prefetch > 1 else 1
 
 
+@hookimpl
+def miminions_configure(config: RuntimeConfig) -> None:
+    """Fail the runtime's start on a bad ``asyncio_executor`` section before anything is
+    built or stored (also when another executor plugin replaces this one)."""
+    executor_options(config)
+
+
 @hookimpl(trylast=True)  # built-in: any other executor plugin wins
 def miminions_make_executor(runtime: AgentRuntime) -> AsyncioExecutor:
     """Provide the built-in asyncio executor, with the options of
     ``runtime.config.plugin_options["asyncio_executor"]`` (:class:`ExecutorOptions`)."""
-    options = (
-        requested_options(runtime.config, "asyncio_executor", ExecutorOptions) or ExecutorOptions()
-    )
-    return AsyncioExecutor(runtime, gc_threshold=options.gc_threshold)
+    return AsyncioExecutor(runtime)
+
+
+def executor_options(config: RuntimeConfig) -> ExecutorOptions:
+    """The validated ``plugin_options["asyncio_executor"]`` section (defaults without one).
+
+    :raises ConfigurationError: the section holds an unknown option or a bad value.
+    """
+    return requested_options(config, "asyncio_executor", ExecutorOptions) or ExecutorOptions()
 
 
 class ExecutorOptions(pydantic.BaseModel):

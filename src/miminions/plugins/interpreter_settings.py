@@ -26,6 +26,7 @@ meanwhile (theirs is kept).
 from __future__ import annotations
 
 import gc
+import os
 import sys
 import threading
 from collections.abc import Callable
@@ -56,13 +57,18 @@ class ProcessSetting:
         self._holders: list[float] = []  # what each current holder asked for
         self._before: float | None = None  # in force before the first holder
         self._set: float | None = None  # what we set last, as read back
+        os.register_at_fork(after_in_child=self._after_fork)
 
     def hold(self, value: float) -> Callable[[], None]:
         """Apply ``value`` (combined with the other holders') until the returned function
         is called (calling it again does nothing)."""
         with self._lock:
             self._holders.append(value)
-            self._apply()
+            try:
+                self._apply()
+            except BaseException:
+                self._holders.remove(value)
+                raise
         released = False
 
         def release() -> None:
@@ -91,6 +97,15 @@ class ProcessSetting:
             self._strongest(current if self._before is None else self._before, self._holders)
         )
         self._set = self._read()
+
+    def _after_fork(self) -> None:
+        # A forked child runs none of its parent's holders (they live in the parent): it
+        # gets the value from before them back, and a lock no other thread holds.
+        self._lock = threading.Lock()
+        if self._holders and self._before is not None and self._read() == self._set:
+            self._write(self._before)
+        self._holders.clear()
+        self._before = self._set = None
 
     def _forget(self) -> None:
         """Drop every holder without touching the setting (for tests that leave holders)."""
