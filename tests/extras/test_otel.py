@@ -665,3 +665,38 @@ async def test_a_database_not_migrated_yet_reads_without_carriers(db_path: Path)
         read.trace_context = {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"}
         await writer.put_task(read)
         assert (await writer.load_tasks())[0].trace_context == read.trace_context
+
+
+async def test_without_a_tracer_provider_task_spans_are_not_drawn_until_one_is_given(
+    make_config: MakeConfig, recorded: Recorded
+) -> None:
+    """With no tracer provider (none given, none set globally) OpenTelemetry would record
+    nothing, so the runtime draws no task spans: the agent runs outside any span, and
+    nothing waits to be ended. Given a provider, the next task has its spans."""
+    if not isinstance(trace.get_tracer_provider(), trace.ProxyTracerProvider):
+        pytest.skip("a global tracer provider is set in this test process")
+    rt = AgentRuntime(config=make_config())
+    await rt.start()
+    try:
+        tracing = otel._runtimes.get(rt)
+        assert tracing is not None
+        assert not tracing.recording()
+        agent_id = await start_agent(
+            rt, "reporter", tracing_agents.ContextReportingAgent, isolation="inline"
+        )
+        quiet = await rt.wait_for_task(await rt.submit_task("report", agent_id=agent_id))
+        assert quiet.status is TaskStatus.COMPLETED
+        assert quiet.trace_context is None
+        assert quiet.output_data is not None
+        assert quiet.output_data["current"]["valid"] is False
+        assert not tracing._settling  # nothing left to end
+        assert recorded.names() == set()
+
+        otel.use_tracer_provider(rt, recorded.provider)
+        assert tracing.recording()
+        traced = await rt.wait_for_task(await rt.submit_task("report", agent_id=agent_id))
+        run = await recorded.one("process tasks")
+        assert traced.output_data is not None
+        assert traced.output_data["current"] == ids(run)
+    finally:
+        await rt.stop()

@@ -85,6 +85,8 @@ class _Attempt:
 
     task_id: str
     span: Span
+    #: Nothing records this run (no tracer provider): nothing to end or settle.
+    quiet: bool = False
     outcome: str = COMPLETED
     error: str | None = None
     error_type: str | None = None
@@ -116,6 +118,7 @@ class RuntimeTracing:
         # and a value holding its key would keep both alive for good.
         self._runtime = weakref.ref(runtime)
         self.options = options
+        self._provider = tracer_provider
         self.tracer: Tracer = _tracer(tracer_provider)
         self._waiting_since: dict[str, int] = {}  # task id -> when its next wait began (ns)
         self._settling: dict[str, _Attempt] = {}  # runs whose outcome the events tell now
@@ -123,7 +126,18 @@ class RuntimeTracing:
 
     def use(self, tracer_provider: TracerProvider | None) -> None:
         """Record with ``tracer_provider`` from now on (None: the global provider)."""
+        self._provider = tracer_provider
         self.tracer = _tracer(tracer_provider)
+
+    def recording(self) -> bool:
+        """Whether spans can be recorded at all: this runtime was given a tracer provider,
+        or one was set globally. Without one OpenTelemetry records nothing, and the task
+        and message spans are not drawn (their bookkeeping cost about 17 µs per task): a
+        span of a tracer without a provider would only repeat its parent's context, which
+        the work already carries."""
+        return self._provider is not None or not isinstance(
+            trace.get_tracer_provider(), trace.ProxyTracerProvider
+        )
 
     def close(self) -> None:
         """The runtime stopped: end what is still open (an agent start that never ended)."""
@@ -137,7 +151,7 @@ class RuntimeTracing:
         """``miminions_trace_context``: a submit span's carrier for tasks (``count`` of
         them), else the caller's current context (the send spans come from
         :class:`TracedBus`)."""
-        if operation != "submit" or not self.options.tasks:
+        if operation != "submit" or not self.options.tasks or not self.recording():
             if not trace.get_current_span().get_span_context().is_valid:
                 return None
             return inject()
@@ -157,6 +171,9 @@ class RuntimeTracing:
     def begin_run(self, task: Task, spec: AgentSpec) -> _Attempt:
         """A task is handed to its agent: draw the wait that ended now, start the run and
         give the task (the agent's copy) the run span's carrier."""
+        if not self.recording():
+            self._waiting_since.pop(task.task_id, None)
+            return _Attempt(task.task_id, trace.INVALID_SPAN, quiet=True)
         parent = extract(task.trace_context)
         now = ns(datetime.now(UTC))
         since = self._waiting_since.pop(task.task_id, None) or ns(task.created_at)
@@ -194,6 +211,8 @@ class RuntimeTracing:
     def settle(self, attempt: _Attempt) -> None:
         """The run returned or raised. The task events that say what came of it (retry,
         time-out, requeue, ...) follow in the same loop step: end the span after them."""
+        if attempt.quiet:
+            return
         previous = self._settling.get(attempt.task_id)
         if previous is not None:
             self._finish(previous)  # never left open, however the loop steps fall
@@ -244,6 +263,8 @@ class RuntimeTracing:
     def sent(self, message: AgentMessage) -> Span:
         """Start the send span of a message being relayed and give the message its
         carrier, so the receiver's handling is a child of the send. The caller ends it."""
+        if not self.recording():
+            return trace.INVALID_SPAN  # the message keeps the carrier it has
         if message.is_reply:
             operation = "reply"
         elif message.correlation_id is not None and message.correlation_id == message.message_id:
@@ -265,6 +286,8 @@ class RuntimeTracing:
 
     def received(self, message: AgentMessage) -> None:
         """A message left its recipient's mailbox: an instant receive span."""
+        if not self.recording():
+            return
         destination = message.topic or self.agent_name(message.recipient_id)
         self.tracer.start_span(
             f"receive {destination}",
