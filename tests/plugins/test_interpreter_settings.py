@@ -225,3 +225,20 @@ async def test_a_subclass_of_the_executor_honours_the_option(
         with pytest.raises(ConfigurationError, match="positive int or None"):
             AsyncioExecutor(rt, gc_threshold=0)
     assert gc.get_threshold()[0] == 700
+
+
+class _FailingStartPlugin:
+    @hookimpl
+    def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+        raise RuntimeError("refusing to start")
+
+
+async def test_a_start_that_fails_after_dispatch_began_gives_the_threshold_back(
+    tmp_path: Path, threshold: tuple[int, int, int]
+) -> None:
+    gc.set_threshold(700)
+    rt = AgentRuntime(str(tmp_path / "a.db"), plugins=[_FailingStartPlugin()])
+    with pytest.raises(Exception, match="refusing to start"):
+        await rt.start()
+    assert gc.get_threshold()[0] == 700
+    assert not GC_THRESHOLD._holders
