@@ -17,6 +17,12 @@ each stamped when it is made and timed where it arrives, every sample kept.
 - :func:`bare_fetch_seconds`: the rows of an event query read with Python's own sqlite3,
   as tuples, on the calling thread (the floor of ``query_events``: reading the rows at all).
 
+- :func:`wake_penalty`: how much slower a fixed piece of Python work runs right after the
+  loop sat idle for ``gap`` seconds than when it runs back to back. A delivery does its
+  work (the runtime's, or the floor's much smaller share) just after such a wait, so on a
+  machine where this penalty is large, every microsecond of work on the path counts
+  several times.
+
 Only the standard library is imported here, so a child starts quickly.
 """
 
@@ -226,3 +232,30 @@ def bare_fetch_seconds(path: Path, sql: str, calls: int) -> list[float]:
         return seconds
     finally:
         connection.close()
+
+
+# ------------------------------------------------------------------ wake-up penalty
+_WAKE_WORK_PAYLOAD = {"message_type": "ping", "data": {"i": 1, "text": "hello"}, "ids": [1, 2]}
+
+
+def _wake_work() -> None:
+    """A fixed piece of work of the runtime's kind: JSON, dicts, clock reads."""
+    for _ in range(4):
+        copy = json.loads(json.dumps(_WAKE_WORK_PAYLOAD))
+        copy["at"] = datetime.now(UTC)
+        {key: value for key, value in copy.items() if key != "ids"}
+
+
+async def wake_penalty(samples: int, gap: float) -> tuple[float, float]:
+    """Median seconds of :func:`_wake_work` run back to back (the loop turning but never
+    waiting) and run right after each ``await asyncio.sleep(gap)``, ``samples`` of each,
+    on the running loop."""
+    hot: list[float] = []
+    after_idle: list[float] = []
+    for pause, timings in ((0.0, hot), (gap, after_idle)):
+        for _ in range(samples):
+            await asyncio.sleep(pause)
+            start = time.perf_counter()
+            _wake_work()
+            timings.append(time.perf_counter() - start)
+    return sorted(hot)[samples // 2], sorted(after_idle)[samples // 2]

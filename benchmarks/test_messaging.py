@@ -15,6 +15,10 @@ sender process -> socketpair -> this process (asyncio) -> socketpair -> a receiv
 carrying small length-prefixed JSON frames. The floor is what the machine and the event loop
 charge for the hop at all; on a given machine it may be above the target, which then no
 runtime could meet there, and the gap between figure and floor is the runtime's own cost.
+Beside it, the machine's *wake-up penalty* (:func:`benchmarks.floors.wake_penalty`): a fixed
+piece of Python work timed back to back and right after the loop idled as long as the gap
+between messages. Where it is large, the runtime's work on the delivery path, done just
+after such a wait, costs several times what it costs in a tight loop.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any
 
 import pytest
 
-from benchmarks.floors import queue_hop_latencies, socket_relay_latencies
+from benchmarks.floors import queue_hop_latencies, socket_relay_latencies, wake_penalty
 from benchmarks.harness import INSTRUMENTING_EXTRAS, DbPaths, Mode, latency_summary
 from benchmarks.messaging_agents import LatencyAgent, ReplyAgent, SenderAgent
 from miminions import AgentRuntime, ResourceLimits, RuntimeConfig, TaskStatus
@@ -117,6 +121,7 @@ def test_message_delivery(
         floor_seconds = runner.run(socket_relay_latencies(count, GAP_SECONDS))
         floor_kind, floor_what = "socket relay", "bare socket relay through a middle process"
     floor = latency_summary(s * 1000 for s in floor_seconds)
+    hot, after_idle = runner.run(wake_penalty(min(count, 500), GAP_SECONDS))
     latency = latency_summary(ms * 1000 for ms in result["latencies"])
     rtt = latency_summary(s * 1000 for s in result["round_trips"])
     throughput = burst / result["burst_seconds"]
@@ -128,11 +133,17 @@ def test_message_delivery(
         f"p95 {latency['p95']:.3f} / p99 {latency['p99']:.3f} ms ({verdict} target p95 "
         f"{target_ms} ms); burst of {burst:,}: {throughput:,.0f} messages/s; request/response "
         f"round trip p50 {rtt['p50']:.3f} / p95 {rtt['p95']:.3f} ms; floor ({floor_what}, "
-        f"same spacing): p50 {floor['p50']:.3f} / p95 {floor['p95']:.3f} ms",
+        f"same spacing): p50 {floor['p50']:.3f} / p95 {floor['p95']:.3f} ms; wake-up "
+        f"penalty: a fixed piece of Python work takes {hot * 1e6:.1f} us back to back and "
+        f"{after_idle * 1e6:.1f} us right after the loop idled {GAP_SECONDS * 1000:.0f} ms",
         isolation=isolation,
         latency_ms=latency,
         floor_ms=floor,
         floor_kind=floor_kind,
+        wake_work_us={
+            "back_to_back": round(hot * 1e6, 2),
+            "after_idle": round(after_idle * 1e6, 2),
+        },
         round_trip_ms=rtt,
         burst_messages_per_second=round(throughput, 1),
         target_p95_ms=target_ms,
