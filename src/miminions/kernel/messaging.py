@@ -249,6 +249,9 @@ class Messenger:
             async with asyncio.timeout(timeout_seconds):
                 return await reply
         except TimeoutError:
+            if reply.done() and not reply.cancelled():
+                # the reply came in the same loop turn as the timeout fired: it is delivered
+                return reply.result()
             raise WaitTimeoutError(
                 f"no reply to {message_type!r} from agent {recipient!r} within {timeout_seconds} s"
             ) from None

@@ -109,17 +109,16 @@ class MemoryBus:
         queued = []
         for message in messages:
             box = self._mailboxes[message.recipient_id or ""]
-            while box.waiters:  # a receiver is waiting: hand it over directly
-                waiter = box.waiters.popleft()
-                if not waiter.done():
-                    waiter.set_result(message)
-                    break
-            else:
-                queued.append(message)
-                letter = _Letter(self, message)
-                box.letters.append(letter)
-                box.count += 1
-                self._start_ttl(box, letter, wall)
+            # A receiver waiting is handed the message directly, unless its agent is
+            # paused: then the message waits in the mailbox (stored, its TTL frozen) like
+            # any other until the agent resumes (see ``thaw``).
+            if not box.frozen and _hand_over(box, message):
+                continue
+            queued.append(message)
+            letter = _Letter(self, message)
+            box.letters.append(letter)
+            box.count += 1
+            self._start_ttl(box, letter, wall)
         return queued
 
     def _start_ttl(self, box: _Mailbox, letter: _Letter, now: datetime) -> None:
@@ -139,16 +138,8 @@ class MemoryBus:
     async def take(self, agent_id: str, timeout_seconds: float | None) -> AgentMessage:
         """The oldest waiting message, waiting up to ``timeout_seconds`` for one."""
         box = self._box(agent_id)
-        while box.letters:
-            letter = box.letters.popleft()
-            if letter.gone:
-                continue
-            if letter.when is not None and letter.when <= self._loop.time():
-                self._expire(letter)  # due, its timer has not fired yet: never deliver it
-                continue
-            letter.gone = True
-            box.count -= 1
-            self._deadlines.clear(letter)
+        letter = self._next_letter(box)
+        if letter is not None:
             return letter.message
         if self._closed:
             raise RuntimeNotRunningError("the message bus is closed")
@@ -169,6 +160,9 @@ class MemoryBus:
                     self._on_returned(message)
             raise
         except TimeoutError:
+            if waiter.done() and not waiter.cancelled():
+                # handed over in the same loop turn as the timeout fired: it is delivered
+                return waiter.result()
             raise WaitTimeoutError(
                 f"no message for agent {agent_id!r} within {timeout_seconds} s"
             ) from None
@@ -177,6 +171,21 @@ class MemoryBus:
                 waiter.cancel()
             if waiter in box.waiters:
                 box.waiters.remove(waiter)
+
+    def _next_letter(self, box: _Mailbox) -> _Letter | None:
+        """Take the oldest deliverable letter out of ``box`` (expiring due ones)."""
+        while box.letters:
+            letter = box.letters.popleft()
+            if letter.gone:
+                continue
+            if letter.when is not None and letter.when <= self._loop.time():
+                self._expire(letter)  # due, its timer has not fired yet: never deliver it
+                continue
+            letter.gone = True
+            box.count -= 1
+            self._deadlines.clear(letter)
+            return letter
+        return None
 
     def put_back(self, message: AgentMessage) -> None:
         """Return a taken message to the front of its mailbox (its receiver vanished
@@ -246,6 +255,15 @@ class MemoryBus:
                 letter.message.expires_at = now + timedelta(seconds=remaining)
                 if self._on_returned is not None:
                     self._on_returned(letter.message)
+        # Receivers that waited through the pause get what arrived meanwhile, in order.
+        while box.waiters:
+            if box.waiters[0].done():
+                box.waiters.popleft()
+                continue
+            waiting = self._next_letter(box)
+            if waiting is None:
+                break
+            box.waiters.popleft().set_result(waiting.message)
 
     def close(self) -> None:
         """Stop expiring and wake waiting receivers with an error."""
@@ -275,3 +293,13 @@ class MemoryBus:
 def miminions_make_bus(runtime: AgentRuntime) -> MemoryBus:
     """Provide the built-in in-memory bus."""
     return MemoryBus(runtime.messenger.message_expired, runtime.messenger.message_returned)
+
+
+def _hand_over(box: _Mailbox, message: AgentMessage) -> bool:
+    """Give ``message`` to the first receiver still waiting at ``box``; False if none."""
+    while box.waiters:
+        waiter = box.waiters.popleft()
+        if not waiter.done():
+            waiter.set_result(message)
+            return True
+    return False

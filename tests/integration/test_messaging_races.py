@@ -1,0 +1,116 @@
+"""Messages handed over at the edge of a timeout or a pause are neither lost nor expired.
+
+The timeout races are made deterministic on the standard asyncio loop: the test blocks the
+loop past the receiver's timeout, then yields once, so in the next loop turn its own step
+runs first (it hands the message over) and the due timeout right after it, before the
+receiver wakes: the receiver sees the timeout and the message at the same moment.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from miminions import AgentMessage, AgentStatus, EventType, RuntimeConfig
+from miminions.plugins.memory_bus import MemoryBus
+from miminions.testing import started_runtime
+from tests.support.journal_agents import read_journal
+from tests.support.messaging_agents import ResponderAgent
+from tests.support.waiting import wait_until
+
+pytestmark = pytest.mark.timeout(60)
+
+SHORT_TIMEOUT = 0.05  # seconds: the receiver's timeout the test lets pass
+WAIT = 10.0
+
+
+async def _past_the_timeout() -> None:
+    """Keep the loop busy past :data:`SHORT_TIMEOUT`, then let one loop turn begin."""
+    time.sleep(SHORT_TIMEOUT * 2)  # noqa: ASYNC251 - blocking on purpose: the timeout falls due
+    await asyncio.sleep(0)
+
+
+async def test_a_message_handed_over_as_the_receive_times_out_is_received() -> None:
+    expired: list[AgentMessage] = []
+    bus = MemoryBus(expired.append)
+    bus.open_mailbox("a", 10)
+    receiving = asyncio.ensure_future(bus.take("a", SHORT_TIMEOUT))
+    await asyncio.sleep(0)  # the receiver waits now
+    message = AgentMessage(
+        recipient_id="a", message_id="m1", message_type="ping", created_at=datetime.now(UTC)
+    )
+
+    await _past_the_timeout()
+    assert bus.post([message]) == []  # handed to the waiting receiver, not queued
+
+    assert await receiving is message
+    assert bus.pending("a") == 0
+    assert expired == []
+
+
+async def test_a_reply_arriving_as_the_request_times_out_is_returned(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    async with started_runtime(make_config()) as rt:
+        agent_id = await rt.register_agent("asked", ResponderAgent)  # not started: its
+        # mailbox keeps the request, and the test answers it in the agent's name
+        requesting = asyncio.ensure_future(
+            rt.request(agent_id, "question", {"q": 1}, timeout_seconds=SHORT_TIMEOUT)
+        )
+        request = await rt.messenger.bus.take(agent_id, WAIT)
+
+        await _past_the_timeout()
+        rt.messenger.reply(agent_id, request, {"a": 1})
+
+        reply = await requesting
+        assert (reply.correlation_id, reply.data) == (request.message_id, {"a": 1})
+
+
+async def test_messages_for_a_paused_on_message_agent_wait_with_their_ttl_frozen(
+    make_config: Callable[..., RuntimeConfig], isolation: str, tmp_path: Path
+) -> None:
+    """A paused agent with ``on_message`` (a worker keeps a receive open for it) gets
+    messages sent during the pause after it resumes, in order, although the pause outlasted
+    their TTL; meanwhile they wait in its mailbox."""
+    journal = tmp_path / "journal.jsonl"
+    async with started_runtime(make_config(default_isolation=isolation)) as rt:
+        paused = await rt.register_agent("paused", ResponderAgent, config={"journal": str(journal)})
+        assert (await rt.start_agent(paused)).status is AgentStatus.RUNNING
+        await rt.send_message(paused, "warm-up")
+        await wait_until(lambda: _handled(journal) == ["warm-up"], within=WAIT)
+
+        assert (await rt.pause_agent(paused, timeout_seconds=WAIT)).status is AgentStatus.PAUSED
+        await rt.send_message(paused, "first", ttl_seconds=0.3)
+        await rt.send_message(paused, "second", ttl_seconds=0.3)
+        # the control: the same TTL in the mailbox of an agent that is not started
+        stopped = await rt.register_agent("stopped", ResponderAgent)
+        [expiring] = await rt.send_message(stopped, "expiring", ttl_seconds=0.3)
+
+        async def expired() -> set[str]:
+            events = await rt.query_events(event_type=EventType.MESSAGE_EXPIRED, limit=None)
+            return {event.details["message_id"] for event in events}
+
+        async def control_expired() -> bool:
+            return expiring in await expired()
+
+        await wait_until(control_expired, "the control message expired", WAIT)
+        assert _handled(journal) == ["warm-up"]  # nothing handled while paused
+
+        assert (await rt.resume_agent(paused)).status is AgentStatus.RUNNING
+        await wait_until(lambda: _handled(journal) == ["warm-up", "first", "second"], within=WAIT)
+        assert [d.ref_id for d in rt.list_dead_letters(kind="message")] == [expiring]
+
+
+def _handled(journal: Path) -> list[str]:
+    if not journal.exists():
+        return []
+    return [
+        record["message"]["message_type"]
+        for record in read_journal(journal)
+        if record["hook"] == "on_message"
+    ]
