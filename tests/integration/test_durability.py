@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import signal
 import sqlite3
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +15,7 @@ import pytest
 from miminions import AgentRuntime, ConfigurationError, RuntimeConfig, TaskStatus
 from miminions.kernel.runtime import RUN_META_KEY, live_owner
 from tests.support import agents
+from tests.support.children import finish, first_line, spawn
 
 
 async def test_queue_pause_survives_restart(make_config: Callable[..., RuntimeConfig]) -> None:
@@ -82,3 +85,71 @@ def test_live_owner_reads_the_run_record() -> None:
     assert live_owner({"pid": os.getpid(), "clean": True}) is None
     assert live_owner({"pid": os.getpid(), "clean": False}) == os.getpid()
     assert live_owner({"pid": "x", "clean": False}) is None
+
+
+@pytest.mark.slow
+async def test_concurrent_starts_in_two_processes_only_one_wins(db_path: Path) -> None:
+    """R-02: two processes starting a runtime on one database at the same moment: exactly
+    one starts, the other is refused naming it (else every task would run twice); once the
+    winner stops, the database is free again."""
+    children = [await spawn("start_child", db_path) for _ in range(2)]
+    try:
+        async with asyncio.timeout(60):
+            lines = [await first_line(child) for child in children]
+        started = [i for i, line in enumerate(lines) if line.startswith("started ")]
+        assert len(started) == 1, lines
+        winner, loser = children[started[0]], children[1 - started[0]]
+        await loser.wait()
+        assert loser.returncode == 0
+        winner_pid = lines[started[0]].removeprefix("started ")
+        assert lines[1 - started[0]] == (
+            f"refused ConfigurationError: database {str(db_path)!r} is in use by a runtime in "
+            f"process {winner_pid}; one runtime per database (stop that one, or use another "
+            "storage_path)"
+        )
+        async with asyncio.timeout(60):
+            await finish(winner)
+            assert await first_line(winner) == "stopped"
+    finally:
+        for child in children:
+            if child.returncode is None:
+                child.kill()
+                await child.wait()
+    async with AgentRuntime(db_path) as third:
+        assert third.is_running
+        assert third.recovery is None  # the winner stopped cleanly
+
+
+@pytest.mark.slow
+async def test_database_of_a_killed_runtime_can_be_started_again(db_path: Path) -> None:
+    """R-02, F-20: the database's lock dies with its holder, so a runtime killed with
+    SIGKILL never leaves its database taken: the next start recovers it."""
+    child = await spawn("start_child", db_path)
+    try:
+        async with asyncio.timeout(60):
+            line = await first_line(child)
+        assert line.startswith("started "), line
+        with pytest.raises(ConfigurationError, match="in use by a runtime in process"):
+            await AgentRuntime(db_path).start()
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    async with AgentRuntime(db_path) as rt:
+        assert rt.recovery is not None
+        assert rt.recovery["clean_shutdown"] is False
+        assert rt.recovery["previous_pid"] == child.pid
+
+
+async def test_in_memory_runtimes_never_lock_each_other_out() -> None:
+    """Every ``:memory:`` runtime has a database of its own: however many start and stop
+    in one process, a new one always starts."""
+    first = AgentRuntime(":memory:")
+    await first.start()
+    second = AgentRuntime(":memory:")
+    await second.start()
+    try:
+        await first.stop()
+        async with AgentRuntime(":memory:") as third:
+            assert third.is_running
+    finally:
+        await second.stop()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,10 @@ def stored_counts(path: Path) -> tuple[int, int]:
         ({"dependencies": ["no-such-task"]}, NotFoundError, "unknown task id"),
         ({"dependencies": "abc"}, ValidationError, "list of task ids"),
         ({"agent_id": "no-such-agent"}, NotFoundError, "no agent"),
+        ({"agent_id": ["a list"]}, ValidationError, "agent_id must be"),
         ({"group": ""}, ValidationError, "group"),
+        ({"timeout_seconds": 1e300}, ValidationError, "at most"),
+        ({"timeout_seconds": float("inf")}, ValidationError, "at most"),
     ],
 )
 async def test_bad_submit_is_rejected_without_changes(
@@ -182,3 +185,184 @@ def test_bad_constructor_arguments(tmp_path: Path) -> None:
         AgentRuntime(tmp_path / "x.db", disable=["no_such_plugin"])
     with pytest.raises(ValueError, match="ResourceLimits"):
         AgentRuntime(tmp_path / "x.db", limits={"max_concurrent_agents": 1})  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------------- text without UTF-8
+#: What ``os.fsdecode`` makes of a file name with a byte that is not UTF-8: a string with a
+#: lone surrogate, which has no UTF-8 form, so the store could not write it.
+NOT_UTF8 = b"report-\xff.txt".decode("utf-8", "surrogateescape")
+
+_NotUtf8Call = Callable[[AgentRuntime, str], Awaitable[object]]
+NOT_UTF8_CALLS: dict[str, tuple[_NotUtf8Call, str]] = {
+    "task name": (lambda rt, _: rt.submit_task(NOT_UTF8), "task name"),
+    "task input value": (lambda rt, _: rt.submit_task("t", {"path": NOT_UTF8}), "input_data"),
+    "task input key": (lambda rt, _: rt.submit_task("t", {NOT_UTF8: 1}), "input_data"),
+    "idempotency key": (
+        lambda rt, _: rt.submit_task("t", idempotency_key=NOT_UTF8),
+        "idempotency_key",
+    ),
+    "task group": (lambda rt, _: rt.submit_task("t", group=NOT_UTF8), "group"),
+    "explicit task id": (
+        lambda rt, _: rt.submit_tasks([{"name": "t", "task_id": NOT_UTF8}]),
+        "task_id",
+    ),
+    "later task of a batch": (
+        lambda rt, _: rt.submit_tasks(
+            [{"name": "ok"}, {"name": "t", "input_data": {"p": NOT_UTF8}}]
+        ),
+        "input_data",
+    ),
+    "agent name": (lambda rt, _: rt.register_agent(NOT_UTF8, agents.EchoAgent), "agent name"),
+    "agent config": (
+        lambda rt, _: rt.register_agent("b", agents.EchoAgent, config={"p": NOT_UTF8}),
+        "config",
+    ),
+    "agent group": (
+        lambda rt, _: rt.register_agent("b", agents.EchoAgent, group=NOT_UTF8),
+        "group",
+    ),
+    "agent topic": (
+        lambda rt, _: rt.register_agent("b", agents.EchoAgent, topics=[NOT_UTF8]),
+        "topic",
+    ),
+    "kv key": (lambda rt, _: rt.kv.set(NOT_UTF8, 1), "key"),
+    "kv value": (lambda rt, _: rt.kv.set("k", {"p": NOT_UTF8}), "value"),
+    "kv namespace": (lambda rt, _: rt.kv.set("k", 1, namespace=NOT_UTF8), "namespace"),
+    "message data": (lambda rt, a: rt.send_message(a, "note", {"p": NOT_UTF8}), "message data"),
+    "message type": (lambda rt, a: rt.send_message(a, NOT_UTF8), "message_type"),
+    "request data": (
+        lambda rt, a: rt.request(a, "ask", {"p": NOT_UTF8}, timeout_seconds=5),
+        "message data",
+    ),
+    "topic": (lambda rt, _: rt.publish(NOT_UTF8, "note"), "topic"),
+}
+
+
+def stored_rows(path: Path) -> dict[str, int]:
+    """Rows of every kind a rejected call must not add."""
+    queries = {
+        "tasks": "select count(*) from tasks",
+        "agents": "select count(*) from agents",
+        "kv": "select count(*) from meta where key like 'kv:%'",
+        "mailbox": "select count(*) from meta where key like 'mailbox:%'",
+    }
+    with sqlite3.connect(path) as conn:
+        return {kind: int(conn.execute(sql).fetchone()[0]) for kind, sql in queries.items()}
+
+
+def live_state(rt: AgentRuntime) -> tuple[object, ...]:
+    """What the runtime shows in memory, for the same comparison."""
+    return (
+        [(task.task_id, task.name) for task in rt.list_tasks(limit=None)],
+        [agent.name for agent in rt.list_agents()],
+        rt.kv.keys(),
+        rt.get_metrics().messages_sent,
+    )
+
+
+@pytest.mark.parametrize(("call", "names"), NOT_UTF8_CALLS.values(), ids=NOT_UTF8_CALLS.keys())
+async def test_text_without_a_utf8_form_is_rejected_before_anything_changed(
+    make_config: Callable[..., RuntimeConfig], call: _NotUtf8Call, names: str
+) -> None:
+    """R-04: a string the store cannot encode (a lone surrogate, as from ``os.fsdecode``)
+    raises a ValidationError naming the argument when it is passed in; nothing is added in
+    memory or stored, so nothing runs and nothing is lost at a restart."""
+    config = make_config()
+    async with AgentRuntime(config=config) as rt:
+        recipient = await rt.register_agent("a", agents.EchoAgent)  # not started: keeps mail
+        await rt.store.flush()
+        stored, live = stored_rows(Path(config.storage_path)), live_state(rt)
+        with pytest.raises(ValidationError, match="UTF-8") as info:
+            await call(rt, recipient)
+        assert str(info.value).startswith(names), info.value
+        await rt.store.flush()
+        assert stored_rows(Path(config.storage_path)) == stored
+        assert live_state(rt) == live
+    async with AgentRuntime(config=config) as rt:  # and what is stored reads back whole
+        assert rt.list_tasks() == []
+        assert rt.kv.keys() == []
+
+
+async def test_a_task_result_without_a_utf8_form_fails_the_task(rt: AgentRuntime) -> None:
+    """R-04: a result the store could not write fails the attempt, with the reason."""
+
+    async def returns_undecoded_name(task: object, context: object) -> dict[str, str]:
+        return {"path": NOT_UTF8}
+
+    await rt.start_agent(await rt.register_agent("fs", returns_undecoded_name))
+    task = await rt.wait_for_task(await rt.submit_task("list files"), 5)
+    assert task.status.value == "failed"
+    assert "UTF-8" in (task.error_message or "")
+
+
+# ---------------------------------------------------------------------- typed errors
+_BadCall = Callable[[AgentRuntime, str, Path], Awaitable[object] | object]
+BAD_CALLS: dict[str, tuple[_BadCall, type[MiminionsError], str]] = {
+    "submit_tasks of an int": (lambda rt, a, p: rt.submit_tasks(5), ValidationError, "list"),  # type: ignore[arg-type]
+    "submit_tasks of one dict": (
+        lambda rt, a, p: rt.submit_tasks({"name": "t"}),  # type: ignore[arg-type]
+        ValidationError,
+        "list",
+    ),
+    "submit_tasks with an int task id": (
+        lambda rt, a, p: rt.submit_tasks(
+            [TaskRequest.model_construct(name="t", task_id=5, dependencies=[])]  # type: ignore[arg-type]
+        ),
+        ValidationError,
+        "task_id",
+    ),
+    "export into a missing directory": (
+        lambda rt, a, p: rt.export_events(p / "missing" / "events.jsonl"),
+        ValidationError,
+        "cannot write the events to .*missing",
+    ),
+    "pause_group(None)": (lambda rt, a, p: rt.pause_group(None), ValidationError, "group"),  # type: ignore[arg-type]
+    "start_group('')": (lambda rt, a, p: rt.start_group(""), ValidationError, "group"),
+    "stop_group(5)": (lambda rt, a, p: rt.stop_group(5), ValidationError, "group"),  # type: ignore[arg-type]
+    "resume_group of nobody": (
+        lambda rt, a, p: rt.resume_group("nobody"),
+        NotFoundError,
+        "no agent belongs",
+    ),
+    "list_dead_letters of a bad kind": (
+        lambda rt, a, p: rt.list_dead_letters(kind="foo"),
+        ValidationError,
+        "kind",
+    ),
+    "send to an int": (lambda rt, a, p: rt.send_message(123, "x"), ValidationError, "recipients"),  # type: ignore[arg-type]
+    "send with a huge ttl": (
+        lambda rt, a, p: rt.send_message(a, "x", ttl_seconds=1e300),
+        ValidationError,
+        "ttl_seconds must be at most",
+    ),
+    "request with a huge timeout": (
+        lambda rt, a, p: rt.request(a, "x", timeout_seconds=1e300),
+        ValidationError,
+        "timeout_seconds must be at most",
+    ),
+    "kv keys of None": (lambda rt, a, p: rt.kv.keys(None), ValidationError, "prefix"),  # type: ignore[arg-type]
+    "kv watch of an int": (lambda rt, a, p: rt.kv.watch(5), ValidationError, "prefix"),  # type: ignore[arg-type]
+}
+
+
+@pytest.mark.parametrize(("call", "error", "message"), BAD_CALLS.values(), ids=BAD_CALLS.keys())
+async def test_bad_arguments_raise_typed_errors(
+    rt: AgentRuntime,
+    tmp_path: Path,
+    call: _BadCall,
+    error: type[MiminionsError],
+    message: str,
+) -> None:
+    """R-04: wrong types and out-of-range values raise a MiminionsError subclass whose
+    message names the argument (never a bare TypeError, OverflowError or OSError)."""
+    recipient = await rt.register_agent("a", agents.EchoAgent)
+    watchers = rt.kv.watchers
+    with pytest.raises(error, match=message):
+        await _outcome(call(rt, recipient, tmp_path))
+    assert rt.kv.watchers == watchers
+    assert rt.list_tasks() == []
+
+
+async def _outcome(result: object) -> object:
+    """What a call returned, awaited if it is a coroutine (async and sync calls alike)."""
+    return await result if isinstance(result, Awaitable) else result

@@ -16,6 +16,7 @@ from miminions import (
     TaskStatus,
     ValidationError,
 )
+from miminions.kernel.kv import KVWatch
 from miminions.testing import runtime_config, started_runtime
 from tests.support.kv_agents import GroupMailAgent, KVAgent
 from tests.support.waiting import wait_until
@@ -125,6 +126,49 @@ async def test_bad_keys_and_values_are_rejected(rt: AgentRuntime) -> None:
     with pytest.raises(ValidationError, match="JSON"):
         await rt.kv.set("k", {1, 2})
     assert rt.kv.keys() == []
+
+
+async def test_a_watch_with_a_bad_prefix_is_refused_and_writes_go_on(rt: AgentRuntime) -> None:
+    """R-04: a prefix that is not a string is refused when the watch opens (in the
+    application and in an agent), so it cannot fail the writes of anyone later."""
+    watcher = await start(rt, "watcher", KVAgent)
+    writer = await start(rt, "writer", KVAgent)
+    for prefix in (None, 5):
+        with pytest.raises(ValidationError, match="prefix"):
+            rt.kv.watch(prefix)  # type: ignore[arg-type]
+        with pytest.raises(ValidationError, match="prefix"):
+            rt.kv.keys(prefix)  # type: ignore[arg-type]
+    task = await rt.wait_for_task(
+        await rt.submit_task("kv", {"op": "watch", "prefix": None, "count": 1}, agent_id=watcher),
+        WAIT,
+    )
+    assert task.status is TaskStatus.FAILED
+    assert "prefix" in (task.error_message or "")
+    assert rt.kv.watchers == 0
+    assert await run(rt, writer, op="set", key="job", value=1) == {"version": 1}
+    assert await rt.kv.set("job", 2) == 2
+    assert await rt.kv.compare_and_set("job", 2, 3)
+    assert rt.kv.get("job") == 3
+
+
+async def test_a_failing_watch_is_dropped_and_the_write_succeeds(rt: AgentRuntime) -> None:
+    """A watch that fails on a change is closed; the write that caused it returns normally
+    and the other watches still see it."""
+
+    class BrokenWatch(KVWatch):
+        def matches(self, namespace: str, key: str) -> bool:
+            raise RuntimeError("broken watch")
+
+    good = rt.kv.watch("")
+    broken = BrokenWatch(rt.kv, "", "")
+    rt.kv._watches.add(broken)  # as a watch that went wrong would be
+    assert await rt.kv.set("k", 1) == 1
+    assert rt.kv.watchers == 1
+    assert await broken.next(WAIT) is None  # its reader's iteration ended
+    change = await good.next(WAIT)
+    assert change is not None
+    assert (change.key, change.value) == ("k", 1)
+    good.close()
 
 
 async def test_a_group_receives_a_message_sent_to_it(rt: AgentRuntime) -> None:

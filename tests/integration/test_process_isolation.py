@@ -38,13 +38,16 @@ from miminions import (
     TaskRequest,
     TaskStatus,
     ValidationError,
+    WaitTimeoutError,
 )
 from miminions.kernel.models import Event, ProcessSettings, RestartPolicy
 from tests.support.process_agents import (
     AtExitAgent,
     CpuSpinAgent,
     CrashAgent,
+    HookLogAgent,
     MemoryAgent,
+    SlowPauseAgent,
     SmallTaskAgent,
     SteppingAgent,
     SyncHangAgent,
@@ -593,6 +596,82 @@ async def test_paused_worker_is_stopped_until_resumed(
         assert rt.get_agent_status(agent_id).process_id == pid
 
 
+async def test_a_pause_that_times_out_after_the_worker_paused_is_undone(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """A pause whose timeout passes while the worker's ``on_pause`` is still busy (the
+    worker finishes the pause before the cancel reaches it) is abandoned in the worker
+    too: ``on_resume`` gets what ``on_pause`` returned, the worker is not stopped, and the
+    agent's next task runs through its safe points."""
+    resume_log = tmp_path / "resumes"
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent(
+            "slow_pause",
+            SlowPauseAgent,
+            config={"pause_block_seconds": 1.0, "resume_log": str(resume_log)},
+        )
+        pid = (await rt.start_agent(agent_id)).process_id
+        with pytest.raises(WaitTimeoutError, match="the pause was abandoned"):
+            await rt.pause_agent(agent_id, timeout_seconds=0.2)
+        assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+        task = await rt.wait_for_task(await rt.submit_task("after", agent_id=agent_id), 10)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.output_data["pid"] == pid
+        assert [json.loads(line) for line in resume_log.read_text().splitlines()] == [{"pid": pid}]
+        assert proc_state(pid) != "T"
+        assert await rt.query_events(event_type=EventType.AGENT_PAUSED) == []
+
+
+async def test_a_paused_agent_whose_worker_dies_stays_paused_with_its_state(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """F-09, F-27: killing a paused agent's (stopped) worker does not restart the agent: it
+    stays paused with the state ``on_pause`` saved, and its halted task (failed by the
+    crash) waits for it. ``resume_agent`` starts a new worker: ``on_start``, then
+    ``on_resume`` with that state, and the task is retried there."""
+    progress, release, hook_log = tmp_path / "progress", tmp_path / "release", tmp_path / "hooks"
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent(
+            "hooked", HookLogAgent, config={"hook_log": str(hook_log)}
+        )
+        old_pid = (await rt.start_agent(agent_id)).process_id
+        task_id = await rt.submit_task(
+            "steps", {"progress": str(progress), "release": str(release)}, max_retries=1
+        )
+        await wait_until(progress.exists, "the task's first step")
+        await rt.pause_agent(agent_id, timeout_seconds=5)
+        assert old_pid is not None
+        os.kill(old_pid, signal.SIGKILL)
+
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
+        assert failed.details["paused"] is True
+        assert failed.details["signal"] == "SIGKILL"
+        agent = rt.get_agent_status(agent_id)
+        assert agent.status is AgentStatus.PAUSED
+        assert agent.process_id is None
+        assert agent.restart_count == 0
+        assert "resume_agent starts it again" in (agent.status_reason or "")
+        assert await rt.query_events(event_type=EventType.AGENT_RESTARTING) == []
+        task = rt.get_task_status(task_id)
+        assert task.status is TaskStatus.PENDING
+        assert task.retry_count == 1
+
+        release.touch()
+        resumed = await rt.resume_agent(agent_id)
+        assert resumed.status is AgentStatus.RUNNING
+        assert resumed.process_id not in (None, old_pid)
+        task = await rt.wait_for_task(task_id, 10)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.output_data["pid"] == resumed.process_id
+        hooks = [json.loads(line) for line in hook_log.read_text().splitlines()]
+        assert hooks == [
+            ["start", old_pid],
+            ["start", resumed.process_id],
+            ["resume", resumed.process_id, {"paused_in": old_pid}],
+        ]
+
+
 # ---------------------------------------------------------------------- 6. shutdown
 async def test_stop_leaves_no_worker_alive(
     config: Callable[..., RuntimeConfig], tmp_path: Path
@@ -650,6 +729,60 @@ async def test_workers_die_with_a_killed_runtime(
         assert await rt.query_events(event_type=EventType.WORKERS_REAPED) == []
         recorded = await rt.store.get_meta("process.workers")
         assert [record["pid"] for record in recorded] == [instance.process_id]
+
+
+def parent_pid(pid: int) -> int:
+    """The parent of ``pid``, from /proc."""
+    line = Path(f"/proc/{pid}/stat").read_bytes()
+    return int(line[line.rfind(b")") + 2 :].split()[1])
+
+
+async def test_stuck_and_paused_workers_die_with_a_killed_runtime(db_path: Path) -> None:
+    """F-14: workers that cannot notice their runtime dying — one spinning in synchronous
+    code on its loop, one paused (SIGSTOPped) — still die with a SIGKILLed runtime, and so
+    does the forkserver that forked them (no worker keeps it alive)."""
+    child = await run_child_runtime("stuck_process_child", db_path)
+    assert child.stdout is not None
+    pids: list[int] = []
+    forkservers: set[int] = set()
+    try:
+        async with asyncio.timeout(60):
+            line = await child.stdout.readline()
+        assert line, "the child runtime exited early"
+        pids = json.loads(line)["worker_pids"]
+        assert len(pids) == 2
+        assert all(alive(pid) for pid in pids)
+        forkservers = {parent_pid(pid) for pid in pids}
+        assert child.pid not in forkservers  # forked by the forkserver, not the runtime
+        await wait_until(lambda: proc_state(pids[1]) == "T", "the paused worker to stop")
+    finally:
+        child.send_signal(signal.SIGKILL)
+    try:
+        await wait_until(
+            lambda: not any(alive(pid) for pid in [*pids, *forkservers]),
+            "the workers and the forkserver to die with their runtime",
+            10,
+        )
+    finally:
+        # Survivors (the bug) hold the child's stdout open: end them so it reaches its end.
+        for pid in [*pids, *forkservers]:
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
+        await child.communicate()  # the exit *and* the pipe's end (wait() may skip that)
+
+
+async def test_a_spawned_worker_does_not_run_the_main_script(db_path: Path) -> None:
+    """With ``start_method="spawn"``, a worker whose agent lives in its own module does not
+    run the user's main script again (multiprocessing would import it as ``__mp_main__``):
+    the script's top level ran once, in the runtime's process."""
+    child = await run_child_runtime("spawn_main_child", db_path)
+    async with asyncio.timeout(120):
+        out, _ = await child.communicate()
+    assert child.returncode == 0
+    pids = json.loads(out)
+    assert pids["worker_pid"] != pids["runtime_pid"]
+    runs = db_path.with_name("main_runs.log").read_text().splitlines()
+    assert runs == [f"{pids['runtime_pid']} __main__"]
 
 
 # ---------------------------------------------------------------------- 7. validation

@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncio
 import json
 import signal
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, EventType, RuntimeConfig, TaskStatus
+from miminions import AgentRuntime, EventType, RuntimeConfig, Task, TaskStatus
+from miminions.kernel.ownership import RUN_META_KEY
+from miminions.plugins.sqlite_store import SQLiteStore
 from tests.support import agents
-from tests.support.runtime import run_child_runtime
+from tests.support.runtime import run_child_runtime, start_agent
 
 
 async def run_and_kill(db_path: Path) -> dict[str, str]:
@@ -71,3 +74,50 @@ async def test_recovery_after_sigkill(tmp_path: Path) -> None:
         assert rt.recovery is None
         statuses = {t.status for t in rt.list_tasks(limit=None)}
         assert statuses == {TaskStatus.COMPLETED, TaskStatus.FAILED}
+
+
+async def test_tasks_handed_over_ahead_of_time_are_requeued_without_an_attempt(
+    db_path: Path,
+) -> None:
+    """F-20: a task a crashed runtime had only handed to its agent ahead of time (stored
+    ``running`` with no ``started_at``: a prefetch window) never began, so it runs again
+    without an attempt counted, even with no retries; a task that had begun is counted."""
+    now = datetime.now(UTC)
+    stored = {
+        "prefetched": Task(
+            task_id="prefetched",
+            name="prefetched",
+            status=TaskStatus.RUNNING,
+            assigned_agent_id="gone",
+            created_at=now,
+        ),
+        "begun": Task(
+            task_id="begun",
+            name="begun",
+            status=TaskStatus.RUNNING,
+            max_retries=1,
+            assigned_agent_id="gone",
+            created_at=now,
+            started_at=now,
+        ),
+    }
+    async with SQLiteStore(str(db_path)) as store:
+        for task in stored.values():
+            store.put_task(task)
+        # the run record of a runtime that died (no process has this pid)
+        await store.put_meta(RUN_META_KEY, {"pid": 2**31 - 1, "clean": False})
+    async with AgentRuntime(db_path) as rt:
+        prefetched = rt.get_task_status("prefetched")
+        assert (prefetched.status, prefetched.retry_count) == (TaskStatus.PENDING, 0)
+        begun = rt.get_task_status("begun")
+        assert (begun.status, begun.retry_count) == (TaskStatus.PENDING, 1)
+        assert rt.recovery is not None
+        assert (rt.recovery["tasks_requeued"], rt.recovery["tasks_unstarted"]) == (1, 1)
+        assert rt.recovery["tasks_failed"] == 0
+        requeued = await rt.query_events(event_type=EventType.TASK_REQUEUED, task_id="prefetched")
+        assert [e.details for e in requeued] == [
+            {"reason": "runtime restarted before the task began", "attempt": 0}
+        ]
+        await start_agent(rt, "echo", agents.EchoAgent, isolation="inline")
+        for task_id in stored:
+            assert (await rt.wait_for_task(task_id, 10)).status is TaskStatus.COMPLETED

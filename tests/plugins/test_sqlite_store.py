@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import signal
 import sqlite3
 import stat
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from miminions import AgentRuntime
 from miminions.kernel.errors import (
     AlreadyExistsError,
     ConfigurationError,
@@ -39,6 +41,7 @@ from miminions.kernel.models import (
 from miminions.plugins import sqlite_schema
 from miminions.plugins.interpreter_settings import SWITCH_INTERVAL
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
+from tests.support.children import first_line, spawn
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
 
@@ -681,6 +684,108 @@ async def test_in_memory_database(tmp_path: Path) -> None:
     async with SQLiteStore(":memory:") as store:
         await store.put_task(make_task())
         assert len(await store.load_tasks()) == 1
+
+
+# ----------------------------------------------------------------------------- one writer
+def file_mode(path: Path) -> int:
+    """The permission bits of ``path``."""
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def entries(directory: Path) -> list[str]:
+    """The names in ``directory``."""
+    return sorted(p.name for p in directory.iterdir())
+
+
+async def test_second_writer_is_refused_until_the_first_closes(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """R-02: while a writable store has the database open, another one (here in the same
+    process) is refused; readers are not; once the first closes, the file is free."""
+    link = db_path.with_name("link.db")
+    os.symlink(db_path, link)
+    for name in (db_path, link):  # any name of the file
+        with pytest.raises(ConfigurationError, match="in use by another store in this process"):
+            await SQLiteStore(str(name)).open()
+    reader = await SQLiteStore.open_readonly(str(db_path))  # never takes the lock
+    await reader.close()
+    assert file_mode(Path(f"{db_path}-lock")) == 0o600  # private, like the database
+    await store.close()
+    async with SQLiteStore(str(db_path)) as again:
+        await again.put_task(make_task())
+
+
+async def test_in_memory_stores_take_no_lock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each ``:memory:`` store is a database of its own: any number may be open at once,
+    and no lock file appears."""
+    monkeypatch.chdir(tmp_path)
+    async with SQLiteStore(":memory:"), SQLiteStore(":memory:") as second:
+        await second.put_task(make_task())
+    assert entries(tmp_path) == []
+
+
+@pytest.mark.slow
+async def test_writer_in_another_process_holds_the_database_until_it_dies(
+    db_path: Path,
+) -> None:
+    """R-02: a runtime is refused a database that a store in another process has open, even
+    before that process wrote any run record (two runtimes starting at the same moment);
+    the refusal names the holder. The lock dies with its holder (SIGKILL), so a crash never
+    leaves the database taken."""
+    holder = await spawn("store_holder", db_path)
+    try:
+        async with asyncio.timeout(60):
+            line = await first_line(holder)
+        assert line == f"open {holder.pid}"
+        refusal = f"in use by a runtime in process {holder.pid}"
+        with pytest.raises(ConfigurationError, match=refusal):
+            await AgentRuntime(str(db_path)).start()
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+    async with AgentRuntime(str(db_path)) as rt:
+        assert rt.is_running
+
+
+# ----------------------------------------------------------------------------- unusable files
+def _not_sqlite(path: Path) -> None:
+    path.write_bytes(b"this is not a SQLite database" * 200)
+
+
+def _truncated(path: Path) -> None:
+    conn = sqlite3.connect(path)
+    conn.execute("CREATE TABLE t (x)")
+    conn.executemany("INSERT INTO t VALUES (?)", [("y" * 500,)] * 100)
+    conn.commit()
+    conn.close()
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("damage", [_not_sqlite, _truncated], ids=["not_sqlite", "truncated"])
+async def test_file_that_is_not_a_database_is_a_configuration_error(
+    db_path: Path, damage: Callable[[Path], None]
+) -> None:
+    """R-04: a file SQLite cannot read as a database is refused with a ConfigurationError
+    naming it and saying what to do, by writers and readers alike."""
+    damage(db_path)
+    match = f"cannot open database {str(db_path)!r}: .*point storage_path at a new file"
+    with pytest.raises(ConfigurationError, match=match):
+        await SQLiteStore(str(db_path)).open()
+    with pytest.raises(ConfigurationError, match=match):
+        await SQLiteStore.open_readonly(str(db_path))
+    os.remove(db_path)  # replaced by a new file: the failed opens left the lock free
+    async with SQLiteStore(str(db_path)) as store:
+        await store.put_task(make_task())
+
+
+async def test_directory_is_a_configuration_error(tmp_path: Path) -> None:
+    """R-04: a directory as the database path is refused, suggesting a file inside it."""
+    with pytest.raises(ConfigurationError, match="is a directory; give the path of a database"):
+        await SQLiteStore(str(tmp_path)).open()
+    assert f"{tmp_path.name}-lock" not in entries(tmp_path.parent)  # no lock file beside it
 
 
 # ----------------------------------------------------------------------------- migrations

@@ -160,3 +160,36 @@ class AtExitAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
         return _done(self)
+
+
+class SlowPauseAgent(BaseAgent):
+    """``on_pause`` blocks its worker's loop for ``config['pause_block_seconds']`` (a
+    synchronous write, say) and returns ``{"pid": ...}``; ``on_resume`` appends the state
+    it gets as a JSON line to ``config['resume_log']``. Its task makes one context call (a
+    safe point) and returns."""
+
+    async def on_pause(self) -> dict[str, Any]:
+        time.sleep(self.config["pause_block_seconds"])  # noqa: ASYNC251 - blocking on purpose
+        return {"pid": os.getpid()}
+
+    async def on_resume(self, state: dict[str, Any]) -> None:
+        _append_line(self.config["resume_log"], json.dumps(state))
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.checkpoint()
+        return _done(self)
+
+
+class HookLogAgent(SteppingAgent):
+    """A :class:`SteppingAgent` that appends its lifecycle hooks, as JSON lines, to
+    ``config['hook_log']``: ``["start", pid]`` and ``["resume", pid, state]``; ``on_pause``
+    returns ``{"paused_in": pid}``."""
+
+    async def on_start(self) -> None:
+        _append_line(self.config["hook_log"], json.dumps(["start", os.getpid()]))
+
+    async def on_pause(self) -> dict[str, Any]:
+        return {"paused_in": os.getpid()}
+
+    async def on_resume(self, state: dict[str, Any]) -> None:
+        _append_line(self.config["hook_log"], json.dumps(["resume", os.getpid(), state]))

@@ -12,18 +12,22 @@ Namespaces separate data, e.g. one per group; the default namespace is ``""``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import ValidationError
 from miminions.kernel.task_input import to_json_value
+from miminions.kernel.validation import check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Store
 
 META_PREFIX = "kv:"
+_log = logging.getLogger("miminions.kv")
 _MAX_KEY = 1024
 
 
@@ -112,7 +116,7 @@ class KVStore:
 
     def keys(self, prefix: str = "", namespace: str = "") -> list[str]:
         """The keys of ``namespace`` starting with ``prefix``, sorted."""
-        namespace = _check_ns(namespace)
+        namespace, prefix = _check_ns(namespace), _check_prefix(prefix)
         return sorted(k for ns, k in self._data if ns == namespace and k.startswith(prefix))
 
     async def set(self, key: str, value: Any, namespace: str = "") -> int:
@@ -156,7 +160,7 @@ class KVStore:
 
     def watch(self, prefix: str = "", namespace: str = "") -> KVWatch:
         """Watch the keys of ``namespace`` starting with ``prefix`` (``async for``)."""
-        watch = KVWatch(self, _check_ns(namespace), prefix)
+        watch = KVWatch(self, _check_ns(namespace), _check_prefix(prefix))
         self._watches.add(watch)
         return watch
 
@@ -182,8 +186,17 @@ class KVStore:
         )
         change = KVChange(namespace, key, value, version)
         for watch in list(self._watches):
-            if watch.matches(namespace, key):
-                watch.push(change)
+            # The write is applied and queued: a watcher that fails (it cannot, with a
+            # checked prefix; a subclass might) is dropped and logged, never turned into
+            # an error of this write, which would break every writer of the namespace.
+            try:
+                if watch.matches(namespace, key):
+                    watch.push(change)
+            except Exception:
+                _log.exception("dropping a key-value watch that failed on a change of %r", key)
+                self._watches.discard(watch)
+                with contextlib.suppress(Exception):
+                    watch.push(None)  # its reader's ``async for`` ends instead of hanging
         await commit
         return version
 
@@ -191,12 +204,24 @@ class KVStore:
 def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
         raise ValidationError(f"a key must be a non-empty string of at most {_MAX_KEY} chars")
+    check_utf8(key, "key")  # stored: see check_utf8
     return key
+
+
+def _check_prefix(prefix: Any) -> str:
+    # Checked when the watch opens: a bad one would otherwise fail every later write.
+    if not isinstance(prefix, str) or len(prefix) > _MAX_KEY:
+        raise ValidationError(
+            f'a prefix must be a string of at most {_MAX_KEY} chars ("" for every key), '
+            f"got {prefix!r}"
+        )
+    return prefix
 
 
 def _check_ns(namespace: Any) -> str:
     if not isinstance(namespace, str) or len(namespace) > 256:
         raise ValidationError("a namespace must be a string of at most 256 characters")
+    check_utf8(namespace, "namespace")  # stored in the key of every entry
     return namespace
 
 

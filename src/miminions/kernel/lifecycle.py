@@ -41,7 +41,7 @@ from miminions.kernel.restarts import RestartMixin
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.kernel.supervisor import check_request, check_transition
 from miminions.kernel.task_input import describe_error, to_json_value
-from miminions.kernel.validation import check_seconds
+from miminions.kernel.validation import check_seconds, check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
@@ -162,10 +162,13 @@ class AgentBook(RestartMixin):
         """Register an agent under a unique name; return its id (stable across restarts)."""
         if not isinstance(name, str) or not name.strip():
             raise ValidationError("agent name must be a non-empty string")
+        check_utf8(name, "agent name")  # stored: see check_utf8
         if name in self.by_name:
             raise AlreadyExistsError(f"an agent named {name!r} is registered already")
-        if group is not None and (not isinstance(group, str) or not group):
-            raise ValidationError("group must be a non-empty string or None")
+        if group is not None:
+            if not isinstance(group, str) or not group:
+                raise ValidationError("group must be a non-empty string or None")
+            check_utf8(group, "group")
         if config is not None and type(config) is not dict:
             raise ValidationError(f"config must be a dict, got {type(config).__name__}")
         config = to_json_value(config or {}, "config")
@@ -292,6 +295,10 @@ class AgentBook(RestartMixin):
         )
         await self._save(slot)
         if self.executor is not None:
+            if resume_state is not None:
+                # A paused agent started again (paused before a restart, or its worker died
+                # while paused): the clocks its pause froze count again.
+                self.executor.resume_clocks(slot.agent_id)
             self.executor.agent_available(slot)
 
     async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
@@ -474,6 +481,9 @@ class AgentBook(RestartMixin):
             if slot in self._start_queue:
                 self._start_queue.remove(slot)
             slot.paused_state = None  # stopped: a later start is a fresh one
+            if self.executor is not None:
+                # paused, and its worker died meanwhile: its frozen clocks count again
+                self.executor.resume_clocks(slot.agent_id)
             self._set(slot, S.STOPPED, "stopped before it started")
             self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
             await self._save(slot)

@@ -49,7 +49,7 @@ from miminions.kernel.models import (
     fast_construct,
 )
 from miminions.kernel.tracing import Carrier, check_carrier
-from miminions.kernel.validation import check_seconds
+from miminions.kernel.validation import check_seconds, check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
@@ -141,7 +141,14 @@ class Messenger:
     ) -> list[str]:
         """Send to one agent or several; returns the message ids, one per recipient. Every
         message of these methods carries ``trace_context`` (the sender's trace)."""
-        ids = [recipients] if isinstance(recipients, str) else list(recipients)
+        if isinstance(recipients, str):
+            ids = [recipients]
+        elif isinstance(recipients, Iterable):
+            ids = list(recipients)
+        else:
+            raise ValidationError(
+                f"recipients must be an agent id or a list of agent ids, got {recipients!r}"
+            )
         if not ids:
             raise ValidationError("recipients must name at least one agent id")
         for agent_id in ids:
@@ -249,9 +256,10 @@ class Messenger:
             async with asyncio.timeout(timeout_seconds):
                 return await reply
         except TimeoutError:
-            if reply.done() and not reply.cancelled():
+            if isinstance(reply, asyncio.Future) and reply.done() and not reply.cancelled():
                 # the reply came in the same loop turn as the timeout fired: it is delivered
-                return reply.result()
+                delivered: AgentMessage = reply.result()
+                return delivered
             raise WaitTimeoutError(
                 f"no reply to {message_type!r} from agent {recipient!r} within {timeout_seconds} s"
             ) from None
@@ -512,17 +520,20 @@ def _arg(payload: dict[str, Any], name: str, default: Any = None) -> Any:
 def _check_name(value: Any, what: str) -> None:
     if not isinstance(value, str) or not value or len(value) > 256:
         raise ValidationError(f"{what} must be a non-empty string of at most 256 characters")
+    check_utf8(value, what)  # it is stored with the message (mailbox copies) and sent to workers
 
 
 def _payload(data: Any) -> Any:
-    """An independent JSON copy of ``data``; too big or not JSON raises."""
+    """An independent JSON copy of ``data``; too big, not JSON or not UTF-8 raises."""
     if data is None:
         return None
     try:
         text = _encode(data)
     except (TypeError, ValueError) as exc:
         raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
-    size = len(text.encode()) if len(text) * 4 > MAX_PAYLOAD_BYTES else len(text)
+    # Its size is counted in UTF-8 bytes, as it is stored and sent; a string with no UTF-8
+    # form is rejected here (a mailbox copy of it could not be stored).
+    size = check_utf8(text, "message data")
     if size > MAX_PAYLOAD_BYTES:
         raise MessageTooLargeError(
             f"message data is {size:,} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES:,} "

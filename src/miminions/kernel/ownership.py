@@ -2,11 +2,15 @@
 
 Two guards: within one process, a registry of the database files open by a runtime; across
 processes, the run record (``RUN_META_KEY``: pid, clean-stop flag) a runtime writes when it
-starts and stops.
+starts and stops. Reading and then writing the run record is not atomic across processes, so
+the store is the real lock: the built-in one holds an exclusive OS lock on the database while
+it is open (the kernel does no I/O). The run record still names a live owner for stores
+without such a lock, and tells the next start that the previous run crashed.
 """
 
 from __future__ import annotations
 
+import itertools
 import os
 from typing import Any
 
@@ -15,6 +19,8 @@ from miminions.kernel.errors import ConfigurationError
 RUN_META_KEY = "runtime.run"
 
 _open_here: set[str] = set()
+# Each ``:memory:`` runtime has a database of its own, so each gets a key no other claim has.
+_memory_ids = itertools.count()
 
 
 def live_owner(run_record: Any) -> int | None:
@@ -48,8 +54,17 @@ def refuse_live_owner(previous: Any, path: str) -> None:
 
 
 def claim(path: str) -> str:
-    """Register ``path`` as open by a runtime of this process; refuse a second one."""
-    key = os.path.realpath(path) if path != ":memory:" else f":memory:{len(_open_here)}"
+    """Register ``path`` as open by a runtime of this process; refuse a second one.
+
+    ``:memory:`` is never refused: every connection to it is a new, private database.
+    """
+    if path == ":memory:":
+        # A counter, not the number of claims: that number falls when a runtime stops and
+        # would hand a new runtime the key of one still running.
+        key = f":memory:{next(_memory_ids)}"
+        _open_here.add(key)
+        return key
+    key = os.path.realpath(path)
     if key in _open_here:
         raise ConfigurationError(
             f"database {path!r} is already open by another runtime in this process; one "

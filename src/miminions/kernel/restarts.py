@@ -8,7 +8,9 @@ steps used here (fail, start, queue a start, save).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.models import AgentStatus, EventType, JSONObject, RestartPolicy, Severity
@@ -31,6 +33,7 @@ class RestartMixin:
     _background: set[asyncio.Future[None]]
     _restart_policy: RestartPolicy
     _events: EventLog
+    ended_listener: Callable[[str], None] | None
 
     # provided by AgentBook
     async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
@@ -47,6 +50,9 @@ class RestartMixin:
     def _must_wait(self) -> bool:
         raise NotImplementedError
 
+    def _start_next_queued(self) -> None:
+        raise NotImplementedError
+
     def _save(self, slot: AgentSlot) -> Any:
         raise NotImplementedError
 
@@ -55,7 +61,8 @@ class RestartMixin:
 
         The agent is failed (its running task was already failed by the host's ``run``),
         then restarted per the restart policy, or left ``failed`` with the reason once it
-        crashed too often.
+        crashed too often. A paused agent stays paused instead (see
+        :meth:`_crashed_while_paused`).
         """
         slot = self.slots.get(agent_id)
         if slot is None or self._closing:
@@ -76,8 +83,45 @@ class RestartMixin:
                 return  # a stop, a failed lifecycle call or the shutdown dealt with it
             if slot.status not in (S.RUNNING, S.PAUSED, S.STARTING):
                 return
+            if slot.status is S.PAUSED:
+                await self._crashed_while_paused(slot, reason, details)
+                return
             await self._fail(slot, reason, details)
             self._plan_restart(slot, reason)
+
+    async def _crashed_while_paused(
+        self, slot: AgentSlot, reason: str, details: JSONObject
+    ) -> None:
+        """A paused agent's host died (its stopped worker was killed): it stays paused.
+
+        Restarting it would run it again although it was paused (by a user, or by a spent
+        budget, F-27) and drop the state ``on_pause`` saved (F-09). Instead it ends up as
+        an agent paused before a runtime restart: its host released, its state kept, its
+        clocks still frozen; ``resume_agent`` starts a new host with ``on_start`` and then
+        ``on_resume(state)``.
+        """
+        if self.executor is not None:
+            # What the agent still held (its halted task failed with the crash already).
+            await self.executor.interrupt_agent(slot.agent_id, f"agent crashed: {reason}")
+        with contextlib.suppress(Exception):
+            await slot.host.kill()  # whatever the host still holds of its dead worker
+        slot.host_started = False
+        slot.instance.process_id = None
+        slot.instance.error_message = reason
+        slot.instance.status_reason = (
+            f"paused; crashed meanwhile ({reason}): resume_agent starts it again "
+            "(on_start, then on_resume with the saved state)"
+        )
+        self._events.emit(
+            EventType.AGENT_FAILED,
+            severity=Severity.ERROR,
+            agent_id=slot.agent_id,
+            details={"error": reason, **details, "paused": True},
+        )
+        if self.ended_listener is not None:
+            self.ended_listener(slot.agent_id)  # its agent object is gone with the worker
+        await self._save(slot)
+        self._start_next_queued()  # it no longer holds an agent slot
 
     def _plan_restart(self, slot: AgentSlot, reason: str) -> None:
         policy = self._restart_policy

@@ -12,7 +12,7 @@ import contextlib
 import importlib.util
 import os
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -31,6 +31,7 @@ from miminions.kernel.communication import CommunicationAPI
 from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
+    MiminionsError,
     MissingExtraError,
     PluginError,
     RuntimeNotRunningError,
@@ -40,7 +41,7 @@ from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
 from miminions.kernel.interfaces import AgentHost, Executor, Store
 from miminions.kernel.kv import KVCalls, KVStore
-from miminions.kernel.lifecycle import AgentBook
+from miminions.kernel.lifecycle import AgentBook, AgentSlot
 from miminions.kernel.messaging import Messenger
 from miminions.kernel.models import (
     AgentInstance,
@@ -65,9 +66,15 @@ from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_l
 from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook
-from miminions.kernel.task_input import TaskRequest
+from miminions.kernel.task_input import TaskRequest, describe_error
 from miminions.kernel.usage import UsageBook
-from miminions.kernel.validation import build_event_query, check_limit, check_seconds, parse_enum
+from miminions.kernel.validation import (
+    build_event_query,
+    check_limit,
+    check_seconds,
+    check_utf8,
+    parse_enum,
+)
 
 _T = TypeVar("_T")
 
@@ -287,6 +294,9 @@ class AgentRuntime(CommunicationAPI):
             default_timeout=config.limits.task_timeout_seconds,
             agent_exists=self._agent_book.slots.__contains__,
         )
+        # Read, check, then write the run record: not atomic across processes by itself. The
+        # built-in store made it so by taking the database's OS lock in open(); for other
+        # stores the record is the only guard. It also says whether the last run crashed.
         previous = await store.get_meta(RUN_META_KEY)
         refuse_live_owner(previous, config.storage_path)
         self._queue_paused = bool(await store.get_meta(QUEUE_PAUSED_KEY))
@@ -301,12 +311,13 @@ class AgentRuntime(CommunicationAPI):
             details={"pid": os.getpid(), "storage_path": config.storage_path},
         )
         crashed = isinstance(previous, dict) and not previous.get("clean", True)
-        if crashed or report["requeued"] or report["failed"]:
+        if crashed or report["requeued"] or report["unstarted"] or report["failed"]:
             self.recovery = {
                 "previous_pid": previous.get("pid") if isinstance(previous, dict) else None,
                 "clean_shutdown": not crashed,
                 "tasks_restored": report["restored"],
                 "tasks_requeued": report["requeued"],
+                "tasks_unstarted": report["unstarted"],
                 "tasks_failed": report["failed"],
             }
             events.emit(
@@ -435,6 +446,7 @@ class AgentRuntime(CommunicationAPI):
         for topic in declared:
             if not isinstance(topic, str) or not topic or len(topic) > 256:
                 raise ValidationError("topics must be non-empty strings of at most 256 chars")
+            check_utf8(topic, "topic")  # before registering: the bus would refuse it after
         agent_id = await self.agent_book.register(
             name,
             agent,
@@ -476,9 +488,12 @@ class AgentRuntime(CommunicationAPI):
             agent_id, graceful=graceful, timeout_seconds=timeout_seconds
         )
 
+    # Group calls (see _group_call): each waits for every member it acted on, and raises
+    # one error naming every member that failed (see _group_error).
     async def start_group(self, group: str) -> list[AgentInstance]:
         """Start every agent of ``group`` that is registered, stopped or failed."""
         return await self._group_call(
+            "start_group",
             group,
             self.start_agent,
             {AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED},
@@ -486,34 +501,76 @@ class AgentRuntime(CommunicationAPI):
 
     async def pause_group(self, group: str) -> list[AgentInstance]:
         """Pause every running agent of ``group``; returns when all reached a safe point."""
-        return await self._group_call(group, self.pause_agent, {AgentStatus.RUNNING})
+        return await self._group_call("pause_group", group, self.pause_agent, {AgentStatus.RUNNING})
 
     async def resume_group(self, group: str) -> list[AgentInstance]:
         """Resume every paused agent of ``group``."""
-        return await self._group_call(group, self.resume_agent, {AgentStatus.PAUSED})
+        return await self._group_call(
+            "resume_group", group, self.resume_agent, {AgentStatus.PAUSED}
+        )
 
     async def stop_group(
         self, group: str, graceful: bool = True, timeout_seconds: float = 5.0
     ) -> list[AgentInstance]:
         """Stop every agent of ``group`` that is not stopped."""
+        check_seconds(timeout_seconds, allow_none=False)  # once, not once per member
 
         async def stop(agent_id: str) -> AgentInstance:
             return await self.stop_agent(agent_id, graceful, timeout_seconds)
 
         return await self._group_call(
+            "stop_group",
             group,
             stop,
             {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED},
         )
 
     async def _group_call(
-        self, group: str, call: Any, statuses: set[AgentStatus]
+        self,
+        what: str,
+        group: str,
+        call: Callable[[str], Awaitable[AgentInstance]],
+        statuses: set[AgentStatus],
     ) -> list[AgentInstance]:
+        """``call`` every member of ``group`` whose status is in ``statuses``, concurrently;
+        return what the calls returned, in registration order.
+
+        Waits for every call even when one fails, so no member is still pausing (or
+        stopping, ...) when this returns or raises (F-25). A member whose status left
+        ``statuses`` before its call got to it (a concurrent call acted first) is skipped,
+        not an error. When calls failed, raises one error naming each failed member and
+        its error (:func:`_group_error`; the first failure is the ``__cause__``).
+        """
         self._require_running()
-        members = [
-            slot.agent_id for slot in self.agent_book.in_group(group) if slot.status in statuses
-        ]
-        return list(await asyncio.gather(*(call(agent_id) for agent_id in members)))
+        if not isinstance(group, str) or not group:
+            raise ValidationError(f"group must be a non-empty string, got {group!r}")
+        members = [slot for slot in self.agent_book.in_group(group) if slot.status in statuses]
+
+        async def one(slot: AgentSlot) -> AgentInstance | None:
+            try:
+                return await call(slot.agent_id)
+            except RuntimeNotRunningError:
+                raise
+            except InvalidStateError:
+                # A concurrent call may have got to the member first (a stop abandons a
+                # pause it finds waiting). The member's lock orders lifecycle calls: once
+                # the calls queued before this one are done, its status tells.
+                async with slot.lock:
+                    if slot.status in statuses:
+                        raise  # no race: the call itself refused
+                return None
+
+        results = await asyncio.gather(*(one(slot) for slot in members), return_exceptions=True)
+        done: list[AgentInstance] = []
+        failed: list[tuple[AgentSlot, BaseException]] = []
+        for slot, result in zip(members, results, strict=True):
+            if isinstance(result, BaseException):
+                failed.append((slot, result))
+            elif result is not None:
+                done.append(result)
+        if failed:
+            raise _group_error(f"{what}({group!r})", failed, len(members)) from failed[0][1]
+        return done
 
     # ------------------------------------------------------------------ tasks
     async def submit_task(
@@ -558,6 +615,13 @@ class AgentRuntime(CommunicationAPI):
         """Queue several tasks at once, all or nothing; they may depend on each other by
         the ``task_id`` they are given here. Returns their ids in order."""
         self._require_running()
+        if isinstance(requests, str | bytes | Mapping | TaskRequest) or not isinstance(
+            requests, Iterable
+        ):
+            raise ValidationError(
+                "requests must be a list of TaskRequest objects or dicts, got "
+                f"{type(requests).__name__}"
+            )
         parsed = []
         for request in requests:
             if isinstance(request, TaskRequest):
@@ -617,6 +681,8 @@ class AgentRuntime(CommunicationAPI):
         """Work that could not be done, oldest first (F-28): tasks out of retries (kind
         ``task``) and messages that expired undelivered (kind ``message``)."""
         self._require_started()
+        if kind not in (None, "task", "message"):
+            raise ValidationError(f"kind must be 'task', 'message' or None, got {kind!r}")
         letters = self.task_book.dead_letters.values()
         return [
             letter.model_copy(deep=True)  # its payload is the runtime's own
@@ -762,8 +828,37 @@ class AgentRuntime(CommunicationAPI):
             )
         filters.setdefault("limit", None)
         events = await self.query_events(**filters)
-        await asyncio.to_thread(write_events, Path(path), events, format)
+        try:
+            await asyncio.to_thread(write_events, Path(path), events, format)
+        except OSError as exc:  # a missing directory, no permission, a full disk, ...
+            raise ValidationError(
+                f"cannot write the events to {os.fspath(path)!r}: {exc.strerror or exc}"
+            ) from exc
         return len(events)
+
+
+def _group_error(
+    call: str, failed: list[tuple[AgentSlot, BaseException]], members: int
+) -> MiminionsError:
+    """One error for the members of a group call that failed, naming each and its error.
+
+    Its class is theirs when they all failed alike (an ``on_pause`` that raised gives an
+    AgentHookError, as ``pause_agent`` would), so callers catch what they would catch for
+    one agent; otherwise, or for a class that takes other arguments, a MiminionsError.
+    """
+    listed = "; ".join(
+        f"agent {slot.agent_id!r} ({slot.spec.name}): {describe_error(error)}"
+        for slot, error in failed
+    )
+    message = f"{call}: {len(failed)} of {members} members failed, the others are done: {listed}"
+    kinds = {type(error) for _, error in failed}
+    kind = kinds.pop() if len(kinds) == 1 else MiminionsError
+    if issubclass(kind, MiminionsError):
+        try:
+            return kind(message)
+        except TypeError:  # e.g. RemoteAgentError(remote_type, message)
+            pass
+    return MiminionsError(message)
 
 
 def _need(value: _T | None) -> _T:

@@ -46,7 +46,7 @@ from miminions.kernel.task_input import (
     to_json_value,
 )
 from miminions.kernel.tracing import Carrier
-from miminions.kernel.validation import check_seconds
+from miminions.kernel.validation import check_seconds, check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
@@ -160,12 +160,23 @@ class TaskBook:
             raise ValidationError(
                 "idempotency_key must be a non-empty string of at most 1024 chars"
             )
+        check_utf8(key, "idempotency_key")
         return self.by_idempotency_key.get(key) or batch_keys.get(key)
 
     def _build(self, request: TaskRequest, now: datetime, trace_context: Carrier | None) -> Task:
+        # Every string checked here is stored: one the store cannot encode (check_utf8)
+        # must fail now, before the task is in the book, not at commit time.
         name = request.name
         if not isinstance(name, str) or not name.strip():
             raise ValidationError("task name must be a non-empty string")
+        check_utf8(name, "task name")
+        task_id = request.task_id
+        if task_id is None or task_id == "":
+            task_id = new_task_id()
+        elif isinstance(task_id, str):
+            check_utf8(task_id, "task_id")
+        else:
+            raise ValidationError(f"task_id must be a string or None, got {task_id!r}")
         priority = request.priority
         if isinstance(priority, bool) or not isinstance(priority, int):
             raise ValidationError(f"priority must be an integer 0..100, got {priority!r}")
@@ -184,12 +195,19 @@ class TaskBook:
             raise ValidationError(
                 f"max_retries must be an integer 0..{MAX_RETRIES}, got {retries!r}"
             )
-        if request.agent_id is not None and not self._agent_exists(request.agent_id):
-            raise NotFoundError(
-                f"no agent with id {request.agent_id!r}; register it first or target a group"
-            )
-        if request.group is not None and (not isinstance(request.group, str) or not request.group):
-            raise ValidationError("group must be a non-empty string")
+        if request.agent_id is not None:
+            if not isinstance(request.agent_id, str):
+                raise ValidationError(
+                    f"agent_id must be an agent id (a string) or None, got {request.agent_id!r}"
+                )
+            if not self._agent_exists(request.agent_id):
+                raise NotFoundError(
+                    f"no agent with id {request.agent_id!r}; register it first or target a group"
+                )
+        if request.group is not None:
+            if not isinstance(request.group, str) or not request.group:
+                raise ValidationError("group must be a non-empty string")
+            check_utf8(request.group, "group")
         deps = list(request.dependencies)
         if any(not isinstance(dep, str) for dep in deps):
             raise ValidationError("dependencies must be a list of task ids (strings)")
@@ -203,7 +221,7 @@ class TaskBook:
         return fast_construct(
             Task,
             {
-                "task_id": request.task_id or new_task_id(),
+                "task_id": task_id,
                 "name": name,
                 "priority": int(priority),
                 "status": TaskStatus.PENDING,
@@ -531,7 +549,11 @@ class TaskBook:
         """Load tasks read back from the store after a restart (prerequisites first).
 
         Tasks that were running are re-queued with the attempt counted, or failed when out
-        of retries. Returns counts of what was done for the RUNTIME_RECOVERED event.
+        of retries. A task stored as running with no ``started_at`` had only been handed to
+        its agent ahead of time (see :meth:`started`) and never begun: it goes back to the
+        queue without an attempt counted. Returns counts of what was done for the
+        RUNTIME_RECOVERED event: ``restored``, ``requeued`` (attempt counted), ``unstarted``
+        (re-queued, no attempt counted) and ``failed``.
         """
         states = {
             TaskStatus.PENDING: NodeState.READY,
@@ -541,7 +563,7 @@ class TaskBook:
             TaskStatus.FAILED: NodeState.FAILED,
             TaskStatus.CANCELLED: NodeState.CANCELLED,
         }
-        report = {"restored": 0, "requeued": 0, "failed": 0}
+        report = {"restored": 0, "requeued": 0, "unstarted": 0, "failed": 0}
         interrupted: list[Task] = []
         for task in _prerequisites_first(stored):
             self.tasks[task.task_id] = task
@@ -565,6 +587,10 @@ class TaskBook:
         for letter in dead_letters:
             self.dead_letters[letter.dead_letter_id] = letter
         for task in interrupted:
+            if task.started_at is None:  # prefetched, never begun: nothing was attempted
+                self._requeue_restored(task, "runtime restarted before the task began")
+                report["unstarted"] += 1
+                continue
             task.retry_count += 1
             if task.retry_count > task.max_retries:
                 task.retry_count = task.max_retries
@@ -575,20 +601,21 @@ class TaskBook:
                 )
                 report["failed"] += 1
             else:
-                self._set_status(task, TaskStatus.PENDING)
-                self.scheduler.requeue(task.task_id)
-                self._events.emit(
-                    EventType.TASK_REQUEUED,
-                    task_id=task.task_id,
-                    details={
-                        "reason": "runtime restarted while the task ran",
-                        "attempt": task.retry_count,
-                    },
-                )
-                self._store.put_task(task)
+                self._requeue_restored(task, "runtime restarted while the task ran")
                 report["requeued"] += 1
         self._apply(self.scheduler.settle())
         return report
+
+    def _requeue_restored(self, task: Task, reason: str) -> None:
+        """Put a task stored as running back in the queue (``attempt``: attempts used)."""
+        self._set_status(task, TaskStatus.PENDING)
+        self.scheduler.requeue(task.task_id)
+        self._events.emit(
+            EventType.TASK_REQUEUED,
+            task_id=task.task_id,
+            details={"reason": reason, "attempt": task.retry_count},
+        )
+        self._store.put_task(task)
 
     # ------------------------------------------------------------------ internals
     def _count(self, task: Task, delta: int) -> None:

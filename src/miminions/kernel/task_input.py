@@ -11,6 +11,7 @@ from miminions.kernel.errors import ValidationError
 from miminions.kernel.ids import time_ordered_id
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import JSONObject
+from miminions.kernel.validation import check_utf8
 
 _encode = make_encoder(allow_nan=False)
 
@@ -38,15 +39,19 @@ class TaskRequest(BaseModel):
 
 
 def to_json_value(value: Any, what: str) -> Any:
-    """Return an independent JSON copy of ``value``; raise ValidationError if it is not JSON."""
+    """Return an independent JSON copy of ``value``; raise ValidationError if it is not JSON
+    or holds a string the store cannot write (not encodable as UTF-8: see
+    :func:`~miminions.kernel.validation.check_utf8`)."""
     if value is None or (type(value) is dict and not value):
         return {} if value is not None else None
     try:
-        return json.loads(_encode(value))
+        text = _encode(value)
     except (TypeError, ValueError) as exc:
         raise ValidationError(
             f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {exc}"
         ) from None
+    check_utf8(text, what)  # keys and values alike: the encoder keeps non-ASCII as is
+    return json.loads(text)
 
 
 def new_task_id() -> str:

@@ -16,6 +16,33 @@ from miminions.kernel.models import EventType, Severity
 
 _E = TypeVar("_E")
 
+#: The longest duration :func:`check_seconds` accepts: 100 years. Deadlines are datetimes
+#: (a TTL's ``expires_at``) and loop times; far beyond this they overflow, and "never" is
+#: spelled None.
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
+
+
+def check_utf8(text: str, what: str) -> int:
+    """Raise ValidationError unless ``text`` can be encoded as UTF-8; return its size in bytes.
+
+    Everything the runtime stores or sends to a worker is UTF-8, and a Python string may
+    hold lone surrogates that have no UTF-8 form: ``os.fsdecode`` and ``errors=
+    "surrogateescape"`` turn undecodable bytes into them (``"report-\\udcff.txt"``). Such
+    a string must be rejected when it is passed in, before anything changed, not when the
+    store writes it. ASCII text (the common case) is known to be valid without encoding.
+    """
+    if text.isascii():  # O(1): CPython keeps the flag on the string
+        return len(text)
+    try:
+        return len(text.encode())
+    except UnicodeEncodeError as exc:
+        bad = exc.object[exc.start]
+        raise ValidationError(
+            f"{what} cannot be encoded as UTF-8: it contains the lone surrogate {bad!r} "
+            "(what os.fsdecode or errors='surrogateescape' make of undecodable bytes); "
+            "decode the bytes with errors='replace', or pass them base64-encoded"
+        ) from None
+
 
 def check_seconds(
     value: Any, what: str = "timeout_seconds", *, allow_none: bool = True, positive: bool = False
@@ -24,10 +51,15 @@ def check_seconds(
     if value is None and allow_none:
         return None
     ok = isinstance(value, int | float) and not isinstance(value, bool) and value == value
-    if not ok or value < 0 or (positive and value == 0) or value == float("inf"):
+    if not ok or value < 0 or (positive and value == 0):
         kind = "a positive number of seconds" if positive else "a number of seconds >= 0"
         also = " or None" if allow_none else ""
         raise ValidationError(f"{what} must be {kind}{also}, got {value!r}")
+    if value > MAX_SECONDS:  # infinity too
+        also = "; use None for no limit" if allow_none else ""
+        raise ValidationError(
+            f"{what} must be at most {MAX_SECONDS:,.0f} seconds (100 years), got {value!r}{also}"
+        )
     return float(value)
 
 

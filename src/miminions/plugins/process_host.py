@@ -167,12 +167,53 @@ class ProcessHost:
             live.runs.pop(run_id, None)
 
     async def pause(self) -> JSONObject:
-        """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker."""
+        """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker.
+
+        Cancelled (the pause timed out, or a stop abandoned it), the worker abandons the
+        pause too: see :meth:`_abandon_pause`.
+        """
         live = self._require_live()
-        state = await self._call(live, "pause")
+        request_id, reply = live.channel.start_request("pause")
+        try:
+            state = await reply
+        except asyncio.CancelledError:
+            outcome = live.channel.reclaim(request_id, reply)
+            live.channel.notify("cancel", run=request_id)
+            abandoning = asyncio.ensure_future(self._abandon_pause(live, outcome))
+            self._background.add(abandoning)
+            abandoning.add_done_callback(self._background_done)
+            # Wait (bounded) for the worker to reopen its gate, so the agent the caller
+            # makes available again takes its next task unhindered; a worker slower than
+            # the grace period reopens it when its answer comes.
+            await asyncio.wait({abandoning}, timeout=self._settings.cancel_grace_seconds)
+            raise
         live.process.signal(signal.SIGSTOP)
         live.frozen = True
         return state if isinstance(state, dict) else {}
+
+    async def _abandon_pause(self, live: _Live, outcome: asyncio.Future[Any]) -> None:
+        """Undo in the worker a pause the runtime gave up on.
+
+        The ``cancel`` notice stops a pause still waiting for its safe point or running
+        ``on_pause`` (the worker reopens its gate itself). But a pause the worker finished
+        just before the cancel reached it left its gate closed, and ``on_pause`` ran: the
+        agent would stay halted at its next safe point while the runtime reports it
+        running. Then the worker is told to resume with the state ``on_pause`` returned, so
+        ``on_resume`` balances it and the gate opens.
+        """
+        try:
+            state = await outcome
+        except Exception:
+            return  # the pause was cancelled or failed in the worker: its gate is open
+        if self._stopping or self._live is not live or not live.process.alive:
+            return  # the worker is being stopped or is gone: there is nothing to reopen
+        try:
+            await self._call(live, "resume", state=state if isinstance(state, dict) else {})
+        except ChannelClosedError:
+            return  # it died meanwhile; that is reported as its crash
+        except Exception as exc:
+            reason = f"on_resume failed after an abandoned pause: {exc}"
+            await self._kill_worker(live, reason, {})
 
     async def resume(self, state: JSONObject) -> None:
         """SIGCONT the worker, run ``on_resume(state)`` and let the task continue."""

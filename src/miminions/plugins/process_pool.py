@@ -25,8 +25,15 @@ import socket
 import sys
 import weakref
 from collections.abc import Callable
-from multiprocessing import forkserver, popen_forkserver, reduction, spawn, util
-from multiprocessing.context import ForkServerProcess, set_spawning_popen
+from multiprocessing import (
+    forkserver,
+    popen_forkserver,
+    popen_spawn_posix,
+    reduction,
+    spawn,
+    util,
+)
+from multiprocessing.context import ForkServerProcess, SpawnProcess, set_spawning_popen
 from multiprocessing.process import BaseProcess
 from typing import TYPE_CHECKING, Any
 
@@ -147,7 +154,7 @@ class WorkerPool:
         self._process_class: Any = (
             _WorkerProcess
             if self._context.get_start_method() == "forkserver"
-            else self._context.Process
+            else _SpawnWorkerProcess
         )
         self._reaped: asyncio.Future[None] | None = None
         self._monitors: list[Callable[[], None]] = []
@@ -278,20 +285,30 @@ class WorkerPool:
             worker.signal(signal.SIGKILL)
 
 
-class _WorkerPopen(popen_forkserver.Popen):
-    """Forkserver launch without re-running the user's main script in the worker.
+def _preparation_data(process_obj: Any) -> dict[str, Any]:
+    """What a new worker prepares itself with: the standard data without the user's main
+    script.
 
     multiprocessing re-imports ``__main__`` in every child so pickled functions from it
     can be found; a script without an ``if __name__ == "__main__"`` guard would then run
     again in each worker. Workers import their agent by module path and need nothing from
-    ``__main__``, so the preparation data leaves it out. Otherwise the same steps as the
-    standard library's ``popen_forkserver.Popen._launch`` (identical in 3.11 to 3.13).
+    ``__main__`` (one defined there is loaded under another name, see the worker module),
+    so the preparation data leaves it out.
+    """
+    prep_data: dict[str, Any] = spawn.get_preparation_data(process_obj._name)
+    prep_data.pop("init_main_from_path", None)
+    prep_data.pop("init_main_from_name", None)
+    return prep_data
+
+
+class _WorkerPopen(popen_forkserver.Popen):
+    """Forkserver launch without re-running the user's main script in the worker (see
+    :func:`_preparation_data`). Otherwise the same steps as the standard library's
+    ``popen_forkserver.Popen._launch`` (identical in 3.11 to 3.13).
     """
 
     def _launch(self, process_obj: Any) -> None:
-        prep_data = spawn.get_preparation_data(process_obj._name)
-        prep_data.pop("init_main_from_path", None)
-        prep_data.pop("init_main_from_name", None)
+        prep_data = _preparation_data(process_obj)
         buf = io.BytesIO()
         set_spawning_popen(self)
         try:
@@ -318,6 +335,65 @@ class _WorkerProcess(ForkServerProcess):
     @staticmethod
     def _Popen(process_obj: Any) -> Any:
         return _WorkerPopen(process_obj)
+
+
+class _SpawnWorkerPopen(popen_spawn_posix.Popen):
+    """Spawn launch without re-running the user's main script in the worker (see
+    :func:`_preparation_data`). Otherwise the same steps as the standard library's
+    ``popen_spawn_posix.Popen._launch`` (identical in 3.11 to 3.13).
+    """
+
+    _fds: list[int]  # set by the base class (not in its type stubs)
+
+    def _launch(self, process_obj: Any) -> None:
+        from multiprocessing import resource_tracker
+
+        tracker_fd = resource_tracker.getfd()  # starts the tracker if need be
+        if tracker_fd is None:  # not after a successful start; the stubs allow it
+            raise RuntimeError("multiprocessing's resource tracker is not running")
+        self._fds.append(tracker_fd)
+        prep_data = _preparation_data(process_obj)
+        buf = io.BytesIO()
+        set_spawning_popen(self)
+        try:
+            reduction.dump(prep_data, buf)
+            reduction.dump(process_obj, buf)
+        finally:
+            set_spawning_popen(None)
+        parent_r = child_w = child_r = parent_w = None
+        try:
+            parent_r, child_w = os.pipe()
+            child_r, parent_w = os.pipe()
+            command = spawn.get_command_line(tracker_fd=tracker_fd, pipe_handle=child_r)
+            self._fds.extend([child_r, child_w])
+            # (typeshed has the executable as bytes; CPython passes spawn's str, as here)
+            self.pid = util.spawnv_passfds(
+                spawn.get_executable(),  # type: ignore[arg-type]
+                command,
+                self._fds,
+            )
+            self.sentinel = parent_r
+            # closefd=False: the parent keeps the data pipe's write end open, the child's
+            # sign of its parent (closed by the finalizer)
+            with open(parent_w, "wb", closefd=False) as f:
+                f.write(buf.getbuffer())
+        finally:
+            self.finalizer = util.Finalize(
+                self,
+                util.close_fds,  # type: ignore[attr-defined]
+                [fd for fd in (parent_r, parent_w) if fd is not None],
+            )
+            for fd in (child_r, child_w):
+                if fd is not None:
+                    os.close(fd)
+
+
+class _SpawnWorkerProcess(SpawnProcess):
+    """A spawned process launched by :class:`_SpawnWorkerPopen`."""
+
+    @staticmethod
+    def _Popen(process_obj: Any) -> Any:
+        return _SpawnWorkerPopen(process_obj)
 
 
 def worker_loop_factory(runtime: AgentRuntime) -> str | None:

@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from multiprocessing import forkserver
 from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
@@ -95,6 +96,7 @@ def _load_main(main_path: str | None) -> Any:
 
 def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
     """Entry point of a worker process (called by multiprocessing in the forked child)."""
+    _release_forkserver()
     parent = os.getppid()
     _die_with_parent(parent)
     # Ctrl-C reaches the whole process group: the runtime decides how its workers stop.
@@ -121,6 +123,31 @@ def _loop_factory(boot: dict[str, Any]) -> Callable[[], asyncio.AbstractEventLoo
         return None
     factory: Callable[[], asyncio.AbstractEventLoop] = locate(str(path), boot.get("main_path"))
     return factory
+
+
+def _release_forkserver() -> None:
+    """Let go of the forkserver's "alive" pipe, which multiprocessing hands every child the
+    forkserver forks.
+
+    The forkserver exits when it reads EOF on that pipe, i.e. once every process holding its
+    write end is gone: the runtime, and (without this) every worker. A worker whose loop
+    cannot notice the closed socket (SIGSTOPped while paused, blocked in synchronous code,
+    spinning) would then keep the forkserver alive after the runtime was SIGKILLed, and the
+    forkserver's exit is what fires the worker's ``PR_SET_PDEATHSIG``: both would outlive
+    the runtime. Also forgets the forkserver's address, so agent code using multiprocessing
+    with forkserver starts its own instead of asking the runtime's. (Nothing to do in a
+    spawned worker: it never had the pipe.)
+    """
+    server: Any = getattr(forkserver, "_forkserver", None)
+    if server is None:
+        return
+    alive_fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(alive_fd, int):
+        with contextlib.suppress(OSError):
+            os.close(alive_fd)
+    server._forkserver_alive_fd = None
+    server._forkserver_address = None
+    server._forkserver_pid = None
 
 
 def _die_with_parent(parent: int) -> None:

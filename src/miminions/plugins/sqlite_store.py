@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import fcntl
 import json
 import logging
 import os
@@ -88,8 +90,11 @@ _MAX_RETRY_DELAY = 2.0
 class SQLiteStore:
     """A :class:`~miminions.kernel.interfaces.Store` in one SQLite file (WAL mode).
 
-    ``readonly=True`` opens an existing database without migrating it, for tools that inspect
-    a database another process is writing; every ``put_*`` then raises ``InvalidStateError``.
+    A writable store holds an exclusive OS lock on ``<path>-lock`` while it is open, so one
+    database has one writer (one runtime) at a time, across processes.
+    ``readonly=True`` opens an existing database without migrating it or taking the lock, for
+    tools that inspect a database another process is writing; every ``put_*`` then raises
+    ``InvalidStateError``.
     A commit that fails for an operational reason is tried ``commit_attempts`` times, waiting
     ``retry_delay`` seconds after the first failure, doubling up to ``max_retry_delay``.
     """
@@ -138,6 +143,7 @@ class SQLiteStore:
         # A failed commit may have left its transaction open (its rollback failed too).
         self._dirty = False
         self._commit_sent = False  # the COMMIT of the batch being written was handed over
+        self._lock_fd: int | None = None  # holds the database's OS lock while open
 
     @classmethod
     async def open_readonly(cls, path: str) -> SQLiteStore:
@@ -155,7 +161,13 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------------- lifecycle
     async def open(self) -> None:
-        """Create or open the database and bring its schema up to date."""
+        """Create or open the database and bring its schema up to date.
+
+        A writable store takes the database's lock first (see :meth:`_lock`) and holds it
+        until :meth:`close`: a second writable store on the file, in any process, is refused
+        with a :class:`ConfigurationError`. A file SQLite cannot use (not a database,
+        damaged, a directory) is a ``ConfigurationError`` too, naming the path.
+        """
         if self._closed:
             raise RuntimeNotRunningError("this store was closed; create a new SQLiteStore")
         if self._conn is not None:
@@ -164,6 +176,17 @@ class SQLiteStore:
             self._conn = await self._connect_readonly()
             return
         self._create_private_file()
+        self._lock()
+        try:
+            self._conn = await self._connect_writer()
+        except BaseException:
+            self._unlock()
+            raise
+        if self.switch_interval is not None:
+            # the writer thread must get the GIL promptly beside a busy loop (see the module)
+            self._release_switch_interval = hold_switch_interval(self.switch_interval)
+
+    async def _connect_writer(self) -> aiosqlite.Connection:
         conn = await _daemon(aiosqlite.connect(self.path))
         try:
             await conn.execute("PRAGMA journal_mode=WAL")
@@ -172,21 +195,101 @@ class SQLiteStore:
             for pragma in _WRITER_PRAGMAS:
                 await conn.execute(pragma)
             await schema.migrate(conn, self.path)
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise _unusable(self.path, exc) from exc
         except BaseException:
             await conn.close()
             raise
-        self._conn = conn
-        if self.switch_interval is not None:
-            # the writer thread must get the GIL promptly beside a busy loop (see the module)
-            self._release_switch_interval = hold_switch_interval(self.switch_interval)
+        return conn
+
+    def _lock_path(self) -> str | None:
+        """The file whose OS lock marks the database as taken: ``<database>-lock`` beside it,
+        or None for a database in memory (private to its connection: nobody to exclude)."""
+        path = self.path
+        if path.startswith("file:"):  # a URI: the file is its path part
+            parts = urllib.parse.urlsplit(path)
+            if "mode=memory" in parts.query:
+                return None
+            path = urllib.parse.unquote(parts.path)
+        if path in ("", _MEMORY):
+            return None
+        # beside the real file, so every name of it (a symlink, a relative path) shares a lock
+        return f"{os.path.realpath(path)}-lock"
+
+    def _lock(self) -> None:
+        """Take the database's exclusive lock, or refuse: one writer per database (R-02).
+
+        ``flock`` on a sidecar file, held for as long as the store is open, makes "is anyone
+        using this database?" and "it is mine now" one step, which reading and writing a row
+        cannot be across processes. The operating system releases it when the holder dies
+        however it dies (SIGKILL included), so a crashed runtime never leaves it taken. It is
+        not the database file itself: closing any other descriptor of that file in this
+        process would drop SQLite's own POSIX locks on it. The holder's pid is written into
+        the file, so a refused opener can name it. Read-only stores never take the lock.
+        """
+        lock_path = self._lock_path()
+        if lock_path is None:
+            return
+        writable = True
+        try:
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        except PermissionError:
+            # created by another user who shares the database: locking needs no write access
+            writable = False
+            try:
+                fd = os.open(lock_path, os.O_RDONLY)
+            except OSError as exc:
+                raise _cannot_lock(self.path, lock_path, exc) from exc
+        except OSError as exc:
+            raise _cannot_lock(self.path, lock_path, exc) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            holder = _read_pid(fd)
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                # a file system without flock: SQLite may still work there, and the run
+                # record's check still refuses a runtime whose owner is alive
+                logger.warning(
+                    "cannot lock %r (%s); opening %r without its lock", lock_path, exc, self.path
+                )
+                return
+            if holder == os.getpid():
+                who = "another store in this process"
+            elif holder is not None:
+                who = f"a runtime in process {holder}"
+            else:
+                who = "a runtime in another process"
+            raise ConfigurationError(
+                f"database {self.path!r} is in use by {who}; one runtime per database (stop "
+                "that one, or use another storage_path)"
+            ) from None
+        self._lock_fd = fd
+        if writable:
+            with contextlib.suppress(OSError):  # only the refusal message would miss it
+                os.ftruncate(fd, 0)
+                os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def _unlock(self) -> None:
+        """Release the lock taken by :meth:`_lock` (closing the descriptor releases it)."""
+        fd, self._lock_fd = self._lock_fd, None
+        if fd is not None:
+            os.close(fd)
 
     def _create_private_file(self) -> None:
-        """Create the database file readable by its owner only (R-06), if it is new."""
+        """Create the database file readable by its owner only (R-06), if it is new; refuse a
+        directory (SQLite would only say it is "unable to open database file")."""
         if self.path == _MEMORY or self.path.startswith("file:"):
             return
         try:
             fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
+            if os.path.isdir(self.path):
+                raise ConfigurationError(
+                    f"storage_path {self.path!r} is a directory; give the path of a database "
+                    f"file (for example {os.path.join(self.path, 'miminions.db')!r})"
+                ) from None
             return  # an existing file keeps the permissions its owner chose
         except OSError as exc:
             raise ConfigurationError(f"cannot create database {self.path!r}: {exc}") from exc
@@ -202,7 +305,10 @@ class SQLiteStore:
         return f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
 
     async def _connect_readonly(self) -> aiosqlite.Connection:
-        conn = await _daemon(aiosqlite.connect(self._readonly_uri(), uri=True))
+        try:
+            conn = await _daemon(aiosqlite.connect(self._readonly_uri(), uri=True))
+        except sqlite3.DatabaseError as exc:
+            raise _unusable(self.path, exc) from exc
         try:
             await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             version = await schema.recorded_version(conn)
@@ -210,6 +316,9 @@ class SQLiteStore:
                 raise ConfigurationError(f"{self.path!r} is not a miminions database")
             schema.check_version(self.path, version)
             self._select_tasks = schema.select_tasks(version)
+        except sqlite3.DatabaseError as exc:
+            await conn.close()
+            raise _unusable(self.path, exc) from exc
         except BaseException:
             await conn.close()
             raise
@@ -245,6 +354,7 @@ class SQLiteStore:
                 if conn is not None:
                     await conn.close()
             finally:
+                self._unlock()  # after the connection: the next owner finds our last commit
                 if release is not None:
                     release()
 
@@ -672,6 +782,37 @@ def _daemon(connection: aiosqlite.Connection) -> aiosqlite.Connection:
     if thread is not None and not thread.is_alive():
         thread.daemon = True
     return connection
+
+
+def _unusable(path: str, exc: sqlite3.DatabaseError) -> ConfigurationError:
+    """The error for a file SQLite cannot use as a database, saying what to do about it."""
+    name = getattr(exc, "sqlite_errorname", None)
+    if name in ("SQLITE_NOTADB", "SQLITE_CORRUPT"):
+        advice = (
+            "it is not a SQLite database or it is damaged; point storage_path at a new file, "
+            "or restore this one from a backup"
+        )
+    elif name in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+        advice = "another program holds a write lock on it; try again once it is done"
+    else:
+        advice = "check that the file and its directory exist and may be read and written"
+    return ConfigurationError(f"cannot open database {path!r}: {exc}; {advice}")
+
+
+def _cannot_lock(path: str, lock_path: str, exc: OSError) -> ConfigurationError:
+    return ConfigurationError(
+        f"cannot open the lock file {lock_path!r} of database {path!r}: {exc}; the database's "
+        "directory must be writable"
+    )
+
+
+def _read_pid(fd: int) -> int | None:
+    """The pid a lock holder wrote into the lock file, or None (not written yet, unreadable)."""
+    try:
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+    except OSError:
+        return None
+    return int(text) if text.isdigit() else None
 
 
 def _in_front(older: dict[str, _V], newer: dict[str, _V]) -> dict[str, _V]:
