@@ -3,27 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
 from pathlib import Path
 
-from tests.support.runtime import ROOT
+from tests.support.runtime import run_child_runtime
 
 
 async def spawn(module: str, db_path: Path) -> asyncio.subprocess.Process:
     """Start ``python -m tests.support.<module> DB_PATH`` from the project root, with stdin
     and stdout piped: the child reports on stdout and ends its work when stdin closes."""
-    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
-    return await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        f"tests.support.{module}",
-        str(db_path),
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=ROOT,
-    )
+    return await run_child_runtime(module, db_path, stdin=True)
 
 
 async def first_line(child: asyncio.subprocess.Process) -> str:

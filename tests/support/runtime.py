@@ -13,15 +13,19 @@ from miminions import AgentRuntime
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def run_child_runtime(module: str, db_path: Path) -> asyncio.subprocess.Process:
+async def run_child_runtime(
+    module: str, db_path: Path, *, stdin: bool = False
+) -> asyncio.subprocess.Process:
     """Start ``python -m tests.support.<module> DB_PATH`` (a runtime in a child process a
-    test can kill) from the project root, its stdout piped to the test."""
+    test can kill) from the project root, its stdout (and with ``stdin``, its stdin) piped
+    to the test."""
     env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
         f"tests.support.{module}",
         str(db_path),
+        stdin=asyncio.subprocess.PIPE if stdin else None,
         stdout=asyncio.subprocess.PIPE,
         env=env,
         cwd=ROOT,

@@ -301,6 +301,19 @@ def _preparation_data(process_obj: Any) -> dict[str, Any]:
     return prep_data
 
 
+def _launch_data(popen: Any, process_obj: Any) -> io.BytesIO:
+    """What a launch sends the new worker: its preparation data (see
+    :func:`_preparation_data`), then the process object, as the standard library does."""
+    buf = io.BytesIO()
+    set_spawning_popen(popen)
+    try:
+        reduction.dump(_preparation_data(process_obj), buf)
+        reduction.dump(process_obj, buf)
+    finally:
+        set_spawning_popen(None)
+    return buf
+
+
 class _WorkerPopen(popen_forkserver.Popen):
     """Forkserver launch without re-running the user's main script in the worker (see
     :func:`_preparation_data`). Otherwise the same steps as the standard library's
@@ -308,14 +321,7 @@ class _WorkerPopen(popen_forkserver.Popen):
     """
 
     def _launch(self, process_obj: Any) -> None:
-        prep_data = _preparation_data(process_obj)
-        buf = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
+        buf = _launch_data(self, process_obj)
         self.sentinel, w = forkserver.connect_to_new_process(self._fds)  # type: ignore[attr-defined]
         # the parent keeps the data pipe's write end open: the child's sign of its parent
         parent_w = os.dup(w)
@@ -352,14 +358,7 @@ class _SpawnWorkerPopen(popen_spawn_posix.Popen):
         if tracker_fd is None:  # not after a successful start; the stubs allow it
             raise RuntimeError("multiprocessing's resource tracker is not running")
         self._fds.append(tracker_fd)
-        prep_data = _preparation_data(process_obj)
-        buf = io.BytesIO()
-        set_spawning_popen(self)
-        try:
-            reduction.dump(prep_data, buf)
-            reduction.dump(process_obj, buf)
-        finally:
-            set_spawning_popen(None)
+        buf = _launch_data(self, process_obj)
         parent_r = child_w = child_r = parent_w = None
         try:
             parent_r, child_w = os.pipe()
