@@ -114,3 +114,24 @@ def _handled(journal: Path) -> list[str]:
         for record in read_journal(journal)
         if record["hook"] == "on_message"
     ]
+
+
+async def test_a_message_returned_to_its_mailbox_is_counted_delivered_once(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """What a host does when a received message did not reach the agent's code (its worker
+    went, or it paused as the message came): the message is back in the mailbox, and only
+    the receipt that reaches the agent counts."""
+    async with started_runtime(make_config()) as rt:
+        agent_id = await rt.register_agent("receiver", ResponderAgent)  # not started
+        [message_id] = await rt.send_message(agent_id, "hello", {"n": 1})
+        taken = await rt.agent_call(agent_id, "receive", {"timeout_seconds": WAIT})
+        await rt.agent_call(agent_id, "return_message", {"message": taken.model_dump(mode="json")})
+        assert rt.get_metrics().messages_delivered == 0
+
+        again = await rt.agent_call(agent_id, "receive", {"timeout_seconds": WAIT})
+
+        assert (again.message_id, again.data) == (message_id, {"n": 1})
+        assert rt.get_metrics().messages_delivered == 1
+        received = await rt.query_events(event_type=EventType.MESSAGE_RECEIVED, limit=None)
+        assert [e.details.get("redelivered", False) for e in received] == [False, True]

@@ -45,6 +45,7 @@ from miminions.kernel.models import (
     AgentStatus,
     DeadLetter,
     EventType,
+    JSONObject,
     Severity,
     fast_construct,
 )
@@ -80,6 +81,9 @@ class Messenger:
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
         self._stored: dict[str, list[AgentMessage]] = {}  # by recipient, from earlier runs
         self._kept: set[str] = set()  # ids of messages with a stored copy to remove later
+        # ids of messages taken, then returned to their mailbox before the agent's code got
+        # them: their next receipt is a redelivery
+        self._returned: set[str] = set()
 
     @property
     def bus(self) -> Bus:
@@ -303,10 +307,15 @@ class Messenger:
         return message
 
     def put_back(self, message: AgentMessage) -> None:
-        """A taken message did not reach its receiver: back to the front of its mailbox,
-        stored again (its stored copy went when it was taken)."""
+        """A received message did not reach the agent's code after all (its worker went, or
+        it paused): back to the front of its mailbox, stored again (its stored copy went
+        when it was taken). It no longer counts as delivered; its next receipt does, and its
+        MESSAGE_RECEIVED event then says ``redelivered``."""
         self.bus.put_back(message)
         self.message_returned(message)
+        if self.delivered > 0:
+            self.delivered -= 1
+        self._returned.add(message.message_id)
 
     def message_returned(self, message: AgentMessage) -> None:
         """A message is back in a mailbox after all: keep it durable (the bus calls this
@@ -316,6 +325,7 @@ class Messenger:
     def message_expired(self, message: AgentMessage) -> None:
         """Called by the bus when a message's TTL ran out: event and dead letter (F-28)."""
         self.expired += 1
+        self._returned.discard(message.message_id)
         self._forget_stored(message)
         self._rt.events.emit(
             EventType.MESSAGE_EXPIRED,
@@ -493,14 +503,16 @@ class Messenger:
         self.delivered += 1
         latency = (datetime.now(UTC) - message.created_at).total_seconds()
         self.latencies.append(latency)
+        details: JSONObject = {
+            "message_id": message.message_id,
+            "message_type": message.message_type,
+            "latency_seconds": latency,
+        }
+        if self._returned and message.message_id in self._returned:
+            self._returned.discard(message.message_id)
+            details["redelivered"] = True
         self._rt.events.emit_soon(  # after the receiver's handling, which is waiting for it
-            EventType.MESSAGE_RECEIVED,
-            agent_id=message.recipient_id,
-            details={
-                "message_id": message.message_id,
-                "message_type": message.message_type,
-                "latency_seconds": latency,
-            },
+            EventType.MESSAGE_RECEIVED, agent_id=message.recipient_id, details=details
         )
 
     def latency_summary(self) -> tuple[float | None, float | None]:
