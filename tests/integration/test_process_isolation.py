@@ -52,6 +52,7 @@ from tests.support.process_agents import (
     SteppingAgent,
     SyncHangAgent,
 )
+from tests.support.processes import alive, proc_state
 from tests.support.runtime import run_child_runtime
 from tests.support.waiting import wait_until
 
@@ -110,20 +111,6 @@ async def wait_events(
         return events if len(events) >= count else []
 
     return await wait_until(found, f"{count} {event_type.value} event(s)", within)
-
-
-def proc_state(pid: int) -> str | None:
-    """The state letter of ``pid`` in /proc (R, S, T, Z, ...), None when there is none."""
-    try:
-        line = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    return line[line.rfind(b")") + 2 :].split()[0].decode()
-
-
-def alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (an exited process nobody reaped)."""
-    return proc_state(pid) not in (None, "Z", "X", "x")
 
 
 async def running_on(rt: AgentRuntime, task_id: str, agent_id: str) -> int:
@@ -716,7 +703,8 @@ async def test_workers_die_with_a_killed_runtime(
         assert all(alive(pid) for pid in pids)
     finally:
         child.send_signal(signal.SIGKILL)
-        await child.wait()
+        async with asyncio.timeout(30):  # to the end of its output: its workers are gone too
+            await child.communicate()
     assert child.returncode == -signal.SIGKILL
 
     await wait_until(

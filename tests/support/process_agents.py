@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import json
 import os
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,22 @@ class HookLogAgent(SteppingAgent):
 
     async def on_resume(self, state: dict[str, Any]) -> None:
         _append_line(self.config["hook_log"], json.dumps(["resume", os.getpid(), state]))
+
+
+class SpawningAgent(BaseAgent):
+    """Starts a long ``sleep`` subprocess per task (as agent code running tools does) and
+    returns its pid; it never waits for it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.children: list[subprocess.Popen[bytes]] = []
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        child = subprocess.Popen(  # noqa: ASYNC220 - starting it is quick; never awaited
+            ["sleep", "120"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.children.append(child)
+        return _done(self, child_pid=child.pid)

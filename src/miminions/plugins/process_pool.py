@@ -57,12 +57,14 @@ _LIVE: dict[int, BaseProcess] = {}
 
 
 def _kill_leftovers() -> None:
-    for process in list(_LIVE.values()):
+    for pid, process in list(_LIVE.items()):
         with contextlib.suppress(Exception):
-            process.kill()
-    for process in list(_LIVE.values()):
+            if process.exitcode is None:  # polled: a pid it left may be someone else's now
+                process_probe.signal_worker(pid, signal.SIGKILL)
+    for pid, process in list(_LIVE.items()):
         with contextlib.suppress(Exception):
             process.join(1.0)
+        process_probe.kill_leftovers(pid)
     _LIVE.clear()
 
 
@@ -101,6 +103,9 @@ class WorkerProcess:
         loop.remove_reader(self.process.sentinel)
         exitcode = self.process.exitcode
         _LIVE.pop(self.pid, None)
+        # No process the agent started outlives its worker (the worker's group, see
+        # process_probe.signal_worker).
+        process_probe.kill_leftovers(self.pid)
         with contextlib.suppress(Exception):
             self.process.close()
         if not self.exited.done():
@@ -112,10 +117,10 @@ class WorkerProcess:
         return not self.exited.done()
 
     def signal(self, signum: int) -> None:
-        """Send ``signum`` unless the process already ended."""
+        """Send ``signum`` to the worker and the processes its agent started, unless the
+        worker already ended."""
         if self.alive:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signum)
+            process_probe.signal_worker(self.pid, signum)
 
     async def terminate(self, grace_seconds: float) -> None:
         """SIGTERM, then SIGKILL after ``grace_seconds``; return once it exited."""

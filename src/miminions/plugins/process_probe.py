@@ -13,6 +13,7 @@ is what a :class:`WorkerRecord` stores and what :func:`reap` checks before it ki
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -203,6 +204,32 @@ def _kill_if_same(record: WorkerRecord) -> bool:
             os.close(pidfd)
 
 
+def signal_worker(pid: int, signum: int) -> None:
+    """Send ``signum`` to a worker and to the processes its agent started.
+
+    A worker leads its own process group (see ``process_worker``), which its agent's
+    subprocesses join unless they start a session of their own: signalling the group pauses,
+    resumes or ends them with it. A worker too young to have formed its group yet gets the
+    signal alone. A process that is gone is not an error.
+    """
+    try:
+        os.killpg(pid, signum)
+    except (ProcessLookupError, PermissionError):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signum)
+
+
+def kill_leftovers(pid: int) -> None:
+    """SIGKILL what is left of the process group of worker ``pid``, which has exited.
+
+    While any member of a group lives, the kernel does not give its number to a new
+    process, so the group still named after the dead worker is made only of processes it
+    started. A group that is gone is not an error.
+    """
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGKILL)
+
+
 def reap(records: Iterable[WorkerRecord], *, grace_seconds: float = 1.0) -> list[WorkerRecord]:
     """Kill the workers of ``records`` that are still running; return the records killed.
 
@@ -244,15 +271,34 @@ def reap(records: Iterable[WorkerRecord], *, grace_seconds: float = 1.0) -> list
             record.agent_id,
             grace_seconds,
         )
+    for record in records:
+        _kill_orphaned_group(record)
     return killed
+
+
+def _kill_orphaned_group(record: WorkerRecord) -> None:
+    """Kill the processes the dead worker of ``record`` started and left behind.
+
+    Only when no live process holds the worker's pid: then a group with that number can
+    only be what is left of the worker's (see :func:`kill_leftovers`). A live process with
+    that pid is either the worker itself (not killed: leave all of it alone) or a newcomer
+    that got the number after the group had emptied: its group is none of ours.
+    """
+    if record.pid <= 0:
+        return
+    stat = _read_stat(record.pid)
+    if stat is None or not stat.alive:
+        kill_leftovers(record.pid)
 
 
 __all__ = [
     "ProcessUsage",
     "WorkerRecord",
     "is_same_process",
+    "kill_leftovers",
     "machine_load",
     "process_start_time",
     "read_usage",
     "reap",
+    "signal_worker",
 ]

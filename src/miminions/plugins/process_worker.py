@@ -97,6 +97,11 @@ def _load_main(main_path: str | None) -> Any:
 def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
     """Entry point of a worker process (called by multiprocessing in the forked child)."""
     _release_forkserver()
+    # A group of its own, which the agent's subprocesses join: the runtime pauses, resumes
+    # and ends them with the worker (process_probe.signal_worker). It also keeps Ctrl-C
+    # away from the worker: the runtime decides how its workers stop.
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)
     parent = os.getppid()
     _die_with_parent(parent)
     # Ctrl-C reaches the whole process group: the runtime decides how its workers stop.
