@@ -16,7 +16,7 @@ from miminions import (
     TaskStatus,
     ValidationError,
 )
-from miminions.kernel.kv import KVWatch
+from miminions.kernel.kv import MAX_VALUE_BYTES, KVWatch
 from miminions.testing import runtime_config, started_runtime
 from tests.support.kv_agents import GroupMailAgent, KVAgent
 from tests.support.waiting import wait_until
@@ -126,6 +126,22 @@ async def test_bad_keys_and_values_are_rejected(rt: AgentRuntime) -> None:
     with pytest.raises(ValidationError, match="JSON"):
         await rt.kv.set("k", {1, 2})
     assert rt.kv.keys() == []
+
+
+async def test_a_value_over_the_size_cap_is_rejected_and_the_old_one_kept(
+    rt: AgentRuntime,
+) -> None:
+    """A value is held in memory and may be read by any process agent: like a message's
+    data, it is capped at 10 MB of JSON."""
+    await rt.kv.set("report", {"text": "short"})
+    too_big = {"text": "x" * MAX_VALUE_BYTES}
+
+    with pytest.raises(ValidationError, match="limit is 10,485,760"):
+        await rt.kv.set("report", too_big)
+    with pytest.raises(ValidationError, match="limit is 10,485,760"):
+        await rt.kv.compare_and_set("report", {"text": "short"}, too_big)
+
+    assert (rt.kv.get("report"), rt.kv.version("report")) == ({"text": "short"}, 1)
 
 
 async def test_a_watch_with_a_bad_prefix_is_refused_and_writes_go_on(rt: AgentRuntime) -> None:

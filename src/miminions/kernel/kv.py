@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 META_PREFIX = "kv:"
 _log = logging.getLogger("miminions.kv")
 _MAX_KEY = 1024
+#: The largest value ``set`` accepts, as UTF-8 JSON: 10 MB, the cap of a message's data.
+MAX_VALUE_BYTES = 10 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -123,9 +125,7 @@ class KVStore:
         """Store ``value`` (JSON, not None) under ``key``; returns the new version."""
         if value is None:
             raise ValidationError("a value cannot be None; use delete() to remove a key")
-        return await self._write(
-            _check_ns(namespace), _check_key(key), to_json_value(value, "value")
-        )
+        return await self._write(_check_ns(namespace), _check_key(key), _value(value))
 
     async def delete(self, key: str, namespace: str = "") -> bool:
         """Remove ``key``; False if it was not there."""
@@ -150,7 +150,7 @@ class KVStore:
                 return True
             await self._write(namespace, key, None)
             return True
-        await self._write(namespace, key, to_json_value(value, "value"))
+        await self._write(namespace, key, _value(value))
         return True
 
     @property
@@ -201,6 +201,12 @@ class KVStore:
         return version
 
 
+def _value(value: Any) -> Any:
+    """A JSON copy of a value to store; one over :data:`MAX_VALUE_BYTES` is rejected (all
+    of the store is held in memory, and every process agent may read any value)."""
+    return to_json_value(value, "a key-value value", max_bytes=MAX_VALUE_BYTES)
+
+
 def _check_key(key: Any) -> str:
     if not isinstance(key, str) or not key or len(key) > _MAX_KEY:
         raise ValidationError(f"a key must be a non-empty string of at most {_MAX_KEY} chars")
@@ -225,7 +231,7 @@ def _check_ns(namespace: Any) -> str:
     return namespace
 
 
-__all__ = ["KVChange", "KVStore", "KVWatch"]
+__all__ = ["MAX_VALUE_BYTES", "KVChange", "KVStore", "KVWatch"]
 
 
 class KVCalls:

@@ -22,7 +22,6 @@ socket, with the same operations (:meth:`Messenger.handle`).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections import deque
@@ -39,7 +38,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.ids import time_ordered_id
 from miminions.kernel.interfaces import Bus
-from miminions.kernel.jsonutil import copy_json, make_encoder
+from miminions.kernel.jsonutil import copy_json
 from miminions.kernel.models import (
     AgentMessage,
     AgentStatus,
@@ -49,6 +48,7 @@ from miminions.kernel.models import (
     Severity,
     fast_construct,
 )
+from miminions.kernel.task_input import to_json_value
 from miminions.kernel.tracing import Carrier, check_carrier
 from miminions.kernel.validation import check_seconds, check_utf8
 
@@ -60,7 +60,6 @@ _log = logging.getLogger("miminions.messaging")
 #: The largest message payload, as JSON text (R-04).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
 _LATENCY_SAMPLES = 1000
-_encode = make_encoder(allow_nan=False)
 
 
 def new_message_id() -> str:
@@ -539,19 +538,9 @@ def _payload(data: Any) -> Any:
     """An independent JSON copy of ``data``; too big, not JSON or not UTF-8 raises."""
     if data is None:
         return None
-    try:
-        text = _encode(data)
-    except (TypeError, ValueError) as exc:
-        raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
-    # Its size is counted in UTF-8 bytes, as it is stored and sent; a string with no UTF-8
-    # form is rejected here (a mailbox copy of it could not be stored).
-    size = check_utf8(text, "message data")
-    if size > MAX_PAYLOAD_BYTES:
-        raise MessageTooLargeError(
-            f"message data is {size:,} bytes as JSON; the limit is {MAX_PAYLOAD_BYTES:,} "
-            "(10 MB): send a reference (a path, a key in rt.kv) instead"
-        )
-    return json.loads(text)
+    return to_json_value(
+        data, "message data", max_bytes=MAX_PAYLOAD_BYTES, too_large=MessageTooLargeError
+    )
 
 
 #: Messaging calls that never wait (:meth:`Messenger.handle_now` carries them out).

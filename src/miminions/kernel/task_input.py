@@ -16,6 +16,7 @@ from miminions.kernel.validation import check_utf8
 _encode = make_encoder(allow_nan=False)
 
 MAX_RETRIES = 10_000
+MIB = 1024 * 1024
 
 
 class TaskRequest(BaseModel):
@@ -38,10 +39,17 @@ class TaskRequest(BaseModel):
     task_id: str | None = None
 
 
-def to_json_value(value: Any, what: str) -> Any:
+def to_json_value(
+    value: Any,
+    what: str,
+    *,
+    max_bytes: int | None = None,
+    too_large: type[ValidationError] = ValidationError,
+) -> Any:
     """Return an independent JSON copy of ``value``; raise ValidationError if it is not JSON
     or holds a string the store cannot write (not encodable as UTF-8: see
-    :func:`~miminions.kernel.validation.check_utf8`)."""
+    :func:`~miminions.kernel.validation.check_utf8`), and ``too_large`` if its JSON is more
+    than ``max_bytes`` bytes of UTF-8 (as it is stored and sent)."""
     if value is None or (type(value) is dict and not value):
         return {} if value is not None else None
     try:
@@ -50,7 +58,12 @@ def to_json_value(value: Any, what: str) -> Any:
         raise ValidationError(
             f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {exc}"
         ) from None
-    check_utf8(text, what)  # keys and values alike: the encoder keeps non-ASCII as is
+    size = check_utf8(text, what)  # keys and values alike: the encoder keeps non-ASCII as is
+    if max_bytes is not None and size > max_bytes:
+        raise too_large(
+            f"{what} is {size:,} bytes as JSON; the limit is {max_bytes:,} "
+            f"({max_bytes / MIB:g} MB): pass a reference (a file path, a URL) instead"
+        )
     return json.loads(text)
 
 
