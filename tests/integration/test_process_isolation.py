@@ -610,6 +610,23 @@ async def test_a_pause_that_times_out_after_the_worker_paused_is_undone(
         assert await rt.query_events(event_type=EventType.AGENT_PAUSED) == []
 
 
+async def test_stopping_a_paused_agent_whose_worker_died_says_so(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("paused", SteppingAgent)
+        pid = (await rt.start_agent(agent_id)).process_id
+        await rt.pause_agent(agent_id, timeout_seconds=5)
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
+
+        stopped = await rt.stop_agent(agent_id)
+
+        assert stopped.status is AgentStatus.STOPPED
+        assert (stopped.status_reason or "").startswith("stopped while paused")
+
+
 async def test_a_paused_agent_whose_worker_dies_stays_paused_with_its_state(
     config: Callable[..., RuntimeConfig], tmp_path: Path
 ) -> None:

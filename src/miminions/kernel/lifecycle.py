@@ -484,7 +484,13 @@ class AgentBook(RestartMixin):
             if self.executor is not None:
                 # paused, and its worker died meanwhile: its frozen clocks count again
                 self.executor.resume_clocks(slot.agent_id)
-            self._set(slot, S.STOPPED, "stopped before it started")
+            reason = (
+                # paused before a runtime restart, or its worker died while it was paused
+                "stopped while paused, with no worker running; its saved state is dropped"
+                if slot.status is S.PAUSED
+                else "stopped before it started"
+            )
+            self._set(slot, S.STOPPED, reason)
             self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
             await self._save(slot)
             return
