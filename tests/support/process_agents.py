@@ -213,3 +213,21 @@ class SpawningAgent(BaseAgent):
         )
         self.children.append(child)
         return _done(self, child_pid=child.pid)
+
+
+class NonUtf8Agent(BaseAgent):
+    """Handles text with a lone surrogate (what ``os.fsdecode`` makes of an undecodable file
+    name) as ``input_data['mode']`` says: ``raise`` it in an error, ``checkpoint`` it, or
+    ``send`` it to itself."""
+
+    BAD = "report-\udcff.txt"
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        mode = task.input_data["mode"]
+        if mode == "raise":
+            raise FileNotFoundError(f"no such file: {self.BAD}")
+        if mode == "checkpoint":
+            await self.context.checkpoint({"file": self.BAD})
+        elif mode == "send":
+            await self.context.send([self.context.agent_id], "file", {"file": self.BAD})
+        return _done(self)

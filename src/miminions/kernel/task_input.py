@@ -11,7 +11,7 @@ from miminions.kernel.errors import ValidationError
 from miminions.kernel.ids import time_ordered_id
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import JSONObject
-from miminions.kernel.validation import check_utf8
+from miminions.kernel.validation import check_utf8, escape_non_utf8
 
 _encode = make_encoder(allow_nan=False)
 
@@ -74,7 +74,8 @@ def new_task_id() -> str:
 
 def describe_error(error: BaseException) -> str:
     """A one-line description of an exception for ``Task.error_message``."""
-    text = str(error)
+    # stored with the task, whatever bad input the message quotes
+    text = escape_non_utf8(str(error))
     # an error raised in a worker process reads the same as one raised inline
     name = getattr(error, "remote_type", None) or type(error).__name__
     return f"{name}: {text}" if text else name

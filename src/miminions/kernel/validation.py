@@ -44,6 +44,15 @@ def check_utf8(text: str, what: str) -> int:
         ) from None
 
 
+def escape_non_utf8(text: str) -> str:
+    """``text`` with every character that has no UTF-8 form (a lone surrogate) escaped as
+    ``\\udcff``. For text that must be stored or sent whatever it holds — error messages
+    and tracebacks, which quote the bad input they complain about."""
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
 def check_seconds(
     value: Any, what: str = "timeout_seconds", *, allow_none: bool = True, positive: bool = False
 ) -> float | None:

@@ -36,6 +36,7 @@ from miminions.kernel import errors
 from miminions.kernel.errors import MiminionsError, RemoteAgentError, ValidationError
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import Task
+from miminions.kernel.validation import check_utf8, escape_non_utf8
 
 logger = logging.getLogger("miminions.wire")
 
@@ -62,8 +63,14 @@ class ProtocolViolationError(MiminionsError):
 
 
 def encode_frame(frame: Frame) -> bytes:
-    """One frame: length header + compact JSON. Raises ValueError/TypeError for non-JSON."""
-    body = _encode(frame).encode()
+    """One frame: length header + compact JSON. Raises ValueError/TypeError for non-JSON,
+    ValidationError for a string with no UTF-8 form or a frame too large."""
+    text = _encode(frame)
+    try:
+        body = text.encode()
+    except UnicodeEncodeError:
+        check_utf8(text, "data sent between the runtime and a worker")  # raises, and says why
+        raise
     if len(body) > MAX_FRAME_BYTES:
         raise ValidationError(
             f"{len(body):,} bytes of JSON exceed the {MAX_FRAME_BYTES:,} bytes a frame between "
@@ -76,9 +83,9 @@ def encode_frame(frame: Frame) -> bytes:
 def error_to_wire(error: BaseException) -> Frame:
     """What travels for an exception: its type name, message and formatted traceback."""
     return {
-        "type": getattr(error, "remote_type", None) or type(error).__name__,
-        "message": str(error),
-        "traceback": "".join(traceback.format_exception(error)),
+        "type": escape_non_utf8(getattr(error, "remote_type", None) or type(error).__name__),
+        "message": escape_non_utf8(str(error)),
+        "traceback": escape_non_utf8("".join(traceback.format_exception(error))),
     }
 
 
@@ -434,8 +441,16 @@ class FrameChannel(asyncio.Protocol):
         self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
 
     def _reply_error(self, request_id: int, error: BaseException) -> None:
-        if self._closed_error is None:
+        if self._closed_error is not None:
+            return
+        try:
             self._send({"re": request_id, "error": error_to_wire(error)})
+        except (TypeError, ValueError) as exc:
+            # an error whose text cannot travel (far too big): its type must, or the request
+            # would wait for an answer forever
+            logger.error("sending an error reply failed (%s): %r", exc, error)
+            summary = {"type": type(error).__name__, "message": "", "traceback": ""}
+            self._send({"re": request_id, "error": summary})
 
 
 def retrieve(future: asyncio.Future[Any]) -> None:

@@ -248,18 +248,21 @@ class Worker:
 
     async def _save_checkpoint(self, task_id: str, state: Any) -> None:
         assert self.channel is not None
+        # checked here, so a bad state fails the same way as in an inline agent
+        state = to_json_value(state, "checkpoint state")
         await self.channel.request("checkpoint", task_id=task_id, state=state)
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         assert self.channel is not None
         channel = self.channel
+        what = "key-value data" if op.startswith("kv_") else "message data"
         try:
             request_id, reply = channel.start_request("msg", call=op, payload=payload)
         except ValidationError:
-            raise  # too big for a frame: the error says so
+            raise  # too big for a frame, or not UTF-8: the error says so
         except (TypeError, ValueError) as exc:
             # what the runtime would say, had the data reached it: it is not JSON
-            raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
+            raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
         try:
             return await reply
         except asyncio.CancelledError:
@@ -273,7 +276,7 @@ class Worker:
             if isinstance(exc, MiminionsError):  # the runtime's answer
                 raise
             # what the runtime would say, had the data reached it: it is not JSON
-            raise ValidationError(f"message data must be JSON-serialisable: {exc}") from None
+            raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
 
     def _return_message(self, reply: asyncio.Future[Any]) -> None:
         if reply.cancelled() or reply.exception() is not None or self.channel is None:
