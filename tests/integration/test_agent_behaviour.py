@@ -370,7 +370,8 @@ async def test_retries_exhausted(rt: AgentRuntime, isolation: str, journal: Jour
 async def test_non_json_result_fails_the_task(
     rt: AgentRuntime, isolation: str, journal: Journal
 ) -> None:
-    """A result that is not JSON (a set) fails the task with an error that says so."""
+    """A result that is not JSON (a set) fails the task with an error that says so, and
+    the agent's on_error is told, in both isolation modes."""
     agent_id = await start(rt, isolation, journal)
     task = await finished(rt, await rt.submit_task("set", {"action": "non_json"}))
     assert task.status is TaskStatus.FAILED
@@ -379,6 +380,8 @@ async def test_non_json_result_fails_the_task(
         "ValidationError: the task result must be JSON-serialisable (dicts, lists, str, "
         "numbers, bools, None): Object of type set is not JSON serializable"
     )
+    [record] = await journal.wait_for("on_error", task_id=task.task_id)
+    assert record["error_type"] == "ValidationError"
     assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
     after = await finished(rt, await rt.submit_task("after", {"action": "echo"}))
     assert after.status is TaskStatus.COMPLETED
