@@ -28,13 +28,20 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
-from miminions import __version__, run
-from miminions.demo import DEMO_CONFIG, format_summary, format_table, priority_label, run_demo
+from miminions import AgentRuntime, __version__, run
+from miminions.demo import (
+    DEMO_CONFIG,
+    format_summary,
+    format_table,
+    priority_label,
+    run_demo,
+    table_cell,
+)
 from miminions.kernel.errors import MiminionsError
 from miminions.kernel.export import EXPORT_FORMATS, dump_events
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import Event, EventType, Severity, Task, TaskStatus
-from miminions.kernel.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP, build_plugin_manager
+from miminions.kernel.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP
 from miminions.kernel.runtime import RUN_META_KEY, build_event_query, live_owner
 from miminions.plugins.sqlite_store import SQLiteStore
 
@@ -117,6 +124,8 @@ def short_id(value: str | None) -> str:
 
 
 def _clip(text: str, width: int) -> str:
+    """``text`` as a table cell (see :func:`table_cell`), cut to ``width`` characters."""
+    text = table_cell(text)  # escaped first, so the cut counts what is shown
     return text if len(text) <= width else text[: width - 3] + "..."
 
 
@@ -371,7 +380,9 @@ def _plugin_source(name: str, from_entry_points: set[str]) -> str:
 def cmd_plugins(args: argparse.Namespace) -> int:
     """``miminions plugins``: the plugins a runtime would load and the hooks each implements."""
     disabled: list[str] = args.disable
-    pm = build_plugin_manager(disable=disabled)
+    # Built the way AgentRuntime builds it, with the same checks: disabling a plugin that
+    # nothing replaces (e.g. the store) is the same one-line error here as there.
+    pm = AgentRuntime(disable=disabled).plugin_manager
     from_entry_points = {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
     rows = [
         [name, _plugin_source(name, from_entry_points), ", ".join(pm.hooks_of(name)) or "-"]

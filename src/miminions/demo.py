@@ -295,6 +295,18 @@ async def setup_agents(rt: AgentRuntime) -> dict[str, str]:
     return names
 
 
+async def release_queue(rt: AgentRuntime) -> str | None:
+    """Resume a queue an earlier run left paused; return a note saying so, else None.
+
+    The queue pause is stored, so a run stopped during its pause (Ctrl-C twice, a kill)
+    leaves the database's queue paused, and no task of a later run would ever start.
+    """
+    if not rt.queue_paused:
+        return None
+    await rt.resume_queue()
+    return "resumed the task queue, which an earlier run had left paused"
+
+
 def task_requests() -> tuple[list[TaskRequest], dict[str, str]]:
     """The demo's task graph as one batch with fresh ids; also ``{task_id: name}``."""
     ids = {plan.name: uuid.uuid4().hex for plan in TASKS}
@@ -322,20 +334,31 @@ async def pause_and_explain(
         monitor.say(f"note: {PAUSED_AT_TASK} never started; skipping the pause")
         return None
     agent_id = rt.get_task_status(ids_by_name[PAUSED_AT_TASK]).assigned_agent_id
-    paused_agent = (
-        agent_id is not None and rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
-    )
-    if paused_agent and agent_id is not None:
-        await rt.pause_agent(agent_id, timeout_seconds=5.0)
-    await rt.pause_queue()
-    explanation = rt.explain(ids_by_name[EXPLAINED_TASK])
-    if not monitor.quiet:
-        print(format_explanation(explanation, monitor.task_names), file=monitor.out, flush=True)
-    await asyncio.sleep(PAUSE_SECONDS)
-    await rt.resume_queue()
-    if paused_agent and agent_id is not None:
-        await rt.resume_agent(agent_id)
+    if agent_id is not None and rt.get_agent_status(agent_id).status is not AgentStatus.RUNNING:
+        agent_id = None
+    try:
+        if agent_id is not None:
+            await rt.pause_agent(agent_id, timeout_seconds=5.0)
+        await rt.pause_queue()
+        explanation = rt.explain(ids_by_name[EXPLAINED_TASK])
+        if not monitor.quiet:
+            print(format_explanation(explanation, monitor.task_names), file=monitor.out, flush=True)
+        await asyncio.sleep(PAUSE_SECONDS)
+    finally:
+        # Also when the run is cancelled (Ctrl-C) or times out here: the queue pause is
+        # stored, and left in place it would hold every later run on this database.
+        await undo_pause(rt, agent_id)
     return explanation
+
+
+async def undo_pause(rt: AgentRuntime, agent_id: str | None) -> None:
+    """Resume the queue and, if it is paused, the agent ``agent_id`` (both may be unpaused
+    already, when the pause was interrupted before it was made)."""
+    if not rt.is_running:
+        return
+    await rt.resume_queue()
+    if agent_id is not None and rt.get_agent_status(agent_id).status is AgentStatus.PAUSED:
+        await rt.resume_agent(agent_id)
 
 
 def format_explanation(explanation: TaskExplanation, task_names: dict[str, str]) -> str:
@@ -361,18 +384,34 @@ async def run_demo(db_path: Path, *, out: TextIO = sys.stdout, quiet: bool = Fal
     monitor = DemoMonitor(out, quiet)
     config = DEMO_CONFIG.model_copy(update={"storage_path": str(db_path)})
     # The demo prints events itself; the logging monitor would repeat warnings on stderr.
+    notes: list[str] = []
     async with AgentRuntime(config=config, plugins=[monitor], disable=["logging_monitor"]) as rt:
         monitor.agent_names = await setup_agents(rt)
+        released = await release_queue(rt)
+        if released is not None:
+            notes.append(released)
+            monitor.say(f"note: {released}")
         requests, monitor.task_names = task_requests()
         ids_by_name = {name: task_id for task_id, name in monitor.task_names.items()}
         monitor.say(f"started {len(AGENTS)} agents in groups 'research' and 'writers'")
         task_ids = await rt.submit_tasks(requests)
         monitor.say(f"submitted {len(task_ids)} tasks (a dependency graph, priorities H/M/L)")
         ticker = asyncio.create_task(report_progress(rt, monitor, task_ids))
+        explanation: TaskExplanation | None = None
+        deadline = asyncio.timeout(RUN_TIMEOUT_SECONDS)
         try:
-            async with asyncio.timeout(RUN_TIMEOUT_SECONDS):
+            async with deadline:
                 explanation = await pause_and_explain(rt, monitor, ids_by_name)
                 final = [await rt.wait_for_task(task_id) for task_id in task_ids]
+        except TimeoutError:
+            if not deadline.expired():
+                raise  # not the run's own deadline (e.g. a pause that timed out)
+            # The summary reports the tasks as they are; the unfinished ones stay stored
+            # and a later runtime on this database picks them up.
+            final = [rt.get_task_status(task_id) for task_id in task_ids]
+            unfinished = [task.name for task in final if task.status is not TaskStatus.COMPLETED]
+            listed = f"; not completed: {', '.join(unfinished)}" if unfinished else ""
+            notes.append(f"gave up waiting after {RUN_TIMEOUT_SECONDS:g} s{listed}")
         finally:
             ticker.cancel()
         monitor.say(progress_line(status_counts(rt, task_ids), len(task_ids)))
@@ -386,6 +425,7 @@ async def run_demo(db_path: Path, *, out: TextIO = sys.stdout, quiet: bool = Fal
             agent_groups=groups,
             metrics=rt.get_metrics(),
             explanation=explanation,
+            notes=notes,
         )
 
 
@@ -410,9 +450,21 @@ def duration_text(task: Task) -> str:
     return f"{(task.completed_at - task.started_at).total_seconds():.2f} s"
 
 
+def table_cell(value: object) -> str:
+    """``value`` as text for one table cell: non-printable characters (newlines, tabs,
+    terminal escapes) are shown escaped as in a Python literal (``\\n``, ``\\x1b``), since
+    they would break the row or the terminal. Printable text, non-ASCII included, is as is.
+    """
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
-    """A plain text table with left-aligned columns sized to fit."""
-    cells = [[str(cell) for cell in row] for row in rows]
+    """A plain text table with left-aligned columns sized to fit; cells as :func:`table_cell`
+    shows them."""
+    cells = [[table_cell(cell) for cell in row] for row in rows]
     widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
     lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
     for row in cells:
@@ -460,11 +512,13 @@ def format_summary(result: DemoResult) -> str:
     metrics = result.metrics
     db = shlex.quote(str(result.db_path))
     verdict = "all tasks completed" if result.ok else "SOME TASKS DID NOT COMPLETE"
+    notes = ["Notes", *(f"  - {note}" for note in result.notes), ""] if result.notes else []
     return "\n".join(
         [
             "",
             f"Summary of this run: {verdict}",
             "",
+            *notes,
             "Tasks",
             format_table(
                 ["name", "priority", "status", "attempts", "agent", "duration"], _task_rows(result)
@@ -500,5 +554,7 @@ __all__ = [
     "TaskPlan",
     "WriterAgent",
     "format_summary",
+    "format_table",
     "run_demo",
+    "table_cell",
 ]

@@ -23,7 +23,9 @@ import pytest
 from miminions import AgentRuntime, RuntimeConfig, TaskRequest, TaskStatus, __version__
 from miminions import demo as demo_module
 from miminions.cli import main
+from miminions.kernel.errors import PluginError
 from miminions.kernel.export import FIELDS
+from tests.support.waiting import wait_until
 
 BUILTINS = {
     "priority_scheduling": ["miminions_order_key", "miminions_pick_agent"],
@@ -149,6 +151,74 @@ def test_demo_runs_again_on_the_same_database(
     assert "Agents (5)" in status  # the same five agents, not ten
 
 
+@pytest.fixture
+def fast_demo(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The demo with shortened step, pause and tick times."""
+    monkeypatch.setattr(demo_module, "STEP_SECONDS", 0.02)
+    monkeypatch.setattr(demo_module, "PAUSE_SECONDS", 0.1)
+    monkeypatch.setattr(demo_module, "TICK_SECONDS", 0.05)
+
+
+async def stored_state(db: Path) -> tuple[bool, list[str]]:
+    """Whether a runtime started on ``db`` starts with its queue paused, and the agents it
+    restores paused."""
+    config = demo_module.DEMO_CONFIG.model_copy(update={"storage_path": str(db)})
+    async with AgentRuntime(config=config) as rt:
+        paused = [agent.name for agent in rt.list_agents(status="paused")]
+        return rt.queue_paused, paused
+
+
+def test_demo_resumes_a_queue_an_earlier_run_left_paused(
+    fast_demo: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The queue pause is stored: a run killed during the demo's pause left it paused, and
+    the next run on that database resumes it (saying so) instead of waiting for nothing."""
+    db = tmp_path / "paused.db"
+
+    async def leave_queue_paused() -> None:
+        async with AgentRuntime(storage_path=db) as rt:
+            await rt.pause_queue()
+
+    asyncio.run(leave_queue_paused())
+    assert asyncio.run(stored_state(db))[0]
+    code, out, err = cli(capsys, "demo", "--db", str(db), "--quiet")
+    assert code == 0, err
+    assert "Summary of this run: all tasks completed" in out
+    assert "resumed the task queue, which an earlier run had left paused" in out
+    assert asyncio.run(stored_state(db)) == (False, [])
+
+
+async def test_demo_cancelled_during_its_pause_leaves_nothing_paused(
+    fast_demo: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Ctrl-C while the demo holds the queue and a writer paused: both are resumed before
+    the runtime stops, so nothing stays paused in the database."""
+    monkeypatch.setattr(demo_module, "PAUSE_SECONDS", 3600.0)  # ended by the cancel below
+    db = tmp_path / "cancelled.db"
+    out = io.StringIO()
+    run = asyncio.create_task(demo_module.run_demo(db, out=out))
+    await wait_until(lambda: "PAUSED    the task queue" in out.getvalue(), "the demo's pause")
+    assert "PAUSED    agent" in out.getvalue()
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    assert "RESUMED   the task queue" in out.getvalue()
+    assert await stored_state(db) == (False, [])
+
+
+def test_demo_that_runs_out_of_time_says_so_in_the_summary(
+    fast_demo: None, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """When the demo gives up waiting, it still prints its summary, with a note saying so,
+    and exits 1 (no TimeoutError traceback). A zero deadline expires at the first wait."""
+    monkeypatch.setattr(demo_module, "RUN_TIMEOUT_SECONDS", 0)
+    code, out = run_main(["demo", "--db", str(tmp_path / "late.db"), "--quiet"])
+    assert code == 1
+    assert "Summary of this run: SOME TASKS DID NOT COMPLETE" in out
+    assert "  - gave up waiting after 0 s; not completed: " in out
+    assert table_row(out, "publish")[2] != "completed"
+
+
 # --------------------------------------------------------------------------- status / tasks
 def test_status_shows_agents_counts_and_recent_events(
     demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]
@@ -192,6 +262,58 @@ def test_tasks_table_and_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixt
     code, out, _ = cli(capsys, "tasks", "--db", str(demo_runs.db), "--status", "FAILED")
     assert code == 0
     assert "(no tasks)" in out
+
+
+AWKWARD_AGENT = "night\nshift\x1b[31m"
+AWKWARD_TASK = "two\nlines\tand\rmore"
+
+
+@pytest.fixture(scope="module")
+def awkward_names_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database with an agent and a task whose names hold control characters."""
+    db = tmp_path_factory.mktemp("awkward") / "awkward.db"
+
+    async def fill() -> None:
+        config = RuntimeConfig(storage_path=str(db), default_isolation="inline")
+        async with AgentRuntime(config=config) as rt:
+            agent_id = await rt.register_agent(AWKWARD_AGENT, demo_module.ResearchAgent)
+            await rt.start_agent(agent_id)
+            task_id = await rt.submit_task(AWKWARD_TASK, {"steps": 1}, agent_id=agent_id)
+            assert (await rt.wait_for_task(task_id, 10)).status is TaskStatus.COMPLETED
+
+    asyncio.run(fill())
+    return db
+
+
+@pytest.mark.parametrize("command", ["status", "tasks", "top"])
+def test_text_tables_show_control_characters_escaped(
+    command: str, awkward_names_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A newline or terminal escape in a name would break a table row (or the terminal):
+    text tables show them escaped, each row on one line."""
+    argv = [command, "--db", str(awkward_names_db), *(["--once"] if command == "top" else [])]
+    code, out, err = cli(capsys, *argv)
+    assert code == 0, err
+    for raw in ("\x1b", "\t", "\r"):
+        assert raw not in out
+    agent = "night\\nshift\\x1b[31m"
+    if command == "tasks":
+        assert table_row(out, "two\\nlines\\tand\\rmore")[-1] == agent
+    else:
+        assert table_row(out, agent)[0] == agent
+
+
+def test_event_exports_keep_control_characters_exact(
+    awkward_names_db: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Only text tables escape: the exported events carry the names as they are."""
+    records = events_json(capsys, awkward_names_db, "--type", "agent_registered", "task_enqueued")
+    names = []
+    for record in records:  # oldest first
+        details = record["details"]
+        assert isinstance(details, dict)
+        names.append(details["name"])
+    assert names == [AWKWARD_AGENT, AWKWARD_TASK]
 
 
 # --------------------------------------------------------------------------- events
@@ -438,6 +560,17 @@ def test_plugins_disable(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 2
     assert "no_such_plugin" in err
     assert err.count("\n") == 1
+
+
+def test_plugins_refuses_to_disable_a_required_builtin(capsys: pytest.CaptureFixture[str]) -> None:
+    """What AgentRuntime(disable=["sqlite_store"]) refuses (nothing else provides a store)
+    ``plugins --disable sqlite_store`` refuses too, in one line, exit 2."""
+    with pytest.raises(PluginError) as refused:
+        AgentRuntime(disable=["sqlite_store"])
+    code, out, err = cli(capsys, "plugins", "--disable", "sqlite_store")
+    assert code == 2
+    assert out == ""
+    assert err == f"miminions: error: {refused.value}\n"
 
 
 # --------------------------------------------------------------------------- live database
