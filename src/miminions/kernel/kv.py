@@ -204,7 +204,7 @@ class KVStore:
 def _value(value: Any) -> Any:
     """A JSON copy of a value to store; one over :data:`MAX_VALUE_BYTES` is rejected (all
     of the store is held in memory, and every process agent may read any value)."""
-    return to_json_value(value, "a key-value value", max_bytes=MAX_VALUE_BYTES)
+    return to_json_value(value, "value", max_bytes=MAX_VALUE_BYTES)
 
 
 def _check_key(key: Any) -> str:
