@@ -346,6 +346,13 @@ class SchedulerMachine(RuleBasedStateMachine):
     @rule(data=st.data())
     def revive(self, data: st.DataObject) -> None:
         task_id = self.pick(data, self.revivable())
+        if self.max_waiting is not None and self.waiting_count() + 1 > self.max_waiting:
+            # A re-queued task waits again: it counts against the queue limit like a new one.
+            try:
+                self.sched.revive(task_id)
+            except QueueFullError:
+                return
+            raise AssertionError(f"expected QueueFullError reviving {task_id}")
         change = self.sched.revive(task_id)
         if self.unfinished_deps(task_id):
             self.tasks[task_id].state = BLOCKED

@@ -8,7 +8,6 @@ needs them, and asking for an extra whose package is missing raises
 from __future__ import annotations
 
 import importlib
-import importlib.util
 from types import ModuleType
 from typing import TypeVar
 
@@ -16,6 +15,7 @@ import pydantic
 
 from miminions.kernel.errors import ConfigurationError, MissingExtraError
 from miminions.kernel.models import RuntimeConfig
+from miminions.kernel.plugins import installed
 
 _Options = TypeVar("_Options", bound=pydantic.BaseModel)
 
@@ -26,20 +26,6 @@ def require(module: str, extra: str) -> ModuleType:
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra) from exc
-
-
-def installed(package: str) -> bool:
-    """Whether the top-level ``package`` is installed, found without importing anything:
-    an extra's plugin module asks this once, when it is imported, to leave out the hooks
-    that would only pass without it.
-
-    A name set to None in ``sys.modules`` counts as missing, as ``import`` sees it; so does
-    one whose spec cannot be told (``find_spec`` raises ValueError for a module without one).
-    """
-    try:
-        return importlib.util.find_spec(package) is not None
-    except (ImportError, ValueError):
-        return False
 
 
 def requested_options(

@@ -2,20 +2,25 @@
 
 One :class:`AgentSlot` per registered agent holds its spec, its host and its live status.
 Lifecycle calls on one agent are serialised by a per-agent lock; the state machine in
-``supervisor.py`` says which calls are allowed when. Starts beyond ``max_concurrent_agents``
-wait in a FIFO queue with status ``queued`` and a reason (F-08).
+``supervisor.py`` says which calls are allowed when. A stop never waits indefinitely for a
+hook that holds the lock: it abandons the host call in flight (see ``_stop_lock``).
+Starts beyond ``max_concurrent_agents`` wait in a FIFO queue with status ``queued`` and a
+reason (F-08).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import math
 import uuid
 from collections import deque
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from functools import partial
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from miminions.kernel.errors import (
     AgentHookError,
@@ -47,6 +52,25 @@ if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
 
 S = AgentStatus
+T = TypeVar("T")
+
+_log = logging.getLogger("miminions.lifecycle")
+
+
+class _Abandoned(Exception):
+    """A stop (or the runtime's shutdown) abandoned an agent's host call (see
+    :meth:`AgentBook._host_call`)."""
+
+
+class _TimedOut(Exception):
+    """An agent's host call ran past its time limit and was cancelled."""
+
+
+def _abandoned(agent_id: str, what: str) -> InvalidStateError:
+    """The error of a start, pause or resume call whose host call a stop abandoned."""
+    return InvalidStateError(
+        f"the {what} of agent {agent_id!r} was abandoned because the agent is being stopped"
+    )
 
 
 @dataclass(eq=False)
@@ -61,10 +85,28 @@ class AgentSlot:
     paused_state: JSONObject | None = None
     host_started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    pausing: asyncio.Future[JSONObject] | None = None
-    resume_queued: bool = False  # the queued start is a resume: on_resume gets paused_state
+    # The host call ("start", "pause" or "resume") running under ``lock``, which a stop
+    # cancels rather than waits for (see AgentBook._host_call).
+    call: str | None = None
+    in_flight: asyncio.Future[Any] | None = None
+    # Stops waiting for ``lock`` whose grace period ran out: no host call may begin now.
+    stops_overdue: int = 0
+    # The queued or starting start is a resume: on_resume gets paused_state, and a runtime
+    # shutdown puts the agent back to paused instead of stopping it (F-09).
+    resume_queued: bool = False
     crash_times: deque[float] = field(default_factory=deque)  # monotonic, for the policy
     restart_timer: asyncio.TimerHandle | None = None
+
+    @property
+    def pausing(self) -> asyncio.Future[Any] | None:
+        """The pause in progress (waiting for a safe point or ``on_pause``), if any."""
+        return self.in_flight if self.call == "pause" else None
+
+    def abandon_call(self) -> None:
+        """Cancel the host call in flight, if any: a stop does not wait for a hook that may
+        never return (F-14)."""
+        if self.in_flight is not None:
+            self.in_flight.cancel()
 
     def cancel_restart(self) -> None:
         """Forget a planned restart (the user started or stopped the agent meanwhile)."""
@@ -105,6 +147,7 @@ class AgentBook(RestartMixin):
         self._restart_policy = restart_policy or RestartPolicy()
         self._machine_load = machine_load
         self._load_recheck: asyncio.TimerHandle | None = None
+        self._load_probe_failing = False  # logged once per run of failed load probes
         self._closing = False
         self.executor: Executor | None = None
         #: Told (agent id, True) when an agent becomes paused and (id, False) when it leaves
@@ -231,8 +274,8 @@ class AgentBook(RestartMixin):
             slot.cancel_restart()
             if self._must_wait():
                 self._queue_start(slot, resume=False)
-            else:
-                await self._start(slot, resume_state=None)
+            elif not await self._start(slot, resume_state=None):
+                raise _abandoned(agent_id, "start")
         return slot.instance.model_copy()
 
     def _must_wait(self) -> bool:
@@ -248,10 +291,42 @@ class AgentBook(RestartMixin):
         threshold = self._limits.max_load_per_cpu
         if threshold is None or self._machine_load is None:
             return None
-        load = self._machine_load()
+        load = self._probe_load(self._machine_load)
         if load is None or load <= threshold:
             return None
         return f"waiting for the machine load ({load:.2f} per CPU) to fall below {threshold:g}"
+
+    def _probe_load(self, probe: Callable[[], float | None]) -> float | None:
+        """The machine load per CPU from the ``miminions_machine_load`` hook, or None when
+        it is unknown.
+
+        A probe that raises, or answers something that is not a finite number, counts as
+        "unknown", like a probe answering None: starts are not held back. Were its error
+        to escape, ``start_agent`` would raise it, and the load re-check timer (which has
+        already fired) would never be armed again, leaving queued starts stuck. It is
+        logged once per run of failures, not once a second.
+        """
+        try:
+            load = probe()
+            if load is not None and (
+                isinstance(load, bool)
+                or not isinstance(load, (int, float))
+                or not math.isfinite(load)
+            ):
+                raise TypeError(f"it answered {load!r}, not a finite number or None")
+        except Exception:
+            if not self._load_probe_failing:
+                self._load_probe_failing = True
+                _log.warning(
+                    "the miminions_machine_load hook failed; the machine load counts as "
+                    "unknown (agent starts are not held back) until it answers again",
+                    exc_info=True,
+                )
+            return None
+        if self._load_probe_failing:
+            self._load_probe_failing = False
+            _log.info("the miminions_machine_load hook answers again")
+        return load
 
     def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:
         slot.resume_queued = resume
@@ -273,18 +348,26 @@ class AgentBook(RestartMixin):
 
     async def _start(
         self, slot: AgentSlot, resume_state: JSONObject | None, *, reserved: bool = False
-    ) -> None:
+    ) -> bool:
+        """Start the host (``on_start``, then ``on_resume(resume_state)`` if given): the
+        agent ends up running, or failed with the reason. Returns False when a stop
+        abandoned the start: the agent is left ``starting`` for that stop, which waits for
+        the lock the caller holds, to end."""
         if not reserved:
             self._reserve(slot)
+        slot.resume_queued = resume_state is not None
         self._events.emit(EventType.AGENT_STARTING, agent_id=slot.agent_id)
+        start = partial(slot.host.start, resume_state)
         try:
-            await asyncio.wait_for(slot.host.start(resume_state), self._start_timeout)
-        except TimeoutError:
+            await self._host_call(slot, "start", start, self._start_timeout)
+        except _Abandoned:
+            return False
+        except _TimedOut:
             await self._fail(slot, f"on_start did not finish within {self._start_timeout} s")
-            return
+            return True
         except Exception as exc:
             await self._fail(slot, f"failed to start: {describe_error(exc)}")
-            return
+            return True
         slot.instance.started_at = datetime.now(UTC)
         slot.instance.process_id = slot.host.process_id
         slot.paused_state = None
@@ -300,6 +383,49 @@ class AgentBook(RestartMixin):
                 # while paused): the clocks its pause froze count again.
                 self.executor.resume_clocks(slot.agent_id)
             self.executor.agent_available(slot)
+        return True
+
+    async def _host_call(
+        self,
+        slot: AgentSlot,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        limit_seconds: float | None,
+    ) -> T:
+        """Await the host call ``what`` (start, pause, resume), which runs under the
+        agent's lock, within ``limit_seconds`` (None: no limit).
+
+        The call runs as its own future (``slot.in_flight``) so that a stop, which waits
+        for the lock, can cancel it (:meth:`AgentSlot.abandon_call`, see
+        :meth:`_stop_lock`): a hook that never returns must not hold up ``stop_agent`` or
+        the runtime's shutdown (F-14). For the same reason no call begins once such a stop
+        is overdue or the runtime is shutting down. Cancelled, a host undoes what the call
+        began (it reopens a pause's gate; a start discards its worker).
+
+        Raises :class:`_Abandoned` when a stop cancelled it, :class:`_TimedOut` when it
+        ran past ``limit_seconds``, and whatever the call itself raised.
+        """
+        if slot.stops_overdue or self._closing:
+            raise _Abandoned
+        running = asyncio.ensure_future(call())
+        slot.call, slot.in_flight = what, running
+        timed_out = False
+        try:
+            done, _ = await asyncio.wait({running}, timeout=limit_seconds)
+            if not done:
+                timed_out = True
+                running.cancel()
+                await asyncio.wait({running})
+        except asyncio.CancelledError:
+            # The caller was cancelled: so is the call, as with asyncio.wait_for.
+            running.cancel()
+            await asyncio.wait({running})
+            raise
+        finally:
+            slot.call, slot.in_flight = None, None
+        if running.cancelled():
+            raise _TimedOut if timed_out else _Abandoned
+        return running.result()  # also when it finished although cancelled: it happened
 
     async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
         if slot.host_started:
@@ -363,7 +489,8 @@ class AgentBook(RestartMixin):
     async def _start_queued(self, slot: AgentSlot) -> None:
         async with slot.lock:
             if slot.status is S.STARTING:  # not stopped while it waited for the lock
-                state = slot.paused_state if slot.resume_queued else None
+                state = (slot.paused_state or {}) if slot.resume_queued else None
+                # abandoned (False): the stop that abandoned it ends the agent
                 await self._start(slot, resume_state=state, reserved=True)
 
     # ------------------------------------------------------------------ pause / resume
@@ -381,19 +508,12 @@ class AgentBook(RestartMixin):
             check_request(agent_id, "pause", slot.status)
             if self.executor is not None:
                 self.executor.agent_unavailable(slot)
-            pausing = slot.pausing = asyncio.ensure_future(slot.host.pause())
             try:
-                state = await asyncio.wait_for(pausing, timeout_seconds)
-            except asyncio.CancelledError:
-                caller = asyncio.current_task()
-                if not pausing.cancelled() or (caller is not None and caller.cancelling()):
-                    raise
+                state = await self._host_call(slot, "pause", slot.host.pause, timeout_seconds)
+            except _Abandoned:
                 # A stop cancelled the pause (its task may never reach a safe point).
-                raise InvalidStateError(
-                    f"the pause of agent {agent_id!r} was abandoned because the agent is "
-                    "being stopped"
-                ) from None
-            except TimeoutError:
+                raise _abandoned(agent_id, "pause") from None
+            except _TimedOut:
                 # The host reopened its gate when the wait was cancelled: undo the pause.
                 if self.executor is not None:
                     self.executor.agent_available(slot)
@@ -405,8 +525,6 @@ class AgentBook(RestartMixin):
                 reason = f"on_pause failed: {describe_error(exc)}"
                 await self._fail(slot, reason)
                 raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
-            finally:
-                slot.pausing = None
             try:
                 slot.paused_state = to_json_value(
                     state if state is not None else {}, "the state on_pause returned"
@@ -426,20 +544,35 @@ class AgentBook(RestartMixin):
         return slot.instance.model_copy()
 
     async def resume(self, agent_id: str) -> AgentInstance:
-        """Resume a paused agent: ``on_resume`` gets exactly what ``on_pause`` returned."""
+        """Resume a paused agent: ``on_resume`` gets exactly what ``on_pause`` returned.
+
+        ``on_resume`` has ``agent_start_timeout_seconds``, like a start: past it the agent
+        is failed. A stop meanwhile abandons the resume (InvalidStateError) and stops the
+        agent; the runtime's shutdown abandons it too, and the agent stays paused.
+        """
         slot = self.get(agent_id)
         async with slot.lock:
             check_request(agent_id, "resume", slot.status)
             state = slot.paused_state if slot.paused_state is not None else {}
             if not slot.host_started:
-                # Paused before a restart: this run has not started the agent yet.
+                # Paused before a restart (or its worker died while paused): this run has
+                # no host for it, so resuming starts one.
                 if self._must_wait():
                     self._queue_start(slot, resume=True)
-                else:
-                    await self._start(slot, resume_state=state)
+                elif not await self._start(slot, resume_state=state):
+                    raise _abandoned(agent_id, "resume")
                 return slot.instance.model_copy()
             try:
-                await slot.host.resume(state)
+                await self._host_call(
+                    slot, "resume", partial(slot.host.resume, state), self._start_timeout
+                )
+            except _Abandoned:
+                # A stop cancelled on_resume: still paused, and that stop ends the agent.
+                raise _abandoned(agent_id, "resume") from None
+            except _TimedOut:
+                reason = f"on_resume did not finish within {self._start_timeout} s"
+                await self._fail(slot, reason)
+                raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from None
             except Exception as exc:
                 reason = f"on_resume failed: {describe_error(exc)}"
                 await self._fail(slot, reason)
@@ -458,12 +591,15 @@ class AgentBook(RestartMixin):
         self, agent_id: str, *, graceful: bool = True, timeout_seconds: float = 5.0
     ) -> AgentInstance:
         """Stop an agent. Graceful: its running task may finish within ``timeout_seconds``,
-        then it is interrupted and re-queued; ``on_stop`` runs. Forced: at once, no hook."""
+        then it is interrupted and re-queued; ``on_stop`` runs. Forced: at once, no hook.
+
+        A lifecycle call in progress does not hold the stop up: a pause is abandoned at
+        once, an ``on_start`` or ``on_resume`` after ``timeout_seconds`` (at once when
+        forced); the call raises InvalidStateError. An agent whose ``on_start`` never
+        finished is dropped without ``on_stop``."""
         timeout = check_seconds(timeout_seconds, allow_none=False) or 0.0
         slot = self.get(agent_id)
-        if slot.pausing is not None:
-            slot.pausing.cancel()  # a pause waiting for a safe point must not hold up a stop
-        async with slot.lock:
+        async with self._stop_lock(slot, timeout if graceful else 0.0):
             if slot.status is S.FAILED and slot.restart_timer is not None:
                 # failed and waiting to restart: stopping it cancels the restart
                 slot.cancel_restart()
@@ -476,7 +612,40 @@ class AgentBook(RestartMixin):
             await self._stop(slot, graceful=graceful, timeout_seconds=timeout)
         return slot.instance.model_copy()
 
+    @contextlib.asynccontextmanager
+    async def _stop_lock(self, slot: AgentSlot, grace_seconds: float) -> AsyncIterator[None]:
+        """Hold the agent's lock for a stop, which must not wait for it indefinitely.
+
+        A pause in flight is abandoned at once: it waits for the running task to reach a
+        safe point, and the stop interrupts that task anyway. An ``on_start`` or
+        ``on_resume`` in flight may finish within ``grace_seconds`` (the stop's timeout;
+        0 for a forced stop), as a running task may; then it is abandoned, and so is any
+        host call that would begin before the stop gets the lock (see :meth:`_host_call`).
+        """
+        overdue = False
+
+        def abandon() -> None:
+            nonlocal overdue
+            overdue = True
+            slot.stops_overdue += 1
+            slot.abandon_call()
+
+        if slot.call == "pause":
+            slot.abandon_call()
+        timer = asyncio.get_running_loop().call_later(grace_seconds, abandon)
+        try:
+            await slot.lock.acquire()
+        finally:
+            timer.cancel()
+            if overdue:
+                slot.stops_overdue -= 1
+        try:
+            yield
+        finally:
+            slot.lock.release()
+
     async def _stop(self, slot: AgentSlot, *, graceful: bool, timeout_seconds: float) -> None:
+        slot.resume_queued = False
         if slot.status is S.QUEUED or not slot.host_started:
             if slot in self._start_queue:
                 self._start_queue.remove(slot)
@@ -495,6 +664,9 @@ class AgentBook(RestartMixin):
             await self._save(slot)
             return
         was_paused = slot.status is S.PAUSED
+        # Its start was abandoned by this stop (or had not begun): on_start never finished,
+        # so the agent is dropped without on_stop.
+        was_starting = slot.status is S.STARTING
         slot.host.request_stop()
         self._set(slot, S.STOPPING, "stop requested")
         self._events.emit(
@@ -503,11 +675,11 @@ class AgentBook(RestartMixin):
         executor = self.executor
         if executor is not None:
             executor.agent_unavailable(slot)
-            if graceful and not was_paused:
+            if graceful and not (was_paused or was_starting):
                 await executor.wait_agent_idle(slot.agent_id, timeout_seconds)
             await executor.interrupt_agent(slot.agent_id, "agent stopped")
             executor.resume_clocks(slot.agent_id)
-        await self._release_host(slot, timeout_seconds if graceful else None)
+        await self._release_host(slot, timeout_seconds if graceful and not was_starting else None)
         slot.instance.process_id = None
         slot.paused_state = None
         self._set(slot, S.STOPPED, None)
@@ -528,13 +700,18 @@ class AgentBook(RestartMixin):
 
     async def stop_all(self, timeout_seconds: float, *, graceful: bool = True) -> None:
         """Stop every agent that is not stopped (runtime shutdown); paused agents keep their
-        paused status and state in the store so they come back paused. Not graceful: no
-        hooks run, hosts are killed."""
+        paused status and state in the store so they come back paused — also those whose
+        resume was queued or in progress (abandoned here). Not graceful: no hooks run,
+        hosts are killed."""
+
+        grace = timeout_seconds if graceful else 0.0
 
         async def stop_one(slot: AgentSlot) -> None:
-            async with slot.lock:
+            async with self._stop_lock(slot, grace):
                 if slot.status is S.PAUSED:
                     await self._shutdown_paused(slot, timeout_seconds if graceful else None)
+                elif slot.resume_queued and slot.status in (S.QUEUED, S.STARTING):
+                    await self._shutdown_resuming(slot)
                 elif slot.status in (S.QUEUED, S.STARTING, S.RUNNING):
                     await self._stop(slot, graceful=graceful, timeout_seconds=timeout_seconds)
 
@@ -547,6 +724,19 @@ class AgentBook(RestartMixin):
             )
         if slot.host_started:
             await self._release_host(slot, timeout_seconds)
+        await self._save(slot)
+
+    async def _shutdown_resuming(self, slot: AgentSlot) -> None:
+        """At shutdown, a paused agent whose resume is queued or was starting (a start with
+        its saved state) goes back to paused with that state, as if the resume had not been
+        asked for: it comes back paused (F-09) instead of losing the state."""
+        if slot in self._start_queue:
+            self._start_queue.remove(slot)
+        if slot.host_started:
+            await self._release_host(slot, None)  # its on_start never finished: no on_stop
+        slot.instance.process_id = None
+        slot.resume_queued = False
+        self._set(slot, S.PAUSED, "paused; the runtime stopped before its resume completed")
         await self._save(slot)
 
     async def _release_host(self, slot: AgentSlot, graceful_timeout: float | None) -> None:

@@ -6,7 +6,9 @@ Each :class:`~miminions.AgentRuntime` builds its own manager; nothing is global.
 2. names in ``disable=[...]`` are blocked, so nothing by that name registers later;
 3. the built-in plugins, by short name (their providers are ``trylast``);
 4. plugins from the ``miminions`` entry-point group, unless the environment variable
-   ``MIMINIONS_DISABLE_PLUGIN_AUTOLOAD`` is set;
+   ``MIMINIONS_DISABLE_PLUGIN_AUTOLOAD`` is set (their names still count as known to
+   ``disable``); an entry point named like a built-in or like another entry point is an
+   error;
 5. the plugins passed as ``AgentRuntime(plugins=[...])`` (one the entry points loaded
    already, the very same object, is not registered twice);
 6. ``check_pending()``: an implementation matching no hook is an error.
@@ -15,10 +17,11 @@ Each :class:`~miminions.AgentRuntime` builds its own manager; nothing is global.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import os
 from collections.abc import Iterable, Sequence
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 from typing import Any
 
 import pluggy
@@ -51,13 +54,19 @@ class PluginManager(pluggy.PluginManager):
     def register(self, plugin: object, name: str | None = None) -> str | None:
         """Register ``plugin`` after checking none of its hook implementations is async."""
         for attr_name in dir(plugin):
-            if not attr_name.startswith("miminions_"):
+            # The functions pluggy will take as implementations (whatever their attribute
+            # name: ``@hookimpl(specname=...)`` maps any name to a hook), and functions
+            # named like a hook, which are meant as one even without the marker.
+            opts = self.parse_hookimpl_opts(plugin, attr_name)
+            if opts is None and not attr_name.startswith("miminions_"):
                 continue
             impl = getattr(plugin, attr_name, None)
             if inspect.iscoroutinefunction(impl) or inspect.isasyncgenfunction(impl):
                 shown = name or self.get_canonical_name(plugin)
+                hook_name = (opts.get("specname") if opts is not None else None) or attr_name
+                what = attr_name if hook_name == attr_name else f"{attr_name} (of {hook_name})"
                 raise PluginError(
-                    f"plugin {shown!r}: hook implementation {attr_name} is 'async def'. "
+                    f"plugin {shown!r}: hook implementation {what} is 'async def'. "
                     "miminions hooks are synchronous; return an object with async methods "
                     "(a store, host, bus or executor) instead and the runtime will await them."
                 )
@@ -77,6 +86,46 @@ class PluginManager(pluggy.PluginManager):
             return []
         return sorted(caller.name for caller in self.get_hookcallers(plugin) or [])
 
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Exception]]:
+        """Call every implementation of the broadcast hook ``hook_name`` on its own, in
+        pluggy's order, and return the ``(plugin name, error)`` of those that raised.
+
+        pluggy stops a hook call at the first exception; for notifications whose
+        implementations each release something of their own (``runtime_stopping``,
+        ``runtime_stopped``), one that fails must not keep the others from running.
+        Wrappers need pluggy's own calling: with one, the hook is called as a whole.
+        """
+        hook = getattr(self.hook, hook_name)
+        impls = hook.get_hookimpls()
+        if any(impl.hookwrapper or impl.wrapper for impl in impls):
+            try:
+                hook(**kwargs)
+            except Exception as exc:
+                return [(hook_name, exc)]
+            return []
+        errors: list[tuple[str, Exception]] = []
+        for impl in reversed(impls):  # pluggy calls the last registered first
+            try:
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+            except Exception as exc:
+                errors.append((impl.plugin_name, exc))
+        return errors
+
+
+def installed(package: str) -> bool:
+    """Whether the top-level ``package`` is installed, found without importing anything
+    (an extra's plugin module asks this once, when it is imported, to leave out the hooks
+    that would only pass without it).
+
+    A name set to None in ``sys.modules`` counts as missing, as ``import`` sees it; so does
+    one a meta-path finder refuses, or whose spec cannot be told (``find_spec`` raises
+    ValueError for a module without one).
+    """
+    try:
+        return importlib.util.find_spec(package) is not None
+    except (ImportError, ValueError):
+        return False
+
 
 def build_plugin_manager(
     plugins: Sequence[object] = (), disable: Iterable[str] = ()
@@ -90,7 +139,11 @@ def build_plugin_manager(
         if not pm.is_blocked(name):
             pm.register(importlib.import_module(module_path), name)
     known = set(BUILTIN_PLUGINS)
-    if not os.environ.get(AUTOLOAD_ENV):
+    if os.environ.get(AUTOLOAD_ENV):
+        # Not loaded, but installed: disabling one is not a mistake (and keeps it out when
+        # the variable is unset again).
+        known |= {ep.name for ep in entry_points(group=ENTRY_POINT_GROUP)}
+    else:
         known |= _load_entry_points(pm)
     for plugin in plugins:
         name = _plugin_name(plugin)
@@ -115,11 +168,29 @@ def build_plugin_manager(
 
 
 def _load_entry_points(pm: PluginManager) -> set[str]:
-    names = set()
+    """Register the plugins of the entry-point group; return their names.
+
+    Two plugins cannot share a name: an entry point named like a built-in or like another
+    entry point raises PluginError naming both, since either choice would silently drop a
+    plugin the user installed (a blocked name loads neither, so it is no clash).
+    """
+    seen: dict[str, EntryPoint] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        names.add(ep.name)
-        if pm.is_blocked(ep.name) or pm.get_plugin(ep.name) is not None:
+        other = seen.setdefault(ep.name, ep)
+        if pm.is_blocked(ep.name):
             continue
+        if other is not ep:
+            raise PluginError(
+                f"two entry points are named {ep.name!r}: {_describe(other)} and "
+                f"{_describe(ep)}; plugin names must be unique — uninstall one, or disable "
+                f"both with disable=[{ep.name!r}]"
+            )
+        if ep.name in BUILTIN_PLUGINS:
+            raise PluginError(
+                f"entry point {_describe(ep)} has the name of the built-in plugin "
+                f"{ep.name!r} ({BUILTIN_PLUGINS[ep.name]}); plugin names must be unique — "
+                "the package must use a name of its own"
+            )
         try:
             plugin = ep.load()
         except Exception as exc:
@@ -129,7 +200,13 @@ def _load_entry_points(pm: PluginManager) -> set[str]:
                 f"{AUTOLOAD_ENV}=1"
             ) from exc
         pm.register(plugin, ep.name)
-    return names
+    return set(seen)
+
+
+def _describe(ep: EntryPoint) -> str:
+    """An entry point as its name, value and distribution, for error messages."""
+    dist = ep.dist.name if ep.dist is not None else "an unknown distribution"
+    return f"{ep.name} = {ep.value!r} (from {dist})"
 
 
 def _plugin_name(plugin: object) -> str:

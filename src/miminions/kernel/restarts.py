@@ -41,7 +41,7 @@ class RestartMixin:
 
     async def _start(
         self, slot: AgentSlot, resume_state: JSONObject | None, *, reserved: bool = False
-    ) -> None:
+    ) -> bool:
         raise NotImplementedError
 
     def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:

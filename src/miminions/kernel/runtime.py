@@ -8,8 +8,8 @@ book and the agent book; this module connects them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import importlib.util
+import logging
+import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -63,7 +63,7 @@ from miminions.kernel.models import (
     task_snapshot,
 )
 from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
-from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result
+from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result, installed
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook
 from miminions.kernel.task_input import TaskRequest, describe_error
@@ -77,6 +77,7 @@ from miminions.kernel.validation import (
 )
 
 _T = TypeVar("_T")
+_log = logging.getLogger("miminions.runtime")
 
 QUEUE_PAUSED_KEY = "queue.paused"
 _BUILTIN_SCHEDULING = "priority_scheduling"
@@ -262,14 +263,7 @@ class AgentRuntime(CommunicationAPI):
         )
         order_key = None
         if self.custom_hook("miminions_order_key"):
-            hook = pm.hook.miminions_order_key
-
-            def order_key(priority: int, ready_at: float) -> float:
-                key = hook(priority=priority, ready_at=ready_at, config=config)
-                if key is None:  # every plugin passed: the documented default
-                    return priority * config.aging_seconds_per_level + ready_at
-                return float(key)
-
+            order_key = _guarded_order_key(pm, config)
         self._scheduler = Scheduler(
             aging_seconds=config.aging_seconds_per_level,
             max_waiting=config.limits.max_task_queue_size,
@@ -346,11 +340,12 @@ class AgentRuntime(CommunicationAPI):
     async def _abort_start(self) -> None:
         self._state = "stopped"
         release(self._claim)
+        steps = _Cleanup("aborting the start")
         if self._executor is not None:
-            await self._executor.close()
+            await steps.wait(self._executor.close)
         if self._store is not None:
-            with contextlib.suppress(Exception):  # the start error is the one to report
-                await self._store.close()
+            await steps.wait(self._store.close)
+        steps.log_all()  # the start error is the one to report
 
     async def stop(self, timeout_seconds: float | None = None, graceful: bool = True) -> None:
         """Shut down (F-14). Graceful: running tasks get ``timeout_seconds`` (default
@@ -376,32 +371,39 @@ class AgentRuntime(CommunicationAPI):
             self._stopped.set_result(None)
 
     async def _stop(self, timeout_seconds: float, graceful: bool = True) -> None:
-        try:
-            self.plugin_manager.hook.miminions_runtime_stopping(runtime=self)
-        finally:
-            executor, store, events = self.executor, self.store, self.events
-            interrupted: list[str] = []
-            try:
-                self.agent_book.request_stop_all()
-                interrupted = await executor.drain(timeout_seconds)
-                await self.agent_book.stop_all(timeout_seconds, graceful=graceful)
-            finally:
-                await executor.close()
-                self.task_book.close()
-                if self.messenger._bus is not None:
-                    self.messenger.bus.close()
-                if self._kv is not None:
-                    self._kv.close()
-                events.emit(EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)})
-                store.put_meta(
-                    RUN_META_KEY, {"pid": os.getpid(), "clean": True, "stopped_at": time.time()}
-                )
-                self._state = "stopped"
-                try:
-                    await store.close()
-                finally:
-                    release(self._claim)
-                    self.plugin_manager.hook.miminions_runtime_stopped(runtime=self)
+        """The shutdown steps, in order. Each runs even when one before it raised (a broken
+        executor or plugin must not leave the store open, the database claimed or another
+        plugin's server running); the first error is raised once all ran (see
+        :class:`_Cleanup`). Only a cancellation skips the steps that wait for agents."""
+        pm = self.plugin_manager
+        executor, store, events = self.executor, self.store, self.events
+        steps = _Cleanup("stopping the runtime")
+        steps.hook_errors(pm.call_each("miminions_runtime_stopping", runtime=self))
+        steps.call(self.agent_book.request_stop_all)
+        interrupted: list[str] = []
+        if not steps.cut_short:
+            interrupted = await steps.wait(executor.drain, timeout_seconds) or []
+        if not steps.cut_short:
+            await steps.wait(self.agent_book.stop_all, timeout_seconds, graceful=graceful)
+        await steps.wait(executor.close)
+        steps.call(self.task_book.close)
+        if self.messenger._bus is not None:
+            steps.call(self.messenger.bus.close)
+        if self._kv is not None:
+            steps.call(self._kv.close)
+        steps.call(
+            events.emit, EventType.RUNTIME_STOPPED, details={"tasks_requeued": len(interrupted)}
+        )
+        steps.call(
+            store.put_meta,
+            RUN_META_KEY,
+            {"pid": os.getpid(), "clean": True, "stopped_at": time.time()},
+        )
+        self._state = "stopped"
+        await steps.wait(store.close)
+        release(self._claim)
+        steps.hook_errors(pm.call_each("miminions_runtime_stopped", runtime=self))
+        steps.raise_first()
 
     def _require_running(self) -> None:
         if self._state != "running":
@@ -648,7 +650,7 @@ class AgentRuntime(CommunicationAPI):
         WaitTimeoutError after ``timeout_seconds``. Much cheaper than many concurrent
         ``wait_for_task`` calls."""
         self._require_running()
-        return await self.task_book.wait_many(list(task_ids), timeout_seconds)
+        return await self.task_book.wait_many(task_ids, timeout_seconds)
 
     async def cancel_task(self, task_id: str) -> Task:
         """Cancel a pending, blocked or running task (and its waiting dependents)."""
@@ -777,7 +779,7 @@ class AgentRuntime(CommunicationAPI):
                 "cannot export Prometheus metrics: the 'prometheus' plugin is disabled "
                 "(disable=['prometheus']); keep it enabled to export them"
             )
-        if importlib.util.find_spec("prometheus_client") is None:
+        if not installed("prometheus_client"):
             raise MissingExtraError("prometheus_client", "prometheus")
         raise PluginError(
             "cannot export Prometheus metrics: no plugin answered miminions_export_metrics; "
@@ -859,6 +861,101 @@ def _group_error(
         except TypeError:  # e.g. RemoteAgentError(remote_type, message)
             pass
     return MiminionsError(message)
+
+
+class _Cleanup:
+    """Runs the steps of a shutdown so that one that raises does not skip the others.
+
+    Errors are collected; :meth:`raise_first` raises the first after every step ran and
+    logs the others. A cancellation (or another BaseException that is not an Exception)
+    goes first: it is what the caller must see, and :attr:`cut_short` tells the caller to
+    skip the steps that would wait.
+    """
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.errors: list[BaseException] = []
+
+    @property
+    def cut_short(self) -> bool:
+        """True once a step was cancelled or interrupted."""
+        return any(not isinstance(error, Exception) for error in self.errors)
+
+    def call(self, step: Callable[..., object], *args: Any, **kwargs: Any) -> None:
+        """Run a synchronous step."""
+        try:
+            step(*args, **kwargs)
+        except BaseException as exc:
+            self.errors.append(exc)
+
+    async def wait(
+        self, step: Callable[..., Awaitable[_T]], *args: Any, **kwargs: Any
+    ) -> _T | None:
+        """Run an async step; None when it raised."""
+        try:
+            return await step(*args, **kwargs)
+        except BaseException as exc:
+            self.errors.append(exc)
+            return None
+
+    def hook_errors(self, errors: list[tuple[str, Exception]]) -> None:
+        """Take the errors of :meth:`PluginManager.call_each`, naming each plugin."""
+        for plugin, error in errors:
+            error.add_note(f"raised by plugin {plugin!r}")
+            self.errors.append(error)
+
+    def log_all(self) -> None:
+        """Log every error (when another error is the one to report)."""
+        for error in self.errors:
+            _log.error("error while %s", self.what, exc_info=error)
+
+    def raise_first(self) -> None:
+        """Raise the first error (a cancellation first), logging the others."""
+        if not self.errors:
+            return
+        first = next((e for e in self.errors if not isinstance(e, Exception)), self.errors[0])
+        for error in self.errors:
+            if error is not first:
+                _log.error("another error while %s", self.what, exc_info=error)
+        raise first
+
+
+def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[int, float], float]:
+    """The scheduler's order key from the ``miminions_order_key`` hook, never raising.
+
+    A plugin that raises, or answers something that is not a number (NaN included: it
+    would break the heap's order), gets the default aged key for that task, exactly as
+    when every plugin passes; the scheduler must not be left half-way through an
+    operation by a plugin. The failure is logged once per streak, not once per task.
+    """
+    hook = pm.hook.miminions_order_key
+    aging = config.aging_seconds_per_level
+    failing = False
+
+    def order_key(priority: int, ready_at: float) -> float:
+        nonlocal failing
+        try:
+            answer = hook(priority=priority, ready_at=ready_at, config=config)
+            key = None if answer is None else float(answer)
+            if key is not None and math.isnan(key):
+                raise ValueError(f"order key {answer!r} is not a number")
+        except Exception:
+            if not failing:
+                failing = True
+                plugins = [impl.plugin_name for impl in hook.get_hookimpls()]
+                _log.exception(
+                    "a miminions_order_key implementation failed (plugins: %s); tasks get "
+                    "the default aged order key until it answers again",
+                    plugins,
+                )
+            key = None
+        else:
+            failing = False
+        if key is None:  # every plugin passed (or one failed): the documented default
+            return priority * aging + ready_at
+        return key
+
+    return order_key
 
 
 def _need(value: _T | None) -> _T:

@@ -10,6 +10,10 @@ back to submission order (FIFO). The effective priority shown in status is
 Inheritance. A task's *inherited* priority is the most urgent of its own and that of every
 task that (transitively) waits for it, so a prerequisite of urgent work becomes urgent.
 
+Custom order keys. A key function given to :class:`Scheduler` may raise: every operation
+computes the keys it needs before it changes anything, so an operation that raises leaves
+the scheduler as it was (a batch :meth:`Scheduler.add` is undone as a whole).
+
 Routing. A task targets one agent (route ``"a:<id>"``), a group (``"g:<name>"``) or any agent
 (``""``). Each route has its own heap; an agent takes the best task of the three routes it
 serves.
@@ -126,6 +130,9 @@ class _Node:
         self.dependents.append(task_id)
 
 
+# A planned change of a task's inherited priority: (task, level, order key at that level).
+_Lowered = tuple[_Node, int, float]
+
 _DONE_NODES: dict[int, _Node] = {}
 
 
@@ -210,13 +217,17 @@ class Scheduler:
                     )
                 internal = True
         ordered = self._topological_order(tasks) if internal else list(tasks)
-        if self._max_waiting is not None and self._waiting + len(tasks) > self._max_waiting:
+        self.check_room(len(tasks))
+        return ordered
+
+    def check_room(self, count: int) -> None:
+        """Raise QueueFullError unless ``count`` more tasks may wait (the queue limit)."""
+        if self._max_waiting is not None and self._waiting + count > self._max_waiting:
             raise QueueFullError(
                 f"the task queue holds {self._waiting} waiting tasks and its limit is "
                 f"{self._max_waiting}; wait for tasks to finish or raise "
                 "ResourceLimits.max_task_queue_size"
             )
-        return ordered
 
     def add(self, tasks: Sequence[NewTask]) -> Change:
         """Add tasks (validated with :meth:`check_new` first, all or nothing)."""
@@ -226,13 +237,22 @@ class Scheduler:
         # Sequence numbers follow the caller's order (FIFO), not the insertion order.
         first = self._seq + 1
         self._seq += len(tasks)
-        if ordered == tasks or len(tasks) == 1:
-            for offset, new in enumerate(ordered):
-                self._insert(new, now, change, first + offset)
-        else:
-            seqs = {new.task_id: first + i for i, new in enumerate(tasks)}
-            for new in ordered:
-                self._insert(new, now, change, seqs[new.task_id])
+        # Each insert is all or nothing; when one raises (a custom order key failed), the
+        # tasks of the batch inserted before it are taken out again.
+        inserted: list[_Node] = []
+        undo: list[_Lowered] = []
+        try:
+            if ordered == tasks or len(tasks) == 1:
+                for offset, new in enumerate(ordered):
+                    inserted.append(self._insert(new, now, change, first + offset, undo))
+            else:
+                seqs = {new.task_id: first + i for i, new in enumerate(tasks)}
+                for new in ordered:
+                    inserted.append(self._insert(new, now, change, seqs[new.task_id], undo))
+        except BaseException:
+            if inserted:
+                self._take_back(inserted, undo)
+            raise
         return change
 
     def restore(
@@ -247,23 +267,30 @@ class Scheduler:
             self._nodes[task_id] = _done_node(priority)
             return
         node = _Node(task_id, priority, self._next_seq(), route, state, tuple(dependencies))
+        prereqs = [self._nodes.get(dep) for dep in dependencies]
+        waits = any(p is not None and p.state not in FINAL_STATES for p in prereqs)
+        # Keys first (a custom order key may raise): nothing is registered until they are.
+        live = state is NodeState.RUNNING or state in WAITING_STATES
+        now = self._clock()
+        key: float | None = None
+        if state in WAITING_STATES and state is not NodeState.HELD and not waits:
+            key = self._order_key(node.inherited, now)
+        lowered = self._plan_inherit(node, node.inherited) if live else []
         self._nodes[task_id] = node
-        for dep in dependencies:
-            prereq = self._nodes.get(dep)
+        for dep, prereq in zip(dependencies, prereqs, strict=True):
             if prereq is None or prereq.state is NodeState.DONE:
                 continue
             prereq.add_dependent(task_id)
             if prereq.state not in FINAL_STATES:
                 node.wait_for(dep)
-        if state is NodeState.RUNNING:
-            self._inherit(node)
-        elif state in WAITING_STATES:
+        if state in WAITING_STATES:
             self._waiting += 1
             if node.waiting_on:
                 node.state = NodeState.BLOCKED
-            elif state is not NodeState.HELD:  # held tasks wait for release()
-                self._make_ready(node, self._clock())
-            self._inherit(node)
+            elif key is not None:  # held tasks wait for release()
+                self._make_ready(node, now, key)
+        if live:
+            self._apply_levels(lowered)
 
     def settle(self) -> Change:
         """After restoring: fail or cancel waiting tasks whose prerequisite ended badly."""
@@ -273,29 +300,73 @@ class Scheduler:
                 self._finish_dependents(node, node.state, "", change)
         return change
 
-    def _insert(self, new: NewTask, now: float, change: Change, seq: int) -> None:
+    def _insert(
+        self, new: NewTask, now: float, change: Change, seq: int, undo: list[_Lowered]
+    ) -> _Node:
+        """Insert one task, all or nothing; what it lowered goes to ``undo``."""
         deps = tuple(new.dependencies)
         node = _Node(new.task_id, new.priority, seq, new.route, NodeState.BLOCKED, deps)
-        self._nodes[new.task_id] = node
-        self._waiting += 1
+        nodes = self._nodes
         doomed: tuple[NodeState, str] | None = None
+        waits = False
         for dep in deps:
-            prereq = self._nodes[dep]
+            prereq = nodes[dep]
             if prereq.state is NodeState.DONE:
                 continue
-            prereq.add_dependent(new.task_id)
+            waits = True
             if prereq.state in (NodeState.FAILED, NodeState.CANCELLED) and doomed is None:
                 doomed = (prereq.state, _dependency_reason(dep, prereq.state))
-            node.wait_for(dep)
+        # Keys first (a custom order key may raise): nothing changes until they are known.
+        key: float | None = None
+        lowered: list[_Lowered] = []
+        if doomed is None:
+            if waits:
+                lowered = self._plan_inherit(node, node.inherited)
+            else:
+                key = self._order_key(node.inherited, now)
+        nodes[new.task_id] = node
+        self._waiting += 1
+        for dep in deps:
+            prereq = nodes[dep]
+            if prereq.state is not NodeState.DONE:
+                prereq.add_dependent(new.task_id)
+                node.wait_for(dep)
         if doomed is not None:
             self._set_final(node, doomed[0])
             change.finished.append((node.task_id, doomed[0], doomed[1]))
-            return
-        if node.waiting_on:
-            self._inherit(node)
+        elif key is None:
+            undo.extend(self._apply_levels(lowered))
         else:
-            self._make_ready(node, now)
+            self._make_ready(node, now, key)
             change.ready.append(node.task_id)
+        return node
+
+    def _take_back(self, inserted: list[_Node], undo: list[_Lowered]) -> None:
+        """Undo the inserts of a batch that failed part-way (see :meth:`add`)."""
+        ids = {node.task_id for node in inserted}
+        # The lowered tasks get back the level and key they had (oldest record applied
+        # last), without asking the order key again.
+        for prereq, inherited, key in reversed(undo):
+            if prereq.task_id in ids:
+                continue
+            prereq.inherited = inherited
+            if prereq.state is NodeState.READY:
+                self._push(prereq, key)
+        for node in reversed(inserted):
+            del self._nodes[node.task_id]
+            if node.state in WAITING_STATES:
+                self._waiting -= 1
+            if node.state is NodeState.READY:
+                self._leave_ready(node)
+            for dep in node.prerequisites:
+                before = self._nodes.get(dep)
+                if before is not None and node.task_id in before.dependents:
+                    before.dependents = [d for d in before.dependents if d != node.task_id]
+        # Their heap entries go too: an id given again later must not match a stale entry.
+        for heap in self._heaps.values():
+            if any(entry[3] in ids for entry in heap):
+                heap[:] = [entry for entry in heap if entry[3] not in ids]
+                heapq.heapify(heap)
 
     def _topological_order(self, tasks: Sequence[NewTask]) -> list[NewTask]:
         by_id = {t.task_id: t for t in tasks}
@@ -375,14 +446,22 @@ class Scheduler:
         """A running task completed: release its dependents."""
         node = self._get(task_id)
         self._require(node, NodeState.RUNNING)
+        now = self._clock()
+        # Keys of the dependents it releases first (a custom order key may raise).
+        keys = {
+            dep_id: self._order_key(dependent.inherited, now)
+            for dep_id in node.dependents
+            if (dependent := self._nodes[dep_id]).state is NodeState.BLOCKED
+            and dependent.waiting_on <= {task_id}
+        }
         node.state = NodeState.DONE
         change = Change()
-        now = self._clock()
         for dep_id in node.dependents:
             dependent = self._nodes[dep_id]
             dependent.waiting_on.discard(task_id)
-            if dependent.state is NodeState.BLOCKED and not dependent.waiting_on:
-                self._make_ready(dependent, now)
+            key = keys.pop(dep_id, None)  # once, even for a task listing it twice
+            if key is not None:
+                self._make_ready(dependent, now, key)
                 change.ready.append(dep_id)
         # A done task never changes again: a shared stand-in keeps what queries need (its
         # state and priority) and frees the node for the garbage collector.
@@ -409,18 +488,22 @@ class Scheduler:
         node = self._nodes.get(task_id)
         if node is None or node.state is not NodeState.HELD:
             return False
-        self._make_ready(node, self._clock())
+        now = self._clock()
+        self._make_ready(node, now, self._order_key(node.inherited, now))
         return True
 
     def requeue(self, task_id: str) -> None:
         """A running task was interrupted (not failed): it is ready again at once."""
         node = self._get(task_id)
         self._require(node, NodeState.RUNNING)
+        now = self._clock()
+        key = self._order_key(node.inherited, now)
         self._waiting += 1
-        self._make_ready(node, self._clock())
+        self._make_ready(node, now, key)
 
     def revive(self, task_id: str) -> Change:
-        """A failed or cancelled task is run again (dead-letter re-queue)."""
+        """A failed or cancelled task is run again (dead-letter re-queue); raises (changing
+        nothing) while a prerequisite of it is failed or cancelled, or the queue is full."""
         node = self._get(task_id)
         if node.state not in (NodeState.FAILED, NodeState.CANCELLED):
             raise InvalidStateError(
@@ -437,17 +520,23 @@ class Scheduler:
                 f"task {task_id!r} cannot run again while its prerequisite(s) {dead} are "
                 "failed or cancelled; re-queue those first"
             )
+        self.check_room(1)  # it waits again, like a new task
+        waiting_on = {
+            dep for dep in node.prerequisites if self._nodes[dep].state is not NodeState.DONE
+        }
+        # Keys first (a custom order key may raise): nothing changes until they are known.
+        now = self._clock()
+        key = None if waiting_on else self._order_key(node.priority, now)
+        lowered = self._plan_inherit(node, node.priority) if waiting_on else []
         node.inherited = node.priority
         self._waiting += 1
         change = Change()
-        node.waiting_on = {
-            dep for dep in node.prerequisites if self._nodes[dep].state is not NodeState.DONE
-        }
-        if node.waiting_on:
+        node.waiting_on = waiting_on
+        if key is None:
             node.state = NodeState.BLOCKED
-            self._inherit(node)
+            self._apply_levels(lowered)
         else:
-            self._make_ready(node, self._clock())
+            self._make_ready(node, now, key)
             change.ready.append(task_id)
         return change
 
@@ -455,26 +544,41 @@ class Scheduler:
         node = self._get(task_id)
         if node.state in FINAL_STATES:
             raise InvalidStateError(f"task {task_id!r} is already {node.state.value}")
+        cascade = self._cascade(node, final, reason)
+        # Keys first (a custom order key may raise): nothing changes until they are known.
+        raised = self._plan_withdraw({node, *(dependent for dependent, _ in cascade)})
         self._set_final(node, final)
         change = Change()
-        self._finish_dependents(node, final, reason, change)
-        self._withdraw([node, *(self._nodes[task_id] for task_id, _, _ in change.finished)])
+        for dependent, why in cascade:
+            self._set_final(dependent, final)
+            change.finished.append((dependent.task_id, final, why))
+        self._apply_levels(raised)
         return change
 
     def _finish_dependents(
         self, node: _Node, final: NodeState, reason: str, change: Change
     ) -> None:
+        for dependent, why in self._cascade(node, final, reason):
+            self._set_final(dependent, final)
+            change.finished.append((dependent.task_id, final, why))
+
+    def _cascade(self, node: _Node, final: NodeState, reason: str) -> list[tuple[_Node, str]]:
+        """The waiting tasks that end with ``node`` (transitively), each with its reason;
+        changes nothing."""
+        found: list[tuple[_Node, str]] = []
+        seen: set[str] = set()
         stack = [node]
         while stack:
             current = stack.pop()
             why = _dependency_reason(current.task_id, final, reason if current is node else "")
             for dep_id in current.dependents:
                 dependent = self._nodes[dep_id]
-                if dependent.state not in WAITING_STATES:
+                if dependent.state not in WAITING_STATES or dep_id in seen:
                     continue
-                self._set_final(dependent, final)
-                change.finished.append((dep_id, final, why))
+                seen.add(dep_id)
+                found.append((dependent, why))
                 stack.append(dependent)
+        return found
 
     def _set_final(self, node: _Node, final: NodeState) -> None:
         if node.state in WAITING_STATES:
@@ -553,18 +657,20 @@ class Scheduler:
         self._seq += 1
         return self._seq
 
-    def _make_ready(self, node: _Node, now: float) -> None:
+    def _make_ready(self, node: _Node, now: float, key: float) -> None:
+        """Mark ``node`` ready at ``now`` under ``key`` (computed by the caller beforehand,
+        as the order key may raise)."""
         node.state = NodeState.READY
         node.ready_at = now
         self._ready_count += 1
-        self._push(node, now)
+        self._push(node, key)
 
-    def _push(self, node: _Node, now: float) -> None:
+    def _push(self, node: _Node, key: float) -> None:
         node.version += 1
         ranks = self._ranks
         if ranks is not None:
             ranks.discard((node.key, node.seq))  # a re-push (inheritance) moves the key
-        node.key = self._order_key(node.inherited, node.ready_at)
+        node.key = key
         heap = self._heaps.get(node.route)
         if heap is None:
             heap = self._heaps[node.route] = []
@@ -589,40 +695,70 @@ class Scheduler:
                 return
             heapq.heappop(heap)
 
-    def _withdraw(self, ended: Iterable[_Node]) -> None:
-        """Tasks ended: their prerequisites no longer inherit their urgency."""
+    def _plan_withdraw(self, ended: set[_Node]) -> list[_Lowered]:
+        """Tasks are about to end: their prerequisites no longer inherit their urgency.
+        Returns the new levels (and keys) for :meth:`_apply_levels`; changes nothing."""
+        levels: dict[_Node, int] = {}
         stack = [self._nodes[dep] for node in ended for dep in node.prerequisites]
         while stack:
             prereq = stack.pop()
-            if prereq.state in FINAL_STATES:
+            if prereq.state in FINAL_STATES or prereq in ended:
                 continue
             inherited = prereq.priority
             for dep_id in prereq.dependents:
                 dependent = self._nodes[dep_id]
-                if dependent.state is NodeState.BLOCKED and prereq.task_id in dependent.waiting_on:
-                    inherited = min(inherited, dependent.inherited)
-            if inherited == prereq.inherited:
+                if (
+                    dependent.state is NodeState.BLOCKED
+                    and dependent not in ended
+                    and prereq.task_id in dependent.waiting_on
+                ):
+                    inherited = min(inherited, levels.get(dependent, dependent.inherited))
+            if inherited == levels.get(prereq, prereq.inherited):
                 continue
-            prereq.inherited = inherited
-            if prereq.state is NodeState.READY:
-                self._push(prereq, prereq.ready_at)
+            levels[prereq] = inherited
             stack.extend(self._nodes[dep] for dep in prereq.prerequisites)
+        return self._with_keys(levels)
 
-    def _inherit(self, node: _Node) -> None:
-        """Lower the inherited priority of every unfinished prerequisite to ``node``'s."""
-        stack = [node]
+    def _plan_inherit(self, node: _Node, level: int) -> list[_Lowered]:
+        """The unfinished prerequisites of ``node`` (of inherited priority ``level``),
+        transitively, lowered to ``level``: for :meth:`_apply_levels`; changes nothing."""
+        levels: dict[_Node, int] = {}
+        stack = [(node, level)]
         while stack:
-            current = stack.pop()
+            current, current_level = stack.pop()
             for dep in current.prerequisites:
                 prereq = self._nodes.get(dep)
                 if prereq is None or prereq.state in FINAL_STATES:
                     continue
-                if prereq.inherited <= current.inherited:
+                if levels.get(prereq, prereq.inherited) <= current_level:
                     continue
-                prereq.inherited = current.inherited
-                if prereq.state is NodeState.READY:
-                    self._push(prereq, prereq.ready_at)
-                stack.append(prereq)
+                levels[prereq] = current_level
+                stack.append((prereq, current_level))
+        return self._with_keys(levels)
+
+    def _with_keys(self, levels: dict[_Node, int]) -> list[_Lowered]:
+        """(node, new level, new key) for each planned level change; the key is computed
+        here, before anything changes, and only for ready tasks (the others have none)."""
+        return [
+            (
+                node,
+                level,
+                self._order_key(level, node.ready_at)
+                if node.state is NodeState.READY
+                else node.key,
+            )
+            for node, level in levels.items()
+        ]
+
+    def _apply_levels(self, planned: list[_Lowered]) -> list[_Lowered]:
+        """Apply planned level changes; return what they replaced (for an undo)."""
+        replaced: list[_Lowered] = []
+        for node, level, key in planned:
+            replaced.append((node, node.inherited, node.key))
+            node.inherited = level
+            if node.state is NodeState.READY:
+                self._push(node, key)
+        return replaced
 
 
 def _dependency_reason(task_id: str, final: NodeState, reason: str = "") -> str:

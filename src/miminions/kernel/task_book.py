@@ -8,7 +8,6 @@ as an event; waiters of ``wait_for_task`` are woken once the final state is comm
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -16,6 +15,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
+    AlreadyExistsError,
     InvalidStateError,
     NotFoundError,
     RuntimeNotRunningError,
@@ -106,32 +106,49 @@ class TaskBook:
         new task carries ``trace_context`` (see :mod:`miminions.kernel.tracing`)."""
         ids: list[str] = []
         new_tasks: list[Task] = []
-        sched: list[NewTask] = []
         batch_keys: dict[str, str] = {}
+        # A request whose idempotency key names a task already there adds nothing; the
+        # task_id it was given here stands for that task in the batch's dependencies.
+        aliases: dict[str, str] = {}
         now = datetime.now(UTC)
         for request in requests:
             existing = self._existing_for_key(request.idempotency_key, batch_keys)
             if existing is not None:
                 ids.append(existing)
+                given = request.task_id
+                if (
+                    isinstance(given, str)
+                    and given
+                    and given != existing
+                    and aliases.setdefault(given, existing) != existing
+                ):
+                    raise AlreadyExistsError(
+                        f"task id {given!r} is given to more than one request of the batch"
+                    )
                 continue
             task = self._build(request, now, trace_context)
             if request.idempotency_key is not None:
                 batch_keys[request.idempotency_key] = task.task_id
             ids.append(task.task_id)
             new_tasks.append(task)
-            sched.append(
-                NewTask(
-                    task.task_id,
-                    task.priority,
-                    task.dependencies,
-                    route_for(task.agent_id, task.group),
-                )
-            )
         if not new_tasks:
             await self._store.flush()
             return ids
+        if aliases:
+            self._resolve_aliases(new_tasks, aliases)
+        sched = [
+            NewTask(
+                task.task_id, task.priority, task.dependencies, route_for(task.agent_id, task.group)
+            )
+            for task in new_tasks
+        ]
         change = self.scheduler.add(sched)
-        commit = None
+        # From here on the tasks are accepted: they are in the scheduler, so they are
+        # booked, counted and announced whatever the store does. A store that fails to
+        # take or commit a write makes submit raise that error, but the tasks stay queued
+        # and run (their next write stores them); see "the store contract" in plugins.md.
+        commits: list[Awaitable[None]] = []
+        refused: Exception | None = None
         for task in new_tasks:
             self.tasks[task.task_id] = task
             self._count(task, 1)
@@ -139,7 +156,10 @@ class TaskBook:
                 self.by_idempotency_key[task.idempotency_key] = task.task_id
             if self.scheduler.state(task.task_id) is NodeState.BLOCKED:
                 self._set_status(task, TaskStatus.BLOCKED)
-            commit = self._store.put_task(task)
+            try:
+                commits.append(self._store.put_task(task))
+            except Exception as exc:
+                refused = refused or exc
             self._events.task_event(
                 EventType.TASK_ENQUEUED,
                 task.task_id,
@@ -149,9 +169,26 @@ class TaskBook:
         self._apply(change)
         if change.ready and self.executor is not None:
             self.executor.wake()
-        if commit is not None:
-            await commit  # one commit covers the whole batch
+        # Usually one commit covers the whole batch: the first await waits for it and the
+        # others return at once, but each may carry the rejection of its own write.
+        for commit in commits:
+            await commit
+        if refused is not None:
+            raise refused
         return ids
+
+    @staticmethod
+    def _resolve_aliases(new_tasks: list[Task], aliases: dict[str, str]) -> None:
+        """Point the batch's dependencies on an idempotent duplicate (by the ``task_id``
+        given to it in the batch) at the task its key resolved to."""
+        for task in new_tasks:
+            if task.task_id in aliases:
+                raise AlreadyExistsError(
+                    f"task id {task.task_id!r} is given to more than one request of the batch"
+                )
+            deps = task.dependencies
+            if any(dep in aliases for dep in deps):
+                task.__dict__["dependencies"] = [aliases.get(dep, dep) for dep in deps]
 
     def _existing_for_key(self, key: str | None, batch_keys: dict[str, str]) -> str | None:
         if key is None:
@@ -440,31 +477,48 @@ class TaskBook:
         return task.task_id
 
     def _revive(self, task: Task, *, reset_attempts: bool) -> bool:
-        change = self.scheduler.revive(task.task_id)
-        if reset_attempts:
-            task.retry_count = 0
-        self._set_status(task, TaskStatus.PENDING if change.ready else TaskStatus.BLOCKED)
-        task.error_message = None
-        task.completed_at = None
-        task.dead_lettered = False
-        self._events.emit(
-            EventType.TASK_REQUEUED,
-            task_id=task.task_id,
-            details={"reason": "re-queued from the dead-letter list"},
-        )
-        self._store.put_task(task)
-        any_ready = bool(change.ready)
-        prefix = f"prerequisite task {task.task_id} "
-        for dependent_id in self.scheduler.dependents(task.task_id):
-            dependent = self.tasks[dependent_id]
-            if (
-                dependent.status.is_terminal
-                and not dependent.dead_lettered
-                and (dependent.error_message or "").startswith(prefix)
-            ):
-                with contextlib.suppress(InvalidStateError):  # another prerequisite is dead
-                    any_ready |= self._revive(dependent, reset_attempts=False)
+        """Run ``task`` again, with every task its failure took down that can run again
+        now; return whether one of them is ready. Raises before anything changed when
+        ``task`` cannot run again or the queue has no room for all of them."""
+        plan = self._revival_plan(task)
+        if len(plan) > 1:
+            self.scheduler.check_room(len(plan))  # revive() checks the first one's room
+        any_ready = False
+        for revived in plan:  # prerequisites first
+            change = self.scheduler.revive(revived.task_id)
+            if reset_attempts and revived is task:
+                revived.retry_count = 0
+            self._set_status(revived, TaskStatus.PENDING if change.ready else TaskStatus.BLOCKED)
+            revived.error_message = None
+            revived.completed_at = None
+            revived.dead_lettered = False
+            self._events.emit(
+                EventType.TASK_REQUEUED,
+                task_id=revived.task_id,
+                details={"reason": "re-queued from the dead-letter list"},
+            )
+            self._store.put_task(revived)
+            any_ready |= bool(change.ready)
         return any_ready
+
+    def _revival_plan(self, task: Task) -> list[Task]:
+        """``task`` and the tasks failed by the cascade that come back with it, each after
+        its prerequisites: a dependent comes back with its *last* dead prerequisite, in
+        whatever order those are re-queued (while another one is dead it stays failed)."""
+        plan = [task]
+        planned = {task.task_id}
+        for current in plan:  # grows while it is walked
+            for dependent_id in self.scheduler.dependents(current.task_id):
+                dependent = self.tasks[dependent_id]
+                if dependent_id in planned or not _failed_by_cascade(dependent):
+                    continue
+                if all(
+                    dep in planned or not _is_dead(self.tasks.get(dep))
+                    for dep in dependent.dependencies
+                ):
+                    planned.add(dependent_id)
+                    plan.append(dependent)
+        return plan
 
     async def wait(self, task_id: str, timeout_seconds: float | None) -> Task:
         """Wait until the task is completed, failed or cancelled and that is committed."""
@@ -497,6 +551,10 @@ class TaskBook:
     async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
         """:meth:`wait` for many tasks at once: one future for all of them instead of one
         per task, then one flush. Returns the tasks in the order of ``task_ids``."""
+        if isinstance(task_ids, str | bytes) or not isinstance(task_ids, Iterable):
+            raise ValidationError(
+                f"task_ids must be a list of task ids, got {type(task_ids).__name__}"
+            )
         tasks = [self.get(task_id) for task_id in task_ids]
         timeout_seconds = check_seconds(timeout_seconds)
         pending = {task.task_id for task in tasks if not task.status.is_terminal}
@@ -730,6 +788,24 @@ class _GroupWait:
     def set_exception(self, error: BaseException) -> None:
         if not self.all_done.done():
             self.all_done.set_exception(error)
+
+
+def _is_dead(task: Task | None) -> bool:
+    """Whether ``task`` ended failed or cancelled (None: not known here, not dead)."""
+    return task is not None and task.status in (TaskStatus.FAILED, TaskStatus.CANCELLED)
+
+
+def _failed_by_cascade(task: Task) -> bool:
+    """Whether ``task`` failed only because a prerequisite did (see :meth:`Scheduler.fail`).
+
+    A task that fails for good on its own is always dead-lettered (``_fail_for_good``);
+    one failed by the cascade, or submitted after its prerequisite had failed, never is.
+    The stored ``dead_lettered`` flag therefore tells the two apart, also after a restart,
+    without reading the wording of ``error_message``. (A cascade never cancels a dependent
+    of a failed task, and a cancelled prerequisite is no dead letter: cancelled tasks are
+    never revived.)
+    """
+    return task.status is TaskStatus.FAILED and not task.dead_lettered
 
 
 def _prerequisites_first(tasks: Iterable[Task]) -> list[Task]:

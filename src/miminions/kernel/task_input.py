@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from miminions.kernel.errors import ValidationError
 from miminions.kernel.ids import time_ordered_id
@@ -23,16 +23,18 @@ class TaskRequest(BaseModel):
     """One task of a :meth:`AgentRuntime.submit_tasks` batch.
 
     ``task_id`` is optional; give one when other tasks of the same batch depend on it.
+    Numbers are strict, as in :meth:`AgentRuntime.submit_task`: ``priority="5"``,
+    ``5.0`` or ``True`` are rejected, not converted.
     """
 
     model_config = ConfigDict(extra="forbid")
 
     name: str
     input_data: JSONObject | None = None
-    priority: int = 50
+    priority: StrictInt = 50
     dependencies: list[str] = Field(default_factory=list)
-    timeout_seconds: float | None = None
-    max_retries: int = 0
+    timeout_seconds: StrictFloat | StrictInt | None = None
+    max_retries: StrictInt = 0
     agent_id: str | None = None
     group: str | None = None
     idempotency_key: str | None = None

@@ -6,7 +6,7 @@ no trace (R-04).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -100,11 +100,31 @@ def build_event_query(
     limit: int | None = 100,
     newest: bool = False,
 ) -> EventQuery:
-    """Turn user-facing event filters into an :class:`EventQuery`, with clear errors."""
+    """Turn user-facing event filters into an :class:`EventQuery`, with clear errors.
+
+    :raises ValidationError: a filter of the wrong type or value (an id that is not a
+        string, or one with no UTF-8 form, which no stored event can hold).
+    """
     types: list[EventType] | None = None
     if event_type is not None:
-        raw = [event_type] if isinstance(event_type, str | EventType) else list(event_type)
+        if isinstance(event_type, str | EventType):
+            raw: list[Any] = [event_type]
+        elif isinstance(event_type, Iterable) and not isinstance(event_type, bytes | Mapping):
+            raw = list(event_type)
+        else:
+            raise ValidationError(
+                "event_type must be an EventType, its value, a list of them or None, got "
+                f"{event_type!r}"
+            )
         types = [_require(parse_enum(EventType, item, "event_type")) for item in raw]
+    for name, ident in (("agent_id", agent_id), ("task_id", task_id)):
+        if ident is None:
+            continue
+        if not isinstance(ident, str):
+            raise ValidationError(f"{name} must be a string (one id) or None, got {ident!r}")
+        check_utf8(ident, name)
+    if not isinstance(newest, bool):
+        raise ValidationError(f"newest must be True or False, got {newest!r}")
     for name, value in (("since", since), ("until", until)):
         if value is not None and not isinstance(value, datetime):
             raise ValidationError(f"{name} must be a datetime")

@@ -57,6 +57,7 @@ class _Run(Deadline):
         "abandoned",
         "began",
         "cancel_reason",
+        "cancel_sent",
         "finished",
         "interrupt_reason",
         "running",
@@ -80,6 +81,7 @@ class _Run(Deadline):
         self.interrupt_reason: str | None = None
         self.timed_out = False
         self.running = False  # inside host.run(): interrupting it needs a cancel
+        self.cancel_sent = False  # see stop_worker()
         self.finished = False
         self.abandoned = False  # its agent did not stop when told; its outcome is ignored
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -89,8 +91,16 @@ class _Run(Deadline):
         """The task's timeout passed: interrupt it (it then fails with TaskTimeoutError)."""
         if not self.finished and self.cancel_reason is None and self.interrupt_reason is None:
             self.timed_out = True
-            if self.running:
-                self.worker.cancel()
+            self.stop_worker()
+
+    def stop_worker(self) -> None:
+        """Cancel the worker inside ``host.run()``, once: a timeout, a cancel and an
+        interrupt may all ask, and a second cancel would cut short the host's own handling
+        of the first (a process host waiting for its worker to confirm, an agent cleaning
+        up), and leave the worker with a cancellation nobody takes back."""
+        if self.running and not self.cancel_sent:
+            self.cancel_sent = True
+            self.worker.cancel()
 
     async def wait(self) -> None:
         """Wait until the run has ended (futures are made only when someone waits)."""
@@ -212,10 +222,19 @@ class AsyncioExecutor:
         waiting in its prefetch window go back to the queue."""
         self._available.discard(slot.agent_id)
         self._leave_idle(slot)
-        for run in self._agent_runs.get(slot.agent_id, [])[1:]:
-            interrupting = self._loop.create_task(
-                self._interrupt(run, "its agent is pausing or stopping; given back to the queue")
-            )
+        self._give_back_window(
+            slot.agent_id, "its agent is pausing or stopping; given back to the queue"
+        )
+
+    def _give_back_window(self, agent_id: str, reason: str) -> None:
+        """Re-queue the tasks waiting in the agent's prefetch window (taken ahead of time,
+        not begun), without using up an attempt; the task it is running goes on."""
+        for run in self._agent_runs.get(agent_id, [])[1:]:
+            if run.cancel_reason is None and run.interrupt_reason is None:
+                # Set now, not when the interrupt first runs: a run that becomes its
+                # agent's head in between must not begin (see _become_head).
+                run.interrupt_reason = reason
+            interrupting = self._loop.create_task(self._interrupt(run, reason))
             self._interrupting.add(interrupting)
             interrupting.add_done_callback(self._interrupting.discard)
 
@@ -250,9 +269,8 @@ class AsyncioExecutor:
         run = self._runs.get(task_id)
         if run is None:
             return False
-        run.cancel_reason = reason
-        if run.running:
-            run.worker.cancel()
+        run.cancel_reason = reason  # wins over a timeout not yet reported (see _run_one)
+        run.stop_worker()
         return True
 
     def schedule_retry(self, task_id: str, delay: float) -> None:
@@ -280,8 +298,16 @@ class AsyncioExecutor:
         return None if timer is None else timer.remaining
 
     def pause_clocks(self, agent_id: str | None) -> None:
-        """Freeze timeouts and backoffs affected by a paused agent (or, for None, the queue)."""
+        """Freeze timeouts and backoffs affected by a paused agent (or, for None, the queue).
+
+        For the queue this is also where the executor learns of ``pause_queue()``: the tasks
+        in every prefetch window go back to the queue then, as no task is handed out, and
+        so none begins, while the queue is paused (an agent's pause does the same to its
+        own window, see :meth:`agent_unavailable`)."""
         self._set_frozen(agent_id, freeze=True)
+        if agent_id is None:
+            for held in list(self._agent_runs):
+                self._give_back_window(held, "the queue was paused; given back to the queue")
 
     def resume_clocks(self, agent_id: str | None) -> None:
         """Undo :meth:`pause_clocks`."""
@@ -419,6 +445,10 @@ class AsyncioExecutor:
         """``run`` is the task its agent executes now: its timeout starts counting (and,
         for one handed over ahead of time, its start is recorded now)."""
         slot = run.slot
+        if not begun and (run.interrupt_reason is not None or run.cancel_reason is not None):
+            # Taken ahead of time and being given back or cancelled: it never begins (no
+            # start recorded, no timeout), whatever the order its worker ends in.
+            return
         run.began = self._loop.time()
         if not begun:
             self._book.began(run.task_id)
@@ -460,9 +490,10 @@ class AsyncioExecutor:
         if run is None or run.slot is not slot:
             return
         await self._run_one(run)
-        if self._accepting and not self._rt.queue_paused and slot.agent_id in self._available:
+        agent_id = slot.agent_id
+        if self._accepting and not self._rt.queue_paused and agent_id in self._available:
             window = self._window(slot)
-            runs = self._agent_runs.setdefault(slot.agent_id, [])
+            runs = self._agent_runs.setdefault(agent_id, [])
             # Tasks still ready now are those no free agent took (dispatch serves free
             # agents as soon as tasks become ready): prefetch them into the window.
             while len(runs) < window:
@@ -473,8 +504,10 @@ class AsyncioExecutor:
                     break
                 self._leave_idle(slot)
                 self._launch(slot, next_id)
-            if not runs:
-                self._make_idle(slot)
+        # An agent holding no task is idle whatever the queue's state, so dispatch finds it
+        # when the queue resumes (_make_idle skips a paused or stopping agent).
+        if not self._agent_runs.get(agent_id):
+            self._make_idle(slot)
         if self._idle and self._accepting:
             self.wake()
 
@@ -526,11 +559,14 @@ class AsyncioExecutor:
             self._deadlines.clear(run)
         if run.abandoned:
             return  # already reported when it was abandoned
-        if run.timed_out and error is None:
+        if run.cancel_reason is not None:
+            # An explicit cancel wins over a timeout that fired while the agent was still
+            # winding down (not reported yet): cancel_task() promises a cancelled task,
+            # and the timeout would retry it.
+            book.cancelled(task_id, run.cancel_reason)
+        elif run.timed_out and error is None:
             error = TaskTimeoutError(f"task {task_id} timed out after {run.timeout} s")
             book.failed(task_id, error, timed_out_after=run.timeout)
-        elif run.cancel_reason is not None:
-            book.cancelled(task_id, run.cancel_reason)
         elif run.interrupt_reason is not None:
             book.interrupted(task_id, run.interrupt_reason)
             ok = None
@@ -571,8 +607,7 @@ class AsyncioExecutor:
     async def _interrupt(self, run: _Run, reason: str) -> None:
         if run.cancel_reason is None:
             run.interrupt_reason = reason
-        if run.running:
-            run.worker.cancel()
+        run.stop_worker()
         try:
             await asyncio.wait_for(run.wait(), self._notify_timeout)
         except TimeoutError:

@@ -1,0 +1,288 @@
+"""F-21: the kernel stays whole when plugins misbehave, and plugin registration has no gaps.
+
+A plugin's hook that raises must not stall the queue (``miminions_order_key``) nor cut a
+shutdown short (``miminions_runtime_stopping`` / ``miminions_runtime_stopped``, a failing
+executor); entry points that clash by name, async implementations under another name and
+``disable`` of installed-but-not-loaded entry points are caught at construction.
+"""
+
+from __future__ import annotations
+
+import importlib.abc
+import importlib.machinery
+import logging
+import sys
+import textwrap
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import pytest
+
+from miminions import (
+    AgentRuntime,
+    ConfigurationError,
+    MissingExtraError,
+    PluginError,
+    ResourceLimits,
+    RuntimeConfig,
+    TaskStatus,
+    hookimpl,
+)
+from miminions.kernel.plugins import AUTOLOAD_ENV, build_plugin_manager
+from miminions.plugins.asyncio_executor import AsyncioExecutor
+from tests.support import agents
+
+MakeConfig = Callable[..., RuntimeConfig]
+BROKEN_PRIORITY = 42
+
+
+class BrokenOrderKey:
+    """Orders tasks by plain priority, but raises for priority 42."""
+
+    miminions_plugin_name = "broken_order_key"
+
+    @hookimpl
+    def miminions_order_key(self, priority: int, ready_at: float) -> float | None:
+        if priority == BROKEN_PRIORITY:
+            raise RuntimeError("order key boom")
+        return None
+
+
+class StopRecorder:
+    """Records that its runtime_stopping and runtime_stopped ran."""
+
+    miminions_plugin_name = "stop_recorder"
+
+    def __init__(self) -> None:
+        self.stopping = False
+        self.stopped = False
+
+    @hookimpl
+    def miminions_runtime_stopping(self, runtime: AgentRuntime) -> None:
+        self.stopping = True
+
+    @hookimpl
+    def miminions_runtime_stopped(self, runtime: AgentRuntime) -> None:
+        self.stopped = True
+
+
+class RaisingLifecycle:
+    """Raises from one of the stop hooks."""
+
+    miminions_plugin_name = "raising_lifecycle"
+
+    def __init__(self, which: str) -> None:
+        self.which = which
+
+    @hookimpl
+    def miminions_runtime_stopping(self, runtime: AgentRuntime) -> None:
+        if self.which == "stopping":
+            raise RuntimeError("stopping boom")
+
+    @hookimpl
+    def miminions_runtime_stopped(self, runtime: AgentRuntime) -> None:
+        if self.which == "stopped":
+            raise RuntimeError("stopped boom")
+
+
+class CloseFails(AsyncioExecutor):
+    """The built-in executor, whose close() raises after closing."""
+
+    async def close(self) -> None:
+        await super().close()
+        raise RuntimeError("executor close boom")
+
+
+class CloseFailsPlugin:
+    miminions_plugin_name = "close_fails"
+
+    @hookimpl
+    def miminions_make_executor(self, runtime: AgentRuntime) -> AsyncioExecutor:
+        return CloseFails(runtime)
+
+
+async def assert_database_free(config: RuntimeConfig) -> None:
+    """The database was closed and released: another runtime can use it."""
+    async with AgentRuntime(config=config) as again:
+        assert again.recovery is None  # the failed stop still marked the run clean
+
+
+# ------------------------------------------------------------------ order key
+async def test_a_raising_order_key_falls_back_to_the_default_order(
+    make_config: MakeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Tasks the plugin fails on are ordered by the default aged key: dependents released
+    with them run, other tasks run, stop works; the failure is logged once per streak."""
+    config = make_config()
+    async with AgentRuntime(config=config, plugins=[BrokenOrderKey()]) as rt:
+        agent_id = await rt.register_agent("echo", agents.EchoAgent)
+        await rt.start_agent(agent_id)
+        await rt.pause_queue()
+        first = await rt.submit_task("first", priority=10)
+        dependents = [
+            await rt.submit_task(name, priority=priority, dependencies=[first])
+            for name, priority in (("b1", BROKEN_PRIORITY), ("b2", BROKEN_PRIORITY), ("c", 10))
+        ]
+        with caplog.at_level(logging.ERROR, logger="miminions.runtime"):
+            await rt.resume_queue()
+            done = await rt.wait_for_tasks([first, *dependents], timeout_seconds=10)
+            later = await rt.wait_for_task(await rt.submit_task("later"), timeout_seconds=10)
+        assert [task.status for task in done] == [TaskStatus.COMPLETED] * 4
+        assert later.status is TaskStatus.COMPLETED
+    failures = [r for r in caplog.records if "miminions_order_key" in r.getMessage()]
+    assert len(failures) == 1  # b1 and b2 failed in a row: one streak
+    assert "order key boom" in (failures[0].exc_text or "")
+    await assert_database_free(config)
+
+
+async def test_a_raising_order_key_does_not_take_queue_slots(make_config: MakeConfig) -> None:
+    """A task the plugin fails on is queued (default order), not rejected half-added."""
+    config = make_config(limits=ResourceLimits(max_task_queue_size=2))
+    async with AgentRuntime(config=config, plugins=[BrokenOrderKey()]) as rt:
+        await rt.submit_task("bad", priority=BROKEN_PRIORITY)
+        await rt.submit_task("good", priority=10)
+        assert rt.get_queue_status().pending == 2
+
+
+# ------------------------------------------------------------------ stop
+@pytest.mark.parametrize("which", ["stopping", "stopped"])
+async def test_a_raising_stop_hook_skips_no_cleanup(make_config: MakeConfig, which: str) -> None:
+    """stop() still calls every other plugin's runtime_stopping and runtime_stopped, closes
+    the store and releases the database; then it raises the hook's error, naming the
+    plugin."""
+    config = make_config()
+    recorder = StopRecorder()
+    # Registered last, so pluggy would call it first.
+    rt = AgentRuntime(config=config, plugins=[recorder, RaisingLifecycle(which)])
+    await rt.start()
+    with pytest.raises(RuntimeError, match=f"{which} boom") as raised:
+        await rt.stop()
+    assert "raised by plugin 'raising_lifecycle'" in (raised.value.__notes__ or [])
+    assert recorder.stopping
+    assert recorder.stopped
+    assert not rt.is_running
+    await assert_database_free(config)
+
+
+async def test_a_failing_executor_close_skips_no_cleanup(make_config: MakeConfig) -> None:
+    """An executor whose close() raises: the store still closes, hooks still run."""
+    config = make_config()
+    recorder = StopRecorder()
+    rt = AgentRuntime(config=config, plugins=[recorder, CloseFailsPlugin()])
+    await rt.start()
+    with pytest.raises(RuntimeError, match="executor close boom"):
+        await rt.stop()
+    assert recorder.stopped
+    await assert_database_free(config)
+
+
+# ------------------------------------------------------------------ registration
+class Installer:
+    """Installs fake distributions advertising ``miminions`` entry points."""
+
+    def __init__(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, prefix: str) -> None:
+        self.site = tmp_path / "site"
+        self.site.mkdir()
+        self.prefix = prefix
+        monkeypatch.syspath_prepend(str(self.site))
+        monkeypatch.delenv(AUTOLOAD_ENV, raising=False)
+
+    def module(self, name: str) -> str:
+        """A plugin module with a miminions_event hook; returns its import name."""
+        module = f"{self.prefix}_{name}"
+        (self.site / f"{module}.py").write_text(
+            textwrap.dedent(
+                """
+                from miminions import hookimpl
+
+                @hookimpl
+                def miminions_event(event):
+                    pass
+                """
+            )
+        )
+        return module
+
+    def distribution(self, dist: str, entry_points: Sequence[tuple[str, str]]) -> None:
+        info = self.site / f"{dist}-1.0.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+        lines = "".join(f"{name} = {value}\n" for name, value in entry_points)
+        (info / "entry_points.txt").write_text("[miminions]\n" + lines)
+
+
+@pytest.fixture
+def installer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> Installer:
+    # Module names unique per test: an imported module stays in sys.modules.
+    return Installer(tmp_path, monkeypatch, f"robust_{request.node.name}".replace("-", "_"))
+
+
+def test_an_entry_point_named_like_a_builtin_is_an_error(installer: Installer) -> None:
+    installer.distribution("shadowing-plugin", [("sqlite_store", installer.module("store"))])
+    with pytest.raises(PluginError) as raised:
+        build_plugin_manager()
+    message = str(raised.value)
+    assert "shadowing-plugin" in message
+    assert "miminions.plugins.sqlite_store" in message
+
+
+def test_two_entry_points_with_one_name_are_an_error(installer: Installer) -> None:
+    installer.distribution("first-plugin", [("dup", installer.module("a"))])
+    installer.distribution("second-plugin", [("dup", installer.module("b"))])
+    with pytest.raises(PluginError, match="two entry points are named 'dup'") as raised:
+        build_plugin_manager()
+    assert "first-plugin" in str(raised.value)
+    assert "second-plugin" in str(raised.value)
+    # Disabling the name loads neither: nothing is ambiguous then.
+    assert "dup" not in build_plugin_manager(disable=["dup"]).plugin_names()
+
+
+def test_disabling_an_installed_entry_point_without_autoload(
+    installer: Installer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With autoload off, the names of installed entry points are still known."""
+    installer.distribution("acme-plugin", [("acme", installer.module("acme"))])
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    assert "acme" not in build_plugin_manager(disable=["acme"]).plugin_names()
+    with pytest.raises(ConfigurationError, match="unknown plugin"):
+        build_plugin_manager(disable=["not-installed"])
+
+
+def test_async_impl_under_another_name_is_rejected() -> None:
+    """@hookimpl(specname=...) does not get an async def past the check."""
+
+    class AsyncStore:
+        @hookimpl(specname="miminions_make_store")
+        async def store(self, config: RuntimeConfig) -> None:
+            return None
+
+    with pytest.raises(PluginError, match=r"store \(of miminions_make_store\) is 'async def'"):
+        build_plugin_manager([AsyncStore()])
+
+
+# ------------------------------------------------------------------ extras
+class _Refuse(importlib.abc.MetaPathFinder):
+    """A meta-path finder that hides a package by refusing to find it."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: object = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname == self.name:
+            raise ModuleNotFoundError(f"{fullname} is hidden", name=fullname)
+        return None
+
+
+async def test_prometheus_export_hidden_by_a_finder_is_a_missing_extra(
+    make_config: MakeConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")  # the prometheus extra is not loaded
+    monkeypatch.delitem(sys.modules, "prometheus_client", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_Refuse("prometheus_client"), *sys.meta_path])
+    async with AgentRuntime(config=make_config()) as rt:
+        with pytest.raises(MissingExtraError, match=r"miminions\[prometheus\]"):
+            rt.export_prometheus_metrics()
