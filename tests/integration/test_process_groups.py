@@ -33,22 +33,24 @@ pytestmark = [
 WAIT = 15.0
 
 
-async def _spawn(rt: AgentRuntime, agent_id: str) -> int:
-    """Have the agent start a subprocess; its pid."""
+async def _spawner_with_child(rt: AgentRuntime) -> tuple[str, int, int]:
+    """Start a spawning agent and have it start a subprocess: the agent's id, its worker's
+    pid and the subprocess's pid."""
+    agent_id = await rt.register_agent("spawner", SpawningAgent)
+    worker = (await rt.start_agent(agent_id)).process_id
+    assert worker is not None
     task = await rt.wait_for_task(await rt.submit_task("spawn", agent_id=agent_id), WAIT)
     assert task.output_data is not None, task.error_message
-    pid: int = task.output_data["child_pid"]
-    assert alive(pid)
-    return pid
+    child: int = task.output_data["child_pid"]
+    assert alive(child)
+    return agent_id, worker, child
 
 
 async def test_stopping_an_agent_ends_the_processes_it_started(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
     async with started_runtime(make_config(default_isolation="process")) as rt:
-        agent_id = await rt.register_agent("spawner", SpawningAgent)
-        await rt.start_agent(agent_id)
-        child = await _spawn(rt, agent_id)
+        agent_id, _, child = await _spawner_with_child(rt)
 
         await rt.stop_agent(agent_id, timeout_seconds=WAIT)
 
@@ -59,10 +61,7 @@ async def test_a_crashed_worker_leaves_no_subprocess_behind(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
     async with started_runtime(make_config(default_isolation="process")) as rt:
-        agent_id = await rt.register_agent("spawner", SpawningAgent)
-        worker = (await rt.start_agent(agent_id)).process_id
-        assert worker is not None
-        child = await _spawn(rt, agent_id)
+        _, worker, child = await _spawner_with_child(rt)
 
         os.kill(worker, signal.SIGKILL)
 
@@ -73,9 +72,7 @@ async def test_pausing_an_agent_stops_the_processes_it_started(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
     async with started_runtime(make_config(default_isolation="process")) as rt:
-        agent_id = await rt.register_agent("spawner", SpawningAgent)
-        await rt.start_agent(agent_id)
-        child = await _spawn(rt, agent_id)
+        agent_id, _, child = await _spawner_with_child(rt)
 
         assert (await rt.pause_agent(agent_id, timeout_seconds=WAIT)).status is AgentStatus.PAUSED
         await wait_until(lambda: proc_state(child) == "T", "the subprocess to stop", WAIT)
