@@ -109,6 +109,50 @@ async def test_retry_backoff_does_not_count_while_queue_paused(
         assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
 
 
+async def test_retry_backoff_does_not_count_while_its_group_is_paused(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-25: the retry backoff of a task targeted at a group is frozen while the group is
+    paused (every member paused), and counts again once a member resumes."""
+    config = make_config(retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=0.2)
+    recorder = EventRecorder()
+    async with AgentRuntime(config=config, plugins=[recorder]) as rt:
+        await start_agent(rt, "one", agents.SwitchAgent, group="team")
+        await start_agent(rt, "two", agents.SwitchAgent, group="team")
+        agents.FAILING.add("job")
+        task_id = await rt.submit_task("job", max_retries=1, group="team")
+        await recorder.wait_for(EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
+        await rt.pause_group("team")
+        agents.FAILING.clear()
+        await asyncio.sleep(0.4)  # twice the backoff: this is the time under test
+        assert rt.get_task_status(task_id).status is TaskStatus.PENDING
+        assert rt.executor.retry_remaining(task_id) == pytest.approx(0.2, abs=0.05)
+        kinds = [reason.kind.value for reason in rt.explain(task_id).reasons]
+        assert kinds[:2] == ["retry_backoff", "agent_paused"]
+        await rt.resume_group("team")
+        assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_retry_backoff_counts_while_a_group_member_still_runs(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-25: pausing one member of a group does not freeze the backoff of the group's
+    tasks while another member can run them."""
+    config = make_config(retry_backoff_base_seconds=0.2, retry_backoff_max_seconds=0.2)
+    recorder = EventRecorder()
+    async with AgentRuntime(config=config, plugins=[recorder]) as rt:
+        paused = await start_agent(rt, "one", agents.SwitchAgent, group="team")
+        running = await start_agent(rt, "two", agents.SwitchAgent, group="team")
+        agents.FAILING.add("job")
+        task_id = await rt.submit_task("job", max_retries=1, group="team")
+        await recorder.wait_for(EventType.TASK_RETRY_SCHEDULED, task_id=task_id)
+        await rt.pause_agent(paused)
+        agents.FAILING.clear()
+        task = await rt.wait_for_task(task_id, 5)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.assigned_agent_id == running
+
+
 async def test_graceful_stop_lets_task_finish(rt: AgentRuntime) -> None:
     """F-04, F-14: a graceful stop waits for the running task."""
     agent_id = await start_agent(rt, "gated", agents.GatedAgent)

@@ -10,6 +10,7 @@ from miminions.kernel.supervisor import (
     TRANSITIONS,
     check_request,
     check_transition,
+    group_clocks_frozen,
     retry_delay,
 )
 
@@ -68,3 +69,23 @@ def test_requests_name_the_allowed_states() -> None:
 def test_retry_delay_doubles_up_to_the_cap() -> None:
     """F-19: exponential backoff base * 2**(n-1), capped."""
     assert [retry_delay(n, 0.5, 3.0) for n in range(1, 6)] == [0.5, 1.0, 2.0, 3.0, 3.0]
+
+
+@pytest.mark.parametrize(
+    ("members", "frozen"),
+    [
+        ([S.PAUSED, S.PAUSED], True),
+        ([S.PAUSED, S.STOPPED, S.FAILED, S.REGISTERED], True),
+        ([S.PAUSED, S.RUNNING], False),
+        ([S.PAUSED, S.STARTING], False),
+        ([S.PAUSED, S.QUEUED], False),
+        ([S.STOPPED, S.FAILED], False),
+        ([], False),
+    ],
+)
+def test_a_group_counts_as_paused_when_no_member_can_serve_it(
+    members: list[AgentStatus], frozen: bool
+) -> None:
+    """F-25: a group's tasks' clocks stop only while some member is paused and none runs,
+    starts or waits for a slot."""
+    assert group_clocks_frozen(members) is frozen

@@ -254,6 +254,15 @@ class Executor(Protocol):
         """Undo :meth:`pause_clocks`."""
         ...
 
+    def pause_group_clocks(self, group: str) -> None:
+        """Freeze the retry backoffs of the tasks targeted at ``group``: the kernel calls
+        it when the group's last running member is paused (see ``group_clocks_frozen``)."""
+        ...
+
+    def resume_group_clocks(self, group: str) -> None:
+        """Undo :meth:`pause_group_clocks`."""
+        ...
+
     async def drain(self, timeout_seconds: float) -> list[str]:
         """Stop dispatching, wait up to ``timeout_seconds`` for running tasks, interrupt
         the rest (re-queued) and return their ids."""

@@ -44,7 +44,7 @@ from miminions.kernel.models import (
 )
 from miminions.kernel.restarts import RestartMixin
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
-from miminions.kernel.supervisor import check_request, check_transition
+from miminions.kernel.supervisor import check_request, check_transition, group_clocks_frozen
 from miminions.kernel.task_input import describe_error, to_json_value
 from miminions.kernel.validation import check_seconds, check_utf8
 
@@ -157,6 +157,8 @@ class AgentBook(RestartMixin):
         #: gone: the runtime ends what it held open, such as key-value watches).
         self.ended_listener: Callable[[str], None] | None = None
         self.slots: dict[str, AgentSlot] = {}
+        #: Groups whose tasks' retry backoffs the executor was told to freeze.
+        self._frozen_groups: set[str] = set()
         self.by_name: dict[str, str] = {}
         self.stored: dict[str, StoredAgent] = {}
         self._start_queue: deque[AgentSlot] = deque()
@@ -252,6 +254,8 @@ class AgentBook(RestartMixin):
             slot.paused_state = previous.paused_state
         self.slots[agent_id] = slot
         self.by_name[name] = agent_id
+        if restored_paused and group is not None:
+            self._update_group_clocks(group)
         self._events.emit(
             EventType.AGENT_REGISTERED,
             agent_id=agent_id,
@@ -786,6 +790,25 @@ class AgentBook(RestartMixin):
             self.paused_listener(slot.agent_id, not was_paused)
         if status in (S.STOPPED, S.FAILED) and self.ended_listener is not None:
             self.ended_listener(slot.agent_id)
+        if slot.spec.group is not None:
+            self._update_group_clocks(slot.spec.group)
+
+    def _update_group_clocks(self, group: str) -> None:
+        """Tell the executor when ``group`` starts or stops counting as paused (F-25)."""
+        executor = self.executor
+        if executor is None:
+            return
+        frozen = group_clocks_frozen(
+            slot.status for slot in self.slots.values() if slot.spec.group == group
+        )
+        if frozen == (group in self._frozen_groups):
+            return
+        if frozen:
+            self._frozen_groups.add(group)
+            executor.pause_group_clocks(group)
+        else:
+            self._frozen_groups.discard(group)
+            executor.resume_group_clocks(group)
 
     def _save(self, slot: AgentSlot) -> Any:
         record = StoredAgent(

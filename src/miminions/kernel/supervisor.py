@@ -14,6 +14,8 @@ A stopped or failed agent can be started again.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from miminions.kernel.errors import InvalidStateError
 from miminions.kernel.models import AgentStatus
 
@@ -34,6 +36,22 @@ TRANSITIONS: dict[AgentStatus, frozenset[AgentStatus]] = {
 
 # Agents in these states hold one of the max_concurrent_agents slots.
 ACTIVE_STATES = frozenset({S.STARTING, S.RUNNING, S.PAUSED, S.STOPPING})
+
+# Members in these states serve (or are about to serve) the tasks targeted at their group.
+_SERVING_STATES = frozenset({S.QUEUED, S.STARTING, S.RUNNING})
+
+
+def group_clocks_frozen(member_statuses: Iterable[AgentStatus]) -> bool:
+    """Whether a group counts as paused for its tasks' clocks (F-25): some member is
+    paused and none is running, starting or waiting to start. Then nothing can run the
+    tasks targeted at the group, so their retry backoffs stop counting."""
+    paused = False
+    for status in member_statuses:
+        if status in _SERVING_STATES:
+            return False
+        paused = paused or status is S.PAUSED
+    return paused
+
 
 # What the user can ask for, and the states it is allowed from.
 ALLOWED_FROM: dict[str, frozenset[AgentStatus]] = {

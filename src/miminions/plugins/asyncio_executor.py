@@ -29,7 +29,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy
-from miminions.kernel.scheduler import agent_route
+from miminions.kernel.scheduler import agent_route, group_route
 from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
 
 if TYPE_CHECKING:
@@ -37,6 +37,13 @@ if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
+
+
+def _group_reason(group: str) -> str:
+    """The freeze reason of a paused group (no agent id starts with a NUL)."""
+    return "\0group:" + group
+
+
 _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the loop
 #: How much of an agent's recent task time its prefetch window may hold: a task taken ahead
 #: of time waits about this long behind the agent's window at most, so short tasks travel
@@ -158,6 +165,9 @@ class AsyncioExecutor:
         self._workers: set[asyncio.Task[None]] = set()
         self._retry_timers: dict[str, FreezableTimer] = {}
         self._paused_agents: set[str] = set()
+        #: The route of each paused agent and group, with its freeze reason: the retry
+        #: backoffs of tasks on that route are frozen.
+        self._frozen_routes: dict[str, str] = {}
         self._queue_frozen = False
         self._accepting = False
         self._dispatch_scheduled = False
@@ -278,10 +288,9 @@ class AsyncioExecutor:
         frozen = set()
         if self._queue_frozen:
             frozen.add(QUEUE_REASON)
-        route = self._sched.route(task_id)
-        for agent_id in self._paused_agents:
-            if route == agent_route(agent_id):
-                frozen.add(agent_id)
+        reason = self._frozen_routes.get(self._sched.route(task_id))
+        if reason is not None:
+            frozen.add(reason)
         self._retry_timers[task_id] = FreezableTimer(
             self._loop, delay, lambda: self._retry_due(task_id), frozen
         )
@@ -313,35 +322,47 @@ class AsyncioExecutor:
         """Undo :meth:`pause_clocks`."""
         self._set_frozen(agent_id, freeze=False)
 
+    def pause_group_clocks(self, group: str) -> None:
+        """Freeze the retry backoffs of the tasks targeted at ``group``."""
+        self._freeze_route(group_route(group), _group_reason(group), freeze=True)
+
+    def resume_group_clocks(self, group: str) -> None:
+        """Undo :meth:`pause_group_clocks`."""
+        self._freeze_route(group_route(group), _group_reason(group), freeze=False)
+        self.wake()
+
     # ------------------------------------------------------------------ internals
     def _set_frozen(self, agent_id: str | None, *, freeze: bool) -> None:
         if agent_id is None:
             self._queue_frozen = freeze
-            reason = QUEUE_REASON
-            timers = list(self._retry_timers.values())
+            for timer in self._retry_timers.values():
+                (timer.freeze if freeze else timer.thaw)(QUEUE_REASON)
         else:
-            reason = agent_id
             if freeze:
                 self._paused_agents.add(agent_id)
             else:
                 self._paused_agents.discard(agent_id)
-            route = agent_route(agent_id)
-            timers = [
-                t
-                for task_id, t in self._retry_timers.items()
-                if self._sched.route(task_id) == route
-            ]
+            self._freeze_route(agent_route(agent_id), agent_id, freeze=freeze)
             runs = self._agent_runs.get(agent_id)
             run = runs[0] if runs else None  # only the head's timeout is counting
             if run is not None:
                 if freeze:
-                    self._deadlines.freeze(run, reason)
+                    self._deadlines.freeze(run, agent_id)
                 else:
-                    self._deadlines.thaw(run, reason)
-        for timer in timers:
-            (timer.freeze if freeze else timer.thaw)(reason)
+                    self._deadlines.thaw(run, agent_id)
         if not freeze:
             self.wake()
+
+    def _freeze_route(self, route: str, reason: str, *, freeze: bool) -> None:
+        """Freeze (or thaw) for ``reason`` the retry backoffs of the tasks on ``route``."""
+        if freeze:
+            self._frozen_routes[route] = reason
+        else:
+            self._frozen_routes.pop(route, None)
+        route_of = self._sched.route
+        for task_id, timer in self._retry_timers.items():
+            if route_of(task_id) == route:
+                (timer.freeze if freeze else timer.thaw)(reason)
 
     def _retry_due(self, task_id: str) -> None:
         self._retry_timers.pop(task_id, None)
