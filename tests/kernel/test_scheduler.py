@@ -874,15 +874,31 @@ def test_requeue_makes_a_running_task_ready_again() -> None:
     """F-20: an interrupted task is re-queued at once (at-least-once)."""
     sched, clock = make()
     add(sched, "t", LOW)
+    add(sched, "u", LOW)  # ready as long as "t": the same aging
     assert sched.take([ANY_ROUTE]) == "t"
     clock.advance(3)
     sched.requeue("t")
     assert sched.state("t") is NodeState.READY
-    assert sched.waiting_count == 1
-    assert sched.ready_count == 1
-    assert sched.effective_priority("t") == LOW
+    assert sched.waiting_count == 2
+    assert sched.ready_count == 2
+    assert sched.effective_priority("t") == sched.effective_priority("u") < LOW
     assert sched.position("t") == 0
     assert sched.take([ANY_ROUTE]) == "t"
+
+
+def test_requeue_keeps_the_tasks_place_in_line() -> None:
+    """F-01, F-20: an interrupted task goes back before the tasks of its priority that
+    became ready after it (FIFO), and keeps the aging it had earned."""
+    sched, clock = make()
+    add(sched, "first", MEDIUM)
+    clock.advance(1)
+    add(sched, "second", MEDIUM)
+    assert sched.take([ANY_ROUTE]) == "first"
+    clock.advance(5)
+    add(sched, "third", MEDIUM)
+    sched.requeue("first")
+    assert sched.position("first") == 0
+    assert [sched.take([ANY_ROUTE]) for _ in range(3)] == ["first", "second", "third"]
 
 
 @pytest.mark.parametrize("operation", ["hold", "requeue", "complete"])

@@ -331,7 +331,7 @@ class SchedulerMachine(RuleBasedStateMachine):
     def requeue(self, data: st.DataObject) -> None:
         task_id = self.pick(data, self.ids_in(RUNNING))
         self.sched.requeue(task_id)
-        self.make_ready(task_id)
+        self.tasks[task_id].state = READY  # in its old place: its ready time is kept
 
     def revivable(self) -> list[str]:
         # A task whose prerequisite is still failed/cancelled is left out on purpose: what

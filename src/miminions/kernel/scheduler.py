@@ -493,13 +493,14 @@ class Scheduler:
         return True
 
     def requeue(self, task_id: str) -> None:
-        """A running task was interrupted (not failed): it is ready again at once."""
+        """A running task was interrupted (not failed): it is ready again at once, in the
+        place it had. It keeps its ready time, so it goes before the tasks of its priority
+        that became ready after it, and its aging goes on from where it was."""
         node = self._get(task_id)
         self._require(node, NodeState.RUNNING)
-        now = self._clock()
-        key = self._order_key(node.inherited, now)
+        key = self._order_key(node.inherited, node.ready_at)
         self._waiting += 1
-        self._make_ready(node, now, key)
+        self._make_ready(node, node.ready_at, key)
 
     def revive(self, task_id: str) -> Change:
         """A failed or cancelled task is run again (dead-letter re-queue); raises (changing
