@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,6 +28,7 @@ from miminions import (
 )
 from miminions.kernel.supervisor import retry_delay
 from tests.support import agents
+from tests.support.runtime import run_child_runtime
 
 
 async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: Any) -> str:
@@ -188,6 +190,23 @@ async def test_timed_out_sync_call_never_runs_beside_the_next(rt: AgentRuntime) 
         assert task.status is TaskStatus.COMPLETED
         assert task.output_data["thread"].startswith("miminions-sync")
     assert CountingSync.most == 1
+
+
+async def test_a_sync_call_that_never_returns_does_not_keep_the_program_alive(
+    db_path: Path,
+) -> None:
+    """F-22, R-02: once the runtime stopped, a program exits although its inline agent's
+    synchronous code never returned (the call is abandoned, not waited for at exit)."""
+    child = await run_child_runtime("stuck_sync_child", db_path)
+    try:
+        async with asyncio.timeout(60):
+            output, _ = await child.communicate()
+    finally:
+        if child.returncode is None:
+            child.kill()
+            await child.wait()
+    assert output.decode().splitlines() == ["task failed", "runtime stopped", "main returned"]
+    assert child.returncode == 0
 
 
 async def test_queued_starts_keep_order_and_the_limit(

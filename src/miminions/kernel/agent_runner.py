@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import inspect
 from collections.abc import Awaitable, Callable
-from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from typing import Any
 
@@ -28,6 +27,7 @@ from miminions.kernel.agent import (
     call_hook,
     instantiate_agent,
 )
+from miminions.kernel.agent_thread import AgentThread
 from miminions.kernel.errors import InvalidStateError
 from miminions.kernel.models import JSONObject, Task
 from miminions.kernel.tracing import trace_scope
@@ -70,7 +70,7 @@ class AgentRunner:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._thread: ThreadPoolExecutor | None = None
+        self._thread: AgentThread | None = None
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
 
     # --------------------------------------------------------------- ContextChannel
@@ -243,7 +243,8 @@ class AgentRunner:
             self._inbox = None
         self._agent = None
         if self._thread is not None:
-            # A sync call that ignores cancellation keeps its thread; nothing waits for it.
+            # A sync call that ignores cancellation keeps its thread; nothing waits for it,
+            # and the interpreter does not either (a daemon thread).
             self._thread.shutdown(wait=False, cancel_futures=True)
             self._thread = None
 
@@ -267,9 +268,9 @@ class AgentRunner:
         """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread)."""
         return await call_hook(self._agent, name, *args, executor=self._own_thread())
 
-    def _own_thread(self) -> ThreadPoolExecutor:
+    def _own_thread(self) -> AgentThread:
         if self._thread is None:
-            self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"miminions-{self.name}")
+            self._thread = AgentThread(f"miminions-{self.name}")
         return self._thread
 
 

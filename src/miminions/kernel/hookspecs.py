@@ -113,7 +113,8 @@ def miminions_machine_load() -> float | None:
     While it is above ``ResourceLimits.max_load_per_cpu``, agent starts wait (status
     ``queued`` with the reason) and are re-checked every second (F-08). Firstresult: the
     built-in ``process_host`` plugin answers with the 1-minute load average divided by the
-    usable CPUs; a plugin can answer from another source (a cgroup, a test).
+    usable CPUs; a plugin can answer from another source (a cgroup, a test). An
+    implementation that raises counts as "load unknown": logged, and starts are not held.
     """
 
 
