@@ -789,6 +789,25 @@ def test_take_respects_fifo_across_routes() -> None:
     assert drain(sched, routes) == ["first", "second", "third"]
 
 
+def test_best_per_route_of_chosen_routes_and_empty_routes_forgotten() -> None:
+    """best_per_route(routes) answers for those routes only; routes whose tasks were all
+    taken are forgotten, so a scan costs what the routes with ready tasks do."""
+    sched, _ = make()
+    for n in range(50):
+        add(sched, f"t{n}", MEDIUM, route=agent_route(f"a{n}"))
+    add(sched, "any", LOW)
+    assert sched.route_count == 51
+    chosen = sched.best_per_route([agent_route("a7"), agent_route("nobody"), ANY_ROUTE])
+    assert sorted(route for _, _, route in chosen) == [ANY_ROUTE, agent_route("a7")]
+    for n in range(50):
+        sched.take_id(f"t{n}")
+    assert [route for _, _, route in sched.best_per_route()] == [ANY_ROUTE]
+    assert sched.route_count == 1
+    add(sched, "again", HIGH, route=agent_route("a3"))
+    assert sched.peek(agent_route("a3")) == "again"
+    assert sched.route_count == 2
+
+
 def test_peek_take_id_and_best_per_route() -> None:
     """F-02: peek shows a route's best task without taking it; take_id takes a chosen one."""
     sched, _ = make()

@@ -413,23 +413,48 @@ class Scheduler:
         self._waiting -= 1
         return task_id
 
-    def best_per_route(self) -> list[tuple[float, int, str]]:
-        """(key, seq, route) of the most urgent ready task of every non-empty route."""
+    def best_per_route(self, routes: Iterable[str] | None = None) -> list[tuple[float, int, str]]:
+        """(key, seq, route) of the most urgent ready task of every non-empty route, or of
+        those among ``routes``. A route found empty is forgotten (its heap is made again by
+        its next task), so scanning every route costs what the routes with ready tasks do,
+        not every agent ever targeted."""
+        heaps = self._heaps
         result = []
-        for route, heap in self._heaps.items():
+        emptied = []
+        for route in heaps if routes is None else routes:
+            heap = heaps.get(route)
+            if heap is None:
+                continue
             self._drop_stale(heap)
             if heap:
                 key, seq, _, _ = heap[0]
                 result.append((key, seq, route))
+            else:
+                emptied.append(route)
+        for route in emptied:
+            del heaps[route]
         return result
+
+    @property
+    def route_count(self) -> int:
+        """How many routes may hold ready tasks (see :meth:`best_per_route`)."""
+        return len(self._heaps)
 
     def peek(self, route: str) -> str | None:
         """The id of the most urgent ready task on ``route``, without taking it."""
+        front = self.front(route)
+        return None if front is None else front[2]
+
+    def front(self, route: str) -> tuple[float, int, str] | None:
+        """(key, seq, task id) of the most urgent ready task on ``route``, or None."""
         heap = self._heaps.get(route)
         if not heap:
             return None
         self._drop_stale(heap)
-        return heap[0][3] if heap else None
+        if not heap:
+            return None
+        key, seq, _, task_id = heap[0]
+        return key, seq, task_id
 
     def take_id(self, task_id: str) -> None:
         """Mark a ready task running (it was chosen by :meth:`peek`)."""

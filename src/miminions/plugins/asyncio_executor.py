@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
 from collections.abc import Callable
 from types import EllipsisType
 from typing import TYPE_CHECKING
@@ -29,7 +30,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy
-from miminions.kernel.scheduler import agent_route, group_route
+from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
 
 if TYPE_CHECKING:
@@ -372,21 +373,46 @@ class AsyncioExecutor:
         self._dispatch_scheduled = False
         if not self._accepting or self._rt.queue_paused:
             return
-        while self._idle:
-            best: tuple[tuple[float, int], str] | None = None
-            for key, seq, route in self._sched.best_per_route():
-                if self._has_candidate(route) and (best is None or (key, seq) < best[0]):
-                    best = ((key, seq), route)
-            if best is None:
-                return
-            route = best[1]
-            task_id = self._sched.peek(route)
-            if task_id is None:
-                return
+        if not self._idle:
+            return
+        sched = self._sched
+        # The fronts of the routes an idle agent can serve, in one heap: each task handed
+        # out costs a heap step, not a scan of every route (with a thousand agents, each
+        # with tasks targeted at it, a scan per task made a pass quadratic).
+        fronts = [
+            front
+            for front in sched.best_per_route(self._idle_routes())
+            if self._has_candidate(front[2])
+        ]
+        heapq.heapify(fronts)
+        while self._idle and fronts:
+            key, seq, route = heapq.heappop(fronts)
+            if not self._has_candidate(route):
+                continue  # its agents were given tasks this pass
+            front = sched.front(route)
+            if front is None:
+                continue
+            if front[0] != key or front[1] != seq:  # changed meanwhile (a hook, an event)
+                heapq.heappush(fronts, (front[0], front[1], route))
+                continue
+            task_id = front[2]
             slot = self._choose(task_id, route)
-            self._sched.take_id(task_id)
+            sched.take_id(task_id)
             self._leave_idle(slot)
             self._launch(slot, task_id)
+            front = sched.front(route)
+            if front is not None:
+                heapq.heappush(fronts, (front[0], front[1], route))
+
+    def _idle_routes(self) -> list[str] | None:
+        """The routes an idle agent serves (None: every route, when that is fewer)."""
+        idle, groups = self._idle, self._idle_by_group
+        if len(idle) + len(groups) >= self._sched.route_count:
+            return None
+        routes = [ANY_ROUTE]
+        routes.extend(agent_route(agent_id) for agent_id in idle)
+        routes.extend(group_route(group) for group, members in groups.items() if members)
+        return routes
 
     def _has_candidate(self, route: str) -> bool:
         if not route:
