@@ -15,7 +15,7 @@ import contextlib
 import logging
 import math
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -157,7 +157,9 @@ class AgentBook(RestartMixin):
         #: gone: the runtime ends what it held open, such as key-value watches).
         self.ended_listener: Callable[[str], None] | None = None
         self.slots: dict[str, AgentSlot] = {}
-        #: Groups whose tasks' retry backoffs the executor was told to freeze.
+        #: How many members of each group are in each status (kept by _set), and the
+        #: groups whose tasks' retry backoffs the executor was told to freeze.
+        self._group_statuses: dict[str, Counter[AgentStatus]] = {}
         self._frozen_groups: set[str] = set()
         self.by_name: dict[str, str] = {}
         self.stored: dict[str, StoredAgent] = {}
@@ -254,7 +256,8 @@ class AgentBook(RestartMixin):
             slot.paused_state = previous.paused_state
         self.slots[agent_id] = slot
         self.by_name[name] = agent_id
-        if restored_paused and group is not None:
+        if group is not None:
+            self._group_statuses.setdefault(group, Counter())[instance.status] += 1
             self._update_group_clocks(group)
         self._events.emit(
             EventType.AGENT_REGISTERED,
@@ -783,6 +786,11 @@ class AgentBook(RestartMixin):
     # ------------------------------------------------------------------ internals
     def _set(self, slot: AgentSlot, status: AgentStatus, reason: str | None) -> None:
         check_transition(slot.agent_id, slot.status, status)
+        group = slot.spec.group
+        if group is not None:
+            statuses = self._group_statuses[group]
+            statuses[slot.status] -= 1
+            statuses[status] += 1
         was_paused = slot.status is S.PAUSED
         slot.instance.status = status
         slot.instance.status_reason = reason
@@ -790,17 +798,16 @@ class AgentBook(RestartMixin):
             self.paused_listener(slot.agent_id, not was_paused)
         if status in (S.STOPPED, S.FAILED) and self.ended_listener is not None:
             self.ended_listener(slot.agent_id)
-        if slot.spec.group is not None:
-            self._update_group_clocks(slot.spec.group)
+        if group is not None:
+            self._update_group_clocks(group)
 
     def _update_group_clocks(self, group: str) -> None:
         """Tell the executor when ``group`` starts or stops counting as paused (F-25)."""
         executor = self.executor
         if executor is None:
             return
-        frozen = group_clocks_frozen(
-            slot.status for slot in self.slots.values() if slot.spec.group == group
-        )
+        statuses = self._group_statuses[group]
+        frozen = group_clocks_frozen(status for status, count in statuses.items() if count)
         if frozen == (group in self._frozen_groups):
             return
         if frozen:
