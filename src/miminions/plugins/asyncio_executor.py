@@ -38,19 +38,17 @@ if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
-
-
-def _group_reason(group: str) -> str:
-    """The freeze reason of a paused group (no agent id starts with a NUL)."""
-    return "\0group:" + group
-
-
 _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the loop
 #: How much of an agent's recent task time its prefetch window may hold: a task taken ahead
 #: of time waits about this long behind the agent's window at most, so short tasks travel
 #: in batches while a task more urgent than the window's only waits for long ones' ends.
 PREFETCH_BUDGET_SECONDS = 0.005
 _DURATION_WEIGHT = 0.2  # of the latest run in an agent's average run time
+
+
+def _group_reason(group: str) -> str:
+    """The freeze reason of a paused group (no agent id starts with a NUL)."""
+    return "\0group:" + group
 
 
 class _Run(Deadline):
