@@ -7,6 +7,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import pydantic
 import pytest
 
 from miminions import (
@@ -16,8 +17,10 @@ from miminions import (
     InvalidStateError,
     MiminionsError,
     NotFoundError,
+    ProcessSettings,
     QueueFullError,
     ResourceLimits,
+    RestartPolicy,
     RuntimeConfig,
     RuntimeNotRunningError,
     TaskRequest,
@@ -366,3 +369,27 @@ async def test_bad_arguments_raise_typed_errors(
 async def _outcome(result: object) -> object:
     """What a call returned, awaited if it is a coroutine (async and sync calls alike)."""
     return await result if isinstance(result, Awaitable) else result
+
+
+_DURATIONS = [
+    (RuntimeConfig, "aging_seconds_per_level"),
+    (RuntimeConfig, "shutdown_timeout_seconds"),
+    (RuntimeConfig, "retry_backoff_max_seconds"),
+    (ResourceLimits, "task_timeout_seconds"),
+    (ProcessSettings, "heartbeat_timeout_seconds"),
+    (RestartPolicy, "window_seconds"),
+]
+
+
+@pytest.mark.parametrize(
+    ("model", "field", "value"),
+    [(m, f, v) for m, f in _DURATIONS for v in (float("inf"), float("nan"), 1e300)]
+    + [(ResourceLimits, "max_memory_per_agent_mb", v) for v in (float("inf"), float("nan"))],
+)
+def test_settings_refuse_infinite_and_absurd_numbers(
+    model: type[pydantic.BaseModel], field: str, value: float
+) -> None:
+    """R-04: a setting is a finite number (durations at most 100 years); infinity is not
+    "never" (that is None where allowed), and an infinite aging inverted priority order."""
+    with pytest.raises(pydantic.ValidationError, match=field):
+        model(**{field: value})

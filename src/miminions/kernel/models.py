@@ -14,21 +14,30 @@ from __future__ import annotations
 import enum
 from collections.abc import Callable
 from datetime import datetime
-from typing import Any, TypeVar, cast
+from typing import Annotated, Any, TypeVar, cast
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    NonNegativeFloat,
     NonNegativeInt,
-    PositiveFloat,
     PositiveInt,
 )
 
 from miminions.kernel.jsonutil import copy_json
 
 JSONObject = dict[str, Any]
+
+#: The longest duration accepted anywhere (settings, timeouts, TTLs): 100 years. Deadlines
+#: are datetimes (a TTL's ``expires_at``) and loop times; far beyond this they overflow, and
+#: "never" is spelled None.
+MAX_SECONDS = 100 * 365 * 24 * 3600.0
+#: A duration setting: finite, 0 to 100 years (infinity and NaN are refused, not taken as
+#: "never": that is None where a setting allows it).
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+#: A positive finite amount (megabytes, cost, load).
+PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 _M = TypeVar("_M", bound=BaseModel)
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
@@ -190,7 +199,7 @@ class Task(BaseModel):
     dependencies: list[str] = Field(default_factory=list)
     retry_count: int = Field(default=0, ge=0)
     max_retries: int = Field(default=0, ge=0)
-    timeout_seconds: PositiveFloat | None = None
+    timeout_seconds: PositiveSeconds | None = None
     idempotency_key: str | None = None
     checkpoint: Any = None
     dead_lettered: bool = False
@@ -233,7 +242,7 @@ class UsageBudget(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     tokens: PositiveInt | None = None
-    cost: PositiveFloat | None = None
+    cost: PositiveAmount | None = None
 
 
 class ResourceLimits(BaseModel):
@@ -254,11 +263,11 @@ class ResourceLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_concurrent_agents: PositiveInt = 10
-    max_memory_per_agent_mb: PositiveFloat | None = None
-    soft_memory_per_agent_mb: PositiveFloat | None = None
-    max_cpu_time_per_agent_seconds: PositiveFloat | None = None
-    soft_cpu_time_per_agent_seconds: PositiveFloat | None = None
-    max_load_per_cpu: PositiveFloat | None = None
+    max_memory_per_agent_mb: PositiveAmount | None = None
+    soft_memory_per_agent_mb: PositiveAmount | None = None
+    max_cpu_time_per_agent_seconds: PositiveSeconds | None = None
+    soft_cpu_time_per_agent_seconds: PositiveSeconds | None = None
+    max_load_per_cpu: PositiveAmount | None = None
     usage_budget: UsageBudget | None = None
 
     def overridden_by(self, own: ResourceLimits | None) -> ResourceLimits:
@@ -269,7 +278,7 @@ class ResourceLimits(BaseModel):
 
     max_task_queue_size: PositiveInt | None = None
     message_queue_max_size: PositiveInt = 1000
-    task_timeout_seconds: PositiveFloat | None = 300.0
+    task_timeout_seconds: PositiveSeconds | None = 300.0
 
 
 class RestartPolicy(BaseModel):
@@ -280,9 +289,9 @@ class RestartPolicy(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_restarts: NonNegativeInt = 3
-    window_seconds: PositiveFloat = 60.0
-    backoff_base_seconds: NonNegativeFloat = 0.5
-    backoff_max_seconds: NonNegativeFloat = 30.0
+    window_seconds: PositiveSeconds = 60.0
+    backoff_base_seconds: Seconds = 0.5
+    backoff_max_seconds: Seconds = 30.0
 
 
 class ProcessSettings(BaseModel):
@@ -310,11 +319,11 @@ class ProcessSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     start_method: str | None = None
-    heartbeat_interval_seconds: PositiveFloat = 1.0
-    heartbeat_timeout_seconds: PositiveFloat = 10.0
-    cancel_grace_seconds: NonNegativeFloat = 1.0
-    stop_grace_seconds: NonNegativeFloat = 2.0
-    usage_interval_seconds: PositiveFloat = 0.2
+    heartbeat_interval_seconds: PositiveSeconds = 1.0
+    heartbeat_timeout_seconds: PositiveSeconds = 10.0
+    cancel_grace_seconds: Seconds = 1.0
+    stop_grace_seconds: Seconds = 2.0
+    usage_interval_seconds: PositiveSeconds = 0.2
     preload: list[str] = Field(default_factory=list)
     prefetch: PositiveInt = 16
 
@@ -333,11 +342,11 @@ class RuntimeConfig(BaseModel):
 
     storage_path: str = "miminions.db"
     limits: ResourceLimits = Field(default_factory=ResourceLimits)
-    aging_seconds_per_level: PositiveFloat = 1.0
-    retry_backoff_base_seconds: NonNegativeFloat = 0.5
-    retry_backoff_max_seconds: NonNegativeFloat = 60.0
-    shutdown_timeout_seconds: NonNegativeFloat = 10.0
-    agent_start_timeout_seconds: PositiveFloat = 60.0
+    aging_seconds_per_level: PositiveSeconds = 1.0
+    retry_backoff_base_seconds: Seconds = 0.5
+    retry_backoff_max_seconds: Seconds = 60.0
+    shutdown_timeout_seconds: Seconds = 10.0
+    agent_start_timeout_seconds: PositiveSeconds = 60.0
     default_isolation: str = "process"
     restart: RestartPolicy = Field(default_factory=RestartPolicy)
     group_budgets: dict[str, UsageBudget] = Field(default_factory=dict)

@@ -12,14 +12,9 @@ from typing import Any, TypeVar
 
 from miminions.kernel.errors import ValidationError
 from miminions.kernel.interfaces import EventQuery
-from miminions.kernel.models import EventType, Severity
+from miminions.kernel.models import MAX_SECONDS, EventType, Severity
 
 _E = TypeVar("_E")
-
-#: The longest duration :func:`check_seconds` accepts: 100 years. Deadlines are datetimes
-#: (a TTL's ``expires_at``) and loop times; far beyond this they overflow, and "never" is
-#: spelled None.
-MAX_SECONDS = 100 * 365 * 24 * 3600.0
 
 
 def check_utf8(text: str, what: str) -> int:
