@@ -26,10 +26,16 @@ from miminions import (
     RuntimeConfig,
     Task,
     TaskStatus,
+    ValidationError,
     WaitTimeoutError,
 )
 from tests.support import journal_agents
-from tests.support.journal_agents import PAUSE_STATE, JournalAgent, read_journal
+from tests.support.journal_agents import (
+    PAUSE_STATE,
+    JournalAgent,
+    PauseStateAgent,
+    read_journal,
+)
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -281,6 +287,32 @@ async def test_pause_that_times_out_is_abandoned(
     assert not journal.records("on_pause")
     assert not await rt.query_events(event_type=EventType.AGENT_PAUSED)
     assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+
+@pytest.mark.parametrize("state", [[1, "two", None], "text", 0, {}])
+async def test_any_json_pause_state_reaches_on_resume_unchanged(
+    rt: AgentRuntime, isolation: str, journal: Journal, state: Any
+) -> None:
+    """F-25: whatever JSON value on_pause returns (not only an object) is what on_resume
+    gets, in both modes."""
+    agent_id = await start(rt, isolation, journal, PauseStateAgent, pause_state=state)
+    await rt.pause_agent(agent_id, timeout_seconds=WAIT)
+    await rt.resume_agent(agent_id)
+    [resume_record] = await journal.wait_for("on_resume")
+    assert resume_record["state"] == state
+
+
+async def test_a_non_json_pause_state_fails_the_agent_with_validation_error(
+    rt: AgentRuntime, isolation: str, journal: Journal
+) -> None:
+    """R-04: an on_pause returning something that is not JSON fails the agent, and
+    pause_agent raises ValidationError, in both modes."""
+    agent_id = await start(rt, isolation, journal, PauseStateAgent, non_json=True)
+    with pytest.raises(ValidationError, match="on_pause returned"):
+        await rt.pause_agent(agent_id, timeout_seconds=WAIT)
+    status = rt.get_agent_status(agent_id)
+    assert status.status is AgentStatus.FAILED
+    assert "on_pause returned" in (status.error_message or "")
 
 
 # ---------------------------------------------------------------------- 4. checkpoints

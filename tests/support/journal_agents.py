@@ -235,3 +235,14 @@ def sync_function_agent(task: Task, context: AgentContext) -> dict[str, Any]:
         "agent": context.name,
         "config": context.config,
     }
+
+
+class PauseStateAgent(JournalAgent):
+    """``on_pause`` returns ``config["pause_state"]`` as it is (any JSON value), or, with
+    ``config["non_json"]``, a state holding a set (not JSON)."""
+
+    async def on_pause(self) -> Any:
+        self._journal("on_pause")
+        if self.config.get("non_json"):
+            return {"tags": {1, 2}}
+        return self.config["pause_state"]

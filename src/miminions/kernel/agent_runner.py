@@ -29,7 +29,7 @@ from miminions.kernel.agent import (
 )
 from miminions.kernel.agent_thread import AgentThread
 from miminions.kernel.errors import InvalidStateError
-from miminions.kernel.models import JSONObject, Task
+from miminions.kernel.models import Task
 from miminions.kernel.tracing import trace_scope
 
 SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
@@ -111,7 +111,7 @@ class AgentRunner:
         """True while no task runs."""
         return self._idle.is_set()
 
-    async def start(self, resume_state: JSONObject | None = None) -> None:
+    async def start(self, resume_state: Any = None) -> None:
         """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
         self._stopping = False
         self._gate.set()
@@ -199,7 +199,7 @@ class AgentRunner:
             halted.cancel()
             idle.cancel()
 
-    async def pause(self) -> JSONObject:
+    async def pause(self) -> Any:
         """Halt (see :meth:`halt`), then run ``on_pause`` and return its state.
 
         If ``on_pause`` fails the gate opens again.
@@ -212,7 +212,7 @@ class AgentRunner:
             raise
         return state if state is not None else {}
 
-    async def resume(self, state: JSONObject) -> None:
+    async def resume(self, state: Any) -> None:
         """Run ``on_resume(state)`` and open the gate."""
         await self.hook("on_resume", state)
         self._gate.set()

@@ -38,7 +38,8 @@ class StoredAgent(BaseModel):
     name: str
     spec: AgentSpec
     status: AgentStatus
-    paused_state: JSONObject | None = None
+    #: What on_pause returned (any JSON value) while the agent is paused, else None.
+    paused_state: Any = None
     restart_count: int = 0
     error_message: str | None = None
 
@@ -170,11 +171,13 @@ class AgentHost(Protocol):
         """
         ...
 
-    async def pause(self) -> JSONObject:
-        """Halt at the next safe point and return what ``on_pause`` returned."""
+    async def pause(self) -> Any:
+        """Halt at the next safe point and return what ``on_pause`` returned (any JSON
+        value); raise ValidationError when it is not JSON (the kernel then fails the
+        agent and raises that error)."""
         ...
 
-    async def resume(self, state: JSONObject) -> None:
+    async def resume(self, state: Any) -> None:
         """Run ``on_resume(state)`` and let a halted task continue."""
         ...
 

@@ -45,7 +45,7 @@ from miminions.kernel.models import (
 from miminions.kernel.restarts import RestartMixin
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.kernel.supervisor import check_request, check_transition, group_clocks_frozen
-from miminions.kernel.task_input import describe_error, to_json_value
+from miminions.kernel.task_input import PAUSE_STATE, describe_error, to_json_value
 from miminions.kernel.validation import check_seconds, check_utf8
 
 if TYPE_CHECKING:
@@ -82,7 +82,7 @@ class AgentSlot:
     instance: AgentInstance
     host: AgentHost
     routes: tuple[str, ...]
-    paused_state: JSONObject | None = None
+    paused_state: Any = None  # what on_pause returned (any JSON value) while paused
     host_started: bool = False
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The host call ("start", "pause" or "resume") running under ``lock``, which a stop
@@ -496,7 +496,9 @@ class AgentBook(RestartMixin):
     async def _start_queued(self, slot: AgentSlot) -> None:
         async with slot.lock:
             if slot.status is S.STARTING:  # not stopped while it waited for the lock
-                state = (slot.paused_state or {}) if slot.resume_queued else None
+                state = None
+                if slot.resume_queued:
+                    state = slot.paused_state if slot.paused_state is not None else {}
                 # abandoned (False): the stop that abandoned it ends the agent
                 await self._start(slot, resume_state=state, reserved=True)
 
@@ -528,14 +530,15 @@ class AgentBook(RestartMixin):
                     f"agent {agent_id!r} did not reach a safe point within {timeout_seconds} s; "
                     "the pause was abandoned and the agent keeps running"
                 ) from None
+            except ValidationError as exc:  # a host found the state on_pause returned not JSON
+                await self._fail(slot, str(exc))
+                raise
             except Exception as exc:
                 reason = f"on_pause failed: {describe_error(exc)}"
                 await self._fail(slot, reason)
                 raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
             try:
-                slot.paused_state = to_json_value(
-                    state if state is not None else {}, "the state on_pause returned"
-                )
+                slot.paused_state = to_json_value(state if state is not None else {}, PAUSE_STATE)
             except ValidationError as exc:
                 await self._fail(slot, str(exc))
                 raise

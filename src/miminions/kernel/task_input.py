@@ -41,6 +41,10 @@ class TaskRequest(BaseModel):
     task_id: str | None = None
 
 
+#: How errors name what ``on_pause`` returned (it must be JSON: it is stored).
+PAUSE_STATE = "the state on_pause returned"
+
+
 def to_json_value(
     value: Any,
     what: str,

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 from miminions.kernel.agent_runner import AgentRunner
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.jsonutil import copy_json
-from miminions.kernel.models import AgentSpec, JSONObject, Task, own_json_values
+from miminions.kernel.models import AgentSpec, Task, own_json_values
 
 if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
@@ -42,7 +42,7 @@ class InlineHost:
         """Inline agents share the runtime's process."""
         return None
 
-    async def start(self, resume_state: JSONObject | None = None) -> None:
+    async def start(self, resume_state: Any = None) -> None:
         """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
         await self._runner.start(resume_state)
 
@@ -55,11 +55,11 @@ class InlineHost:
         """
         return await self._runner.run(own_json_values(task), copy_json(checkpoint))
 
-    async def pause(self) -> JSONObject:
+    async def pause(self) -> Any:
         """Halt the running task at its next safe point (or its end), then ``on_pause``."""
         return await self._runner.pause()
 
-    async def resume(self, state: JSONObject) -> None:
+    async def resume(self, state: Any) -> None:
         """Run ``on_resume(state)`` and let a halted task continue."""
         await self._runner.resume(state)
 

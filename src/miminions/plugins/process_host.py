@@ -97,7 +97,7 @@ class ProcessHost:
         return self._live.process.pid if self._live is not None else None
 
     # ------------------------------------------------------------------ AgentHost
-    async def start(self, resume_state: JSONObject | None = None) -> None:
+    async def start(self, resume_state: Any = None) -> None:
         """Start a worker, build the agent there, run ``on_start`` (and ``on_resume``)."""
         self._stopping = False
         if self._live is not None:
@@ -166,7 +166,7 @@ class ProcessHost:
         finally:
             live.runs.pop(run_id, None)
 
-    async def pause(self) -> JSONObject:
+    async def pause(self) -> Any:
         """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker.
 
         Cancelled (the pause timed out, or a stop abandoned it), the worker abandons the
@@ -187,9 +187,10 @@ class ProcessHost:
             # the grace period reopens it when its answer comes.
             await asyncio.wait({abandoning}, timeout=self._settings.cancel_grace_seconds)
             raise
+        state = _paused_state(state)
         live.process.signal(signal.SIGSTOP)
         live.frozen = True
-        return state if isinstance(state, dict) else {}
+        return state
 
     async def _abandon_pause(self, live: _Live, outcome: asyncio.Future[Any]) -> None:
         """Undo in the worker a pause the runtime gave up on.
@@ -202,20 +203,24 @@ class ProcessHost:
         ``on_resume`` balances it and the gate opens.
         """
         try:
-            state = await outcome
+            reply = await outcome
         except Exception:
             return  # the pause was cancelled or failed in the worker: its gate is open
         if self._stopping or self._live is not live or not live.process.alive:
             return  # the worker is being stopped or is gone: there is nothing to reopen
         try:
-            await self._call(live, "resume", state=state if isinstance(state, dict) else {})
+            state = _paused_state(reply)
+        except ValidationError:
+            state = {}  # on_pause returned something that is not JSON: resume with nothing
+        try:
+            await self._call(live, "resume", state=state)
         except ChannelClosedError:
             return  # it died meanwhile; that is reported as its crash
         except Exception as exc:
             reason = f"on_resume failed after an abandoned pause: {exc}"
             await self._kill_worker(live, reason, {})
 
-    async def resume(self, state: JSONObject) -> None:
+    async def resume(self, state: Any) -> None:
         """SIGCONT the worker, run ``on_resume(state)`` and let the task continue."""
         live = self._require_live()
         self._thaw(live)
@@ -588,3 +593,13 @@ def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
     """Make sure no worker outlives the runtime: hosts stop their workers gracefully
     first; whatever is left (a stop cut short) is killed here (F-14)."""
     pool_of(runtime).kill_all()
+
+
+def _paused_state(reply: Any) -> Any:
+    """What ``on_pause`` returned, from the worker's reply to ``pause`` (any JSON value);
+    ValidationError, as for an inline agent, when it was not JSON."""
+    if not isinstance(reply, dict):
+        raise ValidationError(f"malformed reply to pause from the worker: {reply!r}")
+    if "invalid" in reply:
+        raise ValidationError(str(reply["invalid"]))
+    return reply.get("state", {})

@@ -31,7 +31,7 @@ from typing import Any
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
 from miminions.kernel.agent_runner import AgentRunner
 from miminions.kernel.errors import ConfigurationError, MiminionsError, ValidationError
-from miminions.kernel.task_input import to_json_value
+from miminions.kernel.task_input import PAUSE_STATE, to_json_value
 from miminions.kernel.wire import (
     Frame,
     FrameChannel,
@@ -309,14 +309,24 @@ class Worker:
         if op == "start":
             return self.runner.start(frame.get("resume_state"))
         if op == "pause":
-            return self.runner.pause()
+            return self._pause()
         if op == "resume":
-            return self.runner.resume(frame.get("state") or {})
+            return self.runner.resume(frame.get("state", {}))
         if op == "error":
             return self._on_error(frame)
         if op == "stop":
             return self._stop(float(frame.get("timeout", 5.0)))
         raise ValidationError(f"unknown request {op!r}")
+
+    async def _pause(self) -> Frame:
+        """Pause at the next safe point and run ``on_pause``; the reply holds the state it
+        returned, or (``invalid``) why that cannot be stored: it must be JSON, and the
+        runtime raises ValidationError for it as for an inline agent."""
+        state = await self.runner.pause()
+        try:
+            return {"state": to_json_value(state, PAUSE_STATE)}
+        except ValidationError as exc:
+            return {"invalid": str(exc)}
 
     async def _run(self, frame: Frame) -> Any:
         task = task_from_wire(frame.get("task"))
