@@ -131,7 +131,7 @@ class RestartMixin:
             crashes.popleft()
         if len(crashes) >= policy.max_restarts:
             slot.instance.status_reason = (
-                f"not restarted: it crashed {len(crashes) + 1} times within "
+                f"not restarted: it crashed or failed to restart {len(crashes) + 1} times within "
                 f"{policy.window_seconds:g} s (restart policy: at most {policy.max_restarts}); "
                 f"last: {reason}"
             )
