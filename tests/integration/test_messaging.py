@@ -571,6 +571,31 @@ async def test_bad_messages_are_refused(rt: AgentRuntime) -> None:
     assert types(await received_until_sentinel(rt, receiver)) == [SENTINEL]
 
 
+async def test_bad_broadcasts_and_publishes_are_refused_with_nobody_listening(
+    rt: AgentRuntime,
+) -> None:
+    """R-04: a broadcast or publish checks its arguments even when no agent would get it:
+    the same call must not pass or fail depending on who is listening."""
+    with pytest.raises(ValidationError, match="message_type"):
+        await rt.broadcast("", {"x": 1})
+    with pytest.raises(ValidationError, match="JSON"):
+        await rt.broadcast("hello", {"x": object()})
+    with pytest.raises(ValidationError, match="ttl_seconds"):
+        await rt.publish("news", "hello", ttl_seconds=-1)
+    assert await rt.broadcast("hello", {"x": 1}) == []
+    assert await rt.publish("news", "hello") == []
+
+
+async def test_a_request_type_leaves_room_for_its_reply_type(rt: AgentRuntime) -> None:
+    """R-04: a request's message_type is at most 250 characters, so the default reply
+    type (``<type>.reply``) fits the 256-character limit; a longer one is refused at once
+    instead of timing out because no reply can be sent."""
+    receiver = await start(rt, "receiver")
+    with pytest.raises(ValidationError, match="at most 250"):
+        await rt.request(receiver, "q" * 251, timeout_seconds=1)
+    assert rt.get_metrics().messages_sent == 0
+
+
 async def test_bad_messages_fail_the_agents_task(rt: AgentRuntime) -> None:
     """The same refusals reach an agent's code: the task fails with the error's name."""
     sender = await start(rt, "sender")

@@ -361,7 +361,10 @@ async def test_other_agents_work_on_while_one_is_killed_repeatedly(
         assert (agent.restart_count, agent.tasks_completed, agent.tasks_failed) == (3, 0, 4)
         assert agent.process_id is None
         assert agent.status_reason is not None
-        assert "it crashed or failed to restart 4 times within 60 s (restart policy: at most 3)" in agent.status_reason
+        assert (
+            "it crashed or failed to restart 4 times within 60 s (restart policy: at most 3)"
+            in agent.status_reason
+        )
         assert "killed by SIGKILL" in agent.status_reason
         restarts = await rt.query_events(event_type=EventType.AGENT_RESTARTING, agent_id=victim)
         assert [event.details["restart"] for event in restarts] == [1, 2, 3]

@@ -209,11 +209,9 @@ class Messenger:
             for slot in self._rt.agent_book.slots.values()
             if slot.status in (AgentStatus.RUNNING, AgentStatus.PAUSED) and slot.agent_id != sender
         ]
-        if not ids:
-            return []
-        return self._post(
-            self._build(sender, ids, message_type, data, ttl, trace_context=trace_context)
-        )
+        # Built (so checked) even for nobody: bad arguments raise whoever is listening.
+        messages = self._build(sender, ids, message_type, data, ttl, trace_context=trace_context)
+        return self._post(messages) if messages else []
 
     def publish(
         self,
@@ -227,13 +225,10 @@ class Messenger:
         """Send to the subscribers of ``topic`` (not to the sender itself)."""
         _check_name(topic, "topic")
         ids = sorted(a for a in self.topics.get(topic, ()) if a != sender)
-        if not ids:
-            return []
-        return self._post(
-            self._build(
-                sender, ids, message_type, data, ttl, topic=topic, trace_context=trace_context
-            )
+        messages = self._build(
+            sender, ids, message_type, data, ttl, topic=topic, trace_context=trace_context
         )
+        return self._post(messages) if messages else []
 
     async def request(
         self,
@@ -247,6 +242,11 @@ class Messenger:
         """Send a request and wait for the reply matched by correlation id."""
         timeout_seconds = check_seconds(timeout_seconds)
         self._rt.agent_book.get(recipient)
+        if isinstance(message_type, str) and len(message_type) > MAX_NAME - len(REPLY_SUFFIX):
+            raise ValidationError(
+                f"a request's message_type must be at most {MAX_NAME - len(REPLY_SUFFIX)} "
+                f"characters: its default reply type adds {REPLY_SUFFIX!r}"
+            )
         (message,) = self._build(
             sender, [recipient], message_type, data, timeout_seconds, trace_context=trace_context
         )
@@ -283,7 +283,7 @@ class Messenger:
                 f"message {request.message_id!r} is not a request (send it with request())"
             )
         recipient = request.sender_id
-        kind = message_type or f"{request.message_type}.reply"
+        kind = message_type or request.message_type + REPLY_SUFFIX
         # recipient None: the runtime asked (as a sender, None stands for the runtime too)
         (message,) = self._build(sender, [recipient], kind, data, None, trace_context=trace_context)
         message.correlation_id = request.correlation_id
@@ -528,9 +528,15 @@ def _arg(payload: dict[str, Any], name: str, default: Any = None) -> Any:
     return payload.get(name, default)
 
 
+#: The longest message type or topic, in characters.
+MAX_NAME = 256
+#: What a reply's default message type adds to its request's.
+REPLY_SUFFIX = ".reply"
+
+
 def _check_name(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > 256:
-        raise ValidationError(f"{what} must be a non-empty string of at most 256 characters")
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ValidationError(f"{what} must be a non-empty string of at most {MAX_NAME} characters")
     check_utf8(value, what)  # it is stored with the message (mailbox copies) and sent to workers
 
 
