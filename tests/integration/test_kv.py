@@ -75,6 +75,21 @@ async def test_compare_and_set_and_namespaces(rt: AgentRuntime) -> None:
     assert rt.kv.get("k") is None
 
 
+async def test_compare_and_set_compares_as_json_in_both_modes(rt: AgentRuntime) -> None:
+    """F-16: ``expected`` is compared as JSON, as it would arrive from a process agent: a
+    tuple matches the stored list, the same in both isolation modes and for the runtime."""
+    a = await start(rt, "a", KVAgent)
+    await rt.kv.set("pair", [1, 2])
+    swapped = await run(
+        rt, a, op="cas", key="pair", expected=[1, 2], expected_as_tuple=True, value=[2, 1]
+    )
+    assert swapped == {"changed": True}
+    assert await rt.kv.compare_and_set("pair", (2, 1), [3, 4])
+    assert rt.kv.get("pair") == [3, 4]
+    with pytest.raises(ValidationError, match="expected"):
+        await rt.kv.compare_and_set("pair", {1, 2}, [5])
+
+
 async def test_watch_sees_another_agents_writes_quickly(rt: AgentRuntime) -> None:
     """F-16: a watcher in one agent sees another agent's writes, well under 100 ms after
     the write returned."""

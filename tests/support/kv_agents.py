@@ -21,8 +21,11 @@ class KVAgent(BaseAgent):
         if op == "get":
             return {"value": await kv.get(data["key"], data.get("default"), namespace=namespace)}
         if op == "cas":
+            expected = data.get("expected")
+            if data.get("expected_as_tuple"):
+                expected = tuple(expected)
             changed = await kv.compare_and_set(
-                data["key"], data.get("expected"), data.get("value"), namespace=namespace
+                data["key"], expected, data.get("value"), namespace=namespace
             )
             return {"changed": changed}
         if op == "delete":

@@ -141,6 +141,9 @@ class KVStore:
         """Set ``key`` to ``value`` only if it holds ``expected`` now (None: absent);
         ``value`` None deletes. True if it was changed."""
         namespace, key = _check_ns(namespace), _check_key(key)
+        if expected is not None:
+            # Compared as JSON, as a process agent's value arrives: a tuple equals a list.
+            expected = to_json_value(expected, "expected")
         entry = self._data.get((namespace, key))
         current = None if entry is None else entry[0]
         if current != expected:
