@@ -30,6 +30,7 @@ from miminions import (
     AgentRuntime,
     AgentStatus,
     BaseAgent,
+    ConfigurationError,
     EventType,
     Priority,
     ResourceLimits,
@@ -794,6 +795,19 @@ async def test_a_spawned_worker_does_not_run_the_main_script(db_path: Path) -> N
 
 
 # ---------------------------------------------------------------------- 7. validation
+async def test_a_preload_module_that_cannot_be_imported_is_refused(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """R-04: a typo in ProcessSettings.preload fails the runtime's start with a
+    ConfigurationError naming the module (the forkserver would skip it without a word),
+    and the runtime is left stopped."""
+    settings = ProcessSettings(preload=["tests.support.no_such_module"])
+    rt = AgentRuntime(config=config(process=settings))
+    with pytest.raises(ConfigurationError, match="tests.support.no_such_module"):
+        await rt.start()
+    assert not rt.is_running
+
+
 async def test_local_class_cannot_run_in_a_worker(config: Callable[..., RuntimeConfig]) -> None:
     """A class defined inside a function cannot be imported by a worker: registering it for
     process isolation is refused with a hint to use isolation='inline'."""

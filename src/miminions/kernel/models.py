@@ -303,7 +303,8 @@ class ProcessSettings(BaseModel):
     cancelled or timing out. A worker that does not exit ``stop_grace_seconds`` after
     ``on_stop`` gets SIGTERM, then SIGKILL after the same grace. Memory and CPU are sampled
     every ``usage_interval_seconds``. ``preload`` names modules the forkserver imports once
-    so each worker start skips importing them. ``prefetch``: the most tasks a busy agent's
+    so each worker start skips importing them (one that cannot be imported fails the
+    runtime's start). ``prefetch``: the most tasks a busy agent's
     worker may be handed at once when no free agent can take them and more tasks wait than
     the other agents will take when they finish; it runs them one after another, and the
     next ones travel while the current one runs instead of one round trip per task. The

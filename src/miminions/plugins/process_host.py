@@ -52,7 +52,13 @@ from miminions.kernel.wire import (
     task_to_wire,
 )
 from miminions.plugins import process_probe
-from miminions.plugins.process_pool import WorkerPool, WorkerProcess, describe_exit, pool_of
+from miminions.plugins.process_pool import (
+    WorkerPool,
+    WorkerProcess,
+    describe_exit,
+    existing_pool,
+    pool_of,
+)
 
 if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
@@ -591,8 +597,11 @@ def miminions_runtime_started(runtime: AgentRuntime) -> None:
 @hookimpl
 def miminions_runtime_stopped(runtime: AgentRuntime) -> None:
     """Make sure no worker outlives the runtime: hosts stop their workers gracefully
-    first; whatever is left (a stop cut short) is killed here (F-14)."""
-    pool_of(runtime).kill_all()
+    first; whatever is left (a stop cut short) is killed here (F-14). A runtime that
+    never made its pool (its start failed making it) has no worker to kill."""
+    pool = existing_pool(runtime)
+    if pool is not None:
+        pool.kill_all()
 
 
 def _paused_state(reply: Any) -> Any:

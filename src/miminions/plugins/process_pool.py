@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import importlib.util
 import io
 import logging
 import multiprocessing
@@ -452,11 +453,32 @@ def _multiprocessing_context(settings: ProcessSettings, loop_factory: str | None
         # module of the workers' loop factory (uvloop) likewise.
         module = (loop_factory or "").partition(":")[0]
         loop_modules = [module] if module not in ("", "__main__") else []
+        _check_preload(settings.preload)
         context.set_forkserver_preload([_WORKER_MODULE, __name__, *loop_modules, *settings.preload])
     return context
 
 
+def _check_preload(modules: list[str]) -> None:
+    """The forkserver skips a preload module it cannot import without a word, so a typo
+    would silently cost every worker start its import: say so instead."""
+    for name in modules:
+        try:
+            found = importlib.util.find_spec(name) is not None
+        except (ImportError, ValueError):  # a missing parent package, an empty name
+            found = False
+        if not found:
+            raise ConfigurationError(
+                f"ProcessSettings.preload names module {name!r}, which cannot be imported "
+                "here; fix or remove the name"
+            )
+
+
 _POOLS: weakref.WeakKeyDictionary[AgentRuntime, WorkerPool] = weakref.WeakKeyDictionary()
+
+
+def existing_pool(runtime: AgentRuntime) -> WorkerPool | None:
+    """The worker pool of ``runtime`` if it has one yet."""
+    return _POOLS.get(runtime)
 
 
 def pool_of(runtime: AgentRuntime) -> WorkerPool:
