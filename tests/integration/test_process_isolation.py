@@ -803,7 +803,7 @@ async def test_a_preload_module_that_cannot_be_imported_is_refused(
     and the runtime is left stopped."""
     settings = ProcessSettings(preload=["tests.support.no_such_module"])
     rt = AgentRuntime(config=config(process=settings))
-    with pytest.raises(ConfigurationError, match="tests.support.no_such_module"):
+    with pytest.raises(ConfigurationError, match=r"tests\.support\.no_such_module"):
         await rt.start()
     assert not rt.is_running
 
