@@ -806,8 +806,9 @@ class AgentRuntime(CommunicationAPI):
     ) -> list[Event]:
         """Events matching every given filter, oldest first; ``severity`` is a minimum.
 
-        At most ``limit`` events: the oldest ones, or with ``newest=True`` the most recent
-        ones (still returned oldest first)."""
+        ``since`` and ``until`` are inclusive; a naive datetime is taken as UTC (pass an
+        aware one). At most ``limit`` events: the oldest ones, or with ``newest=True`` the
+        most recent ones (still returned oldest first)."""
         self._require_running()
         query = build_event_query(
             event_type, agent_id, task_id, severity, since, until, limit, newest
