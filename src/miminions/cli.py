@@ -266,6 +266,14 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 # --------------------------------------------------------------------------- tasks
+def _attempts(task: Task) -> int:
+    """Attempts made: the retries used, plus the current attempt once it has begun. A
+    pending task waiting out a retry's backoff has not begun that retry (its ``started_at``
+    is still the failed attempt's)."""
+    begun = task.started_at is not None and task.status is not TaskStatus.PENDING
+    return task.retry_count + (1 if begun else 0)
+
+
 def format_tasks(tasks: Sequence[Task], names: dict[str, str]) -> str:
     """Tasks as a text table."""
     if not tasks:
@@ -276,7 +284,7 @@ def format_tasks(tasks: Sequence[Task], names: dict[str, str]) -> str:
             task.name,
             priority_label(task.priority),
             task.status.value,
-            task.retry_count + (1 if task.started_at is not None else 0),
+            _attempts(task),
             names.get(task.assigned_agent_id or "", short_id(task.assigned_agent_id)),
             _clip(task.error_message, ERROR_WIDTH) if task.error_message else "",
         ]

@@ -16,13 +16,14 @@ import sys
 from collections.abc import AsyncIterator, Callable
 from contextlib import redirect_stdout
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, RuntimeConfig, TaskRequest, TaskStatus, __version__
+from miminions import AgentRuntime, RuntimeConfig, Task, TaskRequest, TaskStatus, __version__
 from miminions import demo as demo_module
-from miminions.cli import main
+from miminions.cli import format_tasks, main
 from miminions.kernel.errors import PluginError
 from miminions.kernel.export import FIELDS
 from tests.support.waiting import wait_until
@@ -262,6 +263,35 @@ def test_tasks_table_and_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixt
     code, out, _ = cli(capsys, "tasks", "--db", str(demo_runs.db), "--status", "FAILED")
     assert code == 0
     assert "(no tasks)" in out
+
+
+@pytest.mark.parametrize(
+    ("status", "retry_count", "started", "attempts"),
+    [
+        (TaskStatus.BLOCKED, 0, False, "0"),
+        (TaskStatus.PENDING, 0, False, "0"),
+        (TaskStatus.RUNNING, 0, True, "1"),
+        (TaskStatus.PENDING, 1, True, "1"),  # waiting out the backoff of its first retry
+        (TaskStatus.RUNNING, 1, True, "2"),
+        (TaskStatus.FAILED, 2, True, "3"),
+    ],
+)
+def test_tasks_table_counts_the_attempts_made(
+    status: TaskStatus, retry_count: int, started: bool, attempts: str
+) -> None:
+    """The attempts column counts attempts begun: a retry still in its backoff is not."""
+    now = datetime.now(UTC)
+    task = Task(
+        task_id="t1",
+        name="job",
+        status=status,
+        retry_count=retry_count,
+        max_retries=3,
+        created_at=now,
+        started_at=now if started else None,
+    )
+    row = format_tasks([task], {}).splitlines()[1].split()
+    assert row[3:5] == [status.value, attempts]
 
 
 AWKWARD_AGENT = "night\nshift\x1b[31m"
