@@ -12,6 +12,7 @@ before it is in the result. Waits on another process are bounded (:func:`wait_un
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -42,6 +43,7 @@ from tests.support.messaging_agents import (
     SENTINEL,
     ResponderAgent,
     ScriptAgent,
+    SlowHandlerAgent,
     TopicScriptAgent,
 )
 from tests.support.waiting import wait_until
@@ -422,6 +424,44 @@ async def test_on_message_runs_while_a_task_is_in_progress(
 
 
 # ---------------------------------------------------------------------- 5. limits, bad input
+async def test_a_pause_leaves_every_message_handled_or_in_the_mailbox(
+    rt: AgentRuntime, journal: Path
+) -> None:
+    """F-25, R-02: however a message and a pause cross, once pause_agent returns each
+    message sent so far was handled in full or waits in the (durable) mailbox; none is
+    held half-way by the paused agent (for a process agent: in a stopped worker, and lost
+    if the runtime then died)."""
+    responder = await start(rt, "responder", ResponderAgent, journal)
+    for sent in range(1, 61):
+        await rt.send_message(responder, "note", {"n": sent})
+        for _ in range(sent % 8):  # a different crossing each round
+            await asyncio.sleep(0)
+        await rt.pause_agent(responder, timeout_seconds=WAIT)
+        waiting = rt.messenger.bus.pending(responder)
+        assert len(handled(journal, "note")) + waiting == sent
+        await rt.store.flush()
+        assert len(await rt.store.load_meta_prefix("mailbox:")) == waiting
+        await rt.resume_agent(responder)
+    await wait_until(lambda: len(handled(journal, "note")) == 60, "every note to be handled")
+
+
+async def test_a_pause_waits_for_the_on_message_handler_in_progress(
+    rt: AgentRuntime, journal: Path, gate: Path
+) -> None:
+    """F-25: an on_message handler in progress reaches its end (or a safe point) before
+    pause_agent returns, as the running task does: a paused agent runs none of its code,
+    and a process agent's worker is not stopped with a message half handled."""
+    agent_id = await start(rt, "slow", SlowHandlerAgent, journal)
+    [message_id] = await rt.send_message(agent_id, "slow", {"gate": str(gate)})
+    await wait_until(lambda: records(journal, "handler_begun"), "the handler to begin")
+    pausing = asyncio.create_task(rt.pause_agent(agent_id, timeout_seconds=WAIT))
+    open_gate(gate)
+    paused = await pausing
+    assert paused.status is AgentStatus.PAUSED
+    assert records(journal, "handler_ended", message_id=message_id)
+    await rt.resume_agent(agent_id)
+
+
 async def test_full_mailbox_refuses_the_whole_multicast(
     make_config: Callable[..., RuntimeConfig], isolation: str
 ) -> None:

@@ -177,3 +177,22 @@ class ResponderAgent(BaseAgent):
             await asyncio.sleep(POLL_SECONDS)
         self._journal("gate_passed", task_id=task.task_id)
         return {"handled_while_waiting": self.handled[before:], "pid": os.getpid()}
+
+
+class SlowHandlerAgent(BaseAgent):
+    """``on_message`` journals ``handler_begun``, then waits (plain sleeps, no context
+    call: no safe point) until the file named by the message's ``gate`` exists, then
+    journals ``handler_ended``."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        write_journal(self.config, "handler_begun", message_id=message.message_id)
+        gate = Path(message.data["gate"])
+        deadline = time.monotonic() + MAX_WAIT_SECONDS
+        # A file the test creates (maybe from another process); polled with plain sleeps
+        # on purpose: a context call would be a safe point.
+        while not gate_is_open(gate) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+        write_journal(self.config, "handler_ended", message_id=message.message_id)
+
+    async def execute_task(self, task: Task) -> None:
+        return None

@@ -51,8 +51,12 @@ class AgentRunner:
         save_checkpoint: SaveCheckpoint,
         report_usage: ReportUsage,
         runtime_call: RuntimeCall,
+        message_taken: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
+        #: Told the id of each message ``on_message`` is about to handle (a worker tells
+        #: the runtime, which until then may take the message back; see process_host).
+        self._message_taken = message_taken
         self._kind = kind
         self._registered = registered
         self._make_context = make_context
@@ -69,6 +73,10 @@ class AgentRunner:
         self._halted = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        #: Set while no ``on_message`` handler runs, or while the one that runs waits at
+        #: a safe point: a pause waits for it as for the task.
+        self._handler_quiet = asyncio.Event()
+        self._handler_quiet.set()
         self._stopping = False
         self._thread: AgentThread | None = None
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
@@ -80,18 +88,24 @@ class AgentRunner:
         return self._stopping
 
     async def safe_point(self) -> None:
-        """Wait here while the agent is paused. Only the running task reaching it counts as
-        "halted" for a pause; other code of the agent (``on_message``) just waits."""
+        """Wait here while the agent is paused. The running task and an ``on_message``
+        handler reaching it count as halted for a pause; other code just waits."""
         if self._gate.is_set():
             return
-        is_task = asyncio.current_task() is self._task_runner
+        current = asyncio.current_task()
+        is_task = current is self._task_runner
+        is_handler = current is self._inbox and not self._handler_quiet.is_set()
         if is_task:
             self._halted.set()
+        if is_handler:
+            self._handler_quiet.set()
         try:
             await self._gate.wait()
         finally:
             if is_task:
                 self._halted.clear()
+            if is_handler:
+                self._handler_quiet.clear()
 
     def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
         """Durably record a task checkpoint (through whatever reaches the runtime)."""
@@ -143,7 +157,9 @@ class AgentRunner:
         assert context is not None
         while True:
             await self._gate.wait()  # a paused agent takes no message
-            message = as_message(await self._runtime_call("receive", {"timeout_seconds": None}))
+            message = as_message(
+                await self._runtime_call("receive", {"timeout_seconds": None, "inbox": True})
+            )
             if not self._gate.is_set():
                 # Paused while this receive waited: the message goes back to the (durable)
                 # mailbox, where its TTL is frozen, until the agent resumes.
@@ -151,6 +167,9 @@ class AgentRunner:
                     "return_message", {"message": message.model_dump(mode="json")}
                 )
                 continue
+            if self._message_taken is not None:
+                self._message_taken(message.message_id)
+            self._handler_quiet.clear()
             try:
                 if message.trace_context is None:
                     await self.hook("on_message", message)
@@ -159,6 +178,8 @@ class AgentRunner:
                         await self.hook("on_message", message)
             except Exception:
                 context.logger.exception("on_message failed for %s", message.message_id)
+            finally:
+                self._handler_quiet.set()
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Run one task (a sync ``execute_task`` runs in the agent's thread)."""
@@ -180,24 +201,29 @@ class AgentRunner:
             self._idle.set()
 
     async def halt(self) -> None:
-        """Close the gate and return once the running task halted at a safe point or ended.
+        """Close the gate and return once the running task, and an ``on_message`` handler
+        in progress, halted at a safe point or ended.
 
         If the wait is abandoned (cancelled) the gate opens again, so a task never stays
         halted without a pause to show for it.
         """
         self._gate.clear()
-        if self._idle.is_set():
-            return
-        halted = asyncio.ensure_future(self._halted.wait())
-        idle = asyncio.ensure_future(self._idle.wait())
         try:
-            await asyncio.wait({halted, idle}, return_when=asyncio.FIRST_COMPLETED)
+            if not self._idle.is_set():
+                halted = asyncio.ensure_future(self._halted.wait())
+                idle = asyncio.ensure_future(self._idle.wait())
+                try:
+                    await asyncio.wait({halted, idle}, return_when=asyncio.FIRST_COMPLETED)
+                finally:
+                    halted.cancel()
+                    idle.cancel()
+            # An on_message handler in progress halts too (its next context call) or ends:
+            # a paused agent runs none of its code, and a process agent's worker is then
+            # stopped, which must not catch a message half handled.
+            await self._handler_quiet.wait()
         except BaseException:
             self._gate.set()
             raise
-        finally:
-            halted.cancel()
-            idle.cancel()
 
     async def pause(self) -> Any:
         """Halt (see :meth:`halt`), then run ``on_pause`` and return its state.

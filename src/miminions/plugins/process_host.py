@@ -79,6 +79,11 @@ class _Live:
         self.soft_memory_warned = False
         self.soft_cpu_warned = False
         self.breach: ResourceLimitExceeded | None = None
+        #: Messages handed to the worker's on_message inbox that it has not yet said it
+        #: handles (``message_taken``) or returned; and those the runtime took back from it
+        #: (see :meth:`ProcessHost._take_back_inbox`), whose late return is ignored.
+        self.inbox: dict[str, AgentMessage] = {}
+        self.taken_back: set[str] = set()
 
 
 class ProcessHost:
@@ -194,6 +199,7 @@ class ProcessHost:
             await asyncio.wait({abandoning}, timeout=self._settings.cancel_grace_seconds)
             raise
         state = _paused_state(state)
+        self._take_back_inbox(live)
         live.process.signal(signal.SIGSTOP)
         live.frozen = True
         return state
@@ -287,6 +293,9 @@ class ProcessHost:
             call, payload = frame.get("call"), frame.get("payload")
             if not isinstance(call, str) or not isinstance(payload, dict):
                 raise ValidationError("a messaging call needs 'call' and 'payload'")
+            live = self._live
+            if call == "return_message" and live is not None and self._returned(live, payload):
+                return None  # the runtime took it back already (a pause): not twice
             if call in IMMEDIATE_CALLS:
                 # Carried out at once. The acknowledgement is a settled future: the channel
                 # replies from its done callback, on the next turn of the loop, after the
@@ -299,7 +308,41 @@ class ProcessHost:
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
             return None
+        if op == "message_taken":
+            if self._live is not None:
+                self._live.inbox.pop(str(frame.get("message_id")), None)
+            return None
         raise ValidationError(f"unknown request {op!r} from the worker")
+
+    @staticmethod
+    def _returned(live: _Live, payload: dict[str, Any]) -> bool:
+        """The worker returns an inbox message: True if the runtime took it back already
+        (then the return is dropped); else it is no longer in the worker's hands."""
+        message = payload.get("message")
+        message_id = message.get("message_id") if isinstance(message, dict) else None
+        if not isinstance(message_id, str):
+            return False  # malformed: the messenger says why
+        live.inbox.pop(message_id, None)
+        if message_id in live.taken_back:
+            live.taken_back.discard(message_id)
+            return True
+        return False
+
+    def _take_back_inbox(self, live: _Live) -> None:
+        """Put the messages the worker's inbox holds but has not begun to handle back in
+        the agent's (durable) mailbox: when the worker ends, and on a pause.
+
+        A pause calls it once the worker's pause reply is in, before it is stopped: every message
+        the inbox took before the pause closed its gate has been reported as taken by
+        then (that notice precedes the reply), so what is left was not handled and will
+        not be (the worker returns it as it finds its gate closed, and that return is
+        ignored). Without this, such a message sat unread in a stopped worker: lost if
+        the runtime died during the pause, as its stored copy went when it was handed
+        over."""
+        for message in live.inbox.values():
+            self._rt.messenger.put_back(message)
+            live.taken_back.add(message.message_id)
+        live.inbox.clear()
 
     async def _messaging(self, call: str, payload: dict[str, Any]) -> Any:
         """A messaging call from the agent's context that may wait, carried out in the
@@ -310,6 +353,8 @@ class ProcessHost:
             if call == "receive" and (live is None or not live.process.alive):
                 self._rt.messenger.put_back(result)  # its receiver is gone: keep it
                 raise ChannelClosedError("the worker is gone")
+            if call == "receive" and payload.get("inbox") and live is not None:
+                live.inbox[result.message_id] = result
             return result.model_dump(mode="json")
         return result
 
@@ -388,6 +433,7 @@ class ProcessHost:
     def _exited(self, live: _Live) -> None:
         """The worker process ended: if nobody asked for that, it crashed."""
         self._stop_watching(live)
+        self._take_back_inbox(live)  # what its inbox held but had not begun is not lost
         if live.process.expected_exit:
             return
         exitcode = live.process.exited.result()
@@ -433,6 +479,7 @@ class ProcessHost:
         else:
             await live.process.kill()
         live.channel.abort()
+        self._take_back_inbox(live)
         if self._live is live:
             self._live = None
 

@@ -233,6 +233,7 @@ class Worker:
                 save_checkpoint=self._save_checkpoint,
                 report_usage=self._report_usage,
                 runtime_call=self._runtime_call,
+                message_taken=self._message_taken,
             )
         return self._runner
 
@@ -285,6 +286,11 @@ class Worker:
             "msg", call="return_message", payload={"message": reply.result()}
         )
         returning.add_done_callback(retrieve)
+
+    def _message_taken(self, message_id: str) -> None:
+        # Before on_message runs, so before any pause reply this worker sends later.
+        if self.channel is not None:
+            self.channel.notify("message_taken", message_id=message_id)
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:
