@@ -12,10 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, ConfigurationError, RuntimeConfig, TaskStatus
+from miminions import AgentRuntime, AgentStatus, ConfigurationError, RuntimeConfig, TaskStatus
 from miminions.kernel.runtime import RUN_META_KEY, live_owner
 from tests.support import agents
 from tests.support.children import finish, first_line, spawn
+from tests.support.queued_resume_child import KEPT_STATE, KeeperAgent, one_slot_config
 
 
 async def test_queue_pause_survives_restart(make_config: Callable[..., RuntimeConfig]) -> None:
@@ -138,6 +139,33 @@ async def test_database_of_a_killed_runtime_can_be_started_again(db_path: Path) 
         assert rt.recovery is not None
         assert rt.recovery["clean_shutdown"] is False
         assert rt.recovery["previous_pid"] == child.pid
+
+
+@pytest.mark.slow
+async def test_a_paused_agent_whose_resume_was_queued_stays_paused_after_a_kill(
+    db_path: Path,
+) -> None:
+    """F-09, F-20: a paused agent whose resume waits for an agent slot when the runtime is
+    SIGKILLed comes back paused with its state, and on_resume gets that state."""
+    config = one_slot_config(str(db_path))
+    async with AgentRuntime(config=config) as rt:
+        keeper = await rt.register_agent("keeper", KeeperAgent)
+        await rt.start_agent(keeper)
+        await rt.pause_agent(keeper)
+    child = await spawn("queued_resume_child", db_path)
+    try:
+        async with asyncio.timeout(60):
+            assert await first_line(child) == "queued"
+    finally:
+        child.send_signal(signal.SIGKILL)
+        await child.wait()
+    KeeperAgent.RESUMED.clear()
+    async with AgentRuntime(config=config) as rt:
+        keeper = await rt.register_agent("keeper", KeeperAgent)
+        assert rt.get_agent_status(keeper).status is AgentStatus.PAUSED
+        await rt.resume_agent(keeper)
+        assert rt.get_agent_status(keeper).status is AgentStatus.RUNNING
+    assert KeeperAgent.RESUMED == [KEPT_STATE]
 
 
 async def test_in_memory_runtimes_never_lock_each_other_out() -> None:

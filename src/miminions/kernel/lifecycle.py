@@ -234,7 +234,12 @@ class AgentBook(RestartMixin):
             limits=limits,
         )
         host = self._make_host(spec, agent)
-        restored_paused = previous is not None and previous.status is S.PAUSED
+        # A paused agent's state is never None. One stored queued or starting with its
+        # state was being resumed when the runtime died: it is still paused.
+        restored_paused = previous is not None and (
+            previous.status is S.PAUSED
+            or (previous.status in (S.QUEUED, S.STARTING) and previous.paused_state is not None)
+        )
         instance = AgentInstance(
             agent_id=agent_id,
             name=name,
