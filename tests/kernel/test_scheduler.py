@@ -905,6 +905,18 @@ def test_requeue_makes_a_running_task_ready_again() -> None:
     assert sched.take([ANY_ROUTE]) == "t"
 
 
+def test_a_restored_running_task_requeued_ages_from_its_restoring() -> None:
+    """F-20, F-26: a task running when the runtime died is restored, then re-queued by
+    recovery: it ages from its restoring, so it does not jump a more urgent ready task."""
+    sched, clock = make()
+    clock.advance(10_000)  # a clock far from zero, as time.monotonic() is
+    sched.restore("urgent", HIGH, (), ANY_ROUTE, NodeState.READY)
+    sched.restore("was-running", LOW, (), ANY_ROUTE, NodeState.RUNNING)
+    sched.requeue("was-running")
+    assert sched.effective_priority("was-running") == LOW
+    assert [sched.take([ANY_ROUTE]) for _ in range(2)] == ["urgent", "was-running"]
+
+
 def test_requeue_keeps_the_tasks_place_in_line() -> None:
     """F-01, F-20: an interrupted task goes back before the tasks of its priority that
     became ready after it (FIFO), and keeps the aging it had earned."""

@@ -267,6 +267,9 @@ class Scheduler:
             self._nodes[task_id] = _done_node(priority)
             return
         node = _Node(task_id, priority, self._next_seq(), route, state, tuple(dependencies))
+        # Restored tasks start aging afresh (the clock is this process's): a running one
+        # re-queued later (requeue keeps the ready time) goes by this one.
+        node.ready_at = self._clock()
         prereqs = [self._nodes.get(dep) for dep in dependencies]
         waits = any(p is not None and p.state not in FINAL_STATES for p in prereqs)
         # Keys first (a custom order key may raise): nothing is registered until they are.
@@ -397,16 +400,19 @@ class Scheduler:
     def take(self, routes: Iterable[str]) -> str | None:
         """Pop the most urgent ready task among ``routes`` and mark it running."""
         best_heap: list[tuple[float, int, int, str]] | None = None
+        best_route = ""
         for route in routes:
             heap = self._heaps.get(route)
             if not heap:
                 continue
             self._drop_stale(heap)
             if heap and (best_heap is None or heap[0] < best_heap[0]):
-                best_heap = heap
+                best_heap, best_route = heap, route
         if best_heap is None:
             return None
         _, _, _, task_id = heapq.heappop(best_heap)
+        if not best_heap:
+            del self._heaps[best_route]  # forgotten once empty (see best_per_route)
         node = self._nodes[task_id]
         self._leave_ready(node)
         node.state = NodeState.RUNNING
@@ -446,12 +452,14 @@ class Scheduler:
         return None if front is None else front[2]
 
     def front(self, route: str) -> tuple[float, int, str] | None:
-        """(key, seq, task id) of the most urgent ready task on ``route``, or None."""
+        """(key, seq, task id) of the most urgent ready task on ``route`` (not taken), or
+        None; a route found empty is forgotten (see :meth:`best_per_route`)."""
         heap = self._heaps.get(route)
-        if not heap:
+        if heap is None:
             return None
         self._drop_stale(heap)
         if not heap:
+            del self._heaps[route]
             return None
         key, seq, _, task_id = heap[0]
         return key, seq, task_id
@@ -520,7 +528,8 @@ class Scheduler:
     def requeue(self, task_id: str) -> None:
         """A running task was interrupted (not failed): it is ready again at once, in the
         place it had. It keeps its ready time, so it goes before the tasks of its priority
-        that became ready after it, and its aging goes on from where it was."""
+        that became ready after it, and the time it ran counts as waiting for its aging (a
+        task restored after a restart counts from its restoring)."""
         node = self._get(task_id)
         self._require(node, NodeState.RUNNING)
         key = self._order_key(node.inherited, node.ready_at)
