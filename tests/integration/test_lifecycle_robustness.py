@@ -31,6 +31,7 @@ from tests.support.lifecycle_agents import (
     RELEASE_SYNC_HOOKS,
     SYNC_HOOK_BLOCKING,
     HangingHooksAgent,
+    ResumeFailsAgent,
     SyncHangingResumeAgent,
     hook_log,
 )
@@ -66,6 +67,22 @@ async def paused_agent(
 
 def hooks_run(log: Path) -> list[str]:
     return [entry[0] for entry in hook_log(log)]
+
+
+async def test_a_failed_agent_keeps_no_paused_state(rt: AgentRuntime) -> None:
+    """F-09, F-20: an agent failed by its on_resume drops the state on_pause returned: its
+    next start is a fresh one, and a runtime restarted meanwhile does not take it for a
+    paused agent (the stored record holds no state)."""
+    agent_id = await rt.register_agent("resumer", ResumeFailsAgent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS)
+    with pytest.raises(AgentHookError, match="cannot resume"):
+        await rt.resume_agent(agent_id)
+    assert rt.get_agent_status(agent_id).status is S.FAILED
+    await rt.store.flush()
+    [stored] = [a for a in await rt.store.load_agents() if a.agent_id == agent_id]
+    assert stored.status is S.FAILED
+    assert stored.paused_state is None
 
 
 # ---------------------------------------------------------------------- hanging on_resume

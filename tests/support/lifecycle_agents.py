@@ -85,3 +85,16 @@ def hook_log(path: Path) -> list[list[Any]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+class ResumeFailsAgent(BaseAgent):
+    """``on_pause`` returns ``{"kept": True}``; ``on_resume`` raises."""
+
+    async def on_pause(self) -> dict[str, Any]:
+        return {"kept": True}
+
+    async def on_resume(self, state: Any) -> None:
+        raise RuntimeError("cannot resume")
+
+    async def execute_task(self, task: Task) -> None:
+        return None

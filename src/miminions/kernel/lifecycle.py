@@ -452,6 +452,7 @@ class AgentBook(RestartMixin):
             slot.host_started = False
             slot.instance.process_id = None
         slot.instance.error_message = reason
+        slot.paused_state = None  # a failed agent's next start is a fresh one
         self._set(slot, S.FAILED, reason)
         self._events.emit(
             EventType.AGENT_FAILED,
