@@ -84,6 +84,9 @@ class _Live:
         #: (see :meth:`ProcessHost._take_back_inbox`), whose late return is ignored.
         self.inbox: dict[str, AgentMessage] = {}
         self.taken_back: set[str] = set()
+        #: From a pause's take-back to the resume: a message the inbox's receive gets
+        #: meanwhile is taken back at once (the worker will not handle it before then).
+        self.inbox_closed = False
 
 
 class ProcessHost:
@@ -199,6 +202,7 @@ class ProcessHost:
             await asyncio.wait({abandoning}, timeout=self._settings.cancel_grace_seconds)
             raise
         state = _paused_state(state)
+        live.inbox_closed = True
         self._take_back_inbox(live)
         live.process.signal(signal.SIGSTOP)
         live.frozen = True
@@ -236,6 +240,7 @@ class ProcessHost:
         """SIGCONT the worker, run ``on_resume(state)`` and let the task continue."""
         live = self._require_live()
         self._thaw(live)
+        live.inbox_closed = False
         await self._call(live, "resume", state=state)
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
@@ -355,6 +360,8 @@ class ProcessHost:
                 raise ChannelClosedError("the worker is gone")
             if call == "receive" and payload.get("inbox") and live is not None:
                 live.inbox[result.message_id] = result
+                if live.inbox_closed:  # paused since the receive began: not handled now
+                    self._take_back_inbox(live)
             return result.model_dump(mode="json")
         return result
 
