@@ -384,7 +384,7 @@ _DURATIONS = [
 @pytest.mark.parametrize(
     ("model", "field", "value"),
     [(m, f, v) for m, f in _DURATIONS for v in (float("inf"), float("nan"), 1e300)]
-    + [(ResourceLimits, "max_memory_per_agent_mb", v) for v in (float("inf"), float("nan"))],
+    + [(ResourceLimits, "max_memory_per_agent_mb", v) for v in (float("inf"), float("nan"), 1e300)],
 )
 def test_settings_refuse_infinite_and_absurd_numbers(
     model: type[pydantic.BaseModel], field: str, value: float

@@ -801,9 +801,9 @@ async def test_a_preload_module_that_cannot_be_imported_is_refused(
     """R-04: a typo in ProcessSettings.preload fails the runtime's start with a
     ConfigurationError naming the module (the forkserver would skip it without a word),
     and the runtime is left stopped."""
-    settings = ProcessSettings(preload=["tests.support.no_such_module"])
+    settings = ProcessSettings(preload=["no_such_package.agents"])
     rt = AgentRuntime(config=config(process=settings))
-    with pytest.raises(ConfigurationError, match=r"tests\.support\.no_such_module"):
+    with pytest.raises(ConfigurationError, match=r"no_such_package\.agents"):
         await rt.start()
     assert not rt.is_running
 

@@ -36,8 +36,10 @@ MAX_SECONDS = 100 * 365 * 24 * 3600.0
 #: "never": that is None where a setting allows it).
 Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
-#: A positive finite amount (megabytes, cost, load).
+#: A positive finite amount (cost, load).
 PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: A memory size in megabytes: positive, at most 2**30 MB (a pebibyte).
+Megabytes = Annotated[float, Field(gt=0, le=2**30, allow_inf_nan=False)]
 
 _M = TypeVar("_M", bound=BaseModel)
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}
@@ -263,8 +265,8 @@ class ResourceLimits(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_concurrent_agents: PositiveInt = 10
-    max_memory_per_agent_mb: PositiveAmount | None = None
-    soft_memory_per_agent_mb: PositiveAmount | None = None
+    max_memory_per_agent_mb: Megabytes | None = None
+    soft_memory_per_agent_mb: Megabytes | None = None
     max_cpu_time_per_agent_seconds: PositiveSeconds | None = None
     soft_cpu_time_per_agent_seconds: PositiveSeconds | None = None
     max_load_per_cpu: PositiveAmount | None = None
@@ -303,8 +305,8 @@ class ProcessSettings(BaseModel):
     cancelled or timing out. A worker that does not exit ``stop_grace_seconds`` after
     ``on_stop`` gets SIGTERM, then SIGKILL after the same grace. Memory and CPU are sampled
     every ``usage_interval_seconds``. ``preload`` names modules the forkserver imports once
-    so each worker start skips importing them (one that cannot be imported fails the
-    runtime's start). ``prefetch``: the most tasks a busy agent's
+    so each worker start skips importing them (one whose top-level package cannot be
+    found fails the runtime's start). ``prefetch``: the most tasks a busy agent's
     worker may be handed at once when no free agent can take them and more tasks wait than
     the other agents will take when they finish; it runs them one after another, and the
     next ones travel while the current one runs instead of one round trip per task. The

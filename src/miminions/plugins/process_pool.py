@@ -460,11 +460,13 @@ def _multiprocessing_context(settings: ProcessSettings, loop_factory: str | None
 
 def _check_preload(modules: list[str]) -> None:
     """The forkserver skips a preload module it cannot import without a word, so a typo
-    would silently cost every worker start its import: say so instead."""
+    would silently cost every worker start its import: say so instead. Only the
+    top-level package is looked up: finding ``pkg.mod`` would import ``pkg`` here, in the
+    runtime's process, which preloading is meant to spare."""
     for name in modules:
         try:
-            found = importlib.util.find_spec(name) is not None
-        except (ImportError, ValueError):  # a missing parent package, an empty name
+            found = importlib.util.find_spec(name.partition(".")[0]) is not None
+        except (ImportError, ValueError):  # an empty or malformed name
             found = False
         if not found:
             raise ConfigurationError(

@@ -172,13 +172,14 @@ def _apply_limits(boot: dict[str, Any]) -> None:
     if memory_mb:
         current = _address_space_bytes()
         cap = current + int(memory_mb * MIB) + _ADDRESS_SPACE_HEADROOM
-        with contextlib.suppress(ValueError, OSError):
+        # A cap beyond what the kernel can hold means no cap (OverflowError, ValueError).
+        with contextlib.suppress(ValueError, OSError, OverflowError):
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     cpu_seconds = boot.get("max_cpu_seconds")
     if cpu_seconds:
         soft = max(1, int(cpu_seconds + 0.999))
         # SIGXCPU at the soft limit ends the worker; the hard limit (SIGKILL) is the backstop.
-        with contextlib.suppress(ValueError, OSError):
+        with contextlib.suppress(ValueError, OSError, OverflowError):
             resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 2))
 
 
