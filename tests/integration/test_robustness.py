@@ -29,6 +29,7 @@ from miminions import (
 from miminions.kernel.supervisor import retry_delay
 from tests.support import agents
 from tests.support.runtime import run_child_runtime
+from tests.support.waiting import wait_until
 
 
 async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: Any) -> str:
@@ -207,6 +208,42 @@ async def test_a_sync_call_that_never_returns_does_not_keep_the_program_alive(
             await child.wait()
     assert output.decode().splitlines() == ["task failed", "runtime stopped", "main returned"]
     assert child.returncode == 0
+
+
+@pytest.mark.parametrize("interruption", ["pause", "stop"])
+async def test_an_agent_in_its_on_error_never_gets_a_second_worker(
+    rt: AgentRuntime, interruption: str
+) -> None:
+    """F-19, F-03: an agent paused and resumed (or stopped and started) while its on_error
+    still runs keeps one worker: afterwards its tasks run one at a time, each once, in
+    submission order."""
+    agent = agents.SlowOnErrorAgent
+    agent.ACTIVE, agent.MOST_ACTIVE, agent.RAN = 0, 0, []
+    agent_id = await start(rt, "slow-error", agent)
+    failing = await rt.submit_task("fails", agent_id=agent_id)
+    assert (await rt.wait_for_task(failing, 5)).status is TaskStatus.FAILED
+    await asyncio.wait_for(agents.STARTED.setdefault("on_error", asyncio.Event()).wait(), 5)
+    if interruption == "pause":
+        await rt.pause_agent(agent_id, timeout_seconds=5)
+        await rt.resume_agent(agent_id)
+    else:
+        await rt.stop_agent(agent_id, timeout_seconds=0.1)
+        await rt.start_agent(agent_id)
+    later = [await rt.submit_task(f"t{n}", agent_id=agent_id) for n in range(4)]
+    agents.GATES.setdefault("on_error", asyncio.Event()).set()
+    # Once on_error is done its worker goes on to a task at once (a task records itself as
+    # it begins): then every worker the agent has holds a task, waiting at the gate.
+    await wait_until(
+        lambda: len(agent.RAN) >= 3 and agent.RAN[-1] != "on_error_done",
+        "the agent's worker to go on after on_error",
+    )
+    assert agent.RAN == ["fails", "on_error_done", "t0"]
+    assert agent.MOST_ACTIVE == 1
+    agents.GATES.setdefault("tasks", asyncio.Event()).set()
+    for task_id in later:
+        assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+    assert agent.MOST_ACTIVE == 1
+    assert agent.RAN == ["fails", "on_error_done", "t0", "t1", "t2", "t3"]
 
 
 async def test_queued_starts_keep_order_and_the_limit(

@@ -134,3 +134,32 @@ async def meddling_agent(task: Task, context: AgentContext) -> None:
     if "nested" in task.input_data:
         task.input_data["nested"]["x"] = 2
     task.dependencies.append("nonsense")
+
+
+class SlowOnErrorAgent(BaseAgent):
+    """Fails tasks named ``fails``; its ``on_error`` sets ``STARTED["on_error"]``, waits for
+    ``GATES["on_error"]`` and records ``on_error_done`` in ``RAN``. Other tasks record
+    their name in ``RAN`` as they begin, count themselves in ``ACTIVE`` (``MOST_ACTIVE``
+    keeps the peak) and wait for ``GATES["tasks"]``."""
+
+    ACTIVE = 0
+    MOST_ACTIVE = 0
+    RAN: list[str] = []
+
+    async def on_error(self, error: BaseException, task: Task | None) -> None:
+        STARTED.setdefault("on_error", asyncio.Event()).set()
+        await GATES.setdefault("on_error", asyncio.Event()).wait()
+        SlowOnErrorAgent.RAN.append("on_error_done")
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        cls = SlowOnErrorAgent
+        cls.RAN.append(task.name)
+        if task.name == "fails":
+            raise RuntimeError("fails on purpose")
+        cls.ACTIVE += 1
+        cls.MOST_ACTIVE = max(cls.MOST_ACTIVE, cls.ACTIVE)
+        try:
+            await GATES.setdefault("tasks", asyncio.Event()).wait()
+        finally:
+            cls.ACTIVE -= 1
+        return {"ran": task.name}

@@ -15,7 +15,7 @@ import contextlib
 import heapq
 from collections.abc import Callable
 from types import EllipsisType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pydantic
 
@@ -162,6 +162,10 @@ class AsyncioExecutor:
         self._run_seconds: dict[str, float] = {}
         self._interrupting: set[asyncio.Task[None]] = set()
         self._workers: set[asyncio.Task[None]] = set()
+        #: The worker of each agent without a prefetch window, from its launch until it
+        #: ends (after on_error): while it lives the agent is never made idle, so it never
+        #: gets a second worker (two tasks at once, one task run twice).
+        self._serving: dict[str, asyncio.Task[None]] = {}
         self._retry_timers: dict[str, FreezableTimer] = {}
         self._paused_agents: set[str] = set()
         #: The route of each paused agent and group, with its freeze reason: the retry
@@ -446,7 +450,7 @@ class AsyncioExecutor:
         )
 
     def _make_idle(self, slot: AgentSlot) -> None:
-        if slot.agent_id not in self._available:
+        if slot.agent_id not in self._available or slot.agent_id in self._serving:
             return
         self._idle[slot.agent_id] = slot
         if slot.spec.group:
@@ -461,7 +465,8 @@ class AsyncioExecutor:
 
     def _launch(self, slot: AgentSlot, task_id: str) -> None:
         if _prefetch_limit(slot) == 1:
-            worker = self._loop.create_task(self._work(slot))
+            worker = self._loop.create_task(self._work(slot, task_id))
+            self._serving[slot.agent_id] = worker
         else:
             worker = self._loop.create_task(self._work_prefetched(slot, task_id))
         self._workers.add(worker)
@@ -503,11 +508,24 @@ class AsyncioExecutor:
             if slot.agent_id in self._paused_agents:
                 self._deadlines.freeze(run, slot.agent_id)
 
-    async def _work(self, slot: AgentSlot) -> None:
+    async def _work(self, slot: AgentSlot, task_id: str) -> None:
         agent_id = slot.agent_id
-        runs = self._agent_runs.get(agent_id)
-        run = runs[0] if runs else None
         worker = asyncio.current_task()
+        try:
+            await self._serve(slot, self._runs.get(task_id), worker)
+        finally:
+            if self._serving.get(agent_id) is worker:
+                del self._serving[agent_id]
+        self._make_idle(slot)
+        if self._idle and self._accepting:
+            self.wake()
+
+    async def _serve(
+        self, slot: AgentSlot, run: _Run | None, worker: asyncio.Task[Any] | None
+    ) -> None:
+        """Run ``run``, then the agent's next tasks one after another while it may take
+        them (the worker of an agent without a prefetch window)."""
+        agent_id = slot.agent_id
         # An agent whose tasks never suspend must not starve commits, other agents or the
         # application: after _YIELD_EVERY tasks in a row without the loop turning, it lets
         # the loop breathe. One whose tasks suspend anyway (I/O) is not held back by that.
@@ -525,9 +543,6 @@ class AsyncioExecutor:
                 break
             task_id = self._sched.take(slot.routes)
             run = None if task_id is None else self._begin(slot, task_id, worker)
-        self._make_idle(slot)
-        if self._idle and self._accepting:
-            self.wake()
 
     async def _work_prefetched(self, slot: AgentSlot, task_id: str) -> None:
         """Run one task of an agent with a prefetch window, then refill the window."""
