@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import pytest
 
 from miminions import (
+    AgentCrashedError,
     AgentRuntime,
     AgentStatus,
     BaseAgent,
@@ -678,6 +679,66 @@ async def test_a_paused_agent_whose_worker_dies_stays_paused_with_its_state(
             ["start", resumed.process_id],
             ["resume", resumed.process_id, {"paused_in": old_pid}],
         ]
+
+
+def wait_for_death(pid: int) -> None:
+    """Block (no loop turn, so the runtime cannot notice it yet) until ``pid`` is dead."""
+    deadline = time.monotonic() + 10
+    while alive(pid):
+        assert time.monotonic() < deadline, f"process {pid} outlived SIGKILL"
+        time.sleep(0.001)
+
+
+async def test_a_pause_racing_the_workers_death_is_a_crash(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """F-15: a pause whose worker dies under it raises AgentCrashedError (not a hook
+    failure), and the agent is restarted per the restart policy like after any crash."""
+    fast = RestartPolicy(backoff_base_seconds=0.01)
+    async with AgentRuntime(config=config(restart=fast)) as rt:
+        agent_id = await rt.register_agent(
+            "victim", HookLogAgent, config={"hook_log": str(tmp_path / "hooks")}
+        )
+        pid = (await rt.start_agent(agent_id)).process_id
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)
+        wait_for_death(pid)
+        with pytest.raises(AgentCrashedError, match="ended during its pause"):
+            await rt.pause_agent(agent_id, timeout_seconds=5)
+        await wait_until(
+            lambda: (
+                rt.get_agent_status(agent_id).restart_count == 1
+                and rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+            ),
+            "the agent's restart",
+        )
+        assert not await rt.query_events(event_type=EventType.AGENT_PAUSED)
+
+
+async def test_a_resume_racing_the_workers_death_keeps_the_agent_paused(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """F-09, F-15: a resume whose (paused) worker died under it raises AgentCrashedError;
+    the agent stays paused with its state, and the next resume starts a new worker that
+    gets that state."""
+    hook_log = tmp_path / "hooks"
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent(
+            "hooked", HookLogAgent, config={"hook_log": str(hook_log)}
+        )
+        old_pid = (await rt.start_agent(agent_id)).process_id
+        assert old_pid is not None
+        await rt.pause_agent(agent_id, timeout_seconds=5)
+        os.kill(old_pid, signal.SIGKILL)
+        wait_for_death(old_pid)
+        with pytest.raises(AgentCrashedError, match="ended during its resume"):
+            await rt.resume_agent(agent_id)
+        await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
+        assert rt.get_agent_status(agent_id).status is AgentStatus.PAUSED
+        resumed = await rt.resume_agent(agent_id)
+        assert resumed.status is AgentStatus.RUNNING
+        hooks = [json.loads(line) for line in hook_log.read_text().splitlines()]
+        assert hooks[-1] == ["resume", resumed.process_id, {"paused_in": old_pid}]
 
 
 # ---------------------------------------------------------------------- 6. shutdown

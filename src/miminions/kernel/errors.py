@@ -98,7 +98,8 @@ class AgentHookError(MiminionsError):
 
 class AgentCrashedError(MiminionsError):
     """The agent hosting a task died while running it (its worker process exited, was
-    killed, or stopped answering)."""
+    killed, or stopped answering); or died under a pause or resume (a crash: the restart
+    policy deals with it)."""
 
 
 class TaskNotStartedError(MiminionsError):

@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from miminions.kernel.errors import (
+    AgentCrashedError,
     AgentHookError,
     AlreadyExistsError,
     InvalidStateError,
@@ -539,6 +540,10 @@ class AgentBook(RestartMixin):
             except ValidationError as exc:  # a host found the state on_pause returned not JSON
                 await self._fail(slot, str(exc))
                 raise
+            except AgentCrashedError:
+                # Its host died under the call: the crash path (host_failed) deals with the
+                # agent once this lock is free, as with any crash (restart policy).
+                raise
             except Exception as exc:
                 reason = f"on_pause failed: {describe_error(exc)}"
                 await self._fail(slot, reason)
@@ -589,6 +594,10 @@ class AgentBook(RestartMixin):
                 reason = f"on_resume did not finish within {self._start_timeout} s"
                 await self._fail(slot, reason)
                 raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from None
+            except AgentCrashedError:
+                # Its host died under the call: still paused, and the crash path keeps it so
+                # (its state saved) once this lock is free; a later resume starts a new host.
+                raise
             except Exception as exc:
                 reason = f"on_resume failed: {describe_error(exc)}"
                 await self._fail(slot, reason)

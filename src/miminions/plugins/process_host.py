@@ -186,10 +186,12 @@ class ProcessHost:
         Cancelled (the pause timed out, or a stop abandoned it), the worker abandons the
         pause too: see :meth:`_abandon_pause`.
         """
-        live = self._require_live()
+        live = self._require_live_for("its pause")
         request_id, reply = live.channel.start_request("pause")
         try:
             state = await reply
+        except ChannelClosedError:
+            raise self._ended_during("its pause") from None
         except asyncio.CancelledError:
             outcome = live.channel.reclaim(request_id, reply)
             live.channel.notify("cancel", run=request_id)
@@ -238,10 +240,21 @@ class ProcessHost:
 
     async def resume(self, state: Any) -> None:
         """SIGCONT the worker, run ``on_resume(state)`` and let the task continue."""
-        live = self._require_live()
+        live = self._require_live_for("its resume")
         self._thaw(live)
         live.inbox_closed = False
-        await self._call(live, "resume", state=state)
+        try:
+            await self._call(live, "resume", state=state)
+        except ChannelClosedError:
+            raise self._ended_during("its resume") from None
+
+    def _ended_during(self, what: str) -> AgentCrashedError:
+        """The error of a lifecycle call whose worker died under it: a crash, which the
+        worker's exit reports (restart policy), not a failure of the agent's hook."""
+        return AgentCrashedError(
+            f"the worker process of agent {self.spec.name!r} ended during {what}; it is "
+            "handled as a crash"
+        )
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
         """Run the agent's ``on_error`` in its worker."""
@@ -366,6 +379,14 @@ class ProcessHost:
         return result
 
     # ------------------------------------------------------------------ internals
+    def _require_live_for(self, what: str) -> _Live:
+        """:meth:`_require_live`, but a worker that died (its death not handled yet) is
+        reported as a crash during ``what``."""
+        live = self._live
+        if live is not None and not live.process.alive:
+            raise self._ended_during(what)
+        return self._require_live()
+
     def _require_live(self) -> _Live:
         live = self._live
         if live is None or not live.process.alive:
