@@ -643,7 +643,8 @@ class AsyncioExecutor:
             await self._notify_error(slot, error, task)
 
     def _end_run(self, run: _Run, ok: bool | None) -> None:
-        self._runs.pop(run.task_id, None)
+        if self._runs.get(run.task_id) is run:  # never another (later) run of the task
+            del self._runs[run.task_id]
         agent_id = run.slot.agent_id
         runs = self._agent_runs.get(agent_id)
         was_head = bool(runs) and runs[0] is run  # type: ignore[index]
