@@ -5,7 +5,8 @@ them all at once (``asyncio.gather`` of ``start_agent``), then gives each one ta
 (every agent serves at the same time: the ideal is one 10 ms sleep) and then 10 untargeted
 tasks per agent in one batch (ideal: ten 10 ms sleeps, 0.1 s). Also reported: the memory the
 agents add to the runtime process (RSS growth from before the registrations to after the
-starts), and ``get_agent_status`` / ``list_agents`` latency with all of them running.
+starts; the first round's, as later rounds reuse memory the earlier runtimes freed), and
+``get_agent_status`` / ``list_agents`` latency with all of them running.
 Registration, start and task times are medians over the rounds; each round has a fresh
 runtime on a fresh database.
 """
@@ -138,14 +139,16 @@ def test_thousand_inline_agents(
     start_s = median(r.start_seconds for r in results)
     one_each_s = median(r.one_each_seconds for r in results)
     batch_s = median(r.batch_seconds for r in results)
-    rss_mb = median(r.rss_growth_mb for r in results)
+    # The first round's growth: later rounds reuse the memory the earlier runtimes freed.
+    rss_mb = max(r.rss_growth_mb for r in results)
     status = latency_summary(us for r in results for us in r.status_us)
     list_ms = median(r.list_ms for r in results)
     tasks = count * TASKS_PER_AGENT
     report(
         f"P-04 {count:,} inline agents, {rounds} rounds (medians): registered in "
-        f"{register_s:.2f} s, all started at once in {start_s:.2f} s, RSS +{rss_mb:.1f} MB "
-        f"({rss_mb * 1024 / count:.1f} kB per agent); one {SLEEP_SECONDS * 1000:.0f} ms task "
+        f"{register_s:.2f} s, all started at once in {start_s:.2f} s, RSS +{rss_mb:.1f} MB in "
+        f"the first round ({rss_mb * 1024 / count:.1f} kB per agent); one "
+        f"{SLEEP_SECONDS * 1000:.0f} ms task "
         f"each: all done in {one_each_s * 1000:.0f} ms; {tasks:,} tasks "
         f"({TASKS_PER_AGENT} per agent, ideal {TASKS_PER_AGENT * SLEEP_SECONDS:.2f} s) in "
         f"{batch_s:.2f} s; get_agent_status p95 {status['p95']:.1f} us, list_agents "
@@ -154,7 +157,8 @@ def test_thousand_inline_agents(
         rounds=rounds,
         register_seconds_median=round(register_s, 4),
         start_all_seconds_median=round(start_s, 4),
-        rss_growth_mb_median=round(rss_mb, 2),
+        rss_growth_mb_first_round=round(rss_mb, 2),
+        rss_growth_mb_rounds=[round(r.rss_growth_mb, 2) for r in results],
         one_task_each_seconds_median=round(one_each_s, 4),
         batch_tasks=tasks,
         batch_seconds_median=round(batch_s, 4),
