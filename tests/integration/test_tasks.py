@@ -398,3 +398,29 @@ async def test_deeply_nested_input_is_handed_out_whole(rt: AgentRuntime) -> None
     assert done.input_data == deep
     assert rt.get_task_status(task_id).input_data == deep
     assert [task.task_id for task in rt.list_tasks()] == [task_id]
+
+
+async def test_with_many_busy_agents_an_idle_one_takes_the_untargeted_work(
+    rt: AgentRuntime,
+) -> None:
+    """F-02, F-05: with more routes holding ready tasks than idle agents (tasks queued for
+    four busy agents), the one idle agent gets the untargeted task at once, and each
+    targeted task waits for its own agent, which then runs it."""
+    busy = [await start_agent(rt, f"busy-{n}", agents.GatedAgent) for n in range(4)]
+    for n, agent_id in enumerate(busy):
+        await rt.submit_task(f"hold-{n}", agent_id=agent_id)
+        await asyncio.wait_for(agents.STARTED.setdefault(f"hold-{n}", asyncio.Event()).wait(), 5)
+    waiting = [await rt.submit_task(f"mine-{n}", agent_id=a) for n, a in enumerate(busy)]
+    idle = await start_agent(rt, "idle", agents.GatedAgent)
+    free = await rt.submit_task("free", priority=100)
+    await asyncio.wait_for(agents.STARTED.setdefault("free", asyncio.Event()).wait(), 5)
+    assert rt.get_task_status(free).assigned_agent_id == idle
+    assert all(rt.get_task_status(t).status is TaskStatus.PENDING for t in waiting)
+    for n in range(4):
+        agents.GATES.setdefault(f"hold-{n}", asyncio.Event()).set()
+        agents.GATES.setdefault(f"mine-{n}", asyncio.Event()).set()
+    agents.GATES.setdefault("free", asyncio.Event()).set()
+    for task_id, agent_id in zip(waiting, busy, strict=True):
+        task = await rt.wait_for_task(task_id, 5)
+        assert task.status is TaskStatus.COMPLETED
+        assert task.assigned_agent_id == agent_id
