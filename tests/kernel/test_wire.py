@@ -25,12 +25,8 @@ class Server:
     started: asyncio.Event = field(default_factory=asyncio.Event)
     release: asyncio.Event = field(default_factory=asyncio.Event)
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
-    notes: asyncio.Queue[Any] = field(default_factory=asyncio.Queue)
 
     def handle(self, frame: dict[str, Any]) -> Any:
-        if frame["op"] == "note":  # a notice: nothing is sent back
-            self.notes.put_nowait(frame["value"])
-            return None
         if frame["op"] == "echo":
             return frame["value"]
         if frame["op"] == "missing":
@@ -71,28 +67,6 @@ async def pair() -> AsyncIterator[Pair]:
 
 def _no_requests(frame: dict[str, Any]) -> None:
     raise AssertionError(f"the client got a request: {frame}")
-
-
-async def test_a_deferred_notice_waits_for_the_end_of_the_loop_turn(pair: Pair) -> None:
-    """A notice after a quiet moment is written at once; a deferred one is not (it must not
-    delay what the sender does next) but leaves at the end of the turn, in order."""
-    transport = pair.client._transport
-    assert transport is not None
-    writes: list[bytes] = []
-    write = transport.write
-
-    def recording_write(data: Any) -> None:
-        writes.append(bytes(data))
-        write(data)
-
-    transport.write = recording_write  # type: ignore[method-assign]
-    pair.client.notify("note", deferred=True, value=1)
-    assert writes == []
-    pair.client.notify("note", value=2)  # queued behind the first, in the same flush
-    assert writes == []
-    notes = pair.answering.notes
-    assert [await asyncio.wait_for(notes.get(), WAIT) for _ in range(2)] == [1, 2]
-    assert len(writes) == 1
 
 
 async def test_request_gets_its_reply_or_error(pair: Pair) -> None:

@@ -228,13 +228,11 @@ class FrameChannel(asyncio.Protocol):
             )
         return future
 
-    def notify(self, op: str, *, deferred: bool = False, **payload: Any) -> None:
-        """Send a notice (no reply); silently dropped once the channel is closed. A
-        ``deferred`` one leaves with the next frames or at the end of this loop turn, never
-        at once: for a notice that must not delay what the sender does next."""
+    def notify(self, op: str, **payload: Any) -> None:
+        """Send a notice (no reply); silently dropped once the channel is closed."""
         if self._closed_error is None:
             payload["op"] = op
-            self._send(payload, deferred=deferred)
+            self._send(payload)
 
     def flush_now(self) -> None:
         """Hand what is queued to the transport now instead of at the end of this loop turn."""
@@ -251,12 +249,12 @@ class FrameChannel(asyncio.Protocol):
         if self._transport is not None:
             self._transport.abort()
 
-    def _send(self, frame: Frame, *, deferred: bool = False) -> None:
+    def _send(self, frame: Frame) -> None:
         self._out.append(encode_frame(frame))
         if not self._flush_scheduled:
             # A frame after a quiet moment leaves at once (latency); while frames keep coming,
             # those of one loop turn leave together at its end (throughput).
-            if not deferred and time.monotonic() - self._last_write >= QUIET_SECONDS:
+            if time.monotonic() - self._last_write >= QUIET_SECONDS:
                 self._write_out()
             self._flush_scheduled = True
             self._loop.call_soon(self._flush)

@@ -289,10 +289,9 @@ class Worker:
         returning.add_done_callback(retrieve)
 
     def _message_taken(self, message_id: str) -> None:
-        # Queued before on_message runs, so it leaves before any pause reply this worker
-        # sends later; deferred: writing it at once would delay on_message (P-02).
+        # Before on_message runs, so before any pause reply this worker sends later.
         if self.channel is not None:
-            self.channel.notify("message_taken", deferred=True, message_id=message_id)
+            self.channel.notify("message_taken", message_id=message_id)
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:
