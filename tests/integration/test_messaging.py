@@ -28,6 +28,7 @@ from miminions import (
     NotFoundError,
     QueueFullError,
     ResourceLimits,
+    RestartPolicy,
     RuntimeConfig,
     Severity,
     Task,
@@ -42,6 +43,7 @@ from tests.support.journal_agents import read_journal
 from tests.support.messaging_agents import (
     IGNORED,
     SENTINEL,
+    CrashingHandlerAgent,
     ResponderAgent,
     ScriptAgent,
     SlowHandlerAgent,
@@ -508,6 +510,31 @@ async def test_a_message_arriving_as_a_pause_completes_waits_in_the_mailbox(
 
 
 # ---------------------------------------------------------------------- 5. limits, bad input
+async def test_a_message_whose_handler_crashed_its_worker_is_not_delivered_again(
+    make_config: Callable[..., RuntimeConfig], journal: Path
+) -> None:
+    """R-01, F-15: handling is at most once once begun: a message whose on_message kills
+    its worker in its first step is not handed to the restarted worker (it would crash
+    every restart until the restart policy gave up)."""
+    fast = RestartPolicy(max_restarts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+    async with open_runtime(make_config, "process", restart=fast) as rt:
+        agent_id = await start(rt, "crasher", CrashingHandlerAgent, journal)
+        [message_id] = await rt.send_message(agent_id, "poison")
+        await wait_until(
+            lambda: (
+                rt.get_agent_status(agent_id).restart_count == 1
+                and rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+            ),
+            "the agent's restart after its worker's crash",
+        )
+        await rt.send_message(agent_id, "after")  # handled (and crashing) only after "poison"
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).restart_count == 2, "the second crash"
+        )
+        begun = [r["message_id"] for r in records(journal, "handler_begun")]
+        assert begun.count(message_id) == 1, begun
+
+
 async def test_a_pause_waits_for_the_on_message_handler_in_progress(
     rt: AgentRuntime, journal: Path, gate: Path
 ) -> None:

@@ -196,3 +196,15 @@ class SlowHandlerAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> None:
         return None
+
+
+class CrashingHandlerAgent(BaseAgent):
+    """``on_message`` journals ``handler_begun``, then ends its worker process at once
+    (``os._exit``), before its first ``await``: a hard crash in the handler's first step."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        write_journal(self.config, "handler_begun", message_id=message.message_id)
+        os._exit(3)
+
+    async def execute_task(self, task: Task) -> None:
+        return None

@@ -289,9 +289,12 @@ class Worker:
         returning.add_done_callback(retrieve)
 
     def _message_taken(self, message_id: str) -> None:
-        # Before on_message runs, so before any pause reply this worker sends later.
+        # Written out now, before on_message runs: before any pause reply this worker sends
+        # later, and in the runtime's hands even if the handler kills the worker in this
+        # loop turn (else the message would come back and crash every restart).
         if self.channel is not None:
             self.channel.notify("message_taken", message_id=message_id)
+            self.channel.flush_now()
 
     def _report_usage(self, tokens: int, cost: float) -> None:
         if self.channel is not None:
