@@ -246,6 +246,31 @@ async def test_an_agent_in_its_on_error_never_gets_a_second_worker(
     assert agent.RAN == ["fails", "on_error_done", "t0", "t1", "t2", "t3"]
 
 
+async def test_an_agent_restarted_after_an_abandoned_run_takes_new_tasks(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """R-01: an inline agent whose task ignores cancellation is stopped (its run abandoned,
+    the task re-queued) and started again: it takes new tasks at once, and the old run's
+    code returning later does not give it a second worker."""
+    release = agents.GATES.setdefault("stubborn", asyncio.Event())
+    async with AgentRuntime(config=make_config(shutdown_timeout_seconds=0.2)) as rt:
+        try:
+            agent_id = await start(rt, "stubborn", agents.StubbornAgent)
+            stuck = await rt.submit_task("stubborn", agent_id=agent_id)
+            await asyncio.wait_for(agents.STARTED.setdefault("stubborn", asyncio.Event()).wait(), 5)
+            await rt.stop_agent(agent_id, timeout_seconds=0.05)
+            assert rt.get_task_status(stuck).status is TaskStatus.PENDING
+            await rt.cancel_task(stuck)  # the abandoned code is still in it: not again
+            await rt.start_agent(agent_id)
+            fresh = await rt.submit_task("fresh", agent_id=agent_id)
+            assert (await rt.wait_for_task(fresh, 5)).status is TaskStatus.COMPLETED
+            release.set()  # the old code returns now
+            later = await rt.submit_task("later", agent_id=agent_id)
+            assert (await rt.wait_for_task(later, 5)).status is TaskStatus.COMPLETED
+        finally:
+            release.set()  # nothing keeps the shutdown waiting
+
+
 async def test_queued_starts_keep_order_and_the_limit(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:

@@ -4,6 +4,7 @@ has to be located by import path."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -162,4 +163,19 @@ class SlowOnErrorAgent(BaseAgent):
             await GATES.setdefault("tasks", asyncio.Event()).wait()
         finally:
             cls.ACTIVE -= 1
+        return {"ran": task.name}
+
+
+class StubbornAgent(BaseAgent):
+    """A task named ``stubborn`` catches every cancellation and runs until
+    ``GATES["stubborn"]`` is set; other tasks complete at once."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if task.name == "stubborn":
+            STARTED.setdefault("stubborn", asyncio.Event()).set()
+            gate = GATES.setdefault("stubborn", asyncio.Event())
+            while not gate.is_set():
+                # ignores its timeout, cancel and stop on purpose
+                with contextlib.suppress(asyncio.CancelledError):
+                    await gate.wait()
         return {"ran": task.name}

@@ -539,7 +539,12 @@ class AsyncioExecutor:
                 streak += 1
                 if streak >= _YIELD_EVERY:
                     await asyncio.sleep(0)
-            if not self._accepting or self._rt.queue_paused or agent_id not in self._available:
+            if (
+                not self._accepting
+                or self._rt.queue_paused
+                or agent_id not in self._available
+                or self._serving.get(agent_id) is not worker  # given up on (see _interrupt)
+            ):
                 break
             task_id = self._sched.take(slot.routes)
             run = None if task_id is None else self._begin(slot, task_id, worker)
@@ -681,6 +686,12 @@ class AsyncioExecutor:
                     run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
                 )
                 self._end_run(run, ok=False)
+                agent_id = run.slot.agent_id
+                if self._serving.get(agent_id) is run.worker:
+                    # Its worker is stuck in the agent's code: it no longer counts as the
+                    # agent's worker (a restarted agent gets a new one), and takes no task
+                    # if it ever returns (see _serve).
+                    del self._serving[agent_id]
 
 
 class _LoopTurn:
