@@ -31,6 +31,7 @@ from tests.support.lifecycle_agents import (
     RELEASE_SYNC_HOOKS,
     SYNC_HOOK_BLOCKING,
     HangingHooksAgent,
+    PauseRaisesCrashedAgent,
     ResumeFailsAgent,
     SyncHangingResumeAgent,
     hook_log,
@@ -83,6 +84,19 @@ async def test_a_failed_agent_keeps_no_paused_state(rt: AgentRuntime) -> None:
     [stored] = [a for a in await rt.store.load_agents() if a.agent_id == agent_id]
     assert stored.status is S.FAILED
     assert stored.paused_state is None
+
+
+async def test_an_on_pause_raising_agent_crashed_error_is_a_hook_failure(
+    rt: AgentRuntime,
+) -> None:
+    """F-11: an agent's own on_pause raising AgentCrashedError fails the agent like any
+    raising hook (AgentHookError); only a host whose process died under the call leaves
+    the agent to the crash handling. The agent is not left running yet taking no task."""
+    agent_id = await rt.register_agent("odd", PauseRaisesCrashedAgent, isolation="inline")
+    await rt.start_agent(agent_id)
+    with pytest.raises(AgentHookError, match="on_pause failed: AgentCrashedError"):
+        await rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS)
+    assert rt.get_agent_status(agent_id).status is S.FAILED
 
 
 # ---------------------------------------------------------------------- hanging on_resume

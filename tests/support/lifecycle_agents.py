@@ -10,7 +10,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from miminions import BaseAgent, Task
+from miminions import AgentCrashedError, BaseAgent, Task
 
 #: What a synchronous hook of :class:`SyncHangingResumeAgent` blocks on (inline agents
 #: only: the test sets it when it ends, so no thread outlives it).
@@ -95,6 +95,17 @@ class ResumeFailsAgent(BaseAgent):
 
     async def on_resume(self, state: Any) -> None:
         raise RuntimeError("cannot resume")
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+class PauseRaisesCrashedAgent(BaseAgent):
+    """Its own ``on_pause`` raises :class:`AgentCrashedError` (say, a backend it uses
+    crashed): a hook failure like any other, not a crash of its host."""
+
+    async def on_pause(self) -> dict[str, Any]:
+        raise AgentCrashedError("the backend it talks to crashed")
 
     async def execute_task(self, task: Task) -> None:
         return None

@@ -102,6 +102,12 @@ class AgentCrashedError(MiminionsError):
     policy deals with it)."""
 
 
+class HostEndedError(AgentCrashedError):
+    """An agent host's agent died under a pause or resume (its worker process ended). A
+    host raising it also reports the crash (``report_host_failure``): the kernel leaves the
+    agent to that crash handling (restart policy) instead of failing it for a hook error."""
+
+
 class TaskNotStartedError(MiminionsError):
     """A host gives a task back before its agent began it (it waited in the agent's prefetch
     window when the agent crashed): the task is re-queued without using up an attempt."""
@@ -126,6 +132,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigurationError",
     "DependencyCycleError",
+    "HostEndedError",
     "InvalidStateError",
     "MessageTooLargeError",
     "MiminionsError",

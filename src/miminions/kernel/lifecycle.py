@@ -23,9 +23,9 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from miminions.kernel.errors import (
-    AgentCrashedError,
     AgentHookError,
     AlreadyExistsError,
+    HostEndedError,
     InvalidStateError,
     NotFoundError,
     ValidationError,
@@ -540,7 +540,7 @@ class AgentBook(RestartMixin):
             except ValidationError as exc:  # a host found the state on_pause returned not JSON
                 await self._fail(slot, str(exc))
                 raise
-            except AgentCrashedError:
+            except HostEndedError:
                 # Its host died under the call: the crash path (host_failed) deals with the
                 # agent once this lock is free, as with any crash (restart policy).
                 raise
@@ -594,7 +594,7 @@ class AgentBook(RestartMixin):
                 reason = f"on_resume did not finish within {self._start_timeout} s"
                 await self._fail(slot, reason)
                 raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from None
-            except AgentCrashedError:
+            except HostEndedError:
                 # Its host died under the call: still paused, and the crash path keeps it so
                 # (its state saved) once this lock is free; a later resume starts a new host.
                 raise

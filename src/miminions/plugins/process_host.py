@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
     AgentCrashedError,
+    HostEndedError,
     InvalidStateError,
     ResourceLimitExceeded,
     ResourceLimitWarning,
@@ -248,10 +249,10 @@ class ProcessHost:
         except ChannelClosedError:
             raise self._ended_during("its resume") from None
 
-    def _ended_during(self, what: str) -> AgentCrashedError:
+    def _ended_during(self, what: str) -> HostEndedError:
         """The error of a lifecycle call whose worker died under it: a crash, which the
         worker's exit reports (restart policy), not a failure of the agent's hook."""
-        return AgentCrashedError(
+        return HostEndedError(
             f"the worker process of agent {self.spec.name!r} ended during {what}; it is "
             "handled as a crash"
         )
