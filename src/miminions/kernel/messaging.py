@@ -59,6 +59,10 @@ MAILBOX_PREFIX = "mailbox:"
 _log = logging.getLogger("miminions.messaging")
 #: The largest message payload, as JSON text (R-04).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
+#: The longest message type or topic, in characters.
+MAX_NAME = 256
+#: What a reply's default message type adds to its request's.
+REPLY_SUFFIX = ".reply"
 _LATENCY_SAMPLES = 1000
 
 
@@ -526,12 +530,6 @@ class Messenger:
 def _arg(payload: dict[str, Any], name: str, default: Any = None) -> Any:
     """An argument of a call an agent made (checked where it is used)."""
     return payload.get(name, default)
-
-
-#: The longest message type or topic, in characters.
-MAX_NAME = 256
-#: What a reply's default message type adds to its request's.
-REPLY_SUFFIX = ".reply"
 
 
 def _check_name(value: Any, what: str) -> None:
