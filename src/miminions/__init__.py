@@ -39,7 +39,7 @@ if TYPE_CHECKING:
         ValidationError,
         WaitTimeoutError,
     )
-    from miminions.kernel.hookspecs import hookimpl, hookspec
+    from miminions.kernel.hookspecs import accepts_events, hookimpl, hookspec
     from miminions.kernel.interfaces import AgentHost, EventQuery, Executor, Store, StoredAgent
     from miminions.kernel.models import (
         AgentInstance,
@@ -49,6 +49,7 @@ if TYPE_CHECKING:
         Capacity,
         DeadLetter,
         Event,
+        EventRecord,
         EventType,
         HoldKind,
         HoldReason,
@@ -129,6 +130,7 @@ __all__ = [
     "DependencyCycleError",
     "Event",
     "EventQuery",
+    "EventRecord",
     "EventType",
     "Executor",
     "HoldKind",
@@ -166,6 +168,7 @@ __all__ = [
     "ValidationError",
     "WaitTimeoutError",
     "__version__",
+    "accepts_events",
     "hookimpl",
     "hookspec",
     "run",

@@ -5,12 +5,22 @@ from __future__ import annotations
 import csv
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, EventType, Severity, TaskStatus
+from miminions import (
+    AgentRuntime,
+    Event,
+    EventType,
+    RuntimeConfig,
+    Severity,
+    TaskStatus,
+    accepts_events,
+    hookimpl,
+)
 from tests.support import agents
 
 
@@ -144,3 +154,94 @@ async def test_message_events_are_in_the_log_at_once_and_in_order(
     assert events[1].event_id == events[0].event_id + 1
     logged = [r.getMessage().split()[0] for r in caplog.records if r.name == "miminions.events"]
     assert logged[-2:] == ["message_sent", "queue_paused"]
+
+
+class _Collector:
+    """A monitor that keeps every event it is given."""
+
+    def __init__(self) -> None:
+        self.events: list[Event] = []
+
+    @hookimpl
+    def miminions_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class _ErrorsOnly(_Collector):
+    """A monitor whose filter takes only error events."""
+
+    @hookimpl
+    @accepts_events(lambda event_type, severity: severity is Severity.ERROR)
+    def miminions_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+class _BrokenFilter(_Collector):
+    """A monitor whose filter raises on every event."""
+
+    @hookimpl
+    @accepts_events(lambda event_type, severity: 1 / 0 > 0)
+    def miminions_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_event_filters_pass_only_what_a_monitor_accepts(
+    make_config: Callable[..., RuntimeConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A monitor with an ``accepts_events`` filter gets only the events it takes, the same
+    objects another monitor gets; a filter that raises is logged as its monitor's failure
+    and the others still get every event."""
+    everything, errors, broken = _Collector(), _ErrorsOnly(), _BrokenFilter()
+    async with AgentRuntime(config=make_config(), plugins=[everything, errors, broken]) as rt:
+        _, _, bad = await run_some_work(rt)
+        stored = await rt.query_events(limit=None)
+    assert [e.event_type for e in errors.events] == [EventType.TASK_FAILED]
+    assert errors.events[0].task_id == bad
+    assert broken.events == []
+    assert len(everything.events) > len(stored)  # and the stop's events after the query
+    assert [(e.event_type, e.task_id) for e in everything.events[: len(stored)]] == [
+        (e.event_type, e.task_id) for e in stored
+    ]
+    assert any(e is errors.events[0] for e in everything.events)  # built once, shared
+    failures = [r for r in caplog.records if "_BrokenFilter" in r.getMessage()]
+    assert len(failures) == len(everything.events)
+    assert all(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in failures)
+
+
+async def test_monitors_see_the_timestamps_the_log_stores(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """An event's time as a monitor sees it is the one stored: querying with it as
+    ``since`` finds the event itself."""
+    seen = _Collector()
+    async with AgentRuntime(config=make_config(), plugins=[seen]) as rt:
+        await run_some_work(rt)
+        stored = await rt.query_events(limit=None)
+        assert [e.timestamp for e in seen.events[: len(stored)]] == [e.timestamp for e in stored]
+        last = stored[-1]
+        found = await rt.query_events(since=last.timestamp, limit=None)
+        assert [e.event_id for e in found][:1] == [last.event_id]
+
+
+async def test_logging_monitor_follows_a_level_set_while_running(
+    rt: AgentRuntime, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The logging monitor's filter asks the logger each time: routine (info) events are
+    logged only while the logger is enabled for info, errors always."""
+    caplog.set_level(logging.WARNING, logger="miminions.events")
+    agent_id = await rt.register_agent("rec", agents.RecordingAgent)
+    await rt.start_agent(agent_id)
+    await rt.wait_for_task(await rt.submit_task("quiet"), 5)
+    await rt.wait_for_task(await rt.submit_task("bad", {"fail": "broken"}), 5)
+    logged = [r.getMessage().split()[0] for r in caplog.records if r.name == "miminions.events"]
+    assert logged == ["task_failed", "task_dead_lettered"]  # an error, a warning
+
+    caplog.set_level(logging.INFO, logger="miminions.events")
+    loud = await rt.submit_task("loud")
+    await rt.wait_for_task(loud, 5)
+    logged = [r.getMessage() for r in caplog.records if r.name == "miminions.events"]
+    assert [m.split()[0] for m in logged if f"task={loud}" in m] == [
+        "task_enqueued",
+        "task_started",
+        "task_completed",
+    ]

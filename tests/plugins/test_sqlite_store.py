@@ -31,6 +31,7 @@ from miminions.kernel.models import (
     AgentStatus,
     DeadLetter,
     Event,
+    EventRecord,
     EventType,
     ResourceLimits,
     RuntimeConfig,
@@ -77,14 +78,19 @@ def full_task(task_id: str = "full") -> Task:
     )
 
 
-def make_event(n: int, **fields: Any) -> Event:
-    """An event at ``T0 + n`` seconds; ``fields`` override the defaults."""
+def make_event(n: int, **fields: Any) -> EventRecord:
+    """An event at ``T0 + n`` seconds, as the runtime hands it to the store; ``fields``
+    override the defaults."""
     values: dict[str, Any] = {
-        "timestamp": T0 + timedelta(seconds=n),
+        "timestamp": (T0 + timedelta(seconds=n)).timestamp(),
         "event_type": EventType.TASK_ENQUEUED,
+        "severity": Severity.INFO,
+        "agent_id": None,
+        "task_id": None,
+        "details": {},
     }
     values.update(fields)
-    return Event(**values)
+    return EventRecord(**values)
 
 
 def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
@@ -232,8 +238,8 @@ async def test_event_round_trip_assigns_increasing_ids(store: SQLiteStore) -> No
 
     loaded = await store.query_events(EventQuery())
     assert [e.model_dump(exclude={"event_id"}) for e in loaded] == [
-        first.model_dump(exclude={"event_id"}),
-        second.model_dump(exclude={"event_id"}),
+        first.to_event().model_dump(exclude={"event_id"}),
+        second.to_event().model_dump(exclude={"event_id"}),
     ]
     first_id, second_id = (e.event_id for e in loaded)
     assert first_id is not None
@@ -433,7 +439,7 @@ async def test_bad_event_row_is_dropped_and_the_others_kept(
 ) -> None:
     """An event row SQLite cannot bind is logged and dropped; the other events keep order."""
     store.put_event(make_event(0, details={"n": 0}))
-    store.put_event(Event.model_construct(**{**make_event(1).__dict__, "agent_id": ("x",)}))
+    store.put_event(make_event(1)._replace(agent_id=("x",)))
     store.put_event(make_event(2, details={"n": 2}))
     task = store.put_task(make_task())
     await store.flush()

@@ -6,7 +6,7 @@ import asyncio
 import itertools
 from typing import Any
 
-from miminions import DeadLetter, Event, EventQuery, Severity, StoredAgent, Task
+from miminions import DeadLetter, Event, EventQuery, EventRecord, Severity, StoredAgent, Task
 
 _SEVERITIES = list(Severity)
 
@@ -42,8 +42,8 @@ class MemoryStore:
         self.agents[agent.agent_id] = agent.model_copy(deep=True)
         return self._done()
 
-    def put_event(self, event: Event) -> None:
-        self.events.append(event.model_copy(update={"event_id": next(self._ids)}))
+    def put_event(self, event: EventRecord) -> None:
+        self.events.append(event.to_event(next(self._ids)).model_copy(deep=True))
 
     def put_dead_letter(self, dead_letter: DeadLetter) -> asyncio.Future[None]:
         self.dead_letters[dead_letter.dead_letter_id] = dead_letter.model_copy()

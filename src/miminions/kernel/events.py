@@ -4,14 +4,31 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from datetime import UTC, datetime
+import time
+from collections.abc import Callable
 from typing import Any
 
+from miminions.kernel.hookspecs import EVENT_FILTER_ATTRIBUTE
 from miminions.kernel.interfaces import Store
-from miminions.kernel.models import Event, EventType, JSONObject, Severity, fast_construct
+from miminions.kernel.models import EventRecord, EventType, JSONObject, Severity
 from miminions.kernel.plugins import PluginManager
 
 _log = logging.getLogger("miminions.events")
+
+
+def _now() -> float:
+    """Unix time now, whole microseconds: the float ``datetime.timestamp()`` gives for the
+    same instant, so a stored time turned into a datetime and back (an ``Event``'s
+    ``timestamp`` used as a query's ``since``) compares equal to itself."""
+    return time.time_ns() // 1000 / 1_000_000
+
+
+_new_record = tuple.__new__  # EventRecord(...) without the namedtuple's Python-level __new__
+#: A monitor called directly: its function, whether it takes only ``event``, its argument
+#: names, its plugin's name and its :func:`~miminions.kernel.hookspecs.accepts_events` filter.
+_Listener = tuple[
+    Callable[..., Any], bool, tuple[str, ...], str, Callable[[EventType, Severity], bool] | None
+]
 
 
 class EventLog:
@@ -32,10 +49,19 @@ class EventLog:
         impls = self._hook.get_hookimpls()
         # Each monitor is called on its own so one that raises cannot silence the others
         # (pluggy stops at the first exception); wrappers need pluggy's own calling.
-        self._direct = (
+        self._direct: list[_Listener] | None = (
             None
             if any(i.hookwrapper or i.wrapper for i in impls)
-            else [(i.function, tuple(i.argnames), i.plugin_name) for i in reversed(impls)]
+            else [
+                (
+                    i.function,
+                    tuple(i.argnames) == ("event",),
+                    tuple(i.argnames),
+                    i.plugin_name,
+                    getattr(i.function, EVENT_FILTER_ATTRIBUTE, None),
+                )
+                for i in reversed(impls)
+            ]
         )
         self._has_listeners = bool(impls)
         self.record_task_events = record_task_events
@@ -51,12 +77,12 @@ class EventLog:
         agent_id: str | None = None,
         task_id: str | None = None,
         details: JSONObject | None = None,
-    ) -> Event:
+    ) -> None:
         """Record one event and notify every ``miminions_event`` implementation."""
         if self._deferred:  # events are recorded in the order they happened
             self.drain()
         self.count += 1
-        return self._record(datetime.now(UTC), event_type, severity, agent_id, task_id, details)
+        self._record(_now(), event_type, severity, agent_id, task_id, details)
 
     def emit_soon(self, event_type: EventType, agent_id: str | None, details: JSONObject) -> None:
         """Record an (info) event once the current callback is done, stamped with the time
@@ -70,9 +96,7 @@ class EventLog:
         if not self._deferred:
             asyncio.get_running_loop().call_soon(self.drain)
         self.count += 1  # counted now: metrics do not lag behind the log's readers
-        self._deferred.append(
-            (datetime.now(UTC), event_type, Severity.INFO, agent_id, None, details)
-        )
+        self._deferred.append((_now(), event_type, Severity.INFO, agent_id, None, details))
 
     def drain(self) -> None:
         """Record the events :meth:`emit_soon` holds back, now."""
@@ -82,46 +106,45 @@ class EventLog:
 
     def _record(
         self,
-        timestamp: datetime,
+        timestamp: float,
         event_type: EventType,
         severity: Severity,
         agent_id: str | None,
         task_id: str | None,
         details: JSONObject | None,
-    ) -> Event:
-        event = fast_construct(
-            Event,
-            {
-                "event_id": None,
-                "timestamp": timestamp,
-                "event_type": event_type,
-                "severity": severity,
-                "agent_id": agent_id,
-                "task_id": task_id,
-                "details": details if details is not None else {},
-            },
+    ) -> None:
+        if details is None:
+            details = {}
+        record: EventRecord = _new_record(
+            EventRecord, (timestamp, event_type, severity, agent_id, task_id, details)
         )
-        self._store.put_event(event)
+        self._store.put_event(record)
         if self._has_listeners:
-            self._notify(event)
-        return event
+            self._notify(record)
 
-    def _notify(self, event: Event) -> None:
+    def _notify(self, record: EventRecord) -> None:
+        """Pass the event to the monitors that want it; its :class:`Event` is built only if
+        one does (see :func:`~miminions.kernel.hookspecs.accepts_events`)."""
         if self._direct is None:
             try:
-                self._hook(event=event, runtime=self._runtime)
+                self._hook(event=record.to_event(), runtime=self._runtime)
             except Exception:
-                _log.exception("a miminions_event hook failed on %s", event.event_type.value)
+                _log.exception("a miminions_event hook failed on %s", record.event_type.value)
             return
-        for function, argnames, plugin in self._direct:
+        event = None
+        for function, event_only, argnames, plugin, accepts in self._direct:
             try:
-                if argnames == ("event",):
+                if accepts is not None and not accepts(record.event_type, record.severity):
+                    continue
+                if event is None:
+                    event = record.to_event()
+                if event_only:
                     function(event)
                 else:
                     given = {"event": event, "runtime": self._runtime}
                     function(**{name: given[name] for name in argnames})
             except Exception:
-                _log.exception("plugin %s failed on event %s", plugin, event.event_type.value)
+                _log.exception("plugin %s failed on event %s", plugin, record.event_type.value)
 
     def task_event(
         self,
@@ -138,4 +161,4 @@ class EventLog:
             if self._deferred:
                 self.drain()
             self.count += 1
-            self._record(datetime.now(UTC), event_type, Severity.INFO, agent_id, task_id, details)
+            self._record(_now(), event_type, Severity.INFO, agent_id, task_id, details)

@@ -19,7 +19,7 @@ without breaking plugins.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
@@ -27,13 +27,47 @@ if TYPE_CHECKING:
     import asyncio
 
     from miminions.kernel.interfaces import AgentHost, Executor, Store
-    from miminions.kernel.models import AgentInstance, AgentSpec, Event, RuntimeConfig, Task
+    from miminions.kernel.models import (
+        AgentInstance,
+        AgentSpec,
+        Event,
+        EventType,
+        RuntimeConfig,
+        Severity,
+        Task,
+    )
     from miminions.kernel.runtime import AgentRuntime
 
 PROJECT_NAME = "miminions"
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+#: The attribute :func:`accepts_events` sets on a ``miminions_event`` implementation.
+EVENT_FILTER_ATTRIBUTE = "miminions_accepts_event"
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def accepts_events(predicate: Callable[[EventType, Severity], bool]) -> Callable[[_F], _F]:
+    """Decorate a ``miminions_event`` implementation with a filter.
+
+    Before each event the runtime calls ``predicate(event_type, severity)`` and passes the
+    event on only when it returns True; when no implementation wants an event, no
+    :class:`~miminions.Event` is built for it at all. Every task makes three routine events,
+    so a monitor that cares only about some (warnings, one type) should say so: the
+    built-in logging monitor takes only what its logger is enabled for. The predicate is
+    asked anew for each event, so it may follow settings that change (a log level); it
+    must be cheap, and one that raises counts as a failure of its monitor (logged, the
+    event not passed on). Filters are not consulted while some ``miminions_event``
+    implementation is a hook wrapper: pluggy then calls every implementation.
+    """
+
+    def decorate(function: _F) -> _F:
+        setattr(function, EVENT_FILTER_ATTRIBUTE, predicate)
+        return function
+
+    return decorate
 
 
 # --------------------------------------------------------------------------- configuration
@@ -212,7 +246,8 @@ def miminions_event(event: Event, runtime: AgentRuntime) -> None:
 
     Called synchronously on the runtime's loop for every event, so return quickly and never
     block; hand slow work to a thread or queue. Errors raised here are logged and ignored.
-    Broadcast: every implementation is called.
+    Broadcast: every implementation is called, for the events its :func:`accepts_events`
+    filter takes (all of them without one).
     """
 
 

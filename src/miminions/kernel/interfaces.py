@@ -19,6 +19,7 @@ from miminions.kernel.models import (
     AgentStatus,
     DeadLetter,
     Event,
+    EventRecord,
     EventType,
     JSONObject,
     Severity,
@@ -91,8 +92,9 @@ class Store(Protocol):
         """Queue an insert-or-update of an agent record; resolves when committed."""
         ...
 
-    def put_event(self, event: Event) -> None:
-        """Queue an event for the next commit (fire and forget; ``flush`` waits for it)."""
+    def put_event(self, event: EventRecord) -> None:
+        """Queue an event for the next commit (fire and forget; ``flush`` waits for it). The
+        store assigns its ``event_id``; ``event.to_event(event_id)`` makes the model."""
         ...
 
     def put_dead_letter(self, dead_letter: DeadLetter) -> Awaitable[None]:

@@ -29,6 +29,7 @@ from miminions.kernel.models import (
     AgentStatus,
     DeadLetter,
     Event,
+    EventRecord,
     EventType,
     Severity,
     Task,
@@ -358,16 +359,16 @@ def task_from_row(r: Sequence[Any]) -> Task:
     )
 
 
-def event_row(e: Event) -> Row:
+def event_row(e: EventRecord) -> Row:
     """The ``events`` row of ``e``; the database assigns ``event_id``."""
-    d = e.details
+    timestamp, event_type, severity, agent_id, task_id, details = e
     return (
-        e.timestamp.timestamp(),
-        _TEXT[e.event_type],
-        _TEXT[e.severity],
-        e.agent_id,
-        e.task_id,
-        _dumps_lenient(d) if d else "{}",
+        timestamp,
+        _TEXT[event_type],
+        _TEXT[severity],
+        agent_id,
+        task_id,
+        _dumps_lenient(details) if details else "{}",
     )
 
 

@@ -50,7 +50,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
-from miminions.kernel.models import DeadLetter, Event, RuntimeConfig, Task
+from miminions.kernel.models import DeadLetter, Event, EventRecord, RuntimeConfig, Task
 from miminions.plugins import sqlite_schema as schema
 from miminions.plugins.interpreter_settings import WRITER_SWITCH_INTERVAL, hold_switch_interval
 from miminions.plugins.sqlite_batch import (
@@ -134,8 +134,8 @@ class SQLiteStore:
         self._agents: dict[str, StoredAgent] = {}
         self._dead_letters: dict[str, DeadLetter] = {}
         self._meta: dict[str, tuple[str, Any]] = {}
-        # Events are turned into rows as they arrive, so the Event objects die at once
-        # instead of surviving (and being traversed by the garbage collector) until commit.
+        # Events are turned into rows as they arrive, so their records die at once instead
+        # of surviving (and being traversed by the garbage collector) until commit.
         self._events: list[schema.Row] = []
         self._batch: Batch | None = None  # collecting writes for the next commit
         self._committing: Batch | None = None  # being committed now
@@ -371,7 +371,7 @@ class SQLiteStore:
         self._agents[agent.agent_id] = agent
         return Committed(batch, "agent", agent.agent_id)
 
-    def put_event(self, event: Event) -> None:
+    def put_event(self, event: EventRecord) -> None:
         """Queue an event for the next commit (fire and forget; ``flush`` waits for it)."""
         if self._batch is None:
             self._new_batch()
