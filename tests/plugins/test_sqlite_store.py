@@ -138,6 +138,108 @@ async def test_task_round_trip_keeps_every_field(store: SQLiteStore, db_path: Pa
         await reopened.close()
 
 
+def _lived(task: Task) -> Task:
+    """``task`` after a run: every field a stored task's later writes change is changed."""
+    return task.model_copy(
+        update={
+            "status": TaskStatus.FAILED,
+            "output_data": {"partial": [1, 2]},
+            "error_message": "boom",
+            "assigned_agent_id": "agent-9",
+            "retry_count": 1,
+            "checkpoint": {"step": 9},
+            "dead_lettered": True,
+            "started_at": T0 + timedelta(seconds=5),
+            "completed_at": T0 + timedelta(seconds=6),
+        }
+    )
+
+
+@pytest.mark.parametrize("state_update", [True, False], ids=["state-update", "upsert-only"])
+async def test_later_writes_of_a_task_keep_every_field(
+    store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch, state_update: bool
+) -> None:
+    """A task written again after its first commit (its state changed) reads back field
+    for field, in this store and in one opened later, which goes on updating it; with
+    SQLite before 3.33 (no ``UPDATE ... FROM``) every write is a full upsert."""
+    if not state_update:
+        monkeypatch.setattr(sqlite_schema, "UPDATE_TASK_STATE", None)
+    elif sqlite_schema.UPDATE_TASK_STATE is None:
+        pytest.skip("this SQLite has no UPDATE ... FROM")
+    live = full_task()
+    await store.put_task(live)
+    for field, value in _lived(live).__dict__.items():  # as the runtime changes its tasks
+        setattr(live, field, value)
+    await store.put_task(live)
+    assert [t.model_dump() for t in await store.load_tasks()] == [live.model_dump()]
+
+    await store.close()
+    reopened = SQLiteStore(str(db_path))
+    await reopened.open()
+    try:
+        (loaded,) = await reopened.load_tasks()
+        await reopened.put_task(loaded)
+        loaded.status, loaded.retry_count = TaskStatus.PENDING, 2
+        await reopened.put_task(loaded)
+        assert [t.model_dump() for t in await reopened.load_tasks()] == [loaded.model_dump()]
+    finally:
+        await reopened.close()
+    assert raw(db_path, "SELECT COUNT(*) FROM tasks") == [(1,)]
+
+
+async def test_another_object_for_a_stored_task_is_written_whole(store: SQLiteStore) -> None:
+    """Only the very object whose row was stored gets the state-only update: a copy, or a
+    task read back, may differ anywhere and is written whole."""
+    original = make_task("t1")
+    await store.put_task(original)
+    other = original.model_copy(
+        update={"name": "renamed", "input_data": {"x": 1}, "trace_context": {"k": "v"}}
+    )
+    await store.put_task(other)
+    (loaded,) = await store.load_tasks()
+    assert loaded.model_dump() == other.model_dump()
+    loaded.priority = 3
+    await store.put_task(loaded)
+    assert [t.priority for t in await store.load_tasks()] == [3]
+
+
+async def test_a_rejected_first_write_is_not_taken_as_stored(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """A task whose first write was rejected has no row: its next write stores it whole."""
+    bad = make_task("bad", max_retries=10**30)
+    with pytest.raises(ValidationError):
+        await store.put_task(bad)
+    fixed = _lived(make_task("bad", max_retries=2))
+    await store.put_task(fixed)
+    assert [t.model_dump() for t in await store.load_tasks()] == [fixed.model_dump()]
+
+
+async def test_state_update_of_a_bad_value_rejects_only_its_own_write(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    """A stored task's later write that cannot be stored fails alone, the row keeps its
+    last good state and the neighbours' updates are stored."""
+    tasks = [make_task(f"n{i}") for i in range(4)]
+    await asyncio.gather(*(store.put_task(t) for t in tasks))
+    before = tasks[1].model_dump()
+    for task in tasks:
+        for field, value in _lived(task).__dict__.items():
+            setattr(task, field, value)
+    tasks[1].retry_count = 10**30
+    writes = [store.put_task(t) for t in tasks]
+    await asyncio.gather(writes[0], *writes[2:])
+    with pytest.raises(ValidationError, match=r"n1.*Overflow"):
+        await writes[1]
+    loaded = {t.task_id: t.model_dump() for t in await store.load_tasks()}
+    assert loaded == {
+        "n0": tasks[0].model_dump(),
+        "n1": before,
+        "n2": tasks[2].model_dump(),
+        "n3": tasks[3].model_dump(),
+    }
+
+
 async def test_computed_task_fields_are_not_stored(store: SQLiteStore) -> None:
     """Queue position, ETA and effective priority are filled in by queries, never stored."""
     await store.put_task(

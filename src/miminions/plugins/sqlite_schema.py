@@ -243,6 +243,53 @@ DELETE_META = BulkWrite(
 )
 INSERT_EVENT = _bulk("events", EVENT_COLUMNS)
 
+#: The columns of ``tasks`` that change after a task is first stored (its state); the
+#: others are fixed at submit. The kernel changes no other field of a stored task.
+TASK_STATE_COLUMNS = (
+    "task_id",
+    "status",
+    "output_data",
+    "error_message",
+    "assigned_agent_id",
+    "retry_count",
+    "checkpoint",
+    "dead_lettered",
+    "started_at",
+    "completed_at",
+)
+
+
+def _bulk_state_update() -> BulkWrite | None:
+    """Statements that write the state columns of tasks stored already, many per statement.
+
+    A task is written at submit and then at each change of state (started, completed,
+    ...). Writing only what changes binds half the parameters of a full upsert, and SQLite
+    binds parameters holding the GIL, which the runtime's loop then waits for; the
+    ``UPDATE ... FROM (VALUES ...)`` form it needs came with SQLite 3.33 (None before: every
+    write is a full upsert then).
+    """
+    if sqlite3.sqlite_version_info < (3, 33, 0):
+        return None
+    columns = TASK_STATE_COLUMNS
+    max_rows = _MAX_ROWS
+    while max_rows * len(columns) > _MAX_PARAMETERS:
+        max_rows //= 2
+    # The VALUES columns are named column1, column2, ... in order; column1 is the key.
+    updates = ", ".join(f"{c} = v.column{n}" for n, c in enumerate(columns[1:], start=2))
+    tuple_marks = f"({', '.join('?' * len(columns))})"
+    statements, size = {}, 1
+    while size <= max_rows:
+        values = ", ".join([tuple_marks] * size)
+        statements[size] = (
+            f"UPDATE tasks SET {updates} FROM (VALUES {values}) AS v"
+            " WHERE tasks.task_id = v.column1"
+        )
+        size *= 2
+    return BulkWrite(columns=len(columns), max_rows=max_rows, statements=statements)
+
+
+UPDATE_TASK_STATE = _bulk_state_update()
+
 
 def select_tasks(version: int) -> str:
     """The SELECT of every ``tasks`` column from a database at schema ``version``."""
@@ -327,6 +374,24 @@ def task_row(t: Task) -> Row:
         None if s is None else s.timestamp(),
         None if c is None else c.timestamp(),
         None if tc is None else _dumps(tc),
+    )
+
+
+def task_state_row(t: Task) -> Row:
+    """The :data:`TASK_STATE_COLUMNS` of ``t``'s row (see :func:`task_row`)."""
+    f = t.__dict__
+    o, k, s, c = f["output_data"], f["checkpoint"], f["started_at"], f["completed_at"]
+    return (
+        f["task_id"],
+        _TEXT[f["status"]],
+        None if o is None else _dumps(o),
+        f["error_message"],
+        f["assigned_agent_id"],
+        f["retry_count"],
+        None if k is None else _dumps(k),
+        1 if f["dead_lettered"] else 0,
+        None if s is None else s.timestamp(),
+        None if c is None else c.timestamp(),
     )
 
 

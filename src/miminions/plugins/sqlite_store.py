@@ -131,6 +131,11 @@ class SQLiteStore:
         self._closed = False
         self._select_tasks = schema.SELECT_TASKS  # a reader of an older schema: its own
         self._tasks: dict[str, Task] = {}
+        # The task object whose whole row each task id last committed. The runtime keeps
+        # one live object per task and, once it is stored, changes only its state (see
+        # schema.TASK_STATE_COLUMNS): put again, that same object gets a state update. Any
+        # other object for the id (a copy, one read back) gets a full upsert.
+        self._task_rows: dict[str, Task] = {}
         self._agents: dict[str, StoredAgent] = {}
         self._dead_letters: dict[str, DeadLetter] = {}
         self._meta: dict[str, tuple[str, Any]] = {}
@@ -587,8 +592,18 @@ class SQLiteStore:
         if conn is None:  # closed underneath us; cannot happen through the public API
             raise RuntimeNotRunningError("the store was closed before the commit")
         # Keyed writes in table order, then events. A keyed row's key is its first column.
+        new_tasks, stored_tasks = self._split_stored(tasks)
         writes = (
-            (schema.UPSERT_TASK, "task", encode_rows("task", tasks, schema.task_row, rejected)),
+            (
+                schema.UPSERT_TASK,
+                "task",
+                encode_rows("task", new_tasks, schema.task_row, rejected),
+            ),
+            (
+                schema.UPDATE_TASK_STATE or schema.UPSERT_TASK,
+                "task",
+                encode_rows("task", stored_tasks, schema.task_state_row, rejected),
+            ),
             (
                 schema.UPSERT_AGENT,
                 "agent",
@@ -624,6 +639,10 @@ class SQLiteStore:
                 await self._write_one_by_one(conn, writes, rejected)
             self._commit_sent = True
             await conn.commit()
+            rows = self._task_rows
+            for task_id, task in new_tasks.items():
+                if ("task", task_id) not in rejected:
+                    rows[task_id] = task
         except BaseException:
             try:
                 await conn.rollback()
@@ -631,6 +650,18 @@ class SQLiteStore:
                 self._dirty = True
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
+
+    def _split_stored(self, tasks: dict[str, Task]) -> tuple[dict[str, Task], dict[str, Task]]:
+        """Split pending task writes into full upserts and state updates (the object whose
+        whole row is committed, put again); all are upserts without the state update."""
+        known = self._task_rows
+        if schema.UPDATE_TASK_STATE is None or not known:
+            return tasks, {}
+        new: dict[str, Task] = {}
+        stored: dict[str, Task] = {}
+        for task_id, task in tasks.items():
+            (stored if known.get(task_id) is task else new)[task_id] = task
+        return new, stored
 
     async def _write_one_by_one(
         self,
