@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
 import sqlite3
 import stat
 import sys
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -855,6 +857,27 @@ async def test_writer_in_another_process_holds_the_database_until_it_dies(
         await holder.wait()
     async with AgentRuntime(str(db_path)) as rt:
         assert rt.is_running
+
+
+async def test_refusal_waits_for_a_new_holder_to_write_its_pid(db_path: Path) -> None:
+    """A store that just took the lock writes its pid a moment later; until then the lock
+    file still names the holder before it, which is gone. A start refused in that moment
+    names the new holder, not the dead one."""
+    gone = await asyncio.create_subprocess_exec(sys.executable, "-c", "pass")
+    await gone.wait()  # its pid is nobody's now
+    fd = os.open(f"{db_path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, f"{gone.pid}\n".encode(), 0)
+        writer = threading.Timer(0.01, lambda: os.pwrite(fd, f"{os.getpid()}\n".encode(), 0))
+        writer.start()
+        try:
+            with pytest.raises(ConfigurationError, match="in use by another store in this process"):
+                await SQLiteStore(str(db_path)).open()
+        finally:
+            writer.join()
+    finally:
+        os.close(fd)
 
 
 # ----------------------------------------------------------------------------- unusable files

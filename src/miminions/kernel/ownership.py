@@ -31,15 +31,20 @@ def live_owner(run_record: Any) -> int | None:
     pid = run_record.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:
         return None
+    return pid if process_exists(pid) else None
+
+
+def process_exists(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
-        return None
+        return False
     except PermissionError:
-        return pid  # alive, owned by another user
+        return True  # alive, owned by another user
     except OSError:
-        return None
-    return pid
+        return False
+    return True
 
 
 def refuse_live_owner(previous: Any, path: str) -> None:

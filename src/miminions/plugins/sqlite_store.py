@@ -34,6 +34,7 @@ import logging
 import os
 import sqlite3
 import threading
+import time
 import urllib.parse
 from collections.abc import Callable, Iterable
 from itertools import chain
@@ -51,6 +52,7 @@ from miminions.kernel.errors import (
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import DeadLetter, Event, EventRecord, RuntimeConfig, Task
+from miminions.kernel.ownership import process_exists
 from miminions.plugins import sqlite_schema as schema
 from miminions.plugins.interpreter_settings import WRITER_SWITCH_INTERVAL, hold_switch_interval
 from miminions.plugins.sqlite_batch import (
@@ -70,6 +72,8 @@ logger = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
 _BUSY_TIMEOUT_MS = 5000
+#: How long a start refused by the database's lock waits for the holder's pid (see _holder_pid).
+_HOLDER_PID_WAIT_SECONDS = 0.05
 # Throughput settings of the writing connection: a page cache that holds the hot index pages
 # (the default 2 MiB thrashes once the event indexes outgrow it), and rarer WAL checkpoints,
 # so a page changed by many commits is copied into the database file once. Both are bounds:
@@ -251,7 +255,7 @@ class SQLiteStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _read_pid(fd)
+            holder = _holder_pid(fd)
             os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 # a file system without flock: SQLite may still work there, and the run
@@ -835,6 +839,24 @@ def _cannot_lock(path: str, lock_path: str, exc: OSError) -> ConfigurationError:
         f"cannot open the lock file {lock_path!r} of database {path!r}: {exc}; the database's "
         "directory must be writable"
     )
+
+
+def _holder_pid(fd: int) -> int | None:
+    """The pid of the lock's holder, as it wrote it in the lock file, or None.
+
+    A holder writes its pid just after taking the lock; until then the file is empty or
+    still names the holder before it, which is gone. Such a read is retried for a moment
+    (:data:`_HOLDER_PID_WAIT_SECONDS`), so a refusal names the runtime that won a start
+    race instead of "another process" or a dead one.
+    """
+    deadline = time.monotonic() + _HOLDER_PID_WAIT_SECONDS
+    while True:
+        pid = _read_pid(fd)
+        if pid is not None and process_exists(pid):
+            return pid
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.002)
 
 
 def _read_pid(fd: int) -> int | None:
