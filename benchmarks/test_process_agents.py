@@ -2,9 +2,11 @@
 forkserver (``isolation="process"``, the default).
 
 - P-01 with process agents: N no-op tasks in one ``submit_tasks`` batch to a fresh runtime
-  (default config: durable SQLite, task events recorded) with 2 process agents, every task
-  awaited with ``wait_for_task``. Timed from the submit to the last committed completion;
-  also the CPU time the runtime process (all its threads) and the workers spent per task.
+  (default config: durable SQLite, task events recorded) with 2 process agents, awaited
+  two ways: each task with its own ``wait_for_task`` (``asyncio.gather``), or all with one
+  ``wait_for_tasks``, as in the inline benchmark. Timed from the submit to the last
+  committed completion; also the CPU time the runtime process (all its threads) and the
+  workers spent per task.
 - P-04 start latency: ``start_agent`` of K process agents, one after another, once a
   warm-up agent got the forkserver running; each start timed on its own.
 - Idle worker memory: the same workers, left idle, read from ``/proc/<pid>/statm`` (RSS)
@@ -27,6 +29,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import pytest
 
 from benchmarks.agents import NoOpAgent
 from benchmarks.harness import (
@@ -169,12 +173,20 @@ def _digest(raw: RawRound) -> RoundResult:
     )
 
 
+_WAITS = {
+    "wait-each": "one submit_tasks batch, a wait_for_task per task",
+    "wait-batch": "one submit_tasks batch, one wait_for_tasks",
+}
+
+
+@pytest.mark.parametrize("wait", list(_WAITS))
 def test_process_noop_throughput(
     benchmark: Any,
     runner: asyncio.Runner,
     db_paths: DbPaths,
     mode: Mode,
     report: Callable[..., None],
+    wait: str,
 ) -> None:
     """P-01: no-op tasks submit -> completed per second, 2 process agents, durable SQLite."""
     n = mode.pick(10_000, 1_000)
@@ -194,7 +206,10 @@ def test_process_noop_throughput(
         start = time.perf_counter()
         ids = await bench.rt.submit_tasks(requests)
         submitted = time.perf_counter()
-        tasks = await asyncio.gather(*(bench.rt.wait_for_task(task_id) for task_id in ids))
+        if wait == "wait-batch":
+            tasks = await bench.rt.wait_for_tasks(ids)
+        else:
+            tasks = await asyncio.gather(*(bench.rt.wait_for_task(task_id) for task_id in ids))
         end = time.perf_counter()
         cpu = time.process_time() - cpu_before
         workers = worker_cpu_seconds(pids) - workers_before
@@ -219,7 +234,7 @@ def test_process_noop_throughput(
     worker_cpu_us = median(r.worker_cpu_seconds / n * 1e6 for r in results)
     agents_used = min(r.agents_used for r in results)
     report(
-        f"P-01 throughput, process agents, one submit_tasks batch: {n:,} no-op tasks x "
+        f"P-01 throughput, process agents, {_WAITS[wait]}: {n:,} no-op tasks x "
         f"{rounds} rounds, {THROUGHPUT_AGENTS} process agents: "
         f"{summary.describe(TARGET_TASKS_PER_SECOND)}; CPU per task: runtime process "
         f"{runtime_cpu_us:.0f} µs, workers {worker_cpu_us:.0f} µs (all {THROUGHPUT_AGENTS} "

@@ -528,11 +528,17 @@ class TaskBook:
             waiter: asyncio.Future[Awaitable[None]] = asyncio.get_running_loop().create_future()
             self._waiters.setdefault(task_id, []).append(waiter)
             try:
+                # The task as it finished (a re-queue while its commit is awaited does not
+                # show), copied while the commit is on its way.
                 if timeout_seconds is None:
-                    await (await waiter)
+                    commit = await waiter
+                    finished = task_snapshot(task)
+                    await commit
                 else:
                     async with asyncio.timeout(timeout_seconds):
-                        await (await waiter)
+                        commit = await waiter
+                        finished = task_snapshot(task)
+                        await commit
             except TimeoutError:
                 raise WaitTimeoutError(
                     f"task {task_id!r} is still {task.status.value} after {timeout_seconds} s; "
@@ -544,9 +550,10 @@ class TaskBook:
                     waiters.remove(waiter)
                     if not waiters:
                         del self._waiters[task_id]
-        else:
-            await self._store.flush()
-        return task_snapshot(task)
+            return finished
+        finished = task_snapshot(task)
+        await self._store.flush()
+        return finished
 
     async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
         """:meth:`wait` for many tasks at once: one future for all of them instead of one
@@ -578,9 +585,11 @@ class TaskBook:
                         waiters.remove(group)  # type: ignore[arg-type]
                         if not waiters:
                             del self._waiters[task_id]
-        # Every final write was queued before this flush: it returns once all are committed.
+        # The tasks as they finished, copied while their last commit is on its way. Every
+        # final write was queued before this flush: it returns once all are committed.
+        finished = [task_snapshot(task) for task in tasks]
         await self._store.flush()
-        return [task_snapshot(task) for task in tasks]
+        return finished
 
     def close(self) -> None:
         """The runtime stopped: every ``wait_for_task`` still waiting gets an error."""
