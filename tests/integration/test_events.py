@@ -245,3 +245,33 @@ async def test_logging_monitor_follows_a_level_set_while_running(
         "task_started",
         "task_completed",
     ]
+
+
+class _WrapsEverything:
+    """A monitor that wraps the hook: pluggy then calls every implementation itself."""
+
+    @hookimpl(wrapper=True)
+    def miminions_event(self, event: Event) -> object:
+        return (yield)
+
+
+async def test_a_filter_holds_while_another_plugin_wraps_the_hook(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """With a hook wrapper registered, pluggy calls every monitor with every event; a
+    filtered monitor still gets only the events its filter takes."""
+    errors, everything = _ErrorsOnly(), _Collector()
+    plugins = [errors, everything, _WrapsEverything()]
+    async with AgentRuntime(config=make_config(), plugins=plugins) as rt:
+        _, ok, bad = await run_some_work(rt)
+    assert [(e.event_type, e.task_id) for e in errors.events] == [(EventType.TASK_FAILED, bad)]
+    assert {e.task_id for e in everything.events} >= {ok, bad}
+
+
+def test_a_filter_needs_the_event_argument() -> None:
+    """accepts_events on a function without an ``event`` argument is a mistake, told at once."""
+    with pytest.raises(TypeError, match="takes no 'event' argument"):
+
+        @accepts_events(lambda event_type, severity: True)
+        def miminions_event(runtime: AgentRuntime) -> None:  # pragma: no cover - never called
+            return None

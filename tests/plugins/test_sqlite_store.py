@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import fcntl
 import logging
 import os
@@ -41,7 +42,7 @@ from miminions.kernel.models import (
     Task,
     TaskStatus,
 )
-from miminions.plugins import sqlite_schema
+from miminions.plugins import sqlite_schema, sqlite_store
 from miminions.plugins.interpreter_settings import SWITCH_INTERVAL
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
 from tests.support.children import first_line, spawn
@@ -878,6 +879,39 @@ async def test_refusal_waits_for_a_new_holder_to_write_its_pid(db_path: Path) ->
             writer.join()
     finally:
         os.close(fd)
+
+
+@pytest.mark.parametrize("content", ["9" * 25, "-5", "0", "x"])
+async def test_a_damaged_lock_file_still_gives_a_clear_refusal(db_path: Path, content: str) -> None:
+    """A lock file whose holder wrote no valid pid is refused as held by another process."""
+    fd = os.open(f"{db_path}-lock", os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        os.pwrite(fd, content.encode(), 0)
+        with pytest.raises(ConfigurationError, match="in use by a runtime in another process"):
+            await SQLiteStore(str(db_path)).open()
+    finally:
+        os.close(fd)
+
+
+async def test_without_flock_the_store_opens_without_waiting_for_a_holder(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """On a file system without flock there is no holder to name: the store opens (with a
+    warning) and never waits for a holder's pid."""
+
+    def no_flock(fd: int, operation: int) -> None:
+        raise OSError(errno.ENOLCK, "no locks available")
+
+    def never(fd: int) -> None:
+        raise AssertionError("looked for a lock holder")
+
+    monkeypatch.setattr(sqlite_store.fcntl, "flock", no_flock)
+    monkeypatch.setattr(sqlite_store, "_holder_pid", never)
+    store = SQLiteStore(str(db_path))
+    await store.open()
+    await store.close()
+    assert any("without its lock" in r.getMessage() for r in caplog.records)
 
 
 # ----------------------------------------------------------------------------- unusable files

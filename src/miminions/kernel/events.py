@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from miminions.kernel.hookspecs import EVENT_FILTER_ATTRIBUTE
+from miminions.kernel.hookspecs import EVENT_FILTER_ATTRIBUTE, unfiltered
 from miminions.kernel.interfaces import Store
 from miminions.kernel.models import EventRecord, EventType, JSONObject, Severity
 from miminions.kernel.plugins import PluginManager
@@ -54,7 +54,7 @@ class EventLog:
             if any(i.hookwrapper or i.wrapper for i in impls)
             else [
                 (
-                    i.function,
+                    unfiltered(i.function),  # the filter is asked here, once
                     tuple(i.argnames) == ("event",),
                     tuple(i.argnames),
                     i.plugin_name,

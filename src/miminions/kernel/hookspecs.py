@@ -18,8 +18,11 @@ without breaking plugins.
 
 from __future__ import annotations
 
+import functools
+import inspect
+import types
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pluggy
 
@@ -59,15 +62,44 @@ def accepts_events(predicate: Callable[[EventType, Severity], bool]) -> Callable
     built-in logging monitor takes only what its logger is enabled for. The predicate is
     asked anew for each event, so it may follow settings that change (a log level); it
     must be cheap, and one that raises counts as a failure of its monitor (logged, the
-    event not passed on). Filters are not consulted while some ``miminions_event``
-    implementation is a hook wrapper: pluggy then calls every implementation.
+    event not passed on). The implementation must take the ``event`` argument.
+
+    The decorated function checks the filter itself too, so the filter holds however the
+    implementation is called (pluggy calls every implementation with every event while
+    another plugin wraps the hook); the runtime asks the predicate once per event either way.
     """
 
     def decorate(function: _F) -> _F:
-        setattr(function, EVENT_FILTER_ATTRIBUTE, predicate)
-        return function
+        try:
+            position = list(inspect.signature(function).parameters).index("event")
+        except ValueError:
+            raise TypeError(
+                f"{function.__qualname__} takes no 'event' argument, so it has nothing to "
+                "filter: accepts_events is for miminions_event implementations"
+            ) from None
+
+        @functools.wraps(function)
+        def filtered(*args: Any, **kwargs: Any) -> Any:
+            event = kwargs["event"] if "event" in kwargs else args[position]
+            if predicate(event.event_type, event.severity):
+                return function(*args, **kwargs)
+            return None
+
+        setattr(filtered, EVENT_FILTER_ATTRIBUTE, predicate)
+        return cast(_F, filtered)
 
     return decorate
+
+
+def unfiltered(function: Callable[..., Any]) -> Callable[..., Any]:
+    """The implementation behind an :func:`accepts_events` filter (bound like ``function``),
+    for a caller that has asked the predicate already; ``function`` itself without one."""
+    if getattr(function, EVENT_FILTER_ATTRIBUTE, None) is None:
+        return function
+    inner: Callable[..., Any] = function.__wrapped__  # type: ignore[attr-defined]
+    if inspect.ismethod(function):
+        return types.MethodType(inner, function.__self__)
+    return inner
 
 
 # --------------------------------------------------------------------------- configuration
@@ -244,10 +276,10 @@ def miminions_event(event: Event, runtime: AgentRuntime) -> None:
     :param runtime: the runtime that emitted it (one plugin module may serve several
         runtimes in a process; an implementation may leave this argument out).
 
-    Called synchronously on the runtime's loop for every event, so return quickly and never
-    block; hand slow work to a thread or queue. Errors raised here are logged and ignored.
-    Broadcast: every implementation is called, for the events its :func:`accepts_events`
-    filter takes (all of them without one).
+    Called synchronously on the runtime's loop for each event it takes (every event, unless
+    an :func:`accepts_events` filter says otherwise), so return quickly and never block;
+    hand slow work to a thread or queue. Errors raised here are logged and ignored.
+    Broadcast: every implementation is called.
     """
 
 

@@ -42,7 +42,7 @@ def process_exists(pid: int) -> bool:
         return False
     except PermissionError:
         return True  # alive, owned by another user
-    except OSError:
+    except (OSError, OverflowError, ValueError):  # no such pid can exist
         return False
     return True
 

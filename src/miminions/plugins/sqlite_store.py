@@ -255,15 +255,18 @@ class SQLiteStore:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
-            holder = _holder_pid(fd)
-            os.close(fd)
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                os.close(fd)
                 # a file system without flock: SQLite may still work there, and the run
                 # record's check still refuses a runtime whose owner is alive
                 logger.warning(
                     "cannot lock %r (%s); opening %r without its lock", lock_path, exc, self.path
                 )
                 return
+            try:
+                holder = _holder_pid(fd)
+            finally:
+                os.close(fd)
             if holder == os.getpid():
                 who = "another store in this process"
             elif holder is not None:
@@ -865,7 +868,10 @@ def _read_pid(fd: int) -> int | None:
         text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
     except OSError:
         return None
-    return int(text) if text.isdigit() else None
+    if not text.isdigit() or len(text) > 10:
+        return None
+    pid = int(text)
+    return pid if 0 < pid < 2**31 else None  # a pid_t; anything else is a damaged file
 
 
 def _in_front(older: dict[str, _V], newer: dict[str, _V]) -> dict[str, _V]:
