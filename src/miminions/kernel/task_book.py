@@ -689,15 +689,28 @@ class TaskBook:
         status = task.status
         self.status_counts[status] += delta
         if status is TaskStatus.PENDING:
-            by_priority = self.pending_by_priority
-            by_priority[task.priority] += delta
-            if not by_priority[task.priority]:
-                del by_priority[task.priority]
+            self._count_pending(task.priority, delta)
+
+    def _count_pending(self, priority: int, delta: int) -> None:
+        by_priority = self.pending_by_priority
+        by_priority[priority] += delta
+        if not by_priority[priority]:
+            del by_priority[priority]
 
     def _set_status(self, task: Task, status: TaskStatus) -> None:
-        self._count(task, -1)
-        task.__dict__["status"] = status
-        self._count(task, 1)
+        # Twice per task on the hot path: the counters are moved here, not through _count.
+        fields = task.__dict__
+        old = fields["status"]
+        if old is status:
+            return
+        counts = self.status_counts
+        counts[old] -= 1
+        counts[status] += 1
+        fields["status"] = status
+        if old is TaskStatus.PENDING:
+            self._count_pending(task.priority, -1)
+        elif status is TaskStatus.PENDING:
+            self._count_pending(task.priority, 1)
 
     def _mark_cancelled(self, task: Task, reason: str, change: Change) -> None:
         self._set_status(task, TaskStatus.CANCELLED)
