@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -166,20 +166,27 @@ class BulkWrite:
 
 def _bulk(table: str, columns: tuple[str, ...], key: str | None = None) -> BulkWrite:
     """Build the statements writing ``columns``; with a ``key``, overwrite the row holding it."""
-    max_rows = _MAX_ROWS
-    while max_rows * len(columns) > _MAX_PARAMETERS:
-        max_rows //= 2
     head = f"INSERT INTO {table} ({', '.join(columns)}) VALUES "
-    tuple_marks = f"({', '.join('?' * len(columns))})"
     tail = ""
     if key is not None:
         updates = ", ".join(f"{c} = excluded.{c}" for c in columns if c != key)
         tail = f" ON CONFLICT({key}) DO UPDATE SET {updates}"
+    return _sized(len(columns), lambda values: head + values + tail)
+
+
+def _sized(columns: int, statement: Callable[[str], str]) -> BulkWrite:
+    """The statements ``statement(values)`` for 1, 2, 4, ... rows of ``columns`` parameters,
+    ``values`` being that many ``(?, ?, ...)`` tuples, as many rows as the parameter limit
+    allows."""
+    max_rows = _MAX_ROWS
+    while max_rows * columns > _MAX_PARAMETERS:
+        max_rows //= 2
+    tuple_marks = f"({', '.join('?' * columns)})"
     statements, size = {}, 1
     while size <= max_rows:
-        statements[size] = head + ", ".join([tuple_marks] * size) + tail
+        statements[size] = statement(", ".join([tuple_marks] * size))
         size *= 2
-    return BulkWrite(columns=len(columns), max_rows=max_rows, statements=statements)
+    return BulkWrite(columns=columns, max_rows=max_rows, statements=statements)
 
 
 TASK_COLUMNS = (
@@ -270,22 +277,15 @@ def _bulk_state_update() -> BulkWrite | None:
     """
     if sqlite3.sqlite_version_info < (3, 33, 0):
         return None
-    columns = TASK_STATE_COLUMNS
-    max_rows = _MAX_ROWS
-    while max_rows * len(columns) > _MAX_PARAMETERS:
-        max_rows //= 2
     # The VALUES columns are named column1, column2, ... in order; column1 is the key.
-    updates = ", ".join(f"{c} = v.column{n}" for n, c in enumerate(columns[1:], start=2))
-    tuple_marks = f"({', '.join('?' * len(columns))})"
-    statements, size = {}, 1
-    while size <= max_rows:
-        values = ", ".join([tuple_marks] * size)
-        statements[size] = (
+    updates = ", ".join(f"{c} = v.column{n}" for n, c in enumerate(TASK_STATE_COLUMNS[1:], start=2))
+    return _sized(
+        len(TASK_STATE_COLUMNS),
+        lambda values: (
             f"UPDATE tasks SET {updates} FROM (VALUES {values}) AS v"
             " WHERE tasks.task_id = v.column1"
-        )
-        size *= 2
-    return BulkWrite(columns=len(columns), max_rows=max_rows, statements=statements)
+        ),
+    )
 
 
 UPDATE_TASK_STATE = _bulk_state_update()
