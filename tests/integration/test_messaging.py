@@ -47,6 +47,7 @@ from tests.support.messaging_agents import (
     ResponderAgent,
     ScriptAgent,
     SlowHandlerAgent,
+    SyncHandlerAgent,
     TopicScriptAgent,
 )
 from tests.support.waiting import wait_until
@@ -816,6 +817,21 @@ async def test_on_message_agent_restarted_with_nothing_sent_meanwhile(
     [after] = await rt.send_message(responder, "after")
     await wait_until(lambda: handled(journal, "after"), what="'after' is handled")
     assert [m["message_id"] for m in handled(journal)] == [after]
+
+
+async def test_a_sync_on_message_runs_off_the_loop_in_order(
+    rt: AgentRuntime, journal: Path
+) -> None:
+    """A plain ``def on_message`` gets every message, in the order sent, and runs in a
+    thread of its own: it cannot block the runtime's loop."""
+    handler = await start(rt, "sync-handler", SyncHandlerAgent, journal)
+    first = await rt.send_message(handler, "one", {"n": 1})
+    second = await rt.send_message(handler, "two", {"n": 2})
+    await wait_until(lambda: len(handled(journal)) == 2, what="both messages are handled")
+    got = records(journal, "on_message")
+    assert [r["message"]["message_id"] for r in got] == first + second
+    assert [r["message"]["data"] for r in got] == [{"n": 1}, {"n": 2}]
+    assert all(r["off_loop"] for r in got)
 
 
 async def test_cancelled_receive_does_not_swallow_the_next_message(

@@ -11,6 +11,7 @@ through observable channels: what their tasks return, and a journal file named b
 - :class:`ResponderAgent` handles messages in ``on_message``: it journals each one and
   answers requests with ``context.reply`` (except those of type ``"ignore"``). Its tasks
   can wait at a file gate, so a test can show messages are handled beside a running task.
+- :class:`SyncHandlerAgent` has a plain (not ``async``) ``on_message``.
 - :class:`TopicScriptAgent` is a :class:`ScriptAgent` subscribed to ``"alpha"`` by its
   ``topics`` class attribute.
 
@@ -177,6 +178,22 @@ class ResponderAgent(BaseAgent):
             await asyncio.sleep(POLL_SECONDS)
         self._journal("gate_passed", task_id=task.task_id)
         return {"handled_while_waiting": self.handled[before:], "pid": os.getpid()}
+
+
+class SyncHandlerAgent(BaseAgent):
+    """A plain (``def``) ``on_message``: journals each message and whether it ran away from
+    the event loop's thread (``off_loop``: no loop runs in the calling thread)."""
+
+    def on_message(self, message: AgentMessage) -> None:
+        try:
+            asyncio.get_running_loop()
+            off_loop = False
+        except RuntimeError:
+            off_loop = True
+        write_journal(self.config, "on_message", message=dump(message), off_loop=off_loop)
+
+    async def execute_task(self, task: Task) -> None:
+        return None
 
 
 class SlowHandlerAgent(BaseAgent):

@@ -29,7 +29,7 @@ from miminions.kernel.agent import (
 )
 from miminions.kernel.agent_thread import AgentThread
 from miminions.kernel.errors import InvalidStateError
-from miminions.kernel.models import Task
+from miminions.kernel.models import AgentMessage, Task
 from miminions.kernel.tracing import trace_scope
 
 SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
@@ -147,12 +147,21 @@ class AgentRunner:
         await self.hook("on_start")
         if resume_state is not None:
             await self.hook("on_resume", resume_state)
-        if callable(getattr(self._agent, "on_message", None)):
-            self._inbox = asyncio.ensure_future(self._deliver_messages())
+        on_message = getattr(self._agent, "on_message", None)
+        if callable(on_message):
+            # Decided once per start, as for execute_task: an async handler is awaited
+            # directly on every message (it is on the delivery path); a sync one runs in
+            # the agent's thread, as every sync hook does.
+            handle: Callable[[AgentMessage], Awaitable[Any]] = (
+                on_message
+                if inspect.iscoroutinefunction(on_message)
+                else partial(self.hook, "on_message")
+            )
+            self._inbox = asyncio.ensure_future(self._deliver_messages(handle))
 
-    async def _deliver_messages(self) -> None:
-        """Hand each message to ``on_message``, one at a time, beside any running task
-        (a handler that raises is logged; the next message still comes)."""
+    async def _deliver_messages(self, handle: Callable[[AgentMessage], Awaitable[Any]]) -> None:
+        """Hand each message to ``on_message`` (``handle``), one at a time, beside any
+        running task (a handler that raises is logged; the next message still comes)."""
         context = self.context
         assert context is not None
         while True:
@@ -172,10 +181,10 @@ class AgentRunner:
             self._handler_quiet.clear()
             try:
                 if message.trace_context is None:
-                    await self.hook("on_message", message)
+                    await handle(message)
                 else:
                     with trace_scope(message.trace_context):  # the handling is in its trace
-                        await self.hook("on_message", message)
+                        await handle(message)
             except Exception:
                 context.logger.exception("on_message failed for %s", message.message_id)
             finally:
