@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from pydantic import BaseModel
 
-from miminions.kernel import models
+from miminions.kernel import models, task_input
 from miminions.kernel.models import Event, EventType, Severity, fast_construct, fast_copy
 
 EVENT_VALUES = {
@@ -26,7 +26,8 @@ EVENT_VALUES = {
 def _model_classes() -> list[type[BaseModel]]:
     return [
         cls
-        for cls in vars(models).values()
+        for module in (models, task_input)
+        for cls in vars(module).values()
         if inspect.isclass(cls) and issubclass(cls, BaseModel) and cls is not BaseModel
     ]
 

@@ -60,6 +60,7 @@ from miminions.kernel.models import (
     Task,
     TaskExplanation,
     TaskStatus,
+    fast_construct,
     task_snapshot,
 )
 from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
@@ -599,17 +600,21 @@ class AgentRuntime(CommunicationAPI):
             isinstance(dependencies, str) or not isinstance(dependencies, Sequence)
         ):
             raise ValidationError("dependencies must be a list of task ids")
-        request = TaskRequest.model_construct(
-            name=name,
-            input_data=input_data,
-            priority=priority,
-            dependencies=list(dependencies) if dependencies else [],
-            timeout_seconds=timeout_seconds,
-            max_retries=max_retries,
-            agent_id=agent_id,
-            group=group,
-            idempotency_key=idempotency_key,
-            task_id=None,
+        # Not validated here: the task book checks every value as it builds the task.
+        request = fast_construct(
+            TaskRequest,
+            {
+                "name": name,
+                "input_data": input_data,
+                "priority": priority,
+                "dependencies": list(dependencies) if dependencies else [],
+                "timeout_seconds": timeout_seconds,
+                "max_retries": max_retries,
+                "agent_id": agent_id,
+                "group": group,
+                "idempotency_key": idempotency_key,
+                "task_id": None,
+            },
         )
         return (await self.task_book.submit([request], self.trace_carrier("submit")))[0]
 
