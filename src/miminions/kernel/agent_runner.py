@@ -149,13 +149,13 @@ class AgentRunner:
             await self.hook("on_resume", resume_state)
         on_message = getattr(self._agent, "on_message", None)
         if callable(on_message):
-            # Decided once per start, as for execute_task: an async handler is awaited
-            # directly on every message (it is on the delivery path); a sync one runs in
-            # the agent's thread, as every sync hook does.
+            # Decided once per start, as for execute_task (it is on the delivery path): an
+            # async handler is awaited directly; a sync one runs in the agent's thread, as
+            # every sync hook does.
             handle: Callable[[AgentMessage], Awaitable[Any]] = (
                 on_message
                 if inspect.iscoroutinefunction(on_message)
-                else partial(self.hook, "on_message")
+                else partial(call_agent_code, on_message, executor=self._own_thread())
             )
             self._inbox = asyncio.ensure_future(self._deliver_messages(handle))
 
