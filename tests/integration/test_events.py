@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -266,6 +268,46 @@ async def test_a_filter_holds_while_another_plugin_wraps_the_hook(
         _, ok, bad = await run_some_work(rt)
     assert [(e.event_type, e.task_id) for e in errors.events] == [(EventType.TASK_FAILED, bad)]
     assert {e.task_id for e in everything.events} >= {ok, bad}
+
+
+def _counted(function: Callable[..., Any]) -> Callable[..., Any]:
+    """A user's own decorator, written the usual way (``functools.wraps``): it counts the
+    events that reach it on its monitor's ``seen_by_decorator``."""
+
+    @functools.wraps(function)
+    def wrapper(self: _DecoratedErrors, event: Event) -> Any:
+        self.seen_by_decorator.append(event.event_type)
+        return function(self, event)
+
+    return wrapper
+
+
+class _DecoratedErrors(_Collector):
+    """A filtered monitor under a decorator of its own."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen_by_decorator: list[EventType] = []
+
+    @hookimpl
+    @_counted
+    @accepts_events(lambda event_type, severity: severity is Severity.ERROR)
+    def miminions_event(self, event: Event) -> None:
+        self.events.append(event)
+
+
+async def test_a_decorator_over_a_filtered_monitor_runs(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A decorator of the user's own over an ``accepts_events`` monitor is called (the
+    filter inside it still holds), with or without another plugin wrapping the hook."""
+    for extra in ([], [_WrapsEverything()]):
+        monitor = _DecoratedErrors()
+        async with AgentRuntime(config=make_config(), plugins=[monitor, *extra]) as rt:
+            _, _, bad = await run_some_work(rt)
+        assert [(e.event_type, e.task_id) for e in monitor.events] == [(EventType.TASK_FAILED, bad)]
+        assert EventType.TASK_FAILED in monitor.seen_by_decorator
+        assert EventType.TASK_COMPLETED in monitor.seen_by_decorator  # filtered inside it
 
 
 def test_a_filter_needs_the_event_argument() -> None:

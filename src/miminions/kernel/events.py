@@ -8,7 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from miminions.kernel.hookspecs import EVENT_FILTER_ATTRIBUTE, unfiltered
+from miminions.kernel.hookspecs import event_filter, unfiltered
 from miminions.kernel.interfaces import Store
 from miminions.kernel.models import EventRecord, EventType, JSONObject, Severity
 from miminions.kernel.plugins import PluginManager
@@ -58,7 +58,7 @@ class EventLog:
                     tuple(i.argnames) == ("event",),
                     tuple(i.argnames),
                     i.plugin_name,
-                    getattr(i.function, EVENT_FILTER_ATTRIBUTE, None),
+                    event_filter(i.function),
                 )
                 for i in reversed(impls)
             ]

@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 import types
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -86,15 +87,32 @@ def accepts_events(predicate: Callable[[EventType, Severity], bool]) -> Callable
             return None
 
         setattr(filtered, EVENT_FILTER_ATTRIBUTE, predicate)
+        _FILTER_WRAPPERS.add(filtered)
         return cast(_F, filtered)
 
     return decorate
 
 
+#: The wrappers :func:`accepts_events` made. The filter attribute alone does not tell one:
+#: a decorator of the user's own over it, written with ``functools.wraps``, copies it.
+_FILTER_WRAPPERS: weakref.WeakSet[Callable[..., Any]] = weakref.WeakSet()
+
+
+def event_filter(function: Callable[..., Any]) -> Callable[[EventType, Severity], bool] | None:
+    """The predicate of an implementation that is :func:`accepts_events`' own wrapper
+    (bound or not), else None: anything else around it is called whole, and the filter
+    inside still checks itself."""
+    raw = function.__func__ if inspect.ismethod(function) else function
+    if raw not in _FILTER_WRAPPERS:
+        return None
+    return cast("Callable[[EventType, Severity], bool]", getattr(raw, EVENT_FILTER_ATTRIBUTE))
+
+
 def unfiltered(function: Callable[..., Any]) -> Callable[..., Any]:
     """The implementation behind an :func:`accepts_events` filter (bound like ``function``),
-    for a caller that has asked the predicate already; ``function`` itself without one."""
-    if getattr(function, EVENT_FILTER_ATTRIBUTE, None) is None:
+    for a caller that has asked its predicate (:func:`event_filter`) already; ``function``
+    itself when it is not such a filter."""
+    if event_filter(function) is None:
         return function
     inner: Callable[..., Any] = function.__wrapped__  # type: ignore[attr-defined]
     if inspect.ismethod(function):
