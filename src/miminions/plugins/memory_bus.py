@@ -94,7 +94,8 @@ class MemoryBus:
             raise RuntimeNotRunningError("the message bus is closed")
         if len(messages) == 1:
             # The common case, on the latency path: one message to a receiver waiting for
-            # it. A receiver waits only at an empty mailbox, so there is room for it.
+            # it. A receiver waits only at an empty mailbox (see put_back), so the message
+            # overtakes none and needs no room.
             message = messages[0]
             box = self._box(message.recipient_id or "")
             if box.waiters and not box.frozen and _hand_over(box, message):
@@ -199,14 +200,19 @@ class MemoryBus:
 
     def put_back(self, message: AgentMessage) -> None:
         """Return a taken message to the front of its mailbox (its receiver vanished
-        before it got it), ignoring the capacity: it had its place already."""
+        before it got it), ignoring the capacity: it had its place already. A receiver
+        still waiting there gets it at once: a mailbox with a waiting receiver stays empty."""
         box = self._mailboxes.get(message.recipient_id or "")
         if box is None or self._closed:
             return
+        now = datetime.now(UTC)
+        due = message.expires_at is not None and message.expires_at <= now
+        if not box.frozen and not due and _hand_over(box, message):
+            return  # another receiver still waits: it is next in line, so it gets it
         letter = _Letter(self, message)
         box.letters.appendleft(letter)
         box.count += 1
-        self._start_ttl(box, letter, datetime.now(UTC))
+        self._start_ttl(box, letter, now)
 
     def pending(self, agent_id: str) -> int:
         """Messages waiting in the agent's mailbox."""
