@@ -229,6 +229,28 @@ async def test_custom_pick_agent_and_order_key(tmp_path: Path) -> None:
     assert agents.CALLS[0][1] == "lazy"
 
 
+async def test_pick_agent_gets_a_task_it_cannot_change(tmp_path: Path) -> None:
+    """A pick_agent plugin that changes the task it is shown changes a copy: the agent
+    runs the task as submitted, and status and the store show it unchanged."""
+
+    class Meddler:
+        @hookimpl
+        def miminions_pick_agent(self, task: Task, candidates: Sequence[AgentInstance]) -> None:
+            task.input_data["nested"]["n"] = "changed"
+            task.dependencies.append("bogus")
+            return None
+
+    async with AgentRuntime(config=config(tmp_path), plugins=[Meddler()]) as rt:
+        await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent))
+        task_id = await rt.submit_task("t", {"nested": {"n": 1}})
+        done = await rt.wait_for_task(task_id, 5)
+        [stored] = [t for t in await rt.store.list_tasks() if t.task_id == task_id]
+    assert done.output_data == {"echo": {"nested": {"n": 1}}, "agent": "echo"}
+    for task in (done, stored):
+        assert task.input_data == {"nested": {"n": 1}}
+        assert task.dependencies == []
+
+
 async def test_event_hook_errors_do_not_break_the_runtime(tmp_path: Path) -> None:
     """F-21: a monitor that raises is logged and ignored."""
 

@@ -180,9 +180,9 @@ def miminions_order_key(priority: int, ready_at: float, config: RuntimeConfig) -
 def miminions_pick_agent(task: Task, candidates: Sequence[AgentInstance]) -> str | None:
     """Choose which idle agent runs ``task``: return its ``agent_id``, or None to pass.
 
-    :param task: the task about to be dispatched.
+    :param task: the task about to be dispatched (a copy: changing it changes nothing).
     :param candidates: idle agents allowed to run it (its target agent or group, or any),
-        in the order they became idle; never empty.
+        in the order they became idle; never empty (copies too).
 
     Returning an id that is not among the candidates is an error. Firstresult: the first
     non-None answer wins; the built-in ``priority_scheduling`` plugin picks the agent that

@@ -29,7 +29,7 @@ from miminions.kernel.errors import (
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy
+from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy, task_snapshot
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
 
@@ -437,7 +437,9 @@ class AsyncioExecutor:
             return self._candidates(route)[0]
         candidates = self._candidates(route)
         chosen = self._pick_hook(
-            task=self._book.tasks[task_id].model_copy(),
+            # a copy sharing nothing with the live task (a plugin changing it in place
+            # would change the task behind the store's back)
+            task=task_snapshot(self._book.tasks[task_id]),
             candidates=[c.instance.model_copy() for c in candidates],
         )
         if chosen is None:  # every plugin passed: the documented default
