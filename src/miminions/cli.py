@@ -188,15 +188,28 @@ def format_events(events: Sequence[Event], names: dict[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- status
-def _runtime_line(meta: Any) -> str:
-    """Whether a runtime has the database open, from the run record it keeps."""
+def running_owner(meta: Any, store: SQLiteStore) -> int | None:
+    """The pid of the runtime that has the database open now, or None.
+
+    The database's lock tells whether any runtime holds it; the run record (``meta``) names
+    which. The record alone can mislead: the pid of a runtime that crashed may belong to
+    another process by now.
+    """
+    if store.lock_held() is False:
+        return None
+    return live_owner(meta)
+
+
+def _runtime_line(meta: Any, owner: int | None) -> str:
+    """Whether a runtime has the database open (``owner``, from :func:`running_owner`),
+    told with the run record it keeps."""
     if not isinstance(meta, dict):
         return "no runtime has run on this database yet"
     pid = meta.get("pid")
     if meta.get("clean", True):
         stopped = meta.get("stopped_at")
         return f"stopped cleanly at {_unix_time(stopped)} UTC"
-    if live_owner(meta) is not None:
+    if owner is not None:
         return f"running (pid {pid}, started {_unix_time(meta.get('started_at'))} UTC)"
     return f"not running: pid {pid} did not stop cleanly; the next start recovers its work"
 
@@ -246,9 +259,10 @@ async def _status(path: Path, out: TextIO) -> int:
         letters = [d for d in await store.load_dead_letters() if d.requeued_at is None]
         recent = await store.query_events(build_event_query(limit=RECENT_EVENTS, newest=True))
         queue = await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
+        owner = running_owner(meta, store)
     _print(f"Database  {path}", out)
-    _print(f"Runtime   {_runtime_line(meta)}", out)
-    if live_owner(meta) is not None:
+    _print(f"Runtime   {_runtime_line(meta, owner)}", out)
+    if owner is not None:
         _print(f"Queue     {_queue_line(queue)}", out)
     _print(f"\nAgents ({len(agents)})", out)
     _print(format_agents(agents), out)

@@ -25,9 +25,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database
+from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database, running_owner
 from miminions.kernel.models import TaskStatus
-from miminions.kernel.runtime import RUN_META_KEY, build_event_query, live_owner
+from miminions.kernel.runtime import RUN_META_KEY, build_event_query
 from miminions.plugins.sqlite_store import SQLiteStore
 from miminions.top_view import AgentLine, RunningTask, Snapshot, render
 
@@ -54,8 +54,9 @@ async def read_snapshot(store: SQLiteStore, path: Path, events: int) -> Snapshot
     counts = await store.count_tasks_by_status()
     unfinished = await store.count_unfinished_tasks_by_priority()
     recent = await store.query_events(build_event_query(limit=events, newest=True))
+    owner = running_owner(meta, store)
     queue = None
-    if live_owner(meta) is not None:  # a paused queue only matters while a runtime runs
+    if owner is not None:  # a paused queue only matters while a runtime runs
         queue = _queue_line(
             await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
         )
@@ -80,7 +81,7 @@ async def read_snapshot(store: SQLiteStore, path: Path, events: int) -> Snapshot
         path=str(path),
         taken_at=datetime.now(UTC),
         monotonic=time.monotonic(),
-        runtime=_runtime_line(meta),
+        runtime=_runtime_line(meta, owner),
         queue=queue,
         agents=agents,
         counts=counts,

@@ -11,6 +11,8 @@ import asyncio
 import csv
 import io
 import json
+import os
+import sqlite3
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable
@@ -650,6 +652,25 @@ async def test_reading_a_database_a_live_runtime_holds_open(
     # The runtime keeps working after being read.
     assert rt.is_running
     assert rt.list_tasks(status="pending")[0].name == "waiting-job"
+
+
+async def test_status_after_a_crash_whose_pid_now_belongs_to_another_process(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The run record of a runtime that crashed names its pid, which may be another
+    process's by now (here: our parent). Nobody holds the database's lock, so status says
+    the runtime is not running, and the next start recovers its work."""
+    db = tmp_path / "crashed.db"
+    async with AgentRuntime(config=RuntimeConfig(storage_path=str(db))):
+        pass
+    with sqlite3.connect(db) as conn:
+        record = json.dumps({"pid": os.getppid(), "clean": False, "started_at": 0})
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'runtime.run'", (record,))
+    conn.close()
+    assert await asyncio.to_thread(main, ["status", "--db", str(db)]) == 0
+    out = capsys.readouterr().out
+    assert f"Runtime   not running: pid {os.getppid()} did not stop cleanly" in out
+    assert "Queue" not in out
 
 
 # --------------------------------------------------------------------------- console script

@@ -12,10 +12,18 @@ from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, AgentStatus, ConfigurationError, RuntimeConfig, TaskStatus
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    ConfigurationError,
+    RuntimeConfig,
+    TaskStatus,
+    hookimpl,
+)
 from miminions.kernel.runtime import RUN_META_KEY, live_owner
 from tests.support import agents
 from tests.support.children import finish, first_line, spawn
+from tests.support.memory_store import MemoryStore
 from tests.support.queued_resume_child import KEPT_STATE, KeeperAgent, one_slot_config
 
 
@@ -53,18 +61,39 @@ async def test_pending_tasks_survive_a_clean_restart(
         assert (await rt.wait_for_task(second, 5)).status is TaskStatus.COMPLETED
 
 
-async def test_database_of_a_live_runtime_is_refused(
+async def test_a_crashed_runs_record_naming_a_live_process_does_not_block_a_restart(
     make_config: Callable[..., RuntimeConfig], db_path: Path
 ) -> None:
-    """R-02: a runtime never takes over a database a runtime in another living process has
-    open (here: our parent process, which is alive, as recorded by a crashed runtime)."""
+    """R-02, F-20: the run record of a runtime that crashed names its pid, which may belong
+    to another process by now (pids are reused; here: our parent). The built-in store holds
+    the database's OS lock, which died with the crashed runtime: the next start recovers
+    instead of taking the living process for a runtime."""
     async with AgentRuntime(config=make_config()):
         pass
     with sqlite3.connect(db_path) as conn:
-        record = json.dumps({"pid": os.getppid(), "clean": False})
+        record = json.dumps({"pid": os.getppid(), "clean": False, "started_at": 0})
         conn.execute("UPDATE meta SET value = ? WHERE key = ?", (record, RUN_META_KEY))
+    async with AgentRuntime(config=make_config()) as rt:
+        assert rt.recovery is not None
+        assert rt.recovery["clean_shutdown"] is False
+
+
+async def test_without_a_store_lock_a_live_runs_record_is_refused(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """R-02: with a store that takes no lock, the run record is the only guard: a runtime
+    does not take over a database whose record names a living process that did not stop."""
+    store = MemoryStore()
+    store.meta[RUN_META_KEY] = {"pid": os.getppid(), "clean": False}
+
+    class StorePlugin:
+        @hookimpl
+        def miminions_make_store(self, config: RuntimeConfig) -> MemoryStore:
+            return store
+
+    runtime = AgentRuntime(config=make_config(), plugins=[StorePlugin()])
     with pytest.raises(ConfigurationError, match=f"in use by a runtime in process {os.getppid()}"):
-        await AgentRuntime(config=make_config()).start()
+        await runtime.start()
 
 
 async def test_second_runtime_in_one_process_is_refused(

@@ -907,7 +907,7 @@ async def test_without_flock_the_store_opens_without_waiting_for_a_holder(
         raise AssertionError("looked for a lock holder")
 
     monkeypatch.setattr(sqlite_store.fcntl, "flock", no_flock)
-    monkeypatch.setattr(sqlite_store, "_holder_pid", never)
+    monkeypatch.setattr(sqlite_store, "_live_pid", never)
     store = SQLiteStore(str(db_path))
     await store.open()
     await store.close()

@@ -289,11 +289,14 @@ class AgentRuntime(CommunicationAPI):
             default_timeout=config.limits.task_timeout_seconds,
             agent_exists=self._agent_book.slots.__contains__,
         )
-        # Read, check, then write the run record: not atomic across processes by itself. The
-        # built-in store made it so by taking the database's OS lock in open(); for other
-        # stores the record is the only guard. It also says whether the last run crashed.
+        # Read, check, then write the run record: not atomic across processes by itself. A
+        # store holding its database exclusively (the built-in one takes an OS lock in
+        # open()) settles it: its record's pid, if alive, is another process by now (pids
+        # are reused). For other stores the record is the only guard. It also says whether
+        # the last run crashed.
         previous = await store.get_meta(RUN_META_KEY)
-        refuse_live_owner(previous, config.storage_path)
+        if getattr(store, "exclusive", False) is not True:
+            refuse_live_owner(previous, config.storage_path)
         self._queue_paused = bool(await store.get_meta(QUEUE_PAUSED_KEY))
         self._agent_book.restore(await store.load_agents())
         report = self._task_book.restore(await store.load_tasks(), await store.load_dead_letters())

@@ -72,8 +72,8 @@ logger = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
 _BUSY_TIMEOUT_MS = 5000
-#: How long a start refused by the database's lock waits for the holder's pid (see _holder_pid).
-_HOLDER_PID_WAIT_SECONDS = 0.05
+#: How long a start waits for the database's lock to be let go before it refuses (see _take_lock).
+_LOCK_WAIT_SECONDS = 0.05
 # Throughput settings of the writing connection: a page cache that holds the hot index pages
 # (the default 2 MiB thrashes once the event indexes outgrow it), and rarer WAL checkpoints,
 # so a page changed by many commits is copied into the database file once. Both are bounds:
@@ -253,18 +253,18 @@ class SQLiteStore:
         except OSError as exc:
             raise _cannot_lock(self.path, lock_path, exc) from exc
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken = _take_lock(fd)
         except OSError as exc:
-            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
-                os.close(fd)
-                # a file system without flock: SQLite may still work there, and the run
-                # record's check still refuses a runtime whose owner is alive
-                logger.warning(
-                    "cannot lock %r (%s); opening %r without its lock", lock_path, exc, self.path
-                )
-                return
+            os.close(fd)
+            # a file system without flock: SQLite may still work there, and the run
+            # record's check still refuses a runtime whose owner is alive
+            logger.warning(
+                "cannot lock %r (%s); opening %r without its lock", lock_path, exc, self.path
+            )
+            return
+        if not taken:
             try:
-                holder = _holder_pid(fd)
+                holder = _live_pid(fd)
             finally:
                 os.close(fd)
             if holder == os.getpid():
@@ -282,6 +282,38 @@ class SQLiteStore:
             with contextlib.suppress(OSError):  # only the refusal message would miss it
                 os.ftruncate(fd, 0)
                 os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    @property
+    def exclusive(self) -> bool:
+        """True while this store holds its database's OS lock: no other runtime can have
+        the database open, whatever an old run record says (see the store contract)."""
+        return self._lock_fd is not None
+
+    def lock_held(self) -> bool | None:
+        """Whether a store (a runtime) holds this database's lock right now: for read-only
+        tools, which take no lock. None where that cannot be told (a database in memory, a
+        file system without locks, an unreadable lock file).
+
+        It asks by taking a shared lock for an instant; a runtime starting at that moment
+        waits for it (see :func:`_take_lock`)."""
+        lock_path = self._lock_path()
+        if lock_path is None:
+            return None
+        if self._lock_fd is not None:
+            return True
+        try:
+            fd = os.open(lock_path, os.O_RDONLY)
+        except FileNotFoundError:
+            return False  # no runtime ever opened it for writing
+        except OSError:
+            return None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except OSError as exc:
+            return True if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN) else None
+        finally:
+            os.close(fd)  # releases the shared lock, if it was taken
+        return False
 
     def _unlock(self) -> None:
         """Release the lock taken by :meth:`_lock` (closing the descriptor releases it)."""
@@ -844,22 +876,35 @@ def _cannot_lock(path: str, lock_path: str, exc: OSError) -> ConfigurationError:
     )
 
 
-def _holder_pid(fd: int) -> int | None:
-    """The pid of the lock's holder, as it wrote it in the lock file, or None.
+def _take_lock(fd: int) -> bool:
+    """Take the exclusive lock on ``fd``; False if it stays taken by someone else.
+
+    A holder that lets go within a moment (:data:`_LOCK_WAIT_SECONDS`) does not make the
+    start fail: a read-only tool asking whether a runtime holds the database
+    (:meth:`SQLiteStore.lock_held`) holds the lock for an instant. The same moment lets a
+    runtime that just won a start race write its pid, so a refusal can name it (see
+    :func:`_live_pid`). Raises OSError where the file system has no such locks.
+    """
+    deadline = time.monotonic() + _LOCK_WAIT_SECONDS
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(0.002)
+
+
+def _live_pid(fd: int) -> int | None:
+    """The pid the lock's holder wrote into the lock file, if that process is alive.
 
     A holder writes its pid just after taking the lock; until then the file is empty or
-    still names the holder before it, which is gone. Such a read is retried for a moment
-    (:data:`_HOLDER_PID_WAIT_SECONDS`), so a refusal names the runtime that won a start
-    race instead of "another process" or a dead one.
-    """
-    deadline = time.monotonic() + _HOLDER_PID_WAIT_SECONDS
-    while True:
-        pid = _read_pid(fd)
-        if pid is not None and process_exists(pid):
-            return pid
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(0.002)
+    still names the holder before it, which is gone (None then)."""
+    pid = _read_pid(fd)
+    return pid if pid is not None and process_exists(pid) else None
 
 
 def _read_pid(fd: int) -> int | None:
