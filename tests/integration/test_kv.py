@@ -13,6 +13,7 @@ from miminions import (
     EventType,
     InvalidStateError,
     RuntimeConfig,
+    RuntimeNotRunningError,
     TaskStatus,
     ValidationError,
 )
@@ -114,6 +115,54 @@ async def test_watch_sees_another_agents_writes_quickly(rt: AgentRuntime) -> Non
         ]
     }
     assert seen_after < 5.0  # generous bound; the benchmark reports the real figure
+
+
+async def test_what_a_watcher_got_is_its_own(rt: AgentRuntime) -> None:
+    """Every read returns a copy, and so does a watch: a watcher (an agent, the
+    application) changing the value it was given changes nothing in the store."""
+    watcher = await start(rt, "watcher", KVAgent)
+    watch_id = await rt.submit_task(
+        "watch", {"op": "watch", "prefix": "doc", "count": 1, "edit": True}, agent_id=watcher
+    )
+    await wait_until(lambda: rt.kv.watchers == 1, "the agent's watch to open")
+    own = rt.kv.watch("doc")
+    await rt.kv.set("doc", {"text": "hi", "tags": ["a"]})
+    task = await rt.wait_for_task(watch_id, WAIT)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    change = await own.next(WAIT)
+    own.close()
+    assert change is not None
+    change.value["tags"].append("b")
+    assert rt.kv.get("doc") == {"text": "hi", "tags": ["a"]}
+
+
+async def test_compare_and_set_tells_booleans_from_numbers(rt: AgentRuntime) -> None:
+    """JSON has booleans of their own: True does not match a stored 1, nor 0 a stored
+    False; a value that is not JSON is refused whatever the key holds."""
+    await rt.kv.set("count", 1)
+    assert not await rt.kv.compare_and_set("count", True, 2)
+    await rt.kv.set("flag", {"on": [False]})
+    assert not await rt.kv.compare_and_set("flag", {"on": [0]}, True)
+    assert await rt.kv.compare_and_set("flag", {"on": [False]}, {"on": [True]})
+    assert await rt.kv.compare_and_set("count", 1.0, 2)  # one number, however written
+    with pytest.raises(ValidationError, match="value"):
+        await rt.kv.compare_and_set("count", "not what it holds", {1, 2})
+    assert rt.kv.get("count") == 2
+
+
+async def test_after_stop_writes_change_nothing_and_watches_are_refused(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """Once the runtime stopped, a write raises and leaves the old value (for every reader
+    and watcher); a new watch raises instead of waiting forever."""
+    async with started_runtime(miminions_config) as rt:
+        await rt.kv.set("k", "old")
+    with pytest.raises(RuntimeNotRunningError):
+        await rt.kv.set("k", "new")
+    assert rt.kv.get("k") == "old"
+    assert rt.kv.version("k") == 1
+    with pytest.raises(RuntimeNotRunningError):
+        rt.kv.watch("")
 
 
 async def test_values_survive_a_restart(

@@ -36,6 +36,8 @@ class KVAgent(BaseAgent):
             seen = []
             async for change in kv.watch(data.get("prefix", ""), namespace=namespace):
                 seen.append(change)
+                if data.get("edit") and isinstance(change["value"], dict):
+                    change["value"]["edited"] = True  # what it was given is its own
                 if len(seen) >= data["count"]:
                     break
             return {"seen": seen}

@@ -19,7 +19,8 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from miminions.kernel.errors import ValidationError
+from miminions.kernel.errors import RuntimeNotRunningError, ValidationError
+from miminions.kernel.jsonutil import copy_json
 from miminions.kernel.task_input import to_json_value
 from miminions.kernel.validation import check_utf8
 
@@ -97,6 +98,7 @@ class KVStore:
         self._store = store
         self._data: dict[tuple[str, str], tuple[Any, int]] = {}
         self._watches: set[KVWatch] = set()
+        self._closed = False
 
     async def load(self) -> None:
         """Read back what earlier runs stored."""
@@ -144,16 +146,14 @@ class KVStore:
         if expected is not None:
             # Compared as JSON, as a process agent's value arrives: a tuple equals a list.
             expected = to_json_value(expected, "expected")
+        new = None if value is None else _value(value)  # bad input fails whatever it holds
         entry = self._data.get((namespace, key))
         current = None if entry is None else entry[0]
-        if current != expected:
+        if not same_json(current, expected):
             return False
-        if value is None:
-            if entry is None:
-                return True
-            await self._write(namespace, key, None)
+        if new is None and entry is None:
             return True
-        await self._write(namespace, key, _value(value))
+        await self._write(namespace, key, new)
         return True
 
     @property
@@ -163,38 +163,42 @@ class KVStore:
 
     def watch(self, prefix: str = "", namespace: str = "") -> KVWatch:
         """Watch the keys of ``namespace`` starting with ``prefix`` (``async for``)."""
+        if self._closed:
+            raise RuntimeNotRunningError("the runtime stopped; its key-value store has no watches")
         watch = KVWatch(self, _check_ns(namespace), _check_prefix(prefix))
         self._watches.add(watch)
         return watch
 
     def close(self) -> None:
-        """End every watch."""
+        """End every watch; later watches are refused (reads still answer)."""
+        self._closed = True
         for watch in list(self._watches):
             watch.close()
 
     async def _write(self, namespace: str, key: str, value: Any) -> int:
-        # Applied in memory first and synchronously, so concurrent writers are ordered
-        # (compare_and_set is atomic on the loop); then made durable.
+        # Queued in the store, then applied in memory, synchronously: concurrent writers
+        # are ordered (compare_and_set is atomic on the loop), and a write the store
+        # refuses (closed, read-only) changes nothing anybody can see.
         entry = self._data.get((namespace, key))
         version = 0 if value is None else (0 if entry is None else entry[1]) + 1
-        if value is None:
-            self._data.pop((namespace, key), None)
-        else:
-            self._data[(namespace, key)] = (value, version)
         meta_key = META_PREFIX + json.dumps([namespace, key], ensure_ascii=False)
         commit = (
             self._store.delete_meta(meta_key)
             if value is None
             else self._store.put_meta(meta_key, {"value": value, "version": version})
         )
-        change = KVChange(namespace, key, value, version)
+        if value is None:
+            self._data.pop((namespace, key), None)
+        else:
+            self._data[(namespace, key)] = (value, version)
         for watch in list(self._watches):
             # The write is applied and queued: a watcher that fails (it cannot, with a
             # checked prefix; a subclass might) is dropped and logged, never turned into
             # an error of this write, which would break every writer of the namespace.
             try:
                 if watch.matches(namespace, key):
-                    watch.push(change)
+                    # a copy each: a watcher changing what it got changes nothing else
+                    watch.push(KVChange(namespace, key, copy_json(value), version))
             except Exception:
                 _log.exception("dropping a key-value watch that failed on a change of %r", key)
                 self._watches.discard(watch)
@@ -202,6 +206,23 @@ class KVStore:
                     watch.push(None)  # its reader's ``async for`` ends instead of hanging
         await commit
         return version
+
+
+def same_json(a: Any, b: Any) -> bool:
+    """Whether two JSON values are the same JSON: as ``==``, except that a boolean is
+    never a number (``True == 1`` in Python, not in JSON)."""
+    kind_a, kind_b = type(a), type(b)
+    if kind_a is bool or kind_b is bool:
+        return kind_a is kind_b and a == b
+    if kind_a is dict:
+        return (
+            kind_b is dict
+            and a.keys() == b.keys()
+            and all(same_json(item, b[name]) for name, item in a.items())
+        )
+    if kind_a is list:
+        return kind_b is list and len(a) == len(b) and all(map(same_json, a, b))
+    return bool(a == b) and kind_b is not dict and kind_b is not list
 
 
 def _value(value: Any) -> Any:
