@@ -23,7 +23,15 @@ from pathlib import Path
 
 import pytest
 
-from miminions import AgentRuntime, RuntimeConfig, Task, TaskRequest, TaskStatus, __version__
+from miminions import (
+    AgentRuntime,
+    RuntimeConfig,
+    Task,
+    TaskRequest,
+    TaskStatus,
+    ValidationError,
+    __version__,
+)
 from miminions import demo as demo_module
 from miminions.cli import format_tasks, main
 from miminions.kernel.errors import PluginError
@@ -671,6 +679,44 @@ async def test_status_after_a_crash_whose_pid_now_belongs_to_another_process(
     out = capsys.readouterr().out
     assert f"Runtime   not running: pid {os.getppid()} did not stop cleanly" in out
     assert "Queue" not in out
+
+
+@pytest.fixture(scope="module")
+def damaged_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A database whose agent row, task row and a meta value were damaged by hand."""
+    db = tmp_path_factory.mktemp("damaged") / "damaged.db"
+
+    async def fill() -> None:
+        async with AgentRuntime(config=RuntimeConfig(storage_path=str(db))) as rt:
+            await rt.register_agent("worker", demo_module.ResearchAgent)
+            await rt.submit_task("job")
+
+    asyncio.run(fill())
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE agents SET spec = '{bad'")
+        conn.execute("UPDATE tasks SET status = 'no-such-status'")
+        conn.execute("UPDATE meta SET value = '{bad' WHERE key = 'runtime.run'")
+    conn.close()
+    return db
+
+
+@pytest.mark.parametrize("command", [["status"], ["tasks"], ["top", "--once"]])
+def test_a_damaged_row_is_a_one_line_error(
+    damaged_db: Path, command: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row the reader cannot decode is reported in one line naming it (exit 2), not
+    with a traceback."""
+    code, _out, err = cli(capsys, command[0], "--db", str(damaged_db), *command[1:])
+    assert code == 2
+    assert err.startswith("miminions: error: stored ")
+    assert "is malformed" in err
+    assert len(err.splitlines()) == 1
+
+
+async def test_a_runtime_refuses_a_damaged_database_with_a_typed_error(damaged_db: Path) -> None:
+    """Starting on a database with a damaged row raises ValidationError naming the row."""
+    with pytest.raises(ValidationError, match="is malformed"):
+        await AgentRuntime(config=RuntimeConfig(storage_path=str(damaged_db))).start()
 
 
 # --------------------------------------------------------------------------- console script

@@ -12,15 +12,17 @@ data is JSON text, never pickle (R-06); timestamps are UTC unix seconds.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiosqlite
+import pydantic
 
 from miminions.kernel.errors import ConfigurationError, ValidationError
 from miminions.kernel.interfaces import EventQuery, StoredAgent
@@ -396,7 +398,12 @@ def task_state_row(t: Task) -> Row:
 
 
 def task_from_row(r: Sequence[Any]) -> Task:
-    """Rebuild (and validate) a task from its row."""
+    """Rebuild (and validate) a task from its row; a damaged row raises ValidationError."""
+    with _malformed("task", r):
+        return _task_from_row(r)
+
+
+def _task_from_row(r: Sequence[Any]) -> Task:
     return Task.model_validate(
         {
             "task_id": r[0],
@@ -470,7 +477,13 @@ def dead_letter_row(d: DeadLetter) -> Row:
 
 
 def agent_from_row(r: Sequence[Any]) -> StoredAgent:
-    """Rebuild (and validate) an agent record from its row."""
+    """Rebuild (and validate) an agent record from its row; a damaged row raises
+    ValidationError."""
+    with _malformed("agent", r):
+        return _agent_from_row(r)
+
+
+def _agent_from_row(r: Sequence[Any]) -> StoredAgent:
     return StoredAgent.model_validate(
         {
             "agent_id": r[0],
@@ -485,7 +498,13 @@ def agent_from_row(r: Sequence[Any]) -> StoredAgent:
 
 
 def dead_letter_from_row(r: Sequence[Any]) -> DeadLetter:
-    """Rebuild (and validate) a dead letter from its row."""
+    """Rebuild (and validate) a dead letter from its row; a damaged row raises
+    ValidationError."""
+    with _malformed("dead letter", r):
+        return _dead_letter_from_row(r)
+
+
+def _dead_letter_from_row(r: Sequence[Any]) -> DeadLetter:
     return DeadLetter.model_validate(
         {
             "dead_letter_id": r[0],
@@ -497,6 +516,29 @@ def dead_letter_from_row(r: Sequence[Any]) -> DeadLetter:
             "requeued_at": _dt(r[6]),
         }
     )
+
+
+def meta_value(key: str, text: Any) -> Any:
+    """The JSON value of a ``meta`` row; a damaged one raises ValidationError."""
+    with _malformed("meta value", (key,)):
+        return _loads(text)
+
+
+@contextlib.contextmanager
+def _malformed(kind: str, row: Sequence[Any]) -> Iterator[None]:
+    """Turn what a damaged row makes a decoder raise into one ValidationError naming the
+    row (its key is its first column), instead of a JSON or pydantic error from deep
+    inside: a reader (the CLI, a start) reports it in one line."""
+    try:
+        yield
+    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+        if isinstance(exc, pydantic.ValidationError):
+            what = "; ".join(
+                f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()
+            )
+        else:
+            what = f"{type(exc).__name__}: {exc}"
+        raise ValidationError(f"stored {kind} {row[0]!r} is malformed: {what}") from None
 
 
 _EVENT_TYPES: dict[str, EventType] = {member.value: member for member in EventType}
@@ -511,7 +553,7 @@ def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
     value, float timestamp, JSON object details) instead of a full pydantic validation; a
     row that fails a check raises :class:`ValidationError` naming the event.
     """
-    try:
+    with _malformed("event", r):
         if details is None:
             details = _loads(r[6]) if r[6] != "{}" else {}
         if type(details) is not dict:
@@ -528,8 +570,6 @@ def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
                 "details": details,
             },
         )
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
-        raise ValidationError(f"stored event {r[0]!r} is malformed: {exc!r}") from None
 
 
 def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:

@@ -29,7 +29,6 @@ import asyncio
 import contextlib
 import errno
 import fcntl
-import json
 import logging
 import os
 import sqlite3
@@ -772,7 +771,7 @@ class SQLiteStore:
     async def get_meta(self, key: str) -> Any:
         """Return the JSON value stored under ``key``, or None."""
         rows = await self._fetch("SELECT value FROM meta WHERE key = ?", (key,))
-        return json.loads(rows[0][0]) if rows else None
+        return schema.meta_value(key, rows[0][0]) if rows else None
 
     async def load_meta_prefix(self, prefix: str) -> dict[str, Any]:
         """Return every meta value whose key starts with ``prefix``, by key."""
@@ -781,7 +780,7 @@ class SQLiteStore:
             "SELECT key, value FROM meta WHERE key >= ? AND key < ? ORDER BY key",
             (prefix, prefix + "\U0010ffff"),
         )
-        return {row[0]: json.loads(row[1]) for row in rows}
+        return {row[0]: schema.meta_value(row[0], row[1]) for row in rows}
 
     async def load_tasks(self) -> list[Task]:
         """Return every stored task, oldest first."""
