@@ -187,3 +187,26 @@ async def test_a_request_cancelled_before_its_work_starts_is_answered() -> None:
     assert reply["error"]["type"] == "CancelledError"
     assert not answering.started.is_set()
     assert channel._handling == {}
+
+
+class AbortableTransport(CapturingTransport):
+    """A capturing transport that records an abort."""
+
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def test_a_frame_nested_too_deep_closes_the_channel_cleanly() -> None:
+    """A peer may nest a value deeper than this interpreter decodes (it raised its own
+    recursion limit): the frame is a protocol violation that closes the channel, not an
+    exception escaping into the event loop."""
+    channel = FrameChannel(Server().handle)
+    transport = AbortableTransport()
+    channel.connection_made(transport)
+    depth = 200_000
+    body = ("[" * depth + "]" * depth).encode()
+    channel.data_received(len(body).to_bytes(4, "big") + body)
+    assert transport.aborted
+    await asyncio.wait_for(channel.closed, WAIT)

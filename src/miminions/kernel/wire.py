@@ -465,6 +465,8 @@ def _decode(body: bytes) -> Frame:
         frame = json.loads(body)
     except ValueError as exc:
         raise ProtocolViolationError(f"a frame is not JSON: {exc}") from None
+    except RecursionError:  # nested deeper than this interpreter decodes (a peer may go deeper)
+        raise ProtocolViolationError("a frame nests too deep to decode") from None
     if not isinstance(frame, dict):
         raise ProtocolViolationError(f"a frame must be a JSON object, got {type(frame).__name__}")
     return frame
