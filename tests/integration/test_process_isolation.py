@@ -689,6 +689,26 @@ def wait_for_death(pid: int) -> None:
         time.sleep(0.001)
 
 
+async def test_a_worker_that_dropped_its_connection_is_not_handed_task_after_task(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """A worker whose connection is gone while its process lingers (a thread keeps it
+    alive) is no use: tasks sent its way meanwhile wait for it to be gone and go back to
+    the queue once each, instead of bouncing straight back thousands of times a second;
+    they then run on the restarted agent."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        await rt.start_agent(crashy)
+        requests = [TaskRequest(name="deep", input_data={"mode": "too_deep"}, agent_id=crashy)]
+        requests += [TaskRequest(name=f"after-{n}", agent_id=crashy) for n in range(3)]
+        ids = await rt.submit_tasks(requests)
+        done = await rt.wait_for_tasks(ids, timeout_seconds=30)
+        assert done[0].status is TaskStatus.FAILED
+        assert [task.status for task in done[1:]] == [TaskStatus.COMPLETED] * 3
+        requeued = await rt.query_events(event_type=EventType.TASK_REQUEUED, limit=None)
+        assert len(requeued) <= 3
+
+
 async def test_a_pause_racing_the_workers_death_is_a_crash(
     config: Callable[..., RuntimeConfig], tmp_path: Path
 ) -> None:

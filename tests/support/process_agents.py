@@ -13,6 +13,8 @@ import ctypes
 import json
 import os
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,7 +48,9 @@ class CrashAgent(BaseAgent):
     Modes: ``raise`` (an ordinary exception), ``system_exit`` (``SystemExit(7)`` escapes
     the worker's loop), ``exit`` (``os._exit(3)``), ``segfault`` (reads address 0),
     ``block`` (loops until killed from outside), ``spin`` (``while True: pass`` on the
-    worker's event loop: no heartbeat can be answered).
+    worker's event loop: no heartbeat can be answered), ``too_deep`` (sends a value the
+    runtime cannot decode, so it drops the connection, while a thread keeps the process
+    alive).
     """
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
@@ -66,6 +70,15 @@ class CrashAgent(BaseAgent):
         if mode == "spin":
             while True:
                 pass
+        if mode == "too_deep":
+            # A non-daemon thread keeps the process alive after its loop ends; the value
+            # nests deeper than the runtime decodes, so the runtime drops the connection.
+            threading.Thread(target=time.sleep, args=(30,)).start()
+            sys.setrecursionlimit(100_000)
+            value: Any = []
+            for _ in range(50_000):
+                value = [value]
+            await self.context.kv.set("deep", value)
         raise ValueError(f"unknown mode {mode!r}")
 
 

@@ -65,6 +65,9 @@ if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
 MIB = 1024 * 1024
+#: Bound of a run's wait for a worker that closed its connection to be gone (it is killed
+#: one second after: see ProcessHost._lost_connection).
+_LOST_WORKER_EXIT_SECONDS = 5.0
 logger = logging.getLogger("miminions.plugins.process_host")
 
 
@@ -163,6 +166,8 @@ class ProcessHost:
         if live is None or not live.process.alive:
             # Dispatched in the moment between a crash and the runtime hearing of it.
             raise TaskNotStartedError(f"agent {self.spec.name!r} has no running worker")
+        if live.channel.closed.done():
+            raise await self._not_begun(live)
         run_id, reply = live.channel.start_request(
             "run", task=task_to_wire(task), checkpoint=checkpoint
         )
@@ -173,10 +178,8 @@ class ProcessHost:
             await self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
             raise
         except ChannelClosedError:
-            if live.head_at_loss is not None and live.head_at_loss != run_id:
-                raise TaskNotStartedError(
-                    f"the worker of agent {self.spec.name!r} ended before it began this task"
-                ) from None
+            if live.head_at_loss is None or live.head_at_loss != run_id:
+                raise await self._not_begun(live) from None
             raise await self._crash_error(live) from None
         finally:
             live.runs.pop(run_id, None)
@@ -426,6 +429,19 @@ class ProcessHost:
             else f"its task did not stop within {grace:g} s of being cancelled or timing out"
         )
         await self._kill_worker(live, why, {"task_ignored_cancel": True})
+
+    async def _not_begun(self, live: _Live) -> TaskNotStartedError:
+        """The error of a task its worker never began: it goes back to the queue.
+
+        Returned once the worker's process is gone (it is killed a moment after closing its
+        connection, see :meth:`_lost_connection`): until the runtime has handled its end,
+        the agent counts as running, and this run keeps it busy instead of letting it be
+        handed task after task that would all come straight back.
+        """
+        await live.process.wait_exit(_LOST_WORKER_EXIT_SECONDS)
+        return TaskNotStartedError(
+            f"the worker of agent {self.spec.name!r} ended before it began this task"
+        )
 
     async def _crash_error(self, live: _Live) -> BaseException:
         """The error a task gets when its worker died under it."""
