@@ -271,6 +271,73 @@ async def test_an_agent_restarted_after_an_abandoned_run_takes_new_tasks(
             release.set()  # nothing keeps the shutdown waiting
 
 
+async def test_an_agent_that_swallows_its_cancel_does_not_wedge_its_next_tasks(
+    rt: AgentRuntime,
+) -> None:
+    """A task whose code swallows the cancel of its timeout fails with the timeout; the
+    agent's next tasks end normally (one raising CancelledError itself fails, the next
+    completes) instead of staying running for good."""
+    await start(rt, "quirky", agents.CancelQuirkAgent)
+    await rt.pause_queue()
+    swallow = await rt.submit_task("swallow", timeout_seconds=0.1)
+    selfcancel = await rt.submit_task("selfcancel")
+    plain = await rt.submit_task("plain")
+    await rt.resume_queue()
+    first = await rt.wait_for_task(swallow, 5)
+    assert first.status is TaskStatus.FAILED
+    assert "TaskTimeoutError" in (first.error_message or "")
+    second = await rt.wait_for_task(selfcancel, 5)
+    assert second.status is TaskStatus.FAILED
+    assert "TaskCancelledError" in (second.error_message or "")
+    assert (await rt.wait_for_task(plain, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_a_timeout_the_agent_turns_into_another_error_is_still_a_timeout(
+    rt: AgentRuntime,
+) -> None:
+    """A task's code that answers its timeout's cancel with an error of its own still
+    fails with TaskTimeoutError, with a task_timeout event."""
+    await start(rt, "quirky", agents.CancelQuirkAgent)
+    task_id = await rt.submit_task("convert", timeout_seconds=0.1)
+    done = await rt.wait_for_task(task_id, 5)
+    assert done.status is TaskStatus.FAILED
+    assert "TaskTimeoutError" in (done.error_message or "")
+    assert await rt.query_events(event_type=EventType.TASK_TIMEOUT, task_id=task_id)
+
+
+@pytest.mark.parametrize("how", ["cancel", "timeout"])
+async def test_a_stopped_task_whose_run_is_abandoned_does_not_run_again(
+    make_config: Callable[..., RuntimeConfig], how: str
+) -> None:
+    """A task cancelled, or past its timeout, whose code ignores that, and whose agent is
+    then stopped (its run abandoned): the task is cancelled or failed, as it was asked
+    to be, not put back in the queue for another agent to run."""
+    release = agents.GATES.setdefault("stubborn", asyncio.Event())
+    release.clear()
+    agents.STARTED.pop("stubborn", None)
+    async with AgentRuntime(config=make_config(shutdown_timeout_seconds=0.3)) as rt:
+        try:
+            stubborn = await start(rt, "stubborn", agents.StubbornAgent)
+            timeout = 0.1 if how == "timeout" else None
+            task_id = await rt.submit_task("stubborn", timeout_seconds=timeout)
+            await asyncio.wait_for(agents.STARTED.setdefault("stubborn", asyncio.Event()).wait(), 5)
+            cancelling = asyncio.ensure_future(rt.cancel_task(task_id)) if how == "cancel" else None
+            # the executor has asked the run to stop (internal: nothing else shows it yet)
+            run = rt.executor._runs[task_id]  # type: ignore[attr-defined]
+            await wait_until(
+                lambda: run.cancel_reason is not None or run.timed_out, "the run asked to stop"
+            )
+            await asyncio.wait_for(rt.stop_agent(stubborn, timeout_seconds=0.1), 5)
+            await rt.start_agent(await rt.register_agent("other", agents.EchoAgent))
+            done = await rt.wait_for_task(task_id, 5)
+            if cancelling is not None:
+                assert (await asyncio.wait_for(cancelling, 5)).status is TaskStatus.CANCELLED
+            assert done.status is (TaskStatus.CANCELLED if how == "cancel" else TaskStatus.FAILED)
+            assert done.assigned_agent_id == stubborn
+        finally:
+            release.set()  # nothing keeps the shutdown waiting
+
+
 async def test_queued_starts_keep_order_and_the_limit(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:

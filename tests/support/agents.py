@@ -166,6 +166,25 @@ class SlowOnErrorAgent(BaseAgent):
         return {"ran": task.name}
 
 
+class CancelQuirkAgent(BaseAgent):
+    """Does odd things with cancellation, as its task's name says: ``swallow`` catches the
+    cancel of its 10 s sleep and returns; ``selfcancel`` raises CancelledError itself;
+    ``convert`` turns the cancel into a RuntimeError. Other tasks complete at once."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if task.name == "swallow":
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.sleep(10)
+        elif task.name == "selfcancel":
+            raise asyncio.CancelledError
+        elif task.name == "convert":
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                raise RuntimeError("cleanup failed") from None
+        return {"ran": task.name}
+
+
 class StubbornAgent(BaseAgent):
     """A task named ``stubborn`` catches every cancellation and runs until
     ``GATES["stubborn"]`` is set; other tasks complete at once."""

@@ -605,6 +605,7 @@ class AsyncioExecutor:
         book = self._book
         ok: bool | None = False  # None: given back to the queue, counted neither way
         error: BaseException | None = None
+        taken_back = False  # the cancel this run sent has been taken back
         try:
             if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
                 run.running = True
@@ -619,11 +620,17 @@ class AsyncioExecutor:
                 error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
             elif isinstance(exc, asyncio.CancelledError):
                 run.worker.uncancel()
+                taken_back = True
         except Exception as exc:
             error = exc
         finally:
             run.running = False
             self._deadlines.clear(run)
+            if run.cancel_sent and not taken_back and run.worker.cancelling():
+                # The agent's code swallowed the cancel (it returned, or raised something
+                # else): take it back, or this worker's next task would take its own
+                # CancelledError for the executor being cancelled, and never end.
+                run.worker.uncancel()
         if run.abandoned:
             return  # already reported when it was abandoned
         if run.cancel_reason is not None:
@@ -631,8 +638,8 @@ class AsyncioExecutor:
             # winding down (not reported yet): cancel_task() promises a cancelled task,
             # and the timeout would retry it.
             book.cancelled(task_id, run.cancel_reason)
-        elif run.timed_out and error is None:
-            error = TaskTimeoutError(f"task {task_id} timed out after {run.timeout} s")
+        elif run.timed_out:  # whatever the agent's code made of the cancel
+            error = self._timeout_error(run)
             book.failed(task_id, error, timed_out_after=run.timeout)
         elif run.interrupt_reason is not None:
             book.interrupted(task_id, run.interrupt_reason)
@@ -648,6 +655,10 @@ class AsyncioExecutor:
         self._end_run(run, ok)
         if error is not None:
             await self._notify_error(slot, error, task)
+
+    @staticmethod
+    def _timeout_error(run: _Run) -> TaskTimeoutError:
+        return TaskTimeoutError(f"task {run.task_id} timed out after {run.timeout} s")
 
     def _end_run(self, run: _Run, ok: bool | None) -> None:
         if self._runs.get(run.task_id) is run:  # never another (later) run of the task
@@ -684,9 +695,18 @@ class AsyncioExecutor:
             if not run.finished:
                 run.abandoned = True
                 self._deadlines.clear(run)
-                self._book.interrupted(
-                    run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
-                )
+                # What the run was stopped for first decides, as when it ends (_run_one): a
+                # cancelled or timed-out task must not go back to the queue and run again.
+                if run.cancel_reason is not None:
+                    self._book.cancelled(run.task_id, run.cancel_reason)
+                elif run.timed_out:
+                    self._book.failed(
+                        run.task_id, self._timeout_error(run), timed_out_after=run.timeout
+                    )
+                else:
+                    self._book.interrupted(
+                        run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
+                    )
                 self._end_run(run, ok=False)
                 agent_id = run.slot.agent_id
                 if self._serving.get(agent_id) is run.worker:
