@@ -4,6 +4,7 @@ timeouts, cancellation, idempotency, routing, dead letters."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 
 import pytest
 
@@ -14,8 +15,10 @@ from miminions import (
     NotFoundError,
     Priority,
     ResourceLimits,
+    RuntimeConfig,
     TaskRequest,
     TaskStatus,
+    ValidationError,
     WaitTimeoutError,
 )
 from tests.support import agents
@@ -167,6 +170,35 @@ async def test_exhausted_retries_go_to_dead_letters_and_can_be_requeued(rt: Agen
     assert rt.list_dead_letters()[0].requeued_at is not None
     with pytest.raises(InvalidStateError):
         await rt.requeue_dead_letter(letters[0].dead_letter_id)
+
+
+async def test_dead_letters_stay_oldest_first_when_a_task_fails_for_good_again(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-28: a re-queued task that fails for good again has one letter, now the newest:
+    the list is oldest first before and after a restart alike."""
+    config = make_config()
+    agents.FAILING.update({"a", "b"})
+    try:
+        async with AgentRuntime(config=config) as rt:
+            await start_agent(rt, "switch", agents.SwitchAgent)
+            a = await rt.submit_task("a")
+            await rt.wait_for_task(a, 5)
+            b = await rt.submit_task("b")
+            await rt.wait_for_task(b, 5)
+            await rt.requeue_dead_letter("task:" + a)
+            assert (await rt.wait_for_task(a, 5)).status is TaskStatus.FAILED
+            assert [letter.ref_id for letter in rt.list_dead_letters()] == [b, a]
+        async with AgentRuntime(config=config) as rt:
+            assert [letter.ref_id for letter in rt.list_dead_letters()] == [b, a]
+    finally:
+        agents.FAILING.clear()
+
+
+async def test_requeue_dead_letter_refuses_an_id_that_is_no_string(rt: AgentRuntime) -> None:
+    """A dead letter id that is not a string is a ValidationError saying what to pass."""
+    with pytest.raises(ValidationError, match="list_dead_letters"):
+        await rt.requeue_dead_letter([])  # type: ignore[arg-type]
 
 
 async def test_requeued_dead_letter_revives_its_dependents(rt: AgentRuntime) -> None:

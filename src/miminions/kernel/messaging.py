@@ -344,8 +344,7 @@ class Messenger:
             payload=message.model_dump(mode="json"),
             created_at=datetime.now(UTC),
         )
-        self._rt.task_book.dead_letters[letter.dead_letter_id] = letter
-        self._rt.store.put_dead_letter(letter)
+        self._rt.task_book.record_dead_letter(letter)
 
     # ------------------------------------------------------------------ for hosts
     async def handle(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:

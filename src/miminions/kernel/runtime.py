@@ -707,6 +707,11 @@ class AgentRuntime(CommunicationAPI):
         message is sent again to its recipient, with ``ttl_seconds`` (default: none) as
         its new TTL (returns the new message id)."""
         self._require_running()
+        if not isinstance(dead_letter_id, str):
+            raise ValidationError(
+                "dead_letter_id must be the id of a dead letter (a string, see "
+                f"list_dead_letters()), got {type(dead_letter_id).__name__}"
+            )
         letter = self.task_book.dead_letters.get(dead_letter_id)
         if letter is not None and letter.kind == "message":
             return await self.messenger.requeue(letter, ttl_seconds)

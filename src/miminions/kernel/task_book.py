@@ -768,8 +768,7 @@ class TaskBook:
             created_at=datetime.now(UTC),
             requeued_at=None,
         )
-        self.dead_letters[letter.dead_letter_id] = letter
-        self._store.put_dead_letter(letter)
+        self.record_dead_letter(letter)
         self._events.emit(
             EventType.TASK_DEAD_LETTERED,
             severity=Severity.WARNING,
@@ -777,6 +776,13 @@ class TaskBook:
             task_id=task.task_id,
             details={"dead_letter_id": letter.dead_letter_id, "reason": reason},
         )
+
+    def record_dead_letter(self, letter: DeadLetter) -> None:
+        """Keep ``letter`` (newest last, as the store lists them: a task failing for good
+        again replaces its earlier letter) and store it."""
+        self.dead_letters.pop(letter.dead_letter_id, None)
+        self.dead_letters[letter.dead_letter_id] = letter
+        self._store.put_dead_letter(letter)
 
     def _record_duration(self, task_id: str) -> None:
         started = self._started_mono.pop(task_id, None)
