@@ -43,6 +43,7 @@ from miminions import (
     WaitTimeoutError,
 )
 from miminions.kernel.models import Event, ProcessSettings, RestartPolicy
+from miminions.plugins.process_worker import ADDRESS_SPACE_HEADROOM, MIB
 from tests.support.process_agents import (
     AtExitAgent,
     CpuSpinAgent,
@@ -53,6 +54,7 @@ from tests.support.process_agents import (
     SmallTaskAgent,
     SteppingAgent,
     SyncHangAgent,
+    ThreadsAgent,
 )
 from tests.support.processes import alive, proc_state
 from tests.support.runtime import run_child_runtime
@@ -462,6 +464,29 @@ async def test_memory_over_the_hard_limit_stops_only_that_worker(
         assert done.output_data == {"agent": "other", "pid": other_pid, "n": 1}
         assert rt.get_agent_status(other).tasks_failed == 0
         await restarted(rt, hog, hog_pid)
+
+
+async def test_a_memory_limit_leaves_room_for_threads_and_still_stops_a_leap(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """The hard memory limit is about resident memory: a small agent may start dozens of
+    threads (each reserves a stack and a malloc arena). Its address-space backstop still
+    makes one allocation far past the limit a MemoryError in the agent's code."""
+    limits = ResourceLimits(max_memory_per_agent_mb=200)
+    async with AgentRuntime(config=config(limits=limits)) as rt:
+        agent = await rt.register_agent("threads", ThreadsAgent)
+        await rt.start_agent(agent)
+        task = await rt.wait_for_task(
+            await rt.submit_task("threads", {"threads": 32}, agent_id=agent), 30
+        )
+        assert task.status is TaskStatus.COMPLETED, task.error_message
+        leap_mb = 200 + ADDRESS_SPACE_HEADROOM // MIB + 1024
+        task = await rt.wait_for_task(
+            await rt.submit_task("leap", {"reserve_mb": leap_mb}, agent_id=agent), 30
+        )
+        assert task.status is TaskStatus.COMPLETED, task.error_message
+        assert task.output_data is not None
+        assert task.output_data["memory_error"] is True
 
 
 async def test_memory_over_the_soft_limit_warns_the_agent(

@@ -149,6 +149,35 @@ class MemoryAgent(BaseAgent):
         _append_line(path, json.dumps(record))
 
 
+class ThreadsAgent(BaseAgent):
+    """``threads``: starts that many threads, all alive at once, each holding 1 MiB;
+    ``reserve_mb``: asks for that much zeroed memory at once (address space, hardly any of
+    it resident) and reports a MemoryError instead of raising it."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if "reserve_mb" in task.input_data:
+            try:
+                reserved = bytearray(int(task.input_data["reserve_mb"]) * MIB)
+            except MemoryError:
+                return _done(self, memory_error=True)
+            del reserved
+            return _done(self, memory_error=False)
+        count = task.input_data["threads"]
+        all_in = threading.Barrier(count, timeout=20)
+
+        def work() -> None:
+            held = bytearray(MIB)  # in this thread's malloc arena
+            all_in.wait()  # every thread alive at once
+            del held
+
+        threads = [threading.Thread(target=work) for _ in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            await asyncio.to_thread(thread.join)
+        return _done(self, threads=len(threads))
+
+
 class SteppingAgent(BaseAgent):
     """Counts steps (one per ~10 ms, each a safe point) into ``input_data['progress']``
     until the file ``input_data['release']`` exists, then returns the count."""

@@ -43,10 +43,11 @@ from miminions.kernel.wire import (
 _PR_SET_PDEATHSIG = 1
 _MAIN_MODULE = "__miminions_main__"
 MIB = 1024 * 1024
-# Address space a Python worker needs beyond its RSS (thread stacks, malloc arenas, mapped
-# libraries); RLIMIT_AS is a backstop against a runaway allocation, the runtime's RSS watch
-# is what enforces the limit.
-_ADDRESS_SPACE_HEADROOM = 512 * MIB
+# Address space a Python worker reserves beyond its RSS: thread stacks (8 MiB each) and
+# glibc's per-thread malloc arenas (64 MiB each, up to eight per CPU) count, so a small
+# headroom stops an agent from starting a few dozen threads. RLIMIT_AS is only a backstop
+# against a runaway allocation; the runtime's RSS watch is what enforces the limit.
+ADDRESS_SPACE_HEADROOM = 4096 * MIB
 
 
 def locate(target: str, main_path: str | None = None) -> Any:
@@ -171,7 +172,7 @@ def _apply_limits(boot: dict[str, Any]) -> None:
     memory_mb = boot.get("max_memory_mb")
     if memory_mb:
         current = _address_space_bytes()
-        cap = current + int(memory_mb * MIB) + _ADDRESS_SPACE_HEADROOM
+        cap = current + int(memory_mb * MIB) + ADDRESS_SPACE_HEADROOM
         # A cap beyond what the kernel can hold means no cap (OverflowError, ValueError).
         with contextlib.suppress(ValueError, OSError, OverflowError):
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
