@@ -734,6 +734,48 @@ async def test_a_worker_that_dropped_its_connection_is_not_handed_task_after_tas
         assert len(requeued) <= 3
 
 
+async def test_tasks_waiting_in_a_worker_that_exits_go_back_to_the_queue(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """A task whose code ends its worker (SystemExit) fails; the tasks already sent to that
+    worker, waiting behind it, never began: they run on the restarted agent instead of
+    failing with a "cancelled" the runtime never asked for."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        await rt.start_agent(crashy)
+        requests = [
+            TaskRequest(name="first", agent_id=crashy),
+            TaskRequest(name="exits", input_data={"mode": "system_exit_later"}, agent_id=crashy),
+            *(TaskRequest(name=f"behind-{n}", agent_id=crashy) for n in range(3)),
+        ]
+        done = await rt.wait_for_tasks(await rt.submit_tasks(requests), timeout_seconds=30)
+        assert done[0].status is TaskStatus.COMPLETED
+        assert done[1].status is TaskStatus.FAILED
+        assert [(t.status, t.error_message) for t in done[2:]] == [(TaskStatus.COMPLETED, None)] * 3
+
+
+async def test_a_task_that_ended_is_not_blamed_for_the_next_ones_crash(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """A task that returned a big result (more than the socket takes at once) completed,
+    even if the next task kills its worker right after: the next task begins only once
+    the result has left the worker, and only it is blamed."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        await rt.start_agent(crashy)
+        requests = [
+            TaskRequest(name="first", agent_id=crashy),
+            TaskRequest(name="big", input_data={"mode": "big_reply"}, agent_id=crashy),
+            TaskRequest(name="exits", input_data={"mode": "exit"}, agent_id=crashy),
+        ]
+        done = await rt.wait_for_tasks(await rt.submit_tasks(requests), timeout_seconds=30)
+        assert done[1].status is TaskStatus.COMPLETED, done[1].error_message
+        assert done[1].output_data is not None
+        assert len(done[1].output_data["blob"]) == 8 * 1024 * 1024
+        assert done[2].status is TaskStatus.FAILED
+        assert "exited with code 3" in (done[2].error_message or "")
+
+
 async def test_a_pause_racing_the_workers_death_is_a_crash(
     config: Callable[..., RuntimeConfig], tmp_path: Path
 ) -> None:

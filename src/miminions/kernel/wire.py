@@ -81,12 +81,17 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def error_to_wire(error: BaseException) -> Frame:
-    """What travels for an exception: its type name, message and formatted traceback."""
-    return {
+    """What travels for an exception: its type name, message and formatted traceback, and
+    ``ends: true`` for one that ends the sender's event loop (SystemExit, not an
+    Exception): nothing it was sent after that begins."""
+    frame: Frame = {
         "type": escape_non_utf8(getattr(error, "remote_type", None) or type(error).__name__),
         "message": escape_non_utf8(str(error)),
         "traceback": escape_non_utf8("".join(traceback.format_exception(error))),
     }
+    if not isinstance(error, Exception):
+        frame["ends"] = True
+    return frame
 
 
 def error_from_wire(data: Any) -> RemoteAgentError:
@@ -168,11 +173,22 @@ class FrameChannel(asyncio.Protocol):
         self._flush_scheduled = False
         self._closed_error: BaseException | None = None
         self._handling: dict[int, asyncio.Future[Any]] = {}  # work for requests, by id
+        # Requests whose cancel the peer asked for: only those are answered "cancelled". Work
+        # cancelled here for another reason (its loop is shutting down, as after a
+        # SystemExit) gets no answer: the peer learns from the closed connection that it
+        # never ended, rather than taking "cancelled" for the work's own outcome.
+        self._cancel_asked: set[int] = set()
         self._loop = asyncio.get_running_loop()
         self._last_write = float("-inf")  # time.monotonic() of the last write
         # Replies that came for a requester being cancelled, until the loop's next turn.
         self._orphans: dict[int, Frame] = {}
         self.closed = self._loop.create_future()
+        #: The other end answered a request with an error that ends its loop (see
+        #: :func:`error_to_wire`): it begins nothing more.
+        self.peer_ending = False
+        #: Ids of the requests that had no answer when the connection was lost, oldest first.
+        self.unanswered: list[int] = []
+        self._drained: asyncio.Future[None] | None = None  # see drain()
 
     # ------------------------------------------------------------------ sending
     def request(self, op: str, **payload: Any) -> asyncio.Future[Any]:
@@ -237,6 +253,30 @@ class FrameChannel(asyncio.Protocol):
     def flush_now(self) -> None:
         """Hand what is queued to the transport now instead of at the end of this loop turn."""
         self._write_out()
+
+    async def drain(self) -> None:
+        """Return once everything written so far has left this process (is in the
+        socket): a write the transport had to buffer would be lost with the process.
+        Returns at once if nothing is buffered, or the connection is lost."""
+        transport = self._transport
+        if transport is None or self._closed_error is not None:
+            return
+        if transport.get_write_buffer_size() == 0:
+            return
+        if self._drained is None:
+            self._drained = self._loop.create_future()
+        # Below this the transport calls resume_writing: only once all of it is out.
+        transport.set_write_buffer_limits(high=0)
+        await asyncio.shield(self._drained)
+
+    def resume_writing(self) -> None:
+        """The transport's buffer emptied (with the limits :meth:`drain` sets)."""
+        self._release_drain()
+
+    def _release_drain(self) -> None:
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
 
     def close(self) -> None:
         """Flush what is queued and close the connection."""
@@ -317,6 +357,8 @@ class FrameChannel(asyncio.Protocol):
             return
         self._closed_error = exc or ChannelClosedError("the connection was closed")
         pending, self._pending = self._pending, {}
+        self.unanswered = list(pending)
+        self._release_drain()
         for future in pending.values():
             if not future.done():
                 future.set_exception(self._lost_error())
@@ -330,7 +372,10 @@ class FrameChannel(asyncio.Protocol):
 
     def _settle(self, future: asyncio.Future[Any], frame: Frame) -> None:
         if "error" in frame:
-            future.set_exception(self._error_factory(frame["error"]))
+            error = frame["error"]
+            if isinstance(error, dict) and error.get("ends") is True:
+                self.peer_ending = True
+            future.set_exception(self._error_factory(error))
         else:
             future.set_result(frame.get("value"))
 
@@ -356,8 +401,10 @@ class FrameChannel(asyncio.Protocol):
             raise ProtocolViolationError(f"a frame without an op: {frame!r:.200}")
         request_id = frame.get("id")
         if op == "cancel" and request_id is None:
-            work = self._handling.get(frame.get("run", -1))
+            run = frame.get("run", -1)
+            work = self._handling.get(run)
             if work is not None:
+                self._cancel_asked.add(run)
                 work.cancel()
             return
         try:
@@ -395,11 +442,13 @@ class FrameChannel(asyncio.Protocol):
             raise
         except BaseException as exc:  # SystemExit too: the requester learns why, then it goes on
             self._handling.pop(request_id, None)
+            self._forget_cancel(request_id)
             self._reply_error(request_id, exc)
             if isinstance(exc, Exception):
                 return
             raise
         self._handling.pop(request_id, None)
+        self._forget_cancel(request_id)
         self._reply(request_id, value)
 
     def _answer_done(
@@ -416,7 +465,9 @@ class FrameChannel(asyncio.Protocol):
         self._handling.pop(request_id, None)
         if work.cancelled():
             self._reply_cancelled(request_id)
-        elif (error := work.exception()) is not None:
+            return
+        self._forget_cancel(request_id)
+        if (error := work.exception()) is not None:
             self._reply_error(request_id, error)
         else:
             self._reply(request_id, work.result())
@@ -438,7 +489,15 @@ class FrameChannel(asyncio.Protocol):
             self._reply_error(request_id, exc)
 
     def _reply_cancelled(self, request_id: int) -> None:
-        self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+        """Answer "cancelled", if the peer asked for that (see ``_cancel_asked``)."""
+        if request_id in self._cancel_asked:
+            self._cancel_asked.discard(request_id)
+            self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
+
+    def _forget_cancel(self, request_id: int) -> None:
+        """The work ended some other way than by the cancel the peer may have asked for."""
+        if self._cancel_asked:
+            self._cancel_asked.discard(request_id)
 
     def _reply_error(self, request_id: int, error: BaseException) -> None:
         if self._closed_error is not None:

@@ -464,8 +464,16 @@ class ProcessHost:
         if not box:
             return
         live = box[0]
-        # Runs execute in order in the worker: the first in flight was the one running.
-        live.head_at_loss = next(iter(live.runs), None)
+        # Runs execute in order in the worker, and each begins only once the replies
+        # before it are out: the first one that got no answer was the one running, unless
+        # the worker had said it was ending (then it began none of them).
+        channel = live.channel
+        unanswered = set(channel.unanswered)
+        live.head_at_loss = (
+            None
+            if channel.peer_ending
+            else next((run_id for run_id in live.runs if run_id in unanswered), None)
+        )
         if live.process.alive and not live.process.expected_exit:
             self._spawn(self._lost_connection(live))
 

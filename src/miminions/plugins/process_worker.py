@@ -348,6 +348,9 @@ class Worker:
             # the lock); it may still wait for the end of the loop turn: send it now.
             if self.channel is not None:
                 self.channel.flush_now()
+                # ... and not just handed to the transport: a big reply may wait in its
+                # buffer, and a task that ends the process would take that with it.
+                await self.channel.drain()
             try:
                 result = await self.runner.run(task, frame.get("checkpoint"))
             except asyncio.CancelledError:
