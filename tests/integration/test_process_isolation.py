@@ -43,6 +43,7 @@ from miminions import (
     WaitTimeoutError,
 )
 from miminions.kernel.models import Event, ProcessSettings, RestartPolicy
+from miminions.plugins.process_pool import pool_of
 from miminions.plugins.process_worker import ADDRESS_SPACE_HEADROOM, MIB
 from tests.support.process_agents import (
     AtExitAgent,
@@ -774,6 +775,33 @@ async def test_a_task_that_ended_is_not_blamed_for_the_next_ones_crash(
         assert len(done[1].output_data["blob"]) == 8 * 1024 * 1024
         assert done[2].status is TaskStatus.FAILED
         assert "exited with code 3" in (done[2].error_message or "")
+
+
+async def test_a_start_given_up_while_its_worker_is_recorded_leaves_no_worker(
+    config: Callable[..., RuntimeConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A start that times out after its worker was forked, while the runtime records the
+    worker in the store, does not leave that worker waiting for the runtime forever."""
+    async with AgentRuntime(config=config(agent_start_timeout_seconds=0.5)) as rt:
+        agent = await rt.register_agent("slow-record", SmallTaskAgent)
+        real = rt.store.put_meta
+        release = asyncio.Event()
+        pids: list[int] = []
+
+        async def stalled_put_meta(key: str, value: Any) -> None:
+            pids.extend(pool_of(rt).workers)  # the worker being recorded
+            await release.wait()  # a commit stuck behind a busy writer, for the test
+            await real(key, value)
+
+        monkeypatch.setattr(rt.store, "put_meta", stalled_put_meta)
+        try:
+            status = await rt.start_agent(agent)
+        finally:
+            release.set()
+            monkeypatch.setattr(rt.store, "put_meta", real)
+        assert status.status is AgentStatus.FAILED
+        assert pids
+        await wait_until(lambda: not any(alive(pid) for pid in pids), f"workers {pids} to exit")
 
 
 async def test_a_pause_racing_the_workers_death_is_a_crash(

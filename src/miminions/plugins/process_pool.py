@@ -243,7 +243,15 @@ class WorkerPool:
         worker = WorkerProcess(process, parent_sock, record)
         self.workers[pid] = worker
         worker.exited.add_done_callback(lambda _: self._forget(pid))
-        await self.runtime.store.put_meta(WORKERS_META_KEY, self._records())
+        try:
+            await self.runtime.store.put_meta(WORKERS_META_KEY, self._records())
+        except BaseException:
+            # Cancelled (a start that timed out, a forced stop) or refused by the store:
+            # nobody will own this worker, which would wait for its runtime forever.
+            worker.expected_exit = True
+            worker.signal(signal.SIGKILL)
+            parent_sock.close()
+            raise
         self._ensure_monitor()
         return worker
 
