@@ -290,7 +290,7 @@ class KVCalls:
             self._watches[watch_id] = kv.watch(payload.get("prefix", ""), namespace)
             return watch_id
         if op == "kv_next":
-            watch = self._watches.get(payload.get("watch_id", ""))
+            watch = self._watches.get(self._own(agent_id, payload))
             if watch is None:
                 return None
             try:
@@ -298,16 +298,25 @@ class KVCalls:
             except asyncio.CancelledError:
                 # The agent stopped waiting for good (its worker died, its task was
                 # cancelled): nobody reads this watch any more.
-                self._watches.pop(payload.get("watch_id", ""), None)
+                self._watches.pop(self._own(agent_id, payload), None)
                 watch.close()
                 raise
             return None if change is None else change.to_json()
         if op == "kv_unwatch":
-            watch = self._watches.pop(payload.get("watch_id", ""), None)
+            watch = self._watches.pop(self._own(agent_id, payload), None)
             if watch is not None:
                 watch.close()
             return None
         raise ValidationError(f"unknown key-value call {op!r}")
+
+    @staticmethod
+    def _own(agent_id: str, payload: dict[str, Any]) -> str:
+        """The watch id of a call, if the calling agent opened that watch ("" otherwise):
+        one agent cannot read or close another's watch."""
+        watch_id = payload.get("watch_id")
+        if isinstance(watch_id, str) and watch_id.startswith(f"{agent_id}:"):
+            return watch_id
+        return ""
 
     def close_agent(self, agent_id: str) -> None:
         """The agent stopped or failed: end the watches it opened (nobody reads them)."""
