@@ -524,11 +524,16 @@ class AgentRuntime(CommunicationAPI):
         async def stop(agent_id: str) -> AgentInstance:
             return await self.stop_agent(agent_id, graceful, timeout_seconds)
 
+        active = {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED}
         return await self._group_call(
             "stop_group",
             group,
             stop,
-            {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED},
+            # a failed member waiting to restart would come back: stopping cancels that
+            lambda slot: (
+                slot.status in active
+                or (slot.status is AgentStatus.FAILED and slot.restart_timer is not None)
+            ),
         )
 
     async def _group_call(
@@ -536,21 +541,23 @@ class AgentRuntime(CommunicationAPI):
         what: str,
         group: str,
         call: Callable[[str], Awaitable[AgentInstance]],
-        statuses: set[AgentStatus],
+        statuses: set[AgentStatus] | Callable[[AgentSlot], bool],
     ) -> list[AgentInstance]:
-        """``call`` every member of ``group`` whose status is in ``statuses``, concurrently;
-        return what the calls returned, in registration order.
+        """``call`` every member of ``group`` whose status is in ``statuses`` (or for which
+        it returns True), concurrently; return what the calls returned, in registration
+        order.
 
         Waits for every call even when one fails, so no member is still pausing (or
-        stopping, ...) when this returns or raises (F-25). A member whose status left
-        ``statuses`` before its call got to it (a concurrent call acted first) is skipped,
-        not an error. When calls failed, raises one error naming each failed member and
+        stopping, ...) when this returns or raises (F-25). A member that left ``statuses``
+        before its call got to it (a concurrent call acted first) is skipped, not an
+        error. When calls failed, raises one error naming each failed member and
         its error (:func:`_group_error`; the first failure is the ``__cause__``).
         """
         self._require_running()
         if not isinstance(group, str) or not group:
             raise ValidationError(f"group must be a non-empty string, got {group!r}")
-        members = [slot for slot in self.agent_book.in_group(group) if slot.status in statuses]
+        wanted = statuses if callable(statuses) else (lambda slot: slot.status in statuses)
+        members = [slot for slot in self.agent_book.in_group(group) if wanted(slot)]
 
         async def one(slot: AgentSlot) -> AgentInstance | None:
             try:
@@ -562,7 +569,7 @@ class AgentRuntime(CommunicationAPI):
                 # pause it finds waiting). The member's lock orders lifecycle calls: once
                 # the calls queued before this one are done, its status tells.
                 async with slot.lock:
-                    if slot.status in statuses:
+                    if wanted(slot):
                         raise  # no race: the call itself refused
                 return None
 

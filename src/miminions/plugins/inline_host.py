@@ -43,8 +43,9 @@ class InlineHost:
         return None
 
     async def start(self, resume_state: Any = None) -> None:
-        """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
-        await self._runner.start(resume_state)
+        """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given
+        (a copy: the runtime keeps the stored state unchanged whatever the agent does)."""
+        await self._runner.start(copy_json(resume_state))
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Run one task on this loop (a sync ``execute_task`` runs in the agent's thread).
@@ -60,8 +61,9 @@ class InlineHost:
         return await self._runner.pause()
 
     async def resume(self, state: Any) -> None:
-        """Run ``on_resume(state)`` and let a halted task continue."""
-        await self._runner.resume(state)
+        """Run ``on_resume(state)`` (with a copy, as in :meth:`start`) and let a halted
+        task continue."""
+        await self._runner.resume(copy_json(state))
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
         """Run the agent's ``on_error`` (with a snapshot of the task, as in :meth:`run`)."""

@@ -1,0 +1,79 @@
+"""Lifecycle edges found by review: group stops of members waiting to restart, and the
+pause state an abandoned ``on_resume`` got."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+from miminions import AgentRuntime, AgentStatus, BaseAgent, RestartPolicy, RuntimeConfig, Task
+from tests.support.waiting import WAIT_SECONDS, wait_until
+
+RESUMED: list[Any] = []
+
+
+class IdleAgent(BaseAgent):
+    """Completes every task at once."""
+
+    async def execute_task(self, task: Task) -> Any:
+        return {}
+
+
+class MutatingResumeAgent(BaseAgent):
+    """``on_pause`` returns ``{"counter": 41}``; ``on_resume`` changes what it gets, records
+    it, and never finishes (a shutdown abandons it)."""
+
+    async def execute_task(self, task: Task) -> Any:
+        return {}
+
+    async def on_pause(self) -> dict[str, Any]:
+        return {"counter": 41}
+
+    async def on_resume(self, state: dict[str, Any]) -> None:
+        state["counter"] += 1
+        RESUMED.append(state)
+        await asyncio.Event().wait()
+
+
+async def test_stop_group_stops_a_member_waiting_to_restart(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """A member that crashed and waits out its restart backoff is stopped by stop_group
+    (its restart cancelled) like any other member, not left to come back running."""
+    config = miminions_config.model_copy(
+        update={"restart": RestartPolicy(backoff_base_seconds=30, backoff_max_seconds=30)}
+    )
+    async with AgentRuntime(config=config) as rt:
+        a = await rt.register_agent("a", IdleAgent, group="g")
+        b = await rt.register_agent("b", IdleAgent, group="g")
+        await rt.start_group("g")
+        rt.report_host_failure(a, "worker died")
+        await wait_until(lambda: rt.agent_book.get(a).restart_timer is not None, "a restart")
+        stopped = await rt.stop_group("g")
+        assert [agent.agent_id for agent in stopped] == [a, b]
+        assert [x.status for x in rt.list_agents(group="g")] == [AgentStatus.STOPPED] * 2
+        assert rt.agent_book.get(a).restart_timer is None
+
+
+async def test_on_resume_gets_a_copy_of_the_stored_pause_state(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """F-09: what on_pause returned is handed back unchanged, also after an on_resume that
+    changed what it got and was abandoned by the runtime's stop."""
+    RESUMED.clear()
+    config = miminions_config.model_copy(update={"shutdown_timeout_seconds": 0.2})
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent("m", MutatingResumeAgent)
+        await rt.start_agent(agent_id)
+        await rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS)
+        resuming = asyncio.ensure_future(rt.resume_agent(agent_id))
+        await wait_until(lambda: RESUMED, "on_resume to begin")
+        await rt.stop(timeout_seconds=0.2)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(resuming, WAIT_SECONDS)
+    assert RESUMED == [{"counter": 42}]
+    async with AgentRuntime(config=config) as again:
+        agent_id = await again.register_agent("m", MutatingResumeAgent)
+        assert again.get_agent_status(agent_id).status is AgentStatus.PAUSED
+        assert again.agent_book.get(agent_id).paused_state == {"counter": 41}
