@@ -7,14 +7,37 @@ import asyncio
 import contextlib
 from typing import Any
 
-from miminions import AgentRuntime, AgentStatus, BaseAgent, RestartPolicy, RuntimeConfig, Task
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    BaseAgent,
+    ResourceLimits,
+    RestartPolicy,
+    RuntimeConfig,
+    Task,
+)
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
+S = AgentStatus
 RESUMED: list[Any] = []
 
 
 class IdleAgent(BaseAgent):
     """Completes every task at once."""
+
+    async def execute_task(self, task: Task) -> Any:
+        return {}
+
+
+START_FAILS = {"on": False}
+
+
+class FlakyStartAgent(BaseAgent):
+    """``on_start`` raises while ``START_FAILS["on"]``."""
+
+    async def on_start(self) -> None:
+        if START_FAILS["on"]:
+            raise RuntimeError("service still down")
 
     async def execute_task(self, task: Task) -> Any:
         return {}
@@ -77,3 +100,32 @@ async def test_on_resume_gets_a_copy_of_the_stored_pause_state(
         agent_id = await again.register_agent("m", MutatingResumeAgent)
         assert again.get_agent_status(agent_id).status is AgentStatus.PAUSED
         assert again.agent_book.get(agent_id).paused_state == {"counter": 41}
+
+
+async def test_a_restart_that_queued_and_failed_to_start_is_tried_again(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """A restart that had to wait for a free slot and then failed to start counts as a
+    crash like any failed restart: once the cause passes, the policy restarts it again."""
+    config = miminions_config.model_copy(
+        update={
+            "limits": ResourceLimits(max_concurrent_agents=1),
+            "restart": RestartPolicy(backoff_base_seconds=0.05, backoff_max_seconds=0.05),
+        }
+    )
+    START_FAILS["on"] = False
+    try:
+        async with AgentRuntime(config=config) as rt:
+            a = await rt.register_agent("a", FlakyStartAgent)
+            b = await rt.register_agent("b", FlakyStartAgent)
+            await rt.start_agent(a)
+            rt.report_host_failure(a, "worker died")
+            await rt.start_agent(b)  # takes the only slot before a's restart is due
+            await wait_until(lambda: rt.get_agent_status(a).status is S.QUEUED, "a queued")
+            START_FAILS["on"] = True
+            await rt.stop_agent(b)  # a's queued restart starts now, and fails
+            await wait_until(lambda: rt.get_agent_status(a).status is S.FAILED, "a failed")
+            START_FAILS["on"] = False  # the cause passed
+            await wait_until(lambda: rt.get_agent_status(a).status is S.RUNNING, "a restarted")
+    finally:
+        START_FAILS["on"] = False

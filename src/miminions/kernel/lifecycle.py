@@ -95,6 +95,8 @@ class AgentSlot:
     # The queued or starting start is a resume: on_resume gets paused_state, and a runtime
     # shutdown puts the agent back to paused instead of stopping it (F-09).
     resume_queued: bool = False
+    # The queued start is a restart by the policy: if it fails, that counts as a crash.
+    restart_queued: bool = False
     crash_times: deque[float] = field(default_factory=deque)  # monotonic, for the policy
     restart_timer: asyncio.TimerHandle | None = None
 
@@ -341,8 +343,9 @@ class AgentBook(RestartMixin):
             _log.info("the miminions_machine_load hook answers again")
         return load
 
-    def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:
+    def _queue_start(self, slot: AgentSlot, *, resume: bool, restart: bool = False) -> None:
         slot.resume_queued = resume
+        slot.restart_queued = restart
         limit = self._limits.max_concurrent_agents
         reason = (
             f"waiting for a free agent slot ({limit} of {limit} in use)"
@@ -506,8 +509,11 @@ class AgentBook(RestartMixin):
                 state = None
                 if slot.resume_queued:
                     state = slot.paused_state if slot.paused_state is not None else {}
+                restart, slot.restart_queued = slot.restart_queued, False
                 # abandoned (False): the stop that abandoned it ends the agent
                 await self._start(slot, resume_state=state, reserved=True)
+                if restart:
+                    self._restart_ended(slot)
 
     # ------------------------------------------------------------------ pause / resume
     async def pause(

@@ -44,7 +44,7 @@ class RestartMixin:
     ) -> bool:
         raise NotImplementedError
 
-    def _queue_start(self, slot: AgentSlot, *, resume: bool) -> None:
+    def _queue_start(self, slot: AgentSlot, *, resume: bool, restart: bool = False) -> None:
         raise NotImplementedError
 
     def _must_wait(self) -> bool:
@@ -168,8 +168,13 @@ class RestartMixin:
                 return  # started, stopped or restarted by someone else meanwhile
             slot.instance.restart_count += 1
             if self._must_wait():
-                self._queue_start(slot, resume=False)
+                self._queue_start(slot, resume=False, restart=True)
             else:
                 await self._start(slot, resume_state=None)
-                if slot.status is S.FAILED:  # the restart itself failed: it counts as a crash
-                    self._plan_restart(slot, slot.instance.error_message or "restart failed")
+                self._restart_ended(slot)
+
+    def _restart_ended(self, slot: AgentSlot) -> None:
+        """A restart's start is over (at once, or after it queued for a slot): if it
+        failed, that counts as a crash, so a passing cause gets the next restart."""
+        if slot.status is S.FAILED:
+            self._plan_restart(slot, slot.instance.error_message or "restart failed")
