@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 from typing import Any
 
 from miminions import (
@@ -15,6 +16,7 @@ from miminions import (
     RestartPolicy,
     RuntimeConfig,
     Task,
+    TaskStatus,
 )
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -27,6 +29,26 @@ class IdleAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> Any:
         return {}
+
+
+class SyncCountingAgent:
+    """A plain ``def execute_task`` counting the calls running at once (``peak``); a task
+    named ``block`` waits for ``release``."""
+
+    def __init__(self) -> None:
+        self.active = 0
+        self.peak = 0
+        self.release = threading.Event()
+
+    def execute_task(self, task: Task) -> Any:
+        self.active += 1
+        self.peak = max(self.peak, self.active)
+        try:
+            if task.name == "block":
+                self.release.wait(WAIT_SECONDS)
+            return {"ok": task.name}
+        finally:
+            self.active -= 1
 
 
 START_FAILS = {"on": False}
@@ -129,3 +151,32 @@ async def test_a_restart_that_queued_and_failed_to_start_is_tried_again(
             await wait_until(lambda: rt.get_agent_status(a).status is S.RUNNING, "a restarted")
     finally:
         START_FAILS["on"] = False
+
+
+async def test_a_sync_agent_runs_one_call_at_a_time_across_a_stop_and_start(
+    rt: AgentRuntime,
+) -> None:
+    """A sync call abandoned by a stop (it ignores cancellation) still runs; after the
+    agent starts again its next call waits behind it instead of running beside it."""
+    agent = SyncCountingAgent()
+    agent_id = await rt.register_agent("sync", agent)
+    await rt.start_agent(agent_id)
+    try:
+        await rt.submit_task("block", agent_id=agent_id)
+        await wait_until(lambda: agent.active == 1, "the blocking call to begin")
+        await rt.stop_agent(agent_id, timeout_seconds=0.1)  # abandons the blocked call
+        await rt.start_agent(agent_id)
+        second = await rt.submit_task("second", agent_id=agent_id)
+        # internal: the agent's thread, where the second call waits when it is queued
+        runner = rt.agent_book.get(agent_id).host._runner  # type: ignore[attr-defined]
+        await wait_until(
+            lambda: (
+                agent.active == 2
+                or (runner._thread is not None and runner._thread._calls.qsize() == 1)
+            ),
+            "the second call to run beside the first or to wait behind it",
+        )
+    finally:
+        agent.release.set()
+    assert (await rt.wait_for_task(second, WAIT_SECONDS)).status is TaskStatus.COMPLETED
+    assert agent.peak == 1

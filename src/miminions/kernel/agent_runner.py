@@ -278,10 +278,16 @@ class AgentRunner:
             self._inbox = None
         self._agent = None
         if self._thread is not None:
-            # A sync call that ignores cancellation keeps its thread; nothing waits for it,
-            # and the interpreter does not either (a daemon thread).
-            self._thread.shutdown(wait=False, cancel_futures=True)
-            self._thread = None
+            if self._sync_calls:
+                # A sync call that ignored its cancel still runs: its thread is kept, so
+                # the agent's calls after a new start wait behind it instead of running
+                # beside it (one call at a time, across starts too).
+                self._thread.drop_queued()
+            else:
+                # nothing waits for a thread shut down (a daemon thread), the interpreter
+                # neither
+                self._thread.shutdown(wait=False, cancel_futures=True)
+                self._thread = None
 
     @property
     def sync_call_running(self) -> bool:

@@ -47,19 +47,27 @@ class AgentThread(Executor):
                 self._thread.start()
             return future
 
+    def drop_queued(self) -> None:
+        """Cancel the calls not begun yet; the one running (if any) goes on."""
+        with self._lock:
+            self._cancel_queued()
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                call = self._calls.get_nowait()
+            except queue.Empty:
+                return
+            if call is not None:
+                call[0].cancel()
+
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more calls; with ``cancel_futures`` drop those not begun; with ``wait``
         wait for the thread to finish what it runs."""
         with self._lock:
             self._shut_down = True
             if cancel_futures:
-                while True:
-                    try:
-                        call = self._calls.get_nowait()
-                    except queue.Empty:
-                        break
-                    if call is not None:
-                        call[0].cancel()
+                self._cancel_queued()
             self._calls.put(None)
             thread = self._thread
         if wait and thread is not None and thread is not threading.current_thread():
