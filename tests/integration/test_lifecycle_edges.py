@@ -51,6 +51,26 @@ class SyncCountingAgent:
             self.active -= 1
 
 
+class FanOutAgent(BaseAgent):
+    """A task that works in two concurrent branches (``asyncio.gather``), each reaching a
+    safe point every 5 ms; ``started`` is set once it runs."""
+
+    def __init__(self) -> None:
+        self.started = asyncio.Event()
+        self.steps = 0
+
+    async def _branch(self) -> None:
+        while self.steps < 100_000:
+            await self.context.checkpoint()
+            self.steps += 1
+            await asyncio.sleep(0.005)
+
+    async def execute_task(self, task: Task) -> Any:
+        self.started.set()
+        await asyncio.gather(self._branch(), self._branch())
+        return {"steps": self.steps}
+
+
 START_FAILS = {"on": False}
 
 
@@ -180,3 +200,22 @@ async def test_a_sync_agent_runs_one_call_at_a_time_across_a_stop_and_start(
         agent.release.set()
     assert (await rt.wait_for_task(second, WAIT_SECONDS)).status is TaskStatus.COMPLETED
     assert agent.peak == 1
+
+
+async def test_a_pause_halts_a_task_whose_safe_points_are_in_coroutines_it_started(
+    rt: AgentRuntime,
+) -> None:
+    """A task that works in coroutines of its own (asyncio.gather) halts at their safe
+    points: the pause completes (it used to wait for ever), and the task goes on after
+    the resume."""
+    agent = FanOutAgent()
+    agent_id = await rt.register_agent("fan-out", agent)
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("fan", agent_id=agent_id)
+    await asyncio.wait_for(agent.started.wait(), WAIT_SECONDS)
+    await rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS)
+    assert rt.get_task_status(task_id).status is TaskStatus.RUNNING
+    halted_at = agent.steps
+    await rt.resume_agent(agent_id)
+    await wait_until(lambda: agent.steps > halted_at + 2, "the task to go on")
+    await rt.stop_agent(agent_id, graceful=False)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import inspect
 from collections.abc import Awaitable, Callable
 from functools import partial
@@ -36,6 +37,12 @@ SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
 ReportUsage = Callable[[int, float], None]
 RuntimeCall = Callable[[str, dict[str, Any]], Awaitable[Any]]
 MakeContext = Callable[[ContextChannel], AgentContext]
+
+
+#: The runner whose task's code runs in this context (see :meth:`AgentRunner.safe_point`).
+_TASK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
+    "miminions_task_of", default=None
+)
 
 
 class AgentRunner:
@@ -71,6 +78,7 @@ class AgentRunner:
         self._gate = asyncio.Event()
         self._gate.set()
         self._halted = asyncio.Event()
+        self._halted_waiting = 0  # coroutines of the running task waiting at the gate
         self._idle = asyncio.Event()
         self._idle.set()
         #: Set while no ``on_message`` handler runs, or while the one that runs waits at
@@ -93,9 +101,15 @@ class AgentRunner:
         if self._gate.is_set():
             return
         current = asyncio.current_task()
-        is_task = current is self._task_runner
+        # The task's own coroutine, or one it started (asyncio.gather, wait_for on 3.11):
+        # those carry the context the task ran in. One of them at a safe point halts the
+        # task for a pause; the others halt at theirs.
+        is_task = current is self._task_runner or (
+            self._task_runner is not None and _TASK_OF.get() is self
+        )
         is_handler = current is self._inbox and not self._handler_quiet.is_set()
         if is_task:
+            self._halted_waiting += 1
             self._halted.set()
         if is_handler:
             self._handler_quiet.set()
@@ -103,7 +117,9 @@ class AgentRunner:
             await self._gate.wait()
         finally:
             if is_task:
-                self._halted.clear()
+                self._halted_waiting -= 1
+                if not self._halted_waiting:
+                    self._halted.clear()
             if is_handler:
                 self._handler_quiet.clear()
 
@@ -199,12 +215,14 @@ class AgentRunner:
         context.last_checkpoint = checkpoint
         self._idle.clear()
         self._task_runner = asyncio.current_task()
+        task_of = _TASK_OF.set(self)  # inherited by the coroutines the task starts
         try:
             if task.trace_context is None:
                 return await self._execute(task)
             with trace_scope(task.trace_context):  # what the agent does is in the task's trace
                 return await self._execute(task)
         finally:
+            _TASK_OF.reset(task_of)
             self._task_runner = None
             context.current_task = None
             self._idle.set()
