@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shlex
 import sys
 import time
@@ -507,10 +508,21 @@ def _seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
+def _invoked_as() -> str:
+    """The command to print for what to try next: the path this program was run by when
+    it is a ``miminions`` script given with its directory (the README's quick start runs
+    ``.venv/bin/miminions`` without activating the venv), else ``miminions``."""
+    invoked = sys.argv[0] if sys.argv else ""
+    if os.path.basename(invoked) == "miminions" and os.sep in invoked:
+        return shlex.quote(invoked)
+    return "miminions"
+
+
 def format_summary(result: DemoResult) -> str:
     """The closing summary: tasks, agents, queue metrics and what to try next."""
     metrics = result.metrics
     db = shlex.quote(str(result.db_path))
+    cmd = _invoked_as()
     verdict = "all tasks completed" if result.ok else "SOME TASKS DID NOT COMPLETE"
     notes = ["Notes", *(f"  - {note}" for note in result.notes), ""] if result.notes else []
     return "\n".join(
@@ -535,10 +547,10 @@ def format_summary(result: DemoResult) -> str:
             f"  events recorded {metrics.events_recorded}, uptime {metrics.uptime_seconds:.2f} s",
             "",
             f"Everything is stored in {result.db_path}. Try next:",
-            f"  miminions status --db {db}",
-            f"  miminions tasks --db {db}",
-            f"  miminions events --db {db} --type task_retry_scheduled agent_paused agent_resumed",
-            f"  miminions events --db {db} --format jsonl --output events.jsonl",
+            f"  {cmd} status --db {db}",
+            f"  {cmd} tasks --db {db}",
+            f"  {cmd} events --db {db} --type task_retry_scheduled agent_paused agent_resumed",
+            f"  {cmd} events --db {db} --format jsonl --output events.jsonl",
         ]
     )
 

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -231,3 +232,15 @@ async def test_a_factory_workers_cannot_import_leaves_them_on_asyncio(
         seen = await loops_seen(make_config(), plugins=[plugin])
     assert seen["worker"].startswith("asyncio."), seen
     assert "cannot be imported by module path" in caplog.text
+
+
+def test_the_plugin_passed_by_hand_is_named_uvloop_and_can_be_disabled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without entry points (autoload off) the module passed in plugins=[...] registers as
+    "uvloop", the name docs/extras.md gives, so disable=["uvloop"] blocks it."""
+    monkeypatch.setenv(AUTOLOAD_ENV, "1")
+    named = AgentRuntime(str(tmp_path / "a.db"), plugins=[uvloop_loop])
+    assert "uvloop" in named.plugin_manager.plugin_names()
+    blocked = AgentRuntime(str(tmp_path / "b.db"), plugins=[uvloop_loop], disable=["uvloop"])
+    assert not blocked.plugin_manager.is_registered(uvloop_loop)

@@ -738,3 +738,5 @@ def test_console_script_runs_the_real_demo(tmp_path: Path) -> None:
     assert "all tasks completed" in result.stdout
     assert result.stderr == ""
     assert db.exists()
+    # what to try next names the script as it was run: a venv need not be activated
+    assert f"  {script} status --db {db}" in result.stdout

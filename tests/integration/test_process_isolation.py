@@ -804,6 +804,25 @@ async def test_a_start_given_up_while_its_worker_is_recorded_leaves_no_worker(
         await wait_until(lambda: not any(alive(pid) for pid in pids), f"workers {pids} to exit")
 
 
+async def test_after_a_timed_out_task_the_next_crash_is_blamed_on_the_next_task(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """A task times out (its cancel is answered), then the next task kills the worker:
+    that task is the one that crashed — it fails, once, and is not put back in the queue
+    as "never began" to run (and crash) again."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        await rt.start_agent(crashy)
+        slow = await rt.submit_task("slow", {"mode": "block"}, timeout_seconds=0.5)
+        timed_out = await rt.wait_for_task(slow, 20)
+        assert "TaskTimeoutError" in (timed_out.error_message or "")
+        crash = await rt.submit_task("crash", {"mode": "exit"})
+        done = await rt.wait_for_task(crash, 20)
+        assert done.status is TaskStatus.FAILED
+        assert "exited with code 3" in (done.error_message or "")
+        assert not await rt.query_events(event_type=EventType.TASK_REQUEUED, task_id=crash)
+
+
 async def test_a_pause_racing_the_workers_death_is_a_crash(
     config: Callable[..., RuntimeConfig], tmp_path: Path
 ) -> None:

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 #: The plugin's name: its entry point, its ``disable=[...]`` name and its options key.
 PLUGIN_NAME = "uvloop"
+#: The name pluggy registers this module under when it is passed by hand
+#: (``plugins=[uvloop_loop]``), so ``disable=["uvloop"]`` blocks it then too.
+miminions_plugin_name = PLUGIN_NAME
 #: The extra that installs uvloop.
 EXTRA = "uvloop"
 

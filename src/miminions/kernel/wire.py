@@ -81,17 +81,18 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def error_to_wire(error: BaseException) -> Frame:
-    """What travels for an exception: its type name, message and formatted traceback, and
-    ``ends: true`` for one that ends the sender's event loop (SystemExit, not an
-    Exception): nothing it was sent after that begins."""
-    frame: Frame = {
+    """What travels for an exception: its type name, message and formatted traceback."""
+    return {
         "type": escape_non_utf8(getattr(error, "remote_type", None) or type(error).__name__),
         "message": escape_non_utf8(str(error)),
         "traceback": escape_non_utf8("".join(traceback.format_exception(error))),
     }
-    if not isinstance(error, Exception):
-        frame["ends"] = True
-    return frame
+
+
+def _ends_loop(error: BaseException) -> bool:
+    """Whether ``error``, raised by a request's work, ends the event loop that ran it
+    (SystemExit, KeyboardInterrupt; a cancellation does not)."""
+    return not isinstance(error, Exception | asyncio.CancelledError)
 
 
 def error_from_wire(data: Any) -> RemoteAgentError:
@@ -503,7 +504,12 @@ class FrameChannel(asyncio.Protocol):
         if self._closed_error is not None:
             return
         try:
-            self._send({"re": request_id, "error": error_to_wire(error)})
+            data = error_to_wire(error)
+            if _ends_loop(error):
+                # nothing sent after the request this answers begins: the peer must not
+                # blame a later request for this end (``peer_ending``)
+                data["ends"] = True
+            self._send({"re": request_id, "error": data})
         except (TypeError, ValueError) as exc:
             # an error whose text cannot travel (far too big): its type must, or the request
             # would wait for an answer forever
