@@ -183,7 +183,7 @@ def _load_entry_points(pm: PluginManager) -> set[str]:
             raise PluginError(
                 f"two entry points are named {ep.name!r}: {_describe(other)} and "
                 f"{_describe(ep)}; plugin names must be unique — uninstall one, or disable "
-                f"both with disable=[{ep.name!r}]"
+                f"both with disable=[{ep.name!r}] (the CLI: --disable {ep.name})"
             )
         if ep.name in BUILTIN_PLUGINS:
             raise PluginError(
@@ -196,8 +196,8 @@ def _load_entry_points(pm: PluginManager) -> set[str]:
         except Exception as exc:
             raise PluginError(
                 f"plugin {ep.name!r} from entry point {ep.value!r} failed to load: {exc!r}; "
-                f"uninstall it, or disable it with disable=[{ep.name!r}] or "
-                f"{AUTOLOAD_ENV}=1"
+                f"uninstall it, or disable it with disable=[{ep.name!r}] (the CLI: --disable "
+                f"{ep.name}) or {AUTOLOAD_ENV}=1"
             ) from exc
         pm.register(plugin, ep.name)
     return set(seen)
