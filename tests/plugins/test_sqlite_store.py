@@ -769,6 +769,36 @@ async def test_database_file_is_private(store: SQLiteStore, db_path: Path) -> No
             assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that lets new files be read by everyone (0644), as many systems have."""
+    old = os.umask(0o022)
+    yield
+    os.umask(old)
+
+
+@pytest.mark.usefixtures("open_umask")
+@pytest.mark.parametrize("named", ["uri", "dangling_symlink"])
+async def test_a_database_named_by_uri_or_symlink_is_private_too(
+    tmp_path: Path, named: str
+) -> None:
+    """R-06: a ``file:`` URI or a symlink whose target does not exist yet names a database
+    that is created mode 0600 as well, with its WAL companions (SQLite would use the
+    umask)."""
+    target = tmp_path / "real.db"
+    if named == "uri":
+        storage_path = f"file:{target}"
+    else:
+        link = tmp_path / "link.db"
+        link.symlink_to(target)
+        storage_path = str(link)
+    async with SQLiteStore(storage_path) as store:
+        await store.put_task(make_task())
+        for path in (target, Path(f"{target}-wal"), Path(f"{target}-shm")):
+            if path.exists() or path == target:
+                assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
 async def test_existing_file_keeps_its_mode(tmp_path: Path) -> None:
     """An existing database file is opened as it is; its owner chose its permissions."""
     path = tmp_path / "shared.db"

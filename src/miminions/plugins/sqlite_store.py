@@ -211,9 +211,9 @@ class SQLiteStore:
             raise
         return conn
 
-    def _lock_path(self) -> str | None:
-        """The file whose OS lock marks the database as taken: ``<database>-lock`` beside it,
-        or None for a database in memory (private to its connection: nobody to exclude)."""
+    def _file_path(self) -> str | None:
+        """The database's file, with symlinks resolved (of a ``file:`` URI, its path part),
+        or None for a database in memory."""
         path = self.path
         if path.startswith("file:"):  # a URI: the file is its path part
             parts = urllib.parse.urlsplit(path)
@@ -222,8 +222,14 @@ class SQLiteStore:
             path = urllib.parse.unquote(parts.path)
         if path in ("", _MEMORY):
             return None
+        return os.path.realpath(path)
+
+    def _lock_path(self) -> str | None:
+        """The file whose OS lock marks the database as taken: ``<database>-lock`` beside it,
+        or None for a database in memory (private to its connection: nobody to exclude)."""
+        path = self._file_path()
         # beside the real file, so every name of it (a symlink, a relative path) shares a lock
-        return f"{os.path.realpath(path)}-lock"
+        return None if path is None else f"{path}-lock"
 
     def _lock(self) -> None:
         """Take the database's exclusive lock, or refuse: one writer per database (R-02).
@@ -322,13 +328,18 @@ class SQLiteStore:
 
     def _create_private_file(self) -> None:
         """Create the database file readable by its owner only (R-06), if it is new; refuse a
-        directory (SQLite would only say it is "unable to open database file")."""
-        if self.path == _MEMORY or self.path.startswith("file:"):
+        directory (SQLite would only say it is "unable to open database file").
+
+        The real file: of a ``file:`` URI its path, of a symlink its target (``O_EXCL`` does
+        not follow a dangling one, and SQLite would then create the target with the umask).
+        """
+        path = self._file_path()
+        if path is None:
             return
         try:
-            fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         except FileExistsError:
-            if os.path.isdir(self.path):
+            if os.path.isdir(path):
                 raise ConfigurationError(
                     f"storage_path {self.path!r} is a directory; give the path of a database "
                     f"file (for example {os.path.join(self.path, 'miminions.db')!r})"
