@@ -674,6 +674,10 @@ async def test_oversized_message_is_refused(rt: AgentRuntime) -> None:
     )
     assert error.startswith("MessageTooLargeError: message data is"), error
     assert len(await rt.send_message(receiver, "limit", "x" * (MAX_PAYLOAD_BYTES - 2))) == 1
+    # beyond what one frame to the runtime carries (a process agent's worker finds out
+    # first): the same error
+    huge = {"op": "send", "to": receiver, "type": "huge", "filler": 65 * 1024 * 1024}
+    assert (await failed(rt, sender, huge)).startswith("MessageTooLargeError: "), huge["type"]
 
 
 async def test_bad_messages_are_refused(rt: AgentRuntime) -> None:
@@ -832,6 +836,68 @@ async def test_a_sync_on_message_runs_off_the_loop_in_order(
     assert [r["message"]["message_id"] for r in got] == first + second
     assert [r["message"]["data"] for r in got] == [{"n": 1}, {"n": 2}]
     assert all(r["off_loop"] for r in got)
+
+
+async def test_a_reply_racing_its_requesters_cancel_goes_to_its_mailbox(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """A reply that reaches a request in the moment its requester gives up (its task is
+    cancelled) is not lost: it waits in the requester's mailbox, as a later reply does."""
+    asker = await start(rt, "asker", ScriptAgent)
+    answerer = await rt.register_agent("answerer", ResponderAgent)  # not started
+    task_id = await submit(
+        rt, asker, {"op": "request", "to": answerer, "type": "q", "timeout": WAIT}
+    )
+    request = await rt.messenger.receive(answerer, WAIT)  # the test answers for it
+    replied: list[str] = []
+
+    def answer() -> None:
+        if not replied:
+            replied.append(rt.messenger.reply(answerer, request, {"late": True}))
+
+    if isolation == "process":
+        # answer right as the runtime tells the worker to cancel the task
+        channel: Any = process_host(rt, asker)._live.channel
+        notify = channel.notify
+
+        def answer_at_the_cancel(op: str, **payload: Any) -> None:
+            notify(op, **payload)
+            if op == "cancel":
+                answer()
+
+        channel.notify = answer_at_the_cancel
+        cancelled = await rt.cancel_task(task_id)
+    else:
+        # the same loop turn inline: the cancel is under way, then the reply comes
+        cancelling = asyncio.ensure_future(rt.cancel_task(task_id))
+        await asyncio.sleep(0)
+        answer()
+        cancelled = await cancelling
+    assert cancelled.status is TaskStatus.CANCELLED
+    got = await rt.messenger.bus.take(asker, WAIT)
+    assert [got.message_id] == replied
+
+
+async def test_topics_given_as_one_string_are_refused(rt: AgentRuntime) -> None:
+    """``topics="prices"`` would be six one-letter topics: it is refused, saying what to
+    write instead."""
+    with pytest.raises(ValidationError, match=r"\['prices'\]"):
+        await rt.register_agent("sub", ScriptAgent, topics="prices")  # type: ignore[arg-type]
+
+
+async def test_expired_messages_do_not_pile_up_in_a_mailbox(rt: AgentRuntime) -> None:
+    """An agent that never receives does not keep its expired messages in memory: its
+    mailbox holds at most a bounded number of gone letters beside the waiting ones."""
+    idle = await rt.register_agent("idle", ScriptAgent)  # never started: never receives
+    for batch in range(1, 5):
+        for _ in range(200):
+            await rt.send_message(idle, "t", {"n": batch}, ttl_seconds=0.01)
+        await wait_until(
+            lambda b=batch: len(rt.list_dead_letters(kind="message")) == 200 * b,  # type: ignore[misc]
+            what=f"batch {batch} to expire",
+        )
+    assert rt.messenger.bus.pending(idle) == 0
+    assert len(rt.messenger.bus._mailboxes[idle].letters) <= 200 + 64  # type: ignore[attr-defined]
 
 
 async def test_cancelled_receive_does_not_swallow_the_next_message(

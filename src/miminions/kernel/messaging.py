@@ -262,6 +262,17 @@ class Messenger:
                 return await reply
             async with asyncio.timeout(timeout_seconds):
                 return await reply
+        except asyncio.CancelledError:
+            if (
+                sender is not None
+                and isinstance(reply, asyncio.Future)
+                and reply.done()
+                and not reply.cancelled()
+            ):
+                # the reply came in the same loop turn as the requester gave up: into its
+                # mailbox, as one that comes after (it is not lost)
+                self.put_back(reply.result())
+            raise
         except TimeoutError:
             if isinstance(reply, asyncio.Future) and reply.done() and not reply.cancelled():
                 # the reply came in the same loop turn as the timeout fired: it is delivered

@@ -448,7 +448,17 @@ class AgentRuntime(CommunicationAPI):
         """
         self._require_running()
         kind, target = classify_agent(agent)
-        declared = list(getattr(agent, "topics", None) or ()) + list(topics or ())
+        declared: list[Any] = []
+        for given, where in (
+            (getattr(agent, "topics", None), "the agent's topics"),
+            (topics, "topics"),
+        ):
+            if isinstance(given, str | bytes):  # list("prices") would be six one-letter topics
+                raise ValidationError(
+                    f"{where} must be a list of topic names, got the string {given!r}; "
+                    f"write [{given!r}]"
+                )
+            declared += list(given or ())
         for topic in declared:
             if not isinstance(topic, str) or not topic or len(topic) > 256:
                 raise ValidationError("topics must be non-empty strings of at most 256 chars")

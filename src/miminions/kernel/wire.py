@@ -58,6 +58,10 @@ class ChannelClosedError(MiminionsError, ConnectionError):
     """The other end of a frame channel went away (its process exited or was killed)."""
 
 
+class FrameTooLargeError(ValidationError):
+    """Data too big for one frame between the runtime and a worker (:data:`MAX_FRAME_BYTES`)."""
+
+
 class ProtocolViolationError(MiminionsError):
     """A frame that is not valid JSON, not an object, or too large arrived."""
 
@@ -72,7 +76,7 @@ def encode_frame(frame: Frame) -> bytes:
         check_utf8(text, "data sent between the runtime and a worker")  # raises, and says why
         raise
     if len(body) > MAX_FRAME_BYTES:
-        raise ValidationError(
+        raise FrameTooLargeError(
             f"{len(body):,} bytes of JSON exceed the {MAX_FRAME_BYTES:,} bytes a frame between "
             "the runtime and a worker may carry: return or send a reference (a file path, a "
             "key in the key-value store) instead"

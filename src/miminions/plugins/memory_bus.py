@@ -124,6 +124,8 @@ class MemoryBus:
                 continue
             queued.append(message)
             letter = _Letter(self, message)
+            if len(box.letters) > 2 * box.count + _SLACK:
+                _compact(box)
             box.letters.append(letter)
             box.count += 1
             if message.expires_at is not None or message.ttl_remaining_seconds is not None:
@@ -309,6 +311,16 @@ class MemoryBus:
 def miminions_make_bus(runtime: AgentRuntime) -> MemoryBus:
     """Provide the built-in in-memory bus."""
     return MemoryBus(runtime.messenger.message_expired, runtime.messenger.message_returned)
+
+
+#: Gone letters (taken or expired) a mailbox may hold beyond twice its waiting ones before
+#: they are swept out: an agent that never receives must not keep expired messages for good.
+_SLACK = 64
+
+
+def _compact(box: _Mailbox) -> None:
+    """Drop the letters that are gone (expired; taken ones leave from the front)."""
+    box.letters = deque(letter for letter in box.letters if not letter.gone)
 
 
 def _hand_over(box: _Mailbox, message: AgentMessage) -> bool:

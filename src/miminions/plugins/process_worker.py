@@ -30,17 +30,25 @@ from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
 from miminions.kernel.agent_runner import AgentRunner
-from miminions.kernel.errors import ConfigurationError, MiminionsError, ValidationError
+from miminions.kernel.errors import (
+    ConfigurationError,
+    MessageTooLargeError,
+    MiminionsError,
+    ValidationError,
+)
 from miminions.kernel.task_input import PAUSE_STATE, to_json_value
 from miminions.kernel.wire import (
     Frame,
     FrameChannel,
+    FrameTooLargeError,
     kernel_error_from_wire,
     retrieve,
     task_from_wire,
 )
 
 _PR_SET_PDEATHSIG = 1
+#: The messaging calls that carry a message's data.
+_MESSAGE_CALLS = frozenset({"send", "send_to_group", "broadcast", "publish", "request", "reply"})
 _MAIN_MODULE = "__miminions_main__"
 MIB = 1024 * 1024
 # Address space a Python worker reserves beyond its RSS: thread stacks (8 MiB each) and
@@ -261,8 +269,13 @@ class Worker:
         what = "key-value data" if op.startswith("kv_") else "message data"
         try:
             request_id, reply = channel.start_request("msg", call=op, payload=payload)
+        except FrameTooLargeError as exc:
+            if op in _MESSAGE_CALLS:
+                # a message that could never reach the runtime: what an inline agent gets
+                raise MessageTooLargeError(str(exc)) from None
+            raise
         except ValidationError:
-            raise  # too big for a frame, or not UTF-8: the error says so
+            raise  # not UTF-8: the error says so
         except (TypeError, ValueError) as exc:
             # what the runtime would say, had the data reached it: it is not JSON
             raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
@@ -270,10 +283,13 @@ class Worker:
             return await reply
         except asyncio.CancelledError:
             channel.notify("cancel", run=request_id)
-            # A receive the runtime answered just before the cancel reached it carries a
-            # message nobody will handle here: hand it back rather than drop it.
+            # A receive (or a request's reply) the runtime answered just before the cancel
+            # reached it carries a message nobody will handle here: hand it back rather
+            # than drop it (to this agent's mailbox).
             outcome = channel.reclaim(request_id, reply)
-            outcome.add_done_callback(self._return_message if op == "receive" else retrieve)
+            outcome.add_done_callback(
+                self._return_message if op in ("receive", "request") else retrieve
+            )
             raise
         except (TypeError, ValueError) as exc:
             if isinstance(exc, MiminionsError):  # the runtime's answer
