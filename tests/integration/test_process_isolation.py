@@ -788,10 +788,14 @@ async def test_a_start_given_up_while_its_worker_is_recorded_leaves_no_worker(
         release = asyncio.Event()
         pids: list[int] = []
 
-        async def stalled_put_meta(key: str, value: Any) -> None:
+        def stalled_put_meta(key: str, value: Any) -> asyncio.Future[None]:
             pids.extend(pool_of(rt).workers)  # the worker being recorded
-            await release.wait()  # a commit stuck behind a busy writer, for the test
-            await real(key, value)
+
+            async def commit() -> None:
+                await release.wait()  # a commit stuck behind a busy writer, for the test
+                await real(key, value)
+
+            return asyncio.ensure_future(commit())
 
         monkeypatch.setattr(rt.store, "put_meta", stalled_put_meta)
         try:
