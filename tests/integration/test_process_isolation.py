@@ -735,6 +735,18 @@ async def test_a_worker_that_dropped_its_connection_is_not_handed_task_after_tas
         assert len(requeued) <= 3
 
 
+async def run_on_one_crashy_agent(rt: AgentRuntime, modes: list[str | None]) -> list[Task]:
+    """Start a crashy CrashAgent and submit one task per mode to it, in one batch (so they
+    travel to its worker one behind the other); return them once all are finished."""
+    crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+    await rt.start_agent(crashy)
+    requests = [
+        TaskRequest(name=f"t{n}-{mode}", input_data={"mode": mode} if mode else {}, agent_id=crashy)
+        for n, mode in enumerate(modes)
+    ]
+    return await rt.wait_for_tasks(await rt.submit_tasks(requests), timeout_seconds=30)
+
+
 async def test_tasks_waiting_in_a_worker_that_exits_go_back_to_the_queue(
     config: Callable[..., RuntimeConfig],
 ) -> None:
@@ -742,14 +754,8 @@ async def test_tasks_waiting_in_a_worker_that_exits_go_back_to_the_queue(
     worker, waiting behind it, never began: they run on the restarted agent instead of
     failing with a "cancelled" the runtime never asked for."""
     async with AgentRuntime(config=config()) as rt:
-        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
-        await rt.start_agent(crashy)
-        requests = [
-            TaskRequest(name="first", agent_id=crashy),
-            TaskRequest(name="exits", input_data={"mode": "system_exit_later"}, agent_id=crashy),
-            *(TaskRequest(name=f"behind-{n}", agent_id=crashy) for n in range(3)),
-        ]
-        done = await rt.wait_for_tasks(await rt.submit_tasks(requests), timeout_seconds=30)
+        modes = [None, "system_exit_later", None, None, None]
+        done = await run_on_one_crashy_agent(rt, modes)
         assert done[0].status is TaskStatus.COMPLETED
         assert done[1].status is TaskStatus.FAILED
         assert [(t.status, t.error_message) for t in done[2:]] == [(TaskStatus.COMPLETED, None)] * 3
@@ -762,14 +768,7 @@ async def test_a_task_that_ended_is_not_blamed_for_the_next_ones_crash(
     even if the next task kills its worker right after: the next task begins only once
     the result has left the worker, and only it is blamed."""
     async with AgentRuntime(config=config()) as rt:
-        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
-        await rt.start_agent(crashy)
-        requests = [
-            TaskRequest(name="first", agent_id=crashy),
-            TaskRequest(name="big", input_data={"mode": "big_reply"}, agent_id=crashy),
-            TaskRequest(name="exits", input_data={"mode": "exit"}, agent_id=crashy),
-        ]
-        done = await rt.wait_for_tasks(await rt.submit_tasks(requests), timeout_seconds=30)
+        done = await run_on_one_crashy_agent(rt, [None, "big_reply", "exit"])
         assert done[1].status is TaskStatus.COMPLETED, done[1].error_message
         assert done[1].output_data is not None
         assert len(done[1].output_data["blob"]) == 8 * 1024 * 1024
