@@ -63,7 +63,8 @@ class FrameTooLargeError(ValidationError):
 
 
 class ProtocolViolationError(MiminionsError):
-    """A frame that is not valid JSON, not an object, or too large arrived."""
+    """A frame that is not valid JSON, not an object, too large or nested too deep to
+    decode arrived."""
 
 
 def encode_frame(frame: Frame) -> bytes:
@@ -188,8 +189,8 @@ class FrameChannel(asyncio.Protocol):
         # Replies that came for a requester being cancelled, until the loop's next turn.
         self._orphans: dict[int, Frame] = {}
         self.closed = self._loop.create_future()
-        #: The other end answered a request with an error that ends its loop (see
-        #: :func:`error_to_wire`): it begins nothing more.
+        #: The other end answered a request with an error that ended its loop (its error
+        #: says ``ends: true``, see :meth:`_reply_error`): it begins nothing more.
         self.peer_ending = False
         #: Ids of the requests that had no answer when the connection was lost, oldest first.
         self.unanswered: list[int] = []
