@@ -512,17 +512,19 @@ class AgentRuntime(CommunicationAPI):
             "start_group",
             group,
             self.start_agent,
-            {AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED},
+            _with_status(AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED),
         )
 
     async def pause_group(self, group: str) -> list[AgentInstance]:
         """Pause every running agent of ``group``; returns when all reached a safe point."""
-        return await self._group_call("pause_group", group, self.pause_agent, {AgentStatus.RUNNING})
+        return await self._group_call(
+            "pause_group", group, self.pause_agent, _with_status(AgentStatus.RUNNING)
+        )
 
     async def resume_group(self, group: str) -> list[AgentInstance]:
         """Resume every paused agent of ``group``."""
         return await self._group_call(
-            "resume_group", group, self.resume_agent, {AgentStatus.PAUSED}
+            "resume_group", group, self.resume_agent, _with_status(AgentStatus.PAUSED)
         )
 
     async def stop_group(
@@ -534,14 +536,16 @@ class AgentRuntime(CommunicationAPI):
         async def stop(agent_id: str) -> AgentInstance:
             return await self.stop_agent(agent_id, graceful, timeout_seconds)
 
-        active = {AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED}
+        active = _with_status(
+            AgentStatus.QUEUED, AgentStatus.STARTING, AgentStatus.RUNNING, AgentStatus.PAUSED
+        )
         return await self._group_call(
             "stop_group",
             group,
             stop,
             # a failed member waiting to restart would come back: stopping cancels that
             lambda slot: (
-                slot.status in active
+                active(slot)
                 or (slot.status is AgentStatus.FAILED and slot.restart_timer is not None)
             ),
         )
@@ -551,22 +555,20 @@ class AgentRuntime(CommunicationAPI):
         what: str,
         group: str,
         call: Callable[[str], Awaitable[AgentInstance]],
-        statuses: set[AgentStatus] | Callable[[AgentSlot], bool],
+        wanted: Callable[[AgentSlot], bool],
     ) -> list[AgentInstance]:
-        """``call`` every member of ``group`` whose status is in ``statuses`` (or for which
-        it returns True), concurrently; return what the calls returned, in registration
-        order.
+        """``call`` every member of ``group`` that is ``wanted``, concurrently; return what
+        the calls returned, in registration order.
 
         Waits for every call even when one fails, so no member is still pausing (or
-        stopping, ...) when this returns or raises (F-25). A member that left ``statuses``
-        before its call got to it (a concurrent call acted first) is skipped, not an
+        stopping, ...) when this returns or raises (F-25). A member no longer ``wanted``
+        when its call got to it (a concurrent call acted first) is skipped, not an
         error. When calls failed, raises one error naming each failed member and
         its error (:func:`_group_error`; the first failure is the ``__cause__``).
         """
         self._require_running()
         if not isinstance(group, str) or not group:
             raise ValidationError(f"group must be a non-empty string, got {group!r}")
-        wanted = statuses if callable(statuses) else (lambda slot: slot.status in statuses)
         members = [slot for slot in self.agent_book.in_group(group) if wanted(slot)]
 
         async def one(slot: AgentSlot) -> AgentInstance | None:
@@ -949,6 +951,12 @@ class _Cleanup:
             if error is not first:
                 _log.error("another error while %s", self.what, exc_info=error)
         raise first
+
+
+def _with_status(*statuses: AgentStatus) -> Callable[[AgentSlot], bool]:
+    """For :meth:`AgentRuntime._group_call`: the members in one of ``statuses``."""
+    wanted = frozenset(statuses)
+    return lambda slot: slot.status in wanted
 
 
 def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[int, float], float]:

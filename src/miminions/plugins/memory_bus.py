@@ -113,7 +113,6 @@ class MemoryBus:
                     f"{box.capacity} messages waiting); nothing was sent — retry later or "
                     "raise ResourceLimits.message_queue_max_size"
                 )
-        wall: datetime | None = None  # read once, and only for a letter with a TTL
         queued = []
         for message in messages:
             box = self._mailboxes[message.recipient_id or ""]
@@ -128,20 +127,18 @@ class MemoryBus:
                 _compact(box)
             box.letters.append(letter)
             box.count += 1
-            if message.expires_at is not None or message.ttl_remaining_seconds is not None:
-                if wall is None:
-                    wall = datetime.now(UTC)
-                self._start_ttl(box, letter, wall)
+            self._start_ttl(box, letter)
         return queued
 
-    def _start_ttl(self, box: _Mailbox, letter: _Letter, now: datetime) -> None:
+    def _start_ttl(self, box: _Mailbox, letter: _Letter, now: datetime | None = None) -> None:
         """Arm a letter's TTL: from ``expires_at``, or from what was left when its
         recipient paused (``ttl_remaining_seconds``: stored, so it survives a restart)."""
         message = letter.message
         if message.ttl_remaining_seconds is not None:
             ttl = message.ttl_remaining_seconds
         elif message.expires_at is not None:
-            ttl = (message.expires_at - now).total_seconds()
+            # the wall clock is read only for a letter with a deadline
+            ttl = (message.expires_at - (now or datetime.now(UTC))).total_seconds()
         else:
             return
         self._deadlines.start(letter, max(ttl, 0.0))
