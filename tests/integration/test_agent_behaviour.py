@@ -214,6 +214,32 @@ async def test_function_and_sync_agents_complete_tasks(
     assert rt.get_agent_status(agent_id).tasks_completed == 3
 
 
+async def test_sync_agent_class_is_built_in_the_agents_thread(
+    rt: AgentRuntime, isolation: str, journal: Journal
+) -> None:
+    """The ``__init__`` of a class with a sync ``execute_task`` is synchronous agent code
+    like the rest: it runs in the agent's thread, so a slow constructor does not hold up
+    the event loop."""
+    agent_id = await start(rt, isolation, journal, journal_agents.SyncInitAgent, name="init")
+    task = await finished(rt, await rt.submit_task("which-thread"))
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data == {
+        "built_in": "miminions-init",
+        "pid": expected_pid(rt, agent_id, isolation),
+    }
+
+
+async def test_async_agent_class_is_built_on_the_loop(
+    rt: AgentRuntime, isolation: str, journal: Journal
+) -> None:
+    """The ``__init__`` of a class with an async ``execute_task`` runs on the loop the
+    agent's code runs on, so it may create loop-bound objects."""
+    agent_id = await start(rt, isolation, journal, journal_agents.AsyncInitAgent, name="init")
+    task = await finished(rt, await rt.submit_task("which-loop"))
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data == {"same_loop": True, "pid": expected_pid(rt, agent_id, isolation)}
+
+
 # ---------------------------------------------------------------------- 3. pause/resume
 async def test_pause_halts_task_and_state_round_trips(
     rt: AgentRuntime, isolation: str, journal: Journal

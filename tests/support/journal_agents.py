@@ -213,6 +213,28 @@ class SyncExecuteAgent:
         }
 
 
+class SyncInitAgent:
+    """A class with a synchronous ``execute_task`` and its own ``__init__``: reports the
+    thread that built it."""
+
+    def __init__(self) -> None:
+        self.built_in = threading.current_thread().name
+
+    def execute_task(self, task: Task) -> dict[str, Any]:
+        return {"built_in": self.built_in, "pid": os.getpid()}
+
+
+class AsyncInitAgent(BaseAgent):
+    """A class with an async ``execute_task`` whose ``__init__`` needs the running loop
+    (as a client session or a queue bound to it would)."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.get_running_loop()
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        return {"same_loop": asyncio.get_running_loop() is self.loop, "pid": os.getpid()}
+
+
 async def async_function_agent(task: Task, context: AgentContext) -> dict[str, Any]:
     """An ``async def`` function agent."""
     await context.checkpoint()

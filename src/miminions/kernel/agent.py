@@ -434,6 +434,14 @@ def classify_agent(agent: object) -> tuple[str, str | None]:
     )
 
 
+def has_own_constructor(agent: object) -> bool:
+    """True when building ``agent`` (a class) runs code of its own: an ``__init__`` or
+    ``__new__`` other than ``object``'s."""
+    return inspect.isclass(agent) and (
+        agent.__init__ is not object.__init__ or agent.__new__ is not object.__new__
+    )
+
+
 def instantiate_agent(agent: object, kind: str) -> Any:
     """Build the agent object a host runs, from what was registered."""
     if kind == "class" and inspect.isclass(agent):

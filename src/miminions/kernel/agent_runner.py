@@ -26,6 +26,7 @@ from miminions.kernel.agent import (
     as_message,
     call_agent_code,
     call_hook,
+    has_own_constructor,
     instantiate_agent,
 )
 from miminions.kernel.agent_thread import AgentThread
@@ -145,7 +146,7 @@ class AgentRunner:
         """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
         self._stopping = False
         self._gate.set()
-        self._agent = instantiate_agent(self._registered, self._kind)
+        self._agent = await self._build_agent()
         execute = self._agent.execute_task
         # Decided once per start, not per task: async code is awaited directly; sync code
         # runs in this agent's own thread, one call at a time (an abandoned call that is
@@ -326,6 +327,25 @@ class AgentRunner:
     async def hook(self, name: str, *args: Any) -> Any:
         """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread)."""
         return await call_hook(self._agent, name, *args, executor=self._own_thread())
+
+    async def _build_agent(self) -> Any:
+        """The agent object, from what was registered.
+
+        A class with a synchronous ``execute_task`` is built in the agent's thread, like
+        the rest of its code (a slow constructor does not hold up the loop). A class with
+        an async one is built on the loop, where its ``__init__`` may create loop-bound
+        objects (clients, queues, tasks), as async code expects.
+        """
+        registered, kind = self._registered, self._kind
+        if (
+            kind == "class"
+            and has_own_constructor(registered)
+            and not inspect.iscoroutinefunction(getattr(registered, "execute_task", None))
+        ):
+            return await call_agent_code(
+                instantiate_agent, registered, kind, executor=self._own_thread()
+            )
+        return instantiate_agent(registered, kind)
 
     def _own_thread(self) -> AgentThread:
         if self._thread is None:
