@@ -8,6 +8,8 @@ import contextlib
 import threading
 from typing import Any
 
+import pytest
+
 from miminions import (
     AgentRuntime,
     AgentStatus,
@@ -17,6 +19,7 @@ from miminions import (
     RuntimeConfig,
     Task,
     TaskStatus,
+    WaitTimeoutError,
 )
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -219,3 +222,33 @@ async def test_a_pause_halts_a_task_whose_safe_points_are_in_coroutines_it_start
     await rt.resume_agent(agent_id)
     await wait_until(lambda: agent.steps > halted_at + 2, "the task to go on")
     await rt.stop_agent(agent_id, graceful=False)
+
+
+class SlowPauseAgent(BaseAgent):
+    """Its ``on_pause`` waits for ``release``, which only the test sets."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+
+    async def execute_task(self, task: Task) -> Any:
+        return {"done": task.name}
+
+    async def on_pause(self) -> dict[str, Any]:
+        await self.release.wait()
+        return {}
+
+
+async def test_a_pause_whose_on_pause_outlasts_its_timeout_is_abandoned(
+    rt: AgentRuntime,
+) -> None:
+    """The pause timeout bounds ``on_pause`` too: the error says so (not only "no safe
+    point"), and the agent keeps running and taking tasks."""
+    agent_id = await rt.register_agent("slow-pause", SlowPauseAgent, isolation="inline")
+    await rt.start_agent(agent_id)
+    with pytest.raises(WaitTimeoutError, match="on_pause did not return") as caught:
+        await rt.pause_agent(agent_id, timeout_seconds=0.05)
+    assert "keeps running" in str(caught.value)
+    assert rt.get_agent_status(agent_id).status is S.RUNNING
+    task = await rt.wait_for_task(await rt.submit_task("after"), timeout_seconds=WAIT_SECONDS)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data == {"done": "after"}

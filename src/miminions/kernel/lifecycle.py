@@ -540,8 +540,9 @@ class AgentBook(RestartMixin):
                 if self.executor is not None:
                     self.executor.agent_available(slot)
                 raise WaitTimeoutError(
-                    f"agent {agent_id!r} did not reach a safe point within {timeout_seconds} s; "
-                    "the pause was abandoned and the agent keeps running"
+                    f"agent {agent_id!r} did not pause within {timeout_seconds} s (its task "
+                    "reached no safe point, or its on_pause did not return); the pause was "
+                    "abandoned and the agent keeps running"
                 ) from None
             except ValidationError as exc:  # a host found the state on_pause returned not JSON
                 await self._fail(slot, str(exc))
