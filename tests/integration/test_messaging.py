@@ -957,3 +957,37 @@ async def test_events_and_metrics(rt: AgentRuntime, journal: Path) -> None:
     assert received[-2].agent_id == responder
     assert received[-2].details["message_id"] == answer.correlation_id
     assert received[-1].details["message_id"] == answer.message_id
+
+
+def nested(depth: int) -> dict[str, Any]:
+    """``{"a": {"a": ... {}}}``, ``depth`` levels deep."""
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+async def test_deeply_nested_data_is_kept_delivered_and_dead_lettered(
+    make_config: Callable[..., RuntimeConfig], isolation: str
+) -> None:
+    """Data nested 300 levels deep is JSON like any other (the send accepts what ``json``
+    encodes): a message carrying it waits in a stopped agent's mailbox, survives a
+    runtime restart and is received whole; one whose TTL ends becomes a dead letter."""
+    deep = nested(300)
+    async with open_runtime(make_config, isolation) as rt:
+        receiver = await start(rt, "receiver")
+        assert (await rt.stop_agent(receiver)).status is AgentStatus.STOPPED
+        [kept] = await rt.send_message(receiver, "deep", deep)
+        [expiring] = await rt.send_message(receiver, "deep-ttl", deep, ttl_seconds=0.05)
+        await wait_until(
+            lambda: bool(rt.list_dead_letters(kind="message")), what="the TTL message expired"
+        )
+        [letter] = rt.list_dead_letters(kind="message")
+        assert letter.ref_id == expiring
+        assert letter.payload["data"] == deep
+
+    async with open_runtime(make_config, isolation) as again:
+        assert await start(again, "receiver") == receiver  # registered again by name
+        got = await received_until_sentinel(again, receiver)
+        assert [m["message_id"] for m in got[:-1]] == [kept]
+        assert got[0]["data"] == deep

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from miminions import AgentMessage, BaseAgent, Task
+from miminions.kernel.models import message_to_json
 from tests.support.journal_agents import gate_is_open, write_journal
 
 #: Bound of every wait inside an agent, so a broken test cannot hang.
@@ -39,8 +40,9 @@ IGNORED = "ignore"
 
 
 def dump(message: AgentMessage) -> dict[str, Any]:
-    """A received message as JSON (what a task returns and the journal keeps)."""
-    return message.model_dump(mode="json")
+    """A received message as JSON (what a task returns and the journal keeps), as the
+    runtime itself writes it (pydantic's ``model_dump`` gives up on deeply nested data)."""
+    return message_to_json(message)
 
 
 def describe(error: BaseException) -> dict[str, Any]:

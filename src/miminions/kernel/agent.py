@@ -25,7 +25,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Protocol, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
-from miminions.kernel.models import AgentMessage, JSONObject, Task
+from miminions.kernel.models import AgentMessage, JSONObject, Task, message_to_json
 from miminions.kernel.tracing import current_carrier, scope_carrier
 from miminions.kernel.usage import check_usage
 
@@ -198,7 +198,7 @@ class AgentContext:
         request, the current one (a span the agent made there included); elsewhere (after
         ``receive()``), the request's own."""
         payload: dict[str, Any] = {
-            "request": message.model_dump(mode="json"),
+            "request": message_to_json(message),
             "data": data,
             "message_type": message_type,
         }

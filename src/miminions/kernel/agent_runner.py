@@ -31,7 +31,7 @@ from miminions.kernel.agent import (
 )
 from miminions.kernel.agent_thread import AgentThread
 from miminions.kernel.errors import InvalidStateError
-from miminions.kernel.models import AgentMessage, Task
+from miminions.kernel.models import AgentMessage, Task, message_to_json
 from miminions.kernel.tracing import trace_scope
 
 SaveCheckpoint = Callable[[str, Any], Awaitable[None]]
@@ -189,9 +189,7 @@ class AgentRunner:
             if not self._gate.is_set():
                 # Paused while this receive waited: the message goes back to the (durable)
                 # mailbox, where its TTL is frozen, until the agent resumes.
-                await self._runtime_call(
-                    "return_message", {"message": message.model_dump(mode="json")}
-                )
+                await self._runtime_call("return_message", {"message": message_to_json(message)})
                 continue
             if self._message_taken is not None:
                 self._message_taken(message.message_id)

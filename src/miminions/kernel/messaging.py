@@ -47,6 +47,7 @@ from miminions.kernel.models import (
     JSONObject,
     Severity,
     fast_construct,
+    message_to_json,
 )
 from miminions.kernel.task_input import to_json_value
 from miminions.kernel.tracing import Carrier, check_carrier
@@ -352,7 +353,7 @@ class Messenger:
             kind="message",
             ref_id=message.message_id,
             reason="expired before its recipient received it",
-            payload=message.model_dump(mode="json"),
+            payload=message_to_json(message),
             created_at=datetime.now(UTC),
         )
         self._rt.task_book.record_dead_letter(letter)
@@ -486,9 +487,7 @@ class Messenger:
     def _keep(self, message: AgentMessage) -> None:
         """Store a message that waits in a mailbox (so it survives a restart)."""
         self._kept.add(message.message_id)
-        self._rt.store.put_meta(
-            MAILBOX_PREFIX + message.message_id, message.model_dump(mode="json")
-        )
+        self._rt.store.put_meta(MAILBOX_PREFIX + message.message_id, message_to_json(message))
 
     def _forget_stored(self, message: AgentMessage) -> None:
         """Remove the stored copy of a message that left its mailbox, if it has one (one

@@ -481,6 +481,24 @@ class AgentMessage(BaseModel):
     trace_context: dict[str, str] | None = None
 
 
+def message_to_json(message: AgentMessage) -> JSONObject:
+    """``message`` as JSON (timestamps in ISO 8601), to store or send to a worker.
+
+    Not ``model_dump``: pydantic's serializer gives up on data nested more than about 250
+    levels deep, which a payload may be (it is checked as ``json`` encodes it), and a
+    message accepted at the send must not be lost on its way. ``data`` is copied.
+    """
+    fields = dict(message.__dict__)
+    fields["data"] = copy_json(fields["data"])
+    for key in ("created_at", "expires_at"):
+        value = fields[key]
+        if value is not None:
+            fields[key] = value.isoformat()
+    if fields["trace_context"] is not None:
+        fields["trace_context"] = dict(fields["trace_context"])
+    return fields
+
+
 class DeadLetter(BaseModel):
     """Something that could not be done and was set aside for a person to look at (F-28)."""
 

@@ -43,6 +43,7 @@ from miminions.kernel.models import (
     ResourceLimits,
     Severity,
     Task,
+    message_to_json,
 )
 from miminions.kernel.wire import (
     ChannelClosedError,
@@ -379,7 +380,7 @@ class ProcessHost:
                 live.inbox[result.message_id] = result
                 if live.inbox_closed:  # paused since the receive began: not handled now
                     self._take_back_inbox(live)
-            return result.model_dump(mode="json")
+            return message_to_json(result)
         return result
 
     # ------------------------------------------------------------------ internals
