@@ -270,6 +270,10 @@ def test_tasks_table_and_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixt
     assert code == 0
     assert len(out.splitlines()) == 2 + 3
     assert table_row(out, "publish")  # newest first: the last task of the second run
+    for huge in ("tasks", "events"):  # beyond SQLite's largest integer: no limit at all
+        code, out, err = cli(capsys, huge, "--db", str(demo_runs.db), "--limit", str(2**64))
+        assert code == 0, err
+        assert "publish" in out
     code, out, _ = cli(capsys, "tasks", "--db", str(demo_runs.db), "--status", "FAILED")
     assert code == 0
     assert "(no tasks)" in out

@@ -75,6 +75,9 @@ async def test_query_filters(rt: AgentRuntime) -> None:
     everything = await rt.query_events(limit=None)
     assert await rt.query_events(limit=2) == everything[:2]
     assert await rt.query_events(limit=2, newest=True) == everything[-2:]
+    # a limit beyond any count (even SQLite's largest integer) is every event
+    assert await rt.query_events(limit=2**64) == everything
+    assert await rt.query_events(limit=2**64, newest=True) == everything
 
 
 @pytest.mark.parametrize("fmt", ["jsonl", "csv", "json"])

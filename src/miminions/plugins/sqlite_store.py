@@ -71,6 +71,8 @@ logger = logging.getLogger(__name__)
 _V = TypeVar("_V")
 
 _BUSY_TIMEOUT_MS = 5000
+#: SQLite's largest integer (a bound parameter beyond it is an OverflowError).
+_MAX_SQL_INTEGER = 2**63 - 1
 #: How long a start waits for the database's lock to be let go before it refuses (see _take_lock).
 _LOCK_WAIT_SECONDS = 0.05
 # Throughput settings of the writing connection: a page cache that holds the hot index pages
@@ -805,7 +807,7 @@ class SQLiteStore:
         if status is not None:
             sql += " WHERE status = ?"
             params.append(status)
-        rows = await self._fetch(sql + " ORDER BY seq DESC LIMIT ?", [*params, limit])
+        rows = await self._fetch(sql + " ORDER BY seq DESC LIMIT ?", [*params, _sql_limit(limit)])
         return [schema.task_from_row(r) for r in rows]
 
     async def count_tasks_by_status(self) -> dict[str, int]:
@@ -845,11 +847,17 @@ class SQLiteStore:
         sql += " ORDER BY event_id DESC" if query.newest else " ORDER BY event_id"
         if query.limit is not None:
             sql += " LIMIT ?"
-            params.append(query.limit)
+            params.append(_sql_limit(query.limit))
         rows = await self._fetch(sql, params)
         if query.newest:
             rows.reverse()
         return schema.events_from_rows(rows)
+
+
+def _sql_limit(limit: int) -> int:
+    """``limit`` as SQLite can bind it: a count beyond its largest integer (2**63 - 1)
+    means every row anyway."""
+    return min(limit, _MAX_SQL_INTEGER)
 
 
 def _daemon(connection: aiosqlite.Connection) -> aiosqlite.Connection:
