@@ -319,6 +319,32 @@ BAD_CALLS: dict[str, tuple[_BadCall, type[MiminionsError], str]] = {
         ValidationError,
         "cannot write the events to .*missing",
     ),
+    "export to None": (lambda rt, a, p: rt.export_events(None), ValidationError, "path"),  # type: ignore[arg-type]
+    "export to a name with a NUL": (
+        lambda rt, a, p: rt.export_events(p / "bad\0name.jsonl"),
+        ValidationError,
+        "path",
+    ),
+    "export in a list of formats": (
+        lambda rt, a, p: rt.export_events(p / "e.jsonl", format=["jsonl"]),  # type: ignore[arg-type]
+        ValidationError,
+        "format",
+    ),
+    "register with an int isolation": (
+        lambda rt, a, p: rt.register_agent("b", agents.EchoAgent, isolation=1),  # type: ignore[arg-type]
+        ValidationError,
+        "isolation",
+    ),
+    "register with a list isolation": (
+        lambda rt, a, p: rt.register_agent("b", agents.EchoAgent, isolation=["inline"]),  # type: ignore[arg-type]
+        ValidationError,
+        "isolation",
+    ),
+    "register with an int of topics": (
+        lambda rt, a, p: rt.register_agent("b", agents.EchoAgent, topics=5),  # type: ignore[arg-type]
+        ValidationError,
+        "topics",
+    ),
     "pause_group(None)": (lambda rt, a, p: rt.pause_group(None), ValidationError, "group"),  # type: ignore[arg-type]
     "start_group('')": (lambda rt, a, p: rt.start_group(""), ValidationError, "group"),
     "stop_group(5)": (lambda rt, a, p: rt.stop_group(5), ValidationError, "group"),  # type: ignore[arg-type]
@@ -364,6 +390,7 @@ async def test_bad_arguments_raise_typed_errors(
         await _outcome(call(rt, recipient, tmp_path))
     assert rt.kv.watchers == watchers
     assert rt.list_tasks() == []
+    assert [agent.name for agent in rt.list_agents()] == ["a"]
 
 
 async def _outcome(result: object) -> object:
@@ -393,3 +420,16 @@ def test_settings_refuse_infinite_and_absurd_numbers(
     "never" (that is None where allowed), and an infinite aging inverted priority order."""
     with pytest.raises(pydantic.ValidationError, match=field):
         model(**{field: value})
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_context_calls_with_wrong_types_raise_typed_errors(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """An agent's ``reply`` of something that is not a message and ``unsubscribe`` of a
+    list get a ValidationError (not AttributeError / TypeError), and the agent goes on."""
+    agent_id = await rt.register_agent("misuser", agents.misusing_agent, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task = await rt.wait_for_task(await rt.submit_task("misuse"), timeout_seconds=30)
+    assert task.status.value == "completed", task.error_message
+    assert task.output_data == {"reply": "ValidationError", "unsubscribe": "ValidationError"}

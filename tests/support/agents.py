@@ -198,3 +198,20 @@ class StubbornAgent(BaseAgent):
                 with contextlib.suppress(asyncio.CancelledError):
                     await gate.wait()
         return {"ran": task.name}
+
+
+async def misusing_agent(task: Task, context: AgentContext) -> dict[str, str]:
+    """Calls context methods with arguments of the wrong type and reports, per call, the
+    class of the error it got (``MiminionsError`` subclasses are what bad input gets)."""
+    calls = {
+        "reply": lambda: context.reply("not a message"),  # type: ignore[arg-type]
+        "unsubscribe": lambda: context.unsubscribe(["a", "list"]),  # type: ignore[arg-type]
+    }
+    found = {}
+    for label, call in calls.items():
+        try:
+            await call()
+            found[label] = "no error"
+        except Exception as exc:
+            found[label] = type(exc).__name__
+    return found

@@ -197,6 +197,11 @@ class AgentContext:
         The reply belongs to the request's trace: inside the ``on_message`` handling that
         request, the current one (a span the agent made there included); elsewhere (after
         ``receive()``), the request's own."""
+        if not isinstance(message, AgentMessage):
+            raise ValidationError(
+                "reply() answers a message this agent received (an AgentMessage), got "
+                f"{type(message).__name__}"
+            )
         payload: dict[str, Any] = {
             "request": message_to_json(message),
             "data": data,

@@ -224,6 +224,11 @@ class AgentBook(RestartMixin):
         config = to_json_value(config or {}, "config")
         if limits is not None and not isinstance(limits, ResourceLimits):
             raise ValidationError("limits must be a miminions.ResourceLimits")
+        if not isinstance(isolation, str) or not isolation:
+            raise ValidationError(
+                f"isolation must be the name of an isolation mode ('process' or 'inline'), "
+                f"got {isolation!r}"
+            )
         previous = next((s for s in self.stored.values() if s.name == name), None)
         agent_id = previous.agent_id if previous is not None else uuid.uuid4().hex
         spec = AgentSpec(

@@ -133,6 +133,7 @@ class Messenger:
 
     def unsubscribe(self, agent_id: str, topic: str) -> None:
         """Stop delivering ``topic`` to the agent."""
+        _check_name(topic, "topic")
         members = self.topics.get(topic)
         if members is not None:
             members.discard(agent_id)

@@ -458,7 +458,14 @@ class AgentRuntime(CommunicationAPI):
                     f"{where} must be a list of topic names, got the string {given!r}; "
                     f"write [{given!r}]"
                 )
-            declared += list(given or ())
+            if given is None:
+                continue
+            try:
+                declared += list(given)
+            except TypeError:
+                raise ValidationError(
+                    f"{where} must be a list of topic names, got {type(given).__name__}"
+                ) from None
         for topic in declared:
             if not isinstance(topic, str) or not topic or len(topic) > 256:
                 raise ValidationError("topics must be non-empty strings of at most 256 chars")
@@ -470,7 +477,7 @@ class AgentRuntime(CommunicationAPI):
             target=target,
             config=config,
             group=group,
-            isolation=isolation or self.config.default_isolation,
+            isolation=self.config.default_isolation if isolation is None else isolation,
             limits=limits,
         )
         self.messenger.agent_registered(agent_id, declared)
@@ -854,7 +861,9 @@ class AgentRuntime(CommunicationAPI):
         """Write the event log (optionally filtered as in :meth:`query_events`) to ``path``
         as ``jsonl``, ``csv`` or ``json``; returns the number of events written."""
         self._require_running()
-        if format not in EXPORT_FORMATS:
+        if not isinstance(path, str | os.PathLike) or "\0" in os.fsdecode(path):
+            raise ValidationError(f"path must be a file path (with no NUL), got {path!r}")
+        if not isinstance(format, str) or format not in EXPORT_FORMATS:
             raise ValidationError(f"format must be one of {sorted(EXPORT_FORMATS)}, got {format!r}")
         unknown = set(filters) - _EVENT_FILTERS
         if unknown:
