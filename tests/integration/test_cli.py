@@ -12,10 +12,12 @@ import csv
 import io
 import json
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+import tempfile
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import redirect_stdout
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -744,3 +746,97 @@ def test_console_script_runs_the_real_demo(tmp_path: Path) -> None:
     assert db.exists()
     # what to try next names the script as it was run: a venv need not be activated
     assert f"  {script} status --db {db}" in result.stdout
+
+
+# ------------------------------------------------------- a directory the reader cannot write
+NOBODY = 65534
+
+
+def _as_reader(*argv: str) -> subprocess.CompletedProcess[str]:
+    """``miminions ARGV`` as a user who may read the database but not write its directory:
+    this user when not root (the directory's mode stops it); as root (whom modes do not
+    stop), the user ``nobody`` through ``setpriv``."""
+    command = [sys.executable, "-m", "miminions", *argv]
+    if os.geteuid() == 0:
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            pytest.skip("as root, reading as another user needs setpriv")
+        command = [setpriv, f"--reuid={NOBODY}", f"--regid={NOBODY}", "--clear-groups", *command]
+    return subprocess.run(
+        command,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd="/",
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+
+
+@pytest.fixture
+def unwritable_directory() -> Iterator[Path]:
+    """A directory others may read but nobody but root may write (outside pytest's private
+    temporary directory, which ``nobody`` could not enter)."""
+    base = Path(tempfile.mkdtemp(prefix="miminions-ro-"))
+    base.chmod(0o755)
+    try:
+        yield base
+    finally:
+        base.chmod(0o755)
+        shutil.rmtree(base)
+
+
+async def _stopped_database(path: Path, *, leave_wal: bool = False) -> None:
+    """A database with one completed task; with ``leave_wal``, as a runtime that was
+    killed leaves it: work still in its ``-wal`` file."""
+    config = RuntimeConfig(storage_path=str(path), default_isolation="inline")
+    async with AgentRuntime(config=config) as rt:
+        await rt.start_agent(await rt.register_agent("worker", demo_module.ResearchAgent))
+        task = await rt.wait_for_task(await rt.submit_task("job", {"steps": 1}), 10)
+        assert task.status is TaskStatus.COMPLETED
+    if leave_wal:
+        # what a killed runtime leaves: a write that is only in the log
+        with sqlite3.connect(path) as conn:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+            conn.execute("INSERT INTO meta (key, value) VALUES ('review', '1')")
+            conn.commit()
+            os.link(f"{path}-wal", f"{path}-wal.kept")
+        os.replace(f"{path}-wal.kept", f"{path}-wal")
+
+
+def test_a_database_in_a_directory_the_reader_cannot_write_is_read(
+    unwritable_directory: Path,
+) -> None:
+    """A cleanly stopped database (no write-ahead log) in a directory the reader cannot
+    write (a backup, a read-only volume) is read: SQLite cannot create its ``-shm`` file
+    there, so it is read as the complete file it is."""
+    db = unwritable_directory / "run.db"
+    asyncio.run(_stopped_database(db))
+    assert not Path(f"{db}-wal").exists()
+    db.chmod(0o644)
+    unwritable_directory.chmod(0o555)
+    for command in (["status"], ["tasks"], ["events"]):
+        result = _as_reader(*command, "--db", str(db))
+        assert result.returncode == 0, result.stderr
+        assert "job" in result.stdout or "worker" in result.stdout, result.stdout
+    assert sorted(p.name for p in unwritable_directory.iterdir()) == ["run.db", "run.db-lock"]
+
+
+def test_a_database_with_a_log_in_such_a_directory_is_a_clear_error(
+    unwritable_directory: Path,
+) -> None:
+    """With work still in its ``-wal`` file the database cannot be read without its
+    ``-shm`` file: one line that says what to do, not "not a miminions database"."""
+    db = unwritable_directory / "run.db"
+    asyncio.run(_stopped_database(db, leave_wal=True))
+    assert Path(f"{db}-wal").stat().st_size > 0
+    Path(f"{db}-shm").unlink(missing_ok=True)  # a -shm file the reader may read would do
+    for path in unwritable_directory.iterdir():
+        path.chmod(0o644)
+    unwritable_directory.chmod(0o555)
+    result = _as_reader("status", "--db", str(db))
+    assert result.returncode == 2
+    assert "not a miminions database" not in result.stderr
+    assert "Traceback" not in result.stderr
+    assert "write-ahead log" in result.stderr, result.stderr
+    assert "not writable" in result.stderr, result.stderr

@@ -649,8 +649,10 @@ async def recorded_version(conn: aiosqlite.Connection) -> int | None:
     """Return the highest applied migration, or None when the database has no schema table."""
     try:
         rows = list(await conn.execute_fetchall("SELECT MAX(version) FROM schema_migrations"))
-    except sqlite3.OperationalError:
-        return None
+    except sqlite3.OperationalError as exc:
+        if "no such table" in str(exc):
+            return None
+        raise  # not "no schema" but "cannot read": a locked or unreadable database
     version = rows[0][0] if rows else None
     return int(version) if version is not None else 0
 

@@ -361,10 +361,27 @@ class SQLiteStore:
         return f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
 
     async def _connect_readonly(self) -> aiosqlite.Connection:
+        uri = self._readonly_uri()
         try:
-            conn = await _daemon(aiosqlite.connect(self._readonly_uri(), uri=True))
+            return await self._open_readonly(uri)
+        except sqlite3.DatabaseError as exc:
+            refusal = _log_unreadable_here(self.path)
+            if refusal is not None:
+                raise refusal from exc
+            if not _needs_writable_directory(exc):
+                raise _unusable(self.path, exc) from exc
+        # Reading a WAL database makes SQLite create "<db>-shm" beside it, which a reader
+        # who may not write the directory cannot (a backup, another user's data). With no
+        # WAL (its runtime stopped cleanly) the file is the whole database: read it as is.
+        try:
+            return await self._open_readonly(uri + "&immutable=1")
         except sqlite3.DatabaseError as exc:
             raise _unusable(self.path, exc) from exc
+
+    async def _open_readonly(self, uri: str) -> aiosqlite.Connection:
+        """A read-only connection to the miminions database at ``uri`` (SQLite's errors
+        pass through)."""
+        conn = await _daemon(aiosqlite.connect(uri, uri=True))
         try:
             await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
             version = await schema.recorded_version(conn)
@@ -372,9 +389,6 @@ class SQLiteStore:
                 raise ConfigurationError(f"{self.path!r} is not a miminions database")
             schema.check_version(self.path, version)
             self._select_tasks = schema.select_tasks(version)
-        except sqlite3.DatabaseError as exc:
-            await conn.close()
-            raise _unusable(self.path, exc) from exc
         except BaseException:
             await conn.close()
             raise
@@ -885,6 +899,35 @@ def _unusable(path: str, exc: sqlite3.DatabaseError) -> ConfigurationError:
     else:
         advice = "check that the file and its directory exist and may be read and written"
     return ConfigurationError(f"cannot open database {path!r}: {exc}; {advice}")
+
+
+def _needs_writable_directory(exc: sqlite3.DatabaseError) -> bool:
+    """True for SQLite's refusal to read a WAL database because it cannot create or write
+    the ``-shm`` file beside it."""
+    return str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY_")
+
+
+def _log_unreadable_here(path: str) -> ConfigurationError | None:
+    """The error for a database with a write-ahead log in a directory this user cannot
+    write (SQLite must create its ``-shm`` file there to read the log); None otherwise."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not _has_wal(path) or os.access(directory, os.W_OK):
+        return None
+    return ConfigurationError(
+        f"cannot read database {path!r}: it has a write-ahead log (its '-wal' file: work of "
+        "a runtime that is running or did not stop cleanly), and SQLite must create its "
+        f"'-shm' file beside it to read that, but the directory {directory!r} is not "
+        "writable for you; read it as a user who may write there, or copy the database "
+        "with its -wal file to a writable directory"
+    )
+
+
+def _has_wal(path: str) -> bool:
+    """True when the database has a non-empty write-ahead log (work not in the file yet)."""
+    try:
+        return os.path.getsize(f"{path}-wal") > 0
+    except OSError:
+        return False
 
 
 def _cannot_lock(path: str, lock_path: str, exc: OSError) -> ConfigurationError:
