@@ -188,29 +188,38 @@ def format_events(events: Sequence[Event], names: dict[str, str]) -> str:
 
 
 # --------------------------------------------------------------------------- status
-def running_owner(meta: Any, store: SQLiteStore) -> int | None:
-    """The pid of the runtime that has the database open now, or None.
+def runtime_running(meta: Any, store: SQLiteStore) -> bool:
+    """Whether a runtime has the database open now.
 
-    The database's lock tells whether any runtime holds it; the run record (``meta``) names
-    which. The record alone can mislead: the pid of a runtime that crashed may belong to
-    another process by now.
+    The database's lock tells (the run record, ``meta``, only where the lock cannot be
+    asked): the record alone can mislead both ways. The pid of a runtime that crashed may
+    belong to another process by now; the pid of a live runtime in another pid namespace
+    (a container sharing the database through a volume) is not visible from here.
     """
-    if store.lock_held() is False:
-        return None
-    return live_owner(meta)
+    held = store.lock_held()
+    if held is None:
+        return live_owner(meta) is not None
+    return held
 
 
-def _runtime_line(meta: Any, owner: int | None) -> str:
-    """Whether a runtime has the database open (``owner``, from :func:`running_owner`),
-    told with the run record it keeps."""
+def _runtime_line(meta: Any, running: bool) -> str:
+    """Whether a runtime has the database open (``running``, from
+    :func:`runtime_running`), told with the run record it keeps."""
     if not isinstance(meta, dict):
-        return "no runtime has run on this database yet"
+        return (
+            "running (it has not recorded itself yet)"
+            if running
+            else "no runtime has run on this database yet"
+        )
     pid = meta.get("pid")
+    started = _unix_time(meta.get("started_at"))
+    if running and not meta.get("clean", True):
+        seen = "" if live_owner(meta) is not None else ", a process not visible from here"
+        return f"running (pid {pid}{seen}, started {started} UTC)"
+    if running:  # the lock is held, the record not rewritten yet: a runtime is starting
+        return "running (starting)"
     if meta.get("clean", True):
-        stopped = meta.get("stopped_at")
-        return f"stopped cleanly at {_unix_time(stopped)} UTC"
-    if owner is not None:
-        return f"running (pid {pid}, started {_unix_time(meta.get('started_at'))} UTC)"
+        return f"stopped cleanly at {_unix_time(meta.get('stopped_at'))} UTC"
     return f"not running: pid {pid} did not stop cleanly; the next start recovers its work"
 
 
@@ -259,10 +268,10 @@ async def _status(path: Path, out: TextIO) -> int:
         letters = [d for d in await store.load_dead_letters() if d.requeued_at is None]
         recent = await store.query_events(build_event_query(limit=RECENT_EVENTS, newest=True))
         queue = await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
-        owner = running_owner(meta, store)
+        running = runtime_running(meta, store)
     _print(f"Database  {path}", out)
-    _print(f"Runtime   {_runtime_line(meta, owner)}", out)
-    if owner is not None:
+    _print(f"Runtime   {_runtime_line(meta, running)}", out)
+    if running:
         _print(f"Queue     {_queue_line(queue)}", out)
     _print(f"\nAgents ({len(agents)})", out)
     _print(format_agents(agents), out)

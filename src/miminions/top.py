@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TextIO
 
-from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database, running_owner
+from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database, runtime_running
 from miminions.kernel.models import TaskStatus
 from miminions.kernel.runtime import RUN_META_KEY, build_event_query
 from miminions.plugins.sqlite_store import SQLiteStore
@@ -54,9 +54,9 @@ async def read_snapshot(store: SQLiteStore, path: Path, events: int) -> Snapshot
     counts = await store.count_tasks_by_status()
     unfinished = await store.count_unfinished_tasks_by_priority()
     recent = await store.query_events(build_event_query(limit=events, newest=True))
-    owner = running_owner(meta, store)
+    live = runtime_running(meta, store)
     queue = None
-    if owner is not None:  # a paused queue only matters while a runtime runs
+    if live:  # a paused queue only matters while a runtime runs
         queue = _queue_line(
             await store.query_events(build_event_query(_QUEUE_EVENTS, limit=1, newest=True))
         )
@@ -81,7 +81,7 @@ async def read_snapshot(store: SQLiteStore, path: Path, events: int) -> Snapshot
         path=str(path),
         taken_at=datetime.now(UTC),
         monotonic=time.monotonic(),
-        runtime=_runtime_line(meta, owner),
+        runtime=_runtime_line(meta, live),
         queue=queue,
         agents=agents,
         counts=counts,

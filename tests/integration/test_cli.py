@@ -687,6 +687,38 @@ async def test_status_after_a_crash_whose_pid_now_belongs_to_another_process(
     assert "Queue" not in out
 
 
+async def test_status_and_top_of_a_runtime_whose_pid_is_not_visible_from_here(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A live runtime in another pid namespace (a container sharing the database through
+    a volume) records a pid this process cannot see; it holds the database's lock, so
+    status and top say it is running (not "did not stop cleanly")."""
+    db = tmp_path / "elsewhere.db"
+    async with AgentRuntime(config=RuntimeConfig(storage_path=str(db))) as rt:
+        invisible = await asyncio.to_thread(_a_pid_that_is_gone)
+        record = {"pid": invisible, "clean": False, "started_at": 0}
+        rt.store.put_meta("runtime.run", record)
+        await rt.store.flush()
+        for argv in (["status"], ["top", "--once"]):
+            assert await asyncio.to_thread(main, [*argv, "--db", str(db)]) == 0
+            out = capsys.readouterr().out
+            assert f"running (pid {invisible}, a process not visible from here" in out, out
+            assert "not running" not in out
+            assert "Queue" in out or "handing out tasks" in out
+
+
+def _a_pid_that_is_gone() -> int:
+    """The pid of a process that has ended (and been reaped)."""
+    child = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    return int(child.stdout)
+
+
 @pytest.fixture(scope="module")
 def damaged_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A database whose agent row, task row and a meta value were damaged by hand."""
