@@ -354,17 +354,38 @@ async def _read_events(
 
 
 @contextlib.contextmanager
-def _output(path: str | None) -> Iterator[TextIO]:
-    """The file at ``path`` (created or overwritten), or stdout."""
+def _output(path: str | None, database: Path) -> Iterator[TextIO]:
+    """The file at ``path`` (created or overwritten), or stdout.
+
+    Never one of ``database``'s own files (a read command must not destroy what it
+    reads). An error writing it (a full disk) is a one-line error naming it.
+    """
     if path is None:
         yield sys.stdout
         return
+    real = os.path.realpath(database)  # SQLite's -wal and -shm files are beside the real file
+    if any(
+        os.path.realpath(path) == real + suffix or _same_file(path, real + suffix)
+        for suffix in ("", "-wal", "-shm", "-lock")
+    ):
+        raise CliError(f"--output {path!r} is the database {str(database)!r} or one of its files")
     try:
         handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
     except OSError as exc:
         raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None
-    with handle:
-        yield handle
+    try:
+        with handle:
+            yield handle
+    except OSError as exc:
+        raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+
+
+def _same_file(a: str, b: str) -> bool:
+    """True when ``a`` and ``b`` name the same existing file (any of its names)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def cmd_events(args: argparse.Namespace) -> int:
@@ -377,7 +398,7 @@ def cmd_events(args: argparse.Namespace) -> int:
     )
     path = check_database(args.db)
     events, agents = asyncio.run(_read_events(path, query, args.agent))
-    with _output(args.output) as out:
+    with _output(args.output, path) as out:
         if fmt == "text":
             _print(format_events(events, agent_names(agents)), out)
         else:
@@ -653,7 +674,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        return handler(args)
+        code = handler(args)
+        sys.stdout.flush()  # an output that cannot be written fails here, not at exit
+        return code
     except (CliError, MiminionsError) as exc:
         return _fail(str(exc))
     except sqlite3.DatabaseError as exc:
@@ -664,6 +687,11 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BrokenPipeError:  # e.g. piped into head: stop quietly
         _silence_stdout()
+        return 1
+    except OSError as exc:  # writing the output: a full disk, an I/O error
+        _silence_stdout()
+        where = f" ({exc.filename})" if exc.filename else ""
+        _fail(f"cannot write the output{where}: {exc.strerror or exc}")
         return 1
 
 

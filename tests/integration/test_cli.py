@@ -780,6 +780,63 @@ def test_console_script_runs_the_real_demo(tmp_path: Path) -> None:
     assert f"  {script} status --db {db}" in result.stdout
 
 
+# --------------------------------------------------------------------------- output errors
+FULL = Path("/dev/full")  # every write to it fails with ENOSPC, as on a full disk
+
+
+@pytest.mark.skipif(not FULL.is_char_device(), reason="needs /dev/full")
+@pytest.mark.parametrize(
+    "argv",
+    [["status"], ["tasks"], ["events", "--format", "csv"], ["top", "--once"]],
+    ids=lambda argv: "-".join(argv),
+)
+def test_stdout_on_a_full_disk_is_a_one_line_error(demo_runs: DemoRuns, argv: list[str]) -> None:
+    """``miminions status --db x > file`` on a full disk: one line and exit 1, no
+    traceback (from the write or from the flush at exit)."""
+    with FULL.open("w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "miminions", argv[0], "--db", str(demo_runs.db), *argv[1:]],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert result.returncode == 1
+    assert result.stderr == "miminions: error: cannot write the output: No space left on device\n"
+
+
+@pytest.mark.skipif(not FULL.is_char_device(), reason="needs /dev/full")
+def test_export_to_a_full_disk_is_a_one_line_error(
+    demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, _, err = cli(
+        capsys, "events", "--db", str(demo_runs.db), "--format", "jsonl", "--output", str(FULL)
+    )
+    assert code == 2
+    assert err == f"miminions: error: cannot write {str(FULL)!r}: No space left on device\n"
+    assert FULL.is_char_device()  # reported, never removed
+
+
+def test_export_onto_the_database_itself_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A read command never overwrites the database it reads (or its -wal, -shm, -lock
+    files), whatever name the output is given."""
+    db = tmp_path / "run.db"
+    asyncio.run(_stopped_database(db))
+    (tmp_path / "alias.db").symlink_to(db)
+    before = db.read_bytes()
+    for target in (db, tmp_path / "alias.db", Path(f"{db}-wal"), Path(f"{db}-lock")):
+        code, _, err = cli(
+            capsys, "events", "--db", str(db), "--format", "json", "--output", str(target)
+        )
+        assert code == 2
+        assert "is the database" in err
+    assert db.read_bytes() == before
+    assert cli(capsys, "status", "--db", str(db))[0] == 0
+
+
 # ------------------------------------------------------- a directory the reader cannot write
 NOBODY = 65534
 
