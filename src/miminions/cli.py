@@ -31,6 +31,8 @@ from typing import Any, TextIO, TypeVar
 from miminions import AgentRuntime, __version__, run
 from miminions.demo import (
     DEMO_CONFIG,
+    cut_to_columns,
+    display_width,
     format_summary,
     format_table,
     priority_label,
@@ -124,9 +126,9 @@ def short_id(value: str | None) -> str:
 
 
 def _clip(text: str, width: int) -> str:
-    """``text`` as a table cell (see :func:`table_cell`), cut to ``width`` characters."""
+    """``text`` as a table cell (see :func:`table_cell`), cut to ``width`` columns."""
     text = table_cell(text)  # escaped first, so the cut counts what is shown
-    return text if len(text) <= width else text[: width - 3] + "..."
+    return text if display_width(text) <= width else cut_to_columns(text, width - 3) + "..."
 
 
 def _when(value: datetime | None) -> str:

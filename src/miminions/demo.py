@@ -18,6 +18,7 @@ import os
 import shlex
 import sys
 import time
+import unicodedata
 import uuid
 from collections import Counter
 from collections.abc import Sequence
@@ -462,17 +463,45 @@ def table_cell(value: object) -> str:
     return "".join(char if char.isprintable() else repr(char)[1:-1] for char in text)
 
 
+def char_columns(char: str) -> int:
+    """How many terminal columns a printable ``char`` takes: 2 for wide East Asian
+    characters (CJK, most emoji), 0 for combining marks, otherwise 1."""
+    if unicodedata.combining(char):
+        return 0
+    return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+def display_width(text: str) -> int:
+    """How many terminal columns printable ``text`` takes (see :func:`char_columns`)."""
+    return len(text) if text.isascii() else sum(map(char_columns, text))
+
+
+def cut_to_columns(text: str, columns: int) -> str:
+    """The longest start of printable ``text`` that fits in ``columns`` terminal columns."""
+    if text.isascii():
+        return text[:columns]
+    used = 0
+    for index, char in enumerate(text):
+        used += char_columns(char)
+        if used > columns:
+            return text[:index]
+    return text
+
+
 def format_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "  ") -> str:
-    """A plain text table with left-aligned columns sized to fit; cells as :func:`table_cell`
-    shows them."""
+    """A plain text table with left-aligned columns sized to fit (in terminal columns:
+    a wide character counts twice); cells as :func:`table_cell` shows them."""
     cells = [[table_cell(cell) for cell in row] for row in rows]
-    widths = [max([len(h), *(len(row[i]) for row in cells)]) for i, h in enumerate(headers)]
-    lines = [indent + "  ".join(h.ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
-    for row in cells:
-        lines.append(
-            indent + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
-        )
-    return "\n".join(lines)
+    widths = [
+        max([display_width(h), *(display_width(row[i]) for row in cells)])
+        for i, h in enumerate(headers)
+    ]
+
+    def line(texts: Sequence[str]) -> str:
+        padded = (t + " " * (w - display_width(t)) for t, w in zip(texts, widths, strict=True))
+        return (indent + "  ".join(padded)).rstrip()
+
+    return "\n".join([line(headers), *map(line, cells)])
 
 
 def _task_rows(result: DemoResult) -> list[list[Any]]:

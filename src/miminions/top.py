@@ -26,6 +26,7 @@ from types import TracebackType
 from typing import TextIO
 
 from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database, runtime_running
+from miminions.demo import cut_to_columns
 from miminions.kernel.models import TaskStatus
 from miminions.kernel.runtime import RUN_META_KEY, build_event_query
 from miminions.plugins.sqlite_store import SQLiteStore
@@ -143,7 +144,7 @@ def fit(frame: str, columns: int, lines: int) -> list[str]:
     and the erase that follows would then clear that character.
     """
     width = max(columns - 1, 1)
-    return [line[:width] for line in frame.splitlines()[: max(lines, 1)]] or [""]
+    return [cut_to_columns(line, width) for line in frame.splitlines()[: max(lines, 1)]] or [""]
 
 
 # --------------------------------------------------------------------------- the loop

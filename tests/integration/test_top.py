@@ -22,7 +22,8 @@ import pytest
 
 from miminions import AgentRuntime, Priority, RuntimeConfig, TaskRequest
 from miminions.cli import main, short_id
-from miminions.top import run_top
+from miminions.demo import display_width, format_table
+from miminions.top import fit, run_top
 from tests.support import agents
 from tests.support.runtime import ROOT, run_child_runtime
 from tests.support.waiting import wait_until
@@ -462,3 +463,25 @@ def test_help(capsys: pytest.CaptureFixture[str]) -> None:
     assert out.startswith("usage: miminions top")
     for option in ("--db", "--interval", "--once", "--frames", "--events"):
         assert option in out
+
+
+WIDE = "名前"  # two CJK characters: two terminal columns each
+
+
+def test_frames_are_cut_to_the_terminal_in_columns_not_characters() -> None:
+    """Wide characters (CJK, most emoji) take two columns: a frame cut to a 60-column
+    terminal keeps every line within 59 columns, so none wraps and scrolls the view."""
+    frame = "\n".join([WIDE * 40, "a" + WIDE * 40, "ascii " * 20, "e\u0301" * 80])
+    lines = fit(frame, 60, 10)
+    assert [display_width(line) for line in lines] == [59 - 59 % 2, 59, 59, 59]
+    assert lines[0] == WIDE * 14 + "名"
+    assert lines[3] == "e\u0301" * 59  # a combining accent takes no column of its own
+
+
+def test_tables_align_wide_characters_by_columns() -> None:
+    """Table columns line up on a terminal when cells hold wide characters."""
+    table = format_table(["name", "status"], [[WIDE * 3, "running"], ["worker", "paused"]])
+    header, wide_row, ascii_row = table.splitlines()
+    start = display_width(header[: header.index("status")])
+    assert display_width(wide_row[: wide_row.index("running")]) == start
+    assert display_width(ascii_row[: ascii_row.index("paused")]) == start
