@@ -17,6 +17,7 @@ from miminions import (
     AgentStatus,
     ConfigurationError,
     RuntimeConfig,
+    TaskRequest,
     TaskStatus,
     hookimpl,
 )
@@ -59,6 +60,29 @@ async def test_pending_tasks_survive_a_clean_restart(
         await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent))
         await rt.resume_queue()
         assert (await rt.wait_for_task(second, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_fifo_within_a_priority_survives_a_restart(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """Tasks of one priority keep their first-in, first-out order across a restart, also
+    when a batch lists a dependent before its prerequisite (d needs p, submitted as d, q,
+    p: q is ahead of p before the restart and after it)."""
+    async with AgentRuntime(config=make_config()) as rt:
+        await rt.pause_queue()
+        await rt.submit_tasks(
+            [
+                TaskRequest(task_id="d", name="d", dependencies=["p"]),
+                TaskRequest(task_id="q", name="q"),
+                TaskRequest(task_id="p", name="p"),
+                TaskRequest(task_id="r", name="r"),
+            ]
+        )
+        before = {t: rt.get_task_status(t).queue_position for t in ("q", "p", "r")}
+        assert before == {"q": 0, "p": 1, "r": 2}
+    async with AgentRuntime(config=make_config()) as rt:
+        assert {t: rt.get_task_status(t).queue_position for t in ("q", "p", "r")} == before
+        assert rt.get_task_status("d").status is TaskStatus.BLOCKED
 
 
 async def test_a_crashed_runs_record_naming_a_live_process_does_not_block_a_restart(

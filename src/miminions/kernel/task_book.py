@@ -8,6 +8,7 @@ as an event; waiters of ``wait_for_task`` are woken once the final state is comm
 from __future__ import annotations
 
 import asyncio
+import heapq
 import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
@@ -837,24 +838,32 @@ def _failed_by_cascade(task: Task) -> bool:
 
 
 def _prerequisites_first(tasks: Iterable[Task]) -> list[Task]:
-    """Order tasks so every task comes after the tasks it depends on (stable otherwise)."""
-    by_id = {task.task_id: task for task in tasks}
+    """Order tasks so every task comes after the tasks it depends on, and otherwise in the
+    order given (the store's: submission order), so that tasks of one priority stay first
+    in, first out across a restart. (A batch may list a dependent before its
+    prerequisite; a depth-first walk would pull that prerequisite ahead of the tasks
+    between them.)"""
+    listed = list(tasks)
+    index = {task.task_id: i for i, task in enumerate(listed)}
+    waiting = [0] * len(listed)
+    dependents: dict[int, list[int]] = {}
+    for i, task in enumerate(listed):
+        for dep in set(task.dependencies):
+            j = index.get(dep)
+            if j is not None and j != i:
+                waiting[i] += 1
+                dependents.setdefault(j, []).append(i)
+    ready = [i for i, count in enumerate(waiting) if count == 0]  # ascending: a heap
     ordered: list[Task] = []
-    seen: set[str] = set()
-    for root in by_id.values():
-        stack: list[tuple[Task, bool]] = [(root, False)]
-        while stack:
-            task, expanded = stack.pop()
-            if task.task_id in seen:
-                continue
-            if expanded:
-                seen.add(task.task_id)
-                ordered.append(task)
-                continue
-            stack.append((task, True))
-            for dep in reversed(task.dependencies):
-                if dep in by_id and dep not in seen:
-                    stack.append((by_id[dep], False))
+    while ready:
+        i = heapq.heappop(ready)
+        ordered.append(listed[i])
+        for k in dependents.get(i, ()):
+            waiting[k] -= 1
+            if waiting[k] == 0:
+                heapq.heappush(ready, k)
+    if len(ordered) < len(listed):  # a cycle (only a damaged store has one): as given
+        ordered += [task for i, task in enumerate(listed) if waiting[i] > 0]
     return ordered
 
 
