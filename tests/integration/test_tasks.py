@@ -456,3 +456,26 @@ async def test_with_many_busy_agents_an_idle_one_takes_the_untargeted_work(
         task = await rt.wait_for_task(task_id, 5)
         assert task.status is TaskStatus.COMPLETED
         assert task.assigned_agent_id == agent_id
+
+
+async def test_estimated_wait_is_none_while_the_queue_is_paused(rt: AgentRuntime) -> None:
+    """F-24: a pending task behind a busy agent has an estimated wait once a task has run;
+    while the queue is paused nothing starts however long that lasts, so it has none."""
+    await start_agent(rt, "estimator", agents.GatedAgent)
+    agents.GATES.setdefault("est-first", asyncio.Event()).set()
+    first = await rt.wait_for_task(await rt.submit_task("est-first"), 5)
+    assert first.status is TaskStatus.COMPLETED  # a duration to estimate from
+    busy = await rt.submit_task("est-busy")
+    await asyncio.wait_for(agents.STARTED.setdefault("est-busy", asyncio.Event()).wait(), 5)
+    waiting = await rt.submit_task("est-waiting")
+    assert rt.get_task_status(waiting).estimated_wait_seconds is not None
+    assert rt.explain(waiting).estimated_wait_seconds is not None
+    await rt.pause_queue()
+    assert rt.get_task_status(waiting).estimated_wait_seconds is None
+    assert rt.explain(waiting).estimated_wait_seconds is None
+    await rt.resume_queue()
+    assert rt.get_task_status(waiting).estimated_wait_seconds is not None
+    for name in ("est-busy", "est-waiting"):
+        agents.GATES.setdefault(name, asyncio.Event()).set()
+    for task_id in (busy, waiting):
+        assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED

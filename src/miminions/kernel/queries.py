@@ -51,7 +51,7 @@ def _serving_agents(rt: AgentRuntime, task_id: str) -> list[AgentSlot]:
 
 def _estimated_wait(rt: AgentRuntime, task_id: str, position: int) -> float | None:
     mean = rt.task_book.mean_duration
-    if mean is None:
+    if mean is None or rt.queue_paused:  # nothing starts until someone resumes the queue
         return None
     running = sum(1 for slot in _serving_agents(rt, task_id) if slot.status is AgentStatus.RUNNING)
     if running == 0:
