@@ -209,7 +209,9 @@ async def test_max_concurrent_agents_queues_extra_starts(
             capacity.queued_agent_starts,
         ) == (1, 0, 1)
         task_id = await rt.submit_task("for-second", agent_id=second)
-        assert [r.kind.value for r in rt.explain(task_id).reasons] == ["concurrency_limit"]
+        [held] = rt.explain(task_id).reasons
+        assert held.kind.value == "concurrency_limit"
+        assert "free agent slot (1 of 1 in use)" in held.message
         await rt.stop_agent(first)
         task = await rt.wait_for_task(task_id, 5)
         assert task.assigned_agent_id == second
@@ -374,6 +376,11 @@ async def test_agent_starts_wait_while_the_machine_is_loaded(
         assert "below 0.8" in reason
         task_id = await rt.submit_task("echo", {"x": 1})
         assert rt.get_task_status(task_id).status is TaskStatus.PENDING
+        [held] = rt.explain(task_id).reasons  # F-24 names the load, not the slots
+        assert held.kind.value == "concurrency_limit"
+        assert "machine load (1.70 per CPU)" in held.message
+        assert "max_concurrent_agents" not in held.message
+        assert "free agent slot" not in held.message
 
         probe.load = 0.2
         started = await recorder.wait_for(EventType.AGENT_STARTED, agent_id=second, within=5)

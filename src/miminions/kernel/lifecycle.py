@@ -306,6 +306,14 @@ class AgentBook(RestartMixin):
             or self._overloaded() is not None
         )
 
+    def start_wait_reason(self) -> str:
+        """Why a queued start waits now: every agent slot in use, the machine's load, or
+        earlier queued starts ahead of it (F-08, F-24)."""
+        limit = self._limits.max_concurrent_agents
+        if self.active_count >= limit:
+            return f"waiting for a free agent slot ({limit} of {limit} in use)"
+        return self._overloaded() or "waiting behind earlier queued starts"
+
     def _overloaded(self) -> str | None:
         """Why the machine is too loaded to start an agent now, or None (F-08)."""
         threshold = self._limits.max_load_per_cpu
@@ -351,13 +359,7 @@ class AgentBook(RestartMixin):
     def _queue_start(self, slot: AgentSlot, *, resume: bool, restart: bool = False) -> None:
         slot.resume_queued = resume
         slot.restart_queued = restart
-        limit = self._limits.max_concurrent_agents
-        reason = (
-            f"waiting for a free agent slot ({limit} of {limit} in use)"
-            if self.active_count >= limit
-            else self._overloaded() or "waiting behind earlier queued starts"
-        )
-        self._set(slot, S.QUEUED, reason)
+        self._set(slot, S.QUEUED, self.start_wait_reason())
         self._start_queue.append(slot)
         self._events.emit(
             EventType.AGENT_QUEUED,

@@ -233,13 +233,12 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
         )
     queued = [slot.agent_id for slot in serving if slot.status is AgentStatus.QUEUED]
     if queued:
-        limit = rt.config.limits.max_concurrent_agents
         reasons.append(
             HoldReason(
                 kind=HoldKind.CONCURRENCY_LIMIT,
                 message=(
-                    f"agent(s) {', '.join(queued)} wait for a free slot "
-                    f"(max_concurrent_agents={limit})"
+                    f"agent(s) {', '.join(queued)} are queued to start, "
+                    f"{rt.agent_book.start_wait_reason()}"
                 ),
                 related_ids=queued,
             )
