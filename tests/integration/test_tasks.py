@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -479,3 +480,27 @@ async def test_estimated_wait_is_none_while_the_queue_is_paused(rt: AgentRuntime
         agents.GATES.setdefault(name, asyncio.Event()).set()
     for task_id in (busy, waiting):
         assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+@pytest.mark.parametrize("target", ["group", "agent"])
+async def test_untargeted_work_goes_to_an_agent_no_targeted_task_needs(
+    rt: AgentRuntime, target: str
+) -> None:
+    """A (group "g", idle longest) and B (no group) are idle; X may run anywhere and is
+    more urgent, Y only on A (through its group or its id). X goes to B, so Y runs on A
+    at once instead of waiting for X beside the idle B."""
+    a = await start_agent(rt, f"wc-a-{target}", agents.GatedAgent, group="g")
+    b = await start_agent(rt, f"wc-b-{target}", agents.GatedAgent)
+    await rt.pause_queue()
+    x_name, y_name = f"wc-x-{target}", f"wc-y-{target}"
+    x = await rt.submit_task(x_name, priority=0)
+    routing: dict[str, Any] = {"group": "g"} if target == "group" else {"agent_id": a}
+    y = await rt.submit_task(y_name, priority=50, **routing)
+    await rt.resume_queue()
+    for name in (x_name, y_name):
+        await asyncio.wait_for(agents.STARTED.setdefault(name, asyncio.Event()).wait(), 5)
+    assert rt.get_task_status(x).assigned_agent_id == b
+    assert rt.get_task_status(y).assigned_agent_id == a
+    for name in (x_name, y_name):
+        agents.GATES.setdefault(name, asyncio.Event()).set()
+    assert all(t.status is TaskStatus.COMPLETED for t in await rt.wait_for_tasks([x, y], 10))

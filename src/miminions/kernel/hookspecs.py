@@ -182,11 +182,12 @@ def miminions_pick_agent(task: Task, candidates: Sequence[AgentInstance]) -> str
 
     :param task: the task about to be dispatched (a copy: changing it changes nothing).
     :param candidates: idle agents allowed to run it (its target agent or group, or any),
-        in the order they became idle; never empty (copies too).
+        in the order they became idle, except that for a task any agent may run those a
+        waiting targeted task needs come last; never empty (copies too).
 
     Returning an id that is not among the candidates is an error. Firstresult: the first
-    non-None answer wins; the built-in ``priority_scheduling`` plugin picks the agent that
-    has been idle longest.
+    non-None answer wins; the built-in ``priority_scheduling`` plugin picks the first
+    candidate.
     """
 
 

@@ -424,15 +424,30 @@ class AsyncioExecutor:
         return route[2:] in self._idle
 
     def _candidates(self, route: str) -> list[AgentSlot]:
+        """The idle agents that may run a task on ``route``, preferred first: in the order
+        they became idle, except that for a task any agent may run, agents that a waiting
+        task targeted at them (or their group) needs come last."""
         if not route:
-            return list(self._idle.values())
+            idle = list(self._idle.values())
+            if len(idle) > 1 and self._sched.route_count > 1:
+                needed = [self._needed_elsewhere(slot) for slot in idle]
+                if any(needed):
+                    free = [slot for slot, busy in zip(idle, needed, strict=True) if not busy]
+                    return free + [slot for slot, busy in zip(idle, needed, strict=True) if busy]
+            return idle
         if route.startswith("g:"):
             return list(self._idle_by_group[route[2:]].values())
         return [self._idle[route[2:]]]
 
+    def _needed_elsewhere(self, slot: AgentSlot) -> bool:
+        """True when a ready task only ``slot`` (or its group) may run is waiting: given
+        untargeted work, it would leave that task waiting beside another idle agent."""
+        front = self._sched.front
+        return any(front(route) is not None for route in slot.routes if route != ANY_ROUTE)
+
     def _choose(self, task_id: str, route: str) -> AgentSlot:
         if self._pick_hook is None:
-            if not route:
+            if not route and self._sched.route_count == 1:  # nothing is targeted: no scan
                 return next(iter(self._idle.values()))
             return self._candidates(route)[0]
         candidates = self._candidates(route)

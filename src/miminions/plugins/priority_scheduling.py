@@ -22,5 +22,6 @@ def miminions_order_key(priority: int, ready_at: float, config: RuntimeConfig) -
 
 @hookimpl(trylast=True)  # built-in policy: any other scheduling plugin wins
 def miminions_pick_agent(task: Task, candidates: Sequence[AgentInstance]) -> str:
-    """The candidate idle longest (candidates come longest-idle first)."""
+    """The first candidate: idle longest, among those no waiting targeted task needs
+    (the executor lists candidates in that order)."""
     return candidates[0].agent_id
