@@ -5,6 +5,7 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -278,6 +279,37 @@ async def test_pick_agent_passing_falls_back_to_longest_idle(tmp_path: Path) -> 
         config=cfg, plugins=[Undecided()], disable=["priority_scheduling"]
     ) as rt:
         assert (await run_one_task(rt)).status is TaskStatus.COMPLETED
+
+
+@pytest.mark.parametrize("mistake", ["raises", "answers-an-agent-object"])
+async def test_a_broken_pick_agent_does_not_stall_the_queue(
+    tmp_path: Path, mistake: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A pick_agent that raises, or answers something that is no candidate's id, for one
+    task ("vip"): that task goes to the first candidate and every other task still runs;
+    the failure is logged once, naming the plugin."""
+
+    class Buggy:
+        @hookimpl
+        def miminions_pick_agent(self, task: Task, candidates: Sequence[AgentInstance]) -> Any:
+            if task.name != "vip":
+                return None
+            if mistake == "raises":
+                raise RuntimeError("picker bug")
+            return candidates[0]  # the instance, not its agent_id
+
+    async with AgentRuntime(config=config(tmp_path), plugins=[Buggy()]) as rt:
+        a = await rt.register_agent("a", agents.EchoAgent)
+        await rt.start_agent(a)
+        await rt.pause_queue()
+        vip = await rt.submit_task("vip", priority=0)
+        ordinary = await rt.submit_task("ordinary", priority=50)
+        await rt.resume_queue()
+        done = await rt.wait_for_tasks([vip, ordinary], timeout_seconds=5)
+    assert [(t.status, t.assigned_agent_id) for t in done] == [(TaskStatus.COMPLETED, a)] * 2
+    failures = [r for r in caplog.records if "miminions_pick_agent" in r.getMessage()]
+    assert len(failures) == 1
+    assert "Buggy" in failures[0].getMessage() or "buggy" in failures[0].getMessage().lower()
 
 
 async def test_failing_runtime_started_hook_stops_the_runtime(tmp_path: Path) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import heapq
+import logging
 from collections.abc import Callable
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
@@ -36,6 +37,9 @@ from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_g
 if TYPE_CHECKING:
     from miminions.kernel.lifecycle import AgentSlot
     from miminions.kernel.runtime import AgentRuntime
+
+#: Where plugin failures are logged (as the runtime logs a failing order key).
+logger = logging.getLogger("miminions.runtime")
 
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
 _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the loop
@@ -176,6 +180,7 @@ class AsyncioExecutor:
         self._dispatch_scheduled = False
         pick = runtime.plugin_manager.hook.miminions_pick_agent
         self._pick_hook = pick if runtime.custom_hook("miminions_pick_agent") else None
+        self._pick_failing = False  # the hook's failures are logged once per streak
         self._notify_timeout = runtime.config.shutdown_timeout_seconds
         self._deadlines = Deadlines(self._loop)
 
@@ -451,20 +456,36 @@ class AsyncioExecutor:
                 return next(iter(self._idle.values()))
             return self._candidates(route)[0]
         candidates = self._candidates(route)
-        chosen = self._pick_hook(
-            # a copy sharing nothing with the live task (a plugin changing it in place
-            # would change the task behind the store's back)
-            task=task_snapshot(self._book.tasks[task_id]),
-            candidates=[c.instance.model_copy() for c in candidates],
-        )
-        if chosen is None:  # every plugin passed: the documented default
+        try:
+            chosen = self._pick_hook(
+                # a copy sharing nothing with the live task (a plugin changing it in place
+                # would change the task behind the store's back)
+                task=task_snapshot(self._book.tasks[task_id]),
+                candidates=[c.instance.model_copy() for c in candidates],
+            )
+            if chosen is not None:
+                for slot in candidates:
+                    if slot.agent_id == chosen:
+                        self._pick_failing = False
+                        return slot
+                raise PluginError(
+                    f"miminions_pick_agent returned {chosen!r} for task {task_id!r}, which "
+                    "is not one of the idle candidates' ids"
+                )
+        except Exception:
+            # A broken plugin must not stall the queue: every later dispatch pass would
+            # meet the same task first and fail the same way.
+            if not self._pick_failing:
+                self._pick_failing = True
+                plugins = [impl.plugin_name for impl in self._pick_hook.get_hookimpls()]
+                logger.exception(
+                    "a miminions_pick_agent implementation failed (plugins: %s); tasks go to "
+                    "the first candidate until it answers again",
+                    plugins,
+                )
             return candidates[0]
-        for slot in candidates:
-            if slot.agent_id == chosen:
-                return slot
-        raise PluginError(
-            f"miminions_pick_agent returned {chosen!r}, which is not one of the idle candidates"
-        )
+        self._pick_failing = False
+        return candidates[0]  # every plugin passed: the documented default
 
     def _make_idle(self, slot: AgentSlot) -> None:
         if slot.agent_id not in self._available or slot.agent_id in self._serving:
