@@ -8,6 +8,7 @@ executor); entry points that clash by name, async implementations under another 
 
 from __future__ import annotations
 
+import asyncio
 import importlib.abc
 import importlib.machinery
 import logging
@@ -15,6 +16,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -286,3 +288,33 @@ async def test_prometheus_export_hidden_by_a_finder_is_a_missing_extra(
     async with AgentRuntime(config=make_config()) as rt:
         with pytest.raises(MissingExtraError, match=r"miminions\[prometheus\]"):
             rt.export_prometheus_metrics()
+
+
+class CancelledMonitor:
+    """A monitor that raises the ``CancelledError`` a plugin gets from ``.result()`` of a
+    cancelled task of its own, on one event type; with ``accepts_events`` or without."""
+
+    miminions_plugin_name = "cancelled_monitor"
+
+    def __init__(self, event_type: str) -> None:
+        self.event_type = event_type
+
+    @hookimpl
+    def miminions_event(self, event: Any) -> None:
+        if event.event_type == self.event_type:
+            raise asyncio.CancelledError
+
+
+@pytest.mark.parametrize("event_type", ["task_enqueued", "task_started", "task_completed"])
+async def test_a_monitor_raising_cancelled_error_never_reaches_the_runtime(
+    make_config: MakeConfig, event_type: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The exception a monitor raises is logged and goes no further, CancelledError too
+    (a BaseException): the submit returns, the task completes, the runtime stops cleanly."""
+    monitor = CancelledMonitor(event_type)
+    async with AgentRuntime(config=make_config(), plugins=[monitor]) as rt:
+        await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent))
+        task_id = await rt.submit_task("t")
+        task = await rt.wait_for_task(task_id, timeout_seconds=5)
+        assert task.status is TaskStatus.COMPLETED
+    assert any(event_type in r.getMessage() for r in caplog.records if r.levelname == "ERROR")

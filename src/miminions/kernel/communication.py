@@ -15,7 +15,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from miminions.kernel.errors import MiminionsError, RuntimeNotRunningError
+from miminions.kernel.errors import PLUGIN_ERRORS, MiminionsError, RuntimeNotRunningError
 from miminions.kernel.models import AgentMessage, AgentStatus, EventType, Severity
 from miminions.kernel.tracing import Carrier, check_carrier
 
@@ -68,7 +68,7 @@ class CommunicationAPI:
             return None
         try:
             carrier = hook(runtime=self, operation=operation, count=count)
-        except Exception:
+        except PLUGIN_ERRORS:
             _log.exception("miminions_trace_context failed for %r", operation)
             return None
         return check_carrier(carrier)

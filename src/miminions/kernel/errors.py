@@ -8,6 +8,8 @@ so callers can catch either. Messages say what was wrong and what to do instead.
 
 from __future__ import annotations
 
+import asyncio
+
 
 class MiminionsError(Exception):
     """Base class of every error raised by miminions."""
@@ -124,6 +126,13 @@ class RemoteAgentError(MiminionsError):
         super().__init__(message)
         self.remote_type = remote_type
         self.remote_traceback = remote_traceback
+
+
+#: What the runtime contains when a plugin's synchronous hook raises it: any error, and the
+#: ``CancelledError`` a plugin gets from ``.result()`` of a cancelled task of its own (a
+#: ``BaseException``: ``except Exception`` would let it into the runtime's bookkeeping). A
+#: synchronous call cannot be cancelled from outside, so it is never the runtime's own.
+PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, asyncio.CancelledError)
 
 
 __all__ = [

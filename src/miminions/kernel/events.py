@@ -8,6 +8,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from miminions.kernel.errors import PLUGIN_ERRORS
 from miminions.kernel.hookspecs import event_filter, unfiltered
 from miminions.kernel.interfaces import Store
 from miminions.kernel.models import EventRecord, EventType, JSONObject, Severity
@@ -128,7 +129,7 @@ class EventLog:
         if self._direct is None:
             try:
                 self._hook(event=record.to_event(), runtime=self._runtime)
-            except Exception:
+            except PLUGIN_ERRORS:
                 _log.exception("a miminions_event hook failed on %s", record.event_type.value)
             return
         event = None
@@ -143,7 +144,7 @@ class EventLog:
                 else:
                     given = {"event": event, "runtime": self._runtime}
                     function(**{name: given[name] for name in argnames})
-            except Exception:
+            except PLUGIN_ERRORS:
                 _log.exception("plugin %s failed on event %s", plugin, record.event_type.value)
 
     def task_event(

@@ -23,6 +23,7 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from miminions.kernel.errors import (
+    PLUGIN_ERRORS,
     AgentHookError,
     AlreadyExistsError,
     HostEndedError,
@@ -342,7 +343,7 @@ class AgentBook(RestartMixin):
                 or not math.isfinite(load)
             ):
                 raise TypeError(f"it answered {load!r}, not a finite number or None")
-        except Exception:
+        except PLUGIN_ERRORS:
             if not self._load_probe_failing:
                 self._load_probe_failing = True
                 _log.warning(

@@ -27,7 +27,7 @@ from typing import Any
 import pluggy
 
 from miminions.kernel import hookspecs
-from miminions.kernel.errors import ConfigurationError, PluginError
+from miminions.kernel.errors import PLUGIN_ERRORS, ConfigurationError, PluginError
 
 ENTRY_POINT_GROUP = "miminions"
 AUTOLOAD_ENV = "MIMINIONS_DISABLE_PLUGIN_AUTOLOAD"
@@ -86,7 +86,7 @@ class PluginManager(pluggy.PluginManager):
             return []
         return sorted(caller.name for caller in self.get_hookcallers(plugin) or [])
 
-    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, Exception]]:
+    def call_each(self, hook_name: str, **kwargs: Any) -> list[tuple[str, BaseException]]:
         """Call every implementation of the broadcast hook ``hook_name`` on its own, in
         pluggy's order, and return the ``(plugin name, error)`` of those that raised.
 
@@ -100,14 +100,14 @@ class PluginManager(pluggy.PluginManager):
         if any(impl.hookwrapper or impl.wrapper for impl in impls):
             try:
                 hook(**kwargs)
-            except Exception as exc:
+            except PLUGIN_ERRORS as exc:
                 return [(hook_name, exc)]
             return []
-        errors: list[tuple[str, Exception]] = []
+        errors: list[tuple[str, BaseException]] = []
         for impl in reversed(impls):  # pluggy calls the last registered first
             try:
                 impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
-            except Exception as exc:
+            except PLUGIN_ERRORS as exc:
                 errors.append((impl.plugin_name, exc))
         return errors
 

@@ -29,6 +29,7 @@ from miminions.kernel.agent import (
 )
 from miminions.kernel.communication import CommunicationAPI
 from miminions.kernel.errors import (
+    PLUGIN_ERRORS,
     ConfigurationError,
     InvalidStateError,
     MiminionsError,
@@ -940,7 +941,7 @@ class _Cleanup:
             self.errors.append(exc)
             return None
 
-    def hook_errors(self, errors: list[tuple[str, Exception]]) -> None:
+    def hook_errors(self, errors: list[tuple[str, BaseException]]) -> None:
         """Take the errors of :meth:`PluginManager.call_each`, naming each plugin."""
         for plugin, error in errors:
             error.add_note(f"raised by plugin {plugin!r}")
@@ -987,7 +988,7 @@ def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[in
             key = None if answer is None else float(answer)
             if key is not None and math.isnan(key):
                 raise ValueError(f"order key {answer!r} is not a number")
-        except Exception:
+        except PLUGIN_ERRORS:
             if not failing:
                 failing = True
                 plugins = [impl.plugin_name for impl in hook.get_hookimpls()]

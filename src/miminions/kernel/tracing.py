@@ -28,6 +28,8 @@ from contextlib import AbstractContextManager
 from contextvars import ContextVar
 from typing import Any, Protocol
 
+from miminions.kernel.errors import PLUGIN_ERRORS
+
 #: A trace carrier: text header name -> value.
 Carrier = dict[str, str]
 
@@ -77,7 +79,7 @@ def current_carrier() -> Carrier | None:
     for propagator in tuple(_propagators):
         try:
             carrier = propagator.capture()
-        except Exception:  # tracing must never break the agent's work
+        except PLUGIN_ERRORS:  # tracing must never break the agent's work
             _log.exception("trace propagator %r failed to capture the context", propagator)
             continue
         if carrier:
@@ -95,7 +97,7 @@ def trace_scope(carrier: Carrier) -> Iterator[None]:
             for propagator in tuple(_propagators):
                 try:
                     stack.enter_context(propagator.attach(carrier))
-                except Exception:  # tracing must never break the agent's work
+                except PLUGIN_ERRORS:  # tracing must never break the agent's work
                     _log.exception("trace propagator %r failed to attach a context", propagator)
             yield
     finally:

@@ -23,6 +23,7 @@ import pydantic
 from miminions.extras import requested_options
 from miminions.kernel.clock import Deadline, Deadlines, FreezableTimer
 from miminions.kernel.errors import (
+    PLUGIN_ERRORS,
     ConfigurationError,
     PluginError,
     TaskCancelledError,
@@ -472,7 +473,7 @@ class AsyncioExecutor:
                     f"miminions_pick_agent returned {chosen!r} for task {task_id!r}, which "
                     "is not one of the idle candidates' ids"
                 )
-        except Exception:
+        except PLUGIN_ERRORS:
             # A broken plugin must not stall the queue: every later dispatch pass would
             # meet the same task first and fail the same way.
             if not self._pick_failing:
