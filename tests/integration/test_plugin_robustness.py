@@ -28,6 +28,7 @@ from miminions import (
     ResourceLimits,
     RuntimeConfig,
     TaskStatus,
+    accepts_events,
     hookimpl,
 )
 from miminions.kernel.plugins import AUTOLOAD_ENV, build_plugin_manager
@@ -262,6 +263,20 @@ def test_async_impl_under_another_name_is_rejected() -> None:
 
     with pytest.raises(PluginError, match=r"store \(of miminions_make_store\) is 'async def'"):
         build_plugin_manager([AsyncStore()])
+
+
+def test_async_monitor_behind_accepts_events_is_rejected() -> None:
+    """accepts_events wraps the monitor in a sync function: an ``async def`` under it is
+    still refused at registration (its coroutines would never be awaited)."""
+
+    class AsyncMonitor:
+        @hookimpl
+        @accepts_events(lambda event_type, severity: True)
+        async def miminions_event(self, event: Any) -> None:
+            return None
+
+    with pytest.raises(PluginError, match=r"miminions_event is 'async def'"):
+        build_plugin_manager([AsyncMonitor()])
 
 
 # ------------------------------------------------------------------ extras

@@ -61,7 +61,7 @@ class PluginManager(pluggy.PluginManager):
             if opts is None and not attr_name.startswith("miminions_"):
                 continue
             impl = getattr(plugin, attr_name, None)
-            if inspect.iscoroutinefunction(impl) or inspect.isasyncgenfunction(impl):
+            if _is_async(impl):
                 shown = name or self.get_canonical_name(plugin)
                 hook_name = (opts.get("specname") if opts is not None else None) or attr_name
                 what = attr_name if hook_name == attr_name else f"{attr_name} (of {hook_name})"
@@ -110,6 +110,19 @@ class PluginManager(pluggy.PluginManager):
             except PLUGIN_ERRORS as exc:
                 errors.append((impl.plugin_name, exc))
         return errors
+
+
+def _is_async(impl: Any) -> bool:
+    """True for an ``async def`` (or async generator) function, also one behind decorators
+    written with ``functools.wraps`` (``accepts_events`` is one: its wrapper is sync)."""
+    try:
+        unwrapped = inspect.unwrap(impl) if callable(impl) else impl
+    except ValueError:  # a __wrapped__ cycle
+        unwrapped = impl
+    return any(
+        inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
+        for function in (impl, unwrapped)
+    )
 
 
 def installed(package: str) -> bool:
