@@ -148,21 +148,46 @@ async def test_a_raising_order_key_does_not_take_queue_slots(make_config: MakeCo
 
 
 # ------------------------------------------------------------------ stop
+class StopWrapper:
+    """A harmless wrapper of both stop hooks, counting the calls it wraps."""
+
+    miminions_plugin_name = "stop_wrapper"
+
+    def __init__(self) -> None:
+        self.wrapped = 0
+
+    @hookimpl(wrapper=True)
+    def miminions_runtime_stopping(self, runtime: AgentRuntime) -> Any:
+        self.wrapped += 1
+        return (yield)
+
+    @hookimpl(wrapper=True)
+    def miminions_runtime_stopped(self, runtime: AgentRuntime) -> Any:
+        self.wrapped += 1
+        return (yield)
+
+
+@pytest.mark.parametrize("wrapper", [False, True], ids=["plain", "with-a-wrapper"])
 @pytest.mark.parametrize("which", ["stopping", "stopped"])
-async def test_a_raising_stop_hook_skips_no_cleanup(make_config: MakeConfig, which: str) -> None:
+async def test_a_raising_stop_hook_skips_no_cleanup(
+    make_config: MakeConfig, which: str, wrapper: bool
+) -> None:
     """stop() still calls every other plugin's runtime_stopping and runtime_stopped, closes
     the store and releases the database; then it raises the hook's error, naming the
-    plugin."""
+    plugin. A wrapper of the hooks (another plugin's) changes none of that."""
     config = make_config()
     recorder = StopRecorder()
+    wrapping = [StopWrapper()] if wrapper else []
     # Registered last, so pluggy would call it first.
-    rt = AgentRuntime(config=config, plugins=[recorder, RaisingLifecycle(which)])
+    rt = AgentRuntime(config=config, plugins=[recorder, RaisingLifecycle(which), *wrapping])
     await rt.start()
     with pytest.raises(RuntimeError, match=f"{which} boom") as raised:
         await rt.stop()
     assert "raised by plugin 'raising_lifecycle'" in (raised.value.__notes__ or [])
     assert recorder.stopping
     assert recorder.stopped
+    if wrapping:
+        assert wrapping[0].wrapped > 0
     assert not rt.is_running
     await assert_database_free(config)
 

@@ -93,20 +93,20 @@ class PluginManager(pluggy.PluginManager):
         pluggy stops a hook call at the first exception; for notifications whose
         implementations each release something of their own (``runtime_stopping``,
         ``runtime_stopped``), one that fails must not keep the others from running.
-        Wrappers need pluggy's own calling: with one, the hook is called as a whole.
+        Wrappers of the hook wrap each implementation's call on its own.
         """
         hook = getattr(self.hook, hook_name)
         impls = hook.get_hookimpls()
-        if any(impl.hookwrapper or impl.wrapper for impl in impls):
-            try:
-                hook(**kwargs)
-            except PLUGIN_ERRORS as exc:
-                return [(hook_name, exc)]
-            return []
+        plain = [impl for impl in impls if not (impl.hookwrapper or impl.wrapper)]
+        wrapped = len(plain) < len(impls)
         errors: list[tuple[str, BaseException]] = []
-        for impl in reversed(impls):  # pluggy calls the last registered first
+        for impl in reversed(plain):  # pluggy calls the last registered first
             try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                if wrapped:  # pluggy runs the wrappers: the hook without the other plugins
+                    others = [other.plugin for other in plain if other is not impl]
+                    self.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
+                else:
+                    impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             except PLUGIN_ERRORS as exc:
                 errors.append((impl.plugin_name, exc))
         return errors
