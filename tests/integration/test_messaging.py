@@ -21,6 +21,7 @@ from typing import Any
 import pytest
 
 from miminions import (
+    AgentMessage,
     AgentRuntime,
     AgentStatus,
     EventType,
@@ -35,8 +36,10 @@ from miminions import (
     TaskStatus,
     ValidationError,
     WaitTimeoutError,
+    hookimpl,
 )
 from miminions.kernel.messaging import MAX_PAYLOAD_BYTES
+from miminions.plugins.memory_bus import MemoryBus
 from miminions.plugins.process_host import ProcessHost
 from miminions.testing import started_runtime
 from tests.support.journal_agents import read_journal
@@ -991,3 +994,47 @@ async def test_deeply_nested_data_is_kept_delivered_and_dead_lettered(
         got = await received_until_sentinel(again, receiver)
         assert [m["message_id"] for m in got[:-1]] == [kept]
         assert got[0]["data"] == deep
+
+
+class CountingBus(MemoryBus):
+    """The bus a plugin author writes from docs/plugins.md: the built-in one, counting
+    what is posted, handed both of the messenger's callbacks."""
+
+    def __init__(self, on_expired: Any, on_returned: Any) -> None:
+        super().__init__(on_expired, on_returned)
+        self.posted = 0
+
+    def post(self, messages: list[AgentMessage]) -> list[AgentMessage]:
+        waiting = super().post(messages)
+        self.posted += len(messages)
+        return waiting
+
+
+class CountingBusPlugin:
+    miminions_plugin_name = "counting_bus"
+
+    @hookimpl
+    def miminions_make_bus(self, runtime: AgentRuntime) -> CountingBus:
+        return CountingBus(runtime.messenger.message_expired, runtime.messenger.message_returned)
+
+
+@pytest.mark.parametrize("bus", ["built-in", "documented-subclass"])
+async def test_a_paused_recipients_message_keeps_its_ttl_across_a_restart(
+    make_config: Callable[..., RuntimeConfig], isolation: str, bus: str
+) -> None:
+    """A message's TTL does not count while its recipient is paused, also while no runtime
+    runs: stopped paused and started again after longer than the TTL, the agent gets the
+    message once resumed (the stored copy carries the time it had left)."""
+    plugins = [CountingBusPlugin()] if bus == "documented-subclass" else []
+    config = make_config(default_isolation=isolation)
+    async with started_runtime(config, plugins) as rt:
+        napper = await start(rt, "napper")
+        [kept] = await rt.send_message(napper, "memo", {"n": 1}, ttl_seconds=0.3)
+        await rt.pause_agent(napper, timeout_seconds=WAIT)
+    await asyncio.sleep(0.5)  # longer than the TTL, all of it while the agent is paused
+    async with started_runtime(config, plugins) as again:
+        assert await again.register_agent("napper", ScriptAgent) == napper  # paused still
+        assert (await again.resume_agent(napper)).status is AgentStatus.RUNNING
+        got = await received_until_sentinel(again, napper)
+        assert [m["message_id"] for m in got[:-1]] == [kept]
+        assert got[0]["data"] == {"n": 1}

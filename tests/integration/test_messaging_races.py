@@ -37,7 +37,7 @@ async def _past_the_timeout() -> None:
 
 async def test_a_message_handed_over_as_the_receive_times_out_is_received() -> None:
     expired: list[AgentMessage] = []
-    bus = MemoryBus(expired.append)
+    bus = MemoryBus(expired.append, on_returned=lambda message: None)
     bus.open_mailbox("a", 10)
     receiving = asyncio.ensure_future(bus.take("a", SHORT_TIMEOUT))
     await asyncio.sleep(0)  # the receiver waits now

@@ -65,7 +65,7 @@ async def test_a_message_given_back_past_its_ttl_expires_instead() -> None:
         expired.append(expiring)
         gone.set()
 
-    bus = MemoryBus(on_expired=on_expired)
+    bus = MemoryBus(on_expired=on_expired, on_returned=lambda message: None)
     bus.open_mailbox("a", 10)
     first, second = await two_receivers(bus)
     late = message("m1", expires_at=datetime.now(UTC) - timedelta(seconds=1))

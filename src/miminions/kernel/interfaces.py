@@ -285,7 +285,10 @@ class Bus(Protocol):
     The kernel validates and builds every :class:`AgentMessage`; the bus keeps each
     agent's mailbox in order (per sender order is the order messages were posted), applies
     the mailbox capacity all-or-nothing, expires messages past their TTL (frozen while the
-    recipient is paused) and hands messages to whoever takes them.
+    recipient is paused) and hands messages to whoever takes them. It tells the kernel
+    through ``runtime.messenger``: ``message_expired(message)`` for a message whose TTL ran
+    out, ``message_returned(message)`` for a waiting message it changed itself (its TTL
+    frozen or started again) or put back on its own, so the stored copy stays current.
     """
 
     def open_mailbox(self, agent_id: str, capacity: int) -> None:

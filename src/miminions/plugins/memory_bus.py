@@ -61,12 +61,17 @@ class _Mailbox:
 
 
 class MemoryBus:
-    """The built-in :class:`~miminions.kernel.interfaces.Bus`."""
+    """The built-in :class:`~miminions.kernel.interfaces.Bus`.
+
+    ``on_expired`` and ``on_returned`` are ``runtime.messenger.message_expired`` and
+    ``message_returned`` (see the Bus contract): both are required, since a bus that does
+    not report a frozen TTL leaves a paused agent's stored messages to expire at a restart.
+    """
 
     def __init__(
         self,
         on_expired: Callable[[AgentMessage], None],
-        on_returned: Callable[[AgentMessage], None] | None = None,
+        on_returned: Callable[[AgentMessage], None],
     ) -> None:
         self._on_returned = on_returned
         self._loop = asyncio.get_running_loop()
@@ -166,8 +171,7 @@ class MemoryBus:
                 # was never stored on its way past, stored now)
                 message = waiter.result()
                 self.put_back(message)
-                if self._on_returned is not None:
-                    self._on_returned(message)
+                self._on_returned(message)
             raise
         except TimeoutError:
             if waiter.done() and not waiter.cancelled():
@@ -252,8 +256,7 @@ class MemoryBus:
             # what is left is what counts now, also for the stored copy (a restart)
             letter.message.ttl_remaining_seconds = remaining
             letter.message.expires_at = None
-            if self._on_returned is not None:
-                self._on_returned(letter.message)
+            self._on_returned(letter.message)
 
     def thaw(self, agent_id: str) -> None:
         """Let the TTLs of the agent's messages run again."""
@@ -268,8 +271,7 @@ class MemoryBus:
             if remaining is not None:
                 letter.message.ttl_remaining_seconds = None
                 letter.message.expires_at = now + timedelta(seconds=remaining)
-                if self._on_returned is not None:
-                    self._on_returned(letter.message)
+                self._on_returned(letter.message)
         # Receivers that waited through the pause get what arrived meanwhile, in order.
         while box.waiters:
             if box.waiters[0].done():
