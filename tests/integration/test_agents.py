@@ -432,13 +432,29 @@ async def test_spent_usage_budget_pauses_the_agent(
         assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
 
 
+class TeamBudget:
+    """Sets the group budget from ``miminions_configure`` (a plugin adjusting the
+    configuration before anything is built)."""
+
+    miminions_plugin_name = "team_budget"
+
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        config.group_budgets = {"team": UsageBudget(cost=1.0)}
+
+
+@pytest.mark.parametrize("given_by", ["config", "configure-hook"])
 async def test_spent_group_budget_pauses_the_whole_group(
-    make_config: Callable[..., RuntimeConfig],
+    make_config: Callable[..., RuntimeConfig], given_by: str
 ) -> None:
-    """F-27: a group budget counts every member's reports; spending it pauses the group."""
+    """F-27: a group budget counts every member's reports; spending it pauses the group.
+    A budget that ``miminions_configure`` sets counts the same."""
     recorder = EventRecorder()
-    config = make_config(group_budgets={"team": UsageBudget(cost=1.0)})
-    async with AgentRuntime(config=config, plugins=[recorder]) as rt:
+    if given_by == "config":
+        config, plugins = make_config(group_budgets={"team": UsageBudget(cost=1.0)}), []
+    else:
+        config, plugins = make_config(), [TeamBudget()]
+    async with AgentRuntime(config=config, plugins=[recorder, *plugins]) as rt:
         ids = [await rt.register_agent(n, agents.UsageAgent, group="team") for n in "ab"]
         for agent_id in ids:
             await rt.start_agent(agent_id)

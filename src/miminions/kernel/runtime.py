@@ -257,6 +257,7 @@ class AgentRuntime(CommunicationAPI):
         config = self.config
         pm = self.plugin_manager
         pm.hook.miminions_configure(config=config)
+        self.usage.group_budgets = dict(config.group_budgets)  # as configure left them
         store: Store = first_result(pm, "miminions_make_store", "a store", config=config)
         self._store = store
         await store.open()
