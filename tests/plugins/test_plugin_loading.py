@@ -327,3 +327,67 @@ async def test_failing_runtime_started_hook_stops_the_runtime(tmp_path: Path) ->
     assert rt.store is not None
     async with AgentRuntime(config=config(tmp_path)) as again:  # the database is free
         assert again.recovery is None
+
+
+async def test_a_start_hook_error_is_raised_even_when_the_stop_after_it_fails(
+    tmp_path: Path,
+) -> None:
+    """The docs' pattern: a plugin starts something in runtime_started and ends it in
+    runtime_stopping. When another plugin's runtime_started fails first, the stop that
+    follows fails in the first plugin (it has nothing to end); start() still raises the
+    start hook's error, with the stop's error as a note."""
+
+    class Reporter:
+        miminions_plugin_name = "reporter"
+
+        @hookimpl
+        def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+            self.running = True
+
+        @hookimpl
+        def miminions_runtime_stopping(self, runtime: AgentRuntime) -> None:
+            del self.running  # AttributeError when runtime_started never ran
+
+    class MetricsServer:
+        miminions_plugin_name = "metrics_server"
+
+        @hookimpl(tryfirst=True)
+        def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+            raise OSError("address already in use: port 9100")
+
+    rt = AgentRuntime(config=config(tmp_path), plugins=[Reporter(), MetricsServer()])
+    with pytest.raises(OSError, match="port 9100") as raised:
+        await rt.start()
+    assert any("stopping the runtime afterwards failed" in n for n in raised.value.__notes__)
+    assert not rt.is_running
+    async with AgentRuntime(config=config(tmp_path)) as again:  # the database is free
+        assert again.recovery is None
+
+
+@pytest.mark.parametrize(
+    ("hook", "answer", "lacks"),
+    [
+        ("miminions_make_store", {"not": "a store"}, "put_task"),
+        ("miminions_make_bus", object(), "open_mailbox"),
+        ("miminions_make_executor", object(), "wake"),
+    ],
+)
+async def test_a_make_hook_answer_that_is_not_the_thing_is_a_plugin_error(
+    tmp_path: Path, hook: str, answer: object, lacks: str
+) -> None:
+    """A make_* answer without the protocol's methods is a PluginError naming the hook and
+    what it lacks (not an AttributeError from deep inside the start or its clean-up); the
+    database is left free."""
+
+    class Wrong:
+        miminions_plugin_name = "wrong"
+
+    def make(self: Wrong, **kwargs: Any) -> object:
+        return answer
+
+    setattr(Wrong, hook, hookimpl(tryfirst=True, specname=hook)(make))
+    rt = AgentRuntime(config=config(tmp_path), plugins=[Wrong()])
+    with pytest.raises(PluginError, match=f"{hook} answered .* no .*{lacks}"):
+        await rt.start()
+    async with AgentRuntime(config=config(tmp_path)):  # the database is free
+        pass

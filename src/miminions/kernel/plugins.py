@@ -22,7 +22,7 @@ import inspect
 import os
 from collections.abc import Iterable, Sequence
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any
+from typing import Any, Protocol
 
 import pluggy
 
@@ -229,14 +229,39 @@ def _plugin_name(plugin: object) -> str:
     return type(plugin).__name__
 
 
-def first_result(pm: PluginManager, hook_name: str, what: str, **kwargs: Any) -> Any:
-    """Call a firstresult ``make_*`` hook; raise naming the plugins asked if none answered."""
+def first_result(
+    pm: PluginManager, hook_name: str, what: str, protocol: type | None = None, **kwargs: Any
+) -> Any:
+    """Call a firstresult ``make_*`` hook; raise naming the plugins asked if none answered,
+    or if the answer does not have what ``protocol`` (a ``runtime_checkable`` protocol of
+    :mod:`miminions.kernel.interfaces`) requires."""
     hook = getattr(pm.hook, hook_name)
     result = hook(**kwargs)
+    asked = [impl.plugin_name for impl in hook.get_hookimpls()]
     if result is None:
-        asked = [impl.plugin_name for impl in hook.get_hookimpls()]
         raise PluginError(
             f"no plugin provided {what} ({hook_name}); plugins consulted: {asked or 'none'}. "
             "Re-enable the built-in or pass a plugin that implements it."
         )
+    if protocol is not None and not isinstance(result, protocol):
+        missing = sorted(name for name in _protocol_members(protocol) if not hasattr(result, name))
+        raise PluginError(
+            f"{hook_name} answered a {type(result).__name__}, which is not {what}: it has no "
+            f"{', '.join(missing) or 'members the protocol needs'} (see the "
+            f"{protocol.__name__} protocol); plugins consulted: {asked}"
+        )
     return result
+
+
+def _protocol_members(protocol: type) -> set[str]:
+    """The public methods and attributes a protocol class declares (its own and its
+    protocol bases')."""
+    names: set[str] = set()
+    for base in protocol.__mro__:
+        if base in (object, Protocol) or not getattr(base, "_is_protocol", False):
+            continue
+        names.update(name for name in vars(base) if not name.startswith("_"))
+        names.update(
+            name for name in getattr(base, "__annotations__", {}) if not name.startswith("_")
+        )
+    return names

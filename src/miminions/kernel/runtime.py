@@ -40,7 +40,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
-from miminions.kernel.interfaces import AgentHost, Executor, Store
+from miminions.kernel.interfaces import AgentHost, Bus, Executor, Store
 from miminions.kernel.kv import KVCalls, KVStore
 from miminions.kernel.lifecycle import AgentBook, AgentSlot
 from miminions.kernel.messaging import Messenger
@@ -249,8 +249,12 @@ class AgentRuntime(CommunicationAPI):
         self._state = "running"
         try:
             self.plugin_manager.hook.miminions_runtime_started(runtime=self)
-        except BaseException:
-            await self.stop()  # a half-started runtime must not be left running
+        except BaseException as failure:
+            try:
+                await self.stop()  # a half-started runtime must not be left running
+            except Exception as cleanup:  # the start's error is the one to report
+                _log.error("stopping after miminions_runtime_started failed", exc_info=cleanup)
+                failure.add_note(f"stopping the runtime afterwards failed too: {cleanup!r}")
             raise
 
     async def _start(self) -> None:
@@ -258,7 +262,7 @@ class AgentRuntime(CommunicationAPI):
         pm = self.plugin_manager
         pm.hook.miminions_configure(config=config)
         self.usage.group_budgets = dict(config.group_budgets)  # as configure left them
-        store: Store = first_result(pm, "miminions_make_store", "a store", config=config)
+        store: Store = first_result(pm, "miminions_make_store", "a store", Store, config=config)
         self._store = store
         await store.open()
         events = self._events = EventLog(
@@ -325,7 +329,9 @@ class AgentRuntime(CommunicationAPI):
                 severity=Severity.WARNING if crashed else Severity.INFO,
                 details=self.recovery,
             )
-        self.messenger.attach(first_result(pm, "miminions_make_bus", "a message bus", runtime=self))
+        self.messenger.attach(
+            first_result(pm, "miminions_make_bus", "a message bus", Bus, runtime=self)
+        )
         await self.messenger.load()
         kv = self._kv = KVStore(store)
         await kv.load()
@@ -333,7 +339,7 @@ class AgentRuntime(CommunicationAPI):
         self._agent_book.paused_listener = self._agent_paused
         self._agent_book.ended_listener = self._kv_calls.close_agent
         executor: Executor = first_result(
-            pm, "miminions_make_executor", "an executor", runtime=self
+            pm, "miminions_make_executor", "an executor", Executor, runtime=self
         )
         self._executor = executor
         self._task_book.executor = executor
@@ -425,6 +431,7 @@ class AgentRuntime(CommunicationAPI):
             self.plugin_manager,
             "miminions_make_host",
             f"a host for isolation {spec.isolation!r}",
+            AgentHost,
             spec=spec,
             agent=agent,
             runtime=self,
