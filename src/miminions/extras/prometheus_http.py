@@ -160,6 +160,12 @@ class MetricsEndpoint:
             await writer.drain()
         except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
             pass  # the client went away, or said nothing in time: nobody to answer
+        except asyncio.CancelledError:
+            if not self._closed:
+                raise
+            # close() cancelled it: end as a finished task. On Python 3.11, asyncio's
+            # StreamReaderProtocol asks a cancelled handler task for its exception, and the
+            # loop's exception handler would log an error at every stop with a client.
         finally:
             self._clients.pop(task, None)
             writer.close()
