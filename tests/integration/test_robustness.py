@@ -29,7 +29,7 @@ from miminions import (
 from miminions.kernel.supervisor import retry_delay
 from tests.support import agents
 from tests.support.runtime import run_child_runtime
-from tests.support.waiting import wait_until
+from tests.support.waiting import WAIT_SECONDS, wait_until
 
 
 async def start(rt: AgentRuntime, name: str, agent: object, **kwargs: Any) -> str:
@@ -269,6 +269,36 @@ async def test_an_agent_restarted_after_an_abandoned_run_takes_new_tasks(
             assert (await rt.wait_for_task(later, 5)).status is TaskStatus.COMPLETED
         finally:
             release.set()  # nothing keeps the shutdown waiting
+
+
+async def test_stop_returns_while_an_abandoned_run_is_still_stuck(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """R-01: the runtime's stop does not wait for ever on code whose run was abandoned
+    (it ignores cancellation): it returns within its grace period, the task re-queued."""
+    release = agents.GATES.setdefault("stubborn", asyncio.Event())
+    release.clear()
+    agents.STARTED.pop("stubborn", None)
+    config = make_config(shutdown_timeout_seconds=0.2)
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    stopping: asyncio.Future[None] | None = None
+    try:
+        stubborn = await start(rt, "stubborn", agents.StubbornAgent)
+        task_id = await rt.submit_task("stubborn")
+        await asyncio.wait_for(agents.STARTED.setdefault("stubborn", asyncio.Event()).wait(), 5)
+        await rt.stop_agent(stubborn, timeout_seconds=0.05)  # its run is abandoned
+        assert rt.get_task_status(task_id).status is TaskStatus.PENDING
+        stopping = asyncio.ensure_future(rt.stop())
+        done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+        assert stopping in done, "stop() still waits for the abandoned run's code"
+        await stopping
+    finally:
+        release.set()  # the stuck code returns
+        if stopping is None:
+            await rt.stop()
+    async with AgentRuntime(config=config) as again:
+        assert again.get_task_status(task_id).status is TaskStatus.PENDING
 
 
 async def test_an_agent_that_swallows_its_cancel_does_not_wedge_its_next_tasks(

@@ -222,7 +222,18 @@ class AsyncioExecutor:
             for worker in list(self._workers):
                 worker.cancel()
             if self._workers:
-                await asyncio.gather(*self._workers, return_exceptions=True)
+                # Bounded: the worker of an abandoned run is stuck in agent code that
+                # ignores cancellation; the stop must not wait for it for ever.
+                done, stuck = await asyncio.wait(list(self._workers), timeout=self._notify_timeout)
+                for worker in done:
+                    if not worker.cancelled():
+                        worker.exception()  # retrieved: it was reported when it happened
+                if stuck:
+                    logger.warning(
+                        "%d task run(s) ignored cancellation and are left running "
+                        "(abandoned: their outcome is ignored)",
+                        len(stuck),
+                    )
         finally:
             release, self._release_gc_threshold = self._release_gc_threshold, None
             if release is not None:
