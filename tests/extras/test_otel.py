@@ -9,6 +9,7 @@ in its worker comes back in its task's result (``tests.support.tracing_agents``)
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import sqlite3
@@ -38,6 +39,7 @@ from miminions.kernel.plugins import AUTOLOAD_ENV
 from miminions.kernel.tracing import scope_carrier
 from miminions.plugins import sqlite_schema
 from miminions.plugins.sqlite_store import SQLiteStore
+from tests.support import agents
 from tests.support.agents import STARTED, EchoAgent, FlakyAgent, RecordingAgent, SleepyAgent
 from tests.support.interpreter import without_package
 from tests.support.runtime import start_agent
@@ -308,6 +310,53 @@ async def test_a_cancelled_run_is_not_an_error(traced: AgentRuntime, recorded: R
     assert run.attributes is not None
     assert run.attributes["miminions.task.outcome"] == "cancelled"
     assert run.status.status_code is StatusCode.UNSET
+
+
+@pytest.mark.parametrize("how", ["requeued", "timed_out"])
+async def test_an_abandoned_run_ends_with_its_outcome_not_when_its_code_returns(
+    make_config: MakeConfig, recorded: Recorded, how: str
+) -> None:
+    """A run whose code ignores cancellation is abandoned (its agent stopped, or its
+    timeout past): its span ends then, with that outcome, and the task's next run has a
+    span of its own; the stuck code returning later changes nothing (no second
+    "completed" run of one task in the trace)."""
+    gate = agents.GATES.setdefault("stubborn", asyncio.Event())
+    gate.clear()
+    agents.STARTED.pop("stubborn", None)
+    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=0.2))
+    otel.use_tracer_provider(rt, recorded.provider)
+    async with rt:
+        try:
+            stubborn = await start_agent(rt, "stubborn", agents.StubbornAgent)
+            timeout = 0.1 if how == "timed_out" else None
+            task_id = await rt.submit_task("stubborn", timeout_seconds=timeout, max_retries=1)
+            await asyncio.wait_for(agents.STARTED["stubborn"].wait(), WAIT_SECONDS)
+            if how == "timed_out":
+                await wait_until(
+                    lambda: rt.executor._runs[task_id].timed_out,  # type: ignore[attr-defined]
+                    "the timeout to pass",
+                )
+            await rt.stop_agent(stubborn, timeout_seconds=0.05)  # the run is abandoned
+            await start_agent(rt, "echo", EchoAgent)
+            done = await rt.wait_for_task(task_id, WAIT_SECONDS)
+            assert done.status is TaskStatus.COMPLETED
+            first, second = await recorded.some("process tasks", 2)
+        finally:
+            gate.set()  # the stuck code returns now
+    assert first.attributes is not None
+    assert second.attributes is not None
+    assert first.attributes["miminions.agent.name"] == "stubborn"
+    assert first.attributes["miminions.task.outcome"] == how
+    assert first.status.status_code is (
+        StatusCode.ERROR if how == "timed_out" else StatusCode.UNSET
+    )
+    assert second.attributes["miminions.task.outcome"] == "completed"
+    # after the stop, the stuck code has returned: still two runs, the first unchanged
+    runs = recorded.named("process tasks")
+    assert [r.attributes["miminions.task.outcome"] for r in runs if r.attributes] == [
+        how,
+        "completed",
+    ]
 
 
 async def test_the_trace_survives_a_restart(make_config: MakeConfig, recorded: Recorded) -> None:

@@ -91,6 +91,8 @@ class _Attempt:
     error: str | None = None
     error_type: str | None = None
     retrying: bool = False
+    #: Its span has ended: a late return of an abandoned run changes nothing.
+    ended: bool = False
 
     def failed(self, error: BaseException) -> None:
         """The agent's code raised ``error`` (rebuilt from the worker for a process agent)."""
@@ -122,6 +124,7 @@ class RuntimeTracing:
         self.tracer: Tracer = _tracer(tracer_provider)
         self._waiting_since: dict[str, int] = {}  # task id -> when its next wait began (ns)
         self._settling: dict[str, _Attempt] = {}  # runs whose outcome the events tell now
+        self._running: dict[str, _Attempt] = {}  # runs handed to their agent, not returned
         self._lifecycle = LifecycleSpans(self)
 
     def use(self, tracer_provider: TracerProvider | None) -> None:
@@ -140,7 +143,12 @@ class RuntimeTracing:
         )
 
     def close(self) -> None:
-        """The runtime stopped: end what is still open (an agent start that never ended)."""
+        """The runtime stopped: end what is still open (an agent start that never ended,
+        a run whose code never returned)."""
+        for attempt in list(self._running.values()):
+            if attempt.outcome == COMPLETED:
+                attempt.outcome = INTERRUPTED
+            self._end_now(attempt)
         for attempt in list(self._settling.values()):
             self._finish(attempt)
         self._lifecycle.close()
@@ -206,13 +214,20 @@ class RuntimeTracing:
         carrier = inject(trace.set_span_in_context(run, parent))
         if carrier is not None:
             task.trace_context = carrier  # the agent's copy: the stored task keeps its own
-        return _Attempt(task.task_id, run)
+        earlier = self._running.get(task.task_id)
+        if earlier is not None:  # an abandoned run no event ended: the task runs again
+            earlier.outcome = REQUEUED
+            self._end_now(earlier)
+        attempt = self._running[task.task_id] = _Attempt(task.task_id, run)
+        return attempt
 
     def settle(self, attempt: _Attempt) -> None:
         """The run returned or raised. The task events that say what came of it (retry,
         time-out, requeue, ...) follow in the same loop step: end the span after them."""
-        if attempt.quiet:
-            return
+        if attempt.quiet or attempt.ended:
+            return  # ended already: its run was abandoned, and its outcome told then
+        if self._running.get(attempt.task_id) is attempt:
+            del self._running[attempt.task_id]
         previous = self._settling.get(attempt.task_id)
         if previous is not None:
             self._finish(previous)  # never left open, however the loop steps fall
@@ -223,6 +238,7 @@ class RuntimeTracing:
         if self._settling.get(attempt.task_id) is not attempt:
             return  # ended already (by close(), or by a later attempt settling)
         del self._settling[attempt.task_id]
+        attempt.ended = True
         span = attempt.span
         if not span.is_recording():
             return
@@ -236,9 +252,21 @@ class RuntimeTracing:
             span.set_status(Status(StatusCode.OK))
         span.end()
 
+    def _end_now(self, attempt: _Attempt) -> None:
+        """End the span of a run that has not returned (its outcome is known already)."""
+        if self._running.get(attempt.task_id) is attempt:
+            del self._running[attempt.task_id]
+        self._settling[attempt.task_id] = attempt
+        self._finish(attempt)
+
     def _task_event(self, event: Event) -> None:
         kind, task_id, details = event.event_type, event.task_id or "", event.details
         attempt = self._settling.get(task_id)
+        # An outcome for a run that has not returned: the executor abandoned it (its code
+        # ignored the cancel). The run ends here; its code returning later changes nothing.
+        abandoned = attempt is None and task_id in self._running
+        if abandoned:
+            attempt = self._running[task_id]
         if kind in (EventType.TASK_RETRY_SCHEDULED, EventType.TASK_REQUEUED):
             self._waiting_since[task_id] = ns(event.timestamp)  # its next wait begins
         elif kind in (EventType.TASK_FAILED, EventType.TASK_CANCELLED):
@@ -258,6 +286,8 @@ class RuntimeTracing:
         elif kind is EventType.TASK_REQUEUED:
             attempt.outcome = REQUEUED
             attempt.span.set_attribute("miminions.task.requeue_reason", details.get("reason", ""))
+        if abandoned and kind is not EventType.TASK_TIMEOUT:  # a timeout's outcome follows
+            self._end_now(attempt)
 
     # ------------------------------------------------------------------ messages
     def sent(self, message: AgentMessage) -> Span:
