@@ -161,6 +161,22 @@ async def test_scraped_metrics_follow_the_work(make_config: MakeConfig) -> None:
 
 
 @pytest.mark.usefixtures("client_package")
+async def test_the_received_counter_never_goes_down(make_config: MakeConfig) -> None:
+    """A message handed back to its mailbox (its receiver's worker went) stops counting as
+    delivered in get_metrics() until it is taken again; the Prometheus counter of received
+    messages does not go down meanwhile (a drop reads as a counter reset)."""
+    async with AgentRuntime(config=with_port(make_config)) as rt:
+        agent_id = await start_agent(rt, "echo", EchoAgent)
+        await rt.send_message(agent_id, "note", {"n": 1})
+        message = await rt.messenger.receive(agent_id, WAIT_SECONDS)
+        assert value(await scraped(rt), "miminions_messages_received_total") == 1
+        rt.messenger.put_back(message)  # what a host does when the receiver is gone
+        assert rt.get_metrics().messages_delivered == 0
+        assert value(await scraped(rt), "miminions_messages_received_total") == 1
+        await rt.messenger.receive(agent_id, WAIT_SECONDS)
+        assert value(await scraped(rt), "miminions_messages_received_total") == 1
+
+
 async def test_queue_depth_by_priority_band(make_config: MakeConfig) -> None:
     """Pending tasks are counted by band of base priority while nobody runs them."""
     async with AgentRuntime(config=with_port(make_config)) as rt:

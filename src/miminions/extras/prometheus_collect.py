@@ -122,6 +122,7 @@ class RuntimeMetrics:
         self.latency = Histogram(options.message_latency_buckets)
         self.restarts = 0
         self.expired = 0
+        self._received = 0  # the highest count of delivered messages reported
         self.breaches = dict.fromkeys(BREACH_KINDS, 0)
         self._handlers: dict[EventType, Callable[[Event], None]] = {
             EventType.TASK_COMPLETED: self._task_completed,
@@ -217,6 +218,10 @@ class RuntimeMetrics:
             return []
         families = _Families()
         _add_runtime_state(families, runtime)
+        # A message put back in its mailbox (its receiver's worker went) no longer counts
+        # as delivered, until it is taken again; a counter must never go down.
+        self._received = max(self._received, runtime.get_metrics().messages_delivered)
+        families.received.add_metric([], self._received)
         for kind, count in self.events.items():
             families.events.add_metric([kind.value], count)
         for outcome, histogram in self.durations.items():
@@ -267,7 +272,6 @@ def _add_runtime_state(families: _Families, runtime: AgentRuntime) -> None:
     families.finished.add_metric([TaskStatus.CANCELLED.value], metrics.tasks_cancelled)
     families.retries.add_metric([], metrics.tasks_retried)
     families.sent.add_metric([], metrics.messages_sent)
-    families.received.add_metric([], metrics.messages_delivered)
 
 
 class _Families:
