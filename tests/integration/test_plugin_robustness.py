@@ -138,6 +138,29 @@ async def test_a_raising_order_key_falls_back_to_the_default_order(
     await assert_database_free(config)
 
 
+class TextOrderKey:
+    """Answers its key as text (a number's digits are not a number)."""
+
+    miminions_plugin_name = "text_order_key"
+
+    @hookimpl
+    def miminions_order_key(self, priority: int, ready_at: float) -> Any:
+        return str(-priority)  # as a number, this would run the least urgent first
+
+
+async def test_an_order_key_answering_text_gets_the_default_order(
+    make_config: MakeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with AgentRuntime(config=make_config(), plugins=[TextOrderKey()]) as rt:
+        await rt.pause_queue()
+        with caplog.at_level(logging.ERROR, logger="miminions.runtime"):
+            lazy = await rt.submit_task("lazy", priority=90)
+            urgent = await rt.submit_task("urgent", priority=0)
+        assert rt.get_task_status(urgent).queue_position == 0
+        assert rt.get_task_status(lazy).queue_position == 1
+    assert any("is not a number" in (r.exc_text or "") for r in caplog.records)
+
+
 async def test_a_raising_order_key_does_not_take_queue_slots(make_config: MakeConfig) -> None:
     """A task the plugin fails on is queued (default order), not rejected half-added."""
     config = make_config(limits=ResourceLimits(max_task_queue_size=2))
