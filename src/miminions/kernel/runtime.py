@@ -135,6 +135,9 @@ class AgentRuntime(CommunicationAPI):
         self._state: Literal["new", "starting", "running", "stopping", "stopped"] = "new"
         self._queue_paused = False
         self._started_mono = 0.0
+        self._starting: asyncio.Future[None] | None = None  # done once start() ended
+        self._previous_run: Any = None  # the run record found at the start
+        self._run_recorded = False  # this start wrote its run record
         self._store: Store | None = None
         self._executor: Executor | None = None
         self._events: EventLog | None = None
@@ -240,13 +243,17 @@ class AgentRuntime(CommunicationAPI):
                 "AgentRuntime on the same storage_path to continue its work"
             )
         self._state = "starting"
-        self._claim = claim(self.config.storage_path)
+        starting = self._starting = asyncio.get_running_loop().create_future()
         try:
-            await self._start()
-        except BaseException:
-            await self._abort_start()
-            raise
-        self._state = "running"
+            self._claim = claim(self.config.storage_path)
+            try:
+                await self._start()
+            except BaseException:
+                await self._abort_start()
+                raise
+            self._state = "running"
+        finally:
+            starting.set_result(None)  # a stop asked meanwhile goes ahead now
         try:
             self.plugin_manager.hook.miminions_runtime_started(runtime=self)
         except BaseException as failure:
@@ -300,7 +307,7 @@ class AgentRuntime(CommunicationAPI):
         # open()) settles it: its record's pid, if alive, is another process by now (pids
         # are reused). For other stores the record is the only guard. It also says whether
         # the last run crashed.
-        previous = await store.get_meta(RUN_META_KEY)
+        previous = self._previous_run = await store.get_meta(RUN_META_KEY)
         if getattr(store, "exclusive", False) is not True:
             refuse_live_owner(previous, config.storage_path)
         self._queue_paused = bool(await store.get_meta(QUEUE_PAUSED_KEY))
@@ -310,6 +317,7 @@ class AgentRuntime(CommunicationAPI):
         store.put_meta(
             RUN_META_KEY, {"pid": os.getpid(), "clean": False, "started_at": time.time()}
         )
+        self._run_recorded = True
         events.emit(
             EventType.RUNTIME_STARTED,
             details={"pid": os.getpid(), "storage_path": config.storage_path},
@@ -356,6 +364,18 @@ class AgentRuntime(CommunicationAPI):
         if self._executor is not None:
             await steps.wait(self._executor.close)
         if self._store is not None:
+            if self._run_recorded:
+                # Nothing ran: the next runtime must not report this start as a crash.
+                # A crash before it stays on record (its recovery was not reported yet).
+                previous = self._previous_run
+                crashed = isinstance(previous, dict) and not previous.get("clean", True)
+                steps.call(
+                    self._store.put_meta,
+                    RUN_META_KEY,
+                    previous
+                    if crashed
+                    else {"pid": os.getpid(), "clean": True, "stopped_at": time.time()},
+                )
             await steps.wait(self._store.close)
         steps.log_all()  # the start error is the one to report
 
@@ -365,8 +385,12 @@ class AgentRuntime(CommunicationAPI):
         checkpoints; agents run ``on_stop`` and their workers exit (SIGTERM, then SIGKILL
         after the grace period). Not graceful: running tasks are re-queued and workers
         killed at once. Paused agents stay paused in the store; storage closes. Calling
-        stop again waits for the first call to finish; on a runtime that never started it
-        does nothing."""
+        stop again waits for the first call to finish; a stop called while the runtime
+        starts waits for the start to end, then stops it; on a runtime that never started
+        it does nothing."""
+        starting = self._starting
+        if starting is not None and not starting.done():
+            await asyncio.shield(starting)
         if self._stopped is not None:
             await asyncio.shield(self._stopped)
             return
@@ -705,6 +729,7 @@ class AgentRuntime(CommunicationAPI):
         pause is stored: a runtime started later on the same database starts paused."""
         self._require_running()
         if self._queue_paused:
+            await self.store.flush()  # returns once the pause is committed, as the first call
             return
         self._queue_paused = True
         self.executor.pause_clocks(None)
@@ -715,6 +740,7 @@ class AgentRuntime(CommunicationAPI):
         """Hand out tasks again after :meth:`pause_queue`."""
         self._require_running()
         if not self._queue_paused:
+            await self.store.flush()  # returns once the state is committed, as the first call
             return
         self._queue_paused = False
         self.executor.resume_clocks(None)
