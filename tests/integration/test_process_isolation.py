@@ -1133,3 +1133,48 @@ async def test_an_urgent_task_waits_behind_at_most_one_long_task_taken_ahead(
         assert all(t.status is TaskStatus.COMPLETED for t in done)
         order = [t.task_id for t in sorted(done, key=lambda t: t.started_at or t.created_at)]
         assert order.index(high) <= 3  # after the one running and the one taken ahead
+
+
+@pytest.mark.parametrize("max_restarts", [0, 5])
+async def test_a_crash_of_the_worker_a_stop_was_ending_spares_the_next_worker(
+    config: Callable[..., RuntimeConfig], tmp_path: Path, max_restarts: int
+) -> None:
+    """A graceful stop waits for the running task; a start asked meanwhile waits for the
+    stop; the old worker is killed. The stop ends, the start gives the agent a new worker,
+    and that healthy worker keeps running, with restarts on or off: the crash was its
+    predecessor's, which the stop had ended already."""
+    policy = QUICK_RESTARTS.model_copy(update={"max_restarts": max_restarts})
+    async with AgentRuntime(config=config(process=LENIENT, restart=policy)) as rt:
+        agent = await rt.register_agent("stepper", SteppingAgent)
+        old_pid = (await rt.start_agent(agent)).process_id
+        assert old_pid is not None
+        never = str(tmp_path / "never")  # its release file never appears
+        long = await rt.submit_task("long", {"release": never, "progress": str(tmp_path / "p")})
+        await running_on(rt, long, agent)
+        stopping = asyncio.ensure_future(rt.stop_agent(agent, timeout_seconds=20))
+        await wait_until(
+            lambda: rt.get_agent_status(agent).status is AgentStatus.STOPPING, "a stop"
+        )
+        starting = asyncio.ensure_future(rt.start_agent(agent))  # waits for the stop
+        os.kill(old_pid, signal.SIGKILL)
+        await stopping
+        started = await starting
+        assert started.status is AgentStatus.RUNNING
+        assert started.process_id not in (None, old_pid)
+        # a task round trip on the new worker: the crash's handling has had its turn
+        release = tmp_path / "go"
+        release.touch()
+        probe = await rt.submit_task(
+            "probe", {"release": str(release), "progress": str(tmp_path / "q")}, agent_id=agent
+        )
+        done = await rt.wait_for_task(probe, 20)
+        assert done.status is TaskStatus.COMPLETED, done.error_message
+        assert done.output_data is not None
+        assert done.output_data["pid"] == started.process_id
+        status = rt.get_agent_status(agent)
+        assert (status.status, status.process_id, status.restart_count) == (
+            AgentStatus.RUNNING,
+            started.process_id,
+            0,
+        )
+        assert await rt.query_events(event_type=EventType.AGENT_FAILED, agent_id=agent) == []

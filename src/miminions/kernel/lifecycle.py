@@ -86,6 +86,8 @@ class AgentSlot:
     routes: tuple[str, ...]
     paused_state: Any = None  # what on_pause returned (any JSON value) while paused
     host_started: bool = False
+    # Starts of a host so far: a crash report names the one it is about (see host_failed).
+    host_runs: int = 0
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     # The host call ("start", "pause" or "resume") running under ``lock``, which a stop
     # cancels rather than waits for (see AgentBook._host_call).
@@ -479,6 +481,7 @@ class AgentBook(RestartMixin):
         """Take an agent slot for ``slot`` now (it counts as active from here on)."""
         self._set(slot, S.STARTING, None)
         slot.host_started = True
+        slot.host_runs += 1
 
     def _start_next_queued(self) -> None:
         """Start queued agents, in order, while slots are free and the load allows."""

@@ -69,11 +69,15 @@ class RestartMixin:
             return
         if self.executor is not None and slot.status is S.RUNNING:
             self.executor.agent_unavailable(slot)  # no new task for a dead agent
-        handling = asyncio.ensure_future(self._handle_crash(slot, reason, details or {}))
+        handling = asyncio.ensure_future(
+            self._handle_crash(slot, slot.host_runs, reason, details or {})
+        )
         self._background.add(handling)
         handling.add_done_callback(self._background.discard)
 
-    async def _handle_crash(self, slot: AgentSlot, reason: str, details: JSONObject) -> None:
+    async def _handle_crash(
+        self, slot: AgentSlot, host_run: int, reason: str, details: JSONObject
+    ) -> None:
         if self.executor is not None:
             # The task the crash interrupted fails through the executor first, so it counts
             # as a failed attempt (and is retried per its policy) rather than an interruption.
@@ -81,6 +85,10 @@ class RestartMixin:
         async with slot.lock:
             if self._closing or not slot.host_started:
                 return  # a stop, a failed lifecycle call or the shutdown dealt with it
+            if slot.host_runs != host_run:
+                # About a host the agent no longer has: a stop waiting for the lock ahead
+                # of this dealt with it, and a start after that gave the agent a new one.
+                return
             if slot.status not in (S.RUNNING, S.PAUSED, S.STARTING):
                 return
             if slot.status is S.PAUSED:
