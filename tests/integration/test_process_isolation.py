@@ -51,6 +51,7 @@ from tests.support.process_agents import (
     CrashAgent,
     HookLogAgent,
     MemoryAgent,
+    SigxcpuIgnoringSpinAgent,
     SlowPauseAgent,
     SmallTaskAgent,
     SteppingAgent,
@@ -569,6 +570,31 @@ async def test_cpu_time_limit_ends_the_worker(config: Callable[..., RuntimeConfi
         )
         await restarted(rt, spinner, pid)
         assert await rt.query_events(event_type=EventType.AGENT_KILLED) == []
+
+
+async def test_a_spinner_that_ignores_sigxcpu_is_still_over_its_cpu_limit(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """A worker that ignores SIGXCPU spins on to the hard limit, where the kernel kills it
+    (SIGKILL): that is the CPU limit too, not a crash from outside — RESOURCE_LIMIT_EXCEEDED
+    (cpu), and its task fails with ResourceLimitExceeded."""
+    async with AgentRuntime(config=config(process=LENIENT)) as rt:
+        spinner = await rt.register_agent(
+            "spinner",
+            SigxcpuIgnoringSpinAgent,
+            limits=ResourceLimits(max_cpu_time_per_agent_seconds=1),
+        )
+        pid = (await rt.start_agent(spinner)).process_id
+        task = await rt.wait_for_task(await rt.submit_task("spin"), 30)
+        assert task.status is TaskStatus.FAILED
+        assert task.error_message == (
+            "ResourceLimitExceeded: agent 'spinner' used all of CPU time, over its limit of "
+            "1 seconds; its worker was stopped"
+        )
+        (exceeded,) = await wait_events(rt, EventType.RESOURCE_LIMIT_EXCEEDED, agent_id=spinner)
+        assert exceeded.details["resource"] == "cpu"
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=spinner)
+        assert (failed.details["pid"], failed.details["signal"]) == (pid, "SIGKILL")
 
 
 # ---------------------------------------------------------------------- 5. pause

@@ -12,6 +12,7 @@ import asyncio
 import ctypes
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -117,6 +118,18 @@ class CpuSpinAgent:
     """Burns CPU in its (synchronous) task forever; the worker's loop stays responsive."""
 
     def execute_task(self, task: Task) -> dict[str, Any]:
+        while True:
+            pass
+
+
+class SigxcpuIgnoringSpinAgent(BaseAgent):
+    """Ignores SIGXCPU (the soft CPU limit's signal), then burns CPU in its synchronous
+    task: only the kernel's SIGKILL at the hard limit ends it."""
+
+    async def on_start(self) -> None:
+        signal.signal(signal.SIGXCPU, signal.SIG_IGN)  # on the worker's main thread
+
+    def execute_task(self, task: Task) -> dict[str, Any]:  # type: ignore[override]
         while True:
             pass
 

@@ -83,6 +83,7 @@ class _Live:
         self.head_at_loss: int | None = None  # the run that was running when it died
         self.soft_memory_warned = False
         self.soft_cpu_warned = False
+        self.cpu_seconds: float | None = None  # at the last usage check
         self.breach: ResourceLimitExceeded | None = None
         #: Messages handed to the worker's on_message inbox that it has not yet said it
         #: handles (``message_taken``) or returned; and those the runtime took back from it
@@ -501,9 +502,19 @@ class ProcessHost:
         self._rt.report_host_failure(self.spec.agent_id, reason, details)
 
     def _note_cpu_breach(self, live: _Live, exitcode: int | None) -> None:
-        """A worker ended by SIGXCPU spent its CPU time limit (RLIMIT_CPU)."""
-        if exitcode == -signal.SIGXCPU and live.breach is None:
-            limit = self._limits().max_cpu_time_per_agent_seconds
+        """A worker ended by SIGXCPU spent its CPU time limit (RLIMIT_CPU); so did one
+        that survived SIGXCPU (it ignored it) and met the kernel's SIGKILL at the hard
+        limit: a SIGKILL the runtime did not send, after its CPU time reached the limit."""
+        limit = self._limits().max_cpu_time_per_agent_seconds
+        if live.breach is not None or limit is None:
+            return
+        backstop = (
+            exitcode == -signal.SIGKILL
+            and live.process.exit_reason is None
+            and live.cpu_seconds is not None
+            and live.cpu_seconds >= limit
+        )
+        if exitcode == -signal.SIGXCPU or backstop:
             live.breach = self._breach("cpu", None, limit, "seconds")
 
     async def _kill_worker(self, live: _Live, reason: str, details: JSONObject) -> None:
@@ -583,11 +594,13 @@ class ProcessHost:
             limits.max_memory_per_agent_mb
             or limits.soft_memory_per_agent_mb
             or limits.soft_cpu_time_per_agent_seconds
+            or limits.max_cpu_time_per_agent_seconds
         ):
             return
         usage = process_probe.read_usage(live.process.pid)
         if usage is None:
             return
+        live.cpu_seconds = usage.cpu_seconds  # a SIGKILL at the hard CPU limit tells by it
         rss_mb = usage.rss_bytes / MIB
         hard = limits.max_memory_per_agent_mb
         if hard is not None and rss_mb > hard:
