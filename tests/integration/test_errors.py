@@ -433,3 +433,34 @@ async def test_context_calls_with_wrong_types_raise_typed_errors(
     task = await rt.wait_for_task(await rt.submit_task("misuse"), timeout_seconds=30)
     assert task.status.value == "completed", task.error_message
     assert task.output_data == {"reply": "ValidationError", "unsubscribe": "ValidationError"}
+
+
+def _nested(depth: int) -> dict[str, Any]:
+    value: dict[str, Any] = {}
+    for _ in range(depth):
+        value = {"a": value}
+    return value
+
+
+@pytest.mark.parametrize(
+    "call",
+    [
+        lambda rt, bad: rt.get_task_status(bad),
+        lambda rt, bad: rt.get_agent_status(bad),
+        lambda rt, bad: rt.explain(bad),
+        lambda rt, bad: rt.submit_task("t", priority=bad),
+        lambda rt, bad: rt.query_events(limit=bad),
+        lambda rt, bad: rt.wait_for_task("t", timeout_seconds=bad),
+    ],
+    ids=["get_task_status", "get_agent_status", "explain", "priority", "limit", "timeout"],
+)
+@pytest.mark.parametrize("bad", [_nested(5000), "x" * 1_000_000], ids=["deep", "huge"])
+async def test_an_absurd_argument_gets_a_short_typed_error(
+    rt: AgentRuntime, call: Callable[[AgentRuntime, Any], Any], bad: Any
+) -> None:
+    """A deeply nested or huge value where an id, a number or a limit belongs gets a
+    MiminionsError whose message quotes it briefly (building it raised RecursionError for
+    the deep one, and quoted a megabyte for the huge one)."""
+    with pytest.raises(MiminionsError) as caught:
+        await _outcome(call(rt, bad))
+    assert len(str(caught.value)) < 1000

@@ -9,6 +9,7 @@ so callers can catch either. Messages say what was wrong and what to do instead.
 from __future__ import annotations
 
 import asyncio
+import reprlib
 
 
 class MiminionsError(Exception):
@@ -133,6 +134,19 @@ class RemoteAgentError(MiminionsError):
 #: ``BaseException``: ``except Exception`` would let it into the runtime's bookkeeping). A
 #: synchronous call cannot be cancelled from outside, so it is never the runtime's own.
 PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, asyncio.CancelledError)
+
+
+_SHOWN = reprlib.Repr()
+_SHOWN.maxlevel = 3
+_SHOWN.maxstring = _SHOWN.maxother = 200
+_SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8
+
+
+def shown(value: object) -> str:
+    """``repr(value)`` for an error message about a value a caller passed, bounded in depth
+    and length: a deeply nested or huge value passed by mistake must not make building the
+    message fail (``RecursionError``) or flood it."""
+    return _SHOWN.repr(value)
 
 
 __all__ = [

@@ -31,6 +31,7 @@ from miminions.kernel.errors import (
     NotFoundError,
     ValidationError,
     WaitTimeoutError,
+    shown,
 )
 from miminions.kernel.events import EventLog
 from miminions.kernel.interfaces import AgentHost, Store, StoredAgent
@@ -179,7 +180,7 @@ class AgentBook(RestartMixin):
             return self.slots[agent_id]
         except (KeyError, TypeError):
             raise NotFoundError(
-                f"no agent with id {agent_id!r}; register_agent() returns the id to use"
+                f"no agent with id {shown(agent_id)}; register_agent() returns the id to use"
             ) from None
 
     def in_group(self, group: str) -> list[AgentSlot]:

@@ -22,6 +22,7 @@ from miminions.kernel.errors import (
     RuntimeNotRunningError,
     ValidationError,
     WaitTimeoutError,
+    shown,
 )
 from miminions.kernel.events import EventLog
 from miminions.kernel.interfaces import Store
@@ -97,7 +98,7 @@ class TaskBook:
         try:
             return self.tasks[task_id]
         except (KeyError, TypeError):
-            raise NotFoundError(f"no task with id {task_id!r}") from None
+            raise NotFoundError(f"no task with id {shown(task_id)}") from None
 
     # ------------------------------------------------------------------ submit
     async def submit(
@@ -214,10 +215,10 @@ class TaskBook:
         elif isinstance(task_id, str):
             check_utf8(task_id, "task_id")
         else:
-            raise ValidationError(f"task_id must be a string or None, got {task_id!r}")
+            raise ValidationError(f"task_id must be a string or None, got {shown(task_id)}")
         priority = request.priority
         if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValidationError(f"priority must be an integer 0..100, got {priority!r}")
+            raise ValidationError(f"priority must be an integer 0..100, got {shown(priority)}")
         if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ValidationError(
                 f"priority must be between {MIN_PRIORITY} (most urgent) and {MAX_PRIORITY}, "
@@ -231,12 +232,13 @@ class TaskBook:
             or not 0 <= retries <= MAX_RETRIES
         ):
             raise ValidationError(
-                f"max_retries must be an integer 0..{MAX_RETRIES}, got {retries!r}"
+                f"max_retries must be an integer 0..{MAX_RETRIES}, got {shown(retries)}"
             )
         if request.agent_id is not None:
             if not isinstance(request.agent_id, str):
                 raise ValidationError(
-                    f"agent_id must be an agent id (a string) or None, got {request.agent_id!r}"
+                    "agent_id must be an agent id (a string) or None, got "
+                    f"{shown(request.agent_id)}"
                 )
             if not self._agent_exists(request.agent_id):
                 raise NotFoundError(
@@ -461,13 +463,13 @@ class TaskBook:
         took down; return the task id."""
         letter = self.dead_letters.get(dead_letter_id)
         if letter is None:
-            raise NotFoundError(f"no dead letter with id {dead_letter_id!r}")
+            raise NotFoundError(f"no dead letter with id {shown(dead_letter_id)}")
         if letter.kind != "task":
             raise InvalidStateError(
-                f"dead letter {dead_letter_id!r} is a {letter.kind}, not a task"
+                f"dead letter {shown(dead_letter_id)} is a {letter.kind}, not a task"
             )
         if letter.requeued_at is not None:
-            raise InvalidStateError(f"dead letter {dead_letter_id!r} was re-queued already")
+            raise InvalidStateError(f"dead letter {shown(dead_letter_id)} was re-queued already")
         task = self.get(letter.ref_id)
         revived = self._revive(task, reset_attempts=True)  # raises before anything changed
         letter.requeued_at = datetime.now(UTC)

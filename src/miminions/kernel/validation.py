@@ -10,7 +10,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
-from miminions.kernel.errors import ValidationError
+from miminions.kernel.errors import ValidationError, shown
 from miminions.kernel.interfaces import EventQuery
 from miminions.kernel.models import MAX_SECONDS, EventType, Severity
 
@@ -58,11 +58,12 @@ def check_seconds(
     if not ok or value < 0 or (positive and value == 0):
         kind = "a positive number of seconds" if positive else "a number of seconds >= 0"
         also = " or None" if allow_none else ""
-        raise ValidationError(f"{what} must be {kind}{also}, got {value!r}")
+        raise ValidationError(f"{what} must be {kind}{also}, got {shown(value)}")
     if value > MAX_SECONDS:  # infinity too
         also = "; use None for no limit" if allow_none else ""
         raise ValidationError(
-            f"{what} must be at most {MAX_SECONDS:,.0f} seconds (100 years), got {value!r}{also}"
+            f"{what} must be at most {MAX_SECONDS:,.0f} seconds (100 years), "
+            f"got {shown(value)}{also}"
         )
     return float(value)
 
@@ -70,7 +71,7 @@ def check_seconds(
 def check_limit(value: Any, what: str = "limit") -> int | None:
     """A positive integer count, or None for no limit."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValidationError(f"{what} must be a positive integer or None, got {value!r}")
+        raise ValidationError(f"{what} must be a positive integer or None, got {shown(value)}")
     return value
 
 
@@ -82,7 +83,7 @@ def parse_enum(enum_type: type[_E], value: Any, what: str) -> _E | None:
         return enum_type(value)  # type: ignore[call-arg]
     except ValueError:
         choices = ", ".join(str(member.value) for member in enum_type)  # type: ignore[attr-defined]
-        raise ValidationError(f"{what} {value!r} is not one of: {choices}") from None
+        raise ValidationError(f"{what} {shown(value)} is not one of: {choices}") from None
 
 
 def build_event_query(
@@ -109,17 +110,17 @@ def build_event_query(
         else:
             raise ValidationError(
                 "event_type must be an EventType, its value, a list of them or None, got "
-                f"{event_type!r}"
+                f"{shown(event_type)}"
             )
         types = [_require(parse_enum(EventType, item, "event_type")) for item in raw]
     for name, ident in (("agent_id", agent_id), ("task_id", task_id)):
         if ident is None:
             continue
         if not isinstance(ident, str):
-            raise ValidationError(f"{name} must be a string (one id) or None, got {ident!r}")
+            raise ValidationError(f"{name} must be a string (one id) or None, got {shown(ident)}")
         check_utf8(ident, name)
     if not isinstance(newest, bool):
-        raise ValidationError(f"newest must be True or False, got {newest!r}")
+        raise ValidationError(f"newest must be True or False, got {shown(newest)}")
     for name, value in (("since", since), ("until", until)):
         if value is not None and not isinstance(value, datetime):
             raise ValidationError(f"{name} must be a datetime")
