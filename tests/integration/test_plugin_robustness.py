@@ -9,6 +9,7 @@ executor); entry points that clash by name, async implementations under another 
 from __future__ import annotations
 
 import asyncio
+import functools
 import importlib.abc
 import importlib.machinery
 import logging
@@ -171,48 +172,37 @@ async def test_a_raising_order_key_does_not_take_queue_slots(make_config: MakeCo
 
 
 # ------------------------------------------------------------------ stop
-class StopWrapper:
-    """A harmless wrapper of both stop hooks, counting the calls it wraps."""
-
-    miminions_plugin_name = "stop_wrapper"
-
-    def __init__(self) -> None:
-        self.wrapped = 0
-
-    @hookimpl(wrapper=True)
-    def miminions_runtime_stopping(self, runtime: AgentRuntime) -> Any:
-        self.wrapped += 1
-        return (yield)
-
-    @hookimpl(wrapper=True)
-    def miminions_runtime_stopped(self, runtime: AgentRuntime) -> Any:
-        self.wrapped += 1
-        return (yield)
-
-
-@pytest.mark.parametrize("wrapper", [False, True], ids=["plain", "with-a-wrapper"])
 @pytest.mark.parametrize("which", ["stopping", "stopped"])
-async def test_a_raising_stop_hook_skips_no_cleanup(
-    make_config: MakeConfig, which: str, wrapper: bool
-) -> None:
+async def test_a_raising_stop_hook_skips_no_cleanup(make_config: MakeConfig, which: str) -> None:
     """stop() still calls every other plugin's runtime_stopping and runtime_stopped, closes
     the store and releases the database; then it raises the hook's error, naming the
-    plugin. A wrapper of the hooks (another plugin's) changes none of that."""
+    plugin."""
     config = make_config()
     recorder = StopRecorder()
-    wrapping = [StopWrapper()] if wrapper else []
     # Registered last, so pluggy would call it first.
-    rt = AgentRuntime(config=config, plugins=[recorder, RaisingLifecycle(which), *wrapping])
+    rt = AgentRuntime(config=config, plugins=[recorder, RaisingLifecycle(which)])
     await rt.start()
     with pytest.raises(RuntimeError, match=f"{which} boom") as raised:
         await rt.stop()
     assert "raised by plugin 'raising_lifecycle'" in (raised.value.__notes__ or [])
     assert recorder.stopping
     assert recorder.stopped
-    if wrapping:
-        assert wrapping[0].wrapped > 0
     assert not rt.is_running
     await assert_database_free(config)
+
+
+@pytest.mark.parametrize("hook", ["miminions_runtime_stopping", "miminions_runtime_stopped"])
+@pytest.mark.parametrize("kind", ["wrapper", "hookwrapper"])
+def test_the_stop_hooks_take_no_wrapper(hook: str, kind: str) -> None:
+    """A wrapper would make the stop hooks one pluggy call again, where one implementation
+    that raises skips the others' clean-up: refused at registration, saying why."""
+
+    def wrapping(runtime: AgentRuntime) -> Any:
+        return (yield)
+
+    plugin = type("StopWrapper", (), {hook: staticmethod(hookimpl(**{kind: True})(wrapping))})
+    with pytest.raises(PluginError, match=f"{hook} takes no wrapper"):
+        build_plugin_manager([plugin])
 
 
 async def test_a_failing_executor_close_skips_no_cleanup(make_config: MakeConfig) -> None:
@@ -325,6 +315,33 @@ def test_async_monitor_behind_accepts_events_is_rejected() -> None:
 
     with pytest.raises(PluginError, match=r"miminions_event is 'async def'"):
         build_plugin_manager([AsyncMonitor()])
+
+
+def scheduled(function: Callable[..., Any]) -> Callable[..., None]:
+    """A sync decorator that hands the coroutine of an async function to a task."""
+
+    @functools.wraps(function)
+    def schedule(*args: Any, **kwargs: Any) -> None:
+        asyncio.get_running_loop().create_task(function(*args, **kwargs))
+
+    return schedule
+
+
+async def test_a_sync_hook_that_schedules_a_coroutine_is_accepted(make_config: MakeConfig) -> None:
+    """Only accepts_events' own wrapper is looked through: a sync decorator of the user's
+    that schedules an async function is a sync hook, as the docs allow."""
+    seen = asyncio.Event()
+
+    class Notifier:
+        miminions_plugin_name = "notifier"
+
+        @hookimpl
+        @scheduled
+        async def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+            seen.set()
+
+    async with AgentRuntime(config=make_config(), plugins=[Notifier()]):
+        await asyncio.wait_for(seen.wait(), 5)
 
 
 # ------------------------------------------------------------------ extras

@@ -391,3 +391,37 @@ async def test_a_make_hook_answer_that_is_not_the_thing_is_a_plugin_error(
         await rt.start()
     async with AgentRuntime(config=config(tmp_path)):  # the database is free
         pass
+
+
+class ForwardingStore:
+    """The docs' TimedStore pattern: wraps the chosen store, forwarding what it does not
+    change through ``__getattr__``."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.flushes = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    async def flush(self) -> None:
+        self.flushes += 1
+        await self._inner.flush()
+
+
+async def test_a_store_wrapper_forwarding_through_getattr_is_a_store(tmp_path: Path) -> None:
+    """A make_* answer that forwards its members through ``__getattr__`` has them all:
+    accepted on every Python (since 3.12, isinstance against a protocol ignores
+    ``__getattr__``, so the check asks each member)."""
+
+    class Timing:
+        miminions_plugin_name = "timing"
+
+        @hookimpl(wrapper=True)
+        def miminions_make_store(self, config: RuntimeConfig) -> Any:
+            return ForwardingStore((yield))
+
+    async with AgentRuntime(config=config(tmp_path), plugins=[Timing()]) as rt:
+        await rt.submit_task("t")
+        assert isinstance(rt.store, ForwardingStore)
+    assert rt.store.flushes > 0

@@ -33,6 +33,9 @@ ENTRY_POINT_GROUP = "miminions"
 AUTOLOAD_ENV = "MIMINIONS_DISABLE_PLUGIN_AUTOLOAD"
 
 # The one place the kernel names built-in plugins: short name -> module path.
+#: The hooks :meth:`PluginManager.call_each` calls: each implementation on its own.
+CALLED_EACH = frozenset({"miminions_runtime_stopping", "miminions_runtime_stopped"})
+
 BUILTIN_PLUGINS: dict[str, str] = {
     "priority_scheduling": "miminions.plugins.priority_scheduling",
     "asyncio_executor": "miminions.plugins.asyncio_executor",
@@ -61,9 +64,20 @@ class PluginManager(pluggy.PluginManager):
             if opts is None and not attr_name.startswith("miminions_"):
                 continue
             impl = getattr(plugin, attr_name, None)
+            hook_name = (opts.get("specname") if opts is not None else None) or attr_name
+            if (
+                opts is not None
+                and (opts.get("wrapper") or opts.get("hookwrapper"))
+                and hook_name in CALLED_EACH
+            ):
+                raise PluginError(
+                    f"plugin {name or self.get_canonical_name(plugin)!r}: {hook_name} takes no "
+                    "wrapper: each of its implementations is called on its own, so that one "
+                    "that fails skips no other plugin's clean-up; implement it plainly "
+                    "(tryfirst / trylast choose the order)"
+                )
             if _is_async(impl):
                 shown = name or self.get_canonical_name(plugin)
-                hook_name = (opts.get("specname") if opts is not None else None) or attr_name
                 what = attr_name if hook_name == attr_name else f"{attr_name} (of {hook_name})"
                 raise PluginError(
                     f"plugin {shown!r}: hook implementation {what} is 'async def'. "
@@ -91,37 +105,27 @@ class PluginManager(pluggy.PluginManager):
         pluggy's order, and return the ``(plugin name, error)`` of those that raised.
 
         pluggy stops a hook call at the first exception; for notifications whose
-        implementations each release something of their own (``runtime_stopping``,
-        ``runtime_stopped``), one that fails must not keep the others from running.
-        Wrappers of the hook wrap each implementation's call on its own.
+        implementations each release something of their own (:data:`CALLED_EACH`), one that
+        fails must not keep the others from running. Those hooks take no wrappers
+        (:meth:`register` refuses one), which would make them one call again.
         """
-        hook = getattr(self.hook, hook_name)
-        impls = hook.get_hookimpls()
-        plain = [impl for impl in impls if not (impl.hookwrapper or impl.wrapper)]
-        wrapped = len(plain) < len(impls)
         errors: list[tuple[str, BaseException]] = []
-        for impl in reversed(plain):  # pluggy calls the last registered first
+        for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):  # pluggy's order
             try:
-                if wrapped:  # pluggy runs the wrappers: the hook without the other plugins
-                    others = [other.plugin for other in plain if other is not impl]
-                    self.subset_hook_caller(hook_name, remove_plugins=others)(**kwargs)
-                else:
-                    impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
             except PLUGIN_ERRORS as exc:
                 errors.append((impl.plugin_name, exc))
         return errors
 
 
 def _is_async(impl: Any) -> bool:
-    """True for an ``async def`` (or async generator) function, also one behind decorators
-    written with ``functools.wraps`` (``accepts_events`` is one: its wrapper is sync)."""
-    try:
-        unwrapped = inspect.unwrap(impl) if callable(impl) else impl
-    except ValueError:  # a __wrapped__ cycle
-        unwrapped = impl
+    """True for an ``async def`` (or async generator) function, also one behind an
+    :func:`~miminions.kernel.hookspecs.accepts_events` filter (its wrapper is sync). Other
+    decorators are taken at their word: a sync one may hand a coroutine to a task."""
+    functions = (impl, hookspecs.unfiltered(impl)) if callable(impl) else (impl,)
     return any(
         inspect.iscoroutinefunction(function) or inspect.isasyncgenfunction(function)
-        for function in (impl, unwrapped)
+        for function in functions
     )
 
 
@@ -243,13 +247,17 @@ def first_result(
             f"no plugin provided {what} ({hook_name}); plugins consulted: {asked or 'none'}. "
             "Re-enable the built-in or pass a plugin that implements it."
         )
-    if protocol is not None and not isinstance(result, protocol):
+    if protocol is not None:
+        # hasattr, not isinstance: since Python 3.12 isinstance against a protocol ignores
+        # __getattr__, through which wrappers (the otel extra's, the docs' TimedStore)
+        # forward what they do not change.
         missing = sorted(name for name in _protocol_members(protocol) if not hasattr(result, name))
-        raise PluginError(
-            f"{hook_name} answered a {type(result).__name__}, which is not {what}: it has no "
-            f"{', '.join(missing) or 'members the protocol needs'} (see the "
-            f"{protocol.__name__} protocol); plugins consulted: {asked}"
-        )
+        if missing:
+            raise PluginError(
+                f"{hook_name} answered a {type(result).__name__}, which is not {what}: it has "
+                f"no {', '.join(missing)} (see the {protocol.__name__} protocol); plugins "
+                f"consulted: {asked}"
+            )
     return result
 
 
