@@ -16,6 +16,8 @@ import logging
 import sys
 import textwrap
 from collections.abc import Callable, Sequence
+from decimal import Decimal
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +139,31 @@ async def test_a_raising_order_key_falls_back_to_the_default_order(
     assert len(failures) == 1  # b1 and b2 failed in a row: one streak
     assert "order key boom" in (failures[0].exc_text or "")
     await assert_database_free(config)
+
+
+class NumberOrderKey:
+    """Answers its key as another kind of number (inverted: the least urgent first)."""
+
+    miminions_plugin_name = "number_order_key"
+
+    def __init__(self, kind: Callable[[int], Any]) -> None:
+        self.kind = kind
+
+    @hookimpl
+    def miminions_order_key(self, priority: int, ready_at: float) -> Any:
+        return self.kind(-priority)
+
+
+@pytest.mark.parametrize("kind", [Fraction, Decimal, float], ids=["Fraction", "Decimal", "float"])
+async def test_an_order_key_of_any_kind_of_number_is_used(
+    make_config: MakeConfig, kind: Callable[[int], Any]
+) -> None:
+    async with AgentRuntime(config=make_config(), plugins=[NumberOrderKey(kind)]) as rt:
+        await rt.pause_queue()
+        lazy = await rt.submit_task("lazy", priority=90)
+        urgent = await rt.submit_task("urgent", priority=0)
+        assert rt.get_task_status(lazy).queue_position == 0  # the plugin's order
+        assert rt.get_task_status(urgent).queue_position == 1
 
 
 class TextOrderKey:

@@ -1019,9 +1019,7 @@ def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[in
         nonlocal failing
         try:
             answer = hook(priority=priority, ready_at=ready_at, config=config)
-            if answer is not None and (
-                isinstance(answer, bool) or not isinstance(answer, int | float)
-            ):
+            if isinstance(answer, str | bytes | bytearray | bool):  # float() would take them
                 raise TypeError(f"order key {answer!r} is not a number")
             key = None if answer is None else float(answer)
             if key is not None and math.isnan(key):
