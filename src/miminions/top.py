@@ -163,11 +163,18 @@ async def watch(
     The interval runs from the start of one read to the start of the next, so the time a
     read takes does not stretch it. Throughput is measured between consecutive frames.
     """
-    async with open_database(path) as store:
+    async with contextlib.AsyncExitStack() as opened:
+        store = await opened.enter_async_context(open_database(path))
         with Screen(out, in_place=in_place) as screen:
             previous: Snapshot | None = None
             while True:
                 started = time.monotonic()
+                if store.snapshot and previous is not None:
+                    # An immutable snapshot never sees later changes: read the file anew.
+                    # (Once a runtime writes it, a write-ahead log appears, which such a
+                    # reader cannot read: the open says so, and top ends with that error.)
+                    await opened.aclose()
+                    store = await opened.enter_async_context(open_database(path))
                 snapshot = await read_snapshot(store, path, events)
                 screen.show(render(snapshot, previous))
                 if frames is not None and screen.frames >= frames:

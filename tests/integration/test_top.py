@@ -14,15 +14,19 @@ import json
 import math
 import re
 import signal
+import sqlite3
 import sys
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from miminions import AgentRuntime, Priority, RuntimeConfig, TaskRequest
+from miminions import top as top_module
 from miminions.cli import main, short_id
 from miminions.demo import display_width, format_table
+from miminions.plugins.sqlite_store import SQLiteStore
 from miminions.top import fit, run_top
 from tests.support import agents
 from tests.support.runtime import ROOT, run_child_runtime
@@ -485,3 +489,45 @@ def test_tables_align_wide_characters_by_columns() -> None:
     start = display_width(header[: header.index("status")])
     assert display_width(wide_row[: wide_row.index("running")]) == start
     assert display_width(ascii_row[: ascii_row.index("paused")]) == start
+
+
+async def test_a_snapshot_read_database_is_read_anew_at_each_refresh(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A database in a directory the reader cannot write is read as an immutable snapshot
+    (SQLite cannot make its -shm file there), which never sees later changes: top reads it
+    anew at each refresh, so the second frame shows what changed after the first."""
+    db = tmp_path / "backup.db"
+    async with AgentRuntime(config=RuntimeConfig(storage_path=str(db))) as rt:
+        await rt.start_agent(await rt.register_agent("echo", agents.EchoAgent, isolation="inline"))
+        await rt.wait_for_tasks(await rt.submit_tasks([TaskRequest(name="t")] * 3), 10)
+
+    real_open = SQLiteStore._open_readonly
+
+    async def as_in_a_read_only_directory(store: SQLiteStore, uri: str) -> Any:
+        if "immutable=1" not in uri:  # what SQLite answers there
+            error = sqlite3.OperationalError("attempt to write a readonly database")
+            error.sqlite_errorname = "SQLITE_READONLY_DIRECTORY"  # type: ignore[attr-defined]
+            raise error
+        return await real_open(store, uri)
+
+    real_read = top_module.read_snapshot
+    reads = 0
+
+    async def read_then_change(store: SQLiteStore, path: Path, events: int) -> Any:
+        nonlocal reads
+        snapshot = await real_read(store, path, events)
+        reads += 1
+        if reads == 1:  # between the frames, the database's owner changes it
+            with sqlite3.connect(db) as conn:
+                conn.execute("UPDATE tasks SET status = 'failed' WHERE name = 't'")
+            conn.close()  # the last connection: its write-ahead log goes into the file
+        return snapshot
+
+    monkeypatch.setattr(SQLiteStore, "_open_readonly", as_in_a_read_only_directory)
+    monkeypatch.setattr(top_module, "read_snapshot", read_then_change)
+    code, out, err = await top(capsys, "--db", str(db), "--frames", "2", "--interval", "0.01")
+    assert code == 0, err
+    first, second = frames(out)
+    assert (status_counts(first)["completed"], status_counts(first)["failed"]) == (3, 0)
+    assert (status_counts(second)["completed"], status_counts(second)["failed"]) == (0, 3)

@@ -127,6 +127,9 @@ class SQLiteStore:
             )
         self.path = os.fspath(path)
         self.readonly = readonly
+        #: Read as an immutable snapshot (see :meth:`_connect_readonly`): later changes to
+        #: the database are not seen; open it again to see them.
+        self.snapshot = False
         self.switch_interval = switch_interval
         self._release_switch_interval: Callable[[], None] | None = None
         self.commit_attempts = commit_attempts
@@ -374,9 +377,11 @@ class SQLiteStore:
         # who may not write the directory cannot (a backup, another user's data). With no
         # WAL (its runtime stopped cleanly) the file is the whole database: read it as is.
         try:
-            return await self._open_readonly(uri + "&immutable=1")
+            conn = await self._open_readonly(uri + "&immutable=1")
         except sqlite3.DatabaseError as exc:
             raise _unusable(self.path, exc) from exc
+        self.snapshot = True
+        return conn
 
     async def _open_readonly(self, uri: str) -> aiosqlite.Connection:
         """A read-only connection to the miminions database at ``uri`` (SQLite's errors
