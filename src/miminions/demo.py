@@ -465,10 +465,15 @@ def table_cell(value: object) -> str:
 
 def char_columns(char: str) -> int:
     """How many terminal columns a printable ``char`` takes: 2 for wide East Asian
-    characters (CJK, most emoji), 0 for combining marks, otherwise 1."""
-    if unicodedata.combining(char):
+    characters (CJK, most emoji), 0 for marks drawn on the character before (general
+    categories Mn and Me, which include Thai vowel marks whose combining class is 0) and
+    invisible format characters (Cf), otherwise 1."""
+    if unicodedata.category(char) in _ZERO_WIDTH:
         return 0
     return 2 if unicodedata.east_asian_width(char) in "WF" else 1
+
+
+_ZERO_WIDTH = frozenset({"Mn", "Me", "Cf"})
 
 
 def display_width(text: str) -> int:

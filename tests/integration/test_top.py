@@ -482,6 +482,17 @@ def test_frames_are_cut_to_the_terminal_in_columns_not_characters() -> None:
     assert lines[3] == "e\u0301" * 59  # a combining accent takes no column of its own
 
 
+@pytest.mark.parametrize(
+    ("text", "columns"),
+    [("กิน", 2), ("किंतु", 3), ("e\u0301", 1), ("名前", 4), ("a\u200bb", 2), ("abc", 3)],
+    ids=["thai", "devanagari", "combining-accent", "cjk", "zero-width-space", "ascii"],
+)
+def test_display_width_counts_terminal_columns(text: str, columns: int) -> None:
+    """Marks drawn on the character before take no column, whatever their combining
+    class (Thai vowel marks have class 0); wide characters take two."""
+    assert display_width(text) == columns
+
+
 def test_tables_align_wide_characters_by_columns() -> None:
     """Table columns line up on a terminal when cells hold wide characters."""
     table = format_table(["name", "status"], [[WIDE * 3, "running"], ["worker", "paused"]])
