@@ -16,6 +16,7 @@ from miminions import (
     AgentRuntime,
     AgentStatus,
     ConfigurationError,
+    InvalidStateError,
     RuntimeConfig,
     TaskRequest,
     TaskStatus,
@@ -129,6 +130,9 @@ async def test_second_runtime_in_one_process_is_refused(
         second = AgentRuntime(config=make_config())
         with pytest.raises(ConfigurationError, match="already open by another runtime"):
             await second.start()
+        with pytest.raises(InvalidStateError, match="this runtime is stopped"):
+            await second.start()  # refused, it is over (not left "starting" for good)
+        await second.stop()  # nothing to stop: returns at once
     async with AgentRuntime(config=make_config()) as third:
         assert third.is_running
 

@@ -245,8 +245,8 @@ class AgentRuntime(CommunicationAPI):
         self._state = "starting"
         starting = self._starting = asyncio.get_running_loop().create_future()
         try:
-            self._claim = claim(self.config.storage_path)
             try:
+                self._claim = claim(self.config.storage_path)
                 await self._start()
             except BaseException:
                 await self._abort_start()
