@@ -462,11 +462,21 @@ class AsyncioExecutor:
         front = self._sched.front
         return any(front(route) is not None for route in slot.routes if route != ANY_ROUTE)
 
+    def _first_free_idle(self) -> AgentSlot:
+        """The first of :meth:`_candidates` for a task any agent may run, without listing
+        them all: the agent idle longest that no waiting targeted task needs (usually the
+        first one looked at), else the one idle longest."""
+        idle = self._idle
+        first = next(iter(idle.values()))
+        if len(idle) > 1 and self._sched.route_count > 1:  # else nothing can need it
+            for slot in idle.values():
+                if not self._needed_elsewhere(slot):
+                    return slot
+        return first
+
     def _choose(self, task_id: str, route: str) -> AgentSlot:
         if self._pick_hook is None:
-            if not route and self._sched.route_count == 1:  # nothing is targeted: no scan
-                return next(iter(self._idle.values()))
-            return self._candidates(route)[0]
+            return self._first_free_idle() if not route else self._candidates(route)[0]
         candidates = self._candidates(route)
         try:
             chosen = self._pick_hook(
