@@ -177,6 +177,7 @@ async def test_the_received_counter_never_goes_down(make_config: MakeConfig) -> 
         assert value(await scraped(rt), "miminions_messages_received_total") == 1
 
 
+@pytest.mark.usefixtures("client_package")
 async def test_queue_depth_by_priority_band(make_config: MakeConfig) -> None:
     """Pending tasks are counted by band of base priority while nobody runs them."""
     async with AgentRuntime(config=with_port(make_config)) as rt:
