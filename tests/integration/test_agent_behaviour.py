@@ -241,6 +241,27 @@ async def test_async_agent_class_is_built_on_the_loop(
 
 
 # ---------------------------------------------------------------------- 3. pause/resume
+async def test_on_pause_and_on_resume_may_use_the_context(
+    rt: AgentRuntime, isolation: str, journal: Journal
+) -> None:
+    """A context call in on_pause (which runs with the gate closed) or on_resume (before
+    it opens) is not a safe point to halt at: the pause and the resume complete, while the
+    task the pause halted stays halted until the resume."""
+    agent_id = await start(rt, isolation, journal, journal_agents.ContextInHooksAgent)
+    first = await rt.submit_task("first", {"action": "gate", "gate": journal.gate("first")})
+    await journal.wait_for("gate_entered", task_id=first)
+    paused = await rt.pause_agent(agent_id, timeout_seconds=WAIT)
+    assert paused.status is AgentStatus.PAUSED
+    assert rt.kv.get("paused") is True
+    assert rt.get_task_status(first).status is TaskStatus.RUNNING  # halted, not gone on
+    resumed = await rt.resume_agent(agent_id)
+    assert resumed.status is AgentStatus.RUNNING
+    assert rt.kv.get("resumed_with") == {"saved": 1}
+    journal.open("first")
+    assert (await finished(rt, first)).status is TaskStatus.COMPLETED
+
+
+
 async def test_pause_halts_task_and_state_round_trips(
     rt: AgentRuntime, isolation: str, journal: Journal
 ) -> None:

@@ -268,3 +268,15 @@ class PauseStateAgent(JournalAgent):
         if self.config.get("non_json"):
             return {"tags": {1, 2}}
         return self.config["pause_state"]
+
+
+class ContextInHooksAgent(JournalAgent):
+    """``on_pause`` and ``on_resume`` use the context (the shared store) as an agent may
+    anywhere: ``on_pause`` records that it paused, ``on_resume`` the state it got back."""
+
+    async def on_pause(self) -> dict[str, Any]:
+        await self.context.kv.set("paused", True)
+        return {"saved": 1}
+
+    async def on_resume(self, state: dict[str, Any]) -> None:
+        await self.context.kv.set("resumed_with", state)

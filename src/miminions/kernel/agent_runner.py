@@ -46,6 +46,13 @@ _TASK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
 )
 
 
+#: The runner whose lifecycle hook runs in this context: its context calls pass the gate
+#: (``on_pause`` runs with the gate closed, ``on_resume`` before it opens).
+_HOOK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
+    "miminions_hook_of", default=None
+)
+
+
 class AgentRunner:
     """Builds and drives one agent object (see the module docstring)."""
 
@@ -98,8 +105,10 @@ class AgentRunner:
 
     async def safe_point(self) -> None:
         """Wait here while the agent is paused. The running task and an ``on_message``
-        handler reaching it count as halted for a pause; other code just waits."""
-        if self._gate.is_set():
+        handler reaching it count as halted for a pause; other code just waits, except
+        the agent's own lifecycle hooks (``on_pause`` may save its state through the
+        context while the task it paused waits)."""
+        if self._gate.is_set() or _HOOK_OF.get() is self:
             return
         current = asyncio.current_task()
         # The task's own coroutine, or one it started (asyncio.gather, wait_for on 3.11):
@@ -323,8 +332,13 @@ class AgentRunner:
         return call
 
     async def hook(self, name: str, *args: Any) -> Any:
-        """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread)."""
-        return await call_hook(self._agent, name, *args, executor=self._own_thread())
+        """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread);
+        its context calls are no safe points (see :meth:`safe_point`)."""
+        token = _HOOK_OF.set(self)
+        try:
+            return await call_hook(self._agent, name, *args, executor=self._own_thread())
+        finally:
+            _HOOK_OF.reset(token)
 
     async def _build_agent(self) -> Any:
         """The agent object, from what was registered.
