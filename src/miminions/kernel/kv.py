@@ -1,7 +1,7 @@
 """The shared key-value store agents exchange data through (F-16): ``rt.kv``, ``context.kv``.
 
 Values are JSON. Every write bumps the key's version and is durable (written through the
-store's group commit, under meta keys ``kv:["namespace","key"]``) before the call returns.
+store's group commit, under meta keys ``kv:["namespace", "key"]``) before the call returns.
 A deleted key starts again at version 1 when it is set again.
 Reads are answered from memory. ``compare_and_set`` changes a key only when it holds the
 expected value. ``watch(prefix)`` yields every later change of matching keys; a change
