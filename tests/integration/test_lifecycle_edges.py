@@ -252,3 +252,50 @@ async def test_a_pause_whose_on_pause_outlasts_its_timeout_is_abandoned(
     task = await rt.wait_for_task(await rt.submit_task("after"), timeout_seconds=WAIT_SECONDS)
     assert task.status is TaskStatus.COMPLETED, task.error_message
     assert task.output_data == {"done": "after"}
+
+
+class BackgroundLoopAgent(BaseAgent):
+    """Starts a loop in ``on_start`` (a poller): each step, when the test allows it, is a
+    context call, a safe point."""
+
+    def __init__(self) -> None:
+        self.step = asyncio.Event()
+        self.loop: asyncio.Task[None] | None = None
+
+    async def on_start(self) -> None:
+        self.loop = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        n = 0
+        while True:
+            await self.step.wait()
+            self.step.clear()
+            n += 1
+            await self.context.kv.set("polled", n)
+
+    async def execute_task(self, task: Task) -> Any:
+        return {}
+
+    async def on_stop(self) -> None:
+        if self.loop is not None:
+            self.loop.cancel()
+
+
+async def test_code_a_hook_started_halts_at_its_safe_points_while_paused(
+    rt: AgentRuntime,
+) -> None:
+    """Lifecycle hooks' own context calls pass the pause gate; a loop on_start started does
+    not once on_start has returned: while the agent is paused its next context call waits
+    for the resume."""
+    agent_id = await rt.register_agent("poller", BackgroundLoopAgent, isolation="inline")
+    await rt.start_agent(agent_id)
+    agent = rt.agent_book.get(agent_id).host._runner._agent  # type: ignore[attr-defined]
+    agent.step.set()
+    await wait_until(lambda: rt.kv.get("polled") == 1, "the first poll")
+    await rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS)
+    agent.step.set()
+    for _ in range(50):  # far more loop turns than the step takes when nothing holds it
+        await asyncio.sleep(0)
+    assert rt.kv.get("polled") == 1  # held at its safe point
+    await rt.resume_agent(agent_id)
+    await wait_until(lambda: rt.kv.get("polled") == 2, "the poll after the resume")

@@ -87,6 +87,7 @@ class AgentRunner:
         self._gate.set()
         self._halted = asyncio.Event()
         self._halted_waiting = 0  # coroutines of the running task waiting at the gate
+        self._hooks_running = 0  # lifecycle hooks in progress (see safe_point)
         self._idle = asyncio.Event()
         self._idle.set()
         #: Set while no ``on_message`` handler runs, or while the one that runs waits at
@@ -108,7 +109,7 @@ class AgentRunner:
         handler reaching it count as halted for a pause; other code just waits, except
         the agent's own lifecycle hooks (``on_pause`` may save its state through the
         context while the task it paused waits)."""
-        if self._gate.is_set() or _HOOK_OF.get() is self:
+        if self._gate.is_set() or (self._hooks_running and _HOOK_OF.get() is self):
             return
         current = asyncio.current_task()
         # The task's own coroutine, or one it started (asyncio.gather, wait_for on 3.11):
@@ -334,10 +335,14 @@ class AgentRunner:
     async def hook(self, name: str, *args: Any) -> Any:
         """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread);
         its context calls are no safe points (see :meth:`safe_point`)."""
+        # The mark is inherited by tasks the hook starts: it lets them through only while
+        # the hook runs (a loop started by on_start halts at its safe points afterwards).
         token = _HOOK_OF.set(self)
+        self._hooks_running += 1
         try:
             return await call_hook(self._agent, name, *args, executor=self._own_thread())
         finally:
+            self._hooks_running -= 1
             _HOOK_OF.reset(token)
 
     async def _build_agent(self) -> Any:
