@@ -261,7 +261,6 @@ async def test_on_pause_and_on_resume_may_use_the_context(
     assert (await finished(rt, first)).status is TaskStatus.COMPLETED
 
 
-
 async def test_pause_halts_task_and_state_round_trips(
     rt: AgentRuntime, isolation: str, journal: Journal
 ) -> None:

@@ -451,10 +451,29 @@ def _nested(depth: int) -> dict[str, Any]:
         lambda rt, bad: rt.submit_task("t", priority=bad),
         lambda rt, bad: rt.query_events(limit=bad),
         lambda rt, bad: rt.wait_for_task("t", timeout_seconds=bad),
+        lambda rt, bad: rt.submit_task("t", max_retries=bad),
+        lambda rt, bad: rt.submit_task("t", agent_id=bad),
+        lambda rt, bad: rt.list_dead_letters(kind=bad),
+        lambda rt, bad: rt.pause_group(bad),
+        lambda rt, bad: rt.send_message(bad, "x"),
     ],
-    ids=["get_task_status", "get_agent_status", "explain", "priority", "limit", "timeout"],
+    ids=[
+        "get_task_status",
+        "get_agent_status",
+        "explain",
+        "priority",
+        "limit",
+        "timeout",
+        "max_retries",
+        "agent_id",
+        "dead_letter_kind",
+        "group",
+        "recipients",
+    ],
 )
-@pytest.mark.parametrize("bad", [_nested(5000), "x" * 1_000_000], ids=["deep", "huge"])
+@pytest.mark.parametrize(
+    "bad", [_nested(5000), "x" * 1_000_000, -(10**5000)], ids=["deep", "huge", "huge-int"]
+)
 async def test_an_absurd_argument_gets_a_short_typed_error(
     rt: AgentRuntime, call: Callable[[AgentRuntime, Any], Any], bad: Any
 ) -> None:

@@ -136,7 +136,15 @@ class RemoteAgentError(MiminionsError):
 PLUGIN_ERRORS: tuple[type[BaseException], ...] = (Exception, asyncio.CancelledError)
 
 
-_SHOWN = reprlib.Repr()
+class _Shown(reprlib.Repr):
+    def repr_int(self, x: int, level: int) -> str:
+        try:
+            return super().repr_int(x, level)
+        except ValueError:  # past Python's limit on turning an int into digits
+            return f"<an integer of {x.bit_length()} bits>"
+
+
+_SHOWN = _Shown()
 _SHOWN.maxlevel = 3
 _SHOWN.maxstring = _SHOWN.maxother = 200
 _SHOWN.maxlist = _SHOWN.maxtuple = _SHOWN.maxdict = _SHOWN.maxset = 8

@@ -187,7 +187,7 @@ class AgentBook(RestartMixin):
         """The agents of ``group``; NotFoundError if the group has none."""
         members = [slot for slot in self.slots.values() if slot.spec.group == group]
         if not members:
-            raise NotFoundError(f"no agent belongs to group {group!r}")
+            raise NotFoundError(f"no agent belongs to group {shown(group)}")
         return members
 
     @property

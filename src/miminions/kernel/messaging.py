@@ -35,6 +35,7 @@ from miminions.kernel.errors import (
     MessageTooLargeError,
     ValidationError,
     WaitTimeoutError,
+    shown,
 )
 from miminions.kernel.ids import time_ordered_id
 from miminions.kernel.interfaces import Bus
@@ -156,7 +157,7 @@ class Messenger:
             ids = list(recipients)
         else:
             raise ValidationError(
-                f"recipients must be an agent id or a list of agent ids, got {recipients!r}"
+                f"recipients must be an agent id or a list of agent ids, got {shown(recipients)}"
             )
         if not ids:
             raise ValidationError("recipients must name at least one agent id")

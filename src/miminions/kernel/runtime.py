@@ -37,6 +37,7 @@ from miminions.kernel.errors import (
     PluginError,
     RuntimeNotRunningError,
     ValidationError,
+    shown,
 )
 from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
@@ -608,7 +609,7 @@ class AgentRuntime(CommunicationAPI):
         """
         self._require_running()
         if not isinstance(group, str) or not group:
-            raise ValidationError(f"group must be a non-empty string, got {group!r}")
+            raise ValidationError(f"group must be a non-empty string, got {shown(group)}")
         members = [slot for slot in self.agent_book.in_group(group) if wanted(slot)]
 
         async def one(slot: AgentSlot) -> AgentInstance | None:
@@ -753,7 +754,7 @@ class AgentRuntime(CommunicationAPI):
         ``task``) and messages that expired undelivered (kind ``message``)."""
         self._require_started()
         if kind not in (None, "task", "message"):
-            raise ValidationError(f"kind must be 'task', 'message' or None, got {kind!r}")
+            raise ValidationError(f"kind must be 'task', 'message' or None, got {shown(kind)}")
         letters = self.task_book.dead_letters.values()
         return [
             letter.model_copy(deep=True)  # its payload is the runtime's own

@@ -222,7 +222,7 @@ class TaskBook:
         if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
             raise ValidationError(
                 f"priority must be between {MIN_PRIORITY} (most urgent) and {MAX_PRIORITY}, "
-                f"got {priority}; use Priority.HIGH/MEDIUM/LOW or an integer in that range"
+                f"got {shown(priority)}; use Priority.HIGH/MEDIUM/LOW or an integer in that range"
             )
         timeout = check_seconds(request.timeout_seconds, positive=True)
         retries = request.max_retries
@@ -242,7 +242,8 @@ class TaskBook:
                 )
             if not self._agent_exists(request.agent_id):
                 raise NotFoundError(
-                    f"no agent with id {request.agent_id!r}; register it first or target a group"
+                    f"no agent with id {shown(request.agent_id)}; register it first or target "
+                    "a group"
                 )
         if request.group is not None:
             if not isinstance(request.group, str) or not request.group:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from miminions.kernel.errors import ValidationError
+from miminions.kernel.errors import ValidationError, shown
 from miminions.kernel.models import UsageBudget
 
 
@@ -90,14 +90,14 @@ class UsageBook:
 def check_usage(tokens: object, cost: object) -> tuple[int, float]:
     """Validate one report: ``tokens`` a non-negative int, ``cost`` a non-negative number."""
     if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValidationError(f"tokens must be a non-negative integer, got {tokens!r}")
+        raise ValidationError(f"tokens must be a non-negative integer, got {shown(tokens)}")
     if (
         isinstance(cost, bool)
         or not isinstance(cost, (int, float))
         or cost < 0
         or not math.isfinite(cost)
     ):
-        raise ValidationError(f"cost must be a non-negative finite number, got {cost!r}")
+        raise ValidationError(f"cost must be a non-negative finite number, got {shown(cost)}")
     return tokens, float(cost)
 
 
