@@ -371,6 +371,55 @@ async def test_a_sync_hook_that_schedules_a_coroutine_is_accepted(make_config: M
         await asyncio.wait_for(seen.wait(), 5)
 
 
+def passed_through(function: Callable[..., Any]) -> Callable[..., Any]:
+    """An ordinary decorator: calls what it wraps and returns its answer."""
+
+    @functools.wraps(function)
+    def call(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    return call
+
+
+async def test_an_async_monitor_behind_a_decorator_is_reported_not_silently_dropped(
+    make_config: MakeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Registration cannot see an ``async def`` behind an ordinary decorator; the coroutine
+    it answers is closed and logged as the monitor's failure (never left unawaited)."""
+
+    class AsyncMonitor:
+        miminions_plugin_name = "async_monitor"
+
+        @hookimpl
+        @passed_through
+        async def miminions_event(self, event: Any) -> None:
+            return None
+
+    with caplog.at_level(logging.ERROR, logger="miminions.events"):
+        async with AgentRuntime(config=make_config(), plugins=[AsyncMonitor()]):
+            pass
+    failures = [r for r in caplog.records if "async_monitor" in r.getMessage()]
+    assert failures
+    assert "answered a coroutine" in (failures[0].exc_text or "")
+
+
+async def test_an_async_make_hook_behind_a_decorator_fails_the_start_saying_why(
+    make_config: MakeConfig,
+) -> None:
+    class AsyncStore:
+        miminions_plugin_name = "async_store"
+
+        @hookimpl(tryfirst=True)
+        @passed_through
+        async def miminions_make_store(self, config: RuntimeConfig) -> None:
+            return None
+
+    rt = AgentRuntime(config=make_config(), plugins=[AsyncStore()])
+    with pytest.raises(PluginError, match="miminions_make_store answered a coroutine"):
+        await rt.start()
+    assert not rt.is_running
+
+
 # ------------------------------------------------------------------ extras
 class _Refuse(importlib.abc.MetaPathFinder):
     """A meta-path finder that hides a package by refusing to find it."""

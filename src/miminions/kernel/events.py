@@ -12,7 +12,7 @@ from miminions.kernel.errors import PLUGIN_ERRORS
 from miminions.kernel.hookspecs import event_filter, unfiltered
 from miminions.kernel.interfaces import Store
 from miminions.kernel.models import EventRecord, EventType, JSONObject, Severity
-from miminions.kernel.plugins import PluginManager
+from miminions.kernel.plugins import PluginManager, refuse_coroutines
 
 _log = logging.getLogger("miminions.events")
 
@@ -128,7 +128,9 @@ class EventLog:
         one does (see :func:`~miminions.kernel.hookspecs.accepts_events`)."""
         if self._direct is None:
             try:
-                self._hook(event=record.to_event(), runtime=self._runtime)
+                refuse_coroutines(
+                    self._hook(event=record.to_event(), runtime=self._runtime), "miminions_event"
+                )
             except PLUGIN_ERRORS:
                 _log.exception("a miminions_event hook failed on %s", record.event_type.value)
             return
@@ -140,10 +142,12 @@ class EventLog:
                 if event is None:
                     event = record.to_event()
                 if event_only:
-                    function(event)
+                    answer = function(event)
                 else:
                     given = {"event": event, "runtime": self._runtime}
-                    function(**{name: given[name] for name in argnames})
+                    answer = function(**{name: given[name] for name in argnames})
+                if answer is not None:
+                    refuse_coroutines(answer, "miminions_event")
             except PLUGIN_ERRORS:
                 _log.exception("plugin %s failed on event %s", plugin, record.event_type.value)
 

@@ -112,10 +112,27 @@ class PluginManager(pluggy.PluginManager):
         errors: list[tuple[str, BaseException]] = []
         for impl in reversed(getattr(self.hook, hook_name).get_hookimpls()):  # pluggy's order
             try:
-                impl.function(**{arg: kwargs[arg] for arg in impl.argnames})
+                refuse_coroutines(
+                    impl.function(**{arg: kwargs[arg] for arg in impl.argnames}), hook_name
+                )
             except PLUGIN_ERRORS as exc:
                 errors.append((impl.plugin_name, exc))
         return errors
+
+
+def refuse_coroutines(results: Any, hook_name: str) -> None:
+    """Raise PluginError when a hook answered a coroutine (closing it): an ``async def``
+    implementation behind a decorator that registration could not see through. Hooks are
+    synchronous; nobody would ever await it. ``results`` is one answer or a list of them."""
+    answers = results if isinstance(results, list) else [results]
+    for answer in answers:
+        if inspect.iscoroutine(answer):
+            answer.close()
+            raise PluginError(
+                f"an implementation of {hook_name} answered a coroutine: it is an 'async def' "
+                "behind a decorator. miminions hooks are synchronous; schedule the coroutine "
+                "in the hook (loop.create_task) or make the hook a plain def"
+            )
 
 
 def _is_async(impl: Any) -> bool:
@@ -241,6 +258,7 @@ def first_result(
     :mod:`miminions.kernel.interfaces`) requires."""
     hook = getattr(pm.hook, hook_name)
     result = hook(**kwargs)
+    refuse_coroutines(result, hook_name)
     asked = [impl.plugin_name for impl in hook.get_hookimpls()]
     if result is None:
         raise PluginError(

@@ -66,7 +66,13 @@ from miminions.kernel.models import (
     task_snapshot,
 )
 from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
-from miminions.kernel.plugins import PluginManager, build_plugin_manager, first_result, installed
+from miminions.kernel.plugins import (
+    PluginManager,
+    build_plugin_manager,
+    first_result,
+    installed,
+    refuse_coroutines,
+)
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook
 from miminions.kernel.task_input import TaskRequest, describe_error
@@ -256,7 +262,10 @@ class AgentRuntime(CommunicationAPI):
         finally:
             starting.set_result(None)  # a stop asked meanwhile goes ahead now
         try:
-            self.plugin_manager.hook.miminions_runtime_started(runtime=self)
+            refuse_coroutines(
+                self.plugin_manager.hook.miminions_runtime_started(runtime=self),
+                "miminions_runtime_started",
+            )
         except BaseException as failure:
             try:
                 await self.stop()  # a half-started runtime must not be left running
@@ -268,7 +277,7 @@ class AgentRuntime(CommunicationAPI):
     async def _start(self) -> None:
         config = self.config
         pm = self.plugin_manager
-        pm.hook.miminions_configure(config=config)
+        refuse_coroutines(pm.hook.miminions_configure(config=config), "miminions_configure")
         self.usage.group_budgets = dict(config.group_budgets)  # as configure left them
         store: Store = first_result(pm, "miminions_make_store", "a store", Store, config=config)
         self._store = store
