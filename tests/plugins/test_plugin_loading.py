@@ -154,10 +154,34 @@ def test_impl_matching_no_hook_is_rejected() -> None:
         build_plugin_manager([Typo()])
 
 
-def test_disabled_builtin_without_replacement_is_a_usage_error(tmp_path: Path) -> None:
-    """F-21: disabling an essential mechanism with no replacement fails at construction."""
-    with pytest.raises(PluginError, match="no plugin left provides a store"):
-        AgentRuntime(config=config(tmp_path), disable=["sqlite_store"])
+@pytest.mark.parametrize(
+    ("disabled", "what"),
+    [
+        (["sqlite_store"], "a store"),
+        (["memory_bus"], "a message bus"),
+        (["inline_host", "process_host"], "an agent host"),
+    ],
+)
+def test_disabled_builtin_without_replacement_is_a_usage_error(
+    tmp_path: Path, disabled: list[str], what: str
+) -> None:
+    """F-21: disabling an essential mechanism with no replacement fails at construction,
+    also when another plugin wraps that hook (a wrapper, like the otel extra's around hosts
+    and buses, provides nothing itself)."""
+
+    class Wraps:
+        miminions_plugin_name = "wraps"
+
+        @hookimpl(wrapper=True)
+        def miminions_make_bus(self, runtime: AgentRuntime) -> Any:
+            return (yield)
+
+        @hookimpl(wrapper=True)
+        def miminions_make_host(self, spec: Any, agent: object, runtime: AgentRuntime) -> Any:
+            return (yield)
+
+    with pytest.raises(PluginError, match=f"no plugin left provides {what}"):
+        AgentRuntime(config=config(tmp_path), plugins=[Wraps()], disable=disabled)
 
 
 async def test_no_answer_from_providers_names_plugins_asked(rt: AgentRuntime) -> None:

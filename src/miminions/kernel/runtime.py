@@ -134,7 +134,9 @@ class AgentRuntime(CommunicationAPI):
         self.config = base.model_copy(update=updates)
         self.plugin_manager: PluginManager = build_plugin_manager(plugins, disable)
         for hook_name, what in _ESSENTIAL_HOOKS.items():
-            if not getattr(self.plugin_manager.hook, hook_name).get_hookimpls():
+            impls = getattr(self.plugin_manager.hook, hook_name).get_hookimpls()
+            # a wrapper (the otel extra wraps hosts and buses) provides nothing itself
+            if not any(not (impl.wrapper or impl.hookwrapper) for impl in impls):
                 raise PluginError(
                     f"no plugin left provides {what} ({hook_name}) after disable={list(disable)}; "
                     "keep the built-in enabled or pass a plugin that implements it"
