@@ -15,6 +15,7 @@ import asyncio
 import gc
 import itertools
 import json
+import logging
 import os
 import signal
 import sys
@@ -1204,3 +1205,37 @@ async def test_a_crash_of_the_worker_a_stop_was_ending_spares_the_next_worker(
             0,
         )
         assert await rt.query_events(event_type=EventType.AGENT_FAILED, agent_id=agent) == []
+
+
+async def test_leftover_workers_are_reaped_by_a_runtime_that_stops_at_once(
+    config: Callable[..., RuntimeConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A worker an earlier runtime left recorded is reaped, with its workers_reaped event
+    and the record updated, also by a runtime stopped right after its start (the stop
+    waits for the check, which reads and writes the store, before closing it)."""
+    from miminions.plugins.process_probe import WorkerRecord, process_start_time
+
+    leftover = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", "import time; time.sleep(60)"
+    )
+    try:
+        start_time = process_start_time(leftover.pid)
+        record = WorkerRecord(
+            pid=leftover.pid, start_time=start_time, agent_id="gone", runtime_pid=1
+        )
+        async with AgentRuntime(config=config()) as rt:
+            await rt.store.put_meta("process.workers", [record.model_dump()])
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="miminions.plugins.process_host"):
+            async with AgentRuntime(config=config()):
+                pass
+        assert "could not check for leftover worker processes" not in caplog.text
+        await asyncio.wait_for(leftover.wait(), 5)  # the leftover worker was killed
+        async with AgentRuntime(config=config()) as rt:
+            [reaped] = await rt.query_events(event_type=EventType.WORKERS_REAPED)
+            assert [k["pid"] for k in reaped.details["killed"]] == [leftover.pid]
+            assert await rt.store.get_meta("process.workers") == []
+    finally:
+        if leftover.returncode is None:
+            leftover.kill()
+            await leftover.wait()

@@ -12,7 +12,7 @@ import logging
 import math
 import os
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -221,6 +221,31 @@ class AgentRuntime(CommunicationAPI):
             config=spec.config,
             channel=channel,
         )
+
+    def run_in_background(self, work: Coroutine[Any, Any, Any]) -> asyncio.Future[Any]:
+        """For plugins: run ``work`` (a coroutine) as a task the runtime's stop waits for
+        (within the shutdown timeout, then cancelled) before it closes the store, so work a
+        plugin begins in ``miminions_runtime_started`` may use the store to its end. Its
+        errors are logged; the returned future may be awaited too."""
+        future = asyncio.ensure_future(work)
+        self._background.add(future)
+        future.add_done_callback(self._background_done)
+        return future
+
+    def _background_done(self, future: asyncio.Future[Any]) -> None:
+        self._background.discard(future)
+        if not future.cancelled() and future.exception() is not None:
+            _log.error("background work of a plugin failed", exc_info=future.exception())
+
+    async def _settle_background(self, timeout_seconds: float) -> None:
+        """Wait for the work given to :meth:`run_in_background`; cancel what is left."""
+        if not self._background:
+            return
+        _, late = await asyncio.wait(list(self._background), timeout=timeout_seconds)
+        for future in late:
+            future.cancel()
+        if late:
+            await asyncio.wait(late)
 
     def report_host_failure(
         self, agent_id: str, reason: str, details: JSONObject | None = None
@@ -434,6 +459,7 @@ class AgentRuntime(CommunicationAPI):
         if not steps.cut_short:
             await steps.wait(self.agent_book.stop_all, timeout_seconds, graceful=graceful)
         await steps.wait(executor.close)
+        await steps.wait(self._settle_background, timeout_seconds)  # before the store closes
         steps.call(self.task_book.close)
         if self.messenger._bus is not None:
             steps.call(self.messenger.bus.close)

@@ -178,7 +178,8 @@ class WorkerPool:
     def reap_leftovers(self) -> None:
         """Begin reaping the workers an earlier runtime on this database left alive."""
         if self._reaped is None:
-            self._reaped = asyncio.ensure_future(self._reap())
+            # the runtime's stop waits for it: it reads and writes the store
+            self._reaped = self.runtime.run_in_background(self._reap())
 
     async def _reap(self) -> None:
         try:
