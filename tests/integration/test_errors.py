@@ -10,6 +10,7 @@ from typing import Any
 import pydantic
 import pytest
 
+import miminions
 from miminions import (
     AgentRuntime,
     ConfigurationError,
@@ -184,6 +185,12 @@ def test_bad_constructor_arguments(tmp_path: Path) -> None:
     """R-04: bad runtime arguments fail at construction."""
     with pytest.raises(ConfigurationError, match="list of plugin names"):
         AgentRuntime(tmp_path / "x.db", disable="sqlite_store")  # type: ignore[arg-type]
+
+    async def nothing() -> None:
+        return None
+
+    with pytest.raises(ConfigurationError, match="list of plugin names"):
+        miminions.run(nothing(), disable="uvloop")  # the same error as AgentRuntime's
     with pytest.raises(ValueError, match="unknown plugin"):
         AgentRuntime(tmp_path / "x.db", disable=["no_such_plugin"])
     with pytest.raises(ValueError, match="ResourceLimits"):

@@ -165,6 +165,8 @@ def build_plugin_manager(
     plugins: Sequence[object] = (), disable: Iterable[str] = ()
 ) -> PluginManager:
     """Build and validate the plugin manager of one runtime (see the module docstring)."""
+    if isinstance(disable, str | bytes):  # list("uvloop") would be six one-letter names
+        raise ConfigurationError("disable takes a list of plugin names, not a string")
     pm = PluginManager()
     disabled = list(disable)
     for name in disabled:

@@ -123,8 +123,6 @@ class AgentRuntime(CommunicationAPI):
             raise ConfigurationError("config must be a miminions.RuntimeConfig")
         if limits is not None and not isinstance(limits, ResourceLimits):
             raise ConfigurationError("limits must be a miminions.ResourceLimits")
-        if isinstance(disable, str):
-            raise ConfigurationError("disable takes a list of plugin names, not a string")
         base = config or RuntimeConfig()
         updates: dict[str, Any] = {}
         if storage_path is not None:
