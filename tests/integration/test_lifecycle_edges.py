@@ -299,3 +299,39 @@ async def test_code_a_hook_started_halts_at_its_safe_points_while_paused(
     assert rt.kv.get("polled") == 1  # held at its safe point
     await rt.resume_agent(agent_id)
     await wait_until(lambda: rt.kv.get("polled") == 2, "the poll after the resume")
+
+
+class SlowPausePoller(BackgroundLoopAgent):
+    """The poller, whose ``on_pause`` waits for the test."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.in_pause = asyncio.Event()
+        self.let_pause = asyncio.Event()
+
+    async def on_pause(self) -> dict[str, Any]:
+        self.in_pause.set()
+        await self.let_pause.wait()
+        return {}
+
+
+async def test_code_a_hook_started_stays_halted_while_another_hook_runs(
+    rt: AgentRuntime,
+) -> None:
+    """While on_pause runs, its own context calls pass the gate, but not those of a loop
+    on_start started: that one is held until the resume."""
+    agent_id = await rt.register_agent("slow-pauser", SlowPausePoller, isolation="inline")
+    await rt.start_agent(agent_id)
+    agent = rt.agent_book.get(agent_id).host._runner._agent  # type: ignore[attr-defined]
+    agent.step.set()
+    await wait_until(lambda: rt.kv.get("polled") == 1, "the first poll")
+    pausing = asyncio.ensure_future(rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS))
+    await asyncio.wait_for(agent.in_pause.wait(), WAIT_SECONDS)
+    agent.step.set()
+    for _ in range(50):  # far more loop turns than the step takes when nothing holds it
+        await asyncio.sleep(0)
+    assert rt.kv.get("polled") == 1  # held, although on_pause is running
+    agent.let_pause.set()
+    assert (await pausing).status is S.PAUSED
+    await rt.resume_agent(agent_id)
+    await wait_until(lambda: rt.kv.get("polled") == 2, "the poll after the resume")

@@ -46,10 +46,11 @@ _TASK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
 )
 
 
-#: The runner whose lifecycle hook runs in this context: its context calls pass the gate
-#: (``on_pause`` runs with the gate closed, ``on_resume`` before it opens).
-_HOOK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
-    "miminions_hook_of", default=None
+#: The lifecycle hook call running in this context (a token of :meth:`AgentRunner.hook`):
+#: its context calls pass the gate while it runs (``on_pause`` runs with the gate closed,
+#: ``on_resume`` before it opens).
+_HOOK_CALL: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "miminions_hook_call", default=None
 )
 
 
@@ -87,7 +88,7 @@ class AgentRunner:
         self._gate.set()
         self._halted = asyncio.Event()
         self._halted_waiting = 0  # coroutines of the running task waiting at the gate
-        self._hooks_running = 0  # lifecycle hooks in progress (see safe_point)
+        self._hook_calls: set[object] = set()  # tokens of the hooks in progress (safe_point)
         self._idle = asyncio.Event()
         self._idle.set()
         #: Set while no ``on_message`` handler runs, or while the one that runs waits at
@@ -109,7 +110,7 @@ class AgentRunner:
         handler reaching it count as halted for a pause; other code just waits, except
         the agent's own lifecycle hooks (``on_pause`` may save its state through the
         context while the task it paused waits)."""
-        if self._gate.is_set() or (self._hooks_running and _HOOK_OF.get() is self):
+        if self._gate.is_set() or _HOOK_CALL.get() in self._hook_calls:
             return
         current = asyncio.current_task()
         # The task's own coroutine, or one it started (asyncio.gather, wait_for on 3.11):
@@ -335,15 +336,17 @@ class AgentRunner:
     async def hook(self, name: str, *args: Any) -> Any:
         """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread);
         its context calls are no safe points (see :meth:`safe_point`)."""
-        # The mark is inherited by tasks the hook starts: it lets them through only while
-        # the hook runs (a loop started by on_start halts at its safe points afterwards).
-        token = _HOOK_OF.set(self)
-        self._hooks_running += 1
+        # The call's own token, inherited by tasks the hook starts: it lets them through
+        # only while this call runs (a loop on_start started halts at its safe points
+        # afterwards, also while another hook runs).
+        call = object()
+        token = _HOOK_CALL.set(call)
+        self._hook_calls.add(call)
         try:
             return await call_hook(self._agent, name, *args, executor=self._own_thread())
         finally:
-            self._hooks_running -= 1
-            _HOOK_OF.reset(token)
+            self._hook_calls.discard(call)
+            _HOOK_CALL.reset(token)
 
     async def _build_agent(self) -> Any:
         """The agent object, from what was registered.
