@@ -236,14 +236,21 @@ class AgentRuntime(CommunicationAPI):
             _log.error("background work of a plugin failed", exc_info=future.exception())
 
     async def _settle_background(self, timeout_seconds: float) -> None:
-        """Wait for the work given to :meth:`run_in_background`; cancel what is left."""
-        if not self._background:
+        """Wait for the work given to :meth:`run_in_background`; cancel what is left (all
+        of it when this wait is cancelled: the store closes next). Not the work this stop
+        runs in, if a plugin's background work stops the runtime."""
+        current = asyncio.current_task()
+        work = [future for future in self._background if future is not current]
+        if not work:
             return
-        _, late = await asyncio.wait(list(self._background), timeout=timeout_seconds)
-        for future in late:
-            future.cancel()
-        if late:
-            await asyncio.wait(late)
+        late: set[asyncio.Future[Any]] = set(work)
+        try:
+            _, late = await asyncio.wait(work, timeout=timeout_seconds)
+        finally:
+            for future in late:
+                future.cancel()
+            if late:
+                await asyncio.wait(late)
 
     def report_host_failure(
         self, agent_id: str, reason: str, details: JSONObject | None = None
