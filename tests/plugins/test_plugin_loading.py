@@ -19,7 +19,9 @@ from miminions import (
     TaskStatus,
     hookimpl,
 )
+from miminions.kernel.hookspecs import passes_through
 from miminions.kernel.plugins import AUTOLOAD_ENV, BUILTIN_PLUGINS, build_plugin_manager
+from miminions.plugins.memory_bus import MemoryBus
 from miminions.plugins.sqlite_store import SQLiteStore
 from tests.support import agents
 from tests.support.events import EventRecorder
@@ -166,17 +168,19 @@ def test_disabled_builtin_without_replacement_is_a_usage_error(
     tmp_path: Path, disabled: list[str], what: str
 ) -> None:
     """F-21: disabling an essential mechanism with no replacement fails at construction,
-    also when another plugin wraps that hook (a wrapper, like the otel extra's around hosts
-    and buses, provides nothing itself)."""
+    also when another plugin wraps that hook but provides nothing itself (a wrapper marked
+    ``passes_through``, like the otel extra's around hosts and buses)."""
 
     class Wraps:
         miminions_plugin_name = "wraps"
 
         @hookimpl(wrapper=True)
+        @passes_through
         def miminions_make_bus(self, runtime: AgentRuntime) -> Any:
             return (yield)
 
         @hookimpl(wrapper=True)
+        @passes_through
         def miminions_make_host(self, spec: Any, agent: object, runtime: AgentRuntime) -> Any:
             return (yield)
 
@@ -449,3 +453,25 @@ async def test_a_store_wrapper_forwarding_through_getattr_is_a_store(tmp_path: P
         await rt.submit_task("t")
         assert isinstance(rt.store, ForwardingStore)
     assert rt.store.flushes > 0
+
+
+async def test_a_wrapper_that_provides_the_bus_itself_is_a_provider(tmp_path: Path) -> None:
+    """A ``wrapper=True`` implementation may answer by itself when nothing was provided
+    (pluggy runs it with no plain implementation): it counts as providing the hook."""
+
+    class OwnBus:
+        miminions_plugin_name = "own_bus"
+
+        @hookimpl(wrapper=True)
+        def miminions_make_bus(self, runtime: AgentRuntime) -> Any:
+            bus = yield
+            if bus is None:
+                return MemoryBus(
+                    runtime.messenger.message_expired, runtime.messenger.message_returned
+                )
+            return bus
+
+    async with AgentRuntime(
+        config=config(tmp_path), plugins=[OwnBus()], disable=["memory_bus"]
+    ) as rt:
+        assert rt.is_running

@@ -54,7 +54,7 @@ from miminions import extras
 from miminions.extras import installed, require
 from miminions.extras.otel_context import PROPAGATOR, WORKER_SETUP
 from miminions.kernel.errors import MissingExtraError
-from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.hookspecs import hookimpl, passes_through
 from miminions.kernel.models import AgentSpec, Event, RuntimeConfig
 from miminions.kernel.tracing import Carrier, install_propagator, remove_propagator
 
@@ -165,6 +165,7 @@ def miminions_configure(config: RuntimeConfig) -> None:
 if _INSTALLED:
 
     @hookimpl(wrapper=True)
+    @passes_through
     def miminions_make_bus(runtime: AgentRuntime) -> Generator[None, Any, Any]:
         """Wrap the chosen bus: a send span per message relayed, a receive span per take."""
         bus = yield
@@ -176,6 +177,7 @@ if _INSTALLED:
         return TracedBus(bus, tracing)
 
     @hookimpl(wrapper=True)
+    @passes_through
     def miminions_make_host(
         spec: AgentSpec, agent: object, runtime: AgentRuntime
     ) -> Generator[None, Any, Any]:

@@ -108,6 +108,19 @@ def event_filter(function: Callable[..., Any]) -> Callable[[EventType, Severity]
     return cast("Callable[[EventType, Severity], bool]", getattr(raw, EVENT_FILTER_ATTRIBUTE))
 
 
+#: Set by :func:`passes_through`.
+PASSES_THROUGH_ATTRIBUTE = "miminions_passes_through"
+
+
+def passes_through(function: _F) -> _F:
+    """Mark a ``wrapper=True`` implementation of a ``make_*`` hook that only wraps what
+    another plugin provides (it answers None when nothing was): the runtime does not count
+    it as a provider when it checks, at creation, that something provides each essential
+    hook. A wrapper without the mark may provide the answer itself and counts."""
+    setattr(function, PASSES_THROUGH_ATTRIBUTE, True)
+    return function
+
+
 def unfiltered(function: Callable[..., Any]) -> Callable[..., Any]:
     """The implementation behind an :func:`accepts_events` filter (bound like ``function``),
     for a caller that has asked its predicate (:func:`event_filter`) already; ``function``

@@ -41,6 +41,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
+from miminions.kernel.hookspecs import PASSES_THROUGH_ATTRIBUTE
 from miminions.kernel.interfaces import AgentHost, Bus, Executor, Store
 from miminions.kernel.kv import KVCalls, KVStore
 from miminions.kernel.lifecycle import AgentBook, AgentSlot
@@ -133,8 +134,12 @@ class AgentRuntime(CommunicationAPI):
         self.plugin_manager: PluginManager = build_plugin_manager(plugins, disable)
         for hook_name, what in _ESSENTIAL_HOOKS.items():
             impls = getattr(self.plugin_manager.hook, hook_name).get_hookimpls()
-            # a wrapper (the otel extra wraps hosts and buses) provides nothing itself
-            if not any(not (impl.wrapper or impl.hookwrapper) for impl in impls):
+            # an old-style hookwrapper cannot answer; a wrapper marked as passing through
+            # (the otel extra's, around hosts and buses) provides nothing itself
+            if not any(
+                not impl.hookwrapper and not getattr(impl.function, PASSES_THROUGH_ATTRIBUTE, False)
+                for impl in impls
+            ):
                 raise PluginError(
                     f"no plugin left provides {what} ({hook_name}) after disable={list(disable)}; "
                     "keep the built-in enabled or pass a plugin that implements it"
