@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import PLUGIN_ERRORS, MiminionsError, RuntimeNotRunningError
 from miminions.kernel.models import AgentMessage, AgentStatus, EventType, Severity
+from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.tracing import Carrier, check_carrier
 
 if TYPE_CHECKING:
@@ -68,6 +69,7 @@ class CommunicationAPI:
             return None
         try:
             carrier = hook(runtime=self, operation=operation, count=count)
+            refuse_coroutines(carrier, "miminions_trace_context")
         except PLUGIN_ERRORS:
             _log.exception("miminions_trace_context failed for %r", operation)
             return None

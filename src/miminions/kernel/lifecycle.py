@@ -45,6 +45,7 @@ from miminions.kernel.models import (
     RestartPolicy,
     Severity,
 )
+from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.restarts import RestartMixin
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.kernel.supervisor import check_request, check_transition, group_clocks_frozen
@@ -340,6 +341,7 @@ class AgentBook(RestartMixin):
         """
         try:
             load = probe()
+            refuse_coroutines(load, "miminions_machine_load")
             if load is not None and (
                 isinstance(load, bool)
                 or not isinstance(load, (int, float))

@@ -7,7 +7,7 @@ from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, TypeVar
 
 from miminions.kernel.models import RuntimeConfig
-from miminions.kernel.plugins import build_plugin_manager
+from miminions.kernel.plugins import build_plugin_manager, refuse_coroutines
 
 _T = TypeVar("_T")
 
@@ -26,6 +26,7 @@ def run(
         factory: Callable[[], asyncio.AbstractEventLoop] | None = pm.hook.miminions_loop_factory(
             config=config or RuntimeConfig()
         )
+        refuse_coroutines(factory, "miminions_loop_factory")
     except BaseException:
         main.close()  # it will never run: no "coroutine was never awaited" warning
         raise

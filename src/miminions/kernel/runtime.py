@@ -894,6 +894,7 @@ class AgentRuntime(CommunicationAPI):
         self._require_started()
         pm = self.plugin_manager
         body = pm.hook.miminions_export_metrics(runtime=self, format="prometheus")
+        refuse_coroutines(body, "miminions_export_metrics")
         if body is not None:
             return bytes(body)
         if pm.is_blocked("prometheus"):
@@ -1067,6 +1068,7 @@ def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[in
         nonlocal failing
         try:
             answer = hook(priority=priority, ready_at=ready_at, config=config)
+            refuse_coroutines(answer, "miminions_order_key")
             if isinstance(answer, str | bytes | bytearray | bool):  # float() would take them
                 raise TypeError(f"order key {answer!r} is not a number")
             key = None if answer is None else float(answer)

@@ -32,6 +32,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy, task_snapshot
+from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
 
@@ -485,6 +486,7 @@ class AsyncioExecutor:
                 task=task_snapshot(self._book.tasks[task_id]),
                 candidates=[c.instance.model_copy() for c in candidates],
             )
+            refuse_coroutines(chosen, "miminions_pick_agent")
             if chosen is not None:
                 for slot in candidates:
                     if slot.agent_id == chosen:
