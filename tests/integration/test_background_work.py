@@ -97,3 +97,46 @@ async def test_a_stop_cancelled_while_it_waits_for_background_work_cancels_that_
     assert stopping.done()
     assert not rt.is_running
     assert plugin.work.cancelled()
+
+
+# ----------------------------------------------------------------- 3. watchdog via wait_for
+class WaitForWatchdog:
+    """Background work that stops the runtime under a time bound (asyncio.wait_for, which
+    on Python 3.11 runs the stop in a task of its own)."""
+
+    miminions_plugin_name = "wait_for_watchdog"
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.after_stop = False
+        self.work: asyncio.Future[Any] | None = None
+
+    @hookimpl
+    def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+        self.work = runtime.run_in_background(self._watch(runtime))
+
+    async def _watch(self, runtime: AgentRuntime) -> None:
+        await self.go.wait()
+        await asyncio.wait_for(runtime.stop(), timeout=60)
+        self.after_stop = True
+
+
+async def test_a_watchdog_stopping_the_runtime_through_wait_for_is_not_waited_for(
+    make_config: MakeConfig,
+) -> None:
+    """Background work that awaits the stop through a task of its own (asyncio.wait_for
+    on 3.11, gather, create_task) is still the work the stop runs for: not waited for,
+    not cancelled."""
+    plugin = WaitForWatchdog()
+    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=3.0), plugins=[plugin])
+    await rt.start()
+    try:
+        assert plugin.work is not None
+        plugin.go.set()
+        await asyncio.wait({plugin.work}, timeout=WAIT_SECONDS)
+        assert plugin.work.done()
+        assert not rt.is_running
+        assert not plugin.work.cancelled(), "the stop cancelled the watchdog that asked for it"
+        assert plugin.after_stop
+    finally:
+        await rt.stop()

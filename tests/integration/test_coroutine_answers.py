@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import gc
 import inspect
 import logging
+import warnings
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +17,7 @@ import pytest
 
 import miminions
 from miminions import AgentRuntime, BaseAgent, PluginError, RuntimeConfig, Task, hookimpl
+from tests.support.process_agents import SmallTaskAgent
 from tests.support.waiting import WAIT_SECONDS
 
 
@@ -134,3 +137,122 @@ def test_an_async_loop_factory_behind_a_decorator_is_a_plugin_error() -> None:
     with pytest.raises(PluginError, match="answered a coroutine"):
         miminions.run(main(), plugins=[AsyncLoops()])
     assert all_closed(), ANSWERED
+
+
+# ----------------------------------------------------------------- 1. worker loop factory
+def _standard_loop() -> asyncio.AbstractEventLoop:
+    return asyncio.new_event_loop()
+
+
+class AsyncLoops:
+    miminions_plugin_name = "async_loops"
+
+    @hookimpl(tryfirst=True)
+    @keep
+    async def miminions_loop_factory(self, config: Any) -> Any:
+        return _standard_loop
+
+
+async def test_an_async_loop_factory_is_refused_for_worker_processes_too(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """Asked for the loop of process workers too (when the runtime starts), the coroutine
+    is closed and the start is a PluginError saying so (as in miminions.run), not a
+    misleading warning about import paths."""
+    rt = AgentRuntime(config=make_config(), plugins=[AsyncLoops()])
+    with pytest.raises(PluginError, match="miminions_loop_factory answered a coroutine"):
+        await rt.start()
+    assert not rt.is_running
+    assert ANSWERED, "the hook was never asked"
+    assert all_closed(), f"the coroutine answer was left unawaited: {ANSWERED}"
+
+
+# ----------------------------------------------------------------- 2. worker setup
+class AsyncSetup:
+    miminions_plugin_name = "async_setup"
+
+    @hookimpl
+    @keep
+    async def miminions_worker_setup(self, spec: Any, runtime: Any) -> Any:
+        return "os:getpid"
+
+
+async def test_an_async_worker_setup_is_reported_as_a_coroutine(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A coroutine answered by miminions_worker_setup is closed and named, not sent into
+    the worker's boot message (where it failed the start with an unrelated error)."""
+    error: BaseException | None = None
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        async with AgentRuntime(config=make_config(), plugins=[AsyncSetup()]) as rt:
+            await rt.register_agent("p", SmallTaskAgent, isolation="process")
+            agent_id = rt.list_agents()[0].agent_id
+            try:
+                await rt.start_agent(agent_id)
+            except Exception as exc:
+                error = exc
+            reason = f"{error!r} / {rt.list_agents()[0].error_message}"
+        gc.collect()
+    assert ANSWERED, "the hook was never asked"
+    assert all_closed(), f"the coroutine answer was left unawaited: {ANSWERED}; {reason}"
+    assert "answered a coroutine" in reason, reason
+
+
+# ----------------------------------------------------------------- 4. run() and the factory
+def _broken_loop_factory() -> asyncio.AbstractEventLoop:
+    raise OSError("no event loop for you")
+
+
+class BrokenLoops:
+    miminions_plugin_name = "broken_loops"
+
+    @hookimpl(tryfirst=True)
+    def miminions_loop_factory(self, config: Any) -> Any:
+        return _broken_loop_factory
+
+
+class LoopInsteadOfFactory:
+    """A common slip: answering a loop rather than a function that makes one."""
+
+    miminions_plugin_name = "loop_instead_of_factory"
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+
+    @hookimpl(tryfirst=True)
+    def miminions_loop_factory(self, config: Any) -> Any:
+        return self.loop
+
+
+def test_run_closes_main_when_the_factory_it_was_given_fails() -> None:
+    """run() closes ``main`` also when the factory the hook answered fails (no "coroutine
+    'main' was never awaited")."""
+    import miminions
+
+    async def main() -> int:
+        return 1
+
+    coro = main()
+    with pytest.raises(OSError, match="no event loop for you"):
+        miminions.run(coro, plugins=[BrokenLoops()])
+    assert coro.cr_frame is None, "main was left unawaited (never closed)"
+
+
+def test_run_with_a_non_callable_loop_factory_answer_is_a_clear_plugin_error() -> None:
+    """An answer that is not callable (a loop instead of a factory) is a PluginError
+    naming the hook (it failed deep in asyncio.Runner, naming neither hook nor plugin)."""
+    import miminions
+
+    async def main() -> int:
+        return 1
+
+    plugin = LoopInsteadOfFactory()
+    coro = main()
+    try:
+        with pytest.raises(PluginError, match="miminions_loop_factory"):
+            miminions.run(coro, plugins=[plugin])
+    finally:
+        plugin.loop.close()
+        if coro.cr_frame is not None:
+            coro.close()

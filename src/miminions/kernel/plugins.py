@@ -20,9 +20,9 @@ import importlib
 import importlib.util
 import inspect
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib.metadata import EntryPoint, entry_points
-from typing import Any, Protocol
+from typing import Any, Protocol, cast
 
 import pluggy
 
@@ -133,6 +133,23 @@ def refuse_coroutines(results: Any, hook_name: str) -> None:
                 "behind a decorator. miminions hooks are synchronous; schedule the coroutine "
                 "in the hook (loop.create_task) or make the hook a plain def"
             )
+
+
+def loop_factory_of(pm: PluginManager, config: Any) -> Callable[[], Any] | None:
+    """What the plugins answer ``miminions_loop_factory`` with: a function that makes an
+    event loop, or None for asyncio's own. Anything else (a coroutine, a loop itself
+    instead of the function that makes one) is a PluginError naming the plugins asked."""
+    hook = pm.hook.miminions_loop_factory
+    factory = hook(config=config)
+    refuse_coroutines(factory, "miminions_loop_factory")
+    if factory is not None and not callable(factory):
+        asked = [impl.plugin_name for impl in hook.get_hookimpls()]
+        raise PluginError(
+            f"miminions_loop_factory answered a {type(factory).__name__}, not a function that "
+            "makes an event loop (answer asyncio.new_event_loop, not asyncio.new_event_loop()); "
+            f"plugins consulted: {asked}"
+        )
+    return cast(Callable[[], Any] | None, factory)
 
 
 def _is_async(impl: Any) -> bool:

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
 from miminions.kernel.models import RuntimeConfig
-from miminions.kernel.plugins import build_plugin_manager, refuse_coroutines
+from miminions.kernel.plugins import build_plugin_manager, loop_factory_of
 
 _T = TypeVar("_T")
 
@@ -22,13 +22,11 @@ def run(
     """Like ``asyncio.run(main)``, on the loop a ``miminions_loop_factory`` plugin provides
     (uvloop, when its extra is installed and enabled), else the standard asyncio loop."""
     try:
-        pm = build_plugin_manager(plugins, disable)
-        factory: Callable[[], asyncio.AbstractEventLoop] | None = pm.hook.miminions_loop_factory(
-            config=config or RuntimeConfig()
-        )
-        refuse_coroutines(factory, "miminions_loop_factory")
+        factory = loop_factory_of(build_plugin_manager(plugins, disable), config or RuntimeConfig())
+        runner = asyncio.Runner(loop_factory=factory)
+        runner.get_loop()  # made now: a factory that fails does so before main is handed on
     except BaseException:
         main.close()  # it will never run: no "coroutine was never awaited" warning
         raise
-    with asyncio.Runner(loop_factory=factory) as runner:
+    with runner:
         return runner.run(main)

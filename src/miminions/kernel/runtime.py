@@ -8,6 +8,7 @@ book and the agent book; this module connects them.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import math
 import os
@@ -94,6 +95,11 @@ _BUILTIN_SCHEDULING = "priority_scheduling"
 _EVENT_FILTERS = frozenset(
     {"event_type", "agent_id", "task_id", "severity", "since", "until", "limit", "newest"}
 )
+#: The mark of the :meth:`AgentRuntime.run_in_background` work this code runs in, if any.
+_BACKGROUND_WORK: contextvars.ContextVar[object | None] = contextvars.ContextVar(
+    "miminions_background_work", default=None
+)
+
 _ESSENTIAL_HOOKS = {
     "miminions_make_store": "a store",
     "miminions_make_bus": "a message bus",
@@ -162,6 +168,7 @@ class AgentRuntime(CommunicationAPI):
         self._kv: KVStore | None = None
         self._kv_calls: KVCalls | None = None
         self._background: set[asyncio.Future[Any]] = set()
+        self._plugin_work: dict[asyncio.Future[Any], object] = {}  # run_in_background's
         self._claim = ""
         self._stopped: asyncio.Future[None] | None = None
         # Asked where the application creates work; most runtimes have no tracing plugin,
@@ -230,13 +237,18 @@ class AgentRuntime(CommunicationAPI):
         (within the shutdown timeout, then cancelled) before it closes the store, so work a
         plugin begins in ``miminions_runtime_started`` may use the store to its end. Its
         errors are logged; the returned future may be awaited too."""
-        future = asyncio.ensure_future(work)
-        self._background.add(future)
-        future.add_done_callback(self._background_done)
+        # The work's context carries its mark, and so does any task it starts (a stop it
+        # calls through asyncio.wait_for runs in one): the stop then leaves it out.
+        mark = object()
+        context = contextvars.copy_context()
+        context.run(_BACKGROUND_WORK.set, mark)
+        future = asyncio.get_running_loop().create_task(work, context=context)
+        self._plugin_work[future] = mark
+        future.add_done_callback(self._plugin_work_done)
         return future
 
-    def _background_done(self, future: asyncio.Future[Any]) -> None:
-        self._background.discard(future)
+    def _plugin_work_done(self, future: asyncio.Future[Any]) -> None:
+        self._plugin_work.pop(future, None)
         if not future.cancelled() and future.exception() is not None:
             _log.error("background work of a plugin failed", exc_info=future.exception())
 
@@ -244,8 +256,8 @@ class AgentRuntime(CommunicationAPI):
         """Wait for the work given to :meth:`run_in_background`; cancel what is left (all
         of it when this wait is cancelled: the store closes next). Not the work this stop
         runs in, if a plugin's background work stops the runtime."""
-        current = asyncio.current_task()
-        work = [future for future in self._background if future is not current]
+        mine = _BACKGROUND_WORK.get()
+        work = [future for future, mark in self._plugin_work.items() if mark is not mine]
         if not work:
             return
         late: set[asyncio.Future[Any]] = set(work)

@@ -45,6 +45,7 @@ from miminions.kernel.models import (
     Task,
     message_to_json,
 )
+from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.wire import (
     ChannelClosedError,
     Frame,
@@ -117,6 +118,15 @@ class ProcessHost:
         return self._live.process.pid if self._live is not None else None
 
     # ------------------------------------------------------------------ AgentHost
+    def _worker_setup(self) -> list[Any]:
+        """Import paths of functions the worker calls first (a tracing plugin's setup),
+        from ``miminions_worker_setup``."""
+        answers = self._rt.plugin_manager.hook.miminions_worker_setup(
+            spec=self.spec, runtime=self._rt
+        )
+        refuse_coroutines(answers, "miminions_worker_setup")
+        return list(answers)
+
     async def start(self, resume_state: Any = None) -> None:
         """Start a worker, build the agent there, run ``on_start`` (and ``on_resume``)."""
         self._stopping = False
@@ -134,9 +144,7 @@ class ProcessHost:
             "max_cpu_seconds": limits.max_cpu_time_per_agent_seconds,
             "main_path": _main_path(),
             # Import paths of functions the worker calls first (a tracing plugin's setup).
-            "worker_setup": self._rt.plugin_manager.hook.miminions_worker_setup(
-                spec=self.spec, runtime=self._rt
-            ),
+            "worker_setup": self._worker_setup(),
         }
         process = await self._pool.launch(boot)
         loop = asyncio.get_running_loop()

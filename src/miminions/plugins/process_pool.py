@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from miminions.kernel.agent import import_path
 from miminions.kernel.errors import ConfigurationError, MiminionsError, RuntimeNotRunningError
 from miminions.kernel.models import EventType, ProcessSettings, Severity
+from miminions.kernel.plugins import loop_factory_of
 from miminions.plugins import process_probe
 from miminions.plugins.process_probe import WorkerRecord
 
@@ -418,7 +419,7 @@ def worker_loop_factory(runtime: AgentRuntime) -> str | None:
     Workers get import paths, never pickled code: a factory that cannot be found by its
     path (a lambda, a bound method) is left out with a warning, and workers use asyncio's.
     """
-    factory = runtime.plugin_manager.hook.miminions_loop_factory(config=runtime.config)
+    factory = loop_factory_of(runtime.plugin_manager, runtime.config)
     if factory is None:
         return None
     path = _importable_path(factory)
