@@ -7,6 +7,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from miminions import AgentRuntime, RuntimeConfig, hookimpl
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -14,11 +16,14 @@ MakeConfig = Callable[..., RuntimeConfig]
 
 
 class Watchdog:
-    """Background work that writes the store and then stops the runtime itself."""
+    """Background work that writes the store and then stops the runtime itself: directly,
+    or under a time bound (asyncio.wait_for, which on Python 3.11 runs the stop in a task
+    of its own)."""
 
     miminions_plugin_name = "watchdog"
 
-    def __init__(self) -> None:
+    def __init__(self, *, via_wait_for: bool) -> None:
+        self.via_wait_for = via_wait_for
         self.go = asyncio.Event()
         self.after_stop = False
         self.work: asyncio.Future[Any] | None = None
@@ -30,15 +35,20 @@ class Watchdog:
     async def _watch(self, runtime: AgentRuntime) -> None:
         await self.go.wait()
         await runtime.store.put_meta("watchdog", {"fired": True})
-        await runtime.stop()
+        if self.via_wait_for:
+            await asyncio.wait_for(runtime.stop(), timeout=60)
+        else:
+            await runtime.stop()
         self.after_stop = True
 
 
+@pytest.mark.parametrize("via_wait_for", [False, True], ids=["direct", "wait_for"])
 async def test_background_work_that_stops_the_runtime_is_not_waited_for_by_that_stop(
-    make_config: MakeConfig,
+    make_config: MakeConfig, via_wait_for: bool
 ) -> None:
-    """The stop does not wait for (then cancel) the very work it runs in."""
-    plugin = Watchdog()
+    """The stop does not wait for (then cancel) the very work it runs for, also when that
+    work awaits it through a task of its own."""
+    plugin = Watchdog(via_wait_for=via_wait_for)
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=30.0), plugins=[plugin])
     await rt.start()
     try:
@@ -97,46 +107,3 @@ async def test_a_stop_cancelled_while_it_waits_for_background_work_cancels_that_
     assert stopping.done()
     assert not rt.is_running
     assert plugin.work.cancelled()
-
-
-# ----------------------------------------------------------------- 3. watchdog via wait_for
-class WaitForWatchdog:
-    """Background work that stops the runtime under a time bound (asyncio.wait_for, which
-    on Python 3.11 runs the stop in a task of its own)."""
-
-    miminions_plugin_name = "wait_for_watchdog"
-
-    def __init__(self) -> None:
-        self.go = asyncio.Event()
-        self.after_stop = False
-        self.work: asyncio.Future[Any] | None = None
-
-    @hookimpl
-    def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
-        self.work = runtime.run_in_background(self._watch(runtime))
-
-    async def _watch(self, runtime: AgentRuntime) -> None:
-        await self.go.wait()
-        await asyncio.wait_for(runtime.stop(), timeout=60)
-        self.after_stop = True
-
-
-async def test_a_watchdog_stopping_the_runtime_through_wait_for_is_not_waited_for(
-    make_config: MakeConfig,
-) -> None:
-    """Background work that awaits the stop through a task of its own (asyncio.wait_for
-    on 3.11, gather, create_task) is still the work the stop runs for: not waited for,
-    not cancelled."""
-    plugin = WaitForWatchdog()
-    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=3.0), plugins=[plugin])
-    await rt.start()
-    try:
-        assert plugin.work is not None
-        plugin.go.set()
-        await asyncio.wait({plugin.work}, timeout=WAIT_SECONDS)
-        assert plugin.work.done()
-        assert not rt.is_running
-        assert not plugin.work.cancelled(), "the stop cancelled the watchdog that asked for it"
-        assert plugin.after_stop
-    finally:
-        await rt.stop()
