@@ -43,6 +43,7 @@ from miminions.kernel.errors import MiminionsError
 from miminions.kernel.export import EXPORT_FORMATS, dump_events
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import Event, EventType, Severity, Task, TaskStatus
+from miminions.kernel.ownership import unclean
 from miminions.kernel.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP
 from miminions.kernel.runtime import RUN_META_KEY, build_event_query, live_owner
 from miminions.plugins.sqlite_store import SQLiteStore
@@ -214,15 +215,14 @@ def _runtime_line(meta: Any, running: bool) -> str:
             else "no runtime has run on this database yet"
         )
     pid = meta.get("pid")
-    started = _unix_time(meta.get("started_at"))
-    if running and not meta.get("clean", True):
+    if running and unclean(meta):
         seen = "" if live_owner(meta) is not None else ", a process not visible from here"
-        return f"running (pid {pid}{seen}, started {started} UTC)"
+        return f"running (pid {pid}{seen}, started {_unix_time(meta.get('started_at'))} UTC)"
     if running:  # the lock is held, the record not rewritten yet: a runtime is starting
         return "running (starting)"
-    if meta.get("clean", True):
-        return f"stopped cleanly at {_unix_time(meta.get('stopped_at'))} UTC"
-    return f"not running: pid {pid} did not stop cleanly; the next start recovers its work"
+    if unclean(meta):
+        return f"not running: pid {pid} did not stop cleanly; the next start recovers its work"
+    return f"stopped cleanly at {_unix_time(meta.get('stopped_at'))} UTC"
 
 
 def _queue_line(last: Sequence[Event]) -> str:

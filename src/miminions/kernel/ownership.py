@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import time
 from typing import Any
 
 from miminions.kernel.errors import ConfigurationError
@@ -23,10 +24,25 @@ _open_here: set[str] = set()
 _memory_ids = itertools.count()
 
 
+def running_record() -> dict[str, Any]:
+    """The run record a runtime writes when it starts (it is not stopped cleanly yet)."""
+    return {"pid": os.getpid(), "clean": False, "started_at": time.time()}
+
+
+def stopped_record() -> dict[str, Any]:
+    """The run record a runtime writes when it stops cleanly (or gives up its start)."""
+    return {"pid": os.getpid(), "clean": True, "stopped_at": time.time()}
+
+
+def unclean(run_record: Any) -> bool:
+    """Whether a run record says its runtime did not stop cleanly (it runs, or crashed)."""
+    return isinstance(run_record, dict) and not run_record.get("clean", True)
+
+
 def live_owner(run_record: Any) -> int | None:
     """The pid of a runtime that has the database open, from the run record it keeps
     (``get_meta(RUN_META_KEY)``): None when it stopped cleanly or its process is gone."""
-    if not isinstance(run_record, dict) or run_record.get("clean", True):
+    if not unclean(run_record):
         return None
     pid = run_record.get("pid")
     if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:

@@ -67,7 +67,16 @@ from miminions.kernel.models import (
     fast_construct,
     task_snapshot,
 )
-from miminions.kernel.ownership import RUN_META_KEY, claim, live_owner, refuse_live_owner, release
+from miminions.kernel.ownership import (
+    RUN_META_KEY,
+    claim,
+    live_owner,
+    refuse_live_owner,
+    release,
+    running_record,
+    stopped_record,
+    unclean,
+)
 from miminions.kernel.plugins import (
     PluginManager,
     build_plugin_manager,
@@ -373,15 +382,13 @@ class AgentRuntime(CommunicationAPI):
         self._agent_book.restore(await store.load_agents())
         report = self._task_book.restore(await store.load_tasks(), await store.load_dead_letters())
         self._started_mono = time.monotonic()
-        store.put_meta(
-            RUN_META_KEY, {"pid": os.getpid(), "clean": False, "started_at": time.time()}
-        )
+        store.put_meta(RUN_META_KEY, running_record())
         self._run_recorded = True
         events.emit(
             EventType.RUNTIME_STARTED,
             details={"pid": os.getpid(), "storage_path": config.storage_path},
         )
-        crashed = isinstance(previous, dict) and not previous.get("clean", True)
+        crashed = unclean(previous)
         if crashed or report["requeued"] or report["unstarted"] or report["failed"]:
             self.recovery = {
                 "previous_pid": previous.get("pid") if isinstance(previous, dict) else None,
@@ -427,14 +434,8 @@ class AgentRuntime(CommunicationAPI):
                 # Nothing ran: the next runtime must not report this start as a crash.
                 # A crash before it stays on record (its recovery was not reported yet).
                 previous = self._previous_run
-                crashed = isinstance(previous, dict) and not previous.get("clean", True)
-                steps.call(
-                    self._store.put_meta,
-                    RUN_META_KEY,
-                    previous
-                    if crashed
-                    else {"pid": os.getpid(), "clean": True, "stopped_at": time.time()},
-                )
+                record = previous if unclean(previous) else stopped_record()
+                steps.call(self._store.put_meta, RUN_META_KEY, record)
             await steps.wait(self._store.close)
         steps.log_all()  # the start error is the one to report
 
@@ -493,7 +494,7 @@ class AgentRuntime(CommunicationAPI):
         steps.call(
             store.put_meta,
             RUN_META_KEY,
-            {"pid": os.getpid(), "clean": True, "stopped_at": time.time()},
+            stopped_record(),
         )
         self._state = "stopped"
         await steps.wait(store.close)
