@@ -7,7 +7,7 @@ import inspect
 from datetime import UTC, datetime
 
 import pytest
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from miminions.kernel import models, task_input
 from miminions.kernel.models import Event, EventType, Severity, fast_construct, fast_copy
@@ -52,15 +52,32 @@ def test_fast_construct_equals_validated_model() -> None:
     assert built.model_extra is None
 
 
+class Note(BaseModel):
+    """A model that may be changed (events are frozen)."""
+
+    agent_id: str
+    task_id: str
+    details: dict[str, object]
+
+
+NOTE_VALUES = {"agent_id": "agent-1", "task_id": "task-1", "details": {"nested": {"k": [1]}}}
+
+
 def test_fast_construct_allows_setting_fields() -> None:
-    built = fast_construct(Event, dict(EVENT_VALUES))
+    built = fast_construct(Note, dict(NOTE_VALUES))
     built.agent_id = "agent-2"
     assert built.agent_id == "agent-2"
-    assert Event.model_validate(built.model_dump()).agent_id == "agent-2"
+    assert Note.model_validate(built.model_dump()).agent_id == "agent-2"
+
+
+def test_fast_construct_keeps_a_frozen_model_frozen() -> None:
+    built = fast_construct(Event, dict(EVENT_VALUES))
+    with pytest.raises(ValidationError, match="frozen"):
+        built.agent_id = "agent-2"
 
 
 def test_fast_copy_is_shallow_and_independent_at_the_top() -> None:
-    original = fast_construct(Event, dict(EVENT_VALUES))
+    original = fast_construct(Note, dict(NOTE_VALUES))
     copy = fast_copy(original)
 
     copy.task_id = "task-2"

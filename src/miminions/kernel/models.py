@@ -11,6 +11,7 @@ full validation (``model_validate``).
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -404,10 +405,49 @@ class AgentInstance(BaseModel):
     started_at: datetime | None = None
 
 
-class Event(BaseModel):
-    """One entry of the event log."""
+class ReadOnlyDict(dict[str, Any]):
+    """A dict that refuses changes: the ``details`` of the events a store hands out.
 
-    model_config = ConfigDict(extra="forbid")
+    A store may give the same :class:`Event` to every query that asks for it (the SQLite
+    store keeps its newest events in memory), so a caller's change would show in every later
+    answer. Copies (``dict(d)``, ``d.copy()``, ``copy.copy``, ``copy.deepcopy``, pickling,
+    ``model_dump``) are plain, changeable dicts. Values inside are not frozen: treat them as
+    read-only too.
+    """
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(
+            "an event's details are read-only (events are shared records of the log); "
+            "change a copy: dict(event.details)"
+        )
+
+    __setitem__ = __delitem__ = __ior__ = _refuse
+    clear = pop = popitem = setdefault = update = _refuse
+
+    def __copy__(self) -> dict[str, Any]:
+        return dict(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
+        return copy.deepcopy(dict(self), memo)
+
+    def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
+        return dict, (dict(self),)
+
+
+#: The details of an event that has none: one object, since nobody can change it.
+NO_DETAILS = ReadOnlyDict()
+
+
+class Event(BaseModel):
+    """One entry of the event log: a read-only record (the model is frozen).
+
+    Events read from a store may be shared between callers: their ``details`` are a
+    :class:`ReadOnlyDict` (copy it to change it).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     event_id: int | None = None
     timestamp: datetime

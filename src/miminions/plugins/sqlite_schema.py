@@ -28,11 +28,13 @@ from miminions.kernel.errors import ConfigurationError, ValidationError
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.jsonutil import make_encoder, reject
 from miminions.kernel.models import (
+    NO_DETAILS,
     AgentStatus,
     DeadLetter,
     Event,
     EventRecord,
     EventType,
+    ReadOnlyDict,
     Severity,
     Task,
     TaskStatus,
@@ -250,7 +252,9 @@ DELETE_META = BulkWrite(
         for size in (2**n for n in range(_MAX_ROWS.bit_length()))
     },
 )
-INSERT_EVENT = _bulk("events", EVENT_COLUMNS)
+# The store numbers events itself (see SQLiteStore.put_event): it knows each id without
+# asking the database, which lets it answer queries over recent events from memory.
+INSERT_EVENT = _bulk("events", ("event_id", *EVENT_COLUMNS))
 
 #: The columns of ``tasks`` that change after a task is first stored (its state); the
 #: others are fixed at submit. The kernel changes no other field of a stored task.
@@ -330,7 +334,8 @@ def _dt(value: float | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value, UTC)
 
 
-def _query_ts(value: datetime) -> float:
+def query_ts(value: datetime) -> float:
+    """A query's ``since``/``until`` as the ``ts`` column holds times: Unix seconds."""
     # Naive datetimes are taken as UTC, like everything else the runtime stores.
     return (value if value.tzinfo else value.replace(tzinfo=UTC)).timestamp()
 
@@ -431,10 +436,12 @@ def _task_from_row(r: Sequence[Any]) -> Task:
     )
 
 
-def event_row(e: EventRecord) -> Row:
-    """The ``events`` row of ``e``; the database assigns ``event_id``."""
+def event_row(e: EventRecord, event_id: int) -> Row:
+    """The ``events`` row of ``e`` as event ``event_id``: the columns of
+    :data:`SELECT_EVENTS`, in its order."""
     timestamp, event_type, severity, agent_id, task_id, details = e
     return (
+        event_id,
         timestamp,
         _TEXT[event_type],
         _TEXT[severity],
@@ -551,13 +558,15 @@ def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
 
     Event queries return thousands of rows, so each column is checked by hand (known enum
     value, float timestamp, JSON object details) instead of a full pydantic validation; a
-    row that fails a check raises :class:`ValidationError` naming the event.
+    row that fails a check raises :class:`ValidationError` naming the event. The details
+    are a :class:`~miminions.kernel.models.ReadOnlyDict`.
     """
     with _malformed("event", r):
         if details is None:
             details = _loads(r[6]) if r[6] != "{}" else {}
         if type(details) is not dict:
             raise TypeError("details is not a JSON object")
+        details = ReadOnlyDict(details) if details else NO_DETAILS
         return fast_construct(
             Event,
             {
@@ -581,16 +590,18 @@ def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:
         parsed = _loads("[" + ",".join(r[6] for r in rows) + "]")
         if len(parsed) != len(rows):  # a column that is several values
             raise ValueError("details column holds several values")
-        from_ts, types, severities, build = (
+        from_ts, types, severities, build, read_only = (
             datetime.fromtimestamp,
             _EVENT_TYPES,
             _SEVERITIES,
             fast_construct,
+            ReadOnlyDict,
         )
         events = []
         for r, details in zip(rows, parsed, strict=True):
             if type(details) is not dict:
                 raise TypeError("details is not a JSON object")
+            details = read_only(details) if details else NO_DETAILS
             agent_id, task_id = r[4], r[5]
             events.append(
                 build(
@@ -615,6 +626,11 @@ def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:
 _SEVERITY_ORDER = list(Severity)
 
 
+def severities_from(minimum: Severity) -> list[Severity]:
+    """The severities at least as grave as ``minimum``."""
+    return _SEVERITY_ORDER[_SEVERITY_ORDER.index(minimum) :]
+
+
 def event_filters(query: EventQuery) -> tuple[str | None, list[Any]]:
     """Translate a query into a WHERE clause; None means nothing can match."""
     clauses: list[str] = []
@@ -625,7 +641,7 @@ def event_filters(query: EventQuery) -> tuple[str | None, list[Any]]:
         clauses.append(f"event_type IN ({', '.join('?' * len(query.event_types))})")
         params.extend(t.value for t in query.event_types)
     if query.min_severity is not None:
-        allowed = _SEVERITY_ORDER[_SEVERITY_ORDER.index(query.min_severity) :]
+        allowed = severities_from(query.min_severity)
         clauses.append(f"severity IN ({', '.join('?' * len(allowed))})")
         params.extend(s.value for s in allowed)
     for column, value in (("agent_id", query.agent_id), ("task_id", query.task_id)):
@@ -634,10 +650,10 @@ def event_filters(query: EventQuery) -> tuple[str | None, list[Any]]:
             params.append(value)
     if query.since is not None:
         clauses.append("ts >= ?")
-        params.append(_query_ts(query.since))
+        params.append(query_ts(query.since))
     if query.until is not None:
         clauses.append("ts <= ?")
-        params.append(_query_ts(query.until))
+        params.append(query_ts(query.until))
     if query.after_id is not None:
         clauses.append("event_id > ?")
         params.append(query.after_id)

@@ -65,6 +65,7 @@ from miminions.plugins.sqlite_batch import (
     rejection,
     retryable,
 )
+from miminions.plugins.sqlite_event_tail import EventTail
 
 _DELETED = object()  # a queued meta write that removes its key
 logger = logging.getLogger(__name__)
@@ -85,6 +86,9 @@ _WRITER_PRAGMAS = (
     "PRAGMA journal_size_limit=67108864",
 )
 _MEMORY = ":memory:"
+#: How many of its newest events a writable store keeps in memory for queries, by default:
+#: a few megabytes (see :mod:`miminions.plugins.sqlite_event_tail`).
+EVENT_CACHE_SIZE = 10_000
 
 # Commit retries after an operational failure: 0.05 s, doubling, at most 2 s between attempts.
 _COMMIT_ATTEMPTS = 8
@@ -102,6 +106,8 @@ class SQLiteStore:
     ``InvalidStateError``.
     A commit that fails for an operational reason is tried ``commit_attempts`` times, waiting
     ``retry_delay`` seconds after the first failure, doubling up to ``max_retry_delay``.
+    A writable store keeps its last ``event_cache_size`` committed events in memory (see
+    :mod:`miminions.plugins.sqlite_event_tail`); 0 reads every event query from the file.
     """
 
     def __init__(
@@ -113,6 +119,7 @@ class SQLiteStore:
         retry_delay: float = _RETRY_DELAY,
         max_retry_delay: float = _MAX_RETRY_DELAY,
         switch_interval: float | None = WRITER_SWITCH_INTERVAL,
+        event_cache_size: int = EVENT_CACHE_SIZE,
     ) -> None:
         if commit_attempts < 1:
             raise ConfigurationError(f"commit_attempts must be at least 1, not {commit_attempts}")
@@ -120,6 +127,10 @@ class SQLiteStore:
             raise ConfigurationError(
                 "need 0 <= retry_delay <= max_retry_delay, "
                 f"not retry_delay={retry_delay}, max_retry_delay={max_retry_delay}"
+            )
+        if type(event_cache_size) is not int or event_cache_size < 0:
+            raise ConfigurationError(
+                f"event_cache_size must be a whole number, 0 or more, not {event_cache_size!r}"
             )
         if switch_interval is not None and not switch_interval > 0:
             raise ConfigurationError(
@@ -150,6 +161,13 @@ class SQLiteStore:
         # Events are turned into rows as they arrive, so their records die at once instead
         # of surviving (and being traversed by the garbage collector) until commit.
         self._events: list[schema.Row] = []
+        self.event_cache_size = event_cache_size
+        # The store numbers events itself (from the largest id the file ever held): it knows
+        # the ids of what it commits, so the newest events can answer queries from memory.
+        self._next_event_id = 1
+        self._tail: EventTail | None = None
+        # Whether committed events older than the tail's may exist (then queries read them).
+        self._events_before_tail = False
         self._batch: Batch | None = None  # collecting writes for the next commit
         self._committing: Batch | None = None  # being committed now
         self._committer: asyncio.Task[None] | None = None
@@ -208,13 +226,30 @@ class SQLiteStore:
             for pragma in _WRITER_PRAGMAS:
                 await conn.execute(pragma)
             await schema.migrate(conn, self.path)
+            last_event_id = await self._last_event_id(conn)
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise _unusable(self.path, exc) from exc
         except BaseException:
             await conn.close()
             raise
+        self._next_event_id = last_event_id + 1
+        self._events_before_tail = last_event_id > 0
+        if self.event_cache_size:
+            self._tail = EventTail(self.event_cache_size, self._next_event_id)
         return conn
+
+    @staticmethod
+    async def _last_event_id(conn: aiosqlite.Connection) -> int:
+        """The largest event id the database ever held (AUTOINCREMENT's record of it covers
+        events since deleted: an id is never given twice)."""
+        rows = list(
+            await conn.execute_fetchall(
+                "SELECT MAX(COALESCE((SELECT MAX(event_id) FROM events), 0),"
+                " COALESCE((SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0))"
+            )
+        )
+        return int(rows[0][0])
 
     def _file_path(self) -> str | None:
         """The database's file, with symlinks resolved (of a ``file:`` URI, its path part),
@@ -450,10 +485,13 @@ class SQLiteStore:
         """Queue an event for the next commit (fire and forget; ``flush`` waits for it)."""
         if self._batch is None:
             self._new_batch()
+        event_id = self._next_event_id
         try:
-            self._events.append(schema.event_row(event))
+            self._events.append(schema.event_row(event, event_id))
         except Exception as exc:  # a malformed event must not take the batch down
             logger.error("not storing malformed event %r: %s", event, exc)
+            return
+        self._next_event_id = event_id + 1
 
     def put_dead_letter(self, dead_letter: DeadLetter) -> Committed:
         """Queue an insert-or-update of a dead letter; the result resolves when committed."""
@@ -543,6 +581,7 @@ class SQLiteStore:
                             len(events),
                         )
                         events = []
+                        self._forget_tail()  # it cannot tell whether they are stored
                     self._requeue(tasks, agents, dead_letters, meta, events)
                     failures += 1
                     if failures < self.commit_attempts and retryable(exc):
@@ -709,6 +748,10 @@ class SQLiteStore:
                 await self._write_one_by_one(conn, writes, rejected)
             self._commit_sent = True
             await conn.commit()
+            if error is None:
+                self._remember(events)
+            else:  # some event rows may have been left out
+                self._forget_tail()
             rows = self._task_rows
             for task_id, task in new_tasks.items():
                 if ("task", task_id) not in rejected:
@@ -720,6 +763,18 @@ class SQLiteStore:
                 self._dirty = True
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
+
+    def _remember(self, events: list[schema.Row]) -> None:
+        """Keep the rows of committed events in the tail (see :meth:`query_events`)."""
+        if self._tail is not None and self._tail.add(events):
+            self._events_before_tail = True
+
+    def _forget_tail(self) -> None:
+        """Empty the tail when the store cannot tell which events a commit stored: they are
+        read from the file, and the tail starts again with events not put yet."""
+        if self._tail is not None:
+            self._tail.reset(self._next_event_id)
+            self._events_before_tail = True
 
     def _split_stored(self, tasks: dict[str, Task]) -> tuple[dict[str, Task], dict[str, Task]]:
         """Split pending task writes into full upserts and state updates (the object whose
@@ -857,18 +912,60 @@ class SQLiteStore:
         """Return the committed events matching ``query``, oldest first.
 
         ``since`` and ``until`` are inclusive; with ``newest`` the last ``limit`` matches are
-        returned (still oldest first).
+        returned (still oldest first). The events are frozen and may be shared with other
+        callers (their details are read-only). The newest events of a writable store come
+        from memory (see :mod:`~miminions.plugins.sqlite_event_tail`), older ones and those
+        of a task or an agent from the file.
         """
         where, params = schema.event_filters(query)
         if where is None:
             return []
-        sql = schema.SELECT_EVENTS + where
-        sql += " ORDER BY event_id DESC" if query.newest else " ORDER BY event_id"
-        if query.limit is not None:
-            sql += " LIMIT ?"
-            params.append(_sql_limit(query.limit))
-        rows = await self._fetch(sql, params)
+        tail = self._tail
+        conn = await self._reader()
+        limit = query.limit
+        if tail is None or not tail.answers(query):
+            return await self._select_events(conn, where, params, query.newest, limit)
+        # The tail is read before the next await: a commit meanwhile may push rows out of it
+        # that the file's part of the answer (ids below ``start``) would not cover.
+        start = tail.start
+        recent = tail.select(query)
+        if not self._events_before_tail or (
+            query.after_id is not None and query.after_id >= start - 1
+        ):
+            return recent
         if query.newest:
+            if limit is not None and len(recent) >= limit:
+                return recent
+            rest = None if limit is None else limit - len(recent)
+            older = await self._select_events(conn, where, params, True, rest, before=start)
+            return older + recent
+        older = await self._select_events(conn, where, params, False, limit, before=start)
+        if limit is not None and len(older) + len(recent) > limit:
+            return older + recent[: limit - len(older)]
+        return older + recent
+
+    async def _select_events(
+        self,
+        conn: aiosqlite.Connection,
+        where: str,
+        params: list[Any],
+        newest: bool,
+        limit: int | None,
+        *,
+        before: int | None = None,
+    ) -> list[Event]:
+        """The stored events matching ``where`` (and below id ``before`` if given), at most
+        ``limit``, oldest first: the oldest matches, or with ``newest`` the newest."""
+        if before is not None:
+            where = f"{where} AND event_id < ?" if where else " WHERE event_id < ?"
+            params = [*params, before]
+        sql = schema.SELECT_EVENTS + where
+        sql += " ORDER BY event_id DESC" if newest else " ORDER BY event_id"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params = [*params, _sql_limit(limit)]
+        rows = list(await conn.execute_fetchall(sql, tuple(params)))
+        if newest:
             rows.reverse()
         return schema.events_from_rows(rows)
 
@@ -999,14 +1096,21 @@ def miminions_make_store(config: RuntimeConfig) -> SQLiteStore:
     """Provide the default store: SQLite at ``config.storage_path``, with the options of
     ``config.plugin_options["sqlite_store"]`` (:class:`SQLiteOptions`)."""
     options = requested_options(config, "sqlite_store", SQLiteOptions) or SQLiteOptions()
-    return SQLiteStore(config.storage_path, switch_interval=options.switch_interval_seconds)
+    return SQLiteStore(
+        config.storage_path,
+        switch_interval=options.switch_interval_seconds,
+        event_cache_size=options.event_cache_size,
+    )
 
 
 class SQLiteOptions(pydantic.BaseModel):
     """``plugin_options["sqlite_store"]``: ``switch_interval_seconds`` is the longest GIL
     switch interval while the store is open (see :mod:`miminions.plugins.interpreter_settings`);
-    None leaves the interpreter's setting alone."""
+    None leaves the interpreter's setting alone. ``event_cache_size`` is how many of its
+    newest events the store keeps in memory to answer event queries (0: none; see
+    :mod:`miminions.plugins.sqlite_event_tail`)."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     switch_interval_seconds: pydantic.PositiveFloat | None = WRITER_SWITCH_INTERVAL
+    event_cache_size: pydantic.NonNegativeInt = EVENT_CACHE_SIZE
