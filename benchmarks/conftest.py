@@ -54,10 +54,16 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def default_loop() -> str:
     """The loop ``miminions.run`` would use here: ``uvloop`` when the uvloop extra answers
-    ``miminions_loop_factory``, ``asyncio`` when no plugin does (else the factory's
-    top-level module)."""
+    ``miminions_loop_factory``, ``asyncio`` for the built-in ``asyncio_loop`` plugin's (or
+    none), else the top-level module of the loop class the answer makes."""
     factory = build_plugin_manager().hook.miminions_loop_factory(config=RuntimeConfig())
-    return ASYNCIO if factory is None else str(factory.__module__).partition(".")[0]
+    if factory is None:
+        return ASYNCIO
+    loop = factory()
+    try:
+        return type(loop).__module__.partition(".")[0]
+    finally:
+        loop.close()
 
 
 def _loops(config: pytest.Config) -> list[str]:

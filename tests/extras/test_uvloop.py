@@ -32,6 +32,7 @@ from miminions import (
 )
 from miminions.extras import uvloop_loop
 from miminions.kernel.plugins import AUTOLOAD_ENV, build_plugin_manager
+from miminions.plugins import asyncio_loop
 from tests.support.interpreter import run_python
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS
@@ -168,8 +169,10 @@ def test_disabled_plugin_means_asyncio_everywhere(
 def test_missing_package_leaves_the_plugin_dormant(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
-    """E-04: without uvloop nothing asks for, everything runs on the standard loop."""
-    assert build_plugin_manager().hook.miminions_loop_factory(config=make_config()) is None
+    """E-04: without uvloop nothing asks for, everything runs on the standard loop (the
+    built-in ``asyncio_loop`` plugin's)."""
+    factory = build_plugin_manager().hook.miminions_loop_factory(config=make_config())
+    assert factory is asyncio_loop.new_event_loop
     seen = miminions.run(loops_seen(make_config()))
     assert not seen["runtime"].startswith("uvloop"), seen
     assert not seen["worker"].startswith("uvloop"), seen

@@ -38,6 +38,7 @@ CALLED_EACH = frozenset({"miminions_runtime_stopping", "miminions_runtime_stoppe
 
 BUILTIN_PLUGINS: dict[str, str] = {
     "priority_scheduling": "miminions.plugins.priority_scheduling",
+    "asyncio_loop": "miminions.plugins.asyncio_loop",
     "asyncio_executor": "miminions.plugins.asyncio_executor",
     "inline_host": "miminions.plugins.inline_host",
     "process_host": "miminions.plugins.process_host",
