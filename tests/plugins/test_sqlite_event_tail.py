@@ -20,7 +20,7 @@ from miminions.kernel.errors import ConfigurationError
 from miminions.kernel.interfaces import EventQuery
 from miminions.kernel.models import Event, EventType, RuntimeConfig, Severity
 from miminions.plugins.sqlite_store import SQLiteStore, miminions_make_store
-from tests.plugins.test_sqlite_store import T0, failing, make_event
+from tests.plugins.test_sqlite_store import T0, failing_commits, make_event
 
 TYPES = [EventType.TASK_ENQUEUED, EventType.TASK_STARTED, EventType.TASK_COMPLETED]
 SEVERITIES = list(Severity)
@@ -222,13 +222,11 @@ async def test_a_failed_commit_keeps_the_answers_right(
     await store.open()
     try:
         await put_events(store, 0, 3, per_commit=3)
-        conn = store._conn
-        assert conn is not None
-        method, _calls = failing(conn.commit, 1)
-        monkeypatch.setattr(conn, "commit", method)
+        tried = failing_commits(monkeypatch, store, 1)
         await put_events(store, 3, 4, per_commit=4)
         await put_events(store, 7, 2, per_commit=2)
         everything = await store.query_events(EventQuery(limit=None))
+        assert tried[0] == 3  # the failed commit, its retry, the next one
         assert [e.event_id for e in everything] == list(range(1, 10))
         assert dumped(everything) == dumped(await from_the_file(db_path, EventQuery(limit=None)))
     finally:

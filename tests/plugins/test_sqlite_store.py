@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -42,12 +42,13 @@ from miminions.kernel.models import (
     Task,
     TaskStatus,
 )
-from miminions.plugins import sqlite_schema, sqlite_store
+from miminions.plugins import sqlite_batch, sqlite_schema, sqlite_store
 from miminions.plugins.interpreter_settings import SWITCH_INTERVAL
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
 from tests.support.children import first_line, spawn
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
+WAIT = 30.0  # the bound of a wait for another thread
 
 
 def make_task(task_id: str = "t1", **fields: Any) -> Task:
@@ -451,12 +452,9 @@ async def test_failed_statement_is_retried_and_nothing_is_lost(
     store: SQLiteStore, db_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """An operational error rolls the batch back and retries it; every write is stored once."""
-    conn = store._conn
-    assert conn is not None
-    real_execute = conn.execute
     calls = 0
 
-    async def fail_once(sql: str, params: Any = None) -> Any:
+    def fail_once(database: sqlite3.Connection, sql: str, params: Any) -> None:
         # Fail the event insert, after the task rows went into the transaction: those must
         # be rolled back and written again, not stored twice.
         nonlocal calls
@@ -464,9 +462,9 @@ async def test_failed_statement_is_retried_and_nothing_is_lost(
             calls += 1
             if calls == 1:
                 raise sqlite3.OperationalError("disk I/O error")
-        return await real_execute(sql, params)
+        database.execute(sql, params)
 
-    monkeypatch.setattr(conn, "execute", fail_once)
+    patch_statements(monkeypatch, fail_once)
     first, second = store.put_task(make_task("a")), store.put_task(make_task("b"))
     store.put_event(make_event(0))
     await asyncio.gather(first, second)
@@ -479,23 +477,67 @@ async def test_failed_statement_is_retried_and_nothing_is_lost(
 
 
 # ----------------------------------------------------------------------------- failures
-def failing(
-    real: Callable[..., Awaitable[Any]], times: int, error: Exception | None = None
-) -> tuple[Callable[..., Awaitable[Any]], list[int]]:
-    """Wrap an aiosqlite method to raise ``error`` on its first ``times`` calls.
+def patch_statements(
+    monkeypatch: pytest.MonkeyPatch,
+    execute: Callable[[sqlite3.Connection, str, Any], None],
+    commit: Callable[[sqlite3.Connection], None] | None = None,
+) -> None:
+    """Make the store's commits run each statement through ``execute(database, sql,
+    params)`` and the COMMIT through ``commit(database)`` (in the database thread, as
+    ``sqlite_batch.execute_and_commit`` does), to inject failures."""
 
-    Returns the wrapper and a one-item list counting the calls; setting ``times`` below the
-    count (``state[1] = 0``) removes the fault.
+    def execute_and_commit(
+        conn: Any, statements: list[tuple[str, list[Any]]]
+    ) -> BaseException | None:
+        database = conn._conn
+        for sql, params in statements:
+            try:
+                execute(database, sql, params)
+            except Exception as exc:
+                return exc
+        (commit or sqlite3.Connection.commit)(database)
+        return None
+
+    monkeypatch.setattr(sqlite_batch, "_execute_and_commit", execute_and_commit)
+
+
+def failing_commits(
+    monkeypatch: pytest.MonkeyPatch,
+    store: SQLiteStore,
+    times: int,
+    error: Exception | None = None,
+) -> list[int]:
+    """Make the store's next ``times`` COMMITs fail with ``error`` (by default "database
+    is locked") after their statements ran, whichever way the store commits (in one trip
+    with its statements, or on its own after writing row by row).
+
+    Returns ``[COMMITs tried, times]``; setting ``times`` below the count ends the fault.
     """
     state = [0, times]
+    failure = error or sqlite3.OperationalError("database is locked")
 
-    async def method(*args: Any) -> Any:
+    def fails() -> bool:
         state[0] += 1
-        if state[0] <= state[1]:
-            raise error or sqlite3.OperationalError("database is locked")
-        return await real(*args)
+        return state[0] <= state[1]
 
-    return method, state
+    def commit(database: sqlite3.Connection) -> None:
+        if fails():
+            raise failure
+        database.commit()
+
+    assert store._conn is not None
+    real_commit = store._conn.commit
+
+    async def commit_alone() -> None:
+        if fails():
+            raise failure
+        await real_commit()
+
+    patch_statements(
+        monkeypatch, lambda database, sql, params: database.execute(sql, params), commit
+    )
+    monkeypatch.setattr(store._conn, "commit", commit_alone)
+    return state
 
 
 @pytest.fixture
@@ -559,8 +601,7 @@ async def test_failed_commit_is_retried_and_waiters_succeed(
     """An OperationalError at COMMIT is retried; everybody's writes are stored."""
     store = quick_store
     assert store._conn is not None
-    commit, state = failing(store._conn.commit, 1)
-    monkeypatch.setattr(store._conn, "commit", commit)
+    state = failing_commits(monkeypatch, store, 1)
     puts = [store.put_task(make_task(f"t{i}")) for i in range(3)]
     puts.append(store.put_meta("k", "v"))
     store.put_event(make_event(0))
@@ -576,22 +617,26 @@ async def test_writes_during_a_failed_commit_are_not_overwritten(
 ) -> None:
     """Put back after a failure, old writes yield to newer puts of a key; events keep order."""
     store = quick_store
-    assert store._conn is not None
-    real_commit = store._conn.commit
-    late: list[Any] = []
+    in_flight, carry_on = threading.Event(), threading.Event()
+    commits = 0
 
-    async def commit() -> None:
-        if not late:  # writes arriving while the first commit is in flight, which then fails
-            newer = make_task("a", status=TaskStatus.RUNNING)
-            late.append(store.put_task(newer))
-            late.append(store.put_task(make_task("b")))
-            store.put_event(make_event(1, details={"n": 1}))
+    def commit(database: sqlite3.Connection) -> None:
+        nonlocal commits
+        commits += 1
+        if commits == 1:  # the first commit waits for the writes below, then fails
+            in_flight.set()
+            carry_on.wait(WAIT)
             raise sqlite3.OperationalError("disk I/O error")
-        await real_commit()
+        database.commit()
 
-    monkeypatch.setattr(store._conn, "commit", commit)
+    patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
     first = store.put_task(make_task("a"))
     store.put_event(make_event(0, details={"n": 0}))
+    assert await asyncio.to_thread(in_flight.wait, WAIT)
+    late = [store.put_task(make_task("a", status=TaskStatus.RUNNING))]
+    late.append(store.put_task(make_task("b")))
+    store.put_event(make_event(1, details={"n": 1}))
+    carry_on.set()
     await asyncio.gather(first, *late)
     assert raw(db_path, "SELECT task_id, status FROM tasks ORDER BY seq") == [
         ("a", "running"),
@@ -608,8 +653,7 @@ async def test_retries_back_off_exponentially(
         str(db_path), commit_attempts=5, retry_delay=0.001, max_retry_delay=0.004
     ) as store:
         assert store._conn is not None
-        commit, state = failing(store._conn.commit, 4)
-        monkeypatch.setattr(store._conn, "commit", commit)
+        state = failing_commits(monkeypatch, store, 4)
         with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
             await store.put_task(make_task())
         assert state[0] == 5
@@ -635,8 +679,7 @@ async def test_persistent_failure_keeps_writes_queued_until_flush(
     """After the bounded attempts waiters get a StoreError; the rows stay queued for flush."""
     store = quick_store
     assert store._conn is not None
-    commit, state = failing(store._conn.commit, 10**9, sqlite3.OperationalError("disk I/O"))
-    monkeypatch.setattr(store._conn, "commit", commit)
+    state = failing_commits(monkeypatch, store, 10**9, sqlite3.OperationalError("disk I/O"))
     task, meta = store.put_task(make_task("a")), store.put_meta("k", 1)
     store.put_event(make_event(0))
     with pytest.raises(StoreError, match=r"3 attempts.*disk I/O") as failure:
@@ -670,8 +713,7 @@ async def test_next_put_retries_writes_of_a_failed_commit(
     """Writes left queued by a commit that gave up go out with the next put's commit."""
     store = quick_store
     assert store._conn is not None
-    commit, state = failing(store._conn.commit, 3)
-    monkeypatch.setattr(store._conn, "commit", commit)
+    state = failing_commits(monkeypatch, store, 3)
     with pytest.raises(StoreError):
         await store.put_task(make_task("a"))
     await store.put_task(make_task("b"))
@@ -685,8 +727,7 @@ async def test_close_after_persistent_failure_names_lost_writes(
     """close() makes a final attempt, then raises naming how many writes were not stored."""
     store = quick_store
     assert store._conn is not None
-    commit, state = failing(store._conn.commit, 10**9)
-    monkeypatch.setattr(store._conn, "commit", commit)
+    state = failing_commits(monkeypatch, store, 10**9)
     pending = store.put_task(make_task("a"))
     store.put_event(make_event(0))
     with pytest.raises(StoreError):
@@ -705,8 +746,7 @@ async def test_close_during_retries_waits_for_them(
     """close() while a failed commit is being retried waits for the retry, which stores it."""
     store = quick_store
     assert store._conn is not None
-    commit, state = failing(store._conn.commit, 2)
-    monkeypatch.setattr(store._conn, "commit", commit)
+    state = failing_commits(monkeypatch, store, 2)
     pending = store.put_task(make_task("a"))
     await store.close()
     await pending
@@ -720,8 +760,7 @@ async def test_row_error_and_operational_error_in_one_batch(
     """A retried batch still rejects its bad row, and only that one."""
     store = quick_store
     assert store._conn is not None
-    commit, state = failing(store._conn.commit, 1)
-    monkeypatch.setattr(store._conn, "commit", commit)
+    state = failing_commits(monkeypatch, store, 1)
     good = store.put_task(make_task("good"))
     huge = store.put_task(make_task("huge", retry_count=2**64))
     await good
@@ -729,6 +768,84 @@ async def test_row_error_and_operational_error_in_one_batch(
         await huge
     assert state[0] == 2
     assert raw(db_path, "SELECT task_id FROM tasks") == [("good",)]
+
+
+async def test_a_commit_is_one_trip_to_the_database_thread(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every statement of a batch and its COMMIT go to the database thread together: each
+    trip's answer costs the event loop a wake-up."""
+    conn = store._conn
+    assert conn is not None
+    trips: list[Any] = []
+    real = conn._execute
+
+    async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
+        trips.append(fn)
+        return await real(fn, *args, **kwargs)
+
+    monkeypatch.setattr(conn, "_execute", counted)
+    writes = [store.put_task(make_task(f"t{i}")) for i in range(3)]
+    writes.append(store.put_meta("k", 1))
+    store.put_event(make_event(0))
+    await asyncio.gather(*writes)
+    assert len(trips) == 1
+    assert raw_count(store, "tasks") == 3
+
+
+def raw_count(store: SQLiteStore, table: str) -> int:
+    return int(raw(Path(store.path), f"SELECT COUNT(*) FROM {table}")[0][0])
+
+
+async def test_without_aiosqlite_s_function_call_a_commit_takes_a_trip_per_statement(
+    quick_store: SQLiteStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An aiosqlite without ``_execute`` still commits (statement by statement), and a
+    failed COMMIT is retried there too."""
+    store = quick_store
+    assert store._conn is not None
+    assert sqlite_batch.runs_functions(store._conn)  # the aiosqlite installed here can
+    monkeypatch.setattr(sqlite_batch, "runs_functions", lambda conn: False)
+    state = failing_commits(monkeypatch, store, 1)
+    writes = [store.put_task(make_task(f"t{i}")) for i in range(3)]
+    store.put_event(make_event(0))
+    await asyncio.gather(*writes)
+    assert state[0] == 2
+    assert raw_count(store, "tasks") == 3
+    assert raw_count(store, "events") == 1
+
+
+async def test_a_commit_cancelled_in_the_database_thread_stores_each_write_once(
+    store: SQLiteStore, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Cancelled while the thread commits, the store cannot tell whether the commit was made:
+    keyed writes are put back (an upsert again is harmless), events are not (they would be
+    stored twice), and queries still see each event once."""
+    in_flight, carry_on = threading.Event(), threading.Event()
+
+    def commit(database: sqlite3.Connection) -> None:
+        in_flight.set()
+        carry_on.wait(WAIT)
+        database.commit()
+
+    patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
+    task = store.put_task(make_task("a"))
+    store.put_event(make_event(0, details={"n": 0}))
+    assert await asyncio.to_thread(in_flight.wait, WAIT)
+    committer = store._committer
+    assert committer is not None
+    with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
+        committer.cancel()
+        carry_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+    assert "cancelled while committing" in caplog.text
+    monkeypatch.undo()
+    await store.flush()  # the task write again
+    assert raw_count(store, "tasks") == 1
+    assert raw_count(store, "events") == 1
+    store.put_event(make_event(1, details={"n": 1}))
+    assert [e.details for e in await store.query_events(EventQuery())] == [{"n": 0}, {"n": 1}]
 
 
 def test_retry_settings_are_checked(db_path: Path) -> None:

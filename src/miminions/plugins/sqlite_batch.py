@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable, Generator
+from collections.abc import Awaitable, Callable, Generator
 from itertools import chain
 from typing import Any, TypeVar
 
@@ -84,16 +84,66 @@ def plan_statements(write: schema.BulkWrite, rows: list[schema.Row]) -> list[tup
     ]
 
 
-async def execute_all(
+async def execute_and_commit(
+    conn: aiosqlite.Connection,
+    statements: list[tuple[str, list[Any]]],
+    committing: Callable[[], None],
+) -> BaseException | None:
+    """Run ``statements`` in order and commit them; return the error of the first that
+    fails (then nothing is committed, and the caller rolls the transaction back), or None
+    once committed. ``committing`` is called just before the COMMIT is handed over: from
+    then on a cancelled caller cannot tell whether it happened.
+
+    Everything goes to the database thread in one trip. Each trip's answer wakes the event
+    loop, and for the few rows a quiet runtime commits at a time that wake-up (the loop's
+    turn, the future, a task per statement) cost the loop more than SQLite's own work: one
+    trip instead of one per statement and another for the COMMIT took about a fifth off the
+    loop's time per task when ten agents ran 10 ms tasks (docs/benchmarks.md, P-05). It uses
+    aiosqlite's ``_execute`` (how each of its methods reaches its thread); with an aiosqlite
+    that has none, the statements and the COMMIT take a trip each.
+    """
+    if not runs_functions(conn):
+        error = await _execute_each(conn, statements)
+        if error is None:
+            committing()
+            await conn.commit()
+        return error
+    committing()
+    run_in_thread: Callable[..., Awaitable[BaseException | None]] = conn._execute
+    return await run_in_thread(_execute_and_commit, conn, statements)
+
+
+def runs_functions(conn: aiosqlite.Connection) -> bool:
+    """Whether ``conn`` can run a function of ours in its thread (``_execute``) on the
+    ``sqlite3`` connection it keeps there (``_conn``), as aiosqlite 0.17 to 0.22 can."""
+    return callable(getattr(conn, "_execute", None)) and isinstance(
+        getattr(type(conn), "_conn", None), property
+    )
+
+
+def _execute_and_commit(
     conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]]
 ) -> BaseException | None:
-    """Run ``statements`` in order and return the first error, or None.
+    """:func:`execute_and_commit` in the database thread."""
+    database: sqlite3.Connection = conn._conn
+    for sql, params in statements:
+        try:
+            database.execute(sql, params)
+        except Exception as exc:  # the caller sorts row errors from failures
+            return exc
+    database.commit()
+    return None
+
+
+async def _execute_each(
+    conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]]
+) -> BaseException | None:
+    """Run ``statements`` in order, a trip each, and return the first error, or None.
 
     All are handed to the aiosqlite thread at once, so it runs them back to back instead of
-    waiting for the event loop between them. They still run in list order, which keeps event
-    ids in the order events were put: tasks start in creation order and aiosqlite queues a
-    statement in its first step, onto a FIFO its thread drains. A statement after a failed
-    one still runs; the caller rolls the transaction back, so that is harmless.
+    waiting for the event loop between them; aiosqlite queues a statement in its task's
+    first step, onto a FIFO its thread drains, so they run in list order. A statement after
+    a failed one still runs; the caller rolls the transaction back, so that is harmless.
     """
     if not statements:
         return None
@@ -181,7 +231,7 @@ __all__ = [
     "Committed",
     "StoreError",
     "encode_rows",
-    "execute_all",
+    "execute_and_commit",
     "plan_statements",
     "rejection",
     "retryable",

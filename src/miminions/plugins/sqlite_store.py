@@ -60,7 +60,7 @@ from miminions.plugins.sqlite_batch import (
     Committed,
     StoreError,
     encode_rows,
-    execute_all,
+    execute_and_commit,
     plan_statements,
     rejection,
     retryable,
@@ -738,16 +738,17 @@ class SQLiteStore:
         )
         statements = [s for write, _, rows in writes if rows for s in plan_statements(write, rows)]
         try:
-            error = await execute_all(conn, statements)
+            error = await execute_and_commit(conn, statements, self._committing_now)
             if error is not None:
+                self._commit_sent = False  # the statements failed: no COMMIT was made
                 if not isinstance(error, ROW_ERRORS):
                     raise error
                 # A row could not be stored (a UNIQUE rule broken, a value SQLite cannot
                 # hold). Redo the batch statement by statement, rejecting only the culprits.
                 await conn.rollback()
                 await self._write_one_by_one(conn, writes, rejected)
-            self._commit_sent = True
-            await conn.commit()
+                self._committing_now()
+                await conn.commit()
             if error is None:
                 self._remember(events)
             else:  # some event rows may have been left out
@@ -763,6 +764,9 @@ class SQLiteStore:
                 self._dirty = True
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
+
+    def _committing_now(self) -> None:
+        self._commit_sent = True
 
     def _remember(self, events: list[schema.Row]) -> None:
         """Keep the rows of committed events in the tail (see :meth:`query_events`)."""
