@@ -8,6 +8,8 @@ import copy
 import pickle
 import random
 import sqlite3
+import sys
+import threading
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from miminions import AgentRuntime, TaskRequest
 from miminions.kernel.errors import ConfigurationError
 from miminions.kernel.interfaces import EventQuery
 from miminions.kernel.models import Event, EventType, RuntimeConfig, Severity
+from miminions.plugins import sqlite_store
 from miminions.plugins.sqlite_store import SQLiteStore, miminions_make_store
 from tests.plugins.test_sqlite_store import T0, failing_commits, make_event
 
@@ -202,6 +205,55 @@ async def test_shared_events_cannot_be_changed_by_a_caller(db_path: Path) -> Non
         await store.close()
 
 
+@pytest.mark.parametrize("cache", [0, 100])
+async def test_what_is_inside_the_details_is_read_only_too(db_path: Path, cache: int) -> None:
+    """A list or dict inside an event's details refuses changes as the details do (a
+    shallow copy keeps them), whether the event came from memory or from the file; a deep
+    copy is ordinary all the way down, and later answers are what the file holds."""
+    store = await open_store(db_path, cache)
+    try:
+        store.put_event(make_event(1, details={"items": [1, {"k": [2]}], "sub": {"a": 1}}))
+        first = (await store.query_events(EventQuery()))[0]
+        shallow = dict(first.details)
+        for change in (
+            lambda: shallow["items"].append(3),
+            lambda: shallow["items"][1]["k"].extend([4]),
+            lambda: shallow["sub"].update(b=2),
+            lambda: first.details["items"].__setitem__(0, 9),
+            lambda: first.details["items"].sort(),
+        ):
+            with pytest.raises(TypeError, match="read-only"):
+                change()
+        for deep in (copy.deepcopy(first.details), first.model_dump()["details"]):
+            deep["items"].append(3)
+            deep["items"][1]["k"].append(4)
+            deep["sub"]["b"] = 2
+            assert type(deep["items"]) is list
+            assert type(deep["sub"]) is dict
+        again = (await store.query_events(EventQuery()))[0]
+        assert again.details == {"items": [1, {"k": [2]}], "sub": {"a": 1}}
+        assert again.model_dump_json() == first.model_dump_json()
+    finally:
+        await store.close()
+
+
+async def test_deeply_nested_details_are_frozen_all_the_way_down(db_path: Path) -> None:
+    deep: Any = "bottom"
+    for _ in range(300):
+        deep = [deep]
+    store = await open_store(db_path, 10)
+    try:
+        store.put_event(make_event(1, details={"deep": deep}))
+        found = (await store.query_events(EventQuery()))[0].details["deep"]
+        for _ in range(299):
+            found = found[0]
+        assert found == ["bottom"]
+        with pytest.raises(TypeError, match="read-only"):
+            found.append(1)
+    finally:
+        await store.close()
+
+
 async def test_events_read_from_the_file_are_read_only_too(db_path: Path) -> None:
     store = await open_store(db_path, 0)
     try:
@@ -325,6 +377,61 @@ async def test_the_cache_size_is_checked_and_zero_turns_it_off(db_path: Path) ->
         assert len(await store.query_events(EventQuery(limit=None))) == 5
     finally:
         await store.close()
+
+
+async def test_a_cache_size_past_what_memory_can_index_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(ConfigurationError, match="event_cache_size"):
+        SQLiteStore(str(tmp_path / "huge.db"), event_cache_size=sys.maxsize + 1)
+    config = RuntimeConfig(
+        storage_path=str(tmp_path / "rt.db"),
+        plugin_options={"sqlite_store": {"event_cache_size": 10**19}},
+    )
+    with pytest.raises(ConfigurationError, match="event_cache_size"):
+        async with AgentRuntime(config=config):
+            pass
+
+
+async def test_an_open_that_fails_after_connecting_closes_the_connection(
+    db_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failure once the database is connected (here: building the tail) leaves no
+    connection, thread or lock behind."""
+
+    def refuse(*args: Any) -> None:
+        raise MemoryError("no room for the tail")
+
+    monkeypatch.setattr(sqlite_store, "EventTail", refuse)
+    before = set(threading.enumerate())
+    store = SQLiteStore(str(db_path))
+    with pytest.raises(MemoryError):
+        await store.open()
+    assert [t for t in threading.enumerate() if t not in before and t.is_alive()] == []
+    monkeypatch.undo()
+    again = await open_store(db_path, 10)  # the lock was let go
+    await again.close()
+
+
+async def test_the_details_of_a_queried_event_are_taken_as_input_and_config(
+    tmp_path: Path,
+) -> None:
+    """Details are a dict subclass: anything that takes a dict takes them (as a copy)."""
+
+    async def work(task: Any, context: Any) -> int:
+        return 1
+
+    async with AgentRuntime(storage_path=str(tmp_path / "reuse.db")) as rt:
+        agent = await rt.register_agent("worker", work, isolation="inline", config={"m": [1]})
+        await rt.start_agent(agent)
+        first = await rt.submit_task("job", input_data={"x": [1]})
+        await rt.wait_for_tasks([first])
+        enqueued = (await rt.query_events(event_type="task_enqueued"))[0]
+        registered = (await rt.query_events(event_type="agent_registered"))[0]
+        again = await rt.submit_task("again", input_data=enqueued.details)
+        assert rt.get_task_status(again).input_data == dict(enqueued.details)
+        batch = await rt.submit_tasks([TaskRequest(name="more", input_data=enqueued.details)])
+        assert rt.get_task_status(batch[0]).input_data == dict(enqueued.details)
+        await rt.register_agent("second", work, isolation="inline", config=registered.details)
+        await rt.send_message(agent, "note", registered.details)
 
 
 def test_plugin_options_set_the_cache_size(tmp_path: Path) -> None:

@@ -224,7 +224,7 @@ class AgentBook(RestartMixin):
             if not isinstance(group, str) or not group:
                 raise ValidationError("group must be a non-empty string or None")
             check_utf8(group, "group")
-        if config is not None and type(config) is not dict:
+        if config is not None and not isinstance(config, dict):
             raise ValidationError(f"config must be a dict, got {type(config).__name__}")
         config = to_json_value(config or {}, "config")
         if limits is not None and not isinstance(limits, ResourceLimits):

@@ -405,23 +405,27 @@ class AgentInstance(BaseModel):
     started_at: datetime | None = None
 
 
+_READ_ONLY = (
+    "an event's details are read-only (events are shared records of the log); "
+    "change a copy: copy.deepcopy(event.details)"
+)
+
+
 class ReadOnlyDict(dict[str, Any]):
-    """A dict that refuses changes: the ``details`` of the events a store hands out.
+    """A dict that refuses changes: the ``details`` of the events a store hands out (with
+    :func:`frozen_json`, the dicts and lists inside them too).
 
     A store may give the same :class:`Event` to every query that asks for it (the SQLite
     store keeps its newest events in memory), so a caller's change would show in every later
-    answer. Copies (``dict(d)``, ``d.copy()``, ``copy.copy``, ``copy.deepcopy``, pickling,
-    ``model_dump``) are plain, changeable dicts. Values inside are not frozen: treat them as
-    read-only too.
+    answer. ``copy.deepcopy``, pickling and ``model_dump`` give plain, changeable dicts and
+    lists all the way down; ``dict(d)``, ``d.copy()`` and ``copy.copy`` copy the top level
+    only (what is inside stays read-only).
     """
 
     __slots__ = ()
 
     def _refuse(self, *args: Any, **kwargs: Any) -> Any:
-        raise TypeError(
-            "an event's details are read-only (events are shared records of the log); "
-            "change a copy: dict(event.details)"
-        )
+        raise TypeError(_READ_ONLY)
 
     __setitem__ = __delitem__ = __ior__ = _refuse
     clear = pop = popitem = setdefault = update = _refuse
@@ -430,10 +434,57 @@ class ReadOnlyDict(dict[str, Any]):
         return dict(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        return copy.deepcopy(dict(self), memo)
+        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
 
     def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
         return dict, (dict(self),)
+
+
+class ReadOnlyList(list[Any]):
+    """A list that refuses changes: a JSON array inside the details of an event a store
+    hands out (see :class:`ReadOnlyDict`). Copies behave as that class's do."""
+
+    __slots__ = ()
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError(_READ_ONLY)
+
+    __setitem__ = __delitem__ = __iadd__ = __imul__ = _refuse
+    append = extend = insert = pop = remove = clear = sort = reverse = _refuse
+
+    def __copy__(self) -> list[Any]:
+        return list(self)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
+        return [copy.deepcopy(value, memo) for value in self]
+
+    def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
+        return list, (list(self),)
+
+
+def frozen_json(value: Any) -> Any:
+    """``value``, a JSON value nobody else holds (just parsed), with every dict in it made a
+    :class:`ReadOnlyDict` and every list a :class:`ReadOnlyList`. Walks with a stack of its
+    own, not with recursion: no depth limit."""
+    kind = type(value)
+    if kind is not dict and kind is not list:
+        return value
+    if kind is dict and not any(type(v) is dict or type(v) is list for v in value.values()):
+        return ReadOnlyDict(value)  # the usual details: flat
+    frozen: dict[int, Any] = {}  # id of a container -> its read-only copy
+    stack: list[tuple[Any, bool]] = [(value, False)]
+    while stack:
+        node, children_done = stack.pop()
+        items = node.values() if type(node) is dict else node
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((v, False) for v in items if type(v) is dict or type(v) is list)
+            continue
+        if type(node) is dict:
+            frozen[id(node)] = ReadOnlyDict({k: frozen.get(id(v), v) for k, v in node.items()})
+        else:
+            frozen[id(node)] = ReadOnlyList([frozen.get(id(v), v) for v in node])
+    return frozen[id(value)]
 
 
 #: The details of an event that has none: one object, since nobody can change it.

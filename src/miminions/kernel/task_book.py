@@ -255,7 +255,7 @@ class TaskBook:
         input_data = request.input_data
         if input_data is None:
             input_data = {}
-        elif type(input_data) is not dict:
+        elif not isinstance(input_data, dict):  # a subclass too (an event's details)
             raise ValidationError(f"input_data must be a dict, got {type(input_data).__name__}")
         else:
             input_data = to_json_value(input_data, "input_data")

@@ -84,15 +84,32 @@ def plan_statements(write: schema.BulkWrite, rows: list[schema.Row]) -> list[tup
     ]
 
 
+class CommitProgress:
+    """How far a commit got: what its caller needs to know when it was cancelled on the way.
+
+    ``handed_over``: the COMMIT was given to the database thread (or will be: it goes with
+    the statements), so it may have been made. ``committed``: whether it was made, once the
+    database thread knows (set there); None while that is not known, or never known (when
+    the COMMIT went on a trip of its own). The database thread runs its work in order, so
+    once anything queued after the commit's trip (the caller's rollback) is done, a
+    ``committed`` still None means the trip never said.
+    """
+
+    __slots__ = ("committed", "handed_over")
+
+    def __init__(self) -> None:
+        self.handed_over = False
+        self.committed: bool | None = None
+
+
 async def execute_and_commit(
     conn: aiosqlite.Connection,
     statements: list[tuple[str, list[Any]]],
-    committing: Callable[[], None],
+    progress: CommitProgress,
 ) -> BaseException | None:
     """Run ``statements`` in order and commit them; return the error of the first that
     fails (then nothing is committed, and the caller rolls the transaction back), or None
-    once committed. ``committing`` is called just before the COMMIT is handed over: from
-    then on a cancelled caller cannot tell whether it happened.
+    once committed. ``progress`` says how far it got (see :class:`CommitProgress`).
 
     Everything goes to the database thread in one trip. Each trip's answer wakes the event
     loop, and for the few rows a quiet runtime commits at a time that wake-up (the loop's
@@ -105,12 +122,13 @@ async def execute_and_commit(
     if not runs_functions(conn):
         error = await _execute_each(conn, statements)
         if error is None:
-            committing()
+            progress.handed_over = True
             await conn.commit()
+            progress.committed = True
         return error
-    committing()
+    progress.handed_over = True
     run_in_thread: Callable[..., Awaitable[BaseException | None]] = conn._execute
-    return await run_in_thread(_execute_and_commit, conn, statements)
+    return await run_in_thread(_execute_and_commit, conn, statements, progress)
 
 
 def runs_functions(conn: aiosqlite.Connection) -> bool:
@@ -122,16 +140,22 @@ def runs_functions(conn: aiosqlite.Connection) -> bool:
 
 
 def _execute_and_commit(
-    conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]]
+    conn: aiosqlite.Connection, statements: list[tuple[str, list[Any]]], progress: CommitProgress
 ) -> BaseException | None:
     """:func:`execute_and_commit` in the database thread."""
     database: sqlite3.Connection = conn._conn
-    for sql, params in statements:
-        try:
-            database.execute(sql, params)
-        except Exception as exc:  # the caller sorts row errors from failures
-            return exc
-    database.commit()
+    try:
+        for sql, params in statements:
+            try:
+                database.execute(sql, params)
+            except Exception as exc:  # the caller sorts row errors from failures
+                progress.committed = False
+                return exc
+        database.commit()
+    except BaseException:
+        progress.committed = False
+        raise
+    progress.committed = True
     return None
 
 
@@ -228,6 +252,7 @@ __all__ = [
     "NO_REJECTIONS",
     "ROW_ERRORS",
     "Batch",
+    "CommitProgress",
     "Committed",
     "StoreError",
     "encode_rows",

@@ -34,11 +34,11 @@ from miminions.kernel.models import (
     Event,
     EventRecord,
     EventType,
-    ReadOnlyDict,
     Severity,
     Task,
     TaskStatus,
     fast_construct,
+    frozen_json,
 )
 
 
@@ -559,14 +559,14 @@ def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
     Event queries return thousands of rows, so each column is checked by hand (known enum
     value, float timestamp, JSON object details) instead of a full pydantic validation; a
     row that fails a check raises :class:`ValidationError` naming the event. The details
-    are a :class:`~miminions.kernel.models.ReadOnlyDict`.
+    are read-only (:func:`~miminions.kernel.models.frozen_json`).
     """
     with _malformed("event", r):
         if details is None:
             details = _loads(r[6]) if r[6] != "{}" else {}
         if type(details) is not dict:
             raise TypeError("details is not a JSON object")
-        details = ReadOnlyDict(details) if details else NO_DETAILS
+        details = frozen_json(details) if details else NO_DETAILS
         return fast_construct(
             Event,
             {
@@ -595,7 +595,7 @@ def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:
             _EVENT_TYPES,
             _SEVERITIES,
             fast_construct,
-            ReadOnlyDict,
+            frozen_json,
         )
         events = []
         for r, details in zip(rows, parsed, strict=True):

@@ -32,6 +32,7 @@ import fcntl
 import logging
 import os
 import sqlite3
+import sys
 import threading
 import time
 import urllib.parse
@@ -47,6 +48,7 @@ from miminions.kernel.errors import (
     ConfigurationError,
     InvalidStateError,
     RuntimeNotRunningError,
+    shown,
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
@@ -57,6 +59,7 @@ from miminions.plugins.interpreter_settings import WRITER_SWITCH_INTERVAL, hold_
 from miminions.plugins.sqlite_batch import (
     ROW_ERRORS,
     Batch,
+    CommitProgress,
     Committed,
     StoreError,
     encode_rows,
@@ -128,9 +131,10 @@ class SQLiteStore:
                 "need 0 <= retry_delay <= max_retry_delay, "
                 f"not retry_delay={retry_delay}, max_retry_delay={max_retry_delay}"
             )
-        if type(event_cache_size) is not int or event_cache_size < 0:
+        if type(event_cache_size) is not int or not 0 <= event_cache_size <= sys.maxsize:
             raise ConfigurationError(
-                f"event_cache_size must be a whole number, 0 or more, not {event_cache_size!r}"
+                f"event_cache_size must be a whole number from 0 to {sys.maxsize}, "
+                f"not {shown(event_cache_size)}"
             )
         if switch_interval is not None and not switch_interval > 0:
             raise ConfigurationError(
@@ -173,7 +177,7 @@ class SQLiteStore:
         self._committer: asyncio.Task[None] | None = None
         # A failed commit may have left its transaction open (its rollback failed too).
         self._dirty = False
-        self._commit_sent = False  # the COMMIT of the batch being written was handed over
+        self._progress = CommitProgress()  # of the batch being written
         self._lock_fd: int | None = None  # holds the database's OS lock while open
 
     @classmethod
@@ -227,6 +231,11 @@ class SQLiteStore:
                 await conn.execute(pragma)
             await schema.migrate(conn, self.path)
             last_event_id = await self._last_event_id(conn)
+            tail = (
+                EventTail(self.event_cache_size, last_event_id + 1)
+                if self.event_cache_size
+                else None
+            )
         except sqlite3.DatabaseError as exc:
             await conn.close()
             raise _unusable(self.path, exc) from exc
@@ -235,8 +244,7 @@ class SQLiteStore:
             raise
         self._next_event_id = last_event_id + 1
         self._events_before_tail = last_event_id > 0
-        if self.event_cache_size:
-            self._tail = EventTail(self.event_cache_size, self._next_event_id)
+        self._tail = tail
         return conn
 
     @staticmethod
@@ -537,12 +545,28 @@ class SQLiteStore:
         )
 
     def _ensure_committer(self) -> None:
-        if self._committer is None:
+        # (A committer that is done but still set was cancelled before its first step: see
+        # _committer_ended, which may not have run yet.)
+        if self._committer is None or self._committer.done():
             # A new task's first step runs on the next loop iteration (like call_soon), so
             # every write queued during this iteration joins the same commit.
-            self._committer = asyncio.get_running_loop().create_task(
+            committer = asyncio.get_running_loop().create_task(
                 self._commit_loop(), name="miminions-sqlite-commit"
             )
+            committer.add_done_callback(self._committer_ended)
+            self._committer = committer
+
+    def _committer_ended(self, committer: asyncio.Task[None]) -> None:
+        """Clean up after a committer cancelled before its first step (cancelling every task
+        of a loop can do that), which never ran its own ``finally``: its batch's waiters get
+        the cancellation, and the writes stay queued for the next commit (a put or a flush),
+        as after a commit that gave up."""
+        if self._committer is not committer:
+            return  # it ended normally
+        self._committer = None
+        batch, self._batch = self._batch, None
+        if batch is not None:
+            batch.settle(asyncio.CancelledError("the store's commit was cancelled"))
 
     async def _commit_loop(self) -> None:
         """Commit batches until nothing is queued; writes made meanwhile form the next batch.
@@ -563,25 +587,31 @@ class SQLiteStore:
                 events, self._events = self._events, []
                 self._batch, self._committing = None, batch
                 rejected: dict[tuple[str, str], BaseException] = {}
-                self._commit_sent = False
+                progress = self._progress = CommitProgress()
                 try:
                     if self._dirty:
                         await self._roll_back_leftover()
                     await self._write(rejected, tasks, agents, dead_letters, meta, events)
                 except BaseException as exc:
                     self._committing = None
-                    if self._commit_sent and isinstance(exc, asyncio.CancelledError):
-                        # Cancelled while the database thread commits: it most likely stores
-                        # them. Keyed rows are upserts, so queueing them again is harmless;
-                        # events would be stored twice.
-                        logger.warning(
-                            "commit to %r cancelled while committing; %d events may be lost "
-                            "if that commit failed",
-                            self.path,
-                            len(events),
-                        )
-                        events = []
-                        self._forget_tail()  # it cannot tell whether they are stored
+                    if progress.handed_over:
+                        # Stopped while the database thread commits (cancelled, most
+                        # likely). Keyed rows are upserts, so queueing them again is
+                        # harmless; events stored already must not be queued again.
+                        if progress.committed:
+                            self._remember(events)
+                            events = []
+                        elif progress.committed is None and isinstance(
+                            exc, asyncio.CancelledError
+                        ):  # not told: most likely stored
+                            logger.warning(
+                                "commit to %r cancelled while committing; %d events may be "
+                                "lost if that commit failed",
+                                self.path,
+                                len(events),
+                            )
+                            events = []
+                            self._forget_tail()  # it cannot tell whether they are stored
                     self._requeue(tasks, agents, dead_letters, meta, events)
                     failures += 1
                     if failures < self.commit_attempts and retryable(exc):
@@ -738,16 +768,16 @@ class SQLiteStore:
         )
         statements = [s for write, _, rows in writes if rows for s in plan_statements(write, rows)]
         try:
-            error = await execute_and_commit(conn, statements, self._committing_now)
+            progress = self._progress
+            error = await execute_and_commit(conn, statements, progress)
             if error is not None:
-                self._commit_sent = False  # the statements failed: no COMMIT was made
                 if not isinstance(error, ROW_ERRORS):
                     raise error
                 # A row could not be stored (a UNIQUE rule broken, a value SQLite cannot
                 # hold). Redo the batch statement by statement, rejecting only the culprits.
                 await conn.rollback()
                 await self._write_one_by_one(conn, writes, rejected)
-                self._committing_now()
+                progress.committed = None  # this COMMIT goes alone: its outcome is not told
                 await conn.commit()
             if error is None:
                 self._remember(events)
@@ -764,9 +794,6 @@ class SQLiteStore:
                 self._dirty = True
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
-
-    def _committing_now(self) -> None:
-        self._commit_sent = True
 
     def _remember(self, events: list[schema.Row]) -> None:
         """Keep the rows of committed events in the tail (see :meth:`query_events`)."""
@@ -1117,4 +1144,4 @@ class SQLiteOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     switch_interval_seconds: pydantic.PositiveFloat | None = WRITER_SWITCH_INTERVAL
-    event_cache_size: pydantic.NonNegativeInt = EVENT_CACHE_SIZE
+    event_cache_size: int = pydantic.Field(default=EVENT_CACHE_SIZE, ge=0, le=sys.maxsize)
