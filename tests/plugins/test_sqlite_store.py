@@ -12,7 +12,7 @@ import sqlite3
 import stat
 import sys
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -799,6 +799,26 @@ async def test_a_commit_is_one_trip_to_the_database_thread(
     assert raw_count(store, "tasks") == 3
 
 
+async def cancel_the_commit_in_flight(
+    store: SQLiteStore,
+    waiter: Awaitable[None],
+    in_flight: threading.Event,
+    carry_on: threading.Event,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Once the database thread holds the commit (``in_flight``), cancel the store's
+    committer, let the thread go on (``carry_on``) and check that ``waiter`` is cancelled;
+    warnings are captured in ``caplog``."""
+    assert await asyncio.to_thread(in_flight.wait, WAIT)
+    committer = store._committer
+    assert committer is not None
+    with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
+        committer.cancel()
+        carry_on.set()
+        with pytest.raises(asyncio.CancelledError):
+            await waiter
+
+
 def raw_count(store: SQLiteStore, table: str) -> int:
     return int(raw(Path(store.path), f"SELECT COUNT(*) FROM {table}")[0][0])
 
@@ -844,14 +864,7 @@ async def test_a_commit_cancelled_in_the_database_thread_stores_each_write_once(
     monkeypatch.setattr(conn, "commit", commit)
     task = store.put_task(make_task("a"))
     store.put_event(make_event(0, details={"n": 0}))
-    assert await asyncio.to_thread(in_flight.wait, WAIT)
-    committer = store._committer
-    assert committer is not None
-    with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
-        committer.cancel()
-        carry_on.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_the_commit_in_flight(store, task, in_flight, carry_on, caplog)
     assert "cancelled while committing" in caplog.text
     monkeypatch.undo()
     await store.flush()  # the task write again
@@ -903,14 +916,7 @@ async def test_a_commit_cancelled_before_its_statements_failed_keeps_its_events(
     task = store.put_task(make_task("a"))
     store.put_event(make_event(0, details={"n": 0}))
     store.put_event(make_event(1, details={"n": 1}))
-    assert await asyncio.to_thread(in_flight.wait, WAIT)
-    committer = store._committer
-    assert committer is not None
-    with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
-        committer.cancel()
-        carry_on.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_the_commit_in_flight(store, task, in_flight, carry_on, caplog)
     assert "may be lost" not in caplog.text
     monkeypatch.undo()
     await store.flush()
@@ -933,14 +939,7 @@ async def test_a_commit_cancelled_after_it_was_made_is_not_made_again(
     patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
     task = store.put_task(make_task("a"))
     store.put_event(make_event(0, details={"n": 0}))
-    assert await asyncio.to_thread(in_flight.wait, WAIT)
-    committer = store._committer
-    assert committer is not None
-    with caplog.at_level(logging.WARNING, "miminions.plugins.sqlite_store"):
-        committer.cancel()
-        carry_on.set()
-        with pytest.raises(asyncio.CancelledError):
-            await task
+    await cancel_the_commit_in_flight(store, task, in_flight, carry_on, caplog)
     assert "may be lost" not in caplog.text
     assert store._tail is not None
     assert len(store._tail) == 1  # still exact: no need to read the file
