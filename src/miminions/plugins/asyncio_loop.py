@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import select
 import selectors
+import warnings
 from collections.abc import Callable
 
 from miminions.kernel.hookspecs import hookimpl
@@ -51,11 +52,11 @@ def new_event_loop() -> asyncio.AbstractEventLoop:
     """A new asyncio event loop; on Linux, one whose timers are not rounded up to whole
     milliseconds (see the module). An event loop policy set by the program (such as
     ``uvloop.install()``) is obeyed: its loop is made instead."""
-    policy = asyncio.get_event_loop_policy()
-    if type(policy) is not asyncio.DefaultEventLoopPolicy or not hasattr(
-        selectors,
-        "EpollSelector",  # kqueue and the others count finer already
-    ):
+    with warnings.catch_warnings():  # policies are deprecated from Python 3.14 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        policy = asyncio.get_event_loop_policy()
+        default = type(policy) is asyncio.DefaultEventLoopPolicy
+    if not default or not hasattr(selectors, "EpollSelector"):  # kqueue counts finer already
         return policy.new_event_loop()
     return asyncio.SelectorEventLoop(_PreciseEpollSelector())
 
