@@ -239,17 +239,22 @@ async def test_what_is_inside_the_details_is_read_only_too(db_path: Path, cache:
 
 async def test_deeply_nested_details_are_frozen_all_the_way_down(db_path: Path) -> None:
     deep: Any = "bottom"
-    for _ in range(300):
+    for _ in range(400):
         deep = [deep]
     store = await open_store(db_path, 10)
     try:
         store.put_event(make_event(1, details={"deep": deep}))
         found = (await store.query_events(EventQuery()))[0].details["deep"]
-        for _ in range(299):
+        for _ in range(399):
             found = found[0]
         assert found == ["bottom"]
         with pytest.raises(TypeError, match="read-only"):
             found.append(1)
+        event = (await store.query_events(EventQuery()))[0]
+        # copies are made without recursion: as deep as before the details were frozen
+        assert pickle.loads(pickle.dumps(event)).details == {"deep": deep}
+        assert copy.deepcopy(event.details) == {"deep": deep}
+        assert type(copy.deepcopy(event).details["deep"][0]) is list
     finally:
         await store.close()
 

@@ -11,7 +11,6 @@ full validation (``model_validate``).
 
 from __future__ import annotations
 
-import copy
 import enum
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -434,10 +433,11 @@ class ReadOnlyDict(dict[str, Any]):
         return dict(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        return {key: copy.deepcopy(value, memo) for key, value in self.items()}
+        copied: dict[str, Any] = _plain_copy(self)
+        return copied
 
     def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
-        return dict, (dict(self),)
+        return dict, (_plain_copy(self),)
 
 
 class ReadOnlyList(list[Any]):
@@ -456,10 +456,28 @@ class ReadOnlyList(list[Any]):
         return list(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        return [copy.deepcopy(value, memo) for value in self]
+        copied: list[Any] = _plain_copy(self)
+        return copied
 
     def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
-        return list, (list(self),)
+        return list, (_plain_copy(self),)
+
+
+def _plain_copy(value: Any) -> Any:
+    """A deep copy of frozen JSON (see :func:`frozen_json`) made of plain dicts and lists,
+    walked with a stack of its own: copying or pickling details as deep as they can be
+    stored must not hit the recursion limit (each read-only level would cost Python frames)."""
+    root = dict(value) if isinstance(value, dict) else list(value)
+    stack: list[Any] = [root]
+    while stack:
+        container = stack.pop()
+        pairs = container.items() if type(container) is dict else enumerate(container)
+        for key, item in pairs:
+            if isinstance(item, dict | list):
+                copied = dict(item) if isinstance(item, dict) else list(item)
+                container[key] = copied  # replacing a value, not adding a key: safe here
+                stack.append(copied)
+    return root
 
 
 def frozen_json(value: Any) -> Any:
@@ -712,6 +730,8 @@ __all__ = [
     "Priority",
     "ProcessSettings",
     "QueueStatus",
+    "ReadOnlyDict",
+    "ReadOnlyList",
     "ResourceLimits",
     "RestartPolicy",
     "RuntimeConfig",
@@ -720,4 +740,5 @@ __all__ = [
     "TaskExplanation",
     "TaskStatus",
     "UsageBudget",
+    "frozen_json",
 ]

@@ -200,7 +200,20 @@ class Batch:
         error: BaseException | None = None,
         rejected: dict[tuple[str, str], BaseException] | None = None,
     ) -> None:
-        """Record the outcome of the commit and wake every waiter with it."""
+        """Record the outcome of the commit and wake every waiter with it.
+
+        A commit cancelled from outside (``error`` a CancelledError) gives its waiters a
+        :class:`StoreError`: they were not cancelled themselves, and code that stops on an
+        error (``close`` making its final attempt) must see one rather than a cancellation.
+        """
+        if isinstance(error, asyncio.CancelledError):
+            cancelled = error
+            error = StoreError(
+                "the commit was cancelled (the store's commit task was cancelled, as a loop "
+                "does to every task when it ends); the writes stay queued and the next commit "
+                "(a put, flush() or close()) stores them"
+            )
+            error.__cause__ = cancelled
         self.done, self.error = True, error
         if rejected:
             self.rejected = rejected
@@ -210,8 +223,6 @@ class Batch:
                 continue
             if error is None:
                 waiter.set_result(None)
-            elif isinstance(error, asyncio.CancelledError):
-                waiter.cancel()
             else:
                 waiter.set_exception(error)
 

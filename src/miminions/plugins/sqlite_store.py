@@ -6,7 +6,7 @@ times before the next commit is written once, in its latest state; events are ap
 list. Everything queued during one event-loop iteration shares a commit, and everything queued
 while a commit runs shares the next one. A batch is written with multi-row statements (up to
 1024 rows each, see :class:`~miminions.plugins.sqlite_schema.BulkWrite`) handed to the
-aiosqlite thread together, then one ``COMMIT``: two trips to that thread per batch, not one
+aiosqlite thread together with their ``COMMIT``: one trip to that thread per batch, not one
 per row or per table. Tables, SQL and row codecs are in
 :mod:`miminions.plugins.sqlite_schema`.
 
@@ -20,7 +20,10 @@ A failed commit never loses the writes of a whole batch:
   exponential backoff while its waiters keep waiting. After ``commit_attempts`` attempts the
   waiters get a :class:`StoreError`, but the writes stay queued: the next ``put_*``,
   :meth:`SQLiteStore.flush` or :meth:`SQLiteStore.close` tries again, and ``close`` raises if
-  it still cannot store them.
+  it still cannot store them;
+* a commit cancelled from outside (the loop cancelling every task at its end, say) gives its
+  waiters a :class:`StoreError` and keeps what it did not store queued for the next commit,
+  as one that gave up.
 """
 
 from __future__ import annotations
@@ -564,9 +567,15 @@ class SQLiteStore:
         if self._committer is not committer:
             return  # it ended normally
         self._committer = None
+        self._drop_batch()
+
+    def _drop_batch(self) -> None:
+        """Settle the collecting batch, which no committer will write, as cancelled: its
+        waiters get a StoreError (see Batch.settle); its writes stay queued for the next
+        commit (a put, a flush or close)."""
         batch, self._batch = self._batch, None
         if batch is not None:
-            batch.settle(asyncio.CancelledError("the store's commit was cancelled"))
+            batch.settle(asyncio.CancelledError("the store's commit task was cancelled"))
 
     async def _commit_loop(self) -> None:
         """Commit batches until nothing is queued; writes made meanwhile form the next batch.
@@ -629,6 +638,10 @@ class SQLiteStore:
                     self._committing = None
         finally:
             self._committer = None
+            # Left by an exit through cancellation: writes queued while it committed
+            # would wait for a committer nobody starts (a put starts one only for a batch of
+            # its own). Their waiters get the news; the writes stay queued.
+            self._drop_batch()
 
     def _requeue(
         self,

@@ -1,0 +1,167 @@
+"""The SQLite store's committer cancelled from outside (code that cancels every task of the
+loop, as a shutdown does) at each point of its work: writers get a StoreError, nothing hangs,
+and what was not stored is stored by the next commit, close() included."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from miminions.plugins.sqlite_store import SQLiteStore, StoreError
+from tests.plugins.test_sqlite_store import WAIT, make_event, make_task, patch_statements, raw
+
+
+async def open_store(path: Path, **kw: Any) -> SQLiteStore:
+    s = SQLiteStore(str(path), **kw)
+    await s.open()
+    return s
+
+
+async def _await(committed: Any) -> None:
+    await committed
+
+
+def block_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the next COMMIT wait in the database thread until released."""
+    in_flight, carry_on = threading.Event(), threading.Event()
+
+    def commit(database: sqlite3.Connection) -> None:
+        in_flight.set()
+        carry_on.wait(WAIT)
+        database.commit()
+
+    patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
+    return in_flight, carry_on
+
+
+async def test_a_committer_cancelled_mid_commit_does_not_stop_later_commits(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Cancelled while its commit is in the database thread, the committer must not leave
+    the batch collected meanwhile without one: its writes, and later puts, are committed."""
+    store = await open_store(tmp_path / "orphan.db")
+    in_flight, carry_on = block_commits(monkeypatch)
+    first = store.put_task(make_task("a"))
+    assert await asyncio.to_thread(in_flight.wait, WAIT)
+    second = store.put_task(make_task("b"))  # queued while the first commit runs
+    committer = store._committer
+    assert committer is not None
+    committer.cancel()
+    carry_on.set()
+    with pytest.raises(StoreError, match="commit was cancelled"):
+        await first
+    monkeypatch.undo()
+    try:
+        with pytest.raises(StoreError, match="commit was cancelled"):
+            await asyncio.wait_for(_await(second), WAIT)  # its batch had no committer left
+        third = store.put_task(make_task("c"))
+        await asyncio.wait_for(_await(third), WAIT)  # and takes b along
+        assert [r[0] for r in raw(store.path, "SELECT task_id FROM tasks ORDER BY seq")] == [
+            "a",
+            "b",
+            "c",
+        ]
+    finally:
+        await asyncio.wait_for(store.close(), WAIT)
+
+
+async def test_close_does_not_hang_when_the_committer_is_cancelled_mid_commit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() waits for the batch collected during a commit; with the committer cancelled
+    then (a loop-wide cancel during shutdown) it still ends, having stored it."""
+    db = tmp_path / "hang.db"
+    store = await open_store(db)
+    in_flight, carry_on = block_commits(monkeypatch)
+    store.put_task(make_task("a"))
+    assert await asyncio.to_thread(in_flight.wait, WAIT)
+    store.put_task(make_task("b"))  # the next batch
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # close() waits for that batch now
+    assert not closing.done()
+    committer = store._committer
+    assert committer is not None
+    committer.cancel()
+    carry_on.set()
+    await asyncio.wait_for(closing, WAIT)
+    assert raw(db, "SELECT task_id FROM tasks ORDER BY seq") == [("a",), ("b",)]
+
+
+async def test_close_while_the_committer_is_cancelled_stores_or_reports_the_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """close() commits everything queued or raises StoreError naming how many writes were not
+    stored, also when its committer is cancelled while close() waits (here: during the pause
+    before retrying a failed commit); it is never cancelled itself."""
+    db = tmp_path / "retry.db"
+    store = await open_store(db, retry_delay=30.0, max_retry_delay=30.0)
+    failed = threading.Event()
+
+    def execute(database: sqlite3.Connection, sql: str, params: Any) -> None:
+        failed.set()
+        raise sqlite3.OperationalError("database is locked")
+
+    patch_statements(monkeypatch, execute)
+    store.put_task(make_task("a"))
+    store.put_event(make_event(0))
+    assert await asyncio.to_thread(failed.wait, WAIT)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + WAIT
+    while not (store._committing is None and store._batch is not None):  # retry pause
+        assert loop.time() < deadline, "the commit did not fail"
+        await asyncio.sleep(0.001)
+    closing = asyncio.ensure_future(store.close())
+    await asyncio.sleep(0)  # close() waits for the retry now
+    assert not closing.done()
+    monkeypatch.undo()  # the database works again
+    committer = store._committer
+    assert committer is not None
+    committer.cancel()
+    done, _ = await asyncio.wait([closing], timeout=WAIT)
+    assert done
+    error = asyncio.CancelledError() if closing.cancelled() else closing.exception()
+    stored = raw(db, "SELECT task_id FROM tasks")
+    events = raw(db, "SELECT COUNT(*) FROM events")[0][0]
+    assert error is None, f"close() ended with {error!r}"
+    assert stored == [("a",)]
+    assert events == 1
+
+
+async def test_close_while_a_committer_it_started_is_cancelled_before_its_first_step(
+    tmp_path: Path,
+) -> None:
+    """The committer close() starts for writes a cancelled commit left queued, cancelled
+    before it runs: close() says it could not store them (a StoreError naming how many),
+    it is not cancelled itself."""
+    db = tmp_path / "first.db"
+    store = await open_store(db)
+    store.put_task(make_task("a"))
+    committer = store._committer
+    assert committer is not None
+    committer.cancel()
+    await asyncio.wait([committer], timeout=WAIT)
+    await asyncio.sleep(0)  # _committer_ended ran: the write stays queued
+    assert store._batch is None
+    assert store._queued() == 1
+
+    cancelled: list[asyncio.Task[None]] = []
+
+    def cancel_the_new_committer() -> None:  # a loop-wide cancel, in the next iteration
+        if store._committer is not None:
+            store._committer.cancel()
+            cancelled.append(store._committer)
+
+    closing = asyncio.ensure_future(store.close())
+    asyncio.get_running_loop().call_soon(cancel_the_new_committer)
+    done, _ = await asyncio.wait([closing], timeout=WAIT)
+    assert done
+    assert cancelled
+    assert not closing.cancelled()  # a StoreError naming the write it could not store
+    error = closing.exception()
+    assert isinstance(error, StoreError), error
+    assert "1 queued writes could not be stored" in str(error)
