@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from miminions.plugins import sqlite_batch
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError
 from tests.plugins.test_sqlite_store import WAIT, make_event, make_task, patch_statements, raw
 
@@ -165,3 +166,38 @@ async def test_close_while_a_committer_it_started_is_cancelled_before_its_first_
     error = closing.exception()
     assert isinstance(error, StoreError), error
     assert "1 queued writes could not be stored" in str(error)
+
+
+async def test_a_cancelled_row_by_row_commit_that_failed_keeps_its_events(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A batch with a refused row is written row by row and committed on its own trip;
+    cancelled there while that COMMIT fails, nothing was stored: the events stay queued
+    with the rest and the next commit stores them."""
+    db = tmp_path / "row-by-row.db"
+    store = await open_store(db)
+    await store.put_task(make_task("first", idempotency_key="k"))
+    in_flight, carry_on = threading.Event(), threading.Event()
+
+    def failing_commit(conn: Any, progress: Any) -> None:  # in the database thread
+        in_flight.set()
+        carry_on.wait(WAIT)
+        progress.committed = False
+        raise sqlite3.OperationalError("database is locked")
+
+    monkeypatch.setattr(sqlite_batch, "_commit", failing_commit)
+    neighbour = store.put_task(make_task("neighbour"))
+    store.put_task(make_task("second", idempotency_key="k"))  # a row error: row by row
+    store.put_event(make_event(0, details={"n": 0}))
+    assert await asyncio.to_thread(in_flight.wait, WAIT)
+    committer = store._committer
+    assert committer is not None
+    committer.cancel()  # a loop-wide cancel, say
+    carry_on.set()
+    with pytest.raises(StoreError, match="the writes stay queued"):
+        await asyncio.wait_for(_await(neighbour), WAIT)
+    monkeypatch.undo()
+    await asyncio.wait_for(store.flush(), WAIT)
+    await asyncio.wait_for(store.close(), WAIT)
+    assert ("neighbour",) in raw(db, "SELECT task_id FROM tasks")
+    assert raw(db, "SELECT details FROM events") == [('{"n":0}',)]

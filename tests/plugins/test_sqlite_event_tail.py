@@ -8,6 +8,7 @@ import copy
 import pickle
 import random
 import sqlite3
+import subprocess
 import sys
 import threading
 from datetime import timedelta
@@ -257,6 +258,38 @@ async def test_deeply_nested_details_are_frozen_all_the_way_down(db_path: Path) 
         assert type(copy.deepcopy(event).details["deep"][0]) is list
     finally:
         await store.close()
+
+
+async def test_copies_of_events_without_details_do_not_share_one_dict(db_path: Path) -> None:
+    store = await open_store(db_path, 100)
+    try:
+        store.put_event(make_event(0))
+        store.put_event(make_event(1))
+        events = await store.query_events(EventQuery())
+        for copies in (copy.deepcopy(events), pickle.loads(pickle.dumps(events))):
+            copies[0].details["note"] = "about the first event only"
+            assert copies[1].details == {}
+    finally:
+        await store.close()
+
+
+def test_a_deep_copy_of_read_only_details_holding_a_cycle_ends() -> None:
+    """Details built by hand may hold a cycle or share a part: copied once each, as
+    ``copy.deepcopy`` does (in a child process with capped memory, in case it does not)."""
+    code = (
+        "import copy, resource\n"
+        "resource.setrlimit(resource.RLIMIT_AS, (1 << 29, 1 << 29))\n"
+        "from miminions.kernel.models import ReadOnlyDict, ReadOnlyList\n"
+        "inner = {}\n"
+        "inner['me'] = inner\n"
+        "shared = [1]\n"
+        "copied = copy.deepcopy(ReadOnlyDict(x=inner, a=ReadOnlyList([shared, shared]), s={2}))\n"
+        "assert copied['x']['me'] is copied['x']\n"
+        "assert copied['a'][0] is copied['a'][1] and copied['a'][0] is not shared\n"
+        "assert type(copied['a']) is list and copied['s'] == {2}\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]
 
 
 async def test_events_read_from_the_file_are_read_only_too(db_path: Path) -> None:

@@ -534,15 +534,24 @@ def failing_commits(
     assert store._conn is not None
     real_commit = store._conn.commit
 
-    async def commit_alone() -> None:
+    async def commit_alone() -> None:  # an aiosqlite without _execute
         if fails():
             raise failure
         await real_commit()
+
+    real_commit_in_thread = sqlite_batch._commit
+
+    def commit_in_thread(conn: Any, progress: Any) -> None:  # after writing row by row
+        if fails():
+            progress.committed = False
+            raise failure
+        real_commit_in_thread(conn, progress)
 
     patch_statements(
         monkeypatch, lambda database, sql, params: database.execute(sql, params), commit
     )
     monkeypatch.setattr(store._conn, "commit", commit_alone)
+    monkeypatch.setattr(sqlite_batch, "_commit", commit_in_thread)
     return state
 
 

@@ -11,6 +11,7 @@ full validation (``model_validate``).
 
 from __future__ import annotations
 
+import copy
 import enum
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -433,7 +434,7 @@ class ReadOnlyDict(dict[str, Any]):
         return dict(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> dict[str, Any]:
-        copied: dict[str, Any] = _plain_copy(self)
+        copied: dict[str, Any] = _plain_copy(self, lambda leaf: copy.deepcopy(leaf, memo))
         return copied
 
     def __reduce__(self) -> tuple[type[dict[str, Any]], tuple[dict[str, Any]]]:
@@ -456,27 +457,41 @@ class ReadOnlyList(list[Any]):
         return list(self)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> list[Any]:
-        copied: list[Any] = _plain_copy(self)
+        copied: list[Any] = _plain_copy(self, lambda leaf: copy.deepcopy(leaf, memo))
         return copied
 
     def __reduce__(self) -> tuple[type[list[Any]], tuple[list[Any]]]:
         return list, (_plain_copy(self),)
 
 
-def _plain_copy(value: Any) -> Any:
-    """A deep copy of frozen JSON (see :func:`frozen_json`) made of plain dicts and lists,
-    walked with a stack of its own: copying or pickling details as deep as they can be
-    stored must not hit the recursion limit (each read-only level would cost Python frames)."""
-    root = dict(value) if isinstance(value, dict) else list(value)
-    stack: list[Any] = [root]
+_JSON_SCALARS = (str, int, float, bool, type(None))
+
+
+def _plain_copy(value: Any, copy_leaf: Callable[[Any], Any] | None = None) -> Any:
+    """A copy of read-only details (see :func:`frozen_json`) whose dicts and lists are plain
+    ones, walked with a stack of its own: copying or pickling details as deep as they can be
+    stored must not hit the recursion limit (each read-only level would cost Python frames).
+    A container met twice (shared, or a cycle in details built by hand) is copied once;
+    values other than JSON scalars go through ``copy_leaf`` when given, else are shared."""
+    copies: dict[int, Any] = {}
+
+    def fresh(item: Any) -> Any:
+        copied = dict(item) if isinstance(item, dict) else list(item)
+        copies[id(item)] = copied
+        stack.append(copied)
+        return copied
+
+    stack: list[Any] = []
+    root = fresh(value)
     while stack:
         container = stack.pop()
         pairs = container.items() if type(container) is dict else enumerate(container)
         for key, item in pairs:
             if isinstance(item, dict | list):
-                copied = dict(item) if isinstance(item, dict) else list(item)
-                container[key] = copied  # replacing a value, not adding a key: safe here
-                stack.append(copied)
+                known = copies.get(id(item))
+                container[key] = known if known is not None else fresh(item)
+            elif copy_leaf is not None and not isinstance(item, _JSON_SCALARS):
+                container[key] = copy_leaf(item)
     return root
 
 
@@ -503,10 +518,6 @@ def frozen_json(value: Any) -> Any:
         else:
             frozen[id(node)] = ReadOnlyList([frozen.get(id(v), v) for v in node])
     return frozen[id(value)]
-
-
-#: The details of an event that has none: one object, since nobody can change it.
-NO_DETAILS = ReadOnlyDict()
 
 
 class Event(BaseModel):

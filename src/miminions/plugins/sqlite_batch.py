@@ -89,17 +89,19 @@ class CommitProgress:
 
     ``handed_over``: the COMMIT was given to the database thread (or will be: it goes with
     the statements), so it may have been made. ``committed``: whether it was made, once the
-    database thread knows (set there); None while that is not known, or never known (when
-    the COMMIT went on a trip of its own). The database thread runs its work in order, so
-    once anything queued after the commit's trip (the caller's rollback) is done, a
-    ``committed`` still None means the trip never said.
+    database thread knows (set there); None while that is not known, or never known (with
+    an aiosqlite that cannot run our function in its thread). The database thread runs its
+    work in order, so once anything queued after the commit's trip (the caller's rollback)
+    is done, a ``committed`` still None means the trip never said. ``row_by_row``: the
+    batch was written row by row (some rows may have been left out).
     """
 
-    __slots__ = ("committed", "handed_over")
+    __slots__ = ("committed", "handed_over", "row_by_row")
 
     def __init__(self) -> None:
         self.handed_over = False
         self.committed: bool | None = None
+        self.row_by_row = False
 
 
 async def execute_and_commit(
@@ -129,6 +131,28 @@ async def execute_and_commit(
     progress.handed_over = True
     run_in_thread: Callable[..., Awaitable[BaseException | None]] = conn._execute
     return await run_in_thread(_execute_and_commit, conn, statements, progress)
+
+
+async def commit(conn: aiosqlite.Connection, progress: CommitProgress) -> None:
+    """COMMIT the open transaction, telling ``progress`` whether it was made (see
+    :func:`execute_and_commit`)."""
+    progress.handed_over, progress.committed = True, None
+    if not runs_functions(conn):
+        await conn.commit()
+        progress.committed = True
+        return
+    run_in_thread: Callable[..., Awaitable[None]] = conn._execute
+    await run_in_thread(_commit, conn, progress)
+
+
+def _commit(conn: aiosqlite.Connection, progress: CommitProgress) -> None:
+    """:func:`commit` in the database thread."""
+    try:
+        conn._conn.commit()
+    except BaseException:
+        progress.committed = False
+        raise
+    progress.committed = True
 
 
 def runs_functions(conn: aiosqlite.Connection) -> bool:
@@ -266,6 +290,7 @@ __all__ = [
     "CommitProgress",
     "Committed",
     "StoreError",
+    "commit",
     "encode_rows",
     "execute_and_commit",
     "plan_statements",

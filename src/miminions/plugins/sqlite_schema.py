@@ -28,7 +28,6 @@ from miminions.kernel.errors import ConfigurationError, ValidationError
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.jsonutil import make_encoder, reject
 from miminions.kernel.models import (
-    NO_DETAILS,
     AgentStatus,
     DeadLetter,
     Event,
@@ -566,7 +565,7 @@ def event_from_row(r: Sequence[Any], details: Any = None) -> Event:
             details = _loads(r[6]) if r[6] != "{}" else {}
         if type(details) is not dict:
             raise TypeError("details is not a JSON object")
-        details = frozen_json(details) if details else NO_DETAILS
+        details = frozen_json(details)
         return fast_construct(
             Event,
             {
@@ -601,7 +600,7 @@ def events_from_rows(rows: Sequence[Sequence[Any]]) -> list[Event]:
         for r, details in zip(rows, parsed, strict=True):
             if type(details) is not dict:
                 raise TypeError("details is not a JSON object")
-            details = read_only(details) if details else NO_DETAILS
+            details = read_only(details)
             agent_id, task_id = r[4], r[5]
             events.append(
                 build(

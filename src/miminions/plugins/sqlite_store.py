@@ -65,6 +65,7 @@ from miminions.plugins.sqlite_batch import (
     CommitProgress,
     Committed,
     StoreError,
+    commit,
     encode_rows,
     execute_and_commit,
     plan_statements,
@@ -608,7 +609,10 @@ class SQLiteStore:
                         # likely). Keyed rows are upserts, so queueing them again is
                         # harmless; events stored already must not be queued again.
                         if progress.committed:
-                            self._remember(events)
+                            if progress.row_by_row:  # some rows may have been left out
+                                self._forget_tail()
+                            else:
+                                self._remember(events)
                             events = []
                         elif progress.committed is None and isinstance(
                             exc, asyncio.CancelledError
@@ -789,9 +793,9 @@ class SQLiteStore:
                 # A row could not be stored (a UNIQUE rule broken, a value SQLite cannot
                 # hold). Redo the batch statement by statement, rejecting only the culprits.
                 await conn.rollback()
+                progress.row_by_row = True
                 await self._write_one_by_one(conn, writes, rejected)
-                progress.committed = None  # this COMMIT goes alone: its outcome is not told
-                await conn.commit()
+                await commit(conn, progress)
             if error is None:
                 self._remember(events)
             else:  # some event rows may have been left out
