@@ -14,7 +14,14 @@ import pytest
 
 from miminions.plugins import sqlite_batch
 from miminions.plugins.sqlite_store import SQLiteStore, StoreError
-from tests.plugins.test_sqlite_store import WAIT, make_event, make_task, patch_statements, raw
+from tests.plugins.test_sqlite_store import (
+    WAIT,
+    block_commits,
+    make_event,
+    make_task,
+    patch_statements,
+    raw,
+)
 
 
 async def open_store(path: Path, **kw: Any) -> SQLiteStore:
@@ -25,19 +32,6 @@ async def open_store(path: Path, **kw: Any) -> SQLiteStore:
 
 async def _await(committed: Any) -> None:
     await committed
-
-
-def block_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
-    """Make the next COMMIT wait in the database thread until released."""
-    in_flight, carry_on = threading.Event(), threading.Event()
-
-    def commit(database: sqlite3.Connection) -> None:
-        in_flight.set()
-        carry_on.wait(WAIT)
-        database.commit()
-
-    patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
-    return in_flight, carry_on
 
 
 async def test_a_committer_cancelled_mid_commit_does_not_stop_later_commits(

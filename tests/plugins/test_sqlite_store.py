@@ -507,6 +507,20 @@ def patch_statements(
     monkeypatch.setattr(sqlite_batch, "_execute_and_commit", execute_and_commit)
 
 
+def block_commits(monkeypatch: pytest.MonkeyPatch) -> tuple[threading.Event, threading.Event]:
+    """Make the store's next COMMIT wait in the database thread: the first event is set
+    once it is there, and it goes on once the second is."""
+    in_flight, carry_on = threading.Event(), threading.Event()
+
+    def commit(database: sqlite3.Connection) -> None:
+        in_flight.set()
+        carry_on.wait(WAIT)
+        database.commit()
+
+    patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
+    return in_flight, carry_on
+
+
 def failing_commits(
     monkeypatch: pytest.MonkeyPatch,
     store: SQLiteStore,
@@ -938,14 +952,7 @@ async def test_a_commit_cancelled_after_it_was_made_is_not_made_again(
 ) -> None:
     """The database thread says whether the COMMIT was made: cancelled while it commits, the
     store neither writes the events twice nor has to forget what it keeps in memory."""
-    in_flight, carry_on = threading.Event(), threading.Event()
-
-    def commit(database: sqlite3.Connection) -> None:
-        in_flight.set()
-        carry_on.wait(WAIT)
-        database.commit()
-
-    patch_statements(monkeypatch, lambda db, sql, params: db.execute(sql, params), commit)
+    in_flight, carry_on = block_commits(monkeypatch)
     task = store.put_task(make_task("a"))
     store.put_event(make_event(0, details={"n": 0}))
     await cancel_the_commit_in_flight(store, task, in_flight, carry_on, caplog)
