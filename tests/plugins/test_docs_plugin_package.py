@@ -87,3 +87,22 @@ async def test_without_its_option_the_package_only_counts(
     async with AgentRuntime(config=config) as rt:
         assert type(rt.store).__name__ == "SQLiteStore"
     assert (tmp_path / "rt.db").exists()
+
+
+async def test_the_documented_store_hands_out_read_only_events(
+    tmp_path: Path, counter_package: str
+) -> None:
+    """The example store gives every query the same event objects, so it keeps their
+    details read-only, as the store contract asks of such a store."""
+    config = RuntimeConfig(
+        storage_path=str(tmp_path / "unused.db"),
+        default_isolation="inline",
+        plugin_options={counter_package: {"memory_store": True}},
+    )
+    async with AgentRuntime(config=config) as rt:
+        assert type(rt.store).__name__ == "MemoryStore"
+        first = await rt.query_events(event_type="runtime_started", limit=1)
+        second = await rt.query_events(event_type="runtime_started", limit=1)
+        assert first[0] is second[0]
+        with pytest.raises(TypeError, match="read-only"):
+            first[0].details["pid"] = -1

@@ -478,10 +478,11 @@ def test_plugin_options_set_the_cache_size(tmp_path: Path) -> None:
         plugin_options={"sqlite_store": {"event_cache_size": 3}},
     )
     assert miminions_make_store(config).event_cache_size == 3
-    with pytest.raises(ConfigurationError, match="event_cache_size"):
-        miminions_make_store(
-            RuntimeConfig(plugin_options={"sqlite_store": {"event_cache_size": -1}})
-        )
+    for bad in (-1, True, "10", 2.0):
+        with pytest.raises(ConfigurationError, match="event_cache_size"):
+            miminions_make_store(
+                RuntimeConfig(plugin_options={"sqlite_store": {"event_cache_size": bad}})
+            )
 
 
 async def test_runtime_queries_come_from_memory_and_match_the_file(tmp_path: Path) -> None:

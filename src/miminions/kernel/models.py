@@ -469,8 +469,8 @@ _JSON_SCALARS = (str, int, float, bool, type(None))
 
 def _plain_copy(value: Any, copy_leaf: Callable[[Any], Any] | None = None) -> Any:
     """A copy of read-only details (see :func:`frozen_json`) whose dicts and lists are plain
-    ones, walked with a stack of its own: copying or pickling details as deep as they can be
-    stored must not hit the recursion limit (each read-only level would cost Python frames).
+    ones, walked with a stack of its own, so that read-only levels (each would cost Python
+    frames) do not make copying or pickling deep details fail sooner than for plain ones.
     A container met twice (shared, or a cycle in details built by hand) is copied once;
     values other than JSON scalars go through ``copy_leaf`` when given, else are shared."""
     copies: dict[int, Any] = {}

@@ -20,7 +20,8 @@ def run(
     config: RuntimeConfig | None = None,
 ) -> _T:
     """Like ``asyncio.run(main)``, on the loop a ``miminions_loop_factory`` plugin provides
-    (uvloop, when its extra is installed and enabled), else the standard asyncio loop."""
+    (uvloop, when its extra is installed and enabled), else asyncio's (the built-in
+    ``asyncio_loop`` plugin's, whose timers are not rounded up to whole milliseconds)."""
     try:
         factory = loop_factory_of(build_plugin_manager(plugins, disable), config or RuntimeConfig())
         runner = asyncio.Runner(loop_factory=factory)

@@ -9,9 +9,9 @@ to it (docs/benchmarks.md, P-05). The selector here waits a fraction of a millis
 epoll has an event, then collects the events without waiting; whole milliseconds still go
 to ``epoll_wait`` alone.
 
-:func:`miminions.run`, the ``miminions`` command and the ``process`` host's workers run on
-this loop unless another plugin answers ``miminions_loop_factory`` first (the ``uvloop``
-extra does). A runtime started inside a loop made elsewhere keeps that loop.
+:func:`miminions.run`, ``miminions demo`` and the ``process`` host's workers run on this
+loop unless another plugin answers ``miminions_loop_factory`` first (the ``uvloop`` extra
+does). A runtime started inside a loop made elsewhere keeps that loop.
 """
 
 from __future__ import annotations

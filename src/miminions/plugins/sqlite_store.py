@@ -1161,4 +1161,6 @@ class SQLiteOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     switch_interval_seconds: pydantic.PositiveFloat | None = WRITER_SWITCH_INTERVAL
-    event_cache_size: int = pydantic.Field(default=EVENT_CACHE_SIZE, ge=0, le=sys.maxsize)
+    event_cache_size: int = pydantic.Field(
+        default=EVENT_CACHE_SIZE, ge=0, le=sys.maxsize, strict=True
+    )
