@@ -666,6 +666,7 @@ class AsyncioExecutor:
         ok: bool | None = False  # None: given back to the queue, counted neither way
         error: BaseException | None = None
         taken_back = False  # the cancel this run sent has been taken back
+        cancelled_from_outside: BaseException | None = None
         try:
             if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
                 run.running = True
@@ -675,7 +676,11 @@ class AsyncioExecutor:
         except (asyncio.CancelledError, TaskCancelledError) as exc:
             if not (run.timed_out or run.cancel_reason or run.interrupt_reason):
                 if run.worker.cancelling():
-                    raise  # the executor itself is being cancelled
+                    # The worker itself is cancelled, from outside (a loop cancelling every
+                    # task as it ends): the task goes back to the queue and the run ends
+                    # before the cancel goes on, so a stop does not wait for it.
+                    run.interrupt_reason = "the runtime's worker running it was cancelled"
+                    cancelled_from_outside = exc
                 # The agent's own code raised CancelledError: that is its failure.
                 error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
             elif isinstance(exc, asyncio.CancelledError):
@@ -713,6 +718,8 @@ class AsyncioExecutor:
             error = book.completed(task_id, result)
             ok = error is None
         self._end_run(run, ok)
+        if cancelled_from_outside is not None:
+            raise cancelled_from_outside
         if error is not None:
             await self._notify_error(slot, error, task)
 
