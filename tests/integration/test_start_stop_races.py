@@ -17,7 +17,7 @@ from miminions import AgentRuntime, RuntimeConfig, hookimpl
 from miminions.kernel.ownership import RUN_META_KEY
 from miminions.kernel.runtime import QUEUE_PAUSED_KEY
 from miminions.plugins.sqlite_store import SQLiteStore
-from tests.support.waiting import WAIT_SECONDS
+from tests.support.waiting import WAIT_SECONDS, wait_until
 
 MakeConfig = Callable[..., RuntimeConfig]
 
@@ -161,3 +161,56 @@ async def test_a_stop_after_every_task_was_cancelled_does_not_wait_for_cancelled
     async with AgentRuntime(config=config) as again:  # the stop was clean: no recovery
         assert again.get_task_status(task_id).status.value == "pending"
         assert not await again.query_events(event_type="runtime_recovered")
+
+
+async def test_a_task_group_failure_does_not_make_a_later_cancelled_error_a_requeue(
+    make_config: MakeConfig,
+) -> None:
+    """On Python 3.11 a TaskGroup whose child fails while the body waits in __aexit__
+    leaves its task's cancelling() at 1. The agent's next task raising CancelledError of
+    its own still fails (TaskCancelledError): the stale count is not taken for its worker
+    being cancelled from outside, and the agent goes on taking tasks (found by review)."""
+
+    async def boom() -> None:
+        await asyncio.sleep(0)
+        raise ValueError("child failed")
+
+    go = asyncio.Event()
+
+    async def agent(task: object, context: object) -> str:
+        kind = task.input_data["kind"]  # type: ignore[attr-defined]
+        if kind == "group":
+            await go.wait()  # until the next tasks wait behind it (same worker)
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(boom())
+            return "unreachable"
+        if kind == "own-cancel":
+            inner = asyncio.ensure_future(asyncio.Event().wait())
+            await asyncio.sleep(0)
+            inner.cancel()
+            await inner  # the agent's own CancelledError: its failure
+            return "unreachable"
+        return "done"
+
+    config = make_config()
+    async with AgentRuntime(config=config) as rt:
+        worker = await rt.register_agent("worker", agent, isolation="inline")
+        await rt.start_agent(worker)
+        group = await rt.submit_task("group", agent_id=worker, input_data={"kind": "group"})
+        await wait_until(
+            lambda: rt.get_task_status(group).status.value == "running", "the group task runs"
+        )
+        own = await rt.submit_task("own", agent_id=worker, input_data={"kind": "own-cancel"})
+        after = await rt.submit_task("after", agent_id=worker, input_data={"kind": "plain"})
+        go.set()
+        await wait_until(
+            lambda: rt.get_task_status(group).status.value == "failed", "the group task fails"
+        )
+        await wait_until(
+            lambda: rt.get_task_status(own).status.value != "running", "the own task ends"
+        )
+        assert rt.get_task_status(own).status.value == "failed"
+        await wait_until(
+            lambda: rt.get_task_status(after).status.value == "completed",
+            "the agent takes its next task",
+        )

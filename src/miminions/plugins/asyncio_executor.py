@@ -198,7 +198,8 @@ class AsyncioExecutor:
         """Stop dispatching; let running tasks finish for ``timeout_seconds``; interrupt
         (and re-queue) the rest. Returns the ids of the interrupted tasks."""
         self._accepting = False
-        runs = list(self._runs.values())
+        # A run whose worker is gone (cancelled from outside) will not finish: not waited for.
+        runs = [run for run in self._runs.values() if not run.worker.done()]
         if runs:
             await asyncio.wait(
                 [asyncio.ensure_future(run.wait()) for run in runs], timeout=timeout_seconds
@@ -666,7 +667,9 @@ class AsyncioExecutor:
         ok: bool | None = False  # None: given back to the queue, counted neither way
         error: BaseException | None = None
         taken_back = False  # the cancel this run sent has been taken back
-        cancelled_from_outside: BaseException | None = None
+        # Cancels already counted on the worker (a TaskGroup of an earlier task can leave
+        # one behind on Python 3.11) are not a cancel of this run.
+        cancels_before = run.worker.cancelling()
         try:
             if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
                 run.running = True
@@ -675,12 +678,11 @@ class AsyncioExecutor:
                 result = None  # stopped before the agent was called
         except (asyncio.CancelledError, TaskCancelledError) as exc:
             if not (run.timed_out or run.cancel_reason or run.interrupt_reason):
-                if run.worker.cancelling():
+                if run.worker.cancelling() > cancels_before:
                     # The worker itself is cancelled, from outside (a loop cancelling every
-                    # task as it ends): the task goes back to the queue and the run ends
-                    # before the cancel goes on, so a stop does not wait for it.
-                    run.interrupt_reason = "the runtime's worker running it was cancelled"
-                    cancelled_from_outside = exc
+                    # task as it ends). Nothing is booked now, while the loop may be going
+                    # down; a stop gives the task back (see _interrupt).
+                    raise
                 # The agent's own code raised CancelledError: that is its failure.
                 error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
             elif isinstance(exc, asyncio.CancelledError):
@@ -718,8 +720,6 @@ class AsyncioExecutor:
             error = book.completed(task_id, result)
             ok = error is None
         self._end_run(run, ok)
-        if cancelled_from_outside is not None:
-            raise cancelled_from_outside
         if error is not None:
             await self._notify_error(slot, error, task)
 
@@ -753,6 +753,12 @@ class AsyncioExecutor:
     async def _interrupt(self, run: _Run, reason: str) -> None:
         if run.cancel_reason is None:
             run.interrupt_reason = reason
+        if run.worker.done():
+            # Its worker was cancelled from outside (a loop cancelling every task) and
+            # will not end it: settle it now instead of waiting for it.
+            if not run.finished:
+                self._settle_unended(run, f"{reason}; the runtime's worker running it was gone")
+            return
         run.stop_worker()
         try:
             await asyncio.wait_for(run.wait(), self._notify_timeout)
@@ -761,26 +767,28 @@ class AsyncioExecutor:
             # a thread): give up on it, re-queue the task and free the runtime.
             if not run.finished:
                 run.abandoned = True
-                self._deadlines.clear(run)
-                # What the run was stopped for first decides, as when it ends (_run_one): a
-                # cancelled or timed-out task must not go back to the queue and run again.
-                if run.cancel_reason is not None:
-                    self._book.cancelled(run.task_id, run.cancel_reason)
-                elif run.timed_out:
-                    self._book.failed(
-                        run.task_id, self._timeout_error(run), timed_out_after=run.timeout
-                    )
-                else:
-                    self._book.interrupted(
-                        run.task_id, f"{reason}; the agent did not stop, its run was abandoned"
-                    )
-                self._end_run(run, ok=False)
+                self._settle_unended(
+                    run, f"{reason}; the agent did not stop, its run was abandoned", ok=False
+                )
                 agent_id = run.slot.agent_id
                 if self._serving.get(agent_id) is run.worker:
                     # Its worker is stuck in the agent's code: it no longer counts as the
                     # agent's worker (a restarted agent gets a new one), and takes no task
                     # if it ever returns (see _serve).
                     del self._serving[agent_id]
+
+    def _settle_unended(self, run: _Run, reason: str, ok: bool | None = None) -> None:
+        """Book the outcome of a run that nobody will end, and end it. What the run was
+        stopped for first decides, as when it ends (_run_one): a cancelled or timed-out
+        task must not go back to the queue and run again."""
+        self._deadlines.clear(run)
+        if run.cancel_reason is not None:
+            self._book.cancelled(run.task_id, run.cancel_reason)
+        elif run.timed_out:
+            self._book.failed(run.task_id, self._timeout_error(run), timed_out_after=run.timeout)
+        else:
+            self._book.interrupted(run.task_id, reason)
+        self._end_run(run, ok=ok)
 
 
 class _LoopTurn:

@@ -1,0 +1,196 @@
+"""The executor's workers cancelled from outside (a program cancelling every task of its
+loop, Ctrl-C): a stop afterwards is prompt and gives the tasks back to the queue, nothing
+is dispatched again meanwhile, and a program that ends without stopping leaves no noise."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import BinaryIO
+
+from miminions import AgentRuntime, RuntimeConfig
+from tests.support.process_agents import SteppingAgent
+from tests.support.runtime import ROOT
+from tests.support.waiting import WAIT_SECONDS, wait_until
+
+MakeConfig = Callable[..., RuntimeConfig]
+
+
+async def test_cancel_everything_then_stop_with_a_second_agent_does_not_rerun_the_task(
+    make_config: MakeConfig,
+) -> None:
+    """The cancel-everything test of test_start_stop_races with a second (idle) agent: the
+    task of the cancelled worker must not be handed to the other agent while the program is
+    cancelling everything, and the stop after it must not wait for such a run."""
+    calls: list[str] = []
+    started = asyncio.Event()
+
+    async def slow(task: object, context: object) -> str:
+        calls.append("run")
+        started.set()
+        await asyncio.Event().wait()  # until cancelled
+        return "never"
+
+    config = make_config(shutdown_timeout_seconds=300.0)
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    first = await rt.register_agent("first", slow, isolation="inline")
+    second = await rt.register_agent("second", slow, isolation="inline")
+    await rt.start_agent(first)
+    await rt.start_agent(second)
+    task_id = await rt.submit_task("job")
+    await asyncio.wait_for(started.wait(), WAIT_SECONDS)
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for other in others:
+        other.cancel()
+    await asyncio.wait(others, timeout=WAIT_SECONDS)
+    stopping = asyncio.ensure_future(rt.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    ran = list(calls)
+    if not done:  # let the stop go: cancel the run the second agent was given
+        rt.executor.cancel_task(task_id)
+        await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    assert done, "the stop waits out its shutdown timeout for the run given to the second agent"
+    assert ran == ["run"], "the task was handed to the other agent during the cancel-all"
+    assert rt.get_task_status(task_id).status.value == "pending"
+
+
+async def test_cancel_everything_then_stop_with_a_process_agent(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The cancel-everything scenario with a process agent: the stop after cancelling every task
+    of the loop is prompt and leaves the task waiting, and the next runtime on the database
+    finds it waiting."""
+    config = make_config(shutdown_timeout_seconds=300.0)
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    agent = await rt.register_agent("stepper", SteppingAgent, isolation="process")
+    await rt.start_agent(agent)
+    progress = tmp_path / "progress"
+    task_id = await rt.submit_task(
+        "job",
+        agent_id=agent,
+        input_data={"progress": str(progress), "release": str(tmp_path / "never")},
+    )
+    await wait_until(progress.exists, "the process agent is running its task")
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for other in others:
+        other.cancel()
+    await asyncio.wait(others, timeout=WAIT_SECONDS)
+    await asyncio.wait_for(rt.stop(), WAIT_SECONDS)  # not the 300 s shutdown timeout
+    assert rt.get_task_status(task_id).status.value == "pending"
+    async with AgentRuntime(config=config) as again:
+        assert again.get_task_status(task_id).status.value == "pending"
+        assert not await again.query_events(event_type="runtime_recovered")
+
+
+def _error_file(db: Path) -> BinaryIO:
+    return open(f"{db}.err", "wb")
+
+
+def _errors(db: Path) -> str:
+    return Path(f"{db}.err").read_text()
+
+
+async def _child(mode: str, db: Path) -> asyncio.subprocess.Process:
+    """The child, its stdout piped, its stderr in ``db`` + ".err"."""
+    env = dict(os.environ, PYTHONPATH=f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
+    errors = _error_file(db)
+    try:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.support.outside_cancel_child",
+            mode,
+            str(db),
+            stdout=asyncio.subprocess.PIPE,
+            stderr=errors,
+            env=env,
+            cwd=ROOT,
+        )
+    finally:
+        errors.close()  # the child has its own copy
+
+
+async def _pending_and_clean(db: Path) -> None:
+    async with AgentRuntime(config=RuntimeConfig(storage_path=str(db))) as again:
+        statuses = [task.status.value for task in again.list_tasks()]
+        recovered = await again.query_events(event_type="runtime_recovered")
+    assert statuses == ["pending"]
+    assert not recovered
+
+
+async def test_ctrl_c_while_a_task_runs_stops_promptly_and_leaves_it_waiting(
+    tmp_path: Path,
+) -> None:
+    """asyncio.run(main()) with the runtime in ``async with``: Ctrl-C cancels main, the
+    runtime stops in __aexit__ (the worker is interrupted by the stop, not by the loop)."""
+    db = tmp_path / "ctrl-c.sqlite"
+    child = await _child("ctrl-c", db)
+    assert child.stdout is not None
+    line = await asyncio.wait_for(child.stdout.readline(), WAIT_SECONDS)
+    assert line.strip() == b"ready"
+    child.send_signal(signal.SIGINT)
+    try:
+        await asyncio.wait_for(child.communicate(), WAIT_SECONDS)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        err = _errors(db)
+        raise AssertionError("no exit after Ctrl-C: " + err[-3000:]) from None
+    text = _errors(db)
+    assert "KeyboardInterrupt" in text
+    for noise in ("destroyed but it is pending", "never retrieved", "never awaited"):
+        assert noise not in text
+    await _pending_and_clean(db)
+
+
+async def test_a_program_ending_without_stopping_the_runtime_hands_out_no_task_at_exit(
+    tmp_path: Path,
+) -> None:
+    """A main that returns (or raises) without stopping its runtime: asyncio.run cancels
+    every task left. Before c96a2e9 that exited silently; now the worker's task is given back
+    to the queue, dispatched at once to the other idle agent on a new worker that the loop
+    never runs to its end: "Task was destroyed but it is pending!" and a "no running event
+    loop" traceback at exit."""
+    db = tmp_path / "no-stop.sqlite"
+    child = await _child("no-stop", db)
+    await asyncio.wait_for(child.communicate(), WAIT_SECONDS)
+    text = _errors(db)
+    assert child.returncode == 0
+    assert "destroyed but it is pending" not in text, text
+    assert "no running event loop" not in text, text
+
+
+async def test_cancel_everything_then_stop_with_a_prefetching_process_agent(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """A process agent holding tasks in its prefetch window when every task of the loop is
+    cancelled: each goes back to the queue unattempted and the stop is prompt."""
+    config = make_config(shutdown_timeout_seconds=300.0)
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    agent = await rt.register_agent("stepper", SteppingAgent, isolation="process")
+    await rt.start_agent(agent)
+    progress = tmp_path / "progress"
+    data = {"progress": str(progress), "release": str(tmp_path / "never")}
+    ids = await rt.submit_tasks(
+        [{"name": f"job{i}", "agent_id": agent, "input_data": data} for i in range(4)]
+    )
+    await wait_until(progress.exists, "the process agent is running its task")
+    held = [t for t in ids if rt.get_task_status(t).status.value == "running"]
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for other in others:
+        other.cancel()
+    await asyncio.wait(others, timeout=WAIT_SECONDS)
+    await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
+    statuses = [rt.get_task_status(t) for t in ids]
+    assert [s.status.value for s in statuses] == ["pending"] * 4, held
+    assert [s.retry_count for s in statuses] == [0] * 4
+    async with AgentRuntime(config=config) as again:
+        assert [again.get_task_status(t).status.value for t in ids] == ["pending"] * 4
+        assert not await again.query_events(event_type="runtime_recovered")
