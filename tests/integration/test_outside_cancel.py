@@ -66,10 +66,7 @@ async def test_cancel_everything_then_stop_with_a_process_agent(
     of the loop is prompt and leaves the task waiting, and the next runtime on the database
     finds it waiting."""
     config = make_config(shutdown_timeout_seconds=300.0)
-    rt = AgentRuntime(config=config)
-    await rt.start()
-    agent = await rt.register_agent("stepper", SteppingAgent, isolation="process")
-    await rt.start_agent(agent)
+    rt, agent = await _runtime_with_a_process_agent(config)
     progress = tmp_path / "progress"
     task_id = await rt.submit_task(
         "job",
@@ -86,6 +83,19 @@ async def test_cancel_everything_then_stop_with_a_process_agent(
     async with AgentRuntime(config=config) as again:
         assert again.get_task_status(task_id).status.value == "pending"
         assert not await again.query_events(event_type="runtime_recovered")
+
+
+async def _runtime_with_a_process_agent(config: RuntimeConfig) -> tuple[AgentRuntime, str]:
+    """A started runtime (stop it yourself) with a started process agent."""
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    try:
+        agent = await rt.register_agent("stepper", SteppingAgent, isolation="process")
+        await rt.start_agent(agent)
+    except BaseException:
+        await rt.stop()
+        raise
+    return rt, agent
 
 
 def _error_file(db: Path) -> BinaryIO:
@@ -172,10 +182,7 @@ async def test_cancel_everything_then_stop_with_a_prefetching_process_agent(
     """A process agent holding tasks in its prefetch window when every task of the loop is
     cancelled: each goes back to the queue unattempted and the stop is prompt."""
     config = make_config(shutdown_timeout_seconds=300.0)
-    rt = AgentRuntime(config=config)
-    await rt.start()
-    agent = await rt.register_agent("stepper", SteppingAgent, isolation="process")
-    await rt.start_agent(agent)
+    rt, agent = await _runtime_with_a_process_agent(config)
     progress = tmp_path / "progress"
     data = {"progress": str(progress), "release": str(tmp_path / "never")}
     ids = await rt.submit_tasks(

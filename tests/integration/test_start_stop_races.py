@@ -130,39 +130,6 @@ async def test_a_second_queue_call_returns_once_the_state_is_committed(
         await first
 
 
-async def test_a_stop_after_every_task_was_cancelled_does_not_wait_for_cancelled_runs(
-    make_config: MakeConfig,
-) -> None:
-    """Code that cancels every other task of the loop (a shutdown handler) cancels the
-    executor's worker in the middle of a run: the task goes back to the queue and the stop
-    that follows does not wait out its timeouts for a run nobody will finish; the next
-    runtime on the database finds it waiting, with nothing to recover."""
-    started = asyncio.Event()
-
-    async def slow(task: object, context: object) -> str:
-        started.set()
-        await asyncio.Event().wait()  # until cancelled
-        return "never"
-
-    config = make_config(shutdown_timeout_seconds=300.0)
-    rt = AgentRuntime(config=config)
-    await rt.start()
-    agent = await rt.register_agent("worker", slow, isolation="inline")
-    await rt.start_agent(agent)
-    task_id = await rt.submit_task("job", agent_id=agent)
-    await asyncio.wait_for(started.wait(), WAIT_SECONDS)
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for other in others:
-        other.cancel()
-    await asyncio.wait(others, timeout=WAIT_SECONDS)
-    await asyncio.wait_for(rt.stop(), WAIT_SECONDS)  # not the 300 s shutdown timeout
-    assert rt.get_task_status(task_id).status.value == "pending"
-
-    async with AgentRuntime(config=config) as again:  # the stop was clean: no recovery
-        assert again.get_task_status(task_id).status.value == "pending"
-        assert not await again.query_events(event_type="runtime_recovered")
-
-
 async def test_a_task_group_failure_does_not_make_a_later_cancelled_error_a_requeue(
     make_config: MakeConfig,
 ) -> None:
