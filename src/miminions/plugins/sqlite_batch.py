@@ -124,9 +124,7 @@ async def execute_and_commit(
     if not runs_functions(conn):
         error = await _execute_each(conn, statements)
         if error is None:
-            progress.handed_over = True
-            await conn.commit()
-            progress.committed = True
+            await commit(conn, progress)
         return error
     progress.handed_over = True
     run_in_thread: Callable[..., Awaitable[BaseException | None]] = conn._execute
@@ -168,18 +166,15 @@ def _execute_and_commit(
 ) -> BaseException | None:
     """:func:`execute_and_commit` in the database thread."""
     database: sqlite3.Connection = conn._conn
-    try:
-        for sql, params in statements:
-            try:
-                database.execute(sql, params)
-            except Exception as exc:  # the caller sorts row errors from failures
-                progress.committed = False
+    for sql, params in statements:
+        try:
+            database.execute(sql, params)
+        except BaseException as exc:
+            progress.committed = False
+            if isinstance(exc, Exception):  # the caller sorts row errors from failures
                 return exc
-        database.commit()
-    except BaseException:
-        progress.committed = False
-        raise
-    progress.committed = True
+            raise
+    _commit(conn, progress)
     return None
 
 

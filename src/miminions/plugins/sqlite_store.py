@@ -181,7 +181,6 @@ class SQLiteStore:
         self._committer: asyncio.Task[None] | None = None
         # A failed commit may have left its transaction open (its rollback failed too).
         self._dirty = False
-        self._progress = CommitProgress()  # of the batch being written
         self._lock_fd: int | None = None  # holds the database's OS lock while open
 
     @classmethod
@@ -597,11 +596,11 @@ class SQLiteStore:
                 events, self._events = self._events, []
                 self._batch, self._committing = None, batch
                 rejected: dict[tuple[str, str], BaseException] = {}
-                progress = self._progress = CommitProgress()
+                progress = CommitProgress()
                 try:
                     if self._dirty:
                         await self._roll_back_leftover()
-                    await self._write(rejected, tasks, agents, dead_letters, meta, events)
+                    await self._write(rejected, tasks, agents, dead_letters, meta, events, progress)
                 except BaseException as exc:
                     self._committing = None
                     if progress.handed_over:
@@ -609,10 +608,7 @@ class SQLiteStore:
                         # likely). Keyed rows are upserts, so queueing them again is
                         # harmless; events stored already must not be queued again.
                         if progress.committed:
-                            if progress.row_by_row:  # some rows may have been left out
-                                self._forget_tail()
-                            else:
-                                self._remember(events)
+                            self._remember(events, progress)
                             events = []
                         elif progress.committed is None and isinstance(
                             exc, asyncio.CancelledError
@@ -739,10 +735,12 @@ class SQLiteStore:
         dead_letters: dict[str, DeadLetter],
         meta: dict[str, tuple[str, Any]],
         events: list[schema.Row],
+        progress: CommitProgress,
     ) -> None:
         """Write one batch in one transaction; roll back on failure.
 
-        Writes whose rows cannot be stored are left out and recorded in ``rejected``.
+        Writes whose rows cannot be stored are left out and recorded in ``rejected``;
+        ``progress`` tells how far the COMMIT got (see :class:`CommitProgress`).
         """
         conn = self._conn
         if conn is None:  # closed underneath us; cannot happen through the public API
@@ -785,7 +783,6 @@ class SQLiteStore:
         )
         statements = [s for write, _, rows in writes if rows for s in plan_statements(write, rows)]
         try:
-            progress = self._progress
             error = await execute_and_commit(conn, statements, progress)
             if error is not None:
                 if not isinstance(error, ROW_ERRORS):
@@ -796,10 +793,7 @@ class SQLiteStore:
                 progress.row_by_row = True
                 await self._write_one_by_one(conn, writes, rejected)
                 await commit(conn, progress)
-            if error is None:
-                self._remember(events)
-            else:  # some event rows may have been left out
-                self._forget_tail()
+            self._remember(events, progress)
             rows = self._task_rows
             for task_id, task in new_tasks.items():
                 if ("task", task_id) not in rejected:
@@ -812,9 +806,12 @@ class SQLiteStore:
                 logger.exception("rollback after a failed commit to %r failed", self.path)
             raise
 
-    def _remember(self, events: list[schema.Row]) -> None:
-        """Keep the rows of committed events in the tail (see :meth:`query_events`)."""
-        if self._tail is not None and self._tail.add(events):
+    def _remember(self, events: list[schema.Row], progress: CommitProgress) -> None:
+        """Keep the rows of committed events in the tail (see :meth:`query_events`); after
+        a commit written row by row, which may have left some out, start the tail again."""
+        if progress.row_by_row:
+            self._forget_tail()
+        elif self._tail is not None and self._tail.add(events):
             self._events_before_tail = True
 
     def _forget_tail(self) -> None:
