@@ -1,27 +1,39 @@
 """Tests of the interpreter settings built-in plugins hold while they run
 (``miminions.plugins.interpreter_settings``): the collector threshold the asyncio executor
-raises, and the rules every held setting follows."""
+raises, the timer slack it shortens on its loop's thread, and the rules every held setting
+follows."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from miminions import AgentRuntime, ConfigurationError, RuntimeConfig
 from miminions.kernel.hookspecs import hookimpl
+from miminions.plugins import interpreter_settings
 from miminions.plugins.asyncio_executor import AsyncioExecutor
 from miminions.plugins.interpreter_settings import (
     DISPATCH_GC_THRESHOLD,
+    DISPATCH_TIMER_SLACK_NS,
     GC_THRESHOLD,
     ProcessSetting,
     hold_gc_threshold,
     hold_switch_interval,
+    hold_timer_slack,
 )
+
+LINUX = sys.platform.startswith("linux")
+needs_linux = pytest.mark.skipif(not LINUX, reason="the timer slack is a Linux setting")
+DEFAULT_SLACK_NS = 50_000
+_T = TypeVar("_T")
 
 
 @pytest.fixture
@@ -242,3 +254,163 @@ async def test_a_start_that_fails_after_dispatch_began_gives_the_threshold_back(
         await rt.start()
     assert gc.get_threshold()[0] == 700
     assert not GC_THRESHOLD._holders
+
+
+# ----------------------------------------------------------------------------- timer slack
+def _prctl(option: int, value: int = 0) -> int:
+    libc = ctypes.CDLL(None, use_errno=True)
+    return int(libc.prctl(option, ctypes.c_ulong(value), 0, 0, 0))
+
+
+def thread_slack() -> int:
+    """The calling thread's timer slack in nanoseconds, as the kernel reports it."""
+    return _prctl(30)  # PR_GET_TIMERSLACK
+
+
+def set_thread_slack(nanoseconds: int) -> None:
+    assert _prctl(29, nanoseconds) == 0  # PR_SET_TIMERSLACK
+
+
+@pytest.fixture
+def slack() -> Iterator[None]:
+    """The calling thread starts at the kernel's default slack and gets its own back."""
+    if not LINUX:
+        pytest.skip("the timer slack is a Linux setting")
+    before = thread_slack()
+    set_thread_slack(DEFAULT_SLACK_NS)
+    yield
+    interpreter_settings._thread_slacks.clear()
+    set_thread_slack(before)
+
+
+@pytest.fixture
+def other_thread() -> Iterator[ThreadPoolExecutor]:
+    """A thread started before the test's holds (a new thread inherits its creator's
+    slack: Linux's rule)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pool.submit(lambda: None).result(timeout=10)
+        yield pool
+
+
+def _in(pool: ThreadPoolExecutor, function: Callable[[], _T]) -> _T:
+    return pool.submit(function).result(timeout=10)
+
+
+@needs_linux
+def test_a_timer_slack_hold_shortens_the_calling_threads_slack_only(
+    slack: None, other_thread: ThreadPoolExecutor
+) -> None:
+    other_before = _in(other_thread, thread_slack)
+    release = hold_timer_slack(1_000)
+    assert thread_slack() == 1_000
+    assert _in(other_thread, thread_slack) == other_before  # another thread keeps its own
+    inner = hold_timer_slack(5_000)
+    assert thread_slack() == 1_000  # the shortest wish applies
+    inner()
+    release()
+    assert thread_slack() == DEFAULT_SLACK_NS
+    release()  # a second call changes nothing
+    assert thread_slack() == DEFAULT_SLACK_NS
+
+
+@needs_linux
+def test_a_shorter_slack_already_set_is_kept(slack: None) -> None:
+    set_thread_slack(10)
+    release = hold_timer_slack(1_000)
+    assert thread_slack() == 10
+    release()
+    assert thread_slack() == 10
+
+
+@needs_linux
+def test_a_release_from_another_thread_leaves_the_slack_alone(
+    slack: None, other_thread: ThreadPoolExecutor
+) -> None:
+    other_before = _in(other_thread, thread_slack)
+    release = hold_timer_slack(1_000)
+    _in(other_thread, release)
+    assert _in(other_thread, thread_slack) == other_before
+    assert thread_slack() == 1_000  # only the holder's own thread can give it back
+
+
+def test_without_prctl_a_timer_slack_hold_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(interpreter_settings, "_prctl", None)
+    before = thread_slack() if LINUX else None
+    release = hold_timer_slack(1_000)
+    assert (thread_slack() if LINUX else None) == before
+    release()
+
+
+@needs_linux
+def test_a_refused_timer_slack_leaves_it_alone(
+    slack: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(nanoseconds: float) -> None:
+        raise OSError(1, "refused")
+
+    monkeypatch.setattr(interpreter_settings, "_write_timer_slack", refuse)
+    interpreter_settings._thread_slacks.clear()
+    release = hold_timer_slack(1_000)  # an optimisation only: no error
+    assert thread_slack() == DEFAULT_SLACK_NS
+    release()
+
+
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100"])
+def test_bad_timer_slacks_are_refused(bad: object) -> None:
+    with pytest.raises(ValueError, match="positive int"):
+        hold_timer_slack(bad)  # type: ignore[arg-type]
+
+
+@needs_linux
+async def test_a_running_runtime_shortens_its_loops_timer_slack_and_gives_it_back(
+    tmp_path: Path, slack: None, other_thread: ThreadPoolExecutor
+) -> None:
+    other_before = _in(other_thread, thread_slack)
+    async with AgentRuntime(str(tmp_path / "a.db")):
+        assert thread_slack() == DISPATCH_TIMER_SLACK_NS
+        assert _in(other_thread, thread_slack) == other_before  # only the loop's thread
+    assert thread_slack() == DEFAULT_SLACK_NS
+
+
+@needs_linux
+async def test_the_timer_slack_is_set_by_plugin_options_or_left_alone(
+    tmp_path: Path, slack: None
+) -> None:
+    chosen = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": 200}})
+    async with AgentRuntime(str(tmp_path / "a.db"), config=chosen):
+        assert thread_slack() == 200
+    alone = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": None}})
+    async with AgentRuntime(str(tmp_path / "b.db"), config=alone):
+        assert thread_slack() == DEFAULT_SLACK_NS
+    for bad in (0, -1, "fine"):
+        config = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": bad}})
+        with pytest.raises(ConfigurationError, match="timer_slack_ns"):
+            async with AgentRuntime(str(tmp_path / "c.db"), config=config):
+                pass
+    assert thread_slack() == DEFAULT_SLACK_NS
+
+
+@needs_linux
+async def test_a_subclass_of_the_executor_honours_the_timer_slack_option(
+    tmp_path: Path, slack: None
+) -> None:
+    config = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": 300}})
+    async with AgentRuntime(
+        str(tmp_path / "a.db"), config=config, plugins=[_AuditingPlugin()]
+    ) as rt:
+        assert thread_slack() == 300
+        with pytest.raises(ConfigurationError, match="timer_slack_ns must be a positive int"):
+            AsyncioExecutor(rt, timer_slack_ns=0)
+    assert thread_slack() == DEFAULT_SLACK_NS
+
+
+@needs_linux
+async def test_a_start_that_fails_after_dispatch_began_gives_the_timer_slack_back(
+    tmp_path: Path, slack: None
+) -> None:
+    rt = AgentRuntime(str(tmp_path / "a.db"), plugins=[_FailingStartPlugin()])
+    with pytest.raises(Exception, match="refusing to start"):
+        await rt.start()
+    assert thread_slack() == DEFAULT_SLACK_NS

@@ -34,7 +34,12 @@ from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy, task_snapshot
 from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
-from miminions.plugins.interpreter_settings import DISPATCH_GC_THRESHOLD, hold_gc_threshold
+from miminions.plugins.interpreter_settings import (
+    DISPATCH_GC_THRESHOLD,
+    DISPATCH_TIMER_SLACK_NS,
+    hold_gc_threshold,
+    hold_timer_slack,
+)
 
 if TYPE_CHECKING:
     from miminions.kernel.lifecycle import AgentSlot
@@ -135,24 +140,29 @@ class AsyncioExecutor:
     """The built-in :class:`~miminions.kernel.interfaces.Executor`."""
 
     def __init__(
-        self, runtime: AgentRuntime, gc_threshold: int | EllipsisType | None = ...
+        self,
+        runtime: AgentRuntime,
+        gc_threshold: int | EllipsisType | None = ...,
+        timer_slack_ns: int | EllipsisType | None = ...,
     ) -> None:
-        """``gc_threshold``: see :class:`ExecutorOptions`; ``...`` (the default) takes it
-        from ``runtime.config.plugin_options["asyncio_executor"]``, so a subclass made with
-        ``(runtime)`` honours the option too."""
+        """``gc_threshold``, ``timer_slack_ns``: see :class:`ExecutorOptions`; ``...`` (the
+        default) takes them from ``runtime.config.plugin_options["asyncio_executor"]``, so a
+        subclass made with ``(runtime)`` honours the options too."""
         self._rt = runtime
-        if gc_threshold is ...:
-            gc_threshold = executor_options(runtime.config).gc_threshold
-        elif gc_threshold is not None and (
-            isinstance(gc_threshold, bool) or not isinstance(gc_threshold, int) or gc_threshold < 1
-        ):
-            raise ConfigurationError(
-                f"gc_threshold must be a positive int or None, not {gc_threshold!r}"
-            )
+        options = executor_options(runtime.config)
         #: The least first collector threshold while dispatching (see
         #: :mod:`miminions.plugins.interpreter_settings`); None leaves the collector alone.
-        self.gc_threshold = gc_threshold
-        self._release_gc_threshold: Callable[[], None] | None = None
+        self.gc_threshold = options.gc_threshold if gc_threshold is ... else gc_threshold
+        #: The most timer slack of the loop's thread while dispatching, in nanoseconds (see
+        #: :mod:`miminions.plugins.interpreter_settings`); None leaves the slack alone.
+        self.timer_slack_ns = options.timer_slack_ns if timer_slack_ns is ... else timer_slack_ns
+        for name in ("gc_threshold", "timer_slack_ns"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ConfigurationError(f"{name} must be a positive int or None, not {value!r}")
+        self._releases: list[Callable[[], None]] = []
         self._loop = asyncio.get_running_loop()
         self._sched = runtime.scheduler
         self._book = runtime.task_book
@@ -189,8 +199,11 @@ class AsyncioExecutor:
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
         """Begin dispatching."""
-        if self.gc_threshold is not None and self._release_gc_threshold is None:
-            self._release_gc_threshold = hold_gc_threshold(self.gc_threshold)
+        if not self._releases:
+            if self.gc_threshold is not None:
+                self._releases.append(hold_gc_threshold(self.gc_threshold))
+            if self.timer_slack_ns is not None:
+                self._releases.append(hold_timer_slack(self.timer_slack_ns))
         self._accepting = True
         self.wake()
 
@@ -237,8 +250,8 @@ class AsyncioExecutor:
                         len(stuck),
                     )
         finally:
-            release, self._release_gc_threshold = self._release_gc_threshold, None
-            if release is not None:
+            releases, self._releases = self._releases, []
+            for release in releases:
                 release()
 
     # ------------------------------------------------------------------ agents
@@ -843,10 +856,13 @@ def executor_options(config: RuntimeConfig) -> ExecutorOptions:
 
 
 class ExecutorOptions(pydantic.BaseModel):
-    """``plugin_options["asyncio_executor"]``: ``gc_threshold`` is the least first threshold
-    of the cyclic garbage collector while the executor dispatches (see
-    :mod:`miminions.plugins.interpreter_settings`); None leaves the collector alone."""
+    """``plugin_options["asyncio_executor"]``, while the executor dispatches (see
+    :mod:`miminions.plugins.interpreter_settings`): ``gc_threshold`` is the least first
+    threshold of the cyclic garbage collector; ``timer_slack_ns`` the most timer slack of
+    the loop's thread, in nanoseconds (Linux; how late the kernel may end the loop's waits
+    for its timers). None leaves the setting alone."""
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
     gc_threshold: pydantic.PositiveInt | None = DISPATCH_GC_THRESHOLD
+    timer_slack_ns: pydantic.PositiveInt | None = DISPATCH_TIMER_SLACK_NS

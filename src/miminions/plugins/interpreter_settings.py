@@ -1,6 +1,7 @@
 """Interpreter settings the built-in plugins adjust while they run, and put back after.
 
-Two process-wide settings cost the runtime dearly at their defaults:
+Two process-wide settings and one of the event loop's thread cost the runtime dearly at
+their defaults:
 
 * **The GIL switch interval.** The SQLite store writes from a thread of its own. SQLite
   itself runs without the GIL, but the thread needs it back between statements (to bind
@@ -16,6 +17,14 @@ Two process-wide settings cost the runtime dearly at their defaults:
   young collections are as cheap in total and the full ones, which follow from them, rare.
   Reference counting still frees everything that is not part of a cycle at once; cyclic
   garbage waits a little longer for its collection.
+* **The timer slack of the loop's thread** (Linux). The kernel may end a thread's timed
+  waits (``epoll_wait``, ``select``, ``nanosleep``) up to its timer slack late, 50 µs by
+  default, to wake several waiters at once. The loop waits like that for its next timer,
+  so every ``asyncio.sleep``, timeout and deadline of the runtime fired that much later:
+  ten agents sleeping 10 ms per task lost about half a per cent of their time to it
+  (docs/benchmarks.md, P-05). The slack is a setting of each thread: it is held for the
+  thread that asks (the loop's), and released there; a thread started meanwhile from that
+  thread starts with its slack (Linux's rule), the others keep theirs.
 
 Each setting is held while at least one holder needs it, only ever in the direction that
 helps (the interval shortened, the threshold raised), and the value in force before the
@@ -25,7 +34,9 @@ meanwhile (theirs is kept).
 
 from __future__ import annotations
 
+import ctypes
 import gc
+import logging
 import os
 import sys
 import threading
@@ -35,6 +46,11 @@ from collections.abc import Callable
 WRITER_SWITCH_INTERVAL = 0.0005
 #: The collector threshold the asyncio executor asks for unless configured otherwise.
 DISPATCH_GC_THRESHOLD = 20_000
+#: The timer slack (nanoseconds) the asyncio executor asks for on its loop's thread unless
+#: configured otherwise.
+DISPATCH_TIMER_SLACK_NS = 1_000
+
+logger = logging.getLogger("miminions.plugins.interpreter_settings")
 
 
 class ProcessSetting:
@@ -156,12 +172,87 @@ def hold_gc_threshold(allocations: int) -> Callable[[], None]:
     return GC_THRESHOLD.hold(allocations)
 
 
+# ----------------------------------------------------------------------------- timer slack
+_PR_SET_TIMERSLACK = 29
+_PR_GET_TIMERSLACK = 30
+
+
+def _load_prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, if this is Linux and it answers ``PR_GET_TIMERSLACK``; else None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        prctl: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+        if prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0) < 0:
+            return None
+    except (OSError, AttributeError):  # no libc to load, or a libc without prctl
+        return None
+    return prctl
+
+
+_prctl = _load_prctl()
+_thread_slacks: dict[int, ProcessSetting] = {}  # by thread ident
+_thread_slacks_lock = threading.Lock()
+
+
+def _read_timer_slack() -> float:
+    assert _prctl is not None
+    return float(_prctl(_PR_GET_TIMERSLACK, 0, 0, 0, 0))
+
+
+def _write_timer_slack(nanoseconds: float) -> None:
+    assert _prctl is not None
+    if _prctl(_PR_SET_TIMERSLACK, ctypes.c_ulong(int(nanoseconds)), 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"cannot set the timer slack: {os.strerror(error)}")
+
+
+def hold_timer_slack(nanoseconds: int) -> Callable[[], None]:
+    """Keep the calling thread's timer slack at most ``nanoseconds`` until the returned
+    function is called, from the same thread (calling it again does nothing).
+
+    Linux only: elsewhere, or where ``prctl`` is refused, this changes nothing. A release
+    from another thread cannot reach the slack (it is set by the thread itself): it is
+    ignored, and the thread keeps the shorter slack.
+    """
+    if isinstance(nanoseconds, bool) or not isinstance(nanoseconds, int) or nanoseconds < 1:
+        raise ValueError(f"a timer slack must be a positive int (ns), not {nanoseconds!r}")
+    if _prctl is None:
+        return _nothing
+    thread = threading.get_ident()
+    with _thread_slacks_lock:
+        setting = _thread_slacks.get(thread)
+        if setting is None:
+            setting = _thread_slacks[thread] = ProcessSetting(
+                _read_timer_slack, _write_timer_slack, lambda before, wanted: min(before, *wanted)
+            )
+    try:
+        release = setting.hold(nanoseconds)
+    except OSError as exc:  # refused (a sandbox): timers only fire a little later
+        logger.debug("timer slack left alone: %s", exc)
+        return _nothing
+
+    def release_in_thread() -> None:
+        if threading.get_ident() == thread:
+            release()
+        else:
+            logger.debug("timer slack released from another thread than its holder's: kept")
+
+    return release_in_thread
+
+
+def _nothing() -> None:
+    """The release of a hold that changed nothing."""
+
+
 __all__ = [
     "DISPATCH_GC_THRESHOLD",
+    "DISPATCH_TIMER_SLACK_NS",
     "GC_THRESHOLD",
     "SWITCH_INTERVAL",
     "WRITER_SWITCH_INTERVAL",
     "ProcessSetting",
     "hold_gc_threshold",
     "hold_switch_interval",
+    "hold_timer_slack",
 ]
