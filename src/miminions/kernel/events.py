@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, TypeVar
 
 from miminions.kernel.errors import PLUGIN_ERRORS
 from miminions.kernel.hookspecs import event_filter, unfiltered
@@ -15,6 +15,9 @@ from miminions.kernel.models import EventRecord, EventType, JSONObject, Severity
 from miminions.kernel.plugins import PluginManager, refuse_coroutines
 
 _log = logging.getLogger("miminions.events")
+_S = TypeVar("_S")
+#: What :meth:`EventLog.emit_soon` builds its events with: ``(event_type, agent_id, details)``.
+EventBuilder = Callable[[Any], Iterable[tuple[EventType, "str | None", JSONObject]]]
 
 
 def _now() -> float:
@@ -67,8 +70,8 @@ class EventLog:
         self._has_listeners = bool(impls)
         self.record_task_events = record_task_events
         self.count = 0
-        # Events of emit_soon, in call order, until drain() records them.
-        self._deferred: list[tuple[Any, ...]] = []
+        # What emit_soon was given, in call order, until drain() records its events.
+        self._deferred: list[tuple[float, EventBuilder, Any]] = []
 
     def emit(
         self,
@@ -85,25 +88,38 @@ class EventLog:
         self.count += 1
         self._record(_now(), event_type, severity, agent_id, task_id, details)
 
-    def emit_soon(self, event_type: EventType, agent_id: str | None, details: JSONObject) -> None:
-        """Record an (info) event once the current callback is done, stamped with the time
-        now.
+    def emit_soon(
+        self,
+        build: Callable[[_S], Iterable[tuple[EventType, str | None, JSONObject]]],
+        source: _S,
+        count: int,
+    ) -> None:
+        """Record the ``count`` (info) events ``build(source)`` gives, as ``(event_type,
+        agent_id, details)``, once the current callback is done, stamped with the time now.
 
-        For paths where what the event reports wakes someone up (a message handed to a
-        waiting receiver): the woken code runs first and the bookkeeping after, off its
-        latency. Events keep the order they were emitted in, whichever method emitted them;
-        readers of the event log call :meth:`drain` first.
+        For paths where what the events report wakes someone up (a message handed to a
+        waiting receiver): the woken code runs first, and the events are even built after
+        it, off its latency (right after a wait, on a cold CPU, building them cost as much
+        as the hand-over itself). Events keep the order they were emitted in, whichever
+        method emitted them; readers of the event log call :meth:`drain` first.
         """
-        if not self._deferred:
+        deferred = self._deferred
+        if not deferred:
             asyncio.get_running_loop().call_soon(self.drain)
-        self.count += 1  # counted now: metrics do not lag behind the log's readers
-        self._deferred.append((_now(), event_type, Severity.INFO, agent_id, None, details))
+        self.count += count  # counted now: metrics do not lag behind the log's readers
+        deferred.append((_now(), build, source))
 
     def drain(self) -> None:
         """Record the events :meth:`emit_soon` holds back, now."""
         deferred, self._deferred = self._deferred, []
-        for args in deferred:
-            self._record(*args)
+        for timestamp, build, source in deferred:
+            try:
+                events = list(build(source))
+            except Exception:  # a bug in a builder must not take the others' events along
+                _log.exception("building deferred events with %r failed", build)
+                continue
+            for event_type, agent_id, details in events:
+                self._record(timestamp, event_type, Severity.INFO, agent_id, None, details)
 
     def _record(
         self,

@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -453,9 +453,7 @@ class Messenger:
         _check_name(message_type, "message_type")
         data = _payload(data)
         ttl = check_seconds(ttl_seconds, "ttl_seconds", positive=True)
-        now = datetime.now(UTC)
-        expires = None if ttl is None else now + timedelta(seconds=ttl)
-        return [
+        messages = [
             fast_construct(
                 AgentMessage,
                 {
@@ -468,14 +466,23 @@ class Messenger:
                     "topic": topic,
                     "correlation_id": None,
                     "is_reply": False,
-                    "created_at": now,
-                    "expires_at": expires,
+                    "created_at": None,  # stamped below
+                    "expires_at": None,
                     "ttl_remaining_seconds": None,
                     "trace_context": trace_context,
                 },
             )
             for index, recipient in enumerate(recipients)
         ]
+        # Stamped once made, as they leave for the bus: a delivery's latency (and a TTL)
+        # counts from there, not from the sender's validation and copying.
+        now = datetime.now(UTC)
+        expires = None if ttl is None else now + timedelta(seconds=ttl)
+        for message in messages:
+            values = message.__dict__
+            values["created_at"] = now
+            values["expires_at"] = expires
+        return messages
 
     def _post(self, messages: list[AgentMessage]) -> list[str]:
         queued = self.bus.post(messages)
@@ -501,33 +508,26 @@ class Messenger:
     def _sent(self, messages: list[AgentMessage]) -> None:
         self.sent += len(messages)
         # The receiver may be waiting for these messages: it goes first, the log just after.
-        emit = self._rt.events.emit_soon
-        for message in messages:
-            emit(
-                EventType.MESSAGE_SENT,
-                agent_id=message.sender_id,
-                details={
-                    "message_id": message.message_id,
-                    "message_type": message.message_type,
-                    "recipient_id": message.recipient_id,
-                },
-            )
+        # Their fields are taken now: a receiver may change the message it was handed.
+        sent = [(m.sender_id, m.message_id, m.message_type, m.recipient_id) for m in messages]
+        self._rt.events.emit_soon(_sent_events, sent, len(sent))
 
     def _received(self, message: AgentMessage) -> None:
         self.delivered += 1
         latency = (datetime.now(UTC) - message.created_at).total_seconds()
         self.latencies.append(latency)
-        details: JSONObject = {
-            "message_id": message.message_id,
-            "message_type": message.message_type,
-            "latency_seconds": latency,
-        }
-        if self._returned and message.message_id in self._returned:
+        redelivered = bool(self._returned) and message.message_id in self._returned
+        if redelivered:
             self._returned.discard(message.message_id)
-            details["redelivered"] = True
-        self._rt.events.emit_soon(  # after the receiver's handling, which is waiting for it
-            EventType.MESSAGE_RECEIVED, agent_id=message.recipient_id, details=details
+        # After the receiver's handling, which is waiting for the message.
+        receipt = (
+            message.recipient_id,
+            message.message_id,
+            message.message_type,
+            latency,
+            redelivered,
         )
+        self._rt.events.emit_soon(_received_events, receipt, 1)
 
     def latency_summary(self) -> tuple[float | None, float | None]:
         """Mean and p95 delivery latency (seconds) over recent messages."""
@@ -536,6 +536,36 @@ class Messenger:
             return None, None
         p95 = samples[min(len(samples) - 1, math.ceil(0.95 * len(samples)) - 1)]
         return sum(samples) / len(samples), p95
+
+
+def _sent_events(
+    sent: list[tuple[str | None, str, str, str | None]],
+) -> Iterator[tuple[EventType, str | None, JSONObject]]:
+    """The MESSAGE_SENT events of messages sent, given as ``(sender_id, message_id,
+    message_type, recipient_id)`` (see :meth:`EventLog.emit_soon`)."""
+    for sender_id, message_id, message_type, recipient_id in sent:
+        details: JSONObject = {
+            "message_id": message_id,
+            "message_type": message_type,
+            "recipient_id": recipient_id,
+        }
+        yield EventType.MESSAGE_SENT, sender_id, details
+
+
+def _received_events(
+    receipt: tuple[str | None, str, str, float, bool],
+) -> Iterator[tuple[EventType, str | None, JSONObject]]:
+    """The MESSAGE_RECEIVED event of a receipt, ``(recipient_id, message_id, message_type,
+    latency_seconds, redelivered)`` (see :meth:`EventLog.emit_soon`)."""
+    recipient_id, message_id, message_type, latency, redelivered = receipt
+    details: JSONObject = {
+        "message_id": message_id,
+        "message_type": message_type,
+        "latency_seconds": latency,
+    }
+    if redelivered:
+        details["redelivered"] = True
+    yield EventType.MESSAGE_RECEIVED, recipient_id, details
 
 
 def _arg(payload: dict[str, Any], name: str, default: Any = None) -> Any:

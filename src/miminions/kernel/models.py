@@ -577,7 +577,8 @@ class AgentMessage(BaseModel):
     ``rt.request``); a multicast, broadcast or topic message is one message per recipient
     with the same ``message_type`` and ``data``.
     ``correlation_id`` links a reply to its request (it is the request's ``message_id``);
-    ``expires_at`` ends a message nobody received in time (its TTL);
+    ``created_at`` is when it was sent (made and handed to the bus: delivery latencies count
+    from there); ``expires_at`` ends a message nobody received in time (its TTL);
     ``ttl_remaining_seconds`` holds the TTL left while the recipient is paused.
     """
 
