@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from miminions.kernel.ids import time_ordered_id
+from miminions.kernel.ids import time_ordered_id, time_ordered_ids
 from miminions.kernel.messaging import new_message_id
 from miminions.kernel.task_input import new_task_id
 
@@ -80,3 +80,16 @@ def test_a_forked_child_makes_different_ids_from_its_parent() -> None:
     parent = new_task_id()[14:]
     assert len(child) == 10
     assert child != parent
+
+
+def test_ids_made_together_are_unique_well_formed_and_in_time_order() -> None:
+    assert time_ordered_ids(0) == []
+    assert re.fullmatch(r"x-[0-9a-f]{24}", time_ordered_ids(1, "x-")[0])
+    batch = time_ordered_ids(30_000)  # more random bytes than one refill of the pool
+    assert len(set(batch)) == len(batch)
+    assert all(re.fullmatch(r"[0-9a-f]{24}", i) for i in batch)
+    times = [int(i[:14], 16) for i in batch]
+    assert times == list(range(times[0], times[0] + len(batch)))  # never a shared time part
+    assert len({i[14:] for i in batch}) > 0.99 * len(batch)  # random parts, not one reused
+    later = [new_task_id() for _ in range(1_000)]
+    assert not set(later) & set(batch)

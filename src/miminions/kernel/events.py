@@ -183,3 +183,18 @@ class EventLog:
                 self.drain()
             self.count += 1
             self._record(_now(), event_type, Severity.INFO, agent_id, task_id, details)
+
+    def task_events(
+        self, event_type: EventType, events: Iterable[tuple[str, JSONObject | None]]
+    ) -> None:
+        """:meth:`task_event` for many tasks at once, ``(task_id, details)`` each, all
+        stamped with the time now (a batch of submitted tasks)."""
+        if not self.record_task_events:
+            return
+        if self._deferred:
+            self.drain()
+        timestamp = _now()
+        record = self._record
+        for task_id, details in events:
+            self.count += 1
+            record(timestamp, event_type, Severity.INFO, None, task_id, details)

@@ -34,6 +34,27 @@ def time_ordered_id(prefix: str = "") -> str:
     return f"{prefix}{time.time_ns() // 1000:014x}{piece.hex()}"
 
 
+def time_ordered_ids(count: int, prefix: str = "") -> list[str]:
+    """``count`` new unique ids, ``prefix`` first, made together: a fraction of the cost of
+    as many :func:`time_ordered_id` calls (one lock, one read of the random pool, one hex
+    conversion). Their time parts are consecutive microseconds from now, so the ids of a
+    batch never share one, however many it holds."""
+    if count <= 0:
+        return []
+    size = count * _RANDOM_BYTES
+    with _lock:
+        if len(_pool) < size:
+            _pool.extend(os.urandom(size + _POOL_BYTES))
+        digits = _pool[-size:].hex()
+        del _pool[-size:]
+    first = time.time_ns() // 1000
+    width = 2 * _RANDOM_BYTES
+    return [
+        f"{prefix}{first + index:014x}{digits[index * width : index * width + width]}"
+        for index in range(count)
+    ]
+
+
 def _forget_inherited() -> None:
     # The parent's unused bytes would give the child the parent's next ids; its lock may
     # have been held by another thread at the fork.
@@ -44,4 +65,4 @@ def _forget_inherited() -> None:
 
 os.register_at_fork(after_in_child=_forget_inherited)
 
-__all__ = ["time_ordered_id"]
+__all__ = ["time_ordered_id", "time_ordered_ids"]

@@ -27,6 +27,7 @@ import math
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from miminions.kernel.errors import (
     AlreadyExistsError,
@@ -144,9 +145,9 @@ def _done_node(priority: int) -> _Node:
     return node
 
 
-@dataclass(frozen=True, slots=True)
-class NewTask:
-    """A task to add: its id, base priority, prerequisites and route."""
+class NewTask(NamedTuple):
+    """A task to add: its id, base priority, prerequisites and route. (A named tuple:
+    thousands are made per batch submit, and a frozen dataclass costs three times as much.)"""
 
     task_id: str
     priority: int

@@ -11,7 +11,7 @@ import asyncio
 import heapq
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -44,7 +44,7 @@ from miminions.kernel.task_input import (
     MAX_RETRIES,
     TaskRequest,
     describe_error,
-    new_task_id,
+    new_task_ids,
     to_json_value,
 )
 from miminions.kernel.tracing import Carrier
@@ -113,6 +113,7 @@ class TaskBook:
         # task_id it was given here stands for that task in the batch's dependencies.
         aliases: dict[str, str] = {}
         now = datetime.now(UTC)
+        fresh_ids = iter(new_task_ids(len(requests)))
         for request in requests:
             existing = self._existing_for_key(request.idempotency_key, batch_keys)
             if existing is not None:
@@ -128,7 +129,7 @@ class TaskBook:
                         f"task id {given!r} is given to more than one request of the batch"
                     )
                 continue
-            task = self._build(request, now, trace_context)
+            task = self._build(request, now, trace_context, fresh_ids)
             if request.idempotency_key is not None:
                 batch_keys[request.idempotency_key] = task.task_id
             ids.append(task.task_id)
@@ -156,17 +157,17 @@ class TaskBook:
             self._count(task, 1)
             if task.idempotency_key is not None:
                 self.by_idempotency_key[task.idempotency_key] = task.task_id
-            if self.scheduler.state(task.task_id) is NodeState.BLOCKED:
+            # (A task without prerequisites is ready at once: no need to ask.)
+            if task.dependencies and self.scheduler.state(task.task_id) is NodeState.BLOCKED:
                 self._set_status(task, TaskStatus.BLOCKED)
             try:
                 commits.append(self._store.put_task(task))
             except Exception as exc:
                 refused = refused or exc
-            self._events.task_event(
-                EventType.TASK_ENQUEUED,
-                task.task_id,
-                details={"name": task.name, "priority": task.priority},
-            )
+        self._events.task_events(
+            EventType.TASK_ENQUEUED,
+            [(task.task_id, {"name": task.name, "priority": task.priority}) for task in new_tasks],
+        )
         self.counters["submitted"] += len(new_tasks)
         self._apply(change)
         if change.ready and self.executor is not None:
@@ -202,38 +203,42 @@ class TaskBook:
         check_utf8(key, "idempotency_key")
         return self.by_idempotency_key.get(key) or batch_keys.get(key)
 
-    def _build(self, request: TaskRequest, now: datetime, trace_context: Carrier | None) -> Task:
+    def _build(
+        self,
+        request: TaskRequest,
+        now: datetime,
+        trace_context: Carrier | None,
+        fresh_ids: Iterator[str],
+    ) -> Task:
+        """The task ``request`` asks for, every value checked (``fresh_ids`` gives its id
+        if the request has none).
+
+        Each check has a fast path for the common value first (a plain int, no timeout, no
+        dependencies), taken without a call: a batch submit runs this for every task.
+        """
         # Every string checked here is stored: one the store cannot encode (check_utf8)
         # must fail now, before the task is in the book, not at commit time.
         name = request.name
-        if not isinstance(name, str) or not name.strip():
+        if not isinstance(name, str) or not name or name.isspace():
             raise ValidationError("task name must be a non-empty string")
-        check_utf8(name, "task name")
+        if not name.isascii():
+            check_utf8(name, "task name")
         task_id = request.task_id
         if task_id is None or task_id == "":
-            task_id = new_task_id()
+            task_id = next(fresh_ids)
         elif isinstance(task_id, str):
             check_utf8(task_id, "task_id")
         else:
             raise ValidationError(f"task_id must be a string or None, got {shown(task_id)}")
         priority = request.priority
-        if isinstance(priority, bool) or not isinstance(priority, int):
-            raise ValidationError(f"priority must be an integer 0..100, got {shown(priority)}")
-        if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
-            raise ValidationError(
-                f"priority must be between {MIN_PRIORITY} (most urgent) and {MAX_PRIORITY}, "
-                f"got {shown(priority)}; use Priority.HIGH/MEDIUM/LOW or an integer in that range"
-            )
-        timeout = check_seconds(request.timeout_seconds, positive=True)
+        if type(priority) is not int or not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+            priority = _checked_priority(priority)
+        timeout = request.timeout_seconds
+        if timeout is not None:
+            timeout = check_seconds(timeout, positive=True)
         retries = request.max_retries
-        if (
-            isinstance(retries, bool)
-            or not isinstance(retries, int)
-            or not 0 <= retries <= MAX_RETRIES
-        ):
-            raise ValidationError(
-                f"max_retries must be an integer 0..{MAX_RETRIES}, got {shown(retries)}"
-            )
+        if type(retries) is not int or not 0 <= retries <= MAX_RETRIES:
+            retries = _checked_retries(retries)
         if request.agent_id is not None:
             if not isinstance(request.agent_id, str):
                 raise ValidationError(
@@ -250,7 +255,7 @@ class TaskBook:
                 raise ValidationError("group must be a non-empty string")
             check_utf8(request.group, "group")
         deps = list(request.dependencies)
-        if any(not isinstance(dep, str) for dep in deps):
+        if deps and any(not isinstance(dep, str) for dep in deps):
             raise ValidationError("dependencies must be a list of task ids (strings)")
         input_data = request.input_data
         if input_data is None:
@@ -264,7 +269,7 @@ class TaskBook:
             {
                 "task_id": task_id,
                 "name": name,
-                "priority": int(priority),
+                "priority": priority,
                 "status": TaskStatus.PENDING,
                 "input_data": input_data,
                 "output_data": None,
@@ -820,6 +825,27 @@ class _GroupWait:
     def set_exception(self, error: BaseException) -> None:
         if not self.all_done.done():
             self.all_done.set_exception(error)
+
+
+def _checked_priority(priority: Any) -> int:
+    """``priority`` as a plain int, or ValidationError saying what a priority must be."""
+    if isinstance(priority, bool) or not isinstance(priority, int):
+        raise ValidationError(f"priority must be an integer 0..100, got {shown(priority)}")
+    if not MIN_PRIORITY <= priority <= MAX_PRIORITY:
+        raise ValidationError(
+            f"priority must be between {MIN_PRIORITY} (most urgent) and {MAX_PRIORITY}, "
+            f"got {shown(priority)}; use Priority.HIGH/MEDIUM/LOW or an integer in that range"
+        )
+    return int(priority)
+
+
+def _checked_retries(retries: Any) -> int:
+    """``retries`` as a plain int, or ValidationError saying what ``max_retries`` must be."""
+    if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= MAX_RETRIES:
+        raise ValidationError(
+            f"max_retries must be an integer 0..{MAX_RETRIES}, got {shown(retries)}"
+        )
+    return int(retries)
 
 
 def _is_dead(task: Task | None) -> bool:

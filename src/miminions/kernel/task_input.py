@@ -8,7 +8,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt
 
 from miminions.kernel.errors import ValidationError
-from miminions.kernel.ids import time_ordered_id
+from miminions.kernel.ids import time_ordered_id, time_ordered_ids
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import JSONObject
 from miminions.kernel.validation import check_utf8, escape_non_utf8
@@ -78,6 +78,11 @@ def new_task_id() -> str:
     return time_ordered_id()
 
 
+def new_task_ids(count: int) -> list[str]:
+    """``count`` new task ids at once (see :func:`miminions.kernel.ids.time_ordered_ids`)."""
+    return time_ordered_ids(count)
+
+
 def describe_error(error: BaseException) -> str:
     """A one-line description of an exception for ``Task.error_message``."""
     # stored with the task, whatever bad input the message quotes
@@ -87,4 +92,11 @@ def describe_error(error: BaseException) -> str:
     return f"{name}: {text}" if text else name
 
 
-__all__ = ["MAX_RETRIES", "TaskRequest", "describe_error", "new_task_id", "to_json_value"]
+__all__ = [
+    "MAX_RETRIES",
+    "TaskRequest",
+    "describe_error",
+    "new_task_id",
+    "new_task_ids",
+    "to_json_value",
+]
