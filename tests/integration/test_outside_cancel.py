@@ -1,6 +1,7 @@
 """The executor's workers cancelled from outside (a program cancelling every task of its
 loop, Ctrl-C): a stop afterwards is prompt and gives the tasks back to the queue, nothing
-is dispatched again meanwhile, and a program that ends without stopping leaves no noise."""
+is dispatched again meanwhile, and a program that ends without stopping leaves no noise.
+One worker cancelled while the runtime goes on gives its task back at once."""
 
 from __future__ import annotations
 
@@ -201,3 +202,64 @@ async def test_cancel_everything_then_stop_with_a_prefetching_process_agent(
     async with AgentRuntime(config=config) as again:
         assert [again.get_task_status(t).status.value for t in ids] == ["pending"] * 4
         assert not await again.query_events(event_type="runtime_recovered")
+
+
+async def test_one_worker_cancelled_from_outside_gives_its_task_back_and_its_agent_goes_on(
+    make_config: MakeConfig,
+) -> None:
+    """Code of the program cancels the asyncio task running an agent's task while the
+    runtime goes on (a cancel meant for something else, a supervisor of its own): the task
+    goes back to the queue without using an attempt, runs again and completes, and the
+    agent keeps taking tasks. (Before, the task stayed "running" and the agent took no task
+    again until the runtime was stopped.)"""
+    workers: list[asyncio.Task[object]] = []
+    started = asyncio.Event()
+
+    async def once_stuck(task: object, context: object) -> str:
+        if not workers:
+            current = asyncio.current_task()
+            assert current is not None
+            workers.append(current)
+            started.set()
+            await asyncio.Event().wait()  # until cancelled
+        return "done"
+
+    async with AgentRuntime(config=make_config()) as rt:
+        agent = await rt.register_agent("once-stuck", once_stuck, isolation="inline")
+        await rt.start_agent(agent)
+        task_id = await rt.submit_task("job")
+        await asyncio.wait_for(started.wait(), WAIT_SECONDS)
+        workers[0].cancel()
+        finished = await rt.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
+        assert finished.status.value == "completed"
+        assert finished.output_data == "done"
+        assert finished.retry_count == 0
+        requeued = await rt.query_events(event_type="task_requeued", task_id=task_id)
+        assert ["cancelled from outside" in e.details["reason"] for e in requeued] == [True]
+        again = await rt.submit_task("next")
+        assert (await rt.wait_for_task(again, timeout_seconds=WAIT_SECONDS)).output_data == "done"
+        assert rt.get_agent_status(agent).status.value == "running"
+
+
+async def test_a_process_agents_worker_cancelled_from_outside_gives_its_task_back(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The same for a process agent (whose runs go through a prefetch window): the run's
+    task goes back to the queue, is handed out again, and completes."""
+    rt, agent = await _runtime_with_a_process_agent(make_config())
+    try:
+        progress, release = tmp_path / "progress", tmp_path / "release"
+        data = {"progress": str(progress), "release": str(release)}
+        task_id = await rt.submit_task("job", agent_id=agent, input_data=data)
+        await wait_until(progress.exists, "the process agent is running its task")
+        [worker] = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_work_prefetched"]
+        worker.cancel()
+        await wait_until(worker.done, "the cancelled worker ends")
+        release.touch()
+        finished = await rt.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
+        assert finished.status.value == "completed"
+        assert finished.retry_count == 0
+        requeued = await rt.query_events(event_type="task_requeued", task_id=task_id)
+        assert any("cancelled from outside" in e.details["reason"] for e in requeued)
+    finally:
+        await asyncio.wait_for(rt.stop(), WAIT_SECONDS)

@@ -15,6 +15,7 @@ import contextlib
 import heapq
 import logging
 from collections.abc import Callable
+from functools import partial
 from types import EllipsisType
 from typing import TYPE_CHECKING, Any
 
@@ -195,6 +196,11 @@ class AsyncioExecutor:
         self._pick_failing = False  # the hook's failures are logged once per streak
         self._notify_timeout = runtime.config.shutdown_timeout_seconds
         self._deadlines = Deadlines(self._loop)
+        #: A task that only waits, from start() to close(): cancelled along with every
+        #: other task when a program cancels all of its loop's tasks (asyncio.run ending,
+        #: a shutdown handler), which tells that apart from one worker cancelled from
+        #: outside while the runtime goes on (see _after_outside_cancel).
+        self._canary: asyncio.Task[Any] | None = None
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -204,6 +210,10 @@ class AsyncioExecutor:
                 self._releases.append(hold_gc_threshold(self.gc_threshold))
             if self.timer_slack_ns is not None:
                 self._releases.append(hold_timer_slack(self.timer_slack_ns))
+        if self._canary is None:
+            self._canary = self._loop.create_task(
+                asyncio.Event().wait(), name="miminions-executor-canary"
+            )
         self._accepting = True
         self.wake()
 
@@ -253,6 +263,10 @@ class AsyncioExecutor:
             releases, self._releases = self._releases, []
             for release in releases:
                 release()
+            canary = self._canary
+            if canary is not None and not canary.done():
+                canary.cancel()
+                await asyncio.wait([canary])
 
     # ------------------------------------------------------------------ agents
     def agent_available(self, slot: AgentSlot) -> None:
@@ -692,9 +706,10 @@ class AsyncioExecutor:
         except (asyncio.CancelledError, TaskCancelledError) as exc:
             if not (run.timed_out or run.cancel_reason or run.interrupt_reason):
                 if run.worker.cancelling() > cancels_before:
-                    # The worker itself is cancelled, from outside (a loop cancelling every
-                    # task as it ends). Nothing is booked now, while the loop may be going
-                    # down; a stop gives the task back (see _interrupt).
+                    # The worker itself is cancelled, from outside. Nothing is booked now,
+                    # while the loop may be going down (a program cancelling every task as
+                    # it ends); once the worker has ended, _after_outside_cancel decides.
+                    run.worker.add_done_callback(partial(self._after_outside_cancel, run))
                     raise
                 # The agent's own code raised CancelledError: that is its failure.
                 error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
@@ -789,6 +804,36 @@ class AsyncioExecutor:
                     # agent's worker (a restarted agent gets a new one), and takes no task
                     # if it ever returns (see _serve).
                     del self._serving[agent_id]
+
+    def _after_outside_cancel(self, run: _Run, worker: asyncio.Task[Any]) -> None:
+        """The worker of ``run`` ended, cancelled from outside.
+
+        When the program is cancelling every task of the loop (the canary was cancelled
+        too), nothing is handed out again: the loop may be ending, and a stop gives the
+        task back (see _interrupt). When only this worker was cancelled and the runtime
+        goes on, the task goes back to the queue now (no attempt used) and its agent may
+        take tasks again.
+        """
+        canary = self._canary
+        if (
+            run.finished
+            or not self._accepting
+            or canary is None
+            or canary.done()
+            or canary.cancelling()
+        ):
+            return
+        logger.warning(
+            "the worker running task %s for agent %s was cancelled from outside the runtime; "
+            "the task goes back to the queue",
+            run.task_id,
+            run.slot.agent_id,
+        )
+        self._settle_unended(run, "the runtime's worker running it was cancelled from outside")
+        slot = run.slot
+        if not self._agent_runs.get(slot.agent_id):
+            self._make_idle(slot)
+            self.wake()
 
     def _settle_unended(self, run: _Run, reason: str, ok: bool | None = None) -> None:
         """Book the outcome of a run that nobody will end, and end it. What the run was
