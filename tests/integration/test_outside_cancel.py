@@ -13,8 +13,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-from miminions import AgentRuntime, RuntimeConfig
-from tests.support.process_agents import SteppingAgent
+from miminions import AgentRuntime, BaseAgent, ProcessSettings, RuntimeConfig, Task
+from tests.support.process_agents import SlowToStopAgent, SteppingAgent
 from tests.support.runtime import ROOT
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -263,3 +263,116 @@ async def test_a_process_agents_worker_cancelled_from_outside_gives_its_task_bac
         assert any("cancelled from outside" in e.details["reason"] for e in requeued)
     finally:
         await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
+
+
+def _workers(name: str) -> list[asyncio.Task[object]]:
+    """The executor's workers running ``name`` (``_work``, ``_work_prefetched``)."""
+    return [t for t in asyncio.all_tasks() if t.get_coro().__name__ == name]  # type: ignore[union-attr]
+
+
+class FailsOnceSlowOnError(BaseAgent):
+    """Fails its first task; its on_error then waits for ever (a slow report)."""
+
+    entered: asyncio.Event
+    failed = False
+
+    async def execute_task(self, task: Task) -> str:
+        if not FailsOnceSlowOnError.failed:
+            FailsOnceSlowOnError.failed = True
+            raise RuntimeError("first task fails")
+        return "done"
+
+    async def on_error(self, error: BaseException, task: Task | None) -> None:
+        FailsOnceSlowOnError.entered.set()
+        await asyncio.Event().wait()
+
+
+async def test_a_worker_cancelled_from_outside_in_on_error_leaves_its_agent_serving(
+    make_config: MakeConfig,
+) -> None:
+    """The cancel reaches the worker while it waits for the agent's on_error (after the
+    task ended), not in the agent's task: the agent still takes tasks again."""
+    FailsOnceSlowOnError.entered = asyncio.Event()
+    FailsOnceSlowOnError.failed = False
+    async with AgentRuntime(config=make_config()) as rt:
+        agent = await rt.register_agent("slow-on-error", FailsOnceSlowOnError, isolation="inline")
+        await rt.start_agent(agent)
+        first = await rt.submit_task("first", max_retries=0)
+        await asyncio.wait_for(FailsOnceSlowOnError.entered.wait(), WAIT_SECONDS)
+        [worker] = _workers("_work")
+        worker.cancel()
+        await wait_until(worker.done, "the cancelled worker ends")
+        assert rt.get_task_status(first).status.value == "failed"
+        again = await rt.submit_task("next")
+        finished = await rt.wait_for_task(again, timeout_seconds=WAIT_SECONDS)
+        assert finished.status.value == "completed"
+
+
+async def test_a_process_task_cancelled_twice_from_outside_never_runs_twice_at_once(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """A process agent's worker cancelled from outside, and again while the host waits for
+    the worker process to confirm the cancel: the task is not handed to another agent while
+    the first one's process may still run it (the host sees the cancel through: confirmed,
+    or the process killed)."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    config = make_config(process=ProcessSettings(cancel_grace_seconds=60.0))
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    try:
+        slow = await rt.register_agent(
+            "slow", SlowToStopAgent, isolation="process", config={"slow": True}
+        )
+        fast = await rt.register_agent("fast", SlowToStopAgent, isolation="process")
+        await rt.start_agent(slow)
+        # Once released, the first run takes half a second more to end: a task handed out
+        # again at once would start in the other agent well before.
+        data = {"log": str(log), "release": str(release), "wind_down": 0.5}
+        task_id = await rt.submit_task("job", input_data=data)
+        await wait_until(lambda: log.exists() and "start slow" in log.read_text(), "slow runs")
+        await rt.start_agent(fast)
+        [worker] = _workers("_work_prefetched")
+        worker.cancel()
+        await wait_until(lambda: "cancelled slow" in log.read_text(), "the cancel reached it")
+        worker.cancel()  # once more, while the host waits for the worker process
+        release.touch()  # the first run may now wind down
+        finished = await rt.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
+        lines = log.read_text().splitlines()
+        assert finished.status.value == "completed", lines
+        assert "start fast" in lines[-1], lines
+        assert lines.index("end slow") < len(lines) - 1, f"ran twice at once: {lines}"
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
+
+
+async def test_a_worker_cancelled_from_outside_during_a_graceful_stop_does_not_hold_it(
+    make_config: MakeConfig,
+) -> None:
+    """A graceful stop waits for running tasks; the worker of one is cancelled from outside
+    meanwhile: the stop does not wait out its timeout for a run nobody will end, and the
+    task is back in the queue."""
+    started = asyncio.Event()
+
+    async def stuck(task: object, context: object) -> str:
+        started.set()
+        await asyncio.Event().wait()
+        return "never"
+
+    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
+    await rt.start()
+    agent = await rt.register_agent("stuck", stuck, isolation="inline")
+    await rt.start_agent(agent)
+    task_id = await rt.submit_task("job")
+    await asyncio.wait_for(started.wait(), WAIT_SECONDS)
+    [worker] = _workers("_work")
+    stopping = asyncio.ensure_future(rt.stop())
+    # (the executor's own flag: the moment the stop begins to wait for the running task)
+    await wait_until(lambda: not rt.executor._accepting, "the stop is draining")  # type: ignore[attr-defined]
+    worker.cancel()
+    done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    if not done:  # let the stop go
+        rt.executor.cancel_task(task_id)
+        await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    assert done, "the stop waits out its shutdown timeout for a run whose worker is gone"
+    assert rt.get_task_status(task_id).status.value == "pending"

@@ -29,6 +29,7 @@ from miminions.plugins.interpreter_settings import (
     hold_switch_interval,
     hold_timer_slack,
 )
+from tests.support.process_agents import TimerSlackAgent
 
 LINUX = sys.platform.startswith("linux")
 needs_linux = pytest.mark.skipif(not LINUX, reason="the timer slack is a Linux setting")
@@ -384,7 +385,7 @@ async def test_the_timer_slack_is_set_by_plugin_options_or_left_alone(
     alone = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": None}})
     async with AgentRuntime(str(tmp_path / "b.db"), config=alone):
         assert thread_slack() == DEFAULT_SLACK_NS
-    for bad in (0, -1, "fine"):
+    for bad in (0, -1, "fine", True, "1000", 1000.0):
         config = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": bad}})
         with pytest.raises(ConfigurationError, match="timer_slack_ns"):
             async with AgentRuntime(str(tmp_path / "c.db"), config=config):
@@ -414,3 +415,29 @@ async def test_a_start_that_fails_after_dispatch_began_gives_the_timer_slack_bac
     with pytest.raises(Exception, match="refusing to start"):
         await rt.start()
     assert thread_slack() == DEFAULT_SLACK_NS
+
+
+async def _worker_slack(rt: AgentRuntime) -> int:
+    agent = await rt.register_agent("slack", TimerSlackAgent, isolation="process")
+    await rt.start_agent(agent)
+    task_id = await rt.submit_task("probe", agent_id=agent)
+    finished = await rt.wait_for_task(task_id, timeout_seconds=30)
+    assert finished.output_data is not None, finished.error_message
+    return int(finished.output_data["slack"])
+
+
+@needs_linux
+async def test_process_workers_take_the_runtimes_timer_slack_not_their_forkservers(
+    tmp_path: Path, slack: None
+) -> None:
+    """A worker sets its loop thread's slack to the runtime's, or to Linux's default when the
+    runtime leaves its own alone, whatever the forkserver it was forked from inherited (a
+    forkserver started while an earlier runtime of the program held 1 µs keeps that)."""
+    async with AgentRuntime(str(tmp_path / "a.db")) as first:
+        assert await _worker_slack(first) == DISPATCH_TIMER_SLACK_NS
+    chosen = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": 300}})
+    async with AgentRuntime(str(tmp_path / "b.db"), config=chosen) as second:
+        assert await _worker_slack(second) == 300
+    alone = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": None}})
+    async with AgentRuntime(str(tmp_path / "c.db"), config=alone) as third:
+        assert await _worker_slack(third) == DEFAULT_SLACK_NS

@@ -293,3 +293,35 @@ class NonUtf8Agent(BaseAgent):
         elif mode == "send":
             await self.context.send([self.context.agent_id], "file", {"file": self.BAD})
         return _done(self)
+
+
+class SlowToStopAgent(BaseAgent):
+    """With config ``slow``: appends ``start <name> <pid>`` to ``input_data['log']``, runs
+    until cancelled, appends ``cancelled <name>``, winds down until the file
+    ``input_data['release']`` exists and ``input_data['wind_down']`` seconds more, appends
+    ``end <name>`` and re-raises. Without it: appends ``start ...`` and completes."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        log = task.input_data["log"]
+        name = self.context.name
+        _append_line(log, f"start {name} {os.getpid()}")
+        if not self.config.get("slow"):
+            return _done(self)
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            _append_line(log, f"cancelled {name}")
+            while not _exists(task.input_data["release"]):  # noqa: ASYNC110
+                await asyncio.sleep(0.01)
+            await asyncio.sleep(float(task.input_data.get("wind_down", 0)))
+            _append_line(log, f"end {name}")
+            raise
+        return _done(self)
+
+
+class TimerSlackAgent(BaseAgent):
+    """Returns its worker process's timer slack in nanoseconds (Linux's PR_GET_TIMERSLACK)."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return _done(self, slack=int(libc.prctl(30, 0, 0, 0, 0)))

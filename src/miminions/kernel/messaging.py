@@ -246,8 +246,9 @@ class Messenger:
         timeout_seconds: float | None = 30.0,
         trace_context: Carrier | None = None,
     ) -> AgentMessage:
-        """Send a request and wait for the reply matched by correlation id."""
-        timeout_seconds = check_seconds(timeout_seconds)
+        """Send a request and wait for the reply matched by correlation id (the request
+        expires with the wait: ``timeout_seconds`` is also its TTL)."""
+        timeout_seconds = check_seconds(timeout_seconds, positive=True)
         self._rt.agent_book.get(recipient)
         if isinstance(message_type, str) and len(message_type) > MAX_NAME - len(REPLY_SUFFIX):
             raise ValidationError(

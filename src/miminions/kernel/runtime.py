@@ -905,6 +905,7 @@ class AgentRuntime(CommunicationAPI):
         the ``prometheus`` plugin is disabled or not loaded.
         """
         self._require_started()
+        self.events.drain()  # what just happened is counted (a message just sent)
         pm = self.plugin_manager
         body = pm.hook.miminions_export_metrics(runtime=self, format="prometheus")
         refuse_coroutines(body, "miminions_export_metrics")

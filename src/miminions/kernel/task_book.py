@@ -549,6 +549,12 @@ class TaskBook:
                         finished = task_snapshot(task)
                         await commit
             except TimeoutError:
+                if task.status.is_terminal:  # it finished: its final write is late
+                    raise WaitTimeoutError(
+                        f"task {task_id!r} finished ({task.status.value}), but its final "
+                        f"state was not stored within {timeout_seconds} s (the store is slow "
+                        "or failing; see the miminions.plugins.sqlite_store logger)"
+                    ) from None
                 raise WaitTimeoutError(
                     f"task {task_id!r} is still {task.status.value} after {timeout_seconds} s; "
                     "it keeps running (use explain() to see what holds it)"

@@ -201,6 +201,7 @@ class AsyncioExecutor:
         #: a shutdown handler), which tells that apart from one worker cancelled from
         #: outside while the runtime goes on (see _after_outside_cancel).
         self._canary: asyncio.Task[Any] | None = None
+        self._closing = False  # close() began: its own cancels are not from outside
 
     # ------------------------------------------------------------------ lifecycle
     async def start(self) -> None:
@@ -236,6 +237,7 @@ class AsyncioExecutor:
     async def close(self) -> None:
         """Cancel timers and workers; nothing of the executor outlives this call."""
         self._accepting = False
+        self._closing = True
         try:
             for timer in self._retry_timers.values():
                 timer.cancel()
@@ -603,6 +605,9 @@ class AsyncioExecutor:
         worker = asyncio.current_task()
         try:
             await self._serve(slot, self._runs.get(task_id), worker)
+        except asyncio.CancelledError:
+            self._when_cancelled(slot, worker)
+            raise
         finally:
             if self._serving.get(agent_id) is worker:
                 del self._serving[agent_id]
@@ -644,7 +649,11 @@ class AsyncioExecutor:
         run = self._runs.get(task_id)
         if run is None or run.slot is not slot:
             return
-        await self._run_one(run)
+        try:
+            await self._run_one(run)
+        except asyncio.CancelledError:
+            self._when_cancelled(slot, run.worker)
+            raise
         agent_id = slot.agent_id
         if self._accepting and not self._rt.queue_paused and agent_id in self._available:
             window = self._window(slot)
@@ -709,7 +718,6 @@ class AsyncioExecutor:
                     # The worker itself is cancelled, from outside. Nothing is booked now,
                     # while the loop may be going down (a program cancelling every task as
                     # it ends); once the worker has ended, _after_outside_cancel decides.
-                    run.worker.add_done_callback(partial(self._after_outside_cancel, run))
                     raise
                 # The agent's own code raised CancelledError: that is its failure.
                 error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
@@ -805,33 +813,39 @@ class AsyncioExecutor:
                     # if it ever returns (see _serve).
                     del self._serving[agent_id]
 
-    def _after_outside_cancel(self, run: _Run, worker: asyncio.Task[Any]) -> None:
-        """The worker of ``run`` ended, cancelled from outside.
+    def _when_cancelled(self, slot: AgentSlot, worker: asyncio.Task[Any] | None) -> None:
+        """A worker of ``slot`` is ending cancelled: once it has, see what that leaves
+        (_after_outside_cancel). The executor's own cancels of a run are taken back in
+        _run_one, so this is a cancel from outside, or close()."""
+        if worker is not None:
+            worker.add_done_callback(partial(self._after_outside_cancel, slot))
+
+    def _after_outside_cancel(self, slot: AgentSlot, worker: asyncio.Task[Any]) -> None:
+        """A worker of ``slot`` ended, cancelled from outside (wherever it was: in the
+        agent's code, its on_error, between two tasks).
 
         When the program is cancelling every task of the loop (the canary was cancelled
-        too), nothing is handed out again: the loop may be ending, and a stop gives the
-        task back (see _interrupt). When only this worker was cancelled and the runtime
-        goes on, the task goes back to the queue now (no attempt used) and its agent may
-        take tasks again.
+        too), nothing is touched: the loop may be ending, and a stop gives the tasks back
+        (see _interrupt). Otherwise the runtime goes on: the task the worker was running
+        goes back to the queue now (no attempt used up; also during a stop, whose drain
+        would wait for it in vain), and, unless a stop is under way, the agent may take
+        tasks again.
         """
         canary = self._canary
-        if (
-            run.finished
-            or not self._accepting
-            or canary is None
-            or canary.done()
-            or canary.cancelling()
-        ):
+        if self._closing or canary is None or canary.done() or canary.cancelling():
             return
-        logger.warning(
-            "the worker running task %s for agent %s was cancelled from outside the runtime; "
-            "the task goes back to the queue",
-            run.task_id,
-            run.slot.agent_id,
-        )
-        self._settle_unended(run, "the runtime's worker running it was cancelled from outside")
-        slot = run.slot
-        if not self._agent_runs.get(slot.agent_id):
+        agent_id = slot.agent_id
+        for run in [r for r in self._agent_runs.get(agent_id, ()) if r.worker is worker]:
+            if run.finished:
+                continue
+            logger.warning(
+                "the worker running task %s for agent %s was cancelled from outside the "
+                "runtime; the task goes back to the queue",
+                run.task_id,
+                agent_id,
+            )
+            self._settle_unended(run, "the runtime's worker running it was cancelled from outside")
+        if self._accepting and not self._agent_runs.get(agent_id):
             self._make_idle(slot)
             self.wake()
 
@@ -909,5 +923,6 @@ class ExecutorOptions(pydantic.BaseModel):
 
     model_config = pydantic.ConfigDict(extra="forbid")
 
-    gc_threshold: pydantic.PositiveInt | None = DISPATCH_GC_THRESHOLD
-    timer_slack_ns: pydantic.PositiveInt | None = DISPATCH_TIMER_SLACK_NS
+    # Strict: True is not 1, nor "1000" a number.
+    gc_threshold: pydantic.StrictInt | None = pydantic.Field(DISPATCH_GC_THRESHOLD, gt=0)
+    timer_slack_ns: pydantic.StrictInt | None = pydantic.Field(DISPATCH_TIMER_SLACK_NS, gt=0)

@@ -23,8 +23,9 @@ their defaults:
   so every ``asyncio.sleep``, timeout and deadline of the runtime fired that much later:
   ten agents sleeping 10 ms per task lost about half a per cent of their time to it
   (docs/benchmarks.md, P-05). The slack is a setting of each thread: it is held for the
-  thread that asks (the loop's), and released there; a thread started meanwhile from that
-  thread starts with its slack (Linux's rule), the others keep theirs.
+  thread that asks (the loop's), and released there; a thread or process started meanwhile
+  from that thread starts with its slack (Linux's rule), the others keep theirs. Process
+  workers set theirs themselves, to the runtime's (see the process host).
 
 Each setting is held while at least one holder needs it, only ever in the direction that
 helps (the interval shortened, the threshold raised), and the value in force before the
@@ -241,6 +242,24 @@ def hold_timer_slack(nanoseconds: int) -> Callable[[], None]:
     return release_in_thread
 
 
+#: The timer slack Linux gives a thread by default (nanoseconds).
+LINUX_DEFAULT_TIMER_SLACK_NS = 50_000
+
+
+def set_timer_slack(nanoseconds: int) -> bool:
+    """Set the calling thread's timer slack, for good (for a process that owns its thread:
+    a worker); whether it was set (False off Linux, or where ``prctl`` is refused)."""
+    if isinstance(nanoseconds, bool) or not isinstance(nanoseconds, int) or nanoseconds < 1:
+        raise ValueError(f"a timer slack must be a positive int (ns), not {nanoseconds!r}")
+    if _prctl is None:
+        return False
+    try:
+        _write_timer_slack(nanoseconds)
+    except OSError:
+        return False
+    return True
+
+
 def _nothing() -> None:
     """The release of a hold that changed nothing."""
 
@@ -249,10 +268,12 @@ __all__ = [
     "DISPATCH_GC_THRESHOLD",
     "DISPATCH_TIMER_SLACK_NS",
     "GC_THRESHOLD",
+    "LINUX_DEFAULT_TIMER_SLACK_NS",
     "SWITCH_INTERVAL",
     "WRITER_SWITCH_INTERVAL",
     "ProcessSetting",
     "hold_gc_threshold",
     "hold_switch_interval",
     "hold_timer_slack",
+    "set_timer_slack",
 ]

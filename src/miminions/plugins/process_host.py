@@ -17,6 +17,7 @@ What this buys over ``inline`` (F-07, F-15, F-17):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -185,7 +186,16 @@ class ProcessHost:
         try:
             return await reply
         except asyncio.CancelledError:
-            await self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
+            # Seen through to its end even if this is cancelled again meanwhile (bounded by
+            # the grace period and a kill): the run must not end while the worker may still
+            # be running the task, or the task could be handed out and run twice at once.
+            stopping = asyncio.ensure_future(
+                self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
+            )
+            while not stopping.done():
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(stopping)
+            stopping.result()
             raise
         except ChannelClosedError:
             if live.head_at_loss is None or live.head_at_loss != run_id:

@@ -212,6 +212,19 @@ class WorkerPool:
             )
 
     # ------------------------------------------------------------------ workers
+    def _worker_timer_slack(self) -> int | None:
+        """The timer slack a worker sets for its loop's thread (ns): what the runtime's
+        executor holds for its own (``timer_slack_ns``), else None (Linux's default). Set
+        by the worker, not inherited: the forkserver may have been started by another
+        runtime, with another slack."""
+        try:
+            slack = getattr(self.runtime.executor, "timer_slack_ns", None)
+        except MiminionsError:  # no runtime, or no executor yet
+            return None
+        if isinstance(slack, bool) or not isinstance(slack, int) or slack < 1:
+            return None
+        return slack
+
     async def launch(self, boot: dict[str, Any]) -> WorkerProcess:
         """Start a worker for the agent described by ``boot``; return once it is forked."""
         if self._reaped is not None:
@@ -222,7 +235,14 @@ class WorkerPool:
 
             process = self._process_class(
                 target=worker_main,
-                args=(child_sock, {**boot, "loop_factory": self.loop_factory}),
+                args=(
+                    child_sock,
+                    {
+                        **boot,
+                        "loop_factory": self.loop_factory,
+                        "timer_slack_ns": self._worker_timer_slack(),
+                    },
+                ),
                 name=f"miminions-agent-{boot['name']}",
                 daemon=False,
             )

@@ -45,6 +45,7 @@ from miminions.kernel.wire import (
     retrieve,
     task_from_wire,
 )
+from miminions.plugins.interpreter_settings import LINUX_DEFAULT_TIMER_SLACK_NS, set_timer_slack
 
 _PR_SET_PDEATHSIG = 1
 #: The messaging calls that carry a message's data.
@@ -116,6 +117,7 @@ def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
     # Ctrl-C reaches the whole process group: the runtime decides how its workers stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _apply_limits(boot)
+    _set_timer_slack(boot)
     try:
         with asyncio.Runner(loop_factory=_loop_factory(boot)) as runner:
             runner.run(_serve(sock, boot))
@@ -127,6 +129,16 @@ def worker_main(sock: socket.socket, boot: dict[str, Any]) -> None:
     # (Handlers inherited from the forkserver's preloaded modules run too: logging's
     # shutdown, multiprocessing's, and the worker pool's, which has no worker to kill here.)
     atexit._run_exitfuncs()
+
+
+def _set_timer_slack(boot: dict[str, Any]) -> None:
+    """The worker's timer slack: the runtime's (``timer_slack_ns`` in the boot record, what
+    its executor holds for its own loop), else Linux's default, whatever the forkserver that
+    forked this worker had (it may have been started by another runtime)."""
+    slack = boot.get("timer_slack_ns")
+    if isinstance(slack, bool) or not isinstance(slack, int) or slack < 1:
+        slack = LINUX_DEFAULT_TIMER_SLACK_NS
+    set_timer_slack(slack)
 
 
 def _loop_factory(boot: dict[str, Any]) -> Callable[[], asyncio.AbstractEventLoop] | None:
