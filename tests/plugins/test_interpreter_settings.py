@@ -165,7 +165,7 @@ def test_a_threshold_of_zero_stays_off(threshold: tuple[int, int, int]) -> None:
     assert gc.get_threshold()[0] == 0
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100"])
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100", 2**31])
 def test_bad_gc_thresholds_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="positive int"):
         hold_gc_threshold(bad)  # type: ignore[arg-type]
@@ -196,10 +196,11 @@ async def test_the_threshold_is_set_by_plugin_options_or_left_alone(
     alone = RuntimeConfig(plugin_options={"asyncio_executor": {"gc_threshold": None}})
     async with AgentRuntime(str(tmp_path / "b.db"), config=alone):
         assert gc.get_threshold()[0] == 700
-    bad = RuntimeConfig(plugin_options={"asyncio_executor": {"gc_threshold": 0}})
-    with pytest.raises(ConfigurationError, match="gc_threshold"):
-        async with AgentRuntime(str(tmp_path / "c.db"), config=bad):
-            pass
+    for value in (0, True, 2**40):  # 2**40: beyond what the collector takes (a C int)
+        bad = RuntimeConfig(plugin_options={"asyncio_executor": {"gc_threshold": value}})
+        with pytest.raises(ConfigurationError, match="gc_threshold"):
+            async with AgentRuntime(str(tmp_path / "c.db"), config=bad):
+                pass
     assert gc.get_threshold()[0] == 700
 
 
@@ -235,7 +236,7 @@ async def test_a_subclass_of_the_executor_honours_the_option(
     ) as rt:
         assert isinstance(rt.executor, _AuditingExecutor)
         assert gc.get_threshold()[0] == 30_000
-        with pytest.raises(ConfigurationError, match="positive int or None"):
+        with pytest.raises(ConfigurationError, match="positive int up to"):
             AsyncioExecutor(rt, gc_threshold=0)
     assert gc.get_threshold()[0] == 700
 
@@ -358,7 +359,7 @@ def test_a_refused_timer_slack_leaves_it_alone(
     release()
 
 
-@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100"])
+@pytest.mark.parametrize("bad", [0, -5, 1.5, True, "100", 10**9 + 1])
 def test_bad_timer_slacks_are_refused(bad: object) -> None:
     with pytest.raises(ValueError, match="positive int"):
         hold_timer_slack(bad)  # type: ignore[arg-type]
@@ -385,7 +386,7 @@ async def test_the_timer_slack_is_set_by_plugin_options_or_left_alone(
     alone = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": None}})
     async with AgentRuntime(str(tmp_path / "b.db"), config=alone):
         assert thread_slack() == DEFAULT_SLACK_NS
-    for bad in (0, -1, "fine", True, "1000", 1000.0):
+    for bad in (0, -1, "fine", True, "1000", 1000.0, 10**9 + 1):
         config = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": bad}})
         with pytest.raises(ConfigurationError, match="timer_slack_ns"):
             async with AgentRuntime(str(tmp_path / "c.db"), config=config):
@@ -402,7 +403,7 @@ async def test_a_subclass_of_the_executor_honours_the_timer_slack_option(
         str(tmp_path / "a.db"), config=config, plugins=[_AuditingPlugin()]
     ) as rt:
         assert thread_slack() == 300
-        with pytest.raises(ConfigurationError, match="timer_slack_ns must be a positive int"):
+        with pytest.raises(ConfigurationError, match="timer_slack_ns must be a positive int up to"):
             AsyncioExecutor(rt, timer_slack_ns=0)
     assert thread_slack() == DEFAULT_SLACK_NS
 

@@ -550,10 +550,8 @@ class TaskBook:
                         await commit
             except TimeoutError:
                 if task.status.is_terminal:  # it finished: its final write is late
-                    raise WaitTimeoutError(
-                        f"task {task_id!r} finished ({task.status.value}), but its final "
-                        f"state was not stored within {timeout_seconds} s (the store is slow "
-                        "or failing; see the miminions.plugins.sqlite_store logger)"
+                    raise _not_stored_in_time(
+                        f"task {task_id!r} finished ({task.status.value})", timeout_seconds
                     ) from None
                 raise WaitTimeoutError(
                     f"task {task_id!r} is still {task.status.value} after {timeout_seconds} s; "
@@ -567,7 +565,13 @@ class TaskBook:
                         del self._waiters[task_id]
             return finished
         finished = task_snapshot(task)
-        await self._store.flush()
+        try:
+            async with asyncio.timeout(timeout_seconds):
+                await self._store.flush()
+        except TimeoutError:
+            raise _not_stored_in_time(
+                f"task {task_id!r} finished ({task.status.value})", timeout_seconds
+            ) from None
         return finished
 
     async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
@@ -579,13 +583,16 @@ class TaskBook:
             )
         tasks = [self.get(task_id) for task_id in task_ids]
         timeout_seconds = check_seconds(timeout_seconds)
+        loop = asyncio.get_running_loop()
+        # One deadline for both the tasks and their final writes.
+        deadline = None if timeout_seconds is None else loop.time() + timeout_seconds
         pending = {task.task_id for task in tasks if not task.status.is_terminal}
         if pending:
             group = _GroupWait(len(pending))
             for task_id in pending:
                 self._waiters.setdefault(task_id, []).append(group)  # type: ignore[arg-type]
             try:
-                async with asyncio.timeout(timeout_seconds):
+                async with asyncio.timeout_at(deadline):
                     await group.all_done
             except TimeoutError:
                 left = sum(1 for t in tasks if not t.status.is_terminal)
@@ -603,7 +610,11 @@ class TaskBook:
         # The tasks as they finished, copied while their last commit is on its way. Every
         # final write was queued before this flush: it returns once all are committed.
         finished = [task_snapshot(task) for task in tasks]
-        await self._store.flush()
+        try:
+            async with asyncio.timeout_at(deadline):
+                await self._store.flush()
+        except TimeoutError:
+            raise _not_stored_in_time(f"all {len(tasks)} tasks finished", timeout_seconds) from None
         return finished
 
     def close(self) -> None:
@@ -807,6 +818,15 @@ class TaskBook:
             # an exponential moving average answers ETA queries in O(1)
             mean = self.mean_duration
             self.mean_duration = duration if mean is None else mean + (duration - mean) * 0.05
+
+
+def _not_stored_in_time(what: str, timeout_seconds: float | None) -> WaitTimeoutError:
+    """The error of a wait whose tasks finished but whose final writes were not committed
+    within its timeout."""
+    return WaitTimeoutError(
+        f"{what}, but the final state was not stored within {timeout_seconds} s (the store "
+        "is slow or failing; see the miminions.plugins.sqlite_store logger)"
+    )
 
 
 class _GroupWait:

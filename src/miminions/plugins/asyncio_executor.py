@@ -38,6 +38,8 @@ from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.plugins.interpreter_settings import (
     DISPATCH_GC_THRESHOLD,
     DISPATCH_TIMER_SLACK_NS,
+    MAX_GC_THRESHOLD,
+    MAX_TIMER_SLACK_NS,
     hold_gc_threshold,
     hold_timer_slack,
 )
@@ -157,12 +159,17 @@ class AsyncioExecutor:
         #: The most timer slack of the loop's thread while dispatching, in nanoseconds (see
         #: :mod:`miminions.plugins.interpreter_settings`); None leaves the slack alone.
         self.timer_slack_ns = options.timer_slack_ns if timer_slack_ns is ... else timer_slack_ns
-        for name in ("gc_threshold", "timer_slack_ns"):
+        for name, most in (
+            ("gc_threshold", MAX_GC_THRESHOLD),
+            ("timer_slack_ns", MAX_TIMER_SLACK_NS),
+        ):
             value = getattr(self, name)
             if value is not None and (
-                isinstance(value, bool) or not isinstance(value, int) or value < 1
+                isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most
             ):
-                raise ConfigurationError(f"{name} must be a positive int or None, not {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a positive int up to {most} or None, not {value!r}"
+                )
         self._releases: list[Callable[[], None]] = []
         self._loop = asyncio.get_running_loop()
         self._sched = runtime.scheduler
@@ -421,7 +428,7 @@ class AsyncioExecutor:
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
-        if not self._accepting or self._rt.queue_paused:
+        if not self._accepting or self._rt.queue_paused or self._loop_ending():
             return
         if not self._idle:
             return
@@ -563,6 +570,8 @@ class AsyncioExecutor:
             worker = self._loop.create_task(self._work_prefetched(slot, task_id))
         self._workers.add(worker)
         worker.add_done_callback(self._workers.discard)
+        # Also when it is cancelled before its first step (then its code never runs).
+        worker.add_done_callback(partial(self._worker_ended, slot))
         self._begin(slot, task_id, worker)
         # A busy agent with room left in its window is not made idle: a free agent must
         # get the next task first. It refills its window itself as its tasks finish.
@@ -605,9 +614,6 @@ class AsyncioExecutor:
         worker = asyncio.current_task()
         try:
             await self._serve(slot, self._runs.get(task_id), worker)
-        except asyncio.CancelledError:
-            self._when_cancelled(slot, worker)
-            raise
         finally:
             if self._serving.get(agent_id) is worker:
                 del self._serving[agent_id]
@@ -639,6 +645,7 @@ class AsyncioExecutor:
                 or self._rt.queue_paused
                 or agent_id not in self._available
                 or self._serving.get(agent_id) is not worker  # given up on (see _interrupt)
+                or self._loop_ending()
             ):
                 break
             task_id = self._sched.take(slot.routes)
@@ -649,13 +656,14 @@ class AsyncioExecutor:
         run = self._runs.get(task_id)
         if run is None or run.slot is not slot:
             return
-        try:
-            await self._run_one(run)
-        except asyncio.CancelledError:
-            self._when_cancelled(slot, run.worker)
-            raise
+        await self._run_one(run)
         agent_id = slot.agent_id
-        if self._accepting and not self._rt.queue_paused and agent_id in self._available:
+        if (
+            self._accepting
+            and not self._rt.queue_paused
+            and agent_id in self._available
+            and not self._loop_ending()
+        ):
             window = self._window(slot)
             runs = self._agent_runs.setdefault(agent_id, [])
             # Tasks still ready now are those no free agent took (dispatch serves free
@@ -724,6 +732,10 @@ class AsyncioExecutor:
             elif isinstance(exc, asyncio.CancelledError):
                 run.worker.uncancel()
                 taken_back = True
+                if run.worker.cancelling() > cancels_before or self._loop_ending():
+                    # Cancelled from outside too (a program cancelling every task as it
+                    # ends): nothing is booked now; a stop settles the run (_interrupt).
+                    raise
         except Exception as exc:
             error = exc
         finally:
@@ -796,8 +808,11 @@ class AsyncioExecutor:
                 self._settle_unended(run, f"{reason}; the runtime's worker running it was gone")
             return
         run.stop_worker()
+        # A host that ends a cancelled run itself within a bound (the process host: a grace
+        # period, then a kill) is waited for that long at least.
+        bound = getattr(run.slot.host, "cancel_bound_seconds", 0.0)
         try:
-            await asyncio.wait_for(run.wait(), self._notify_timeout)
+            await asyncio.wait_for(run.wait(), max(self._notify_timeout, bound))
         except TimeoutError:
             # The agent's code ignores cancellation (it caught CancelledError or blocks in
             # a thread): give up on it, re-queue the task and free the runtime.
@@ -813,12 +828,19 @@ class AsyncioExecutor:
                     # if it ever returns (see _serve).
                     del self._serving[agent_id]
 
-    def _when_cancelled(self, slot: AgentSlot, worker: asyncio.Task[Any] | None) -> None:
-        """A worker of ``slot`` is ending cancelled: once it has, see what that leaves
-        (_after_outside_cancel). The executor's own cancels of a run are taken back in
-        _run_one, so this is a cancel from outside, or close()."""
-        if worker is not None:
-            worker.add_done_callback(partial(self._after_outside_cancel, slot))
+    def _worker_ended(self, slot: AgentSlot, worker: asyncio.Task[Any]) -> None:
+        """A worker of ``slot`` is done. One that ended cancelled was cancelled from outside
+        (the executor takes its own cancels of a run back in _run_one), or by close()."""
+        if not worker.cancelled():
+            return
+        if self._serving.get(slot.agent_id) is worker:  # (cancelled before its first step)
+            del self._serving[slot.agent_id]
+        self._after_outside_cancel(slot, worker)
+
+    def _loop_ending(self) -> bool:
+        """Whether the program is cancelling every task of the loop (the canary too)."""
+        canary = self._canary
+        return canary is not None and (canary.done() or canary.cancelling() > 0)
 
     def _after_outside_cancel(self, slot: AgentSlot, worker: asyncio.Task[Any]) -> None:
         """A worker of ``slot`` ended, cancelled from outside (wherever it was: in the
@@ -831,8 +853,7 @@ class AsyncioExecutor:
         would wait for it in vain), and, unless a stop is under way, the agent may take
         tasks again.
         """
-        canary = self._canary
-        if self._closing or canary is None or canary.done() or canary.cancelling():
+        if self._closing or self._canary is None or self._loop_ending():
             return
         agent_id = slot.agent_id
         for run in [r for r in self._agent_runs.get(agent_id, ()) if r.worker is worker]:
@@ -924,5 +945,9 @@ class ExecutorOptions(pydantic.BaseModel):
     model_config = pydantic.ConfigDict(extra="forbid")
 
     # Strict: True is not 1, nor "1000" a number.
-    gc_threshold: pydantic.StrictInt | None = pydantic.Field(DISPATCH_GC_THRESHOLD, gt=0)
-    timer_slack_ns: pydantic.StrictInt | None = pydantic.Field(DISPATCH_TIMER_SLACK_NS, gt=0)
+    gc_threshold: pydantic.StrictInt | None = pydantic.Field(
+        DISPATCH_GC_THRESHOLD, gt=0, le=MAX_GC_THRESHOLD
+    )
+    timer_slack_ns: pydantic.StrictInt | None = pydantic.Field(
+        DISPATCH_TIMER_SLACK_NS, gt=0, le=MAX_TIMER_SLACK_NS
+    )

@@ -50,6 +50,10 @@ DISPATCH_GC_THRESHOLD = 20_000
 #: The timer slack (nanoseconds) the asyncio executor asks for on its loop's thread unless
 #: configured otherwise.
 DISPATCH_TIMER_SLACK_NS = 1_000
+#: The largest collector threshold the interpreter takes (a C int).
+MAX_GC_THRESHOLD = 2**31 - 1
+#: The largest timer slack accepted (ns): a second. More would only make timers late.
+MAX_TIMER_SLACK_NS = 1_000_000_000
 
 logger = logging.getLogger("miminions.plugins.interpreter_settings")
 
@@ -168,8 +172,15 @@ def hold_gc_threshold(allocations: int) -> Callable[[], None]:
     """Keep the collector's first threshold (``gc.get_threshold()[0]``) at least
     ``allocations`` until the returned function is called (calling it again does nothing).
     A threshold of 0 (automatic collection off) is left alone."""
-    if isinstance(allocations, bool) or not isinstance(allocations, int) or allocations < 1:
-        raise ValueError(f"a collector threshold must be a positive int, not {allocations!r}")
+    if (
+        isinstance(allocations, bool)
+        or not isinstance(allocations, int)
+        or not 1 <= allocations <= MAX_GC_THRESHOLD
+    ):
+        raise ValueError(
+            f"a collector threshold must be a positive int up to {MAX_GC_THRESHOLD}, "
+            f"not {allocations!r}"
+        )
     return GC_THRESHOLD.hold(allocations)
 
 
@@ -216,8 +227,7 @@ def hold_timer_slack(nanoseconds: int) -> Callable[[], None]:
     from another thread cannot reach the slack (it is set by the thread itself): it is
     ignored, and the thread keeps the shorter slack.
     """
-    if isinstance(nanoseconds, bool) or not isinstance(nanoseconds, int) or nanoseconds < 1:
-        raise ValueError(f"a timer slack must be a positive int (ns), not {nanoseconds!r}")
+    _check_timer_slack(nanoseconds)
     if _prctl is None:
         return _nothing
     thread = threading.get_ident()
@@ -249,8 +259,7 @@ LINUX_DEFAULT_TIMER_SLACK_NS = 50_000
 def set_timer_slack(nanoseconds: int) -> bool:
     """Set the calling thread's timer slack, for good (for a process that owns its thread:
     a worker); whether it was set (False off Linux, or where ``prctl`` is refused)."""
-    if isinstance(nanoseconds, bool) or not isinstance(nanoseconds, int) or nanoseconds < 1:
-        raise ValueError(f"a timer slack must be a positive int (ns), not {nanoseconds!r}")
+    _check_timer_slack(nanoseconds)
     if _prctl is None:
         return False
     try:
@@ -258,6 +267,18 @@ def set_timer_slack(nanoseconds: int) -> bool:
     except OSError:
         return False
     return True
+
+
+def _check_timer_slack(nanoseconds: int) -> None:
+    if (
+        isinstance(nanoseconds, bool)
+        or not isinstance(nanoseconds, int)
+        or not 1 <= nanoseconds <= MAX_TIMER_SLACK_NS
+    ):
+        raise ValueError(
+            f"a timer slack must be a positive int (ns) up to {MAX_TIMER_SLACK_NS}, "
+            f"not {nanoseconds!r}"
+        )
 
 
 def _nothing() -> None:
@@ -269,6 +290,8 @@ __all__ = [
     "DISPATCH_TIMER_SLACK_NS",
     "GC_THRESHOLD",
     "LINUX_DEFAULT_TIMER_SLACK_NS",
+    "MAX_GC_THRESHOLD",
+    "MAX_TIMER_SLACK_NS",
     "SWITCH_INTERVAL",
     "WRITER_SWITCH_INTERVAL",
     "ProcessSetting",

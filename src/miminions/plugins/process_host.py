@@ -57,6 +57,7 @@ from miminions.kernel.wire import (
 )
 from miminions.plugins import process_probe
 from miminions.plugins.process_pool import (
+    KILL_WAIT_SECONDS,
     WorkerPool,
     WorkerProcess,
     describe_exit,
@@ -81,6 +82,7 @@ class _Live:
         self.process = process
         self.channel = channel
         self.frozen = False  # SIGSTOPped while paused
+        self.paused = False  # between a pause that finished and the next resume
         self.runs: dict[int, None] = {}  # run requests in flight, in order: the first runs
         self.head_at_loss: int | None = None  # the run that was running when it died
         self.soft_memory_warned = False
@@ -112,6 +114,14 @@ class ProcessHost:
         self._remove_monitor: Any = None
         self._background: set[asyncio.Future[Any]] = set()
         self._stopping = False
+
+    @property
+    def cancel_bound_seconds(self) -> float:
+        """How long a cancelled run may take to end at most: the worker's grace period to
+        stop the task, then a kill. The executor does not give up on a run sooner (see
+        ``AsyncioExecutor._interrupt``): a run given up on goes back to the queue, and
+        must not while the worker may still run it."""
+        return self._settings.cancel_grace_seconds + KILL_WAIT_SECONDS
 
     @property
     def process_id(self) -> int | None:
@@ -232,6 +242,7 @@ class ProcessHost:
         self._take_back_inbox(live)
         live.process.signal(signal.SIGSTOP)
         live.frozen = True
+        live.paused = True
         return state
 
     async def _abandon_pause(self, live: _Live, outcome: asyncio.Future[Any]) -> None:
@@ -265,6 +276,7 @@ class ProcessHost:
     async def resume(self, state: Any) -> None:
         """SIGCONT the worker, run ``on_resume(state)`` and let the task continue."""
         live = self._require_live_for("its resume")
+        live.paused = False
         self._thaw(live)
         live.inbox_closed = False
         try:
@@ -438,8 +450,8 @@ class ProcessHost:
         stuck = done and _remote_type(reply) == "SyncCallStuckError"
         if done and not stuck:
             retrieve(reply)  # the run's outcome no longer matters
-            if was_frozen and not self._stopping and live.process.alive:
-                live.process.signal(signal.SIGSTOP)  # still paused: back to no CPU
+            if was_frozen and live.paused and not self._stopping and live.process.alive:
+                live.process.signal(signal.SIGSTOP)  # still paused (not resumed): no CPU
                 live.frozen = True
             return
         grace = self._settings.cancel_grace_seconds

@@ -87,6 +87,10 @@ def describe_exit(exitcode: int | None) -> str:
     return f"exited with code {exitcode}"
 
 
+#: How long a kill waits for the process to exit.
+KILL_WAIT_SECONDS = 5.0
+
+
 class WorkerProcess:
     """One started worker process: its pid, its socket and a future for its exit code."""
 
@@ -133,9 +137,9 @@ class WorkerProcess:
             await self.kill()
 
     async def kill(self) -> None:
-        """SIGKILL; return once it exited."""
+        """SIGKILL; return once it exited (waiting at most :data:`KILL_WAIT_SECONDS`)."""
         self.signal(signal.SIGKILL)
-        await self.wait_exit(5.0)
+        await self.wait_exit(KILL_WAIT_SECONDS)
 
     async def wait_exit(self, seconds: float) -> bool:
         """Wait up to ``seconds`` for the exit; True if it exited."""

@@ -1,0 +1,75 @@
+"""Child for tests/integration/test_cancel_wind_down.py:
+``python -m tests.support.exit_child MODE DB``.
+
+``timeout-at-exit``: an inline agent's first task times out and is winding down (its cleanup
+awaits) when main returns without stopping the runtime; a second task waits in the queue.
+asyncio.run then cancels every task left and should return."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from pathlib import Path
+
+from miminions import AgentRuntime, RuntimeConfig
+
+WINDING_DOWN = asyncio.Event()
+
+
+def _logged(log: Path, word: str) -> bool:
+    return log.exists() and word in log.read_text()
+
+
+async def agent(task: object, context: object) -> str:
+    name = task.name  # type: ignore[attr-defined]
+    print(f"start {name}", flush=True)
+    try:
+        await asyncio.Event().wait()  # a long call (until cancelled)
+    except asyncio.CancelledError:
+        if name == "first":
+            WINDING_DOWN.set()
+            await asyncio.sleep(3600)  # cleanup that awaits (closing a session, say)
+        raise
+    return "never"
+
+
+async def process_main(db: str) -> None:
+    """``process-timeout-at-exit``: the same with a process agent (SlowToStopAgent): its
+    first task times out and winds down in its worker until a file that never appears
+    exists; main returns meanwhile; a second task waits in the queue."""
+    from miminions import ProcessSettings
+    from tests.support.process_agents import SlowToStopAgent
+
+    log = Path(db + ".log")
+    config = RuntimeConfig(storage_path=db, process=ProcessSettings(cancel_grace_seconds=30.0))
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    slow = await rt.register_agent(
+        "slow", SlowToStopAgent, isolation="process", config={"slow": True}
+    )
+    await rt.start_agent(slow)
+    data = {"log": str(log), "release": db + ".never"}
+    await rt.submit_task("first", input_data=data, timeout_seconds=0.5)
+    await rt.submit_task("second", input_data=data)
+    while not _logged(log, "cancelled"):  # noqa: ASYNC110 (another process writes it)
+        await asyncio.sleep(0.01)
+    print("returning", flush=True)
+
+
+async def main(mode: str, db: str) -> None:
+    if mode == "process-timeout-at-exit":
+        return await process_main(db)
+    rt = AgentRuntime(config=RuntimeConfig(storage_path=db))
+    await rt.start()
+    agent_id = await rt.register_agent("worker", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.submit_task("first", timeout_seconds=0.2)
+    await rt.submit_task("second")
+    await WINDING_DOWN.wait()
+    print("returning", flush=True)
+    # returns without stopping the runtime: asyncio.run cancels every task left
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], sys.argv[2]))
+    print("exited", flush=True)
