@@ -1,12 +1,11 @@
 """Cancels that meet a task already winding down from a cancel, or a worker not yet
 started: nothing is handed out while a program cancels everything, a resumed agent's worker
-is not stopped again, a run is not given up on (and its task run twice) while its worker
-process may still run it, and a worker cancelled before its first step is recovered."""
+is not stopped again, a stop after a cancel of everything is prompt, a forced stop does not
+wait for a task's slow cleanup, and a worker cancelled before its first step is recovered."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import sys
 from collections.abc import Callable
@@ -16,7 +15,7 @@ from typing import BinaryIO
 import pytest
 
 from miminions import AgentRuntime, ProcessSettings, RuntimeConfig, WaitTimeoutError
-from tests.support.cleanup_agents import BlockingCleanupAgent, SteppingSlowCleanupAgent
+from tests.support.cleanup_agents import SteppingSlowCleanupAgent
 from tests.support.runtime import ROOT
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -186,57 +185,6 @@ async def test_a_program_ending_while_a_process_task_times_out_leaves_no_noise(
     assert "Event loop is closed" not in err, err[-3000:]
 
 
-async def test_stopping_a_process_agent_whose_task_winds_down_never_runs_it_twice_at_once(
-    make_config: MakeConfig, tmp_path: Path
-) -> None:
-    """The invariant the process host's new loop keeps (a run does not end while its worker
-    may still run the task) is broken by the executor itself: stop_agent interrupts the
-    task, waits ``shutdown_timeout_seconds`` for the run to end, then abandons it and puts
-    the task back in the queue -- while the host still waits (``cancel_grace_seconds``) for
-    the worker process to confirm the cancel (its task's cleanup blocks its loop, within
-    the grace). Another agent takes the task and runs it while the first worker process is
-    still running it."""
-    log, release = tmp_path / "log", tmp_path / "release"
-    # a generous grace for the task's cleanup; a short wait for running tasks at a stop
-    config = make_config(
-        shutdown_timeout_seconds=0.5,
-        process=ProcessSettings(cancel_grace_seconds=60.0, heartbeat_timeout_seconds=60.0),
-    )
-    rt = AgentRuntime(config=config)
-    await rt.start()
-    try:
-        slow = await rt.register_agent(
-            "slow", BlockingCleanupAgent, isolation="process", config={"slow": True}
-        )
-        fast = await rt.register_agent("fast", BlockingCleanupAgent, isolation="process")
-        await rt.start_agent(slow)
-        data = {"log": str(log), "release": str(release)}
-        task_id = await rt.submit_task("job", input_data=data)
-        await wait_until(lambda: log.exists() and "start slow" in log.read_text(), "slow runs")
-        await rt.start_agent(fast)
-        stopping = asyncio.ensure_future(rt.stop_agent(slow, timeout_seconds=0.2))
-        await wait_until(lambda: "cancelled slow" in log.read_text(), "the cancel reached it")
-        # (bounded: the task is handed to "fast" at once in the failing case; a correct
-        # runtime keeps it until "slow" has ended, which it cannot before the release)
-        with contextlib.suppress(pytest.fail.Exception):
-            await wait_until(lambda: "start fast" in log.read_text(), "fast runs it", within=5.0)
-        lines = log.read_text().splitlines()
-        slow_pid = int(lines[0].split()[2])
-        slow_alive = _alive(slow_pid)
-        fast_started = any(line.startswith("start fast") for line in lines)
-        # slow's worker is still in the task's cleanup (it cannot leave it before the release)
-        assert not (fast_started and slow_alive and "end slow" not in lines), (
-            f"ran twice at once: {lines}"
-        )
-        release.touch()
-        await asyncio.wait_for(stopping, WAIT_SECONDS)
-        finished = await rt.wait_for_task(task_id, timeout_seconds=WAIT_SECONDS)
-        assert finished.status.value == "completed"
-    finally:
-        release.touch()
-        await asyncio.wait_for(rt.stop(), WAIT_SECONDS * 2)
-
-
 async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovered(
     make_config: MakeConfig,
 ) -> None:
@@ -276,3 +224,122 @@ async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovere
         assert finished.status.value == "completed"
         again = await rt.submit_task("next")
         assert (await rt.wait_for_task(again, timeout_seconds=WAIT_SECONDS)).output_data == "done"
+
+
+def _cancel_everything() -> None:
+    me = asyncio.current_task()
+    for other in asyncio.all_tasks():
+        if other is not me:
+            other.cancel()
+
+
+async def test_stop_cutting_short_a_cleanup_after_a_cancel_all_is_prompt(
+    make_config: MakeConfig,
+) -> None:
+    """The agent's task cleans up (awaits) after the program cancelled everything; a stop
+    that cuts the cleanup short (its timeout) is prompt: the run, which its worker ended
+    without booking, is settled at once, not after the shutdown timeout."""
+    cleaning = asyncio.Event()
+
+    async def agent(task: object, context: object) -> str:
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            cleaning.set()
+            await asyncio.Event().wait()  # a cleanup, cut short by the stop
+            raise
+        return "never"
+
+    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
+    await rt.start()
+    agent_id = await rt.register_agent("a", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("job")
+    await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "it runs")
+    _cancel_everything()
+    await asyncio.wait_for(cleaning.wait(), WAIT_SECONDS)
+    stopping = asyncio.ensure_future(rt.stop(timeout_seconds=0.2))
+    done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    seen = [
+        (run.worker.done(), run.finished)
+        for run in rt.executor._runs.values()  # type: ignore[attr-defined]
+    ]
+    if not done:  # let the stop go (it would take 300 s)
+        for run in list(rt.executor._runs.values()):  # type: ignore[attr-defined]
+            run.finish()
+        await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    assert done, (
+        f"rt.stop(timeout_seconds=0.2) still waiting after {WAIT_SECONDS} s; "
+        f"(worker done, run finished): {seen}"
+    )
+
+
+async def test_stop_during_a_cleanup_after_a_cancel_all_is_prompt(
+    make_config: MakeConfig,
+) -> None:
+    """The same, but the cleanup ends on its own while the stop's drain waits for it: the
+    drain ends with the worker, not after its timeout, and the task is back in the queue."""
+    cleaning, release = asyncio.Event(), asyncio.Event()
+
+    async def agent(task: object, context: object) -> str:
+        try:
+            await asyncio.Event().wait()  # until cancelled
+        except asyncio.CancelledError:
+            cleaning.set()
+            await release.wait()  # a short cleanup
+            raise
+        return "never"
+
+    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
+    await rt.start()
+    agent_id = await rt.register_agent("a", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("job")
+    await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "it runs")
+    _cancel_everything()
+    await asyncio.wait_for(cleaning.wait(), WAIT_SECONDS)
+    stopping = asyncio.ensure_future(rt.stop())  # as `async with AgentRuntime()` exits
+    # (the executor's own flag: the drain has begun to wait for the running task)
+    await wait_until(lambda: not rt.executor._accepting, "the stop is draining")  # type: ignore[attr-defined]
+    release.set()  # the cleanup ends; the agent re-raises
+    done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    if not done:  # let the stop go (it would take 300 s)
+        for run in list(rt.executor._runs.values()):  # type: ignore[attr-defined]
+            run.finish()
+        await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+    assert done, f"rt.stop() still waiting after {WAIT_SECONDS} s"
+    assert rt.get_task_status(task_id).status.value == "pending"
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["stop_agent", "stop"])
+async def test_a_forced_stop_does_not_wait_for_the_cancel_grace(
+    make_config: MakeConfig, tmp_path: Path, whole: bool
+) -> None:
+    """A forced stop (of the agent or the runtime) of a process agent whose cancelled task
+    winds down slowly does not wait for the worker's cancel grace period: the worker is
+    killed at once and the task re-queued."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    config = make_config(
+        shutdown_timeout_seconds=0.5,
+        process=ProcessSettings(cancel_grace_seconds=120.0, heartbeat_timeout_seconds=120.0),
+    )
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    try:
+        agent = await rt.register_agent("stepper", SteppingSlowCleanupAgent, isolation="process")
+        await rt.start_agent(agent)
+        data = {"log": str(log), "release": str(release)}
+        task_id = await rt.submit_task("job", agent_id=agent, input_data=data)
+        await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
+        stopping = asyncio.ensure_future(
+            rt.stop(graceful=False) if whole else rt.stop_agent(agent, graceful=False)
+        )
+        done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+        release.touch()  # let it go
+        await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
+        assert done, f"a forced stop still waiting after {WAIT_SECONDS} s (cancel grace 120 s)"
+        if not whole:
+            assert rt.get_task_status(task_id).status.value == "pending"
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)

@@ -132,6 +132,17 @@ class _Run(Deadline):
         self.waiters.append(future)
         await asyncio.shield(future)
 
+    async def ended_or_gone(self) -> None:
+        """Wait until the run has ended, or its worker has without ending it (cancelled
+        from outside while the loop ends: it books nothing, and nothing else ends it)."""
+        if self.finished or self.worker.done():
+            return
+        ended = asyncio.ensure_future(self.wait())
+        try:
+            await asyncio.wait({ended, self.worker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            ended.cancel()
+
     def finish(self) -> None:
         self.finished = True
         for future in self.waiters or ():
@@ -232,9 +243,10 @@ class AsyncioExecutor:
         # A run whose worker is gone (cancelled from outside) will not finish: not waited for.
         runs = [run for run in self._runs.values() if not run.worker.done()]
         if runs:
-            await asyncio.wait(
-                [asyncio.ensure_future(run.wait()) for run in runs], timeout=timeout_seconds
-            )
+            waits = [asyncio.ensure_future(run.ended_or_gone()) for run in runs]
+            _, pending = await asyncio.wait(waits, timeout=timeout_seconds)
+            for waiting in pending:
+                waiting.cancel()
         leftover = [run.task_id for run in self._runs.values()]
         await asyncio.gather(
             *(self._interrupt(run, "runtime shutting down") for run in list(self._runs.values()))
@@ -808,11 +820,10 @@ class AsyncioExecutor:
                 self._settle_unended(run, f"{reason}; the runtime's worker running it was gone")
             return
         run.stop_worker()
-        # A host that ends a cancelled run itself within a bound (the process host: a grace
-        # period, then a kill) is waited for that long at least.
-        bound = getattr(run.slot.host, "cancel_bound_seconds", 0.0)
         try:
-            await asyncio.wait_for(run.wait(), max(self._notify_timeout, bound))
+            # (Also when its worker ends without ending it: cancelled from outside too, with
+            # the loop ending, it books nothing; it is settled just below.)
+            await asyncio.wait_for(run.ended_or_gone(), self._notify_timeout)
         except TimeoutError:
             # The agent's code ignores cancellation (it caught CancelledError or blocks in
             # a thread): give up on it, re-queue the task and free the runtime.
@@ -827,6 +838,9 @@ class AsyncioExecutor:
                     # agent's worker (a restarted agent gets a new one), and takes no task
                     # if it ever returns (see _serve).
                     del self._serving[agent_id]
+        else:
+            if not run.finished:  # its worker ended without ending it (see above)
+                self._settle_unended(run, f"{reason}; the runtime's worker running it was gone")
 
     def _worker_ended(self, slot: AgentSlot, worker: asyncio.Task[Any]) -> None:
         """A worker of ``slot`` is done. One that ended cancelled was cancelled from outside

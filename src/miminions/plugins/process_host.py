@@ -57,7 +57,6 @@ from miminions.kernel.wire import (
 )
 from miminions.plugins import process_probe
 from miminions.plugins.process_pool import (
-    KILL_WAIT_SECONDS,
     WorkerPool,
     WorkerProcess,
     describe_exit,
@@ -114,14 +113,6 @@ class ProcessHost:
         self._remove_monitor: Any = None
         self._background: set[asyncio.Future[Any]] = set()
         self._stopping = False
-
-    @property
-    def cancel_bound_seconds(self) -> float:
-        """How long a cancelled run may take to end at most: the worker's grace period to
-        stop the task, then a kill. The executor does not give up on a run sooner (see
-        ``AsyncioExecutor._interrupt``): a run given up on goes back to the queue, and
-        must not while the worker may still run it."""
-        return self._settings.cancel_grace_seconds + KILL_WAIT_SECONDS
 
     @property
     def process_id(self) -> int | None:
