@@ -81,6 +81,19 @@ def _process_state(pid: int) -> str:
     return stat.rpartition(")")[2].split()[0]
 
 
+async def _a_stepper_running_a_task(rt: AgentRuntime, tmp_path: Path) -> tuple[str, str, Path]:
+    """Start a process agent (SteppingSlowCleanupAgent) and give it a task whose cancelled
+    run winds down until ``tmp_path / "release"`` exists; return once it runs: the agent's
+    id, the task's id and the agent's log."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    agent = await rt.register_agent("stepper", SteppingSlowCleanupAgent, isolation="process")
+    await rt.start_agent(agent)
+    data = {"log": str(log), "release": str(release)}
+    task_id = await rt.submit_task("first", agent_id=agent, input_data=data)
+    await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
+    return agent, task_id, log
+
+
 async def test_resume_while_a_cancel_of_the_paused_agents_task_winds_down_leaves_it_running(
     make_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -88,16 +101,11 @@ async def test_resume_while_a_cancel_of_the_paused_agents_task_winds_down_leaves
     while the task winds down. Once the run ends, the host SIGSTOPs the worker again (it
     was paused when the cancel began): the agent reports running, but its worker process is
     stopped, so its next task never runs (no heartbeat checks a frozen worker)."""
-    log, release = tmp_path / "log", tmp_path / "release"
-    config = make_config(process=ProcessSettings(cancel_grace_seconds=60.0))
-    rt = AgentRuntime(config=config)
+    release = tmp_path / "release"
+    rt = AgentRuntime(config=make_config(process=ProcessSettings(cancel_grace_seconds=60.0)))
     await rt.start()
     try:
-        agent = await rt.register_agent("stepper", SteppingSlowCleanupAgent, isolation="process")
-        await rt.start_agent(agent)
-        data = {"log": str(log), "release": str(release)}
-        first = await rt.submit_task("first", agent_id=agent, input_data=data)
-        await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
+        agent, first, log = await _a_stepper_running_a_task(rt, tmp_path)
         await asyncio.wait_for(rt.pause_agent(agent), WAIT_SECONDS)
         cancelling = asyncio.ensure_future(rt.cancel_task(first))
         await wait_until(lambda: "cancelled" in log.read_text(), "the cancel reached it")
@@ -233,12 +241,12 @@ def _cancel_everything() -> None:
             other.cancel()
 
 
-async def test_stop_cutting_short_a_cleanup_after_a_cancel_all_is_prompt(
-    make_config: MakeConfig,
-) -> None:
-    """The agent's task cleans up (awaits) after the program cancelled everything; a stop
-    that cuts the cleanup short (its timeout) is prompt: the run, which its worker ended
-    without booking, is settled at once, not after the shutdown timeout."""
+async def _cleaning_up_after_a_cancel_all(
+    make_config: MakeConfig, release: asyncio.Event
+) -> tuple[AgentRuntime, str]:
+    """A started runtime (stop it yourself) whose inline agent runs a task when the program
+    cancels every task of the loop; returns the runtime and the task's id once the agent's
+    cleanup (until ``release``) began."""
     cleaning = asyncio.Event()
 
     async def agent(task: object, context: object) -> str:
@@ -246,7 +254,7 @@ async def test_stop_cutting_short_a_cleanup_after_a_cancel_all_is_prompt(
             await asyncio.Event().wait()  # until cancelled
         except asyncio.CancelledError:
             cleaning.set()
-            await asyncio.Event().wait()  # a cleanup, cut short by the stop
+            await release.wait()
             raise
         return "never"
 
@@ -258,6 +266,17 @@ async def test_stop_cutting_short_a_cleanup_after_a_cancel_all_is_prompt(
     await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "it runs")
     _cancel_everything()
     await asyncio.wait_for(cleaning.wait(), WAIT_SECONDS)
+    return rt, task_id
+
+
+async def test_stop_cutting_short_a_cleanup_after_a_cancel_all_is_prompt(
+    make_config: MakeConfig,
+) -> None:
+    """The agent's task cleans up (awaits) after the program cancelled everything; a stop
+    that cuts the cleanup short (its timeout) is prompt: the run, which its worker ended
+    without booking, is settled at once, not after the shutdown timeout."""
+    never = asyncio.Event()  # a cleanup that does not end: the stop cuts it short
+    rt, task_id = await _cleaning_up_after_a_cancel_all(make_config, never)
     stopping = asyncio.ensure_future(rt.stop(timeout_seconds=0.2))
     done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     seen = [
@@ -272,6 +291,7 @@ async def test_stop_cutting_short_a_cleanup_after_a_cancel_all_is_prompt(
         f"rt.stop(timeout_seconds=0.2) still waiting after {WAIT_SECONDS} s; "
         f"(worker done, run finished): {seen}"
     )
+    assert rt.get_task_status(task_id).status.value == "pending"
 
 
 async def test_stop_during_a_cleanup_after_a_cancel_all_is_prompt(
@@ -279,25 +299,8 @@ async def test_stop_during_a_cleanup_after_a_cancel_all_is_prompt(
 ) -> None:
     """The same, but the cleanup ends on its own while the stop's drain waits for it: the
     drain ends with the worker, not after its timeout, and the task is back in the queue."""
-    cleaning, release = asyncio.Event(), asyncio.Event()
-
-    async def agent(task: object, context: object) -> str:
-        try:
-            await asyncio.Event().wait()  # until cancelled
-        except asyncio.CancelledError:
-            cleaning.set()
-            await release.wait()  # a short cleanup
-            raise
-        return "never"
-
-    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
-    await rt.start()
-    agent_id = await rt.register_agent("a", agent, isolation="inline")
-    await rt.start_agent(agent_id)
-    task_id = await rt.submit_task("job")
-    await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "it runs")
-    _cancel_everything()
-    await asyncio.wait_for(cleaning.wait(), WAIT_SECONDS)
+    release = asyncio.Event()  # a short cleanup
+    rt, task_id = await _cleaning_up_after_a_cancel_all(make_config, release)
     stopping = asyncio.ensure_future(rt.stop())  # as `async with AgentRuntime()` exits
     # (the executor's own flag: the drain has begun to wait for the running task)
     await wait_until(lambda: not rt.executor._accepting, "the stop is draining")  # type: ignore[attr-defined]
@@ -318,7 +321,7 @@ async def test_a_forced_stop_does_not_wait_for_the_cancel_grace(
     """A forced stop (of the agent or the runtime) of a process agent whose cancelled task
     winds down slowly does not wait for the worker's cancel grace period: the worker is
     killed at once and the task re-queued."""
-    log, release = tmp_path / "log", tmp_path / "release"
+    release = tmp_path / "release"
     config = make_config(
         shutdown_timeout_seconds=0.5,
         process=ProcessSettings(cancel_grace_seconds=120.0, heartbeat_timeout_seconds=120.0),
@@ -326,11 +329,7 @@ async def test_a_forced_stop_does_not_wait_for_the_cancel_grace(
     rt = AgentRuntime(config=config)
     await rt.start()
     try:
-        agent = await rt.register_agent("stepper", SteppingSlowCleanupAgent, isolation="process")
-        await rt.start_agent(agent)
-        data = {"log": str(log), "release": str(release)}
-        task_id = await rt.submit_task("job", agent_id=agent, input_data=data)
-        await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
+        agent, task_id, _ = await _a_stepper_running_a_task(rt, tmp_path)
         stopping = asyncio.ensure_future(
             rt.stop(graceful=False) if whole else rt.stop_agent(agent, graceful=False)
         )

@@ -172,15 +172,7 @@ def hold_gc_threshold(allocations: int) -> Callable[[], None]:
     """Keep the collector's first threshold (``gc.get_threshold()[0]``) at least
     ``allocations`` until the returned function is called (calling it again does nothing).
     A threshold of 0 (automatic collection off) is left alone."""
-    if (
-        isinstance(allocations, bool)
-        or not isinstance(allocations, int)
-        or not 1 <= allocations <= MAX_GC_THRESHOLD
-    ):
-        raise ValueError(
-            f"a collector threshold must be a positive int up to {MAX_GC_THRESHOLD}, "
-            f"not {allocations!r}"
-        )
+    _check_count(allocations, MAX_GC_THRESHOLD, "a collector threshold")
     return GC_THRESHOLD.hold(allocations)
 
 
@@ -270,15 +262,13 @@ def set_timer_slack(nanoseconds: int) -> bool:
 
 
 def _check_timer_slack(nanoseconds: int) -> None:
-    if (
-        isinstance(nanoseconds, bool)
-        or not isinstance(nanoseconds, int)
-        or not 1 <= nanoseconds <= MAX_TIMER_SLACK_NS
-    ):
-        raise ValueError(
-            f"a timer slack must be a positive int (ns) up to {MAX_TIMER_SLACK_NS}, "
-            f"not {nanoseconds!r}"
-        )
+    _check_count(nanoseconds, MAX_TIMER_SLACK_NS, "a timer slack (ns)")
+
+
+def _check_count(value: object, most: int, what: str) -> None:
+    """Raise ValueError unless ``value`` is an int (not a bool) from 1 to ``most``."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= most:
+        raise ValueError(f"{what} must be a positive int up to {most}, not {value!r}")
 
 
 def _nothing() -> None:
