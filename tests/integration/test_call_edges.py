@@ -64,6 +64,7 @@ async def test_prometheus_event_counts_include_a_message_just_sent(tmp_path: Pat
     """The Prometheus export read right after a send counts its MESSAGE_SENT event, as
     get_metrics() and query_events do (the event is built after the receiver ran, and the
     export did not record it first)."""
+    pytest.importorskip("prometheus_client", reason="needs miminions[prometheus]")
     async with AgentRuntime(str(tmp_path / "a.db")) as rt:
         agent_id = await _agent(rt)
         await rt.send_message(agent_id, "note")

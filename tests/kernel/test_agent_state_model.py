@@ -753,7 +753,12 @@ class AgentMachine(RuleBasedStateMachine):
             assert task.status is not TaskStatus.RUNNING, f"{name} runs before any agent does"
             self.check_final_is_final(task)
         for name in NAMES:
-            expected = S.PAUSED if self.status[name] is S.PAUSED else S.REGISTERED
+            # A resume still queued for a slot at the stop leaves the agent paused
+            # (docs/operations.md, "Graceful shutdown").
+            paused = self.status[name] is S.PAUSED or (
+                self.status[name] is S.QUEUED and self.queued_resume.get(name, False)
+            )
+            expected = S.PAUSED if paused else S.REGISTERED
             assert self.actual(name).status is expected, (name, self.actual(name), self.log)
         assert rt.get_queue_status().paused is self.queue_paused, "queue pause not kept"
         self.call(rt.resume_queue, "resume queue (final)")

@@ -323,7 +323,8 @@ class AsyncioExecutor:
         runs = self._agent_runs.get(agent_id)
         if not runs:
             return True
-        waits = [asyncio.ensure_future(run.wait()) for run in runs]
+        # (A run whose worker is gone ends only when settled: not waited for.)
+        waits = [asyncio.ensure_future(run.ended_or_gone()) for run in runs]
         _, pending = await asyncio.wait(waits, timeout=timeout_seconds)
         for waiting in pending:
             waiting.cancel()
@@ -350,6 +351,10 @@ class AsyncioExecutor:
         if run is None:
             return False
         run.cancel_reason = reason  # wins over a timeout not yet reported (see _run_one)
+        if run.worker.done():  # cancelled from outside as the loop ends: nobody else ends it
+            if not run.finished:
+                self._settle_unended(run, reason)
+            return True
         run.stop_worker()
         return True
 
@@ -749,6 +754,14 @@ class AsyncioExecutor:
                     # ends): nothing is booked now; a stop settles the run (_interrupt).
                     raise
         except Exception as exc:
+            if (
+                not (run.timed_out or run.cancel_reason or run.interrupt_reason)
+                and self._loop_ending()
+            ):
+                # The program is cancelling every task, and the agent's code turned its
+                # CancelledError into another error (a cleanup that failed): still that
+                # cancel, not the agent's failure; nothing is booked now (see above).
+                raise asyncio.CancelledError() from exc
             error = exc
         finally:
             run.running = False
@@ -765,12 +778,13 @@ class AsyncioExecutor:
             # winding down (not reported yet): cancel_task() promises a cancelled task,
             # and the timeout would retry it.
             book.cancelled(task_id, run.cancel_reason)
+            error = None  # whatever its cleanup raised: on_error is not for cancellations
         elif run.timed_out:  # whatever the agent's code made of the cancel
             error = self._timeout_error(run)
             book.failed(task_id, error, timed_out_after=run.timeout)
         elif run.interrupt_reason is not None:
             book.interrupted(task_id, run.interrupt_reason)
-            ok = None
+            error, ok = None, None  # not the agent's failure: no on_error
         elif isinstance(error, TaskNotStartedError):
             book.interrupted(task_id, str(error))
             error, ok = None, None  # not the agent's doing: no on_error
@@ -849,6 +863,11 @@ class AsyncioExecutor:
             return
         if self._serving.get(slot.agent_id) is worker:  # (cancelled before its first step)
             del self._serving[slot.agent_id]
+        for run in self._agent_runs.get(slot.agent_id, ()):
+            if run.worker is worker and not run.finished:
+                # Nothing runs it any more: its timeout no longer counts (a stop, or the
+                # code below, settles it).
+                self._deadlines.clear(run)
         self._after_outside_cancel(slot, worker)
 
     def _loop_ending(self) -> bool:
