@@ -894,7 +894,8 @@ class AsyncioExecutor:
                 continue
             logger.warning(
                 "the worker running task %s for agent %s was cancelled from outside the "
-                "runtime; the task goes back to the queue",
+                "runtime; the task goes back to the queue (unless it was being cancelled or "
+                "had timed out)",
                 run.task_id,
                 agent_id,
             )
