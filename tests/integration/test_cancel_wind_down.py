@@ -15,6 +15,7 @@ from typing import BinaryIO
 import pytest
 
 from miminions import AgentRuntime, ProcessSettings, RuntimeConfig, WaitTimeoutError
+from tests.support.cancelling import cancel_everything, executor_workers
 from tests.support.cleanup_agents import SteppingSlowCleanupAgent
 from tests.support.runtime import ROOT
 from tests.support.waiting import WAIT_SECONDS, wait_until
@@ -56,11 +57,8 @@ async def test_cancel_everything_while_a_cancel_task_winds_down_hands_out_no_tas
         second = await rt.submit_task("second")
         rt.executor.cancel_task(first)  # the runtime's own cancel (as rt.cancel_task does)
         await asyncio.wait_for(winding_down.wait(), WAIT_SECONDS)
-        [worker] = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_work"]  # type: ignore[union-attr]
-        # The program cancels every task of its loop (asyncio.run ending, a shutdown handler)
-        others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-        for other in others:
-            other.cancel()
+        [worker] = executor_workers("_work")
+        cancel_everything()  # as asyncio.run ending, or a shutdown handler
         await wait_until(
             lambda: worker.done() or "second" in calls, "the worker ends or runs the next task"
         )
@@ -234,13 +232,6 @@ async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovere
         assert (await rt.wait_for_task(again, timeout_seconds=WAIT_SECONDS)).output_data == "done"
 
 
-def _cancel_everything() -> None:
-    me = asyncio.current_task()
-    for other in asyncio.all_tasks():
-        if other is not me:
-            other.cancel()
-
-
 async def _cleaning_up_after_a_cancel_all(
     make_config: MakeConfig, release: asyncio.Event
 ) -> tuple[AgentRuntime, str]:
@@ -264,7 +255,7 @@ async def _cleaning_up_after_a_cancel_all(
     await rt.start_agent(agent_id)
     task_id = await rt.submit_task("job")
     await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "it runs")
-    _cancel_everything()
+    cancel_everything()
     await asyncio.wait_for(cleaning.wait(), WAIT_SECONDS)
     return rt, task_id
 

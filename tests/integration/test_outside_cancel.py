@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from miminions import AgentRuntime, BaseAgent, ProcessSettings, RuntimeConfig, Task
+from tests.support.cancelling import cancel_everything, executor_workers
 from tests.support.process_agents import SlowToStopAgent, SteppingAgent
 from tests.support.runtime import ROOT
 from tests.support.waiting import WAIT_SECONDS, wait_until
@@ -45,9 +46,7 @@ async def test_cancel_everything_then_stop_with_a_second_agent_does_not_rerun_th
     await rt.start_agent(second)
     task_id = await rt.submit_task("job")
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for other in others:
-        other.cancel()
+    others = cancel_everything()
     await asyncio.wait(others, timeout=WAIT_SECONDS)
     stopping = asyncio.ensure_future(rt.stop())
     done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
@@ -75,9 +74,7 @@ async def test_cancel_everything_then_stop_with_a_process_agent(
         input_data={"progress": str(progress), "release": str(tmp_path / "never")},
     )
     await wait_until(progress.exists, "the process agent is running its task")
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for other in others:
-        other.cancel()
+    others = cancel_everything()
     await asyncio.wait(others, timeout=WAIT_SECONDS)
     await asyncio.wait_for(rt.stop(), WAIT_SECONDS)  # not the 300 s shutdown timeout
     assert rt.get_task_status(task_id).status.value == "pending"
@@ -191,9 +188,7 @@ async def test_cancel_everything_then_stop_with_a_prefetching_process_agent(
     )
     await wait_until(progress.exists, "the process agent is running its task")
     held = [t for t in ids if rt.get_task_status(t).status.value == "running"]
-    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
-    for other in others:
-        other.cancel()
+    others = cancel_everything()
     await asyncio.wait(others, timeout=WAIT_SECONDS)
     await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
     statuses = [rt.get_task_status(t) for t in ids]
@@ -252,7 +247,7 @@ async def test_a_process_agents_worker_cancelled_from_outside_gives_its_task_bac
         data = {"progress": str(progress), "release": str(release)}
         task_id = await rt.submit_task("job", agent_id=agent, input_data=data)
         await wait_until(progress.exists, "the process agent is running its task")
-        [worker] = [t for t in asyncio.all_tasks() if t.get_coro().__name__ == "_work_prefetched"]
+        [worker] = executor_workers("_work_prefetched")
         worker.cancel()
         await wait_until(worker.done, "the cancelled worker ends")
         release.touch()
@@ -263,11 +258,6 @@ async def test_a_process_agents_worker_cancelled_from_outside_gives_its_task_bac
         assert any("cancelled from outside" in e.details["reason"] for e in requeued)
     finally:
         await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
-
-
-def _workers(name: str) -> list[asyncio.Task[object]]:
-    """The executor's workers running ``name`` (``_work``, ``_work_prefetched``)."""
-    return [t for t in asyncio.all_tasks() if t.get_coro().__name__ == name]  # type: ignore[union-attr]
 
 
 class FailsOnceSlowOnError(BaseAgent):
@@ -299,7 +289,7 @@ async def test_a_worker_cancelled_from_outside_in_on_error_leaves_its_agent_serv
         await rt.start_agent(agent)
         first = await rt.submit_task("first", max_retries=0)
         await asyncio.wait_for(FailsOnceSlowOnError.entered.wait(), WAIT_SECONDS)
-        [worker] = _workers("_work")
+        [worker] = executor_workers("_work")
         worker.cancel()
         await wait_until(worker.done, "the cancelled worker ends")
         assert rt.get_task_status(first).status.value == "failed"
@@ -331,7 +321,7 @@ async def test_a_process_task_cancelled_twice_from_outside_never_runs_twice_at_o
         task_id = await rt.submit_task("job", input_data=data)
         await wait_until(lambda: log.exists() and "start slow" in log.read_text(), "slow runs")
         await rt.start_agent(fast)
-        [worker] = _workers("_work_prefetched")
+        [worker] = executor_workers("_work_prefetched")
         worker.cancel()
         await wait_until(lambda: "cancelled slow" in log.read_text(), "the cancel reached it")
         worker.cancel()  # once more, while the host waits for the worker process
@@ -365,7 +355,7 @@ async def test_a_worker_cancelled_from_outside_during_a_graceful_stop_does_not_h
     await rt.start_agent(agent)
     task_id = await rt.submit_task("job")
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
-    [worker] = _workers("_work")
+    [worker] = executor_workers("_work")
     stopping = asyncio.ensure_future(rt.stop())
     # (the executor's own flag: the moment the stop begins to wait for the running task)
     await wait_until(lambda: not rt.executor._accepting, "the stop is draining")  # type: ignore[attr-defined]

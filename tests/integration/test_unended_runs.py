@@ -9,17 +9,10 @@ import asyncio
 from collections.abc import Callable
 
 from miminions import AgentRuntime, BaseAgent, RuntimeConfig, Task
+from tests.support.cancelling import cancel_everything
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 MakeConfig = Callable[..., RuntimeConfig]
-
-
-def _cancel_everything() -> list[asyncio.Task[object]]:
-    me = asyncio.current_task()
-    others = [t for t in asyncio.all_tasks() if t is not me]
-    for other in others:
-        other.cancel()
-    return others
 
 
 async def _after_a_cancel_all(make_config: MakeConfig) -> tuple[AgentRuntime, str, str]:
@@ -38,7 +31,7 @@ async def _after_a_cancel_all(make_config: MakeConfig) -> tuple[AgentRuntime, st
     await rt.start_agent(agent_id)
     task_id = await rt.submit_task("job")
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
-    others = _cancel_everything()
+    others = cancel_everything()
     await asyncio.wait(others, timeout=WAIT_SECONDS)
     assert rt.get_task_status(task_id).status.value == "running"
     return rt, agent_id, task_id
@@ -102,6 +95,16 @@ class CleanupRaises(BaseAgent):
         CleanupRaises.errors.append(repr(error))
 
 
+async def _cleanup_raises_running_a_task(rt: AgentRuntime) -> tuple[str, str]:
+    """Start a CleanupRaises agent and give it a task; return (agent id, task id) once
+    the task runs."""
+    agent_id = await rt.register_agent("a", CleanupRaises, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("job")
+    await asyncio.wait_for(CleanupRaises.started.wait(), WAIT_SECONDS)
+    return agent_id, task_id
+
+
 def _reset_cleanup_raises() -> None:
     CleanupRaises.started = asyncio.Event()
     CleanupRaises.errors = []
@@ -113,10 +116,7 @@ async def test_forced_stop_agent_requeues_without_on_error(make_config: MakeConf
     for the re-queued task."""
     _reset_cleanup_raises()
     async with AgentRuntime(config=make_config()) as rt:
-        agent_id = await rt.register_agent("a", CleanupRaises, isolation="inline")
-        await rt.start_agent(agent_id)
-        task_id = await rt.submit_task("job")
-        await asyncio.wait_for(CleanupRaises.started.wait(), WAIT_SECONDS)
+        agent_id, task_id = await _cleanup_raises_running_a_task(rt)
         await rt.stop_agent(agent_id, graceful=False)
         assert rt.get_task_status(task_id).status.value == "pending"
         assert CleanupRaises.errors == [], "on_error called for a re-queued task"
@@ -127,10 +127,7 @@ async def test_cancel_task_does_not_call_on_error(make_config: MakeConfig) -> No
     cleanup's error."""
     _reset_cleanup_raises()
     async with AgentRuntime(config=make_config()) as rt:
-        agent_id = await rt.register_agent("a", CleanupRaises, isolation="inline")
-        await rt.start_agent(agent_id)
-        task_id = await rt.submit_task("job")
-        await asyncio.wait_for(CleanupRaises.started.wait(), WAIT_SECONDS)
+        _, task_id = await _cleanup_raises_running_a_task(rt)
         cancelled = await asyncio.wait_for(rt.cancel_task(task_id), WAIT_SECONDS)
         assert cancelled.status.value == "cancelled"
         assert CleanupRaises.errors == [], "on_error called for a cancelled task"
@@ -148,7 +145,7 @@ async def test_cancel_all_whose_cleanup_raises_books_nothing(make_config: MakeCo
         await rt.start_agent(agent_id)
         task_id = await rt.submit_task("job", max_retries=0)
         await asyncio.wait_for(CleanupRaises.started.wait(), WAIT_SECONDS)
-        others = _cancel_everything()
+        others = cancel_everything()
         await asyncio.wait(others, timeout=WAIT_SECONDS)
         await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
         task = rt.get_task_status(task_id)
