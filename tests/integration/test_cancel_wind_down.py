@@ -14,7 +14,15 @@ from typing import BinaryIO
 
 import pytest
 
-from miminions import AgentRuntime, ProcessSettings, RuntimeConfig, WaitTimeoutError
+from miminions import (
+    AgentRuntime,
+    Event,
+    EventType,
+    ProcessSettings,
+    RuntimeConfig,
+    WaitTimeoutError,
+    hookimpl,
+)
 from tests.support.cancelling import cancel_everything, executor_workers
 from tests.support.cleanup_agents import SteppingSlowCleanupAgent
 from tests.support.runtime import ROOT
@@ -330,6 +338,59 @@ async def test_a_forced_stop_does_not_wait_for_the_cancel_grace(
         assert done, f"a forced stop still waiting after {WAIT_SECONDS} s (cancel grace 120 s)"
         if not whole:
             assert rt.get_task_status(task_id).status.value == "pending"
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+class _WorkerAliveAtStart:
+    """Notes, as each TASK_STARTED is recorded, whether the process ``pid`` is alive."""
+
+    miminions_plugin_name = "test_worker_alive_at_start"
+
+    def __init__(self) -> None:
+        self.pid: int | None = None
+        self.seen: list[tuple[str | None, bool]] = []  # (agent id, pid alive)
+
+    @hookimpl
+    def miminions_event(self, event: Event) -> None:
+        if event.event_type is EventType.TASK_STARTED and self.pid is not None:
+            self.seen.append((event.agent_id, _alive(self.pid)))
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "forced"])
+async def test_a_run_given_up_on_is_not_handed_out_while_its_worker_still_runs_it(
+    make_config: MakeConfig, tmp_path: Path, graceful: bool
+) -> None:
+    """A stop of a process agent whose cancelled task winds down for longer than the
+    shutdown timeout, with a cancel grace longer still: the runtime gives up on the run and
+    re-queues the task. Its worker must be gone by then: the task was handed to another
+    agent while the first worker still ran it (until the stop ended that worker a moment
+    later), so it ran twice at once."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    config = make_config(
+        shutdown_timeout_seconds=0.5,
+        process=ProcessSettings(cancel_grace_seconds=120.0, heartbeat_timeout_seconds=120.0),
+    )
+    watch = _WorkerAliveAtStart()
+    rt = AgentRuntime(config=config, plugins=[watch])
+    await rt.start()
+    try:
+        first = await rt.register_agent("first", SteppingSlowCleanupAgent, isolation="process")
+        second = await rt.register_agent("second", SteppingSlowCleanupAgent, isolation="process")
+        await rt.start_agent(first)
+        data = {"log": str(log), "release": str(release)}
+        task_id = await rt.submit_task("job", input_data=data)
+        await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
+        watch.pid = rt.get_agent_status(first).process_id
+        assert watch.pid is not None
+        await rt.start_agent(second)
+        await asyncio.wait_for(
+            rt.stop_agent(first, graceful=graceful, timeout_seconds=0.2), WAIT_SECONDS
+        )
+        await wait_until(lambda: watch.seen, "the second agent is handed the task")
+        assert watch.seen == [(second, False)], "handed out while its first worker ran it"
+        assert rt.get_task_status(task_id).assigned_agent_id == second
     finally:
         release.touch()
         await asyncio.wait_for(rt.stop(graceful=False), 30)

@@ -161,7 +161,11 @@ class AgentHost(Protocol):
         """Run one task and return its JSON result; raise what the agent raised.
 
         Cancelling the awaiting coroutine must interrupt the task (a process host tells
-        its worker) and let ``asyncio.CancelledError`` propagate.
+        its worker) and let ``asyncio.CancelledError`` propagate. Cancelling it again while
+        the task winds down means the runtime gives up waiting: a host whose agent runs in
+        a process of its own (``process_id`` set) then ends the task at once (the built-in
+        one kills its worker) and returns only once it has, since the task goes back to the
+        queue next.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
         earlier attempt (``context.last_checkpoint`` inside the agent). ``task`` is a

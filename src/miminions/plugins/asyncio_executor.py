@@ -77,7 +77,7 @@ class _Run(Deadline):
         "abandoned",
         "began",
         "cancel_reason",
-        "cancel_sent",
+        "cancels_sent",
         "finished",
         "interrupt_reason",
         "running",
@@ -101,7 +101,7 @@ class _Run(Deadline):
         self.interrupt_reason: str | None = None
         self.timed_out = False
         self.running = False  # inside host.run(): interrupting it needs a cancel
-        self.cancel_sent = False  # see stop_worker()
+        self.cancels_sent = 0  # see stop_worker() and give_up()
         self.finished = False
         self.abandoned = False  # its agent did not stop when told; its outcome is ignored
         self.waiters: list[asyncio.Future[None]] | None = None
@@ -118,9 +118,19 @@ class _Run(Deadline):
         interrupt may all ask, and a second cancel would cut short the host's own handling
         of the first (a process host waiting for its worker to confirm, an agent cleaning
         up), and leave the worker with a cancellation nobody takes back."""
-        if self.running and not self.cancel_sent:
-            self.cancel_sent = True
+        if self.running and not self.cancels_sent:
+            self.cancels_sent = 1
             self.worker.cancel()
+
+    def give_up(self) -> bool:
+        """Cancel the worker inside ``host.run()`` a second time: the runtime gives up
+        waiting for the task to wind down, and the host is to end it now (a process host
+        kills its worker). False if there is nothing to cancel again."""
+        if self.running and self.cancels_sent == 1 and not self.worker.done():
+            self.cancels_sent = 2
+            self.worker.cancel()
+            return True
+        return False
 
     async def wait(self) -> None:
         """Wait until the run has ended (futures are made only when someone waits)."""
@@ -747,7 +757,8 @@ class AsyncioExecutor:
                 # The agent's own code raised CancelledError: that is its failure.
                 error = TaskCancelledError(f"the agent's code raised {type(exc).__name__}")
             elif isinstance(exc, asyncio.CancelledError):
-                run.worker.uncancel()
+                for _ in range(max(1, run.cancels_sent)):
+                    run.worker.uncancel()
                 taken_back = True
                 if run.worker.cancelling() > cancels_before or self._loop_ending():
                     # Cancelled from outside too (a program cancelling every task as it
@@ -766,11 +777,13 @@ class AsyncioExecutor:
         finally:
             run.running = False
             self._deadlines.clear(run)
-            if run.cancel_sent and not taken_back and run.worker.cancelling():
+            if not taken_back:
                 # The agent's code swallowed the cancel (it returned, or raised something
                 # else): take it back, or this worker's next task would take its own
                 # CancelledError for the executor being cancelled, and never end.
-                run.worker.uncancel()
+                for _ in range(run.cancels_sent):
+                    if run.worker.cancelling():
+                        run.worker.uncancel()
         if run.abandoned:
             return  # already reported when it was abandoned
         if run.cancel_reason is not None:
@@ -840,7 +853,13 @@ class AsyncioExecutor:
             await asyncio.wait_for(run.ended_or_gone(), self._notify_timeout)
         except TimeoutError:
             # The agent's code ignores cancellation (it caught CancelledError or blocks in
-            # a thread): give up on it, re-queue the task and free the runtime.
+            # a thread): give up on it, re-queue the task and free the runtime. A host whose
+            # agent runs in a process of its own ends the task first when cancelled again
+            # (it kills the worker): the task must not go back to the queue, and be run by
+            # another agent, while that worker may still be running it.
+            if not run.finished and run.slot.host.process_id is not None and run.give_up():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(run.ended_or_gone(), self._notify_timeout)
             if not run.finished:
                 run.abandoned = True
                 self._settle_unended(

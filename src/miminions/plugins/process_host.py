@@ -190,12 +190,20 @@ class ProcessHost:
             # Seen through to its end even if this is cancelled again meanwhile (bounded by
             # the grace period and a kill): the run must not end while the worker may still
             # be running the task, or the task could be handed out and run twice at once.
+            # Cancelled again, the runtime gives up waiting: the worker is killed now.
             stopping = asyncio.ensure_future(
                 self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
             )
+            killing: asyncio.Future[None] | None = None
             while not stopping.done():
-                with contextlib.suppress(asyncio.CancelledError):
+                try:
                     await asyncio.shield(stopping)
+                except asyncio.CancelledError:
+                    if killing is None and not stopping.done():
+                        killing = asyncio.ensure_future(self._give_up_run(live))
+            while killing is not None and not killing.done():  # dead before the run ends
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.shield(killing)
             stopping.result()
             raise
         except ChannelClosedError:
@@ -452,6 +460,15 @@ class ProcessHost:
             else f"its task did not stop within {grace:g} s of being cancelled or timing out"
         )
         await self._kill_worker(live, why, {"task_ignored_cancel": True})
+
+    async def _give_up_run(self, live: _Live) -> None:
+        """The runtime gave up waiting for a cancelled task to stop (it cancelled the run
+        again): kill the worker now rather than at the end of the grace period."""
+        await self._kill_worker(
+            live,
+            "its task had not stopped when the runtime gave up waiting for it",
+            {"task_ignored_cancel": True},
+        )
 
     async def _not_begun(self, live: _Live) -> TaskNotStartedError:
         """The error of a task its worker never began: it goes back to the queue.
