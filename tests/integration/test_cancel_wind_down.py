@@ -199,6 +199,21 @@ async def test_a_program_ending_while_a_process_task_times_out_leaves_no_noise(
     assert "Event loop is closed" not in err, err[-3000:]
 
 
+async def test_a_program_ending_while_a_process_task_ignores_its_cancel_leaves_no_noise(
+    tmp_path: Path,
+) -> None:
+    """A program returns from main without stopping its runtime while a process agent runs
+    a task that ignores cancellation: asyncio.run's cancel of every task reaches the run,
+    and the host kills the worker when the cancel grace ends, while asyncio.run waits. The
+    kill started the crash handling (a restart), whose asyncio tasks nobody waits for:
+    "Task was destroyed but it is pending!" and an "Event loop is closed" traceback."""
+    code, out, err = await _run_child("process-cancel-at-exit", tmp_path / "c.sqlite")
+    assert code == 0, f"the program did not exit: {out!r} {err[-2000:]}"
+    assert "exited" in out, out
+    assert "destroyed but it is pending" not in err, err[-3000:]
+    assert "Event loop is closed" not in err, err[-3000:]
+
+
 async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovered(
     make_config: MakeConfig,
 ) -> None:

@@ -22,6 +22,7 @@ from tests.plugins.test_sqlite_store import (
     patch_statements,
     raw,
 )
+from tests.support.cancelling import cancel_everything
 
 
 async def open_store(path: Path, **kw: Any) -> SQLiteStore:
@@ -195,3 +196,30 @@ async def test_a_cancelled_row_by_row_commit_that_failed_keeps_its_events(
     await asyncio.wait_for(store.close(), WAIT)
     assert ("neighbour",) in raw(db, "SELECT task_id FROM tasks")
     assert raw(db, "SELECT details FROM events") == [('{"n":0}',)]
+
+
+def _commit_tasks() -> list[asyncio.Task[Any]]:
+    return [
+        t for t in asyncio.all_tasks() if t.get_name() == "miminions-sqlite-commit" and not t.done()
+    ]
+
+
+async def test_a_write_while_every_task_is_cancelled_starts_no_commit_task(
+    tmp_path: Path,
+) -> None:
+    """While the program cancels every task of its loop (asyncio.run ending), a commit task
+    a write started would be left pending as the loop closes ("Task was destroyed but it
+    is pending!", and the database thread's answer landing on a closed loop): none is
+    started. A write whose commit is awaited is committed; others by the next flush."""
+    store = await open_store(tmp_path / "ending.db")
+    try:
+        await asyncio.wait(cancel_everything())
+        first = store.put_task(make_task("a"))
+        assert _commit_tasks() == []
+        await asyncio.wait_for(_await(first), WAIT)
+        store.put_event(make_event(1))
+        await asyncio.wait_for(store.flush(), WAIT)
+        assert [r[0] for r in raw(store.path, "SELECT task_id FROM tasks")] == ["a"]
+        assert raw(store.path, "SELECT count(*) FROM events") == [(1,)]
+    finally:
+        await store.close()

@@ -3,7 +3,8 @@
 
 ``timeout-at-exit``: an inline agent's first task times out and is winding down (its cleanup
 awaits) when main returns without stopping the runtime; a second task waits in the queue.
-asyncio.run then cancels every task left and should return."""
+asyncio.run then cancels every task left and should return. The ``process-...`` modes
+are described where they are defined."""
 
 from __future__ import annotations
 
@@ -56,9 +57,35 @@ async def process_main(db: str) -> None:
     print("returning", flush=True)
 
 
+async def process_cancelled_at_exit(db: str) -> None:
+    """``process-cancel-at-exit``: a process agent (SlowToStopAgent) runs a task that winds
+    down for ever once cancelled; main returns without stopping the runtime, so
+    asyncio.run's cancel of every task is the task's first cancel, and its worker is killed
+    when the cancel grace (0.3 s) ends, while asyncio.run waits."""
+    from miminions import ProcessSettings
+    from tests.support.process_agents import SlowToStopAgent
+
+    log = Path(db + ".log")
+    config = RuntimeConfig(storage_path=db, process=ProcessSettings(cancel_grace_seconds=0.3))
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    slow = await rt.register_agent(
+        "slow", SlowToStopAgent, isolation="process", config={"slow": True}
+    )
+    await rt.start_agent(slow)
+    data = {"log": str(log), "release": db + ".never"}
+    await rt.submit_task("first", input_data=data)
+    await rt.submit_task("second", input_data=data)
+    while not _logged(log, "start"):  # noqa: ASYNC110 (another process writes it)
+        await asyncio.sleep(0.01)
+    print("returning", flush=True)
+
+
 async def main(mode: str, db: str) -> None:
     if mode == "process-timeout-at-exit":
         return await process_main(db)
+    if mode == "process-cancel-at-exit":
+        return await process_cancelled_at_exit(db)
     rt = AgentRuntime(config=RuntimeConfig(storage_path=db))
     await rt.start()
     agent_id = await rt.register_agent("worker", agent, isolation="inline")

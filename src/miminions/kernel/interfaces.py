@@ -213,6 +213,10 @@ class Executor(Protocol):
     The kernel tells it about agents becoming available and about pauses; the executor
     reports task outcomes to ``runtime.task_book`` (started, completed, failed, cancelled,
     interrupted) and takes ready tasks from ``runtime.scheduler``.
+
+    Optional: ``loop_ending() -> bool``, whether the program is cancelling every task of
+    the loop; the kernel then starts no crash handling of its own (nothing would wait for
+    it). The built-in executor has it.
     """
 
     async def start(self) -> None:

@@ -65,7 +65,9 @@ class RestartMixin:
         :meth:`_crashed_while_paused`).
         """
         slot = self.slots.get(agent_id)
-        if slot is None or self._closing:
+        if slot is None or self._closing or self._loop_ending():
+            # (Ending with the loop: a restart begun now would be cut off half-way, its
+            # asyncio tasks destroyed pending; the next runtime's recovery sees to the agent.)
             return
         if self.executor is not None and slot.status is S.RUNNING:
             self.executor.agent_unavailable(slot)  # no new task for a dead agent
@@ -74,6 +76,12 @@ class RestartMixin:
         )
         self._background.add(handling)
         handling.add_done_callback(self._background.discard)
+
+    def _loop_ending(self) -> bool:
+        """Whether the program is cancelling every task of the loop (the executor's
+        optional ``loop_ending``)."""
+        loop_ending = getattr(self.executor, "loop_ending", None)
+        return bool(loop_ending()) if callable(loop_ending) else False
 
     async def _handle_crash(
         self, slot: AgentSlot, host_run: int, reason: str, details: JSONObject

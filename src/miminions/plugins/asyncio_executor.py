@@ -32,6 +32,7 @@ from miminions.kernel.errors import (
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.loop_end import LoopEndWatch
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy, task_snapshot
 from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
@@ -224,11 +225,10 @@ class AsyncioExecutor:
         self._pick_failing = False  # the hook's failures are logged once per streak
         self._notify_timeout = runtime.config.shutdown_timeout_seconds
         self._deadlines = Deadlines(self._loop)
-        #: A task that only waits, from start() to close(): cancelled along with every
-        #: other task when a program cancels all of its loop's tasks (asyncio.run ending,
-        #: a shutdown handler), which tells that apart from one worker cancelled from
+        #: From start() to close(): tells a program cancelling every task of the loop
+        #: (asyncio.run ending, a shutdown handler) apart from one worker cancelled from
         #: outside while the runtime goes on (see _after_outside_cancel).
-        self._canary: asyncio.Task[Any] | None = None
+        self._loop_end = LoopEndWatch("miminions-executor-canary")
         self._closing = False  # close() began: its own cancels are not from outside
 
     # ------------------------------------------------------------------ lifecycle
@@ -239,10 +239,7 @@ class AsyncioExecutor:
                 self._releases.append(hold_gc_threshold(self.gc_threshold))
             if self.timer_slack_ns is not None:
                 self._releases.append(hold_timer_slack(self.timer_slack_ns))
-        if self._canary is None:
-            self._canary = self._loop.create_task(
-                asyncio.Event().wait(), name="miminions-executor-canary"
-            )
+        self._loop_end.start()
         self._accepting = True
         self.wake()
 
@@ -294,10 +291,7 @@ class AsyncioExecutor:
             releases, self._releases = self._releases, []
             for release in releases:
                 release()
-            canary = self._canary
-            if canary is not None and not canary.done():
-                canary.cancel()
-                await asyncio.wait([canary])
+            await self._loop_end.close()
 
     # ------------------------------------------------------------------ agents
     def agent_available(self, slot: AgentSlot) -> None:
@@ -455,7 +449,7 @@ class AsyncioExecutor:
 
     def _dispatch(self) -> None:
         self._dispatch_scheduled = False
-        if not self._accepting or self._rt.queue_paused or self._loop_ending():
+        if not self._accepting or self._rt.queue_paused or self.loop_ending():
             return
         if not self._idle:
             return
@@ -672,7 +666,7 @@ class AsyncioExecutor:
                 or self._rt.queue_paused
                 or agent_id not in self._available
                 or self._serving.get(agent_id) is not worker  # given up on (see _interrupt)
-                or self._loop_ending()
+                or self.loop_ending()
             ):
                 break
             task_id = self._sched.take(slot.routes)
@@ -689,7 +683,7 @@ class AsyncioExecutor:
             self._accepting
             and not self._rt.queue_paused
             and agent_id in self._available
-            and not self._loop_ending()
+            and not self.loop_ending()
         ):
             window = self._window(slot)
             runs = self._agent_runs.setdefault(agent_id, [])
@@ -760,14 +754,14 @@ class AsyncioExecutor:
                 for _ in range(max(1, run.cancels_sent)):
                     run.worker.uncancel()
                 taken_back = True
-                if run.worker.cancelling() > cancels_before or self._loop_ending():
+                if run.worker.cancelling() > cancels_before or self.loop_ending():
                     # Cancelled from outside too (a program cancelling every task as it
                     # ends): nothing is booked now; a stop settles the run (_interrupt).
                     raise
         except Exception as exc:
             if (
                 not (run.timed_out or run.cancel_reason or run.interrupt_reason)
-                and self._loop_ending()
+                and self.loop_ending()
             ):
                 # The program is cancelling every task, and the agent's code turned its
                 # CancelledError into another error (a cleanup that failed): still that
@@ -889,10 +883,11 @@ class AsyncioExecutor:
                 self._deadlines.clear(run)
         self._after_outside_cancel(slot, worker)
 
-    def _loop_ending(self) -> bool:
-        """Whether the program is cancelling every task of the loop (the canary too)."""
-        canary = self._canary
-        return canary is not None and (canary.done() or canary.cancelling() > 0)
+    def loop_ending(self) -> bool:
+        """Whether the program is cancelling every task of the loop (``asyncio.run``
+        ending, a shutdown handler), as far as the executor has been running to see it
+        (see :class:`~miminions.kernel.loop_end.LoopEndWatch`)."""
+        return self._loop_end.ending()
 
     def _after_outside_cancel(self, slot: AgentSlot, worker: asyncio.Task[Any]) -> None:
         """A worker of ``slot`` ended, cancelled from outside (wherever it was: in the
@@ -905,7 +900,7 @@ class AsyncioExecutor:
         would wait for it in vain), and, unless a stop is under way, the agent may take
         tasks again.
         """
-        if self._closing or self._canary is None or self._loop_ending():
+        if self._closing or not self._loop_end.started or self.loop_ending():
             return
         agent_id = slot.agent_id
         for run in [r for r in self._agent_runs.get(agent_id, ()) if r.worker is worker]:

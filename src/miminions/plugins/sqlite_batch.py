@@ -202,13 +202,17 @@ class Batch:
 
     Every waiter gets its own future, resolved by :meth:`settle`, so a caller that cancels
     its wait (``asyncio.wait_for``) cancels only that future, never the commit everybody
-    else waits for. Awaiting a batch waits for its commit and raises the commit's error.
+    else waits for. Awaiting a batch waits for its commit and raises the commit's error;
+    it first calls ``on_wait`` (the store makes sure a committer is on it).
     """
 
-    __slots__ = ("done", "error", "loop", "rejected", "waiters")
+    __slots__ = ("done", "error", "loop", "on_wait", "rejected", "waiters")
 
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self, loop: asyncio.AbstractEventLoop, on_wait: Callable[[], None] | None = None
+    ) -> None:
         self.loop = loop
+        self.on_wait = on_wait
         self.done = False
         self.error: BaseException | None = None
         self.waiters: list[asyncio.Future[None]] = []
@@ -247,6 +251,8 @@ class Batch:
 
     def __await__(self) -> Generator[Any, None, None]:
         if not self.done:
+            if self.on_wait is not None:
+                self.on_wait()
             waiter = self.loop.create_future()
             self.waiters.append(waiter)
             yield from waiter.__await__()

@@ -55,6 +55,7 @@ from miminions.kernel.errors import (
 )
 from miminions.kernel.hookspecs import hookimpl
 from miminions.kernel.interfaces import EventQuery, StoredAgent
+from miminions.kernel.loop_end import LoopEndWatch
 from miminions.kernel.models import DeadLetter, Event, EventRecord, RuntimeConfig, Task
 from miminions.kernel.ownership import process_exists
 from miminions.plugins import sqlite_schema as schema
@@ -151,6 +152,7 @@ class SQLiteStore:
         self.snapshot = False
         self.switch_interval = switch_interval
         self._release_switch_interval: Callable[[], None] | None = None
+        self._loop_end = LoopEndWatch("miminions-sqlite-canary")
         self.commit_attempts = commit_attempts
         self.retry_delay = retry_delay
         self.max_retry_delay = max_retry_delay
@@ -223,6 +225,7 @@ class SQLiteStore:
         if self.switch_interval is not None:
             # the writer thread must get the GIL promptly beside a busy loop (see the module)
             self._release_switch_interval = hold_switch_interval(self.switch_interval)
+        self._loop_end.start()
 
     async def _connect_writer(self) -> aiosqlite.Connection:
         conn = await _daemon(aiosqlite.connect(self.path))
@@ -478,6 +481,7 @@ class SQLiteStore:
                 self._unlock()  # after the connection: the next owner finds our last commit
                 if release is not None:
                     release()
+                await self._loop_end.close()
 
     # ------------------------------------------------------------------------- writes
     def put_task(self, task: Task) -> Committed:
@@ -533,8 +537,12 @@ class SQLiteStore:
     def _start_batch(self) -> Batch:
         if self._conn is None:
             raise RuntimeNotRunningError("the store is not open; await store.open() first")
-        batch = self._batch = Batch(asyncio.get_running_loop())
-        self._ensure_committer()
+        batch = self._batch = Batch(asyncio.get_running_loop(), self._ensure_committer)
+        if not self._loop_end.ending():
+            # (While the program cancels every task of the loop, a committer started now
+            # would be left pending as the loop closes: the writes wait for a commit someone
+            # awaits (a flush, close, a write's own commit), or are lost with the loop.)
+            self._ensure_committer()
         return batch
 
     def _queued(self) -> int:
