@@ -325,3 +325,24 @@ class TimerSlackAgent(BaseAgent):
     async def execute_task(self, task: Task) -> dict[str, Any]:
         libc = ctypes.CDLL(None, use_errno=True)
         return _done(self, slack=int(libc.prctl(30, 0, 0, 0, 0)))
+
+
+class GatedAgent(BaseAgent):
+    """Appends ``start <task name> <pid>`` to ``input_data['log']``. With ``gate``: waits
+    (asynchronously, with safe points) until that file exists. With ``block``: blocks its
+    worker's event loop (a synchronous computation, well within the heartbeat timeout)
+    until that file exists. Then appends ``end <task name>`` and completes."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        data = task.input_data
+        log = data["log"]
+        _append_line(log, f"start {task.name} {os.getpid()}")
+        if data.get("gate"):
+            while not _exists(data["gate"]):
+                await self.context.checkpoint()
+                await asyncio.sleep(0.01)
+        if data.get("block"):
+            while not _exists(data["block"]):
+                time.sleep(0.01)  # noqa: ASYNC251 (blocks the loop, on purpose)
+        _append_line(log, f"end {task.name}")
+        return _done(self)

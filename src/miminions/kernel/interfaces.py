@@ -138,6 +138,11 @@ class Store(Protocol):
         ...
 
 
+#: The message of the second cancel of a ``host.run()`` call winding down from the first: the
+#: runtime gives up waiting for the task to end (see :meth:`AgentHost.run`).
+RUN_GIVEN_UP = "miminions: the runtime gave up waiting for this task to end"
+
+
 @runtime_checkable
 class AgentHost(Protocol):
     """Where one agent's code runs (``inline`` in the runtime's loop, ``process`` in a worker).
@@ -161,11 +166,12 @@ class AgentHost(Protocol):
         """Run one task and return its JSON result; raise what the agent raised.
 
         Cancelling the awaiting coroutine must interrupt the task (a process host tells
-        its worker) and let ``asyncio.CancelledError`` propagate. Cancelling it again while
-        the task winds down means the runtime gives up waiting: a host whose agent runs in
-        a process of its own (``process_id`` set) then ends the task at once (the built-in
-        one kills its worker) and returns only once it has, since the task goes back to the
-        queue next.
+        its worker) and let ``asyncio.CancelledError`` propagate. A stop that gives up
+        waiting for the task to wind down cancels it again with the message
+        :data:`RUN_GIVEN_UP`: a host whose agent runs in a process of its own
+        (``process_id`` set) then ends the task at once (the built-in one kills its worker)
+        and returns only once it has, since the task goes back to the queue next. Other
+        cancels while the task winds down change nothing.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
         earlier attempt (``context.last_checkpoint`` inside the agent). ``task`` is a

@@ -32,6 +32,7 @@ from miminions.kernel.errors import (
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.interfaces import RUN_GIVEN_UP
 from miminions.kernel.loop_end import LoopEndWatch
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy, task_snapshot
 from miminions.kernel.plugins import refuse_coroutines
@@ -124,12 +125,13 @@ class _Run(Deadline):
             self.worker.cancel()
 
     def give_up(self) -> bool:
-        """Cancel the worker inside ``host.run()`` a second time: the runtime gives up
-        waiting for the task to wind down, and the host is to end it now (a process host
-        kills its worker). False if there is nothing to cancel again."""
+        """Cancel the worker inside ``host.run()`` a second time, with
+        :data:`~miminions.kernel.interfaces.RUN_GIVEN_UP`: the runtime gives up waiting for
+        the task to wind down, and the host is to end it now (a process host kills its
+        worker). False if there is nothing to cancel again."""
         if self.running and self.cancels_sent == 1 and not self.worker.done():
             self.cancels_sent = 2
-            self.worker.cancel()
+            self.worker.cancel(RUN_GIVEN_UP)
             return True
         return False
 
@@ -318,7 +320,7 @@ class AsyncioExecutor:
                 # Set now, not when the interrupt first runs: a run that becomes its
                 # agent's head in between must not begin (see _become_head).
                 run.interrupt_reason = reason
-            interrupting = self._loop.create_task(self._interrupt(run, reason))
+            interrupting = self._loop.create_task(self._interrupt(run, reason, give_up=False))
             self._interrupting.add(interrupting)
             interrupting.add_done_callback(self._interrupting.discard)
 
@@ -831,7 +833,13 @@ class AsyncioExecutor:
                 slot.host.notify_error(error, fast_copy(task)), self._notify_timeout
             )
 
-    async def _interrupt(self, run: _Run, reason: str) -> None:
+    async def _interrupt(self, run: _Run, reason: str, *, give_up: bool = True) -> None:
+        """Stop ``run`` for ``reason`` (it goes back to the queue, unless it was being
+        cancelled or timed out). ``give_up``: a stop's, which gives up waiting for a task
+        that ignores its cancel after the shutdown timeout; otherwise (a prefetch window
+        given back on a pause) a process agent's run is waited for until its host ends it
+        (its cancel grace, then a kill), and only an agent sharing the runtime's process is
+        given up on."""
         if run.cancel_reason is None:
             run.interrupt_reason = reason
         if run.worker.done():
@@ -851,9 +859,12 @@ class AsyncioExecutor:
             # agent runs in a process of its own ends the task first when cancelled again
             # (it kills the worker): the task must not go back to the queue, and be run by
             # another agent, while that worker may still be running it.
-            if not run.finished and run.slot.host.process_id is not None and run.give_up():
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(run.ended_or_gone(), self._notify_timeout)
+            if not run.finished and run.running and run.slot.host.process_id is not None:
+                if not give_up:
+                    await run.ended_or_gone()
+                elif run.give_up():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(run.ended_or_gone(), self._notify_timeout)
             if not run.finished:
                 run.abandoned = True
                 self._settle_unended(

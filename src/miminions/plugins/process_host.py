@@ -35,6 +35,7 @@ from miminions.kernel.errors import (
     ValidationError,
 )
 from miminions.kernel.hookspecs import hookimpl
+from miminions.kernel.interfaces import RUN_GIVEN_UP
 from miminions.kernel.messaging import IMMEDIATE_CALLS
 from miminions.kernel.models import (
     AgentMessage,
@@ -88,6 +89,7 @@ class _Live:
         self.soft_cpu_warned = False
         self.cpu_seconds: float | None = None  # at the last usage check
         self.breach: ResourceLimitExceeded | None = None
+        self.killing: asyncio.Future[None] | None = None  # see ProcessHost._kill_worker
         #: Messages handed to the worker's on_message inbox that it has not yet said it
         #: handles (``message_taken``) or returned; and those the runtime took back from it
         #: (see :meth:`ProcessHost._take_back_inbox`), whose late return is ignored.
@@ -190,7 +192,7 @@ class ProcessHost:
             # Seen through to its end even if this is cancelled again meanwhile (bounded by
             # the grace period and a kill): the run must not end while the worker may still
             # be running the task, or the task could be handed out and run twice at once.
-            # Cancelled again, the runtime gives up waiting: the worker is killed now.
+            # Cancelled again by a stop giving up waiting (RUN_GIVEN_UP): killed now.
             stopping = asyncio.ensure_future(
                 self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
             )
@@ -198,8 +200,9 @@ class ProcessHost:
             while not stopping.done():
                 try:
                     await asyncio.shield(stopping)
-                except asyncio.CancelledError:
-                    if killing is None and not stopping.done():
+                except asyncio.CancelledError as again:
+                    given_up = again.args[:1] == (RUN_GIVEN_UP,)
+                    if given_up and killing is None and not stopping.done():
                         killing = asyncio.ensure_future(self._give_up_run(live))
             while killing is not None and not killing.done():  # dead before the run ends
                 with contextlib.suppress(asyncio.CancelledError):
@@ -556,17 +559,21 @@ class ProcessHost:
             live.breach = self._breach("cpu", None, limit, "seconds")
 
     async def _kill_worker(self, live: _Live, reason: str, details: JSONObject) -> None:
-        """Kill a misbehaving worker; it then counts as crashed (``reason`` says why)."""
-        if not live.process.alive:
-            return
-        live.process.exit_reason = f"was killed: {reason}"
-        self._rt.events.emit(
-            EventType.AGENT_KILLED,
-            severity=Severity.ERROR,
-            agent_id=self.spec.agent_id,
-            details={"pid": live.process.pid, "reason": reason, **details},
-        )
-        await live.process.kill()
+        """Kill a misbehaving worker; it then counts as crashed (``reason`` says why).
+        Once: a second caller (two runs of the worker that both ignored their cancel) waits
+        for the first one's kill, reported once."""
+        if live.killing is None:
+            if not live.process.alive:
+                return
+            live.process.exit_reason = f"was killed: {reason}"
+            self._rt.events.emit(
+                EventType.AGENT_KILLED,
+                severity=Severity.ERROR,
+                agent_id=self.spec.agent_id,
+                details={"pid": live.process.pid, "reason": reason, **details},
+            )
+            live.killing = asyncio.ensure_future(live.process.kill())
+        await asyncio.shield(live.killing)
 
     async def _discard(self, live: _Live, why: str) -> None:
         """End a worker on purpose, at once."""

@@ -1,0 +1,173 @@
+"""When the runtime gives up on a process agent's task that winds down after a cancel, and
+when it must not: only a stop gives up early (killing the worker before the task goes back
+to the queue); a pause giving back prefetched tasks, a cancel from outside the runtime
+followed by the runtime's own cancel, and every other extra cancel leave the worker alone
+within its cancel grace; a worker killed for two runs at once is reported once."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from miminions import (
+    AgentRuntime,
+    EventType,
+    ProcessSettings,
+    RuntimeConfig,
+    WaitTimeoutError,
+)
+from tests.support.cancelling import executor_workers
+from tests.support.cleanup_agents import SteppingSlowCleanupAgent
+from tests.support.process_agents import GatedAgent
+from tests.support.waiting import WAIT_SECONDS, wait_until
+
+MakeConfig = Callable[..., RuntimeConfig]
+
+
+def _short_stop_long_grace(make_config: MakeConfig, shutdown: float = 0.3) -> RuntimeConfig:
+    return make_config(
+        shutdown_timeout_seconds=shutdown,
+        process=ProcessSettings(cancel_grace_seconds=30.0, heartbeat_timeout_seconds=120.0),
+    )
+
+
+async def _prefetched_behind_a_loop_blocking_task(
+    rt: AgentRuntime, tmp_path: Path
+) -> tuple[str, str, str, Path]:
+    """A process agent runs ``b``, which blocks its worker's loop until the returned
+    ``release`` file exists, with ``c`` waiting in its prefetch window: the agent's id,
+    ``b``, ``c`` and ``release``."""
+    log, gate, release = tmp_path / "log", tmp_path / "gate", tmp_path / "release"
+    agent = await rt.register_agent("a", GatedAgent, isolation="process")
+    await rt.start_agent(agent)
+    await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
+    await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
+    b = await rt.submit_task("b", input_data={"log": str(log), "block": str(release)})
+    c = await rt.submit_task("c", input_data={"log": str(log)})
+    gate.touch()  # a ends: the agent takes b and, ahead of time, c
+    await wait_until(lambda: "start b" in log.read_text(), "b runs (its worker's loop blocked)")
+    await wait_until(
+        lambda: (
+            rt.get_task_status(c).assigned_agent_id == agent
+            and rt.get_task_status(c).status.value == "running"
+        ),
+        "c is in the agent's prefetch window",
+    )
+    return agent, b, c, release
+
+
+@pytest.mark.parametrize("what", ["agent", "queue"])
+async def test_a_pause_giving_back_prefetched_tasks_does_not_kill_the_worker(
+    make_config: MakeConfig, tmp_path: Path, what: str
+) -> None:
+    """pause_agent / pause_queue give back the task waiting in a process agent's prefetch
+    window while the running one blocks the worker's loop for longer than the shutdown
+    timeout (well within the heartbeat timeout and the cancel grace): the worker was killed
+    as if a stop gave up, and the running task failed as crashed."""
+    rt = AgentRuntime(config=_short_stop_long_grace(make_config))
+    await rt.start()
+    release = tmp_path / "release"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(rt, tmp_path)
+        pausing = asyncio.ensure_future(
+            rt.pause_queue() if what == "queue" else rt.pause_agent(agent, timeout_seconds=1.0)
+        )
+        # What is tested is an absence: no kill once the 0.3 s shutdown timeout has passed
+        # (the give-back of c killed the worker then). Nothing happens to wait for, so the
+        # test lets three times that pass.
+        await asyncio.sleep(1.0)
+        killed = await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent)
+        release.touch()
+        [paused] = await asyncio.wait_for(
+            asyncio.gather(pausing, return_exceptions=True), WAIT_SECONDS
+        )
+        if what == "agent":  # b reached no safe point within the pause's timeout
+            assert isinstance(paused, WaitTimeoutError), repr(paused)
+        assert [e.details for e in killed] == [], "the pause killed the agent's worker"
+        finished = await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        assert finished.status.value == "completed", finished.error_message
+        if what == "queue":
+            await rt.resume_queue()
+        given_back = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert given_back.status.value == "completed", given_back.error_message
+        assert given_back.retry_count == 0
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("then", ["cancel_task", "timeout"])
+async def test_the_runtimes_cancel_after_an_outside_cancel_does_not_kill_the_worker(
+    make_config: MakeConfig, tmp_path: Path, then: str
+) -> None:
+    """A process agent's worker is cancelled from outside the runtime and its task winds
+    down; then the runtime cancels the task too (cancel_task, its timeout). That cancel is
+    no stop giving up: the worker is left to wind down within its cancel grace."""
+    log, release = tmp_path / "log", tmp_path / "release"
+    config = make_config(
+        process=ProcessSettings(cancel_grace_seconds=60.0, heartbeat_timeout_seconds=120.0)
+    )
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    try:
+        agent = await rt.register_agent("a", SteppingSlowCleanupAgent, isolation="process")
+        await rt.start_agent(agent)
+        data = {"log": str(log), "release": str(release)}
+        timeout = 1.0 if then == "timeout" else None
+        task_id = await rt.submit_task("job", input_data=data, timeout_seconds=timeout)
+        await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
+        [worker] = executor_workers("_work_prefetched")
+        worker.cancel()  # from outside the runtime (a supervisor of the program's own)
+        await wait_until(lambda: "cancelled" in log.read_text(), "the cancel reached it")
+        run = rt.executor._runs[task_id]  # type: ignore[attr-defined]
+        if then == "cancel_task":
+            ending = asyncio.ensure_future(rt.cancel_task(task_id))
+            await wait_until(lambda: run.cancels_sent, "the runtime's cancel is sent")
+        else:
+            ending = asyncio.ensure_future(rt.wait_for_task(task_id, WAIT_SECONDS))
+            await wait_until(lambda: run.timed_out, "the task's timeout passes")
+        for _ in range(20):  # the host acts on a cancel within a few turns of the loop
+            await asyncio.sleep(0)
+        killed = await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent)
+        release.touch()  # the wind-down ends (well within the 60 s grace)
+        await asyncio.wait_for(ending, WAIT_SECONDS)
+        assert [e.details for e in killed] == [], f"killed during its wind-down ({then})"
+        assert "end" in log.read_text(), "the worker was killed before it wound down"
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(), 30)
+
+
+@pytest.mark.parametrize(
+    ("shutdown", "grace"),
+    [(0.3, 30.0), (30.0, 0.3)],
+    ids=["killed-when-the-stop-gives-up", "killed-at-the-end-of-the-cancel-grace"],
+)
+async def test_a_worker_killed_for_two_runs_at_once_is_reported_once(
+    make_config: MakeConfig, tmp_path: Path, shutdown: float, grace: float
+) -> None:
+    """A forced stop of a process agent holding two runs (the running one blocks the
+    worker's loop, the next waits in its prefetch window): both runs outlast the stop's
+    patience or the cancel grace together, and each run's host killed the same worker,
+    each reporting its own agent_killed."""
+    config = make_config(
+        shutdown_timeout_seconds=shutdown,
+        process=ProcessSettings(cancel_grace_seconds=grace, heartbeat_timeout_seconds=120.0),
+    )
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    release = tmp_path / "release"
+    try:
+        agent, _, _, release = await _prefetched_behind_a_loop_blocking_task(rt, tmp_path)
+        pid = rt.get_agent_status(agent).process_id
+        await asyncio.wait_for(
+            rt.stop_agent(agent, graceful=False, timeout_seconds=0.1), WAIT_SECONDS
+        )
+        killed = await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent)
+        assert [e.details["pid"] for e in killed] in ([], [pid]), [e.details for e in killed]
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
