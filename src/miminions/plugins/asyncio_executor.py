@@ -592,8 +592,8 @@ class AsyncioExecutor:
         else:
             worker = self._loop.create_task(self._work_prefetched(slot, task_id))
         self._workers.add(worker)
-        worker.add_done_callback(self._workers.discard)
-        # Also when it is cancelled before its first step (then its code never runs).
+        # (One callback, not two: each is a turn of the loop for every task a prefetching
+        # agent runs.) Also when it is cancelled before its first step (its code never runs).
         worker.add_done_callback(partial(self._worker_ended, slot))
         self._begin(slot, task_id, worker)
         # A busy agent with room left in its window is not made idle: a free agent must
@@ -883,6 +883,7 @@ class AsyncioExecutor:
     def _worker_ended(self, slot: AgentSlot, worker: asyncio.Task[Any]) -> None:
         """A worker of ``slot`` is done. One that ended cancelled was cancelled from outside
         (the executor takes its own cancels of a run back in _run_one), or by close()."""
+        self._workers.discard(worker)
         if not worker.cancelled():
             return
         if self._serving.get(slot.agent_id) is worker:  # (cancelled before its first step)
