@@ -104,6 +104,12 @@ class AgentSlot:
     restart_queued: bool = False
     crash_times: deque[float] = field(default_factory=deque)  # monotonic, for the policy
     restart_timer: asyncio.TimerHandle | None = None
+    #: The agent's id (its spec's, which never changes: kept here because the executor
+    #: reads it several times for every task).
+    agent_id: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.agent_id = self.spec.agent_id
 
     @property
     def pausing(self) -> asyncio.Future[Any] | None:
@@ -121,11 +127,6 @@ class AgentSlot:
         if self.restart_timer is not None:
             self.restart_timer.cancel()
             self.restart_timer = None
-
-    @property
-    def agent_id(self) -> str:
-        """The agent's id."""
-        return self.spec.agent_id
 
     @property
     def status(self) -> AgentStatus:

@@ -668,7 +668,7 @@ class AsyncioExecutor:
                 or self._rt.queue_paused
                 or agent_id not in self._available
                 or self._serving.get(agent_id) is not worker  # given up on (see _interrupt)
-                or self.loop_ending()
+                or self._loop_end.ending()
             ):
                 break
             task_id = self._sched.take(slot.routes)
