@@ -8,12 +8,21 @@ import json
 import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
+import pydantic
 import pytest
 
 from miminions.kernel.errors import NotFoundError, RemoteAgentError
-from miminions.kernel.wire import ChannelClosedError, FrameChannel, encode_frame
+from miminions.kernel.models import Task
+from miminions.kernel.wire import (
+    ChannelClosedError,
+    FrameChannel,
+    encode_frame,
+    task_from_wire,
+    task_to_wire,
+)
 
 WAIT = 5.0
 
@@ -210,3 +219,42 @@ async def test_a_frame_nested_too_deep_closes_the_channel_cleanly() -> None:
     channel.data_received(len(body).to_bytes(4, "big") + body)
     assert transport.aborted
     await asyncio.wait_for(channel.closed, WAIT)
+
+
+def test_every_task_field_that_may_be_none_defaults_to_none() -> None:
+    """task_to_wire leaves None values out and the worker's model fills them back in:
+    that is only right while no field that may be None has another default."""
+    for name, info in Task.model_fields.items():
+        if info.is_required() or info.default_factory is not None:
+            continue
+        try:
+            Task.model_validate(
+                {"task_id": "t", "name": "n", "created_at": datetime.now(UTC), name: None}
+            )
+        except pydantic.ValidationError:
+            continue  # None is not a value of this field
+        assert info.default is None, f"{name} may be None but defaults to {info.default!r}"
+
+
+def test_a_task_travels_whole_with_its_none_fields_left_out() -> None:
+    now = datetime.now(UTC)
+    running = Task.model_validate(
+        {
+            "task_id": "t1",
+            "name": "n",
+            "created_at": now,
+            "started_at": now,
+            "status": "running",
+            "assigned_agent_id": "a1",
+            "input_data": {"x": [1, None]},
+            "dependencies": ["t0"],
+            "timeout_seconds": 2.5,
+        }
+    )
+    wire = task_to_wire(running)
+    assert None not in wire.values()
+    assert wire["input_data"] == {"x": [1, None]}  # None inside a value stays
+    back = task_from_wire(json.loads(json.dumps(wire)))
+    assert back == running
+    fresh = Task.model_validate({"task_id": "t2", "name": "n", "created_at": now})
+    assert task_from_wire(json.loads(json.dumps(task_to_wire(fresh)))) == fresh

@@ -132,10 +132,13 @@ def kernel_error_from_wire(data: Any) -> BaseException:
 
 
 def task_to_wire(task: Task) -> Frame:
-    """A task as JSON: enums as their values, timestamps as UTC unix seconds."""
-    fields = dict(task.__dict__)
+    """A task as JSON: enums as their values, timestamps as UTC unix seconds, and fields
+    that are None left out (every field of a task that may be None defaults to None, so
+    :func:`task_from_wire` gets them back): a typical task's frame is half as long, and
+    encoding it is a part of every task a process agent runs."""
+    fields = {key: value for key, value in task.__dict__.items() if value is not None}
     for key in ("created_at", "started_at", "completed_at"):
-        value = fields[key]
+        value = fields.get(key)
         if value is not None:
             fields[key] = value.timestamp()
     fields["status"] = fields["status"].value
