@@ -214,6 +214,22 @@ async def test_a_program_ending_while_a_process_task_ignores_its_cancel_leaves_n
     assert "Event loop is closed" not in err, err[-3000:]
 
 
+async def test_a_restart_planned_before_the_program_ends_is_not_started_at_exit(
+    tmp_path: Path,
+) -> None:
+    """A process agent crashed and its restart is due shortly when main returns without
+    stopping the runtime, while another process agent's task ignores its cancel, so
+    asyncio.run's wind-down lasts that agent's cancel grace. The restart timer fired
+    meanwhile and started the agent again on a new worker, whose tasks the closing loop
+    destroyed ("Task was destroyed but it is pending!")."""
+    code, out, err = await _run_child("restart-at-exit", tmp_path / "r.sqlite")
+    assert code == 0, f"the program did not exit: {out!r} {err[-2000:]}"
+    assert "exited" in out, out
+    after_return = out.split("returning", 1)[1]
+    assert "agent_start" not in after_return, f"an agent was started at exit:\n{out}"
+    assert "destroyed but it is pending" not in err, err[-3000:]
+
+
 async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovered(
     make_config: MakeConfig,
 ) -> None:
@@ -333,11 +349,12 @@ async def test_a_forced_stop_does_not_wait_for_the_cancel_grace(
     make_config: MakeConfig, tmp_path: Path, whole: bool
 ) -> None:
     """A forced stop (of the agent or the runtime) of a process agent whose cancelled task
-    winds down slowly does not wait for the worker's cancel grace period: the worker is
-    killed at once and the task re-queued."""
+    winds down slowly waits neither for the worker's cancel grace period nor for the
+    shutdown timeout (a graceful stop's patience; the forced stop waited it out before
+    killing): the worker is killed at once and the task re-queued."""
     release = tmp_path / "release"
     config = make_config(
-        shutdown_timeout_seconds=0.5,
+        shutdown_timeout_seconds=120.0,
         process=ProcessSettings(cancel_grace_seconds=120.0, heartbeat_timeout_seconds=120.0),
     )
     rt = AgentRuntime(config=config)

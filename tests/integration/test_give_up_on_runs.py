@@ -99,6 +99,43 @@ async def test_a_pause_giving_back_prefetched_tasks_does_not_kill_the_worker(
         await asyncio.wait_for(rt.stop(graceful=False), 30)
 
 
+@pytest.mark.parametrize("what", ["agent", "queue"])
+async def test_a_pause_does_not_kill_the_worker_when_its_loop_is_busy_past_the_grace(
+    make_config: MakeConfig, tmp_path: Path, what: str
+) -> None:
+    """The same with a short cancel grace (0.3 s) that the running task's synchronous work
+    outlasts: the prefetched task given back was never begun, the worker just cannot answer
+    while its loop is busy. It was killed at the end of the grace as if that task ignored
+    its cancel, and the running task, which nobody cancelled, failed as crashed."""
+    config = make_config(
+        process=ProcessSettings(cancel_grace_seconds=0.3, heartbeat_timeout_seconds=120.0)
+    )
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    release = tmp_path / "release"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(rt, tmp_path)
+        pausing = asyncio.ensure_future(
+            rt.pause_queue() if what == "queue" else rt.pause_agent(agent, timeout_seconds=30.0)
+        )
+        await asyncio.sleep(1.0)  # an absence: three times the grace, no kill
+        killed = await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent)
+        release.touch()
+        await asyncio.wait_for(asyncio.gather(pausing, return_exceptions=True), WAIT_SECONDS)
+        assert [e.details for e in killed] == [], "the pause killed the agent's worker"
+        if what == "queue":
+            await rt.resume_queue()
+        else:
+            await rt.resume_agent(agent)
+        finished = await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        assert finished.status.value == "completed", finished.error_message
+        given_back = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert given_back.status.value == "completed", given_back.error_message
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
 @pytest.mark.parametrize("then", ["cancel_task", "timeout"])
 async def test_the_runtimes_cancel_after_an_outside_cancel_does_not_kill_the_worker(
     make_config: MakeConfig, tmp_path: Path, then: str

@@ -223,3 +223,27 @@ async def test_a_write_while_every_task_is_cancelled_starts_no_commit_task(
         assert raw(store.path, "SELECT count(*) FROM events") == [(1,)]
     finally:
         await store.close()
+
+
+def test_a_store_opened_on_one_loop_closes_on_another(tmp_path: Path) -> None:
+    """The store's loop-end canary belongs to the loop that opened it: close() on another
+    loop waited for it, and that loop never runs again, so close() hung."""
+    store = SQLiteStore(str(tmp_path / "two-loops.db"))
+    first = asyncio.new_event_loop()
+    try:
+        first.run_until_complete(store.open())
+        store_event = make_event(1)
+
+        async def write_and_close_elsewhere() -> None:
+            store.put_event(store_event)
+            await asyncio.wait_for(store.close(), WAIT)
+
+        asyncio.run(write_and_close_elsewhere())
+        assert raw(store.path, "SELECT count(*) FROM events") == [(1,)]
+    finally:
+        pending = asyncio.all_tasks(first)
+        for task in pending:
+            task.cancel()
+        if pending:
+            first.run_until_complete(asyncio.wait(pending))
+        first.close()

@@ -12,7 +12,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from miminions import AgentRuntime, RuntimeConfig
+from miminions import AgentRuntime, Event, EventType, RuntimeConfig, hookimpl
 
 WINDING_DOWN = asyncio.Event()
 
@@ -81,9 +81,58 @@ async def process_cancelled_at_exit(db: str) -> None:
     print("returning", flush=True)
 
 
+class _PrintAgentStarts:
+    """Prints each agent_starting / agent_started event as it is recorded, so the parent
+    sees what happened after main returned."""
+
+    miminions_plugin_name = "exit_child_agent_starts"
+
+    @hookimpl
+    def miminions_event(self, event: Event) -> None:
+        if event.event_type in (EventType.AGENT_STARTING, EventType.AGENT_STARTED):
+            print(f"event {event.event_type.value} {event.agent_id}", flush=True)
+
+
+async def restart_at_exit(db: str) -> None:
+    """``restart-at-exit``: a process agent crashes (its worker exits) and its restart is
+    planned (backoff 0.2 s); a second process agent runs a task that ignores its cancel
+    (cancel grace 1 s). main returns without stopping the runtime: asyncio.run cancels every
+    task and waits for them until the second agent's worker is killed; the restart timer
+    fires meanwhile."""
+    from miminions import ProcessSettings, RestartPolicy
+    from tests.support.process_agents import CrashAgent, SlowToStopAgent
+
+    log = Path(db + ".log")
+    config = RuntimeConfig(
+        storage_path=db,
+        process=ProcessSettings(cancel_grace_seconds=1.0),
+        restart=RestartPolicy(backoff_base_seconds=0.2),
+    )
+    rt = AgentRuntime(config=config, plugins=[_PrintAgentStarts()])
+    await rt.start()
+    slow = await rt.register_agent(
+        "slow", SlowToStopAgent, isolation="process", config={"slow": True}
+    )
+    crashy = await rt.register_agent(
+        "crashy", CrashAgent, isolation="process", config={"crashy": True}
+    )
+    await rt.start_agent(slow)
+    await rt.start_agent(crashy)
+    data = {"log": str(log), "release": db + ".never"}
+    await rt.submit_task("slow", agent_id=slow, input_data=data)
+    while not _logged(log, "start"):  # noqa: ASYNC110 (another process writes it)
+        await asyncio.sleep(0.01)
+    await rt.submit_task("crash", agent_id=crashy, input_data={"mode": "exit"})
+    while "restarting in" not in (rt.get_agent_status(crashy).status_reason or ""):  # noqa: ASYNC110
+        await asyncio.sleep(0.01)
+    print("returning", flush=True)
+
+
 async def main(mode: str, db: str) -> None:
     if mode == "process-timeout-at-exit":
         return await process_main(db)
+    if mode == "restart-at-exit":
+        return await restart_at_exit(db)
     if mode == "process-cancel-at-exit":
         return await process_cancelled_at_exit(db)
     rt = AgentRuntime(config=RuntimeConfig(storage_path=db))

@@ -245,8 +245,10 @@ class Executor(Protocol):
         """Wait up to ``timeout_seconds`` for the agent's running task; False on time-out."""
         ...
 
-    async def interrupt_agent(self, agent_id: str, reason: str) -> bool:
-        """Interrupt the agent's running task so it is re-queued; False if it had none."""
+    async def interrupt_agent(self, agent_id: str, reason: str, *, at_once: bool = False) -> bool:
+        """Interrupt the agent's running task so it is re-queued; False if it had none.
+        ``at_once`` (a forced stop): end it now, without waiting for it to wind down (an
+        agent in a process of its own: kill the process)."""
         ...
 
     def cancel_task(self, task_id: str, reason: str) -> bool:
@@ -282,9 +284,10 @@ class Executor(Protocol):
         """Undo :meth:`pause_group_clocks`."""
         ...
 
-    async def drain(self, timeout_seconds: float) -> list[str]:
+    async def drain(self, timeout_seconds: float, *, at_once: bool = False) -> list[str]:
         """Stop dispatching, wait up to ``timeout_seconds`` for running tasks, interrupt
-        the rest (re-queued) and return their ids."""
+        the rest (re-queued; ``at_once`` as in :meth:`interrupt_agent`) and return their
+        ids."""
         ...
 
     async def close(self) -> None:

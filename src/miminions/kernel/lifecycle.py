@@ -490,8 +490,8 @@ class AgentBook(RestartMixin):
     def _start_next_queued(self) -> None:
         """Start queued agents, in order, while slots are free and the load allows."""
         while self._start_queue and self.active_count < self._limits.max_concurrent_agents:
-            if self._closing:
-                return
+            if self._closing or self._loop_ending():
+                return  # (a start begun while the loop ends would be cut off half-way)
             overloaded = self._overloaded()
             if overloaded is not None:
                 for waiting in self._start_queue:
@@ -724,7 +724,7 @@ class AgentBook(RestartMixin):
             executor.agent_unavailable(slot)
             if graceful and not (was_paused or was_starting):
                 await executor.wait_agent_idle(slot.agent_id, timeout_seconds)
-            await executor.interrupt_agent(slot.agent_id, "agent stopped")
+            await executor.interrupt_agent(slot.agent_id, "agent stopped", at_once=not graceful)
             executor.resume_clocks(slot.agent_id)
         await self._release_host(slot, timeout_seconds if graceful and not was_starting else None)
         slot.instance.process_id = None

@@ -27,11 +27,18 @@ class LoopEndWatch:
         self._canary: asyncio.Task[bool] | None = None
 
     def start(self) -> None:
-        """Put the canary on the running loop (once; again after :meth:`close`)."""
-        if self._canary is None:
-            self._canary = asyncio.get_running_loop().create_task(
-                asyncio.Event().wait(), name=self._name
-            )
+        """Put the canary on the running loop (once; again after :meth:`close`, or on
+        another loop than the one it was put on)."""
+        loop = asyncio.get_running_loop()
+        canary = self._canary
+        if canary is not None and canary.get_loop() is not loop:
+            self._drop(canary)
+            canary = None
+        if canary is None:
+            canary = self._canary = loop.create_task(asyncio.Event().wait(), name=self._name)
+            # Nothing hangs on it: a canary left on a loop that closed without cancelling it
+            # (a component opened on one loop, closed on another) is no leak worth a warning.
+            canary._log_destroy_pending = False  # type: ignore[attr-defined]
 
     @property
     def started(self) -> bool:
@@ -44,11 +51,23 @@ class LoopEndWatch:
         return canary is not None and (canary.done() or canary.cancelling() > 0)
 
     async def close(self) -> None:
-        """End the canary and wait for it."""
+        """End the canary and wait for it (one on another loop is only cancelled: that
+        loop may never run again)."""
         canary, self._canary = self._canary, None
-        if canary is not None and not canary.done():
-            canary.cancel()
-            await asyncio.wait([canary])
+        if canary is None or canary.done():
+            return
+        if canary.get_loop() is not asyncio.get_running_loop():
+            self._drop(canary)
+            return
+        canary.cancel()
+        await asyncio.wait([canary])
+
+    @staticmethod
+    def _drop(canary: asyncio.Task[bool]) -> None:
+        """Cancel a canary of another loop, if that loop can still run it."""
+        loop = canary.get_loop()
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(canary.cancel)
 
 
 __all__ = ["LoopEndWatch"]

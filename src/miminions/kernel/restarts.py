@@ -172,8 +172,8 @@ class RestartMixin:
 
     def _restart_due(self, slot: AgentSlot) -> None:
         slot.restart_timer = None
-        if self._closing:
-            return
+        if self._closing or self._loop_ending():
+            return  # (ending with the loop: see host_failed)
         restarting = asyncio.ensure_future(self._restart(slot))
         self._background.add(restarting)
         restarting.add_done_callback(self._background.discard)

@@ -478,7 +478,9 @@ class AgentRuntime(CommunicationAPI):
         steps.call(self.agent_book.request_stop_all)
         interrupted: list[str] = []
         if not steps.cut_short:
-            interrupted = await steps.wait(executor.drain, timeout_seconds) or []
+            interrupted = (
+                await steps.wait(executor.drain, timeout_seconds, at_once=not graceful) or []
+            )
         if not steps.cut_short:
             await steps.wait(self.agent_book.stop_all, timeout_seconds, graceful=graceful)
         await steps.wait(executor.close)

@@ -115,14 +115,14 @@ class _Run(Deadline):
             self.timed_out = True
             self.stop_worker()
 
-    def stop_worker(self) -> None:
+    def stop_worker(self, message: str | None = None) -> None:
         """Cancel the worker inside ``host.run()``, once: a timeout, a cancel and an
         interrupt may all ask, and a second cancel would cut short the host's own handling
         of the first (a process host waiting for its worker to confirm, an agent cleaning
         up), and leave the worker with a cancellation nobody takes back."""
         if self.running and not self.cancels_sent:
             self.cancels_sent = 1
-            self.worker.cancel()
+            self.worker.cancel(message)
 
     def give_up(self) -> bool:
         """Cancel the worker inside ``host.run()`` a second time, with
@@ -245,9 +245,10 @@ class AsyncioExecutor:
         self._accepting = True
         self.wake()
 
-    async def drain(self, timeout_seconds: float) -> list[str]:
+    async def drain(self, timeout_seconds: float, *, at_once: bool = False) -> list[str]:
         """Stop dispatching; let running tasks finish for ``timeout_seconds``; interrupt
-        (and re-queue) the rest. Returns the ids of the interrupted tasks."""
+        (and re-queue) the rest, ``at_once`` as :meth:`interrupt_agent`. Returns the ids of
+        the interrupted tasks."""
         self._accepting = False
         # A run whose worker is gone (cancelled from outside) will not finish: not waited for.
         runs = [run for run in self._runs.values() if not run.worker.done()]
@@ -258,7 +259,10 @@ class AsyncioExecutor:
                 waiting.cancel()
         leftover = [run.task_id for run in self._runs.values()]
         await asyncio.gather(
-            *(self._interrupt(run, "runtime shutting down") for run in list(self._runs.values()))
+            *(
+                self._interrupt(run, "runtime shutting down", at_once=at_once)
+                for run in list(self._runs.values())
+            )
         )
         return leftover
 
@@ -336,12 +340,16 @@ class AsyncioExecutor:
             waiting.cancel()
         return not pending
 
-    async def interrupt_agent(self, agent_id: str, reason: str) -> bool:
-        """Interrupt the agent's running tasks (they are re-queued); False if it had none."""
+    async def interrupt_agent(self, agent_id: str, reason: str, *, at_once: bool = False) -> bool:
+        """Interrupt the agent's running tasks (they are re-queued); False if it had none.
+        ``at_once`` (a forced stop): a process agent's worker is killed at once if its task
+        has not ended, instead of after the shutdown timeout."""
         runs = list(self._agent_runs.get(agent_id, ()))
         if not runs:
             return False
-        await asyncio.gather(*(self._interrupt(run, reason) for run in reversed(runs)))
+        await asyncio.gather(
+            *(self._interrupt(run, reason, at_once=at_once) for run in reversed(runs))
+        )
         return True
 
     # ------------------------------------------------------------------ tasks
@@ -833,13 +841,15 @@ class AsyncioExecutor:
                 slot.host.notify_error(error, fast_copy(task)), self._notify_timeout
             )
 
-    async def _interrupt(self, run: _Run, reason: str, *, give_up: bool = True) -> None:
+    async def _interrupt(
+        self, run: _Run, reason: str, *, give_up: bool = True, at_once: bool = False
+    ) -> None:
         """Stop ``run`` for ``reason`` (it goes back to the queue, unless it was being
         cancelled or timed out). ``give_up``: a stop's, which gives up waiting for a task
-        that ignores its cancel after the shutdown timeout; otherwise (a prefetch window
-        given back on a pause) a process agent's run is waited for until its host ends it
-        (its cancel grace, then a kill), and only an agent sharing the runtime's process is
-        given up on."""
+        that ignores its cancel after the shutdown timeout (``at_once``, a forced stop: a
+        process agent's run at once); otherwise (a prefetch window given back on a pause)
+        a process agent's run is waited for until its host ends it (its cancel grace, then
+        a kill), and only an agent sharing the runtime's process is given up on."""
         if run.cancel_reason is None:
             run.interrupt_reason = reason
         if run.worker.done():
@@ -848,7 +858,14 @@ class AsyncioExecutor:
             if not run.finished:
                 self._settle_unended(run, f"{reason}; the runtime's worker running it was gone")
             return
-        run.stop_worker()
+        if at_once and run.running and run.slot.host.process_id is not None:
+            # A forced stop: the worker is killed now if the task has not ended yet.
+            if run.cancels_sent:
+                run.give_up()
+            else:
+                run.stop_worker(RUN_GIVEN_UP)
+        else:
+            run.stop_worker()
         try:
             # (Also when its worker ends without ending it: cancelled from outside too, with
             # the loop ending, it books nothing; it is settled just below.)

@@ -90,6 +90,8 @@ class _Live:
         self.cpu_seconds: float | None = None  # at the last usage check
         self.breach: ResourceLimitExceeded | None = None
         self.killing: asyncio.Future[None] | None = None  # see ProcessHost._kill_worker
+        #: Resolved when the run at the head of ``runs`` leaves it (see _cancel_run).
+        self.head_moved: asyncio.Future[None] | None = None
         #: Messages handed to the worker's on_message inbox that it has not yet said it
         #: handles (``message_taken``) or returned; and those the runtime took back from it
         #: (see :meth:`ProcessHost._take_back_inbox`), whose late return is ignored.
@@ -188,15 +190,17 @@ class ProcessHost:
         live.runs[run_id] = None
         try:
             return await reply
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as cancel:
             # Seen through to its end even if this is cancelled again meanwhile (bounded by
             # the grace period and a kill): the run must not end while the worker may still
             # be running the task, or the task could be handed out and run twice at once.
-            # Cancelled again by a stop giving up waiting (RUN_GIVEN_UP): killed now.
+            # Cancelled by a stop giving up waiting (RUN_GIVEN_UP), now or later: killed now.
             stopping = asyncio.ensure_future(
                 self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
             )
             killing: asyncio.Future[None] | None = None
+            if cancel.args[:1] == (RUN_GIVEN_UP,):
+                killing = asyncio.ensure_future(self._give_up_run(live))
             while not stopping.done():
                 try:
                     await asyncio.shield(stopping)
@@ -214,7 +218,13 @@ class ProcessHost:
                 raise await self._not_begun(live) from None
             raise await self._crash_error(live) from None
         finally:
+            was_head = next(iter(live.runs), None) == run_id
             live.runs.pop(run_id, None)
+            moved = live.head_moved
+            if was_head and moved is not None:
+                live.head_moved = None
+                if not moved.done():
+                    moved.set_result(None)
 
     async def pause(self) -> Any:
         """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker.
@@ -448,6 +458,15 @@ class ProcessHost:
         was_frozen = live.frozen
         self._thaw(live)
         live.channel.notify("cancel", run=run_id)
+        # A run taken ahead of time, behind the one the worker runs, has not begun: the
+        # worker drops it as soon as its loop is free, which the run ahead may keep busy
+        # for a while (synchronous work; a hung worker is the heartbeat's to find). The
+        # grace counts from when the worker may begin it: killing the worker earlier would
+        # take the run ahead, which nobody cancelled, with it.
+        while not reply.done() and live.process.alive and next(iter(live.runs), run_id) != run_id:
+            if live.head_moved is None:
+                live.head_moved = asyncio.get_running_loop().create_future()
+            await asyncio.wait({reply, live.head_moved}, return_when=asyncio.FIRST_COMPLETED)
         done, _ = await asyncio.wait({reply}, timeout=self._settings.cancel_grace_seconds)
         stuck = done and _remote_type(reply) == "SyncCallStuckError"
         if done and not stuck:
