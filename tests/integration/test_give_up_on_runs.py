@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,10 @@ from miminions import (
     ProcessSettings,
     RuntimeConfig,
     WaitTimeoutError,
+    hookimpl,
 )
+from miminions.plugins.asyncio_executor import AsyncioExecutor
+from tests.support.agents import EchoAgent
 from tests.support.cancelling import executor_workers
 from tests.support.cleanup_agents import SteppingSlowCleanupAgent
 from tests.support.process_agents import GatedAgent
@@ -208,3 +212,166 @@ async def test_a_worker_killed_for_two_runs_at_once_is_reported_once(
     finally:
         release.touch()
         await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def _read_together_behind_a_loop_blocking_task(
+    rt: AgentRuntime, tmp_path: Path
+) -> tuple[str, str, Path, Path]:
+    """As :func:`_prefetched_behind_a_loop_blocking_task`, but the worker reads ``b``'s and
+    ``c``'s run requests in one go (as whenever they arrive while its loop is busy for a
+    moment: here ``a`` holds it after its end until both are sent): the agent's id, ``c``,
+    ``release`` (ends ``b``) and the log."""
+    log, gate, unhold = tmp_path / "log", tmp_path / "gate", tmp_path / "unhold"
+    release = tmp_path / "release"
+    agent = await rt.register_agent("a", GatedAgent, isolation="process")
+    await rt.start_agent(agent)
+    await rt.submit_task(
+        "a", input_data={"log": str(log), "gate": str(gate), "hold_after": str(unhold)}
+    )
+    await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
+    await rt.submit_task("b", input_data={"log": str(log), "block": str(release)})
+    c = await rt.submit_task("c", input_data={"log": str(log)})
+    gate.touch()
+    await wait_until(lambda: "holding after a" in log.read_text(), "a ended; the loop is held")
+    live = rt.agent_book.slots[agent].host._live  # type: ignore[attr-defined]
+    await wait_until(lambda: len(live.runs) == 2, "b's and c's run requests are made")
+    live.channel.flush_now()
+    await live.channel.drain()  # both are in the worker's socket
+    unhold.touch()
+    await wait_until(lambda: "blocking b" in log.read_text(), "b blocks the worker's loop")
+    assert rt.get_task_status(c).started_at is None  # taken ahead of time, not begun
+    return agent, c, release, log
+
+
+def _cancel_sent_and_waiting(rt: AgentRuntime, agent: str) -> bool:
+    """The host's cancel of the run taken ahead of time is sent to the worker and waits for
+    the run ahead to leave (see ProcessHost._cancel_run)."""
+    live = rt.agent_book.slots[agent].host._live  # type: ignore[attr-defined]
+    return live is not None and live.head_moved is not None
+
+
+def _long_grace(make_config: MakeConfig) -> RuntimeConfig:
+    return make_config(
+        process=ProcessSettings(cancel_grace_seconds=30.0, heartbeat_timeout_seconds=120.0)
+    )
+
+
+async def test_a_cancelled_task_taken_ahead_of_time_never_begins(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """cancel_task of a task taken ahead of time (no started_at) while the run ahead blocks
+    the worker's loop: when that run ended, the worker began the cancelled task before it
+    read the cancel waiting in its socket, and the task's code ran to its end."""
+    rt = AgentRuntime(config=_long_grace(make_config))
+    await rt.start()
+    release = tmp_path / "release"
+    try:
+        agent, c, release, log = await _read_together_behind_a_loop_blocking_task(rt, tmp_path)
+        cancelling = asyncio.ensure_future(rt.cancel_task(c))
+        await wait_until(lambda: _cancel_sent_and_waiting(rt, agent), "the cancel is sent")
+        release.touch()  # b ends; the worker's loop is free again
+        cancelled = await asyncio.wait_for(cancelling, WAIT_SECONDS)
+        assert cancelled.status.value == "cancelled"
+        assert cancelled.started_at is None
+        lines = log.read_text().splitlines()
+        assert not any(line.startswith("start c") for line in lines), lines
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def test_a_task_taken_ahead_of_time_and_given_back_on_a_pause_runs_once(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """pause_queue gives back the task taken ahead of time (re-queued as never begun) while
+    the run ahead blocks the worker's loop: the worker ran it anyway, and it ran again after
+    resume_queue."""
+    rt = AgentRuntime(config=_long_grace(make_config))
+    await rt.start()
+    release = tmp_path / "release"
+    try:
+        agent, c, release, log = await _read_together_behind_a_loop_blocking_task(rt, tmp_path)
+        pausing = asyncio.ensure_future(rt.pause_queue())
+        await wait_until(lambda: _cancel_sent_and_waiting(rt, agent), "the give-back is sent")
+        release.touch()
+        await asyncio.wait_for(pausing, WAIT_SECONDS)
+        await wait_until(lambda: rt.get_task_status(c).status.value == "pending", "c given back")
+        await rt.resume_queue()
+        done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert done.status.value == "completed", done.error_message
+        starts = [line for line in log.read_text().splitlines() if line.startswith("start c")]
+        assert len(starts) == 1, f"c ran {len(starts)} times: {starts}"
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("whole", [False, True], ids=["stop_agent", "stop"])
+async def test_a_forced_stop_of_a_task_that_would_stop_reports_no_misbehaving_worker(
+    make_config: MakeConfig, tmp_path: Path, whole: bool
+) -> None:
+    """A forced stop of a process agent whose task ends at once when cancelled: the kill is
+    the stop's own. It was reported as agent_killed (severity error, "task_ignored_cancel"),
+    the event for a misbehaving worker, on every forced stop of a busy process agent."""
+    rt = AgentRuntime(config=make_config())
+    await rt.start()
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    stopped = False
+    try:
+        agent = await rt.register_agent("a", GatedAgent, isolation="process")
+        await rt.start_agent(agent)
+        await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
+        await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
+        if whole:
+            await asyncio.wait_for(rt.stop(graceful=False), WAIT_SECONDS)
+            stopped = True
+            again = AgentRuntime(config=make_config(storage_path=rt.config.storage_path))
+            await again.start()
+            try:
+                killed = await again.query_events(event_type=EventType.AGENT_KILLED)
+            finally:
+                await again.stop()
+        else:
+            await asyncio.wait_for(rt.stop_agent(agent, graceful=False), WAIT_SECONDS)
+            killed = await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent)
+        assert [e.details for e in killed] == []
+    finally:
+        gate.touch()
+        if not stopped:
+            await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+class _ExecutorOfTheOldProtocol(AsyncioExecutor):
+    """An executor plugin written before ``interrupt_agent`` and ``drain`` took
+    ``at_once`` (overriding them, to audit them say)."""
+
+    async def interrupt_agent(self, agent_id: str, reason: str) -> bool:  # type: ignore[override]
+        return await super().interrupt_agent(agent_id, reason)
+
+    async def drain(self, timeout_seconds: float) -> list[str]:  # type: ignore[override]
+        return await super().drain(timeout_seconds)
+
+
+class _OldProtocolPlugin:
+    miminions_plugin_name = "test_old_protocol_executor"
+
+    @hookimpl
+    def miminions_make_executor(self, runtime: Any) -> AsyncioExecutor:
+        return _ExecutorOfTheOldProtocol(runtime)
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "forced"])
+async def test_an_executor_written_before_at_once_still_stops_agents_and_the_runtime(
+    make_config: MakeConfig, graceful: bool
+) -> None:
+    """The kernel passed ``at_once`` to every executor: one written to the protocol before
+    failed every agent stop with TypeError, leaving the agent stopping."""
+    rt = AgentRuntime(config=make_config(), plugins=[_OldProtocolPlugin()])
+    await rt.start()
+    try:
+        agent = await rt.register_agent("echo", EchoAgent)
+        await rt.start_agent(agent)
+        await rt.stop_agent(agent, graceful=graceful)
+        assert rt.get_agent_status(agent).status.value == "stopped"
+    finally:
+        await asyncio.wait_for(rt.stop(graceful=graceful), WAIT_SECONDS)

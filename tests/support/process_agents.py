@@ -329,9 +329,12 @@ class TimerSlackAgent(BaseAgent):
 
 class GatedAgent(BaseAgent):
     """Appends ``start <task name> <pid>`` to ``input_data['log']``. With ``gate``: waits
-    (asynchronously, with safe points) until that file exists. With ``block``: blocks its
-    worker's event loop (a synchronous computation, well within the heartbeat timeout)
-    until that file exists. Then appends ``end <task name>`` and completes."""
+    (asynchronously, with safe points) until that file exists. With ``block``: appends
+    ``blocking <task name>`` and blocks its worker's event loop (a synchronous
+    computation, well within the heartbeat timeout) until that file exists. Then appends
+    ``end <task name>`` and completes. With ``hold_after``: once it has returned, the
+    worker's loop is held until that file exists (``holding after <task name>``), so
+    what the runtime sends meanwhile is read in one go."""
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
         data = task.input_data
@@ -342,7 +345,17 @@ class GatedAgent(BaseAgent):
                 await self.context.checkpoint()
                 await asyncio.sleep(0.01)
         if data.get("block"):
+            _append_line(log, f"blocking {task.name}")
             while not _exists(data["block"]):
                 time.sleep(0.01)  # noqa: ASYNC251 (blocks the loop, on purpose)
         _append_line(log, f"end {task.name}")
+        hold = data.get("hold_after")
+        if hold:
+
+            def held() -> None:
+                _append_line(log, f"holding after {task.name}")
+                while not _exists(hold):
+                    time.sleep(0.01)  # blocks the loop, on purpose
+
+            asyncio.get_running_loop().call_soon(held)
         return _done(self)

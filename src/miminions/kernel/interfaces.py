@@ -7,7 +7,8 @@ a plugin satisfies them structurally, no base class needed.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+import inspect
+from collections.abc import Awaitable, Callable
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -141,6 +142,22 @@ class Store(Protocol):
 #: The message of the second cancel of a ``host.run()`` call winding down from the first: the
 #: runtime gives up waiting for the task to end (see :meth:`AgentHost.run`).
 RUN_GIVEN_UP = "miminions: the runtime gave up waiting for this task to end"
+#: The message of a forced stop's cancel of a ``host.run()`` call: end the task now (it is
+#: the stop's own doing, not the agent's misbehaviour).
+RUN_STOPPED_AT_ONCE = "miminions: a forced stop ends this task now"
+
+
+def at_once_arguments(method: Callable[..., Any]) -> dict[str, bool]:
+    """``{"at_once": True}`` if ``method`` (an executor's ``interrupt_agent`` or
+    ``drain``) takes that argument, else ``{}``: an executor written before it came ends
+    a forced stop's tasks as it always did."""
+    try:
+        parameters = inspect.signature(method).parameters.values()
+    except (TypeError, ValueError):
+        return {}
+    if any(p.name == "at_once" or p.kind is p.VAR_KEYWORD for p in parameters):
+        return {"at_once": True}
+    return {}
 
 
 @runtime_checkable
@@ -170,7 +187,9 @@ class AgentHost(Protocol):
         waiting for the task to wind down cancels it again with the message
         :data:`RUN_GIVEN_UP`: a host whose agent runs in a process of its own
         (``process_id`` set) then ends the task at once (the built-in one kills its worker)
-        and returns only once it has, since the task goes back to the queue next. Other
+        and returns only once it has, since the task goes back to the queue next. A forced
+        stop's cancel carries :data:`RUN_STOPPED_AT_ONCE` (the first or a later one): such
+        a host ends the task at once too, as the stop's doing (no ``agent_killed``). Other
         cancels while the task winds down change nothing.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
@@ -248,7 +267,8 @@ class Executor(Protocol):
     async def interrupt_agent(self, agent_id: str, reason: str, *, at_once: bool = False) -> bool:
         """Interrupt the agent's running task so it is re-queued; False if it had none.
         ``at_once`` (a forced stop): end it now, without waiting for it to wind down (an
-        agent in a process of its own: kill the process)."""
+        agent in a process of its own: kill the process). The kernel passes ``at_once``
+        only to an executor whose method takes it (see :func:`at_once_arguments`)."""
         ...
 
     def cancel_task(self, task_id: str, reason: str) -> bool:

@@ -34,7 +34,7 @@ from miminions.kernel.errors import (
     shown,
 )
 from miminions.kernel.events import EventLog
-from miminions.kernel.interfaces import AgentHost, Store, StoredAgent
+from miminions.kernel.interfaces import AgentHost, Store, StoredAgent, at_once_arguments
 from miminions.kernel.models import (
     AgentInstance,
     AgentSpec,
@@ -724,7 +724,8 @@ class AgentBook(RestartMixin):
             executor.agent_unavailable(slot)
             if graceful and not (was_paused or was_starting):
                 await executor.wait_agent_idle(slot.agent_id, timeout_seconds)
-            await executor.interrupt_agent(slot.agent_id, "agent stopped", at_once=not graceful)
+            at_once = {} if graceful else at_once_arguments(executor.interrupt_agent)
+            await executor.interrupt_agent(slot.agent_id, "agent stopped", **at_once)
             executor.resume_clocks(slot.agent_id)
         await self._release_host(slot, timeout_seconds if graceful and not was_starting else None)
         slot.instance.process_id = None

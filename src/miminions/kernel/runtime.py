@@ -43,7 +43,7 @@ from miminions.kernel.errors import (
 from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, write_events
 from miminions.kernel.hookspecs import PASSES_THROUGH_ATTRIBUTE
-from miminions.kernel.interfaces import AgentHost, Bus, Executor, Store
+from miminions.kernel.interfaces import AgentHost, Bus, Executor, Store, at_once_arguments
 from miminions.kernel.kv import KVCalls, KVStore
 from miminions.kernel.lifecycle import AgentBook, AgentSlot
 from miminions.kernel.messaging import Messenger
@@ -478,9 +478,8 @@ class AgentRuntime(CommunicationAPI):
         steps.call(self.agent_book.request_stop_all)
         interrupted: list[str] = []
         if not steps.cut_short:
-            interrupted = (
-                await steps.wait(executor.drain, timeout_seconds, at_once=not graceful) or []
-            )
+            at_once = {} if graceful else at_once_arguments(executor.drain)
+            interrupted = await steps.wait(executor.drain, timeout_seconds, **at_once) or []
         if not steps.cut_short:
             await steps.wait(self.agent_book.stop_all, timeout_seconds, graceful=graceful)
         await steps.wait(executor.close)

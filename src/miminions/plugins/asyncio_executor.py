@@ -32,7 +32,7 @@ from miminions.kernel.errors import (
     TaskTimeoutError,
 )
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.interfaces import RUN_GIVEN_UP
+from miminions.kernel.interfaces import RUN_GIVEN_UP, RUN_STOPPED_AT_ONCE
 from miminions.kernel.loop_end import LoopEndWatch
 from miminions.kernel.models import RuntimeConfig, Task, TaskStatus, fast_copy, task_snapshot
 from miminions.kernel.plugins import refuse_coroutines
@@ -124,14 +124,14 @@ class _Run(Deadline):
             self.cancels_sent = 1
             self.worker.cancel(message)
 
-    def give_up(self) -> bool:
+    def give_up(self, message: str = RUN_GIVEN_UP) -> bool:
         """Cancel the worker inside ``host.run()`` a second time, with
         :data:`~miminions.kernel.interfaces.RUN_GIVEN_UP`: the runtime gives up waiting for
         the task to wind down, and the host is to end it now (a process host kills its
         worker). False if there is nothing to cancel again."""
         if self.running and self.cancels_sent == 1 and not self.worker.done():
             self.cancels_sent = 2
-            self.worker.cancel(RUN_GIVEN_UP)
+            self.worker.cancel(message)
             return True
         return False
 
@@ -861,9 +861,9 @@ class AsyncioExecutor:
         if at_once and run.running and run.slot.host.process_id is not None:
             # A forced stop: the worker is killed now if the task has not ended yet.
             if run.cancels_sent:
-                run.give_up()
+                run.give_up(RUN_STOPPED_AT_ONCE)
             else:
-                run.stop_worker(RUN_GIVEN_UP)
+                run.stop_worker(RUN_STOPPED_AT_ONCE)
         else:
             run.stop_worker()
         try:

@@ -35,7 +35,7 @@ from miminions.kernel.errors import (
     ValidationError,
 )
 from miminions.kernel.hookspecs import hookimpl
-from miminions.kernel.interfaces import RUN_GIVEN_UP
+from miminions.kernel.interfaces import RUN_GIVEN_UP, RUN_STOPPED_AT_ONCE
 from miminions.kernel.messaging import IMMEDIATE_CALLS
 from miminions.kernel.models import (
     AgentMessage,
@@ -194,20 +194,18 @@ class ProcessHost:
             # Seen through to its end even if this is cancelled again meanwhile (bounded by
             # the grace period and a kill): the run must not end while the worker may still
             # be running the task, or the task could be handed out and run twice at once.
-            # Cancelled by a stop giving up waiting (RUN_GIVEN_UP), now or later: killed now.
+            # Cancelled by a stop giving up waiting (RUN_GIVEN_UP) or by a forced stop
+            # (RUN_STOPPED_AT_ONCE), now or later: the worker is killed now.
             stopping = asyncio.ensure_future(
                 self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
             )
-            killing: asyncio.Future[None] | None = None
-            if cancel.args[:1] == (RUN_GIVEN_UP,):
-                killing = asyncio.ensure_future(self._give_up_run(live))
+            killing = self._kill_for(live, cancel)
             while not stopping.done():
                 try:
                     await asyncio.shield(stopping)
                 except asyncio.CancelledError as again:
-                    given_up = again.args[:1] == (RUN_GIVEN_UP,)
-                    if given_up and killing is None and not stopping.done():
-                        killing = asyncio.ensure_future(self._give_up_run(live))
+                    if killing is None and not stopping.done():
+                        killing = self._kill_for(live, again)
             while killing is not None and not killing.done():  # dead before the run ends
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(killing)
@@ -483,6 +481,26 @@ class ProcessHost:
         )
         await self._kill_worker(live, why, {"task_ignored_cancel": True})
 
+    def _kill_for(self, live: _Live, cancel: asyncio.CancelledError) -> asyncio.Future[None] | None:
+        """The kill a cancel of a run asks for, begun: a stop giving up on its task
+        (reported, the task ignored its cancel), a forced stop (the stop's own), or none."""
+        message = cancel.args[:1]
+        if message == (RUN_GIVEN_UP,):
+            return asyncio.ensure_future(self._give_up_run(live))
+        if message == (RUN_STOPPED_AT_ONCE,):
+            return asyncio.ensure_future(self._end_for_forced_stop(live))
+        return None
+
+    async def _end_for_forced_stop(self, live: _Live) -> None:
+        """A forced stop ends the worker's task now: the worker is killed as the stop will
+        (an expected exit, no ``agent_killed``), before the task goes back to the queue."""
+        if live.killing is None:
+            if not live.process.alive:
+                return
+            live.process.expected_exit = True
+            live.process.exit_reason = "was killed by a forced stop"
+        await self._kill_once(live)
+
     async def _give_up_run(self, live: _Live) -> None:
         """The runtime gave up waiting for a cancelled task to stop (it cancelled the run
         again): kill the worker now rather than at the end of the grace period."""
@@ -591,6 +609,12 @@ class ProcessHost:
                 agent_id=self.spec.agent_id,
                 details={"pid": live.process.pid, "reason": reason, **details},
             )
+        await self._kill_once(live)
+
+    @staticmethod
+    async def _kill_once(live: _Live) -> None:
+        """SIGKILL the worker, once whoever asks (a second caller waits for the first kill)."""
+        if live.killing is None:
             live.killing = asyncio.ensure_future(live.process.kill())
         await asyncio.shield(live.killing)
 

@@ -238,6 +238,7 @@ class Worker:
         self.done = asyncio.get_running_loop().create_future()
         # Tasks the runtime prefetched wait here and run one at a time, in arrival order.
         self._run_lock = asyncio.Lock()
+        self._runs_ended = 0  # runs this worker finished (see _run)
         self._runner: AgentRunner | None = None
 
     @property
@@ -344,7 +345,7 @@ class Worker:
 
     def _work_for(self, op: str, frame: Frame) -> Coroutine[Any, Any, Any]:
         if op == "run":
-            return self._run(frame)
+            return self._run(frame, self._runs_ended)
         if op == "start":
             return self.runner.start(frame.get("resume_state"))
         if op == "pause":
@@ -367,9 +368,17 @@ class Worker:
         except ValidationError as exc:
             return {"invalid": str(exc)}
 
-    async def _run(self, frame: Frame) -> Any:
+    async def _run(self, frame: Frame, runs_ended_at_receipt: int) -> Any:
         task = task_from_wire(frame.get("task"))
         async with self._run_lock:
+            if self._runs_ended != runs_ended_at_receipt:
+                # Sent ahead of time, this run waited behind another, which may have kept
+                # the loop busy: a cancel of this run may wait unread in the socket (the
+                # runtime counts the run as never begun, and may hand the task to another
+                # agent). Two turns of the loop read the socket in between, whatever turn
+                # this step is in, so such a cancel ends this run before its code begins.
+                await asyncio.sleep(0)
+                await asyncio.sleep(0)
             # The reply of the run before this one must be on its way before this task's
             # code runs: if this task kills the process, the runtime must not blame that
             # one. That reply was queued as the previous run ended (before this run got
@@ -389,6 +398,8 @@ class Worker:
                         "the task's synchronous code is still running and cannot be interrupted"
                     ) from None
                 raise
+            finally:
+                self._runs_ended += 1
         return to_json_value(result, "the task result")
 
     async def _on_error(self, frame: Frame) -> None:
