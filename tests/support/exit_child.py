@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from miminions import AgentRuntime, Event, EventType, RuntimeConfig, hookimpl
 
@@ -34,25 +36,36 @@ async def agent(task: object, context: object) -> str:
     return "never"
 
 
-async def process_main(db: str) -> None:
-    """``process-timeout-at-exit``: the same with a process agent (SlowToStopAgent): its
-    first task times out and winds down in its worker until a file that never appears
-    exists; main returns meanwhile; a second task waits in the queue."""
+async def _slow_process_agent(
+    db: str, grace: float, plugins: Sequence[object] = (), **config: Any
+) -> tuple[AgentRuntime, str, dict[str, str]]:
+    """A started runtime on ``db`` (``cancel_grace_seconds`` ``grace``, ``config`` for the
+    rest) with a started process agent (SlowToStopAgent, slow: a cancelled task winds down
+    until a file that never appears exists): the runtime, the agent's id and the input its
+    tasks take."""
     from miminions import ProcessSettings
     from tests.support.process_agents import SlowToStopAgent
 
-    log = Path(db + ".log")
-    config = RuntimeConfig(storage_path=db, process=ProcessSettings(cancel_grace_seconds=30.0))
-    rt = AgentRuntime(config=config)
+    process = ProcessSettings(cancel_grace_seconds=grace)
+    rt = AgentRuntime(
+        config=RuntimeConfig(storage_path=db, process=process, **config), plugins=plugins
+    )
     await rt.start()
     slow = await rt.register_agent(
         "slow", SlowToStopAgent, isolation="process", config={"slow": True}
     )
     await rt.start_agent(slow)
-    data = {"log": str(log), "release": db + ".never"}
+    return rt, slow, {"log": db + ".log", "release": db + ".never"}
+
+
+async def process_main(db: str) -> None:
+    """``process-timeout-at-exit``: the same with a process agent (SlowToStopAgent): its
+    first task times out and winds down in its worker until a file that never appears
+    exists; main returns meanwhile; a second task waits in the queue."""
+    rt, _, data = await _slow_process_agent(db, 30.0)
     await rt.submit_task("first", input_data=data, timeout_seconds=0.5)
     await rt.submit_task("second", input_data=data)
-    while not _logged(log, "cancelled"):  # noqa: ASYNC110 (another process writes it)
+    while not _logged(Path(data["log"]), "cancelled"):  # noqa: ASYNC110 (another process writes it)
         await asyncio.sleep(0.01)
     print("returning", flush=True)
 
@@ -62,21 +75,10 @@ async def process_cancelled_at_exit(db: str) -> None:
     down for ever once cancelled; main returns without stopping the runtime, so
     asyncio.run's cancel of every task is the task's first cancel, and its worker is killed
     when the cancel grace (0.3 s) ends, while asyncio.run waits."""
-    from miminions import ProcessSettings
-    from tests.support.process_agents import SlowToStopAgent
-
-    log = Path(db + ".log")
-    config = RuntimeConfig(storage_path=db, process=ProcessSettings(cancel_grace_seconds=0.3))
-    rt = AgentRuntime(config=config)
-    await rt.start()
-    slow = await rt.register_agent(
-        "slow", SlowToStopAgent, isolation="process", config={"slow": True}
-    )
-    await rt.start_agent(slow)
-    data = {"log": str(log), "release": db + ".never"}
+    rt, _, data = await _slow_process_agent(db, 0.3)
     await rt.submit_task("first", input_data=data)
     await rt.submit_task("second", input_data=data)
-    while not _logged(log, "start"):  # noqa: ASYNC110 (another process writes it)
+    while not _logged(Path(data["log"]), "start"):  # noqa: ASYNC110 (another process writes it)
         await asyncio.sleep(0.01)
     print("returning", flush=True)
 
@@ -99,28 +101,19 @@ async def restart_at_exit(db: str) -> None:
     (cancel grace 1 s). main returns without stopping the runtime: asyncio.run cancels every
     task and waits for them until the second agent's worker is killed; the restart timer
     fires meanwhile."""
-    from miminions import ProcessSettings, RestartPolicy
-    from tests.support.process_agents import CrashAgent, SlowToStopAgent
+    from miminions import RestartPolicy
+    from tests.support.process_agents import CrashAgent
 
-    log = Path(db + ".log")
-    config = RuntimeConfig(
-        storage_path=db,
-        process=ProcessSettings(cancel_grace_seconds=1.0),
-        restart=RestartPolicy(backoff_base_seconds=0.2),
-    )
-    rt = AgentRuntime(config=config, plugins=[_PrintAgentStarts()])
-    await rt.start()
-    slow = await rt.register_agent(
-        "slow", SlowToStopAgent, isolation="process", config={"slow": True}
+    restart = RestartPolicy(backoff_base_seconds=0.2)
+    rt, slow, data = await _slow_process_agent(
+        db, 1.0, plugins=[_PrintAgentStarts()], restart=restart
     )
     crashy = await rt.register_agent(
         "crashy", CrashAgent, isolation="process", config={"crashy": True}
     )
-    await rt.start_agent(slow)
     await rt.start_agent(crashy)
-    data = {"log": str(log), "release": db + ".never"}
     await rt.submit_task("slow", agent_id=slow, input_data=data)
-    while not _logged(log, "start"):  # noqa: ASYNC110 (another process writes it)
+    while not _logged(Path(data["log"]), "start"):  # noqa: ASYNC110 (another process writes it)
         await asyncio.sleep(0.01)
     await rt.submit_task("crash", agent_id=crashy, input_data={"mode": "exit"})
     while "restarting in" not in (rt.get_agent_status(crashy).status_reason or ""):  # noqa: ASYNC110
