@@ -7,6 +7,7 @@ within its cancel grace; a worker killed for two runs at once is reported once."
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -334,3 +335,108 @@ async def test_an_executor_written_before_at_once_still_stops_agents_and_the_run
         assert rt.get_agent_status(agent).status.value == "stopped"
     finally:
         await asyncio.wait_for(rt.stop(graceful=graceful), WAIT_SECONDS)
+
+
+def _hold_the_runtimes_loop_until(predicate: Callable[[], bool]) -> None:
+    """Keep the runtime's loop busy (synchronous work: many agents, a plugin, the
+    application) until ``predicate`` holds (bounded)."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out holding the runtime's loop"
+        time.sleep(0.01)
+
+
+def _starts(log: Path, name: str) -> int:
+    return sum(1 for line in log.read_text().splitlines() if line.startswith(f"start {name} "))
+
+
+async def test_a_task_taken_back_after_it_began_unseen_is_not_run_twice(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The worker begins the task taken ahead of time as soon as the run ahead ends, while
+    the runtime, busy for a moment, has not read that run's reply: pause_queue gives the
+    task back as never begun although its code ran to its end, and it ran again after
+    resume_queue. Its result now stands."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release = tmp_path / "log", tmp_path / "release"
+    try:
+        _, b, c, release = await _prefetched_behind_a_loop_blocking_task(rt, tmp_path)
+        release.touch()  # b ends in the worker, and c begins there...
+        _hold_the_runtimes_loop_until(lambda: "end c" in log.read_text())
+        assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
+        await rt.pause_queue()  # gives c back
+        await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        await rt.resume_queue()
+        done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert done.status.value == "completed", done.error_message
+        assert done.started_at is not None
+        assert _starts(log, "c") == 1, log.read_text()
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("how", ["pause_queue", "cancel_task"])
+async def test_a_task_taken_back_behind_a_big_run_request_runs_once_and_says_so(
+    make_config: MakeConfig, tmp_path: Path, how: str
+) -> None:
+    """The agent's fast tasks grow its prefetch window past two: it holds ``n`` (blocks
+    the worker's loop), ``m1`` and ``m2`` (a 2 MB input). ``m1`` is given back (or
+    cancelled) while ``n`` blocks; its cancel waits in the worker's socket behind ``m2``'s
+    big request, so the worker may begin ``m1`` before reading it. Then the task must run
+    once, and its record say what happened: never begun (cancelled or given back, no
+    start), or run to its end (completed). It ran to its end yet was given back and ran
+    again, or reported cancelled and never started."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release = tmp_path / "log", tmp_path / "release"
+    try:
+        agent = await rt.register_agent("a", GatedAgent, isolation="process")
+        await rt.start_agent(agent)
+        slot = rt.agent_book.slots[agent]
+        for _ in range(10):
+            fast = [await rt.submit_task("w", input_data={"log": str(log)}) for _ in range(8)]
+            await rt.wait_for_tasks(fast, WAIT_SECONDS)
+            if rt.executor._window(slot) >= 3:  # type: ignore[attr-defined]
+                break
+        assert rt.executor._window(slot) >= 3, "the agent's tasks were not fast enough"  # type: ignore[attr-defined]
+        await rt.pause_queue()
+        await rt.submit_task("p", input_data={"log": str(log)})
+        n = await rt.submit_task("n", input_data={"log": str(log), "block": str(release)})
+        m1 = await rt.submit_task("m1", input_data={"log": str(log)})
+        m2 = await rt.submit_task("m2", input_data={"log": str(log), "pad": "x" * 2_000_000})
+        await rt.resume_queue()  # the agent takes p; as p ends, n, m1 and m2 at once
+        await wait_until(lambda: "blocking n" in log.read_text(), "n blocks its worker")
+        await wait_until(
+            lambda: all(rt.get_task_status(t).status.value == "running" for t in (m1, m2)),
+            "m1 and m2 are in the agent's prefetch window",
+        )
+        taking_back = asyncio.ensure_future(
+            rt.pause_queue() if how == "pause_queue" else rt.cancel_task(m1)
+        )
+        live = slot.host._live  # type: ignore[attr-defined]
+        await wait_until(lambda: live.head_moved is not None, "the cancel is sent")
+        release.touch()
+        await asyncio.wait_for(taking_back, WAIT_SECONDS)
+        await rt.wait_for_task(n, timeout_seconds=WAIT_SECONDS)
+        if how == "pause_queue":
+            await rt.resume_queue()
+            await rt.wait_for_tasks([m1, m2], WAIT_SECONDS)
+        else:
+            await rt.wait_for_tasks([m1, m2], WAIT_SECONDS)
+        m1_now = rt.get_task_status(m1)
+        runs = _starts(log, "m1")
+        if how == "pause_queue":
+            assert runs == 1, log.read_text()
+            assert m1_now.status.value == "completed"
+        elif runs:
+            assert runs == 1
+            assert m1_now.status.value == "completed"
+            assert m1_now.started_at is not None
+        else:
+            assert m1_now.status.value == "cancelled"
+            assert m1_now.started_at is None
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)

@@ -317,7 +317,9 @@ class ProcessSettings(BaseModel):
     handed over ahead of time is ``running`` (taken by that agent) with no ``started_at``
     yet; its start, its TASK_STARTED event and its timeout count from when the agent begins
     it. Such tasks go back to the queue when the agent pauses or stops, and without using
-    up an attempt when its worker dies. 1 turns prefetching off.
+    up an attempt when its worker dies; one the worker had already begun (as the task
+    ahead ended, before the runtime knew) and ran to its end is completed instead, its
+    result kept, so that it does not run twice. 1 turns prefetching off.
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -742,6 +742,7 @@ class AsyncioExecutor:
         ok: bool | None = False  # None: given back to the queue, counted neither way
         error: BaseException | None = None
         taken_back = False  # the cancel this run sent has been taken back
+        returned = False  # the host returned the task's result
         # Cancels already counted on the worker (a TaskGroup of an earlier task can leave
         # one behind on Python 3.11) are not a cancel of this run.
         cancels_before = run.worker.cancelling()
@@ -749,6 +750,7 @@ class AsyncioExecutor:
             if run.cancel_reason is None and run.interrupt_reason is None and not run.timed_out:
                 run.running = True
                 result = await slot.host.run(fast_copy(task), task.checkpoint)
+                returned = True
             else:
                 result = None  # stopped before the agent was called
         except (asyncio.CancelledError, TaskCancelledError) as exc:
@@ -790,7 +792,15 @@ class AsyncioExecutor:
                         run.worker.uncancel()
         if run.abandoned:
             return  # already reported when it was abandoned
-        if run.cancel_reason is not None:
+        if returned and run.began is None and (run.cancel_reason or run.interrupt_reason):
+            # Handed over ahead of time and taken back before it began (cancelled, given
+            # back on a pause), yet the host says the agent ran it to its end: it did begin
+            # (as the run ahead ended, before the cancel reached it). Its result stands;
+            # going back to the queue, it would run a second time.
+            book.began(task_id)
+            error = book.completed(task_id, result)
+            ok = error is None
+        elif run.cancel_reason is not None:
             # An explicit cancel wins over a timeout that fired while the agent was still
             # winding down (not reported yet): cancel_task() promises a cancelled task,
             # and the timeout would retry it.

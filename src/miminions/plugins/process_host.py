@@ -196,9 +196,9 @@ class ProcessHost:
             # be running the task, or the task could be handed out and run twice at once.
             # Cancelled by a stop giving up waiting (RUN_GIVEN_UP) or by a forced stop
             # (RUN_STOPPED_AT_ONCE), now or later: the worker is killed now.
-            stopping = asyncio.ensure_future(
-                self._cancel_run(live, run_id, live.channel.reclaim(run_id, reply))
-            )
+            taken_ahead = next(iter(live.runs), run_id) != run_id  # not begun, as seen here
+            outcome = live.channel.reclaim(run_id, reply)
+            stopping = asyncio.ensure_future(self._cancel_run(live, run_id, outcome))
             killing = self._kill_for(live, cancel)
             while not stopping.done():
                 try:
@@ -210,6 +210,12 @@ class ProcessHost:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(killing)
             stopping.result()
+            if taken_ahead and killing is None and _ran_to_its_end(outcome):
+                # Sent ahead of time and taken back before the runtime counted it as begun,
+                # the task ran to its end in the worker all the same (it began as the run
+                # ahead ended, before the cancel reached it): its result stands, or the task
+                # would run a second time.
+                return outcome.result()
             raise
         except ChannelClosedError:
             if live.head_at_loss is None or live.head_at_loss != run_id:
@@ -748,6 +754,11 @@ class ProcessHost:
         self._background.discard(future)
         if not future.cancelled() and future.exception() is not None:
             logger.error("agent %r: %s", self.spec.name, future.exception())
+
+
+def _ran_to_its_end(outcome: asyncio.Future[Any]) -> bool:
+    """Whether a run's reply (see :meth:`FrameChannel.reclaim`) is its result."""
+    return outcome.done() and not outcome.cancelled() and outcome.exception() is None
 
 
 def _remote_type(future: asyncio.Future[Any]) -> str | None:
