@@ -42,7 +42,7 @@ def _process_config(
 
 
 async def _prefetched_behind_a_loop_blocking_task(
-    rt: AgentRuntime, tmp_path: Path
+    rt: AgentRuntime, tmp_path: Path, c_input: dict[str, Any] | None = None
 ) -> tuple[str, str, str, Path]:
     """A process agent runs ``b``, which blocks its worker's loop until the returned
     ``release`` file exists, with ``c`` waiting in its prefetch window: the agent's id,
@@ -53,7 +53,7 @@ async def _prefetched_behind_a_loop_blocking_task(
     await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
     await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
     b = await rt.submit_task("b", input_data={"log": str(log), "block": str(release)})
-    c = await rt.submit_task("c", input_data={"log": str(log)})
+    c = await rt.submit_task("c", input_data={"log": str(log), **(c_input or {})})
     gate.touch()  # a ends: the agent takes b and, ahead of time, c
     await wait_until(lambda: "start b" in log.read_text(), "b runs (its worker's loop blocked)")
     await wait_until(
@@ -440,3 +440,73 @@ async def test_a_task_taken_back_behind_a_big_run_request_runs_once_and_says_so(
     finally:
         release.touch()
         await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("seen", [False, True], ids=["taken-ahead", "seen-begun"])
+async def test_a_task_that_swallows_its_cancel_ends_cancelled(
+    make_config: MakeConfig, tmp_path: Path, seen: bool
+) -> None:
+    """cancel_task of a process agent's task that catches the cancel and returns a value:
+    the value is dropped and the task ends cancelled, also when the worker had begun it
+    ahead of time unseen by the runtime (it came back completed, with the partial value)."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, gate = tmp_path / "log", tmp_path / "gate_c"
+    release = tmp_path / "release"
+    try:
+        if seen:
+            agent = await rt.register_agent("a", GatedAgent, isolation="process")
+            await rt.start_agent(agent)
+            data = {"log": str(log), "gate": str(gate), "swallow": True}
+            c = await rt.submit_task("c", input_data=data)
+            await wait_until(lambda: log.exists() and "start c" in log.read_text(), "c runs")
+        else:
+            _, _, c, release = await _prefetched_behind_a_loop_blocking_task(
+                rt, tmp_path, {"gate": str(gate), "swallow": True}
+            )
+            release.touch()  # b ends in the worker, and c begins there...
+            _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
+            assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
+        cancelled = await asyncio.wait_for(rt.cancel_task(c), WAIT_SECONDS)
+        assert "swallowed c" in log.read_text()
+        assert cancelled.status.value == "cancelled", cancelled.output_data
+        assert cancelled.output_data is None
+    finally:
+        release.touch()
+        gate.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("graceful", [False, True], ids=["forced", "graceful"])
+async def test_a_stop_after_the_tasks_ran_to_their_end_does_not_run_them_again(
+    make_config: MakeConfig, tmp_path: Path, graceful: bool
+) -> None:
+    """``b`` ends in the worker and ``c`` (taken ahead of time) begins and ends there too,
+    both replies on their way, while the runtime's loop is busy; then stop_agent. The
+    runtime held both results yet re-queued the tasks as interrupted, and each ran a second
+    time when the agent started again."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release = tmp_path / "log", tmp_path / "release"
+    try:
+        b, c = await _ran_unseen_behind(rt, tmp_path)
+        agent = rt.get_task_status(b).assigned_agent_id
+        assert agent is not None
+        await asyncio.wait_for(rt.stop_agent(agent, graceful=graceful), WAIT_SECONDS)
+        await rt.start_agent(agent)
+        await rt.wait_for_tasks([b, c], WAIT_SECONDS)
+        assert {name: _starts(log, name) for name in ("b", "c")} == {"b": 1, "c": 1}
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def _ran_unseen_behind(rt: AgentRuntime, tmp_path: Path) -> tuple[str, str]:
+    """``b`` and ``c`` (taken ahead of time) both run to their end in the worker while the
+    runtime's loop is busy: their ids."""
+    log = tmp_path / "log"
+    _, b, c, release = await _prefetched_behind_a_loop_blocking_task(rt, tmp_path)
+    release.touch()
+    _hold_the_runtimes_loop_until(lambda: "end c" in log.read_text())
+    assert rt.get_task_status(c).started_at is None
+    return b, c

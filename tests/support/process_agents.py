@@ -332,7 +332,9 @@ class GatedAgent(BaseAgent):
     (asynchronously, with safe points) until that file exists. With ``block``: appends
     ``blocking <task name>`` and blocks its worker's event loop (a synchronous
     computation, well within the heartbeat timeout) until that file exists. Then appends
-    ``end <task name>`` and completes. With ``hold_after``: once it has returned, the
+    ``end <task name>`` and completes. With ``gate`` and ``swallow``: waits for the gate
+    without safe points, and a cancel meanwhile is caught: appends ``swallowed <task
+    name>`` and returns ``partial: true``. With ``hold_after``: once it has returned, the
     worker's loop is held until that file exists (``holding after <task name>``), so
     what the runtime sends meanwhile is read in one go."""
 
@@ -340,7 +342,14 @@ class GatedAgent(BaseAgent):
         data = task.input_data
         log = data["log"]
         _append_line(log, f"start {task.name} {os.getpid()}")
-        if data.get("gate"):
+        if data.get("gate") and data.get("swallow"):
+            try:
+                while not _exists(data["gate"]):  # noqa: ASYNC110 (another process writes it)
+                    await asyncio.sleep(0.01)
+            except asyncio.CancelledError:
+                _append_line(log, f"swallowed {task.name}")
+                return _done(self, partial=True)
+        elif data.get("gate"):
             while not _exists(data["gate"]):
                 await self.context.checkpoint()
                 await asyncio.sleep(0.01)

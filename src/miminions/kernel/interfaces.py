@@ -190,7 +190,11 @@ class AgentHost(Protocol):
         and returns only once it has, since the task goes back to the queue next. A forced
         stop's cancel carries :data:`RUN_STOPPED_AT_ONCE` (the first or a later one): such
         a host ends the task at once too, as the stop's doing (no ``agent_killed``). Other
-        cancels while the task winds down change nothing.
+        cancels while the task winds down change nothing. A host whose ``run`` returns
+        after a cancel only for a task that ended before the cancel reached it (its result
+        stands: booked completed, not re-queued to run again) says so with a true
+        ``results_beat_late_cancels`` attribute; without it, a result returned after a
+        cancel is dropped, as the ``inline`` host's agent may return after swallowing it.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
         earlier attempt (``context.last_checkpoint`` inside the agent). ``task`` is a

@@ -497,6 +497,11 @@ class FrameChannel(asyncio.Protocol):
         except (TypeError, ValueError) as exc:
             self._reply_error(request_id, exc)
 
+    def cancel_asked(self, request_id: int) -> bool:
+        """Whether the peer asked to cancel the work of request ``request_id`` (a
+        ``cancel`` notice for it was read)."""
+        return request_id in self._cancel_asked
+
     def _reply_cancelled(self, request_id: int) -> None:
         """Answer "cancelled", if the peer asked for that (see ``_cancel_asked``)."""
         if request_id in self._cancel_asked:

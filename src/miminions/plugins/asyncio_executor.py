@@ -792,12 +792,13 @@ class AsyncioExecutor:
                         run.worker.uncancel()
         if run.abandoned:
             return  # already reported when it was abandoned
-        if returned and run.began is None and (run.cancel_reason or run.interrupt_reason):
-            # Handed over ahead of time and taken back before it began (cancelled, given
-            # back on a pause), yet the host says the agent ran it to its end: it did begin
-            # (as the run ahead ended, before the cancel reached it). Its result stands;
-            # going back to the queue, it would run a second time.
-            book.began(task_id)
+        if returned and getattr(slot.host, "results_beat_late_cancels", False):
+            # The host returns after a cancel only for a task that ended before the cancel
+            # reached it (a process worker that had just finished it, or had begun it ahead
+            # of time before the runtime knew): its result stands, whatever the cancel was
+            # for; given back to the queue, it would run a second time.
+            if run.began is None:
+                book.began(task_id)
             error = book.completed(task_id, result)
             ok = error is None
         elif run.cancel_reason is not None:

@@ -105,6 +105,10 @@ class _Live:
 class ProcessHost:
     """Hosts one agent in a worker process (see the module docstring)."""
 
+    #: ``run()`` returns after a cancel only for a task that ended before the cancel
+    #: reached it (see :data:`~miminions.kernel.interfaces.AgentHost`): its result stands.
+    results_beat_late_cancels = True
+
     def __init__(self, spec: AgentSpec, runtime: AgentRuntime, pool: WorkerPool) -> None:
         self.spec = spec
         self._rt = runtime
@@ -196,7 +200,6 @@ class ProcessHost:
             # be running the task, or the task could be handed out and run twice at once.
             # Cancelled by a stop giving up waiting (RUN_GIVEN_UP) or by a forced stop
             # (RUN_STOPPED_AT_ONCE), now or later: the worker is killed now.
-            taken_ahead = next(iter(live.runs), run_id) != run_id  # not begun, as seen here
             outcome = live.channel.reclaim(run_id, reply)
             stopping = asyncio.ensure_future(self._cancel_run(live, run_id, outcome))
             killing = self._kill_for(live, cancel)
@@ -210,11 +213,10 @@ class ProcessHost:
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.shield(killing)
             stopping.result()
-            if taken_ahead and killing is None and _ran_to_its_end(outcome):
-                # Sent ahead of time and taken back before the runtime counted it as begun,
-                # the task ran to its end in the worker all the same (it began as the run
-                # ahead ended, before the cancel reached it): its result stands, or the task
-                # would run a second time.
+            if _ran_to_its_end(outcome):
+                # The task ended in the worker before the cancel reached it (the worker
+                # answers a run that saw its cancel "cancelled", whatever the agent's code
+                # returned): its result stands (see RESULTS_BEAT_LATE_CANCELS).
                 return outcome.result()
             raise
         except ChannelClosedError:

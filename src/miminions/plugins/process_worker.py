@@ -390,6 +390,16 @@ class Worker:
                 await self.channel.drain()
             try:
                 result = await self.runner.run(task, frame.get("checkpoint"))
+                request_id = frame.get("id")
+                if (
+                    self.channel is not None
+                    and isinstance(request_id, int)
+                    and self.channel.cancel_asked(request_id)
+                ):
+                    # The agent's code swallowed the cancel and returned: what a cancelled
+                    # task returns is dropped (as for an inline agent). Only a run that
+                    # ended before its cancel was read brings a result back.
+                    raise asyncio.CancelledError()
             except asyncio.CancelledError:
                 if self.runner.sync_call_running:
                     # This run's own sync code cannot be stopped: the runtime must end
