@@ -21,6 +21,7 @@ from miminions import (
     RuntimeConfig,
     hookimpl,
 )
+from miminions.kernel.wire import FrameChannel
 from miminions.plugins.asyncio_executor import AsyncioExecutor
 from tests.support.agents import EchoAgent
 from tests.support.cancelling import executor_workers
@@ -510,3 +511,62 @@ async def _ran_unseen_behind(rt: AgentRuntime, tmp_path: Path) -> tuple[str, str
     _hold_the_runtimes_loop_until(lambda: "end c" in log.read_text())
     assert rt.get_task_status(c).started_at is None
     return b, c
+
+
+@pytest.mark.parametrize("why", ["cancel_task", "timeout"])
+async def test_a_task_still_running_when_its_cancel_reached_the_worker_is_not_completed(
+    make_config: MakeConfig, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, why: str
+) -> None:
+    """A process agent's task (the runtime saw it begin) blocks its worker's loop past
+    its cancel or its timeout: the cancel is in the worker's socket, unread, when the
+    task returns. Its outcome is the cancel's (cancelled, timed out), not its result: it
+    was booked completed, and a timeout of a task that ran far longer was ignored."""
+    sent: list[FrameChannel] = []
+    notify = FrameChannel.notify
+
+    def recording_notify(self: FrameChannel, op: str, **payload: Any) -> None:
+        notify(self, op, **payload)
+        if op == "cancel":
+            sent.append(self)
+
+    monkeypatch.setattr(FrameChannel, "notify", recording_notify)
+    rt = AgentRuntime(config=_process_config(make_config, grace=60.0))
+    await rt.start()
+    log, release = tmp_path / "log", tmp_path / "release"
+    try:
+        agent = await rt.register_agent("a", GatedAgent, isolation="process")
+        await rt.start_agent(agent)
+        b = await rt.submit_task(
+            "b",
+            input_data={"log": str(log), "block": str(release)},
+            timeout_seconds=0.3 if why == "timeout" else None,
+            max_retries=0,
+        )
+        await wait_until(lambda: log.exists() and "blocking b" in log.read_text(), "b blocks")
+        run = rt.executor._runs[b]  # type: ignore[attr-defined]
+        ending = asyncio.ensure_future(
+            rt.cancel_task(b) if why == "cancel_task" else rt.wait_for_task(b, WAIT_SECONDS)
+        )
+        await wait_until(lambda: run.cancels_sent == 1, "the executor cancelled the run")
+
+        def cancel_in_the_socket() -> bool:
+            if not sent:
+                return False
+            channel, transport = sent[0], sent[0]._transport  # type: ignore[attr-defined]
+            return not channel._out and (  # type: ignore[attr-defined]
+                transport is None or transport.get_write_buffer_size() == 0
+            )
+
+        await wait_until(cancel_in_the_socket, "the cancel notice is in the worker's socket")
+        assert "end b" not in log.read_text()  # b still runs
+        release.touch()
+        task = await asyncio.wait_for(ending, WAIT_SECONDS)
+        assert "end b" in log.read_text()
+        if why == "cancel_task":
+            assert task.status.value == "cancelled", (task.status, task.output_data)
+        else:
+            assert task.status.value == "failed", (task.status, task.output_data)
+            assert "timed out" in (task.error_message or "")
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)

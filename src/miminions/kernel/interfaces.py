@@ -191,10 +191,12 @@ class AgentHost(Protocol):
         stop's cancel carries :data:`RUN_STOPPED_AT_ONCE` (the first or a later one): such
         a host ends the task at once too, as the stop's doing (no ``agent_killed``). Other
         cancels while the task winds down change nothing. A host whose ``run`` returns
-        after a cancel only for a task that ended before the cancel reached it (its result
-        stands: booked completed, not re-queued to run again) says so with a true
-        ``results_beat_late_cancels`` attribute; without it, a result returned after a
-        cancel is dropped, as the ``inline`` host's agent may return after swallowing it.
+        after a cancel only for a task that ended before the cancel reached its code says
+        so with a true ``results_beat_late_cancels`` attribute: the result then stands
+        (booked completed, not re-queued to run a second time) for a task handed over
+        ahead of time and taken back before the runtime saw it begin, and for one a stop
+        or pause interrupted. Otherwise, and after a cancel or timeout of a task the
+        runtime saw begin, a result returned after the cancel is dropped.
 
         ``checkpoint`` is the last state the task saved with ``context.checkpoint`` in an
         earlier attempt (``context.last_checkpoint`` inside the agent). ``task`` is a

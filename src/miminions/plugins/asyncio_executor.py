@@ -792,11 +792,17 @@ class AsyncioExecutor:
                         run.worker.uncancel()
         if run.abandoned:
             return  # already reported when it was abandoned
-        if returned and getattr(slot.host, "results_beat_late_cancels", False):
-            # The host returns after a cancel only for a task that ended before the cancel
-            # reached it (a process worker that had just finished it, or had begun it ahead
-            # of time before the runtime knew): its result stands, whatever the cancel was
-            # for; given back to the queue, it would run a second time.
+        if (
+            returned
+            and getattr(slot.host, "results_beat_late_cancels", False)
+            and (run.began is None or (run.cancel_reason is None and not run.timed_out))
+        ):
+            # The task ran to its end in the worker although it was taken back: handed over
+            # ahead of time, before the runtime saw it begin (it began as the task ahead
+            # ended, before the cancel reached it), or interrupted by a stop or a pause as
+            # it ended. Its result stands; given back to the queue, it would run a second
+            # time. (A cancel or a timeout of a task the runtime saw begin keeps its outcome:
+            # a timeout is a timeout even if the agent's code then returned.)
             if run.began is None:
                 book.began(task_id)
             error = book.completed(task_id, result)

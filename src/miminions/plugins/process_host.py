@@ -106,7 +106,7 @@ class ProcessHost:
     """Hosts one agent in a worker process (see the module docstring)."""
 
     #: ``run()`` returns after a cancel only for a task that ended before the cancel
-    #: reached it (see :data:`~miminions.kernel.interfaces.AgentHost`): its result stands.
+    #: reached its code (see :data:`~miminions.kernel.interfaces.AgentHost`).
     results_beat_late_cancels = True
 
     def __init__(self, spec: AgentSpec, runtime: AgentRuntime, pool: WorkerPool) -> None:
@@ -214,9 +214,9 @@ class ProcessHost:
                     await asyncio.shield(killing)
             stopping.result()
             if _ran_to_its_end(outcome):
-                # The task ended in the worker before the cancel reached it (the worker
-                # answers a run that saw its cancel "cancelled", whatever the agent's code
-                # returned): its result stands (see RESULTS_BEAT_LATE_CANCELS).
+                # The task ended in the worker before the cancel reached its code (the
+                # worker answers a run that saw its cancel "cancelled", whatever the agent's
+                # code returned): the executor decides what its result counts for.
                 return outcome.result()
             raise
         except ChannelClosedError:
