@@ -570,3 +570,31 @@ async def test_a_task_still_running_when_its_cancel_reached_the_worker_is_not_co
     finally:
         release.touch()
         await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def test_a_task_given_back_ahead_of_time_leaves_the_agents_current_task(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """pause_queue gives back the task waiting in a process agent's prefetch window while
+    the agent runs another (waiting, its loop free): the agent's status still names the
+    task it runs. It named none once the task given back had ended."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, gate_a, gate_b = tmp_path / "log", tmp_path / "gate_a", tmp_path / "gate_b"
+    try:
+        agent = await rt.register_agent("a", GatedAgent, isolation="process")
+        await rt.start_agent(agent)
+        await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate_a)})
+        await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
+        b = await rt.submit_task("b", input_data={"log": str(log), "gate": str(gate_b)})
+        c = await rt.submit_task("c", input_data={"log": str(log)})
+        gate_a.touch()  # a ends: the agent takes b and, ahead of time, c
+        await wait_until(lambda: "start b" in log.read_text(), "b runs")
+        await wait_until(lambda: rt.get_task_status(c).status.value == "running", "c taken")
+        await rt.pause_queue()
+        await wait_until(lambda: rt.get_task_status(c).status.value == "pending", "c given back")
+        assert rt.get_task_status(b).status.value == "running"
+        assert rt.get_agent_status(agent).task_id == b
+    finally:
+        gate_b.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)

@@ -810,11 +810,13 @@ class AgentBook(RestartMixin):
         """The executor gave ``task_id`` to this agent."""
         slot.instance.__dict__["task_id"] = task_id
 
-    def task_ended(self, slot: AgentSlot, ok: bool | None) -> None:
-        """The agent's current task ended: ``ok`` it completed, ``False`` it failed (or was
-        cancelled), ``None`` it went back to the queue (counted neither way)."""
+    def task_ended(self, slot: AgentSlot, ok: bool | None, *, current: bool = True) -> None:
+        """A task of the agent ended: ``ok`` it completed, ``False`` it failed (or was
+        cancelled), ``None`` it went back to the queue (counted neither way). ``current``:
+        it was the task the agent runs now (not one handed over ahead of time)."""
         fields = slot.instance.__dict__
-        fields["task_id"] = None
+        if current:
+            fields["task_id"] = None
         if ok:
             fields["tasks_completed"] += 1
         elif ok is not None:

@@ -845,7 +845,7 @@ class AsyncioExecutor:
             runs.remove(run)
             if not runs:
                 del self._agent_runs[agent_id]
-        self._agents.task_ended(run.slot, ok)
+        self._agents.task_ended(run.slot, ok, current=was_head)
         if was_head and run.began is not None:
             self._note_run_time(agent_id, self._loop.time() - run.began)
         if was_head and runs:
