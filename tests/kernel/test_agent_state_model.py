@@ -626,10 +626,17 @@ class AgentMachine(RuleBasedStateMachine):
         self.rt = self.call(self.open_runtime, "restart runtime")
         assert self.runtime.recovery is None, f"a clean stop left work to recover: {self.log}"
         for name in NAMES:
-            self.status[name] = S.PAUSED if self.status[name] is S.PAUSED else S.REGISTERED
+            self.status[name] = S.PAUSED if self.comes_back_paused(name) else S.REGISTERED
             self.live[name] = False
         self.queue.clear()
         self.queued_resume.clear()
+
+    def comes_back_paused(self, name: str) -> bool:
+        """Whether a stop leaves ``name`` paused: it is paused, or its resume was still
+        queued for a slot at the stop (docs/operations.md, "Graceful shutdown")."""
+        return self.status[name] is S.PAUSED or (
+            self.status[name] is S.QUEUED and self.queued_resume.get(name, False)
+        )
 
     def restart_is_interesting(self) -> bool:
         """Restart while an agent is paused (it must come back paused) or may be running a
@@ -753,12 +760,7 @@ class AgentMachine(RuleBasedStateMachine):
             assert task.status is not TaskStatus.RUNNING, f"{name} runs before any agent does"
             self.check_final_is_final(task)
         for name in NAMES:
-            # A resume still queued for a slot at the stop leaves the agent paused
-            # (docs/operations.md, "Graceful shutdown").
-            paused = self.status[name] is S.PAUSED or (
-                self.status[name] is S.QUEUED and self.queued_resume.get(name, False)
-            )
-            expected = S.PAUSED if paused else S.REGISTERED
+            expected = S.PAUSED if self.comes_back_paused(name) else S.REGISTERED
             assert self.actual(name).status is expected, (name, self.actual(name), self.log)
         assert rt.get_queue_status().paused is self.queue_paused, "queue pause not kept"
         self.call(rt.resume_queue, "resume queue (final)")
