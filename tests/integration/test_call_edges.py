@@ -14,6 +14,7 @@ import pytest
 
 from miminions import AgentRuntime, BaseAgent, Task, ValidationError, WaitTimeoutError
 from miminions.kernel.models import TaskStatus
+from tests.support.runtime import start_agent
 
 pytestmark = pytest.mark.timeout(60)
 WAIT = 10.0
@@ -38,8 +39,7 @@ class Gated(BaseAgent):
 
 
 async def _agent(rt: AgentRuntime) -> str:
-    agent_id = await rt.register_agent("idle", Idle(), isolation="inline")
-    await rt.start_agent(agent_id)
+    agent_id = await start_agent(rt, "idle", Idle(), isolation="inline")
     return agent_id
 
 
@@ -83,8 +83,7 @@ async def test_wait_for_task_timing_out_on_the_commit_does_not_say_the_task_keep
     said "is still completed ...; it keeps running")."""
     async with AgentRuntime(str(tmp_path / "a.db")) as rt:
         agent = Gated()
-        agent_id = await rt.register_agent("gated", agent, isolation="inline")
-        await rt.start_agent(agent_id)
+        agent_id = await start_agent(rt, "gated", agent, isolation="inline")
         store = rt.store
         gate = asyncio.Event()
         finished_write = asyncio.Event()
@@ -131,8 +130,7 @@ async def test_polling_a_long_finished_task_with_timeout_zero_returns_it(
         return "done"
 
     async with AgentRuntime(str(tmp_path / "a.db")) as rt:
-        agent_id = await rt.register_agent("a", agent, isolation="inline")
-        await rt.start_agent(agent_id)
+        await start_agent(rt, "a", agent, isolation="inline")
         task_id = await rt.submit_task("job")
         finished = await rt.wait_for_task(task_id, timeout_seconds=WAIT)
         assert finished.status.value == "completed"

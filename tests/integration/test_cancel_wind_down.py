@@ -25,7 +25,7 @@ from miminions import (
 )
 from tests.support.cancelling import cancel_everything, executor_workers
 from tests.support.cleanup_agents import SteppingSlowCleanupAgent
-from tests.support.runtime import ROOT
+from tests.support.runtime import ROOT, start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 MakeConfig = Callable[..., RuntimeConfig]
@@ -58,8 +58,7 @@ async def test_cancel_everything_while_a_cancel_task_winds_down_hands_out_no_tas
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
     await rt.start()
     try:
-        agent_id = await rt.register_agent("a", agent, isolation="inline")
-        await rt.start_agent(agent_id)
+        await start_agent(rt, "a", agent, isolation="inline")
         first = await rt.submit_task("first")
         await asyncio.wait_for(started.wait(), WAIT_SECONDS)
         second = await rt.submit_task("second")
@@ -92,8 +91,7 @@ async def _a_stepper_running_a_task(rt: AgentRuntime, tmp_path: Path) -> tuple[s
     run winds down until ``tmp_path / "release"`` exists; return once it runs: the agent's
     id, the task's id and the agent's log."""
     log, release = tmp_path / "log", tmp_path / "release"
-    agent = await rt.register_agent("stepper", SteppingSlowCleanupAgent, isolation="process")
-    await rt.start_agent(agent)
+    agent = await start_agent(rt, "stepper", SteppingSlowCleanupAgent, isolation="process")
     data = {"log": str(log), "release": str(release)}
     task_id = await rt.submit_task("first", agent_id=agent, input_data=data)
     await wait_until(lambda: log.exists() and "start" in log.read_text(), "it runs")
@@ -245,8 +243,7 @@ async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovere
         return "done"
 
     async with AgentRuntime(config=make_config()) as rt:
-        agent_id = await rt.register_agent("a", agent, isolation="inline")
-        await rt.start_agent(agent_id)
+        agent_id = await start_agent(rt, "a", agent, isolation="inline")
         await rt.pause_agent(agent_id)
         task_id = await rt.submit_task("job")
         swept: list[asyncio.Task[object]] = []
@@ -290,8 +287,7 @@ async def _cleaning_up_after_a_cancel_all(
 
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
     await rt.start()
-    agent_id = await rt.register_agent("a", agent, isolation="inline")
-    await rt.start_agent(agent_id)
+    await start_agent(rt, "a", agent, isolation="inline")
     task_id = await rt.submit_task("job")
     await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "it runs")
     cancel_everything()

@@ -27,6 +27,7 @@ from tests.support.agents import EchoAgent
 from tests.support.cancelling import executor_workers
 from tests.support.cleanup_agents import SteppingSlowCleanupAgent
 from tests.support.process_agents import GatedAgent
+from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 MakeConfig = Callable[..., RuntimeConfig]
@@ -49,8 +50,7 @@ async def _prefetched_behind_a_loop_blocking_task(
     ``release`` file exists, with ``c`` waiting in its prefetch window: the agent's id,
     ``b``, ``c`` and ``release``."""
     log, gate, release = tmp_path / "log", tmp_path / "gate", tmp_path / "release"
-    agent = await rt.register_agent("a", GatedAgent, isolation="process")
-    await rt.start_agent(agent)
+    agent = await start_agent(rt, "a", GatedAgent, isolation="process")
     await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
     await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
     b = await rt.submit_task("b", input_data={"log": str(log), "block": str(release)})
@@ -125,8 +125,7 @@ async def test_the_runtimes_cancel_after_an_outside_cancel_does_not_kill_the_wor
     rt = AgentRuntime(config=config)
     await rt.start()
     try:
-        agent = await rt.register_agent("a", SteppingSlowCleanupAgent, isolation="process")
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "a", SteppingSlowCleanupAgent, isolation="process")
         data = {"log": str(log), "release": str(release)}
         timeout = 1.0 if then == "timeout" else None
         task_id = await rt.submit_task("job", input_data=data, timeout_seconds=timeout)
@@ -190,8 +189,7 @@ async def _read_together_behind_a_loop_blocking_task(
     ``release`` (ends ``b``) and the log."""
     log, gate, unhold = tmp_path / "log", tmp_path / "gate", tmp_path / "unhold"
     release = tmp_path / "release"
-    agent = await rt.register_agent("a", GatedAgent, isolation="process")
-    await rt.start_agent(agent)
+    agent = await start_agent(rt, "a", GatedAgent, isolation="process")
     await rt.submit_task(
         "a", input_data={"log": str(log), "gate": str(gate), "hold_after": str(unhold)}
     )
@@ -279,8 +277,7 @@ async def test_a_forced_stop_of_a_task_that_would_stop_reports_no_misbehaving_wo
     log, gate = tmp_path / "log", tmp_path / "gate"
     stopped = False
     try:
-        agent = await rt.register_agent("a", GatedAgent, isolation="process")
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "a", GatedAgent, isolation="process")
         await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
         await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
         if whole:
@@ -330,8 +327,7 @@ async def test_an_executor_written_before_at_once_still_stops_agents_and_the_run
     rt = AgentRuntime(config=make_config(), plugins=[_OldProtocolPlugin()])
     await rt.start()
     try:
-        agent = await rt.register_agent("echo", EchoAgent)
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "echo", EchoAgent)
         await rt.stop_agent(agent, graceful=graceful)
         assert rt.get_agent_status(agent).status.value == "stopped"
     finally:
@@ -393,8 +389,7 @@ async def test_a_task_taken_back_behind_a_big_run_request_runs_once_and_says_so(
     await rt.start()
     log, release = tmp_path / "log", tmp_path / "release"
     try:
-        agent = await rt.register_agent("a", GatedAgent, isolation="process")
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "a", GatedAgent, isolation="process")
         slot = rt.agent_book.slots[agent]
         for _ in range(10):
             fast = [await rt.submit_task("w", input_data={"log": str(log)}) for _ in range(8)]
@@ -456,8 +451,7 @@ async def test_a_task_that_swallows_its_cancel_ends_cancelled(
     release = tmp_path / "release"
     try:
         if seen:
-            agent = await rt.register_agent("a", GatedAgent, isolation="process")
-            await rt.start_agent(agent)
+            await start_agent(rt, "a", GatedAgent, isolation="process")
             data = {"log": str(log), "gate": str(gate), "swallow": True}
             c = await rt.submit_task("c", input_data=data)
             await wait_until(lambda: log.exists() and "start c" in log.read_text(), "c runs")
@@ -534,8 +528,7 @@ async def test_a_task_still_running_when_its_cancel_reached_the_worker_is_not_co
     await rt.start()
     log, release = tmp_path / "log", tmp_path / "release"
     try:
-        agent = await rt.register_agent("a", GatedAgent, isolation="process")
-        await rt.start_agent(agent)
+        await start_agent(rt, "a", GatedAgent, isolation="process")
         b = await rt.submit_task(
             "b",
             input_data={"log": str(log), "block": str(release)},
@@ -582,8 +575,7 @@ async def test_a_task_given_back_ahead_of_time_leaves_the_agents_current_task(
     await rt.start()
     log, gate_a, gate_b = tmp_path / "log", tmp_path / "gate_a", tmp_path / "gate_b"
     try:
-        agent = await rt.register_agent("a", GatedAgent, isolation="process")
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "a", GatedAgent, isolation="process")
         await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate_a)})
         await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
         b = await rt.submit_task("b", input_data={"log": str(log), "gate": str(gate_b)})

@@ -16,7 +16,7 @@ from typing import BinaryIO
 from miminions import AgentRuntime, BaseAgent, ProcessSettings, RuntimeConfig, Task
 from tests.support.cancelling import cancel_everything, executor_workers
 from tests.support.process_agents import SlowToStopAgent, SteppingAgent
-from tests.support.runtime import ROOT
+from tests.support.runtime import ROOT, start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 MakeConfig = Callable[..., RuntimeConfig]
@@ -88,8 +88,7 @@ async def _runtime_with_a_process_agent(config: RuntimeConfig) -> tuple[AgentRun
     rt = AgentRuntime(config=config)
     await rt.start()
     try:
-        agent = await rt.register_agent("stepper", SteppingAgent, isolation="process")
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "stepper", SteppingAgent, isolation="process")
     except BaseException:
         await rt.stop()
         raise
@@ -220,8 +219,7 @@ async def test_one_worker_cancelled_from_outside_gives_its_task_back_and_its_age
         return "done"
 
     async with AgentRuntime(config=make_config()) as rt:
-        agent = await rt.register_agent("once-stuck", once_stuck, isolation="inline")
-        await rt.start_agent(agent)
+        agent = await start_agent(rt, "once-stuck", once_stuck, isolation="inline")
         task_id = await rt.submit_task("job")
         await asyncio.wait_for(started.wait(), WAIT_SECONDS)
         workers[0].cancel()
@@ -285,8 +283,7 @@ async def test_a_worker_cancelled_from_outside_in_on_error_leaves_its_agent_serv
     FailsOnceSlowOnError.entered = asyncio.Event()
     FailsOnceSlowOnError.failed = False
     async with AgentRuntime(config=make_config()) as rt:
-        agent = await rt.register_agent("slow-on-error", FailsOnceSlowOnError, isolation="inline")
-        await rt.start_agent(agent)
+        await start_agent(rt, "slow-on-error", FailsOnceSlowOnError, isolation="inline")
         first = await rt.submit_task("first", max_retries=0)
         await asyncio.wait_for(FailsOnceSlowOnError.entered.wait(), WAIT_SECONDS)
         [worker] = executor_workers("_work")
@@ -351,8 +348,7 @@ async def test_a_worker_cancelled_from_outside_during_a_graceful_stop_does_not_h
 
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
     await rt.start()
-    agent = await rt.register_agent("stuck", stuck, isolation="inline")
-    await rt.start_agent(agent)
+    await start_agent(rt, "stuck", stuck, isolation="inline")
     task_id = await rt.submit_task("job")
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
     [worker] = executor_workers("_work")

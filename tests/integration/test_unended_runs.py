@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from miminions import AgentRuntime, BaseAgent, RuntimeConfig, Task
 from tests.support.cancelling import cancel_everything
+from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 MakeConfig = Callable[..., RuntimeConfig]
@@ -27,8 +28,7 @@ async def _after_a_cancel_all(make_config: MakeConfig) -> tuple[AgentRuntime, st
 
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
     await rt.start()
-    agent_id = await rt.register_agent("a", agent, isolation="inline")
-    await rt.start_agent(agent_id)
+    agent_id = await start_agent(rt, "a", agent, isolation="inline")
     task_id = await rt.submit_task("job")
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
     others = cancel_everything()
@@ -98,8 +98,7 @@ class CleanupRaises(BaseAgent):
 async def _cleanup_raises_running_a_task(rt: AgentRuntime) -> tuple[str, str]:
     """Start a CleanupRaises agent and give it a task; return (agent id, task id) once
     the task runs."""
-    agent_id = await rt.register_agent("a", CleanupRaises, isolation="inline")
-    await rt.start_agent(agent_id)
+    agent_id = await start_agent(rt, "a", CleanupRaises, isolation="inline")
     task_id = await rt.submit_task("job")
     await asyncio.wait_for(CleanupRaises.started.wait(), WAIT_SECONDS)
     return agent_id, task_id
@@ -141,8 +140,7 @@ async def test_cancel_all_whose_cleanup_raises_books_nothing(make_config: MakeCo
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
     await rt.start()
     try:
-        agent_id = await rt.register_agent("a", CleanupRaises, isolation="inline")
-        await rt.start_agent(agent_id)
+        await start_agent(rt, "a", CleanupRaises, isolation="inline")
         task_id = await rt.submit_task("job", max_retries=0)
         await asyncio.wait_for(CleanupRaises.started.wait(), WAIT_SECONDS)
         others = cancel_everything()
@@ -170,8 +168,7 @@ async def test_cancel_all_before_a_workers_first_step_then_stop_requeues(
     rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
     await rt.start()
     try:
-        agent_id = await rt.register_agent("a", agent, isolation="inline")
-        await rt.start_agent(agent_id)
+        agent_id = await start_agent(rt, "a", agent, isolation="inline")
         await rt.pause_agent(agent_id)
         task_id = await rt.submit_task("job", timeout_seconds=0.2, max_retries=0)
         swept: list[asyncio.Task[object]] = []
