@@ -1,13 +1,14 @@
 """Tests of the interpreter settings built-in plugins hold while they run
 (``miminions.plugins.interpreter_settings``): the collector threshold the asyncio executor
-raises, the timer slack it shortens on its loop's thread, and the rules every held setting
-follows."""
+raises, the timer slack it shortens on its loop's thread, sqlite3's adapter for None the
+SQLite store registers, and the rules every held setting follows."""
 
 from __future__ import annotations
 
 import ctypes
 import gc
 import os
+import sqlite3
 import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +27,7 @@ from miminions.plugins.interpreter_settings import (
     GC_THRESHOLD,
     ProcessSetting,
     hold_gc_threshold,
+    hold_none_adapter,
     hold_switch_interval,
     hold_timer_slack,
 )
@@ -442,3 +444,77 @@ async def test_process_workers_take_the_runtimes_timer_slack_not_their_forkserve
     alone = RuntimeConfig(plugin_options={"asyncio_executor": {"timer_slack_ns": None}})
     async with AgentRuntime(str(tmp_path / "c.db"), config=alone) as third:
         assert await _worker_slack(third) == DEFAULT_SLACK_NS
+
+
+# ----------------------------------------------------------------------------- sqlite3 None
+NONE_KEY = (type(None), sqlite3.PrepareProtocol)
+
+
+@pytest.fixture
+def sqlite_adapters() -> Iterator[None]:
+    """sqlite3's adapter for None as it was before the test, put back after it."""
+    before = sqlite3.adapters.get(NONE_KEY)
+    yield
+    sqlite3.adapters.pop(NONE_KEY, None)
+    if before is not None:
+        sqlite3.adapters[NONE_KEY] = before
+
+
+def test_a_none_adapter_is_held_until_the_last_release(sqlite_adapters: None) -> None:
+    sqlite3.adapters.pop(NONE_KEY, None)
+    first = hold_none_adapter()
+    second = hold_none_adapter()
+    adapter = sqlite3.adapters[NONE_KEY]
+    assert adapter(None) is None
+    first()
+    first()  # a second call changes nothing
+    assert sqlite3.adapters[NONE_KEY] is adapter
+    second()
+    assert NONE_KEY not in sqlite3.adapters
+
+
+def test_none_is_still_stored_as_null_while_the_adapter_is_held(
+    sqlite_adapters: None,
+) -> None:
+    release = hold_none_adapter()
+    try:
+        db = sqlite3.connect(":memory:")
+        db.execute("CREATE TABLE t (a, b)")
+        db.execute("INSERT INTO t VALUES (?, ?)", (None, 1))
+        assert db.execute("SELECT a IS NULL, typeof(a) FROM t").fetchone() == (1, "null")
+        db.close()
+    finally:
+        release()
+
+
+def test_someone_elses_none_adapter_is_left_in_place(sqlite_adapters: None) -> None:
+    def theirs(value: None) -> str:
+        return "theirs"
+
+    sqlite3.register_adapter(type(None), theirs)
+    hold_none_adapter()()
+    assert sqlite3.adapters[NONE_KEY] is theirs  # neither replaced nor removed
+    sqlite3.adapters.pop(NONE_KEY)
+    release = hold_none_adapter()
+    sqlite3.register_adapter(type(None), theirs)  # registered over ours meanwhile
+    release()
+    assert sqlite3.adapters[NONE_KEY] is theirs
+
+
+async def test_an_open_store_holds_the_none_adapter_until_closed(
+    tmp_path: Path, sqlite_adapters: None
+) -> None:
+    sqlite3.adapters.pop(NONE_KEY, None)
+    async with AgentRuntime(str(tmp_path / "a.db")) as rt:
+        assert NONE_KEY in sqlite3.adapters
+        task_id = await rt.submit_task("stored", {"x": None})
+    assert NONE_KEY not in sqlite3.adapters
+    db = sqlite3.connect(tmp_path / "a.db")
+    try:
+        row = db.execute(
+            "SELECT typeof(agent_id), typeof(started_at) FROM tasks WHERE task_id = ?",
+            (task_id,),
+        ).fetchone()
+    finally:
+        db.close()
+    assert row == ("null", "null")

@@ -1,6 +1,6 @@
 """Interpreter settings the built-in plugins adjust while they run, and put back after.
 
-Two process-wide settings and one of the event loop's thread cost the runtime dearly at
+Three process-wide settings and one of the event loop's thread cost the runtime dearly at
 their defaults:
 
 * **The GIL switch interval.** The SQLite store writes from a thread of its own. SQLite
@@ -17,6 +17,14 @@ their defaults:
   young collections are as cheap in total and the full ones, which follow from them, rare.
   Reference counting still frees everything that is not part of a cycle at once; cyclic
   garbage waits a little longer for its collection.
+* **How sqlite3 binds None.** Python's ``sqlite3`` binds an exact ``int``, ``float`` or
+  ``str`` at once, but looks for an adapter for any other value, None included, and that
+  search (a failed attribute lookup that formats, then drops, an error message) costs the
+  database thread several times what binding the value does, with the GIL held. A task
+  writes about fifteen Nones (its unset fields) on its way through the queue. While the
+  SQLite store is open, an adapter for None is registered that gives None back, so None is
+  still bound as NULL, found at once. This one is the ``sqlite3`` module's, not the
+  interpreter's; it changes what no other code can see but its speed.
 * **The timer slack of the loop's thread** (Linux). The kernel may end a thread's timed
   waits (``epoll_wait``, ``select``, ``nanosleep``) up to its timer slack late, 50 µs by
   default, to wake several waiters at once. The loop waits like that for its next timer,
@@ -39,9 +47,11 @@ import ctypes
 import gc
 import logging
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable
+from typing import cast
 
 #: The switch interval the SQLite store asks for unless configured otherwise.
 WRITER_SWITCH_INTERVAL = 0.0005
@@ -176,6 +186,45 @@ def hold_gc_threshold(allocations: int) -> Callable[[], None]:
     return GC_THRESHOLD.hold(allocations)
 
 
+# ----------------------------------------------------------------------------- sqlite3 None
+_NONE_ADAPTER_KEY = (type(None), sqlite3.PrepareProtocol)
+#: sqlite3's adapter for None while held: a C function that gives None back for None (an
+#: empty dict's ``get``), so None is bound as NULL, as sqlite3 binds it without an adapter.
+_NONE_TO_NULL: Callable[[None], None] = cast(Callable[[None], None], {}.get)
+_none_adapter_lock = threading.Lock()
+_none_adapter_holders = 0
+
+
+def hold_none_adapter() -> Callable[[], None]:
+    """Register :data:`_NONE_TO_NULL` as ``sqlite3``'s adapter for None until the returned
+    function is called (calling it again does nothing); see the module for why.
+
+    An adapter for None that someone else registered is left in place (theirs is used), and
+    one registered over ours while held is not removed at the end.
+    """
+    global _none_adapter_holders
+    with _none_adapter_lock:
+        _none_adapter_holders += 1
+        if _none_adapter_holders == 1 and _NONE_ADAPTER_KEY not in sqlite3.adapters:
+            sqlite3.register_adapter(type(None), _NONE_TO_NULL)
+    released = False
+
+    def release() -> None:
+        global _none_adapter_holders
+        nonlocal released
+        with _none_adapter_lock:
+            if released:
+                return
+            released = True
+            _none_adapter_holders -= 1
+            if not _none_adapter_holders and sqlite3.adapters.get(_NONE_ADAPTER_KEY) is (
+                _NONE_TO_NULL
+            ):
+                del sqlite3.adapters[_NONE_ADAPTER_KEY]
+
+    return release
+
+
 # ----------------------------------------------------------------------------- timer slack
 _PR_SET_TIMERSLACK = 29
 _PR_GET_TIMERSLACK = 30
@@ -286,6 +335,7 @@ __all__ = [
     "WRITER_SWITCH_INTERVAL",
     "ProcessSetting",
     "hold_gc_threshold",
+    "hold_none_adapter",
     "hold_switch_interval",
     "hold_timer_slack",
     "set_timer_slack",

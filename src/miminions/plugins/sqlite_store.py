@@ -59,7 +59,11 @@ from miminions.kernel.loop_end import LoopEndWatch
 from miminions.kernel.models import DeadLetter, Event, EventRecord, RuntimeConfig, Task
 from miminions.kernel.ownership import process_exists
 from miminions.plugins import sqlite_schema as schema
-from miminions.plugins.interpreter_settings import WRITER_SWITCH_INTERVAL, hold_switch_interval
+from miminions.plugins.interpreter_settings import (
+    WRITER_SWITCH_INTERVAL,
+    hold_none_adapter,
+    hold_switch_interval,
+)
 from miminions.plugins.sqlite_batch import (
     ROW_ERRORS,
     Batch,
@@ -152,6 +156,7 @@ class SQLiteStore:
         self.snapshot = False
         self.switch_interval = switch_interval
         self._release_switch_interval: Callable[[], None] | None = None
+        self._release_none_adapter: Callable[[], None] | None = None
         self._loop_end = LoopEndWatch("miminions-sqlite-canary")
         self.commit_attempts = commit_attempts
         self.retry_delay = retry_delay
@@ -223,8 +228,11 @@ class SQLiteStore:
             self._unlock()
             raise
         if self.switch_interval is not None:
-            # the writer thread must get the GIL promptly beside a busy loop (see the module)
+            # the writer thread must get the GIL promptly beside a busy loop (see
+            # miminions.plugins.interpreter_settings)
             self._release_switch_interval = hold_switch_interval(self.switch_interval)
+        # and hold it less long: Nones are bound without a search for their adapter (ditto)
+        self._release_none_adapter = hold_none_adapter()
         self._loop_end.start()
 
     async def _connect_writer(self) -> aiosqlite.Connection:
@@ -474,6 +482,7 @@ class SQLiteStore:
             # Forget the connection before closing it, so a commit still running sees it gone.
             conn, self._conn = self._conn, None
             release, self._release_switch_interval = self._release_switch_interval, None
+            release_none, self._release_none_adapter = self._release_none_adapter, None
             try:
                 if conn is not None:
                     await conn.close()
@@ -481,6 +490,8 @@ class SQLiteStore:
                 self._unlock()  # after the connection: the next owner finds our last commit
                 if release is not None:
                     release()
+                if release_none is not None:
+                    release_none()
                 await self._loop_end.close()
 
     # ------------------------------------------------------------------------- writes
