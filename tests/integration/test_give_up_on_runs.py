@@ -44,17 +44,22 @@ def _process_config(
 
 
 async def _prefetched_behind_a_loop_blocking_task(
-    rt: AgentRuntime, tmp_path: Path, c_input: dict[str, Any] | None = None
+    rt: AgentRuntime,
+    tmp_path: Path,
+    c_input: dict[str, Any] | None = None,
+    c_retries: int | None = None,
 ) -> tuple[str, str, str, Path]:
     """A process agent runs ``b``, which blocks its worker's loop until the returned
-    ``release`` file exists, with ``c`` waiting in its prefetch window: the agent's id,
-    ``b``, ``c`` and ``release``."""
+    ``release`` file exists, with ``c`` (``c_input`` added to its input, ``c_retries``
+    its ``max_retries`` if given) waiting in its prefetch window: the agent's id, ``b``,
+    ``c`` and ``release``."""
     log, gate, release = tmp_path / "log", tmp_path / "gate", tmp_path / "release"
     agent = await start_agent(rt, "a", GatedAgent, isolation="process")
     await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
     await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
     b = await rt.submit_task("b", input_data={"log": str(log), "block": str(release)})
-    c = await rt.submit_task("c", input_data={"log": str(log), **(c_input or {})})
+    retries = {} if c_retries is None else {"max_retries": c_retries}
+    c = await rt.submit_task("c", input_data={"log": str(log), **(c_input or {})}, **retries)
     gate.touch()  # a ends: the agent takes b and, ahead of time, c
     await wait_until(lambda: "start b" in log.read_text(), "b runs (its worker's loop blocked)")
     await wait_until(
@@ -64,6 +69,12 @@ async def _prefetched_behind_a_loop_blocking_task(
         ),
         "c is in the agent's prefetch window",
     )
+    # ... and its run request is on its way to the worker, so c begins there when b ends
+    # even while the runtime's loop is held.
+    live = rt.agent_book.slots[agent].host._live  # type: ignore[attr-defined]
+    await wait_until(lambda: len(live.runs) == 2, "c's run request is made")
+    live.channel.flush_now()
+    await live.channel.drain()
     return agent, b, c, release
 
 
@@ -215,6 +226,13 @@ def _cancel_sent_and_waiting(rt: AgentRuntime, agent: str) -> bool:
     return live is not None and live.head_moved is not None
 
 
+def _give_back_sent(rt: AgentRuntime, agent: str) -> bool:
+    """The host asked the worker to give back the run taken ahead of time (see
+    ProcessHost.give_back) and waits for its answer."""
+    live = rt.agent_book.slots[agent].host._live  # type: ignore[attr-defined]
+    return live is not None and bool(live.giving_back)
+
+
 async def test_a_cancelled_task_taken_ahead_of_time_never_begins(
     make_config: MakeConfig, tmp_path: Path
 ) -> None:
@@ -251,7 +269,7 @@ async def test_a_task_taken_ahead_of_time_and_given_back_on_a_pause_runs_once(
     try:
         agent, c, release, log = await _read_together_behind_a_loop_blocking_task(rt, tmp_path)
         pausing = asyncio.ensure_future(rt.pause_queue())
-        await wait_until(lambda: _cancel_sent_and_waiting(rt, agent), "the give-back is sent")
+        await wait_until(lambda: _give_back_sent(rt, agent), "the give-back is sent")
         release.touch()
         await asyncio.wait_for(pausing, WAIT_SECONDS)
         await wait_until(lambda: rt.get_task_status(c).status.value == "pending", "c given back")
@@ -412,7 +430,10 @@ async def test_a_task_taken_back_behind_a_big_run_request_runs_once_and_says_so(
             rt.pause_queue() if how == "pause_queue" else rt.cancel_task(m1)
         )
         live = slot.host._live  # type: ignore[attr-defined]
-        await wait_until(lambda: live.head_moved is not None, "the cancel is sent")
+        await wait_until(
+            lambda: live.head_moved is not None or bool(live.giving_back),
+            "the cancel (or the give-back) is sent",
+        )
         release.touch()
         await asyncio.wait_for(taking_back, WAIT_SECONDS)
         await rt.wait_for_task(n, timeout_seconds=WAIT_SECONDS)
@@ -589,4 +610,76 @@ async def test_a_task_given_back_ahead_of_time_leaves_the_agents_current_task(
         assert rt.get_agent_status(agent).task_id == b
     finally:
         gate_b.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def test_a_task_that_failed_unseen_before_it_was_taken_back_is_failed_once(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The task taken ahead of time begins and fails in the worker while the runtime is
+    busy, then pause_queue takes it back: it is failed (no retries left), not re-queued as
+    never begun. It was re-queued, and ran and failed a second time."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release = tmp_path / "log", tmp_path / "release"
+    try:
+        _, b, c, release = await _prefetched_behind_a_loop_blocking_task(
+            rt, tmp_path, {"fail": True}, c_retries=0
+        )
+        release.touch()  # b ends in the worker, and c begins and fails there...
+        _hold_the_runtimes_loop_until(lambda: "end c" in log.read_text())
+        assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
+        await rt.pause_queue()  # takes c back
+        await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        await rt.resume_queue()
+        failed = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert failed.status.value == "failed", failed.status
+        assert "failed on purpose" in (failed.error_message or "")
+        assert failed.started_at is not None
+        assert _starts(log, "c") == 1, log.read_text()
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("how", ["pause_queue", "pause_agent"])
+async def test_a_task_taken_back_while_it_runs_unseen_runs_on_and_only_once(
+    make_config: MakeConfig, tmp_path: Path, how: str
+) -> None:
+    """The task taken ahead of time begins in the worker while the runtime is busy, and is
+    still running (waiting at safe points) when a pause takes it back: the worker keeps
+    it, as the agent's running task (a paused agent halts it at its next safe point), and
+    it ends once, completed. It was cancelled part-way and re-queued: it ran twice."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
+            rt, tmp_path, {"gate": str(gate_c)}
+        )
+        release.touch()  # b ends in the worker, and c begins there...
+        _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
+        assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
+        if how == "pause_queue":
+            await rt.pause_queue()
+        else:
+            await rt.pause_agent(agent)
+        await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        running = rt.get_task_status(c)
+        assert running.status.value == "running", running.status
+        assert running.assigned_agent_id == agent
+        await wait_until(lambda: rt.get_task_status(c).started_at is not None, "c's start")
+        assert rt.get_agent_status(agent).task_id == c
+        gate_c.touch()
+        if how == "pause_queue":
+            await rt.resume_queue()
+        else:
+            assert "end c" not in log.read_text()  # halted at a safe point while paused
+            await rt.resume_agent(agent)
+        done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert done.status.value == "completed", done.error_message
+        assert _starts(log, "c") == 1, log.read_text()
+    finally:
+        release.touch()
+        gate_c.touch()
         await asyncio.wait_for(rt.stop(graceful=False), 30)

@@ -198,6 +198,32 @@ async def test_a_request_cancelled_before_its_work_starts_is_answered() -> None:
     assert channel._handling == {}
 
 
+@pytest.mark.parametrize("started", [False, True], ids=["before-its-work-starts", "while-it-runs"])
+async def test_work_cancelled_by_its_own_end_is_answered_with_the_error_given(
+    started: bool,
+) -> None:
+    """cancel_work cancels a request's work and answers the error it was given, whether
+    the work had started or not (a worker giving back a run it has not begun); work that
+    has ended cannot be cancelled."""
+    answering = Server()
+    channel = FrameChannel(answering.handle)
+    transport = CapturingTransport()
+    channel.connection_made(transport)
+    channel.data_received(encode_frame({"op": "slow", "id": 7, "value": 1}))
+    if started:
+        await asyncio.wait_for(answering.started.wait(), WAIT)
+    assert channel.cancel_work(7, NotFoundError("taken back"))
+    await asyncio.wait_for(transport.wrote.wait(), WAIT)
+    [reply] = transport.frames
+    assert reply["re"] == 7
+    assert reply["error"]["type"] == "NotFoundError"
+    assert reply["error"]["message"] == "taken back"
+    assert answering.started.is_set() is started
+    assert channel._handling == {}
+    assert not channel.cancel_work(7, NotFoundError("again"))  # it has ended
+    assert not channel.cancel_work(99, NotFoundError("never"))  # no such request
+
+
 class AbortableTransport(CapturingTransport):
     """A capturing transport that records an abort."""
 

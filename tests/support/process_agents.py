@@ -336,7 +336,8 @@ class GatedAgent(BaseAgent):
     without safe points, and a cancel meanwhile is caught: appends ``swallowed <task
     name>`` and returns ``partial: true``. With ``hold_after``: once it has returned, the
     worker's loop is held until that file exists (``holding after <task name>``), so
-    what the runtime sends meanwhile is read in one go."""
+    what the runtime sends meanwhile is read in one go. With ``fail``: raises
+    ``RuntimeError`` after its ``end`` line instead of completing."""
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
         data = task.input_data
@@ -358,6 +359,8 @@ class GatedAgent(BaseAgent):
             while not _exists(data["block"]):
                 time.sleep(0.01)  # noqa: ASYNC251 (blocks the loop, on purpose)
         _append_line(log, f"end {task.name}")
+        if data.get("fail"):
+            raise RuntimeError(f"{task.name} failed on purpose")
         hold = data.get("hold_after")
         if hold:
 

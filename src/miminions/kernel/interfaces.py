@@ -166,6 +166,15 @@ class AgentHost(Protocol):
 
     The kernel drives the host through the agent lifecycle; a host never changes agent or
     task status itself, it reports by returning or raising.
+
+    Optional, for a host whose agent is handed tasks ahead of time (a ``prefetch`` int
+    above 1: the most tasks it holds at once, each in a :meth:`run` of its own, run one
+    after another): ``async give_back(task_id) -> bool``, asked when a pause or stop takes
+    back such a task. True: the agent had not begun it, and never will (its ``run`` raises
+    TaskNotStartedError; the task goes back to the queue). False: the agent had begun it,
+    or it has ended; it runs on as the agent's task and its outcome counts. Without it,
+    such a task's ``run`` is cancelled, and a task the agent had begun unseen then runs
+    again from its start. The built-in ``process`` host has both.
     """
 
     spec: AgentSpec

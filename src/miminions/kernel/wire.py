@@ -187,6 +187,8 @@ class FrameChannel(asyncio.Protocol):
         # SystemExit) gets no answer: the peer learns from the closed connection that it
         # never ended, rather than taking "cancelled" for the work's own outcome.
         self._cancel_asked: set[int] = set()
+        # Work cancelled by this end with the error to answer instead (see cancel_work).
+        self._cancel_answers: dict[int, BaseException] = {}
         self._loop = asyncio.get_running_loop()
         self._last_write = float("-inf")  # time.monotonic() of the last write
         # Replies that came for a requester being cancelled, until the loop's next turn.
@@ -497,13 +499,30 @@ class FrameChannel(asyncio.Protocol):
         except (TypeError, ValueError) as exc:
             self._reply_error(request_id, exc)
 
+    def cancel_work(self, request_id: int, answer: BaseException) -> bool:
+        """Cancel the work this end does for request ``request_id`` and answer ``answer``
+        (an error) for it, whether its work had begun or not; False if there is no such
+        work (it has ended: its reply has been sent, or never will be)."""
+        work = self._handling.get(request_id)
+        if work is None or work.done():
+            return False
+        self._cancel_answers[request_id] = answer
+        work.cancel()
+        return True
+
     def cancel_asked(self, request_id: int) -> bool:
         """Whether the peer asked to cancel the work of request ``request_id`` (a
         ``cancel`` notice for it was read)."""
         return request_id in self._cancel_asked
 
     def _reply_cancelled(self, request_id: int) -> None:
-        """Answer "cancelled", if the peer asked for that (see ``_cancel_asked``)."""
+        """Answer "cancelled", if the peer asked for that (see ``_cancel_asked``), or the
+        answer :meth:`cancel_work` was given."""
+        answer = self._cancel_answers.pop(request_id, None) if self._cancel_answers else None
+        if answer is not None:
+            self._cancel_asked.discard(request_id)
+            self._reply_error(request_id, answer)
+            return
         if request_id in self._cancel_asked:
             self._cancel_asked.discard(request_id)
             self._reply_error(request_id, asyncio.CancelledError("the handler was cancelled"))
@@ -512,6 +531,8 @@ class FrameChannel(asyncio.Protocol):
         """The work ended some other way than by the cancel the peer may have asked for."""
         if self._cancel_asked:
             self._cancel_asked.discard(request_id)
+        if self._cancel_answers:
+            self._cancel_answers.pop(request_id, None)
 
     def _reply_error(self, request_id: int, error: BaseException) -> None:
         if self._closed_error is not None:

@@ -81,6 +81,7 @@ class _Run(Deadline):
         "cancel_reason",
         "cancels_sent",
         "finished",
+        "giving_back",
         "interrupt_reason",
         "running",
         "slot",
@@ -108,6 +109,7 @@ class _Run(Deadline):
         self.abandoned = False  # its agent did not stop when told; its outcome is ignored
         self.waiters: list[asyncio.Future[None]] | None = None
         self.began: float | None = None  # loop time its agent began it (as the head)
+        self.giving_back = False  # its host is asked to give it back (see _give_back)
 
     def on_expiry(self) -> None:
         """The task's timeout passed: interrupt it (it then fails with TaskTimeoutError)."""
@@ -324,9 +326,43 @@ class AsyncioExecutor:
                 # Set now, not when the interrupt first runs: a run that becomes its
                 # agent's head in between must not begin (see _become_head).
                 run.interrupt_reason = reason
-            interrupting = self._loop.create_task(self._interrupt(run, reason, give_up=False))
+            interrupting = self._loop.create_task(self._give_back(run, reason))
             self._interrupting.add(interrupting)
             interrupting.add_done_callback(self._interrupting.discard)
+
+    async def _give_back(self, run: _Run, reason: str) -> None:
+        """Take back ``run``, waiting in its agent's prefetch window, for ``reason``.
+
+        A host with ``give_back`` (the ``process`` host) is asked first: its worker may
+        have begun the task already, as the task ahead ended, before the runtime heard of
+        it. Such a task is not interrupted: it runs on as its agent's task, and its outcome
+        counts (a failure too); cancelling it would run it a second time from its start.
+        Otherwise, and for a task the host gives back, it is interrupted.
+        """
+        give_back = getattr(run.slot.host, "give_back", None)
+        if (
+            give_back is None
+            or not run.running
+            or run.interrupt_reason != reason
+            or run.cancel_reason is not None
+            or run.timed_out
+        ):
+            await self._interrupt(run, reason, give_up=False)
+            return
+        run.giving_back = True
+        try:
+            given = await give_back(run.task_id)
+        except Exception:  # its worker is gone and cannot say: interrupted, as it ends
+            given = True
+        if given is True:
+            await self._interrupt(run, reason, give_up=False)
+            return
+        # Its agent began it: it is the task its agent runs now, as if never given back.
+        if not run.finished and run.interrupt_reason == reason:
+            run.interrupt_reason = None
+            runs = self._agent_runs.get(run.slot.agent_id)
+            if runs and runs[0] is run and run.began is None:
+                self._become_head(run)
 
     async def wait_agent_idle(self, agent_id: str, timeout_seconds: float) -> bool:
         """Wait up to ``timeout_seconds`` for the agent's running tasks to end."""
@@ -816,6 +852,18 @@ class AsyncioExecutor:
         elif run.timed_out:  # whatever the agent's code made of the cancel
             error = self._timeout_error(run)
             book.failed(task_id, error, timed_out_after=run.timeout)
+        elif (
+            run.giving_back
+            and error is not None
+            and not isinstance(error, TaskNotStartedError)
+            and not taken_back
+        ):
+            # Its host was asked to give it back, but its agent had begun it (a host that
+            # gives back a task it did not begin says so with TaskNotStartedError): the
+            # failure is the task's own, as if it had never been asked.
+            if run.began is None:
+                book.began(task_id)
+            book.failed(task_id, error)
         elif run.interrupt_reason is not None:
             book.interrupted(task_id, run.interrupt_reason)
             error, ok = None, None  # not the agent's failure: no on_error

@@ -29,6 +29,7 @@ from miminions.kernel.errors import (
     AgentCrashedError,
     HostEndedError,
     InvalidStateError,
+    RemoteAgentError,
     ResourceLimitExceeded,
     ResourceLimitWarning,
     TaskNotStartedError,
@@ -83,7 +84,10 @@ class _Live:
         self.channel = channel
         self.frozen = False  # SIGSTOPped while paused
         self.paused = False  # between a pause that finished and the next resume
-        self.runs: dict[int, None] = {}  # run requests in flight, in order: the first runs
+        #: Run requests in flight, in order (the first runs), with their task ids.
+        self.runs: dict[int, str] = {}
+        #: Runs the runtime is taking back (see ProcessHost.give_back).
+        self.giving_back: set[int] = set()
         self.head_at_loss: int | None = None  # the run that was running when it died
         self.soft_memory_warned = False
         self.soft_cpu_warned = False
@@ -191,9 +195,15 @@ class ProcessHost:
         run_id, reply = live.channel.start_request(
             "run", task=task_to_wire(task), checkpoint=checkpoint
         )
-        live.runs[run_id] = None
+        live.runs[run_id] = task.task_id
         try:
             return await reply
+        except RemoteAgentError as exc:
+            if run_id in live.giving_back and exc.remote_type == "TaskNotStartedError":
+                raise TaskNotStartedError(
+                    f"task {task.task_id} was given back before agent {self.spec.name!r} began it"
+                ) from None
+            raise
         except asyncio.CancelledError as cancel:
             # Seen through to its end even if this is cancelled again meanwhile (bounded by
             # the grace period and a kill): the run must not end while the worker may still
@@ -226,11 +236,41 @@ class ProcessHost:
         finally:
             was_head = next(iter(live.runs), None) == run_id
             live.runs.pop(run_id, None)
+            live.giving_back.discard(run_id)
             moved = live.head_moved
             if was_head and moved is not None:
                 live.head_moved = None
                 if not moved.done():
                     moved.set_result(None)
+
+    async def give_back(self, task_id: str) -> bool:
+        """Take back ``task_id``, handed to the worker ahead of time, if its code has not
+        begun there: True if it is given back (:meth:`run` then raises
+        TaskNotStartedError), False if it began (it runs on, and :meth:`run` returns or
+        raises its outcome) or has ended. The worker decides, as it begins each run, so a
+        task taken back is never also run. Raises (InvalidStateError, ChannelClosedError)
+        when the worker is gone and cannot say."""
+        live = self._require_live()
+        run_id = next((run for run, task in live.runs.items() if task == task_id), None)
+        if run_id is None:
+            return False
+        live.giving_back.add(run_id)
+        was_frozen = live.frozen
+        self._thaw(live)  # a paused (SIGSTOPped) worker could not answer
+        try:
+            given = await live.channel.call("give_back", run=run_id)
+        finally:
+            self._refreeze(live, was_frozen)
+        if given is not True:
+            live.giving_back.discard(run_id)
+            return False
+        return True
+
+    def _refreeze(self, live: _Live, was_frozen: bool) -> None:
+        """SIGSTOP a worker thawed for a moment again if its agent is still paused."""
+        if was_frozen and live.paused and not self._stopping and live.process.alive:
+            live.process.signal(signal.SIGSTOP)  # still paused (not resumed): no CPU
+            live.frozen = True
 
     async def pause(self) -> Any:
         """Halt the task at its next safe point, run ``on_pause``, then SIGSTOP the worker.
@@ -477,9 +517,7 @@ class ProcessHost:
         stuck = done and _remote_type(reply) == "SyncCallStuckError"
         if done and not stuck:
             retrieve(reply)  # the run's outcome no longer matters
-            if was_frozen and live.paused and not self._stopping and live.process.alive:
-                live.process.signal(signal.SIGSTOP)  # still paused (not resumed): no CPU
-                live.frozen = True
+            self._refreeze(live, was_frozen)
             return
         grace = self._settings.cancel_grace_seconds
         why = (

@@ -34,6 +34,7 @@ from miminions.kernel.errors import (
     ConfigurationError,
     MessageTooLargeError,
     MiminionsError,
+    TaskNotStartedError,
     ValidationError,
 )
 from miminions.kernel.task_input import PAUSE_STATE, to_json_value
@@ -239,6 +240,7 @@ class Worker:
         # Tasks the runtime prefetched wait here and run one at a time, in arrival order.
         self._run_lock = asyncio.Lock()
         self._runs_ended = 0  # runs this worker finished (see _run)
+        self._begun: set[int] = set()  # request ids of the runs whose agent code began
         self._runner: AgentRunner | None = None
 
     @property
@@ -341,7 +343,20 @@ class Worker:
         if op == "stop_requested":
             self.runner.request_stop()
             return None
+        if op == "give_back":
+            return self._give_back(frame.get("run"))
         return self._work_for(op, frame)
+
+    def _give_back(self, run_id: Any) -> bool:
+        """The runtime takes back run ``run_id``, handed over ahead of time, unless its
+        code began: True if it is dropped (its reply is a TaskNotStartedError, after this
+        answer), False if it began (it runs on; its reply is its outcome) or has ended
+        (its reply went before this answer). Decided here, where the run begins, so a run
+        can never be both given back and run."""
+        if not isinstance(run_id, int) or run_id in self._begun or self.channel is None:
+            return False
+        given_back = TaskNotStartedError("given back to the runtime before it began")
+        return self.channel.cancel_work(run_id, given_back)
 
     def _work_for(self, op: str, frame: Frame) -> Coroutine[Any, Any, Any]:
         if op == "run":
@@ -388,9 +403,11 @@ class Worker:
                 # ... and not just handed to the transport: a big reply may wait in its
                 # buffer, and a task that ends the process would take that with it.
                 await self.channel.drain()
+            request_id = frame.get("id")
+            if isinstance(request_id, int):
+                self._begun.add(request_id)  # no await since the last: see _give_back
             try:
                 result = await self.runner.run(task, frame.get("checkpoint"))
-                request_id = frame.get("id")
                 if (
                     self.channel is not None
                     and isinstance(request_id, int)
@@ -410,6 +427,7 @@ class Worker:
                 raise
             finally:
                 self._runs_ended += 1
+                self._begun.discard(request_id)
         return to_json_value(result, "the task result")
 
     async def _on_error(self, frame: Frame) -> None:
