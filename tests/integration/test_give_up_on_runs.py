@@ -7,6 +7,9 @@ within its cancel grace; a worker killed for two runs at once is reported once."
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -654,6 +657,161 @@ async def test_a_task_taken_back_while_it_runs_unseen_runs_on_and_only_once(
         else:
             assert "end c" not in log.read_text()  # halted at a safe point while paused
             await rt.resume_agent(agent)
+        done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert done.status.value == "completed", done.error_message
+        assert _starts(log, "c") == 1, log.read_text()
+    finally:
+        release.touch()
+        gate_c.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+def _live_of(rt: AgentRuntime, agent: str) -> Any:
+    return rt.agent_book.slots[agent].host._live  # type: ignore[attr-defined]
+
+
+def _run_id_of(rt: AgentRuntime, agent: str, task_id: str) -> int:
+    [run_id] = [run for run, task in _live_of(rt, agent).runs.items() if task == task_id]
+    return run_id
+
+
+def _unread(live: Any) -> bytes:
+    """What the worker sent that the runtime has not read yet (peeked, left in place)."""
+    fd = live.channel._transport.get_extra_info("socket").fileno()
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        return sock.recv(1 << 20, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+    except BlockingIOError:
+        return b""
+    finally:
+        sock.close()
+
+
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie counts: its end of the socket is closed)."""
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            return any(line.startswith("State:\tZ") for line in status)
+    except FileNotFoundError:
+        return True
+
+
+async def test_a_failure_read_just_before_pause_queue_is_not_requeued_and_run_again(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """``c`` (taken ahead of time) begins and fails in the worker unseen; the runtime reads
+    its failure reply (with ``b``'s), and in that same turn of the loop, before the
+    executor's worker resumes with it, the application calls pause_queue. ``c`` had begun
+    and failed: its failure counts (no retries left: failed), as when pause_queue comes a
+    moment earlier. It was re-queued as never begun (no attempt used), and ran, and
+    failed, again."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release = tmp_path / "log", tmp_path / "release"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
+            rt, tmp_path, {"fail": True}, c_retries=0
+        )
+        live = _live_of(rt, agent)
+        c_reply = live.channel._pending[_run_id_of(rt, agent, c)]
+        release.touch()  # b ends in the worker, and c begins and fails there...
+        # ... both replies waiting, unread, in the runtime's socket:
+        _hold_the_runtimes_loop_until(lambda: b"failed on purpose" in _unread(live))
+        assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
+        for _ in range(10_000):  # the runtime reads both replies (one turn of the loop)
+            if c_reply.done():
+                break
+            await asyncio.sleep(0)
+        assert c_reply.done()
+        run = rt.executor._runs[c]  # type: ignore[attr-defined]
+        assert not run.finished  # c is still in the window
+        assert run.interrupt_reason is None
+        await rt.pause_queue()  # in the turn the replies were read: takes c back
+        await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        await wait_until(
+            lambda: rt.get_task_status(c).status.value != "running", "c's run is settled"
+        )
+        settled = rt.get_task_status(c)
+        await rt.resume_queue()
+        final = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
+        assert (settled.status.value, _starts(log, "c")) == ("failed", 1), (
+            f"c was {settled.status.value} (retry_count {settled.retry_count}) after its "
+            f"failure; it ended {final.status.value} after running {_starts(log, 'c')} times"
+        )
+    finally:
+        release.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def test_a_reply_sent_before_the_worker_died_is_read_though_a_write_to_it_failed(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """``b`` completes in the worker (its reply is flushed out before ``c`` begins), then
+    ``c`` (taken ahead of time) begins and the worker dies under it, while the runtime is
+    busy; then pause_queue takes ``c`` back. ``b`` completed: its reply is in the
+    runtime's socket. The give-back request written to the dead worker fails (EPIPE) and
+    the transport drops the connection without reading what waits in it: ``b`` was failed
+    as crashed ("killed ... while running the task"), its result lost, and ``c``, the task
+    the worker died running, went back to the queue without an attempt counted. What
+    waits is read first now."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
+            rt, tmp_path, {"gate": str(gate_c)}, c_retries=0
+        )
+        live = _live_of(rt, agent)
+        pid = rt.get_agent_status(agent).process_id
+        assert pid is not None
+        release.touch()  # b ends in the worker, and c begins there...
+        _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
+        os.kill(pid, signal.SIGKILL)  # ... and the worker dies while it runs c
+        _hold_the_runtimes_loop_until(lambda: _gone(pid))
+        assert _unread(live)  # b's reply waits unread
+        await rt.pause_queue()  # takes c back
+        finished_b = await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        await wait_until(
+            lambda: rt.get_task_status(c).status.value != "running", "c's run is settled"
+        )
+        settled_c = rt.get_task_status(c)
+        assert (finished_b.status.value, settled_c.status.value) == ("completed", "failed"), (
+            f"b: {finished_b.status.value} ({finished_b.error_message}); "
+            f"c: {settled_c.status.value} (retry_count {settled_c.retry_count})"
+        )
+    finally:
+        release.touch()
+        gate_c.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def test_pause_queue_and_pause_agent_together_do_not_cancel_a_task_begun_unseen(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """``c`` (taken ahead of time) has begun in the worker, unseen by the runtime, and is
+    still running (waiting at safe points) when the application pauses the queue and the
+    agent at once (``asyncio.gather``). Either pause alone keeps ``c`` with its worker, as
+    the agent's task: it runs on and ends once (test_a_task_taken_back_while_it_runs_
+    unseen_runs_on_and_only_once). Together too: the second give-back found the first
+    one's reason on the run and interrupted ``c`` at once instead of asking the worker,
+    so ``c`` was cancelled part-way, re-queued, and ran again from its start."""
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
+            rt, tmp_path, {"gate": str(gate_c)}
+        )
+        release.touch()  # b ends in the worker, and c begins there...
+        _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
+        assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
+        await asyncio.wait_for(
+            asyncio.gather(rt.pause_queue(), rt.pause_agent(agent)), WAIT_SECONDS
+        )
+        await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        gate_c.touch()
+        await rt.resume_queue()
+        await rt.resume_agent(agent)
         done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
         assert done.status.value == "completed", done.error_message
         assert _starts(log, "c") == 1, log.read_text()

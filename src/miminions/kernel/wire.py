@@ -21,6 +21,7 @@ here is pickled: whatever arrives is parsed as JSON and checked before it is use
 from __future__ import annotations
 
 import asyncio
+import asyncio.trsock
 import inspect
 import itertools
 import json
@@ -359,8 +360,32 @@ class FrameChannel(asyncio.Protocol):
         del buffer[:start]
 
     def connection_lost(self, exc: Exception | None) -> None:
-        """Fail every pending request and tell the owner."""
+        """Fail every pending request and tell the owner. When a write found the other
+        end gone, what it sent before it went (a reply) is read first."""
+        if isinstance(exc, BrokenPipeError | ConnectionResetError):
+            self._read_what_is_left()
         self._fail(exc)
+
+    def _read_what_is_left(self) -> None:
+        """Read, and handle, what waits unread in the socket of a connection a failed
+        write ended: the transport stops reading at once, and a reply sent just before the
+        other end died would be lost with it (the task it ended taken for the one running
+        when it died). Only on asyncio's own transport, whose socket stays open until
+        this connection_lost returns."""
+        transport = self._transport
+        sock = None if transport is None else transport.get_extra_info("socket")
+        if not isinstance(sock, asyncio.trsock.TransportSocket):
+            return
+        try:
+            with sock.dup() as own:
+                own.setblocking(False)
+                while self._closed_error is None:
+                    data = own.recv(1 << 16)
+                    if not data:
+                        return
+                    self.data_received(data)
+        except OSError:  # nothing more to read (BlockingIOError), or it cannot be read
+            return
 
     # ------------------------------------------------------------------ internals
     def _fail(self, exc: BaseException | None) -> None:

@@ -109,7 +109,7 @@ class _Run(Deadline):
         self.abandoned = False  # its agent did not stop when told; its outcome is ignored
         self.waiters: list[asyncio.Future[None]] | None = None
         self.began: float | None = None  # loop time its agent began it (as the head)
-        self.giving_back = False  # its host is asked to give it back (see _give_back)
+        self.giving_back = False  # its host was asked to give it back (see _give_back)
 
     def on_expiry(self) -> None:
         """The task's timeout passed: interrupt it (it then fails with TaskTimeoutError)."""
@@ -320,36 +320,44 @@ class AsyncioExecutor:
 
     def _give_back_window(self, agent_id: str, reason: str) -> None:
         """Re-queue the tasks waiting in the agent's prefetch window (taken ahead of time,
-        not begun), without using up an attempt; the task it is running goes on."""
+        not begun), without using up an attempt; the task it is running goes on.
+
+        A host with ``give_back`` (the ``process`` host) is asked first (see
+        :meth:`_give_back`): its worker may have begun such a task already, as the task
+        ahead ended, before the runtime heard of it.
+        """
         for run in self._agent_runs.get(agent_id, [])[1:]:
+            if run.giving_back:
+                continue  # its host is asked already: that answer decides for every pause
+            ask = (
+                getattr(run.slot.host, "give_back", None) is not None
+                and run.running
+                and run.cancel_reason is None
+                and run.interrupt_reason is None
+                and not run.timed_out
+            )
             if run.cancel_reason is None and run.interrupt_reason is None:
                 # Set now, not when the interrupt first runs: a run that becomes its
                 # agent's head in between must not begin (see _become_head).
                 run.interrupt_reason = reason
-            interrupting = self._loop.create_task(self._give_back(run, reason))
+            if ask:
+                # Also set now: an outcome read before the host is asked is the task's own.
+                run.giving_back = True
+                interrupting = self._loop.create_task(self._give_back(run, reason))
+            else:
+                interrupting = self._loop.create_task(self._interrupt(run, reason, give_up=False))
             self._interrupting.add(interrupting)
             interrupting.add_done_callback(self._interrupting.discard)
 
     async def _give_back(self, run: _Run, reason: str) -> None:
-        """Take back ``run``, waiting in its agent's prefetch window, for ``reason``.
+        """Ask ``run``'s host to give it back for ``reason``.
 
-        A host with ``give_back`` (the ``process`` host) is asked first: its worker may
-        have begun the task already, as the task ahead ended, before the runtime heard of
-        it. Such a task is not interrupted: it runs on as its agent's task, and its outcome
-        counts (a failure too); cancelling it would run it a second time from its start.
-        Otherwise, and for a task the host gives back, it is interrupted.
+        A task its worker had begun is not interrupted: it runs on as its agent's task,
+        and its outcome counts (a failure too; see _run_one); cancelling it would run it a
+        second time from its start. A task the host gives back is interrupted (its run
+        ends with TaskNotStartedError: re-queued).
         """
-        give_back = getattr(run.slot.host, "give_back", None)
-        if (
-            give_back is None
-            or not run.running
-            or run.interrupt_reason != reason
-            or run.cancel_reason is not None
-            or run.timed_out
-        ):
-            await self._interrupt(run, reason, give_up=False)
-            return
-        run.giving_back = True
+        give_back = run.slot.host.give_back  # type: ignore[attr-defined]
         try:
             given = await give_back(run.task_id)
         except Exception:  # its worker is gone and cannot say: interrupted, as it ends
