@@ -7,6 +7,7 @@ within its cancel grace; a worker killed for two runs at once is reported once."
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import socket
@@ -819,3 +820,87 @@ async def test_pause_queue_and_pause_agent_together_do_not_cancel_a_task_begun_u
         release.touch()
         gate_c.touch()
         await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+async def _c_dies_with_its_worker(
+    make_config: MakeConfig, tmp_path: Path, how: str, *, wait_for_the_exit: bool
+) -> tuple[str, Any, list[tuple[str, dict[str, Any]]]]:
+    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
+    await rt.start()
+    log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
+    try:
+        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
+            rt, tmp_path, {"gate": str(gate_c)}, c_retries=0
+        )
+        live = _live_of(rt, agent)
+        pid = rt.get_agent_status(agent).process_id
+        assert pid is not None
+        release.touch()  # b ends in the worker, and c begins there...
+        _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
+        os.kill(pid, signal.SIGKILL)  # ... and the worker dies while it runs c
+        _hold_the_runtimes_loop_until(lambda: _gone(pid))
+        if wait_for_the_exit:
+            # The runtime's loop sees the worker's exit (and reads b's reply); the
+            # application acts in the next turn, before the executor has ended b.
+            for _ in range(10_000):
+                if not live.process.alive:
+                    break
+                await asyncio.sleep(0)
+            assert not live.process.alive
+        executor: Any = rt.executor
+        run = executor._runs[c]
+        assert executor._agent_runs[agent].index(run) == 1  # c is still in the window
+        if how == "pause_queue":
+            await rt.pause_queue()
+        else:
+            with contextlib.suppress(Exception):
+                await rt.stop_agent(agent, graceful=True, timeout_seconds=WAIT_SECONDS)
+        finished_b = await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
+        assert finished_b.status.value == "completed", finished_b.error_message
+        await wait_until(
+            lambda: rt.get_task_status(c).status.value != "running", "c's run is settled"
+        )
+        settled_c = rt.get_task_status(c)
+        events = [(str(e.event_type), dict(e.details)) for e in await rt.query_events(task_id=c)]
+        return settled_c.status.value, settled_c, events
+    finally:
+        release.touch()
+        gate_c.touch()
+        await asyncio.wait_for(rt.stop(graceful=False), 30)
+
+
+@pytest.mark.parametrize("how", ["pause_queue", "stop_agent"])
+async def test_a_task_its_worker_died_running_is_not_requeued_by_a_give_back(
+    make_config: MakeConfig, tmp_path: Path, how: str
+) -> None:
+    """``c`` (taken ahead of time) begins in the worker unseen, and the worker dies
+    running it; in the turn after the runtime saw the worker's exit (standard asyncio
+    loop), before it has ended ``b``, the application pauses the queue (or stops the
+    agent). ``c`` fails as crashed (an attempt used). The host's give-back raised (no
+    running worker), the executor took that for "given back" and cancelled ``c``'s run
+    before it could report the crash: ``c`` was re-queued as never begun."""
+    status, task, events = await _c_dies_with_its_worker(
+        make_config, tmp_path, how, wait_for_the_exit=True
+    )
+    assert status == "failed", (
+        f"c, running when its worker died, ended {status} (retry_count {task.retry_count}, "
+        f"started_at {task.started_at}); its events: {events}"
+    )
+    assert "AgentCrashedError" in (task.error_message or "")
+
+
+def test_on_uvloop_a_task_its_worker_died_running_is_not_requeued_by_a_give_back(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """The same on uvloop (what ``miminions.run`` uses with the ``uvloop`` extra), where
+    the worker's exit is handled before the give-back task first runs, with nothing
+    between the worker's death and pause_queue."""
+    uvloop = pytest.importorskip("uvloop")
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        status, task, events = runner.run(
+            _c_dies_with_its_worker(make_config, tmp_path, "pause_queue", wait_for_the_exit=False)
+        )
+    assert status == "failed", (
+        f"c, running when its worker died, ended {status} (retry_count {task.retry_count}, "
+        f"started_at {task.started_at}); its events: {events}"
+    )

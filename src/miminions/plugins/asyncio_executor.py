@@ -360,7 +360,15 @@ class AsyncioExecutor:
         give_back = run.slot.host.give_back  # type: ignore[attr-defined]
         try:
             given = await give_back(run.task_id)
-        except Exception:  # its worker is gone and cannot say: interrupted, as it ends
+        except Exception:
+            # Its worker is gone and cannot say: the run ends as the loss decides (a task
+            # it never began comes back TaskNotStartedError: re-queued; the one it died
+            # running fails as crashed, an attempt used). Cancelling the run now would
+            # take that crash for a give-back. Interrupted only if it does not end.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(run.ended_or_gone(), self._notify_timeout)
+            if run.finished:
+                return
             given = True
         if given is True:
             await self._interrupt(run, reason, give_up=False)
