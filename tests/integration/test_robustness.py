@@ -301,13 +301,16 @@ async def test_stop_returns_while_an_abandoned_run_is_still_stuck(
         assert again.get_task_status(task_id).status is TaskStatus.PENDING
 
 
+@pytest.mark.parametrize("isolation", ["inline", "process"])
 async def test_an_agent_that_swallows_its_cancel_does_not_wedge_its_next_tasks(
-    rt: AgentRuntime,
+    rt: AgentRuntime, isolation: str
 ) -> None:
     """A task whose code swallows the cancel of its timeout fails with the timeout; the
     agent's next tasks end normally (one raising CancelledError itself fails, the next
-    completes) instead of staying running for good."""
-    await start(rt, "quirky", agents.CancelQuirkAgent)
+    completes) instead of staying running for good. A process agent's worker sent no
+    answer for the task raising CancelledError itself: it stayed running, the agent
+    wedged."""
+    await start(rt, "quirky", agents.CancelQuirkAgent, isolation=isolation)
     await rt.pause_queue()
     swallow = await rt.submit_task("swallow", timeout_seconds=0.1)
     selfcancel = await rt.submit_task("selfcancel")

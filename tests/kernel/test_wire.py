@@ -42,7 +42,12 @@ class Server:
             raise NotFoundError("no such thing")
         if frame["op"] == "slow":
             return self._slow(frame["value"])
+        if frame["op"] == "selfcancel":
+            return self._selfcancel()
         raise AssertionError(frame)
+
+    async def _selfcancel(self) -> None:
+        raise asyncio.CancelledError  # nobody cancelled it
 
     async def _slow(self, value: Any) -> Any:
         self.started.set()
@@ -85,6 +90,17 @@ async def test_request_gets_its_reply_or_error(pair: Pair) -> None:
     with pytest.raises(RemoteAgentError, match="no such thing") as info:
         await asyncio.wait_for(pair.client.request("missing"), WAIT)
     assert info.value.remote_type == "NotFoundError"
+
+
+async def test_work_raising_cancelled_error_itself_is_answered_with_that_error(
+    pair: Pair,
+) -> None:
+    """Work that raises CancelledError while nobody cancelled it (not its requester, not
+    its loop) answers that error: its requester waited for an answer for good."""
+    with pytest.raises(RemoteAgentError) as info:
+        await asyncio.wait_for(pair.client.request("selfcancel"), WAIT)
+    assert info.value.remote_type == "CancelledError"
+    assert pair.server._handling == {}
 
 
 async def test_cancelling_a_call_cancels_the_work_at_the_other_end(pair: Pair) -> None:

@@ -472,8 +472,19 @@ class FrameChannel(asyncio.Protocol):
         would hold the reply back for another turn of the loop)."""
         try:
             value = await work
-        except asyncio.CancelledError:
+        except asyncio.CancelledError as exc:
             self._handling.pop(request_id, None)
+            this = asyncio.current_task()
+            if (
+                this is not None
+                and not this.cancelling()
+                and request_id not in self._cancel_asked
+                and request_id not in self._cancel_answers
+            ):
+                # Nobody cancelled the work: it raised CancelledError itself. That is its
+                # error, and the requester, who waits for an answer, gets it.
+                self._reply_error(request_id, exc)
+                return
             self._reply_cancelled(request_id)
             raise
         except BaseException as exc:  # SystemExit too: the requester learns why, then it goes on

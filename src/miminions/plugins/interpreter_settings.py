@@ -24,7 +24,8 @@ their defaults:
   writes about fifteen Nones (its unset fields) on its way through the queue. While the
   SQLite store is open, an adapter for None is registered that gives None back, so None is
   still bound as NULL, found at once. This one is the ``sqlite3`` module's, not the
-  interpreter's; it changes what no other code can see but its speed.
+  interpreter's; what is stored does not change, only how fast (``sqlite3.adapters``
+  shows the entry, and ``sqlite3.adapt(None)`` returns None instead of raising).
 * **The timer slack of the loop's thread** (Linux). The kernel may end a thread's timed
   waits (``epoll_wait``, ``select``, ``nanosleep``) up to its timer slack late, 50 µs by
   default, to wake several waiters at once. The loop waits like that for its next timer,

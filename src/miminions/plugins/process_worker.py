@@ -34,6 +34,7 @@ from miminions.kernel.errors import (
     ConfigurationError,
     MessageTooLargeError,
     MiminionsError,
+    TaskCancelledError,
     TaskNotStartedError,
     ValidationError,
 )
@@ -424,6 +425,11 @@ class Worker:
                     raise SyncCallStuckError(
                         "the task's synchronous code is still running and cannot be interrupted"
                     ) from None
+                this = asyncio.current_task()
+                if this is not None and not this.cancelling():
+                    # Nobody cancelled the run: the agent's code raised CancelledError
+                    # itself. The task fails, as an inline agent's does.
+                    raise TaskCancelledError("the agent's code raised CancelledError") from None
                 raise
             finally:
                 self._runs_ended += 1
