@@ -46,6 +46,7 @@ from tests.support.journal_agents import read_journal
 from tests.support.messaging_agents import (
     IGNORED,
     SENTINEL,
+    CancellingHandlerAgent,
     CrashingHandlerAgent,
     ResponderAgent,
     ScriptAgent,
@@ -555,6 +556,22 @@ async def test_a_pause_waits_for_the_on_message_handler_in_progress(
     assert paused.status is AgentStatus.PAUSED
     assert records(journal, "handler_ended", message_id=message_id)
     await rt.resume_agent(agent_id)
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_a_handler_raising_cancelled_error_itself_does_not_end_delivery(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """An on_message handler that raises CancelledError nobody asked for (it awaited a
+    future someone else cancelled) fails like any handler: logged, and the next message
+    still comes. It ended the agent's delivery of messages for good, silently."""
+    agent_id = await rt.register_agent("h", CancellingHandlerAgent, isolation=isolation)
+    await rt.start_agent(agent_id)
+    await rt.send_message(agent_id, "first")
+    await wait_until(lambda: rt.kv.get("seen:first"), "the first message handled")
+    await rt.send_message(agent_id, "boom")
+    await rt.send_message(agent_id, "after")
+    await wait_until(lambda: rt.kv.get("seen:after"), "the message after 'boom' handled")
 
 
 async def test_full_mailbox_refuses_the_whole_multicast(

@@ -325,6 +325,25 @@ async def test_an_agent_that_swallows_its_cancel_does_not_wedge_its_next_tasks(
     assert (await rt.wait_for_task(plain, 5)).status is TaskStatus.COMPLETED
 
 
+@pytest.mark.parametrize("name", ["taskcancel", "taskgroup"])
+async def test_a_process_task_whose_own_code_cancels_its_task_fails_at_once(
+    rt: AgentRuntime, name: str
+) -> None:
+    """A process agent's task whose code cancels its own task, or leaves a cancel counted
+    on it (a TaskGroup on Python 3.11) and then raises CancelledError, fails with
+    TaskCancelledError at once, its worker left alone. The worker took the counted cancel
+    for the runtime's and answered nothing: the task stayed running for good (with a
+    timeout: failed as timed out, and the worker was killed for ignoring its cancel)."""
+    await start(rt, "quirky", agents.CancelQuirkAgent, isolation="process")
+    task_id = await rt.submit_task(name, timeout_seconds=60)
+    done = await rt.wait_for_task(task_id, WAIT_SECONDS)
+    assert done.status is TaskStatus.FAILED, done.status
+    assert "TaskCancelledError" in (done.error_message or ""), done.error_message
+    assert not await rt.query_events(event_type=EventType.AGENT_KILLED)
+    plain = await rt.submit_task("plain")
+    assert (await rt.wait_for_task(plain, WAIT_SECONDS)).status is TaskStatus.COMPLETED
+
+
 async def test_a_timeout_the_agent_turns_into_another_error_is_still_a_timeout(
     rt: AgentRuntime,
 ) -> None:

@@ -44,10 +44,18 @@ class Server:
             return self._slow(frame["value"])
         if frame["op"] == "selfcancel":
             return self._selfcancel()
+        if frame["op"] == "cancelself":
+            return self._cancelself()
         raise AssertionError(frame)
 
     async def _selfcancel(self) -> None:
         raise asyncio.CancelledError  # nobody cancelled it
+
+    async def _cancelself(self) -> None:
+        this = asyncio.current_task()
+        assert this is not None
+        this.cancel()  # its own doing: neither end of the channel asked
+        await asyncio.sleep(0)
 
     async def _slow(self, value: Any) -> Any:
         self.started.set()
@@ -92,13 +100,15 @@ async def test_request_gets_its_reply_or_error(pair: Pair) -> None:
     assert info.value.remote_type == "NotFoundError"
 
 
+@pytest.mark.parametrize("op", ["selfcancel", "cancelself"])
 async def test_work_raising_cancelled_error_itself_is_answered_with_that_error(
-    pair: Pair,
+    pair: Pair, op: str
 ) -> None:
-    """Work that raises CancelledError while nobody cancelled it (not its requester, not
-    its loop) answers that error: its requester waited for an answer for good."""
+    """Work that raises CancelledError while neither end of the channel cancelled it (it
+    raised it, or cancelled the task it runs in) answers that error: its requester waited
+    for an answer for good."""
     with pytest.raises(RemoteAgentError) as info:
-        await asyncio.wait_for(pair.client.request("selfcancel"), WAIT)
+        await asyncio.wait_for(pair.client.request(op), WAIT)
     assert info.value.remote_type == "CancelledError"
     assert pair.server._handling == {}
 

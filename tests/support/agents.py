@@ -166,10 +166,25 @@ class SlowOnErrorAgent(BaseAgent):
         return {"ran": task.name}
 
 
+async def _cancelled_future() -> None:
+    """Await a future somebody else cancelled: a CancelledError nobody asked this task for."""
+    future = asyncio.get_running_loop().create_future()
+    future.cancel()
+    await future
+
+
+async def _fail_soon() -> None:
+    await asyncio.sleep(0)
+    raise ValueError("child failed")
+
+
 class CancelQuirkAgent(BaseAgent):
     """Does odd things with cancellation, as its task's name says: ``swallow`` catches the
     cancel of its 10 s sleep and returns; ``selfcancel`` raises CancelledError itself;
-    ``convert`` turns the cancel into a RuntimeError. Other tasks complete at once."""
+    ``convert`` turns the cancel into a RuntimeError; ``taskcancel`` cancels its own task
+    (a hand-made watchdog); ``taskgroup`` leaves a cancel counted on its task (a TaskGroup
+    whose child fails after the body ended, on Python 3.11), then awaits a future somebody
+    else cancelled. Other tasks complete at once."""
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
         if task.name == "swallow":
@@ -177,6 +192,18 @@ class CancelQuirkAgent(BaseAgent):
                 await asyncio.sleep(10)
         elif task.name == "selfcancel":
             raise asyncio.CancelledError
+        elif task.name == "taskcancel":
+            this = asyncio.current_task()
+            assert this is not None
+            this.cancel()
+            await asyncio.sleep(0)
+        elif task.name == "taskgroup":
+            try:
+                async with asyncio.TaskGroup() as group:
+                    group.create_task(_fail_soon())
+            except* ValueError:
+                pass
+            await _cancelled_future()
         elif task.name == "convert":
             try:
                 await asyncio.sleep(10)

@@ -227,3 +227,19 @@ class CrashingHandlerAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> None:
         return None
+
+
+class CancellingHandlerAgent(BaseAgent):
+    """``on_message``: a message of type ``boom`` makes the handler raise CancelledError
+    (it awaits a future another part of the program cancelled); any other is recorded in
+    the key-value store under ``seen:<type>``."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        if message.message_type == "boom":
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled
+        await self.context.kv.set(f"seen:{message.message_type}", True)
+
+    async def execute_task(self, task: Task) -> None:
+        return None

@@ -213,6 +213,14 @@ class AgentRunner:
                         await handle(message)
             except Exception:
                 context.logger.exception("on_message failed for %s", message.message_id)
+            except asyncio.CancelledError:
+                this = asyncio.current_task()
+                if self._stopping or this is None or this.cancelling():
+                    raise  # the delivery itself is cancelled (a stop, the loop ending)
+                # Nobody cancelled the delivery: the handler raised CancelledError itself
+                # (it awaited something another part of the program cancelled). A failure
+                # of the handler like any other: the next message still comes.
+                context.logger.exception("on_message failed for %s", message.message_id)
             finally:
                 self._handler_quiet.set()
 

@@ -190,6 +190,7 @@ class FrameChannel(asyncio.Protocol):
         self._cancel_asked: set[int] = set()
         # Work cancelled by this end with the error to answer instead (see cancel_work).
         self._cancel_answers: dict[int, BaseException] = {}
+        self._loop_ending = False  # see cancelled_here
         self._loop = asyncio.get_running_loop()
         self._last_write = float("-inf")  # time.monotonic() of the last write
         # Replies that came for a requester being cancelled, until the loop's next turn.
@@ -474,15 +475,10 @@ class FrameChannel(asyncio.Protocol):
             value = await work
         except asyncio.CancelledError as exc:
             self._handling.pop(request_id, None)
-            this = asyncio.current_task()
-            if (
-                this is not None
-                and not this.cancelling()
-                and request_id not in self._cancel_asked
-                and request_id not in self._cancel_answers
-            ):
-                # Nobody cancelled the work: it raised CancelledError itself. That is its
-                # error, and the requester, who waits for an answer, gets it.
+            if not self.cancelled_here(request_id):
+                # Neither the requester nor this end cancelled the work: it raised
+                # CancelledError itself (or its own code cancelled the task it runs in).
+                # That is its error, and the requester, who waits for an answer, gets it.
                 self._reply_error(request_id, exc)
                 return
             self._reply_cancelled(request_id)
@@ -493,6 +489,7 @@ class FrameChannel(asyncio.Protocol):
             self._reply_error(request_id, exc)
             if isinstance(exc, Exception):
                 return
+            self._loop_ending = True  # the work still running is cancelled with the loop
             raise
         self._handling.pop(request_id, None)
         self._forget_cancel(request_id)
@@ -545,6 +542,19 @@ class FrameChannel(asyncio.Protocol):
         self._cancel_answers[request_id] = answer
         work.cancel()
         return True
+
+    def cancelled_here(self, request_id: int) -> bool:
+        """Whether the work of request ``request_id``, if cancelled, was cancelled by the
+        channel's side of things: the peer asked (a ``cancel`` notice), this end gave it
+        up (:meth:`cancel_work`), the connection is gone, or a loop-ending error of other
+        work ends this end's loop. Otherwise a CancelledError out of the work is its own
+        doing (its code raised it, or cancelled the task it runs in)."""
+        return (
+            request_id in self._cancel_asked
+            or request_id in self._cancel_answers
+            or self._closed_error is not None
+            or self._loop_ending
+        )
 
     def cancel_asked(self, request_id: int) -> bool:
         """Whether the peer asked to cancel the work of request ``request_id`` (a

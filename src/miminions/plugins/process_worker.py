@@ -425,10 +425,14 @@ class Worker:
                     raise SyncCallStuckError(
                         "the task's synchronous code is still running and cannot be interrupted"
                     ) from None
-                this = asyncio.current_task()
-                if this is not None and not this.cancelling():
+                if (
+                    self.channel is not None
+                    and isinstance(request_id, int)
+                    and not self.channel.cancelled_here(request_id)
+                ):
                     # Nobody cancelled the run: the agent's code raised CancelledError
-                    # itself. The task fails, as an inline agent's does.
+                    # itself (or cancelled its own task). The task fails, as an inline
+                    # agent's does.
                     raise TaskCancelledError("the agent's code raised CancelledError") from None
                 raise
             finally:
