@@ -755,35 +755,11 @@ async def test_a_reply_sent_before_the_worker_died_is_read_though_a_write_to_it_
     as crashed ("killed ... while running the task"), its result lost, and ``c``, the task
     the worker died running, went back to the queue without an attempt counted. What
     waits is read first now."""
-    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
-    await rt.start()
-    log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
-    try:
-        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
-            rt, tmp_path, {"gate": str(gate_c)}, c_retries=0
-        )
-        live = _live_of(rt, agent)
-        pid = rt.get_agent_status(agent).process_id
-        assert pid is not None
-        release.touch()  # b ends in the worker, and c begins there...
-        _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
-        os.kill(pid, signal.SIGKILL)  # ... and the worker dies while it runs c
-        _hold_the_runtimes_loop_until(lambda: _gone(pid))
-        assert _unread(live)  # b's reply waits unread
-        await rt.pause_queue()  # takes c back
-        finished_b = await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
-        await wait_until(
-            lambda: rt.get_task_status(c).status.value != "running", "c's run is settled"
-        )
-        settled_c = rt.get_task_status(c)
-        assert (finished_b.status.value, settled_c.status.value) == ("completed", "failed"), (
-            f"b: {finished_b.status.value} ({finished_b.error_message}); "
-            f"c: {settled_c.status.value} (retry_count {settled_c.retry_count})"
-        )
-    finally:
-        release.touch()
-        gate_c.touch()
-        await asyncio.wait_for(rt.stop(graceful=False), 30)
+    status, task, events = await _c_dies_with_its_worker(
+        make_config, tmp_path, "pause_queue", wait_for_the_exit=False
+    )
+    assert status == "failed", f"c: {status} (retry_count {task.retry_count}); {events}"
+    assert "AgentCrashedError" in (task.error_message or "")
 
 
 async def test_pause_queue_and_pause_agent_together_do_not_cancel_a_task_begun_unseen(
@@ -839,6 +815,7 @@ async def _c_dies_with_its_worker(
         _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
         os.kill(pid, signal.SIGKILL)  # ... and the worker dies while it runs c
         _hold_the_runtimes_loop_until(lambda: _gone(pid))
+        assert _unread(live)  # b's reply waits unread
         if wait_for_the_exit:
             # The runtime's loop sees the worker's exit (and reads b's reply); the
             # application acts in the next turn, before the executor has ended b.
