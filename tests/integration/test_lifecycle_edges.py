@@ -34,6 +34,30 @@ class IdleAgent(BaseAgent):
         return {}
 
 
+class CancellingHookAgent(BaseAgent):
+    """Its lifecycle hook named in its config's ``hook`` raises CancelledError nobody asked
+    for (it awaits a future another part of the program cancelled)."""
+
+    async def _maybe(self, hook: str) -> None:
+        if self.config.get("hook") == hook:
+            cancelled = asyncio.get_running_loop().create_future()
+            cancelled.cancel()
+            await cancelled
+
+    async def on_start(self) -> None:
+        await self._maybe("on_start")
+
+    async def on_pause(self) -> dict[str, Any]:
+        await self._maybe("on_pause")
+        return {}
+
+    async def on_stop(self) -> None:
+        await self._maybe("on_stop")
+
+    async def execute_task(self, task: Task) -> Any:
+        return {}
+
+
 class SyncCountingAgent:
     """A plain ``def execute_task`` counting the calls running at once (``peak``); a task
     named ``block`` waits for ``release``."""
@@ -335,3 +359,38 @@ async def test_code_a_hook_started_stays_halted_while_another_hook_runs(
     assert (await pausing).status is S.PAUSED
     await rt.resume_agent(agent_id)
     await wait_until(lambda: rt.kv.get("polled") == 2, "the poll after the resume")
+
+
+async def test_an_on_start_raising_cancelled_error_itself_fails_the_agent(
+    make_config: Any,
+) -> None:
+    """An inline agent whose on_start raises CancelledError nobody asked for fails to
+    start (agent_failed), like one whose on_start raises anything else. start_agent said
+    the start was "abandoned because the agent is being stopped" (no stop was asked), and
+    the agent stayed starting for good."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent = await rt.register_agent(
+            "k", CancellingHookAgent, isolation="inline", config={"hook": "on_start"}
+        )
+        await rt.start_agent(agent)
+        assert rt.get_agent_status(agent).status is S.FAILED
+        [failed] = await rt.query_events(event_type="agent_failed", agent_id=agent)
+        assert "failed to start" in failed.details["error"]
+        assert "CancelledError" in failed.details["error"]
+
+
+async def test_an_on_stop_raising_cancelled_error_itself_still_stops_the_agent(
+    make_config: Any,
+) -> None:
+    """An inline agent whose on_stop raises CancelledError nobody asked for is stopped,
+    with an agent_error event, like one whose on_stop raises anything else. stop_agent
+    raised the bare CancelledError into its caller, and the agent stayed stopping."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent = await rt.register_agent(
+            "k", CancellingHookAgent, isolation="inline", config={"hook": "on_stop"}
+        )
+        await rt.start_agent(agent)
+        await rt.stop_agent(agent)
+        assert rt.get_agent_status(agent).status is S.STOPPED
+        errors = await rt.query_events(event_type="agent_error", agent_id=agent)
+        assert any("on_stop failed" in str(e.details.get("error")) for e in errors)

@@ -95,6 +95,9 @@ class AgentSlot:
     # cancels rather than waits for (see AgentBook._host_call).
     call: str | None = None
     in_flight: asyncio.Future[Any] | None = None
+    # A stop cancelled ``in_flight`` (abandon_call): its CancelledError is the stop's, not
+    # the hook's own.
+    call_abandoned: bool = False
     # Stops waiting for ``lock`` whose grace period ran out: no host call may begin now.
     stops_overdue: int = 0
     # The queued or starting start is a resume: on_resume gets paused_state, and a runtime
@@ -120,6 +123,7 @@ class AgentSlot:
         """Cancel the host call in flight, if any: a stop does not wait for a hook that may
         never return (F-14)."""
         if self.in_flight is not None:
+            self.call_abandoned = True
             self.in_flight.cancel()
 
     def cancel_restart(self) -> None:
@@ -438,7 +442,7 @@ class AgentBook(RestartMixin):
         if slot.stops_overdue or self._closing:
             raise _Abandoned
         running = asyncio.ensure_future(call())
-        slot.call, slot.in_flight = what, running
+        slot.call, slot.in_flight, slot.call_abandoned = what, running, False
         timed_out = False
         try:
             done, _ = await asyncio.wait({running}, timeout=limit_seconds)
@@ -452,9 +456,18 @@ class AgentBook(RestartMixin):
             await asyncio.wait({running})
             raise
         finally:
-            slot.call, slot.in_flight = None, None
+            abandoned = slot.call_abandoned
+            slot.call, slot.in_flight, slot.call_abandoned = None, None, False
         if running.cancelled():
-            raise _TimedOut if timed_out else _Abandoned
+            if timed_out:
+                raise _TimedOut
+            if abandoned or self._closing:
+                raise _Abandoned
+            # Nobody cancelled the call: the agent's hook raised CancelledError itself (it
+            # awaited something another part of the program cancelled). Its failure.
+            raise AgentHookError(
+                f"the agent's {what} hook raised CancelledError, which nobody asked for"
+            )
         return running.result()  # also when it finished although cancelled: it happened
 
     async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
@@ -794,7 +807,11 @@ class AgentBook(RestartMixin):
                 await slot.host.kill()
             else:
                 await slot.host.stop(graceful_timeout)
-        except Exception as exc:
+        except (Exception, asyncio.CancelledError) as exc:
+            this = asyncio.current_task()
+            if isinstance(exc, asyncio.CancelledError) and (this is None or this.cancelling()):
+                raise  # the stop itself is cancelled
+            # (A CancelledError nobody asked for: on_stop raised it itself; its failure.)
             self._events.emit(
                 EventType.AGENT_ERROR,
                 severity=Severity.WARNING,
