@@ -27,6 +27,7 @@ from miminions import (
     hookimpl,
 )
 from miminions.kernel.supervisor import retry_delay
+from miminions.plugins.asyncio_executor import OUTSIDE_CANCELS_BEFORE_FAILURE
 from tests.support import agents
 from tests.support.runtime import run_child_runtime
 from tests.support.waiting import WAIT_SECONDS, wait_until
@@ -340,6 +341,26 @@ async def test_a_process_task_whose_own_code_cancels_its_task_fails_at_once(
     assert done.status is TaskStatus.FAILED, done.status
     assert "TaskCancelledError" in (done.error_message or ""), done.error_message
     assert not await rt.query_events(event_type=EventType.AGENT_KILLED)
+    plain = await rt.submit_task("plain")
+    assert (await rt.wait_for_task(plain, WAIT_SECONDS)).status is TaskStatus.COMPLETED
+
+
+@pytest.mark.parametrize("name", ["taskcancel", "taskgroup"])
+async def test_an_inline_task_whose_own_code_cancels_its_task_fails_after_a_few_runs(
+    rt: AgentRuntime, name: str
+) -> None:
+    """An inline agent's code runs in the runtime's worker task: code that cancels its own
+    task (or leaves a cancel counted on it, a TaskGroup on Python 3.11) looks like a cancel
+    from outside the runtime, whose task goes back to the queue. After a few such runs in a
+    row the task fails instead (an attempt used; none left here). It ran again and again,
+    thousands of times a second, for good."""
+    await start(rt, "quirky", agents.CancelQuirkAgent)
+    task_id = await rt.submit_task(name, max_retries=0)
+    done = await rt.wait_for_task(task_id, WAIT_SECONDS)
+    assert done.status is TaskStatus.FAILED, done.status
+    assert "TaskCancelledError" in (done.error_message or ""), done.error_message
+    started = await rt.query_events(event_type=EventType.TASK_STARTED, task_id=task_id)
+    assert len(started) == OUTSIDE_CANCELS_BEFORE_FAILURE
     plain = await rt.submit_task("plain")
     assert (await rt.wait_for_task(plain, WAIT_SECONDS)).status is TaskStatus.COMPLETED
 

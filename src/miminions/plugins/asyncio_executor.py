@@ -59,6 +59,10 @@ _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the lo
 #: of time waits about this long behind the agent's window at most, so short tasks travel
 #: in batches while a task more urgent than the window's only waits for long ones' ends.
 PREFETCH_BUDGET_SECONDS = 0.005
+#: A task whose runtime worker is cancelled from outside this many times in a row fails
+#: (an attempt used) instead of going straight back to the queue: an inline agent's code
+#: that cancels the task it runs in looks just like that, and would run again and again.
+OUTSIDE_CANCELS_BEFORE_FAILURE = 3
 _DURATION_WEIGHT = 0.2  # of the latest run in an agent's average run time
 
 
@@ -210,6 +214,8 @@ class AsyncioExecutor:
         self._agent_runs: dict[str, list[_Run]] = {}
         # Each prefetching agent's average run time (seconds), which sizes its window.
         self._run_seconds: dict[str, float] = {}
+        # Outside cancels in a row of each task's runs (see _after_outside_cancel).
+        self._outside_cancels: dict[str, int] = {}
         self._interrupting: set[asyncio.Task[None]] = set()
         self._workers: set[asyncio.Task[None]] = set()
         #: The worker of each agent without a prefetch window, from its launch until it
@@ -902,6 +908,8 @@ class AsyncioExecutor:
     def _end_run(self, run: _Run, ok: bool | None) -> None:
         if self._runs.get(run.task_id) is run:  # never another (later) run of the task
             del self._runs[run.task_id]
+        if self._outside_cancels:
+            self._outside_cancels.pop(run.task_id, None)
         agent_id = run.slot.agent_id
         runs = self._agent_runs.get(agent_id)
         was_head = bool(runs) and runs[0] is run  # type: ignore[index]
@@ -1016,14 +1024,41 @@ class AsyncioExecutor:
         for run in [r for r in self._agent_runs.get(agent_id, ()) if r.worker is worker]:
             if run.finished:
                 continue
+            task_id = run.task_id
+            count = self._outside_cancels.get(task_id, 0) + 1
+            if (
+                count >= OUTSIDE_CANCELS_BEFORE_FAILURE
+                and run.cancel_reason is None
+                and not run.timed_out
+            ):
+                logger.warning(
+                    "the worker running task %s for agent %s was cancelled from outside the "
+                    "runtime %d times in a row; the task fails (does its code cancel the "
+                    "task it runs in?)",
+                    task_id,
+                    agent_id,
+                    count,
+                )
+                self._deadlines.clear(run)
+                self._book.failed(
+                    task_id,
+                    TaskCancelledError(
+                        f"the runtime's worker running it was cancelled from outside {count} "
+                        "times in a row (its code may cancel the task it runs in)"
+                    ),
+                )
+                self._end_run(run, ok=False)
+                continue
             logger.warning(
                 "the worker running task %s for agent %s was cancelled from outside the "
                 "runtime; the task goes back to the queue (unless it was being cancelled or "
                 "had timed out)",
-                run.task_id,
+                task_id,
                 agent_id,
             )
             self._settle_unended(run, "the runtime's worker running it was cancelled from outside")
+            if run.cancel_reason is None and not run.timed_out:  # back in the queue
+                self._outside_cancels[task_id] = count  # after _end_run, which forgets it
         if self._accepting and not self._agent_runs.get(agent_id):
             self._make_idle(slot)
             self.wake()
