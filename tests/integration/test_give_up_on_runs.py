@@ -624,14 +624,16 @@ async def test_a_task_given_back_ahead_of_time_leaves_the_agents_current_task(
         await asyncio.wait_for(rt.stop(graceful=False), 30)
 
 
-@pytest.mark.parametrize("how", ["pause_queue", "pause_agent"])
+@pytest.mark.parametrize("how", ["pause_queue", "pause_agent", "both"])
 async def test_a_task_taken_back_while_it_runs_unseen_runs_on_and_only_once(
     make_config: MakeConfig, tmp_path: Path, how: str
 ) -> None:
     """The task taken ahead of time begins in the worker while the runtime is busy, and is
     still running (waiting at safe points) when a pause takes it back: the worker keeps
     it, as the agent's running task (a paused agent halts it at its next safe point), and
-    it ends once, completed. It was cancelled part-way and re-queued: it ran twice."""
+    it ends once, completed. It was cancelled part-way and re-queued: it ran twice. With
+    the queue and the agent paused at once (``both``), the second give-back found the
+    first one's reason on the run and interrupted ``c`` without asking the worker."""
     rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
     await rt.start()
     log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
@@ -644,8 +646,12 @@ async def test_a_task_taken_back_while_it_runs_unseen_runs_on_and_only_once(
         assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
         if how == "pause_queue":
             await rt.pause_queue()
-        else:
+        elif how == "pause_agent":
             await rt.pause_agent(agent)
+        else:
+            await asyncio.wait_for(
+                asyncio.gather(rt.pause_queue(), rt.pause_agent(agent)), WAIT_SECONDS
+            )
         await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
         running = rt.get_task_status(c)
         assert running.status.value == "running", running.status
@@ -653,9 +659,9 @@ async def test_a_task_taken_back_while_it_runs_unseen_runs_on_and_only_once(
         await wait_until(lambda: rt.get_task_status(c).started_at is not None, "c's start")
         assert rt.get_agent_status(agent).task_id == c
         gate_c.touch()
-        if how == "pause_queue":
+        if how != "pause_agent":
             await rt.resume_queue()
-        else:
+        if how != "pause_queue":
             assert "end c" not in log.read_text()  # halted at a safe point while paused
             await rt.resume_agent(agent)
         done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
@@ -760,42 +766,6 @@ async def test_a_reply_sent_before_the_worker_died_is_read_though_a_write_to_it_
     )
     assert status == "failed", f"c: {status} (retry_count {task.retry_count}); {events}"
     assert "AgentCrashedError" in (task.error_message or "")
-
-
-async def test_pause_queue_and_pause_agent_together_do_not_cancel_a_task_begun_unseen(
-    make_config: MakeConfig, tmp_path: Path
-) -> None:
-    """``c`` (taken ahead of time) has begun in the worker, unseen by the runtime, and is
-    still running (waiting at safe points) when the application pauses the queue and the
-    agent at once (``asyncio.gather``). Either pause alone keeps ``c`` with its worker, as
-    the agent's task: it runs on and ends once (test_a_task_taken_back_while_it_runs_
-    unseen_runs_on_and_only_once). Together too: the second give-back found the first
-    one's reason on the run and interrupted ``c`` at once instead of asking the worker,
-    so ``c`` was cancelled part-way, re-queued, and ran again from its start."""
-    rt = AgentRuntime(config=_process_config(make_config, grace=30.0))
-    await rt.start()
-    log, release, gate_c = tmp_path / "log", tmp_path / "release", tmp_path / "gate_c"
-    try:
-        agent, b, c, release = await _prefetched_behind_a_loop_blocking_task(
-            rt, tmp_path, {"gate": str(gate_c)}
-        )
-        release.touch()  # b ends in the worker, and c begins there...
-        _hold_the_runtimes_loop_until(lambda: "start c" in log.read_text())
-        assert rt.get_task_status(c).started_at is None  # ...unseen by the runtime yet
-        await asyncio.wait_for(
-            asyncio.gather(rt.pause_queue(), rt.pause_agent(agent)), WAIT_SECONDS
-        )
-        await rt.wait_for_task(b, timeout_seconds=WAIT_SECONDS)
-        gate_c.touch()
-        await rt.resume_queue()
-        await rt.resume_agent(agent)
-        done = await rt.wait_for_task(c, timeout_seconds=WAIT_SECONDS)
-        assert done.status.value == "completed", done.error_message
-        assert _starts(log, "c") == 1, log.read_text()
-    finally:
-        release.touch()
-        gate_c.touch()
-        await asyncio.wait_for(rt.stop(graceful=False), 30)
 
 
 async def _c_dies_with_its_worker(
