@@ -735,6 +735,32 @@ def test_queue_capacity_rejects_a_whole_batch() -> None:
     assert sched.waiting_count == 3
 
 
+def test_reserved_room_is_held_until_added_or_given_back() -> None:
+    """F-08: room reserved for a batch added in slices counts as taken: other adds (and
+    re-queues) find the queue full; the slices take it without asking again; what is not
+    added is given back."""
+    sched, _ = make(max_waiting=4)
+    add(sched, "a")
+    with pytest.raises(QueueFullError):
+        sched.reserve(4)
+    sched.reserve(3)
+    assert sched.waiting_count == 1  # reserved room is not a waiting task
+    with pytest.raises(QueueFullError):
+        add(sched, "x")
+    with pytest.raises(QueueFullError):
+        sched.check_room(1)
+    sched.add([NewTask("b", 1), NewTask("c", 1)], reserved=True)
+    assert sched.waiting_count == 3
+    with pytest.raises(QueueFullError):
+        add(sched, "x")
+    sched.unreserve(1)  # the last slice is not added after all
+    add(sched, "d")
+    assert sched.waiting_count == 4
+    sched.unreserve(5)  # more than is held gives back only what is held
+    with pytest.raises(QueueFullError):
+        add(sched, "e")
+
+
 def test_finished_tasks_free_capacity() -> None:
     """F-08: failed, cancelled and completed tasks do not count."""
     sched, _ = make(max_waiting=1)

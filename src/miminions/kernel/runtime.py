@@ -87,6 +87,7 @@ from miminions.kernel.plugins import (
 from miminions.kernel.scheduler import Scheduler
 from miminions.kernel.task_book import TaskBook
 from miminions.kernel.task_input import TaskRequest, describe_error
+from miminions.kernel.tracing import Carrier
 from miminions.kernel.usage import UsageBook
 from miminions.kernel.validation import (
     build_event_query,
@@ -475,6 +476,7 @@ class AgentRuntime(CommunicationAPI):
         executor, store, events = self.executor, self.store, self.events
         steps = _Cleanup("stopping the runtime")
         steps.hook_errors(pm.call_each("miminions_runtime_stopping", runtime=self))
+        steps.call(self.task_book.finish_booking)  # an accepted batch is booked in full
         steps.call(self.agent_book.request_stop_all)
         interrupted: list[str] = []
         if not steps.cut_short:
@@ -740,7 +742,7 @@ class AgentRuntime(CommunicationAPI):
                 "task_id": None,
             },
         )
-        return (await self.task_book.submit([request], self.trace_carrier("submit")))[0]
+        return (await self._submit([request], self.trace_carrier("submit")))[0]
 
     async def submit_tasks(self, requests: Sequence[TaskRequest | Mapping[str, Any]]) -> list[str]:
         """Queue several tasks at once, all or nothing; they may depend on each other by
@@ -762,7 +764,17 @@ class AgentRuntime(CommunicationAPI):
                 parsed.append(TaskRequest.model_validate(request))
             except pydantic.ValidationError as exc:
                 raise ValidationError(f"invalid task request {request!r}: {exc}") from None
-        return await self.task_book.submit(parsed, self.trace_carrier("submit", len(parsed)))
+        return await self._submit(parsed, self.trace_carrier("submit", len(parsed)))
+
+    async def _submit(
+        self, requests: list[TaskRequest], trace_context: Carrier | None
+    ) -> list[str]:
+        if self.task_book.booking:
+            # A big batch is still being booked: this one waits for it, and the runtime
+            # may have begun stopping meanwhile.
+            await self.task_book.booked()
+            self._require_running()
+        return await self.task_book.submit(requests, trace_context)
 
     async def wait_for_task(self, task_id: str, timeout_seconds: float | None = None) -> Task:
         """Wait until the task completed, failed or was cancelled; return it (with

@@ -185,18 +185,21 @@ class Scheduler:
         self._heaps: dict[str, list[tuple[float, int, int, str]]] = {}
         self._seq = 0
         self._waiting = 0
+        # Room held for a batch being added in slices (see reserve()).
+        self._reserved = 0
         self._ready_count = 0
         # Ranks of ready tasks, built on the first position() query and then kept up to
         # date, so workloads that never ask for positions never pay for it.
         self._ranks: OrderIndex[tuple[float, int]] | None = None
 
     # ------------------------------------------------------------------ adding
-    def check_new(self, tasks: Sequence[NewTask]) -> list[NewTask]:
+    def check_new(self, tasks: Sequence[NewTask], *, room: bool = True) -> list[NewTask]:
         """Raise if ``tasks`` cannot all be added; change nothing.
 
         Unknown prerequisites, duplicate ids, cycles (within the batch or a task depending on
-        itself) and a full queue are rejected. Returns the tasks in an order that puts every
-        prerequisite before its dependents (the given order when that already holds).
+        itself) and (unless ``room`` is false) a full queue are rejected. Returns the tasks in
+        an order that puts every prerequisite before its dependents (the given order when
+        that already holds).
         """
         nodes = self._nodes
         batch_ids: dict[str, NewTask] = {}
@@ -218,21 +221,35 @@ class Scheduler:
                     )
                 internal = True
         ordered = self._topological_order(tasks) if internal else list(tasks)
-        self.check_room(len(tasks))
+        if room:
+            self.check_room(len(tasks))
         return ordered
 
     def check_room(self, count: int) -> None:
         """Raise QueueFullError unless ``count`` more tasks may wait (the queue limit)."""
-        if self._max_waiting is not None and self._waiting + count > self._max_waiting:
+        held = self._waiting + self._reserved
+        if self._max_waiting is not None and held + count > self._max_waiting:
             raise QueueFullError(
-                f"the task queue holds {self._waiting} waiting tasks and its limit is "
+                f"the task queue holds {held} waiting tasks and its limit is "
                 f"{self._max_waiting}; wait for tasks to finish or raise "
                 "ResourceLimits.max_task_queue_size"
             )
 
-    def add(self, tasks: Sequence[NewTask]) -> Change:
-        """Add tasks (validated with :meth:`check_new` first, all or nothing)."""
-        ordered = self.check_new(tasks)
+    def reserve(self, count: int) -> None:
+        """Hold room for ``count`` tasks that :meth:`add` will add later with
+        ``reserved=True`` (a batch added in slices); raise QueueFullError if there is none.
+        :meth:`unreserve` gives back what will not be added after all."""
+        self.check_room(count)
+        self._reserved += count
+
+    def unreserve(self, count: int) -> None:
+        """Give back room held by :meth:`reserve` for tasks that will not be added."""
+        self._reserved -= min(count, self._reserved)
+
+    def add(self, tasks: Sequence[NewTask], *, reserved: bool = False) -> Change:
+        """Add tasks (validated with :meth:`check_new` first, all or nothing). With
+        ``reserved``, they take room held by :meth:`reserve` instead of asking for it."""
+        ordered = self.check_new(tasks, room=not reserved)
         change = Change()
         now = self._clock()
         # Sequence numbers follow the caller's order (FIFO), not the insertion order.
@@ -254,6 +271,8 @@ class Scheduler:
             if inserted:
                 self._take_back(inserted, undo)
             raise
+        if reserved:
+            self.unreserve(len(tasks))
         return change
 
     def restore(

@@ -39,6 +39,7 @@ from miminions.kernel.models import (
     task_snapshot,
 )
 from miminions.kernel.scheduler import Change, NewTask, NodeState, Scheduler, route_for
+from miminions.kernel.sliced_booking import SLICE_SIZE, SlicedBooking, slices_of
 from miminions.kernel.supervisor import retry_delay
 from miminions.kernel.task_input import (
     MAX_RETRIES,
@@ -55,6 +56,14 @@ if TYPE_CHECKING:
 
 _FINAL_STATUS = {NodeState.FAILED: TaskStatus.FAILED, NodeState.CANCELLED: TaskStatus.CANCELLED}
 _DURATION_SAMPLES = 10_000
+
+
+def _depends_within(tasks: Sequence[Task]) -> bool:
+    """Whether a task of the batch depends on another task of the same batch."""
+    if not any(task.dependencies for task in tasks):
+        return False
+    ids = {task.task_id for task in tasks}
+    return any(dep in ids for task in tasks for dep in task.dependencies)
 
 
 class TaskBook:
@@ -91,6 +100,8 @@ class TaskBook:
         # Kept up to date on every transition so queue status is O(1), not a scan.
         self.status_counts: dict[TaskStatus, int] = dict.fromkeys(TaskStatus, 0)
         self.pending_by_priority: Counter[int] = Counter()
+        # A big batch being booked a slice at a time (see submit).
+        self._booking: SlicedBooking[tuple[Task, NewTask]] | None = None
 
     # ------------------------------------------------------------------ lookups
     def get(self, task_id: str) -> Task:
@@ -105,7 +116,13 @@ class TaskBook:
         self, requests: Sequence[TaskRequest], trace_context: Carrier | None = None
     ) -> list[str]:
         """Validate and add tasks (all or nothing); return when they are committed. Each
-        new task carries ``trace_context`` (see :mod:`miminions.kernel.tracing`)."""
+        new task carries ``trace_context`` (see :mod:`miminions.kernel.tracing`).
+
+        A batch of more than ``SLICE_SIZE`` tasks none of which depends on another of the
+        batch is checked whole, then booked a slice at a time (most urgent first): its
+        first tasks may start before the call returns."""
+        if self._booking is not None:
+            await self.booked()
         ids: list[str] = []
         new_tasks: list[Task] = []
         batch_keys: dict[str, str] = {}
@@ -145,7 +162,88 @@ class TaskBook:
             )
             for task in new_tasks
         ]
+        if len(new_tasks) > SLICE_SIZE and not _depends_within(new_tasks):
+            await self._submit_in_slices(new_tasks, sched)
+            return ids
         change = self.scheduler.add(sched)
+        commits, refused = self._book(new_tasks, change)
+        # Usually one commit covers the whole batch: the first await waits for it and the
+        # others return at once, but each may carry the rejection of its own write.
+        for commit in commits:
+            await commit
+        if refused is not None:
+            raise refused
+        return ids
+
+    async def _submit_in_slices(self, new_tasks: list[Task], sched: list[NewTask]) -> None:
+        """Accept a big batch at once, then book it a slice at a time (see
+        :mod:`miminions.kernel.sliced_booking`); return when all of it is committed."""
+        scheduler = self.scheduler
+        scheduler.check_new(sched, room=False)  # every check before any slice is booked
+        scheduler.reserve(len(sched))
+        if len({task.priority for task in new_tasks}) > 1:
+            # The most urgent are booked first, so none waits behind a less urgent task
+            # of its own batch (within a priority the batch's order stays: FIFO).
+            order = sorted(range(len(new_tasks)), key=lambda index: new_tasks[index].priority)
+            new_tasks = [new_tasks[index] for index in order]
+            sched = [sched[index] for index in order]
+        commits: list[Awaitable[None]] = []
+        refusals: list[Exception] = []
+
+        def book_slice(part: Sequence[tuple[Task, NewTask]]) -> None:
+            change = scheduler.add([new for _, new in part], reserved=True)
+            made, refused = self._book([task for task, _ in part], change)
+            commits.extend(made)
+            if refused is not None:
+                refusals.append(refused)
+
+        def on_end() -> None:
+            self._booking = None
+
+        booking = SlicedBooking(
+            slices_of(list(zip(new_tasks, sched, strict=True))),
+            book_slice,
+            scheduler.unreserve,
+            on_end,
+        )
+        self._booking = booking
+        booking.start()
+        try:
+            await booking.wait()
+        except BaseException:
+            booking.finish()  # accepted: booked in full, whatever happens to this call
+            raise
+        if booking.error is not None:
+            raise booking.error
+        for commit in commits:
+            await commit
+        if refusals:
+            raise refusals[0]
+
+    @property
+    def booking(self) -> bool:
+        """Whether a big batch is still being booked a slice at a time."""
+        return self._booking is not None
+
+    async def booked(self) -> None:
+        """Return once no batch is being booked a slice at a time (new submits wait for it,
+        so ids, idempotency keys, dependencies and queue room are judged on the whole
+        batch)."""
+        while self._booking is not None:
+            await self._booking.wait()
+
+    def finish_booking(self) -> None:
+        """Book at once what is left of a batch being booked a slice at a time (the
+        runtime is stopping)."""
+        if self._booking is not None:
+            self._booking.finish()
+
+    def _book(
+        self, new_tasks: list[Task], change: Change
+    ) -> tuple[list[Awaitable[None]], Exception | None]:
+        """Book tasks the scheduler has just added (``change`` is what adding them did):
+        count, store and announce them. Returns their commits and the first write the
+        store refused."""
         # From here on the tasks are accepted: they are in the scheduler, so they are
         # booked, counted and announced whatever the store does. A store that fails to
         # take or commit a write makes submit raise that error, but the tasks stay queued
@@ -172,13 +270,7 @@ class TaskBook:
         self._apply(change)
         if change.ready and self.executor is not None:
             self.executor.wake()
-        # Usually one commit covers the whole batch: the first await waits for it and the
-        # others return at once, but each may carry the rejection of its own write.
-        for commit in commits:
-            await commit
-        if refused is not None:
-            raise refused
-        return ids
+        return commits, refused
 
     @staticmethod
     def _resolve_aliases(new_tasks: list[Task], aliases: dict[str, str]) -> None:
