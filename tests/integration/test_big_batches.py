@@ -18,8 +18,10 @@ from miminions import (
     QueueFullError,
     ResourceLimits,
     RuntimeConfig,
+    RuntimeNotRunningError,
     Task,
     TaskStatus,
+    hookimpl,
 )
 from miminions.kernel.sliced_booking import SLICE_SIZE
 from tests.support import agents
@@ -92,22 +94,74 @@ async def test_a_big_batch_beyond_the_queue_limit_adds_nothing(
         assert len(await rt.submit_tasks(_requests(BIG - 1))) == BIG - 1
 
 
-async def test_a_big_batch_starts_in_priority_order(rt: AgentRuntime) -> None:
-    """The most urgent tasks of a big batch are booked first: one agent starts them in
-    priority order (FIFO within a priority), none behind a less urgent task of the batch."""
+def _mixed_priorities(count: int = BIG) -> list[dict[str, Any]]:
+    priorities = random.Random(7).choices(range(101), k=count)
+    return [{"name": f"t{index}", "priority": p} for index, p in enumerate(priorities)]
+
+
+async def test_a_big_batch_of_mixed_priorities_is_booked_at_once_and_runs_by_priority(
+    rt: AgentRuntime,
+) -> None:
+    """A big batch of several priorities is booked in one go (in slices, an urgent task of
+    a late slice could wait behind a less urgent one already started): one agent starts
+    them in priority order, FIFO within a priority, and list_tasks lists the batch newest
+    first."""
     started: list[tuple[int, int]] = []
 
     async def record(task: Task, context: object) -> None:
         started.append((task.priority, int(task.name[1:])))
 
     await start_agent(rt, "recorder", record, isolation="inline")
-    priorities = random.Random(7).choices(range(101), k=BIG)
-    requests = [
-        {"name": f"t{index}", "priority": priority} for index, priority in enumerate(priorities)
-    ]
-    await rt.wait_for_tasks(await rt.submit_tasks(requests), 30)
+    submit = asyncio.ensure_future(rt.submit_tasks(_mixed_priorities()))
+    await asyncio.sleep(0)
+    assert rt.get_queue_status().total == BIG
+    ids = await submit
+    assert [task.task_id for task in rt.list_tasks(limit=None)] == list(reversed(ids))
+    await rt.wait_for_tasks(ids, 30)
     assert started == sorted(started)
     assert len(started) == BIG
+
+
+async def test_a_big_batch_of_one_priority_lists_newest_first(rt: AgentRuntime) -> None:
+    """list_tasks lists a big batch booked in slices newest first, like any other."""
+    await rt.pause_queue()
+    ids = await rt.submit_tasks(_requests(priority=7))
+    assert [task.task_id for task in rt.list_tasks(limit=None)] == list(reversed(ids))
+
+
+class SameKeyForAll:
+    """An order-key plugin making the queue plain FIFO: every task gets the same key (ties
+    keep submission order), priorities notwithstanding."""
+
+    miminions_plugin_name = "same_key_for_all"
+
+    @hookimpl
+    def miminions_order_key(self, priority: int, ready_at: float) -> float:
+        return 0.0
+
+
+@pytest.mark.parametrize("mixed", [False, True], ids=["one-priority", "mixed-priorities"])
+async def test_a_custom_order_key_ranks_a_big_batch(
+    make_config: Callable[..., RuntimeConfig], mixed: bool
+) -> None:
+    """With an order-key plugin the plugin ranks a big batch's tasks as it would a small
+    batch's (here in submission order): the batch is booked in one go."""
+    started: list[int] = []
+
+    async def record(task: Task, context: object) -> None:
+        started.append(int(task.name[1:]))
+
+    async with AgentRuntime(config=make_config(), plugins=[SameKeyForAll()]) as rt:
+        await start_agent(rt, "recorder", record, isolation="inline")
+        await rt.pause_queue()
+        requests = _mixed_priorities() if mixed else _requests()
+        submit = asyncio.ensure_future(rt.submit_tasks(requests))
+        await asyncio.sleep(0)
+        assert rt.get_queue_status().total == BIG
+        ids = await submit
+        await rt.resume_queue()
+        await rt.wait_for_tasks(ids, 30)
+    assert started == list(range(BIG))
 
 
 async def test_a_cancelled_submit_still_books_its_whole_batch(rt: AgentRuntime) -> None:
@@ -149,7 +203,8 @@ async def test_a_dead_letter_requeue_cannot_take_the_room_a_big_batch_holds(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
     """A big batch holds the queue room it was accepted with while it is booked: a
-    dead-letter re-queue in between finds the queue full, and the batch is added whole."""
+    dead-letter re-queue in between finds the queue full (as get_capacity says), and the
+    batch is added whole."""
     config = make_config(limits=ResourceLimits(max_task_queue_size=BIG))
     async with AgentRuntime(config=config) as rt:
         await start_agent(rt, "switch", agents.SwitchAgent, isolation="inline")
@@ -159,10 +214,12 @@ async def test_a_dead_letter_requeue_cannot_take_the_room_a_big_batch_holds(
         agents.FAILING.clear()
         await rt.pause_queue()
         submit = await _submitting(rt, _requests())
+        capacity = rt.get_capacity()
         with pytest.raises(QueueFullError):
             await rt.requeue_dead_letter("task:" + doomed.task_id)
         assert len(await submit) == BIG
         assert rt.get_queue_status().pending == BIG
+        assert capacity.free_task_slots == 0  # get_capacity counted the held room as taken
 
 
 async def test_stopping_while_a_big_batch_is_booked_keeps_all_of_it(
@@ -179,6 +236,27 @@ async def test_stopping_while_a_big_batch_is_booked_keeps_all_of_it(
     async with AgentRuntime(config=make_config()) as rt:
         assert rt.get_queue_status().pending == count
         assert {rt.get_task_status(task_id).status for task_id in ids} == {TaskStatus.PENDING}
+
+
+async def test_a_submit_waiting_for_a_big_batch_is_refused_if_the_runtime_stops(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A submit made while a big batch is booked waits for it; if the runtime begins
+    stopping meanwhile, it is refused (RuntimeNotRunningError) and adds nothing."""
+    async with AgentRuntime(config=make_config()) as rt:
+        await rt.pause_queue()
+        batch = await _submitting(rt, _requests())
+        late = asyncio.ensure_future(rt.submit_task("late"))
+        await asyncio.sleep(0)
+        assert not late.done()  # waiting for the batch
+        stopping = asyncio.ensure_future(rt.stop())
+        with pytest.raises(RuntimeNotRunningError):
+            await asyncio.wait_for(late, 10)
+        await asyncio.wait_for(stopping, 10)
+        assert len(await batch) == BIG
+    async with AgentRuntime(config=make_config()) as rt:
+        assert rt.get_queue_status().total == BIG
+        assert "late" not in {task.name for task in rt.list_tasks(limit=None)}
 
 
 async def test_a_big_batch_of_dependent_tasks_is_booked_at_once(rt: AgentRuntime) -> None:

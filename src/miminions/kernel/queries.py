@@ -93,7 +93,10 @@ def capacity(rt: AgentRuntime) -> Capacity:
         queued_agent_starts=rt.agent_book.queued_starts,
         max_task_queue_size=max_queue,
         queued_tasks=waiting,
-        free_task_slots=None if max_queue is None else max(max_queue - waiting, 0),
+        # Room held for a batch still being booked is not free (see sliced_booking).
+        free_task_slots=None
+        if max_queue is None
+        else max(max_queue - waiting - rt.scheduler.reserved_count, 0),
         message_queue_max_size=limits.message_queue_max_size,
     )
 

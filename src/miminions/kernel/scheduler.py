@@ -179,6 +179,7 @@ class Scheduler:
             raise ValueError("aging_seconds must be positive")
         self._aging = aging_seconds
         self._order_key = order_key or self._aged_key
+        self._default_order = order_key is None
         self._max_waiting = max_waiting
         self._clock = clock
         self._nodes: dict[str, _Node] = {}
@@ -688,6 +689,17 @@ class Scheduler:
     def waiting_count(self) -> int:
         """Tasks blocked, ready or held (they count against the queue limit)."""
         return self._waiting
+
+    @property
+    def reserved_count(self) -> int:
+        """Queue room held by :meth:`reserve` for tasks not added yet (it counts against
+        the queue limit too)."""
+        return self._reserved
+
+    @property
+    def default_order(self) -> bool:
+        """Whether ready tasks go by the built-in aged order key (no custom one)."""
+        return self._default_order
 
     @property
     def ready_count(self) -> int:

@@ -118,9 +118,9 @@ class TaskBook:
         """Validate and add tasks (all or nothing); return when they are committed. Each
         new task carries ``trace_context`` (see :mod:`miminions.kernel.tracing`).
 
-        A batch of more than ``SLICE_SIZE`` tasks none of which depends on another of the
-        batch is checked whole, then booked a slice at a time (most urgent first): its
-        first tasks may start before the call returns."""
+        A batch of more than ``SLICE_SIZE`` tasks of one priority, none depending on
+        another of the batch, is checked whole, then booked a slice at a time in its order
+        (see :meth:`_may_slice`): its first tasks may start before the call returns."""
         if self._booking is not None:
             await self.booked()
         ids: list[str] = []
@@ -162,7 +162,7 @@ class TaskBook:
             )
             for task in new_tasks
         ]
-        if len(new_tasks) > SLICE_SIZE and not _depends_within(new_tasks):
+        if len(new_tasks) > SLICE_SIZE and self._may_slice(new_tasks):
             await self._submit_in_slices(new_tasks, sched)
             return ids
         change = self.scheduler.add(sched)
@@ -181,12 +181,6 @@ class TaskBook:
         scheduler = self.scheduler
         scheduler.check_new(sched, room=False)  # every check before any slice is booked
         scheduler.reserve(len(sched))
-        if len({task.priority for task in new_tasks}) > 1:
-            # The most urgent are booked first, so none waits behind a less urgent task
-            # of its own batch (within a priority the batch's order stays: FIFO).
-            order = sorted(range(len(new_tasks)), key=lambda index: new_tasks[index].priority)
-            new_tasks = [new_tasks[index] for index in order]
-            sched = [sched[index] for index in order]
         commits: list[Awaitable[None]] = []
         refusals: list[Exception] = []
 
@@ -219,6 +213,20 @@ class TaskBook:
             await commit
         if refusals:
             raise refusals[0]
+
+    def _may_slice(self, new_tasks: list[Task]) -> bool:
+        """Whether booking ``new_tasks`` a slice at a time, in the batch's order, starts
+        them in the order booking them at once would: none depends on another of the
+        batch (a slice could then hold a dependent without its prerequisite), all have one
+        priority (an urgent task in a late slice could wait behind a less urgent one
+        already started) and the built-in order key ranks them (FIFO within a priority;
+        a custom key may rank a later ready time first)."""
+        priority = new_tasks[0].priority
+        return (
+            self.scheduler.default_order
+            and all(task.priority == priority for task in new_tasks)
+            and not _depends_within(new_tasks)
+        )
 
     @property
     def booking(self) -> bool:
