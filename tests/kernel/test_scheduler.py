@@ -745,7 +745,7 @@ def test_reserved_room_is_held_until_added_or_given_back() -> None:
         sched.reserve(4)
     sched.reserve(3)
     assert sched.waiting_count == 1  # reserved room is not a waiting task
-    with pytest.raises(QueueFullError):
+    with pytest.raises(QueueFullError, match="3 of them held for a batch still being booked"):
         add(sched, "x")
     with pytest.raises(QueueFullError):
         sched.check_room(1)

@@ -230,8 +230,13 @@ class Scheduler:
         """Raise QueueFullError unless ``count`` more tasks may wait (the queue limit)."""
         held = self._waiting + self._reserved
         if self._max_waiting is not None and held + count > self._max_waiting:
+            booking = (
+                f" ({self._reserved} of them held for a batch still being booked)"
+                if self._reserved
+                else ""
+            )
             raise QueueFullError(
-                f"the task queue holds {held} waiting tasks and its limit is "
+                f"the task queue holds {held} waiting tasks{booking} and its limit is "
                 f"{self._max_waiting}; wait for tasks to finish or raise "
                 "ResourceLimits.max_task_queue_size"
             )
