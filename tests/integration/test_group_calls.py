@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from miminions import AgentHookError, AgentRuntime, AgentStatus
+from miminions import AgentHookError, AgentRuntime, AgentStatus, TaskStatus, ValidationError
 from tests.support import agents
 from tests.support.group_agents import LateSafePointAgent, PauseFailsAgent
 from tests.support.waiting import WAIT_SECONDS, wait_until
@@ -56,3 +56,23 @@ async def test_a_member_another_call_got_to_first_is_skipped(rt: AgentRuntime) -
     assert [agent.status for agent in stopped] == [AgentStatus.STOPPED]
     assert await asyncio.wait_for(pausing, WAIT_SECONDS) == []
     assert rt.get_agent_status(member).status is AgentStatus.STOPPED
+
+
+async def test_a_group_name_is_checked_like_the_bus_checks_it(rt: AgentRuntime) -> None:
+    """F-18: a group's name travels with every message sent to it, so register_agent and
+    submit_task refuse one the bus would refuse (over 256 characters) instead of making a
+    group that can run tasks but never receive a message; a name at the limit works for
+    both."""
+    too_long = "team-" + "x" * 300
+    with pytest.raises(ValidationError, match="at most 256 characters"):
+        await rt.register_agent("member", agents.EchoAgent, group=too_long)
+    with pytest.raises(ValidationError, match="at most 256 characters"):
+        await rt.submit_task("t", group=too_long)
+    assert rt.list_agents() == []
+    at_limit = "x" * 256
+    agent_id = await rt.register_agent("member", agents.EchoAgent, group=at_limit)
+    await rt.start_group(at_limit)
+    task = await rt.wait_for_task(await rt.submit_task("t", group=at_limit), WAIT_SECONDS)
+    assert task.status is TaskStatus.COMPLETED
+    assert len(await rt.send_to_group(at_limit, "memo", {"n": 1})) == 1
+    assert rt.messenger.bus.pending(agent_id) == 1

@@ -319,3 +319,33 @@ async def test_a_message_received_after_a_restart_is_not_delivered_again(
     async with started_runtime(miminions_config) as rt:
         agent_id = await rt.register_agent("late", GroupMailAgent)
         assert rt.messenger.bus.pending(agent_id) == 0
+
+
+async def test_a_closed_watch_keeps_answering_none(rt: AgentRuntime) -> None:
+    """Once a watch is closed, every next() returns None and every ``async for`` over it
+    ends at once: the end is not used up by the first reader that sees it."""
+    watch = rt.kv.watch("jobs/")
+    watch.close()
+    assert await asyncio.wait_for(watch.next(), WAIT) is None
+    assert await asyncio.wait_for(watch.next(), WAIT) is None
+
+    async def drain() -> list[object]:
+        return [change async for change in watch]
+
+    assert await asyncio.wait_for(drain(), WAIT) == []
+
+
+async def test_stopping_the_runtime_wakes_every_reader_of_a_watch(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """When the runtime stops, every watch ends: two readers waiting on one watch both
+    get None (only one of them did, the other waited for ever)."""
+    async with started_runtime(miminions_config) as rt:
+        watch = rt.kv.watch("jobs/")
+        readers = [asyncio.ensure_future(watch.next()) for _ in range(2)]
+        await asyncio.sleep(0)  # both are waiting in next()
+    done, pending = await asyncio.wait(readers, timeout=WAIT)
+    for reader in pending:
+        reader.cancel()
+    assert not pending, f"{len(pending)} of 2 readers of a watch still wait after the stop"
+    assert [reader.result() for reader in done] == [None, None]

@@ -12,6 +12,7 @@ import pytest
 from miminions import (
     AgentRuntime,
     EventType,
+    HoldKind,
     InvalidStateError,
     NotFoundError,
     Priority,
@@ -275,6 +276,32 @@ async def test_queue_pause_holds_tasks(rt: AgentRuntime) -> None:
         await rt.wait_for_task(task_id, timeout_seconds=0.05)
     await rt.resume_queue()
     assert (await rt.wait_for_task(task_id, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_explain_counts_only_tasks_its_own_agents_would_take_first(
+    rt: AgentRuntime,
+) -> None:
+    """F-24: the "tasks ahead" of a task are those an agent that may run it would take
+    first; a more urgent task of another group, which no such agent takes, is in its
+    global queue position but does not hold it back."""
+    await rt.register_agent("red-member", agents.EchoAgent, group="red")  # never started
+    blue = await start_agent(rt, "blue-member", agents.EchoAgent, group="blue")
+    await rt.pause_agent(blue)
+    red_task = await rt.submit_task("red-work", group="red", priority=0)
+    blue_task = await rt.submit_task("blue-work", group="blue", priority=50)
+    loose_task = await rt.submit_task("any-work", priority=10)  # blue's agent takes it first
+
+    explanation = rt.explain(blue_task)
+    kinds = [reason.kind for reason in explanation.reasons]
+    assert kinds == [HoldKind.AGENT_PAUSED, HoldKind.TASKS_AHEAD], explanation.summary
+    assert explanation.reasons[1].message.startswith("1 ready task(s)")
+    assert explanation.queue_position == 2  # the global rank counts the red task too
+    assert [r.kind for r in rt.explain(red_task).reasons] == [HoldKind.NO_AGENT]
+
+    await rt.resume_agent(blue)
+    assert (await rt.wait_for_task(blue_task, 5)).status is TaskStatus.COMPLETED
+    assert (await rt.wait_for_task(loose_task, 5)).status is TaskStatus.COMPLETED
+    assert rt.get_task_status(red_task).status is TaskStatus.PENDING  # it never was ahead
 
 
 async def test_task_status_reports_position_and_effective_priority(rt: AgentRuntime) -> None:

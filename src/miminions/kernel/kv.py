@@ -74,7 +74,7 @@ class KVWatch:
         """The next change, or None once closed (or after ``timeout_seconds``)."""
         try:
             async with asyncio.timeout(timeout_seconds):
-                return await self._queue.get()
+                return await self._take()
         except TimeoutError:
             return None
 
@@ -82,8 +82,16 @@ class KVWatch:
         return self._iterate()
 
     async def _iterate(self) -> AsyncIterator[KVChange]:
-        while (change := await self._queue.get()) is not None:
+        while (change := await self._take()) is not None:
             yield change
+
+    async def _take(self) -> KVChange | None:
+        change = await self._queue.get()
+        if change is None:
+            # The end stays queued: every later call, and every other reader waiting on
+            # this watch, ends too (not only the first to see it).
+            self._queue.put_nowait(None)
+        return change
 
     def close(self) -> None:
         """Stop watching; an ``async for`` over it ends."""

@@ -50,7 +50,7 @@ from miminions.kernel.restarts import RestartMixin
 from miminions.kernel.scheduler import ANY_ROUTE, agent_route, group_route
 from miminions.kernel.supervisor import check_request, check_transition, group_clocks_frozen
 from miminions.kernel.task_input import PAUSE_STATE, describe_error, to_json_value
-from miminions.kernel.validation import check_seconds, check_utf8
+from miminions.kernel.validation import check_name, check_seconds, check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
@@ -226,9 +226,8 @@ class AgentBook(RestartMixin):
         if name in self.by_name:
             raise AlreadyExistsError(f"an agent named {name!r} is registered already")
         if group is not None:
-            if not isinstance(group, str) or not group:
-                raise ValidationError("group must be a non-empty string or None")
-            check_utf8(group, "group")
+            # A group's name travels with every message sent to it: the bus's limit holds.
+            check_name(group, "group")
         if config is not None and not isinstance(config, dict):
             raise ValidationError(f"config must be a dict, got {type(config).__name__}")
         config = to_json_value(config or {}, "config")

@@ -52,7 +52,7 @@ from miminions.kernel.models import (
 )
 from miminions.kernel.task_input import to_json_value
 from miminions.kernel.tracing import Carrier, check_carrier
-from miminions.kernel.validation import check_seconds, check_utf8
+from miminions.kernel.validation import MAX_NAME, check_name, check_seconds
 
 if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
@@ -61,8 +61,6 @@ MAILBOX_PREFIX = "mailbox:"
 _log = logging.getLogger("miminions.messaging")
 #: The largest message payload, as JSON text (R-04).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
-#: The longest message type or topic, in characters.
-MAX_NAME = 256
 #: What a reply's default message type adds to its request's.
 REPLY_SUFFIX = ".reply"
 _LATENCY_SAMPLES = 1000
@@ -129,12 +127,12 @@ class Messenger:
 
     def subscribe(self, agent_id: str, topic: str) -> None:
         """Deliver messages published on ``topic`` to the agent."""
-        _check_name(topic, "topic")
+        check_name(topic, "topic")
         self.topics.setdefault(topic, set()).add(agent_id)
 
     def unsubscribe(self, agent_id: str, topic: str) -> None:
         """Stop delivering ``topic`` to the agent."""
-        _check_name(topic, "topic")
+        check_name(topic, "topic")
         members = self.topics.get(topic)
         if members is not None:
             members.discard(agent_id)
@@ -177,7 +175,7 @@ class Messenger:
         trace_context: Carrier | None = None,
     ) -> list[str]:
         """Send to every agent of ``group`` (the sender too, if it belongs to it)."""
-        _check_name(group, "group")
+        check_name(group, "group")
         ids = [slot.agent_id for slot in self._rt.agent_book.in_group(group)]
         return self._post(
             self._build(sender, ids, message_type, data, ttl, trace_context=trace_context)
@@ -230,7 +228,7 @@ class Messenger:
         trace_context: Carrier | None = None,
     ) -> list[str]:
         """Send to the subscribers of ``topic`` (not to the sender itself)."""
-        _check_name(topic, "topic")
+        check_name(topic, "topic")
         ids = sorted(a for a in self.topics.get(topic, ()) if a != sender)
         messages = self._build(
             sender, ids, message_type, data, ttl, topic=topic, trace_context=trace_context
@@ -451,7 +449,7 @@ class Messenger:
         topic: str | None = None,
         trace_context: Carrier | None = None,
     ) -> list[AgentMessage]:
-        _check_name(message_type, "message_type")
+        check_name(message_type, "message_type")
         data = _payload(data)
         ttl = check_seconds(ttl_seconds, "ttl_seconds", positive=True)
         messages = [
@@ -572,12 +570,6 @@ def _received_events(
 def _arg(payload: dict[str, Any], name: str, default: Any = None) -> Any:
     """An argument of a call an agent made (checked where it is used)."""
     return payload.get(name, default)
-
-
-def _check_name(value: Any, what: str) -> None:
-    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
-        raise ValidationError(f"{what} must be a non-empty string of at most {MAX_NAME} characters")
-    check_utf8(value, what)  # it is stored with the message (mailbox copies) and sent to workers
 
 
 def _payload(data: Any) -> Any:

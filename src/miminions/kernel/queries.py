@@ -176,11 +176,20 @@ def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
         reasons.extend(_agent_reasons(rt, task, state is NodeState.READY))
     if state is NodeState.READY:
         position = sched.position(task_id)
-        if position:
+        # Only tasks an agent that may run this one would take first hold it back; the
+        # queue position counts every ready task.
+        competing = {sched.route(task_id)}
+        for slot in _serving_agents(rt, task_id):
+            competing.update(slot.routes)
+        ahead = sched.rank_among(task_id, competing)
+        if ahead:
             reasons.append(
                 HoldReason(
                     kind=HoldKind.TASKS_AHEAD,
-                    message=f"{position} ready task(s) are ahead of it by effective priority",
+                    message=(
+                        f"{ahead} ready task(s) that its agents would take first are ahead of "
+                        "it by effective priority"
+                    ),
                 )
             )
         if position is not None:

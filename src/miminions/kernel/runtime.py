@@ -92,8 +92,8 @@ from miminions.kernel.usage import UsageBook
 from miminions.kernel.validation import (
     build_event_query,
     check_limit,
+    check_name,
     check_seconds,
-    check_utf8,
     parse_enum,
 )
 
@@ -564,9 +564,7 @@ class AgentRuntime(CommunicationAPI):
                     f"{where} must be a list of topic names, got {type(given).__name__}"
                 ) from None
         for topic in declared:
-            if not isinstance(topic, str) or not topic or len(topic) > 256:
-                raise ValidationError("topics must be non-empty strings of at most 256 chars")
-            check_utf8(topic, "topic")  # before registering: the bus would refuse it after
+            check_name(topic, "topic")  # before registering: the bus would refuse it after
         agent_id = await self.agent_book.register(
             name,
             agent,

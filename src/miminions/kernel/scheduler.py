@@ -690,6 +690,26 @@ class Scheduler:
             )
         return self._ranks.rank((node.key, node.seq))
 
+    def rank_among(self, task_id: str, routes: Iterable[str]) -> int | None:
+        """0-based rank of a ready task among the ready tasks of ``routes`` only (those of
+        the agents that may run it: tasks no such agent takes do not hold it back); None
+        if it is not ready."""
+        node = self._get(task_id)
+        if node.state is not NodeState.READY:
+            return None
+        routes = set(routes)
+        if routes.issuperset(self._heaps):
+            return self.position(task_id)
+        mine = (node.key, node.seq)
+        nodes = self._nodes
+        ahead = 0
+        for route in routes:
+            for key, seq, version, other_id in self._heaps.get(route, ()):
+                if (key, seq) < mine:
+                    other = nodes[other_id]
+                    ahead += other.version == version and other.state is NodeState.READY
+        return ahead
+
     @property
     def waiting_count(self) -> int:
         """Tasks blocked, ready or held (they count against the queue limit)."""

@@ -49,7 +49,7 @@ from miminions.kernel.task_input import (
     to_json_value,
 )
 from miminions.kernel.tracing import Carrier
-from miminions.kernel.validation import check_seconds, check_utf8
+from miminions.kernel.validation import check_name, check_seconds, check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
@@ -351,9 +351,7 @@ class TaskBook:
                     "a group"
                 )
         if request.group is not None:
-            if not isinstance(request.group, str) or not request.group:
-                raise ValidationError("group must be a non-empty string")
-            check_utf8(request.group, "group")
+            check_name(request.group, "group")
         deps = list(request.dependencies)
         if deps and any(not isinstance(dep, str) for dep in deps):
             raise ValidationError("dependencies must be a list of task ids (strings)")

@@ -39,6 +39,18 @@ def check_utf8(text: str, what: str) -> int:
         ) from None
 
 
+#: The longest name of a group, topic or message type (it travels with every message).
+MAX_NAME = 256
+
+
+def check_name(value: Any, what: str) -> None:
+    """Raise unless ``value`` is a non-empty string of at most MAX_NAME characters that
+    can be stored (a group, topic or message type name)."""
+    if not isinstance(value, str) or not value or len(value) > MAX_NAME:
+        raise ValidationError(f"{what} must be a non-empty string of at most {MAX_NAME} characters")
+    check_utf8(value, what)
+
+
 def escape_non_utf8(text: str) -> str:
     """``text`` with every character that has no UTF-8 form (a lone surrogate) escaped as
     ``\\udcff``. For text that must be stored or sent whatever it holds — error messages
