@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -26,6 +27,7 @@ from miminions import (
 from miminions.kernel.sliced_booking import SLICE_SIZE
 from tests.support import agents
 from tests.support.runtime import start_agent
+from tests.support.waiting import wait_until
 
 BIG = 3 * SLICE_SIZE + 1  # four slices, the last of one task
 
@@ -272,3 +274,58 @@ async def test_a_big_batch_of_dependent_tasks_is_booked_at_once(rt: AgentRuntime
     assert rt.get_queue_status().total == BIG
     await submit
     assert rt.get_queue_status().blocked == BIG - 1
+
+
+@pytest.mark.parametrize("ask", ["cancel_task", "get_task_status", "explain", "wait_for_task"])
+async def test_a_task_of_a_batch_being_booked_is_found_by_its_given_id(
+    rt: AgentRuntime, ask: str
+) -> None:
+    """A task of an accepted batch can be asked for by the id it was given while later
+    slices are still being booked (the rest is then booked at once), as if the batch had
+    been booked in one go: a cancel reaches it instead of raising NotFoundError."""
+    await rt.pause_queue()
+    requests = [{"name": f"t{index}", "task_id": f"job-{index}"} for index in range(BIG)]
+    submit = await _submitting(rt, requests)
+    last = requests[-1]["task_id"]
+    if ask == "cancel_task":
+        assert (await rt.cancel_task(last)).status is TaskStatus.CANCELLED
+    elif ask == "get_task_status":
+        assert rt.get_task_status(last).status is TaskStatus.PENDING
+    elif ask == "explain":
+        assert rt.explain(last).task_id == last
+    else:
+        waiting = asyncio.ensure_future(rt.wait_for_task(last, 30))  # asks before the rest
+        await rt.resume_queue()
+        await start_agent(rt, "echo", agents.EchoAgent, isolation="inline")
+        assert (await waiting).status is TaskStatus.COMPLETED
+    ids = await submit
+    assert ids[-1] == last
+    assert rt.get_queue_status().total == BIG
+    with pytest.raises(NotFoundError):
+        rt.get_task_status("no-such-task")
+
+
+async def test_every_slice_of_a_batch_is_ready_as_of_its_acceptance(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """The slices of a batch all count as ready from when the batch was accepted: a busy
+    loop between slices does not let an older, less urgent task overtake the later slices
+    by aging (booked at once, the whole batch runs first)."""
+    aging = 0.05
+    started: list[str] = []
+
+    async def record(task: Task, context: object) -> None:
+        started.append(task.name)
+
+    async with AgentRuntime(config=make_config(aging_seconds_per_level=aging)) as rt:
+        await start_agent(rt, "recorder", record, isolation="inline")
+        await rt.pause_queue()
+        await rt.submit_task("earlier-low", priority=51)  # one level less urgent
+        submit = await _submitting(rt, _requests(priority=50))
+        # The loop is busy between two slices (CPU-bound work): blocking it is the point.
+        time.sleep(1.5 * aging)  # noqa: ASYNC251
+        ids = await submit
+        await rt.resume_queue()
+        await rt.wait_for_tasks(ids, 30)
+        await wait_until(lambda: "earlier-low" in started, "the earlier task to run")
+    assert started.index("earlier-low") == BIG

@@ -241,6 +241,10 @@ class Scheduler:
                 "ResourceLimits.max_task_queue_size"
             )
 
+    def now(self) -> float:
+        """The scheduler's clock."""
+        return self._clock()
+
     def reserve(self, count: int) -> None:
         """Hold room for ``count`` tasks that :meth:`add` will add later with
         ``reserved=True`` (a batch added in slices); raise QueueFullError if there is none.
@@ -252,12 +256,16 @@ class Scheduler:
         """Give back room held by :meth:`reserve` for tasks that will not be added."""
         self._reserved -= min(count, self._reserved)
 
-    def add(self, tasks: Sequence[NewTask], *, reserved: bool = False) -> Change:
+    def add(
+        self, tasks: Sequence[NewTask], *, reserved: bool = False, now: float | None = None
+    ) -> Change:
         """Add tasks (validated with :meth:`check_new` first, all or nothing). With
-        ``reserved``, they take room held by :meth:`reserve` instead of asking for it."""
+        ``reserved``, they take room held by :meth:`reserve` instead of asking for it;
+        ``now`` (the scheduler's clock by default) is when they are ready."""
         ordered = self.check_new(tasks, room=not reserved)
         change = Change()
-        now = self._clock()
+        if now is None:
+            now = self._clock()
         # Sequence numbers follow the caller's order (FIFO), not the insertion order.
         first = self._seq + 1
         self._seq += len(tasks)

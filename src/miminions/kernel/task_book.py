@@ -109,6 +109,14 @@ class TaskBook:
         try:
             return self.tasks[task_id]
         except (KeyError, TypeError):
+            if self._booking is not None and isinstance(task_id, str):
+                # Perhaps a task of a batch still being booked (its caller may know the
+                # ids it gave): book the rest now, so the task is found as it would be
+                # had the batch been booked at once.
+                self.finish_booking()
+                task = self.tasks.get(task_id)
+                if task is not None:
+                    return task
             raise NotFoundError(f"no task with id {shown(task_id)}") from None
 
     # ------------------------------------------------------------------ submit
@@ -181,11 +189,14 @@ class TaskBook:
         scheduler = self.scheduler
         scheduler.check_new(sched, room=False)  # every check before any slice is booked
         scheduler.reserve(len(sched))
+        # Every slice is ready as of now, as the batch would be if booked at once: a later
+        # slice must not age less than the first (or fall behind older, less urgent tasks).
+        accepted_at = scheduler.now()
         commits: list[Awaitable[None]] = []
         refusals: list[Exception] = []
 
         def book_slice(part: Sequence[tuple[Task, NewTask]]) -> None:
-            change = scheduler.add([new for _, new in part], reserved=True)
+            change = scheduler.add([new for _, new in part], reserved=True, now=accepted_at)
             made, refused = self._book([task for task, _ in part], change)
             commits.extend(made)
             if refused is not None:
