@@ -40,12 +40,13 @@ from miminions.demo import (
     table_cell,
 )
 from miminions.kernel.errors import MiminionsError
-from miminions.kernel.export import EXPORT_FORMATS, dump_events
+from miminions.kernel.export import EXPORT_FORMATS, dump_events, is_database_file
 from miminions.kernel.interfaces import EventQuery, StoredAgent
 from miminions.kernel.models import Event, EventType, Severity, Task, TaskStatus
 from miminions.kernel.ownership import unclean
 from miminions.kernel.plugins import BUILTIN_PLUGINS, ENTRY_POINT_GROUP
 from miminions.kernel.runtime import RUN_META_KEY, build_event_query, live_owner
+from miminions.kernel.validation import check_utf8
 from miminions.plugins.sqlite_store import SQLiteStore
 
 PROG = "miminions"
@@ -365,11 +366,7 @@ def _output(path: str | None, database: Path) -> Iterator[TextIO]:
     if path is None:
         yield sys.stdout
         return
-    real = os.path.realpath(database)  # SQLite's -wal and -shm files are beside the real file
-    if any(
-        os.path.realpath(path) == real + suffix or _same_file(path, real + suffix)
-        for suffix in ("", "-wal", "-shm", "-lock")
-    ):
+    if is_database_file(path, database):
         raise CliError(f"--output {path!r} is the database {str(database)!r} or one of its files")
     try:
         handle = open(path, "w", encoding="utf-8", newline="")  # noqa: SIM115 (closed below)
@@ -382,14 +379,6 @@ def _output(path: str | None, database: Path) -> Iterator[TextIO]:
         raise CliError(f"cannot write {path!r}: {exc.strerror or exc}") from None
 
 
-def _same_file(a: str, b: str) -> bool:
-    """True when ``a`` and ``b`` name the same existing file (any of its names)."""
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
-
-
 def cmd_events(args: argparse.Namespace) -> int:
     """``miminions events``: query the event log; print a table or export it."""
     fmt: str = args.format
@@ -398,6 +387,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     query = build_event_query(
         args.types, None, args.task, args.severity, args.since, None, limit, newest=True
     )
+    if args.agent is not None:
+        check_utf8(args.agent, "--agent")  # a name or an id: compared with stored text
     path = check_database(args.db)
     events, agents = asyncio.run(_read_events(path, query, args.agent))
     with _output(args.output, path) as out:
@@ -666,6 +657,7 @@ def _exit_code(code: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``miminions`` command with ``argv`` (default: ``sys.argv[1:]``); return the
     exit status (0 success, 1 the demo had failures, 2 usage error, 130 interrupted)."""
+    _replace_unencodable_output()
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
@@ -695,6 +687,16 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"cannot write the output{where}: {exc.strerror or exc}")
         return 1
+
+
+def _replace_unencodable_output() -> None:
+    """Write what the terminal's encoding cannot hold (a Latin-1 locale, a name in CJK) as
+    backslash escapes instead of failing with UnicodeEncodeError."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # not on captured output
+        if reconfigure is not None:
+            with contextlib.suppress(ValueError, OSError):
+                reconfigure(errors="backslashreplace")
 
 
 def _silence_stdout() -> None:

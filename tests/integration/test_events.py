@@ -6,6 +6,7 @@ import csv
 import functools
 import json
 import logging
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -20,10 +21,12 @@ from miminions import (
     RuntimeConfig,
     Severity,
     TaskStatus,
+    ValidationError,
     accepts_events,
     hookimpl,
 )
 from tests.support import agents
+from tests.support.runtime import start_agent
 
 
 async def run_some_work(rt: AgentRuntime) -> tuple[str, str, str]:
@@ -320,3 +323,26 @@ def test_a_filter_needs_the_event_argument() -> None:
         @accepts_events(lambda event_type, severity: True)
         def miminions_event(runtime: AgentRuntime) -> None:  # pragma: no cover - never called
             return None
+
+
+@pytest.mark.parametrize("target", ["database", "wal", "link"])
+async def test_export_events_refuses_to_overwrite_the_runtime_database(
+    rt: AgentRuntime, tmp_path: Path, target: str
+) -> None:
+    """export_events refuses the runtime's own database, its -wal file or another name of
+    it (it truncated the live file and wrote events into it: the database was lost), as
+    the CLI's --output does; the database stays whole."""
+    await start_agent(rt, "echo", agents.EchoAgent)
+    task_id = await rt.submit_task("job")
+    await rt.wait_for_task(task_id, 5)
+    database = Path(rt.config.storage_path)
+    path = {"database": database, "wal": Path(f"{database}-wal"), "link": tmp_path / "db.link"}[
+        target
+    ]
+    if target == "link":
+        path.symlink_to(database)
+    size = os.stat(database).st_size
+    with pytest.raises(ValidationError, match="would destroy it"):
+        await rt.export_events(path)
+    assert os.stat(database).st_size == size
+    assert (await rt.store.load_tasks())[0].task_id == task_id

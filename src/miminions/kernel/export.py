@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import IO, Any
@@ -39,6 +40,25 @@ def dump_events(events: Iterable[Event], out: IO[str], format: str) -> None:
             writer.writerow(row)
     else:
         raise ValueError(f"unknown export format {format!r}; use one of {sorted(EXPORT_FORMATS)}")
+
+
+def is_database_file(path: str | os.PathLike[str], database: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` names ``database`` or one of the files SQLite and the store keep
+    beside it (``-wal``, ``-shm``, ``-lock``), by any of their names: writing an export
+    there would destroy what it was read from."""
+    real = os.path.realpath(database)  # the -wal and -shm files are beside the real file
+    return any(
+        os.path.realpath(path) == real + suffix or _same_file(path, real + suffix)
+        for suffix in ("", "-wal", "-shm", "-lock")
+    )
+
+
+def _same_file(a: str | os.PathLike[str], b: str) -> bool:
+    """True when ``a`` and ``b`` name the same existing file (any of its names)."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def write_events(path: Path, events: Iterable[Event], format: str) -> None:

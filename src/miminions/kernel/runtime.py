@@ -41,7 +41,7 @@ from miminions.kernel.errors import (
     shown,
 )
 from miminions.kernel.events import EventLog
-from miminions.kernel.export import EXPORT_FORMATS, write_events
+from miminions.kernel.export import EXPORT_FORMATS, is_database_file, write_events
 from miminions.kernel.hookspecs import PASSES_THROUGH_ATTRIBUTE
 from miminions.kernel.interfaces import AgentHost, Bus, Executor, Store, at_once_arguments
 from miminions.kernel.kv import KVCalls, KVStore
@@ -94,6 +94,7 @@ from miminions.kernel.validation import (
     check_limit,
     check_name,
     check_seconds,
+    escape_non_utf8,
     parse_enum,
 )
 
@@ -387,7 +388,8 @@ class AgentRuntime(CommunicationAPI):
         self._run_recorded = True
         events.emit(
             EventType.RUNTIME_STARTED,
-            details={"pid": os.getpid(), "storage_path": config.storage_path},
+            # (A path that is not UTF-8 would make the event unstorable: its bytes escaped.)
+            details={"pid": os.getpid(), "storage_path": escape_non_utf8(config.storage_path)},
         )
         crashed = unclean(previous)
         if crashed or report["requeued"] or report["unstarted"] or report["failed"]:
@@ -978,6 +980,12 @@ class AgentRuntime(CommunicationAPI):
         if unknown:
             raise ValidationError(
                 f"unknown event filter(s) {sorted(unknown)}; use {sorted(_EVENT_FILTERS)}"
+            )
+        if is_database_file(path, self.config.storage_path):
+            raise ValidationError(
+                f"path {os.fspath(path)!r} is the runtime's database "
+                f"{self.config.storage_path!r} or one of its files; writing the events there "
+                "would destroy it"
             )
         filters.setdefault("limit", None)
         events = await self.query_events(**filters)

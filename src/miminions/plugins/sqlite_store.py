@@ -418,7 +418,8 @@ class SQLiteStore:
         """The ``mode=ro`` URI of an existing database file (SQLite would create a new one)."""
         if not os.path.exists(self.path):
             raise ConfigurationError(f"database {self.path!r} does not exist")
-        return f"file:{urllib.parse.quote(os.path.abspath(self.path))}?mode=ro"
+        # Quoted as the file system's bytes: a path that is not UTF-8 must still open.
+        return f"file:{urllib.parse.quote(os.fsencode(os.path.abspath(self.path)))}?mode=ro"
 
     async def _connect_readonly(self) -> aiosqlite.Connection:
         uri = self._readonly_uri()
