@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import fcntl
 import logging
@@ -1513,3 +1514,22 @@ async def test_switch_interval_can_be_left_alone_or_set_by_plugin_options(
         )
     with pytest.raises(ConfigurationError, match="switch_interval"):
         SQLiteStore(path, switch_interval=-1.0)
+
+
+async def test_a_database_of_another_application_is_refused_unchanged(tmp_path: Path) -> None:
+    """storage_path naming another application's SQLite database (tables, no miminions
+    schema) is refused with an error saying so, and the file is left as it was: no
+    miminions tables beside its own, its journal mode kept (they were added silently)."""
+    path = tmp_path / "app.db"
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
+        conn.execute("INSERT INTO users (name) VALUES ('ada')")
+        conn.commit()
+    with pytest.raises(ConfigurationError, match=r"not a miminions database.*users"):
+        async with AgentRuntime(str(path)):
+            pass
+    with contextlib.closing(sqlite3.connect(path)) as conn:
+        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        assert tables == [("users",)]
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
+        assert conn.execute("SELECT name FROM users").fetchall() == [("ada",)]

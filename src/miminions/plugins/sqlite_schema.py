@@ -681,6 +681,24 @@ def check_version(path: str, version: int | None) -> None:
         )
 
 
+async def refuse_foreign(conn: aiosqlite.Connection, path: str) -> None:
+    """Raise ConfigurationError if the database has no miminions schema but tables of its
+    own: it belongs to something else, and is left as it is (call this before changing
+    anything, the journal mode included) rather than given miminions' tables."""
+    if await recorded_version(conn) is None:
+        rows = await conn.execute_fetchall(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+            "ORDER BY name LIMIT 4"
+        )
+        foreign = [str(row[0]) for row in rows]
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise ConfigurationError(
+                f"database {path!r} is not a miminions database (it holds other tables: "
+                f"{shown}); give the runtime a file of its own (storage_path)"
+            )
+
+
 async def migrate(conn: aiosqlite.Connection, path: str) -> None:
     """Bring the schema up to :data:`SCHEMA_VERSION`, applying each missing migration once."""
     await conn.execute(_CREATE_MIGRATIONS_TABLE)

@@ -238,6 +238,7 @@ class SQLiteStore:
     async def _connect_writer(self) -> aiosqlite.Connection:
         conn = await _daemon(aiosqlite.connect(self.path))
         try:
+            await schema.refuse_foreign(conn, self.path)
             await conn.execute("PRAGMA journal_mode=WAL")
             await conn.execute("PRAGMA synchronous=NORMAL")
             await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
