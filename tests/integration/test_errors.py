@@ -42,6 +42,10 @@ def stored_counts(path: Path) -> tuple[int, int]:
     [
         ({"input_data": {"x": object()}}, ValidationError, "JSON"),
         ({"input_data": {"x": float("nan")}}, ValidationError, "JSON"),
+        # JSON keys are strings: {3: x} would come back as {"3": x}, {1: a, "1": b} as
+        # {"1": b} (it did, silently)
+        ({"input_data": {"done": {3: True}}}, ValidationError, "keys must be strings"),
+        ({"input_data": {1: "a", "1": "b"}}, ValidationError, "keys must be strings"),
         ({"input_data": ["not", "a", "dict"]}, ValidationError, "must be a dict"),
         ({"priority": 101}, ValidationError, "between 0"),
         ({"priority": -1}, ValidationError, "between 0"),

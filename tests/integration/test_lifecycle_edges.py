@@ -394,3 +394,36 @@ async def test_an_on_stop_raising_cancelled_error_itself_still_stops_the_agent(
         assert rt.get_agent_status(agent).status is S.STOPPED
         errors = await rt.query_events(event_type="agent_error", agent_id=agent)
         assert any("on_stop failed" in str(e.details.get("error")) for e in errors)
+
+
+class HangingOnStopAgent(BaseAgent):
+    """Its on_stop never returns (or raises TimeoutError itself, with ``config["raise"]``)."""
+
+    async def on_stop(self) -> None:
+        if self.config.get("raise"):
+            raise TimeoutError("the upstream API timed out")
+        await asyncio.Event().wait()
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+@pytest.mark.parametrize("raises", [False, True], ids=["past-the-timeout", "raises-timeout"])
+async def test_an_on_stop_cut_off_by_the_stop_timeout_is_reported_as_such(
+    rt: AgentRuntime, raises: bool
+) -> None:
+    """An on_stop that runs past stop_agent's timeout is reported as not having finished
+    within it, as a slow on_start is ("on_stop failed: TimeoutError" looked like the hook
+    raising TimeoutError itself, which is still reported as its failure)."""
+    agent = await rt.register_agent(
+        "hanging", HangingOnStopAgent, isolation="inline", config={"raise": raises}
+    )
+    await rt.start_agent(agent)
+    assert (await rt.stop_agent(agent, timeout_seconds=0.2)).status is S.STOPPED
+    [error] = await rt.query_events(event_type="agent_error", agent_id=agent)
+    expected = (
+        "on_stop failed: TimeoutError: the upstream API timed out"
+        if raises
+        else "on_stop did not finish within 0.2 s"
+    )
+    assert error.details["error"] == expected

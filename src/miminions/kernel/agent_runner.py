@@ -30,7 +30,7 @@ from miminions.kernel.agent import (
     instantiate_agent,
 )
 from miminions.kernel.agent_thread import AgentThread
-from miminions.kernel.errors import InvalidStateError
+from miminions.kernel.errors import HookTimeoutError, InvalidStateError
 from miminions.kernel.models import AgentMessage, Task, message_to_json
 from miminions.kernel.tracing import trace_scope
 
@@ -300,8 +300,12 @@ class AgentRunner:
             self._inbox.cancel()
             self._inbox = None
         try:
-            async with asyncio.timeout(timeout_seconds):
+            async with asyncio.timeout(timeout_seconds) as limit:
                 await self.hook("on_stop")
+        except TimeoutError:
+            if not limit.expired():
+                raise  # on_stop raised it itself: its own failure
+            raise HookTimeoutError(f"on_stop did not finish within {timeout_seconds} s") from None
         finally:
             self.release()
 

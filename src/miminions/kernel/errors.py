@@ -99,6 +99,10 @@ class AgentHookError(MiminionsError):
     failed. The hook's own exception is the ``__cause__``."""
 
 
+class HookTimeoutError(AgentHookError):
+    """A lifecycle hook ran past the time it was given (not an error it raised)."""
+
+
 class AgentCrashedError(MiminionsError):
     """The agent hosting a task died while running it (its worker process exited, was
     killed, or stopped answering); or died under a pause or resume (a crash: the restart
@@ -163,6 +167,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigurationError",
     "DependencyCycleError",
+    "HookTimeoutError",
     "HostEndedError",
     "InvalidStateError",
     "MessageTooLargeError",

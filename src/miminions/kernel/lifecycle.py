@@ -26,6 +26,7 @@ from miminions.kernel.errors import (
     PLUGIN_ERRORS,
     AgentHookError,
     AlreadyExistsError,
+    HookTimeoutError,
     HostEndedError,
     InvalidStateError,
     NotFoundError,
@@ -811,11 +812,16 @@ class AgentBook(RestartMixin):
             if isinstance(exc, asyncio.CancelledError) and (this is None or this.cancelling()):
                 raise  # the stop itself is cancelled
             # (A CancelledError nobody asked for: on_stop raised it itself; its failure.)
+            error = (
+                str(exc)  # it ran past the stop's timeout: the message says so
+                if isinstance(exc, HookTimeoutError)
+                else f"on_stop failed: {describe_error(exc)}"
+            )
             self._events.emit(
                 EventType.AGENT_ERROR,
                 severity=Severity.WARNING,
                 agent_id=slot.agent_id,
-                details={"error": f"on_stop failed: {describe_error(exc)}"},
+                details={"error": error},
             )
         slot.host_started = False
 

@@ -70,7 +70,35 @@ def to_json_value(
             f"{what} is {size:,} bytes as JSON; the limit is {max_bytes:,} "
             f"({max_bytes / MIB:g} MB): pass a reference (a file path, a URL) instead"
         )
-    return json.loads(text)
+    copy = json.loads(text)
+    # The encoder writes an int, float, bool or None key as a string, silently: the copy
+    # would differ from the value ({3: x} -> {"3": x}), or lose a value to a clashing
+    # key. Comparing the two is one C-speed pass; only a difference is looked into (a
+    # tuple, which the copy holds as a list, differs harmlessly).
+    try:
+        same = copy == value
+    except RecursionError:  # nested deeper than the comparison goes: walk it instead
+        same = False
+    if not same:
+        _refuse_non_string_keys(value, what)
+    return copy
+
+
+def _refuse_non_string_keys(value: Any, what: str) -> None:
+    """Raise ValidationError naming the first dict key in ``value`` that is not a string."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    raise ValidationError(
+                        f"{what} must be JSON: its keys must be strings, but it has the key "
+                        f"{key!r} ({type(key).__name__}); write it as a string"
+                    )
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
 
 
 def new_task_id() -> str:
