@@ -427,3 +427,66 @@ async def test_an_on_stop_cut_off_by_the_stop_timeout_is_reported_as_such(
         else "on_stop did not finish within 0.2 s"
     )
     assert error.details["error"] == expected
+
+
+class SlowOnErrorAgent(BaseAgent):
+    """Every task fails; its on_error waits for ``release`` before it ends, and every hook
+    is noted in ``log``."""
+
+    def __init__(self) -> None:
+        self.log: list[str] = []
+        self.in_error = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def on_pause(self) -> dict[str, Any]:
+        self.log.append("on_pause")
+        return {}
+
+    async def on_stop(self) -> None:
+        self.log.append("on_stop")
+
+    async def on_error(self, error: BaseException, task: Any) -> None:
+        self.log.append("on_error begins")
+        self.in_error.set()
+        await self.release.wait()
+        self.log.append("on_error ends")
+
+    async def execute_task(self, task: Task) -> Any:
+        raise RuntimeError("boom")
+
+
+async def _in_on_error(rt: AgentRuntime) -> tuple[str, SlowOnErrorAgent]:
+    agent = SlowOnErrorAgent()
+    agent_id = await rt.register_agent("slow-error", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.submit_task("fails", agent_id=agent_id)
+    await asyncio.wait_for(agent.in_error.wait(), WAIT_SECONDS)
+    return agent_id, agent
+
+
+async def test_a_stop_waits_for_on_error_before_on_stop(rt: AgentRuntime) -> None:
+    """A graceful stop lets an on_error in progress end before on_stop runs (on_stop ran
+    beside it, and on_error went on in a stopped agent)."""
+    agent_id, agent = await _in_on_error(rt)
+    stopping = asyncio.ensure_future(rt.stop_agent(agent_id, timeout_seconds=WAIT_SECONDS))
+    await wait_until(lambda: rt.get_agent_status(agent_id).status is S.STOPPING)
+    assert agent.log == ["on_error begins"]  # on_stop waits
+    agent.release.set()
+    assert (await asyncio.wait_for(stopping, WAIT_SECONDS)).status is S.STOPPED
+    assert agent.log == ["on_error begins", "on_error ends", "on_stop"]
+
+
+async def test_a_pause_waits_for_on_error(rt: AgentRuntime) -> None:
+    """A pause waits for an on_error in progress (a paused agent runs none of its code):
+    past its timeout it is abandoned, the agent running; once on_error ended it pauses
+    (it paused at once, on_pause running beside on_error)."""
+    agent_id, agent = await _in_on_error(rt)
+    with pytest.raises(WaitTimeoutError):
+        await rt.pause_agent(agent_id, timeout_seconds=0.1)
+    assert rt.get_agent_status(agent_id).status is S.RUNNING
+    assert agent.log == ["on_error begins"]
+    agent.release.set()
+    await wait_until(lambda: "on_error ends" in agent.log)
+    assert (await rt.pause_agent(agent_id)).status is S.PAUSED
+    assert agent.log == ["on_error begins", "on_error ends", "on_pause"]
+    await rt.resume_agent(agent_id)

@@ -95,6 +95,10 @@ class AgentRunner:
         #: a safe point: a pause waits for it as for the task.
         self._handler_quiet = asyncio.Event()
         self._handler_quiet.set()
+        # Set while no on_error runs: a pause or a stop waits for it (see notify_error).
+        self._errors_running = 0
+        self._error_quiet = asyncio.Event()
+        self._error_quiet.set()
         self._stopping = False
         self._thread: AgentThread | None = None
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
@@ -266,6 +270,8 @@ class AgentRunner:
             # a paused agent runs none of its code, and a process agent's worker is then
             # stopped, which must not catch a message half handled.
             await self._handler_quiet.wait()
+            # So does an on_error in progress (it ends: hooks have no safe points).
+            await self._error_quiet.wait()
         except BaseException:
             self._gate.set()
             raise
@@ -299,13 +305,16 @@ class AgentRunner:
         if self._inbox is not None:
             self._inbox.cancel()
             self._inbox = None
+        hook = "on_error"
         try:
             async with asyncio.timeout(timeout_seconds) as limit:
+                await self._error_quiet.wait()  # an on_error in progress ends first
+                hook = "on_stop"
                 await self.hook("on_stop")
         except TimeoutError:
             if not limit.expired():
                 raise  # on_stop raised it itself: its own failure
-            raise HookTimeoutError(f"on_stop did not finish within {timeout_seconds} s") from None
+            raise HookTimeoutError(f"{hook} did not finish within {timeout_seconds} s") from None
         finally:
             self.release()
 
@@ -344,6 +353,18 @@ class AgentRunner:
                 self._sync_calls -= 1
 
         return call
+
+    async def notify_error(self, error: BaseException, task: Any) -> None:
+        """Run ``on_error(error, task)``; a pause or a stop of the agent waits for it to
+        end (it is the agent's code, which a paused or stopped agent does not run)."""
+        self._errors_running += 1
+        self._error_quiet.clear()
+        try:
+            await self.hook("on_error", error, task)
+        finally:
+            self._errors_running -= 1
+            if not self._errors_running:
+                self._error_quiet.set()
 
     async def hook(self, name: str, *args: Any) -> Any:
         """Call the agent's optional lifecycle hook ``name`` (sync hooks in its thread);

@@ -67,7 +67,7 @@ class InlineHost:
 
     async def notify_error(self, error: BaseException, task: Task | None) -> None:
         """Run the agent's ``on_error`` (with a snapshot of the task, as in :meth:`run`)."""
-        await self._runner.hook("on_error", error, None if task is None else own_json_values(task))
+        await self._runner.notify_error(error, None if task is None else own_json_values(task))
 
     def request_stop(self) -> None:
         """From now on ``context.is_stopping`` is true: the task should finish or checkpoint."""

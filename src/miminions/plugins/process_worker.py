@@ -443,7 +443,7 @@ class Worker:
     async def _on_error(self, frame: Frame) -> None:
         task_data = frame.get("task")
         task = None if task_data is None else task_from_wire(task_data)
-        await self.runner.hook("on_error", kernel_error_from_wire(frame.get("error")), task)
+        await self.runner.notify_error(kernel_error_from_wire(frame.get("error")), task)
 
     async def _stop(self, seconds: float) -> None:
         try:
