@@ -991,10 +991,11 @@ def nested(depth: int) -> dict[str, Any]:
 async def test_deeply_nested_data_is_kept_delivered_and_dead_lettered(
     make_config: Callable[..., RuntimeConfig], isolation: str
 ) -> None:
-    """Data nested 300 levels deep is JSON like any other (the send accepts what ``json``
+    """Data nested 600 levels deep is JSON like any other (the send accepts what ``json``
     encodes): a message carrying it waits in a stopped agent's mailbox, survives a
-    runtime restart and is received whole; one whose TTL ends becomes a dead letter."""
-    deep = nested(300)
+    runtime restart and is received whole; one whose TTL ends becomes a dead letter that
+    list_dead_letters shows (its copy recursed, and failed past ~490 levels)."""
+    deep = nested(600)
     async with open_runtime(make_config, isolation) as rt:
         receiver = await start(rt, "receiver")
         assert (await rt.stop_agent(receiver)).status is AgentStatus.STOPPED

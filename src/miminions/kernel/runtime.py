@@ -44,6 +44,7 @@ from miminions.kernel.events import EventLog
 from miminions.kernel.export import EXPORT_FORMATS, is_database_file, write_events
 from miminions.kernel.hookspecs import PASSES_THROUGH_ATTRIBUTE
 from miminions.kernel.interfaces import AgentHost, Bus, Executor, Store, at_once_arguments
+from miminions.kernel.jsonutil import copy_json
 from miminions.kernel.kv import KVCalls, KVStore
 from miminions.kernel.lifecycle import AgentBook, AgentSlot
 from miminions.kernel.messaging import Messenger
@@ -830,7 +831,9 @@ class AgentRuntime(CommunicationAPI):
             raise ValidationError(f"kind must be 'task', 'message' or None, got {shown(kind)}")
         letters = self.task_book.dead_letters.values()
         return [
-            letter.model_copy(deep=True)  # its payload is the runtime's own
+            # Its payload is the runtime's own; copied without recursion (deepcopy fails on
+            # a message's data nested some hundreds of levels deep).
+            letter.model_copy(update={"payload": copy_json(letter.payload)})
             for letter in letters
             if kind is None or letter.kind == kind
         ]
