@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from miminions import (
+    AgentHookError,
     AgentRuntime,
     AgentStatus,
     EventType,
@@ -36,7 +37,8 @@ from tests.support.journal_agents import (
     PauseStateAgent,
     read_journal,
 )
-from tests.support.waiting import wait_until
+from tests.support.process_agents import BrokenStrAgent
+from tests.support.waiting import WAIT_SECONDS, wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -644,3 +646,32 @@ async def test_paused_agent_survives_a_runtime_restart(
         done = await finished(second, task_id)
         assert done.status is TaskStatus.COMPLETED
         assert done.retry_count == 0  # a shutdown interruption does not use an attempt
+
+
+@pytest.mark.parametrize("where", ["execute_task", "on_start", "on_pause"])
+async def test_an_exception_whose_str_raises_is_reported_like_any_other(
+    make_config: Callable[..., RuntimeConfig], isolation: str, where: str
+) -> None:
+    """An agent's exception whose ``__str__`` itself raises fails its task, start or
+    pause at once, as any exception does: a process agent's worker sent no answer (the
+    task timed out, the start or pause waited for ever), an inline start was left
+    starting."""
+    config = make_config(agent_start_timeout_seconds=WAIT_SECONDS * 2)
+    async with AgentRuntime(config=config) as rt:
+        agent = await rt.register_agent(
+            "broken-str", BrokenStrAgent, isolation=isolation, config={"where": where}
+        )
+        started = await asyncio.wait_for(rt.start_agent(agent), WAIT_SECONDS)
+        if where == "on_start":
+            assert started.status is AgentStatus.FAILED
+            assert "BrokenStrError: <str() failed: RuntimeError>" in (started.error_message or "")
+            return
+        if where == "on_pause":
+            with pytest.raises(AgentHookError, match="BrokenStrError"):
+                await asyncio.wait_for(rt.pause_agent(agent), WAIT_SECONDS)
+            assert rt.get_agent_status(agent).status is AgentStatus.FAILED
+            return
+        task = await rt.wait_for_task(await rt.submit_task("bad", agent_id=agent), WAIT_SECONDS)
+        assert task.status is TaskStatus.FAILED
+        assert task.error_message == "BrokenStrError: <str() failed: RuntimeError>"
+        assert await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent) == []

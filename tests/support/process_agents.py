@@ -371,3 +371,29 @@ class GatedAgent(BaseAgent):
 
             asyncio.get_running_loop().call_soon(held)
         return _done(self)
+
+
+class BrokenStrError(Exception):
+    """An exception whose ``__str__`` itself raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("__str__ is broken")
+
+
+class BrokenStrAgent(BaseAgent):
+    """Raises a :class:`BrokenStrError` from the hook or method named in
+    ``config["where"]`` (``execute_task``, ``on_start`` or ``on_pause``)."""
+
+    async def on_start(self) -> None:
+        if self.config.get("where") == "on_start":
+            raise BrokenStrError("no start")
+
+    async def on_pause(self) -> dict[str, Any]:
+        if self.config.get("where") == "on_pause":
+            raise BrokenStrError("no pause")
+        return {}
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        if self.config.get("where") == "execute_task":
+            raise BrokenStrError("no task")
+        return {}

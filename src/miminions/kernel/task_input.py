@@ -111,10 +111,21 @@ def new_task_ids(count: int) -> list[str]:
     return time_ordered_ids(count)
 
 
+def error_text(error: BaseException) -> str:
+    """``str(error)``, storable (escaped as :func:`escape_non_utf8` does), and never raising:
+    an exception whose ``__str__`` fails reads as ``<str() failed: ...>`` (an agent's error
+    is reported, not turned into a second one that leaves its caller waiting)."""
+    try:
+        text = str(error)
+    except Exception as exc:
+        text = f"<str() failed: {type(exc).__name__}>"
+    return escape_non_utf8(text)
+
+
 def describe_error(error: BaseException) -> str:
     """A one-line description of an exception for ``Task.error_message``."""
     # stored with the task, whatever bad input the message quotes
-    text = escape_non_utf8(str(error))
+    text = error_text(error)
     # an error raised in a worker process reads the same as one raised inline
     name = getattr(error, "remote_type", None) or type(error).__name__
     return f"{name}: {text}" if text else name
@@ -124,6 +135,7 @@ __all__ = [
     "MAX_RETRIES",
     "TaskRequest",
     "describe_error",
+    "error_text",
     "new_task_id",
     "new_task_ids",
     "to_json_value",

@@ -37,6 +37,7 @@ from miminions.kernel import errors
 from miminions.kernel.errors import MiminionsError, RemoteAgentError, ValidationError
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import Task
+from miminions.kernel.task_input import error_text
 from miminions.kernel.validation import check_utf8, escape_non_utf8
 
 logger = logging.getLogger("miminions.wire")
@@ -90,7 +91,7 @@ def error_to_wire(error: BaseException) -> Frame:
     """What travels for an exception: its type name, message and formatted traceback."""
     return {
         "type": escape_non_utf8(getattr(error, "remote_type", None) or type(error).__name__),
-        "message": escape_non_utf8(str(error)),
+        "message": error_text(error),
         "traceback": escape_non_utf8("".join(traceback.format_exception(error))),
     }
 
@@ -590,9 +591,9 @@ class FrameChannel(asyncio.Protocol):
                 # blame a later request for this end (``peer_ending``)
                 data["ends"] = True
             self._send({"re": request_id, "error": data})
-        except (TypeError, ValueError) as exc:
-            # an error whose text cannot travel (far too big): its type must, or the request
-            # would wait for an answer forever
+        except Exception as exc:
+            # an error whose text cannot travel (far too big, or its traceback cannot be
+            # made): its type must, or the request would wait for an answer forever
             logger.error("sending an error reply failed (%s): %r", exc, error)
             summary = {"type": type(error).__name__, "message": "", "traceback": ""}
             self._send({"re": request_id, "error": summary})
