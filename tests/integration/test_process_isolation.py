@@ -404,6 +404,9 @@ async def test_hung_event_loop_is_killed_by_the_heartbeat(
         assert "did not answer a heartbeat within 1 s" in retry.details["error"]
         (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=crashy)
         assert failed.details["signal"] == "SIGKILL"
+        # Why the runtime killed it, not only how (it read like an outside kill, the OOM
+        # killer's).
+        assert "did not answer a heartbeat within 1 s" in failed.details["error"]
         await restarted(rt, crashy, pid)
         assert not alive(pid)
 

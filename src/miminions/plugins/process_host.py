@@ -619,7 +619,8 @@ class ProcessHost:
         details: JSONObject = {"pid": live.process.pid, "exit_code": exitcode}
         if exitcode is not None and exitcode < 0:
             details["signal"] = describe_exit(exitcode).rpartition(" ")[2]
-        reason = f"its worker process {describe_exit(exitcode)}"
+        # Killed by the runtime (a heartbeat not answered, ...): why, not only the signal.
+        reason = f"its worker process {live.process.exit_reason or describe_exit(exitcode)}"
         self._note_cpu_breach(live, exitcode)
         if live.breach is not None:
             reason = str(live.breach)
