@@ -42,7 +42,7 @@ from miminions.kernel.messaging import MAX_PAYLOAD_BYTES
 from miminions.plugins.memory_bus import MemoryBus
 from miminions.plugins.process_host import ProcessHost
 from miminions.testing import started_runtime
-from tests.support.journal_agents import read_journal
+from tests.support.journal_agents import GatedHandlerAgent, read_journal
 from tests.support.messaging_agents import (
     IGNORED,
     SENTINEL,
@@ -1057,3 +1057,38 @@ async def test_a_paused_recipients_message_keeps_its_ttl_across_a_restart(
         got = await received_until_sentinel(again, napper)
         assert [m["message_id"] for m in got[:-1]] == [kept]
         assert got[0]["data"] == {"n": 1}
+
+
+async def test_a_graceful_stop_lets_the_handler_in_progress_finish(
+    make_config: Callable[..., RuntimeConfig], isolation: str, tmp_path: Path
+) -> None:
+    """A graceful stop lets an on_message handler in progress finish within the stop's
+    timeout, as it does the running task, and takes no further message: the message
+    being handled is handled once, not cut off and lost (it was cancelled at once: not
+    finished, not back in the mailbox, not a dead letter)."""
+    journal, gate = tmp_path / "journal.jsonl", tmp_path / "gate"
+
+    def seen(hook: str) -> list[str]:
+        return [r["type"] for r in read_journal(journal) if r["hook"] == hook]
+
+    async with open_runtime(make_config, isolation) as rt:
+        agent = await rt.register_agent(
+            "handler", GatedHandlerAgent, config={"journal": str(journal), "gate": str(gate)}
+        )
+        await rt.start_agent(agent)
+        await rt.send_message(agent, "job")
+        await wait_until(lambda: seen("began") == ["job"], what="the handler began")
+        await rt.send_message(agent, "next")  # waits in the mailbox for the next start
+        stopping = asyncio.ensure_future(rt.stop_agent(agent, timeout_seconds=WAIT))
+        await wait_until(
+            lambda: rt.get_agent_status(agent).status is AgentStatus.STOPPING,
+            what="the stop began",
+        )
+        gate.touch()  # the handler may finish now, well within the stop's timeout
+        assert (await stopping).status is AgentStatus.STOPPED
+        assert seen("finished") == ["job"]
+        assert rt.messenger.bus.pending(agent) == 1
+        await rt.start_agent(agent)
+        await wait_until(lambda: "next" in seen("finished"), what="the next message handled")
+        assert seen("finished") == ["job", "next"]
+        assert rt.list_dead_letters(kind="message") == []

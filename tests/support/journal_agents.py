@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from miminions import AgentContext, BaseAgent, Task
+from miminions import AgentContext, AgentMessage, BaseAgent, Task
 
 #: How long a gated or spinning task waits at most before it gives up with an error.
 MAX_WAIT_SECONDS = 20.0
@@ -280,3 +280,23 @@ class ContextInHooksAgent(JournalAgent):
 
     async def on_resume(self, state: dict[str, Any]) -> None:
         await self.context.kv.set("resumed_with", state)
+
+
+class GatedHandlerAgent(BaseAgent):
+    """Its ``on_message`` journals ``began``, waits (polling, at most 20 s) for the file
+    ``config["gate"]`` to exist, then journals ``finished``."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        write_journal(self.config, "began", type=message.message_type)
+        deadline = time.monotonic() + 20
+        gate = Path(self.config["gate"])  # made by the test, in another process
+        while not _exists(gate) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        write_journal(self.config, "finished", type=message.message_type)
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+def _exists(path: Path) -> bool:
+    return path.exists()

@@ -198,6 +198,8 @@ class AgentRunner:
         assert context is not None
         while True:
             await self._gate.wait()  # a paused agent takes no message
+            if self._stopping:
+                return  # a stopping agent neither (the one it handled, it finished)
             message = as_message(
                 await self._runtime_call("receive", {"timeout_seconds": None, "inbox": True})
             )
@@ -302,13 +304,17 @@ class AgentRunner:
         """Run ``on_stop`` within ``timeout_seconds`` and drop the agent."""
         self._stopping = True
         self._gate.set()
-        if self._inbox is not None:
-            self._inbox.cancel()
-            self._inbox = None
-        hook = "on_error"
+        hook = "on_message"
         try:
             async with asyncio.timeout(timeout_seconds) as limit:
-                await self._error_quiet.wait()  # an on_error in progress ends first
+                # An on_message handler in progress finishes first (its message is not
+                # lost); the delivery then takes no other (see _deliver_messages).
+                await self._handler_quiet.wait()
+                if self._inbox is not None:
+                    self._inbox.cancel()
+                    self._inbox = None
+                hook = "on_error"
+                await self._error_quiet.wait()  # an on_error in progress ends too
                 hook = "on_stop"
                 await self.hook("on_stop")
         except TimeoutError:
