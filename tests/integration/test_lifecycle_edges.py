@@ -490,3 +490,50 @@ async def test_a_pause_waits_for_on_error(rt: AgentRuntime) -> None:
     assert (await rt.pause_agent(agent_id)).status is S.PAUSED
     assert agent.log == ["on_error begins", "on_error ends", "on_pause"]
     await rt.resume_agent(agent_id)
+
+
+class SyncHooksAgent:
+    """Synchronous hooks: ``on_stop`` blocks until ``release``; each hook notes the thread
+    it ran in and whether another hook of the agent was running meanwhile."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.running = 0
+        self.calls: list[tuple[str, int, bool]] = []
+
+    def _enter(self, hook: str) -> None:
+        self.calls.append((hook, threading.get_ident(), self.running > 0))
+        self.running += 1
+
+    def on_start(self) -> None:
+        self._enter("on_start")
+        self.running -= 1
+
+    def on_stop(self) -> None:
+        self._enter("on_stop")
+        try:
+            self.release.wait(WAIT_SECONDS)
+        finally:
+            self.running -= 1
+
+    def execute_task(self, task: Task) -> None:
+        return None
+
+
+async def test_a_sync_hook_abandoned_by_a_stop_delays_the_next_start(rt: AgentRuntime) -> None:
+    """A synchronous on_stop abandoned by the stop's timeout still runs in the agent's
+    thread; the next start's on_start waits behind it in that thread (it ran at once in a
+    new thread, beside it: sync code runs one call at a time, across starts too)."""
+    agent = SyncHooksAgent()
+    agent_id = await rt.register_agent("sync-hooks", agent)
+    await rt.start_agent(agent_id)
+    try:
+        assert (await rt.stop_agent(agent_id, timeout_seconds=0.1)).status is S.STOPPED
+        starting = asyncio.ensure_future(rt.start_agent(agent_id))
+    finally:
+        agent.release.set()
+    assert (await asyncio.wait_for(starting, WAIT_SECONDS)).status is S.RUNNING
+    _, (_, stop_thread, _), (hook, start_thread, overlapped) = agent.calls
+    assert hook == "on_start"
+    assert start_thread == stop_thread  # behind the abandoned on_stop, in its thread
+    assert not overlapped

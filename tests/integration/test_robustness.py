@@ -217,7 +217,7 @@ async def test_an_agent_in_its_on_error_never_gets_a_second_worker(
 ) -> None:
     """F-19, F-03: an agent paused and resumed (or stopped and started) while its on_error
     still runs keeps one worker: afterwards its tasks run one at a time, each once, in
-    submission order."""
+    submission order. (The pause waits for on_error to end; the stop gives up on it.)"""
     agent = agents.SlowOnErrorAgent
     agent.ACTIVE, agent.MOST_ACTIVE, agent.RAN = 0, 0, []
     agent_id = await start(rt, "slow-error", agent)
@@ -225,13 +225,16 @@ async def test_an_agent_in_its_on_error_never_gets_a_second_worker(
     assert (await rt.wait_for_task(failing, 5)).status is TaskStatus.FAILED
     await asyncio.wait_for(agents.STARTED.setdefault("on_error", asyncio.Event()).wait(), 5)
     if interruption == "pause":
-        await rt.pause_agent(agent_id, timeout_seconds=5)
+        pausing = asyncio.ensure_future(rt.pause_agent(agent_id, timeout_seconds=5))
+        later = [await rt.submit_task(f"t{n}", agent_id=agent_id) for n in range(4)]
+        agents.GATES.setdefault("on_error", asyncio.Event()).set()
+        await pausing
         await rt.resume_agent(agent_id)
     else:
         await rt.stop_agent(agent_id, timeout_seconds=0.1)
         await rt.start_agent(agent_id)
-    later = [await rt.submit_task(f"t{n}", agent_id=agent_id) for n in range(4)]
-    agents.GATES.setdefault("on_error", asyncio.Event()).set()
+        later = [await rt.submit_task(f"t{n}", agent_id=agent_id) for n in range(4)]
+        agents.GATES.setdefault("on_error", asyncio.Event()).set()
     # Once on_error is done its worker goes on to a task at once (a task records itself as
     # it begins): then every worker the agent has holds a task, waiting at the gate.
     await wait_until(

@@ -333,8 +333,9 @@ class AgentRunner:
             self._inbox = None
         self._agent = None
         if self._thread is not None:
-            if self._sync_calls:
-                # A sync call that ignored its cancel still runs: its thread is kept, so
+            if self._thread.busy:
+                # A sync call (a task, a hook, a handler, the agent's constructor) that
+                # ignored its cancel still runs: its thread is kept, so
                 # the agent's calls after a new start wait behind it instead of running
                 # beside it (one call at a time, across starts too).
                 self._thread.drop_queued()

@@ -34,6 +34,7 @@ class AgentThread(Executor):
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._shut_down = False
+        self._running = 0  # calls running now (0 or 1: one at a time)
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Queue ``fn(*args, **kwargs)``; the future resolves with its result or error."""
@@ -46,6 +47,11 @@ class AgentThread(Executor):
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
             return future
+
+    @property
+    def busy(self) -> bool:
+        """Whether a call runs in the thread now (one the caller gave up on, perhaps)."""
+        return self._running > 0
 
     def drop_queued(self) -> None:
         """Cancel the calls not begun yet; the one running (if any) goes on."""
@@ -79,13 +85,17 @@ class AgentThread(Executor):
             if call is None:
                 return
             future, fn, args, kwargs = call
+            self._running += 1  # before the call may start: a release never misses it
             if not future.set_running_or_notify_cancel():
+                self._running -= 1
                 continue
             try:
                 result = fn(*args, **kwargs)
             except BaseException as exc:
+                self._running -= 1
                 future.set_exception(exc)
                 del exc  # no reference cycle through the traceback
             else:
+                self._running -= 1
                 future.set_result(result)
             del call, future, fn, args, kwargs
