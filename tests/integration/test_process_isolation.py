@@ -472,6 +472,25 @@ async def test_memory_over_the_hard_limit_stops_only_that_worker(
         await restarted(rt, hog, hog_pid)
 
 
+async def test_memory_over_the_hard_limit_while_starting_fails_the_start(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-27: the hard memory limit holds while on_start runs too: a worker over it then is
+    stopped (RESOURCE_LIMIT_EXCEEDED) and the start fails saying so (it was watched only
+    once started: the start ran into its own timeout, the memory held meanwhile)."""
+    limits = ResourceLimits(max_memory_per_agent_mb=150)
+    policy = RestartPolicy(max_restarts=0)
+    async with AgentRuntime(
+        config=config(limits=limits, restart=policy, agent_start_timeout_seconds=60)
+    ) as rt:
+        hog = await rt.register_agent("hog", MemoryAgent, config={"start_mb": 300})
+        started = await asyncio.wait_for(rt.start_agent(hog), 30)
+        assert started.status is AgentStatus.FAILED
+        assert "over its limit of 150 MB" in (started.error_message or "")
+        (exceeded,) = await wait_events(rt, EventType.RESOURCE_LIMIT_EXCEEDED, agent_id=hog)
+        assert exceeded.details["resource"] == "memory"
+
+
 async def test_a_memory_limit_leaves_room_for_threads_and_still_stops_a_leap(
     config: Callable[..., RuntimeConfig],
 ) -> None:

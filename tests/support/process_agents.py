@@ -140,20 +140,17 @@ class MemoryAgent(BaseAgent):
 
     Every ``on_error`` call is appended as a JSON line to ``config['error_log']`` when
     given (the type is the original one: errors reach the worker rebuilt from the wire).
+    With ``config['start_mb']``, its ``on_start`` allocates that much and holds it for
+    ever.
     """
 
+    async def on_start(self) -> None:
+        if self.config.get("start_mb"):
+            await _hold(int(self.config["start_mb"]), None)
+
     async def execute_task(self, task: Task) -> dict[str, Any]:
-        target = int(task.input_data["mb"])
-        chunks: list[bytearray] = []
-        while len(chunks) * 10 < target:
-            chunk = bytearray(10 * MIB)
-            for offset in range(0, len(chunk), 4096):  # make every page resident
-                chunk[offset] = 1
-            chunks.append(chunk)
-            await asyncio.sleep(0.005)
-        while not _exists(task.input_data.get("release")):  # noqa: ASYNC110 - a file signal
-            await asyncio.sleep(0.01)
-        return _done(self, held_mb=len(chunks) * 10)
+        held_mb = await _hold(int(task.input_data["mb"]), task.input_data.get("release"))
+        return _done(self, held_mb=held_mb)
 
     async def on_error(self, error: BaseException, task: Task | None) -> None:
         path = self.config.get("error_log")
@@ -397,3 +394,18 @@ class BrokenStrAgent(BaseAgent):
         if self.config.get("where") == "execute_task":
             raise BrokenStrError("no task")
         return {}
+
+
+async def _hold(target_mb: int, release: str | None) -> int:
+    """Allocate ``target_mb`` MiB in touched 10 MiB chunks, then hold it until the file
+    ``release`` exists (without one: forever); return how much was held."""
+    chunks: list[bytearray] = []
+    while len(chunks) * 10 < target_mb:
+        chunk = bytearray(10 * MIB)
+        for offset in range(0, len(chunk), 4096):  # make every page resident
+            chunk[offset] = 1
+        chunks.append(chunk)
+        await asyncio.sleep(0.005)
+    while not _exists(release):  # noqa: ASYNC110 - a file signal
+        await asyncio.sleep(0.01)
+    return len(chunks) * 10

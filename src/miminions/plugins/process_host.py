@@ -171,10 +171,14 @@ class ProcessHost:
         live_box.append(live)
         self._live = live
         process.exited.add_done_callback(lambda _: self._exited(live))
+        # Watched from launch: the limits hold while on_start (or on_resume) runs too.
+        self._remove_monitor = self._pool.add_monitor(lambda: self._check_usage(live))
         try:
             await self._call(live, "start", resume_state=resume_state)
         except BaseException as exc:
             await self._discard(live, "start failed")
+            if live.breach is not None:
+                raise live.breach from None
             if isinstance(exc, ChannelClosedError):
                 raise AgentCrashedError(
                     f"the worker of agent {self.spec.name!r} "
@@ -182,7 +186,6 @@ class ProcessHost:
                 ) from None
             raise
         self._heartbeat = asyncio.ensure_future(self._beat(live))
-        self._remove_monitor = self._pool.add_monitor(lambda: self._check_usage(live))
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Send the task to the worker and return its result (one frame each way)."""
