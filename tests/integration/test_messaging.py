@@ -42,7 +42,12 @@ from miminions.kernel.messaging import MAX_PAYLOAD_BYTES
 from miminions.plugins.memory_bus import MemoryBus
 from miminions.plugins.process_host import ProcessHost
 from miminions.testing import started_runtime
-from tests.support.journal_agents import GatedHandlerAgent, read_journal
+from tests.support.journal_agents import (
+    GatedHandlerAgent,
+    ReplyingJournalAgent,
+    RequestThenSendAgent,
+    read_journal,
+)
 from tests.support.messaging_agents import (
     IGNORED,
     SENTINEL,
@@ -1092,3 +1097,25 @@ async def test_a_graceful_stop_lets_the_handler_in_progress_finish(
         await wait_until(lambda: "next" in seen("finished"), what="the next message handled")
         assert seen("finished") == ["job", "next"]
         assert rt.list_dead_letters(kind="message") == []
+
+
+async def test_a_request_keeps_its_place_among_the_senders_messages(
+    make_config: Callable[..., RuntimeConfig], isolation: str, tmp_path: Path
+) -> None:
+    """F-06, per-sender order: a request an agent made before a send reaches the recipient
+    before it (a process agent's send, read with the request in one batch of frames and
+    carried out at once, overtook the request, posted on a later turn of the loop)."""
+    journal = tmp_path / "journal.jsonl"
+    async with open_runtime(make_config, isolation) as rt:
+        receiver = await rt.register_agent(
+            "receiver", ReplyingJournalAgent, config={"journal": str(journal)}
+        )
+        sender = await rt.register_agent("sender", RequestThenSendAgent)
+        await rt.start_agent(receiver)
+        await rt.start_agent(sender)
+        task = await rt.wait_for_task(
+            await rt.submit_task("go", {"to": receiver, "n": 5}, agent_id=sender), WAIT
+        )
+        assert task.status is TaskStatus.COMPLETED, task.error_message
+        got = [(r["type"], r["data"]) for r in read_journal(journal) if r["hook"] == "msg"]
+        assert got == [pair for index in range(5) for pair in (("q", index), ("m", index))]

@@ -300,3 +300,28 @@ class GatedHandlerAgent(BaseAgent):
 
 def _exists(path: Path) -> bool:
     return path.exists()
+
+
+class ReplyingJournalAgent(BaseAgent):
+    """Journals every message it handles (``msg``: type and data) and replies to requests."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        write_journal(self.config, "msg", type=message.message_type, data=message.data)
+        if message.correlation_id and not message.is_reply:
+            await self.context.reply(message, {"echo": message.data})
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+class RequestThenSendAgent(BaseAgent):
+    """Its task, ``input_data["n"]`` times: starts a request to ``input_data["to"]``, lets
+    it go out, sends a plain message to the same agent, then waits for the reply."""
+
+    async def execute_task(self, task: Task) -> None:
+        to = task.input_data["to"]
+        for index in range(task.input_data["n"]):
+            request = asyncio.ensure_future(self.context.request(to, "q", index, 5))
+            await asyncio.sleep(0)  # the request is on its way (its frame written)
+            await self.context.send(to, "m", index)
+            await request

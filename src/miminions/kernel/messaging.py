@@ -25,7 +25,7 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -246,6 +246,22 @@ class Messenger:
     ) -> AgentMessage:
         """Send a request and wait for the reply matched by correlation id (the request
         expires with the wait: ``timeout_seconds`` is also its TTL)."""
+        return await self.begin_request(
+            sender, recipient, message_type, data, timeout_seconds, trace_context
+        )
+
+    def begin_request(
+        self,
+        sender: str | None,
+        recipient: str,
+        message_type: str,
+        data: Any = None,
+        timeout_seconds: float | None = 30.0,
+        trace_context: Carrier | None = None,
+    ) -> Coroutine[Any, Any, AgentMessage]:
+        """:meth:`request`, its request checked and posted now (in the order of the
+        sender's other calls: a send made after it comes after it), the wait for its reply
+        returned to be awaited (it must be: until then the reply is expected)."""
         timeout_seconds = check_seconds(timeout_seconds, positive=True)
         self._rt.agent_book.get(recipient)
         if isinstance(message_type, str) and len(message_type) > MAX_NAME - len(REPLY_SUFFIX):
@@ -260,6 +276,21 @@ class Messenger:
         reply = self.bus.expect_reply(message.message_id)
         try:
             self._post([message])
+        except BaseException:
+            self.bus.forget_reply(message.message_id)
+            raise
+        return self._reply_to(sender, message, reply, timeout_seconds)
+
+    async def _reply_to(
+        self,
+        sender: str | None,
+        message: AgentMessage,
+        reply: Awaitable[AgentMessage],
+        timeout_seconds: float | None,
+    ) -> AgentMessage:
+        """Wait for the reply to ``message``, posted by :meth:`begin_request`."""
+        message_type, recipient = message.message_type, message.recipient_id
+        try:
             if timeout_seconds is None:
                 return await reply
             async with asyncio.timeout(timeout_seconds):
@@ -364,19 +395,26 @@ class Messenger:
         """Carry out a messaging call an agent made through its context."""
         if op in IMMEDIATE_CALLS:
             return self.handle_now(agent_id, op, payload)
-        carrier = check_carrier(payload.get("trace_context"))
         if op == "receive":
             return await self.receive(agent_id, payload.get("timeout_seconds"))
         if op == "request":
-            return await self.request(
-                agent_id,
-                _arg(payload, "recipient"),
-                _arg(payload, "message_type"),
-                payload.get("data"),
-                payload.get("timeout_seconds", 30.0),
-                trace_context=carrier,
-            )
+            return await self.begin_call(agent_id, op, payload)
         raise ValidationError(f"unknown messaging call {op!r}")
+
+    def begin_call(self, agent_id: str, op: str, payload: dict[str, Any]) -> Awaitable[Any]:
+        """Start a messaging call an agent made (see :meth:`handle`): what must follow the
+        order of the agent's calls is done now (a request is posted, as a send is), the
+        rest is returned to be awaited."""
+        if op != "request":
+            return self.handle(agent_id, op, payload)
+        return self.begin_request(
+            agent_id,
+            _arg(payload, "recipient"),
+            _arg(payload, "message_type"),
+            payload.get("data"),
+            payload.get("timeout_seconds", 30.0),
+            trace_context=check_carrier(payload.get("trace_context")),
+        )
 
     def handle_now(self, agent_id: str, op: str, payload: dict[str, Any]) -> Any:
         """Carry out one of the :data:`IMMEDIATE_CALLS` an agent made (they never wait)."""

@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
@@ -419,6 +419,11 @@ class ProcessHost:
                 acknowledgement = asyncio.get_running_loop().create_future()
                 acknowledgement.set_result(value)
                 return acknowledgement
+            if call == "request":
+                # Posted now, as the frame is read: a send the agent made after it, read in
+                # the same batch of frames and carried out at once, must not overtake it.
+                started = self._rt.messenger.begin_call(self.spec.agent_id, call, payload)
+                return self._messaging(call, payload, started)
             return self._messaging(call, payload)
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
@@ -459,10 +464,14 @@ class ProcessHost:
             live.taken_back.add(message.message_id)
         live.inbox.clear()
 
-    async def _messaging(self, call: str, payload: dict[str, Any]) -> Any:
+    async def _messaging(
+        self, call: str, payload: dict[str, Any], started: Awaitable[Any] | None = None
+    ) -> Any:
         """A messaging call from the agent's context that may wait, carried out in the
-        runtime."""
-        result = await self._rt.agent_call(self.spec.agent_id, call, payload)
+        runtime (``started``: the rest of one begun already)."""
+        if started is None:
+            started = self._rt.agent_call(self.spec.agent_id, call, payload)
+        result = await started
         if isinstance(result, AgentMessage):
             live = self._live
             if call == "receive" and (live is None or not live.process.alive):
