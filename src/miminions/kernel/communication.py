@@ -204,7 +204,7 @@ class CommunicationAPI:
         """Send a request to an agent and return its reply (``context.reply``); raises
         WaitTimeoutError after ``timeout_seconds``."""
         self._require_running()
-        return await self.messenger.request(
+        return await self.messenger.begin_request(
             None, agent_id, message_type, data, timeout_seconds, self.trace_carrier("request")
         )
 

@@ -235,21 +235,6 @@ class Messenger:
         )
         return self._post(messages) if messages else []
 
-    async def request(
-        self,
-        sender: str | None,
-        recipient: str,
-        message_type: str,
-        data: Any = None,
-        timeout_seconds: float | None = 30.0,
-        trace_context: Carrier | None = None,
-    ) -> AgentMessage:
-        """Send a request and wait for the reply matched by correlation id (the request
-        expires with the wait: ``timeout_seconds`` is also its TTL)."""
-        return await self.begin_request(
-            sender, recipient, message_type, data, timeout_seconds, trace_context
-        )
-
     def begin_request(
         self,
         sender: str | None,
@@ -259,9 +244,11 @@ class Messenger:
         timeout_seconds: float | None = 30.0,
         trace_context: Carrier | None = None,
     ) -> Coroutine[Any, Any, AgentMessage]:
-        """:meth:`request`, its request checked and posted now (in the order of the
-        sender's other calls: a send made after it comes after it), the wait for its reply
-        returned to be awaited (it must be: until then the reply is expected)."""
+        """Send a request, and return the wait for the reply matched by correlation id (the
+        request expires with the wait: ``timeout_seconds`` is also its TTL). The request is
+        checked and posted now, in the order of the sender's other calls (a send made
+        after it comes after it); the wait must be awaited (until then the reply is
+        expected)."""
         timeout_seconds = check_seconds(timeout_seconds, positive=True)
         self._rt.agent_book.get(recipient)
         if isinstance(message_type, str) and len(message_type) > MAX_NAME - len(REPLY_SUFFIX):
