@@ -410,13 +410,13 @@ class HangingOnStopAgent(BaseAgent):
 
 @pytest.mark.parametrize("raises", [False, True], ids=["past-the-timeout", "raises-timeout"])
 async def test_an_on_stop_cut_off_by_the_stop_timeout_is_reported_as_such(
-    rt: AgentRuntime, raises: bool
+    rt: AgentRuntime, raises: bool, isolation: str
 ) -> None:
     """An on_stop that runs past stop_agent's timeout is reported as not having finished
     within it, as a slow on_start is ("on_stop failed: TimeoutError" looked like the hook
     raising TimeoutError itself, which is still reported as its failure)."""
     agent = await rt.register_agent(
-        "hanging", HangingOnStopAgent, isolation="inline", config={"raise": raises}
+        "hanging", HangingOnStopAgent, isolation=isolation, config={"raise": raises}
     )
     await rt.start_agent(agent)
     assert (await rt.stop_agent(agent, timeout_seconds=0.2)).status is S.STOPPED

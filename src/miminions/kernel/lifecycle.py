@@ -815,6 +815,7 @@ class AgentBook(RestartMixin):
             error = (
                 str(exc)  # it ran past the stop's timeout: the message says so
                 if isinstance(exc, HookTimeoutError)
+                or getattr(exc, "remote_type", None) == HookTimeoutError.__name__  # in a worker
                 else f"on_stop failed: {describe_error(exc)}"
             )
             self._events.emit(
