@@ -51,8 +51,10 @@ from tests.support.journal_agents import (
 from tests.support.messaging_agents import (
     IGNORED,
     SENTINEL,
+    AskWhileStoppingAgent,
     CancellingHandlerAgent,
     CrashingHandlerAgent,
+    PongAgent,
     ResponderAgent,
     ScriptAgent,
     SlowHandlerAgent,
@@ -1119,3 +1121,22 @@ async def test_a_request_keeps_its_place_among_the_senders_messages(
         assert task.status is TaskStatus.COMPLETED, task.error_message
         got = [(r["type"], r["data"]) for r in read_journal(journal) if r["hook"] == "msg"]
         assert got == [pair for index in range(5) for pair in (("q", index), ("m", index))]
+
+
+async def test_tasks_draining_at_shutdown_still_get_their_messages_handled(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """While a graceful rt.stop() lets running tasks finish, the other agents still
+    handle their messages: a task asking another agent twice gets both replies (after the
+    first, the asked agent took no more messages, and the second request timed out)."""
+    async with open_runtime(make_config, "inline", shutdown_timeout_seconds=WAIT) as rt:
+        server = await rt.register_agent("server", PongAgent)
+        client = await rt.register_agent("client", AskWhileStoppingAgent)
+        await rt.start_agent(server)
+        await rt.start_agent(client)
+        task_id = await rt.submit_task("ask", {"server": server}, agent_id=client)
+        await wait_until(lambda: rt.get_task_status(task_id).started_at is not None)
+        await rt.stop(timeout_seconds=WAIT)
+        task = rt.get_task_status(task_id)  # read from memory, also once stopped
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data == [{"pong": 1}, {"pong": 2}]

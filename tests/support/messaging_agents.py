@@ -243,3 +243,30 @@ class CancellingHandlerAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> None:
         return None
+
+
+class PongAgent(BaseAgent):
+    """Replies to every request with ``{"pong": data}``."""
+
+    async def on_message(self, message: AgentMessage) -> None:
+        await self.context.reply(message, {"pong": message.data})
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+class AskWhileStoppingAgent(BaseAgent):
+    """Its task waits (at most 10 s) for the runtime's shutdown to begin
+    (``context.is_stopping``), then asks ``input_data["server"]`` twice and returns the
+    replies' data."""
+
+    async def execute_task(self, task: Task) -> list[Any]:
+        deadline = time.monotonic() + 10
+        while not self.context.is_stopping and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        server = task.input_data["server"]
+        replies = []
+        for index in (1, 2):
+            reply = await self.context.request(server, "ping", index, timeout_seconds=3)
+            replies.append(reply.data)
+        return replies

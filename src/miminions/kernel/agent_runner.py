@@ -95,6 +95,7 @@ class AgentRunner:
         #: a safe point: a pause waits for it as for the task.
         self._handler_quiet = asyncio.Event()
         self._handler_quiet.set()
+        self._delivery_ending = False  # set by stop(): the delivery takes no more messages
         # Set while no on_error runs: a pause or a stop waits for it (see notify_error).
         self._errors_running = 0
         self._error_quiet = asyncio.Event()
@@ -160,6 +161,7 @@ class AgentRunner:
     async def start(self, resume_state: Any = None) -> None:
         """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
         self._stopping = False
+        self._delivery_ending = False
         self._gate.set()
         self._agent = await self._build_agent()
         execute = self._agent.execute_task
@@ -198,8 +200,8 @@ class AgentRunner:
         assert context is not None
         while True:
             await self._gate.wait()  # a paused agent takes no message
-            if self._stopping:
-                return  # a stopping agent neither (the one it handled, it finished)
+            if self._delivery_ending:
+                return  # an agent being stopped neither (the one it handled, it finished)
             message = as_message(
                 await self._runtime_call("receive", {"timeout_seconds": None, "inbox": True})
             )
@@ -303,6 +305,9 @@ class AgentRunner:
     async def stop(self, timeout_seconds: float) -> None:
         """Run ``on_stop`` within ``timeout_seconds`` and drop the agent."""
         self._stopping = True
+        # Not at request_stop(): while the runtime drains at shutdown, its tasks may still
+        # talk to this agent (a request waiting for its reply).
+        self._delivery_ending = True
         self._gate.set()
         hook = "on_message"
         try:
