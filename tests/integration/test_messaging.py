@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -57,10 +58,12 @@ from tests.support.messaging_agents import (
     PongAgent,
     ResponderAgent,
     ScriptAgent,
+    SilentAgent,
     SlowHandlerAgent,
     SyncHandlerAgent,
     TopicScriptAgent,
 )
+from tests.support.process_agents import GiveUpAtOnceAgent
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -1140,3 +1143,32 @@ async def test_tasks_draining_at_shutdown_still_get_their_messages_handled(
         task = rt.get_task_status(task_id)  # read from memory, also once stopped
     assert task.status is TaskStatus.COMPLETED, task.error_message
     assert task.output_data == [{"pong": 1}, {"pong": 2}]
+
+
+async def test_a_request_a_process_agent_gives_up_at_once_leaves_no_reply_expected(
+    make_config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """A process agent's request given up at once (its cancel read with the request, in
+    one batch of frames) is no longer expected: the reply, when it comes, goes to the
+    requester's mailbox (a stale expectation swallowed it, and stayed for good)."""
+    go, done = tmp_path / "go", tmp_path / "done"
+    async with open_runtime(make_config, "inline") as rt:
+        replier = await rt.register_agent("replier", SilentAgent)
+        requester = await rt.register_agent("requester", GiveUpAtOnceAgent, isolation="process")
+        await rt.start_agent(requester)
+        task_id = await rt.submit_task(
+            "ask", {"go": str(go), "done": str(done), "to": replier}, agent_id=requester
+        )
+        await wait_until(lambda: rt.get_task_status(task_id).status is TaskStatus.RUNNING)
+        # The loop is held while the worker writes its request and its cancel: the runtime
+        # then reads both frames in one batch, as it does whenever it is busy.
+        go.touch()
+        deadline = time.monotonic() + WAIT
+        while not done.exists() and time.monotonic() < deadline:
+            time.sleep(0.005)  # noqa: ASYNC251 - blocking the loop is the point
+        task = await rt.wait_for_task(task_id, WAIT)
+        assert task.status is TaskStatus.COMPLETED, task.error_message
+        request = await rt.messenger.receive(replier, WAIT)
+        assert request.sender_id == requester
+        rt.messenger.reply(replier, request, {"answer": 42})
+        assert rt.messenger.bus.pending(requester) == 1  # the reply nobody waits for

@@ -270,3 +270,10 @@ class AskWhileStoppingAgent(BaseAgent):
             reply = await self.context.request(server, "ping", index, timeout_seconds=3)
             replies.append(reply.data)
         return replies
+
+
+class SilentAgent(BaseAgent):
+    """Has no ``on_message``: messages wait in its mailbox until read for it."""
+
+    async def execute_task(self, task: Task) -> None:
+        return None

@@ -9,6 +9,7 @@ worker process did what.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import json
 import os
@@ -409,3 +410,26 @@ async def _hold(target_mb: int, release: str | None) -> int:
     while not _exists(release):  # noqa: ASYNC110 - a file signal
         await asyncio.sleep(0.01)
     return len(chunks) * 10
+
+
+class GiveUpAtOnceAgent(BaseAgent):
+    """Its task waits (at most 20 s) for the file ``input_data["go"]``, makes a request to
+    ``input_data["to"]`` and gives it up at once, then writes the file
+    ``input_data["done"]`` once its request and its cancel are on their way."""
+
+    async def execute_task(self, task: Task) -> str:
+        go, done = Path(task.input_data["go"]), Path(task.input_data["done"])
+        deadline = time.monotonic() + 20
+        while not _exists(str(go)) and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+        asking = asyncio.ensure_future(
+            self.context.request(task.input_data["to"], "ask", timeout_seconds=60)
+        )
+        await asyncio.sleep(0)  # the request's frame is written
+        asking.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await asking  # the cancel notice is written
+        for _ in range(3):
+            await asyncio.sleep(0)  # both flushed
+        done.write_text("sent")  # noqa: ASYNC240 - a tiny file the test waits for
+        return "gave up"

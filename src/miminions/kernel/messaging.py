@@ -25,7 +25,15 @@ import asyncio
 import logging
 import math
 from collections import deque
-from collections.abc import Awaitable, Coroutine, Iterable, Iterator, Sequence
+from collections.abc import (
+    Awaitable,
+    Callable,
+    Coroutine,
+    Generator,
+    Iterable,
+    Iterator,
+    Sequence,
+)
 from datetime import UTC, datetime, timedelta
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -69,6 +77,30 @@ _LATENCY_SAMPLES = 1000
 def new_message_id() -> str:
     """A new message id: unique and roughly time-ordered (see :mod:`miminions.kernel.ids`)."""
     return time_ordered_id("m")
+
+
+class PendingReply:
+    """The wait for a request's reply (see :meth:`Messenger.begin_request`): await it, or
+    ``close()`` it to give the reply up without waiting (one left unawaited would stay
+    expected for good, and take the reply from the requester's mailbox)."""
+
+    def __init__(
+        self, wait: Coroutine[Any, Any, AgentMessage], give_up: Callable[[], None]
+    ) -> None:
+        self._wait = wait
+        self._give_up = give_up
+        self._started = False
+
+    def __await__(self) -> Generator[Any, None, AgentMessage]:
+        self._started = True
+        return self._wait.__await__()
+
+    def close(self) -> None:
+        """Give the reply up (nothing happens once the wait began: it cleans up itself)."""
+        if not self._started:
+            self._started = True
+            self._wait.close()
+            self._give_up()
 
 
 class Messenger:
@@ -243,12 +275,12 @@ class Messenger:
         data: Any = None,
         timeout_seconds: float | None = 30.0,
         trace_context: Carrier | None = None,
-    ) -> Coroutine[Any, Any, AgentMessage]:
+    ) -> PendingReply:
         """Send a request, and return the wait for the reply matched by correlation id (the
         request expires with the wait: ``timeout_seconds`` is also its TTL). The request is
         checked and posted now, in the order of the sender's other calls (a send made
-        after it comes after it); the wait must be awaited (until then the reply is
-        expected)."""
+        after it comes after it); the wait must be awaited or closed (until then the
+        reply is expected)."""
         timeout_seconds = check_seconds(timeout_seconds, positive=True)
         self._rt.agent_book.get(recipient)
         if isinstance(message_type, str) and len(message_type) > MAX_NAME - len(REPLY_SUFFIX):
@@ -266,7 +298,24 @@ class Messenger:
         except BaseException:
             self.bus.forget_reply(message.message_id)
             raise
-        return self._reply_to(sender, message, reply, timeout_seconds)
+        return PendingReply(
+            self._reply_to(sender, message, reply, timeout_seconds),
+            partial(self._gave_up_before_waiting, sender, message.message_id, reply),
+        )
+
+    def _gave_up_before_waiting(
+        self, sender: str | None, message_id: str, reply: Awaitable[AgentMessage]
+    ) -> None:
+        """A request's wait was dropped before it began: its reply is no longer expected,
+        and one that came already goes to the requester's mailbox (as after a timeout)."""
+        self.bus.forget_reply(message_id)
+        if (
+            sender is not None
+            and isinstance(reply, asyncio.Future)
+            and reply.done()
+            and not reply.cancelled()
+        ):
+            self.put_back(reply.result())
 
     async def _reply_to(
         self,

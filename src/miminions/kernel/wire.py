@@ -502,8 +502,9 @@ class FrameChannel(asyncio.Protocol):
         if self._handling.get(request_id) is not answer:
             return  # _answer ran and replied (it forgets itself on every way out)
         del self._handling[request_id]
-        if inspect.iscoroutine(work):
-            work.close()  # never started
+        close = getattr(work, "close", None)  # a coroutine, or work that cleans up so
+        if callable(close):
+            close()  # never started
         self._reply_cancelled(request_id)
 
     def _work_done(self, request_id: int, work: asyncio.Future[Any]) -> None:

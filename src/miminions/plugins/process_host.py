@@ -22,7 +22,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Coroutine
+from collections.abc import Awaitable, Coroutine, Generator
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
@@ -104,6 +104,25 @@ class _Live:
         #: From a pause's take-back to the resume: a message the inbox's receive gets
         #: meanwhile is taken back at once (the worker will not handle it before then).
         self.inbox_closed = False
+
+
+class _ReplyAsJson:
+    """The wait for a worker's request's reply (begun as its frame was read), the reply
+    sent back as JSON; closing it (the channel drops work it never started) gives the
+    reply up, so it is not left expected for good."""
+
+    def __init__(self, pending: Awaitable[Any]) -> None:
+        self._pending = pending
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        message = yield from self._pending.__await__()
+        return message_to_json(message) if isinstance(message, AgentMessage) else message
+
+    def close(self) -> None:
+        """Give the reply up, if the wait never began."""
+        close = getattr(self._pending, "close", None)
+        if callable(close):
+            close()
 
 
 class ProcessHost:
@@ -423,7 +442,7 @@ class ProcessHost:
                 # Posted now, as the frame is read: a send the agent made after it, read in
                 # the same batch of frames and carried out at once, must not overtake it.
                 started = self._rt.messenger.begin_call(self.spec.agent_id, call, payload)
-                return self._messaging(call, payload, started)
+                return _ReplyAsJson(started)
             return self._messaging(call, payload)
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
@@ -464,14 +483,10 @@ class ProcessHost:
             live.taken_back.add(message.message_id)
         live.inbox.clear()
 
-    async def _messaging(
-        self, call: str, payload: dict[str, Any], started: Awaitable[Any] | None = None
-    ) -> Any:
+    async def _messaging(self, call: str, payload: dict[str, Any]) -> Any:
         """A messaging call from the agent's context that may wait, carried out in the
-        runtime (``started``: the rest of one begun already)."""
-        if started is None:
-            started = self._rt.agent_call(self.spec.agent_id, call, payload)
-        result = await started
+        runtime."""
+        result = await self._rt.agent_call(self.spec.agent_id, call, payload)
         if isinstance(result, AgentMessage):
             live = self._live
             if call == "receive" and (live is None or not live.process.alive):
