@@ -1516,20 +1516,39 @@ async def test_switch_interval_can_be_left_alone_or_set_by_plugin_options(
         SQLiteStore(path, switch_interval=-1.0)
 
 
-async def test_a_database_of_another_application_is_refused_unchanged(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "migrations",
+    [
+        None,
+        # Rails and dbmate, then golang-migrate: their own schema_migrations tables
+        'CREATE TABLE "schema_migrations" ("version" varchar NOT NULL PRIMARY KEY)',
+        "CREATE TABLE schema_migrations (version uint64, dirty bool)",
+    ],
+    ids=["plain", "rails", "golang-migrate"],
+)
+async def test_a_database_of_another_application_is_refused_unchanged(
+    tmp_path: Path, migrations: str | None
+) -> None:
     """storage_path naming another application's SQLite database (tables, no miminions
-    schema) is refused with an error saying so, and the file is left as it was: no
-    miminions tables beside its own, its journal mode kept (they were added silently)."""
+    schema, whatever its migrations table is called) is refused with an error saying so,
+    and the file is left as it was: no miminions tables beside its own, its journal mode
+    kept (they were added silently; one with a schema_migrations table was switched to
+    WAL and refused with a misleading error)."""
     path = tmp_path / "app.db"
     with contextlib.closing(sqlite3.connect(path)) as conn:
         conn.execute("CREATE TABLE users (id INTEGER PRIMARY KEY, name TEXT)")
         conn.execute("INSERT INTO users (name) VALUES ('ada')")
+        if migrations is not None:
+            conn.execute(migrations)
+            conn.execute("INSERT INTO schema_migrations (version) VALUES (20240101000000)")
         conn.commit()
     with pytest.raises(ConfigurationError, match=r"not a miminions database.*users"):
         async with AgentRuntime(str(path)):
             pass
     with contextlib.closing(sqlite3.connect(path)) as conn:
-        tables = conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
-        assert tables == [("users",)]
+        tables = conn.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name"
+        ).fetchall()
+        assert tables == ([] if migrations is None else [("schema_migrations",)]) + [("users",)]
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("delete",)
         assert conn.execute("SELECT name FROM users").fetchall() == [("ada",)]

@@ -682,21 +682,28 @@ def check_version(path: str, version: int | None) -> None:
 
 
 async def refuse_foreign(conn: aiosqlite.Connection, path: str) -> None:
-    """Raise ConfigurationError if the database has no miminions schema but tables of its
-    own: it belongs to something else, and is left as it is (call this before changing
-    anything, the journal mode included) rather than given miminions' tables."""
-    if await recorded_version(conn) is None:
-        rows = await conn.execute_fetchall(
-            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
-            "ORDER BY name LIMIT 4"
-        )
-        foreign = [str(row[0]) for row in rows]
-        if foreign:
-            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
-            raise ConfigurationError(
-                f"database {path!r} is not a miminions database (it holds other tables: "
-                f"{shown}); give the runtime a file of its own (storage_path)"
-            )
+    """Raise ConfigurationError if the database is not one miminions can use: tables of
+    its own but no miminions schema (another application's; Rails, dbmate and
+    golang-migrate name their tables ``schema_migrations`` too, with other columns), or a
+    schema newer than this code knows. Call it before changing anything, the journal
+    mode included: a refused file is left as it was."""
+    rows = await conn.execute_fetchall(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%' "
+        "ORDER BY name"
+    )
+    tables = [str(row[0]) for row in rows]
+    if not tables:
+        return  # new (or empty): miminions makes its schema
+    if "schema_migrations" in tables:
+        columns = await conn.execute_fetchall("PRAGMA table_info(schema_migrations)")
+        if [str(column[1]) for column in columns] == ["version", "applied_at"]:
+            check_version(path, await recorded_version(conn))
+            return
+    shown = ", ".join(tables[:3]) + (", ..." if len(tables) > 3 else "")
+    raise ConfigurationError(
+        f"database {path!r} is not a miminions database (it holds other tables: "
+        f"{shown}); give the runtime a file of its own (storage_path)"
+    )
 
 
 async def migrate(conn: aiosqlite.Connection, path: str) -> None:
