@@ -20,6 +20,7 @@ from miminions import (
 from miminions.kernel.kv import MAX_VALUE_BYTES, KVWatch
 from miminions.testing import runtime_config, started_runtime
 from tests.support.kv_agents import GroupMailAgent, KVAgent
+from tests.support.process_agents import NonStringKeyAgent
 from tests.support.waiting import wait_until
 
 WAIT = 15.0
@@ -349,3 +350,22 @@ async def test_stopping_the_runtime_wakes_every_reader_of_a_watch(
         reader.cancel()
     assert not pending, f"{len(pending)} of 2 readers of a watch still wait after the stop"
     assert [reader.result() for reader in done] == [None, None]
+
+
+@pytest.mark.parametrize("call", ["send", "kv_set"])
+async def test_an_agents_value_with_a_key_that_is_not_a_string_is_refused(
+    rt: AgentRuntime, isolation: str, call: str
+) -> None:
+    """A message or a KV value holding a dict key that is not a string is refused, from a
+    process agent too (its worker's encoder turned {3: x} into {"3": x}, silently)."""
+    other = await rt.register_agent("other", NonStringKeyAgent, isolation="inline")
+    agent = await rt.register_agent("keys", NonStringKeyAgent, isolation=isolation)
+    await rt.start_agent(agent)
+    task = await rt.wait_for_task(
+        await rt.submit_task("try", {"call": call, "to": other}, agent_id=agent), WAIT
+    )
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data["raised"] == "ValidationError", task.output_data
+    assert "keys must be strings" in task.output_data["text"]
+    assert rt.kv.get("k") is None
+    assert rt.messenger.bus.pending(other) == 0

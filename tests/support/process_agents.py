@@ -433,3 +433,19 @@ class GiveUpAtOnceAgent(BaseAgent):
             await asyncio.sleep(0)  # both flushed
         done.write_text("sent")  # noqa: ASYNC240 - a tiny file the test waits for
         return "gave up"
+
+
+class NonStringKeyAgent(BaseAgent):
+    """Its task sends (``input_data["call"]`` ``send``) or stores (``kv_set``) a value
+    whose dict has an int key, and returns the type of the error that raised, if any."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        value = {3: "x"}
+        try:
+            if task.input_data["call"] == "send":
+                await self.context.send(task.input_data["to"], "note", value)
+            else:
+                await self.context.kv.set("k", value)
+        except Exception as exc:
+            return {"raised": type(exc).__name__, "text": str(exc)}
+        return {"raised": None}

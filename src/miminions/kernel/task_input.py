@@ -80,11 +80,11 @@ def to_json_value(
     except RecursionError:  # nested deeper than the comparison goes: walk it instead
         same = False
     if not same:
-        _refuse_non_string_keys(value, what)
+        refuse_non_string_keys(value, what)
     return copy
 
 
-def _refuse_non_string_keys(value: Any, what: str) -> None:
+def refuse_non_string_keys(value: Any, what: str) -> None:
     """Raise ValidationError naming the first dict key in ``value`` that is not a string."""
     stack = [value]
     while stack:
@@ -138,5 +138,6 @@ __all__ = [
     "error_text",
     "new_task_id",
     "new_task_ids",
+    "refuse_non_string_keys",
     "to_json_value",
 ]

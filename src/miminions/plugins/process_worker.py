@@ -38,7 +38,7 @@ from miminions.kernel.errors import (
     TaskNotStartedError,
     ValidationError,
 )
-from miminions.kernel.task_input import PAUSE_STATE, to_json_value
+from miminions.kernel.task_input import PAUSE_STATE, refuse_non_string_keys, to_json_value
 from miminions.kernel.wire import (
     Frame,
     FrameChannel,
@@ -283,6 +283,11 @@ class Worker:
         assert self.channel is not None
         channel = self.channel
         what = "key-value data" if op.startswith("kv_") else "message data"
+        for field in ("data", "value", "expected"):
+            if isinstance(payload.get(field), dict | list):
+                # The wire would turn a key that is not a string into one, silently: refused
+                # here, as the runtime refuses it from an inline agent.
+                refuse_non_string_keys(payload[field], what)
         try:
             request_id, reply = channel.start_request("msg", call=op, payload=payload)
         except FrameTooLargeError as exc:
