@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import contextvars
 import inspect
+import logging
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -96,6 +97,10 @@ class AgentRunner:
         self._handler_quiet = asyncio.Event()
         self._handler_quiet.set()
         self._delivery_ending = False  # set by stop(): the delivery takes no more messages
+        # Set while no on_message handler holds a message, halted at a safe point or not.
+        self._handler_done = asyncio.Event()
+        self._handler_done.set()
+        self._returns: set[asyncio.Future[Any]] = set()  # messages a stop gives back
         # Set while no on_error runs: a pause or a stop waits for it (see notify_error).
         self._errors_running = 0
         self._error_quiet = asyncio.Event()
@@ -213,6 +218,7 @@ class AgentRunner:
             if self._message_taken is not None:
                 self._message_taken(message.message_id)
             self._handler_quiet.clear()
+            self._handler_done.clear()
             try:
                 if message.trace_context is None:
                     await handle(message)
@@ -223,6 +229,17 @@ class AgentRunner:
                 context.logger.exception("on_message failed for %s", message.message_id)
             except asyncio.CancelledError:
                 this = asyncio.current_task()
+                if self._delivery_ending:
+                    # A stop cut the handler off (past its timeout): the message goes back
+                    # to the (durable) mailbox for the next start, not lost, as a task
+                    # interrupted by a stop goes back to the queue.
+                    returning = self._runtime_call(
+                        "return_message", {"message": message_to_json(message)}
+                    )
+                    giving_back = asyncio.ensure_future(returning)
+                    self._returns.add(giving_back)
+                    giving_back.add_done_callback(self._returned)
+                    raise
                 if self._stopping or this is None or this.cancelling():
                     raise  # the delivery itself is cancelled (a stop, the loop ending)
                 # Nobody cancelled the delivery: the handler raised CancelledError itself
@@ -231,6 +248,16 @@ class AgentRunner:
                 context.logger.exception("on_message failed for %s", message.message_id)
             finally:
                 self._handler_quiet.set()
+                self._handler_done.set()
+
+    def _returned(self, giving_back: asyncio.Future[Any]) -> None:
+        self._returns.discard(giving_back)
+        if not giving_back.cancelled() and giving_back.exception() is not None:
+            logging.getLogger("miminions.messaging").warning(
+                "agent %r could not give back the message its stop cut off: %s",
+                self.name,
+                giving_back.exception(),
+            )
 
     async def run(self, task: Task, checkpoint: Any = None) -> Any:
         """Run one task (a sync ``execute_task`` runs in the agent's thread)."""
@@ -312,9 +339,10 @@ class AgentRunner:
         hook = "on_message"
         try:
             async with asyncio.timeout(timeout_seconds) as limit:
-                # An on_message handler in progress finishes first (its message is not
-                # lost); the delivery then takes no other (see _deliver_messages).
-                await self._handler_quiet.wait()
+                # An on_message handler in progress finishes first (halted at a safe
+                # point, it goes on: the gate is open), and the delivery then takes no
+                # other message (see _deliver_messages).
+                await self._handler_done.wait()
                 if self._inbox is not None:
                     self._inbox.cancel()
                     self._inbox = None
