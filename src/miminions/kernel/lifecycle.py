@@ -569,8 +569,8 @@ class AgentBook(RestartMixin):
                     self.executor.agent_available(slot)
                 raise WaitTimeoutError(
                     f"agent {agent_id!r} did not pause within {timeout_seconds} s (its task "
-                    "reached no safe point, or its on_pause did not return); the pause was "
-                    "abandoned and the agent keeps running"
+                    "reached no safe point, its on_error did not end, or its on_pause did "
+                    "not return); the pause was abandoned and the agent keeps running"
                 ) from None
             except ValidationError as exc:  # a host found the state on_pause returned not JSON
                 await self._fail(slot, str(exc))
