@@ -65,6 +65,21 @@ async def _gate_closed(rt: Any, agent: str) -> None:
     raise AssertionError("the pause never closed the gate")
 
 
+async def _paused_with_its_handler_halted(rt: Any) -> str:
+    """A started HaltingHandlerAgent, paused while its handler of "job" waits at its safe
+    point; its id."""
+    agent: str = await rt.register_agent("halting", HaltingHandlerAgent)
+    await rt.start_agent(agent)
+    await rt.send_message(agent, "job")
+    await asyncio.wait_for(_event("began:job").wait(), WAIT)
+    pausing = asyncio.ensure_future(rt.pause_agent(agent, timeout_seconds=WAIT))
+    # the pause waits for the handler to reach a safe point: let it get there
+    await _gate_closed(rt, agent)
+    _event("release").set()
+    assert (await pausing).status is AgentStatus.PAUSED
+    return agent
+
+
 def _reset() -> None:
     EVENTS.clear()
     HANDLED.clear()
@@ -91,15 +106,7 @@ async def test_a_graceful_stop_of_a_paused_agent_lets_its_halted_handler_finish(
     was cut off, its message lost (not handled, not redelivered, no dead letter)."""
     _reset()
     async with started_runtime(make_config(default_isolation="inline")) as rt:
-        agent = await rt.register_agent("halting", HaltingHandlerAgent)
-        await rt.start_agent(agent)
-        await rt.send_message(agent, "job")
-        await asyncio.wait_for(_event("began:job").wait(), WAIT)
-        pausing = asyncio.ensure_future(rt.pause_agent(agent, timeout_seconds=WAIT))
-        # the pause waits for the handler to reach a safe point: let it get there
-        await _gate_closed(rt, agent)
-        _event("release").set()
-        assert (await pausing).status is AgentStatus.PAUSED
+        agent = await _paused_with_its_handler_halted(rt)
         assert ("job", "finished") not in HANDLED  # it halted at its safe point
         stopped = await rt.stop_agent(agent, timeout_seconds=WAIT)
         assert stopped.status is AgentStatus.STOPPED
@@ -118,14 +125,7 @@ async def test_a_shutdown_keeps_the_message_a_paused_agents_handler_held(
     _reset()
     config = make_config(default_isolation="inline")
     async with started_runtime(config) as rt:
-        agent = await rt.register_agent("halting", HaltingHandlerAgent)
-        await rt.start_agent(agent)
-        await rt.send_message(agent, "job")
-        await asyncio.wait_for(_event("began:job").wait(), WAIT)
-        pausing = asyncio.ensure_future(rt.pause_agent(agent, timeout_seconds=WAIT))
-        await _gate_closed(rt, agent)
-        _event("release").set()
-        assert (await pausing).status is AgentStatus.PAUSED
+        await _paused_with_its_handler_halted(rt)
     finished_before = ("job", "finished") in HANDLED
     EVENTS.clear()
     _event("release").set()

@@ -307,8 +307,15 @@ class Messenger:
         self, sender: str | None, message_id: str, reply: Awaitable[AgentMessage]
     ) -> None:
         """A request's wait was dropped before it began: its reply is no longer expected,
-        and one that came already goes to the requester's mailbox (as after a timeout)."""
+        and one that came already goes to the requester's mailbox."""
         self.bus.forget_reply(message_id)
+        self._keep_reply_of_one_who_gave_up(sender, reply)
+
+    def _keep_reply_of_one_who_gave_up(
+        self, sender: str | None, reply: Awaitable[AgentMessage]
+    ) -> None:
+        """A reply that came as its requesting agent gave up goes to that agent's mailbox,
+        as one that comes after (it is not lost)."""
         if (
             sender is not None
             and isinstance(reply, asyncio.Future)
@@ -332,15 +339,8 @@ class Messenger:
             async with asyncio.timeout(timeout_seconds):
                 return await reply
         except asyncio.CancelledError:
-            if (
-                sender is not None
-                and isinstance(reply, asyncio.Future)
-                and reply.done()
-                and not reply.cancelled()
-            ):
-                # the reply came in the same loop turn as the requester gave up: into its
-                # mailbox, as one that comes after (it is not lost)
-                self.put_back(reply.result())
+            # (A reply that came in the same loop turn as the requester gave up is kept.)
+            self._keep_reply_of_one_who_gave_up(sender, reply)
             raise
         except TimeoutError:
             if isinstance(reply, asyncio.Future) and reply.done() and not reply.cancelled():
