@@ -164,3 +164,20 @@ async def test_a_handler_cut_off_by_the_stop_timeout_gives_its_message_back(
             f"the message 'job' was lost: handled {HANDLED}, "
             f"pending {rt.messenger.bus.pending(agent)}"
         )
+
+
+async def test_a_forced_stop_gives_back_the_message_being_handled(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A forced stop (graceful=False) cuts the handler in progress off at once, and its
+    message goes back to the mailbox for the next start, as the running task goes back
+    to the queue."""
+    _reset()
+    async with started_runtime(make_config(default_isolation="inline")) as rt:
+        agent = await rt.register_agent("stuck", StuckHandlerAgent)
+        await rt.start_agent(agent)
+        await rt.send_message(agent, "job")
+        await asyncio.wait_for(_event("began:job").wait(), WAIT)
+        assert (await rt.stop_agent(agent, graceful=False)).status is AgentStatus.STOPPED
+        _event("second_start").set()
+        assert await _handled_or_back(rt, agent, "job"), HANDLED

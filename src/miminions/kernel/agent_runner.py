@@ -358,8 +358,10 @@ class AgentRunner:
             self.release()
 
     def release(self) -> None:
-        """Drop the agent without running any hook."""
+        """Drop the agent without running any hook (a message its handler held goes back
+        to the mailbox: see _deliver_messages)."""
         self._stopping = True
+        self._delivery_ending = True
         self._gate.set()
         if self._inbox is not None:
             self._inbox.cancel()
