@@ -230,9 +230,9 @@ class AgentRunner:
             except asyncio.CancelledError:
                 this = asyncio.current_task()
                 if self._delivery_ending:
-                    # A stop cut the handler off (past its timeout): the message goes back
-                    # to the (durable) mailbox for the next start, not lost, as a task
-                    # interrupted by a stop goes back to the queue.
+                    # A stop cut the handler off (past its timeout, or a forced stop): the
+                    # message goes back to the (durable) mailbox for the next start, not
+                    # lost, as a task interrupted by a stop goes back to the queue.
                     returning = self._runtime_call(
                         "return_message", {"message": message_to_json(message)}
                     )
