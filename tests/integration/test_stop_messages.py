@@ -8,6 +8,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+import pytest
+
 from miminions import AgentMessage, AgentStatus, BaseAgent, RuntimeConfig, Task
 from miminions.testing import started_runtime
 
@@ -85,6 +87,13 @@ def _reset() -> None:
     HANDLED.clear()
 
 
+async def _assert_handled_or_back(rt: Any, agent: str, message_type: str) -> None:
+    assert await _handled_or_back(rt, agent, message_type), (
+        f"the message {message_type!r} was lost: handled {HANDLED}, "
+        f"pending {rt.messenger.bus.pending(agent)}"
+    )
+
+
 async def _handled_or_back(rt: Any, agent: str, message_type: str) -> bool:
     """After a stop: the message was handled to its end, or it comes again on the next
     start (in the mailbox, then delivered)."""
@@ -111,10 +120,7 @@ async def test_a_graceful_stop_of_a_paused_agent_lets_its_halted_handler_finish(
         stopped = await rt.stop_agent(agent, timeout_seconds=WAIT)
         assert stopped.status is AgentStatus.STOPPED
         assert rt.list_dead_letters(kind="message") == []
-        assert await _handled_or_back(rt, agent, "job"), (
-            f"the message 'job' was lost: handled {HANDLED}, "
-            f"pending {rt.messenger.bus.pending(agent)}"
-        )
+        await _assert_handled_or_back(rt, agent, "job")
 
 
 async def test_a_shutdown_keeps_the_message_a_paused_agents_handler_held(
@@ -143,41 +149,23 @@ async def test_a_shutdown_keeps_the_message_a_paused_agents_handler_held(
         assert finished_before, f"the message 'job' was lost: handled {HANDLED}, pending {pending}"
 
 
-async def test_a_handler_cut_off_by_the_stop_timeout_gives_its_message_back(
-    make_config: Callable[..., RuntimeConfig],
+@pytest.mark.parametrize("graceful", [True, False], ids=["past-the-timeout", "forced"])
+async def test_a_handler_cut_off_by_a_stop_gives_its_message_back(
+    make_config: Callable[..., RuntimeConfig], graceful: bool
 ) -> None:
-    """An on_message handler still running when the graceful stop's timeout runs out is
-    cancelled (agent_error "on_message did not finish within ...") and its message goes
-    back to the mailbox for the next start, as a task cut off the same way is re-queued
-    (it was gone: not back in the mailbox, not a dead letter)."""
+    """An on_message handler still running when a graceful stop's timeout runs out
+    (agent_error "on_message did not finish within ..."), or when a forced stop comes, is
+    cancelled, and its message goes back to the mailbox for the next start, as a task cut
+    off the same way is re-queued (it was gone: not back in the mailbox, not a dead
+    letter)."""
     _reset()
     async with started_runtime(make_config(default_isolation="inline")) as rt:
         agent = await rt.register_agent("stuck", StuckHandlerAgent)
         await rt.start_agent(agent)
         await rt.send_message(agent, "job")
         await asyncio.wait_for(_event("began:job").wait(), WAIT)
-        stopped = await rt.stop_agent(agent, timeout_seconds=0.2)
+        stopped = await rt.stop_agent(agent, timeout_seconds=0.2, graceful=graceful)
         assert stopped.status is AgentStatus.STOPPED
         assert rt.list_dead_letters(kind="message") == []
         _event("second_start").set()
-        assert await _handled_or_back(rt, agent, "job"), (
-            f"the message 'job' was lost: handled {HANDLED}, "
-            f"pending {rt.messenger.bus.pending(agent)}"
-        )
-
-
-async def test_a_forced_stop_gives_back_the_message_being_handled(
-    make_config: Callable[..., RuntimeConfig],
-) -> None:
-    """A forced stop (graceful=False) cuts the handler in progress off at once, and its
-    message goes back to the mailbox for the next start, as the running task goes back
-    to the queue."""
-    _reset()
-    async with started_runtime(make_config(default_isolation="inline")) as rt:
-        agent = await rt.register_agent("stuck", StuckHandlerAgent)
-        await rt.start_agent(agent)
-        await rt.send_message(agent, "job")
-        await asyncio.wait_for(_event("began:job").wait(), WAIT)
-        assert (await rt.stop_agent(agent, graceful=False)).status is AgentStatus.STOPPED
-        _event("second_start").set()
-        assert await _handled_or_back(rt, agent, "job"), HANDLED
+        await _assert_handled_or_back(rt, agent, "job")
