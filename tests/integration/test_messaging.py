@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -549,6 +551,44 @@ async def test_a_message_whose_handler_crashed_its_worker_is_not_delivered_again
         )
         begun = [r["message_id"] for r in records(journal, "handler_begun")]
         assert begun.count(message_id) == 1, begun
+
+
+async def test_a_message_received_by_a_task_whose_worker_died_is_received_again(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """R-01, F-28: a message a process agent's task receives is not lost when its worker
+    dies after the runtime took it from the mailbox but before it reached the task's code:
+    it goes back to the mailbox, and the task's retry on the restarted worker receives it."""
+    fast = RestartPolicy(max_restarts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+    async with open_runtime(make_config, "process", restart=fast) as rt:
+        agent_id = await start(rt, "receiver")
+        host = process_host(rt, agent_id)
+        messaging = host._messaging
+        killed: list[int] = []
+
+        async def die_as_the_message_leaves(call: str, payload: dict[str, Any]) -> Any:
+            result = await messaging(call, payload)
+            if call == "receive" and not payload.get("inbox") and not killed:
+                live = host._live
+                assert live is not None
+                killed.append(live.process.pid)
+                # SIGKILL is final once sent: the worker runs no more code, so the reply
+                # written next never reaches the task
+                os.kill(live.process.pid, signal.SIGKILL)
+            return result
+
+        host._messaging = die_as_the_message_leaves
+        task_id = await rt.submit_task(
+            "script",
+            {"ops": [{"op": "receive", "timeout": WAIT}]},
+            agent_id=agent_id,
+            max_retries=1,
+        )
+        [message_id] = await rt.send_message(agent_id, "kept", {"n": 1})
+        [[message]] = await results(rt, task_id)
+        assert killed
+        assert (message["message_id"], message["data"]) == (message_id, {"n": 1})
+        assert rt.get_agent_status(agent_id).restart_count == 1
 
 
 async def test_a_pause_waits_for_the_on_message_handler_in_progress(

@@ -101,6 +101,10 @@ class _Live:
         #: (see :meth:`ProcessHost._take_back_inbox`), whose late return is ignored.
         self.inbox: dict[str, AgentMessage] = {}
         self.taken_back: set[str] = set()
+        #: Messages a task's ``receive`` got, sent to the worker and not yet confirmed as
+        #: reaching the task's code (``message_taken``): back to the mailbox if the worker
+        #: ends first (a pause leaves them: the worker keeps them for the task).
+        self.receiving: dict[str, AgentMessage] = {}
         #: From a pause's take-back to the resume: a message the inbox's receive gets
         #: meanwhile is taken back at once (the worker will not handle it before then).
         self.inbox_closed = False
@@ -449,7 +453,9 @@ class ProcessHost:
             return None
         if op == "message_taken":
             if self._live is not None:
-                self._live.inbox.pop(str(frame.get("message_id")), None)
+                message_id = str(frame.get("message_id"))
+                self._live.inbox.pop(message_id, None)
+                self._live.receiving.pop(message_id, None)
             return None
         raise ValidationError(f"unknown request {op!r} from the worker")
 
@@ -462,6 +468,7 @@ class ProcessHost:
         if not isinstance(message_id, str):
             return False  # malformed: the messenger says why
         live.inbox.pop(message_id, None)
+        live.receiving.pop(message_id, None)
         if message_id in live.taken_back:
             live.taken_back.discard(message_id)
             return True
@@ -478,10 +485,20 @@ class ProcessHost:
         ignored). Without this, such a message sat unread in a stopped worker: lost if
         the runtime died during the pause, as its stored copy went when it was handed
         over."""
-        for message in live.inbox.values():
+        # Each goes to the front of the mailbox: the last taken first keeps their order.
+        for message in reversed(live.inbox.values()):
             self._rt.messenger.put_back(message)
             live.taken_back.add(message.message_id)
         live.inbox.clear()
+
+    def _take_back_unhandled(self, live: _Live) -> None:
+        """The worker ended: every message it was handed but had not begun to handle (its
+        inbox's, and those its tasks' receives got but never saw) goes back to the
+        agent's mailbox, where the next worker finds it."""
+        self._take_back_inbox(live)
+        for message in reversed(live.receiving.values()):
+            self._rt.messenger.put_back(message)
+        live.receiving.clear()
 
     async def _messaging(self, call: str, payload: dict[str, Any]) -> Any:
         """A messaging call from the agent's context that may wait, carried out in the
@@ -496,6 +513,8 @@ class ProcessHost:
                 live.inbox[result.message_id] = result
                 if live.inbox_closed:  # paused since the receive began: not handled now
                     self._take_back_inbox(live)
+            elif call == "receive" and live is not None:
+                live.receiving[result.message_id] = result
             return message_to_json(result)
         return result
 
@@ -639,7 +658,7 @@ class ProcessHost:
     def _exited(self, live: _Live) -> None:
         """The worker process ended: if nobody asked for that, it crashed."""
         self._stop_watching(live)
-        self._take_back_inbox(live)  # what its inbox held but had not begun is not lost
+        self._take_back_unhandled(live)  # what it held but had not begun is not lost
         if live.process.expected_exit:
             return
         exitcode = live.process.exited.result()
@@ -706,7 +725,7 @@ class ProcessHost:
         else:
             await live.process.kill()
         live.channel.abort()
-        self._take_back_inbox(live)
+        self._take_back_unhandled(live)
         if self._live is live:
             self._live = None
 

@@ -301,7 +301,7 @@ class Worker:
             # what the runtime would say, had the data reached it: it is not JSON
             raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
         try:
-            return await reply
+            result = await reply
         except asyncio.CancelledError:
             channel.notify("cancel", run=request_id)
             # A receive (or a request's reply) the runtime answered just before the cancel
@@ -317,6 +317,11 @@ class Worker:
                 raise
             # what the runtime would say, had the data reached it: it is not JSON
             raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
+        if op == "receive" and not payload.get("inbox") and isinstance(result, dict):
+            # The task has it: the runtime stops keeping it for a worker that might die.
+            # (The inbox's receive says so itself, once the agent's gate let it through.)
+            channel.notify("message_taken", message_id=result.get("message_id"))
+        return result
 
     def _return_message(self, reply: asyncio.Future[Any]) -> None:
         if reply.cancelled() or reply.exception() is not None or self.channel is None:
