@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,6 +23,8 @@ from miminions import (
     TaskStatus,
     WaitTimeoutError,
 )
+from miminions.testing import started_runtime
+from tests.support.process_agents import GatedSlowPauseAgent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 S = AgentStatus
@@ -537,3 +541,50 @@ async def test_a_sync_hook_abandoned_by_a_stop_delays_the_next_start(rt: AgentRu
     assert hook == "on_start"
     assert start_thread == stop_thread  # behind the abandoned on_stop, in its thread
     assert not overlapped
+
+
+async def test_a_task_timeout_does_not_count_while_on_pause_runs(
+    make_config: Callable[..., RuntimeConfig], isolation: str, tmp_path: Path
+) -> None:
+    """F-25: once the running task halted at its safe point for a pause, its timeout stops
+    counting, also while ``on_pause`` runs (it used to count until on_pause returned: a
+    slow on_pause timed the halted task out)."""
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    async with started_runtime(make_config(default_isolation=isolation)) as rt:
+        agent_id = await rt.register_agent(
+            "slow-pause", GatedSlowPauseAgent, config={"pause_seconds": 1.5}
+        )
+        await rt.start_agent(agent_id)
+        task_id = await rt.submit_task(
+            "work", {"log": str(log), "gate": str(gate)}, timeout_seconds=1.0
+        )
+        await wait_until(lambda: log.exists(), "the task to begin")
+        # The task is at its safe point at once; on_pause then outlasts its whole timeout.
+        await rt.pause_agent(agent_id, timeout_seconds=WAIT_SECONDS)
+        gate.touch()
+        await rt.resume_agent(agent_id)
+        task = await rt.wait_for_task(task_id, WAIT_SECONDS)
+        assert task.status is TaskStatus.COMPLETED, task.error_message
+
+
+async def test_an_abandoned_pause_lets_the_halted_task_time_out(
+    make_config: Callable[..., RuntimeConfig], isolation: str, tmp_path: Path
+) -> None:
+    """F-25: a pause given up (its on_pause outlasted the pause's timeout) gives the halted
+    task its clock back: the task, whose gate never opens, times out as if never paused."""
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    async with started_runtime(make_config(default_isolation=isolation)) as rt:
+        agent_id = await rt.register_agent(
+            "slow-pause", GatedSlowPauseAgent, config={"pause_seconds": WAIT_SECONDS}
+        )
+        await rt.start_agent(agent_id)
+        task_id = await rt.submit_task(
+            "work", {"log": str(log), "gate": str(gate)}, timeout_seconds=1.0
+        )
+        await wait_until(lambda: log.exists(), "the task to begin")
+        with pytest.raises(WaitTimeoutError):
+            await rt.pause_agent(agent_id, timeout_seconds=0.2)
+        task = await rt.wait_for_task(task_id, WAIT_SECONDS)
+        assert task.status is TaskStatus.FAILED
+        assert (task.error_message or "").startswith("TaskTimeoutError"), task.error_message
+        gate.touch()

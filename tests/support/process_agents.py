@@ -449,3 +449,12 @@ class NonStringKeyAgent(BaseAgent):
         except Exception as exc:
             return {"raised": type(exc).__name__, "text": str(exc)}
         return {"raised": None}
+
+
+class GatedSlowPauseAgent(GatedAgent):
+    """A :class:`GatedAgent` whose ``on_pause`` takes ``config['pause_seconds']`` (the
+    running task waits halted at its safe point meanwhile)."""
+
+    async def on_pause(self) -> dict[str, Any]:
+        await asyncio.sleep(float(self.config["pause_seconds"]))
+        return {}

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("miminions.runtime")
 
 QUEUE_REASON = "\0queue"  # a freeze reason no agent id can collide with
+HALT_REASON = "\0halted"  # a run halted at a safe point while its agent pauses
 _YIELD_EVERY = 8  # consecutive tasks an agent may run before yielding to the loop
 #: How much of an agent's recent task time its prefetch window may hold: a task taken ahead
 #: of time waits about this long behind the agent's window at most, so short tasks travel
@@ -224,6 +225,9 @@ class AsyncioExecutor:
         self._serving: dict[str, asyncio.Task[None]] = {}
         self._retry_timers: dict[str, FreezableTimer] = {}
         self._paused_agents: set[str] = set()
+        #: The run of each agent whose pause is in progress and whose task halted at a
+        #: safe point (see halt_clocks).
+        self._halted_runs: dict[str, _Run] = {}
         #: The route of each paused agent and group, with its freeze reason: the retry
         #: backoffs of tasks on that route are frozen.
         self._frozen_routes: dict[str, str] = {}
@@ -468,6 +472,22 @@ class AsyncioExecutor:
     def resume_clocks(self, agent_id: str | None) -> None:
         """Undo :meth:`pause_clocks`."""
         self._set_frozen(agent_id, freeze=False)
+
+    def halt_clocks(self, agent_id: str) -> None:
+        """The agent's running task halted at a safe point for a pause still in progress:
+        its timeout stops counting now rather than once ``on_pause`` has returned (F-25),
+        until :meth:`unhalt_clocks` (the pause ended, done or abandoned)."""
+        runs = self._agent_runs.get(agent_id)
+        if runs and agent_id not in self._halted_runs:
+            run = self._halted_runs[agent_id] = runs[0]
+            self._deadlines.freeze(run, HALT_REASON)
+
+    def unhalt_clocks(self, agent_id: str) -> None:
+        """Undo :meth:`halt_clocks` (a pause that completed has frozen the clock with
+        :meth:`pause_clocks` by then)."""
+        run = self._halted_runs.pop(agent_id, None)
+        if run is not None:
+            self._deadlines.thaw(run, HALT_REASON)
 
     def pause_group_clocks(self, group: str) -> None:
         """Freeze the retry backoffs of the tasks targeted at ``group``."""

@@ -451,6 +451,9 @@ class ProcessHost:
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
             return None
+        if op == "task_halted":
+            self._rt.report_task_halted(self.spec.agent_id)
+            return None
         if op == "message_taken":
             if self._live is not None:
                 message_id = str(frame.get("message_id"))

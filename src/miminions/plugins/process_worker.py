@@ -260,6 +260,7 @@ class Worker:
                 report_usage=self._report_usage,
                 runtime_call=self._runtime_call,
                 message_taken=self._message_taken,
+                task_halted=self._task_halted,
             )
         return self._runner
 
@@ -337,6 +338,12 @@ class Worker:
         # loop turn (else the message would come back and crash every restart).
         if self.channel is not None:
             self.channel.notify("message_taken", message_id=message_id)
+            self.channel.flush_now()
+
+    def _task_halted(self) -> None:
+        # Sent now, ahead of on_pause and its reply: the task's timeout stops counting.
+        if self.channel is not None:
+            self.channel.notify("task_halted")
             self.channel.flush_now()
 
     def _report_usage(self, tokens: int, cost: float) -> None:
