@@ -28,6 +28,7 @@ from miminions import (
 from tests.support import agents
 from tests.support.events import EventRecorder
 from tests.support.runtime import start_agent
+from tests.support.waiting import wait_until
 
 
 def started(name: str) -> asyncio.Event:
@@ -430,6 +431,37 @@ async def test_spent_usage_budget_pauses_the_agent(
         task = await rt.wait_for_task(await rt.submit_task("t", {"tokens": 10}), 10)
         assert task.status is TaskStatus.COMPLETED
         assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+@pytest.mark.parametrize("hook", ["on_start", "on_resume"])
+async def test_a_budget_spent_while_starting_or_resuming_pauses_the_agent(
+    make_config: Callable[..., RuntimeConfig], isolation: str, hook: str
+) -> None:
+    """F-27: usage reported by on_start or on_resume trips the breaker like any other: the
+    agent is paused once it runs. It used to be skipped as not running, and as a breaker
+    trips once the agent then ran unchecked, taking tasks."""
+    recorder = EventRecorder()
+    async with AgentRuntime(config=make_config(), plugins=[recorder]) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            agents.UsageAgent,
+            isolation=isolation,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=10)),
+            config={hook: 25},
+        )
+        await rt.start_agent(agent_id)
+        if hook == "on_resume":
+            await rt.pause_agent(agent_id)
+            await rt.resume_agent(agent_id)
+        await recorder.wait_for(EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause",
+        )
+        status = rt.get_agent_status(agent_id)
+        assert status.status is AgentStatus.PAUSED
+        assert "token budget (25 of 10)" in (status.status_reason or "")
 
 
 class TeamBudget:

@@ -120,7 +120,15 @@ def sync_function_agent(task: Task, context: AgentContext) -> dict[str, Any]:
 
 
 class UsageAgent(BaseAgent):
-    """Reports ``input_data["tokens"]`` / ``["cost"]`` as its usage, then returns."""
+    """Reports ``input_data["tokens"]`` / ``["cost"]`` as its usage, then returns. Its
+    ``on_start`` and ``on_resume`` report ``config["on_start"]`` / ``["on_resume"]`` tokens
+    (none by default), as an agent warming up a model would."""
+
+    async def on_start(self) -> None:
+        await self.context.report_usage(tokens=self.config.get("on_start", 0))
+
+    async def on_resume(self, state: Any) -> None:
+        await self.context.report_usage(tokens=self.config.get("on_resume", 0))
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
         await self.context.report_usage(

@@ -106,7 +106,13 @@ class CommunicationAPI:
 
     async def _trip_breaker(self, agent_id: str, message: str) -> None:
         slot = self.agent_book.get(agent_id)
-        if slot.status is not AgentStatus.RUNNING or not self.is_running:
+        # One starting or resuming (the usage may come from its own on_start/on_resume) is
+        # paused once it runs: the pause waits for the start's or resume's lock. A breaker
+        # trips once, so skipping it would leave the agent unchecked for good.
+        resuming = slot.status is AgentStatus.PAUSED and slot.call == "resume"
+        if not self.is_running or not (
+            slot.status in (AgentStatus.RUNNING, AgentStatus.STARTING) or resuming
+        ):
             return
         with contextlib.suppress(MiminionsError):  # stopped, failed or paused meanwhile
             await self.agent_book.pause(agent_id, reason=f"circuit breaker: {message}")
