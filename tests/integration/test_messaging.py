@@ -42,6 +42,7 @@ from miminions import (
     hookimpl,
 )
 from miminions.kernel.messaging import MAX_PAYLOAD_BYTES
+from miminions.kernel.wire import retrieve
 from miminions.plugins.memory_bus import MemoryBus
 from miminions.plugins.process_host import ProcessHost
 from miminions.testing import started_runtime
@@ -57,6 +58,7 @@ from tests.support.messaging_agents import (
     AskWhileStoppingAgent,
     CancellingHandlerAgent,
     CrashingHandlerAgent,
+    PoisonReceiverAgent,
     PongAgent,
     ResponderAgent,
     ScriptAgent,
@@ -589,6 +591,53 @@ async def test_a_message_received_by_a_task_whose_worker_died_is_received_again(
         assert killed
         assert (message["message_id"], message["data"]) == (message_id, {"n": 1})
         assert rt.get_agent_status(agent_id).restart_count == 1
+
+
+async def test_a_message_the_task_received_is_not_delivered_again_after_its_worker_dies(
+    make_config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """R-01: a message that reached a process agent's task is the task's: its worker dying
+    in the same loop turn as ``receive`` returned (a C extension crashing on the data) does
+    not bring it back to the retry, which would crash on it every time.
+
+    A heartbeat ping reaching the worker in the same read as the receive's reply makes the
+    worker's confirmation wait for the end of that turn (it used to be queued, not written,
+    and so was lost with the worker)."""
+    log = tmp_path / "log"
+    fast = RestartPolicy(max_restarts=5, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+    async with open_runtime(make_config, "process", restart=fast) as rt:
+        agent_id = await start(rt, "poisoned", PoisonReceiverAgent)
+        host = process_host(rt, agent_id)
+        messaging = host._messaging
+        pinged: list[int] = []
+
+        async def reply_with_a_ping_beside(call: str, payload: dict[str, Any]) -> Any:
+            result = await messaging(call, payload)
+            if call == "receive" and not payload.get("inbox") and not pinged:
+                live = host._live
+                assert live is not None
+                pid = live.process.pid
+                pinged.append(pid)
+                os.kill(pid, signal.SIGSTOP)  # the reply and the ping arrive together
+
+                def ping_and_wake() -> None:
+                    live.channel.request("ping").add_done_callback(retrieve)
+                    live.channel.flush_now()  # the reply (queued first), then the ping
+                    os.kill(pid, signal.SIGCONT)
+
+                asyncio.get_running_loop().call_soon(ping_and_wake)
+            return result
+
+        host._messaging = reply_with_a_ping_beside
+        [poison_id] = await rt.send_message(agent_id, "poison", {"n": 1})
+        [good_id] = await rt.send_message(agent_id, "good", {"n": 2})
+        task_id = await rt.submit_task(
+            "receive", {"log": str(log)}, agent_id=agent_id, max_retries=2
+        )
+        task = await finished(rt, task_id)
+        assert pinged
+        assert log.read_text().split() == [poison_id, good_id]
+        assert task.status is TaskStatus.COMPLETED, task.error_message
 
 
 async def test_a_pause_waits_for_the_on_message_handler_in_progress(

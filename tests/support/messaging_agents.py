@@ -277,3 +277,22 @@ class SilentAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> None:
         return None
+
+
+class PoisonReceiverAgent(BaseAgent):
+    """Receives one message, appends its id to ``input_data["log"]`` and, for a message of
+    type ``"poison"``, ends its process at once: the synchronous work a poison message
+    sets off (a C extension crashing on it, say) kills the worker in the same turn of the
+    loop as ``receive`` returned."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        message = await self.context.receive(timeout_seconds=MAX_WAIT_SECONDS)
+        _append_id(task.input_data["log"], message.message_id)
+        if message.message_type == "poison":
+            os._exit(3)
+        return message_to_json(message)
+
+
+def _append_id(path: str, message_id: str) -> None:
+    with Path(path).open("a", encoding="utf-8") as log:
+        log.write(message_id + "\n")

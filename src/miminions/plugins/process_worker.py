@@ -320,8 +320,11 @@ class Worker:
             raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
         if op == "receive" and not payload.get("inbox") and isinstance(result, dict):
             # The task has it: the runtime stops keeping it for a worker that might die.
-            # (The inbox's receive says so itself, once the agent's gate let it through.)
+            # Written out now: a task crashing its worker on the message in this loop turn
+            # must not get it back on every retry. (The inbox's receive says so itself,
+            # once the agent's gate let it through.)
             channel.notify("message_taken", message_id=result.get("message_id"))
+            channel.flush_now()
         return result
 
     def _return_message(self, reply: asyncio.Future[Any]) -> None:
