@@ -69,14 +69,14 @@ class AgentRunner:
         report_usage: ReportUsage,
         runtime_call: RuntimeCall,
         message_taken: Callable[[str], None] | None = None,
-        task_halted: Callable[[], None] | None = None,
+        task_halted: Callable[[str], None] | None = None,
     ) -> None:
         self.name = name
         #: Told the id of each message ``on_message`` is about to handle (a worker tells
         #: the runtime, which until then may take the message back; see process_host).
         self._message_taken = message_taken
-        #: Told when a pause finds the running task halted at a safe point (the runtime
-        #: stops its timeout then, not only once on_pause has returned).
+        #: Told the id of the running task when a pause finds it halted at a safe point
+        #: (the runtime stops its timeout then, not only once on_pause has returned).
         self._task_halted = task_halted
         self._kind = kind
         self._registered = registered
@@ -301,8 +301,9 @@ class AgentRunner:
                 finally:
                     halted.cancel()
                     idle.cancel()
-                if self._halted.is_set() and self._task_halted is not None:
-                    self._task_halted()  # its timeout stops counting from here (F-25)
+                task = None if self.context is None else self.context.current_task
+                if self._halted.is_set() and task is not None and self._task_halted is not None:
+                    self._task_halted(task.task_id)  # its timeout stops counting (F-25)
             # An on_message handler in progress halts too (its next context call) or ends:
             # a paused agent runs none of its code, and a process agent's worker is then
             # stopped, which must not catch a message half handled.

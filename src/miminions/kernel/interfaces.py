@@ -256,8 +256,8 @@ class Executor(Protocol):
 
     Optional: ``loop_ending() -> bool``, whether the program is cancelling every task of
     the loop; the kernel then starts no crash handling of its own (nothing would wait for
-    it). The built-in executor has it. Optional too: ``halt_clocks(agent_id)`` and
-    ``unhalt_clocks(agent_id)``, a pause in progress whose task halted at its safe point
+    it). The built-in executor has it. Optional too: ``halt_clocks(agent_id, task_id)``
+    and ``unhalt_clocks(agent_id)``, a pause in progress whose task halted at its safe point
     (its timeout stops counting until the pause ends; see docs/plugins.md).
     """
 

@@ -605,14 +605,14 @@ class AgentBook(RestartMixin):
             await self._save(slot)
         return slot.instance.model_copy()
 
-    def task_halted(self, agent_id: str) -> None:
+    def task_halted(self, agent_id: str, task_id: str) -> None:
         """The host says the agent's running task halted at a safe point: during a pause in
         progress its timeout stops counting from now (F-25), not only once ``on_pause`` has
         returned. Ignored outside a pause (a late report of one already given up)."""
         slot = self.slots.get(agent_id)
         halt = getattr(self.executor, "halt_clocks", None)  # optional for an executor
         if slot is not None and slot.pausing is not None and halt is not None:
-            halt(agent_id)
+            halt(agent_id, task_id)
 
     def _unhalt_clocks(self, agent_id: str) -> None:
         unhalt = getattr(self.executor, "unhalt_clocks", None)

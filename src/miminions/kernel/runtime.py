@@ -289,11 +289,11 @@ class AgentRuntime(CommunicationAPI):
         :class:`~miminions.RestartPolicy`); ``details`` go into the AGENT_FAILED event."""
         self.agent_book.host_failed(agent_id, reason, details)
 
-    def report_task_halted(self, agent_id: str) -> None:
-        """For host plugins: during a pause, the agent's running task halted at a safe
-        point. Its timeout stops counting from then (F-25) instead of from when
+    def report_task_halted(self, agent_id: str, task_id: str) -> None:
+        """For host plugins: during a pause, the agent's running task ``task_id`` halted at
+        a safe point. Its timeout stops counting from then (F-25) instead of from when
         ``on_pause`` returns; a host that does not report it only loses that refinement."""
-        self.agent_book.task_halted(agent_id)
+        self.agent_book.task_halted(agent_id, task_id)
 
     # ------------------------------------------------------------------ lifecycle
     async def __aenter__(self) -> AgentRuntime:

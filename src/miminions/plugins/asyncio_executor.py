@@ -473,13 +473,15 @@ class AsyncioExecutor:
         """Undo :meth:`pause_clocks`."""
         self._set_frozen(agent_id, freeze=False)
 
-    def halt_clocks(self, agent_id: str) -> None:
-        """The agent's running task halted at a safe point for a pause still in progress:
-        its timeout stops counting now rather than once ``on_pause`` has returned (F-25),
-        until :meth:`unhalt_clocks` (the pause ended, done or abandoned)."""
-        runs = self._agent_runs.get(agent_id)
-        if runs and agent_id not in self._halted_runs:
-            run = self._halted_runs[agent_id] = runs[0]
+    def halt_clocks(self, agent_id: str, task_id: str) -> None:
+        """The agent's running task ``task_id`` halted at a safe point for a pause still in
+        progress: its timeout stops counting now rather than once ``on_pause`` has returned
+        (F-25), until :meth:`unhalt_clocks` (the pause ended, done or abandoned)."""
+        run = self._runs.get(task_id)
+        if run is not None and run.slot.agent_id == agent_id and agent_id not in self._halted_runs:
+            # (A process agent's next task may halt before the runtime has seen the one
+            # ahead of it end: its clock, which starts then, starts frozen; see _begin.)
+            self._halted_runs[agent_id] = run
             self._deadlines.freeze(run, HALT_REASON)
 
     def unhalt_clocks(self, agent_id: str) -> None:
@@ -717,6 +719,8 @@ class AsyncioExecutor:
             self._deadlines.start(run, run.timeout)
             if slot.agent_id in self._paused_agents:
                 self._deadlines.freeze(run, slot.agent_id)
+            if self._halted_runs and self._halted_runs.get(slot.agent_id) is run:
+                self._deadlines.freeze(run, HALT_REASON)
 
     async def _work(self, slot: AgentSlot, task_id: str) -> None:
         agent_id = slot.agent_id

@@ -35,7 +35,7 @@ class InlineHost:
             save_checkpoint=runtime.task_book.save_checkpoint,
             report_usage=lambda tokens, cost: runtime.report_usage(spec.agent_id, tokens, cost),
             runtime_call=lambda op, payload: runtime.agent_call(spec.agent_id, op, payload),
-            task_halted=lambda: runtime.report_task_halted(spec.agent_id),
+            task_halted=lambda task_id: runtime.report_task_halted(spec.agent_id, task_id),
         )
 
     @property

@@ -452,7 +452,9 @@ class ProcessHost:
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
             return None
         if op == "task_halted":
-            self._rt.report_task_halted(self.spec.agent_id)
+            task_id = frame.get("task_id")
+            if isinstance(task_id, str):
+                self._rt.report_task_halted(self.spec.agent_id, task_id)
             return None
         if op == "message_taken":
             if self._live is not None:

@@ -343,10 +343,10 @@ class Worker:
             self.channel.notify("message_taken", message_id=message_id)
             self.channel.flush_now()
 
-    def _task_halted(self) -> None:
+    def _task_halted(self, task_id: str) -> None:
         # Sent now, ahead of on_pause and its reply: the task's timeout stops counting.
         if self.channel is not None:
-            self.channel.notify("task_halted")
+            self.channel.notify("task_halted", task_id=task_id)
             self.channel.flush_now()
 
     def _report_usage(self, tokens: int, cost: float) -> None:
