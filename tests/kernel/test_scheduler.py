@@ -330,6 +330,25 @@ def test_inheritance_takes_the_most_urgent_dependent() -> None:
     assert sched.effective_priority("prereq") == 20
 
 
+@pytest.mark.parametrize("end", ["cancel", "fail"])
+def test_an_ended_prerequisite_no_longer_shows_its_ended_dependents_urgency(end: str) -> None:
+    """F-26: a prerequisite that was cancelled or failed (its waiting dependents with it)
+    shows its own priority, as a completed one does and as it does after a restart:
+    nothing waits for it any more."""
+    sched, _ = make()
+    add(sched, "prereq", LOW)
+    add(sched, "urgent", HIGH, ["prereq"])
+    if end == "fail":
+        assert sched.take([ANY_ROUTE]) == "prereq"
+        assert sched.effective_priority("prereq") == HIGH  # running, still awaited
+        sched.fail("prereq", "it broke")
+    else:
+        sched.cancel("prereq", "not needed")
+    assert sched.state("urgent") in (NodeState.FAILED, NodeState.CANCELLED)
+    assert sched.effective_priority("prereq") == LOW
+    assert sched.effective_priority("urgent") == HIGH
+
+
 def test_own_priority_kept_when_more_urgent_and_not_pushed_to_dependents() -> None:
     """F-26: inheritance only lowers a prerequisite's priority; dependents keep their own."""
     sched, _ = make()

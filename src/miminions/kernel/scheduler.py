@@ -656,6 +656,7 @@ class Scheduler:
             self._leave_ready(node)
             node.version += 1
         node.state = final
+        node.inherited = node.priority  # nothing waits for it now (as after a restart)
 
     # ------------------------------------------------------------------ queries
     def state(self, task_id: str) -> NodeState:
