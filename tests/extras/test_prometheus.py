@@ -178,6 +178,22 @@ async def test_the_received_counter_never_goes_down(make_config: MakeConfig) -> 
 
 
 @pytest.mark.usefixtures("client_package")
+async def test_a_message_received_again_is_one_latency_sample(make_config: MakeConfig) -> None:
+    """A message handed back to its mailbox and received again is one message in the
+    latency figures: one sample in get_metrics()'s and one in the Prometheus histogram."""
+    async with AgentRuntime(config=with_port(make_config)) as rt:
+        agent_id = await start_agent(rt, "echo", EchoAgent)
+        await rt.send_message(agent_id, "note", {"n": 1})
+        message = await rt.messenger.receive(agent_id, WAIT_SECONDS)
+        rt.messenger.put_back(message)  # what a host does when the receiver is gone
+        await rt.messenger.receive(agent_id, WAIT_SECONDS)
+        samples = await scraped(rt)
+        assert value(samples, "miminions_messages_received_total") == 1
+        assert value(samples, "miminions_message_delivery_latency_seconds_count") == 1
+        assert len(rt.messenger.latencies) == 1
+
+
+@pytest.mark.usefixtures("client_package")
 async def test_queue_depth_by_priority_band(make_config: MakeConfig) -> None:
     """Pending tasks are counted by band of base priority while nobody runs them."""
     async with AgentRuntime(config=with_port(make_config)) as rt:

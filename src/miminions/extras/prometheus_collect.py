@@ -188,7 +188,8 @@ class RuntimeMetrics:
 
     def _message_received(self, event: Event) -> None:
         latency = event.details.get("latency_seconds")
-        if isinstance(latency, int | float):
+        # A message taken back and received again was observed at its first receipt.
+        if isinstance(latency, int | float) and not event.details.get("redelivered"):
             self.latency.observe(max(float(latency), 0.0))
 
     def _message_expired(self, event: Event) -> None:

@@ -588,10 +588,13 @@ class Messenger:
     def _received(self, message: AgentMessage) -> None:
         self.delivered += 1
         latency = (datetime.now(UTC) - message.created_at).total_seconds()
-        self.latencies.append(latency)
         redelivered = bool(self._returned) and message.message_id in self._returned
         if redelivered:
+            # One sample per message: its first receipt gave it (as the event did to any
+            # monitor counting them).
             self._returned.discard(message.message_id)
+        else:
+            self.latencies.append(latency)
         # After the receiver's handling, which is waiting for the message.
         receipt = (
             message.recipient_id,
