@@ -256,3 +256,48 @@ def test_run_with_a_non_callable_loop_factory_answer_is_a_clear_plugin_error() -
         plugin.loop.close()
         if coro.cr_frame is not None:
             coro.close()
+
+
+async def _make_loop_later() -> asyncio.AbstractEventLoop:  # wrong: must be a plain def
+    return asyncio.new_event_loop()
+
+
+def _not_a_loop() -> Any:
+    return "a loop, trust me"
+
+
+class AsyncLoopFactory:
+    miminions_plugin_name = "async_loop_factory"
+
+    @hookimpl(tryfirst=True)
+    def miminions_loop_factory(self, config: Any) -> Any:
+        return _make_loop_later
+
+
+class NotALoopFactory:
+    miminions_plugin_name = "not_a_loop_factory"
+
+    @hookimpl(tryfirst=True)
+    def miminions_loop_factory(self, config: Any) -> Any:
+        return _not_a_loop
+
+
+@pytest.mark.parametrize(
+    ("plugin", "said"),
+    [(AsyncLoopFactory(), "'async def' function"), (NotALoopFactory(), "made a str")],
+)
+def test_a_loop_factory_that_makes_no_loop_is_a_clear_plugin_error(
+    plugin: object, said: str
+) -> None:
+    """A factory that is an ``async def`` function, or returns something other than an
+    event loop, is a PluginError naming the hook, and ``main`` is closed (it failed later
+    with AttributeErrors about a coroutine object, and 'main' was never awaited)."""
+    import miminions
+
+    async def main() -> int:
+        return 1
+
+    coro = main()
+    with pytest.raises(PluginError, match=f"miminions_loop_factory.*{said}|{said}.*"):
+        miminions.run(coro, plugins=[plugin])
+    assert coro.cr_frame is None, "main was left unawaited (never closed)"

@@ -12,8 +12,10 @@ import pytest
 from miminions import (
     AgentInstance,
     AgentRuntime,
+    ConfigurationError,
     EventType,
     PluginError,
+    ResourceLimits,
     RuntimeConfig,
     Task,
     TaskStatus,
@@ -21,6 +23,7 @@ from miminions import (
 )
 from miminions.kernel.hookspecs import passes_through
 from miminions.kernel.plugins import AUTOLOAD_ENV, BUILTIN_PLUGINS, build_plugin_manager
+from miminions.plugins.asyncio_executor import AsyncioExecutor
 from miminions.plugins.memory_bus import MemoryBus
 from miminions.plugins.sqlite_store import SQLiteStore
 from tests.support import agents
@@ -154,6 +157,103 @@ def test_impl_matching_no_hook_is_rejected() -> None:
 
     with pytest.raises(PluginError, match="miminions_evnt"):
         build_plugin_manager([Typo()])
+
+
+def test_an_unmarked_hook_function_is_rejected() -> None:
+    """F-21: a function named like a hook without @hookimpl is an error at registration (it
+    was registered silently with no hooks, and never called)."""
+
+    class ForgotTheMarker:
+        def miminions_event(self, event: object) -> None:
+            raise AssertionError("never called")
+
+    with pytest.raises(PluginError, match="miminions_event is named like a hook but not marked"):
+        build_plugin_manager([ForgotTheMarker()])
+
+
+@pytest.mark.parametrize("given", [["miminions.extras.prometheus"], [b"x"]])
+def test_a_plugin_given_by_name_is_refused(given: list[object]) -> None:
+    """A plugin given as a string (as pytest's -p takes it) is refused, with what to pass
+    instead; it was registered as a plugin named 'str' with no hooks."""
+    with pytest.raises(PluginError, match="pass the plugin itself"):
+        build_plugin_manager(given)
+
+
+@pytest.mark.parametrize(
+    "arguments", [{"plugins": None}, {"disable": None}, {"plugins": "miminions.extras.otel"}]
+)
+def test_plugins_and_disable_must_be_lists(arguments: dict[str, Any]) -> None:
+    with pytest.raises(ConfigurationError, match="list"):
+        build_plugin_manager(**arguments)
+
+
+class LeaveRoomForASidecar:
+    """Adjusts nested configuration in miminions_configure."""
+
+    miminions_plugin_name = "sidecar_room"
+
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        assert config.limits.max_concurrent_agents is not None
+        config.limits.max_concurrent_agents -= 1
+        config.plugin_options.setdefault("sidecar", {})["seen"] = True
+
+
+async def test_configure_changes_stay_in_the_runtime(tmp_path: Path) -> None:
+    """What miminions_configure adjusts (nested parts too) is the runtime's own copy: the
+    caller's config, and the next runtime built from it, are untouched (the adjustment
+    compounded, one agent fewer with every runtime)."""
+    limits = ResourceLimits(max_concurrent_agents=4)
+    config = RuntimeConfig(storage_path=str(tmp_path / "db.sqlite"), limits=limits)
+    for _ in range(2):
+        async with AgentRuntime(config=config, plugins=[LeaveRoomForASidecar()]) as rt:
+            assert rt.config.limits.max_concurrent_agents == 3
+    assert config.limits.max_concurrent_agents == 4
+    assert config.plugin_options == {}
+    async with AgentRuntime(
+        storage_path=tmp_path / "db.sqlite", limits=limits, plugins=[LeaveRoomForASidecar()]
+    ) as rt:
+        assert rt.config.limits.max_concurrent_agents == 3
+    assert limits.max_concurrent_agents == 4
+
+
+class ClosingBus(MemoryBus):
+    """A bus that counts its closes."""
+
+    closed = 0
+
+    def close(self) -> None:
+        type(self).closed += 1
+        super().close()
+
+
+class FailingExecutor(AsyncioExecutor):
+    """An executor whose start fails."""
+
+    async def start(self) -> None:
+        raise ConfigurationError("this executor cannot start here")
+
+
+class BusAndFailingExecutor:
+    miminions_plugin_name = "bus_and_failing_executor"
+
+    @hookimpl
+    def miminions_make_bus(self, runtime: AgentRuntime) -> MemoryBus:
+        return ClosingBus(runtime.messenger.message_expired, runtime.messenger.message_returned)
+
+    @hookimpl
+    def miminions_make_executor(self, runtime: AgentRuntime) -> AsyncioExecutor:
+        return FailingExecutor(runtime)
+
+
+async def test_a_failed_start_closes_the_bus_it_made(tmp_path: Path) -> None:
+    """A start failing after the bus was made closes it, as a stop would (a bus may hold
+    timers or a connection; no miminions_runtime_stopped follows a failed start)."""
+    ClosingBus.closed = 0
+    rt = AgentRuntime(storage_path=tmp_path / "db.sqlite", plugins=[BusAndFailingExecutor()])
+    with pytest.raises(ConfigurationError, match="cannot start here"):
+        await rt.start()
+    assert ClosingBus.closed == 1
 
 
 @pytest.mark.parametrize(

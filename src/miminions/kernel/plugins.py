@@ -65,6 +65,13 @@ class PluginManager(pluggy.PluginManager):
             if opts is None and not attr_name.startswith("miminions_"):
                 continue
             impl = getattr(plugin, attr_name, None)
+            if opts is None and callable(impl) and not isinstance(impl, type):
+                shown = name or self.get_canonical_name(plugin)
+                raise PluginError(
+                    f"plugin {shown!r}: {attr_name} is named like a hook but not marked as "
+                    "one, so it would never be called; decorate it with @miminions.hookimpl "
+                    "(or rename it, if it is no hook)"
+                )
             hook_name = (opts.get("specname") if opts is not None else None) or attr_name
             if (
                 opts is not None
@@ -150,6 +157,13 @@ def loop_factory_of(pm: PluginManager, config: Any) -> Callable[[], Any] | None:
             "makes an event loop (answer asyncio.new_event_loop, not asyncio.new_event_loop()); "
             f"plugins consulted: {asked}"
         )
+    if inspect.iscoroutinefunction(factory) or inspect.isasyncgenfunction(factory):
+        asked = [impl.plugin_name for impl in hook.get_hookimpls()]
+        raise PluginError(
+            f"miminions_loop_factory answered {factory!r}, an 'async def' function: the event "
+            "loop is made before any loop runs, so it must be a plain function returning the "
+            f"loop; plugins consulted: {asked}"
+        )
     return cast(Callable[[], Any] | None, factory)
 
 
@@ -185,6 +199,17 @@ def build_plugin_manager(
     """Build and validate the plugin manager of one runtime (see the module docstring)."""
     if isinstance(disable, str | bytes):  # list("uvloop") would be six one-letter names
         raise ConfigurationError("disable takes a list of plugin names, not a string")
+    if plugins is None or disable is None:
+        raise ConfigurationError("plugins and disable take lists (leave them out for none)")
+    if isinstance(plugins, str | bytes):
+        raise ConfigurationError("plugins takes a list of plugin objects, not a string")
+    for plugin in plugins:
+        if isinstance(plugin, str | bytes):
+            raise PluginError(
+                f"plugin {plugin!r} is given by name: pass the plugin itself (the imported "
+                "module or object), or install it with an entry point in the 'miminions' "
+                "group, which loads it by itself"
+            )
     pm = PluginManager()
     disabled = list(disable)
     for name in disabled:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
+from miminions.kernel.errors import PluginError
 from miminions.kernel.models import RuntimeConfig
 from miminions.kernel.plugins import build_plugin_manager, loop_factory_of
 
@@ -25,7 +27,15 @@ def run(
     try:
         factory = loop_factory_of(build_plugin_manager(plugins, disable), config or RuntimeConfig())
         runner = asyncio.Runner(loop_factory=factory)
-        runner.get_loop()  # made now: a factory that fails does so before main is handed on
+        # made now: a factory that fails does so before main is handed on
+        loop = runner.get_loop()
+        if not isinstance(loop, asyncio.AbstractEventLoop):
+            if inspect.iscoroutine(loop):
+                loop.close()
+            raise PluginError(
+                f"the function miminions_loop_factory answered made a {type(loop).__name__}, "
+                "not an event loop"
+            )
     except BaseException:
         main.close()  # it will never run: no "coroutine was never awaited" warning
         raise

@@ -147,8 +147,10 @@ class AgentRuntime(CommunicationAPI):
         if storage_path is not None:
             updates["storage_path"] = os.fspath(storage_path)
         if limits is not None:
-            updates["limits"] = limits
-        self.config = base.model_copy(update=updates)
+            updates["limits"] = limits.model_copy(deep=True)
+        # The runtime's own copy, nested parts too: miminions_configure may adjust it, and
+        # that must not reach the caller's object (nor the next runtime built from it).
+        self.config = base.model_copy(update=updates, deep=True)
         self.plugin_manager: PluginManager = build_plugin_manager(plugins, disable)
         for hook_name, what in _ESSENTIAL_HOOKS.items():
             impls = getattr(self.plugin_manager.hook, hook_name).get_hookimpls()
@@ -439,6 +441,14 @@ class AgentRuntime(CommunicationAPI):
         steps = _Cleanup("aborting the start")
         if self._executor is not None:
             await steps.wait(self._executor.close)
+        # What the start made goes as a stop would take it down (a bus may hold timers or
+        # a connection; no miminions_runtime_stopped follows a failed start).
+        if self._task_book is not None:
+            steps.call(self._task_book.close)
+        if self.messenger._bus is not None:
+            steps.call(self.messenger.bus.close)
+        if self._kv is not None:
+            steps.call(self._kv.close)
         if self._store is not None:
             if self._run_recorded:
                 # Nothing ran: the next runtime must not report this start as a crash.
