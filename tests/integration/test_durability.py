@@ -137,6 +137,34 @@ async def test_second_runtime_in_one_process_is_refused(
         assert third.is_running
 
 
+class MoveTheDatabase:
+    """Points the runtime at ``path`` from miminions_configure."""
+
+    miminions_plugin_name = "move_the_database"
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        config.storage_path = self.path
+
+
+async def test_the_database_claimed_is_the_one_configure_chose(
+    make_config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """R-02: one runtime per database in a process holds for the path miminions_configure
+    left, not the one the runtime was given (the claim was on the path given)."""
+    first = make_config()
+    async with AgentRuntime(config=first):
+        moved = AgentRuntime(
+            config=make_config(storage_path=str(tmp_path / "elsewhere.db")),
+            plugins=[MoveTheDatabase(first.storage_path)],
+        )
+        with pytest.raises(ConfigurationError, match="already open by another runtime"):
+            await moved.start()
+
+
 def test_live_owner_reads_the_run_record() -> None:
     """A run record names a live owner only when it did not stop cleanly and is alive."""
     assert live_owner(None) is None

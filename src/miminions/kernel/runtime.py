@@ -322,7 +322,6 @@ class AgentRuntime(CommunicationAPI):
         starting = self._starting = asyncio.get_running_loop().create_future()
         try:
             try:
-                self._claim = claim(self.config.storage_path)
                 await self._start()
             except BaseException:
                 await self._abort_start()
@@ -347,6 +346,8 @@ class AgentRuntime(CommunicationAPI):
         config = self.config
         pm = self.plugin_manager
         refuse_coroutines(pm.hook.miminions_configure(config=config), "miminions_configure")
+        # The database as configure left it: one runtime per database in this process.
+        self._claim = claim(config.storage_path)
         self.usage.group_budgets = dict(config.group_budgets)  # as configure left them
         store: Store = first_result(pm, "miminions_make_store", "a store", Store, config=config)
         self._store = store
