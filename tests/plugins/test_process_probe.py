@@ -346,3 +346,47 @@ def test_machine_load_is_zero_when_unknown(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(os, "getloadavg", unobtainable, raising=False)
     assert machine_load() == 0.0
+
+
+# A group leader with a subprocess that holds 40 MiB; it prints the subprocess's pid and
+# waits for stdin; killing its group ends both.
+_LEADER_WITH_A_HOG = textwrap.dedent(
+    """
+    import os, subprocess, sys
+    os.setpgid(0, 0)
+    hog = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys; b = bytearray(40 * 2**20); b[::4096] = b'1' * len(b[::4096]);"
+         "print('held', flush=True); sys.stdin.readline()"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    assert hog.stdout.readline().strip() == "held"
+    print(hog.pid, flush=True)
+    sys.stdin.readline()
+    """
+)
+
+
+@linux_only
+def test_the_usage_of_a_group_counts_its_members(spawn: Callable[[str], Child]) -> None:
+    """group_members finds the other processes of a worker's group, and read_usage adds
+    their memory to the worker's."""
+    leader = spawn(_LEADER_WITH_A_HOG)
+    try:
+        hog = int(read_line(leader))
+        assert process_probe.group_members([leader.pid, os.getpid()]) == {leader.pid: [hog]}
+        alone = read_usage(leader.pid)
+        together = read_usage(leader.pid, [hog])
+        assert alone is not None
+        assert together is not None
+        assert together.rss_bytes - alone.rss_bytes >= 40 * MiB
+        assert read_usage(leader.pid, [hog, 2**22 + 1]) is not None  # a gone member: skipped
+    finally:
+        os.killpg(leader.pid, signal.SIGKILL)
+
+
+def test_parse_stat_reads_the_group_and_the_children_cpu() -> None:
+    stat = process_probe._parse_stat(
+        b"4242 (w) S 1 4242 4242 0 -1 4194560 100 0 0 0 150 25 7 3 20 0 1 0 987654 1 512"
+    )
+    assert (stat.group, stat.children_cpu_ticks) == (4242, 10)

@@ -458,3 +458,58 @@ class GatedSlowPauseAgent(GatedAgent):
     async def on_pause(self) -> dict[str, Any]:
         await asyncio.sleep(float(self.config["pause_seconds"]))
         return {}
+
+
+_CHILD_HOLDING_MEMORY = """
+import pathlib, sys, time
+chunks = []
+for _ in range(int(sys.argv[1]) // 10):
+    chunk = bytearray(10 * 1024 * 1024)
+    chunk[::4096] = b"\\1" * len(chunk[::4096])  # touched: resident
+    chunks.append(chunk)
+pathlib.Path(sys.argv[2]).write_text("held")
+time.sleep(600)
+"""
+
+_CHILD_SPINNING = """
+import sys, time
+end = time.process_time() + float(sys.argv[1])
+while time.process_time() < end:
+    pass
+"""
+
+
+class SubprocessAgent(BaseAgent):
+    """Uses resources through subprocesses (in its worker's process group, as any tool it
+    starts). ``input_data['hold_mb']``: one subprocess holds that many MiB (touched) and
+    writes its pid to ``input_data['pid']``, then sleeps; the task waits for ever.
+    ``input_data['spin']``: that many subprocesses, one after another, each burn
+    ``input_data['seconds']`` of CPU time; the task returns their exit codes."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        data = task.input_data
+        if "hold_mb" in data:
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CHILD_HOLDING_MEMORY, str(data["hold_mb"]), data["held"]
+            )
+            _append_line(data["pid"], str(child.pid))
+            await child.wait()
+            return _done(self)
+        codes = []
+        for _ in range(int(data["spin"])):
+            child = await asyncio.create_subprocess_exec(
+                sys.executable, "-c", _CHILD_SPINNING, str(data["seconds"])
+            )
+            codes.append(await child.wait())
+        return _done(self, codes=codes)
+
+
+class StartSpinningAgent(BaseAgent):
+    """Its ``on_start`` burns CPU on the worker's loop until the worker is stopped."""
+
+    async def on_start(self) -> None:
+        while True:
+            pass
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        return _done(self)

@@ -200,6 +200,10 @@ class ProcessHost:
             await self._call(live, "start", resume_state=resume_state)
         except BaseException as exc:
             await self._discard(live, "start failed")
+            if live.breach is None and isinstance(exc, ChannelClosedError):
+                # Its SIGXCPU may be seen only now, after the closed connection: the
+                # limit, not a crash.
+                self._note_cpu_breach(live, await self._exit_code(live))
             if live.breach is not None:
                 raise live.breach from None
             if isinstance(exc, ChannelClosedError):
@@ -783,7 +787,9 @@ class ProcessHost:
             or limits.max_cpu_time_per_agent_seconds
         ):
             return
-        usage = process_probe.read_usage(live.process.pid)
+        pid = live.process.pid
+        # With the subprocesses its agent started: they are the agent's use too.
+        usage = process_probe.read_usage(pid, self._pool.members_of(pid))
         if usage is None:
             return
         live.cpu_seconds = usage.cpu_seconds  # a SIGKILL at the hard CPU limit tells by it
@@ -791,6 +797,12 @@ class ProcessHost:
         hard = limits.max_memory_per_agent_mb
         if hard is not None and rss_mb > hard:
             live.breach = self._breach("memory", rss_mb, hard, "MB")
+            self._spawn(self._kill_worker(live, str(live.breach), {}))
+            return
+        hard_cpu = limits.max_cpu_time_per_agent_seconds
+        if hard_cpu is not None and usage.cpu_seconds > hard_cpu:
+            # The worker's own RLIMIT_CPU does not see its subprocesses' share.
+            live.breach = self._breach("cpu", usage.cpu_seconds, hard_cpu, "seconds")
             self._spawn(self._kill_worker(live, str(live.breach), {}))
             return
         soft = limits.soft_memory_per_agent_mb

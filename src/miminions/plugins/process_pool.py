@@ -19,11 +19,13 @@ import contextlib
 import importlib.util
 import io
 import logging
+import math
 import multiprocessing
 import os
 import signal
 import socket
 import sys
+import time
 import weakref
 from collections.abc import Callable
 from multiprocessing import (
@@ -49,6 +51,9 @@ if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
 logger = logging.getLogger("miminions.plugins.process_host")
+#: How often the usage checks look for an agent's subprocesses (a scan of /proc serving
+#: every worker); the worker's own usage is read every ``usage_interval_seconds``.
+GROUP_SCAN_SECONDS = 1.0
 
 WORKERS_META_KEY = "process.workers"
 _WORKER_MODULE = "miminions.plugins.process_worker"
@@ -169,6 +174,10 @@ class WorkerPool:
         )
         self._reaped: asyncio.Future[None] | None = None
         self._monitors: list[Callable[[], None]] = []
+        # The other processes of each worker's group (its agent's subprocesses), from one
+        # scan of /proc at most every GROUP_SCAN_SECONDS (see members_of).
+        self._members: dict[int, list[int]] = {}
+        self._members_at = -math.inf
         self._monitor_task: asyncio.Task[None] | None = None
 
     @property
@@ -296,6 +305,16 @@ class WorkerPool:
         self._monitors.append(check)
         self._ensure_monitor()
         return lambda: self._monitors.remove(check) if check in self._monitors else None
+
+    def members_of(self, pid: int) -> list[int]:
+        """The processes the worker ``pid``'s agent started (its process group), for its
+        usage check. One scan of ``/proc`` serves every worker, made at most every
+        :data:`GROUP_SCAN_SECONDS` and only when a check asks (a worker with limits)."""
+        now = time.monotonic()
+        if now - self._members_at >= GROUP_SCAN_SECONDS:
+            self._members = process_probe.group_members(self.workers)
+            self._members_at = now
+        return self._members.get(pid, [])
 
     def _ensure_monitor(self) -> None:
         if self._monitor_task is None and self._monitors and self.workers:

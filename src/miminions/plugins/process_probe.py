@@ -57,6 +57,8 @@ class _Stat(NamedTuple):
     state: str
     cpu_ticks: int  # utime + stime, in clock ticks
     start_time: int  # clock ticks after boot
+    group: int = 0  # the process group
+    children_cpu_ticks: int = 0  # cutime + cstime: of the children it waited for
 
     @property
     def alive(self) -> bool:
@@ -78,6 +80,8 @@ def _parse_stat(line: bytes) -> _Stat:
         state=fields[0].decode("ascii"),
         cpu_ticks=int(fields[11]) + int(fields[12]),  # fields 14 and 15: utime, stime
         start_time=int(fields[19]),  # field 22: starttime
+        group=int(fields[2]),  # field 5: pgrp
+        children_cpu_ticks=int(fields[13]) + int(fields[14]),  # fields 16 and 17
     )
 
 
@@ -99,13 +103,28 @@ def _read_stat(pid: int) -> _Stat | None:
         return None
 
 
-def read_usage(pid: int) -> ProcessUsage | None:
-    """Resident memory and CPU time (user + system) of process ``pid``.
+def read_usage(pid: int, members: Iterable[int] = ()) -> ProcessUsage | None:
+    """Resident memory and CPU time (user + system) of process ``pid``, with the CPU time
+    of the children it waited for, plus the same of the processes ``members`` (those of
+    its process group, see :func:`group_members`) that are still there.
 
     None when there is no such process, when it has exited and only its zombie is left, or
     when there is no ``/proc`` to read. Cheap enough to call several times a second per
-    worker: two small file reads.
+    worker: two small file reads per process.
     """
+    own = _usage_of(pid)
+    if own is None:
+        return None
+    rss, ticks = own
+    for member in members:
+        if member != pid and (usage := _usage_of(member)) is not None:
+            rss += usage[0]
+            ticks += usage[1]
+    return ProcessUsage(rss_bytes=rss, cpu_seconds=ticks / _CLOCK_TICKS)
+
+
+def _usage_of(pid: int) -> tuple[int, int] | None:
+    """(resident bytes, CPU ticks with its waited-for children's) of a live process."""
     stat = _read_stat(pid)
     if stat is None or not stat.alive:
         return None
@@ -116,9 +135,27 @@ def read_usage(pid: int) -> ProcessUsage | None:
         resident_pages = int(statm.split()[1])
     except (IndexError, ValueError):
         return None
-    return ProcessUsage(
-        rss_bytes=resident_pages * _PAGE_SIZE, cpu_seconds=stat.cpu_ticks / _CLOCK_TICKS
-    )
+    return resident_pages * _PAGE_SIZE, stat.cpu_ticks + stat.children_cpu_ticks
+
+
+def group_members(groups: Iterable[int]) -> dict[int, list[int]]:
+    """The live processes of each process group in ``groups``, besides its leader, from one
+    pass over ``/proc`` (an agent's subprocesses stay in its worker's group); empty where
+    there is no ``/proc``."""
+    wanted = set(groups)
+    found: dict[int, list[int]] = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return found
+    for entry in entries:
+        if not entry.isdigit():
+            continue
+        pid = int(entry)
+        stat = _read_stat(pid)
+        if stat is not None and stat.group in wanted and pid != stat.group and stat.alive:
+            found.setdefault(stat.group, []).append(pid)
+    return found
 
 
 def process_start_time(pid: int) -> int | None:
