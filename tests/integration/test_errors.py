@@ -437,6 +437,22 @@ def test_settings_refuse_infinite_and_absurd_numbers(
         model(**{field: value})
 
 
+@pytest.mark.parametrize(
+    ("soft", "hard"),
+    [
+        ("soft_memory_per_agent_mb", "max_memory_per_agent_mb"),
+        ("soft_cpu_time_per_agent_seconds", "max_cpu_time_per_agent_seconds"),
+    ],
+)
+def test_a_soft_limit_above_its_hard_limit_is_refused(soft: str, hard: str) -> None:
+    """R-04: a soft limit above its hard one could never warn (the hard one stops the
+    worker first): refused, naming both; equal ones, and either alone, are fine."""
+    with pytest.raises(pydantic.ValidationError, match=f"{soft} \\(200\\) is above {hard}"):
+        ResourceLimits(**{soft: 200, hard: 100})
+    ResourceLimits(**{soft: 100, hard: 100})
+    ResourceLimits(**{soft: 200})
+
+
 @pytest.mark.parametrize("isolation", ["inline", "process"])
 async def test_context_calls_with_wrong_types_raise_typed_errors(
     rt: AgentRuntime, isolation: str

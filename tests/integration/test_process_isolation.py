@@ -59,6 +59,7 @@ from tests.support.process_agents import (
     SteppingAgent,
     SyncHangAgent,
     ThreadsAgent,
+    WireGarbageAgent,
 )
 from tests.support.processes import alive, proc_state
 from tests.support.runtime import run_child_runtime
@@ -621,6 +622,24 @@ async def test_a_spinner_that_ignores_sigxcpu_is_still_over_its_cpu_limit(
         assert exceeded.details["resource"] == "cpu"
         (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=spinner)
         assert (failed.details["pid"], failed.details["signal"]) == (pid, "SIGKILL")
+
+
+async def test_a_worker_breaking_the_wire_protocol_is_killed_saying_so(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """A worker that writes a frame that is not JSON is killed at once, and the events and
+    the task's error say it broke the protocol (it exited by itself, code 0, which said
+    nothing of why)."""
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("scribbler", WireGarbageAgent)
+        await rt.start_agent(agent_id)
+        task = await rt.wait_for_task(await rt.submit_task("scribble"), 30)
+        assert task.status is TaskStatus.FAILED
+        assert "broke the wire protocol" in (task.error_message or ""), task.error_message
+        (killed,) = await wait_events(rt, EventType.AGENT_KILLED, agent_id=agent_id)
+        assert "broke the wire protocol: a frame is not JSON" in killed.details["reason"]
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
+        assert "broke the wire protocol" in str(failed.details["error"])
 
 
 # ---------------------------------------------------------------------- 5. pause

@@ -273,6 +273,23 @@ async def test_a_frame_nested_too_deep_closes_the_channel_cleanly() -> None:
     await asyncio.wait_for(channel.closed, WAIT)
 
 
+@pytest.mark.parametrize(
+    "frame",
+    [b'{"re":[1]}', b'{"re":"1"}', b'{"op":"x","id":{}}', b'{"op":"cancel","run":[2]}'],
+)
+async def test_a_frame_with_ids_of_the_wrong_type_closes_the_channel_cleanly(
+    frame: bytes,
+) -> None:
+    """A reply or request id that is not an int (an unhashable list, say) is a protocol
+    violation that closes the channel, not a TypeError escaping into the event loop."""
+    channel = FrameChannel(Server().handle)
+    transport = AbortableTransport()
+    channel.connection_made(transport)
+    channel.data_received(len(frame).to_bytes(4, "big") + frame)
+    assert transport.aborted
+    await asyncio.wait_for(channel.closed, WAIT)
+
+
 def test_every_task_field_that_may_be_none_defaults_to_none() -> None:
     """task_to_wire leaves None values out and the worker's model fills them back in:
     that is only right while no field that may be None has another default."""

@@ -14,6 +14,8 @@ import ctypes
 import json
 import os
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
@@ -513,3 +515,27 @@ class StartSpinningAgent(BaseAgent):
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
         return _done(self)
+
+
+class WireGarbageAgent(BaseAgent):
+    """Its task writes a frame that is not JSON to its worker's connection to the runtime
+    (a native library scribbling on a file descriptor it does not own), then waits."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        with _runtime_connection() as connection:
+            connection.sendall(b"\x00\x00\x00\x05hello")
+        await asyncio.sleep(60)
+        return _done(self)
+
+
+def _runtime_connection() -> socket.socket:
+    """A duplicate of the worker's end of its connection to the runtime."""
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        with contextlib.suppress(OSError):
+            if stat.S_ISSOCK(os.fstat(fd).st_mode):
+                found = socket.socket(fileno=os.dup(fd))
+                if found.family == socket.AF_UNIX and found.type == socket.SOCK_STREAM:
+                    return found
+                found.close()
+    raise RuntimeError("no connection to the runtime found")

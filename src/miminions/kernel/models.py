@@ -23,6 +23,7 @@ from pydantic import (
     Field,
     NonNegativeInt,
     PositiveInt,
+    model_validator,
 )
 
 from miminions.kernel.jsonutil import copy_json
@@ -272,6 +273,24 @@ class ResourceLimits(BaseModel):
     soft_cpu_time_per_agent_seconds: PositiveSeconds | None = None
     max_load_per_cpu: PositiveAmount | None = None
     usage_budget: UsageBudget | None = None
+
+    @model_validator(mode="after")
+    def _soft_under_hard(self) -> ResourceLimits:
+        """A soft limit above its hard one could never warn: the hard one stops it first."""
+        for name, soft, hard in (
+            ("memory_per_agent_mb", self.soft_memory_per_agent_mb, self.max_memory_per_agent_mb),
+            (
+                "cpu_time_per_agent_seconds",
+                self.soft_cpu_time_per_agent_seconds,
+                self.max_cpu_time_per_agent_seconds,
+            ),
+        ):
+            if soft is not None and hard is not None and soft > hard:
+                raise ValueError(
+                    f"soft_{name} ({soft:g}) is above max_{name} ({hard:g}): the warning "
+                    "could never come before the stop"
+                )
+        return self
 
     def overridden_by(self, own: ResourceLimits | None) -> ResourceLimits:
         """These (runtime-wide) limits with the fields ``own`` (an agent's) set explicitly."""

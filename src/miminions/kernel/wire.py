@@ -422,6 +422,10 @@ class FrameChannel(asyncio.Protocol):
 
     def _dispatch(self, frame: Frame) -> None:
         reply_to = frame.get("re")
+        request_id = frame.get("id")
+        for field, value in (("re", reply_to), ("id", request_id)):
+            if value is not None and (type(value) is not int):
+                raise ProtocolViolationError(f"a frame's {field!r} is not an int: {frame!r:.200}")
         if reply_to is not None:
             future = self._pending.pop(reply_to, None)
             if future is None:
@@ -437,9 +441,10 @@ class FrameChannel(asyncio.Protocol):
         op = frame.get("op")
         if not isinstance(op, str):
             raise ProtocolViolationError(f"a frame without an op: {frame!r:.200}")
-        request_id = frame.get("id")
         if op == "cancel" and request_id is None:
             run = frame.get("run", -1)
+            if type(run) is not int:
+                raise ProtocolViolationError(f"a cancel's 'run' is not an int: {frame!r:.200}")
             work = self._handling.get(run)
             if work is not None:
                 self._cancel_asked.add(run)

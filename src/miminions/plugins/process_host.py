@@ -53,6 +53,7 @@ from miminions.kernel.wire import (
     ChannelClosedError,
     Frame,
     FrameChannel,
+    ProtocolViolationError,
     error_to_wire,
     retrieve,
     task_to_wire,
@@ -187,7 +188,7 @@ class ProcessHost:
         loop = asyncio.get_running_loop()
         live_box: list[_Live] = []
         _, channel = await loop.create_unix_connection(
-            lambda: FrameChannel(self._handle, lambda exc: self._channel_lost(live_box)),
+            lambda: FrameChannel(self._handle, lambda exc: self._channel_lost(live_box, exc)),
             sock=process.sock,
         )
         live = _Live(process, channel)
@@ -641,7 +642,7 @@ class ProcessHost:
         exited = live.process.exited
         return exited.result() if exited.done() else None
 
-    def _channel_lost(self, box: list[_Live]) -> None:
+    def _channel_lost(self, box: list[_Live], exc: BaseException | None = None) -> None:
         if not box:
             return
         live = box[0]
@@ -656,7 +657,12 @@ class ProcessHost:
             else next((run_id for run_id in live.runs if run_id in unanswered), None)
         )
         if live.process.alive and not live.process.expected_exit:
-            self._spawn(self._lost_connection(live))
+            if isinstance(exc, ProtocolViolationError):
+                # Killed at once, and said why: it would exit by itself (code 0) on finding
+                # its connection closed, which tells the user nothing.
+                self._spawn(self._kill_worker(live, f"it broke the wire protocol: {exc}", {}))
+            else:
+                self._spawn(self._lost_connection(live))
 
     async def _lost_connection(self, live: _Live) -> None:
         # Usually the process is exiting and its exit status follows in a moment; one that
