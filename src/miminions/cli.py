@@ -1,6 +1,6 @@
 """The ``miminions`` command: run the demo, inspect a runtime database, list plugins (F-23).
 
-    miminions demo [--db PATH] [--quiet]
+    miminions demo [--db PATH] [--quiet] [--disable NAME ...]
     miminions status --db PATH
     miminions tasks --db PATH [--status S] [--limit N]
     miminions events --db PATH [--type T ...] [--agent ID] [--task ID] [--severity S]
@@ -448,7 +448,12 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise CliError(f"directory {str(db.parent)!r} does not exist")
     if db.exists() and not db.is_file():
         raise CliError(f"{str(db)!r} is not a database file")
-    result = run(run_demo(db, out=sys.stdout, quiet=args.quiet), config=DEMO_CONFIG)
+    disable = list(args.disable)
+    result = run(
+        run_demo(db, out=sys.stdout, quiet=args.quiet, disable=disable),
+        config=DEMO_CONFIG,
+        disable=disable,
+    )
     _print(format_summary(result))
     return 0 if result.ok else 1
 
@@ -484,6 +489,7 @@ def _add_demo(commands: Any) -> None:
     parser.add_argument(
         "--quiet", action="store_true", help="print only the summary, no live progress"
     )
+    _add_disable(parser)
     parser.set_defaults(handler=cmd_demo)
 
 
@@ -613,6 +619,11 @@ def _add_plugins(commands: Any) -> None:
             f"'{ENTRY_POINT_GROUP}' entry-point group, each with the hooks it implements."
         ),
     )
+    _add_disable(parser)
+    parser.set_defaults(handler=cmd_plugins)
+
+
+def _add_disable(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--disable",
         nargs="+",
@@ -621,7 +632,6 @@ def _add_plugins(commands: Any) -> None:
         metavar="NAME",
         help="leave these plugins out, as AgentRuntime(disable=[...]) would; may repeat",
     )
-    parser.set_defaults(handler=cmd_plugins)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -669,7 +679,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         code = handler(args)
-        sys.stdout.flush()  # an output that cannot be written fails here, not at exit
+        if sys.stdout is not None:  # None: started with stdout closed (>&-)
+            sys.stdout.flush()  # an output that cannot be written fails here, not at exit
         return code
     except (CliError, MiminionsError) as exc:
         return _fail(str(exc))

@@ -378,16 +378,24 @@ def format_explanation(explanation: TaskExplanation, task_names: dict[str, str])
     return "\n".join(lines)
 
 
-async def run_demo(db_path: Path, *, out: TextIO = sys.stdout, quiet: bool = False) -> DemoResult:
+async def run_demo(
+    db_path: Path,
+    *,
+    out: TextIO = sys.stdout,
+    quiet: bool = False,
+    disable: Sequence[str] = (),
+) -> DemoResult:
     """Run the demo workload on the database at ``db_path`` and return what it did.
 
     Progress goes to ``out`` unless ``quiet``; the summary is left to :func:`format_summary`.
+    ``disable`` names plugins to leave out (a broken third-party one, say).
     """
     monitor = DemoMonitor(out, quiet)
     config = DEMO_CONFIG.model_copy(update={"storage_path": str(db_path)})
     # The demo prints events itself; the logging monitor would repeat warnings on stderr.
     notes: list[str] = []
-    async with AgentRuntime(config=config, plugins=[monitor], disable=["logging_monitor"]) as rt:
+    left_out = ["logging_monitor", *(name for name in disable if name != "logging_monitor")]
+    async with AgentRuntime(config=config, plugins=[monitor], disable=left_out) as rt:
         monitor.agent_names = await setup_agents(rt)
         released = await release_queue(rt)
         if released is not None:

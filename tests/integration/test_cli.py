@@ -936,3 +936,62 @@ def test_a_database_with_a_log_in_such_a_directory_is_a_clear_error(
     assert "Traceback" not in result.stderr
     assert "write-ahead log" in result.stderr, result.stderr
     assert "not writable" in result.stderr, result.stderr
+
+
+def test_demo_on_a_database_file_the_user_cannot_write_is_refused_at_once(
+    unwritable_directory: Path,
+) -> None:
+    """A database file the user may read but not write (in a directory they may write) is
+    refused at the start, in one line. The first commit failed instead, retried 8 times
+    (about 20 s of silence), and the error said the next commit would try again."""
+    db = unwritable_directory / "run.db"
+    asyncio.run(_stopped_database(db))
+    Path(f"{db}-lock").unlink()  # root's lock file; the user makes their own
+    db.chmod(0o444)
+    unwritable_directory.chmod(0o777)
+    result = _as_reader("demo", "--db", str(db), "--quiet")
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "Traceback" not in result.stderr
+    assert "read-only for this user" in result.stderr, result.stderr
+
+
+def test_a_command_with_its_output_closed_is_no_traceback(tmp_path: Path) -> None:
+    """``miminions status --db X >&-`` (cron, a daemon): Python has no sys.stdout then;
+    the command ends without a traceback (it died flushing None)."""
+    db = tmp_path / "run.db"
+    asyncio.run(_stopped_database(db))
+    result = subprocess.run(
+        [sys.executable, "-m", "miminions", "status", "--db", str(db)],
+        stderr=subprocess.PIPE,
+        text=True,
+        timeout=60,
+        check=False,
+        preexec_fn=lambda: os.close(1),
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+
+
+def test_demo_takes_disable_as_the_plugin_errors_advise(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An installed plugin that fails to load makes ``demo`` fail, advising ``--disable
+    NAME``; ``demo`` takes it (it refused it as an unrecognized argument)."""
+    site = tmp_path / "site"
+    info = site / "brokenplug-1.0.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: brokenplug\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text("[miminions]\nbroken = brokenplug_mod\n")
+    (site / "brokenplug_mod.py").write_text("raise ImportError('boom')\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delenv("MIMINIONS_DISABLE_PLUGIN_AUTOLOAD", raising=False)
+    monkeypatch.setattr(demo_module, "STEP_SECONDS", 0.02)
+    monkeypatch.setattr(demo_module, "PAUSE_SECONDS", 0.1)
+    monkeypatch.setattr(demo_module, "TICK_SECONDS", 0.05)
+    db = tmp_path / "demo.db"
+    code, _, err = cli(capsys, "demo", "--db", str(db), "--quiet")
+    assert code == 2
+    assert "--disable broken" in err, err
+    code, _, err = cli(capsys, "demo", "--db", str(db), "--quiet", "--disable", "broken")
+    assert code == 0, err
+    assert "unrecognized arguments" not in err

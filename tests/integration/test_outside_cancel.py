@@ -6,6 +6,7 @@ One worker cancelled while the runtime goes on gives its task back at once."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import sys
@@ -13,7 +14,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
+import pytest
+
 from miminions import AgentRuntime, BaseAgent, ProcessSettings, RuntimeConfig, Task
+from miminions.cli import main
 from tests.support.cancelling import cancel_everything, executor_workers
 from tests.support.process_agents import SlowToStopAgent, SteppingAgent
 from tests.support.runtime import ROOT, start_agent
@@ -362,3 +366,51 @@ async def test_a_worker_cancelled_from_outside_during_a_graceful_stop_does_not_h
         await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     assert done, "the stop waits out its shutdown timeout for a run whose worker is gone"
     assert rt.get_task_status(task_id).status.value == "pending"
+
+
+class _RunsUntilInterrupted(BaseAgent):
+    """Its task runs until the runtime interrupts it."""
+
+    running: asyncio.Event
+
+    async def execute_task(self, task: Task) -> dict[str, object]:
+        type(self).running.set()
+        await asyncio.Event().wait()
+        return {}
+
+
+async def test_a_stop_cut_short_records_what_it_did(
+    make_config: MakeConfig, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A graceful stop cancelled while it waits for a running task (Ctrl-C twice) still
+    gives the task back; runtime_stopped counts it (it said 0), and the agent is recorded
+    stopped without on_stop (it stayed 'running', in queries and in the database, under a
+    runtime recorded as stopped cleanly)."""
+    _RunsUntilInterrupted.running = asyncio.Event()
+    config = make_config()
+    rt = AgentRuntime(config=config)
+    await rt.start()
+    agent_id = await start_agent(rt, "runner", _RunsUntilInterrupted)
+    task_id = await rt.submit_task("long")
+    await asyncio.wait_for(_RunsUntilInterrupted.running.wait(), WAIT_SECONDS)
+    stopping = asyncio.create_task(rt.stop(timeout_seconds=30))
+    await wait_until(lambda: rt.get_task_status(task_id).status.value == "running", "running")
+    await asyncio.sleep(0)  # the stop reaches its wait for the running task
+    stopping.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await stopping
+    assert not rt.is_running
+    status = rt.get_agent_status(agent_id)
+    assert status.status.value == "stopped", status
+    assert "cut short" in (status.status_reason or "")
+    async with AgentRuntime(config=config) as again:
+        [stopped] = await again.query_events(event_type="runtime_stopped")
+        requeued = await again.query_events(event_type="task_requeued", task_id=task_id)
+        assert stopped.details["tasks_requeued"] == len(requeued) == 1
+        assert again.get_task_status(task_id).status.value == "pending"
+    # What the command line shows: no agent running under a runtime stopped cleanly.
+    assert await asyncio.to_thread(main, ["status", "--db", config.storage_path]) == 0
+    shown = capsys.readouterr().out
+    assert "stopped cleanly" in shown
+    [row] = [line for line in shown.splitlines() if line.strip().startswith("runner")]
+    assert "stopped" in row.split(), shown

@@ -327,8 +327,10 @@ class Executor(Protocol):
         ids."""
         ...
 
-    async def close(self) -> None:
-        """Cancel every timer and runner; nothing of the executor outlives this call."""
+    async def close(self) -> list[str] | None:
+        """Cancel every timer and runner; nothing of the executor outlives this call. May
+        return the ids of the running tasks it interrupted (a stop cut short skips
+        :meth:`drain`), which the RUNTIME_STOPPED event counts."""
         ...
 
 

@@ -798,6 +798,29 @@ class AgentBook(RestartMixin):
 
         await asyncio.gather(*(stop_one(slot) for slot in self.slots.values()))
 
+    def abandon_all(self) -> None:
+        """The runtime's stop was cut short (cancelled) before it stopped its agents:
+        record every agent that was queued, starting, running or stopping as stopped (no
+        ``on_stop`` ran; its worker is killed with the runtime's), so that status queries
+        and the stored records do not show them running under a stopped runtime. Paused
+        agents stay paused with their state, as after any shutdown."""
+        reason = "the runtime's stop was cut short: stopped without on_stop"
+        for slot in self.slots.values():
+            if slot.status not in (S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING):
+                continue
+            if slot in self._start_queue:
+                self._start_queue.remove(slot)
+            if slot.status in (S.STARTING, S.RUNNING):
+                self._set(slot, S.STOPPING, reason)
+            slot.resume_queued = False
+            slot.paused_state = None
+            slot.instance.process_id = None
+            self._set(slot, S.STOPPED, reason)
+            self._events.emit(
+                EventType.AGENT_STOPPED, agent_id=slot.agent_id, details={"reason": reason}
+            )
+            self._save(slot)
+
     async def _shutdown_paused(self, slot: AgentSlot, timeout_seconds: float | None) -> None:
         if self.executor is not None:
             await self.executor.interrupt_agent(

@@ -504,7 +504,11 @@ class AgentRuntime(CommunicationAPI):
             interrupted = await steps.wait(executor.drain, timeout_seconds, **at_once) or []
         if not steps.cut_short:
             await steps.wait(self.agent_book.stop_all, timeout_seconds, graceful=graceful)
-        await steps.wait(executor.close)
+        # An executor may say which runs its close gave back (a stop cut short skips drain).
+        closed = await steps.wait(executor.close)
+        interrupted += [task_id for task_id in closed or () if task_id not in interrupted]
+        if steps.cut_short:
+            steps.call(self.agent_book.abandon_all)
         await steps.wait(self._settle_background, timeout_seconds)  # before the store closes
         steps.call(self.task_book.close)
         if self.messenger._bus is not None:

@@ -278,10 +278,12 @@ class AsyncioExecutor:
         )
         return leftover
 
-    async def close(self) -> None:
-        """Cancel timers and workers; nothing of the executor outlives this call."""
+    async def close(self) -> list[str]:
+        """Cancel timers and workers; nothing of the executor outlives this call. Returns
+        the ids of the tasks still running, interrupted here (after a drain: none)."""
         self._accepting = False
         self._closing = True
+        leftover = [run.task_id for run in self._runs.values()]
         try:
             for timer in self._retry_timers.values():
                 timer.cancel()
@@ -310,6 +312,7 @@ class AsyncioExecutor:
             for release in releases:
                 release()
             await self._loop_end.close()
+        return leftover
 
     # ------------------------------------------------------------------ agents
     def agent_available(self, slot: AgentSlot) -> None:

@@ -42,8 +42,16 @@ class StoreError(MiminionsError):
     """Queued writes could not be committed; they stay queued and a later commit retries them."""
 
 
+def read_only(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's refusal to write a database this process may only read."""
+    return str(getattr(exc, "sqlite_errorname", "")).startswith("SQLITE_READONLY")
+
+
 def retryable(exc: BaseException) -> bool:
-    """Whether ``exc`` is an operational failure of the database, worth retrying the commit."""
+    """Whether ``exc`` is an operational failure of the database, worth retrying the commit
+    (a database that became read-only for this process is not: no retry can write it)."""
+    if read_only(exc):
+        return False
     return isinstance(exc, (sqlite3.DatabaseError, OSError)) and not isinstance(exc, ROW_ERRORS)
 
 

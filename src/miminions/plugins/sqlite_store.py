@@ -74,6 +74,7 @@ from miminions.plugins.sqlite_batch import (
     encode_rows,
     execute_and_commit,
     plan_statements,
+    read_only,
     rejection,
     retryable,
 )
@@ -407,7 +408,16 @@ class SQLiteStore:
                     f"storage_path {self.path!r} is a directory; give the path of a database "
                     f"file (for example {os.path.join(self.path, 'miminions.db')!r})"
                 ) from None
-            return  # an existing file keeps the permissions its owner chose
+            # An existing file keeps the permissions its owner chose; one this user may not
+            # write is refused now (SQLite opens it read-only, and every commit would fail).
+            for file in (path, path + "-wal"):
+                if os.path.exists(file) and not os.access(file, os.W_OK):
+                    raise ConfigurationError(
+                        f"cannot open database {self.path!r} for writing: {file!r} is "
+                        "read-only for this user; make it writable, or read it with the "
+                        "read commands (miminions status / tasks / events)"
+                    ) from None
+            return
         except OSError as exc:
             raise ConfigurationError(f"cannot create database {self.path!r}: {exc}") from exc
         try:
@@ -728,10 +738,16 @@ class SQLiteStore:
                 exc,
                 self._queued(),
             )
-            if isinstance(exc, Exception) and not retryable(exc):
+            if isinstance(exc, Exception) and not retryable(exc) and not read_only(exc):
                 error = exc
             else:
-                how = f"in {self.commit_attempts} attempts" if retryable(exc) else "(interrupted)"
+                how = (
+                    "(it is read-only for this process)"
+                    if read_only(exc)
+                    else f"in {self.commit_attempts} attempts"
+                    if retryable(exc)
+                    else "(interrupted)"
+                )
                 error = StoreError(
                     f"could not commit to {self.path!r} {how}: {type(exc).__name__}: {exc}; "
                     "the writes stay queued and the next commit (a put, flush() or close()) "
