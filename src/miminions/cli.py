@@ -4,7 +4,8 @@
     miminions status --db PATH
     miminions tasks --db PATH [--status S] [--limit N]
     miminions events --db PATH [--type T ...] [--agent ID] [--task ID] [--severity S]
-                     [--since ISO] [--limit N] [--format text|jsonl|csv|json] [--output FILE]
+                     [--since ISO] [--until ISO] [--limit N] [--format text|jsonl|csv|json]
+                     [--output FILE]
     miminions top --db PATH [--interval SECONDS] [--once | --frames N] [--events N]
     miminions plugins [--disable NAME ...]
 
@@ -384,8 +385,11 @@ def cmd_events(args: argparse.Namespace) -> int:
     fmt: str = args.format
     limit = args.limit if args.limit is not None else (TEXT_EVENTS_LIMIT if fmt == "text" else None)
     # Filters are checked first: a bad value is a usage error whatever the database.
+    # Names in any case, as --status of tasks takes them (TASK_FAILED, WARNING).
+    types = None if args.types is None else [name.lower() for name in args.types]
+    severity = None if args.severity is None else args.severity.lower()
     query = build_event_query(
-        args.types, None, args.task, args.severity, args.since, None, limit, newest=True
+        types, None, args.task, severity, args.since, args.until, limit, newest=True
     )
     if args.agent is not None:
         check_utf8(args.agent, "--agent")  # a name or an id: compared with stored text
@@ -558,6 +562,12 @@ def _add_events(commands: Any) -> None:
         type=_iso_time,
         metavar="ISO",
         help="only events at or after this time (ISO-8601; without a zone it is UTC)",
+    )
+    parser.add_argument(
+        "--until",
+        type=_iso_time,
+        metavar="ISO",
+        help="only events at or before this time (ISO-8601; without a zone it is UTC)",
     )
     parser.add_argument(
         "--limit", type=_positive_int, metavar="N", help="only the N most recent matching events"

@@ -453,7 +453,8 @@ def test_demo_database_records_retry_and_pause_events(
 
 
 def test_events_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str]) -> None:
-    """--type (repeatable), --agent (id or name), --task, --severity, --since, --limit."""
+    """--type (repeatable), --agent (id or name), --task, --severity, --since, --until,
+    --limit."""
     db = demo_runs.db
     both = events_json(capsys, db, "--type", "agent_paused", "--type", "queue_paused")
     assert {r["event_type"] for r in both} == {"agent_paused", "queue_paused"}
@@ -474,6 +475,16 @@ def test_events_filters(demo_runs: DemoRuns, capsys: pytest.CaptureFixture[str])
     last = everything[-1]
     assert events_json(capsys, db, "--since", str(last["timestamp"]))[-1] == last
     assert events_json(capsys, db, "--since", "2999-01-01") == []
+    first = everything[0]
+    assert events_json(capsys, db, "--until", str(first["timestamp"]))[0] == first
+    assert events_json(capsys, db, "--until", "2000-01-01") == []
+    window = events_json(
+        capsys, db, "--since", str(first["timestamp"]), "--until", str(last["timestamp"])
+    )
+    assert window == everything
+    # Names in any case, as tasks --status takes them.
+    assert events_json(capsys, db, "--severity", "WARNING") == warnings
+    assert events_json(capsys, db, "--type", "TASK_RETRY_SCHEDULED")[0] == retry
     newest = events_json(capsys, db, "--limit", "5")
     assert newest == everything[-5:]
 
