@@ -51,6 +51,7 @@ from tests.support.process_agents import (
     AtExitAgent,
     CpuSpinAgent,
     CrashAgent,
+    DeepFailureAgent,
     HookLogAgent,
     MemoryAgent,
     SigxcpuIgnoringSpinAgent,
@@ -640,6 +641,22 @@ async def test_a_worker_breaking_the_wire_protocol_is_killed_saying_so(
         assert "broke the wire protocol: a frame is not JSON" in killed.details["reason"]
         (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
         assert "broke the wire protocol" in str(failed.details["error"])
+
+
+async def test_on_error_in_the_worker_gets_the_traceback_of_the_agent_code(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """The RemoteAgentError a process agent's on_error gets carries the traceback of where
+    its code failed (remote_traceback, "the traceback in the worker"), not the runtime's
+    own frames of the error's way back."""
+    report = tmp_path / "report"
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("deep", DeepFailureAgent, config={"report": str(report)})
+        await rt.start_agent(agent_id)
+        task = await rt.wait_for_task(await rt.submit_task("fail"), 30)
+        assert task.error_message == "ValueError: deep failure"
+        await wait_until(report.exists, "on_error's report")
+        assert "nested_failing_frame" in report.read_text(), report.read_text()
 
 
 # ---------------------------------------------------------------------- 5. pause

@@ -539,3 +539,18 @@ def _runtime_connection() -> socket.socket:
                     return found
                 found.close()
     raise RuntimeError("no connection to the runtime found")
+
+
+class DeepFailureAgent(BaseAgent):
+    """Its synchronous task fails in a nested function (``nested_failing_frame``); its
+    ``on_error`` writes the error's ``remote_traceback`` to ``config['report']``."""
+
+    def execute_task(self, task: Task) -> None:
+        def nested_failing_frame() -> None:
+            raise ValueError("deep failure")
+
+        nested_failing_frame()
+
+    def on_error(self, error: BaseException, task: Task | None) -> None:
+        remote = getattr(error, "remote_traceback", None) or ""
+        Path(self.config["report"]).write_text(remote, encoding="utf-8")

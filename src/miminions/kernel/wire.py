@@ -88,11 +88,15 @@ def encode_frame(frame: Frame) -> bytes:
 
 
 def error_to_wire(error: BaseException) -> Frame:
-    """What travels for an exception: its type name, message and formatted traceback."""
+    """What travels for an exception: its type name, message and formatted traceback. An
+    error that came from the other side (a RemoteAgentError going back to the worker's
+    ``on_error``) keeps the traceback of where it was raised, not of its way back."""
+    remote = getattr(error, "remote_traceback", None)
+    text = remote if isinstance(remote, str) and remote else None
     return {
         "type": escape_non_utf8(getattr(error, "remote_type", None) or type(error).__name__),
         "message": error_text(error),
-        "traceback": escape_non_utf8("".join(traceback.format_exception(error))),
+        "traceback": escape_non_utf8(text or "".join(traceback.format_exception(error))),
     }
 
 
