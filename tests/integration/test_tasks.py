@@ -304,6 +304,40 @@ async def test_explain_counts_only_tasks_its_own_agents_would_take_first(
     assert rt.get_task_status(red_task).status is TaskStatus.PENDING  # it never was ahead
 
 
+class SlowOnErrorAfterFailure:
+    """Fails tasks named ``fail``; its on_error waits for ``release`` (a cleanup that takes
+    a while), during which the agent takes no task."""
+
+    def __init__(self) -> None:
+        self.in_on_error = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def execute_task(self, task: Any) -> Any:
+        if task.name == "fail":
+            raise RuntimeError("failed on purpose")
+        return {}
+
+    async def on_error(self, error: BaseException, task: Any) -> None:
+        self.in_on_error.set()
+        await self.release.wait()
+
+
+async def test_explain_names_an_agent_still_running_on_error(rt: AgentRuntime) -> None:
+    """F-24: a task waiting for an agent that still runs on_error for the task before it
+    is held by a busy agent, and explain says so (it gave no reason at all)."""
+    agent = SlowOnErrorAfterFailure()
+    agent_id = await start_agent(rt, "cleaner", agent)
+    failed = await rt.submit_task("fail", agent_id=agent_id)
+    assert (await rt.wait_for_task(failed, 5)).status is TaskStatus.FAILED
+    await asyncio.wait_for(agent.in_on_error.wait(), 5)
+    waiting = await rt.submit_task("next", agent_id=agent_id)
+    [reason] = rt.explain(waiting).reasons
+    assert reason.kind is HoldKind.AGENTS_BUSY
+    assert f"{agent_id} still running on_error" in reason.message
+    agent.release.set()
+    assert (await rt.wait_for_task(waiting, 5)).status is TaskStatus.COMPLETED
+
+
 async def test_task_status_reports_position_and_effective_priority(rt: AgentRuntime) -> None:
     """F-05, F-26: pending tasks show queue position, estimated wait and effective
     priority; a prerequisite of urgent work inherits its urgency."""

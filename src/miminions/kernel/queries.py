@@ -224,11 +224,22 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
         ]
     running = [slot for slot in serving if slot.status is AgentStatus.RUNNING]
     if running:
-        if ready and all(slot.instance.task_id is not None for slot in running):
+        # An executor may say which agents still run on_error for a task that ended: they
+        # take no task until it returns.
+        in_on_error = getattr(rt.executor, "in_on_error", {})
+        handling = [
+            s.agent_id for s in running if s.instance.task_id is None and s.agent_id in in_on_error
+        ]
+        if ready and all(
+            s.instance.task_id is not None or s.agent_id in in_on_error for s in running
+        ):
+            message = f"all {len(running)} running agent(s) for {target} are busy"
+            if handling:
+                message += f" ({', '.join(handling)} still running on_error for a task that ended)"
             return [
                 HoldReason(
                     kind=HoldKind.AGENTS_BUSY,
-                    message=f"all {len(running)} running agent(s) for {target} are busy",
+                    message=message,
                     related_ids=[s.agent_id for s in running],
                 )
             ]

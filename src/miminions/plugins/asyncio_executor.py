@@ -225,6 +225,9 @@ class AsyncioExecutor:
         self._serving: dict[str, asyncio.Task[None]] = {}
         self._retry_timers: dict[str, FreezableTimer] = {}
         self._paused_agents: set[str] = set()
+        #: Agents running ``on_error`` for a task that ended (how many calls): they take no
+        #: task until it returns.
+        self.in_on_error: dict[str, int] = {}
         #: The run of each agent whose pause is in progress and whose task halted at a
         #: safe point (see halt_clocks).
         self._halted_runs: dict[str, _Run] = {}
@@ -952,10 +955,19 @@ class AsyncioExecutor:
         run.finish()
 
     async def _notify_error(self, slot: AgentSlot, error: BaseException, task: Task) -> None:
-        with contextlib.suppress(Exception, TimeoutError):
-            await asyncio.wait_for(
-                slot.host.notify_error(error, fast_copy(task)), self._notify_timeout
-            )
+        # The agent takes its next task once on_error is done (explain() says so meanwhile).
+        in_on_error = self.in_on_error
+        in_on_error[slot.agent_id] = in_on_error.get(slot.agent_id, 0) + 1
+        try:
+            with contextlib.suppress(Exception, TimeoutError):
+                await asyncio.wait_for(
+                    slot.host.notify_error(error, fast_copy(task)), self._notify_timeout
+                )
+        finally:
+            if in_on_error[slot.agent_id] == 1:
+                del in_on_error[slot.agent_id]
+            else:
+                in_on_error[slot.agent_id] -= 1
 
     async def _interrupt(
         self, run: _Run, reason: str, *, give_up: bool = True, at_once: bool = False
