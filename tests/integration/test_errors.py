@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
+import subprocess
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -203,6 +206,58 @@ def test_bad_constructor_arguments(tmp_path: Path) -> None:
         AgentRuntime(tmp_path / "x.db", disable=["no_such_plugin"])
     with pytest.raises(ValueError, match="ResourceLimits"):
         AgentRuntime(tmp_path / "x.db", limits={"max_concurrent_agents": 1})  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("bad", "said"),
+    [
+        ("", "storage_path is empty"),
+        (b"miminions.db", "must be a str or a path"),
+        (5, "must be a str or a path"),
+        ("a\0b.db", "NUL"),
+    ],
+)
+def test_a_bad_storage_path_is_refused_at_construction(bad: object, said: str) -> None:
+    """R-04: a storage_path that is empty (it was a private temporary database: everything
+    "stored" was lost at the stop), not text, or holds a NUL is a ConfigurationError saying
+    what to pass (bytes, ints and NULs escaped as bare errors from deep inside)."""
+    with pytest.raises(ConfigurationError, match=said):
+        AgentRuntime(bad)  # type: ignore[arg-type]
+    if not isinstance(bad, bytes):  # (pydantic turns UTF-8 bytes into text there)
+        with pytest.raises(pydantic.ValidationError, match="storage_path"):
+            RuntimeConfig(storage_path=bad)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [
+        ("max_concurrent_agents", True),
+        ("message_queue_max_size", True),
+        ("max_task_queue_size", "5"),
+        ("max_concurrent_agents", 2.0),
+    ],
+)
+def test_limits_take_counts_as_ints_only(field: str, value: object) -> None:
+    """R-04: a count limit given as True, "5" or 2.0 is refused, as the task API refuses
+    such numbers (True became a limit of 1)."""
+    with pytest.raises(pydantic.ValidationError, match=field):
+        ResourceLimits(**{field: value})
+
+
+async def test_flags_and_group_filters_of_the_wrong_type_are_refused(rt: AgentRuntime) -> None:
+    """R-04: graceful="no" was read by its truth (a graceful stop), and list_agents(group=5)
+    answered [] where every other group argument raises."""
+    agent_id = await rt.register_agent("echo", agents.EchoAgent, group="5")
+    await rt.start_agent(agent_id)
+    with pytest.raises(ValidationError, match="graceful must be True or False"):
+        await rt.stop_agent(agent_id, graceful="no")  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="graceful must be True or False"):
+        await rt.stop_group("5", graceful=None)  # type: ignore[arg-type]
+    assert rt.get_agent_status(agent_id).status.value == "running"
+    with pytest.raises(ValidationError, match="group"):
+        rt.list_agents(group=5)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="timeout_seconds"):
+        await rt.kv.watch("k").next(timeout_seconds=float("nan"))
 
 
 # ---------------------------------------------------------------------- text without UTF-8
@@ -514,3 +569,59 @@ async def test_an_absurd_argument_gets_a_short_typed_error(
     with pytest.raises(MiminionsError) as caught:
         await _outcome(call(rt, bad))
     assert len(str(caught.value)) < 1000
+
+
+async def test_a_call_from_another_event_loop_is_refused_before_it_changes_anything(
+    rt: AgentRuntime,
+) -> None:
+    """R-04: the runtime belongs to the loop that started it. A call from another thread's
+    loop is an InvalidStateError at once (wait_for_task hung for ever: its future was set
+    from the runtime's thread and that loop never woke), and changes nothing."""
+    await rt.pause_queue()
+    task_id = await rt.submit_task("held")
+
+    async def from_elsewhere() -> list[str]:
+        said = []
+        for call in (rt.wait_for_task(task_id), rt.submit_task("other"), rt.stop()):
+            with pytest.raises(InvalidStateError, match="another event loop") as caught:
+                await call
+            said.append(str(caught.value))
+        return said
+
+    said = await asyncio.to_thread(asyncio.run, from_elsewhere())
+    assert "run_coroutine_threadsafe" in said[0]
+    assert [t.task_id for t in rt.list_tasks()] == [task_id]
+    assert rt.is_running
+
+
+_TWO_LOOPS = """
+import asyncio, sys
+from miminions import AgentRuntime, InvalidStateError
+
+rt = AgentRuntime(sys.argv[1])
+asyncio.run(rt.start())  # its loop ends here, the runtime still "running"
+for call in (lambda: rt.submit_task("t"), lambda: rt.stop()):
+    try:
+        asyncio.run(call())
+        print("accepted")
+    except InvalidStateError as exc:
+        print("refused:", exc)
+print("tasks:", len(rt.list_tasks(limit=None)))
+"""
+
+
+def test_a_runtime_whose_loop_ended_refuses_calls_saying_why(tmp_path: Path) -> None:
+    """R-04: a runtime started in one asyncio.run and used in the next refuses the call,
+    saying to keep it in one loop; it raised a bare "Event loop is closed" after adding
+    the task (a retry duplicated it), and its stop could hang."""
+    result = subprocess.run(
+        [sys.executable, "-c", _TWO_LOOPS, str(tmp_path / "loops.db")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lines = result.stdout.splitlines()
+    assert len(lines) == 3, result.stdout + result.stderr
+    assert all("event loop that has ended" in line for line in lines[:2]), lines
+    assert lines[2] == "tasks: 0"

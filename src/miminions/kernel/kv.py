@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from miminions.kernel.errors import RuntimeNotRunningError, ValidationError
 from miminions.kernel.jsonutil import copy_json
 from miminions.kernel.task_input import to_json_value
-from miminions.kernel.validation import check_utf8
+from miminions.kernel.validation import check_seconds, check_utf8
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Store
@@ -72,6 +72,7 @@ class KVWatch:
 
     async def next(self, timeout_seconds: float | None = None) -> KVChange | None:
         """The next change, or None once closed (or after ``timeout_seconds``)."""
+        timeout_seconds = check_seconds(timeout_seconds)
         try:
             async with asyncio.timeout(timeout_seconds):
                 return await self._take()

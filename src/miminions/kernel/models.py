@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import enum
+import os
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Annotated, Any, NamedTuple, TypeVar, cast
@@ -22,7 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
-    PositiveInt,
+    field_validator,
     model_validator,
 )
 
@@ -40,6 +41,8 @@ Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
 #: A positive finite amount (cost, load).
 PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+#: A count or size limit: a positive int (True, "5" or 5.0 are refused, not converted).
+Count = Annotated[int, Field(gt=0, strict=True)]
 #: A memory size in megabytes: positive, at most 2**30 MB (a pebibyte).
 Megabytes = Annotated[float, Field(gt=0, le=2**30, allow_inf_nan=False)]
 
@@ -245,8 +248,30 @@ class UsageBudget(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    tokens: PositiveInt | None = None
+    tokens: Count | None = None
     cost: PositiveAmount | None = None
+
+
+def check_storage_path(value: object) -> str:
+    """A database path as a string: a non-empty ``str`` or path object without NUL; an
+    empty one would be a private temporary database, lost when the runtime stops
+    (``":memory:"`` says that on purpose). Raises ValueError saying what to pass."""
+    try:
+        path = os.fspath(value)  # type: ignore[call-overload]
+    except TypeError:
+        path = None
+    if not isinstance(path, str):
+        raise ValueError(
+            f"storage_path must be a str or a path (os.PathLike[str]), got {type(value).__name__}"
+        )
+    if not path:
+        raise ValueError(
+            "storage_path is empty: give a database file (':memory:' for a throwaway "
+            "database, lost when the runtime stops)"
+        )
+    if "\0" in path:
+        raise ValueError("storage_path contains a NUL character, which no file name can hold")
+    return path
 
 
 class ResourceLimits(BaseModel):
@@ -266,7 +291,7 @@ class ResourceLimits(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_concurrent_agents: PositiveInt = 10
+    max_concurrent_agents: Count = 10
     max_memory_per_agent_mb: Megabytes | None = None
     soft_memory_per_agent_mb: Megabytes | None = None
     max_cpu_time_per_agent_seconds: PositiveSeconds | None = None
@@ -298,8 +323,8 @@ class ResourceLimits(BaseModel):
             return self
         return self.model_copy(update={name: getattr(own, name) for name in own.model_fields_set})
 
-    max_task_queue_size: PositiveInt | None = None
-    message_queue_max_size: PositiveInt = 1000
+    max_task_queue_size: Count | None = None
+    message_queue_max_size: Count = 1000
     task_timeout_seconds: PositiveSeconds | None = 300.0
 
 
@@ -350,7 +375,7 @@ class ProcessSettings(BaseModel):
     stop_grace_seconds: Seconds = 2.0
     usage_interval_seconds: PositiveSeconds = 0.2
     preload: list[str] = Field(default_factory=list)
-    prefetch: PositiveInt = 16
+    prefetch: Count = 16
 
 
 class RuntimeConfig(BaseModel):
@@ -367,6 +392,12 @@ class RuntimeConfig(BaseModel):
 
     storage_path: str = "miminions.db"
     limits: ResourceLimits = Field(default_factory=ResourceLimits)
+
+    @field_validator("storage_path")
+    @classmethod
+    def _a_database_path(cls, value: str) -> str:
+        return check_storage_path(value)
+
     aging_seconds_per_level: PositiveSeconds = 1.0
     retry_backoff_base_seconds: Seconds = 0.5
     retry_backoff_max_seconds: Seconds = 60.0

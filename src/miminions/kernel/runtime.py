@@ -65,6 +65,7 @@ from miminions.kernel.models import (
     Task,
     TaskExplanation,
     TaskStatus,
+    check_storage_path,
     fast_construct,
     task_snapshot,
 )
@@ -92,6 +93,7 @@ from miminions.kernel.tracing import Carrier
 from miminions.kernel.usage import UsageBook
 from miminions.kernel.validation import (
     build_event_query,
+    check_flag,
     check_limit,
     check_name,
     check_seconds,
@@ -145,7 +147,10 @@ class AgentRuntime(CommunicationAPI):
         base = config or RuntimeConfig()
         updates: dict[str, Any] = {}
         if storage_path is not None:
-            updates["storage_path"] = os.fspath(storage_path)
+            try:
+                updates["storage_path"] = check_storage_path(storage_path)
+            except ValueError as exc:
+                raise ConfigurationError(str(exc)) from None
         if limits is not None:
             updates["limits"] = limits.model_copy(deep=True)
         # The runtime's own copy, nested parts too: miminions_configure may adjust it, and
@@ -185,6 +190,7 @@ class AgentRuntime(CommunicationAPI):
         self._plugin_work: dict[asyncio.Future[Any], object] = {}  # run_in_background's
         self._claim = ""
         self._stopped: asyncio.Future[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop it was started on
         # Asked where the application creates work; most runtimes have no tracing plugin,
         # and then submit and send do not pay for a hook call.
         trace_hook = self.plugin_manager.hook.miminions_trace_context
@@ -319,7 +325,8 @@ class AgentRuntime(CommunicationAPI):
                 "AgentRuntime on the same storage_path to continue its work"
             )
         self._state = "starting"
-        starting = self._starting = asyncio.get_running_loop().create_future()
+        self._loop = asyncio.get_running_loop()
+        starting = self._starting = self._loop.create_future()
         try:
             try:
                 await self._start()
@@ -346,6 +353,10 @@ class AgentRuntime(CommunicationAPI):
         config = self.config
         pm = self.plugin_manager
         refuse_coroutines(pm.hook.miminions_configure(config=config), "miminions_configure")
+        try:  # as configure left it (model attributes are set without validation)
+            check_storage_path(config.storage_path)
+        except ValueError as exc:
+            raise ConfigurationError(str(exc)) from None
         # The database as configure left it: one runtime per database in this process.
         self._claim = claim(config.storage_path)
         self.usage.group_budgets = dict(config.group_budgets)  # as configure left them
@@ -469,6 +480,8 @@ class AgentRuntime(CommunicationAPI):
         stop again waits for the first call to finish; a stop called while the runtime
         starts waits for the start to end, then stops it; on a runtime that never started
         it does nothing."""
+        if self._state not in ("new", "stopped"):  # a stopped one: nothing to do, anywhere
+            self._require_own_loop()
         starting = self._starting
         if starting is not None and not starting.done():
             await asyncio.shield(starting)
@@ -477,6 +490,7 @@ class AgentRuntime(CommunicationAPI):
             return
         if self._state != "running":
             return
+        check_flag(graceful, "graceful")
         if timeout_seconds is None:
             timeout_seconds = self.config.shutdown_timeout_seconds
         timeout = check_seconds(timeout_seconds, allow_none=False) or 0.0
@@ -537,6 +551,30 @@ class AgentRuntime(CommunicationAPI):
                 else "create a new AgentRuntime"
             )
             raise RuntimeNotRunningError(f"the runtime is {self._state}; {hint}")
+        self._require_own_loop()
+
+    def _require_own_loop(self) -> None:
+        """Refuse a call from another event loop (or thread) than the one the runtime was
+        started on, before it changes anything: the runtime's futures, timers and store
+        belong to that loop, and a call from elsewhere would hang or half happen."""
+        try:
+            current: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            current = None
+        own = self._loop
+        if current is own or own is None:
+            return
+        if own.is_closed():
+            raise InvalidStateError(
+                "this runtime was started on an event loop that has ended (two asyncio.run "
+                "calls?): start, use and stop a runtime within one event loop, e.g. in one "
+                "asyncio.run(main()) with 'async with AgentRuntime(...)' inside"
+            )
+        raise InvalidStateError(
+            "this runtime runs on another event loop (the one that started it): call it "
+            "there; from another thread, use asyncio.run_coroutine_threadsafe(rt.<call>, "
+            "that loop)"
+        )
 
     def _make_host(self, spec: AgentSpec, agent: object) -> AgentHost:
         host: AgentHost = first_result(
@@ -626,6 +664,7 @@ class AgentRuntime(CommunicationAPI):
     ) -> AgentInstance:
         """Stop an agent: graceful lets its task finish within ``timeout_seconds``."""
         self._require_running()
+        check_flag(graceful, "graceful")
         return await self.agent_book.stop(
             agent_id, graceful=graceful, timeout_seconds=timeout_seconds
         )
@@ -658,6 +697,7 @@ class AgentRuntime(CommunicationAPI):
     ) -> list[AgentInstance]:
         """Stop every agent of ``group`` that is not stopped."""
         check_seconds(timeout_seconds, allow_none=False)  # once, not once per member
+        check_flag(graceful, "graceful")
 
         async def stop(agent_id: str) -> AgentInstance:
             return await self.stop_agent(agent_id, graceful, timeout_seconds)
@@ -892,6 +932,8 @@ class AgentRuntime(CommunicationAPI):
         """All agents, optionally only those with ``status`` and/or in ``group``."""
         self._require_started()
         wanted = parse_enum(AgentStatus, status, "status")
+        if group is not None:
+            check_name(group, "group")  # a wrong type is an error, not "no such agents"
         return [
             slot.instance.model_copy()
             for slot in self.agent_book.slots.values()

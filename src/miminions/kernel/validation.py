@@ -43,6 +43,14 @@ def check_utf8(text: str, what: str) -> int:
 MAX_NAME = 256
 
 
+def check_flag(value: Any, what: str) -> bool:
+    """``value`` if it is True or False; anything else (a string such as "no", None, 0) is
+    a ValidationError rather than read by its truth."""
+    if not isinstance(value, bool):
+        raise ValidationError(f"{what} must be True or False, got {shown(value)}")
+    return value
+
+
 def check_name(value: Any, what: str) -> None:
     """Raise unless ``value`` is a non-empty string of at most MAX_NAME characters that
     can be stored (a group, topic or message type name)."""
@@ -131,8 +139,7 @@ def build_event_query(
         if not isinstance(ident, str):
             raise ValidationError(f"{name} must be a string (one id) or None, got {shown(ident)}")
         check_utf8(ident, name)
-    if not isinstance(newest, bool):
-        raise ValidationError(f"newest must be True or False, got {shown(newest)}")
+    check_flag(newest, "newest")
     for name, value in (("since", since), ("until", until)):
         if value is not None and not isinstance(value, datetime):
             raise ValidationError(f"{name} must be a datetime")
