@@ -20,10 +20,12 @@ from typing import Any
 import pytest
 
 from miminions import (
+    AgentContext,
     AgentHookError,
     AgentRuntime,
     AgentStatus,
     EventType,
+    InvalidStateError,
     RuntimeConfig,
     Task,
     TaskStatus,
@@ -37,7 +39,11 @@ from tests.support.journal_agents import (
     PauseStateAgent,
     read_journal,
 )
-from tests.support.process_agents import BrokenStrAgent
+from tests.support.process_agents import (
+    BrokenStrAgent,
+    sync_checkpointing_until_gate,
+    sync_context_calls,
+)
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -675,3 +681,56 @@ async def test_an_exception_whose_str_raises_is_reported_like_any_other(
         assert task.status is TaskStatus.FAILED
         assert task.error_message == "BrokenStrError: <str() failed: RuntimeError>"
         assert await rt.query_events(event_type=EventType.AGENT_KILLED, agent_id=agent) == []
+
+
+async def test_synchronous_agent_code_uses_its_context_through_call_sync(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """F-22: a ``def`` agent reaches its context from its thread: call_sync for a KV write,
+    a checkpoint and a receive, asyncio.run for a send. A process agent's call from its
+    thread hung for ever (the reply settled a future of another loop); inline, checkpoints
+    raced."""
+    agent_id = await rt.register_agent("sync", sync_context_calls, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task = await rt.wait_for_task(await rt.submit_task("calls"), 15)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data is not None
+    assert task.output_data["received"] == task.output_data["sent"]
+    assert task.checkpoint == {"step": 1}
+    assert rt.kv.get("sync-key") == {"v": 1}
+
+
+async def test_a_synchronous_task_halts_for_a_pause_at_its_call_sync_safe_point(
+    rt: AgentRuntime, isolation: str, tmp_path: Path
+) -> None:
+    """F-25: a context call made with call_sync is a safe point of the task: the pause
+    returns with the task halted there (it is not taken for other code of the agent)."""
+    gate = tmp_path / "gate"
+    agent_id = await rt.register_agent("sync", sync_checkpointing_until_gate, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("loop", {"gate": str(gate)})
+    await wait_until(lambda: rt.get_task_status(task_id).status is TaskStatus.RUNNING, "run")
+    paused = await rt.pause_agent(agent_id, timeout_seconds=10)
+    assert paused.status is AgentStatus.PAUSED
+    gate.touch()
+    assert rt.get_task_status(task_id).status is TaskStatus.RUNNING
+    await rt.resume_agent(agent_id)
+    assert (await rt.wait_for_task(task_id, 15)).status is TaskStatus.COMPLETED
+
+
+def test_call_sync_on_the_agents_loop_says_to_await() -> None:
+    """call_sync from the agent's own loop would block it: an InvalidStateError instead."""
+
+    async def on_the_loop() -> None:
+        context = AgentContext(
+            agent_id="a",
+            name="a",
+            group=None,
+            config={},
+            channel=None,  # type: ignore[arg-type]
+        )
+        call = context.kv.get("k")
+        with pytest.raises(InvalidStateError, match="await the call instead"):
+            context.call_sync(call)
+
+    asyncio.run(on_the_loop())

@@ -554,3 +554,22 @@ class DeepFailureAgent(BaseAgent):
     def on_error(self, error: BaseException, task: Task | None) -> None:
         remote = getattr(error, "remote_traceback", None) or ""
         Path(self.config["report"]).write_text(remote, encoding="utf-8")
+
+
+def sync_context_calls(task: Task, context: Any) -> dict[str, Any]:
+    """A synchronous function agent using its context from its thread: ``call_sync`` for
+    a KV write, a checkpoint and a receive, and ``asyncio.run`` for a send (to itself)."""
+    version = context.call_sync(context.kv.set("sync-key", {"v": 1}))
+    [sent] = asyncio.run(context.send(context.agent_id, "note", {"x": 1}))
+    context.call_sync(context.checkpoint({"step": 1}))
+    received = context.call_sync(context.receive(timeout_seconds=10))
+    return {"version": version, "sent": sent, "received": received.message_id}
+
+
+def sync_checkpointing_until_gate(task: Task, context: Any) -> dict[str, Any]:
+    """A synchronous function agent whose task makes a safe point (``call_sync`` of a
+    checkpoint) every 10 ms until the file ``input_data['gate']`` exists."""
+    while not _exists(task.input_data["gate"]):
+        context.call_sync(context.checkpoint())
+        time.sleep(0.01)
+    return {"pid": os.getpid()}

@@ -22,12 +22,14 @@ import functools
 import inspect
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
 from miminions.kernel.models import AgentMessage, JSONObject, Task, message_to_json
 from miminions.kernel.tracing import current_carrier, scope_carrier
 from miminions.kernel.usage import check_usage
+
+_T = TypeVar("_T")
 
 
 class ContextChannel(Protocol):
@@ -60,6 +62,10 @@ class AgentContext:
 
     Every ``await context.<call>`` is a *safe point*: when the agent has been paused, the call
     waits there until it is resumed, so a paused agent's task halts at its next context call.
+
+    Synchronous agent code (a ``def`` that runs in the agent's thread) makes the same calls
+    with :meth:`call_sync`: ``context.call_sync(context.kv.set("k", 1))``. The calls are
+    carried out on the agent's own event loop whichever loop awaits them.
     """
 
     def __init__(
@@ -79,13 +85,34 @@ class AgentContext:
         self.current_task: Task | None = None
         self.last_checkpoint: Any = None
         self._channel = channel
+        # The agent's loop: calls awaited on another one (asyncio.run in a sync agent's
+        # thread) are carried out there (see on_loop).
+        self._loop = _running_loop()
         #: The shared key-value store (see :class:`AgentKV`).
-        self.kv = AgentKV(channel)
+        self.kv = AgentKV(channel, self._loop)
 
     @property
     def is_stopping(self) -> bool:
         """True once the agent was asked to stop: finish or checkpoint the current task."""
         return self._channel.stopping
+
+    def call_sync(self, call: Awaitable[_T], timeout_seconds: float | None = None) -> _T:
+        """For synchronous agent code (a ``def`` in the agent's thread): carry out a context
+        call, ``context.call_sync(context.checkpoint({"step": 3}))``, and return its result.
+
+        The calling thread waits; the call runs on the agent's loop, a safe point as when
+        awaited. Raises InvalidStateError on the agent's loop itself (``await`` it there),
+        and TimeoutError after ``timeout_seconds`` (None: as long as it takes).
+        """
+        loop = self._loop
+        if loop is None or _running_loop() is loop:
+            if inspect.iscoroutine(call):
+                call.close()
+            raise InvalidStateError(
+                "call_sync() is for synchronous code in the agent's thread; on the agent's "
+                "event loop, await the call instead"
+            )
+        return asyncio.run_coroutine_threadsafe(_awaited(call), loop).result(timeout_seconds)
 
     async def checkpoint(self, state: Any = None) -> None:
         """A safe point; with ``state``, also save it as the current task's checkpoint.
@@ -93,6 +120,8 @@ class AgentContext:
         The saved state is JSON. If the task is interrupted (crash, shutdown) and runs again,
         the next attempt finds it in ``context.last_checkpoint``.
         """
+        if (loop := self._loop) is not None and _running_loop() is not loop:
+            return await on_loop(loop, self.checkpoint(state))
         await self._channel.safe_point()
         if state is None:
             return
@@ -109,6 +138,8 @@ class AgentContext:
         budget is spent the runtime pauses the agent or the group (F-27), and the task halts
         at its next safe point.
         """
+        if (loop := self._loop) is not None and _running_loop() is not loop:
+            return await on_loop(loop, self.report_usage(tokens, cost))
         tokens, cost = check_usage(tokens, cost)
         self._channel.report_usage(tokens, cost)
         await self._channel.safe_point()
@@ -221,6 +252,8 @@ class AgentContext:
         return await self._call(op, **payload)
 
     async def _call(self, op: str, **payload: Any) -> Any:
+        if (loop := self._loop) is not None and _running_loop() is not loop:
+            return await on_loop(loop, self._call(op, **payload))
         await self._channel.safe_point()
         return await self._channel.runtime_call(op, payload)
 
@@ -233,10 +266,15 @@ class AgentKV:
     is a safe point. ``namespace`` separates data (e.g. one per group).
     """
 
-    def __init__(self, channel: ContextChannel) -> None:
+    def __init__(
+        self, channel: ContextChannel, loop: asyncio.AbstractEventLoop | None = None
+    ) -> None:
         self._channel = channel
+        self._loop = loop  # the agent's (see AgentContext)
 
     async def _call(self, op: str, **payload: Any) -> Any:
+        if (loop := self._loop) is not None and _running_loop() is not loop:
+            return await on_loop(loop, self._call(op, **payload))
         await self._channel.safe_point()
         return await self._channel.runtime_call(op, payload)
 
@@ -279,6 +317,24 @@ class AgentKV:
         finally:
             with contextlib.suppress(Exception):
                 await self._channel.runtime_call("kv_unwatch", {"watch_id": watch_id})
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+async def on_loop(loop: asyncio.AbstractEventLoop, call: Awaitable[_T]) -> _T:
+    """Await ``call`` on ``loop`` (the agent's) from another loop: a context call made by
+    synchronous agent code (``asyncio.run`` in its thread). It runs in the caller's context
+    variables, so the runtime knows it for the agent's task (a pause halts it there)."""
+    return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(_awaited(call), loop))
+
+
+async def _awaited(call: Awaitable[_T]) -> _T:
+    return await call
 
 
 def as_message(value: Any) -> AgentMessage:
