@@ -555,6 +555,28 @@ async def test_a_message_whose_handler_crashed_its_worker_is_not_delivered_again
         assert begun.count(message_id) == 1, begun
 
 
+def after_the_first_task_receive(
+    host: ProcessHost, action: Callable[[int, Any], None]
+) -> list[int]:
+    """Patch ``host`` so that ``action(pid, channel)`` runs once, as the runtime has taken
+    the message for its agent's task's first ``receive`` and before the reply is written.
+    Returns a list that gets the worker's pid when it ran."""
+    messaging = host._messaging
+    done: list[int] = []
+
+    async def then_act(call: str, payload: dict[str, Any]) -> Any:
+        result = await messaging(call, payload)
+        if call == "receive" and not payload.get("inbox") and not done:
+            live = host._live
+            assert live is not None
+            done.append(live.process.pid)
+            action(live.process.pid, live.channel)
+        return result
+
+    host._messaging = then_act  # type: ignore[method-assign]
+    return done
+
+
 async def test_a_message_received_by_a_task_whose_worker_died_is_received_again(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
@@ -564,22 +586,11 @@ async def test_a_message_received_by_a_task_whose_worker_died_is_received_again(
     fast = RestartPolicy(max_restarts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
     async with open_runtime(make_config, "process", restart=fast) as rt:
         agent_id = await start(rt, "receiver")
-        host = process_host(rt, agent_id)
-        messaging = host._messaging
-        killed: list[int] = []
-
-        async def die_as_the_message_leaves(call: str, payload: dict[str, Any]) -> Any:
-            result = await messaging(call, payload)
-            if call == "receive" and not payload.get("inbox") and not killed:
-                live = host._live
-                assert live is not None
-                killed.append(live.process.pid)
-                # SIGKILL is final once sent: the worker runs no more code, so the reply
-                # written next never reaches the task
-                os.kill(live.process.pid, signal.SIGKILL)
-            return result
-
-        host._messaging = die_as_the_message_leaves
+        # SIGKILL is final once sent: the worker runs no more code, so the reply written
+        # next never reaches the task.
+        killed = after_the_first_task_receive(
+            process_host(rt, agent_id), lambda pid, _: os.kill(pid, signal.SIGKILL)
+        )
         task_id = await rt.submit_task(
             "script",
             {"ops": [{"op": "receive", "timeout": WAIT}]},
@@ -607,28 +618,18 @@ async def test_a_message_the_task_received_is_not_delivered_again_after_its_work
     fast = RestartPolicy(max_restarts=5, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
     async with open_runtime(make_config, "process", restart=fast) as rt:
         agent_id = await start(rt, "poisoned", PoisonReceiverAgent)
-        host = process_host(rt, agent_id)
-        messaging = host._messaging
-        pinged: list[int] = []
 
-        async def reply_with_a_ping_beside(call: str, payload: dict[str, Any]) -> Any:
-            result = await messaging(call, payload)
-            if call == "receive" and not payload.get("inbox") and not pinged:
-                live = host._live
-                assert live is not None
-                pid = live.process.pid
-                pinged.append(pid)
-                os.kill(pid, signal.SIGSTOP)  # the reply and the ping arrive together
+        def ping_beside_the_reply(pid: int, channel: Any) -> None:
+            os.kill(pid, signal.SIGSTOP)  # the reply and the ping arrive together
 
-                def ping_and_wake() -> None:
-                    live.channel.request("ping").add_done_callback(retrieve)
-                    live.channel.flush_now()  # the reply (queued first), then the ping
-                    os.kill(pid, signal.SIGCONT)
+            def ping_and_wake() -> None:
+                channel.request("ping").add_done_callback(retrieve)
+                channel.flush_now()  # the reply (queued first), then the ping
+                os.kill(pid, signal.SIGCONT)
 
-                asyncio.get_running_loop().call_soon(ping_and_wake)
-            return result
+            asyncio.get_running_loop().call_soon(ping_and_wake)
 
-        host._messaging = reply_with_a_ping_beside
+        pinged = after_the_first_task_receive(process_host(rt, agent_id), ping_beside_the_reply)
         [poison_id] = await rt.send_message(agent_id, "poison", {"n": 1})
         [good_id] = await rt.send_message(agent_id, "good", {"n": 2})
         task_id = await rt.submit_task(

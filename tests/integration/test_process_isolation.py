@@ -57,7 +57,9 @@ from tests.support.process_agents import (
     SigxcpuIgnoringSpinAgent,
     SlowPauseAgent,
     SmallTaskAgent,
+    StartSpinningAgent,
     SteppingAgent,
+    SubprocessAgent,
     SyncHangAgent,
     ThreadsAgent,
     WireGarbageAgent,
@@ -657,6 +659,69 @@ async def test_on_error_in_the_worker_gets_the_traceback_of_the_agent_code(
         assert task.error_message == "ValueError: deep failure"
         await wait_until(report.exists, "on_error's report")
         assert "nested_failing_frame" in report.read_text(), report.read_text()
+
+
+# What an agent's subprocesses use is the agent's (they stay in its worker's process group).
+async def test_the_memory_of_an_agents_subprocess_counts_against_its_limit(
+    config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """An agent whose tool (a subprocess) holds 80 MiB is over a 60 MB limit: its worker is
+    stopped, the subprocess with it, and its task fails (only the worker's own memory was
+    watched: the task waited for ever)."""
+    limits = ResourceLimits(max_memory_per_agent_mb=60)
+    async with AgentRuntime(config=config(process=LENIENT, limits=limits)) as rt:
+        agent_id = await rt.register_agent("hog", SubprocessAgent)
+        await rt.start_agent(agent_id)
+        held, pid_file = tmp_path / "held", tmp_path / "pid"
+        task_id = await rt.submit_task(
+            "tool",
+            {"hold_mb": 80, "held": str(held), "pid": str(pid_file)},
+            agent_id=agent_id,
+        )
+        task = await rt.wait_for_task(task_id, 30)
+        assert task.status is TaskStatus.FAILED
+        assert "ResourceLimitExceeded" in (task.error_message or ""), task.error_message
+        [event] = await rt.query_events(event_type=EventType.RESOURCE_LIMIT_EXCEEDED)
+        assert event.details["resource"] == "memory"
+        child = int(pid_file.read_text())
+        await wait_until(lambda: not alive(child), "the subprocess to die with its worker")
+
+
+async def test_the_cpu_time_of_an_agents_subprocesses_counts_against_its_limit(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """Three tools of 0.8 CPU-seconds each are 2.4 s of the agent's CPU time, over its 1 s
+    limit (each subprocess had an RLIMIT_CPU of its own, and the task completed)."""
+    limits = ResourceLimits(max_cpu_time_per_agent_seconds=1)
+    async with AgentRuntime(config=config(process=LENIENT, limits=limits)) as rt:
+        agent_id = await rt.register_agent("spinner", SubprocessAgent)
+        await rt.start_agent(agent_id)
+        task_id = await rt.submit_task("tools", {"spin": 3, "seconds": 0.8}, agent_id=agent_id)
+        task = await rt.wait_for_task(task_id, 30)
+        assert task.status is TaskStatus.FAILED, task.output_data
+        [event] = await rt.query_events(event_type=EventType.RESOURCE_LIMIT_EXCEEDED)
+        assert event.details["resource"] == "cpu"
+
+
+async def test_a_cpu_limit_reached_while_starting_is_reported_as_the_limit(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """An on_start that spends the CPU limit fails the start with ResourceLimitExceeded and
+    a resource_limit_exceeded event, whichever the runtime sees first of the closed
+    connection and the worker's exit (it was a plain crash, "killed by SIGXCPU", when the
+    connection came first)."""
+    async with AgentRuntime(config=config(process=LENIENT)) as rt:
+        for n in range(3):
+            agent_id = await rt.register_agent(
+                f"spinner{n}",
+                StartSpinningAgent,
+                limits=ResourceLimits(max_cpu_time_per_agent_seconds=1),
+            )
+            started = await rt.start_agent(agent_id)
+            assert started.status is AgentStatus.FAILED
+            assert "ResourceLimitExceeded" in (started.error_message or ""), started
+        exceeded = await rt.query_events(event_type=EventType.RESOURCE_LIMIT_EXCEEDED)
+        assert len(exceeded) == 3
 
 
 # ---------------------------------------------------------------------- 5. pause
