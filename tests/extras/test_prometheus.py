@@ -34,6 +34,7 @@ from miminions.kernel.plugins import AUTOLOAD_ENV
 from tests.support.agents import EchoAgent, RecordingAgent
 from tests.support.interpreter import without_package
 from tests.support.messaging_agents import ResponderAgent
+from tests.support.process_agents import SubprocessAgent
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -191,6 +192,29 @@ async def test_a_message_received_again_is_one_latency_sample(make_config: MakeC
         assert value(samples, "miminions_messages_received_total") == 1
         assert value(samples, "miminions_message_delivery_latency_seconds_count") == 1
         assert len(rt.messenger.latencies) == 1
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.usefixtures("client_package")
+async def test_the_memory_gauge_counts_what_the_memory_limit_counts(
+    make_config: MakeConfig, tmp_path: Path
+) -> None:
+    """miminions_agent_resident_memory_bytes, which the docs compare with
+    max_memory_per_agent_mb, counts the subprocesses the agent started, as the limit does
+    (an agent whose tool held 80 MiB showed a fraction of it)."""
+    held, pids = tmp_path / "held", tmp_path / "pids"
+    async with AgentRuntime(config=with_port(make_config)) as rt:
+        agent_id = await start_agent(rt, "tooluser", SubprocessAgent, isolation="process")
+        await rt.submit_task("hold", {"hold_mb": 80, "held": str(held), "pid": str(pids)})
+        await wait_until(held.exists, "the subprocess to hold its memory")
+        rss = value(
+            await scraped(rt),
+            "miminions_agent_resident_memory_bytes",
+            agent_id=agent_id,
+            agent_name="tooluser",
+        )
+        assert rss > 80 * 2**20
+        await rt.stop_agent(agent_id, graceful=False)
 
 
 @pytest.mark.usefixtures("client_package")

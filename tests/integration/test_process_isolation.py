@@ -66,6 +66,7 @@ from tests.support.process_agents import (
 )
 from tests.support.processes import alive, proc_state
 from tests.support.runtime import run_child_runtime
+from tests.support.sync_agents import WireBadIdAgent, WireGarbageOnStartAgent
 from tests.support.waiting import wait_until
 
 pytestmark = [
@@ -643,6 +644,31 @@ async def test_a_worker_breaking_the_wire_protocol_is_killed_saying_so(
         assert "broke the wire protocol: a frame is not JSON" in killed.details["reason"]
         (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
         assert "broke the wire protocol" in str(failed.details["error"])
+
+
+async def test_a_worker_breaking_the_wire_protocol_in_on_start_fails_the_start_saying_so(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """As during a task: the start's failure says the worker broke the protocol (it said
+    "killed by SIGKILL while starting", the start's own clean-up being first to kill it)."""
+    async with AgentRuntime(config=config()) as rt:
+        agent_id = await rt.register_agent("g", WireGarbageOnStartAgent)
+        started = await rt.start_agent(agent_id)
+        assert started.status is AgentStatus.FAILED
+        assert "broke the wire protocol" in (started.error_message or ""), started
+        (failed,) = await wait_events(rt, EventType.AGENT_FAILED, agent_id=agent_id)
+        assert "broke the wire protocol" in str(failed.details["error"]), failed.details
+
+
+async def test_a_reply_id_of_the_wrong_type_kills_the_worker_saying_so(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    async with AgentRuntime(config=config()) as rt:
+        await rt.start_agent(await rt.register_agent("b", WireBadIdAgent))
+        task = await rt.wait_for_task(await rt.submit_task("x"), 30)
+        assert task.status is TaskStatus.FAILED
+        assert "broke the wire protocol" in (task.error_message or ""), task.error_message
+        assert "is not an int" in (task.error_message or ""), task.error_message
 
 
 async def test_on_error_in_the_worker_gets_the_traceback_of_the_agent_code(

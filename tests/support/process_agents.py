@@ -522,13 +522,13 @@ class WireGarbageAgent(BaseAgent):
     (a native library scribbling on a file descriptor it does not own), then waits."""
 
     async def execute_task(self, task: Task) -> dict[str, Any]:
-        with _runtime_connection() as connection:
+        with runtime_connection() as connection:
             connection.sendall(b"\x00\x00\x00\x05hello")
         await asyncio.sleep(60)
         return _done(self)
 
 
-def _runtime_connection() -> socket.socket:
+def runtime_connection() -> socket.socket:
     """A duplicate of the worker's end of its connection to the runtime."""
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)

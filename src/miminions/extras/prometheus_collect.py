@@ -42,6 +42,7 @@ from prometheus_client.openmetrics.exposition import generate_latest as generate
 from prometheus_client.utils import floatToGoString
 
 from miminions.kernel.models import AgentStatus, Event, EventType, TaskStatus
+from miminions.plugins.process_pool import existing_pool
 from miminions.plugins.process_probe import read_usage
 
 if TYPE_CHECKING:
@@ -262,8 +263,12 @@ def _add_runtime_state(families: _Families, runtime: AgentRuntime) -> None:
         families.agents.add_metric([agent_status.value], count)
     families.agent_slots.add_metric(["used"], capacity.active_agents)
     families.agent_slots.add_metric(["free"], capacity.free_agent_slots)
+    pool = existing_pool(runtime)
     for agent in runtime.list_agents():
-        usage = None if agent.process_id is None else read_usage(agent.process_id)
+        pid = agent.process_id
+        # What its memory limit counts: the worker with the subprocesses its agent started.
+        members = [] if pool is None or pid is None else pool.members_of(pid)
+        usage = None if pid is None else read_usage(pid, members)
         if usage is not None:
             families.agent_rss.add_metric([agent.agent_id, agent.name], usage.rss_bytes)
     families.uptime.add_metric([], metrics.uptime_seconds)

@@ -31,6 +31,12 @@ from miminions.kernel.usage import check_usage
 
 _T = TypeVar("_T")
 
+#: The task whose code runs in this context (set by the agent's runner for each task; the
+#: agent's thread and the calls it makes inherit it): a checkpoint is that task's.
+RUNNING_TASK: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+    "miminions_running_task", default=None
+)
+
 
 class ContextChannel(Protocol):
     """How a context reaches the runtime: implemented by each agent host."""
@@ -112,7 +118,14 @@ class AgentContext:
                 "call_sync() is for synchronous code in the agent's thread; on the agent's "
                 "event loop, await the call instead"
             )
-        return asyncio.run_coroutine_threadsafe(_awaited(call), loop).result(timeout_seconds)
+        future = asyncio.run_coroutine_threadsafe(_awaited(call), loop)
+        try:
+            return future.result(timeout_seconds)
+        except BaseException:
+            # Given up on (a timeout, an exception in this thread): the call ends too, as
+            # with asyncio.wait_for, so a receive left behind takes no message.
+            future.cancel()
+            raise
 
     async def checkpoint(self, state: Any = None) -> None:
         """A safe point; with ``state``, also save it as the current task's checkpoint.
@@ -122,6 +135,14 @@ class AgentContext:
         """
         if (loop := self._loop) is not None and _running_loop() is not loop:
             return await on_loop(loop, self.checkpoint(state))
+        task = RUNNING_TASK.get() or self.current_task
+        if task is not None and task is not self.current_task:
+            # Synchronous code of a task given up on (timed out, cancelled), still running
+            # in the agent's thread: the agent has moved on; this is not its checkpoint.
+            raise InvalidStateError(
+                f"task {task.task_id} has ended (timed out, cancelled or given back) while "
+                "this code went on: its checkpoint is not saved"
+            )
         await self._channel.safe_point()
         if state is None:
             return
@@ -308,7 +329,7 @@ class AgentKV:
         watch_id = await self._call("kv_watch", prefix=prefix, namespace=namespace)
         try:
             while True:
-                change = await self._channel.runtime_call(
+                change = await self._runtime_call(
                     "kv_next", {"watch_id": watch_id, "timeout_seconds": None}
                 )
                 if change is None:
@@ -316,7 +337,13 @@ class AgentKV:
                 yield change
         finally:
             with contextlib.suppress(Exception):
-                await self._channel.runtime_call("kv_unwatch", {"watch_id": watch_id})
+                await self._runtime_call("kv_unwatch", {"watch_id": watch_id})
+
+    async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
+        """A call without a safe point (a watch's next change), on the agent's loop."""
+        if (loop := self._loop) is not None and _running_loop() is not loop:
+            return await on_loop(loop, self._runtime_call(op, payload))
+        return await self._channel.runtime_call(op, payload)
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

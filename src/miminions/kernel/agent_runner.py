@@ -22,6 +22,7 @@ from functools import partial
 from typing import Any
 
 from miminions.kernel.agent import (
+    RUNNING_TASK,
     AgentContext,
     ContextChannel,
     as_message,
@@ -44,6 +45,13 @@ MakeContext = Callable[[ContextChannel], AgentContext]
 #: The runner whose task's code runs in this context (see :meth:`AgentRunner.safe_point`).
 _TASK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
     "miminions_task_of", default=None
+)
+
+
+#: The runner whose on_message delivery runs in this context: the handler's own code, its
+#: thread (a sync handler) and the context calls that thread makes with call_sync.
+_HANDLER_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
+    "miminions_handler_of", default=None
 )
 
 
@@ -133,7 +141,9 @@ class AgentRunner:
         is_task = current is self._task_runner or (
             self._task_runner is not None and _TASK_OF.get() is self
         )
-        is_handler = current is self._inbox and not self._handler_quiet.is_set()
+        is_handler = (
+            current is self._inbox or _HANDLER_OF.get() is self
+        ) and not self._handler_quiet.is_set()
         if is_task:
             self._halted_waiting += 1
             self._halted.set()
@@ -207,6 +217,7 @@ class AgentRunner:
         running task (a handler that raises is logged; the next message still comes)."""
         context = self.context
         assert context is not None
+        _HANDLER_OF.set(self)  # this task's own context: what the handler starts inherits it
         while True:
             await self._gate.wait()  # a paused agent takes no message
             if self._delivery_ending:
@@ -273,6 +284,7 @@ class AgentRunner:
         self._idle.clear()
         self._task_runner = asyncio.current_task()
         task_of = _TASK_OF.set(self)  # inherited by the coroutines the task starts
+        running = RUNNING_TASK.set(task)
         try:
             if task.trace_context is None:
                 return await self._execute(task)
@@ -280,6 +292,7 @@ class AgentRunner:
                 return await self._execute(task)
         finally:
             _TASK_OF.reset(task_of)
+            RUNNING_TASK.reset(running)
             self._task_runner = None
             context.current_task = None
             self._idle.set()

@@ -94,6 +94,7 @@ class _Live:
         self.soft_cpu_warned = False
         self.cpu_seconds: float | None = None  # at the last usage check
         self.breach: ResourceLimitExceeded | None = None
+        self.protocol_error: ProtocolViolationError | None = None  # why it was cut off
         self.killing: asyncio.Future[None] | None = None  # see ProcessHost._kill_worker
         #: Resolved when the run at the head of ``runs`` leaves it (see _cancel_run).
         self.head_moved: asyncio.Future[None] | None = None
@@ -207,6 +208,11 @@ class ProcessHost:
                 self._note_cpu_breach(live, await self._exit_code(live))
             if live.breach is not None:
                 raise live.breach from None
+            if live.protocol_error is not None:
+                raise AgentCrashedError(
+                    f"the worker of agent {self.spec.name!r} broke the wire protocol while "
+                    f"starting: {live.protocol_error}"
+                ) from None
             if isinstance(exc, ChannelClosedError):
                 raise AgentCrashedError(
                     f"the worker of agent {self.spec.name!r} "
@@ -660,6 +666,7 @@ class ProcessHost:
             if isinstance(exc, ProtocolViolationError):
                 # Killed at once, and said why: it would exit by itself (code 0) on finding
                 # its connection closed, which tells the user nothing.
+                live.protocol_error = exc
                 self._spawn(self._kill_worker(live, f"it broke the wire protocol: {exc}", {}))
             else:
                 self._spawn(self._lost_connection(live))

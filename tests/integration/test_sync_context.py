@@ -1,0 +1,125 @@
+"""Synchronous agent code using its context from its thread (``context.call_sync``, or a
+call awaited with ``asyncio.run``): calls carried out on the agent's loop, safe points of
+the task or handler, given up cleanly, and never taken for another task's.
+
+Agents come from :mod:`tests.support.sync_agents` (importable by worker processes)."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from miminions import AgentRuntime, AgentStatus, TaskStatus
+from tests.support.sync_agents import (
+    SyncHandlerAsyncioRun,
+    SyncHandlerCallingContext,
+    SyncHooksCallingContext,
+    sync_checkpoint_after_gate,
+    sync_receive_with_short_timeout,
+    sync_watch_with_asyncio_run,
+    sync_watch_with_call_sync,
+)
+from tests.support.waiting import wait_until
+
+WAIT = 15.0
+
+
+async def test_a_call_given_up_by_call_sync_ends_and_takes_no_message(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """call_sync(..., timeout_seconds) gives the call up when it raises TimeoutError: a
+    receive given up on took the next message (lost) while running on."""
+    agent_id = await rt.register_agent("sync", sync_receive_with_short_timeout, isolation=isolation)
+    await rt.start_agent(agent_id)
+    first = await rt.wait_for_task(await rt.submit_task("a", {"mode": "give_up"}), WAIT)
+    assert first.output_data == {"gave_up": True}, first.error_message
+    await rt.send_message(agent_id, "note", {"x": 1})
+    second = await rt.wait_for_task(await rt.submit_task("b", {"mode": "take"}), WAIT)
+    assert second.status is TaskStatus.COMPLETED, second.error_message
+    assert second.output_data == {"data": {"x": 1}}
+
+
+@pytest.mark.parametrize("agent", [sync_watch_with_asyncio_run, sync_watch_with_call_sync])
+async def test_a_kv_watch_works_from_synchronous_code(
+    rt: AgentRuntime, isolation: str, tmp_path: Path, agent: object
+) -> None:
+    """A watch stepped from the agent's thread (asyncio.run, or call_sync) gets its change;
+    with asyncio.run its later steps went to the channel from the foreign loop and hung."""
+    ready = tmp_path / "ready"
+    agent_id = await rt.register_agent("sync", agent, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("w", {"ready": str(ready)})
+    await wait_until(ready.exists, "the watch to be set up")
+    for _ in range(int(WAIT / 0.02)):  # a change every 20 ms until the task has one
+        await rt.kv.set("w/a", 1)
+        if rt.get_task_status(task_id).status is not TaskStatus.RUNNING:
+            break
+        await asyncio.sleep(0.02)
+    task = await rt.wait_for_task(task_id, WAIT)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data == {"key": "w/a", "value": 1}
+
+
+@pytest.mark.parametrize("agent", [SyncHandlerCallingContext, SyncHandlerAsyncioRun])
+async def test_a_pause_halts_a_synchronous_handler_at_its_context_call(
+    rt: AgentRuntime, isolation: str, tmp_path: Path, agent: type
+) -> None:
+    """F-25: a sync on_message handler's context calls are safe points: the pause returns
+    with the handler halted there (the pause waited for the handler, and the handler's
+    call for the pause, until the pause's timeout)."""
+    begun, gate = tmp_path / "begun", tmp_path / "gate"
+    agent_id = await rt.register_agent("h", agent, isolation=isolation)
+    await rt.start_agent(agent_id)
+    [message_id] = await rt.send_message(agent_id, "m", {"begun": str(begun), "gate": str(gate)})
+    await wait_until(begun.exists, "the handler to begin")
+    try:
+        paused = await rt.pause_agent(agent_id, timeout_seconds=WAIT)
+        assert paused.status is AgentStatus.PAUSED
+    finally:
+        gate.touch()
+    await rt.resume_agent(agent_id)
+    await wait_until(lambda: rt.kv.get("handled") == message_id, "the handler to end")
+
+
+async def test_a_timed_out_synchronous_task_saves_no_checkpoint_for_the_next_one(
+    rt: AgentRuntime, tmp_path: Path
+) -> None:
+    """A sync task that timed out runs on in the agent's thread; its later checkpoint is
+    refused (it was saved as the next task's, which then saw it as its last_checkpoint)."""
+    begun, gate, report = tmp_path / "begun", tmp_path / "gate", tmp_path / "report"
+    agent_id = await rt.register_agent("sync", sync_checkpoint_after_gate, isolation="inline")
+    await rt.start_agent(agent_id)
+    slow = await rt.submit_task(
+        "slow",
+        {"mode": "slow", "begun": str(begun), "gate": str(gate), "report": str(report)},
+        timeout_seconds=0.5,
+    )
+    await wait_until(begun.exists, "the slow task to begin")
+    assert (await rt.wait_for_task(slow, WAIT)).status is TaskStatus.FAILED  # timed out
+    quick = await rt.submit_task("quick", {"mode": "quick"})
+    await wait_until(lambda: rt.get_task_status(quick).status is TaskStatus.RUNNING, "quick")
+    gate.touch()
+    await wait_until(report.exists, "the abandoned code's checkpoint")
+    assert "has ended" in report.read_text()
+    done = await rt.wait_for_task(quick, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert done.checkpoint is None
+    assert done.output_data == {"me": quick, "last_checkpoint": None}
+
+
+async def test_every_synchronous_hook_uses_call_sync(rt: AgentRuntime, isolation: str) -> None:
+    """call_sync from sync on_start, on_pause, on_resume, on_error and on_stop."""
+    agent_id = await rt.register_agent("h", SyncHooksCallingContext, isolation=isolation)
+    await rt.start_agent(agent_id)
+    ok = await rt.wait_for_task(await rt.submit_task("ok"), WAIT)
+    assert ok.status is TaskStatus.COMPLETED, ok.error_message
+    bad = await rt.wait_for_task(await rt.submit_task("bad", {"fail": True}), WAIT)
+    assert bad.status is TaskStatus.FAILED
+    await wait_until(lambda: rt.kv.get("hook:on_error") is True, "on_error")
+    assert (await rt.pause_agent(agent_id, timeout_seconds=WAIT)).status is AgentStatus.PAUSED
+    assert (await rt.resume_agent(agent_id)).status is AgentStatus.RUNNING
+    assert (await rt.stop_agent(agent_id, timeout_seconds=WAIT)).status is AgentStatus.STOPPED
+    for hook in ("on_start", "on_pause", "on_resume", "on_error", "on_stop"):
+        assert rt.kv.get(f"hook:{hook}") is True, hook
