@@ -677,6 +677,7 @@ def _exit_code(code: object) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Run the ``miminions`` command with ``argv`` (default: ``sys.argv[1:]``); return the
     exit status (0 success, 1 the demo had failures, 2 usage error, 130 interrupted)."""
+    _reopen_closed_std_streams()
     _replace_unencodable_output()
     parser = build_parser()
     try:
@@ -708,6 +709,22 @@ def main(argv: list[str] | None = None) -> int:
         where = f" ({exc.filename})" if exc.filename else ""
         _fail(f"cannot write the output{where}: {exc.strerror or exc}")
         return 1
+
+
+def _reopen_closed_std_streams() -> None:
+    """Point a closed standard descriptor (``>&-``: cron, a daemon) at /dev/null: Python has
+    no ``sys.stdout`` then, and libuv (uvloop) aborts when a descriptor it opens takes one
+    of those numbers."""
+    for fd, name in ((0, "stdin"), (1, "stdout"), (2, "stderr")):
+        try:
+            os.fstat(fd)
+        except OSError:
+            opened = os.open(os.devnull, os.O_RDWR)
+            if opened != fd:
+                os.dup2(opened, fd)
+                os.close(opened)
+            if getattr(sys, name) is None:
+                setattr(sys, name, open(fd, "r" if fd == 0 else "w", closefd=False))  # noqa: SIM115
 
 
 def _replace_unencodable_output() -> None:

@@ -17,6 +17,7 @@ from miminions import (
     AgentStatus,
     ConfigurationError,
     InvalidStateError,
+    ResourceLimits,
     RuntimeConfig,
     TaskRequest,
     TaskStatus,
@@ -163,6 +164,36 @@ async def test_the_database_claimed_is_the_one_configure_chose(
         )
         with pytest.raises(ConfigurationError, match="already open by another runtime"):
             await moved.start()
+
+
+async def test_configure_may_give_the_database_as_a_path_object(
+    make_config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """A path object miminions_configure sets is taken as text (the start crashed on it)."""
+    target = tmp_path / "moved.db"
+    async with AgentRuntime(config=make_config(), plugins=[MoveTheDatabase(target)]) as rt:  # type: ignore[arg-type]
+        assert rt.config.storage_path == str(target)
+    assert target.exists()
+
+
+async def test_a_database_whose_agent_has_a_soft_limit_above_its_hard_one_opens(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """Limits stored before a soft limit above its hard one was refused (at registration)
+    still load: the database opens, its work is there."""
+    config = make_config()
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent(
+            "a", agents.EchoAgent, limits=ResourceLimits(max_memory_per_agent_mb=100)
+        )
+        await rt.submit_task("kept")
+    with sqlite3.connect(config.storage_path) as conn:
+        [(spec,)] = conn.execute("SELECT spec FROM agents WHERE agent_id = ?", (agent_id,))
+        data = json.loads(spec)
+        data["limits"]["soft_memory_per_agent_mb"] = 200.0  # as an older release stored it
+        conn.execute("UPDATE agents SET spec = ? WHERE agent_id = ?", (json.dumps(data), agent_id))
+    async with AgentRuntime(config=config) as rt:
+        assert [t.name for t in rt.list_tasks()] == ["kept"]
 
 
 def test_live_owner_reads_the_run_record() -> None:

@@ -179,6 +179,21 @@ def test_a_plugin_given_by_name_is_refused(given: list[object]) -> None:
         build_plugin_manager(given)
 
 
+def test_plugins_may_be_given_by_a_generator() -> None:
+    """A generator of plugins is read once, wholly (the check of names used it up, and no
+    plugin of it was registered)."""
+
+    class Named:
+        miminions_plugin_name = "named"
+
+        @hookimpl
+        def miminions_configure(self, config: RuntimeConfig) -> None:
+            return None
+
+    pm = build_plugin_manager(plugin for plugin in [Named()])
+    assert "named" in pm.plugin_names()
+
+
 @pytest.mark.parametrize(
     "arguments", [{"plugins": None}, {"disable": None}, {"plugins": "miminions.extras.otel"}]
 )

@@ -23,6 +23,7 @@ from pydantic import (
     ConfigDict,
     Field,
     NonNegativeInt,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -300,8 +301,12 @@ class ResourceLimits(BaseModel):
     usage_budget: UsageBudget | None = None
 
     @model_validator(mode="after")
-    def _soft_under_hard(self) -> ResourceLimits:
-        """A soft limit above its hard one could never warn: the hard one stops it first."""
+    def _soft_under_hard(self, info: ValidationInfo) -> ResourceLimits:
+        """A soft limit above its hard one could never warn: the hard one stops it first.
+        Limits read back from a database (validation context ``{"stored": True}``) were
+        accepted when given, and still are: the database must open."""
+        if isinstance(info.context, dict) and info.context.get("stored"):
+            return self
         for name, soft, hard in (
             ("memory_per_agent_mb", self.soft_memory_per_agent_mb, self.max_memory_per_agent_mb),
             (

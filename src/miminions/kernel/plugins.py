@@ -203,6 +203,7 @@ def build_plugin_manager(
         raise ConfigurationError("plugins and disable take lists (leave them out for none)")
     if isinstance(plugins, str | bytes):
         raise ConfigurationError("plugins takes a list of plugin objects, not a string")
+    plugins = list(plugins)  # a generator is read once: here, and not again below
     for plugin in plugins:
         if isinstance(plugin, str | bytes):
             raise PluginError(

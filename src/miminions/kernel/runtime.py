@@ -8,6 +8,7 @@ book and the agent book; this module connects them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import logging
 import math
@@ -354,7 +355,7 @@ class AgentRuntime(CommunicationAPI):
         pm = self.plugin_manager
         refuse_coroutines(pm.hook.miminions_configure(config=config), "miminions_configure")
         try:  # as configure left it (model attributes are set without validation)
-            check_storage_path(config.storage_path)
+            config.storage_path = check_storage_path(config.storage_path)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
         # The database as configure left it: one runtime per database in this process.
@@ -481,6 +482,9 @@ class AgentRuntime(CommunicationAPI):
         starts waits for the start to end, then stops it; on a runtime that never started
         it does nothing."""
         if self._state not in ("new", "stopped"):  # a stopped one: nothing to do, anywhere
+            if self._loop is not None and self._loop.is_closed():
+                self._abandon_after_loop_end()
+                return
             self._require_own_loop()
         starting = self._starting
         if starting is not None and not starting.done():
@@ -542,6 +546,25 @@ class AgentRuntime(CommunicationAPI):
         release(self._claim)
         steps.hook_errors(pm.call_each("miminions_runtime_stopped", runtime=self))
         steps.raise_first()
+
+    def _abandon_after_loop_end(self) -> None:
+        """``stop()`` of a runtime whose event loop ended without stopping it: nothing of it
+        can run any more, but the database must not stay claimed and locked for the rest of
+        the process. Released as a crash would leave it: the next start recovers its work
+        (what was not committed yet is lost). Worker processes are killed."""
+        _log.warning(
+            "the event loop runtime %r was started on ended without stopping it; releasing "
+            "its database now (writes not committed are lost; the next start recovers)",
+            self.config.storage_path,
+        )
+        self._state = "stopped"
+        release(self._claim)
+        abandon = getattr(self._store, "abandon", None)  # optional for a store
+        if callable(abandon):
+            with contextlib.suppress(Exception):
+                abandon()
+        for name, error in self.plugin_manager.call_each("miminions_runtime_stopped", runtime=self):
+            _log.error("plugin %r failed to clean up: %r", name, error)
 
     def _require_running(self) -> None:
         if self._state != "running":

@@ -482,6 +482,11 @@ def dead_letter_row(d: DeadLetter) -> Row:
     )
 
 
+#: Validation context of records read back: rules added since they were written (a soft
+#: limit above its hard one) do not lock a database out.
+STORED = {"stored": True}
+
+
 def agent_from_row(r: Sequence[Any]) -> StoredAgent:
     """Rebuild (and validate) an agent record from its row; a damaged row raises
     ValidationError."""
@@ -499,7 +504,8 @@ def _agent_from_row(r: Sequence[Any]) -> StoredAgent:
             "paused_state": None if r[4] is None else _loads(r[4]),
             "restart_count": r[5],
             "error_message": r[6],
-        }
+        },
+        context=STORED,
     )
 
 

@@ -506,6 +506,24 @@ class SQLiteStore:
                     release_none()
                 await self._loop_end.close()
 
+    def abandon(self) -> None:
+        """Release the database without the event loop the store worked on, which ended
+        without closing it (a runtime started in one ``asyncio.run`` and left running): the
+        lock goes, the connection is closed in its own thread, and writes still queued are
+        lost, as in a crash (the next runtime on the database recovers its work)."""
+        if self._closed:
+            return
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            with contextlib.suppress(Exception):  # its thread may be gone already
+                conn.stop()
+        self._unlock()
+        for release in (self._release_switch_interval, self._release_none_adapter):
+            if release is not None:
+                release()
+        self._release_switch_interval = self._release_none_adapter = None
+
     # ------------------------------------------------------------------------- writes
     def put_task(self, task: Task) -> Committed:
         """Queue an insert-or-update of ``task``; the result resolves when committed."""
