@@ -7,11 +7,13 @@ Agents come from :mod:`tests.support.sync_agents` (importable by worker processe
 from __future__ import annotations
 
 import asyncio
+import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from miminions import AgentRuntime, AgentStatus, TaskStatus
+from miminions import AgentRuntime, AgentStatus, Task, TaskStatus
 from tests.support.sync_agents import (
     SyncHandlerAsyncioRun,
     SyncHandlerCallingContext,
@@ -123,3 +125,146 @@ async def test_every_synchronous_hook_uses_call_sync(rt: AgentRuntime, isolation
     assert (await rt.stop_agent(agent_id, timeout_seconds=WAIT)).status is AgentStatus.STOPPED
     for hook in ("on_start", "on_pause", "on_resume", "on_error", "on_stop"):
         assert rt.kv.get(f"hook:{hook}") is True, hook
+
+
+# An on_message handler's background work, an agent started from another agent's task, a
+# message handed over as call_sync gives up (inline agents: the test coordinates with them).
+class BackgroundFromHandler:
+    """on_message 'spawn' starts a background coroutine (it inherits the handler's
+    context); on_message 'work' waits for ``release`` without any context call."""
+
+    def __init__(self) -> None:
+        self.go = asyncio.Event()
+        self.release = asyncio.Event()
+        self.working = asyncio.Event()
+        self.bg_done = asyncio.Event()
+        self.handled: list[str] = []
+        self.bg: asyncio.Task[None] | None = None
+
+    async def on_message(self, message: Any) -> None:
+        if message.message_type == "spawn":
+            self.bg = asyncio.ensure_future(self._background())
+            return
+        self.working.set()
+        await self.release.wait()  # no safe point: the pause must wait for the end
+        self.handled.append(message.message_type)
+
+    async def _background(self) -> None:
+        await self.go.wait()
+        await self.context.kv.set("bg", 1)  # type: ignore[attr-defined]  # a safe point
+        self.bg_done.set()
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+async def test_pause_after_a_handler_started_background_work_does_not_hang(
+    rt: AgentRuntime,
+) -> None:
+    """F-25: a coroutine an on_message handler started, reaching a safe point while a later
+    handler runs, is not taken for that handler (the pause returned with the handler still
+    running, and every later pause of the idle agent hung)."""
+    agent = BackgroundFromHandler()
+    agent_id = await rt.register_agent("bg", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.send_message(agent_id, "spawn")
+    await wait_until(lambda: agent.bg is not None, "the background coroutine")
+    await rt.send_message(agent_id, "work")
+    await asyncio.wait_for(agent.working.wait(), WAIT)
+
+    runner = agent.context._channel  # type: ignore[attr-defined]  # the agent's AgentRunner
+    pausing = asyncio.ensure_future(rt.pause_agent(agent_id, timeout_seconds=WAIT))
+    await wait_until(lambda: not runner._gate.is_set(), "the pause to close the gate")
+    agent.go.set()  # the background coroutine reaches a safe point, gate closed
+    await asyncio.sleep(0.1)  # the background coroutine waits at the gate meanwhile
+    assert not pausing.done()  # the 'work' handler has reached no safe point
+    agent.release.set()
+    assert (await pausing).status is AgentStatus.PAUSED
+    await wait_until(lambda: agent.handled == ["work"], "the handler to end")
+    await rt.resume_agent(agent_id)
+    await asyncio.wait_for(agent.bg_done.wait(), WAIT)
+
+    # Nothing of the agent runs now: a pause must complete at once.
+    again = await rt.pause_agent(agent_id, timeout_seconds=5)
+    assert again.status is AgentStatus.PAUSED
+
+
+class CheckpointingHandler:
+    """on_message makes a plain safe point, ``await context.checkpoint()``."""
+
+    def __init__(self) -> None:
+        self.outcomes: list[str] = []
+
+    async def on_message(self, message: Any) -> None:
+        try:
+            await self.context.checkpoint()  # type: ignore[attr-defined]
+        except Exception as exc:
+            self.outcomes.append(f"{type(exc).__name__}: {exc}")
+        else:
+            self.outcomes.append("ok")
+
+    async def execute_task(self, task: Task) -> None:
+        return None
+
+
+async def test_an_agent_started_by_another_agents_task_may_checkpoint_in_on_message(
+    rt: AgentRuntime,
+) -> None:
+    """An agent started from another agent's task checkpoints in its on_message (it
+    inherited the starter's running task and every checkpoint was refused, "has ended")."""
+    worker = CheckpointingHandler()
+    worker_id = await rt.register_agent("worker", worker, isolation="inline")
+
+    async def orchestrator(task: Task, context: Any) -> dict[str, Any]:
+        await rt.start_agent(worker_id)
+        return {"started": True}
+
+    boss_id = await rt.register_agent("boss", orchestrator, isolation="inline")
+    await rt.start_agent(boss_id)
+    task = await rt.wait_for_task(await rt.submit_task("start it", agent_id=boss_id), WAIT)
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    await rt.send_message(worker_id, "hello")
+    await wait_until(lambda: bool(worker.outcomes), "the handler to run")
+    assert worker.outcomes == ["ok"]
+
+
+_WAITING = threading.Event()
+_GAVE_UP = threading.Event()
+
+
+def sync_receiver(task: Task, context: Any) -> dict[str, Any]:
+    if task.input_data["mode"] == "give_up":
+        _WAITING.set()
+        try:
+            message = context.call_sync(context.receive(), timeout_seconds=1.0)
+        except TimeoutError:
+            _GAVE_UP.set()
+            return {"gave_up": True}
+        return {"data": message.data}
+    message = context.call_sync(context.receive(timeout_seconds=3))
+    return {"data": message.data}
+
+
+async def test_a_message_handed_over_as_call_sync_gives_up_is_not_lost(
+    rt: AgentRuntime,
+) -> None:
+    """A receive handed its message just as call_sync gives up on it (the loop busy then)
+    does not lose it: it goes back to the mailbox for the next receive (it was dropped)."""
+    _WAITING.clear()
+    _GAVE_UP.clear()
+    agent_id = await rt.register_agent("sync", sync_receiver, isolation="inline")
+    await rt.start_agent(agent_id)
+    first_id = await rt.submit_task("a", {"mode": "give_up"}, agent_id=agent_id)
+    box = rt.messenger.bus._box(agent_id)  # the agent's mailbox (internal)
+    await wait_until(lambda: _WAITING.is_set() and bool(box.waiters), "the receive to wait")
+    await rt.send_message(agent_id, "note", {"x": 1})  # handed straight to the receive
+    # The loop is busy (another callback, a GC pause, a slow plugin) exactly as the
+    # agent's thread gives up: stand for that by blocking it until the thread has.
+    assert _GAVE_UP.wait(WAIT)
+    first = await rt.wait_for_task(first_id, WAIT)
+    assert first.output_data == {"gave_up": True}
+    second = await rt.wait_for_task(
+        await rt.submit_task("b", {"mode": "take"}, agent_id=agent_id), WAIT
+    )
+    assert second.status is TaskStatus.COMPLETED, second.error_message
+    assert second.output_data == {"data": {"x": 1}}

@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import stat
+import struct
 import subprocess
 import sys
 import threading
@@ -529,14 +530,19 @@ class WireGarbageAgent(BaseAgent):
 
 
 def runtime_connection() -> socket.socket:
-    """A duplicate of the worker's end of its connection to the runtime."""
+    """A duplicate of the worker's end of its connection to the runtime: the Unix stream
+    socket made by another process (the runtime's socket pair; asyncio's own wake-up
+    socket pair is the worker's)."""
+    credentials = struct.Struct("3i")  # struct ucred: pid, uid, gid
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)
         with contextlib.suppress(OSError):
             if stat.S_ISSOCK(os.fstat(fd).st_mode):
                 found = socket.socket(fileno=os.dup(fd))
                 if found.family == socket.AF_UNIX and found.type == socket.SOCK_STREAM:
-                    return found
+                    peer = found.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, credentials.size)
+                    if credentials.unpack(peer)[0] != os.getpid():
+                        return found
                 found.close()
     raise RuntimeError("no connection to the runtime found")
 

@@ -21,8 +21,9 @@ import contextvars
 import functools
 import inspect
 import logging
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, Protocol, TypeVar, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from miminions.kernel.errors import InvalidStateError, ValidationError
 from miminions.kernel.models import AgentMessage, JSONObject, Task, message_to_json
@@ -31,9 +32,11 @@ from miminions.kernel.usage import check_usage
 
 _T = TypeVar("_T")
 
-#: The task whose code runs in this context (set by the agent's runner for each task; the
-#: agent's thread and the calls it makes inherit it): a checkpoint is that task's.
-RUNNING_TASK: contextvars.ContextVar[Task | None] = contextvars.ContextVar(
+#: The agent's context and the task whose code runs in this context (set by the agent's
+#: runner for each task; the agent's thread and the calls it makes inherit it): a
+#: checkpoint is that task's. (Other agents started from a task inherit it too: the
+#: context tells whose it is.)
+RUNNING_TASK: contextvars.ContextVar[tuple[AgentContext, Task] | None] = contextvars.ContextVar(
     "miminions_running_task", default=None
 )
 
@@ -118,14 +121,24 @@ class AgentContext:
                 "call_sync() is for synchronous code in the agent's thread; on the agent's "
                 "event loop, await the call instead"
             )
-        future = asyncio.run_coroutine_threadsafe(_awaited(call), loop)
+        sync_call: _SyncCall[_T] = _SyncCall(self._orphaned)
         try:
-            return future.result(timeout_seconds)
-        except BaseException:
-            # Given up on (a timeout, an exception in this thread): the call ends too, as
-            # with asyncio.wait_for, so a receive left behind takes no message.
-            future.cancel()
-            raise
+            loop.call_soon_threadsafe(sync_call.begin, call)
+        except RuntimeError:  # the loop is closed
+            if inspect.iscoroutine(call):
+                call.close()
+            raise InvalidStateError("the agent's event loop has ended") from None
+        return sync_call.wait(loop, timeout_seconds)
+
+    def _orphaned(self, result: Any) -> None:
+        """A call_sync call ended with ``result`` after its thread gave up on it: a message
+        a receive got goes back to the mailbox (on the agent's loop)."""
+        if isinstance(result, AgentMessage):
+            giving_back = asyncio.ensure_future(
+                self._channel.runtime_call("return_message", {"message": message_to_json(result)})
+            )
+            _ORPHANS.add(giving_back)
+            giving_back.add_done_callback(_ORPHANS.discard)
 
     async def checkpoint(self, state: Any = None) -> None:
         """A safe point; with ``state``, also save it as the current task's checkpoint.
@@ -135,7 +148,8 @@ class AgentContext:
         """
         if (loop := self._loop) is not None and _running_loop() is not loop:
             return await on_loop(loop, self.checkpoint(state))
-        task = RUNNING_TASK.get() or self.current_task
+        running = RUNNING_TASK.get()
+        task = running[1] if running is not None and running[0] is self else self.current_task
         if task is not None and task is not self.current_task:
             # Synchronous code of a task given up on (timed out, cancelled), still running
             # in the agent's thread: the agent has moved on; this is not its checkpoint.
@@ -344,6 +358,71 @@ class AgentKV:
         if (loop := self._loop) is not None and _running_loop() is not loop:
             return await on_loop(loop, self._runtime_call(op, payload))
         return await self._channel.runtime_call(op, payload)
+
+
+#: How long call_sync waits for a call it gave up on to end on the agent's loop.
+_CANCEL_WAIT_SECONDS = 5.0
+#: Messages going back to their mailbox after a call_sync gave up on the receive that got
+#: them (kept until done).
+_ORPHANS: set[asyncio.Future[Any]] = set()
+
+
+class _SyncCall(Generic[_T]):
+    """One ``call_sync`` call: a task on the agent's loop whose end goes to the waiting
+    thread, or, once that thread gave up on it, to ``orphaned`` (nothing is dropped)."""
+
+    def __init__(self, orphaned: Callable[[Any], None]) -> None:
+        self.outcome: concurrent.futures.Future[_T] = concurrent.futures.Future()
+        self._orphaned = orphaned
+        self._lock = threading.Lock()  # who takes the end: the thread or orphaned
+        self._given_up = False
+        self._task: asyncio.Task[_T] | None = None
+
+    def begin(self, call: Awaitable[_T]) -> None:
+        """On the loop, in the caller's context variables (call_soon_threadsafe keeps them)."""
+        self._task = asyncio.ensure_future(_awaited(call))
+        self._task.add_done_callback(self._ended)
+
+    def wait(self, loop: asyncio.AbstractEventLoop, timeout_seconds: float | None) -> _T:
+        """In the calling thread: the call's result, or TimeoutError after ``timeout_seconds``
+        (the call is cancelled then, and its own end awaited, as with asyncio.wait_for: a
+        call that ended just then, a receive handed its message, is returned)."""
+        outcome = self.outcome
+        try:
+            return outcome.result(timeout_seconds)
+        except TimeoutError:
+            if outcome.done():
+                raise  # the call's own (a receive's WaitTimeoutError)
+        loop.call_soon_threadsafe(self._cancel)
+        try:
+            return outcome.result(_CANCEL_WAIT_SECONDS)
+        except concurrent.futures.CancelledError:
+            pass
+        except TimeoutError:
+            if outcome.done():
+                raise
+            with self._lock:  # the loop is busy: what the call still brings is not lost
+                self._given_up = not outcome.done()
+            if not self._given_up:
+                return outcome.result()
+        raise TimeoutError(f"the call took longer than {timeout_seconds} s")
+
+    def _cancel(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def _ended(self, task: asyncio.Task[_T]) -> None:
+        with self._lock:
+            if not self._given_up:
+                if task.cancelled():
+                    self.outcome.cancel()
+                elif (error := task.exception()) is not None:
+                    self.outcome.set_exception(error)
+                else:
+                    self.outcome.set_result(task.result())
+                return
+        if not task.cancelled() and task.exception() is None:
+            self._orphaned(task.result())
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

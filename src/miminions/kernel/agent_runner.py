@@ -48,9 +48,10 @@ _TASK_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
 )
 
 
-#: The runner whose on_message delivery runs in this context: the handler's own code, its
-#: thread (a sync handler) and the context calls that thread makes with call_sync.
-_HANDLER_OF: contextvars.ContextVar[AgentRunner | None] = contextvars.ContextVar(
+#: The on_message handling running in this context (a token of one message's handling):
+#: the handler's own code, its thread (a sync handler) and the context calls that thread
+#: makes with call_sync. Work the handler leaves behind keeps an ended handling's token.
+_HANDLER_OF: contextvars.ContextVar[object | None] = contextvars.ContextVar(
     "miminions_handler_of", default=None
 )
 
@@ -120,6 +121,7 @@ class AgentRunner:
         self._stopping = False
         self._thread: AgentThread | None = None
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
+        self._handling: object | None = None  # the token of the on_message handling under way
 
     # --------------------------------------------------------------- ContextChannel
     @property
@@ -141,8 +143,9 @@ class AgentRunner:
         is_task = current is self._task_runner or (
             self._task_runner is not None and _TASK_OF.get() is self
         )
+        handling = self._handling
         is_handler = (
-            current is self._inbox or _HANDLER_OF.get() is self
+            handling is not None and (current is self._inbox or _HANDLER_OF.get() is handling)
         ) and not self._handler_quiet.is_set()
         if is_task:
             self._halted_waiting += 1
@@ -156,7 +159,7 @@ class AgentRunner:
                 self._halted_waiting -= 1
                 if not self._halted_waiting:
                     self._halted.clear()
-            if is_handler:
+            if is_handler and self._handling is handling:  # (not if it ended meanwhile)
                 self._handler_quiet.clear()
 
     def save_checkpoint(self, task_id: str, state: Any) -> Awaitable[None]:
@@ -217,7 +220,6 @@ class AgentRunner:
         running task (a handler that raises is logged; the next message still comes)."""
         context = self.context
         assert context is not None
-        _HANDLER_OF.set(self)  # this task's own context: what the handler starts inherits it
         while True:
             await self._gate.wait()  # a paused agent takes no message
             if self._delivery_ending:
@@ -234,6 +236,9 @@ class AgentRunner:
                 self._message_taken(message.message_id)
             self._handler_quiet.clear()
             self._handler_done.clear()
+            # This task's own context: what the handler starts (its thread) inherits it.
+            self._handling = object()
+            _HANDLER_OF.set(self._handling)
             try:
                 if message.trace_context is None:
                     await handle(message)
@@ -262,6 +267,7 @@ class AgentRunner:
                 # of the handler like any other: the next message still comes.
                 context.logger.exception("on_message failed for %s", message.message_id)
             finally:
+                self._handling = None
                 self._handler_quiet.set()
                 self._handler_done.set()
 
@@ -284,7 +290,7 @@ class AgentRunner:
         self._idle.clear()
         self._task_runner = asyncio.current_task()
         task_of = _TASK_OF.set(self)  # inherited by the coroutines the task starts
-        running = RUNNING_TASK.set(task)
+        running = RUNNING_TASK.set((context, task))
         try:
             if task.trace_context is None:
                 return await self._execute(task)

@@ -516,8 +516,12 @@ class SQLiteStore:
         self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
-            with contextlib.suppress(Exception):  # its thread may be gone already
-                conn.stop()
+            # Asked from a thread with no event loop, aiosqlite's stop() waits for no future
+            # (one of the caller's loop, which may close next, would make the connection's
+            # thread fail as it answers).
+            stopper = threading.Thread(target=conn.stop, name="miminions-abandon", daemon=True)
+            stopper.start()
+            stopper.join()
         self._unlock()
         for release in (self._release_switch_interval, self._release_none_adapter):
             if release is not None:
