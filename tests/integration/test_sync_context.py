@@ -7,6 +7,7 @@ Agents come from :mod:`tests.support.sync_agents` (importable by worker processe
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 from pathlib import Path
 from typing import Any
@@ -267,4 +268,50 @@ async def test_a_message_handed_over_as_call_sync_gives_up_is_not_lost(
         await rt.submit_task("b", {"mode": "take"}, agent_id=agent_id), WAIT
     )
     assert second.status is TaskStatus.COMPLETED, second.error_message
+    assert second.output_data == {"data": {"x": 1}}
+
+
+def sync_receive_unbounded_timeout(task: Task, context: Any) -> dict[str, Any]:
+    """'bad': call_sync(receive(), timeout_seconds=math.inf) (no limit, spelled as a number);
+    'take': a plain receive that should get the next message."""
+    if task.input_data["mode"] == "bad":
+        try:
+            message = context.call_sync(context.receive(), timeout_seconds=math.inf)
+        except Exception as exc:
+            return {"error": type(exc).__name__}
+        return {"data": message.data}
+    message = context.call_sync(context.receive(timeout_seconds=3))
+    return {"data": message.data}
+
+
+async def test_call_sync_refuses_a_bad_timeout_with_validation_error(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """call_sync checks its timeout_seconds like every other (math.inf raised OverflowError
+    from the thread library, a string TypeError)."""
+    agent_id = await rt.register_agent("sync", sync_receive_unbounded_timeout, isolation=isolation)
+    await rt.start_agent(agent_id)
+    first = await rt.wait_for_task(await rt.submit_task("a", {"mode": "bad"}), WAIT)
+    assert first.status is TaskStatus.COMPLETED, first.error_message
+    assert first.output_data == {"error": "ValidationError"}
+
+
+async def test_a_call_sync_that_raised_on_its_timeout_takes_no_message(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """A call_sync that raised (here on its timeout argument) leaves no receive running on
+    the agent's loop: the next message reaches the next receive (it was taken and lost)."""
+    agent_id = await rt.register_agent("sync", sync_receive_unbounded_timeout, isolation=isolation)
+    await rt.start_agent(agent_id)
+    first = await rt.wait_for_task(await rt.submit_task("a", {"mode": "bad"}), WAIT)
+    assert first.status is TaskStatus.COMPLETED, first.error_message
+    assert first.output_data != {"data": {"x": 1}}  # it raised (no message yet)
+    left = len(rt.messenger.bus._box(agent_id).waiters) if isolation == "inline" else "?"
+    await rt.send_message(agent_id, "note", {"x": 1})
+    second = await rt.wait_for_task(
+        await rt.submit_task("b", {"mode": "take"}, agent_id=agent_id), WAIT
+    )
+    assert second.status is TaskStatus.COMPLETED, (
+        f"{second.error_message} (receives left waiting after the first task: {left})"
+    )
     assert second.output_data == {"data": {"x": 1}}

@@ -25,10 +25,11 @@ import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from miminions.kernel.errors import InvalidStateError, ValidationError
+from miminions.kernel.errors import InvalidStateError, MiminionsError, ValidationError
 from miminions.kernel.models import AgentMessage, JSONObject, Task, message_to_json
 from miminions.kernel.tracing import current_carrier, scope_carrier
 from miminions.kernel.usage import check_usage
+from miminions.kernel.validation import check_seconds
 
 _T = TypeVar("_T")
 
@@ -114,13 +115,17 @@ class AgentContext:
         and TimeoutError after ``timeout_seconds`` (None: as long as it takes).
         """
         loop = self._loop
-        if loop is None or _running_loop() is loop:
+        try:
+            timeout_seconds = check_seconds(timeout_seconds)
+            if loop is None or _running_loop() is loop:
+                raise InvalidStateError(
+                    "call_sync() is for synchronous code in the agent's thread; on the "
+                    "agent's event loop, await the call instead"
+                )
+        except MiminionsError:
             if inspect.iscoroutine(call):
                 call.close()
-            raise InvalidStateError(
-                "call_sync() is for synchronous code in the agent's thread; on the agent's "
-                "event loop, await the call instead"
-            )
+            raise
         sync_call: _SyncCall[_T] = _SyncCall(self._orphaned)
         try:
             loop.call_soon_threadsafe(sync_call.begin, call)
@@ -384,28 +389,43 @@ class _SyncCall(Generic[_T]):
         self._task.add_done_callback(self._ended)
 
     def wait(self, loop: asyncio.AbstractEventLoop, timeout_seconds: float | None) -> _T:
-        """In the calling thread: the call's result, or TimeoutError after ``timeout_seconds``
-        (the call is cancelled then, and its own end awaited, as with asyncio.wait_for: a
-        call that ended just then, a receive handed its message, is returned)."""
+        """In the calling thread: the call's result (or its own error), or TimeoutError
+        after ``timeout_seconds``. The call is then cancelled on the loop and its own end
+        awaited, as with asyncio.wait_for: a call that ended meanwhile (a receive handed
+        its message) is returned; one the busy loop ends later hands what it got to
+        ``orphaned``. Interrupted here (KeyboardInterrupt), the call is given up alike."""
         outcome = self.outcome
+        timed_out = False
         try:
-            return outcome.result(timeout_seconds)
-        except TimeoutError:
-            if outcome.done():
-                raise  # the call's own (a receive's WaitTimeoutError)
-        loop.call_soon_threadsafe(self._cancel)
-        try:
-            return outcome.result(_CANCEL_WAIT_SECONDS)
-        except concurrent.futures.CancelledError:
-            pass
-        except TimeoutError:
-            if outcome.done():
-                raise
-            with self._lock:  # the loop is busy: what the call still brings is not lost
-                self._given_up = not outcome.done()
-            if not self._given_up:
-                return outcome.result()
-        raise TimeoutError(f"the call took longer than {timeout_seconds} s")
+            done, _ = concurrent.futures.wait([outcome], timeout_seconds)
+            if not done:
+                timed_out = True
+                loop.call_soon_threadsafe(self._cancel)
+                concurrent.futures.wait([outcome], _CANCEL_WAIT_SECONDS)
+        except BaseException:
+            self._abandon(loop)
+            raise
+        if outcome.done():
+            if timed_out and outcome.cancelled():
+                raise TimeoutError(f"the call took longer than {timeout_seconds} s")
+            return outcome.result()  # its result, or its own error (ended as it timed out too)
+        with self._lock:  # the loop is busy: what the call still brings is not lost
+            self._given_up = not outcome.done()
+        if self._given_up:
+            raise TimeoutError(f"the call took longer than {timeout_seconds} s")
+        return outcome.result()
+
+    def _abandon(self, loop: asyncio.AbstractEventLoop) -> None:
+        """This thread stops waiting for a reason of its own: the call ends, and what it
+        got goes to ``orphaned``."""
+        outcome = self.outcome
+        with self._lock:
+            self._given_up = not outcome.done()
+        with contextlib.suppress(RuntimeError):  # the loop is closed: nothing runs there
+            if self._given_up:
+                loop.call_soon_threadsafe(self._cancel)
+            elif not outcome.cancelled() and outcome.exception() is None:
+                loop.call_soon_threadsafe(self._orphaned, outcome.result())
 
     def _cancel(self) -> None:
         if self._task is not None:
