@@ -151,7 +151,7 @@ class AgentContext:
         The saved state is JSON. If the task is interrupted (crash, shutdown) and runs again,
         the next attempt finds it in ``context.last_checkpoint``.
         """
-        if (loop := self._loop) is not None and _running_loop() is not loop:
+        if (loop := _off_loop(self._loop)) is not None:
             return await on_loop(loop, self.checkpoint(state))
         running = RUNNING_TASK.get()
         task = running[1] if running is not None and running[0] is self else self.current_task
@@ -178,7 +178,7 @@ class AgentContext:
         budget is spent the runtime pauses the agent or the group (F-27), and the task halts
         at its next safe point.
         """
-        if (loop := self._loop) is not None and _running_loop() is not loop:
+        if (loop := _off_loop(self._loop)) is not None:
             return await on_loop(loop, self.report_usage(tokens, cost))
         tokens, cost = check_usage(tokens, cost)
         self._channel.report_usage(tokens, cost)
@@ -292,7 +292,7 @@ class AgentContext:
         return await self._call(op, **payload)
 
     async def _call(self, op: str, **payload: Any) -> Any:
-        if (loop := self._loop) is not None and _running_loop() is not loop:
+        if (loop := _off_loop(self._loop)) is not None:
             return await on_loop(loop, self._call(op, **payload))
         await self._channel.safe_point()
         return await self._channel.runtime_call(op, payload)
@@ -313,7 +313,7 @@ class AgentKV:
         self._loop = loop  # the agent's (see AgentContext)
 
     async def _call(self, op: str, **payload: Any) -> Any:
-        if (loop := self._loop) is not None and _running_loop() is not loop:
+        if (loop := _off_loop(self._loop)) is not None:
             return await on_loop(loop, self._call(op, **payload))
         await self._channel.safe_point()
         return await self._channel.runtime_call(op, payload)
@@ -360,7 +360,7 @@ class AgentKV:
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         """A call without a safe point (a watch's next change), on the agent's loop."""
-        if (loop := self._loop) is not None and _running_loop() is not loop:
+        if (loop := _off_loop(self._loop)) is not None:
             return await on_loop(loop, self._runtime_call(op, payload))
         return await self._channel.runtime_call(op, payload)
 
@@ -443,6 +443,12 @@ class _SyncCall(Generic[_T]):
                 return
         if not task.cancelled() and task.exception() is None:
             self._orphaned(task.result())
+
+
+def _off_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop | None:
+    """The agent's ``loop`` when the caller runs on another one (a call awaited with
+    ``asyncio.run`` in a sync agent's thread: it is carried out there), else None."""
+    return loop if loop is not None and _running_loop() is not loop else None
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

@@ -556,52 +556,50 @@ class AgentBook(RestartMixin):
         slot = self.get(agent_id)
         async with slot.lock:
             check_request(agent_id, "pause", slot.status)
+            if self.executor is not None:
+                self.executor.agent_unavailable(slot)
             try:
+                state = await self._host_call(slot, "pause", slot.host.pause, timeout_seconds)
+            except _Abandoned:
+                # A stop cancelled the pause (its task may never reach a safe point).
+                raise _abandoned(agent_id, "pause") from None
+            except _TimedOut:
+                # The host reopened its gate when the wait was cancelled: undo the pause.
                 if self.executor is not None:
-                    self.executor.agent_unavailable(slot)
-                try:
-                    state = await self._host_call(slot, "pause", slot.host.pause, timeout_seconds)
-                except _Abandoned:
-                    # A stop cancelled the pause (its task may never reach a safe point).
-                    raise _abandoned(agent_id, "pause") from None
-                except _TimedOut:
-                    # The host reopened its gate when the wait was cancelled: undo the pause.
-                    if self.executor is not None:
-                        self.executor.agent_available(slot)
-                    raise WaitTimeoutError(
-                        f"agent {agent_id!r} did not pause within {timeout_seconds} s (its task "
-                        "reached no safe point, its on_error did not end, or its on_pause did "
-                        "not return); the pause was abandoned and the agent keeps running"
-                    ) from None
-                except ValidationError as exc:  # a host found the state on_pause returned not JSON
-                    await self._fail(slot, str(exc))
-                    raise
-                except HostEndedError:
-                    # Its host died under the call: the crash path (host_failed) deals with the
-                    # agent once this lock is free, as with any crash (restart policy).
-                    raise
-                except Exception as exc:
-                    reason = f"on_pause failed: {describe_error(exc)}"
-                    await self._fail(slot, reason)
-                    raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
-                try:
-                    slot.paused_state = to_json_value(
-                        state if state is not None else {}, PAUSE_STATE
-                    )
-                except ValidationError as exc:
-                    await self._fail(slot, str(exc))
-                    raise
-                self._set(slot, S.PAUSED, reason)
-                if self.executor is not None:
-                    self.executor.pause_clocks(agent_id)
-                self._events.emit(
-                    EventType.AGENT_PAUSED,
-                    agent_id=agent_id,
-                    details={"task_id": slot.instance.task_id},
-                )
+                    self.executor.agent_available(slot)
+                raise WaitTimeoutError(
+                    f"agent {agent_id!r} did not pause within {timeout_seconds} s (its task "
+                    "reached no safe point, its on_error did not end, or its on_pause did "
+                    "not return); the pause was abandoned and the agent keeps running"
+                ) from None
+            except ValidationError as exc:  # a host found the state on_pause returned not JSON
+                await self._fail(slot, str(exc))
+                raise
+            except HostEndedError:
+                # Its host died under the call: the crash path (host_failed) deals with the
+                # agent once this lock is free, as with any crash (restart policy).
+                raise
+            except Exception as exc:
+                reason = f"on_pause failed: {describe_error(exc)}"
+                await self._fail(slot, reason)
+                raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
             finally:
-                # Done or abandoned: a halted task's clock is the pause's (frozen) or its own.
+                # Done or given up: a halted task's clock is its own again, at once frozen
+                # anew (in this same step, no await between) when the pause completed.
                 self._unhalt_clocks(agent_id)
+            try:
+                slot.paused_state = to_json_value(state if state is not None else {}, PAUSE_STATE)
+            except ValidationError as exc:
+                await self._fail(slot, str(exc))
+                raise
+            self._set(slot, S.PAUSED, reason)
+            if self.executor is not None:
+                self.executor.pause_clocks(agent_id)
+            self._events.emit(
+                EventType.AGENT_PAUSED,
+                agent_id=agent_id,
+                details={"task_id": slot.instance.task_id},
+            )
             await self._save(slot)
         return slot.instance.model_copy()
 

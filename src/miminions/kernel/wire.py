@@ -427,9 +427,11 @@ class FrameChannel(asyncio.Protocol):
     def _dispatch(self, frame: Frame) -> None:
         reply_to = frame.get("re")
         request_id = frame.get("id")
-        for field, value in (("re", reply_to), ("id", request_id)):
-            if value is not None and (type(value) is not int):
-                raise ProtocolViolationError(f"a frame's {field!r} is not an int: {frame!r:.200}")
+        # (Two checks, not a loop over them: this runs for every frame.)
+        if reply_to is not None and type(reply_to) is not int:
+            raise ProtocolViolationError(f"a frame's 're' is not an int: {frame!r:.200}")
+        if request_id is not None and type(request_id) is not int:
+            raise ProtocolViolationError(f"a frame's 'id' is not an int: {frame!r:.200}")
         if reply_to is not None:
             future = self._pending.pop(reply_to, None)
             if future is None:
