@@ -20,6 +20,7 @@ from miminions import (
     EventType,
     RuntimeConfig,
     Severity,
+    TaskRequest,
     TaskStatus,
     ValidationError,
     accepts_events,
@@ -346,3 +347,75 @@ async def test_export_events_refuses_to_overwrite_the_runtime_database(
         await rt.export_events(path)
     assert os.stat(database).st_size == size
     assert (await rt.store.load_tasks())[0].task_id == task_id
+
+
+async def test_export_events_refuses_the_database_named_by_a_file_uri(
+    make_config: Callable[..., RuntimeConfig], tmp_path: Path
+) -> None:
+    """A runtime on ``file:<path>`` (a URI the store opens as that file) refuses an export
+    to the file itself (it compared with the URI's text, and overwrote the database)."""
+    database = tmp_path / "db.sqlite"
+    async with AgentRuntime(config=make_config(storage_path=str(database))) as rt:
+        await rt.submit_task("job")
+    async with AgentRuntime(config=make_config(storage_path=f"file:{database}")) as rt:
+        assert len(rt.list_tasks(limit=None)) == 1  # the same database
+        with pytest.raises(ValidationError, match="would destroy it"):
+            await rt.export_events(database)
+        with pytest.raises(ValidationError, match="would destroy it"):
+            await rt.export_events(f"{database}-wal")
+    async with AgentRuntime(config=make_config(storage_path=str(database))) as rt:
+        assert len(rt.list_tasks(limit=None)) == 1  # still whole
+
+
+async def test_export_events_refuses_the_database_after_a_change_of_directory(
+    make_config: Callable[..., RuntimeConfig], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relative storage_path names the file of the directory the runtime started in: after
+    a chdir, an export to that file is still refused, and one to the same relative name
+    (now another file) is written."""
+    home, elsewhere = tmp_path / "home", tmp_path / "elsewhere"
+    home.mkdir()
+    elsewhere.mkdir()
+    monkeypatch.chdir(home)
+    async with AgentRuntime(config=make_config(storage_path="db.sqlite")) as rt:
+        await rt.submit_task("job")
+        monkeypatch.chdir(elsewhere)
+        with pytest.raises(ValidationError, match="would destroy it"):
+            await rt.export_events(home / "db.sqlite")
+        assert await rt.export_events("db.sqlite") > 0
+    assert (elsewhere / "db.sqlite").read_text().startswith("{")
+    monkeypatch.chdir(home)
+    async with AgentRuntime(config=make_config(storage_path="db.sqlite")) as rt:
+        assert len(rt.list_tasks(limit=None)) == 1
+
+
+async def test_the_event_log_can_be_read_page_by_page(rt: AgentRuntime, tmp_path: Path) -> None:
+    """``after_id`` pages through events that share a timestamp (a batch's, which ``since``
+    cannot get past), with filters and in exports too."""
+    await rt.submit_tasks([TaskRequest(name=f"t{i}") for i in range(250)])
+    everything = await rt.query_events(event_type=EventType.TASK_ENQUEUED, limit=None)
+    assert len(everything) == 250
+    pages: list[list[Event]] = []
+    last: int | None = None
+    for _ in range(10):  # bounded: a cursor that does not move must not loop forever
+        page = await rt.query_events(event_type="task_enqueued", limit=100, after_id=last)
+        if not page:
+            break
+        pages.append(page)
+        last = page[-1].event_id
+    assert [len(page) for page in pages] == [100, 100, 50]
+    assert [e.event_id for page in pages for e in page] == [e.event_id for e in everything]
+    tail = await rt.query_events(after_id=everything[-1].event_id, limit=None)
+    assert all(e.event_id > everything[-1].event_id for e in tail)  # type: ignore[operator]
+    path = tmp_path / "rest.jsonl"
+    written = await rt.export_events(
+        path, event_type="task_enqueued", after_id=everything[199].event_id
+    )
+    assert written == 50
+    assert json.loads(path.read_text().splitlines()[0])["event_id"] == everything[200].event_id
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "7"])
+async def test_a_bad_after_id_is_refused(rt: AgentRuntime, bad: Any) -> None:
+    with pytest.raises(ValidationError, match="after_id must be an event id"):
+        await rt.query_events(after_id=bad)

@@ -108,7 +108,17 @@ _log = logging.getLogger("miminions.runtime")
 QUEUE_PAUSED_KEY = "queue.paused"
 _BUILTIN_SCHEDULING = "priority_scheduling"
 _EVENT_FILTERS = frozenset(
-    {"event_type", "agent_id", "task_id", "severity", "since", "until", "limit", "newest"}
+    {
+        "event_type",
+        "agent_id",
+        "task_id",
+        "severity",
+        "since",
+        "until",
+        "limit",
+        "newest",
+        "after_id",
+    }
 )
 #: The mark of the :meth:`AgentRuntime.run_in_background` work this code runs in, if any.
 _BACKGROUND_WORK: contextvars.ContextVar[object | None] = contextvars.ContextVar(
@@ -1042,18 +1052,28 @@ class AgentRuntime(CommunicationAPI):
         limit: int | None = 100,
         until: datetime | None = None,
         newest: bool = False,
+        after_id: int | None = None,
     ) -> list[Event]:
         """Events matching every given filter, oldest first; ``severity`` is a minimum.
 
         ``since`` and ``until`` are inclusive; a naive datetime is taken as UTC (pass an
         aware one). At most ``limit`` events: the oldest ones, or with ``newest=True`` the
-        most recent ones (still returned oldest first)."""
+        most recent ones (still returned oldest first). ``after_id``: only events recorded
+        after the one with that ``event_id`` (ids grow in recording order), the way to read
+        the log page by page or to tail it: pass the last ``event_id`` you got. (``since``
+        cannot page: events recorded together share one timestamp.)"""
         self._require_running()
         query = build_event_query(
-            event_type, agent_id, task_id, severity, since, until, limit, newest
+            event_type, agent_id, task_id, severity, since, until, limit, newest, after_id
         )
         self.events.drain()  # what just happened is in the log
         return await self.store.query_events(query)
+
+    def _database_file(self) -> str | os.PathLike[str] | None:
+        """The file the store keeps the database in, as it opened it (optional for a store:
+        else the configured path), or None for a database in memory."""
+        opened = getattr(self.store, "database_file", None)
+        return opened() if callable(opened) else self.config.storage_path
 
     async def export_events(
         self, path: str | os.PathLike[str], format: str = "jsonl", **filters: Any
@@ -1070,7 +1090,8 @@ class AgentRuntime(CommunicationAPI):
             raise ValidationError(
                 f"unknown event filter(s) {sorted(unknown)}; use {sorted(_EVENT_FILTERS)}"
             )
-        if is_database_file(path, self.config.storage_path):
+        database = self._database_file()
+        if database is not None and is_database_file(path, database):
             raise ValidationError(
                 f"path {os.fspath(path)!r} is the runtime's database "
                 f"{self.config.storage_path!r} or one of its files; writing the events there "

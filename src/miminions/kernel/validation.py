@@ -115,6 +115,7 @@ def build_event_query(
     until: datetime | None = None,
     limit: int | None = 100,
     newest: bool = False,
+    after_id: int | None = None,
 ) -> EventQuery:
     """Turn user-facing event filters into an :class:`EventQuery`, with clear errors.
 
@@ -148,6 +149,12 @@ def build_event_query(
     if until is not None and until.tzinfo is None:
         until = until.replace(tzinfo=UTC)
     check_limit(limit)
+    if after_id is not None and (
+        isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0
+    ):
+        raise ValidationError(
+            f"after_id must be an event id (an integer >= 0) or None, got {shown(after_id)}"
+        )
     return EventQuery(
         event_types=types,
         agent_id=agent_id,
@@ -157,6 +164,7 @@ def build_event_query(
         until=until,
         limit=limit,
         newest=newest,
+        after_id=after_id,
     )
 
 

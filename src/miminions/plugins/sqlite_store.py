@@ -190,6 +190,7 @@ class SQLiteStore:
         # A failed commit may have left its transaction open (its rollback failed too).
         self._dirty = False
         self._lock_fd: int | None = None  # holds the database's OS lock while open
+        self._opened_file: str | None = None  # see database_file()
 
     @classmethod
     async def open_readonly(cls, path: str) -> SQLiteStore:
@@ -218,6 +219,9 @@ class SQLiteStore:
             raise RuntimeNotRunningError("this store was closed; create a new SQLiteStore")
         if self._conn is not None:
             return
+        # Resolved now: a relative path names a file of the current directory, which the
+        # application may change while the store is open.
+        self._opened_file = self._file_path()
         if self.readonly:
             self._conn = await self._connect_readonly()
             return
@@ -274,6 +278,12 @@ class SQLiteStore:
             )
         )
         return int(rows[0][0])
+
+    def database_file(self) -> str | None:
+        """The file this store opened (absolute, symlinks resolved; of a ``file:`` URI, its
+        path part), or None for a database in memory or a store not opened yet. SQLite keeps
+        ``-wal`` and ``-shm`` files beside it; this store its ``-lock`` file."""
+        return self._opened_file
 
     def _file_path(self) -> str | None:
         """The database's file, with symlinks resolved (of a ``file:`` URI, its path part),
