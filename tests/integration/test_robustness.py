@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -363,7 +364,12 @@ async def test_an_inline_task_whose_own_code_cancels_its_task_fails_after_a_few_
     assert done.status is TaskStatus.FAILED, done.status
     assert "TaskCancelledError" in (done.error_message or ""), done.error_message
     started = await rt.query_events(event_type=EventType.TASK_STARTED, task_id=task_id)
-    assert len(started) == OUTSIDE_CANCELS_BEFORE_FAILURE
+    if name == "taskgroup" and sys.version_info >= (3, 13):
+        # A TaskGroup takes back the cancel it counted from Python 3.13 on: the code's
+        # CancelledError is its own failure, as in a process agent, at the first run.
+        assert len(started) == 1
+    else:
+        assert len(started) == OUTSIDE_CANCELS_BEFORE_FAILURE
     plain = await rt.submit_task("plain")
     assert (await rt.wait_for_task(plain, WAIT_SECONDS)).status is TaskStatus.COMPLETED
 
