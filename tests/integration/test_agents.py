@@ -17,6 +17,7 @@ from miminions import (
     BaseAgent,
     EventType,
     InvalidStateError,
+    NotFoundError,
     ResourceLimits,
     RuntimeConfig,
     Task,
@@ -431,6 +432,27 @@ async def test_spent_usage_budget_pauses_the_agent(
         task = await rt.wait_for_task(await rt.submit_task("t", {"tokens": 10}), 10)
         assert task.status is TaskStatus.COMPLETED
         assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
+
+
+@pytest.mark.parametrize("bad", [5, ["writers"], ""])
+async def test_reset_usage_refuses_a_group_that_is_not_a_name(rt: AgentRuntime, bad: Any) -> None:
+    """A group of the wrong type reset nothing, silently, leaving its breaker unarmed."""
+    await rt.register_agent("w", agents.EchoAgent, group="writers")
+    with pytest.raises(ValidationError, match="group"):
+        rt.reset_usage(group=bad)
+
+
+async def test_reset_usage_refuses_a_group_nobody_knows(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A misspelled group is NotFoundError; a group with members or with a budget resets."""
+    config = make_config(group_budgets={"budgeted": UsageBudget(tokens=5)})
+    async with AgentRuntime(config=config) as rt:
+        await rt.register_agent("w", agents.EchoAgent, group="writers")
+        with pytest.raises(NotFoundError, match="no group 'writer'"):
+            rt.reset_usage(group="writer")
+        rt.reset_usage(group="writers")
+        rt.reset_usage(group="budgeted")
 
 
 @pytest.mark.parametrize("isolation", ["inline", "process"])

@@ -15,10 +15,16 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from miminions.kernel.errors import PLUGIN_ERRORS, MiminionsError, RuntimeNotRunningError
+from miminions.kernel.errors import (
+    PLUGIN_ERRORS,
+    MiminionsError,
+    NotFoundError,
+    RuntimeNotRunningError,
+)
 from miminions.kernel.models import AgentMessage, AgentStatus, EventType, Severity
 from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.tracing import Carrier, check_carrier
+from miminions.kernel.validation import check_name
 
 if TYPE_CHECKING:
     from miminions.kernel.events import EventLog
@@ -122,6 +128,13 @@ class CommunicationAPI:
         re-arm their budgets' circuit breakers (resume paused agents yourself)."""
         if agent_id is not None:
             self.agent_book.get(agent_id)  # NotFoundError for an unknown id
+        if group is not None:
+            check_name(group, "group")
+            if group not in self.usage.group_budgets and not any(
+                slot.spec.group == group for slot in self.agent_book.slots.values()
+            ):
+                # (a misspelled name would leave the group's tripped breaker unarmed)
+                raise NotFoundError(f"no group {group!r}: no agent is in it and it has no budget")
         self.usage.reset(agent_id, group)
         for slot in self.agent_book.slots.values():
             if (agent_id is None and group is None) or slot.agent_id == agent_id:
