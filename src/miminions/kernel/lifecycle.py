@@ -396,6 +396,13 @@ class AgentBook(RestartMixin):
             await self._host_call(slot, "start", start, self._start_timeout)
         except _Abandoned:
             return False
+        except asyncio.CancelledError:
+            if not (self._closing or self._loop_ending()):
+                # Its caller gave up (asyncio.wait_for): undone, not left starting for
+                # good (holding a slot, skipped by start_group). Shielded: a second
+                # cancel cannot leave it half undone.
+                await asyncio.shield(self._in_background(self._undo_start(slot)))
+            raise
         except _TimedOut:
             await self._fail(slot, f"on_start did not finish within {self._start_timeout} s")
             return True
@@ -418,6 +425,34 @@ class AgentBook(RestartMixin):
                 self.executor.resume_clocks(slot.agent_id)
             self.executor.agent_available(slot)
         return True
+
+    async def _undo_start(self, slot: AgentSlot) -> None:
+        """A start its caller gave up on: the host (which discarded what it began when
+        the call was cancelled) is released and the agent is stopped, or, a paused agent's
+        resume, paused again with its saved state."""
+        if slot.status is not S.STARTING:
+            return
+        await self._release_host(slot, None)  # its on_start never finished: no on_stop
+        slot.instance.process_id = None
+        if slot.resume_queued:
+            slot.resume_queued = False
+            self._set(slot, S.PAUSED, "paused; its resume was cancelled by the caller")
+        else:
+            self._set(slot, S.STOPPING, "its start was cancelled by the caller")
+            self._events.emit(
+                EventType.AGENT_STOPPING, agent_id=slot.agent_id, details={"graceful": False}
+            )
+            self._set(slot, S.STOPPED, "its start was cancelled by the caller")
+            self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
+        await self._save(slot)
+        self._start_next_queued()
+
+    def _in_background(self, work: Awaitable[None]) -> asyncio.Future[None]:
+        """Run ``work`` as a task of its own, kept until it ends."""
+        running = asyncio.ensure_future(work)
+        self._background.add(running)
+        running.add_done_callback(self._background.discard)
+        return running
 
     async def _host_call(
         self,
@@ -518,9 +553,7 @@ class AgentBook(RestartMixin):
             # Reserved here, synchronously, so a start racing with this one sees the slot
             # taken; the host itself starts in the background under the agent's lock.
             self._reserve(slot)
-            starting = asyncio.ensure_future(self._start_queued(slot))
-            self._background.add(starting)
-            starting.add_done_callback(self._background.discard)
+            self._in_background(self._start_queued(slot))
 
     def _recheck_load_later(self) -> None:
         # Machine load has no event to wait for: look again in a second.
@@ -563,6 +596,11 @@ class AgentBook(RestartMixin):
             except _Abandoned:
                 # A stop cancelled the pause (its task may never reach a safe point).
                 raise _abandoned(agent_id, "pause") from None
+            except asyncio.CancelledError:
+                # Its caller gave up (asyncio.wait_for): abandoned as at its timeout.
+                if self.executor is not None:
+                    self.executor.agent_available(slot)
+                raise
             except _TimedOut:
                 # The host reopened its gate when the wait was cancelled: undo the pause.
                 if self.executor is not None:
@@ -750,19 +788,43 @@ class AgentBook(RestartMixin):
         self._events.emit(
             EventType.AGENT_STOPPING, agent_id=slot.agent_id, details={"graceful": graceful}
         )
+        try:
+            await self._wind_down(
+                slot,
+                graceful=graceful and not was_starting,
+                timeout_seconds=timeout_seconds,
+                wait_idle=not was_paused,
+            )
+        except asyncio.CancelledError:
+            if not (self._closing or self._loop_ending()):
+                # Its caller gave up waiting (asyncio.wait_for): the stop ends at once, as a
+                # forced one, rather than leave the agent stopping, a status no call leaves.
+                # Shielded: a second cancel cannot leave it half done.
+                forced = self._wind_down(slot, graceful=False, timeout_seconds=0.0)
+                await asyncio.shield(self._in_background(forced))
+            raise
+
+    async def _wind_down(
+        self, slot: AgentSlot, *, graceful: bool, timeout_seconds: float, wait_idle: bool = True
+    ) -> None:
+        """The rest of a stop once the agent is ``stopping``: ``graceful``, its task may
+        finish within ``timeout_seconds`` (``wait_idle``: a paused agent's is halted) and
+        ``on_stop`` runs; then the task is interrupted and the host released."""
         executor = self.executor
         if executor is not None:
             executor.agent_unavailable(slot)
-            if graceful and not (was_paused or was_starting):
+            if graceful and wait_idle:
                 await executor.wait_agent_idle(slot.agent_id, timeout_seconds)
             at_once = {} if graceful else at_once_arguments(executor.interrupt_agent)
             await executor.interrupt_agent(slot.agent_id, "agent stopped", **at_once)
             executor.resume_clocks(slot.agent_id)
-        await self._release_host(slot, timeout_seconds if graceful and not was_starting else None)
+        if slot.host_started:
+            await self._release_host(slot, timeout_seconds if graceful else None)
         slot.instance.process_id = None
         slot.paused_state = None
-        self._set(slot, S.STOPPED, None)
-        self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
+        if slot.status is S.STOPPING:
+            self._set(slot, S.STOPPED, None)
+            self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
         await self._save(slot)
         self._start_next_queued()
 
