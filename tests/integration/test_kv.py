@@ -18,6 +18,7 @@ from miminions import (
     ValidationError,
 )
 from miminions.kernel.kv import MAX_VALUE_BYTES, KVWatch
+from miminions.kernel.task_input import MAX_JSON_DEPTH
 from miminions.testing import runtime_config, started_runtime
 from tests.support.kv_agents import GroupMailAgent, KVAgent
 from tests.support.process_agents import NonStringKeyAgent
@@ -180,6 +181,25 @@ async def test_values_survive_a_restart(
         assert rt.kv.version("kept") == 1
         assert rt.kv.get("dropped") is None
         assert rt.kv.keys() == ["kept"]
+
+
+async def test_a_value_nested_to_the_limit_is_kept_and_read_anywhere(
+    miminions_config: RuntimeConfig,
+) -> None:
+    """A value nesting as deep as JSON values may is stored, survives a restart and is
+    read by agents (one deeper is refused: a value just under the interpreter's limit was
+    stored, then every start of the database failed with a RecursionError)."""
+    deep: object = 1
+    for _ in range(MAX_JSON_DEPTH):
+        deep = [deep]
+    async with started_runtime(miminions_config) as rt:
+        await rt.kv.set("deep", deep)
+        with pytest.raises(ValidationError, match="levels deep"):
+            await rt.kv.set("deeper", [deep])
+    async with started_runtime(miminions_config) as rt:
+        assert rt.kv.get("deep") == deep
+        reader = await start(rt, "reader", KVAgent)
+        assert await run(rt, reader, op="depth", key="deep") == {"depth": MAX_JSON_DEPTH}
 
 
 async def test_bad_keys_and_values_are_rejected(rt: AgentRuntime) -> None:

@@ -23,6 +23,7 @@ from miminions import (
     ValidationError,
     WaitTimeoutError,
 )
+from miminions.kernel.task_input import MAX_JSON_DEPTH
 from tests.support import agents
 from tests.support.runtime import start_agent
 
@@ -478,11 +479,12 @@ async def test_changing_a_returned_task_does_not_change_the_runtime(rt: AgentRun
 
 
 async def test_deeply_nested_input_is_handed_out_whole(rt: AgentRuntime) -> None:
-    """Input nested hundreds of levels deep, accepted at submit, is also handed to the
-    agent and back to callers (the copies made on the way have no depth limit)."""
+    """Input nested as deep as JSON values may (hundreds of levels), accepted at submit, is
+    also handed to the agent and back to callers (the copies made on the way have no depth
+    limit of their own)."""
     deep: dict[str, object] = {}
     inner = deep
-    for _ in range(600):
+    for _ in range(MAX_JSON_DEPTH - 2):  # the echo wraps it once more
         inner["x"] = {}
         inner = inner["x"]  # type: ignore[assignment]
     agent_id = await start_agent(rt, "echo", agents.EchoAgent, isolation="inline")

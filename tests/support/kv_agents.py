@@ -20,6 +20,11 @@ class KVAgent(BaseAgent):
             return {"version": await kv.set(data["key"], data["value"], namespace=namespace)}
         if op == "get":
             return {"value": await kv.get(data["key"], data.get("default"), namespace=namespace)}
+        if op == "depth":  # how deep the value nests in lists
+            value, depth = await kv.get(data["key"], namespace=namespace), 0
+            while isinstance(value, list):
+                value, depth = value[0], depth + 1
+            return {"depth": depth}
         if op == "cas":
             expected = data.get("expected")
             if data.get("expected_as_tuple"):

@@ -43,6 +43,12 @@ class TaskRequest(BaseModel):
 
 #: How errors name what ``on_pause`` returned (it must be JSON: it is stored).
 PAUSE_STATE = "the state on_pause returned"
+#: How deep a JSON value may nest (lists and objects in one another). The JSON decoder
+#: spends a level of the interpreter's recursion limit (1000) per level: this leaves the
+#: code reading a value back, copying or sending it hundreds of frames of its own (a value
+#: a little shallower than the limit, accepted at a shallow call depth, could not be
+#: loaded by the next start: RecursionError).
+MAX_JSON_DEPTH = 640
 
 
 def to_json_value(
@@ -64,6 +70,12 @@ def to_json_value(
         raise ValidationError(
             f"{what} must be JSON-serialisable (dicts, lists, str, numbers, bools, None): {exc}"
         ) from None
+    except RecursionError:
+        raise _too_deep(what) from None
+    # (Counting brackets is one C-speed pass; only a value with that many containers, or
+    # strings holding brackets, is walked.)
+    if text.count("[") + text.count("{") > MAX_JSON_DEPTH:
+        check_depth(value, what)
     size = check_utf8(text, what)  # keys and values alike: the encoder keeps non-ASCII as is
     if max_bytes is not None and size > max_bytes:
         raise too_large(
@@ -82,6 +94,26 @@ def to_json_value(
     if not same:
         refuse_non_string_keys(value, what)
     return copy
+
+
+def check_depth(value: Any, what: str) -> None:
+    """Raise ValidationError if ``value`` nests deeper than :data:`MAX_JSON_DEPTH`."""
+    if not isinstance(value, dict | list | tuple):
+        return
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            raise _too_deep(what)
+        for child in item.values() if isinstance(item, dict) else item:
+            if isinstance(child, dict | list | tuple):
+                stack.append((child, depth + 1))
+
+
+def _too_deep(what: str) -> ValidationError:
+    return ValidationError(
+        f"{what} nests lists and objects more than {MAX_JSON_DEPTH} levels deep; flatten it"
+    )
 
 
 def refuse_non_string_keys(value: Any, what: str) -> None:

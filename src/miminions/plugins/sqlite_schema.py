@@ -543,7 +543,9 @@ def _malformed(kind: str, row: Sequence[Any]) -> Iterator[None]:
     inside: a reader (the CLI, a start) reports it in one line."""
     try:
         yield
-    except (KeyError, TypeError, ValueError, OverflowError) as exc:
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError) as exc:
+        # (RecursionError: JSON nested deeper than the decoder goes, stored before values
+        # had a nesting limit)
         if isinstance(exc, pydantic.ValidationError):
             what = "; ".join(
                 f"{'.'.join(map(str, e['loc'])) or 'row'}: {e['msg']}" for e in exc.errors()
