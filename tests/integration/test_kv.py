@@ -10,6 +10,7 @@ import pytest
 
 from miminions import (
     AgentRuntime,
+    AgentStatus,
     EventType,
     InvalidStateError,
     RuntimeConfig,
@@ -200,6 +201,43 @@ async def test_a_value_nested_to_the_limit_is_kept_and_read_anywhere(
         assert rt.kv.get("deep") == deep
         reader = await start(rt, "reader", KVAgent)
         assert await run(rt, reader, op="depth", key="deep") == {"depth": MAX_JSON_DEPTH}
+
+
+async def test_an_agent_follows_a_key_with_a_watch_opened_before_its_read(
+    rt: AgentRuntime,
+) -> None:
+    """``open_watch`` opens the watch at once, so a change made between it and a read of
+    the key is seen (``watch()`` opens as its iteration starts: such a change was missed)."""
+    a = await start(rt, "a", KVAgent)
+    assert await run(rt, a, op="follow", prefix="jobs/", key="jobs/1") == {
+        "current": None,
+        "seen": {"namespace": "", "key": "jobs/1", "value": "done", "version": 1},
+    }
+    assert rt.kv.watchers == 0  # closed by its async with
+
+
+async def test_get_gives_back_the_default_itself(rt: AgentRuntime) -> None:
+    """The default of an absent key is the caller's own object (a process agent sent it
+    to the runtime and back: a sentinel was refused as not JSON, a tuple became a list)."""
+    a = await start(rt, "a", KVAgent)
+    assert await run(rt, a, op="defaults", key="absent") == {"sentinel": True, "tuple": True}
+
+
+async def test_an_agent_iterating_a_watch_pauses_at_its_next_change(rt: AgentRuntime) -> None:
+    """Asking for a watch's next change is a safe point: a pause requested while the agent
+    waits takes effect once a change arrives (it never did: the loop made no other call)."""
+    a = await start(rt, "a", KVAgent)
+    task_id = await rt.submit_task("kv", {"op": "follow_until", "prefix": "jobs/"}, agent_id=a)
+    await wait_until(lambda: rt.kv.watchers == 1, "the agent's watch to open")
+    pausing = asyncio.ensure_future(rt.pause_agent(a))
+    await wait_until(lambda: rt.agent_book.get(a).pausing is not None, "the pause to wait")
+    await rt.kv.set("jobs/1", 1)  # the agent takes it, then halts at its next request
+    paused = await asyncio.wait_for(pausing, WAIT)
+    assert paused.status is AgentStatus.PAUSED
+    await rt.kv.set("jobs/1", "stop")  # waits in the watch meanwhile
+    await rt.resume_agent(a)
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.output_data == {"changes": 1}
 
 
 async def test_bad_keys_and_values_are_rejected(rt: AgentRuntime) -> None:

@@ -25,6 +25,24 @@ class KVAgent(BaseAgent):
             while isinstance(value, list):
                 value, depth = value[0], depth + 1
             return {"depth": depth}
+        if op == "follow":  # open a watch, read the key, then see its next change
+            async with await kv.open_watch(data["prefix"]) as watch:
+                current = await kv.get(data["key"])
+                await kv.set(data["key"], "done")
+                return {"current": current, "seen": await watch.next(timeout_seconds=10)}
+        if op == "defaults":  # what get gives for an absent key is the default itself
+            missing = object()
+            return {
+                "sentinel": await kv.get(data["key"], missing) is missing,
+                "tuple": await kv.get(data["key"], (1, 2)) == (1, 2),
+            }
+        if op == "follow_until":  # count the changes under prefix until value "stop"
+            count = 0
+            async for change in kv.watch(data["prefix"]):
+                if change["value"] == "stop":
+                    break
+                count += 1
+            return {"changes": count}
         if op == "cas":
             expected = data.get("expected")
             if data.get("expected_as_tuple"):

@@ -319,8 +319,9 @@ class AgentKV:
         return await self._channel.runtime_call(op, payload)
 
     async def get(self, key: str, default: Any = None, namespace: str = "") -> Any:
-        """The value of ``key``, or ``default``."""
-        return await self._call("kv_get", key=key, default=default, namespace=namespace)
+        """The value of ``key``, or ``default`` (itself: it never leaves the agent)."""
+        value = await self._call("kv_get", key=key, namespace=namespace)
+        return default if value is None else value  # (a stored value is never None)
 
     async def keys(self, prefix: str = "", namespace: str = "") -> list[str]:
         """The keys starting with ``prefix``, sorted."""
@@ -344,25 +345,75 @@ class AgentKV:
 
     async def watch(self, prefix: str = "", namespace: str = "") -> AsyncIterator[dict[str, Any]]:
         """Yield every later change under ``prefix`` as ``{"namespace", "key", "value",
-        "version"}`` (value None: deleted) until the iteration is closed."""
-        watch_id = await self._call("kv_watch", prefix=prefix, namespace=namespace)
+        "version"}`` (value None: deleted) until the iteration is closed. The watch opens
+        as the iteration starts: to see every change after a read, use :meth:`open_watch`."""
+        watch = await self.open_watch(prefix, namespace)
         try:
-            while True:
-                change = await self._runtime_call(
-                    "kv_next", {"watch_id": watch_id, "timeout_seconds": None}
-                )
-                if change is None:
-                    return
+            while (change := await watch.next()) is not None:
                 yield change
         finally:
-            with contextlib.suppress(Exception):
-                await self._runtime_call("kv_unwatch", {"watch_id": watch_id})
+            await watch.close()
+
+    async def open_watch(self, prefix: str = "", namespace: str = "") -> AgentKVWatch:
+        """Open a watch now: it sees every change under ``prefix`` made from this moment,
+        so reading a key's value after this misses none of its later changes. Iterate it
+        (``async for``), or ``await watch.next(timeout_seconds)``; close it with ``await
+        watch.close()`` or ``async with``."""
+        watch_id = await self._call("kv_watch", prefix=prefix, namespace=namespace)
+        return AgentKVWatch(self, watch_id)
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         """A call without a safe point (a watch's next change), on the agent's loop."""
         if (loop := _off_loop(self._loop)) is not None:
             return await on_loop(loop, self._runtime_call(op, payload))
         return await self._channel.runtime_call(op, payload)
+
+
+class AgentKVWatch:
+    """A key-value watch an agent opened (:meth:`AgentKV.open_watch`): the later changes
+    under its prefix, as ``{"namespace", "key", "value", "version"}`` dicts, in order.
+
+    Asking for the next change is a safe point (a pause halts the task there); waiting for
+    one is not, as with ``receive``. It closes when the agent's task ends or the agent stops,
+    if not before.
+    """
+
+    def __init__(self, kv: AgentKV, watch_id: str) -> None:
+        self._kv = kv
+        self._watch_id = watch_id
+        self._closed = False
+
+    async def next(self, timeout_seconds: float | None = None) -> dict[str, Any] | None:
+        """The next change, or None after ``timeout_seconds`` or once the watch is closed."""
+        if self._closed:
+            return None
+        change: dict[str, Any] | None = await self._kv._call(
+            "kv_next", watch_id=self._watch_id, timeout_seconds=timeout_seconds
+        )
+        return change
+
+    async def close(self) -> None:
+        """End the watch (again: nothing)."""
+        if self._closed:
+            return
+        self._closed = True
+        with contextlib.suppress(Exception):
+            await self._kv._runtime_call("kv_unwatch", {"watch_id": self._watch_id})
+
+    def __aiter__(self) -> AgentKVWatch:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        change = await self.next()
+        if change is None:
+            raise StopAsyncIteration
+        return change
+
+    async def __aenter__(self) -> AgentKVWatch:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
 
 
 #: How long call_sync waits for a call it gave up on to end on the agent's loop.
