@@ -27,10 +27,13 @@ from miminions import (
     AgentRuntime,
     BaseAgent,
     ConfigurationError,
+    DependencyCycleError,
     MissingExtraError,
     RuntimeConfig,
     Task,
+    TaskRequest,
     TaskStatus,
+    ValidationError,
     hookimpl,
 )
 from miminions.extras import otel
@@ -749,3 +752,72 @@ async def test_without_a_tracer_provider_task_spans_are_not_drawn_until_one_is_g
         assert traced.output_data["current"] == ids(run)
     finally:
         await rt.stop()
+
+
+async def test_a_start_that_never_ended_is_an_error_span(
+    make_config: MakeConfig, recorded: Recorded, tmp_path: Path
+) -> None:
+    """An ``agent start`` span whose start was abandoned by a stop, cut short by the
+    runtime's stop or cancelled by its caller ends as an ERROR (it was ended with no status,
+    drawn as a start that went through)."""
+    from tests.support.lifecycle_agents import HangingHooksAgent, hook_log
+
+    rt = AgentRuntime(config=make_config(agent_start_timeout_seconds=120.0))
+    otel.use_tracer_provider(rt, recorded.provider)
+    await rt.start()
+    hanging = []
+    for n in range(3):
+        log = tmp_path / f"hooks{n}.jsonl"
+        agent_id = await rt.register_agent(
+            f"hanging{n}", HangingHooksAgent, config={"log": str(log), "hang": ["start"]}
+        )
+        starting = asyncio.ensure_future(rt.start_agent(agent_id))
+        await wait_until(lambda log=log: hook_log(log) == [["start"]], "on_start")
+        hanging.append((agent_id, starting))
+    await rt.stop_agent(hanging[0][0], timeout_seconds=0.05)
+    hanging[1][1].cancel()
+    await asyncio.wait({starting for _, starting in hanging[:2]}, timeout=WAIT_SECONDS)
+    await rt.stop(timeout_seconds=0.05)
+    await asyncio.wait({hanging[2][1]}, timeout=WAIT_SECONDS)
+    starts = await recorded.some("agent start", 3)
+    assert [span.status.status_code for span in starts] == [StatusCode.ERROR] * 3
+
+
+async def test_a_refused_submit_draws_no_submit_span(
+    traced: AgentRuntime, recorded: Recorded
+) -> None:
+    """A submit refused (bad value, cycle) draws no ``submit tasks`` span: it drew one, as
+    if tasks had been sent; an accepted batch draws one, counting its new tasks."""
+    with pytest.raises(ValidationError):
+        await traced.submit_task("bad", priority=500)
+    with pytest.raises(DependencyCycleError):
+        await traced.submit_tasks(
+            [
+                TaskRequest(name="a", task_id="a", dependencies=["b"]),
+                TaskRequest(name="b", task_id="b", dependencies=["a"]),
+            ]
+        )
+    assert recorded.named("submit tasks") == []
+    await traced.submit_tasks([TaskRequest(name=f"t{n}") for n in range(3)])
+    span = await recorded.one("submit tasks")
+    assert_attributes(span, {"messaging.batch.message_count": 3})
+
+
+async def test_the_wait_and_run_of_a_task_carrying_no_trace_are_one_trace(
+    make_config: MakeConfig, recorded: Recorded
+) -> None:
+    """A task stored without a trace context (submitted with tracing off) runs with tracing
+    on: its wait and its run are one trace (each was a root of its own)."""
+    async with AgentRuntime(config=make_config(), disable=["otel"]) as first:
+        await first.pause_queue()
+        task_id = await first.submit_task("old")
+    second = AgentRuntime(config=make_config())
+    otel.use_tracer_provider(second, recorded.provider)
+    async with second:
+        assert second.get_task_status(task_id).trace_context is None
+        await start_agent(second, "echo", EchoAgent)
+        await second.resume_queue()
+        assert (await second.wait_for_task(task_id, WAIT_SECONDS)).status is TaskStatus.COMPLETED
+        wait, run = await recorded.one("wait tasks"), await recorded.one("process tasks")
+    assert wait.parent is None
+    assert_child(run, wait)

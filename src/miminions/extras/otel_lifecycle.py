@@ -84,6 +84,9 @@ class LifecycleSpans:
         if verb is not None:
             leftover = self._under_way.pop(agent_id, None)
             if leftover is not None:
+                # A start that never ended (a stop abandoned it, or it was cancelled): not
+                # a start that went through.
+                leftover.set_status(Status(StatusCode.ERROR, f"cut short by {kind.value}"))
                 leftover.end(end_time=at)
             self._under_way[agent_id] = self._span(verb, agent_id, at, event.details)
             return

@@ -197,6 +197,11 @@ class RuntimeTracing:
             WAIT_SPAN, context=parent, start_time=min(since, now), attributes=attributes
         )
         wait.end(end_time=now)
+        if not trace.get_current_span(parent).get_span_context().is_valid:
+            # A task that carries no trace (submitted with tracing off, or before a
+            # provider was set): its wait begins the attempt's trace, and the run joins it
+            # (each was a trace of its own).
+            parent = trace.set_span_in_context(wait)
         run = self.tracer.start_span(
             PROCESS_SPAN,
             context=parent,

@@ -837,7 +837,7 @@ class AgentRuntime(CommunicationAPI):
                 "task_id": None,
             },
         )
-        return (await self._submit([request], self.trace_carrier("submit")))[0]
+        return (await self._submit([request]))[0]
 
     async def submit_tasks(self, requests: Sequence[TaskRequest | Mapping[str, Any]]) -> list[str]:
         """Queue several tasks at once, all or nothing; they may depend on each other by
@@ -859,17 +859,19 @@ class AgentRuntime(CommunicationAPI):
                 parsed.append(TaskRequest.model_validate(request))
             except pydantic.ValidationError as exc:
                 raise ValidationError(f"invalid task request {request!r}: {exc}") from None
-        return await self._submit(parsed, self.trace_carrier("submit", len(parsed)))
+        return await self._submit(parsed)
 
-    async def _submit(
-        self, requests: list[TaskRequest], trace_context: Carrier | None
-    ) -> list[str]:
+    async def _submit(self, requests: list[TaskRequest]) -> list[str]:
         if self.task_book.booking:
             # A big batch is still being booked: this one waits for it, and the runtime
             # may have begun stopping meanwhile.
             await self.task_book.booked()
             self._require_running()
-        return await self.task_book.submit(requests, trace_context)
+        return await self.task_book.submit(requests, self._submit_trace)
+
+    def _submit_trace(self, count: int) -> Carrier | None:
+        """The trace context of a batch of ``count`` new tasks, once it is accepted."""
+        return self.trace_carrier("submit", count)
 
     async def wait_for_task(self, task_id: str, timeout_seconds: float | None = None) -> Task:
         """Wait until the task completed, failed or was cancelled; return it (with

@@ -121,10 +121,13 @@ class TaskBook:
 
     # ------------------------------------------------------------------ submit
     async def submit(
-        self, requests: Sequence[TaskRequest], trace_context: Carrier | None = None
+        self,
+        requests: Sequence[TaskRequest],
+        trace: Callable[[int], Carrier | None] | None = None,
     ) -> list[str]:
-        """Validate and add tasks (all or nothing); return when they are committed. Each
-        new task carries ``trace_context`` (see :mod:`miminions.kernel.tracing`).
+        """Validate and add tasks (all or nothing); return when they are committed. Once the
+        batch is accepted, ``trace(number of new tasks)`` gives the trace context every new
+        task carries (see :mod:`miminions.kernel.tracing`): a refused batch draws no trace.
 
         A batch of more than ``SLICE_SIZE`` tasks of one priority, none depending on
         another of the batch, is checked whole, then booked a slice at a time in its order
@@ -154,7 +157,7 @@ class TaskBook:
                         f"task id {given!r} is given to more than one request of the batch"
                     )
                 continue
-            task = self._build(request, now, trace_context, fresh_ids)
+            task = self._build(request, now, fresh_ids)
             if request.idempotency_key is not None:
                 batch_keys[request.idempotency_key] = task.task_id
             ids.append(task.task_id)
@@ -171,9 +174,10 @@ class TaskBook:
             for task in new_tasks
         ]
         if len(new_tasks) > SLICE_SIZE and self._may_slice(new_tasks):
-            await self._submit_in_slices(new_tasks, sched)
+            await self._submit_in_slices(new_tasks, sched, trace)
             return ids
         change = self.scheduler.add(sched)
+        _carry(new_tasks, trace)
         commits, refused = self._book(new_tasks, change)
         # Usually one commit covers the whole batch: the first await waits for it and the
         # others return at once, but each may carry the rejection of its own write.
@@ -183,12 +187,18 @@ class TaskBook:
             raise refused
         return ids
 
-    async def _submit_in_slices(self, new_tasks: list[Task], sched: list[NewTask]) -> None:
+    async def _submit_in_slices(
+        self,
+        new_tasks: list[Task],
+        sched: list[NewTask],
+        trace: Callable[[int], Carrier | None] | None,
+    ) -> None:
         """Accept a big batch at once, then book it a slice at a time (see
         :mod:`miminions.kernel.sliced_booking`); return when all of it is committed."""
         scheduler = self.scheduler
         scheduler.check_new(sched, room=False)  # every check before any slice is booked
         scheduler.reserve(len(sched))
+        _carry(new_tasks, trace)
         # Every slice is ready as of now, as the batch would be if booked at once: a later
         # slice must not age less than the first (or fall behind older, less urgent tasks).
         accepted_at = scheduler.now()
@@ -318,7 +328,6 @@ class TaskBook:
         self,
         request: TaskRequest,
         now: datetime,
-        trace_context: Carrier | None,
         fresh_ids: Iterator[str],
     ) -> Task:
         """The task ``request`` asks for, every value checked (``fresh_ids`` gives its id
@@ -393,7 +402,7 @@ class TaskBook:
                 "idempotency_key": request.idempotency_key,
                 "checkpoint": None,
                 "dead_lettered": False,
-                "trace_context": trace_context,
+                "trace_context": None,  # see _carry
                 "created_at": now,
                 "started_at": None,
                 "completed_at": None,
@@ -914,6 +923,14 @@ class TaskBook:
             # an exponential moving average answers ETA queries in O(1)
             mean = self.mean_duration
             self.mean_duration = duration if mean is None else mean + (duration - mean) * 0.05
+
+
+def _carry(new_tasks: list[Task], trace: Callable[[int], Carrier | None] | None) -> None:
+    """Give an accepted batch's tasks the trace context ``trace`` makes for them."""
+    carrier = None if trace is None else trace(len(new_tasks))
+    if carrier is not None:
+        for task in new_tasks:
+            task.__dict__["trace_context"] = carrier
 
 
 def _not_stored_in_time(what: str, timeout_seconds: float | None) -> WaitTimeoutError:
