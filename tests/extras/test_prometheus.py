@@ -461,6 +461,24 @@ def test_a_loop_torn_down_right_after_the_start_leaves_no_socket() -> None:
         socket.create_connection((endpoint.address.host, endpoint.address.port), 5.0)
 
 
+def test_a_loop_ended_while_serving_leaves_no_socket() -> None:
+    """A loop that ends while the endpoint serves (a program that never stopped its
+    runtime) closes its listening socket too: the port stayed bound, and scrapes waited
+    unanswered in its backlog."""
+
+    async def serve_once() -> MetricsEndpoint:
+        endpoint = MetricsEndpoint.listen("127.0.0.1", 0, lambda accept: (b"ok", "text/plain"))
+        reader, writer = await asyncio.open_connection(*endpoint.address[:2])
+        writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+        return endpoint
+
+    endpoint = asyncio.run(serve_once())
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((endpoint.address.host, endpoint.address.port), 5.0)
+
+
 @pytest.mark.usefixtures("client_package")
 async def test_a_host_name_is_bound_at_its_first_address(make_config: MakeConfig) -> None:
     """``host="localhost"``: one socket, on the first address the name resolves to, which

@@ -19,7 +19,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import weakref
 from collections.abc import Callable
+from functools import partial
 from http import HTTPStatus
 from typing import NamedTuple
 from urllib.parse import urlsplit
@@ -69,8 +71,17 @@ class MetricsEndpoint:
         self._clients: dict[asyncio.Task[object], asyncio.StreamWriter] = {}
         # The socket listens already (connections wait in its backlog); the loop starts
         # accepting them at its next iteration.
-        self._opening = asyncio.get_running_loop().create_task(self._open())
+        loop = asyncio.get_running_loop()
+        self._opening = loop.create_task(self._open())
         self._opening.add_done_callback(self._opened)
+        # Pending while the endpoint is open: a loop that ends without the runtime being
+        # stopped (asyncio.run cancels what is left) releases the port then (it stayed
+        # listening, scrapes waiting unanswered in its backlog). It holds the endpoint
+        # weakly: a runtime dropped after its stop is not kept alive until the next turn.
+        self._canary = loop.create_task(asyncio.Event().wait())
+        self._canary.add_done_callback(partial(_release_at_loop_end, weakref.ref(self)))
+        # (Left pending by a loop closed without cancelling its tasks: not worth a warning.)
+        self._canary._log_destroy_pending = False  # type: ignore[attr-defined]
 
     @classmethod
     def listen(cls, host: str, port: int, render: Render) -> MetricsEndpoint:
@@ -105,6 +116,7 @@ class MetricsEndpoint:
         if self._closed:
             return
         self._closed = True
+        self._canary.cancel()
         if self._server is not None:
             self._server.close()  # and its socket
         else:  # the server was never made: nothing but this socket to release
@@ -224,3 +236,12 @@ __all__ = [
     "Endpoint",
     "MetricsEndpoint",
 ]
+
+
+def _release_at_loop_end(
+    endpoint: weakref.ref[MetricsEndpoint], canary: asyncio.Task[object]
+) -> None:
+    """The endpoint's canary ended: the loop is being torn down (or the endpoint closed)."""
+    still = endpoint()
+    if still is not None:
+        still.close()
