@@ -401,7 +401,7 @@ class AgentBook(RestartMixin):
                 # Its caller gave up (asyncio.wait_for): undone, not left starting for
                 # good (holding a slot, skipped by start_group). Shielded: a second
                 # cancel cannot leave it half undone.
-                await asyncio.shield(self._in_background(self._undo_start(slot)))
+                await self._carried_through(self._undo_start(slot))
             raise
         except _TimedOut:
             await self._fail(slot, f"on_start did not finish within {self._start_timeout} s")
@@ -417,13 +417,15 @@ class AgentBook(RestartMixin):
             EventType.AGENT_STARTED if resume_state is None else EventType.AGENT_RESUMED,
             agent_id=slot.agent_id,
         )
-        await self._save(slot)
+        # Available before the save is awaited: a caller cancelled during it must not
+        # leave a running agent that is never given a task.
         if self.executor is not None:
             if resume_state is not None:
                 # A paused agent started again (paused before a restart, or its worker died
                 # while paused): the clocks its pause froze count again.
                 self.executor.resume_clocks(slot.agent_id)
             self.executor.agent_available(slot)
+        await self._save(slot)
         return True
 
     async def _undo_start(self, slot: AgentSlot) -> None:
@@ -446,6 +448,18 @@ class AgentBook(RestartMixin):
             self._events.emit(EventType.AGENT_STOPPED, agent_id=slot.agent_id)
         await self._save(slot)
         self._start_next_queued()
+
+    async def _carried_through(self, work: Awaitable[None]) -> None:
+        """Await ``work``, which goes on to its end if the caller is cancelled meanwhile:
+        the caller's CancelledError comes once it is done (a second cancel stops only the
+        waiting)."""
+        running = self._in_background(work)
+        try:
+            await asyncio.shield(running)
+        except asyncio.CancelledError:
+            if not running.done():
+                await asyncio.wait({running})
+            raise
 
     def _in_background(self, work: Awaitable[None]) -> asyncio.Future[None]:
         """Run ``work`` as a task of its own, kept until it ends."""
@@ -489,7 +503,14 @@ class AgentBook(RestartMixin):
             # The caller was cancelled: so is the call, as with asyncio.wait_for.
             running.cancel()
             await asyncio.wait({running})
-            raise
+            if running.cancelled() or running.exception() is not None:
+                raise
+            # It went through as it was given up (on_pause returned: the agent is paused).
+            # That counts: the caller books it, and its cancel comes at its next await.
+            this = asyncio.current_task()
+            if this is not None:
+                this.uncancel()
+                this.cancel()
         finally:
             abandoned = slot.call_abandoned
             slot.call, slot.in_flight, slot.call_abandoned = None, None, False
@@ -506,6 +527,13 @@ class AgentBook(RestartMixin):
         return running.result()  # also when it finished although cancelled: it happened
 
     async def _fail(self, slot: AgentSlot, reason: str, details: JSONObject | None = None) -> None:
+        """Fail the agent (see :meth:`_fail_now`), to the end even if the caller is cancelled
+        meanwhile (it was left half failed: running, or its slot's next start not begun)."""
+        await self._carried_through(self._fail_now(slot, reason, details))
+
+    async def _fail_now(
+        self, slot: AgentSlot, reason: str, details: JSONObject | None = None
+    ) -> None:
         if slot.host_started:
             # Release everything the agent holds: its task goes back to the queue, its slot
             # to the next queued start.
@@ -696,10 +724,10 @@ class AgentBook(RestartMixin):
             slot.paused_state = None
             self._set(slot, S.RUNNING, None)
             self._events.emit(EventType.AGENT_RESUMED, agent_id=agent_id)
-            await self._save(slot)
-            if self.executor is not None:
+            if self.executor is not None:  # before the save is awaited (see _start)
                 self.executor.resume_clocks(agent_id)
                 self.executor.agent_available(slot)
+            await self._save(slot)
         return slot.instance.model_copy()
 
     # ------------------------------------------------------------------ stop
@@ -801,7 +829,7 @@ class AgentBook(RestartMixin):
                 # forced one, rather than leave the agent stopping, a status no call leaves.
                 # Shielded: a second cancel cannot leave it half done.
                 forced = self._wind_down(slot, graceful=False, timeout_seconds=0.0)
-                await asyncio.shield(self._in_background(forced))
+                await self._carried_through(forced)
             raise
 
     async def _wind_down(

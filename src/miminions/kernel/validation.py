@@ -150,10 +150,11 @@ def build_event_query(
         until = until.replace(tzinfo=UTC)
     check_limit(limit)
     if after_id is not None and (
-        isinstance(after_id, bool) or not isinstance(after_id, int) or after_id < 0
+        isinstance(after_id, bool) or not isinstance(after_id, int) or not 0 <= after_id < 2**63
     ):
         raise ValidationError(
-            f"after_id must be an event id (an integer >= 0) or None, got {shown(after_id)}"
+            "after_id must be an event id (an integer from 0 to 2**63 - 1) or None, got "
+            f"{shown(after_id)}"
         )
     return EventQuery(
         event_types=types,
