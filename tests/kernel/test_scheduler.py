@@ -507,6 +507,25 @@ def test_cycle_inside_one_batch_is_rejected(batch: list[NewTask]) -> None:
         sched.check_new(batch)
 
 
+def test_a_cycle_error_names_the_cycle_not_what_depends_on_it() -> None:
+    """The error names the tasks of the cycle, in dependency order, and counts those that
+    only depend on it (they were all listed as the cycle: in a big batch the loop was lost
+    among them)."""
+    sched, _ = make()
+    batch = [
+        NewTask("d", 1, ("c",)),
+        NewTask("c", 1, ("b",)),
+        NewTask("b", 1, ("a",)),
+        NewTask("a", 1, ("b",)),
+        NewTask("free", 1),
+    ]
+    with pytest.raises(DependencyCycleError) as info:
+        sched.add(batch)
+    message = str(info.value)
+    assert "tasks ['a', 'b'] form a cycle (a -> b -> a: each depends on the next)" in message
+    assert "2 other task(s) of the batch depend on it" in message
+
+
 def test_duplicate_ids_are_rejected() -> None:
     """R-04: a task id can be used once, in the scheduler and within one batch."""
     sched, _ = make()

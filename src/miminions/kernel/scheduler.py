@@ -423,10 +423,14 @@ class Scheduler:
                 if indegree[child] == 0:
                     queue.append(child)
         if len(order) != len(tasks):
-            stuck = sorted(task_id for task_id, degree in indegree.items() if degree > 0)
+            stuck = {task_id for task_id, degree in indegree.items() if degree > 0}
+            cycle = _a_cycle(stuck, by_id)
+            others = len(stuck) - len(cycle)
             raise DependencyCycleError(
-                f"the dependencies of tasks {stuck} form a cycle; a task can only depend on "
-                "tasks that do not (transitively) depend on it"
+                f"the dependencies of tasks {cycle} form a cycle ({' -> '.join(cycle)} -> "
+                f"{cycle[0]}: each depends on the next)"
+                + (f"; {others} other task(s) of the batch depend on it" if others else "")
+                + "; a task can only depend on tasks that do not (transitively) depend on it"
             )
         return order
 
@@ -865,6 +869,22 @@ class Scheduler:
 def _dependency_reason(task_id: str, final: NodeState, reason: str = "") -> str:
     verb = "failed" if final is NodeState.FAILED else "was cancelled"
     return f"prerequisite task {task_id} {verb}" + (f": {reason}" if reason else "")
+
+
+def _a_cycle(stuck: set[str], by_id: dict[str, NewTask]) -> list[str]:
+    """One dependency cycle among ``stuck``, the batch's tasks a topological sort could not
+    order (each waits on a prerequisite of the batch that is stuck too), in dependency
+    order from its smallest id."""
+    current = min(stuck)
+    seen: dict[str, int] = {}
+    path: list[str] = []
+    while current not in seen:
+        seen[current] = len(path)
+        path.append(current)
+        current = min(dep for dep in by_id[current].dependencies if dep in stuck)
+    cycle = path[seen[current] :]
+    start = cycle.index(min(cycle))
+    return cycle[start:] + cycle[:start]
 
 
 __all__ = [
