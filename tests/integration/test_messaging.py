@@ -485,8 +485,8 @@ async def test_a_message_handed_to_a_pausing_worker_goes_back_to_the_mailbox(
         release, held = asyncio.Event(), asyncio.Event()
         messaging = host._messaging
 
-        async def reply_late(call: str, payload: dict[str, Any]) -> Any:
-            result = await messaging(call, payload)
+        async def reply_late(call: str, payload: dict[str, Any], live: Any) -> Any:
+            result = await messaging(call, payload, live)
             held_back = isinstance(result, dict) and result.get("message_type") == "held"
             if call == "receive" and payload.get("inbox") and held_back:
                 held.set()
@@ -564,10 +564,9 @@ def after_the_first_task_receive(
     messaging = host._messaging
     done: list[int] = []
 
-    async def then_act(call: str, payload: dict[str, Any]) -> Any:
-        result = await messaging(call, payload)
+    async def then_act(call: str, payload: dict[str, Any], live: Any) -> Any:
+        result = await messaging(call, payload, live)
         if call == "receive" and not payload.get("inbox") and not done:
-            live = host._live
             assert live is not None
             done.append(live.process.pid)
             action(live.process.pid, live.channel)

@@ -9,6 +9,8 @@ receiver wakes: the receiver sees the timeout and the message at the same moment
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,11 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from miminions import AgentMessage, AgentStatus, EventType, RuntimeConfig
+from miminions import (
+    AgentMessage,
+    AgentStatus,
+    BaseAgent,
+    EventType,
+    RestartPolicy,
+    RuntimeConfig,
+    TaskStatus,
+)
 from miminions.plugins.memory_bus import MemoryBus
 from miminions.testing import started_runtime
 from tests.support.journal_agents import read_journal
-from tests.support.messaging_agents import ResponderAgent
+from tests.support.messaging_agents import SENTINEL, ResponderAgent, ScriptAgent
 from tests.support.waiting import wait_until
 
 pytestmark = pytest.mark.timeout(60)
@@ -135,3 +145,55 @@ async def test_a_message_returned_to_its_mailbox_is_counted_delivered_once(
         assert rt.get_metrics().messages_delivered == 1
         received = await rt.query_events(event_type=EventType.MESSAGE_RECEIVED, limit=None)
         assert [e.details.get("redelivered", False) for e in received] == [False, True]
+
+
+class KillRequesterThenReply(BaseAgent):
+    """Inline: on a request, SIGKILLs the requesting worker (its pid is the data), then
+    replies in the same loop turn (before the runtime saw the death)."""
+
+    replied: list[str] = []
+
+    async def on_message(self, message: AgentMessage) -> None:
+        if message.correlation_id is not None and not message.is_reply:
+            os.kill(message.data["pid"], signal.SIGKILL)
+            KillRequesterThenReply.replied.append(await self.context.reply(message, {"n": 42}))
+
+    async def execute_task(self, task: object) -> None:
+        return None
+
+
+async def test_a_reply_to_a_worker_that_died_goes_to_the_requesters_mailbox(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-28: a reply handed to a process agent whose worker died before it read it goes
+    back to the agent's mailbox, as a late reply does (it was written to the dead worker's
+    connection, and lost), and its next worker receives it."""
+    KillRequesterThenReply.replied.clear()
+    fast = RestartPolicy(max_restarts=3, backoff_base_seconds=0.01, backoff_max_seconds=0.05)
+    async with started_runtime(make_config(default_isolation="process", restart=fast)) as rt:
+        replier = await rt.register_agent("replier", KillRequesterThenReply, isolation="inline")
+        await rt.start_agent(replier)
+        asker = await rt.register_agent("asker", ScriptAgent)
+        await rt.start_agent(asker)
+        pid = rt.get_agent_status(asker).process_id
+        ask = {"op": "request", "to": replier, "type": "q", "data": {"pid": pid}, "timeout": WAIT}
+        task_id = await rt.submit_task("script", {"ops": [ask]}, agent_id=asker, max_retries=0)
+        assert (await rt.wait_for_task(task_id, WAIT)).status is TaskStatus.FAILED  # killed
+        assert len(KillRequesterThenReply.replied) == 1
+        await wait_until(
+            lambda: (
+                rt.get_agent_status(asker).status is AgentStatus.RUNNING
+                and rt.get_agent_status(asker).restart_count == 1
+            ),
+            "the asker's restart",
+        )
+        await rt.send_message(asker, SENTINEL)
+        ops = [{"op": "receive_until", "timeout": WAIT}]
+        done = await rt.wait_for_task(
+            await rt.submit_task("script", {"ops": ops}, agent_id=asker), WAIT
+        )
+        assert done.status is TaskStatus.COMPLETED, done.error_message
+        assert isinstance(done.output_data, dict)
+        received = done.output_data["results"][0]
+        assert [m["message_type"] for m in received] == ["q.reply", SENTINEL]
+        assert received[0]["message_id"] == KillRequesterThenReply.replied[0]

@@ -22,7 +22,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Coroutine, Generator
+from collections.abc import Awaitable, Callable, Coroutine, Generator
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
@@ -114,15 +115,20 @@ class _Live:
 
 class _ReplyAsJson:
     """The wait for a worker's request's reply (begun as its frame was read), the reply
-    sent back as JSON; closing it (the channel drops work it never started) gives the
-    reply up, so it is not left expected for good."""
+    handed over (``hand_over``: kept until the worker has it) and sent back as JSON;
+    closing it (the channel drops work it never started) gives the reply up, so it is not
+    left expected for good."""
 
-    def __init__(self, pending: Awaitable[Any]) -> None:
+    def __init__(self, pending: Awaitable[Any], hand_over: Callable[[AgentMessage], None]) -> None:
         self._pending = pending
+        self._hand_over = hand_over
 
     def __await__(self) -> Generator[Any, None, Any]:
         message = yield from self._pending.__await__()
-        return message_to_json(message) if isinstance(message, AgentMessage) else message
+        if not isinstance(message, AgentMessage):
+            return message
+        self._hand_over(message)
+        return message_to_json(message)
 
     def close(self) -> None:
         """Give the reply up, if the wait never began."""
@@ -457,8 +463,8 @@ class ProcessHost:
                 # Posted now, as the frame is read: a send the agent made after it, read in
                 # the same batch of frames and carried out at once, must not overtake it.
                 started = self._rt.messenger.begin_call(self.spec.agent_id, call, payload)
-                return _ReplyAsJson(started)
-            return self._messaging(call, payload)
+                return _ReplyAsJson(started, partial(self._hand_over, live, inbox=False))
+            return self._messaging(call, payload, live)
         if op == "usage":
             self._rt.report_usage(self.spec.agent_id, frame.get("tokens", 0), frame.get("cost", 0))
             return None
@@ -516,23 +522,30 @@ class ProcessHost:
             self._rt.messenger.put_back(message)
         live.receiving.clear()
 
-    async def _messaging(self, call: str, payload: dict[str, Any]) -> Any:
-        """A messaging call from the agent's context that may wait, carried out in the
-        runtime."""
+    async def _messaging(self, call: str, payload: dict[str, Any], live: _Live | None) -> Any:
+        """A messaging call from the agent's context (its worker's: ``live``) that may
+        wait, carried out in the runtime."""
         result = await self._rt.agent_call(self.spec.agent_id, call, payload)
         if isinstance(result, AgentMessage):
-            live = self._live
-            if call == "receive" and (live is None or not live.process.alive):
-                self._rt.messenger.put_back(result)  # its receiver is gone: keep it
-                raise ChannelClosedError("the worker is gone")
-            if call == "receive" and payload.get("inbox") and live is not None:
-                live.inbox[result.message_id] = result
-                if live.inbox_closed:  # paused since the receive began: not handled now
-                    self._take_back_inbox(live)
-            elif call == "receive" and live is not None:
-                live.receiving[result.message_id] = result
+            if call == "receive":
+                self._hand_over(live, result, inbox=bool(payload.get("inbox")))
             return message_to_json(result)
         return result
+
+    def _hand_over(self, live: _Live | None, message: AgentMessage, *, inbox: bool) -> None:
+        """``message`` goes to the worker ``live`` (a receive got it, or it is the reply to
+        a request): kept until the worker says it has it (``message_taken``), so that a
+        worker ending first gives it back to the mailbox; a worker gone already (or
+        replaced) gives it back now. ``inbox``: its inbox took it for ``on_message``."""
+        if live is None or not live.process.alive or self._live is not live:
+            self._rt.messenger.put_back(message)  # its receiver is gone: keep it
+            raise ChannelClosedError("the worker is gone")
+        if inbox:
+            live.inbox[message.message_id] = message
+            if live.inbox_closed:  # paused since the receive began: not handled now
+                self._take_back_inbox(live)
+        else:
+            live.receiving[message.message_id] = message
 
     # ------------------------------------------------------------------ internals
     def _require_live_for(self, what: str) -> _Live:

@@ -318,8 +318,11 @@ class Worker:
                 raise
             # what the runtime would say, had the data reached it: it is not JSON
             raise ValidationError(f"{what} must be JSON-serialisable: {exc}") from None
-        if op == "receive" and not payload.get("inbox") and isinstance(result, dict):
-            # The task has it: the runtime stops keeping it for a worker that might die.
+        if (op == "request" or (op == "receive" and not payload.get("inbox"))) and isinstance(
+            result, dict
+        ):
+            # The task has it (a message, or a request's reply): the runtime stops keeping
+            # it for a worker that might die.
             # Written out now: a task crashing its worker on the message in this loop turn
             # must not get it back on every retry. (The inbox's receive says so itself,
             # once the agent's gate let it through.)
