@@ -480,6 +480,25 @@ def test_a_loop_ended_while_serving_leaves_no_socket() -> None:
 
 
 @pytest.mark.usefixtures("client_package")
+def test_a_runtime_stopped_after_its_loop_closed_releases_its_port(
+    make_config: MakeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A runtime whose loop was closed without cancelling its tasks, stopped from another
+    loop, releases the metrics port, quietly (closing the endpoint raised on the closed
+    loop, and the port stayed bound)."""
+    rt = AgentRuntime(config=with_port(make_config))
+    loop = asyncio.new_event_loop()
+    loop.run_until_complete(rt.start())
+    address = prometheus.endpoint(rt)
+    assert address is not None
+    loop.close()
+    asyncio.run(rt.stop())
+    assert not [r for r in caplog.records if "failed to clean up" in r.getMessage()]
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((address.host, address.port), 5.0)
+
+
+@pytest.mark.usefixtures("client_package")
 async def test_a_host_name_is_bound_at_its_first_address(make_config: MakeConfig) -> None:
     """``host="localhost"``: one socket, on the first address the name resolves to, which
     ``endpoint()`` reports and a scrape reaches."""

@@ -26,6 +26,7 @@ from miminions import (
     ValidationError,
     hookimpl,
 )
+from miminions.kernel.task_input import MAX_JSON_DEPTH
 from tests.support import agents
 from tests.support.events import EventRecorder
 from tests.support.runtime import start_agent
@@ -564,3 +565,19 @@ async def test_agent_status_counts_as_set_fields(rt: AgentRuntime) -> None:
     assert dumped["tasks_completed"] == 1
     assert dumped["tasks_failed"] == 0
     assert dumped["task_id"] is None
+
+
+async def test_a_config_nested_hundreds_of_levels_deep_is_registered_and_stored(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A registration config may nest as deep as any JSON value (its agent row was written
+    by pydantic, which gave up past about 255 levels, after the agent was registered)."""
+    deep: Any = 1
+    for _ in range(MAX_JSON_DEPTH - 1):
+        deep = [deep]
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent("deep", agents.EchoAgent, config={"x": deep})
+    async with AgentRuntime(config=make_config()) as rt:
+        assert await rt.register_agent("deep", agents.EchoAgent, config={"x": deep}) == agent_id
+        [stored] = await rt.store.load_agents()
+        assert stored.spec.config == {"x": deep}

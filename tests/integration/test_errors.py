@@ -6,6 +6,7 @@ import asyncio
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,8 @@ from miminions import (
     ValidationError,
 )
 from tests.support import agents
+from tests.support.processes import alive
+from tests.support.waiting import WAIT_SECONDS
 
 
 def stored_counts(path: Path) -> tuple[int, int]:
@@ -634,3 +637,28 @@ def test_a_runtime_whose_loop_ended_refuses_calls_and_releases_its_database(
     assert len(lines) == 2, result.stdout + result.stderr
     assert "event loop that has ended" in lines[0], lines
     assert lines[1] == "tasks: ['kept']", lines
+
+
+def test_a_runtime_stopped_after_its_loop_closed_kills_its_workers(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-14: a runtime whose loop was closed without cancelling its tasks (run_until_complete,
+    then close), stopped from another loop, leaves no worker process (killing them failed on
+    the closed loop before any was killed: the workers outlived the program's runtime)."""
+    rt = AgentRuntime(config=make_config())
+    loop = asyncio.new_event_loop()
+
+    async def start_one() -> int:
+        await rt.start()
+        agent_id = await rt.register_agent("echo", agents.EchoAgent, isolation="process")
+        pid = (await rt.start_agent(agent_id)).process_id
+        assert pid is not None
+        return pid
+
+    pid = loop.run_until_complete(start_one())
+    loop.close()
+    asyncio.run(rt.stop())
+    deadline = time.monotonic() + WAIT_SECONDS
+    while alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not alive(pid)

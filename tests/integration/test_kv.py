@@ -21,7 +21,7 @@ from miminions import (
 from miminions.kernel.kv import MAX_VALUE_BYTES, KVWatch
 from miminions.kernel.task_input import MAX_JSON_DEPTH
 from miminions.testing import runtime_config, started_runtime
-from tests.support.kv_agents import GroupMailAgent, KVAgent
+from tests.support.kv_agents import GroupMailAgent, KVAgent, sync_watch_poller
 from tests.support.process_agents import NonStringKeyAgent
 from tests.support.waiting import wait_until
 
@@ -214,6 +214,30 @@ async def test_an_agent_follows_a_key_with_a_watch_opened_before_its_read(
         "seen": {"namespace": "", "key": "jobs/1", "value": "done", "version": 1},
     }
     assert rt.kv.watchers == 0  # closed by its async with
+
+
+async def test_a_watch_left_open_closes_as_its_task_ends(rt: AgentRuntime) -> None:
+    """A watch a task opened and dropped unclosed is closed (it queued every later change
+    under its prefix until the agent stopped)."""
+    a = await start(rt, "a", KVAgent)
+    assert await run(rt, a, op="open_only", prefix="jobs/") == {"opened": True}
+    await wait_until(lambda: rt.kv.watchers == 0, "the dropped watch to close")
+
+
+@pytest.mark.parametrize("how", ["wait_for", "call_sync"])
+async def test_a_watch_outlives_a_next_given_up_on(rt: AgentRuntime, how: str) -> None:
+    """Giving up on one ``next`` (``asyncio.wait_for``, a ``call_sync`` timeout) leaves the
+    watch open: a later change is seen (the watch was closed, every later ``next`` None)."""
+    if how == "wait_for":
+        a = await start(rt, "a", KVAgent)
+        result = await run(rt, a, op="give_up_once", prefix="jobs/", key="jobs/1")
+    else:
+        a = await start(rt, "a", sync_watch_poller)
+        task_id = await rt.submit_task("poll", {"prefix": "jobs/", "key": "jobs/1"}, agent_id=a)
+        done = await rt.wait_for_task(task_id, WAIT)
+        assert done.status is TaskStatus.COMPLETED, done.error_message
+        result = done.output_data
+    assert result == {"change": {"namespace": "", "key": "jobs/1", "value": "done", "version": 1}}
 
 
 async def test_get_gives_back_the_default_itself(rt: AgentRuntime) -> None:

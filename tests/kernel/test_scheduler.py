@@ -523,7 +523,7 @@ def test_a_cycle_error_names_the_cycle_not_what_depends_on_it() -> None:
         sched.add(batch)
     message = str(info.value)
     assert "tasks ['a', 'b'] form a cycle (a -> b -> a: each depends on the next)" in message
-    assert "2 other task(s) of the batch depend on it" in message
+    assert "2 other task(s) of the batch cannot be ordered either" in message
 
 
 def test_duplicate_ids_are_rejected() -> None:

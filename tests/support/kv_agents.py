@@ -3,6 +3,8 @@ import them. They report only through their task results."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from typing import Any
 
 from miminions import BaseAgent, Task
@@ -36,6 +38,15 @@ class KVAgent(BaseAgent):
                 "sentinel": await kv.get(data["key"], missing) is missing,
                 "tuple": await kv.get(data["key"], (1, 2)) == (1, 2),
             }
+        if op == "open_only":  # open a watch and leave it open as the task ends
+            await kv.open_watch(data["prefix"])
+            return {"opened": True}
+        if op == "give_up_once":  # give up on one next(), then see a later change
+            async with await kv.open_watch(data["prefix"]) as watch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.next(), 0.2)
+                await kv.set(data["key"], "done")
+                return {"change": await watch.next(timeout_seconds=10)}
         if op == "follow_until":  # count the changes under prefix until value "stop"
             count = 0
             async for change in kv.watch(data["prefix"]):
@@ -77,3 +88,15 @@ class GroupMailAgent(BaseAgent):
             return {"sent": len(ids)}
         message = await self.context.receive(timeout_seconds=10)
         return {"type": message.message_type, "data": message.data, "from": message.sender_id}
+
+
+def sync_watch_poller(task: Task, context: Any) -> dict[str, Any]:
+    """A synchronous agent polling a watch with ``call_sync`` timeouts: the first poll
+    times out (nothing changed yet), then it writes a key and polls again."""
+    watch = context.call_sync(context.kv.open_watch(task.input_data["prefix"]))
+    with contextlib.suppress(TimeoutError):
+        context.call_sync(watch.next(), timeout_seconds=0.2)
+    context.call_sync(context.kv.set(task.input_data["key"], "done"))
+    change = context.call_sync(watch.next(timeout_seconds=10), timeout_seconds=15)
+    context.call_sync(watch.close())
+    return {"change": change}

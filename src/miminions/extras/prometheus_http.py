@@ -17,6 +17,7 @@ disconnected. This module uses only the standard library.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import socket
 import weakref
@@ -116,15 +117,20 @@ class MetricsEndpoint:
         if self._closed:
             return
         self._closed = True
-        self._canary.cancel()
         if self._server is not None:
             self._server.close()  # and its socket
         else:  # the server was never made: nothing but this socket to release
-            self._opening.cancel()
             self._sock.close()
         for task, writer in list(self._clients.items()):
             writer.transport.abort()
-            task.cancel()
+            with contextlib.suppress(RuntimeError):  # see below
+                task.cancel()
+        # (A stop from another loop may come after this one closed without cancelling
+        # them: nothing can run there any more.)
+        with contextlib.suppress(RuntimeError):
+            self._opening.cancel()
+        with contextlib.suppress(RuntimeError):
+            self._canary.cancel()
 
     # ------------------------------------------------------------------ serving
     async def _open(self) -> None:

@@ -360,7 +360,7 @@ class AgentKV:
         (``async for``), or ``await watch.next(timeout_seconds)``; close it with ``await
         watch.close()`` or ``async with``."""
         watch_id = await self._call("kv_watch", prefix=prefix, namespace=namespace)
-        return AgentKVWatch(self, watch_id)
+        return AgentKVWatch(self, watch_id, self._loop or asyncio.get_running_loop())
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         """A call without a safe point (a watch's next change), on the agent's loop."""
@@ -374,14 +374,24 @@ class AgentKVWatch:
     under its prefix, as ``{"namespace", "key", "value", "version"}`` dicts, in order.
 
     Asking for the next change is a safe point (a pause halts the task there); waiting for
-    one is not, as with ``receive``. It closes when the agent's task ends or the agent stops,
-    if not before.
+    one is not, as with ``receive``. A ``next`` given up on (cancelled, ``call_sync``'s
+    timeout) leaves the watch open; a change it was being handed goes back to it. It closes
+    when closed, when dropped (the task holding it ended) or when the agent stops.
     """
 
-    def __init__(self, kv: AgentKV, watch_id: str) -> None:
+    def __init__(self, kv: AgentKV, watch_id: str, loop: asyncio.AbstractEventLoop) -> None:
         self._kv = kv
         self._watch_id = watch_id
+        self._loop = loop  # the agent's, where a dropped watch is closed
         self._closed = False
+
+    def __del__(self) -> None:
+        # Dropped unclosed (its task returned holding it): closed on the agent's loop, as
+        # an async generator left unfinished is, rather than kept queueing every change
+        # under its prefix until the agent stops.
+        if not self._closed and not self._loop.is_closed():
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                self._loop.call_soon_threadsafe(_close_dropped_watch, self._kv, self._watch_id)
 
     async def next(self, timeout_seconds: float | None = None) -> dict[str, Any] | None:
         """The next change, or None after ``timeout_seconds`` or once the watch is closed."""
@@ -414,6 +424,22 @@ class AgentKVWatch:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+
+#: Closes of watches dropped unclosed, kept until done.
+_CLOSING_WATCHES: set[asyncio.Future[Any]] = set()
+
+
+def _close_dropped_watch(kv: AgentKV, watch_id: str) -> None:
+    closing = asyncio.ensure_future(kv._runtime_call("kv_unwatch", {"watch_id": watch_id}))
+    _CLOSING_WATCHES.add(closing)
+    closing.add_done_callback(_closed_dropped_watch)
+
+
+def _closed_dropped_watch(closing: asyncio.Future[Any]) -> None:
+    _CLOSING_WATCHES.discard(closing)
+    if not closing.cancelled():
+        closing.exception()  # retrieved: the agent may have ended meanwhile
 
 
 #: How long call_sync waits for a call it gave up on to end on the agent's loop.

@@ -429,7 +429,12 @@ class Scheduler:
             raise DependencyCycleError(
                 f"the dependencies of tasks {cycle} form a cycle ({' -> '.join(cycle)} -> "
                 f"{cycle[0]}: each depends on the next)"
-                + (f"; {others} other task(s) of the batch depend on it" if others else "")
+                + (
+                    f"; {others} other task(s) of the batch cannot be ordered either (each "
+                    "depends on a cycle)"
+                    if others
+                    else ""
+                )
                 + "; a task can only depend on tasks that do not (transitively) depend on it"
             )
         return order

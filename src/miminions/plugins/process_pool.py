@@ -335,13 +335,17 @@ class WorkerPool:
 
     def kill_all(self) -> None:
         """SIGKILL whatever workers are left and stop monitoring (does not wait)."""
-        if self._monitor_task is not None:
-            self._monitor_task.cancel()
-        if self._reaped is not None and not self._reaped.done():
-            self._reaped.cancel()
         for worker in list(self.workers.values()):
             worker.expected_exit = True
             worker.signal(signal.SIGKILL)
+        # (A stop from another loop may come after this one closed without cancelling
+        # them: nothing runs there any more. The workers above are killed first anyway.)
+        with contextlib.suppress(RuntimeError):
+            if self._monitor_task is not None:
+                self._monitor_task.cancel()
+        with contextlib.suppress(RuntimeError):
+            if self._reaped is not None and not self._reaped.done():
+                self._reaped.cancel()
 
 
 def _preparation_data(process_obj: Any) -> dict[str, Any]:

@@ -25,6 +25,7 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
+from functools import partial
 from multiprocessing import forkserver
 from typing import Any
 
@@ -309,9 +310,12 @@ class Worker:
             # reached it carries a message nobody will handle here: hand it back rather
             # than drop it (to this agent's mailbox).
             outcome = channel.reclaim(request_id, reply)
-            outcome.add_done_callback(
-                self._return_message if op in ("receive", "request") else retrieve
-            )
+            if op in ("receive", "request"):
+                outcome.add_done_callback(self._return_message)
+            elif op == "kv_next":  # a watch's change: back to the watch
+                outcome.add_done_callback(partial(self._return_change, payload.get("watch_id")))
+            else:
+                outcome.add_done_callback(retrieve)
             raise
         except (TypeError, ValueError) as exc:
             if isinstance(exc, MiminionsError):  # the runtime's answer
@@ -337,6 +341,16 @@ class Worker:
             "msg", call="return_message", payload={"message": reply.result()}
         )
         returning.add_done_callback(retrieve)
+
+    def _return_change(self, watch_id: Any, reply: asyncio.Future[Any]) -> None:
+        if reply.cancelled() or reply.exception() is not None or self.channel is None:
+            return
+        change = reply.result()
+        if isinstance(change, dict):
+            returning = self.channel.request(
+                "msg", call="kv_return", payload={"watch_id": watch_id, "change": change}
+            )
+            returning.add_done_callback(retrieve)
 
     def _message_taken(self, message_id: str) -> None:
         # Written out now, before on_message runs: before any pause reply this worker sends

@@ -453,10 +453,14 @@ def event_row(e: EventRecord, event_id: int) -> Row:
 def agent_row(a: StoredAgent) -> Row:
     """The ``agents`` row of ``a``."""
     p = a.paused_state
+    spec = a.spec.model_dump(mode="json", exclude={"config"})
+    # The config is JSON already (checked at registration), and may nest deeper than
+    # pydantic's encoder goes (about 250 levels): written by the json module.
+    spec["config"] = a.spec.config
     return (
         a.agent_id,
         a.name,
-        a.spec.model_dump_json(),
+        _dumps(spec),
         _TEXT[a.status],
         None if p is None else _dumps(p),
         a.restart_count,
