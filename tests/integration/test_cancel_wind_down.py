@@ -23,7 +23,7 @@ from miminions import (
     WaitTimeoutError,
     hookimpl,
 )
-from tests.support.cancelling import cancel_everything, executor_workers
+from tests.support.cancelling import AtTheWorkersCreation, cancel_everything, executor_workers
 from tests.support.cleanup_agents import SteppingSlowCleanupAgent
 from tests.support.runtime import ROOT, start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
@@ -242,20 +242,19 @@ async def test_a_worker_cancelled_from_outside_before_its_first_step_is_recovere
         ran.append(task.name)  # type: ignore[attr-defined]
         return "done"
 
-    async with AgentRuntime(config=make_config()) as rt:
+    swept: list[asyncio.Task[object]] = []
+
+    def sweep() -> None:  # cancels the runtime's worker created just before
+        for task in asyncio.all_tasks():
+            if task.get_coro().__name__ == "_work":  # type: ignore[union-attr]
+                swept.append(task)
+                task.cancel()
+
+    async with AgentRuntime(config=make_config(), plugins=[AtTheWorkersCreation(sweep)]) as rt:
         agent_id = await start_agent(rt, "a", agent, isolation="inline")
         await rt.pause_agent(agent_id)
         task_id = await rt.submit_task("job")
-        swept: list[asyncio.Task[object]] = []
-
-        def sweep() -> None:  # cancels the runtime's worker created just before
-            for task in asyncio.all_tasks():
-                if task.get_coro().__name__ == "_work":  # type: ignore[union-attr]
-                    swept.append(task)
-                    task.cancel()
-
-        await rt.resume_agent(agent_id)  # its dispatch pass is queued now
-        asyncio.get_running_loop().call_soon(sweep)
+        await rt.resume_agent(agent_id)
         await wait_until(lambda: swept and all(t.done() for t in swept), "the sweep ran")
         try:
             finished = await rt.wait_for_task(task_id, timeout_seconds=5.0)

@@ -49,6 +49,7 @@ from miminions.plugins.process_pool import pool_of
 from miminions.plugins.process_worker import ADDRESS_SPACE_HEADROOM, MIB
 from tests.support.process_agents import (
     AtExitAgent,
+    BadOnStopAgent,
     CpuSpinAgent,
     CrashAgent,
     DeepFailureAgent,
@@ -1391,3 +1392,29 @@ async def test_leftover_workers_are_reaped_by_a_runtime_that_stops_at_once(
         if leftover.returncode is None:
             leftover.kill()
             await leftover.wait()
+
+
+@pytest.mark.parametrize("how", ["hang", "block", "crash"])
+async def test_an_on_stop_cut_off_in_a_worker_is_reported(
+    make_config: Callable[..., RuntimeConfig], how: str
+) -> None:
+    """An ``on_stop`` that does not finish — awaiting forever, blocking its worker's loop,
+    ending its worker — is reported in an ``agent_error`` event, and the worker is gone
+    (blocked or crashed, the stop looked clean)."""
+    settings = ProcessSettings(stop_grace_seconds=0.5, cancel_grace_seconds=0.5)
+    async with AgentRuntime(config=make_config(process=settings)) as rt:
+        agent_id = await rt.register_agent(
+            "a", BadOnStopAgent, isolation="process", config={"on_stop": how}
+        )
+        pid = (await rt.start_agent(agent_id)).process_id
+        assert pid is not None
+        stopped = await rt.stop_agent(agent_id, timeout_seconds=0.3)
+        assert stopped.status is AgentStatus.STOPPED
+        assert not alive(pid)
+        [error] = await rt.query_events(event_type=EventType.AGENT_ERROR, agent_id=agent_id)
+        expected = (
+            "on_stop failed: AgentCrashedError: its worker process exited with code 9 in on_stop"
+            if how == "crash"
+            else "on_stop did not finish within 0.3 s"
+        )
+        assert error.details["error"] == expected

@@ -9,7 +9,7 @@ import asyncio
 from collections.abc import Callable
 
 from miminions import AgentRuntime, BaseAgent, RuntimeConfig, Task
-from tests.support.cancelling import cancel_everything
+from tests.support.cancelling import AtTheWorkersCreation, cancel_everything
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -165,25 +165,27 @@ async def test_cancel_all_before_a_workers_first_step_then_stop_requeues(
         ran.append("ran")
         return "done"
 
-    rt = AgentRuntime(config=make_config(shutdown_timeout_seconds=300.0))
+    swept: list[asyncio.Task[object]] = []
+    main = asyncio.current_task()
+
+    def sweep() -> None:  # the program cancels every task but main
+        for other in asyncio.all_tasks():
+            if other is not main:
+                swept.append(other)
+                other.cancel()
+
+    config = make_config(shutdown_timeout_seconds=300.0)
+    rt = AgentRuntime(config=config, plugins=[AtTheWorkersCreation(sweep)])
     await rt.start()
     try:
         agent_id = await start_agent(rt, "a", agent, isolation="inline")
         await rt.pause_agent(agent_id)
         task_id = await rt.submit_task("job", timeout_seconds=0.2, max_retries=0)
-        swept: list[asyncio.Task[object]] = []
-        main = asyncio.current_task()
-
-        def sweep() -> None:  # the program cancels every task but main
-            for other in asyncio.all_tasks():
-                if other is not main:
-                    swept.append(other)
-                    other.cancel()
-
-        await rt.resume_agent(agent_id)  # its dispatch pass is queued now
-        asyncio.get_running_loop().call_soon(sweep)
+        # (Its own task: the sweep comes as the resume's record commits, and cancels it.)
+        resuming = asyncio.ensure_future(rt.resume_agent(agent_id))
         await wait_until(lambda: swept and all(t.done() for t in swept), "the sweep ran")
         assert ran == []
+        assert resuming in swept
         # The task's 0.2 s timeout passes while the program winds down (the time must pass
         # to show it does not count: nothing else would tell).
         await asyncio.sleep(0.5)

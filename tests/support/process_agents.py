@@ -579,3 +579,20 @@ def sync_checkpointing_until_gate(task: Task, context: Any) -> dict[str, Any]:
         context.call_sync(context.checkpoint())
         time.sleep(0.01)
     return {"pid": os.getpid()}
+
+
+class BadOnStopAgent(BaseAgent):
+    """``on_stop`` does what ``config['on_stop']`` says: ``hang`` awaits forever, ``block``
+    blocks the worker's loop, ``crash`` ends the worker (``os._exit(9)``)."""
+
+    async def on_stop(self) -> None:
+        how = self.config.get("on_stop")
+        if how == "hang":
+            await asyncio.Event().wait()
+        elif how == "block":
+            time.sleep(3600)  # noqa: ASYNC251 - blocking its loop is the point
+        elif how == "crash":
+            os._exit(9)
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        return {}

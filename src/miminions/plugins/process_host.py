@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from miminions.kernel.errors import (
     AgentCrashedError,
+    HookTimeoutError,
     HostEndedError,
     InvalidStateError,
     RemoteAgentError,
@@ -419,13 +420,22 @@ class ProcessHost:
             return
         live.process.expected_exit = True
         self._thaw(live)
+        crashed = False
         try:
             async with asyncio.timeout(timeout_seconds + self._settings.cancel_grace_seconds):
                 await self._call(live, "stop", timeout=timeout_seconds)
-        except (TimeoutError, ChannelClosedError):
-            pass  # it ends below either way
+        except TimeoutError:
+            # Its worker did not answer at all (its loop blocked): ended below, and said,
+            # as one that answers reports its own timeout.
+            raise HookTimeoutError(f"on_stop did not finish within {timeout_seconds} s") from None
+        except ChannelClosedError:
+            crashed = True  # the worker ended in on_stop: ended below, and said
         finally:
             await self._end(live, graceful=True)
+        if crashed:
+            raise AgentCrashedError(
+                f"its worker process {describe_exit(await self._exit_code(live))} in on_stop"
+            )
 
     async def kill(self) -> None:
         """SIGKILL the worker without running any hook."""
