@@ -18,6 +18,7 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ from miminions import (
     WaitTimeoutError,
     hookimpl,
 )
+from miminions.kernel import messaging
 from miminions.kernel.messaging import MAX_PAYLOAD_BYTES
 from miminions.kernel.wire import retrieve
 from miminions.plugins.memory_bus import MemoryBus
@@ -1266,3 +1268,33 @@ async def test_a_request_a_process_agent_gives_up_at_once_leaves_no_reply_expect
         assert request.sender_id == requester
         rt.messenger.reply(replier, request, {"answer": 42})
         assert rt.messenger.bus.pending(requester) == 1  # the reply nobody waits for
+
+
+class _SteppedBack(datetime):
+    """The wall clock, stepped back by ``offset`` (an NTP correction, a VM resumed)."""
+
+    offset = timedelta(0)
+
+    @classmethod
+    def now(cls, tz: Any = None) -> Any:
+        return datetime.now(tz) - cls.offset
+
+
+async def test_stored_messages_keep_their_mailbox_order_across_a_restart(
+    make_config: Callable[..., RuntimeConfig], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """F-06: a mailbox read back by the next run keeps its order, also when the wall clock
+    stepped back between two sends (they were sorted by send time: swapped)."""
+    monkeypatch.setattr(messaging, "datetime", _SteppedBack)
+    async with open_runtime(make_config, "inline") as rt:
+        agent_id = await rt.register_agent("reader", ScriptAgent)
+        await rt.send_message(agent_id, "first")
+        _SteppedBack.offset = timedelta(seconds=5)
+        await rt.send_message(agent_id, "second")
+        _SteppedBack.offset = timedelta(0)
+        await rt.send_message(agent_id, "third")
+    async with open_runtime(make_config, "inline") as again:
+        agent_id = await again.register_agent("reader", ScriptAgent)
+        await again.start_agent(agent_id)
+        received = await received_until_sentinel(again, agent_id)
+        assert types(received)[:-1] == ["first", "second", "third"]

@@ -66,6 +66,8 @@ if TYPE_CHECKING:
     from miminions.kernel.runtime import AgentRuntime
 
 MAILBOX_PREFIX = "mailbox:"
+#: The field of a stored message that gives its place in its mailbox (see Messenger._keep).
+_ORDER = "mailbox_order"
 _log = logging.getLogger("miminions.messaging")
 #: The largest message payload, as JSON text (R-04).
 MAX_PAYLOAD_BYTES = 10 * 1024 * 1024
@@ -119,6 +121,11 @@ class Messenger:
         # ids of messages taken, then returned to their mailbox before the agent's code got
         # them: their next receipt is a redelivery
         self._returned: set[str] = set()
+        # Where a stored message goes in its mailbox when read back by a later run: sent
+        # ones after every other (counting up), ones put back to the front before every
+        # other (counting down). The wall clock cannot tell (it may step back).
+        self._last_order = 0
+        self._first_order = 0
 
     @property
     def bus(self) -> Bus:
@@ -134,14 +141,21 @@ class Messenger:
     async def load(self) -> None:
         """Read back the messages earlier runs left undelivered (F-28: nothing dropped)."""
         stored = await self._rt.store.load_meta_prefix(MAILBOX_PREFIX)
-        messages = []
+        ordered: list[tuple[int, AgentMessage]] = []
         for key, value in stored.items():
             try:
-                messages.append(AgentMessage.model_validate(value))
-            except ValueError as exc:
+                fields = dict(value)
+                order = fields.pop(_ORDER, 0)  # (none: stored by an older version)
+                if isinstance(order, bool) or not isinstance(order, int):
+                    raise ValueError(f"its {_ORDER!r} is not an int: {order!r}")
+                ordered.append((order, AgentMessage.model_validate(fields)))
+            except (TypeError, ValueError) as exc:
                 _log.error("ignoring unreadable stored message %s: %s", key, exc)
-        messages.sort(key=lambda m: (m.created_at, m.message_id))
-        for message in messages:
+        ordered.sort(key=lambda item: (item[0], item[1].created_at, item[1].message_id))
+        if ordered:
+            self._first_order = min(0, ordered[0][0])
+            self._last_order = max(0, ordered[-1][0])
+        for _, message in ordered:
             if message.recipient_id is not None:
                 self._stored.setdefault(message.recipient_id, []).append(message)
 
@@ -403,7 +417,7 @@ class Messenger:
     def message_returned(self, message: AgentMessage) -> None:
         """A message is back in a mailbox after all: keep it durable (the bus calls this
         for one it put back itself)."""
-        self._keep(message)
+        self._keep(message, front=True)
 
     def message_expired(self, message: AgentMessage) -> None:
         """Called by the bus when a message's TTL ran out: event and dead letter (F-28)."""
@@ -566,10 +580,17 @@ class Messenger:
         self._sent(messages)
         return [message.message_id for message in messages]
 
-    def _keep(self, message: AgentMessage) -> None:
-        """Store a message that waits in a mailbox (so it survives a restart)."""
+    def _keep(self, message: AgentMessage, *, front: bool = False) -> None:
+        """Store a message that waits in a mailbox (so it survives a restart), with its
+        place there: behind the others, or (``front``: put back) ahead of them."""
         self._kept.add(message.message_id)
-        self._rt.store.put_meta(MAILBOX_PREFIX + message.message_id, message_to_json(message))
+        if front:
+            self._first_order = order = self._first_order - 1
+        else:
+            self._last_order = order = self._last_order + 1
+        stored = message_to_json(message)
+        stored[_ORDER] = order
+        self._rt.store.put_meta(MAILBOX_PREFIX + message.message_id, stored)
 
     def _forget_stored(self, message: AgentMessage) -> None:
         """Remove the stored copy of a message that left its mailbox, if it has one (one
