@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import sqlite3
 import subprocess
 import sys
@@ -644,7 +645,9 @@ def test_a_runtime_stopped_after_its_loop_closed_kills_its_workers(
 ) -> None:
     """F-14: a runtime whose loop was closed without cancelling its tasks (run_until_complete,
     then close), stopped from another loop, leaves no worker process (killing them failed on
-    the closed loop before any was killed: the workers outlived the program's runtime)."""
+    the closed loop before any was killed: the workers outlived the program's runtime),
+    and gives back the collector threshold its executor held (it stayed raised)."""
+    threshold = gc.get_threshold()
     rt = AgentRuntime(config=make_config())
     loop = asyncio.new_event_loop()
 
@@ -662,3 +665,4 @@ def test_a_runtime_stopped_after_its_loop_closed_kills_its_workers(
     while alive(pid) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not alive(pid)
+    assert gc.get_threshold() == threshold

@@ -569,10 +569,11 @@ class AgentRuntime(CommunicationAPI):
         )
         self._state = "stopped"
         release(self._claim)
-        abandon = getattr(self._store, "abandon", None)  # optional for a store
-        if callable(abandon):
-            with contextlib.suppress(Exception):
-                abandon()
+        for part in (self._store, self._executor):
+            abandon = getattr(part, "abandon", None)  # optional for a store, an executor
+            if callable(abandon):
+                with contextlib.suppress(Exception):
+                    abandon()
         for name, error in self.plugin_manager.call_each("miminions_runtime_stopped", runtime=self):
             _log.error("plugin %r failed to clean up: %r", name, error)
 

@@ -311,11 +311,22 @@ class AsyncioExecutor:
                         len(stuck),
                     )
         finally:
-            releases, self._releases = self._releases, []
-            for release in releases:
-                release()
+            self._release_holds()
             await self._loop_end.close()
         return leftover
+
+    def abandon(self) -> None:
+        """The loop ended without :meth:`close` (nothing of the executor runs any more):
+        give back what it holds process-wide (the collector's threshold, timer slack), which
+        would otherwise stay held for the rest of the process."""
+        self._accepting = False
+        self._closing = True
+        self._release_holds()
+
+    def _release_holds(self) -> None:
+        releases, self._releases = self._releases, []
+        for release in releases:
+            release()
 
     # ------------------------------------------------------------------ agents
     def agent_available(self, slot: AgentSlot) -> None:
