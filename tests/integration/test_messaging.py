@@ -1298,3 +1298,29 @@ async def test_stored_messages_keep_their_mailbox_order_across_a_restart(
         await again.start_agent(agent_id)
         received = await received_until_sentinel(again, agent_id)
         assert types(received)[:-1] == ["first", "second", "third"]
+
+
+@pytest.mark.parametrize("resumed", [False, True])
+async def test_messages_whose_ttl_a_pause_froze_keep_their_order_across_a_restart(
+    make_config: Callable[..., RuntimeConfig], resumed: bool
+) -> None:
+    """Messages with a time to live, stored again as a pause freezes (and a resume thaws)
+    it, keep their places: they came back reversed, ahead of older ones without one."""
+    async with open_runtime(make_config, "inline") as rt:
+        agent_id = await rt.register_agent("reader", ScriptAgent)
+        await rt.start_agent(agent_id)
+        await rt.send_message(agent_id, "no ttl")
+        for kind in ("first", "second", "third"):
+            await rt.send_message(agent_id, kind, ttl_seconds=600)
+        await rt.pause_agent(agent_id)
+        if resumed:
+            await rt.resume_agent(agent_id)
+    async with open_runtime(make_config, "inline") as again:
+        agent_id = await again.register_agent("reader", ScriptAgent)
+        if resumed:
+            await again.start_agent(agent_id)
+        else:
+            assert again.get_agent_status(agent_id).status is AgentStatus.PAUSED
+            await again.resume_agent(agent_id)
+        received = await received_until_sentinel(again, agent_id)
+        assert types(received)[:-1] == ["no ttl", "first", "second", "third"]

@@ -116,8 +116,10 @@ class Messenger:
         self.delivered = 0
         self.expired = 0
         self.latencies: deque[float] = deque(maxlen=_LATENCY_SAMPLES)
-        self._stored: dict[str, list[AgentMessage]] = {}  # by recipient, from earlier runs
-        self._kept: set[str] = set()  # ids of messages with a stored copy to remove later
+        # By recipient, from earlier runs, with their places (see _keep).
+        self._stored: dict[str, list[tuple[int, AgentMessage]]] = {}
+        # The messages with a stored copy (to remove later), and their places.
+        self._kept: dict[str, int] = {}
         # ids of messages taken, then returned to their mailbox before the agent's code got
         # them: their next receipt is a redelivery
         self._returned: set[str] = set()
@@ -155,9 +157,9 @@ class Messenger:
         if ordered:
             self._first_order = min(0, ordered[0][0])
             self._last_order = max(0, ordered[-1][0])
-        for _, message in ordered:
+        for order, message in ordered:
             if message.recipient_id is not None:
-                self._stored.setdefault(message.recipient_id, []).append(message)
+                self._stored.setdefault(message.recipient_id, []).append((order, message))
 
     # ------------------------------------------------------------------ agents
     def agent_registered(self, agent_id: str, topics: Iterable[str]) -> None:
@@ -165,9 +167,9 @@ class Messenger:
         declared topic subscriptions."""
         bus = self.bus
         bus.open_mailbox(agent_id, self._rt.config.limits.message_queue_max_size)
-        for message in reversed(self._stored.pop(agent_id, [])):
+        for order, message in reversed(self._stored.pop(agent_id, [])):
             bus.put_back(message)  # in front, oldest first; they had their place already
-            self._kept.add(message.message_id)  # stored by an earlier run
+            self._kept[message.message_id] = order  # stored by an earlier run
         for topic in topics:
             self.subscribe(agent_id, topic)
 
@@ -415,8 +417,9 @@ class Messenger:
         self._returned.add(message.message_id)
 
     def message_returned(self, message: AgentMessage) -> None:
-        """A message is back in a mailbox after all: keep it durable (the bus calls this
-        for one it put back itself)."""
+        """A message is back in a mailbox after all, or changed there (its time to live
+        frozen or thawed): keep it durable (the bus calls this for one it put back or
+        changed itself)."""
         self._keep(message, front=True)
 
     def message_expired(self, message: AgentMessage) -> None:
@@ -582,12 +585,15 @@ class Messenger:
 
     def _keep(self, message: AgentMessage, *, front: bool = False) -> None:
         """Store a message that waits in a mailbox (so it survives a restart), with its
-        place there: behind the others, or (``front``: put back) ahead of them."""
-        self._kept.add(message.message_id)
-        if front:
-            self._first_order = order = self._first_order - 1
-        else:
-            self._last_order = order = self._last_order + 1
+        place there: behind the others, or (``front``: put back) ahead of them. One stored
+        already (its time to live changed) keeps its place."""
+        order = self._kept.get(message.message_id)
+        if order is None:
+            if front:
+                self._first_order = order = self._first_order - 1
+            else:
+                self._last_order = order = self._last_order + 1
+            self._kept[message.message_id] = order
         stored = message_to_json(message)
         stored[_ORDER] = order
         self._rt.store.put_meta(MAILBOX_PREFIX + message.message_id, stored)
@@ -595,8 +601,7 @@ class Messenger:
     def _forget_stored(self, message: AgentMessage) -> None:
         """Remove the stored copy of a message that left its mailbox, if it has one (one
         handed straight to a waiting receiver never had)."""
-        if message.message_id in self._kept:
-            self._kept.discard(message.message_id)
+        if self._kept.pop(message.message_id, None) is not None:
             self._rt.store.delete_meta(MAILBOX_PREFIX + message.message_id)
 
     def _sent(self, messages: list[AgentMessage]) -> None:
