@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 import pytest
 
@@ -238,6 +239,31 @@ async def test_a_watch_outlives_a_next_given_up_on(rt: AgentRuntime, how: str) -
         assert done.status is TaskStatus.COMPLETED, done.error_message
         result = done.output_data
     assert result == {"change": {"namespace": "", "key": "jobs/1", "value": "done", "version": 1}}
+
+
+async def test_a_change_that_came_as_a_next_was_given_up_is_the_next_one(
+    rt: AgentRuntime, isolation: str, tmp_path: Path
+) -> None:
+    """A process agent gives up on a ``next`` whose change is on its way (its loop was
+    held): that change is its watch's next one, ahead of later ones (it was lost, then came
+    back behind the next change: versions out of order)."""
+    if isolation == "inline":
+        pytest.skip("an inline agent's next is given up before it takes a change")
+    flag = tmp_path / "flag"
+    a = await start(rt, "a", KVAgent)
+    task_id = await rt.submit_task("kv", {"op": "give_up_held", "flag": str(flag)}, agent_id=a)
+
+    def first_change_handed_out() -> bool:
+        watches = list(rt._kv_calls._watches.values())  # type: ignore[union-attr]
+        return len(watches) == 1 and watches[0]._queue.qsize() == 1
+
+    await wait_until(first_change_handed_out, "the runtime to answer the first next")
+    for _ in range(3):  # its answer is written out (at the end of a loop turn)
+        await asyncio.sleep(0)
+    flag.touch()
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert done.output_data == {"held": True, "values": [1, 2]}
 
 
 async def test_get_gives_back_the_default_itself(rt: AgentRuntime) -> None:

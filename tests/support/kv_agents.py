@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import time
 from typing import Any
 
 from miminions import BaseAgent, Task
@@ -47,6 +49,18 @@ class KVAgent(BaseAgent):
                     await asyncio.wait_for(watch.next(), 0.2)
                 await kv.set(data["key"], "done")
                 return {"change": await watch.next(timeout_seconds=10)}
+        if op == "give_up_held":  # see test_kv: a change that came as next was given up
+            watch = await kv.open_watch("order/")
+            await kv.set("order/k", 1)
+            await kv.set("order/k", 2)
+            first = asyncio.ensure_future(watch.next())
+            for _ in range(5):  # its request leaves
+                await asyncio.sleep(0)
+            held = _hold_until(data["flag"])  # the runtime answers it meanwhile
+            first.cancel()
+            seen = [await watch.next(timeout_seconds=5), await watch.next(timeout_seconds=5)]
+            await watch.close()
+            return {"held": held, "values": [None if c is None else c["value"] for c in seen]}
         if op == "follow_until":  # count the changes under prefix until value "stop"
             count = 0
             async for change in kv.watch(data["prefix"]):
@@ -100,3 +114,14 @@ def sync_watch_poller(task: Task, context: Any) -> dict[str, Any]:
     change = context.call_sync(watch.next(timeout_seconds=10), timeout_seconds=15)
     context.call_sync(watch.close())
     return {"change": change}
+
+
+def _hold_until(path: str, within: float = 10.0) -> bool:
+    """Block this thread (and the agent's loop) until ``path`` exists, at most ``within``
+    seconds; whether it came."""
+    deadline = time.monotonic() + within
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)  # (holding the loop is the point)
+    return True

@@ -43,21 +43,6 @@ class KVChange:
     value: Any
     version: int
 
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> KVChange:
-        """The change :meth:`to_json` gave (a process agent's watcher handing it back)."""
-        namespace, key, version = data.get("namespace"), data.get("key"), data.get("version")
-        if (
-            not isinstance(namespace, str)
-            or not isinstance(key, str)
-            or isinstance(version, bool)
-            or not isinstance(version, int)
-        ):
-            raise ValidationError(
-                "a key-value change needs a 'namespace' and a 'key' (strings) and a 'version'"
-            )
-        return cls(namespace, key, data.get("value"), version)
-
     def to_json(self) -> dict[str, Any]:
         """The change as JSON (for a process agent's watcher)."""
         return {
@@ -108,14 +93,6 @@ class KVWatch:
             # this watch, ends too (not only the first to see it).
             self._queue.put_nowait(None)
         return change
-
-    def give_back(self, change: KVChange) -> None:
-        """Put ``change`` back ahead of the others: the reader it was handed to gave up on
-        it (an agent's ``next`` cancelled as the change reached it)."""
-        queue = self._queue
-        rest = [queue.get_nowait() for _ in range(queue.qsize())]
-        for item in (change, *rest):
-            queue.put_nowait(item)
 
     def close(self) -> None:
         """Stop watching; an ``async for`` over it ends."""
@@ -325,16 +302,11 @@ class KVCalls:
             watch = self._watches.get(self._own(agent_id, payload))
             if watch is None:
                 return None
-            # (Cancelled, the agent gave up on this change only: its watch stays open until
-            # it closes it, or the agent ends.)
+            # (Cancelled, the agent gave up on this wait only: its watch stays open until it
+            # closes it, or the agent ends; a process agent's worker keeps a change that
+            # came as it gave up for its next ``next``.)
             change = await watch.next(payload.get("timeout_seconds"))
             return None if change is None else change.to_json()
-        if op == "kv_return":
-            watch = self._watches.get(self._own(agent_id, payload))
-            change = payload.get("change")
-            if watch is not None and isinstance(change, dict):
-                watch.give_back(KVChange.from_json(change))
-            return None
         if op == "kv_unwatch":
             watch = self._watches.pop(self._own(agent_id, payload), None)
             if watch is not None:

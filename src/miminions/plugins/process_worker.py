@@ -25,7 +25,6 @@ import signal
 import socket
 import sys
 from collections.abc import Callable, Coroutine
-from functools import partial
 from multiprocessing import forkserver
 from typing import Any
 
@@ -244,6 +243,10 @@ class Worker:
         self._runs_ended = 0  # runs this worker finished (see _run)
         self._begun: set[int] = set()  # request ids of the runs whose agent code began
         self._runner: AgentRunner | None = None
+        # By watch id: the outcome of a key-value watch's ``kv_next`` the agent gave up on
+        # (see _reclaimed_change).
+        self._kv_reclaimed: dict[Any, asyncio.Future[Any]] = {}
+        self._kv_asking: dict[Any, asyncio.Future[None]] = {}  # a kv_next under way, by watch
 
     @property
     def runner(self) -> AgentRunner:
@@ -282,6 +285,28 @@ class Worker:
         await self.channel.request("checkpoint", task_id=task_id, state=state)
 
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
+        if op == "kv_next":
+            return await self._next_change(payload)
+        return await self._call_runtime(op, payload)
+
+    async def _next_change(self, payload: dict[str, Any]) -> Any:
+        """A key-value watch's next change. One ``next`` of a watch at a time: one given up
+        on may have a change on its way (its answer not read yet), which is the watch's
+        next, ahead of any the runtime still holds (see _reclaimed_change)."""
+        watch_id = payload.get("watch_id")
+        while (busy := self._kv_asking.get(watch_id)) is not None:
+            await asyncio.wait({busy})
+        change = await self._reclaimed_change(watch_id)
+        if change is not None:
+            return change
+        asking = self._kv_asking[watch_id] = asyncio.get_running_loop().create_future()
+        try:
+            return await self._call_runtime("kv_next", payload)
+        finally:
+            del self._kv_asking[watch_id]
+            asking.set_result(None)
+
+    async def _call_runtime(self, op: str, payload: dict[str, Any]) -> Any:
         assert self.channel is not None
         channel = self.channel
         what = "key-value data" if op.startswith("kv_") else "message data"
@@ -312,8 +337,8 @@ class Worker:
             outcome = channel.reclaim(request_id, reply)
             if op in ("receive", "request"):
                 outcome.add_done_callback(self._return_message)
-            elif op == "kv_next":  # a watch's change: back to the watch
-                outcome.add_done_callback(partial(self._return_change, payload.get("watch_id")))
+            elif op == "kv_next":  # a change it brings is the watch's next one
+                self._kv_reclaimed[payload.get("watch_id")] = outcome
             else:
                 outcome.add_done_callback(retrieve)
             raise
@@ -342,15 +367,21 @@ class Worker:
         )
         returning.add_done_callback(retrieve)
 
-    def _return_change(self, watch_id: Any, reply: asyncio.Future[Any]) -> None:
-        if reply.cancelled() or reply.exception() is not None or self.channel is None:
-            return
-        change = reply.result()
-        if isinstance(change, dict):
-            returning = self.channel.request(
-                "msg", call="kv_return", payload={"watch_id": watch_id, "change": change}
-            )
-            returning.add_done_callback(retrieve)
+    async def _reclaimed_change(self, watch_id: Any) -> Any:
+        """The change a ``kv_next`` of the watch given up on brought (it is the watch's
+        next, ahead of any the runtime still holds), or None."""
+        earlier = self._kv_reclaimed.pop(watch_id, None)
+        if earlier is None:
+            return None
+        try:
+            await asyncio.wait({earlier})
+        except asyncio.CancelledError:
+            self._kv_reclaimed[watch_id] = earlier  # still the next one
+            raise
+        if earlier.cancelled() or earlier.exception() is not None:
+            return None
+        change = earlier.result()
+        return change if isinstance(change, dict) else None
 
     def _message_taken(self, message_id: str) -> None:
         # Written out now, before on_message runs: before any pause reply this worker sends
