@@ -474,3 +474,36 @@ async def test_a_monitor_raising_cancelled_error_never_reaches_the_runtime(
         task = await rt.wait_for_task(task_id, timeout_seconds=5)
         assert task.status is TaskStatus.COMPLETED
     assert any(event_type in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+class _NoAgentSlots:
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        config.limits.max_concurrent_agents = 0  # ResourceLimits refuses it
+
+
+class _LimitsAsADict:
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        config.limits = {"max_concurrent_agents": 4}  # type: ignore[assignment]
+
+
+async def test_a_configuration_a_configure_plugin_made_invalid_fails_the_start(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """What ``miminions_configure`` sets is validated as the runtime's own config is (it was
+    taken as is: with no agent slot, every start waited for good), and the runtime is not
+    left running."""
+    rt = AgentRuntime(config=make_config(), plugins=[_NoAgentSlots()])
+    with pytest.raises(ConfigurationError, match="max_concurrent_agents"):
+        await rt.start()
+    assert not rt.is_running
+
+
+async def test_a_value_a_configure_plugin_gives_in_another_shape_is_converted(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """``limits`` given as a dict, as ``RuntimeConfig(limits={...})`` takes it, is used (it
+    failed the start with an AttributeError from deep inside)."""
+    async with AgentRuntime(config=make_config(), plugins=[_LimitsAsADict()]) as rt:
+        assert rt.get_capacity().max_concurrent_agents == 4

@@ -738,6 +738,9 @@ def test_operations_on_finished_tasks_are_rejected() -> None:
             sched.cancel(task_id, "again")
     assert sched.state("done") is NodeState.DONE
     assert sched.state("failed") is NodeState.FAILED
+    # (A finished task's node is shared: the error named no task.)
+    with pytest.raises(InvalidStateError, match="task 'done' is done, expected running"):
+        sched.complete("done")
 
 
 # ---------------------------------------------------------------------------- capacity (F-08)

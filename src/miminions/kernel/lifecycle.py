@@ -219,8 +219,11 @@ class AgentBook(RestartMixin):
         group: str | None,
         isolation: str,
         limits: ResourceLimits | None,
+        added: Callable[[str], None] | None = None,
     ) -> str:
-        """Register an agent under a unique name; return its id (stable across restarts)."""
+        """Register an agent under a unique name; return its id (stable across restarts).
+        ``added(agent_id)`` is called once the agent is in the book, before its record's
+        commit is awaited (what must come with it, whatever happens to that await)."""
         if not isinstance(name, str) or not name.strip():
             raise ValidationError("agent name must be a non-empty string")
         check_utf8(name, "agent name")  # stored: see check_utf8
@@ -292,6 +295,8 @@ class AgentBook(RestartMixin):
                 "restored": previous is not None,
             },
         )
+        if added is not None:
+            added(agent_id)
         await self._save(slot)
         return agent_id
 

@@ -16,6 +16,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable, Coroutine, Iterable, Mapping, Sequence
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, TypeVar
@@ -368,6 +369,7 @@ class AgentRuntime(CommunicationAPI):
             config.storage_path = check_storage_path(config.storage_path)
         except ValueError as exc:
             raise ConfigurationError(str(exc)) from None
+        _revalidate(config)
         # The database as configure left it: one runtime per database in this process.
         self._claim = claim(config.storage_path)
         self.usage.group_budgets = dict(config.group_budgets)  # as configure left them
@@ -661,7 +663,7 @@ class AgentRuntime(CommunicationAPI):
                 ) from None
         for topic in declared:
             check_name(topic, "topic")  # before registering: the bus would refuse it after
-        agent_id = await self.agent_book.register(
+        return await self.agent_book.register(
             name,
             agent,
             kind=kind,
@@ -670,11 +672,15 @@ class AgentRuntime(CommunicationAPI):
             group=group,
             isolation=self.config.default_isolation if isolation is None else isolation,
             limits=limits,
+            # Its mailbox opens with it, not after its record's commit: a register_agent
+            # cancelled or refused by the store there left an agent that had none.
+            added=partial(self._open_mailbox, topics=declared),
         )
-        self.messenger.agent_registered(agent_id, declared)
+
+    def _open_mailbox(self, agent_id: str, topics: list[str]) -> None:
+        self.messenger.agent_registered(agent_id, topics)
         if self.agent_book.get(agent_id).status is AgentStatus.PAUSED:
             self.messenger.bus.freeze(agent_id)  # came back paused: its TTLs wait too
-        return agent_id
 
     async def start_agent(self, agent_id: str) -> AgentInstance:
         """Start an agent (``on_start`` runs); queued while every agent slot is in use."""
@@ -1237,6 +1243,20 @@ def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[in
         return key
 
     return order_key
+
+
+def _revalidate(config: RuntimeConfig) -> None:
+    """Check the configuration as ``miminions_configure`` left it (model attributes are
+    set without validation: ``max_concurrent_agents = 0`` made every start wait for good),
+    in place: plugins may keep the object they were given. Values of the right shape are
+    converted (``limits`` given as a dict becomes a ``ResourceLimits``)."""
+    try:
+        checked = RuntimeConfig.model_validate(config.model_dump(warnings=False))
+    except pydantic.ValidationError as exc:
+        raise ConfigurationError(
+            f"the configuration is not valid once miminions_configure changed it: {exc}"
+        ) from None
+    config.__dict__.update(checked.__dict__)
 
 
 def _need(value: _T | None) -> _T:

@@ -521,7 +521,7 @@ class Scheduler:
     def complete(self, task_id: str) -> Change:
         """A running task completed: release its dependents."""
         node = self._get(task_id)
-        self._require(node, NodeState.RUNNING)
+        self._require(node, NodeState.RUNNING, task_id)
         now = self._clock()
         # Keys of the dependents it releases first (a custom order key may raise).
         keys = {
@@ -555,7 +555,7 @@ class Scheduler:
     def hold(self, task_id: str) -> None:
         """A running task waits before its retry: it is waiting but not ready."""
         node = self._get(task_id)
-        self._require(node, NodeState.RUNNING)
+        self._require(node, NodeState.RUNNING, task_id)
         node.state = NodeState.HELD
         self._waiting += 1
 
@@ -574,7 +574,7 @@ class Scheduler:
         that became ready after it, and the time it ran counts as waiting for its aging (a
         task restored after a restart counts from its restoring)."""
         node = self._get(task_id)
-        self._require(node, NodeState.RUNNING)
+        self._require(node, NodeState.RUNNING, task_id)
         key = self._order_key(node.inherited, node.ready_at)
         self._waiting += 1
         self._make_ready(node, node.ready_at, key)
@@ -757,10 +757,11 @@ class Scheduler:
             raise NotFoundError(f"no task with id {task_id!r}") from None
 
     @staticmethod
-    def _require(node: _Node, state: NodeState) -> None:
+    def _require(node: _Node, state: NodeState, task_id: str) -> None:
+        # (The id given: a finished task's node is shared, and has none.)
         if node.state is not state:
             raise InvalidStateError(
-                f"task {node.task_id!r} is {node.state.value}, expected {state.value}"
+                f"task {task_id!r} is {node.state.value}, expected {state.value}"
             )
 
     def _next_seq(self) -> int:

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import time
 from collections import Counter, deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +51,8 @@ from miminions.kernel.task_input import (
 )
 from miminions.kernel.tracing import Carrier
 from miminions.kernel.validation import check_name, check_seconds, check_utf8
+
+_log = logging.getLogger("miminions.tasks")
 
 if TYPE_CHECKING:
     from miminions.kernel.interfaces import Executor
@@ -440,11 +443,11 @@ class TaskBook:
         if begun:
             fields["started_at"] = datetime.now(UTC)
             self._started_mono[task_id] = time.monotonic()
-            self._store.put_task(task)
+            self._put(task)
             self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=agent_id)
         else:
             fields["started_at"] = None
-            self._store.put_task(task)
+            self._put(task)
         return task
 
     def began(self, task_id: str) -> None:
@@ -454,7 +457,7 @@ class TaskBook:
             return
         task.__dict__["started_at"] = datetime.now(UTC)
         self._started_mono[task_id] = time.monotonic()
-        self._store.put_task(task)
+        self._put(task)
         self._events.task_event(EventType.TASK_STARTED, task_id, agent_id=task.assigned_agent_id)
 
     def completed(self, task_id: str, result: Any) -> ValidationError | None:
@@ -512,7 +515,7 @@ class TaskBook:
                 task_id=task_id,
                 details={"attempt": task.retry_count, "delay_seconds": delay, "error": message},
             )
-            self._store.put_task(task)
+            self._put(task)
             if self.executor is not None:
                 self.executor.schedule_retry(task_id, delay)
             return
@@ -555,7 +558,7 @@ class TaskBook:
             task_id=task_id,
             details={"reason": reason},
         )
-        self._store.put_task(task)
+        self._put(task)
         if self.executor is not None:
             self.executor.wake()
 
@@ -624,7 +627,7 @@ class TaskBook:
                 task_id=revived.task_id,
                 details={"reason": "re-queued from the dead-letter list"},
             )
-            self._store.put_task(revived)
+            self._put(revived)
             any_ready |= bool(change.ready)
         return any_ready
 
@@ -813,7 +816,7 @@ class TaskBook:
             task_id=task.task_id,
             details={"reason": reason, "attempt": task.retry_count},
         )
-        self._store.put_task(task)
+        self._put(task)
 
     # ------------------------------------------------------------------ internals
     def _count(self, task: Task, delta: int) -> None:
@@ -863,7 +866,7 @@ class TaskBook:
             task = self.tasks[task_id]
             if task.status is TaskStatus.BLOCKED:
                 self._set_status(task, TaskStatus.PENDING)
-                self._store.put_task(task)
+                self._put(task)
         for task_id, final, reason in change.finished:
             task = self.tasks[task_id]
             if self.executor is not None and task.status is TaskStatus.PENDING:
@@ -882,7 +885,7 @@ class TaskBook:
             self._finish(task)
 
     def _finish(self, task: Task) -> None:
-        commit = self._store.put_task(task)
+        commit = self._put(task)
         waiters = self._waiters.pop(task.task_id, None)
         if waiters:
             for waiter in waiters:
@@ -913,7 +916,24 @@ class TaskBook:
         again replaces its earlier letter) and store it."""
         self.dead_letters.pop(letter.dead_letter_id, None)
         self.dead_letters[letter.dead_letter_id] = letter
-        self._store.put_dead_letter(letter)
+        self._put_letter(letter)
+
+    def _put(self, task: Task) -> Awaitable[None]:
+        """Queue the write of an accepted task's change. A store that refuses it (its
+        ``put_task`` raises) does not cut the change short (an agent left busy for good, its
+        waiters never woken): the refusal is logged, the task's next write stores it, and
+        the returned awaitable raises it (to a waiter of the task's end)."""
+        try:
+            return self._store.put_task(task)
+        except Exception as exc:
+            return _refused("task", task.task_id, exc)
+
+    def _put_letter(self, letter: DeadLetter) -> Awaitable[None]:
+        """:meth:`_put` for a dead letter."""
+        try:
+            return self._store.put_dead_letter(letter)
+        except Exception as exc:
+            return _refused("dead letter", letter.dead_letter_id, exc)
 
     def _record_duration(self, task_id: str) -> None:
         started = self._started_mono.pop(task_id, None)
@@ -923,6 +943,24 @@ class TaskBook:
             # an exponential moving average answers ETA queries in O(1)
             mean = self.mean_duration
             self.mean_duration = duration if mean is None else mean + (duration - mean) * 0.05
+
+
+class _Refused:
+    """What a write the store refused gives its waiters: awaited, the refusal."""
+
+    __slots__ = ("_error",)
+
+    def __init__(self, error: Exception) -> None:
+        self._error = error
+
+    def __await__(self) -> Generator[Any, None, None]:
+        raise self._error
+        yield  # (a generator: awaitable)
+
+
+def _refused(what: str, ident: str, error: Exception) -> _Refused:
+    _log.error("the store refused the write of %s %s: %r", what, ident, error)
+    return _Refused(error)
 
 
 def _carry(new_tasks: list[Task], trace: Callable[[int], Carrier | None] | None) -> None:
