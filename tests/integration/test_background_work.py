@@ -107,3 +107,40 @@ async def test_a_stop_cancelled_while_it_waits_for_background_work_cancels_that_
     assert stopping.done()
     assert not rt.is_running
     assert plugin.work.cancelled()
+
+
+class _SlowToLetGo:
+    """Background work that, cancelled, cleans up until ``release`` is set."""
+
+    def __init__(self) -> None:
+        self.release = asyncio.Event()
+        self.cancelled = asyncio.Event()
+
+    @hookimpl
+    def miminions_runtime_started(self, runtime: AgentRuntime) -> None:
+        runtime.run_in_background(self._work())
+
+    async def _work(self) -> None:
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            await self.release.wait()
+            raise
+
+
+async def test_work_slow_to_end_once_cancelled_does_not_hold_the_stop_up(
+    make_config: MakeConfig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The stop waits for cancelled background work only a bounded time, then says it left
+    it running (it waited for good)."""
+    plugin = _SlowToLetGo()
+    rt = AgentRuntime(config=make_config(), plugins=[plugin])
+    await rt.start()
+    try:
+        await asyncio.wait_for(rt.stop(timeout_seconds=0.05), WAIT_SECONDS)
+        assert plugin.cancelled.is_set()
+        assert not rt.is_running
+        assert any("did not end within" in r.getMessage() for r in caplog.records)
+    finally:
+        plugin.release.set()

@@ -107,6 +107,8 @@ _T = TypeVar("_T")
 _log = logging.getLogger("miminions.runtime")
 
 QUEUE_PAUSED_KEY = "queue.paused"
+#: How long a stop waits for background work it cancelled (see run_in_background) to end.
+BACKGROUND_CANCEL_GRACE_SECONDS = 2.0
 _BUILTIN_SCHEDULING = "priority_scheduling"
 _EVENT_FILTERS = frozenset(
     {
@@ -299,7 +301,16 @@ class AgentRuntime(CommunicationAPI):
             for future in late:
                 future.cancel()
             if late:
-                await asyncio.wait(late)
+                # Bounded too: work whose cancel clean-up does not end must not hold the
+                # stop up for good.
+                _, stuck = await asyncio.wait(late, timeout=BACKGROUND_CANCEL_GRACE_SECONDS)
+                if stuck:
+                    _log.warning(
+                        "%d piece(s) of background work did not end within %s s of being "
+                        "cancelled at the stop; left running",
+                        len(stuck),
+                        BACKGROUND_CANCEL_GRACE_SECONDS,
+                    )
 
     def report_host_failure(
         self, agent_id: str, reason: str, details: JSONObject | None = None
