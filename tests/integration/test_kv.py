@@ -266,6 +266,30 @@ async def test_a_change_that_came_as_a_next_was_given_up_is_the_next_one(
     assert done.output_data == {"held": True, "values": [1, 2]}
 
 
+async def test_two_nexts_at_once_after_one_given_up_each_get_a_change(
+    rt: AgentRuntime,
+) -> None:
+    """Two ``next`` calls at once on one watch, after one given up on: each gets one
+    change, in order (in a process agent one raised KeyError and its change was lost)."""
+    a = await start(rt, "a", KVAgent)
+    task_id = await rt.submit_task("kv", {"op": "two_readers", "prefix": "c/"}, agent_id=a)
+
+    def a_reader_waits_at_the_runtime() -> bool:
+        watches = list(rt._kv_calls._watches.values())  # type: ignore[union-attr]
+        return (
+            rt.kv.get("readers") == "ready"
+            and len(watches) == 1
+            and len(watches[0]._queue._getters) >= 1  # type: ignore[attr-defined]
+        )
+
+    await wait_until(a_reader_waits_at_the_runtime, "a reader's next() at the runtime")
+    await rt.kv.set("c/k", 1)
+    await rt.kv.set("c/k", 2)
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert done.output_data == {"got": [1, 2]}
+
+
 async def test_get_gives_back_the_default_itself(rt: AgentRuntime) -> None:
     """The default of an absent key is the caller's own object (a process agent sent it
     to the runtime and back: a sentinel was refused as not JSON, a tuple became a list)."""

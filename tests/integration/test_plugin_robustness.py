@@ -9,6 +9,7 @@ executor); entry points that clash by name, async implementations under another 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import importlib.abc
 import importlib.machinery
@@ -507,3 +508,30 @@ async def test_a_value_a_configure_plugin_gives_in_another_shape_is_converted(
     failed the start with an AttributeError from deep inside)."""
     async with AgentRuntime(config=make_config(), plugins=[_LimitsAsADict()]) as rt:
         assert rt.get_capacity().max_concurrent_agents == 4
+
+
+class _AppConfig(RuntimeConfig):
+    """An application's config: the runtime's, plus a setting of its own."""
+
+    app_name: str = "billing"
+
+
+@dataclasses.dataclass
+class _Retry:
+    attempts: int = 3
+
+
+async def test_the_check_after_configure_changes_nothing_that_was_valid(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A config subclass with fields of its own starts (the check refused its extra field),
+    and objects in ``plugin_options`` stay the objects given (they became dicts)."""
+    retry = _Retry()
+    base = make_config(plugin_options={"mine": {"retry": retry}})
+    config = _AppConfig.model_validate(dict(base))
+    limits = config.limits
+    async with AgentRuntime(config=config) as rt:
+        assert isinstance(rt.config, _AppConfig)
+        assert rt.config.app_name == "billing"
+        assert isinstance(rt.config.plugin_options["mine"]["retry"], _Retry)
+        assert rt.config.limits == limits

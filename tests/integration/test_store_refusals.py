@@ -126,3 +126,35 @@ async def test_a_register_given_up_during_its_commit_leaves_an_agent_with_a_mail
         await registering
     [agent] = rt.list_agents()
     assert await rt.send_message(agent.agent_id, "hello")
+
+
+async def test_every_wait_of_a_refused_end_raises_the_refusal(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A refused end write is raised to every wait that says it is stored: one waiting
+    already, ``wait_for_tasks`` (it returned the task as committed), a wait begun after."""
+    plugin = _Refusals(TaskStatus.COMPLETED)
+    async with AgentRuntime(config=make_config(), plugins=[plugin]) as rt:
+        await rt.start_agent(await rt.register_agent("a", agents.GatedAgent))
+        doomed = await rt.submit_task("doomed")
+        await asyncio.wait_for(agents.STARTED.setdefault("doomed", asyncio.Event()).wait(), 10)
+        single = asyncio.ensure_future(rt.wait_for_task(doomed, WAIT_SECONDS))
+        group = asyncio.ensure_future(rt.wait_for_tasks([doomed], WAIT_SECONDS))
+        for _ in range(5):  # both are waiting
+            await asyncio.sleep(0)
+        agents.GATES.setdefault("doomed", asyncio.Event()).set()
+        for wait in (single, group, rt.wait_for_task(doomed), rt.wait_for_tasks([doomed])):
+            with pytest.raises(OSError, match="disk full"):
+                await wait
+
+
+async def test_a_cancel_whose_write_is_refused_raises_the_refusal(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """cancel_task reports the cancel stored only once it is: a refused write raises."""
+    plugin = _Refusals(TaskStatus.CANCELLED)
+    async with AgentRuntime(config=make_config(), plugins=[plugin]) as rt:
+        doomed = await rt.submit_task("doomed")  # no agent: it stays pending
+        with pytest.raises(OSError, match="disk full"):
+            await rt.cancel_task(doomed)
+        assert rt.get_task_status(doomed).status is TaskStatus.CANCELLED

@@ -61,6 +61,16 @@ class KVAgent(BaseAgent):
             seen = [await watch.next(timeout_seconds=5), await watch.next(timeout_seconds=5)]
             await watch.close()
             return {"held": held, "values": [None if c is None else c["value"] for c in seen]}
+        if op == "two_readers":  # give up on a next(), then ask for two changes at once
+            async with await kv.open_watch(data["prefix"]) as watch:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(watch.next(), 0.2)  # nothing came: given up
+                await kv.set("readers", "ready")  # (not watched)
+                readers = [watch.next(timeout_seconds=10) for _ in range(2)]
+                got = await asyncio.gather(*readers, return_exceptions=True)
+            return {
+                "got": [repr(c) if isinstance(c, BaseException) else c and c["value"] for c in got]
+            }
         if op == "follow_until":  # count the changes under prefix until value "stop"
             count = 0
             async for change in kv.watch(data["prefix"]):

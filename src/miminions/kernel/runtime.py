@@ -1257,17 +1257,24 @@ def _guarded_order_key(pm: PluginManager, config: RuntimeConfig) -> Callable[[in
 
 
 def _revalidate(config: RuntimeConfig) -> None:
-    """Check the configuration as ``miminions_configure`` left it (model attributes are
-    set without validation: ``max_concurrent_agents = 0`` made every start wait for good),
-    in place: plugins may keep the object they were given. Values of the right shape are
-    converted (``limits`` given as a dict becomes a ``ResourceLimits``)."""
+    """Check the configuration as the application and ``miminions_configure`` left it
+    (model attributes are set without validation: ``max_concurrent_agents = 0`` made every
+    start wait for good), in place: plugins may keep the object they were given, and what
+    they hold in it (``plugin_options`` values are any objects). Only a value of another
+    type than its field's is replaced, by its validated form (``limits`` given as a dict
+    becomes a ``ResourceLimits``)."""
+    model = type(config)  # (a subclass may add fields of its own)
     try:
-        checked = RuntimeConfig.model_validate(config.model_dump(warnings=False))
+        checked = model.model_validate(config.model_dump(warnings=False))
     except pydantic.ValidationError as exc:
         raise ConfigurationError(
-            f"the configuration is not valid once miminions_configure changed it: {exc}"
+            "the runtime's configuration is not valid (as the application and any "
+            f"miminions_configure plugin left it): {exc}"
         ) from None
-    config.__dict__.update(checked.__dict__)
+    fields = config.__dict__
+    for name, value in checked.__dict__.items():
+        if type(fields.get(name)) is not type(value):
+            fields[name] = value
 
 
 def _need(value: _T | None) -> _T:

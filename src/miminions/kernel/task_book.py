@@ -96,6 +96,8 @@ class TaskBook:
         # A waiter is woken with the awaitable of the commit holding the final state; the
         # waiting coroutine awaits it, so no task or callback is made per finished task.
         self._waiters: dict[str, list[asyncio.Future[Awaitable[None]]]] = {}
+        # The store's refusal of a task's last write (see _put), until a later one is taken.
+        self._refused: dict[str, Exception] = {}
         self._started_mono: dict[str, float] = {}
         self.durations: deque[float] = deque(maxlen=_DURATION_SAMPLES)
         self.mean_duration: float | None = None
@@ -687,7 +689,17 @@ class TaskBook:
             return finished
         finished = task_snapshot(task)
         await self._store.flush()
+        self._raise_refusal([task_id])
         return finished
+
+    def _raise_refusal(self, task_ids: Iterable[str]) -> None:
+        """Raise the store's refusal of the last write of one of ``task_ids``, if any: a
+        wait must not report as stored a final state the store refused."""
+        if self._refused:
+            for task_id in task_ids:
+                refusal = self._refused.get(task_id)
+                if refusal is not None:
+                    raise refusal
 
     async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
         """:meth:`wait` for many tasks at once: one future for all of them instead of one
@@ -723,6 +735,7 @@ class TaskBook:
         # final write was queued before this flush: it returns once all are committed.
         finished = [task_snapshot(task) for task in tasks]
         await self._store.flush()
+        self._raise_refusal(task.task_id for task in tasks)
         return finished
 
     def close(self) -> None:
@@ -924,9 +937,13 @@ class TaskBook:
         waiters never woken): the refusal is logged, the task's next write stores it, and
         the returned awaitable raises it (to a waiter of the task's end)."""
         try:
-            return self._store.put_task(task)
+            commit = self._store.put_task(task)
         except Exception as exc:
+            self._refused[task.task_id] = exc
             return _refused("task", task.task_id, exc)
+        if self._refused:
+            self._refused.pop(task.task_id, None)  # stored after all
+        return commit
 
     def _put_letter(self, letter: DeadLetter) -> Awaitable[None]:
         """:meth:`_put` for a dead letter."""

@@ -287,6 +287,8 @@ class Worker:
     async def _runtime_call(self, op: str, payload: dict[str, Any]) -> Any:
         if op == "kv_next":
             return await self._next_change(payload)
+        if op == "kv_unwatch":  # what a given-up next brings is nobody's now
+            self._kv_reclaimed.pop(payload.get("watch_id"), None)
         return await self._call_runtime(op, payload)
 
     async def _next_change(self, payload: dict[str, Any]) -> Any:
@@ -296,14 +298,16 @@ class Worker:
         watch_id = payload.get("watch_id")
         while (busy := self._kv_asking.get(watch_id)) is not None:
             await asyncio.wait({busy})
-        change = await self._reclaimed_change(watch_id)
-        if change is not None:
-            return change
+        # Claimed before anything is awaited: one caller at a time from here on.
         asking = self._kv_asking[watch_id] = asyncio.get_running_loop().create_future()
         try:
+            change = await self._reclaimed_change(watch_id)
+            if change is not None:
+                return change
             return await self._call_runtime("kv_next", payload)
         finally:
-            del self._kv_asking[watch_id]
+            if self._kv_asking.get(watch_id) is asking:
+                del self._kv_asking[watch_id]
             asking.set_result(None)
 
     async def _call_runtime(self, op: str, payload: dict[str, Any]) -> Any:
