@@ -26,12 +26,14 @@ import pytest
 
 from miminions import (
     AgentRuntime,
+    AgentStatus,
     ConfigurationError,
     MissingExtraError,
     PluginError,
     ResourceLimits,
     RuntimeConfig,
     TaskStatus,
+    UsageBudget,
     accepts_events,
     hookimpl,
 )
@@ -535,3 +537,35 @@ async def test_the_check_after_configure_changes_nothing_that_was_valid(
         assert rt.config.app_name == "billing"
         assert isinstance(rt.config.plugin_options["mine"]["retry"], _Retry)
         assert rt.config.limits == limits
+
+
+class _NestedAsDicts:
+    """Gives nested values as ``RuntimeConfig(...)`` takes them: dicts."""
+
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        config.group_budgets = {"team": {"cost": 1.0}}  # type: ignore[dict-item]
+        config.limits.usage_budget = {"tokens": 5}  # type: ignore[assignment]
+
+
+class _MyLimits(ResourceLimits):
+    """An application's limits with a setting of its own."""
+
+    note: str = "mine"
+
+
+async def test_nested_values_a_configure_plugin_gives_as_dicts_are_converted(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A group budget (a dict's value) or an agent budget (a nested model's field) given as
+    a dict is converted too (kept a dict, a group member's start failed on it); a field
+    holding a subclass of its type keeps it (it became the base class)."""
+    config = make_config(limits=_MyLimits(max_concurrent_agents=3))
+    async with AgentRuntime(config=config, plugins=[_NestedAsDicts()]) as rt:
+        assert isinstance(rt.config.group_budgets["team"], UsageBudget)
+        assert isinstance(rt.config.limits.usage_budget, UsageBudget)
+        assert isinstance(rt.config.limits, _MyLimits)
+        assert rt.config.limits.note == "mine"
+        assert rt.config.limits.max_concurrent_agents == 3
+        agent_id = await rt.register_agent("a", agents.UsageAgent, group="team")
+        assert (await rt.start_agent(agent_id)).status is AgentStatus.RUNNING

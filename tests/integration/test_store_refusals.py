@@ -6,12 +6,13 @@ agent can be sent messages)."""
 from __future__ import annotations
 
 import asyncio
+import traceback
 from collections.abc import Callable, Generator
 from typing import Any
 
 import pytest
 
-from miminions import AgentRuntime, RuntimeConfig, Task, TaskStatus, hookimpl
+from miminions import AgentRuntime, MiminionsError, RuntimeConfig, Task, TaskStatus, hookimpl
 from tests.support import agents
 from tests.support.waiting import WAIT_SECONDS
 
@@ -71,8 +72,9 @@ async def test_a_refused_end_write_leaves_the_agent_serving_and_wakes_its_waiter
         await asyncio.wait_for(agents.STARTED.setdefault("doomed", asyncio.Event()).wait(), 10)
         waiting = asyncio.ensure_future(rt.wait_for_task(doomed))  # no timeout
         agents.GATES.setdefault("doomed", asyncio.Event()).set()
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(MiminionsError, match=f"task {doomed!r} was not stored") as info:
             await asyncio.wait_for(waiting, WAIT_SECONDS)
+        assert isinstance(info.value.__cause__, OSError)
         assert plugin.store is not None
         assert plugin.store.refused == 1
         assert rt.get_task_status(doomed).status is TaskStatus.COMPLETED
@@ -144,8 +146,16 @@ async def test_every_wait_of_a_refused_end_raises_the_refusal(
             await asyncio.sleep(0)
         agents.GATES.setdefault("doomed", asyncio.Event()).set()
         for wait in (single, group, rt.wait_for_task(doomed), rt.wait_for_tasks([doomed])):
-            with pytest.raises(OSError, match="disk full"):
+            with pytest.raises(MiminionsError, match=f"task {doomed!r} was not stored") as info:
                 await wait
+            assert isinstance(info.value.__cause__, OSError)
+        # Raised anew each time: a later wait's error carries no earlier wait's frames.
+        frames = []
+        for _ in range(3):
+            with pytest.raises(MiminionsError) as info:
+                await rt.wait_for_task(doomed)
+            frames.append(len(traceback.extract_tb(info.value.__traceback__)))
+        assert frames[0] == frames[1] == frames[2]
 
 
 async def test_a_cancel_whose_write_is_refused_raises_the_refusal(
@@ -155,6 +165,46 @@ async def test_a_cancel_whose_write_is_refused_raises_the_refusal(
     plugin = _Refusals(TaskStatus.CANCELLED)
     async with AgentRuntime(config=make_config(), plugins=[plugin]) as rt:
         doomed = await rt.submit_task("doomed")  # no agent: it stays pending
-        with pytest.raises(OSError, match="disk full"):
+        with pytest.raises(MiminionsError, match="disk full"):
             await rt.cancel_task(doomed)
         assert rt.get_task_status(doomed).status is TaskStatus.CANCELLED
+
+
+class _LetterRefusingStore:
+    """The chosen store, refusing the write of a re-queued dead letter."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def put_dead_letter(self, letter: Any) -> Any:
+        if letter.requeued_at is not None:
+            raise OSError("disk full")
+        return self._inner.put_dead_letter(letter)
+
+
+class _LetterRefusals:
+    @hookimpl(wrapper=True)
+    def miminions_make_store(self, config: RuntimeConfig) -> Generator[None, Any, Any]:
+        store = yield
+        return _LetterRefusingStore(store)
+
+
+async def test_a_requeue_whose_letter_write_is_refused_runs_the_task(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """requeue_dead_letter raises the refusal of the letter's write, and the task it
+    revived runs (it stayed pending with the agent idle: nothing handed it out)."""
+    async with AgentRuntime(config=make_config(), plugins=[_LetterRefusals()]) as rt:
+        await rt.start_agent(await rt.register_agent("a", agents.SwitchAgent))
+        agents.FAILING.add("flaky")
+        task_id = await rt.submit_task("flaky", max_retries=0)
+        assert (await rt.wait_for_task(task_id, WAIT_SECONDS)).status is TaskStatus.FAILED
+        [letter] = rt.list_dead_letters("task")
+        agents.FAILING.discard("flaky")
+        with pytest.raises(MiminionsError, match="disk full"):
+            await rt.requeue_dead_letter(letter.dead_letter_id)
+        task = await rt.wait_for_task(task_id, WAIT_SECONDS)
+        assert task.status is TaskStatus.COMPLETED

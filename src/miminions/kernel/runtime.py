@@ -1271,10 +1271,31 @@ def _revalidate(config: RuntimeConfig) -> None:
             "the runtime's configuration is not valid (as the application and any "
             f"miminions_configure plugin left it): {exc}"
         ) from None
-    fields = config.__dict__
-    for name, value in checked.__dict__.items():
-        if type(fields.get(name)) is not type(value):
-            fields[name] = value
+    for name in RuntimeConfig.model_fields:
+        if name != "plugin_options":  # its values are any objects: kept as they are
+            config.__dict__[name] = _validated_form(
+                config.__dict__.get(name), getattr(checked, name)
+            )
+
+
+def _validated_form(value: Any, checked: Any) -> Any:
+    """``value`` (set without validation) where it already has the shape of ``checked``,
+    its validated form, and otherwise ``checked``: a model (or a subclass of its type)
+    keeps its own object, converted inside; a dict keeps its object, its values converted;
+    a value of another type is replaced."""
+    if isinstance(checked, pydantic.BaseModel):
+        if not isinstance(value, type(checked)):
+            return checked
+        for name in type(checked).model_fields:
+            value.__dict__[name] = _validated_form(value.__dict__.get(name), getattr(checked, name))
+        return value
+    if isinstance(checked, dict):
+        if not isinstance(value, dict) or value.keys() != checked.keys():
+            return checked
+        for key, item in checked.items():
+            value[key] = _validated_form(value[key], item)
+        return value
+    return value if type(value) is type(checked) else checked
 
 
 def _need(value: _T | None) -> _T:

@@ -14,11 +14,12 @@ import time
 from collections import Counter, deque
 from collections.abc import Awaitable, Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 from miminions.kernel.errors import (
     AlreadyExistsError,
     InvalidStateError,
+    MiminionsError,
     NotFoundError,
     RuntimeNotRunningError,
     ValidationError,
@@ -97,7 +98,7 @@ class TaskBook:
         # waiting coroutine awaits it, so no task or callback is made per finished task.
         self._waiters: dict[str, list[asyncio.Future[Awaitable[None]]]] = {}
         # The store's refusal of a task's last write (see _put), until a later one is taken.
-        self._refused: dict[str, Exception] = {}
+        self._refused: dict[str, _Refused] = {}
         self._started_mono: dict[str, float] = {}
         self.durations: deque[float] = deque(maxlen=_DURATION_SAMPLES)
         self.mean_duration: float | None = None
@@ -602,7 +603,7 @@ class TaskBook:
         task = self.get(letter.ref_id)
         revived = self._revive(task, reset_attempts=True)  # raises before anything changed
         letter.requeued_at = datetime.now(UTC)
-        commit = self._store.put_dead_letter(letter)
+        commit = self._put_letter(letter)
         if revived and self.executor is not None:
             self.executor.wake()
         await commit
@@ -699,7 +700,7 @@ class TaskBook:
             for task_id in task_ids:
                 refusal = self._refused.get(task_id)
                 if refusal is not None:
-                    raise refusal
+                    refusal.throw()
 
     async def wait_many(self, task_ids: Sequence[str], timeout_seconds: float | None) -> list[Task]:
         """:meth:`wait` for many tasks at once: one future for all of them instead of one
@@ -939,8 +940,8 @@ class TaskBook:
         try:
             commit = self._store.put_task(task)
         except Exception as exc:
-            self._refused[task.task_id] = exc
-            return _refused("task", task.task_id, exc)
+            refusal = self._refused[task.task_id] = _refused("task", task.task_id, exc)
+            return refusal
         if self._refused:
             self._refused.pop(task.task_id, None)  # stored after all
         return commit
@@ -963,21 +964,31 @@ class TaskBook:
 
 
 class _Refused:
-    """What a write the store refused gives its waiters: awaited, the refusal."""
+    """A write the store refused: awaited (by a waiter given it as the write's commit), or
+    :meth:`throw`, it raises a MiminionsError naming what was not stored, caused by the
+    store's error (a new one each time: one raised again would gather every raiser's
+    frames)."""
 
-    __slots__ = ("_error",)
+    __slots__ = ("_error", "_what")
 
-    def __init__(self, error: Exception) -> None:
-        self._error = error
+    def __init__(self, what: str, error: Exception) -> None:
+        self._what = what
+        self._error = error.with_traceback(None)  # (its frames are not kept alive)
+
+    def throw(self) -> NoReturn:
+        """Raise the refusal."""
+        raise MiminionsError(
+            f"{self._what} was not stored: the store refused its write ({self._error!r})"
+        ) from self._error
 
     def __await__(self) -> Generator[Any, None, None]:
-        raise self._error
+        self.throw()
         yield  # (a generator: awaitable)
 
 
 def _refused(what: str, ident: str, error: Exception) -> _Refused:
     _log.error("the store refused the write of %s %s: %r", what, ident, error)
-    return _Refused(error)
+    return _Refused(f"the last change of {what} {ident!r}", error)
 
 
 def _carry(new_tasks: list[Task], trace: Callable[[int], Carrier | None] | None) -> None:
