@@ -450,7 +450,7 @@ class SQLiteStore:
             refusal = _log_unreadable_here(self.path)
             if refusal is not None:
                 raise refusal from exc
-            if not _needs_writable_directory(exc):
+            if not (_needs_writable_directory(exc) or self._on_read_only_volume(exc)):
                 raise _unusable(self.path, exc) from exc
         # Reading a WAL database makes SQLite create "<db>-shm" beside it, which a reader
         # who may not write the directory cannot (a backup, another user's data). With no
@@ -462,14 +462,28 @@ class SQLiteStore:
         self.snapshot = True
         return conn
 
+    def _on_read_only_volume(self, exc: sqlite3.DatabaseError) -> bool:
+        """Whether SQLite could not open a database without a write-ahead log in a
+        directory nobody may write (a read-only volume: it says SQLITE_CANTOPEN there,
+        where a directory this user may not write gets SQLITE_READONLY_*)."""
+        directory = os.path.dirname(os.path.abspath(self.path))
+        return (
+            getattr(exc, "sqlite_errorname", None) == "SQLITE_CANTOPEN"
+            and not _has_wal(self.path)
+            and not os.access(directory, os.W_OK)
+        )
+
     async def _open_readonly(self, uri: str) -> aiosqlite.Connection:
         """A read-only connection to the miminions database at ``uri`` (SQLite's errors
         pass through)."""
         conn = await _daemon(aiosqlite.connect(uri, uri=True))
         try:
             await conn.execute(f"PRAGMA busy_timeout={_BUSY_TIMEOUT_MS}")
+            # (As a writer checks it: another application's schema_migrations table is
+            # not read as a version of ours. It only reads.)
+            await schema.refuse_foreign(conn, self.path)
             version = await schema.recorded_version(conn)
-            if version is None:
+            if not version:  # no schema table, or one no migration was recorded in
                 raise ConfigurationError(f"{self.path!r} is not a miminions database")
             schema.check_version(self.path, version)
             self._select_tasks = schema.select_tasks(version)
@@ -967,7 +981,13 @@ class SQLiteStore:
 
     async def _fetch(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
         conn = await self._reader()
-        return list(await conn.execute_fetchall(sql, tuple(params)))
+        try:
+            return list(await conn.execute_fetchall(sql, tuple(params)))
+        except sqlite3.DatabaseError as exc:
+            # Damage found past the pages the open read (a start's loads read them all).
+            if getattr(exc, "sqlite_errorname", None) in ("SQLITE_CORRUPT", "SQLITE_NOTADB"):
+                raise _unusable(self.path, exc) from exc
+            raise
 
     async def get_meta(self, key: str) -> Any:
         """Return the JSON value stored under ``key``, or None."""
