@@ -513,9 +513,31 @@ async def test_a_value_a_configure_plugin_gives_in_another_shape_is_converted(
 
 
 class _AppConfig(RuntimeConfig):
-    """An application's config: the runtime's, plus a setting of its own."""
+    """An application's config: the runtime's, plus settings of its own."""
 
     app_name: str = "billing"
+    app_timeout_seconds: float = 1.0
+    app_limits: ResourceLimits | None = None
+
+
+class _AppSettingsInOtherShapes:
+    @hookimpl
+    def miminions_configure(self, config: RuntimeConfig) -> None:
+        config.app_timeout_seconds = 3  # type: ignore[attr-defined]
+        config.app_limits = {"max_concurrent_agents": 2}  # type: ignore[attr-defined]
+
+
+async def test_a_subclass_field_a_configure_plugin_gives_in_another_shape_is_converted(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A config subclass's own fields are converted as the runtime's are (they were left
+    as given: a dict for a model, an int for a float)."""
+    config = _AppConfig.model_validate(dict(make_config()))
+    async with AgentRuntime(config=config, plugins=[_AppSettingsInOtherShapes()]) as rt:
+        assert isinstance(rt.config, _AppConfig)
+        assert isinstance(rt.config.app_limits, ResourceLimits)
+        assert rt.config.app_limits.max_concurrent_agents == 2
+        assert type(rt.config.app_timeout_seconds) is float
 
 
 @dataclasses.dataclass

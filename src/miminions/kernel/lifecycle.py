@@ -899,15 +899,30 @@ class AgentBook(RestartMixin):
         agents stay paused with their state, as after any shutdown."""
         reason = "the runtime's stop was cut short: stopped without on_stop"
         for slot in self.slots.values():
+            if slot.host_started:
+                # Its code must not outlive the runtime (an inline agent's on_message
+                # handler ran on): a host that can, drops it now; a worker process is
+                # killed with the runtime's.
+                abandon = getattr(slot.host, "abandon", None)  # optional for a host
+                if callable(abandon):
+                    with contextlib.suppress(Exception):
+                        abandon()
             if slot.status not in (S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING):
                 continue
             if slot in self._start_queue:
                 self._start_queue.remove(slot)
+            slot.instance.process_id = None
+            if slot.resume_queued and slot.status in (S.QUEUED, S.STARTING):
+                # A paused agent whose resume was queued or starting stays paused with its
+                # state, as after a full stop (_shutdown_resuming); its state was dropped.
+                slot.resume_queued = False
+                self._set(slot, S.PAUSED, "paused; the runtime stopped before its resume completed")
+                self._save(slot)
+                continue
             if slot.status in (S.STARTING, S.RUNNING):
                 self._set(slot, S.STOPPING, reason)
             slot.resume_queued = False
             slot.paused_state = None
-            slot.instance.process_id = None
             self._set(slot, S.STOPPED, reason)
             self._events.emit(
                 EventType.AGENT_STOPPED, agent_id=slot.agent_id, details={"reason": reason}

@@ -1271,7 +1271,7 @@ def _revalidate(config: RuntimeConfig) -> None:
             "the runtime's configuration is not valid (as the application and any "
             f"miminions_configure plugin left it): {exc}"
         ) from None
-    for name in RuntimeConfig.model_fields:
+    for name in model.model_fields:
         if name != "plugin_options":  # its values are any objects: kept as they are
             config.__dict__[name] = _validated_form(
                 config.__dict__.get(name), getattr(checked, name)

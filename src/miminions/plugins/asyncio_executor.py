@@ -265,6 +265,9 @@ class AsyncioExecutor:
         (and re-queue) the rest, ``at_once`` as :meth:`interrupt_agent`. Returns the ids of
         the interrupted tasks."""
         self._accepting = False
+        # Tasks taken ahead of time and not begun go back to the queue: none begins now.
+        for held in list(self._agent_runs):
+            self._give_back_window(held, "the runtime is shutting down; given back to the queue")
         # A run whose worker is gone (cancelled from outside) will not finish: not waited for.
         runs = [run for run in self._runs.values() if not run.worker.done()]
         if runs:

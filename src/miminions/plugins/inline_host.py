@@ -82,6 +82,12 @@ class InlineHost:
         """Drop the agent without running any hook."""
         self._runner.release()
 
+    def abandon(self) -> None:
+        """:meth:`kill` without awaiting (the runtime's stop was cut short): its task and
+        any ``on_message`` handler are cancelled, a message the handler held goes back to
+        the mailbox."""
+        self._runner.release()
+
 
 @hookimpl(trylast=True)  # built-in: another plugin may take over inline agents
 def miminions_make_host(spec: AgentSpec, agent: object, runtime: AgentRuntime) -> InlineHost | None:
