@@ -221,7 +221,7 @@ def test_ctrl_c_twice_keeps_a_paused_agent_whose_resume_was_queued_paused(tmp_pa
 
     def child(step: str) -> subprocess.Popen[str]:
         return subprocess.Popen(
-            [sys.executable, "-m", "tests.support.queued_resume_child", db, step],
+            [sys.executable, "-m", "tests.support.cut_short_resume_child", db, step],
             cwd=ROOT,
             env=env,
             stdout=subprocess.PIPE,

@@ -163,6 +163,7 @@ class AgentBook(RestartMixin):
         self._load_recheck: asyncio.TimerHandle | None = None
         self._load_probe_failing = False  # logged once per run of failed load probes
         self._closing = False
+        self._abandoned = False  # the runtime's stop was cut short (see abandon_all)
         self.executor: Executor | None = None
         #: Told (agent id, True) when an agent becomes paused and (id, False) when it leaves
         #: that state; the runtime freezes its messages' TTLs meanwhile.
@@ -414,6 +415,8 @@ class AgentBook(RestartMixin):
         except Exception as exc:
             await self._fail(slot, f"failed to start: {describe_error(exc)}")
             return True
+        if self._abandoned:
+            return False  # settled meanwhile by a stop cut short (abandon_all)
         slot.instance.started_at = datetime.now(UTC)
         slot.instance.process_id = slot.host.process_id
         slot.paused_state = None
@@ -726,6 +729,8 @@ class AgentBook(RestartMixin):
                 reason = f"on_resume failed: {describe_error(exc)}"
                 await self._fail(slot, reason)
                 raise AgentHookError(f"agent {agent_id!r} is failed: {reason}") from exc
+            if self._abandoned:  # the stop cut short settled it meanwhile: still paused
+                raise _abandoned(agent_id, "resume")
             slot.paused_state = None
             self._set(slot, S.RUNNING, None)
             self._events.emit(EventType.AGENT_RESUMED, agent_id=agent_id)
@@ -898,7 +903,9 @@ class AgentBook(RestartMixin):
         and the stored records do not show them running under a stopped runtime. Paused
         agents stay paused with their state, as after any shutdown."""
         reason = "the runtime's stop was cut short: stopped without on_stop"
+        self._abandoned = True
         for slot in self.slots.values():
+            slot.abandon_call()  # an on_start or on_resume under way ends with it
             if slot.host_started:
                 # Its code must not outlive the runtime (an inline agent's on_message
                 # handler ran on): a host that can, drops it now; a worker process is

@@ -1264,15 +1264,18 @@ def _revalidate(config: RuntimeConfig) -> None:
     type than its field's is replaced, by its validated form (``limits`` given as a dict
     becomes a ``ResourceLimits``)."""
     model = type(config)  # (a subclass may add fields of its own)
+    dumped = config.model_dump(warnings=False)
     try:
-        checked = model.model_validate(config.model_dump(warnings=False))
+        checked = model.model_validate(dumped)
     except pydantic.ValidationError as exc:
         raise ConfigurationError(
             "the runtime's configuration is not valid (as the application and any "
             f"miminions_configure plugin left it): {exc}"
         ) from None
     for name in model.model_fields:
-        if name != "plugin_options":  # its values are any objects: kept as they are
+        # plugin_options values are any objects: kept as they are; so is a field the dump
+        # leaves out (a subclass's ``exclude=True`` field: its validated form is a default).
+        if name != "plugin_options" and name in dumped:
             config.__dict__[name] = _validated_form(
                 config.__dict__.get(name), getattr(checked, name)
             )

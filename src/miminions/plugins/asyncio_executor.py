@@ -266,8 +266,11 @@ class AsyncioExecutor:
         the interrupted tasks."""
         self._accepting = False
         # Tasks taken ahead of time and not begun go back to the queue: none begins now.
-        for held in list(self._agent_runs):
-            self._give_back_window(held, "the runtime is shutting down; given back to the queue")
+        held = [run.task_id for runs in self._agent_runs.values() for run in runs[1:]]
+        for agent_id in list(self._agent_runs):
+            self._give_back_window(
+                agent_id, "the runtime is shutting down; given back to the queue"
+            )
         # A run whose worker is gone (cancelled from outside) will not finish: not waited for.
         runs = [run for run in self._runs.values() if not run.worker.done()]
         if runs:
@@ -282,7 +285,14 @@ class AsyncioExecutor:
                 for run in list(self._runs.values())
             )
         )
-        return leftover
+        # Those given back count as re-queued too (one its worker had begun ran on: not).
+        tasks = self._book.tasks
+        given_back = [
+            task_id
+            for task_id in held
+            if task_id not in leftover and tasks[task_id].status is TaskStatus.PENDING
+        ]
+        return leftover + given_back
 
     async def close(self) -> list[str]:
         """Cancel timers and workers; nothing of the executor outlives this call. Returns
