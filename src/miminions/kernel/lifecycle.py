@@ -661,6 +661,8 @@ class AgentBook(RestartMixin):
                 # Done or given up: a halted task's clock is its own again, at once frozen
                 # anew (in this same step, no await between) when the pause completed.
                 self._unhalt_clocks(agent_id)
+            if self._abandoned:  # a stop cut short settled the agent meanwhile
+                raise _abandoned(agent_id, "pause")
             try:
                 slot.paused_state = to_json_value(state if state is not None else {}, PAUSE_STATE)
             except ValidationError as exc:

@@ -202,6 +202,7 @@ class AsyncioExecutor:
                     f"{name} must be a positive int up to {most} or None, not {value!r}"
                 )
         self._releases: list[Callable[[], None]] = []
+        self._held_at_drain: list[str] = []  # prefetched tasks a drain gave back
         self._loop = asyncio.get_running_loop()
         self._sched = runtime.scheduler
         self._book = runtime.task_book
@@ -266,7 +267,9 @@ class AsyncioExecutor:
         the interrupted tasks."""
         self._accepting = False
         # Tasks taken ahead of time and not begun go back to the queue: none begins now.
-        held = [run.task_id for runs in self._agent_runs.values() for run in runs[1:]]
+        self._held_at_drain = [
+            run.task_id for runs in self._agent_runs.values() for run in runs[1:]
+        ]
         for agent_id in list(self._agent_runs):
             self._give_back_window(
                 agent_id, "the runtime is shutting down; given back to the queue"
@@ -285,14 +288,17 @@ class AsyncioExecutor:
                 for run in list(self._runs.values())
             )
         )
-        # Those given back count as re-queued too (one its worker had begun ran on: not).
+        return leftover + self._given_back_at_drain(leftover)
+
+    def _given_back_at_drain(self, counted: list[str]) -> list[str]:
+        """The tasks the drain gave back from prefetch windows that are re-queued (one its
+        worker had begun ran on: not), but for those in ``counted``."""
         tasks = self._book.tasks
-        given_back = [
+        return [
             task_id
-            for task_id in held
-            if task_id not in leftover and tasks[task_id].status is TaskStatus.PENDING
+            for task_id in self._held_at_drain
+            if task_id not in counted and tasks[task_id].status is TaskStatus.PENDING
         ]
-        return leftover + given_back
 
     async def close(self) -> list[str]:
         """Cancel timers and workers; nothing of the executor outlives this call. Returns
@@ -300,6 +306,8 @@ class AsyncioExecutor:
         self._accepting = False
         self._closing = True
         leftover = [run.task_id for run in self._runs.values()]
+        # A drain cut short (its stop was) returned nothing: what it gave back is told here.
+        leftover += self._given_back_at_drain(leftover)
         try:
             for timer in self._retry_timers.values():
                 timer.cancel()
