@@ -8,27 +8,20 @@ import asyncio
 import contextlib
 from typing import Any
 
-from miminions import AgentRuntime, BaseAgent, Task
+from miminions import AgentRuntime
+from tests.support.cut_short_resume_child import Keeper
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS
 
 
-class _SlowResume(BaseAgent):
+class _SlowResume(Keeper):
+    """A Keeper whose ``on_resume`` waits for ``go_on`` once it began."""
+
     resuming: asyncio.Event
     go_on: asyncio.Event
-    resumed_with: list[Any] = []
-
-    def __init__(self) -> None:
-        self.pages = 7
-
-    async def execute_task(self, task: Task) -> dict[str, object]:
-        return {}
-
-    async def on_pause(self) -> dict[str, object]:
-        return {"pages": self.pages}
 
     async def on_resume(self, state: dict[str, object]) -> None:
-        type(self).resumed_with.append(state)
+        await super().on_resume(state)
         type(self).resuming.set()
         await type(self).go_on.wait()
 
@@ -38,7 +31,7 @@ async def test_a_stop_cut_short_during_on_resume_keeps_the_agent_paused(
 ) -> None:
     _SlowResume.resuming = asyncio.Event()
     _SlowResume.go_on = asyncio.Event()
-    _SlowResume.resumed_with = []
+    Keeper.resumed_with = []
     config = make_config(default_isolation="inline", agent_start_timeout_seconds=60)
     async with AgentRuntime(config=config) as rt:
         keeper = await start_agent(rt, "keeper", _SlowResume)
@@ -62,14 +55,14 @@ async def test_a_stop_cut_short_during_on_resume_keeps_the_agent_paused(
     except BaseException as exc:
         outcome = exc
     after = rt.get_agent_status(keeper)
-    _SlowResume.resumed_with = []
+    Keeper.resumed_with = []
     _SlowResume.go_on.set()
     async with AgentRuntime(config=config) as again:
         await again.register_agent("keeper", _SlowResume)
         stored = again.get_agent_status(keeper)
         if stored.status.value == "paused":
             await again.resume_agent(keeper)
-    assert (after.status.value, stored.status.value, _SlowResume.resumed_with) == (
+    assert (after.status.value, stored.status.value, Keeper.resumed_with) == (
         "paused",
         "paused",
         [{"pages": 7}],

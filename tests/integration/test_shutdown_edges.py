@@ -9,26 +9,10 @@ import contextlib
 from typing import Any
 
 from miminions import AgentRuntime, BaseAgent, ResourceLimits, Task
+from tests.support.cut_short_resume_child import Keeper
+from tests.support.prefetch_window import agent_holding_a_window
 from tests.support.runtime import start_agent
 from tests.support.waiting import WAIT_SECONDS, wait_until
-
-
-class _Keeper(BaseAgent):
-    """Keeps a page count across a pause (like the demo's writers)."""
-
-    resumed_with: list[Any] = []
-
-    def __init__(self) -> None:
-        self.pages = 7
-
-    async def execute_task(self, task: Task) -> dict[str, object]:
-        return {}
-
-    async def on_pause(self) -> dict[str, object]:
-        return {"pages": self.pages}
-
-    async def on_resume(self, state: dict[str, object]) -> None:
-        type(self).resumed_with.append(state)
 
 
 class _Hog(BaseAgent):
@@ -50,12 +34,12 @@ async def test_a_stop_cut_short_keeps_a_paused_agent_whose_resume_was_queued_pau
     "skips the waiting of steps 2 and 3, not the rest". A stop cut short instead records
     such an agent as *stopped* and drops the state its on_pause returned: the next runtime
     starts it from scratch, its on_resume never gets the state."""
-    _Keeper.resumed_with = []
+    Keeper.resumed_with = []
     _Hog.running = asyncio.Event()
     config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
     # Run 1: the keeper is paused with its state when the runtime stops.
     async with AgentRuntime(config=config) as rt:
-        keeper = await start_agent(rt, "keeper", _Keeper)
+        keeper = await start_agent(rt, "keeper", Keeper)
         await rt.pause_agent(keeper)
     # Run 2: the only slot is taken, so resuming the keeper queues; the stop is cut short.
     rt = AgentRuntime(config=config)
@@ -63,7 +47,7 @@ async def test_a_stop_cut_short_keeps_a_paused_agent_whose_resume_was_queued_pau
     await start_agent(rt, "hog", _Hog)
     hog_task = await rt.submit_task("hog")
     await asyncio.wait_for(_Hog.running.wait(), WAIT_SECONDS)
-    assert await rt.register_agent("keeper", _Keeper) == keeper
+    assert await rt.register_agent("keeper", Keeper) == keeper
     assert rt.get_agent_status(keeper).status.value == "paused"
     queued = await rt.resume_agent(keeper)
     assert queued.status.value == "queued", queued
@@ -78,34 +62,34 @@ async def test_a_stop_cut_short_keeps_a_paused_agent_whose_resume_was_queued_pau
     assert after.status.value == "paused", after  # as the graceful stop leaves it
     # Run 3: it comes back paused, and resuming hands on_resume the state on_pause made.
     async with AgentRuntime(config=config) as again:
-        await again.register_agent("keeper", _Keeper)
+        await again.register_agent("keeper", Keeper)
         assert again.get_agent_status(keeper).status.value == "paused"
         await again.resume_agent(keeper)
-        assert _Keeper.resumed_with == [{"pages": 7}]
+        assert Keeper.resumed_with == [{"pages": 7}]
 
 
 async def test_a_graceful_stop_keeps_a_paused_agent_whose_resume_was_queued_paused(
     make_config: Any,
 ) -> None:
     """The same, with a stop that is not cut short: the control (it passes)."""
-    _Keeper.resumed_with = []
+    Keeper.resumed_with = []
     _Hog.running = asyncio.Event()
     config = make_config(limits=ResourceLimits(max_concurrent_agents=1))
     async with AgentRuntime(config=config) as rt:
-        keeper = await start_agent(rt, "keeper", _Keeper)
+        keeper = await start_agent(rt, "keeper", Keeper)
         await rt.pause_agent(keeper)
     async with AgentRuntime(config=config) as rt:
         await start_agent(rt, "hog", _Hog)
         await rt.submit_task("hog")
         await asyncio.wait_for(_Hog.running.wait(), WAIT_SECONDS)
-        await rt.register_agent("keeper", _Keeper)
+        await rt.register_agent("keeper", Keeper)
         assert (await rt.resume_agent(keeper)).status.value == "queued"
         await rt.stop(timeout_seconds=0.2)
         assert rt.get_agent_status(keeper).status.value == "paused"
     async with AgentRuntime(config=config) as again:
-        await again.register_agent("keeper", _Keeper)
+        await again.register_agent("keeper", Keeper)
         await again.resume_agent(keeper)
-        assert _Keeper.resumed_with == [{"pages": 7}]
+        assert Keeper.resumed_with == [{"pages": 7}]
 
 
 class _Counter(BaseAgent):
@@ -166,33 +150,16 @@ async def test_a_graceful_stop_begins_no_task_taken_ahead_of_time(
     ends, its worker *begins* ``c`` during the shutdown (a task_started event after the
     stop, with context.is_stopping already true), and the stop waits for that new task
     too, instead of giving ``c`` back to the queue unbegun."""
-    from tests.support.process_agents import GatedAgent
-
-    log = tmp_path / "log"
-    gates = {name: tmp_path / f"gate-{name}" for name in "abc"}
-    config = make_config(default_isolation="process")
-    rt = AgentRuntime(config=config)
-    await rt.start()
+    held = await agent_holding_a_window(make_config, tmp_path)
+    rt, ids, config, log = held.rt, held.ids, held.config, held.log
     try:
-        await start_agent(rt, "gated", GatedAgent)
-        ids = {
-            name: await rt.submit_task(name, {"log": str(log), "gate": str(gates[name])})
-            for name in "abc"
-        }
-        gates["a"].touch()  # a ends: the agent runs b and takes c ahead of time
-        await wait_until(lambda: rt.get_task_status(ids["b"]).started_at is not None, "b has begun")
-        await wait_until(
-            lambda: rt.get_task_status(ids["c"]).status.value == "running", "c taken ahead"
-        )
-        assert rt.get_task_status(ids["c"]).started_at is None  # not begun
         stopping = asyncio.create_task(rt.stop(timeout_seconds=WAIT_SECONDS))
         await wait_until(lambda: not rt.is_running, "the stop has begun")
-        gates["b"].touch()  # b finishes within the stop's timeout, as it should
-        gates["c"].touch()  # c would finish at once too, were it begun
+        held.gates["b"].touch()  # b finishes within the stop's timeout, as it should
+        held.gates["c"].touch()  # c would finish at once too, were it begun
         await asyncio.wait_for(stopping, WAIT_SECONDS * 2)
     finally:
-        for gate in gates.values():
-            gate.touch()
+        held.open_gates()
         await rt.stop(graceful=False)
     async with AgentRuntime(config=config) as again:
         assert again.get_task_status(ids["b"]).status.value == "completed"

@@ -1,74 +1,52 @@
-"""A graceful stop gives back a process agent's prefetch window, and the runtime_stopped
-event counts those tasks among the re-queued ones (it did not)."""
+"""A stop gives back a process agent's prefetch window (tasks taken ahead of time, not
+begun), and the runtime_stopped event counts those tasks among the re-queued ones (it did
+not): a graceful stop whose running task finishes, one past its timeout, one cut short."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from pathlib import Path
 from typing import Any
 
+import pytest
+
 from miminions import AgentRuntime, EventType
-from tests.support.runtime import start_agent
+from tests.support.prefetch_window import agent_holding_a_window
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
 
-async def _stop_with_a_window(make_config: Any, tmp_path: Any, *, b_finishes: bool) -> Any:
-    from tests.support.process_agents import GatedAgent
-
-    log = tmp_path / "log"
-    gates = {name: tmp_path / f"gate-{name}" for name in "abc"}
-    config = make_config(default_isolation="process")
-    rt = AgentRuntime(config=config)
-    await rt.start()
+@pytest.mark.parametrize("how", ["b_finishes", "past_the_timeout", "cut_short"])
+async def test_runtime_stopped_counts_the_window_given_back(
+    make_config: Any, tmp_path: Path, how: str
+) -> None:
+    held = await agent_holding_a_window(make_config, tmp_path)
+    rt, ids = held.rt, held.ids
     try:
-        await start_agent(rt, "gated", GatedAgent)
-        ids = {
-            name: await rt.submit_task(name, {"log": str(log), "gate": str(gates[name])})
-            for name in "abc"
-        }
-        gates["a"].touch()
-        await wait_until(lambda: rt.get_task_status(ids["b"]).started_at is not None, "b began")
-        await wait_until(
-            lambda: rt.get_task_status(ids["c"]).status.value == "running", "c taken ahead"
-        )
-        assert rt.get_task_status(ids["c"]).started_at is None
-        if b_finishes:
+        if how == "b_finishes":
             stopping = asyncio.create_task(rt.stop(timeout_seconds=WAIT_SECONDS))
             await wait_until(lambda: not rt.is_running, "the stop has begun")
-            gates["b"].touch()
+            held.gates["b"].touch()
             await asyncio.wait_for(stopping, WAIT_SECONDS * 2)
-        else:
+        elif how == "past_the_timeout":
             await asyncio.wait_for(rt.stop(timeout_seconds=0.3), WAIT_SECONDS * 2)
+        else:
+            stopping = asyncio.create_task(rt.stop(timeout_seconds=30))
+            await wait_until(
+                lambda: rt.get_task_status(ids["c"]).status.value == "pending", "c given back"
+            )
+            stopping.cancel()  # the stop cut short (as asyncio.wait_for(rt.stop(), t) does)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.wait_for(stopping, WAIT_SECONDS * 2)
     finally:
-        for gate in gates.values():
-            gate.touch()
+        held.open_gates()
         await rt.stop(graceful=False)
-    async with AgentRuntime(config=config) as again:
-        stopped = await again.query_events(event_type=EventType.RUNTIME_STOPPED, limit=None)
+    async with AgentRuntime(config=held.config) as again:
+        [stopped] = await again.query_events(event_type=EventType.RUNTIME_STOPPED, limit=None)
         requeued = await again.query_events(event_type=EventType.TASK_REQUEUED, limit=None)
         statuses = {name: again.get_task_status(t).status.value for name, t in ids.items()}
-        return stopped, requeued, statuses
-
-
-async def test_runtime_stopped_counts_the_window_given_back(
-    make_config: Any, tmp_path: Any
-) -> None:
-    stopped, requeued, statuses = await _stop_with_a_window(make_config, tmp_path, b_finishes=True)
-    assert statuses == {"a": "completed", "b": "completed", "c": "pending"}, statuses
-    requeued_ids = [e.task_id for e in requeued]
-    assert len(stopped) == 1
-    assert stopped[0].details["tasks_requeued"] == len(requeued_ids), (
-        stopped[0].details,
-        [(e.task_id, e.details) for e in requeued],
-    )
-
-
-async def test_runtime_stopped_counts_the_window_given_back_past_the_timeout(
-    make_config: Any, tmp_path: Any
-) -> None:
-    stopped, requeued, statuses = await _stop_with_a_window(make_config, tmp_path, b_finishes=False)
-    assert statuses == {"a": "completed", "b": "pending", "c": "pending"}, statuses
-    assert len(stopped) == 1
-    assert stopped[0].details["tasks_requeued"] == len(requeued), (
-        stopped[0].details,
-        [(e.task_id, e.details) for e in requeued],
-    )
+    b = "completed" if how == "b_finishes" else "pending"
+    assert statuses == {"a": "completed", "b": b, "c": "pending"}
+    requeued_ids = {event.task_id for event in requeued}
+    assert requeued_ids == ({ids["c"]} if how == "b_finishes" else {ids["b"], ids["c"]})
+    assert stopped.details["tasks_requeued"] == len(requeued_ids)
