@@ -1260,9 +1260,8 @@ def _revalidate(config: RuntimeConfig) -> None:
     """Check the configuration as the application and ``miminions_configure`` left it
     (model attributes are set without validation: ``max_concurrent_agents = 0`` made every
     start wait for good), in place: plugins may keep the object they were given, and what
-    they hold in it (``plugin_options`` values are any objects). Only a value of another
-    type than its field's is replaced, by its validated form (``limits`` given as a dict
-    becomes a ``ResourceLimits``)."""
+    they hold in it (``plugin_options`` values are any objects). See :func:`_validated_form`
+    for what is converted (``limits`` given as a dict becomes a ``ResourceLimits``)."""
     model = type(config)  # (a subclass may add fields of its own)
     dumped = config.model_dump(warnings=False)
     try:

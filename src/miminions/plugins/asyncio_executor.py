@@ -270,10 +270,7 @@ class AsyncioExecutor:
         self._held_at_drain = [
             run.task_id for runs in self._agent_runs.values() for run in runs[1:]
         ]
-        for agent_id in list(self._agent_runs):
-            self._give_back_window(
-                agent_id, "the runtime is shutting down; given back to the queue"
-            )
+        self._give_back_windows("the runtime is shutting down; given back to the queue")
         # A run whose worker is gone (cancelled from outside) will not finish: not waited for.
         runs = [run for run in self._runs.values() if not run.worker.done()]
         if runs:
@@ -288,7 +285,7 @@ class AsyncioExecutor:
                 for run in list(self._runs.values())
             )
         )
-        return leftover + self._given_back_at_drain(leftover)
+        return leftover  # (close() adds those the windows gave back)
 
     def _given_back_at_drain(self, counted: list[str]) -> list[str]:
         """The tasks the drain gave back from prefetch windows that are re-queued (one its
@@ -306,7 +303,8 @@ class AsyncioExecutor:
         self._accepting = False
         self._closing = True
         leftover = [run.task_id for run in self._runs.values()]
-        # A drain cut short (its stop was) returned nothing: what it gave back is told here.
+        # And what a drain gave back from prefetch windows (also one cut short: its stop
+        # never got what it returned).
         leftover += self._given_back_at_drain(leftover)
         try:
             for timer in self._retry_timers.values():
@@ -365,6 +363,11 @@ class AsyncioExecutor:
         self._give_back_window(
             slot.agent_id, "its agent is pausing or stopping; given back to the queue"
         )
+
+    def _give_back_windows(self, reason: str) -> None:
+        """:meth:`_give_back_window` of every agent."""
+        for agent_id in list(self._agent_runs):
+            self._give_back_window(agent_id, reason)
 
     def _give_back_window(self, agent_id: str, reason: str) -> None:
         """Re-queue the tasks waiting in the agent's prefetch window (taken ahead of time,
@@ -504,8 +507,7 @@ class AsyncioExecutor:
         own window, see :meth:`agent_unavailable`)."""
         self._set_frozen(agent_id, freeze=True)
         if agent_id is None:
-            for held in list(self._agent_runs):
-                self._give_back_window(held, "the queue was paused; given back to the queue")
+            self._give_back_windows("the queue was paused; given back to the queue")
 
     def resume_clocks(self, agent_id: str | None) -> None:
         """Undo :meth:`pause_clocks`."""

@@ -246,7 +246,7 @@ class Worker:
         # By watch id: the outcome of a key-value watch's ``kv_next`` the agent gave up on
         # (see _reclaimed_change).
         self._kv_reclaimed: dict[Any, asyncio.Future[Any]] = {}
-        self._kv_asking: dict[Any, asyncio.Future[None]] = {}  # a kv_next under way, by watch
+        self._kv_asking: dict[Any, asyncio.Lock] = {}  # one kv_next at a time, by watch
 
     @property
     def runner(self) -> AgentRunner:
@@ -289,6 +289,7 @@ class Worker:
             return await self._next_change(payload)
         if op == "kv_unwatch":  # what a given-up next brings is nobody's now
             self._kv_reclaimed.pop(payload.get("watch_id"), None)
+            self._kv_asking.pop(payload.get("watch_id"), None)
         return await self._call_runtime(op, payload)
 
     async def _next_change(self, payload: dict[str, Any]) -> Any:
@@ -296,19 +297,11 @@ class Worker:
         on may have a change on its way (its answer not read yet), which is the watch's
         next, ahead of any the runtime still holds (see _reclaimed_change)."""
         watch_id = payload.get("watch_id")
-        while (busy := self._kv_asking.get(watch_id)) is not None:
-            await asyncio.wait({busy})
-        # Claimed before anything is awaited: one caller at a time from here on.
-        asking = self._kv_asking[watch_id] = asyncio.get_running_loop().create_future()
-        try:
+        async with self._kv_asking.setdefault(watch_id, asyncio.Lock()):
             change = await self._reclaimed_change(watch_id)
             if change is not None:
                 return change
             return await self._call_runtime("kv_next", payload)
-        finally:
-            if self._kv_asking.get(watch_id) is asking:
-                del self._kv_asking[watch_id]
-            asking.set_result(None)
 
     async def _call_runtime(self, op: str, payload: dict[str, Any]) -> Any:
         assert self.channel is not None
