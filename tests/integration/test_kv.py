@@ -4,6 +4,7 @@ agents alike (issue 4 points 3 and 4)."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 from pathlib import Path
 
@@ -223,6 +224,23 @@ async def test_a_watch_left_open_closes_as_its_task_ends(rt: AgentRuntime) -> No
     a = await start(rt, "a", KVAgent)
     assert await run(rt, a, op="open_only", prefix="jobs/") == {"opened": True}
     await wait_until(lambda: rt.kv.watchers == 0, "the dropped watch to close")
+
+
+async def test_a_watch_held_by_a_task_that_failed_closes_as_it_ends(rt: AgentRuntime) -> None:
+    """A task that raised holding an open watch drops it too: its error (whose traceback
+    holds the task's frame, and so the watch) is not kept alive by a reference cycle
+    until the cyclic garbage collector happens to run."""
+    a = await start(rt, "a", KVAgent)
+    gc.disable()  # only reference counting frees the watch, as in a long idle stretch
+    try:
+        task_id = await rt.submit_task(
+            "kv", {"op": "open_and_raise", "prefix": "jobs/"}, agent_id=a
+        )
+        done = await rt.wait_for_task(task_id, WAIT)
+        assert done.status is TaskStatus.FAILED
+        await wait_until(lambda: rt.kv.watchers == 0, "the dropped watch to close")
+    finally:
+        gc.enable()
 
 
 @pytest.mark.parametrize("how", ["wait_for", "call_sync"])

@@ -43,6 +43,9 @@ class KVAgent(BaseAgent):
         if op == "open_only":  # open a watch and leave it open as the task ends
             await kv.open_watch(data["prefix"])
             return {"opened": True}
+        if op == "open_and_raise":  # open a watch, hold it, and fail the task
+            watch = await kv.open_watch(data["prefix"])
+            raise RuntimeError(f"failed holding {watch!r}")
         if op == "give_up_once":  # give up on one next(), then see a later change
             async with await kv.open_watch(data["prefix"]) as watch:
                 with contextlib.suppress(TimeoutError):

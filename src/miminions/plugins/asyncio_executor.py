@@ -912,58 +912,63 @@ class AsyncioExecutor:
                 for _ in range(run.cancels_sent):
                     if run.worker.cancelling():
                         run.worker.uncancel()
-        if run.abandoned:
-            return  # already reported when it was abandoned
-        if (
-            returned
-            and getattr(slot.host, "results_beat_late_cancels", False)
-            and (run.began is None or (run.cancel_reason is None and not run.timed_out))
-        ):
-            # The task ran to its end in the worker although it was taken back: handed over
-            # ahead of time, before the runtime saw it begin (it began as the task ahead
-            # ended, before the cancel reached it), or interrupted by a stop or a pause as
-            # it ended. Its result stands; given back to the queue, it would run a second
-            # time. (A cancel or a timeout of a task the runtime saw begin keeps its outcome:
-            # a timeout is a timeout even if the agent's code then returned.)
-            if run.began is None:
-                book.began(task_id)
-            error = book.completed(task_id, result)
-            ok = error is None
-        elif run.cancel_reason is not None:
-            # An explicit cancel wins over a timeout that fired while the agent was still
-            # winding down (not reported yet): cancel_task() promises a cancelled task,
-            # and the timeout would retry it.
-            book.cancelled(task_id, run.cancel_reason)
-            error = None  # whatever its cleanup raised: on_error is not for cancellations
-        elif run.timed_out:  # whatever the agent's code made of the cancel
-            error = self._timeout_error(run)
-            book.failed(task_id, error, timed_out_after=run.timeout)
-        elif (
-            run.giving_back
-            and error is not None
-            and not isinstance(error, TaskNotStartedError)
-            and not taken_back
-        ):
-            # Its host was asked to give it back, but its agent had begun it (a host that
-            # gives back a task it did not begin says so with TaskNotStartedError): the
-            # failure is the task's own, as if it had never been asked.
-            if run.began is None:
-                book.began(task_id)
-            book.failed(task_id, error)
-        elif run.interrupt_reason is not None:
-            book.interrupted(task_id, run.interrupt_reason)
-            error, ok = None, None  # not the agent's failure: no on_error
-        elif isinstance(error, TaskNotStartedError):
-            book.interrupted(task_id, str(error))
-            error, ok = None, None  # not the agent's doing: no on_error
-        elif error is not None:
-            book.failed(task_id, error)
-        else:
-            error = book.completed(task_id, result)
-            ok = error is None
-        self._end_run(run, ok)
-        if error is not None:
-            await self._notify_error(slot, error, task)
+        try:
+            if run.abandoned:
+                return  # already reported when it was abandoned
+            if (
+                returned
+                and getattr(slot.host, "results_beat_late_cancels", False)
+                and (run.began is None or (run.cancel_reason is None and not run.timed_out))
+            ):
+                # The task ran to its end in the worker although it was taken back: handed over
+                # ahead of time, before the runtime saw it begin (it began as the task ahead
+                # ended, before the cancel reached it), or interrupted by a stop or a pause as
+                # it ended. Its result stands; given back to the queue, it would run a second
+                # time. (A cancel or a timeout of a task the runtime saw begin keeps its outcome:
+                # a timeout is a timeout even if the agent's code then returned.)
+                if run.began is None:
+                    book.began(task_id)
+                error = book.completed(task_id, result)
+                ok = error is None
+            elif run.cancel_reason is not None:
+                # An explicit cancel wins over a timeout that fired while the agent was still
+                # winding down (not reported yet): cancel_task() promises a cancelled task,
+                # and the timeout would retry it.
+                book.cancelled(task_id, run.cancel_reason)
+                error = None  # whatever its cleanup raised: on_error is not for cancellations
+            elif run.timed_out:  # whatever the agent's code made of the cancel
+                error = self._timeout_error(run)
+                book.failed(task_id, error, timed_out_after=run.timeout)
+            elif (
+                run.giving_back
+                and error is not None
+                and not isinstance(error, TaskNotStartedError)
+                and not taken_back
+            ):
+                # Its host was asked to give it back, but its agent had begun it (a host that
+                # gives back a task it did not begin says so with TaskNotStartedError): the
+                # failure is the task's own, as if it had never been asked.
+                if run.began is None:
+                    book.began(task_id)
+                book.failed(task_id, error)
+            elif run.interrupt_reason is not None:
+                book.interrupted(task_id, run.interrupt_reason)
+                error, ok = None, None  # not the agent's failure: no on_error
+            elif isinstance(error, TaskNotStartedError):
+                book.interrupted(task_id, str(error))
+                error, ok = None, None  # not the agent's doing: no on_error
+            elif error is not None:
+                book.failed(task_id, error)
+            else:
+                error = book.completed(task_id, result)
+                ok = error is None
+            self._end_run(run, ok)
+            if error is not None:
+                await self._notify_error(slot, error, task)
+        finally:
+            # The error's traceback holds this frame: a reference cycle that would keep it,
+            # and all the task's code held (an open watch), until the cyclic collector runs.
+            error = None
 
     @staticmethod
     def _timeout_error(run: _Run) -> TaskTimeoutError:
