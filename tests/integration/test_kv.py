@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import threading
 import time
 from pathlib import Path
 
@@ -20,10 +21,17 @@ from miminions import (
     TaskStatus,
     ValidationError,
 )
-from miminions.kernel.kv import MAX_VALUE_BYTES, KVWatch
+from miminions.kernel import agent as agent_module
+from miminions.kernel.kv import MAX_VALUE_BYTES, KVChange, KVWatch
 from miminions.kernel.task_input import MAX_JSON_DEPTH
 from miminions.testing import runtime_config, started_runtime
-from tests.support.kv_agents import GroupMailAgent, KVAgent, sync_watch_poller
+from tests.support.kv_agents import (
+    GIVEN_UP,
+    GroupMailAgent,
+    KVAgent,
+    sync_watch_orphaner,
+    sync_watch_poller,
+)
 from tests.support.process_agents import NonStringKeyAgent
 from tests.support.waiting import wait_until
 
@@ -257,6 +265,38 @@ async def test_a_watch_outlives_a_next_given_up_on(rt: AgentRuntime, how: str) -
         assert done.status is TaskStatus.COMPLETED, done.error_message
         result = done.output_data
     assert result == {"change": {"namespace": "", "key": "jobs/1", "value": "done", "version": 1}}
+
+
+async def test_a_change_a_given_up_call_sync_next_got_late_is_the_next_one(
+    rt: AgentRuntime, isolation: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``call_sync(watch.next())`` times out, and the agent's loop is too busy to end the
+    call within the cancel wait: the change that call got once the loop turned is the
+    watch's next one (it was dropped: a change lost for good)."""
+    if isolation != "inline":
+        pytest.skip("the test holds the loop an inline agent's calls run on")
+    monkeypatch.setattr(agent_module, "_CANCEL_WAIT_SECONDS", 0.1)
+    given_up = GIVEN_UP["late"] = threading.Event()
+    a = await start(rt, "a", sync_watch_orphaner)
+    task_id = await rt.submit_task("poll", {"prefix": "jobs/", "name": "late"}, agent_id=a)
+    calls = rt._kv_calls
+    assert calls is not None
+
+    def asking() -> bool:  # the first next() waits for a change
+        return any(w._queue._getters for w in calls._watches.values())  # type: ignore[attr-defined]
+
+    await wait_until(asking, "the agent's first next()")
+    # That next() gets its change, to take at the loop's next turn, which is held until
+    # the agent's thread gave up on it.
+    (watch,) = calls._watches.values()
+    watch.push(KVChange("", "jobs/1", "late", 1))
+    assert given_up.wait(WAIT)
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert done.output_data == {
+        "first": "given up",
+        "change": {"namespace": "", "key": "jobs/1", "value": "late", "version": 1},
+    }
 
 
 async def test_a_change_that_came_as_a_next_was_given_up_is_the_next_one(

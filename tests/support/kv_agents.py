@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import threading
 import time
 from typing import Any
 
@@ -127,6 +128,25 @@ def sync_watch_poller(task: Task, context: Any) -> dict[str, Any]:
     change = context.call_sync(watch.next(timeout_seconds=10), timeout_seconds=15)
     context.call_sync(watch.close())
     return {"change": change}
+
+
+#: Set by :func:`sync_watch_orphaner` once its first ``next`` was given up (by name).
+GIVEN_UP: dict[str, threading.Event] = {}
+
+
+def sync_watch_orphaner(task: Task, context: Any) -> dict[str, Any]:
+    """A synchronous agent whose ``call_sync(watch.next())`` is given up while the loop is
+    held (see test_kv), then asks for the next change."""
+    given_up = GIVEN_UP[task.input_data["name"]]
+    watch = context.call_sync(context.kv.open_watch(task.input_data["prefix"]))
+    try:
+        first = context.call_sync(watch.next(), timeout_seconds=1.0)
+    except TimeoutError:
+        first = "given up"
+    given_up.set()
+    change = context.call_sync(watch.next(timeout_seconds=10), timeout_seconds=15)
+    context.call_sync(watch.close())
+    return {"first": first, "change": change}
 
 
 def _hold_until(path: str, within: float = 10.0) -> bool:

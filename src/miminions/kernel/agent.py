@@ -22,6 +22,7 @@ import functools
 import inspect
 import logging
 import threading
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
@@ -384,6 +385,9 @@ class AgentKVWatch:
         self._watch_id = watch_id
         self._loop = loop  # the agent's, where a dropped watch is closed
         self._closed = False
+        # Changes a next() got for a caller that had given up on it (call_sync): the next
+        # ones, ahead of those still with the runtime.
+        self._kept: deque[dict[str, Any]] = deque()
 
     def __del__(self) -> None:
         # Dropped unclosed (its task returned holding it): closed on the agent's loop, as
@@ -397,9 +401,17 @@ class AgentKVWatch:
         """The next change, or None after ``timeout_seconds`` or once the watch is closed."""
         if self._closed:
             return None
-        change: dict[str, Any] | None = await self._kv._call(
-            "kv_next", watch_id=self._watch_id, timeout_seconds=timeout_seconds
+        kv = self._kv
+        if (loop := _off_loop(kv._loop)) is not None:
+            return await on_loop(loop, self.next(timeout_seconds))
+        await kv._channel.safe_point()
+        if self._kept:
+            return self._kept.popleft()
+        change: dict[str, Any] | None = await kv._channel.runtime_call(
+            "kv_next", {"watch_id": self._watch_id, "timeout_seconds": timeout_seconds}
         )
+        if change is not None and (sync_call := _SYNC_CALL.get()) is not None:
+            sync_call.returns_taken(change, self._kept.appendleft)
         return change
 
     async def close(self) -> None:
@@ -407,6 +419,7 @@ class AgentKVWatch:
         if self._closed:
             return
         self._closed = True
+        self._kept.clear()
         with contextlib.suppress(Exception):
             await self._kv._runtime_call("kv_unwatch", {"watch_id": self._watch_id})
 
@@ -442,6 +455,10 @@ def _closed_dropped_watch(closing: asyncio.Future[Any]) -> None:
         closing.exception()  # retrieved: the agent may have ended meanwhile
 
 
+#: The call_sync call a task on the agent's loop carries out, if it is one.
+_SYNC_CALL: contextvars.ContextVar[_SyncCall[Any] | None] = contextvars.ContextVar(
+    "miminions_sync_call", default=None
+)
 #: How long call_sync waits for a call it gave up on to end on the agent's loop.
 _CANCEL_WAIT_SECONDS = 5.0
 #: Messages going back to their mailbox after a call_sync gave up on the receive that got
@@ -459,11 +476,33 @@ class _SyncCall(Generic[_T]):
         self._lock = threading.Lock()  # who takes the end: the thread or orphaned
         self._given_up = False
         self._task: asyncio.Task[_T] | None = None
+        # What the call took and how to give it back, if its result is that (see
+        # returns_taken): given back there rather than to ``orphaned``.
+        self._taken: tuple[Any, Callable[[Any], None]] | None = None
 
     def begin(self, call: Awaitable[_T]) -> None:
         """On the loop, in the caller's context variables (call_soon_threadsafe keeps them)."""
-        self._task = asyncio.ensure_future(_awaited(call))
+        self._task = asyncio.ensure_future(self._carry_out(call))
         self._task.add_done_callback(self._ended)
+
+    async def _carry_out(self, call: Awaitable[_T]) -> _T:
+        _SYNC_CALL.set(self)  # (in this task's own copy of the caller's context)
+        return await call
+
+    def returns_taken(self, value: Any, give_back: Callable[[Any], None]) -> None:
+        """Called on the loop by what the call awaits: ``value``, if it is the call's
+        result, was taken from where ``give_back`` puts it back, should the caller have
+        given up on it (a watch's change)."""
+        self._taken = (value, give_back)
+
+    def _hand_on(self, result: Any) -> None:
+        """On the loop: ``result`` of a call its caller gave up on goes back where it came
+        from."""
+        taken = self._taken
+        if taken is not None and taken[0] is result:
+            taken[1](result)
+        else:
+            self._orphaned(result)
 
     def wait(self, loop: asyncio.AbstractEventLoop, timeout_seconds: float | None) -> _T:
         """In the calling thread: the call's result (or its own error), or TimeoutError
@@ -502,7 +541,7 @@ class _SyncCall(Generic[_T]):
             if self._given_up:
                 loop.call_soon_threadsafe(self._cancel)
             elif not outcome.cancelled() and outcome.exception() is None:
-                loop.call_soon_threadsafe(self._orphaned, outcome.result())
+                loop.call_soon_threadsafe(self._hand_on, outcome.result())
 
     def _cancel(self) -> None:
         if self._task is not None:
@@ -519,7 +558,7 @@ class _SyncCall(Generic[_T]):
                     self.outcome.set_result(task.result())
                 return
         if not task.cancelled() and task.exception() is None:
-            self._orphaned(task.result())
+            self._hand_on(task.result())
 
 
 def _off_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop | None:
