@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from miminions.kernel.lifecycle import AgentBook
     from miminions.kernel.messaging import Messenger
     from miminions.kernel.models import RuntimeConfig
-    from miminions.kernel.usage import UsageBook
+    from miminions.kernel.usage import BudgetBreach, UsageBook
 
 _log = logging.getLogger("miminions.tracing")
 
@@ -108,20 +108,30 @@ class CommunicationAPI:
                 else [s.agent_id for s in self.agent_book.in_group(breach.name)]
             )
             for member in members:
-                self._spawn(self._trip_breaker(member, breach.message))
+                self._spawn(self._trip_breaker(member, breach))
 
-    async def _trip_breaker(self, agent_id: str, message: str) -> None:
+    async def _trip_breaker(self, agent_id: str, breach: BudgetBreach) -> None:
         slot = self.agent_book.get(agent_id)
+        if not self.is_running:
+            return
         # One starting or resuming (the usage may come from its own on_start/on_resume) is
-        # paused once it runs: the pause waits for the start's or resume's lock. A breaker
-        # trips once, so skipping it would leave the agent unchecked for good.
+        # paused once it runs: the pause waits for the start's or resume's lock. One not
+        # running at all (stopping: its on_stop reported the usage; stopped; paused) owes
+        # the pause: it is paused as it next runs. A breaker trips once, so skipping
+        # either would leave the agent unchecked for good.
         resuming = slot.status is AgentStatus.PAUSED and slot.call == "resume"
-        if not self.is_running or not (
-            slot.status in (AgentStatus.RUNNING, AgentStatus.STARTING) or resuming
-        ):
+        if not (slot.status in (AgentStatus.RUNNING, AgentStatus.STARTING) or resuming):
+            self.usage.owe(agent_id, breach)
             return
         with contextlib.suppress(MiminionsError):  # stopped, failed or paused meanwhile
-            await self.agent_book.pause(agent_id, reason=f"circuit breaker: {message}")
+            await self.agent_book.pause(agent_id, reason=f"circuit breaker: {breach.message}")
+
+    def _agent_running(self, agent_id: str) -> None:
+        """An agent became running (started, resumed, restarted): paused at once if a
+        breaker tripped while it was not running (see :meth:`_trip_breaker`)."""
+        breach = self.usage.collect(agent_id) if self.usage.owed else None
+        if breach is not None:
+            self._spawn(self._trip_breaker(agent_id, breach))
 
     def reset_usage(self, agent_id: str | None = None, group: str | None = None) -> None:
         """Zero the reported usage of an agent, a group, or (no argument) everything, and

@@ -22,6 +22,8 @@ from datetime import UTC, datetime
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import pydantic
+
 from miminions.kernel.errors import (
     PLUGIN_ERRORS,
     AgentHookError,
@@ -69,6 +71,19 @@ class _Abandoned(Exception):
 
 class _TimedOut(Exception):
     """An agent's host call ran past its time limit and was cancelled."""
+
+
+def _checked_limits(limits: object) -> ResourceLimits:
+    """A validated copy of an agent's ``limits``, with the same fields set: the object may
+    have been changed since it was built (attributes are set without validation; a
+    ``task_timeout_seconds`` of 0 timed every task out at once, and the stored agent then
+    kept every later runtime from opening the database), or after registering."""
+    if not isinstance(limits, ResourceLimits):
+        raise ValidationError("limits must be a miminions.ResourceLimits")
+    try:
+        return type(limits).model_validate(limits.model_dump(exclude_unset=True, warnings=False))
+    except pydantic.ValidationError as exc:
+        raise ValidationError(f"invalid limits: {exc}") from None
 
 
 def _abandoned(agent_id: str, what: str) -> InvalidStateError:
@@ -171,6 +186,8 @@ class AgentBook(RestartMixin):
         #: Told the agent id when an agent becomes stopped or failed (its agent object is
         #: gone: the runtime ends what it held open, such as key-value watches).
         self.ended_listener: Callable[[str], None] | None = None
+        #: Told the agent id when an agent becomes running (started, resumed, restarted).
+        self.running_listener: Callable[[str], None] | None = None
         self.slots: dict[str, AgentSlot] = {}
         #: How many members of each group are in each status (kept by _set), and the
         #: groups whose tasks' retry backoffs the executor was told to freeze.
@@ -236,8 +253,8 @@ class AgentBook(RestartMixin):
         if config is not None and not isinstance(config, dict):
             raise ValidationError(f"config must be a dict, got {type(config).__name__}")
         config = to_json_value(config or {}, "config")
-        if limits is not None and not isinstance(limits, ResourceLimits):
-            raise ValidationError("limits must be a miminions.ResourceLimits")
+        if limits is not None:
+            limits = _checked_limits(limits)
         if not isinstance(isolation, str) or not isolation:
             raise ValidationError(
                 f"isolation must be the name of an isolation mode ('process' or 'inline'), "
@@ -1024,6 +1041,8 @@ class AgentBook(RestartMixin):
             self.paused_listener(slot.agent_id, not was_paused)
         if status in (S.STOPPED, S.FAILED) and self.ended_listener is not None:
             self.ended_listener(slot.agent_id)
+        if status is S.RUNNING and self.running_listener is not None:
+            self.running_listener(slot.agent_id)
         if group is not None:
             self._update_group_clocks(group)
 

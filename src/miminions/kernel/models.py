@@ -38,14 +38,16 @@ JSONObject = dict[str, Any]
 MAX_SECONDS = 100 * 365 * 24 * 3600.0
 #: A duration setting: finite, 0 to 100 years (infinity and NaN are refused, not taken as
 #: "never": that is None where a setting allows it).
-Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False)]
-PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False)]
+#: Numbers are strict, as everywhere a number is given: an int or a float (``True`` or
+#: ``"5"`` are refused, not converted: ``max_memory_per_agent_mb=True`` was a 1 MB limit).
+Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True)]
+PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True)]
 #: A positive finite amount (cost, load).
-PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
 #: A count or size limit: a positive int (True, "5" or 5.0 are refused, not converted).
 Count = Annotated[int, Field(gt=0, strict=True)]
 #: A memory size in megabytes: positive, at most 2**30 MB (a pebibyte).
-Megabytes = Annotated[float, Field(gt=0, le=2**30, allow_inf_nan=False)]
+Megabytes = Annotated[float, Field(gt=0, le=2**30, allow_inf_nan=False, strict=True)]
 
 _M = TypeVar("_M", bound=BaseModel)
 _ALL_FIELDS: dict[type[BaseModel], set[str]] = {}

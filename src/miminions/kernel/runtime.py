@@ -460,6 +460,7 @@ class AgentRuntime(CommunicationAPI):
         self._kv_calls = KVCalls(kv)
         self._agent_book.paused_listener = self._agent_paused
         self._agent_book.ended_listener = self._kv_calls.close_agent
+        self._agent_book.running_listener = self._agent_running
         executor: Executor = first_result(
             pm, "miminions_make_executor", "an executor", Executor, runtime=self
         )

@@ -39,10 +39,17 @@ class BudgetBreach:
     @property
     def message(self) -> str:
         """One sentence for the event and the agent's status."""
-        what = "token" if self.resource == "tokens" else "cost"
-        return (
-            f"{self.scope} {self.name!r} spent its {what} budget ({self.used:g} of {self.budget:g})"
-        )
+        if self.resource == "tokens":  # counts in full, not rounded to "1.23457e+06"
+            what, used, budget = "token", f"{self.used:.0f}", f"{self.budget:.0f}"
+        else:
+            what, used, budget = "cost", _amount(self.used), _amount(self.budget)
+        return f"{self.scope} {self.name!r} spent its {what} budget ({used} of {budget})"
+
+
+def _amount(value: float) -> str:
+    """A cost as people write it (``2.5``, ``1234.56``): twelve significant digits, so
+    neither rounded away nor showing a float sum's noise (``0.30000000000000004``)."""
+    return f"{value:.12g}"
 
 
 @dataclass
@@ -52,6 +59,20 @@ class UsageBook:
     group_budgets: dict[str, UsageBudget] = field(default_factory=dict)
     by_agent: dict[str, Usage] = field(default_factory=dict)
     by_group: dict[str, Usage] = field(default_factory=dict)
+    #: The breaches whose pause an agent still owes (it was not running as the breaker
+    #: tripped: stopping, stopped, paused, not started yet), by agent id.
+    owed: dict[str, list[BudgetBreach]] = field(default_factory=dict)
+
+    def owe(self, agent_id: str, breach: BudgetBreach) -> None:
+        """``agent_id`` is paused for ``breach`` as it next runs (see :meth:`collect`)."""
+        self.owed.setdefault(agent_id, []).append(breach)
+
+    def collect(self, agent_id: str) -> BudgetBreach | None:
+        """The breach ``agent_id``, running now, is to be paused for, if it owes one (the
+        latest): a breaker trips once, and its pause is not lost on an agent that was not
+        running as it tripped."""
+        breaches = self.owed.pop(agent_id, None)
+        return breaches[-1] if breaches else None
 
     def record(
         self,
@@ -80,11 +101,21 @@ class UsageBook:
         if agent_id is None and group is None:
             self.by_agent.clear()
             self.by_group.clear()
+            self.owed.clear()
             return
         if agent_id is not None:
             self.by_agent.pop(agent_id, None)
         if group is not None:
             self.by_group.pop(group, None)
+        for owing, breaches in list(self.owed.items()):
+            breaches[:] = [
+                b
+                for b in breaches
+                if not (b.scope == "agent" and b.name == agent_id)
+                and not (b.scope == "group" and b.name == group)
+            ]
+            if not breaches:
+                del self.owed[owing]
 
 
 def check_usage(tokens: object, cost: object) -> tuple[int, float]:
@@ -116,7 +147,11 @@ def _add(
     if budget.tokens is not None and usage.tokens >= budget.tokens:
         usage.tripped = True
         return BudgetBreach(scope, name, "tokens", usage.tokens, budget.tokens)
-    if budget.cost is not None and usage.cost >= budget.cost:
+    # Float sums miss by the last digit: ten reports of 0.1 add up to 0.9999999999999999,
+    # which reaches a budget of 1.0 all the same.
+    if budget.cost is not None and (
+        usage.cost >= budget.cost or math.isclose(usage.cost, budget.cost, rel_tol=1e-9)
+    ):
         usage.tripped = True
         return BudgetBreach(scope, name, "cost", usage.cost, budget.cost)
     return None

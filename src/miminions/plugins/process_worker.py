@@ -19,6 +19,7 @@ import contextlib
 import ctypes
 import importlib
 import importlib.util
+import math
 import os
 import resource
 import signal
@@ -200,7 +201,7 @@ def _apply_limits(boot: dict[str, Any]) -> None:
             resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
     cpu_seconds = boot.get("max_cpu_seconds")
     if cpu_seconds:
-        soft = max(1, int(cpu_seconds + 0.999))
+        soft = max(1, math.ceil(cpu_seconds))
         # SIGXCPU at the soft limit ends the worker; the hard limit (SIGKILL) is the backstop.
         with contextlib.suppress(ValueError, OSError, OverflowError):
             resource.setrlimit(resource.RLIMIT_CPU, (soft, soft + 2))

@@ -1,0 +1,160 @@
+"""Usage budgets (F-27): the breaker trips when a total reaches its budget, and its pause
+is not lost on an agent that was not running as it tripped."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from miminions import (
+    AgentRuntime,
+    AgentStatus,
+    BaseAgent,
+    EventType,
+    ResourceLimits,
+    RuntimeConfig,
+    Task,
+    UsageBudget,
+)
+from tests.support import agents
+from tests.support.waiting import wait_until
+
+
+async def test_cost_reports_adding_up_to_the_budget_trip_the_breaker(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """docs/concepts.md: "When a total reaches its budget the breaker trips". Ten reports
+    of 0.1 reach a cost budget of 1.0, though their float sum is 0.9999999999999999: it
+    did not trip, the agent ran on."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            agents.UsageAgent,
+            limits=ResourceLimits(usage_budget=UsageBudget(cost=1.0)),
+        )
+        await rt.start_agent(agent_id)
+        for _ in range(10):
+            await rt.wait_for_task(await rt.submit_task("t", {"cost": 0.1}), 10)
+        status = rt.get_agent_status(agent_id)
+        assert await rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id), (
+            f"ten reports of 0.1 (cost_used={status.cost_used!r}) did not trip a 1.0 budget"
+        )
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause",
+        )
+        reason = rt.get_agent_status(agent_id).status_reason or ""
+        assert reason.endswith("spent its cost budget (1 of 1)"), reason
+
+
+async def test_budget_message_names_the_token_count_not_a_rounded_float(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A tripped token budget's status reason gives the counts in full, as the docs show
+    ("(120 of 100)"): 1,234,567 of 1,000,000 read "(1.23457e+06 of 1e+06)"."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            agents.UsageAgent,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=1_000_000)),
+        )
+        await rt.start_agent(agent_id)
+        await rt.wait_for_task(await rt.submit_task("t", {"tokens": 1_234_567}), 10)
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause",
+        )
+        reason = rt.get_agent_status(agent_id).status_reason or ""
+        assert "token budget (1234567 of 1000000)" in reason, reason
+
+
+class _StopSpender(BaseAgent):
+    """Reports ``config["on_stop"]`` tokens from ``on_stop`` (a last LLM call summarising
+    its work); each task reports ``input_data["tokens"]``."""
+
+    async def on_stop(self) -> None:
+        await self.context.report_usage(tokens=self.config.get("on_stop", 0))
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.report_usage(tokens=task.input_data.get("tokens", 0))
+        return {}
+
+
+async def test_a_budget_spent_while_stopping_still_holds_when_the_agent_starts_again(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-27: usage reported while the agent stops (its ``on_stop``) spends its budget: the
+    breaker trips, but the agent is not running, so there is nothing to pause then. It
+    is paused as it next runs (as a breaker trips once, the agent started again ran
+    unchecked: 25 + 3 * 5 = 40 tokens of a 10-token budget, still running)."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            _StopSpender,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=10)),
+            config={"on_stop": 25},
+        )
+        await rt.start_agent(agent_id)
+        await rt.stop_agent(agent_id)
+        assert await rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
+        assert rt.get_agent_status(agent_id).tokens_used == 25
+
+        await rt.start_agent(agent_id)  # no reset_usage: the budget is still spent
+        task_id = await rt.submit_task("t", {"tokens": 5})
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause",
+        )
+        status = rt.get_agent_status(agent_id)
+        assert status.status_reason == (
+            f"circuit breaker: agent {agent_id!r} spent its token budget (25 of 10)"
+        )
+        assert status.tokens_used <= 30  # the task ran before the pause, or waits
+        rt.reset_usage(agent_id)
+        await rt.resume_agent(agent_id)
+        assert (await rt.wait_for_task(task_id, 10)).output_data is not None
+
+
+async def test_a_group_member_started_after_its_group_budget_is_spent_is_held(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """F-27: "a circuit breaker that pauses the ... group when a budget is spent". A member
+    not running when the group's breaker tripped (registered, stopped, queued for a slot)
+    is paused as it starts (it spent on without limit: the breaker trips once)."""
+    config = make_config(group_budgets={"team": UsageBudget(tokens=10)})
+    async with AgentRuntime(config=config) as rt:
+        first = await rt.register_agent("first", agents.UsageAgent, group="team")
+        second = await rt.register_agent("second", agents.UsageAgent, group="team")
+        await rt.start_agent(first)
+        await rt.wait_for_task(await rt.submit_task("t", {"tokens": 20}, agent_id=first), 10)
+        await wait_until(
+            lambda: rt.get_agent_status(first).status is AgentStatus.PAUSED, "the group breaker"
+        )
+        await rt.start_agent(second)  # the group's budget is spent and not reset
+        await wait_until(
+            lambda: rt.get_agent_status(second).status is AgentStatus.PAUSED,
+            "the group breaker's pause of the member started later",
+        )
+        reason = rt.get_agent_status(second).status_reason
+        assert reason == "circuit breaker: group 'team' spent its token budget (20 of 10)"
+
+
+async def test_a_reset_lets_an_agent_that_owed_the_breakers_pause_run(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """``reset_usage`` re-arms the breaker and forgets the pause an agent still owed: it
+    starts and runs (the pause would otherwise catch it after a reset)."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            _StopSpender,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=10)),
+            config={"on_stop": 25},
+        )
+        await rt.start_agent(agent_id)
+        await rt.stop_agent(agent_id)
+        rt.reset_usage(agent_id)
+        await rt.start_agent(agent_id)
+        await rt.wait_for_task(await rt.submit_task("t", {"tokens": 5}), 10)
+        status = rt.get_agent_status(agent_id)
+        assert (status.status, status.tokens_used) == (AgentStatus.RUNNING, 5)
