@@ -182,7 +182,9 @@ def format_events(events: Sequence[Event], names: dict[str, str]) -> str:
             event.severity.value,
             names.get(event.agent_id or "", short_id(event.agent_id)),
             short_id(event.task_id),
-            _clip(json.dumps(event.details, separators=(",", ":")), DETAILS_WIDTH)
+            _clip(
+                json.dumps(event.details, separators=(",", ":"), ensure_ascii=False), DETAILS_WIDTH
+            )
             if event.details
             else "",
         ]
@@ -407,7 +409,8 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- top
 def cmd_top(args: argparse.Namespace) -> int:
-    """``miminions top``: a live, refreshing view of a runtime database; Ctrl-C exits 0."""
+    """``miminions top``: a live, refreshing view of a runtime database; Ctrl-C exits 0
+    (SIGTERM or SIGHUP: 128 + the signal's number, the terminal given back all the same)."""
     # Imported here: miminions.top builds on this module's database helpers.
     from miminions.top import run_top
 

@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import shlex
+import sqlite3
 import sys
 import time
 import unicodedata
@@ -30,6 +31,7 @@ from miminions import (
     AgentRuntime,
     AgentStatus,
     BaseAgent,
+    ConfigurationError,
     Event,
     EventType,
     Metrics,
@@ -41,7 +43,9 @@ from miminions import (
     TaskStatus,
     hookimpl,
 )
+from miminions.kernel.errors import MiminionsError
 from miminions.kernel.models import JSONObject
+from miminions.plugins.sqlite_store import SQLiteStore
 
 TICK_SECONDS = 0.25
 """How often a progress line is printed."""
@@ -157,6 +161,8 @@ TASKS: tuple[TaskPlan, ...] = (
     TaskPlan("edit-report", M, "writers", 2, after=("write-chapters", "check-facts")),
     TaskPlan("publish", H, None, 1, after=("edit-report", "design-cover")),
 )
+_AGENT_NAMES = frozenset(plan.name for plan in AGENTS)
+_TASK_NAMES = frozenset(plan.name for plan in TASKS)
 
 
 # --------------------------------------------------------------------------- live output
@@ -279,22 +285,52 @@ class DemoResult:
         return all(task.status is TaskStatus.COMPLETED for task in self.tasks)
 
 
-async def setup_agents(rt: AgentRuntime) -> dict[str, str]:
-    """Register and start the demo agents; return ``{agent_id: name}``.
+async def refuse_foreign_database(db_path: Path) -> None:
+    """Raise ConfigurationError if the database holds agents or tasks the demo does not
+    make: an application's (``miminions.db`` is also ``AgentRuntime()``'s default file).
+    The demo's agents would run its tasks, and the demo would resume its paused queue.
+    Read before the demo's runtime opens it (its start recovers the tasks it finds)."""
+    try:
+        store = await SQLiteStore.open_readonly(str(db_path))
+    except (MiminionsError, sqlite3.Error):
+        return  # a new (or empty) file, or one the runtime's start refuses, saying why
+    try:
+        agents = {agent.name for agent in await store.load_agents()} - _AGENT_NAMES
+        tasks = {task.name for task in await store.load_tasks()} - _TASK_NAMES
+    finally:
+        await store.close()
+    if agents or tasks:
+        found = ", ".join(
+            [
+                *(f"agent {name!r}" for name in sorted(agents)[:3]),
+                *(f"task {name!r}" for name in sorted(tasks)[:3]),
+            ]
+        )
+        raise ConfigurationError(
+            f"{str(db_path)!r} holds agents or tasks the demo did not make ({found}): the "
+            "demo runs on a database of its own, not an application's; give it another "
+            "file with --db"
+        )
+
+
+async def setup_agents(rt: AgentRuntime, monitor: DemoMonitor) -> list[str]:
+    """Register and start the demo agents (their names go to ``monitor`` first, so the
+    live lines name them); return notes on what an earlier run left behind.
 
     On a database an earlier demo used, registration gives back the same ids; an agent left
-    paused by an interrupted run is resumed instead of started.
+    paused by an interrupted run is resumed instead of started, and a note says so.
     """
-    names: dict[str, str] = {}
+    notes: list[str] = []
     for plan in AGENTS:
         agent_id = await rt.register_agent(plan.name, plan.agent, group=plan.group)
-        names[agent_id] = plan.name
+        monitor.agent_names[agent_id] = plan.name
         status = rt.get_agent_status(agent_id).status
         if status is AgentStatus.PAUSED:
             await rt.resume_agent(agent_id)
+            notes.append(f"resumed agent {plan.name!r}, which an earlier run had left paused")
         elif status in (AgentStatus.REGISTERED, AgentStatus.STOPPED, AgentStatus.FAILED):
             await rt.start_agent(agent_id)
-    return names
+    return notes
 
 
 async def release_queue(rt: AgentRuntime) -> str | None:
@@ -395,12 +431,13 @@ async def run_demo(
     # The demo prints events itself; the logging monitor would repeat warnings on stderr.
     notes: list[str] = []
     left_out = ["logging_monitor", *(name for name in disable if name != "logging_monitor")]
+    await refuse_foreign_database(db_path)
     async with AgentRuntime(config=config, plugins=[monitor], disable=left_out) as rt:
-        monitor.agent_names = await setup_agents(rt)
+        left_behind = await setup_agents(rt, monitor)
         released = await release_queue(rt)
-        if released is not None:
-            notes.append(released)
-            monitor.say(f"note: {released}")
+        for note in [*left_behind, *([] if released is None else [released])]:
+            notes.append(note)
+            monitor.say(f"note: {note}")
         requests, monitor.task_names = task_requests()
         ids_by_name = {name: task_id for task_id, name in monitor.task_names.items()}
         monitor.say(f"started {len(AGENTS)} agents in groups 'research' and 'writers'")

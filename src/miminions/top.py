@@ -17,13 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
+import signal
 import sys
 import time
+from collections.abc import Coroutine
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import TextIO
+from typing import Any, TextIO
 
 from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database, runtime_running
 from miminions.demo import cut_to_columns
@@ -164,23 +167,46 @@ async def watch(
     read takes does not stretch it. Throughput is measured between consecutive frames.
     """
     async with contextlib.AsyncExitStack() as opened:
-        store = await opened.enter_async_context(open_database(path))
+        opened_file = file_identity(path)
+        store: SQLiteStore | None = await opened.enter_async_context(open_database(path))
         with Screen(out, in_place=in_place) as screen:
             previous: Snapshot | None = None
             while True:
                 started = time.monotonic()
-                if store.snapshot and previous is not None:
-                    # An immutable snapshot never sees later changes: read the file anew.
-                    # (Once a runtime writes it, a write-ahead log appears, which such a
-                    # reader cannot read: the open says so, and top ends with that error.)
+                now_file = file_identity(path)
+                if now_file != opened_file or (
+                    store is not None and store.snapshot and previous is not None
+                ):
+                    # The file at the path was replaced (deleted and made anew, a backup
+                    # restored): show that one, not the one that is gone. An immutable
+                    # snapshot never sees later changes either: read the file anew. (Once
+                    # a runtime writes it, a write-ahead log appears, which such a reader
+                    # cannot read: the open says so, and top ends with that error.)
                     await opened.aclose()
-                    store = await opened.enter_async_context(open_database(path))
-                snapshot = await read_snapshot(store, path, events)
-                screen.show(render(snapshot, previous))
+                    store, previous, opened_file = None, None, now_file
+                    if now_file is not None:
+                        store = await opened.enter_async_context(open_database(path))
+                if store is None:
+                    screen.show(
+                        f"miminions top  {path}\n\n  the database file is gone; waiting for it"
+                    )
+                else:
+                    snapshot = await read_snapshot(store, path, events)
+                    screen.show(render(snapshot, previous))
+                    previous = snapshot
                 if frames is not None and screen.frames >= frames:
                     return
-                previous = snapshot
                 await asyncio.sleep(max(0.0, interval - (time.monotonic() - started)))
+
+
+def file_identity(path: Path) -> tuple[int, int] | None:
+    """The device and inode of the file at ``path`` (None: there is none): which file a
+    path names, to tell when it was replaced."""
+    try:
+        info = os.stat(path)
+    except OSError:
+        return None
+    return info.st_dev, info.st_ino
 
 
 def run_top(
@@ -191,7 +217,8 @@ def run_top(
     events: int,
     out: TextIO | None = None,
 ) -> int:
-    """Run :func:`watch` on ``out`` (default stdout) until done or Ctrl-C; return 0.
+    """Run :func:`watch` on ``out`` (default stdout) until done or Ctrl-C; return 0 (128 +
+    its number when SIGTERM or SIGHUP ended it).
 
     Frames are redrawn in place only when ``out`` is a terminal and more than one frame is
     wanted: a single frame (``--once``) is plain text, whatever ``out`` is.
@@ -200,11 +227,47 @@ def run_top(
     in_place = frames != 1 and stream.isatty()
     # Ctrl-C is the normal way out of a live view, not an interruption: exit status 0.
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            watch(
-                path, interval=interval, frames=frames, events=events, out=stream, in_place=in_place
+        return asyncio.run(
+            _until_terminated(
+                watch(
+                    path,
+                    interval=interval,
+                    frames=frames,
+                    events=events,
+                    out=stream,
+                    in_place=in_place,
+                )
             )
         )
+    return 0
+
+
+async def _until_terminated(view: Coroutine[Any, Any, None]) -> int:
+    """Run ``view``; SIGTERM or SIGHUP (``timeout``, ``kill``, a closed terminal) end it
+    as Ctrl-C does, so the terminal is given back (the alternate screen left, the cursor
+    shown), with the exit status of that signal (128 + its number); else 0."""
+    task = asyncio.ensure_future(view)
+    loop = asyncio.get_running_loop()
+    received: list[int] = []
+
+    def terminate(signum: int) -> None:
+        received.append(signum)
+        task.cancel()
+
+    handled = [s for s in (getattr(signal, "SIGTERM", None), getattr(signal, "SIGHUP", None)) if s]
+    for signum in handled:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, terminate, signum)
+    try:
+        await task
+    except asyncio.CancelledError:
+        if not received:
+            raise
+        return 128 + received[0]
+    finally:
+        for signum in handled:
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)
     return 0
 
 

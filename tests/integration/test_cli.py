@@ -893,13 +893,16 @@ def unwritable_directory() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-async def _stopped_database(path: Path, *, leave_wal: bool = False) -> None:
-    """A database with one completed task; with ``leave_wal``, as a runtime that was
-    killed leaves it: work still in its ``-wal`` file."""
+async def _stopped_database(
+    path: Path, *, leave_wal: bool = False, task_name: str = "job"
+) -> None:
+    """A database with one completed task (``task_name``) of an agent named ``scout`` (as
+    the demo's); with ``leave_wal``, as a runtime that was killed leaves it: work still in
+    its ``-wal`` file."""
     config = RuntimeConfig(storage_path=str(path), default_isolation="inline")
     async with AgentRuntime(config=config) as rt:
-        await rt.start_agent(await rt.register_agent("worker", demo_module.ResearchAgent))
-        task = await rt.wait_for_task(await rt.submit_task("job", {"steps": 1}), 10)
+        await rt.start_agent(await rt.register_agent("scout", demo_module.ResearchAgent))
+        task = await rt.wait_for_task(await rt.submit_task(task_name, {"steps": 1}), 10)
         assert task.status is TaskStatus.COMPLETED
     if leave_wal:
         # what a killed runtime leaves: a write that is only in the log
@@ -956,7 +959,7 @@ def test_demo_on_a_database_file_the_user_cannot_write_is_refused_at_once(
     refused at the start, in one line. The first commit failed instead, retried 8 times
     (about 20 s of silence), and the error said the next commit would try again."""
     db = unwritable_directory / "run.db"
-    asyncio.run(_stopped_database(db))
+    asyncio.run(_stopped_database(db, task_name="collect-sources"))  # a demo task's name
     Path(f"{db}-lock").unlink()  # root's lock file; the user makes their own
     db.chmod(0o444)
     unwritable_directory.chmod(0o777)
