@@ -69,7 +69,13 @@ def _marker_options(request: pytest.FixtureRequest) -> dict[str, Any]:
                 "@pytest.mark.miminions(isolation='process')",
                 pytrace=False,
             )
-        options.update(marker.kwargs)
+        kwargs = dict(marker.kwargs)
+        if "isolation" in kwargs and "default_isolation" not in kwargs:
+            # One option under two names: a closer marker's either one wins.
+            kwargs["default_isolation"] = kwargs.pop("isolation")
+        if "default_isolation" in kwargs:
+            options.pop("isolation", None)
+        options.update(kwargs)
     return options
 
 
@@ -99,17 +105,24 @@ def miminions_config(request: pytest.FixtureRequest, tmp_path: Path) -> RuntimeC
     try:
         return runtime_config(tmp_path / "miminions.db", **overrides)
     except TypeError as exc:
-        pytest.fail(
-            f"@pytest.mark.miminions: {exc}; runtime options: {sorted(_RUNTIME_OPTIONS)}",
-            pytrace=False,
-        )
+        problem = str(exc)  # failed outside the handler: its traceback adds nothing
+    if problem.startswith("unknown"):
+        problem += f"; runtime options: {sorted(_RUNTIME_OPTIONS)}"
+    pytest.fail(f"@pytest.mark.miminions: {problem}", pytrace=False)
 
 
 @pytest.fixture
 def miminions_plugins(request: pytest.FixtureRequest) -> list[object]:
     """The plugins ``miminions_runtime`` is built with: the ``miminions`` marker's
     ``plugins=[...]``, or none. Redefine it to give every test of a scope a plugin."""
-    return list(_marker_options(request).get("plugins", ()))
+    plugins = _marker_options(request).get("plugins", ())
+    if isinstance(plugins, (str, bytes)) or not isinstance(plugins, (list, tuple)):
+        pytest.fail(
+            f"@pytest.mark.miminions: plugins takes a list of plugins, e.g. "
+            f"plugins=[{type(plugins).__name__}()], got {type(plugins).__name__}",
+            pytrace=False,
+        )
+    return list(plugins)
 
 
 @pytest.fixture
@@ -152,6 +165,7 @@ async def miminions_runtime(
     Needs pytest-asyncio."""
     from miminions.testing_tools import started_runtime
 
+    _check_same_loop(request)
     check_leaks = bool(_marker_options(request).get("check_leaks", True))
     async with started_runtime(
         miminions_config, miminions_plugins, disable=miminions_disable, check_leaks=check_leaks
@@ -175,3 +189,33 @@ __all__ = [
     "started_runtime",
     "wait_until",
 ]
+
+
+def _check_same_loop(request: pytest.FixtureRequest) -> None:
+    """Fail at once, saying why, when the test runs on another event loop than this
+    fixture (whose loop scope is ``asyncio_default_fixture_loop_scope``): the runtime would
+    refuse every call of the test as made from another thread."""
+    if not _HAS_PYTEST_ASYNCIO:
+        return  # pragma: no cover - depends on the environment
+    marker = request.node.get_closest_marker("asyncio")
+    given = marker.kwargs.get("loop_scope") if marker is not None else None
+    test_scope = given or _ini(request, "asyncio_default_test_loop_scope") or "function"
+    fixture_scope = _ini(request, "asyncio_default_fixture_loop_scope") or "function"
+    if test_scope != fixture_scope:
+        pytest.fail(
+            f"the test runs on a {test_scope}-scoped event loop, the miminions_runtime "
+            f"fixture on a {fixture_scope}-scoped one (asyncio_default_fixture_loop_scope): "
+            "a runtime is used on the loop it was started on. Set "
+            f"asyncio_default_fixture_loop_scope = {test_scope} in pytest's configuration, "
+            "or run the test on a function-scoped loop",
+            pytrace=False,
+        )
+
+
+def _ini(request: pytest.FixtureRequest, name: str) -> str | None:
+    """pytest's ``name`` setting, None when unset or unknown (an older pytest-asyncio)."""
+    try:
+        value = request.config.getini(name)
+    except ValueError:
+        return None
+    return str(value) if value else None

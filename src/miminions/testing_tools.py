@@ -15,6 +15,7 @@ import inspect
 import json
 import os
 import time
+import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
@@ -155,30 +156,39 @@ async def started_runtime(
         raise ValueError(f"{_Watch.miminions_plugin_name!r} cannot be disabled")
     runtime = AgentRuntime(config=config, plugins=[*plugins, watch], disable=disable)
     await runtime.start()
+    _OPEN.add(runtime)
     try:
         yield runtime
     finally:
+        _OPEN.discard(runtime)
         await runtime.stop()
     if check_leaks:
-        await _check_nothing_left(runtime, watch.workers.values(), before)
+        # An asyncio task cannot be told to be of this runtime or of another one still
+        # open (two runtimes side by side, one within the other): then the runtime that
+        # stops last checks the tasks (those since it started), and this one what it
+        # alone owns (its agents, tasks and worker processes).
+        others = any(other.is_running for other in _OPEN)
+        await _check_nothing_left(runtime, watch.workers.values(), None if others else before)
 
 
 #: How long the teardown gives tasks and worker processes that are ending to end.
 _LEAK_GRACE_SECONDS = 5.0
+#: The runtimes :func:`started_runtime` started and has not stopped yet.
+_OPEN: weakref.WeakSet[AgentRuntime] = weakref.WeakSet()
 
 
 async def _check_nothing_left(
     runtime: AgentRuntime,
     workers: Iterable[WorkerRecord],
-    tasks_before: set[asyncio.Task[Any]],
+    tasks_before: set[asyncio.Task[Any]] | None,
     within: float = _LEAK_GRACE_SECONDS,
 ) -> None:
     """Fail the test unless the stopped ``runtime`` left nothing running.
 
     Checked: no agent is queued, starting, running or stopping; no task is running; no
     asyncio task that runs a miminions coroutine, and was not in ``tasks_before``, is
-    pending; none of ``workers`` is alive. Tasks and processes that are ending get
-    ``within`` seconds to do so.
+    pending (not checked when ``tasks_before`` is None); none of ``workers`` is alive.
+    Tasks and processes that are ending get ``within`` seconds to do so.
     """
     __tracebackhide__ = True
     problems: list[str] = []
@@ -194,9 +204,9 @@ async def _check_nothing_left(
     ]
     leftovers = {
         task
-        for task in asyncio.all_tasks()
+        for task in (asyncio.all_tasks() if tasks_before is not None else ())
         if task is not asyncio.current_task()
-        and task not in tasks_before
+        and task not in tasks_before  # type: ignore[operator]
         and _runs_miminions_code(task)
     }
     # With agents left running the runtime did not stop: its tasks and workers go on, so
@@ -259,13 +269,33 @@ async def wait_until(
     while True:
         value = check()
         if inspect.isawaitable(value):
-            value = await value
+            # An async check that does not return is bounded by ``within`` too.
+            value = await _answer_by(value, deadline)
+            if value is _NO_ANSWER:
+                name = what or getattr(check, "__name__", repr(check))
+                pytest.fail(
+                    f"timed out after {within:g} s waiting for {name} (the check itself "
+                    "did not return)",
+                    pytrace=False,
+                )
         if value:
-            return value
+            return value  # type: ignore[return-value]
         if time.monotonic() >= deadline:
             name = what or getattr(check, "__name__", repr(check))
             pytest.fail(f"timed out after {within:g} s waiting for {name} (last: {value!r})")
         await asyncio.sleep(0.01)
+
+
+_NO_ANSWER: Any = object()
+
+
+async def _answer_by(check: Awaitable[_T], deadline: float) -> _T:
+    """What the async ``check`` returns, or :data:`_NO_ANSWER` if it has not by
+    ``deadline`` (a :func:`time.monotonic` time; it is cancelled then)."""
+    try:
+        return await asyncio.wait_for(check, max(deadline - time.monotonic(), 0.0))
+    except TimeoutError:
+        return _NO_ANSWER  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- running agents
@@ -344,8 +374,11 @@ class AgentHarness:
         (``priority``, ``dependencies``, ``timeout_seconds``, ``max_retries``, ...)."""
         if "agent_id" not in options and "group" not in options:
             options["agent_id"] = self.agent_id
+        # Not a mapping: as given, and the runtime says what is wrong with it (dict() of
+        # a string failed with "dictionary update sequence element #0 has length 1").
+        data: Any = dict(input_data) if isinstance(input_data, Mapping) else input_data
         return await self.runtime.submit_task(
-            name or self._task_name(), dict(input_data or {}), **options
+            name or self._task_name(), {} if data is None else data, **options
         )
 
     async def wait(
@@ -396,6 +429,7 @@ class AgentHarness:
         """
         __tracebackhide__ = True
         wanted = _expected_status(expect)
+        _check_task_list(tasks)
         requests: list[TaskRequest] = []
         for item in tasks:
             if isinstance(item, TaskRequest):
@@ -406,9 +440,7 @@ class AgentHarness:
                 fields = dict(options)
                 if "agent_id" not in fields and "group" not in fields:
                     fields["agent_id"] = self.agent_id
-                requests.append(
-                    TaskRequest(name=self._task_name(), input_data=dict(item), **fields)
-                )
+                requests.append(TaskRequest(name=self._task_name(), input_data=item, **fields))
         task_ids = await self.runtime.submit_tasks(requests)
         return await self._wait(task_ids, wanted, timeout_seconds)
 
@@ -439,7 +471,15 @@ class AgentHarness:
             tasks = [self.runtime.get_task_status(task_id) for task_id in task_ids]
             late = [task for task in tasks if not task.status.is_terminal]
             header = f"{len(late)} of {len(tasks)} task(s) did not finish within {within:g} s"
-            pytest.fail(await self._report(header, late), pytrace=False)
+            # The tasks that ended otherwise than expected first: often why the others wait.
+            wrong = [
+                task
+                for task in tasks
+                if task.status.is_terminal and wanted is not None and task.status is not wanted
+            ]
+            if wrong:
+                header += f", and {len(wrong)} ended otherwise than {wanted}"
+            pytest.fail(await self._report(header, [*wrong, *late]), pytrace=False)
         wrong = [task for task in finished if wanted is not None and task.status is not wanted]
         if wrong:
             header = (
@@ -493,12 +533,23 @@ async def run_agent(
     ``timeout_seconds``.
     """
     __tracebackhide__ = True
+    _check_task_list(tasks)  # before the agent starts
     harness = await AgentHarness.start(
         runtime, agent, name=name, timeout_seconds=timeout_seconds, **register_options
     )
     finished = await harness.run_many(tasks, expect=expect)
     await harness.stop()
     return finished
+
+
+def _check_task_list(tasks: object) -> None:
+    """TypeError unless ``tasks`` is a list (an iterable) of tasks: one task's input given
+    instead (a dict) is iterated as its keys, a string as its letters."""
+    if isinstance(tasks, (Mapping, str, bytes)) or not isinstance(tasks, Iterable):
+        raise TypeError(
+            "tasks must be a list of input_data dicts or TaskRequests, e.g. "
+            f"[{{'text': 'a'}}], got {type(tasks).__name__}"
+        )
 
 
 def _expected_status(expect: str | None) -> TaskStatus | None:

@@ -893,9 +893,7 @@ def unwritable_directory() -> Iterator[Path]:
         shutil.rmtree(base)
 
 
-async def _stopped_database(
-    path: Path, *, leave_wal: bool = False, task_name: str = "job"
-) -> None:
+async def _stopped_database(path: Path, *, leave_wal: bool = False, task_name: str = "job") -> None:
     """A database with one completed task (``task_name``) of an agent named ``scout`` (as
     the demo's); with ``leave_wal``, as a runtime that was killed leaves it: work still in
     its ``-wal`` file."""
