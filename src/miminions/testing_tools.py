@@ -19,7 +19,7 @@ import weakref
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, TypeVar
+from typing import Any, TypeVar, overload
 
 import pytest
 
@@ -253,11 +253,29 @@ def _describe_coroutine(task: asyncio.Task[Any]) -> str:
 
 
 # --------------------------------------------------------------------------- waiting
+# The value returned is truthy, so never None: ``check`` may return ``X | None`` and the wait
+# gives back an ``X``. An async ``check`` is matched first (a sync one returns no awaitable).
+@overload
 async def wait_until(
-    check: Callable[[], _T | Awaitable[_T]],
+    check: Callable[[], Awaitable[_T | None]],
     what: str = "",
     within: float = DEFAULT_TIMEOUT_SECONDS,
-) -> _T:
+) -> _T: ...
+
+
+@overload
+async def wait_until(
+    check: Callable[[], _T | None],
+    what: str = "",
+    within: float = DEFAULT_TIMEOUT_SECONDS,
+) -> _T: ...
+
+
+async def wait_until(
+    check: Callable[[], Any],
+    what: str = "",
+    within: float = DEFAULT_TIMEOUT_SECONDS,
+) -> Any:
     """Re-check ``check`` (sync or async) every 10 ms until it returns something truthy and
     return that. Fails the test after ``within`` seconds, naming ``what`` and the last value.
 

@@ -20,7 +20,7 @@ import importlib
 import importlib.util
 import inspect
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any, Protocol, cast
 
@@ -194,7 +194,7 @@ def installed(package: str) -> bool:
 
 
 def build_plugin_manager(
-    plugins: Sequence[object] = (), disable: Iterable[str] = ()
+    plugins: Iterable[object] = (), disable: Iterable[str] = ()
 ) -> PluginManager:
     """Build and validate the plugin manager of one runtime (see the module docstring)."""
     if isinstance(disable, str | bytes):  # list("uvloop") would be six one-letter names
