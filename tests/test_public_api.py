@@ -38,7 +38,7 @@ def test_a_public_name_is_the_declared_object(public: str, module: str, name: st
 
 def test_an_unknown_name_is_an_attribute_error() -> None:
     with pytest.raises(AttributeError, match="no attribute 'Nope'"):
-        _ = miminions.Nope  # type: ignore[attr-defined]
+        _ = miminions.Nope
 
 
 def test_importing_the_package_loads_no_kernel_module() -> None:

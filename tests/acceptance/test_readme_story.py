@@ -310,6 +310,7 @@ async def test_team_works_through_a_dag_with_a_retry_and_a_pause(
     def first(kind: EventType, **fields: Any) -> int:
         for event in events:
             if event.event_type is kind and all(getattr(event, k) == v for k, v in fields.items()):
+                assert event.event_id is not None  # a stored event has its id
                 return event.event_id
         raise AssertionError(f"no {kind.value} event with {fields}")
 
@@ -338,5 +339,7 @@ async def test_team_works_through_a_dag_with_a_retry_and_a_pause(
     assert len(writer_pauses) == 1
     assert writer_pauses[0].details["task_id"] == tid["outline"]
     resumed = first(EventType.AGENT_RESUMED, agent_id=ids["writer"])
-    assert started("outline") < writer_pauses[0].event_id < resumed < completed("outline")
+    pause_id = writer_pauses[0].event_id
+    assert pause_id is not None
+    assert started("outline") < pause_id < resumed < completed("outline")
     assert completed("write") < started("publish")

@@ -91,7 +91,8 @@ class Recorded:
     async def some(self, name: str, count: int) -> list[ReadableSpan]:
         """The ``count`` spans called ``name``, oldest first."""
         spans = await wait_until(
-            lambda: len(self.named(name)) >= count and self.named(name), f"{count} x {name!r}"
+            lambda: self.named(name) if len(self.named(name)) >= count else None,
+            f"{count} x {name!r}",
         )
         assert len(spans) == count, [span.name for span in spans]
         return spans
@@ -466,7 +467,7 @@ async def test_messages_from_the_application_are_children_of_the_caller(
     assert publish.attributes["messaging.operation.name"] == "publish"
     assert publish.attributes["messaging.destination.name"] == "news"
 
-    seen = await wait_until(lambda: len(inbox.seen) == 2 and inbox.seen, "both handled")
+    seen = await wait_until(lambda: inbox.seen if len(inbox.seen) == 2 else None, "both handled")
     by_id = {entry["message_id"]: entry["current"] for entry in seen}
     assert by_id[sent_id] == ids(send) | {"valid": True}
     assert by_id[published_id] == ids(publish) | {"valid": True}
@@ -664,7 +665,9 @@ async def test_the_kernel_carries_a_plugins_carrier(make_config: MakeConfig) -> 
         assert message.trace_context == expected
         assert handled_in == expected
         await rt.send_message(inbox_id, "from the application")
-        got = await wait_until(lambda: len(inbox.got) == 2 and inbox.got, "the second note")
+        got = await wait_until(
+            lambda: inbox.got if len(inbox.got) == 2 else None, "the second note"
+        )
         assert got[1][0].trace_context == {"trace": "t-1", "operation": "send"}
 
 
@@ -772,7 +775,11 @@ async def test_a_start_that_never_ended_is_an_error_span(
             f"hanging{n}", HangingHooksAgent, config={"log": str(log), "hang": ["start"]}
         )
         starting = asyncio.ensure_future(rt.start_agent(agent_id))
-        await wait_until(lambda log=log: hook_log(log) == [["start"]], "on_start")
+
+        def started(log: Path = log) -> bool:
+            return hook_log(log) == [["start"]]
+
+        await wait_until(started, "on_start")
         hanging.append((agent_id, starting))
     await rt.stop_agent(hanging[0][0], timeout_seconds=0.05)
     hanging[1][1].cancel()

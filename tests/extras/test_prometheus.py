@@ -423,7 +423,9 @@ async def test_nothing_listens_after_stop(make_config: MakeConfig) -> None:
     idle = await asyncio.to_thread(socket.create_connection, (where.host, where.port), 5.0)
     try:
         idle.sendall(b"GET /metrics HTTP/1.1\r\n")  # a scrape under way, its head unfinished
-        served = prometheus._runtimes[id(rt)].endpoint
+        active = prometheus._runtimes[id(rt)]
+        assert active is not None
+        served = active.endpoint
         assert served is not None
         await wait_until(lambda: len(served._clients) == 1, "the connection to be served")
         handlers = list(served._clients)

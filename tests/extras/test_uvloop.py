@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sys
+import types
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -196,6 +197,7 @@ def test_missing_package_fails_run_when_asked_for(
 ) -> None:
     """E-04: ``miminions.run`` with a uvloop section fails the same way, before running."""
     main = running_loop()
+    assert isinstance(main, types.CoroutineType)  # a native coroutine: it has cr_frame
     with pytest.raises(MissingExtraError) as info:
         miminions.run(main, config=make_config(plugin_options={"uvloop": {}}))
     assert PIP_HINT in str(info.value)

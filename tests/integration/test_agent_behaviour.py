@@ -79,7 +79,7 @@ class Journal:
             records = self.records(hook, **fields)
             return records if len(records) >= count else []
 
-        return await wait_until(  # type: ignore[no-any-return]
+        return await wait_until(
             found, what=f"the journal has {count} {hook!r} record(s) matching {fields}"
         )
 

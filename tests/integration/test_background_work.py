@@ -101,7 +101,7 @@ async def test_a_stop_cancelled_while_it_waits_for_background_work_cancels_that_
     await rt.start()
     assert plugin.work is not None
     stopping = asyncio.ensure_future(rt.stop())
-    await wait_until(lambda: _awaiting(stopping, "_settle_background"), "the stop to wait")  # type: ignore[arg-type]
+    await wait_until(lambda: _awaiting(stopping, "_settle_background"), "the stop to wait")
     stopping.cancel()
     await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     assert stopping.done()

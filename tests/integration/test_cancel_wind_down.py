@@ -62,7 +62,8 @@ async def test_cancel_everything_while_a_cancel_task_winds_down_hands_out_no_tas
         first = await rt.submit_task("first")
         await asyncio.wait_for(started.wait(), WAIT_SECONDS)
         second = await rt.submit_task("second")
-        rt.executor.cancel_task(first)  # the runtime's own cancel (as rt.cancel_task does)
+        # the runtime's own cancel (as rt.cancel_task does, with its reason)
+        rt.executor.cancel_task(first, "cancelled by user")
         await asyncio.wait_for(winding_down.wait(), WAIT_SECONDS)
         [worker] = executor_workers("_work")
         cancel_everything()  # as asyncio.run ending, or a shutdown handler
@@ -76,7 +77,7 @@ async def test_cancel_everything_while_a_cancel_task_winds_down_hands_out_no_tas
     finally:
         # let the stop go whatever the worker was given
         for task_id in list(rt.executor._runs):  # type: ignore[attr-defined]
-            rt.executor.cancel_task(task_id)
+            rt.executor.cancel_task(task_id, "cancelled by user")
         await asyncio.wait_for(rt.stop(), WAIT_SECONDS)
 
 
@@ -327,8 +328,12 @@ async def test_stop_during_a_cleanup_after_a_cancel_all_is_prompt(
     release = asyncio.Event()  # a short cleanup
     rt, task_id = await _cleaning_up_after_a_cancel_all(make_config, release)
     stopping = asyncio.ensure_future(rt.stop())  # as `async with AgentRuntime()` exits
+
     # (the executor's own flag: the drain has begun to wait for the running task)
-    await wait_until(lambda: not rt.executor._accepting, "the stop is draining")  # type: ignore[attr-defined]
+    def draining() -> bool:
+        return not rt.executor._accepting  # type: ignore[attr-defined]
+
+    await wait_until(draining, "the stop is draining")
     release.set()  # the cleanup ends; the agent re-raises
     done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     if not done:  # let the stop go (it would take 300 s)

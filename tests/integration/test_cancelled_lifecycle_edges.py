@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -101,7 +101,7 @@ class StartFailsAgent(BaseAgent):
         return None
 
 
-def given_up(call: Any) -> asyncio.Future[Any]:
+def given_up(call: Awaitable[Any]) -> asyncio.Future[Any]:
     """The call as a future, put in ``VICTIM`` for whoever cancels it."""
     future = asyncio.ensure_future(call)
     VICTIM.append(future)

@@ -9,6 +9,7 @@ import functools
 import gc
 import inspect
 import logging
+import types
 import warnings
 from collections.abc import Callable
 from typing import Any
@@ -234,6 +235,7 @@ def test_run_closes_main_when_the_factory_it_was_given_fails() -> None:
         return 1
 
     coro = main()
+    assert isinstance(coro, types.CoroutineType)  # a native coroutine: it has cr_frame
     with pytest.raises(OSError, match="no event loop for you"):
         miminions.run(coro, plugins=[BrokenLoops()])
     assert coro.cr_frame is None, "main was left unawaited (never closed)"
@@ -249,6 +251,7 @@ def test_run_with_a_non_callable_loop_factory_answer_is_a_clear_plugin_error() -
 
     plugin = LoopInsteadOfFactory()
     coro = main()
+    assert isinstance(coro, types.CoroutineType)  # a native coroutine: it has cr_frame
     try:
         with pytest.raises(PluginError, match="miminions_loop_factory"):
             miminions.run(coro, plugins=[plugin])
@@ -298,6 +301,7 @@ def test_a_loop_factory_that_makes_no_loop_is_a_clear_plugin_error(
         return 1
 
     coro = main()
+    assert isinstance(coro, types.CoroutineType)  # a native coroutine: it has cr_frame
     with pytest.raises(PluginError, match=f"miminions_loop_factory.*{said}|{said}.*"):
         miminions.run(coro, plugins=[plugin])
     assert coro.cr_frame is None, "main was left unawaited (never closed)"

@@ -199,7 +199,7 @@ async def test_stopped_runtime_rejects_calls(make_config: Callable[..., RuntimeC
 def test_bad_constructor_arguments(tmp_path: Path) -> None:
     """R-04: bad runtime arguments fail at construction."""
     with pytest.raises(ConfigurationError, match="list of plugin names"):
-        AgentRuntime(tmp_path / "x.db", disable="sqlite_store")  # type: ignore[arg-type]
+        AgentRuntime(tmp_path / "x.db", disable="sqlite_store")
 
     async def nothing() -> None:
         return None
@@ -229,7 +229,7 @@ def test_a_bad_storage_path_is_refused_at_construction(bad: object, said: str) -
         AgentRuntime(bad)  # type: ignore[arg-type]
     if not isinstance(bad, bytes):  # (pydantic turns UTF-8 bytes into text there)
         with pytest.raises(pydantic.ValidationError, match="storage_path"):
-            RuntimeConfig(storage_path=bad)  # type: ignore[arg-type]
+            RuntimeConfig(storage_path=bad)
 
 
 @pytest.mark.parametrize(

@@ -62,7 +62,7 @@ async def _prefetched_behind_a_loop_blocking_task(
     await rt.submit_task("a", input_data={"log": str(log), "gate": str(gate)})
     await wait_until(lambda: log.exists() and "start a" in log.read_text(), "a runs")
     b = await rt.submit_task("b", input_data={"log": str(log), "block": str(release)})
-    retries = {} if c_retries is None else {"max_retries": c_retries}
+    retries: dict[str, Any] = {} if c_retries is None else {"max_retries": c_retries}
     c = await rt.submit_task("c", input_data={"log": str(log), **(c_input or {})}, **retries)
     gate.touch()  # a ends: the agent takes b and, ahead of time, c
     await wait_until(lambda: "start b" in log.read_text(), "b runs (its worker's loop blocked)")
@@ -577,8 +577,8 @@ async def test_a_task_still_running_when_its_cancel_reached_the_worker_is_not_co
         def cancel_in_the_socket() -> bool:
             if not sent:
                 return False
-            channel, transport = sent[0], sent[0]._transport  # type: ignore[attr-defined]
-            return not channel._out and (  # type: ignore[attr-defined]
+            channel, transport = sent[0], sent[0]._transport
+            return not channel._out and (
                 transport is None or transport.get_write_buffer_size() == 0
             )
 
@@ -678,7 +678,8 @@ def _live_of(rt: AgentRuntime, agent: str) -> Any:
 
 
 def _run_id_of(rt: AgentRuntime, agent: str, task_id: str) -> int:
-    [run_id] = [run for run, task in _live_of(rt, agent).runs.items() if task == task_id]
+    runs: dict[int, str] = _live_of(rt, agent).runs
+    [run_id] = [run for run, task in runs.items() if task == task_id]
     return run_id
 
 

@@ -337,7 +337,7 @@ async def test_two_nexts_at_once_after_one_given_up_each_get_a_change(
         return (
             rt.kv.get("readers") == "ready"
             and len(watches) == 1
-            and len(watches[0]._queue._getters) >= 1  # type: ignore[attr-defined]
+            and len(watches[0]._queue._getters) >= 1
         )
 
     await wait_until(a_reader_waits_at_the_runtime, "a reader's next() at the runtime")

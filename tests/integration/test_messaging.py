@@ -179,6 +179,7 @@ async def failed(rt: AgentRuntime, agent_id: str, *ops: dict[str, Any]) -> str:
 async def received_until_sentinel(rt: AgentRuntime, agent_id: str) -> list[dict[str, Any]]:
     """Send the agent a sentinel and return everything it received up to and with it."""
     await rt.send_message(agent_id, SENTINEL)
+    received: list[dict[str, Any]]
     [received] = await run(rt, agent_id, {"op": "receive_until", "timeout": WAIT})
     assert received[-1]["message_type"] == SENTINEL
     assert received[-1]["sender_id"] is None
@@ -206,7 +207,7 @@ async def test_runtime_sends_to_an_agent(rt: AgentRuntime, journal: Path) -> Non
     the mailbox or the receive waited for the message; every field arrives intact; a
     receive with nothing to get fails the task with WaitTimeoutError."""
     agent_id = await start(rt, "receiver", ScriptAgent, journal)
-    data = {"text": "héllo ✓", "items": [1, None, True, 2.5, {"deep": []}]}
+    data: dict[str, Any] = {"text": "héllo ✓", "items": [1, None, True, 2.5, {"deep": []}]}
     [waiting] = await rt.send_message(agent_id, "greeting", data)
     [[first]] = await run(rt, agent_id, {"op": "receive"})
     assert first["message_id"] == waiting
@@ -495,7 +496,7 @@ async def test_a_message_handed_to_a_pausing_worker_goes_back_to_the_mailbox(
                 await release.wait()  # the reply reaches the worker after its pause
             return result
 
-        host._messaging = reply_late
+        host._messaging = reply_late  # type: ignore[method-assign]
         # The inbox's receive in flight may have begun before the patch: one message first,
         # so that the receive of the held one goes through reply_late.
         await rt.send_message(agent_id, "first")
@@ -524,7 +525,7 @@ async def test_a_message_arriving_as_a_pause_completes_waits_in_the_mailbox(
             sent.extend(await rt.send_message(agent_id, "late"))
             return state
 
-        host.pause = send_as_the_pause_completes
+        host.pause = send_as_the_pause_completes  # type: ignore[method-assign]
         await rt.pause_agent(agent_id, timeout_seconds=WAIT)
         await wait_until(lambda: rt.messenger.bus.pending(agent_id) == 1, "the late message")
         await _paused_with_message_waiting(rt, agent_id, sent[0])
@@ -857,7 +858,7 @@ async def test_bad_messages_fail_the_agents_task(rt: AgentRuntime) -> None:
     """The same refusals reach an agent's code: the task fails with the error's name."""
     sender = await start(rt, "sender")
     receiver = await start(rt, "receiver")
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"to": "no-such-agent"}, "NotFoundError"),
         ({"to": []}, "ValidationError"),
         ({"to": receiver, "ttl": -1}, "ValidationError"),
@@ -979,7 +980,9 @@ async def test_a_reply_racing_its_requesters_cancel_goes_to_its_mailbox(
 
     if isolation == "process":
         # answer right as the runtime tells the worker to cancel the task
-        channel: Any = process_host(rt, asker)._live.channel
+        live = process_host(rt, asker)._live
+        assert live is not None  # the agent's worker runs
+        channel: Any = live.channel
         notify = channel.notify
 
         def answer_at_the_cancel(op: str, **payload: Any) -> None:
@@ -1004,7 +1007,7 @@ async def test_topics_given_as_one_string_are_refused(rt: AgentRuntime) -> None:
     """``topics="prices"`` would be six one-letter topics: it is refused, saying what to
     write instead."""
     with pytest.raises(ValidationError, match=r"\['prices'\]"):
-        await rt.register_agent("sub", ScriptAgent, topics="prices")  # type: ignore[arg-type]
+        await rt.register_agent("sub", ScriptAgent, topics="prices")
 
 
 async def test_expired_messages_do_not_pile_up_in_a_mailbox(rt: AgentRuntime) -> None:

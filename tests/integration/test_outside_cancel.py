@@ -56,7 +56,7 @@ async def test_cancel_everything_then_stop_with_a_second_agent_does_not_rerun_th
     done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     ran = list(calls)
     if not done:  # let the stop go: cancel the run the second agent was given
-        rt.executor.cancel_task(task_id)
+        rt.executor.cancel_task(task_id, "cancelled by user")
         await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     assert done, "the stop waits out its shutdown timeout for the run given to the second agent"
     assert ran == ["run"], "the task was handed to the other agent during the cancel-all"
@@ -357,12 +357,16 @@ async def test_a_worker_cancelled_from_outside_during_a_graceful_stop_does_not_h
     await asyncio.wait_for(started.wait(), WAIT_SECONDS)
     [worker] = executor_workers("_work")
     stopping = asyncio.ensure_future(rt.stop())
+
     # (the executor's own flag: the moment the stop begins to wait for the running task)
-    await wait_until(lambda: not rt.executor._accepting, "the stop is draining")  # type: ignore[attr-defined]
+    def draining() -> bool:
+        return not rt.executor._accepting  # type: ignore[attr-defined]
+
+    await wait_until(draining, "the stop is draining")
     worker.cancel()
     done, _ = await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     if not done:  # let the stop go
-        rt.executor.cancel_task(task_id)
+        rt.executor.cancel_task(task_id, "cancelled by user")
         await asyncio.wait({stopping}, timeout=WAIT_SECONDS)
     assert done, "the stop waits out its shutdown timeout for a run whose worker is gone"
     assert rt.get_task_status(task_id).status.value == "pending"

@@ -97,7 +97,7 @@ class RaisingLifecycle:
 class CloseFails(AsyncioExecutor):
     """The built-in executor, whose close() raises after closing."""
 
-    async def close(self) -> None:
+    async def close(self) -> list[str]:
         await super().close()
         raise RuntimeError("executor close boom")
 
@@ -230,7 +230,8 @@ def test_the_stop_hooks_take_no_wrapper(hook: str, kind: str) -> None:
     def wrapping(runtime: AgentRuntime) -> Any:
         return (yield)
 
-    plugin = type("StopWrapper", (), {hook: staticmethod(hookimpl(**{kind: True})(wrapping))})
+    marked = hookimpl(wrapper=kind == "wrapper", hookwrapper=kind == "hookwrapper")(wrapping)
+    plugin = type("StopWrapper", (), {hook: staticmethod(marked)})
     with pytest.raises(PluginError, match=f"{hook} takes no wrapper"):
         build_plugin_manager([plugin])
 

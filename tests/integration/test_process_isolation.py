@@ -394,6 +394,7 @@ async def test_hung_event_loop_is_killed_by_the_heartbeat(
         crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
         healthy = await rt.register_agent("healthy", CrashAgent)
         pid = (await rt.start_agent(crashy)).process_id
+        assert pid is not None
         await rt.start_agent(healthy)
         task_id = await rt.submit_task("spin", {"mode": "spin"}, max_retries=1)
 
@@ -427,6 +428,7 @@ async def test_task_ignoring_its_timeout_gets_its_worker_killed(
     async with AgentRuntime(config=config()) as rt:
         agent_id = await rt.register_agent("sync", SyncHangAgent)
         pid = (await rt.start_agent(agent_id)).process_id
+        assert pid is not None
         task_id = await rt.submit_task("hang", {"hang": True}, timeout_seconds=0.5)
         task = await rt.wait_for_task(task_id, 10)
         assert task.status is TaskStatus.FAILED
@@ -455,6 +457,7 @@ async def test_memory_over_the_hard_limit_stops_only_that_worker(
         other = await rt.register_agent("other", SmallTaskAgent)
         hog_pid = (await rt.start_agent(hog)).process_id
         other_pid = (await rt.start_agent(other)).process_id
+        assert hog_pid is not None
         hog_task = await rt.submit_task("hog", {"mb": 300}, agent_id=hog)
         other_task = await rt.submit_task("other", {"seconds": 0.3, "n": 1}, agent_id=other)
 
@@ -809,6 +812,7 @@ async def test_a_pause_that_times_out_after_the_worker_paused_is_undone(
             config={"pause_block_seconds": 1.0, "resume_log": str(resume_log)},
         )
         pid = (await rt.start_agent(agent_id)).process_id
+        assert pid is not None
         with pytest.raises(WaitTimeoutError, match="the pause was abandoned"):
             await rt.pause_agent(agent_id, timeout_seconds=0.2)
         assert rt.get_agent_status(agent_id).status is AgentStatus.RUNNING
@@ -1070,8 +1074,9 @@ async def test_stop_leaves_no_worker_alive(
         idle = await rt.register_agent("idle", CrashAgent)
         busy = await rt.register_agent("busy", CrashAgent, config={"crashy": True})
         paused = await rt.register_agent("paused", SteppingAgent)
-        pids = [(await rt.start_agent(a)).process_id for a in (idle, busy, paused)]
-        assert all(pid is not None and alive(pid) for pid in pids)
+        started_pids = [(await rt.start_agent(a)).process_id for a in (idle, busy, paused)]
+        assert all(pid is not None and alive(pid) for pid in started_pids)
+        pids = [pid for pid in started_pids if pid is not None]  # all of them (just asserted)
         await running_on(rt, await rt.submit_task("block", {"mode": "block"}, agent_id=busy), busy)
         steps = await rt.submit_task(
             "steps", {"progress": str(progress), "release": str(release)}, agent_id=paused

@@ -24,8 +24,8 @@ async def run_and_kill(db_path: Path) -> dict[str, str]:
     assert child.stdout is not None
     try:
         async with asyncio.timeout(30):
-            ids = json.loads(await child.stdout.readline())
-            started = set()
+            ids: dict[str, str] = json.loads(await child.stdout.readline())
+            started: set[str] = set()
             while len(started) < 2:
                 line = (await child.stdout.readline()).decode().strip()
                 assert line, "child exited early"

@@ -199,10 +199,12 @@ def test_ctrl_c_twice_keeps_a_paused_agent_whose_resume_was_queued_paused(tmp_pa
         )
 
     first = child("first")
+    assert first.stderr is not None
     assert first.wait(timeout=60) == 0, first.stderr.read()
     second = child("second")
     try:
         assert second.stdout is not None
+        assert second.stderr is not None
         assert second.stdout.readline().strip() == "ready", second.stderr.read()
         second.send_signal(signal.SIGINT)  # Ctrl-C: the graceful stop begins
         assert second.stdout.readline().strip() == "stopping"

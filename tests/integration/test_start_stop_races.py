@@ -8,14 +8,16 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from miminions import AgentRuntime, RuntimeConfig, hookimpl
 from miminions.kernel.ownership import RUN_META_KEY
 from miminions.kernel.runtime import QUEUE_PAUSED_KEY
+from miminions.plugins.sqlite_batch import Committed
 from miminions.plugins.sqlite_store import SQLiteStore
 from tests.support.waiting import WAIT_SECONDS, wait_until
 
@@ -42,7 +44,7 @@ class GatedStore(SQLiteStore):
         await self._gate("open")
         await super().open()
 
-    def put_meta(self, key: str, value: object) -> Awaitable[None]:
+    def put_meta(self, key: str, value: Any) -> Committed:
         if key == RUN_META_KEY:
             self.run_recorded = True
         return super().put_meta(key, value)

@@ -256,7 +256,8 @@ async def test_a_message_handed_over_as_call_sync_gives_up_is_not_lost(
     agent_id = await rt.register_agent("sync", sync_receiver, isolation="inline")
     await rt.start_agent(agent_id)
     first_id = await rt.submit_task("a", {"mode": "give_up"}, agent_id=agent_id)
-    box = rt.messenger.bus._box(agent_id)  # the agent's mailbox (internal)
+    # the agent's mailbox (internal to the memory bus)
+    box = rt.messenger.bus._box(agent_id)  # type: ignore[attr-defined]
     await wait_until(lambda: _WAITING.is_set() and bool(box.waiters), "the receive to wait")
     await rt.send_message(agent_id, "note", {"x": 1})  # handed straight to the receive
     # The loop is busy (another callback, a GC pause, a slow plugin) exactly as the
@@ -306,7 +307,7 @@ async def test_a_call_sync_that_raised_on_its_timeout_takes_no_message(
     first = await rt.wait_for_task(await rt.submit_task("a", {"mode": "bad"}), WAIT)
     assert first.status is TaskStatus.COMPLETED, first.error_message
     assert first.output_data != {"data": {"x": 1}}  # it raised (no message yet)
-    left = len(rt.messenger.bus._box(agent_id).waiters) if isolation == "inline" else "?"
+    left = len(rt.messenger.bus._box(agent_id).waiters) if isolation == "inline" else "?"  # type: ignore[attr-defined]
     await rt.send_message(agent_id, "note", {"x": 1})
     second = await rt.wait_for_task(
         await rt.submit_task("b", {"mode": "take"}, agent_id=agent_id), WAIT

@@ -518,7 +518,7 @@ async def test_a_snapshot_read_database_is_read_anew_at_each_refresh(
     async def as_in_a_read_only_directory(store: SQLiteStore, uri: str) -> Any:
         if "immutable=1" not in uri:  # what SQLite answers there
             error = sqlite3.OperationalError("attempt to write a readonly database")
-            error.sqlite_errorname = "SQLITE_READONLY_DIRECTORY"  # type: ignore[attr-defined]
+            error.sqlite_errorname = "SQLITE_READONLY_DIRECTORY"
             raise error
         return await real_open(store, uri)
 

@@ -810,8 +810,8 @@ class AgentMachine(RuleBasedStateMachine):
                     await rt.start_agent(agent_id)
                 assert rt.get_agent_status(agent_id).status is S.RUNNING, name
                 for task_id in open_tasks():
-                    status = rt.get_task_status(task_id).status
-                    if serves(name, task_id) and status is not TaskStatus.BLOCKED:
+                    task_status = rt.get_task_status(task_id).status
+                    if serves(name, task_id) and task_status is not TaskStatus.BLOCKED:
                         await rt.wait_for_task(task_id)
             still = open_tasks()
             if len(still) == len(remaining):

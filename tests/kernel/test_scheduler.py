@@ -85,7 +85,7 @@ def run(sched: Scheduler, task_id: str, routes: Iterable[str] = (ANY_ROUTE,)) ->
     sched.complete(task_id)
 
 
-def snapshot(sched: Scheduler, ids: Iterable[str]) -> tuple:
+def snapshot(sched: Scheduler, ids: Iterable[str]) -> tuple[object, ...]:
     """Everything observable about ``ids``, to prove a rejected call changed nothing."""
     return (
         sched.waiting_count,
@@ -1164,8 +1164,14 @@ def test_position_matches_take_order_with_aging() -> None:
         add(sched, f"t{i}", priority, route=[ANY_ROUTE, group_route("g")][i % 2])
         clock.advance(7)
     ids = [f"t{i}" for i in range(6)]
-    by_position = sorted(ids, key=sched.position)
-    assert sorted(sched.position(t) for t in ids) == list(range(6))
+
+    def position(task_id: str) -> int:
+        rank = sched.position(task_id)
+        assert rank is not None  # every task here is ready
+        return rank
+
+    by_position = sorted(ids, key=position)
+    assert sorted(position(t) for t in ids) == list(range(6))
     assert drain(sched, [group_route("g"), ANY_ROUTE]) == by_position
 
 

@@ -89,7 +89,12 @@ def test_io_wakes_the_loop_while_a_timer_is_pending(select_calls: list[float | N
         with reader, writer:
             reader.setblocking(False)
             got: asyncio.Future[bytes] = loop.create_future()
-            loop.add_reader(reader, lambda: got.done() or got.set_result(reader.recv(10)))
+
+            def receive() -> None:
+                if not got.done():
+                    got.set_result(reader.recv(10))
+
+            loop.add_reader(reader, receive)
             far = loop.call_later(3600.0005, lambda: None)  # the loop waits with select()
             loop.call_later(0.0015, writer.send, b"ping")
             try:

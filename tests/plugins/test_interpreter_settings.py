@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import pytest
 
@@ -447,7 +447,7 @@ async def test_process_workers_take_the_runtimes_timer_slack_not_their_forkserve
 
 
 # ----------------------------------------------------------------------------- sqlite3 None
-NONE_KEY = (type(None), sqlite3.PrepareProtocol)
+NONE_KEY: tuple[type[Any], type[Any]] = (type(None), sqlite3.PrepareProtocol)
 
 
 @pytest.fixture

@@ -13,7 +13,8 @@ from typing import Any
 import pytest
 
 from miminions.plugins import sqlite_batch
-from miminions.plugins.sqlite_store import SQLiteStore, StoreError
+from miminions.plugins.sqlite_batch import StoreError
+from miminions.plugins.sqlite_store import SQLiteStore
 from tests.plugins.test_sqlite_store import (
     WAIT,
     block_commits,

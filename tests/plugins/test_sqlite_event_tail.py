@@ -11,6 +11,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -174,9 +175,10 @@ async def test_shared_events_cannot_be_changed_by_a_caller(db_path: Path) -> Non
         store.put_event(nth_event(1))
         first = (await store.query_events(EventQuery()))[0]
         with pytest.raises(PydanticValidationError, match="frozen"):
-            first.task_id = "other"
+            first.task_id = "other"  # type: ignore[misc]  # frozen on purpose: it must refuse
         with pytest.raises(TypeError, match="read-only"):
             first.details["n"] = 2
+        change: Callable[[dict[str, Any]], object]
         for change in (
             lambda d: d.update(n=2),
             lambda d: d.pop("n"),
@@ -217,6 +219,7 @@ async def test_what_is_inside_the_details_is_read_only_too(db_path: Path, cache:
         store.put_event(make_event(1, details={"items": [1, {"k": [2]}], "sub": {"a": 1}}))
         first = (await store.query_events(EventQuery()))[0]
         shallow = dict(first.details)
+        change: Callable[[], object]
         for change in (
             lambda: shallow["items"].append(3),
             lambda: shallow["items"][1]["k"].extend([4]),

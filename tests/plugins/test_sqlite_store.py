@@ -45,7 +45,8 @@ from miminions.kernel.models import (
 )
 from miminions.plugins import sqlite_batch, sqlite_schema, sqlite_store
 from miminions.plugins.interpreter_settings import SWITCH_INTERVAL
-from miminions.plugins.sqlite_store import SQLiteStore, StoreError, miminions_make_store
+from miminions.plugins.sqlite_batch import StoreError
+from miminions.plugins.sqlite_store import SQLiteStore, miminions_make_store
 from tests.support.children import first_line, spawn
 
 T0 = datetime(2025, 1, 2, 3, 4, 5, 123456, tzinfo=UTC)
@@ -98,7 +99,7 @@ def make_event(n: int, **fields: Any) -> EventRecord:
     return EventRecord(**values)
 
 
-def raw(path: Path, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+def raw(path: str | os.PathLike[str], sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
     """Run ``sql`` on a second, plain sqlite3 connection (another reader of the file)."""
     conn = sqlite3.connect(path)
     try:
@@ -480,7 +481,7 @@ async def test_failed_statement_is_retried_and_nothing_is_lost(
 # ----------------------------------------------------------------------------- failures
 def patch_statements(
     monkeypatch: pytest.MonkeyPatch,
-    execute: Callable[[sqlite3.Connection, str, Any], None],
+    execute: Callable[[sqlite3.Connection, str, Any], object],
     commit: Callable[[sqlite3.Connection], None] | None = None,
 ) -> None:
     """Make the store's commits run each statement through ``execute(database, sql,
@@ -616,7 +617,8 @@ async def test_bad_event_row_is_dropped_and_the_others_kept(
 ) -> None:
     """An event row SQLite cannot bind is logged and dropped; the other events keep order."""
     store.put_event(make_event(0, details={"n": 0}))
-    store.put_event(make_event(1)._replace(agent_id=("x",)))
+    # a tuple where a str goes, on purpose: SQLite cannot bind it
+    store.put_event(make_event(1)._replace(agent_id=("x",)))  # type: ignore[arg-type]
     store.put_event(make_event(2, details={"n": 2}))
     task = store.put_task(make_task())
     await store.flush()
@@ -808,7 +810,7 @@ async def test_a_commit_is_one_trip_to_the_database_thread(
     conn = store._conn
     assert conn is not None
     trips: list[Any] = []
-    real = conn._execute
+    real: Callable[..., Awaitable[Any]] = conn._execute
 
     async def counted(fn: Any, *args: Any, **kwargs: Any) -> Any:
         trips.append(fn)
@@ -882,7 +884,7 @@ async def test_a_commit_cancelled_in_the_database_thread_stores_each_write_once(
         conn._conn.commit()
 
     async def commit() -> None:
-        await conn._execute(commit_in_thread)
+        await conn._execute(commit_in_thread)  # type: ignore[no-untyped-call]  # aiosqlite's private
 
     monkeypatch.setattr(sqlite_batch, "runs_functions", lambda conn: False)
     monkeypatch.setattr(conn, "commit", commit)
@@ -1171,7 +1173,7 @@ async def test_without_flock_the_store_opens_without_waiting_for_a_holder(
     def never(fd: int) -> None:
         raise AssertionError("looked for a lock holder")
 
-    monkeypatch.setattr(sqlite_store.fcntl, "flock", no_flock)
+    monkeypatch.setattr(fcntl, "flock", no_flock)  # the module the store locks with
     monkeypatch.setattr(sqlite_store, "_live_pid", never)
     store = SQLiteStore(str(db_path))
     await store.open()

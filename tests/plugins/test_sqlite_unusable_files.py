@@ -14,7 +14,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,7 +28,9 @@ from miminions.plugins.sqlite_store import SQLiteStore
 T0 = datetime(2025, 1, 2, 3, 4, 5, tzinfo=UTC)
 
 
-def _foreign_with_schema_migrations(path: Path, ddl: str, rows: list[tuple[object, ...]]) -> None:
+def _foreign_with_schema_migrations(
+    path: Path, ddl: str, rows: Sequence[tuple[object, ...]]
+) -> None:
     """Another application's SQLite database, which names a table ``schema_migrations``
     (Rails, dbmate, Sequel, Ecto do) with columns of its own."""
     conn = sqlite3.connect(path)

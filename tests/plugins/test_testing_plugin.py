@@ -65,7 +65,7 @@ def run(pytester: pytest.Pytester, *, fresh_interpreter: bool = False) -> pytest
     project. ``fresh_interpreter``: in a subprocess, as process agents need (the worker
     processes must be able to import the test module)."""
     # Plugins the user's tests do not need are left out: loading them is most of the time.
-    args = ("--strict-markers", "-p", "no:cacheprovider", "-p", "no:benchmark")
+    args: tuple[str, ...] = ("--strict-markers", "-p", "no:cacheprovider", "-p", "no:benchmark")
     args += ("-p", "no:hypothesispytest")
     if fresh_interpreter:
         return pytester.runpytest_subprocess(*args)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from miminions import AgentContext, BaseAgent, Task
@@ -238,11 +239,11 @@ class StubbornAgent(BaseAgent):
 async def misusing_agent(task: Task, context: AgentContext) -> dict[str, str]:
     """Calls context methods with arguments of the wrong type and reports, per call, the
     class of the error it got (``MiminionsError`` subclasses are what bad input gets)."""
-    calls = {
+    calls: dict[str, Callable[[], Awaitable[object]]] = {
         "reply": lambda: context.reply("not a message"),  # type: ignore[arg-type]
         "unsubscribe": lambda: context.unsubscribe(["a", "list"]),  # type: ignore[arg-type]
     }
-    found = {}
+    found: dict[str, str] = {}
     for label, call in calls.items():
         try:
             await call()

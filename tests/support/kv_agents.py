@@ -83,7 +83,7 @@ class KVAgent(BaseAgent):
                 count += 1
             return {"changes": count}
         if op == "cas":
-            expected = data.get("expected")
+            expected: Any = data.get("expected")
             if data.get("expected_as_tuple"):
                 expected = tuple(expected)
             changed = await kv.compare_and_set(

@@ -69,10 +69,11 @@ class SyncHangingResumeAgent(BaseAgent):
     """A synchronous ``on_resume`` that blocks its thread until :data:`RELEASE_SYNC_HOOKS`
     is set (it cannot be cancelled, only abandoned)."""
 
-    def on_pause(self) -> dict[str, Any]:
+    # Synchronous hooks on purpose (BaseAgent declares them async; the runtime takes both).
+    def on_pause(self) -> dict[str, Any]:  # type: ignore[override]
         return {"note": "saved by on_pause"}
 
-    def on_resume(self, state: dict[str, Any]) -> None:
+    def on_resume(self, state: dict[str, Any]) -> None:  # type: ignore[override]
         SYNC_HOOK_BLOCKING.set()
         RELEASE_SYNC_HOOKS.wait()
 
