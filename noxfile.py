@@ -9,7 +9,7 @@ package skip where it is not installed (``pytest.importorskip``).
     nox -s check                              # the README's test command
     nox -s tests                              # the whole matrix
     nox -s "tests-3.12(extra='uvloop')"       # one cell; nox -l lists them
-    nox -s lint types
+    nox -s lint types                         # ruff; mypy on src/ and tests/
     nox -s bench -- --quick
 """
 
@@ -74,9 +74,11 @@ def lint(session: nox.Session) -> None:
 
 @nox.session
 def types(session: nox.Session) -> None:
-    """mypy --strict on src/ (with every extra installed, so their imports are checked)."""
+    """mypy --strict on src/, then on tests/ (with every extra installed, so their imports
+    are checked)."""
     install(session, "all")
-    session.run("mypy")
+    session.run("mypy")  # the files pyproject.toml names: src/miminions
+    session.run("mypy", "tests")
 
 
 @nox.session
