@@ -297,7 +297,7 @@ async def wait_until(
                     pytrace=False,
                 )
         if value:
-            return value  # type: ignore[return-value]
+            return value
         if time.monotonic() >= deadline:
             name = what or getattr(check, "__name__", repr(check))
             pytest.fail(f"timed out after {within:g} s waiting for {name} (last: {value!r})")

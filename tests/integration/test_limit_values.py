@@ -13,11 +13,16 @@ from miminions import AgentRuntime, ResourceLimits, RuntimeConfig, UsageBudget, 
 from tests.support import agents
 
 
+def _set_attribute(limits: ResourceLimits) -> ResourceLimits:
+    limits.task_timeout_seconds = -1
+    return limits
+
+
 @pytest.mark.parametrize(
     "spoil",
     [
         lambda limits: limits.model_copy(update={"task_timeout_seconds": 0}),
-        lambda limits: setattr(limits, "task_timeout_seconds", -1) or limits,
+        _set_attribute,
     ],
     ids=["model_copy", "attribute"],
 )

@@ -8,6 +8,7 @@ import asyncio
 import os
 import re
 import textwrap
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -67,7 +68,7 @@ class Summarizer(BaseAgent):  # docs/testing.md's example agent, verbatim
 @pytest.mark.slow
 @pytest.mark.miminions(isolation="process")
 async def test_a_second_runtime_does_not_blame_the_firsts_process_agent(
-    miminions_runtime: AgentRuntime, tmp_path: os.PathLike[str]
+    miminions_runtime: AgentRuntime, tmp_path: Path
 ) -> None:
     """docs/testing.md "More than one runtime": a second runtime started mid-test took
     every asyncio task created since it started that runs miminions code as its own
@@ -82,7 +83,7 @@ async def test_a_second_runtime_does_not_blame_the_firsts_process_agent(
 
 
 async def test_a_second_runtime_does_not_blame_the_firsts_running_task(
-    miminions_runtime: AgentRuntime, tmp_path: os.PathLike[str]
+    miminions_runtime: AgentRuntime, tmp_path: Path
 ) -> None:
     """Same, inline: a task of the first runtime that runs while the second one ends was
     reported as the second runtime's leftover (AsyncioExecutor._work is pending)."""
@@ -96,7 +97,7 @@ async def test_a_second_runtime_does_not_blame_the_firsts_running_task(
 
 
 async def test_two_runtimes_in_parallel_one_ending_while_the_other_works(
-    tmp_path: os.PathLike[str],
+    tmp_path: Path,
 ) -> None:
     """Two runtimes used side by side (asyncio.gather): the one that ended first blamed
     the other's running task."""
@@ -171,7 +172,7 @@ async def test_run_agent_with_one_dict_instead_of_a_list_says_so(
     iterated the dict's keys and failed with "dictionary update sequence element #0 has
     length 1; 2 is required"."""
     with pytest.raises(TypeError, match=r"tasks must be a list of input_data dicts"):
-        await run_agent(miminions_runtime, Echo, {"text": "a"})  # type: ignore[arg-type]
+        await run_agent(miminions_runtime, Echo, {"text": "a"})  # type: ignore[dict-item]
 
 
 def test_marker_plugins_not_a_list_says_so(pytester: pytest.Pytester) -> None:
@@ -222,7 +223,7 @@ def _docs_block(start: str) -> str:
         re.DOTALL | re.MULTILINE,
     )
     (block,) = [b for b in blocks if b.startswith(start)]
-    return block
+    return str(block)
 
 
 async def test_docs_agent_harness_sample_runs_as_written(miminions_runtime: AgentRuntime) -> None:
