@@ -94,6 +94,11 @@ class MessageTooLargeError(ValidationError):
     """A message payload is larger than the runtime's cap."""
 
 
+class FrameTooLargeError(ValidationError):
+    """Data too big for one frame between the runtime and a process agent's worker (64 MB:
+    a task's input or result, a checkpoint, a message, the answer to a context call)."""
+
+
 class AgentHookError(MiminionsError):
     """An agent's lifecycle hook (``on_pause``, ``on_resume``, ...) raised; the agent is
     failed. The hook's own exception is the ``__cause__``."""
@@ -167,6 +172,7 @@ __all__ = [
     "AlreadyExistsError",
     "ConfigurationError",
     "DependencyCycleError",
+    "FrameTooLargeError",
     "HookTimeoutError",
     "HostEndedError",
     "InvalidStateError",

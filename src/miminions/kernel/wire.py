@@ -34,7 +34,11 @@ from functools import partial
 from typing import Any, cast
 
 from miminions.kernel import errors
-from miminions.kernel.errors import MiminionsError, RemoteAgentError, ValidationError
+from miminions.kernel.errors import (
+    FrameTooLargeError,
+    MiminionsError,
+    RemoteAgentError,
+)
 from miminions.kernel.jsonutil import make_encoder
 from miminions.kernel.models import Task
 from miminions.kernel.task_input import error_text
@@ -58,10 +62,6 @@ _encode = make_encoder(allow_nan=False)
 
 class ChannelClosedError(MiminionsError, ConnectionError):
     """The other end of a frame channel went away (its process exited or was killed)."""
-
-
-class FrameTooLargeError(ValidationError):
-    """Data too big for one frame between the runtime and a worker (:data:`MAX_FRAME_BYTES`)."""
 
 
 class ProtocolViolationError(MiminionsError):
@@ -107,13 +107,14 @@ def _ends_loop(error: BaseException) -> bool:
 
 
 def error_from_wire(data: Any) -> RemoteAgentError:
-    """Rebuild an error sent by :func:`error_to_wire` (checked; never trusted blindly)."""
+    """Rebuild an error sent by :func:`error_to_wire` (checked; never trusted blindly: a
+    string with no UTF-8 form, valid JSON as ``\\ud800``, is escaped, as it is stored)."""
     if not isinstance(data, dict):
         return RemoteAgentError("ProtocolViolationError", f"malformed error {data!r}")
     return RemoteAgentError(
-        str(data.get("type") or "Exception"),
-        str(data.get("message") or ""),
-        str(data.get("traceback") or ""),
+        escape_non_utf8(str(data.get("type") or "Exception")),
+        escape_non_utf8(str(data.get("message") or "")),
+        escape_non_utf8(str(data.get("traceback") or "")),
     )
 
 
@@ -542,6 +543,15 @@ class FrameChannel(asyncio.Protocol):
             return
         try:
             self._send({"re": request_id, "value": value})
+        except FrameTooLargeError:
+            self._reply_error(
+                request_id,
+                FrameTooLargeError(
+                    f"the answer to this call is larger than the {MAX_FRAME_BYTES:,} bytes "
+                    "a frame between the runtime and a worker may carry: ask for less at a "
+                    "time (a narrower key prefix, say)"
+                ),
+            )
         except (TypeError, ValueError) as exc:
             self._reply_error(request_id, exc)
 
@@ -633,6 +643,7 @@ def _decode(body: bytes) -> Frame:
 __all__ = [
     "ChannelClosedError",
     "FrameChannel",
+    "FrameTooLargeError",
     "ProtocolViolationError",
     "encode_frame",
     "error_from_wire",

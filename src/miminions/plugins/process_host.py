@@ -236,9 +236,13 @@ class ProcessHost:
             raise TaskNotStartedError(f"agent {self.spec.name!r} has no running worker")
         if live.channel.closed.done():
             raise await self._not_begun(live)
-        run_id, reply = live.channel.start_request(
-            "run", task=task_to_wire(task), checkpoint=checkpoint
-        )
+        # The checkpoint goes once, in the task (twice, a checkpoint over half a frame's
+        # limit made every later attempt of its task too large to send).
+        wired = task_to_wire(task)
+        wired.pop("checkpoint", None)
+        if checkpoint is not None:
+            wired["checkpoint"] = checkpoint
+        run_id, reply = live.channel.start_request("run", task=wired)
         live.runs[run_id] = task.task_id
         try:
             return await reply

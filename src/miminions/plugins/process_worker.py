@@ -474,7 +474,7 @@ class Worker:
             if isinstance(request_id, int):
                 self._begun.add(request_id)  # no await since the last: see _give_back
             try:
-                result = await self.runner.run(task, frame.get("checkpoint"))
+                result = await self.runner.run(task, task.checkpoint)
                 if (
                     self.channel is not None
                     and isinstance(request_id, int)
