@@ -156,25 +156,29 @@ async def started_runtime(
         raise ValueError(f"{_Watch.miminions_plugin_name!r} cannot be disabled")
     runtime = AgentRuntime(config=config, plugins=[*plugins, watch], disable=disable)
     await runtime.start()
-    _OPEN.add(runtime)
+    loop = asyncio.get_running_loop()
+    _OPEN[runtime] = loop
     try:
         yield runtime
     finally:
-        _OPEN.discard(runtime)
+        _OPEN.pop(runtime, None)
         await runtime.stop()
     if check_leaks:
         # An asyncio task cannot be told to be of this runtime or of another one still
-        # open (two runtimes side by side, one within the other): then the runtime that
-        # stops last checks the tasks (those since it started), and this one what it
-        # alone owns (its agents, tasks and worker processes).
-        others = any(other.is_running for other in _OPEN)
+        # open on this loop (two runtimes side by side, one within the other): then the
+        # runtime that stops last checks the tasks (those since it started), and this
+        # one what it alone owns (its agents, tasks and worker processes). (A runtime on
+        # another loop, a session's in another thread, has none of this loop's tasks.)
+        others = any(rt.is_running and at is loop for rt, at in list(_OPEN.items()))
         await _check_nothing_left(runtime, watch.workers.values(), None if others else before)
 
 
 #: How long the teardown gives tasks and worker processes that are ending to end.
 _LEAK_GRACE_SECONDS = 5.0
-#: The runtimes :func:`started_runtime` started and has not stopped yet.
-_OPEN: weakref.WeakSet[AgentRuntime] = weakref.WeakSet()
+#: The runtimes :func:`started_runtime` started and has not stopped yet, and their loops.
+_OPEN: weakref.WeakKeyDictionary[AgentRuntime, asyncio.AbstractEventLoop] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 async def _check_nothing_left(
@@ -309,11 +313,17 @@ _NO_ANSWER: Any = object()
 
 async def _answer_by(check: Awaitable[_T], deadline: float) -> _T:
     """What the async ``check`` returns, or :data:`_NO_ANSWER` if it has not by
-    ``deadline`` (a :func:`time.monotonic` time; it is cancelled then)."""
-    try:
-        return await asyncio.wait_for(check, max(deadline - time.monotonic(), 0.0))
-    except TimeoutError:
-        return _NO_ANSWER  # type: ignore[no-any-return]
+    ``deadline`` (a :func:`time.monotonic` time; it is cancelled then). A check that
+    answers without waiting always answers, even past the deadline (its first step runs
+    before the wait's timeout: ``wait_for(check, 0)`` cancelled it before it ran)."""
+    answer = asyncio.ensure_future(check)
+    await asyncio.wait([answer], timeout=max(deadline - time.monotonic(), 0.0))
+    if answer.done():
+        return answer.result()
+    answer.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await answer
+    return _NO_ANSWER  # type: ignore[no-any-return]
 
 
 # --------------------------------------------------------------------------- running agents

@@ -20,6 +20,7 @@ import contextlib
 import os
 import shutil
 import signal
+import sqlite3
 import sys
 import time
 from collections.abc import Coroutine
@@ -30,6 +31,7 @@ from typing import Any, TextIO
 
 from miminions.cli import _QUEUE_EVENTS, _queue_line, _runtime_line, open_database, runtime_running
 from miminions.demo import cut_to_columns
+from miminions.kernel.errors import MiminionsError
 from miminions.kernel.models import TaskStatus
 from miminions.kernel.runtime import RUN_META_KEY, build_event_query
 from miminions.plugins.sqlite_store import SQLiteStore
@@ -182,14 +184,22 @@ async def watch(
                     # snapshot never sees later changes either: read the file anew. (Once
                     # a runtime writes it, a write-ahead log appears, which such a reader
                     # cannot read: the open says so, and top ends with that error.)
+                    replaced = now_file != opened_file
                     await opened.aclose()
                     store, previous, opened_file = None, None, now_file
+                    waiting = "the database file is gone; waiting for it"
                     if now_file is not None:
-                        store = await opened.enter_async_context(open_database(path))
+                        try:
+                            store = await opened.enter_async_context(open_database(path))
+                        except (MiminionsError, sqlite3.Error) as exc:
+                            if not replaced:
+                                raise
+                            # A new file is made empty, then given its schema (a runtime's
+                            # start, a backup being copied): not readable for a moment.
+                            opened_file = None  # tried again at the next refresh
+                            waiting = f"the new database file cannot be read yet ({exc})"
                 if store is None:
-                    screen.show(
-                        f"miminions top  {path}\n\n  the database file is gone; waiting for it"
-                    )
+                    screen.show(f"miminions top  {path}\n\n  {waiting}")
                 else:
                     snapshot = await read_snapshot(store, path, events)
                     screen.show(render(snapshot, previous))

@@ -12,6 +12,7 @@ import select
 import shutil
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -260,3 +261,53 @@ def test_top_says_so_while_the_database_file_is_gone(tmp_path: Path) -> None:
     second = out.getvalue().split("\n\nmiminions top ")[1]
     assert "the database file is gone; waiting for it" in second
     assert "old-agent" not in second
+
+
+def _fill_in_a_thread(db: Path, agent: str) -> None:
+    async def fill() -> None:
+        config = RuntimeConfig(storage_path=str(db), default_isolation="inline")
+        async with AgentRuntime(config=config) as rt:
+            await rt.register_agent(agent, Idle)
+
+    # (in a thread of its own: top's loop runs in this one)
+    thread = threading.Thread(target=asyncio.run, args=(fill(),))
+    thread.start()
+    thread.join(30)
+
+
+def test_top_survives_the_new_file_before_its_schema_is_written(tmp_path: Path) -> None:
+    """The database is deleted (top says it is gone and waits), then made anew by a
+    runtime, whose start first creates the file empty, then writes the schema (a backup
+    copied to the path grows the same way). A frame that met the file in between ended
+    top with "not a miminions database" instead of waiting. Here the empty-file step is
+    held for one frame, to make the timing deterministic."""
+    db = tmp_path / "app.db"
+    _fill_in_a_thread(db, "old-agent")
+
+    class Operator(io.StringIO):
+        """After frame 1 deletes the database; after frame 2 (gone) a runtime begins
+        making it anew (the empty file); after frame 3 the runtime has made it."""
+
+        step = 0
+
+        def flush(self) -> None:
+            super().flush()
+            frames = self.getvalue().count("miminions top ")
+            if frames == 1 and self.step == 0:
+                self.step = 1
+                for suffix in ("", "-wal", "-shm"):
+                    Path(f"{db}{suffix}").unlink(missing_ok=True)
+            elif frames == 2 and self.step == 1:
+                self.step = 2
+                os.close(os.open(db, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            elif frames == 3 and self.step == 2:
+                self.step = 3
+                _fill_in_a_thread(db, "new-agent")
+
+        def isatty(self) -> bool:
+            return False
+
+    out = Operator()
+    assert run_top(db, interval=0.01, frames=4, events=5, out=out) == 0
+    last = out.getvalue().split("\n\nmiminions top ")[-1]
+    assert "new-agent" in last, last

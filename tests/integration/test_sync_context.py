@@ -7,6 +7,7 @@ Agents come from :mod:`tests.support.sync_agents` (importable by worker processe
 from __future__ import annotations
 
 import asyncio
+import gc
 import math
 import threading
 from pathlib import Path
@@ -316,3 +317,42 @@ async def test_a_call_sync_that_raised_on_its_timeout_takes_no_message(
         f"{second.error_message} (receives left waiting after the first task: {left})"
     )
     assert second.output_data == {"data": {"x": 1}}
+
+
+def sync_open_and_leave(task: Task, context: Any) -> dict[str, Any]:
+    context.call_sync(context.kv.open_watch("jobs/"))  # left open: closed as the task ends
+    return {"opened": True}
+
+
+def sync_open_and_raise(task: Task, context: Any) -> None:
+    watch = context.call_sync(context.kv.open_watch("jobs/"))
+    raise RuntimeError(f"failed holding {watch!r}")
+
+
+async def _dropped_watch_closes(rt: AgentRuntime, agent: object, ends: TaskStatus) -> None:
+    a = await rt.register_agent("a", agent, isolation="inline")
+    await rt.start_agent(a)
+    gc.collect()
+    gc.disable()  # only reference counting frees the watch, as in a long idle stretch
+    try:
+        done = await rt.wait_for_task(await rt.submit_task("t", {}, agent_id=a), 10)
+        assert done.status is ends
+        await wait_until(lambda: rt.kv.watchers == 0, "the dropped watch to close")
+    finally:
+        gc.enable()
+
+
+async def test_a_watch_a_sync_agent_left_open_closes_as_its_task_ends(
+    miminions_runtime: AgentRuntime,
+) -> None:
+    """docs: a watch "closes when closed, when dropped (the task holding it ended) or when
+    the agent stops": also one a sync agent's ``call_sync`` opened (the call's task held
+    it, through a reference cycle, until the cyclic collector ran)."""
+    await _dropped_watch_closes(miminions_runtime, sync_open_and_leave, TaskStatus.COMPLETED)
+
+
+async def test_a_watch_held_by_a_failed_sync_agent_closes_as_its_task_ends(
+    miminions_runtime: AgentRuntime,
+) -> None:
+    """Also for a synchronous agent whose task raised holding the watch."""
+    await _dropped_watch_closes(miminions_runtime, sync_open_and_raise, TaskStatus.FAILED)

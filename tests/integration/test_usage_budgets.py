@@ -3,8 +3,13 @@ is not lost on an agent that was not running as it tripped."""
 
 from __future__ import annotations
 
+import asyncio
+import os
+import signal
 from collections.abc import Callable
 from typing import Any
+
+import pytest
 
 from miminions import (
     AgentRuntime,
@@ -12,10 +17,12 @@ from miminions import (
     BaseAgent,
     EventType,
     ResourceLimits,
+    RestartPolicy,
     RuntimeConfig,
     Task,
     UsageBudget,
 )
+from miminions.kernel.errors import MiminionsError
 from tests.support import agents
 from tests.support.waiting import wait_until
 
@@ -158,3 +165,210 @@ async def test_a_reset_lets_an_agent_that_owed_the_breakers_pause_run(
         await rt.wait_for_task(await rt.submit_task("t", {"tokens": 5}), 10)
         status = rt.get_agent_status(agent_id)
         assert (status.status, status.tokens_used) == (AgentStatus.RUNNING, 5)
+
+
+_GATE: dict[str, asyncio.Event] = {}
+
+
+class _PauseSpender(BaseAgent):
+    """Reports 25 tokens from on_pause (flushing its accounting as it pauses)."""
+
+    async def on_pause(self) -> dict[str, Any]:
+        await self.context.report_usage(tokens=25)
+        return {}
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.report_usage(tokens=task.input_data.get("tokens", 0))
+        return {}
+
+
+class _SlowStartSpender(BaseAgent):
+    """Its first on_start reports 25 tokens, then waits (a model warming up); later starts
+    are quick."""
+
+    async def on_start(self) -> None:
+        gate = _GATE.get("start")
+        if gate is not None:
+            await self.context.report_usage(tokens=25)
+            await gate.wait()
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.report_usage(tokens=task.input_data.get("tokens", 0))
+        return {}
+
+
+class _FailingStartSpender(BaseAgent):
+    """Its first on_start reports 25 tokens, then fails; later starts succeed."""
+
+    async def on_start(self) -> None:
+        if _GATE.pop("fail", None) is not None:
+            await self.context.report_usage(tokens=25)
+            raise RuntimeError("model failed to load")
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.report_usage(tokens=task.input_data.get("tokens", 0))
+        return {}
+
+
+async def test_budget_spent_by_on_pause_holds_when_the_user_resumes(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """The agent's on_pause spends its budget while a user pause is in progress: the breaker
+    trips, the agent ends up paused (by the user). Like the on_stop case, the breaker's
+    pause is owed, so resuming it (no reset_usage) must pause it again for the breaker.
+    Instead the breaker's pause is swallowed (InvalidStateError suppressed) and the resumed
+    agent runs on unchecked."""
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender", _PauseSpender, limits=ResourceLimits(usage_budget=UsageBudget(tokens=10))
+        )
+        await rt.start_agent(agent_id)
+        await rt.pause_agent(agent_id)
+        assert await rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
+        assert rt.get_agent_status(agent_id).tokens_used == 25
+        await rt.resume_agent(agent_id)  # no reset: the budget is still spent
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause of the agent whose on_pause spent its budget",
+            within=3.0,
+        )
+
+
+async def test_budget_spent_by_on_start_holds_after_a_stop_during_the_start(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """on_start spends the budget, and the agent is stopped before on_start returns (stop
+    during start). The breaker's pause (queued behind the start's lock) meets a stopped
+    agent and is dropped: the next start runs unchecked (docs: stopped agents are paused
+    as they next start)."""
+    _GATE["start"] = asyncio.Event()
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            _SlowStartSpender,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=10)),
+        )
+        starting = asyncio.ensure_future(rt.start_agent(agent_id))
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).tokens_used == 25, "on_start's report"
+        )
+        await rt.stop_agent(agent_id, graceful=False)
+        with pytest.raises(MiminionsError):
+            await starting
+        assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
+        del _GATE["start"]
+        await rt.start_agent(agent_id)  # no reset: the budget is still spent
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause of the agent started again",
+            within=3.0,
+        )
+
+
+async def test_budget_spent_by_a_failed_on_start_holds_on_the_next_start(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """on_start spends the budget, then fails: the agent is failed. The breaker's pause
+    waits for the start's lock, meets a failed agent and is dropped, so starting the
+    agent again (no reset) lets it run unchecked."""
+    _GATE["fail"] = asyncio.Event()
+    async with AgentRuntime(config=make_config()) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            _FailingStartSpender,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=10)),
+        )
+        await rt.start_agent(agent_id)
+        assert rt.get_agent_status(agent_id).status is AgentStatus.FAILED
+        assert await rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
+        await rt.start_agent(agent_id)
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause of the agent started again after its failed start",
+            within=3.0,
+        )
+
+
+class _SpendThenHang(BaseAgent):
+    """Reports input_data["tokens"], then (input_data["hang"]) waits without a safe point."""
+
+    async def execute_task(self, task: Task) -> dict[str, Any]:
+        await self.context.report_usage(tokens=task.input_data.get("tokens", 0))
+        if task.input_data.get("hang"):
+            await asyncio.Event().wait()
+        return {}
+
+
+@pytest.mark.slow
+async def test_budget_spent_before_a_crash_holds_after_the_restart(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """A process agent's task spends its budget; the breaker's pause waits for a safe point
+    the task never reaches, and the worker dies meanwhile (killed: OOM killer, segfault).
+    The pause fails with the host's end (suppressed), the crash path restarts the agent,
+    and the restarted agent runs on unchecked: the breaker tripped once and never paused
+    it, nothing is owed."""
+    config = make_config(restart=RestartPolicy(backoff_base_seconds=0.01))
+    async with AgentRuntime(config=config) as rt:
+        agent_id = await rt.register_agent(
+            "spender",
+            _SpendThenHang,
+            limits=ResourceLimits(usage_budget=UsageBudget(tokens=10)),
+            isolation="process",
+        )
+        await rt.start_agent(agent_id)
+        pid = rt.get_agent_status(agent_id).process_id
+        assert pid
+        await rt.submit_task("t", {"tokens": 25, "hang": True}, max_retries=0)
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).tokens_used == 25, "the task's report"
+        )
+        assert await wait_until(
+            lambda: rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id),
+            "the breaker",
+        )
+        slot = rt.agent_book.get(agent_id)
+        await wait_until(
+            lambda: slot.call == "pause", "the breaker's pause, waiting for a safe point"
+        )
+        os.kill(pid, signal.SIGKILL)
+        await wait_until(
+            lambda: (
+                rt.get_agent_status(agent_id).restart_count >= 1
+                and rt.get_agent_status(agent_id).status
+                in (AgentStatus.RUNNING, AgentStatus.PAUSED)
+            ),
+            "the restart",
+            within=15.0,
+        )
+        # no reset_usage: the budget is still spent, the breaker never paused the agent
+        await wait_until(
+            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
+            "the breaker's pause of the restarted agent",
+            within=3.0,
+        )
+
+
+async def test_a_member_that_joins_a_group_after_its_budget_is_spent_is_held(
+    make_config: Callable[..., RuntimeConfig],
+) -> None:
+    """The group's budget is spent and not reset; an agent registered into the group after
+    the breaker tripped (the application scaling the team up) starts and spends on with no
+    limit: the owed pause covers only the members the group had as it tripped, and the
+    breaker trips once. Its spending even adds to the spent group's total."""
+    config = make_config(group_budgets={"team": UsageBudget(tokens=10)})
+    async with AgentRuntime(config=config) as rt:
+        first = await rt.register_agent("first", agents.UsageAgent, group="team")
+        await rt.start_agent(first)
+        await rt.wait_for_task(await rt.submit_task("t", {"tokens": 20}, agent_id=first), 10)
+        await wait_until(
+            lambda: rt.get_agent_status(first).status is AgentStatus.PAUSED, "the group breaker"
+        )
+        late = await rt.register_agent("late", agents.UsageAgent, group="team")
+        await rt.start_agent(late)  # the group's budget is spent and not reset
+        await rt.submit_task("t", {"tokens": 1000}, agent_id=late)
+        await wait_until(
+            lambda: rt.get_agent_status(late).status is AgentStatus.PAUSED,
+            "the group breaker's pause of the member that joined after it tripped",
+            within=3.0,
+        )

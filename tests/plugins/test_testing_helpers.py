@@ -8,12 +8,14 @@ import asyncio
 import os
 import re
 import textwrap
+import threading
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from miminions import AgentRuntime, BaseAgent, RuntimeConfig, Task, ValidationError
+from miminions.kernel import agent as agent_module
 from miminions.testing import (
     AgentHarness,
     run_agent,
@@ -270,3 +272,74 @@ def test_a_test_on_the_fixtures_loop_scope_runs(pytester: pytest.Pytester) -> No
     pytester.makepyfile(test_user=MODULE_LOOP_TEST)
     result = pytester.runpytest_inprocess("-p", "no:cacheprovider", "-p", "no:randomly")
     result.assert_outcomes(passed=1)
+
+
+def _leak() -> asyncio.Task[object]:
+    """An asyncio task running miminions code left pending (what the check looks for)."""
+    return asyncio.ensure_future(agent_module._awaited(asyncio.Event().wait()))
+
+
+async def _block_leaving_a_task(path: Path, leaked: list[asyncio.Task[object]]) -> None:
+    async with started_runtime(runtime_config(path)):
+        leaked.append(_leak())  # made after the runtime started: the check's business
+
+
+async def test_a_runtime_open_on_another_loop_leaves_the_task_check_on(tmp_path: Path) -> None:
+    """asyncio.all_tasks() is per loop, so a runtime open on another event loop (a
+    session-scoped runtime on its own loop, in another thread) cannot own this loop's
+    tasks: it does not turn the task check off (a leak went unreported)."""
+    leaked: list[asyncio.Task[object]] = []
+    opened, release = threading.Event(), threading.Event()
+
+    async def other_runtime() -> None:
+        async with started_runtime(runtime_config(tmp_path / "other.db"), check_leaks=False):
+            opened.set()
+            await asyncio.to_thread(release.wait, 30)
+
+    thread = threading.Thread(target=asyncio.run, args=(other_runtime(),))
+    try:
+        # Control: alone, the leak fails the teardown.
+        with pytest.raises(pytest.fail.Exception, match="is pending"):
+            await _block_leaving_a_task(tmp_path / "alone.db", leaked)
+        thread.start()
+        assert opened.wait(30)
+        with pytest.raises(pytest.fail.Exception, match="is pending"):
+            await _block_leaving_a_task(tmp_path / "mine.db", leaked)
+    finally:
+        for task in leaked:
+            task.cancel()
+        release.set()
+        if thread.is_alive():
+            thread.join(30)
+
+
+async def test_an_async_check_that_answers_at_once_is_reported_with_its_last_value() -> None:
+    """An async check answering False at once, every time, times out with its last value,
+    as a sync check does (the check made after the deadline was cancelled before it ran,
+    and the failure claimed "the check itself did not return")."""
+    calls = 0
+
+    async def check() -> bool:
+        nonlocal calls
+        calls += 1
+        return False
+
+    with pytest.raises(pytest.fail.Exception) as failed:
+        await wait_until(check, "the flag", within=0.05)
+    message = str(failed.value)
+    assert "did not return" not in message, message
+    assert "last: False" in message, message
+
+
+async def test_an_async_check_true_at_once_passes_like_a_sync_one() -> None:
+    """A check that is true passes even with ``within=0`` (it is checked once), sync or
+    async (the async one was cancelled before it ran)."""
+
+    def sync_check() -> str:
+        return "ready"
+
+    async def async_check() -> str:
+        return "ready"
+
+    assert await wait_until(sync_check, "ready", within=0) == "ready"
+    assert await wait_until(async_check, "ready", within=0) == "ready"

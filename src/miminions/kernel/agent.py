@@ -486,8 +486,14 @@ class _SyncCall(Generic[_T]):
         self._task.add_done_callback(self._ended)
 
     async def _carry_out(self, call: Awaitable[_T]) -> _T:
-        _SYNC_CALL.set(self)  # (in this task's own copy of the caller's context)
-        return await call
+        # (In this task's own copy of the caller's context, and taken back as it ends: the
+        # task's context holding this call, which holds the task, was a reference cycle
+        # keeping the call's result, an open watch, until the cyclic collector ran.)
+        token = _SYNC_CALL.set(self)
+        try:
+            return await call
+        finally:
+            _SYNC_CALL.reset(token)
 
     def returns_taken(self, value: Any, give_back: Callable[[Any], None]) -> None:
         """Called on the loop by what the call awaits: ``value``, if it is the call's

@@ -107,6 +107,8 @@ class CommunicationAPI:
                 if breach.scope == "agent"
                 else [s.agent_id for s in self.agent_book.in_group(breach.name)]
             )
+            if breach.scope == "group":
+                self.usage.by_group[breach.name].held.update(members)
             for member in members:
                 self._spawn(self._trip_breaker(member, breach))
 
@@ -123,13 +125,24 @@ class CommunicationAPI:
         if not (slot.status in (AgentStatus.RUNNING, AgentStatus.STARTING) or resuming):
             self.usage.owe(agent_id, breach)
             return
-        with contextlib.suppress(MiminionsError):  # stopped, failed or paused meanwhile
-            await self.agent_book.pause(agent_id, reason=f"circuit breaker: {breach.message}")
+        reason = f"circuit breaker: {breach.message}"
+        with contextlib.suppress(MiminionsError):
+            await self.agent_book.pause(agent_id, reason=reason)
+        if self.is_running and not (
+            slot.status is AgentStatus.PAUSED and slot.instance.status_reason == reason
+        ):
+            # Stopped, failed, crashed or paused by another call before this pause took
+            # effect (its on_pause, say, spent the budget during the user's pause): owed.
+            self.usage.owe(agent_id, breach)
 
     def _agent_running(self, agent_id: str) -> None:
         """An agent became running (started, resumed, restarted): paused at once if a
-        breaker tripped while it was not running (see :meth:`_trip_breaker`)."""
+        breaker tripped while it was not running (see :meth:`_trip_breaker`), or if it
+        joined a group whose breaker had tripped."""
         breach = self.usage.collect(agent_id) if self.usage.owed else None
+        group = self.agent_book.get(agent_id).spec.group
+        if breach is None and group is not None and self.usage.by_group:
+            breach = self.usage.newcomer(group, agent_id)
         if breach is not None:
             self._spawn(self._trip_breaker(agent_id, breach))
 

@@ -24,6 +24,10 @@ class Usage:
     tokens: int = 0
     cost: float = 0.0
     tripped: bool = False
+    #: The breach that tripped the breaker, and (a group's) the members it has dealt with:
+    #: one that joins the group later is paused as it runs (see :meth:`UsageBook.newcomer`).
+    breach: BudgetBreach | None = None
+    held: set[str] = field(default_factory=set)
 
 
 @dataclass(frozen=True)
@@ -96,6 +100,16 @@ class UsageBook:
                 breaches.append(breach)
         return breaches
 
+    def newcomer(self, group: str, agent_id: str) -> BudgetBreach | None:
+        """The breach ``agent_id``, running now, is to be paused for as a member ``group``'s
+        tripped breaker has not dealt with yet (it joined the group after the breaker
+        tripped), if so; it is dealt with from then on (a resume of it runs on)."""
+        usage = self.by_group.get(group)
+        if usage is None or usage.breach is None or agent_id in usage.held:
+            return None
+        usage.held.add(agent_id)
+        return usage.breach
+
     def reset(self, agent_id: str | None = None, group: str | None = None) -> None:
         """Zero the totals (and re-arm the breaker) of an agent, a group, or everything."""
         if agent_id is None and group is None:
@@ -146,12 +160,14 @@ def _add(
         return None
     if budget.tokens is not None and usage.tokens >= budget.tokens:
         usage.tripped = True
-        return BudgetBreach(scope, name, "tokens", usage.tokens, budget.tokens)
+        usage.breach = BudgetBreach(scope, name, "tokens", usage.tokens, budget.tokens)
+        return usage.breach
     # Float sums miss by the last digit: ten reports of 0.1 add up to 0.9999999999999999,
     # which reaches a budget of 1.0 all the same.
     if budget.cost is not None and (
         usage.cost >= budget.cost or math.isclose(usage.cost, budget.cost, rel_tol=1e-9)
     ):
         usage.tripped = True
-        return BudgetBreach(scope, name, "cost", usage.cost, budget.cost)
+        usage.breach = BudgetBreach(scope, name, "cost", usage.cost, budget.cost)
+        return usage.breach
     return None
