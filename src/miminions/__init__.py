@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from miminions.kernel.agent import AgentContext, AgentProtocol, BaseAgent
     from miminions.kernel.errors import (
         AgentCrashedError,
+        AgentExitError,
         AgentHookError,
         AlreadyExistsError,
         ConfigurationError,
@@ -115,6 +116,7 @@ def __dir__() -> list[str]:
 __all__ = [
     "AgentContext",
     "AgentCrashedError",
+    "AgentExitError",
     "AgentHookError",
     "AgentHost",
     "AgentInstance",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import math
+import sys
 import threading
 from pathlib import Path
 from typing import Any
@@ -16,10 +17,14 @@ from typing import Any
 import pytest
 
 from miminions import AgentRuntime, AgentStatus, Task, TaskStatus
+from miminions.kernel.errors import InvalidStateError
+from tests.support.runtime import ROOT
 from tests.support.sync_agents import (
     SyncHandlerAsyncioRun,
     SyncHandlerCallingContext,
     SyncHooksCallingContext,
+    SyncStepper,
+    SyncStepperAsyncOnPause,
     sync_checkpoint_after_gate,
     sync_receive_with_short_timeout,
     sync_watch_with_asyncio_run,
@@ -356,3 +361,162 @@ async def test_a_watch_held_by_a_failed_sync_agent_closes_as_its_task_ends(
 ) -> None:
     """Also for a synchronous agent whose task raised holding the watch."""
     await _dropped_watch_closes(miminions_runtime, sync_open_and_raise, TaskStatus.FAILED)
+
+
+async def _running_task(
+    rt: AgentRuntime, agent: type, isolation: str, tmp: Path
+) -> tuple[str, str, Path]:
+    begun, gate = tmp / "begun", tmp / "gate"
+    agent_id = await rt.register_agent("stepper", agent, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", {"begun": str(begun), "gate": str(gate)})
+    await wait_until(begun.exists, "the task to begin")
+    return agent_id, task_id, gate
+
+
+async def test_a_sync_agent_halted_at_call_sync_pauses_with_its_sync_on_pause(
+    rt: AgentRuntime, isolation: str, tmp_path: Path
+) -> None:
+    """A sync task halted at a ``call_sync`` safe point holds the agent's thread: its sync
+    ``on_pause`` queued behind it, waiting for a resume that could not come (the pause
+    timed out; a breaker's pause, without a timeout, waited for good)."""
+    agent_id, task_id, gate = await _running_task(rt, SyncStepper, isolation, tmp_path)
+    try:
+        paused = await rt.pause_agent(agent_id, timeout_seconds=10)
+        assert paused.status is AgentStatus.PAUSED
+        await asyncio.wait_for(rt.resume_agent(agent_id), WAIT)
+    finally:
+        gate.touch()
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+
+
+async def test_a_sync_agent_halted_at_call_sync_resumes_with_its_sync_on_resume(
+    rt: AgentRuntime, isolation: str, tmp_path: Path
+) -> None:
+    """Likewise its sync ``on_resume`` queued behind the halted task, which waited for the
+    gate ``on_resume`` opens: ``resume_agent`` never returned."""
+    agent_id, task_id, gate = await _running_task(rt, SyncStepperAsyncOnPause, isolation, tmp_path)
+    paused = await rt.pause_agent(agent_id, timeout_seconds=10)
+    assert paused.status is AgentStatus.PAUSED  # the task halted at its call_sync
+    try:
+        resumed = await asyncio.wait_for(rt.resume_agent(agent_id), 10)
+        assert resumed.status is AgentStatus.RUNNING
+    finally:
+        gate.touch()
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+
+
+async def _run_child(where: str) -> tuple[int | None, str]:
+    child = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "tests.support.sync_exit_child",
+        where,
+        cwd=ROOT,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    try:
+        out, err = await asyncio.wait_for(child.communicate(), WAIT)
+    except TimeoutError:
+        child.kill()
+        await child.wait()
+        raise
+    return child.returncode, out.decode() + "\n--- stderr ---\n" + err.decode()[-3000:]
+
+
+async def test_sys_exit_in_a_sync_inline_task_fails_the_task_not_the_program() -> None:
+    """``sys.exit()`` in an inline agent's sync code (argparse on bad input, a CLI wrapper)
+    fails the task, "SystemExit: 2" as for a process agent; it ended the program, every
+    other agent with it. (In a child program: here it would end the test session.)"""
+    returncode, output = await _run_child("task")
+    assert "PROGRAM ENDED BY" not in output, output
+    assert "FIRST failed SystemExit: 2" in output, output
+    assert "SECOND completed" in output, output
+    assert "RUNTIME STOPPED CLEANLY" in output, output
+    assert returncode == 0, output
+
+
+async def test_sys_exit_in_a_sync_inline_on_message_is_logged_not_the_end_of_the_program() -> None:
+    """Likewise from a sync ``on_message``: logged, and the agent goes on."""
+    returncode, output = await _run_child("handler")
+    assert "PROGRAM ENDED BY" not in output, output
+    assert "SECOND completed" in output, output
+    assert "RUNTIME STOPPED CLEANLY" in output, output
+    assert returncode == 0, output
+
+
+async def test_rt_kv_set_from_a_sync_agents_thread_is_refused_like_send_message(
+    rt: AgentRuntime,
+) -> None:
+    """docs/quickstart.md: the runtime's async methods called from another loop or thread
+    raise InvalidStateError before changing anything; ``rt.kv``'s writes too (a sync
+    agent's ``asyncio.run(rt.kv.set(...))`` changed the value from the foreign thread)."""
+    seen: dict[str, str] = {}
+
+    def agent(task: Task, context: Any) -> Any:
+        for name, call in (
+            ("send_message", lambda: rt.send_message(context.agent_id, "x")),
+            ("kv.set", lambda: rt.kv.set("k", 1)),
+        ):
+            try:
+                asyncio.run(asyncio.wait_for(call(), 5))
+            except BaseException as exc:
+                seen[name] = type(exc).__name__
+            else:
+                seen[name] = "accepted"
+        return {}
+
+    agent_id = await rt.register_agent("s", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.wait_for_task(await rt.submit_task("t"), WAIT)
+    assert seen["send_message"] == InvalidStateError.__name__  # as documented
+    assert seen["kv.set"] == InvalidStateError.__name__, (seen, rt.kv.get("k"))
+    assert rt.kv.get("k") is None
+
+
+async def test_rt_kv_set_from_a_sync_agents_thread_during_a_commit_is_not_half_done(
+    rt: AgentRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """During a commit, such a write was applied and then failed with asyncio's "attached
+    to a different loop": half done, with an error saying nothing useful."""
+    store: Any = rt.store
+    real_write = store._write
+    hold, holding = asyncio.Event(), asyncio.Event()
+
+    async def held_write(*args: Any) -> Any:  # a commit in progress (a slow fsync)
+        holding.set()
+        await hold.wait()
+        return await real_write(*args)
+
+    go, finished = threading.Event(), threading.Event()
+    outcome: list[str] = []
+
+    def agent(task: Task, context: Any) -> Any:
+        go.wait(WAIT)
+        try:
+            outcome.append(repr(asyncio.run(asyncio.wait_for(rt.kv.set("k", 1), 5))))
+        except BaseException as exc:
+            outcome.append(f"{type(exc).__name__}: {exc}")
+        finished.set()
+        return {}
+
+    agent_id = await rt.register_agent("s", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.submit_task("t")
+    monkeypatch.setattr(store, "_write", held_write)
+    first = asyncio.ensure_future(rt.kv.set("a", 1))  # its commit is held
+    await asyncio.wait_for(holding.wait(), WAIT)
+    second = asyncio.ensure_future(rt.kv.set("b", 1))  # collected for the next commit
+    await asyncio.sleep(0)
+    go.set()
+    try:
+        assert await asyncio.to_thread(finished.wait, WAIT)
+    finally:
+        hold.set()
+        await asyncio.wait_for(asyncio.gather(first, second), WAIT)
+    assert outcome, "the agent's write never ended"
+    assert outcome[0].startswith("InvalidStateError"), (outcome, rt.kv.get("k"))
+    assert rt.kv.get("k") is None

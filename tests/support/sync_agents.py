@@ -148,3 +148,31 @@ class WireBadIdAgent:
         with runtime_connection() as connection:
             connection.sendall(len(body).to_bytes(4, "big") + body)
         await asyncio.sleep(60)
+
+
+class SyncStepper:
+    """A plain synchronous agent: its task makes a ``call_sync`` safe point every 10 ms
+    until the file ``gate`` exists; sync hooks."""
+
+    def on_pause(self) -> dict[str, Any]:
+        return {"paused": True}
+
+    def on_resume(self, state: Any) -> None:
+        pass
+
+    def execute_task(self, task: Task) -> Any:
+        context = self.context  # type: ignore[attr-defined]
+        Path(task.input_data["begun"]).touch()
+        steps = 0
+        while not Path(task.input_data["gate"]).exists():
+            context.call_sync(context.checkpoint())  # a safe point (docs/concepts.md)
+            steps += 1
+            time.sleep(0.01)
+        return {"steps": steps}
+
+
+class SyncStepperAsyncOnPause(SyncStepper):
+    """The same with an async on_pause (so the pause itself succeeds), sync on_resume."""
+
+    async def on_pause(self) -> dict[str, Any]:  # type: ignore[override]
+        return {"paused": True}

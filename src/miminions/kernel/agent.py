@@ -26,8 +26,14 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
-from miminions.kernel.errors import InvalidStateError, MiminionsError, ValidationError
+from miminions.kernel.errors import (
+    AgentExitError,
+    InvalidStateError,
+    MiminionsError,
+    ValidationError,
+)
 from miminions.kernel.models import AgentMessage, JSONObject, Task, message_to_json
+from miminions.kernel.task_input import error_text
 from miminions.kernel.tracing import current_carrier, scope_carrier
 from miminions.kernel.usage import check_usage
 from miminions.kernel.validation import check_seconds
@@ -666,17 +672,31 @@ async def call_agent_code(
     fn: Callable[..., Any], *args: Any, executor: concurrent.futures.Executor | None = None
 ) -> Any:
     """Call agent code without blocking the loop: await coroutines, run sync calls in
-    ``executor`` (a thread; the loop's default executor when None)."""
-    if inspect.iscoroutinefunction(fn):
-        return await fn(*args)
-    loop = asyncio.get_running_loop()
-    # In the caller's context variables (as asyncio.to_thread does): the code sees the
-    # current trace (miminions.kernel.tracing) like async agent code does.
-    context = contextvars.copy_context()
-    result = await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
-    if inspect.isawaitable(result):
-        return await result
-    return result
+    ``executor`` (a thread; the loop's default executor when None).
+
+    ``SystemExit`` the code raises (and ``KeyboardInterrupt`` raised in the thread, where
+    no Ctrl-C lands) becomes :class:`AgentExitError`: an agent's ``sys.exit()`` fails its
+    call, as any error does, instead of ending the program and every other agent."""
+    try:
+        if inspect.iscoroutinefunction(fn):
+            return await fn(*args)
+        loop = asyncio.get_running_loop()
+        # In the caller's context variables (as asyncio.to_thread does): the code sees the
+        # current trace (miminions.kernel.tracing) like async agent code does.
+        context = contextvars.copy_context()
+        try:
+            result = await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
+        except KeyboardInterrupt as exc:
+            raise _exited(exc) from exc
+        if inspect.isawaitable(result):
+            return await result
+        return result
+    except SystemExit as exc:
+        raise _exited(exc) from exc
+
+
+def _exited(exc: BaseException) -> AgentExitError:
+    return AgentExitError(error_text(exc), type(exc).__name__)
 
 
 async def call_hook(

@@ -120,6 +120,7 @@ class AgentRunner:
         self._error_quiet.set()
         self._stopping = False
         self._thread: AgentThread | None = None
+        self._hook_thread: AgentThread | None = None  # see _thread_for_hook
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
         self._handling: object | None = None  # the token of the on_message handling under way
 
@@ -405,6 +406,9 @@ class AgentRunner:
                 # neither
                 self._thread.shutdown(wait=False, cancel_futures=True)
                 self._thread = None
+        if self._hook_thread is not None:  # (a hook still running in it ends there)
+            self._hook_thread.shutdown(wait=False, cancel_futures=True)
+            self._hook_thread = None
 
     @property
     def sync_call_running(self) -> bool:
@@ -444,10 +448,22 @@ class AgentRunner:
         token = _HOOK_CALL.set(call)
         self._hook_calls.add(call)
         try:
-            return await call_hook(self._agent, name, *args, executor=self._own_thread())
+            return await call_hook(self._agent, name, *args, executor=self._thread_for_hook())
         finally:
             self._hook_calls.discard(call)
             _HOOK_CALL.reset(token)
+
+    def _thread_for_hook(self) -> AgentThread:
+        """The agent's thread, or a second one while the agent is halted with its thread
+        held: a sync task (or handler) halted at a safe point (``call_sync``) waits there
+        for the resume, so a sync ``on_pause``/``on_resume`` queued behind it would wait
+        for good. Its code is halted meanwhile: never two calls of the agent at once."""
+        own = self._own_thread()
+        if not own.busy or self._gate.is_set():
+            return own
+        if self._hook_thread is None:
+            self._hook_thread = AgentThread(f"miminions-{self.name}-hooks")
+        return self._hook_thread
 
     async def _build_agent(self) -> Any:
         """The agent object, from what was registered.

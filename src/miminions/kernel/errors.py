@@ -94,6 +94,17 @@ class MessageTooLargeError(ValidationError):
     """A message payload is larger than the runtime's cap."""
 
 
+class AgentExitError(MiminionsError):
+    """Agent code raised ``SystemExit`` (``sys.exit()``, an argument parser giving up) or,
+    in its thread, ``KeyboardInterrupt``: its call fails with this error instead of the
+    program ending. ``remote_type`` names what was raised, so a task's ``error_message``
+    reads ``"SystemExit: 2"``, as for a process agent."""
+
+    def __init__(self, message: str = "", remote_type: str = "SystemExit") -> None:
+        super().__init__(message)
+        self.remote_type = remote_type
+
+
 class FrameTooLargeError(ValidationError):
     """Data too big for one frame between the runtime and a process agent's worker (64 MB:
     a task's input or result, a checkpoint, a message, the answer to a context call)."""
@@ -168,6 +179,7 @@ def shown(value: object) -> str:
 
 __all__ = [
     "AgentCrashedError",
+    "AgentExitError",
     "AgentHookError",
     "AlreadyExistsError",
     "ConfigurationError",

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -103,8 +103,11 @@ class KVWatch:
 class KVStore:
     """The runtime's key-value store (see the module docstring)."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, check_caller: Callable[[], None] | None = None) -> None:
         self._store = store
+        # Raises for a caller the store must refuse before anything changes (the runtime's:
+        # one on another event loop or thread, whose write would half happen).
+        self._check_caller = check_caller or _anyone
         self._data: dict[tuple[str, str], tuple[Any, int]] = {}
         self._watches: set[KVWatch] = set()
         self._closed = False
@@ -134,12 +137,14 @@ class KVStore:
 
     async def set(self, key: str, value: Any, namespace: str = "") -> int:
         """Store ``value`` (JSON, not None) under ``key``; returns the new version."""
+        self._check_caller()
         if value is None:
             raise ValidationError("a value cannot be None; use delete() to remove a key")
         return await self._write(_check_ns(namespace), _check_key(key), _value(value))
 
     async def delete(self, key: str, namespace: str = "") -> bool:
         """Remove ``key``; False if it was not there."""
+        self._check_caller()
         namespace, key = _check_ns(namespace), _check_key(key)
         if (namespace, key) not in self._data:
             return False
@@ -151,6 +156,7 @@ class KVStore:
     ) -> bool:
         """Set ``key`` to ``value`` only if it holds ``expected`` now (None: absent);
         ``value`` None deletes. True if it was changed."""
+        self._check_caller()
         namespace, key = _check_ns(namespace), _check_key(key)
         if expected is not None:
             # Compared as JSON, as a process agent's value arrives: a tuple equals a list.
@@ -172,6 +178,7 @@ class KVStore:
 
     def watch(self, prefix: str = "", namespace: str = "") -> KVWatch:
         """Watch the keys of ``namespace`` starting with ``prefix`` (``async for``)."""
+        self._check_caller()
         if self._closed:
             raise RuntimeNotRunningError("the runtime stopped; its key-value store has no watches")
         watch = KVWatch(self, _check_ns(namespace), _check_prefix(prefix))
@@ -215,6 +222,10 @@ class KVStore:
                     watch.push(None)  # its reader's ``async for`` ends instead of hanging
         await commit
         return version
+
+
+def _anyone() -> None:
+    """Every caller is fine (a store used on its own)."""
 
 
 def same_json(a: Any, b: Any) -> bool:

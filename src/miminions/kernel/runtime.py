@@ -455,7 +455,7 @@ class AgentRuntime(CommunicationAPI):
             first_result(pm, "miminions_make_bus", "a message bus", Bus, runtime=self)
         )
         await self.messenger.load()
-        kv = self._kv = KVStore(store)
+        kv = self._kv = KVStore(store, self._require_own_loop)
         await kv.load()
         self._kv_calls = KVCalls(kv)
         self._agent_book.paused_listener = self._agent_paused
