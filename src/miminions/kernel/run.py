@@ -7,7 +7,7 @@ import inspect
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
-from miminions.kernel.errors import PluginError
+from miminions.kernel.errors import ConfigurationError, PluginError
 from miminions.kernel.models import RuntimeConfig
 from miminions.kernel.plugins import build_plugin_manager, loop_factory_of
 
@@ -25,6 +25,17 @@ def run(
     (uvloop, when its extra is installed and enabled), else asyncio's (the built-in
     ``asyncio_loop`` plugin's, whose timers are not rounded up to whole milliseconds)."""
     try:
+        if _loop_running():
+            # (asyncio.run's own refusal came only after a loop was made, then its
+            # clean-up failed on that loop and hid the reason)
+            raise RuntimeError(
+                "miminions.run() cannot be called from a running event loop: await the "
+                "coroutine there instead"
+            )
+        if config is not None and not isinstance(config, RuntimeConfig):
+            raise ConfigurationError(
+                f"config must be a miminions.RuntimeConfig, got {type(config).__name__}"
+            )
         factory = loop_factory_of(build_plugin_manager(plugins, disable), config or RuntimeConfig())
         runner = asyncio.Runner(loop_factory=factory)
         # made now: a factory that fails does so before main is handed on
@@ -41,3 +52,11 @@ def run(
         raise
     with runner:
         return runner.run(main)
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

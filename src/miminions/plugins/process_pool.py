@@ -511,8 +511,19 @@ def _multiprocessing_context(settings: ProcessSettings, loop_factory: str | None
         module = (loop_factory or "").partition(":")[0]
         loop_modules = [module] if module not in ("", "__main__") else []
         _check_preload(settings.preload)
-        context.set_forkserver_preload([_WORKER_MODULE, __name__, *loop_modules, *settings.preload])
+        ours = [_WORKER_MODULE, __name__, *loop_modules, *settings.preload]
+        # The list is the process's, not ours alone: the application's modules stay in it
+        # (its own forkserver children would lose them), ours are added.
+        theirs = list(getattr(_forkserver_state(), "_preload_modules", None) or [])
+        context.set_forkserver_preload([*theirs, *(m for m in ours if m not in theirs)])
     return context
+
+
+def _forkserver_state() -> Any:
+    """multiprocessing's process-wide forkserver (what ``set_forkserver_preload`` sets)."""
+    import multiprocessing.forkserver
+
+    return getattr(multiprocessing.forkserver, "_forkserver", None)
 
 
 def _check_preload(modules: list[str]) -> None:

@@ -1119,7 +1119,28 @@ def _daemon(connection: aiosqlite.Connection) -> aiosqlite.Connection:
         thread = connection if isinstance(connection, threading.Thread) else None
     if thread is not None and not thread.is_alive():
         thread.daemon = True
+        target = getattr(thread, "_target", None)
+        if callable(target):
+            thread._target = _outliving_closed_loops(target)  # type: ignore[attr-defined]
     return connection
+
+
+def _outliving_closed_loops(serve: Callable[..., None]) -> Callable[..., None]:
+    """aiosqlite's thread loop ``serve``, kept serving when it fails to answer a call of a
+    loop that has closed meanwhile (a program ending without stopping its runtime, a call
+    still in the thread): it died of that ("Event loop is closed" on stderr), and the
+    connection was then never closed, not even by :meth:`SQLiteStore.abandon`. Nothing
+    waits for that answer any more: it is dropped."""
+
+    def serve_on(*args: Any, **kwargs: Any) -> None:
+        while True:
+            try:
+                serve(*args, **kwargs)
+            except RuntimeError:  # call_soon_threadsafe on a closed loop
+                continue
+            return
+
+    return serve_on
 
 
 def _unusable(path: str, exc: sqlite3.DatabaseError) -> ConfigurationError:
