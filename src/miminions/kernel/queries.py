@@ -23,7 +23,6 @@ from miminions.kernel.models import (
     task_snapshot,
 )
 from miminions.kernel.scheduler import NodeState
-from miminions.kernel.supervisor import ACTIVE_STATES
 
 if TYPE_CHECKING:
     from miminions.kernel.lifecycle import AgentSlot
@@ -38,7 +37,7 @@ def task_status(rt: AgentRuntime, task_id: str) -> Task:
     position = sched.position(task_id)
     if position is not None:
         update["queue_position"] = position
-        update["estimated_wait_seconds"] = _estimated_wait(rt, task_id, position)
+        update["estimated_wait_seconds"] = _estimated_wait(rt, task_id, _ahead(rt, task_id))
     snapshot = task_snapshot(task)
     snapshot.__dict__.update(update)  # computed fields, not validated: the scheduler's own
     return snapshot
@@ -49,15 +48,39 @@ def _serving_agents(rt: AgentRuntime, task_id: str) -> list[AgentSlot]:
     return [slot for slot in rt.agent_book.slots.values() if route in slot.routes]
 
 
-def _estimated_wait(rt: AgentRuntime, task_id: str, position: int) -> float | None:
+def _taking_tasks(slot: AgentSlot) -> bool:
+    """Whether the agent takes tasks: running, and not being paused (a pause takes it out
+    of dispatch at once; its status changes only once its ``on_pause`` returned)."""
+    return slot.status is AgentStatus.RUNNING and slot.call != "pause"
+
+
+def _busy(rt: AgentRuntime, slot: AgentSlot) -> bool:
+    """Whether the agent runs a task, or an ``on_error`` for one that ended (it takes no
+    task until that returns; an executor may say so)."""
+    return slot.instance.task_id is not None or slot.agent_id in getattr(
+        rt.executor, "in_on_error", {}
+    )
+
+
+def _ahead(rt: AgentRuntime, task_id: str) -> int | None:
+    """How many ready tasks an agent that may run ``task_id`` would take before it (None:
+    it is not ready). Tasks of routes none of those agents takes do not hold it back."""
+    sched = rt.scheduler
+    competing = {sched.route(task_id)}
+    for slot in _serving_agents(rt, task_id):
+        competing.update(slot.routes)
+    return sched.rank_among(task_id, competing)
+
+
+def _estimated_wait(rt: AgentRuntime, task_id: str, ahead: int | None) -> float | None:
     mean = rt.task_book.mean_duration
-    if mean is None or rt.queue_paused:  # nothing starts until someone resumes the queue
+    if ahead is None or mean is None or rt.queue_paused:  # nothing starts until a resume
         return None
-    running = sum(1 for slot in _serving_agents(rt, task_id) if slot.status is AgentStatus.RUNNING)
-    if running == 0:
+    taking = [slot for slot in _serving_agents(rt, task_id) if _taking_tasks(slot)]
+    if not taking:
         return None
-    busy = sum(1 for slot in _serving_agents(rt, task_id) if slot.instance.task_id is not None)
-    rounds = position / running + (1 if busy >= running else 0)
+    busy = sum(1 for slot in taking if _busy(rt, slot))
+    rounds = ahead / len(taking) + (1 if busy >= len(taking) else 0)
     return rounds * mean
 
 
@@ -178,10 +201,7 @@ def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
         position = sched.position(task_id)
         # Only tasks an agent that may run this one would take first hold it back; the
         # queue position counts every ready task.
-        competing = {sched.route(task_id)}
-        for slot in _serving_agents(rt, task_id):
-            competing.update(slot.routes)
-        ahead = sched.rank_among(task_id, competing)
+        ahead = _ahead(rt, task_id)
         if ahead:
             reasons.append(
                 HoldReason(
@@ -193,7 +213,7 @@ def explain(rt: AgentRuntime, task_id: str) -> TaskExplanation:
                 )
             )
         if position is not None:
-            wait = _estimated_wait(rt, task_id, position)
+            wait = _estimated_wait(rt, task_id, ahead)
     return TaskExplanation(
         task_id=task_id,
         status=task.status,
@@ -222,7 +242,7 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
                 message=f"no agent is registered that can run it (target: {target})",
             )
         ]
-    running = [slot for slot in serving if slot.status is AgentStatus.RUNNING]
+    running = [slot for slot in serving if _taking_tasks(slot)]
     if running:
         # An executor may say which agents still run on_error for a task that ended: they
         # take no task until it returns.
@@ -230,9 +250,7 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
         handling = [
             s.agent_id for s in running if s.instance.task_id is None and s.agent_id in in_on_error
         ]
-        if ready and all(
-            s.instance.task_id is not None or s.agent_id in in_on_error for s in running
-        ):
+        if ready and all(_busy(rt, s) for s in running):
             message = f"all {len(running)} running agent(s) for {target} are busy"
             if handling:
                 message += f" ({', '.join(handling)} still running on_error for a task that ended)"
@@ -246,12 +264,21 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
         return []
     reasons = []
     paused = [slot.agent_id for slot in serving if slot.status is AgentStatus.PAUSED]
-    if paused:
+    pausing = [
+        slot.agent_id
+        for slot in serving
+        if slot.status is AgentStatus.RUNNING and not _taking_tasks(slot)
+    ]
+    if paused or pausing:
+        held = [
+            *([f"agent(s) {', '.join(paused)} for {target} are paused"] if paused else []),
+            *([f"agent(s) {', '.join(pausing)} for {target} are being paused"] if pausing else []),
+        ]
         reasons.append(
             HoldReason(
                 kind=HoldKind.AGENT_PAUSED,
-                message=f"agent(s) {', '.join(paused)} for {target} are paused",
-                related_ids=paused,
+                message="; ".join(held),
+                related_ids=[*paused, *pausing],
             )
         )
     queued = [slot.agent_id for slot in serving if slot.status is AgentStatus.QUEUED]
@@ -266,10 +293,13 @@ def _agent_reasons(rt: AgentRuntime, task: Task, ready: bool) -> list[HoldReason
                 related_ids=queued,
             )
         )
-    if not paused and not queued:
-        starting = [slot.agent_id for slot in serving if slot.status in ACTIVE_STATES]
-        message = f"no agent is running for {target}" + (
-            f" (starting: {', '.join(starting)})" if starting else ""
-        )
+    if not paused and not pausing and not queued:
+        starting = [slot.agent_id for slot in serving if slot.status is AgentStatus.STARTING]
+        stopping = [slot.agent_id for slot in serving if slot.status is AgentStatus.STOPPING]
+        notes = [
+            *([f"starting: {', '.join(starting)}"] if starting else []),
+            *([f"stopping: {', '.join(stopping)}"] if stopping else []),
+        ]
+        message = f"no agent is running for {target}" + (f" ({'; '.join(notes)})" if notes else "")
         reasons.append(HoldReason(kind=HoldKind.NO_AGENT, message=message, related_ids=ids))
     return reasons
