@@ -23,7 +23,7 @@ import inspect
 import logging
 import threading
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 from miminions.kernel.errors import (
@@ -123,6 +123,11 @@ class AgentContext:
         """
         loop = self._loop
         try:
+            if not inspect.isawaitable(call):
+                raise ValidationError(
+                    "call_sync() takes a context call, e.g. "
+                    f"context.call_sync(context.kv.get('k')), got {type(call).__name__}"
+                )
             timeout_seconds = check_seconds(timeout_seconds)
             if loop is None or _running_loop() is loop:
                 raise InvalidStateError(
@@ -194,7 +199,7 @@ class AgentContext:
     # ------------------------------------------------------------------ messaging (F-06)
     async def send(
         self,
-        recipients: str | list[str],
+        recipients: str | Iterable[str],
         message_type: str,
         data: Any = None,
         ttl_seconds: float | None = None,

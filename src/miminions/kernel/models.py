@@ -44,8 +44,11 @@ Seconds = Annotated[float, Field(ge=0, le=MAX_SECONDS, allow_inf_nan=False, stri
 PositiveSeconds = Annotated[float, Field(gt=0, le=MAX_SECONDS, allow_inf_nan=False, strict=True)]
 #: A positive finite amount (cost, load).
 PositiveAmount = Annotated[float, Field(gt=0, allow_inf_nan=False, strict=True)]
-#: A count or size limit: a positive int (True, "5" or 5.0 are refused, not converted).
-Count = Annotated[int, Field(gt=0, strict=True)]
+#: The largest count anywhere (SQLite's and most metrics systems' largest integer).
+MAX_COUNT = 2**63 - 1
+#: A count or size limit: a positive int (True, "5" or 5.0 are refused, not converted), at
+#: most :data:`MAX_COUNT` (a bigger one cannot even be exported as a metric).
+Count = Annotated[int, Field(gt=0, le=MAX_COUNT, strict=True)]
 #: A memory size in megabytes: positive, at most 2**30 MB (a pebibyte).
 Megabytes = Annotated[float, Field(gt=0, le=2**30, allow_inf_nan=False, strict=True)]
 
@@ -342,7 +345,7 @@ class RestartPolicy(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    max_restarts: NonNegativeInt = 3
+    max_restarts: Annotated[NonNegativeInt, Field(le=MAX_COUNT)] = 3
     window_seconds: PositiveSeconds = 60.0
     backoff_base_seconds: Seconds = 0.5
     backoff_max_seconds: Seconds = 30.0

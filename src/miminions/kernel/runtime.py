@@ -836,10 +836,6 @@ class AgentRuntime(CommunicationAPI):
         before returns the earlier task's id instead of adding a task.
         """
         self._require_running()
-        if dependencies is not None and (
-            isinstance(dependencies, str) or not isinstance(dependencies, Sequence)
-        ):
-            raise ValidationError("dependencies must be a list of task ids")
         # Not validated here: the task book checks every value as it builds the task.
         request = fast_construct(
             TaskRequest,
@@ -847,7 +843,7 @@ class AgentRuntime(CommunicationAPI):
                 "name": name,
                 "input_data": input_data,
                 "priority": priority,
-                "dependencies": list(dependencies) if dependencies else [],
+                "dependencies": [] if dependencies is None else dependencies,
                 "timeout_seconds": timeout_seconds,
                 "max_retries": max_retries,
                 "agent_id": agent_id,

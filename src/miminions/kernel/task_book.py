@@ -378,7 +378,14 @@ class TaskBook:
                 )
         if request.group is not None:
             check_name(request.group, "group")
-        deps = list(request.dependencies)
+        given = request.dependencies
+        # (a request's attributes may have been set after it was built: a string is
+        # iterable, and was taken as one-letter ids)
+        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+            raise ValidationError(
+                f"dependencies must be a list of task ids, got {type(given).__name__}"
+            )
+        deps = list(given)
         if deps and any(not isinstance(dep, str) for dep in deps):
             raise ValidationError("dependencies must be a list of task ids (strings)")
         input_data = request.input_data

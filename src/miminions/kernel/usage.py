@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass, field
 
 from miminions.kernel.errors import ValidationError, shown
-from miminions.kernel.models import UsageBudget
+from miminions.kernel.models import MAX_COUNT, UsageBudget
 
 
 @dataclass
@@ -44,7 +44,7 @@ class BudgetBreach:
     def message(self) -> str:
         """One sentence for the event and the agent's status."""
         if self.resource == "tokens":  # counts in full, not rounded to "1.23457e+06"
-            what, used, budget = "token", f"{self.used:.0f}", f"{self.budget:.0f}"
+            what, used, budget = "token", str(int(self.used)), str(int(self.budget))
         else:
             what, used, budget = "cost", _amount(self.used), _amount(self.budget)
         return f"{self.scope} {self.name!r} spent its {what} budget ({used} of {budget})"
@@ -134,8 +134,10 @@ class UsageBook:
 
 def check_usage(tokens: object, cost: object) -> tuple[int, float]:
     """Validate one report: ``tokens`` a non-negative int, ``cost`` a non-negative number."""
-    if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-        raise ValidationError(f"tokens must be a non-negative integer, got {shown(tokens)}")
+    if isinstance(tokens, bool) or not isinstance(tokens, int) or not 0 <= tokens <= MAX_COUNT:
+        raise ValidationError(
+            f"tokens must be an integer from 0 to {MAX_COUNT}, got {shown(tokens)}"
+        )
     if (
         isinstance(cost, bool)
         or not isinstance(cost, (int, float))

@@ -27,6 +27,7 @@ import socket
 import sys
 from collections.abc import Callable, Coroutine
 from multiprocessing import forkserver
+from types import GeneratorType
 from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
@@ -40,6 +41,7 @@ from miminions.kernel.errors import (
     ValidationError,
 )
 from miminions.kernel.task_input import PAUSE_STATE, refuse_non_string_keys, to_json_value
+from miminions.kernel.validation import check_seconds, check_utf8
 from miminions.kernel.wire import (
     Frame,
     FrameChannel,
@@ -189,6 +191,31 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
+#: Fields of a context call's payload that carry the agent's data (checked as data).
+_DATA_FIELDS = frozenset({"data", "value", "expected", "request", "trace_context", "message"})
+
+
+def _check_call_arguments(payload: dict[str, Any]) -> None:
+    """Check a context call's arguments as the runtime would, before the wire tries to
+    encode them: a NaN timeout or a key with a lone surrogate failed as "message data must
+    be JSON-serialisable" or "data sent between the runtime and a worker cannot be encoded",
+    naming nothing the agent gave. Recipients given as a set, tuple or generator go as a
+    list, as an inline agent's do."""
+    for name, value in list(payload.items()):
+        if name in _DATA_FIELDS:
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            check_seconds(value, name)  # raises, naming the argument
+        elif isinstance(value, str):
+            check_utf8(value, name)
+        elif name == "recipients" and isinstance(value, set | frozenset | tuple | GeneratorType):
+            payload[name] = value = list(value)
+        if isinstance(value, list):
+            for item in value:
+                if isinstance(item, str):
+                    check_utf8(item, name)
+
+
 def _apply_limits(boot: dict[str, Any]) -> None:
     with contextlib.suppress(ValueError, OSError):
         resource.setrlimit(resource.RLIMIT_CORE, (0, 0))  # a crash leaves no core file
@@ -308,6 +335,7 @@ class Worker:
         assert self.channel is not None
         channel = self.channel
         what = "key-value data" if op.startswith("kv_") else "message data"
+        _check_call_arguments(payload)
         for field in ("data", "value", "expected"):
             if isinstance(payload.get(field), dict | list):
                 # The wire would turn a key that is not a string into one, silently: refused
