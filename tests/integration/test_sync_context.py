@@ -7,16 +7,18 @@ Agents come from :mod:`tests.support.sync_agents` (importable by worker processe
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import math
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from miminions import AgentRuntime, AgentStatus, Task, TaskStatus
+from miminions import AgentRuntime, AgentStatus, Task, TaskStatus, WaitTimeoutError
 from miminions.kernel.errors import InvalidStateError
 from tests.support.runtime import ROOT
 from tests.support.sync_agents import (
@@ -25,6 +27,7 @@ from tests.support.sync_agents import (
     SyncHooksCallingContext,
     SyncStepper,
     SyncStepperAsyncOnPause,
+    SysExitReporter,
     sync_checkpoint_after_gate,
     sync_receive_with_short_timeout,
     sync_watch_with_asyncio_run,
@@ -408,11 +411,11 @@ async def test_a_sync_agent_halted_at_call_sync_resumes_with_its_sync_on_resume(
     assert done.status is TaskStatus.COMPLETED, done.error_message
 
 
-async def _run_child(where: str) -> tuple[int | None, str]:
+async def _run_child_of(module: str, where: str) -> tuple[int | None, str]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.support.sync_exit_child",
+        module,
         where,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -425,6 +428,10 @@ async def _run_child(where: str) -> tuple[int | None, str]:
         await child.wait()
         raise
     return child.returncode, out.decode() + "\n--- stderr ---\n" + err.decode()[-3000:]
+
+
+async def _run_child(where: str) -> tuple[int | None, str]:
+    return await _run_child_of("tests.support.sync_exit_child", where)
 
 
 async def test_sys_exit_in_a_sync_inline_task_fails_the_task_not_the_program() -> None:
@@ -520,3 +527,175 @@ async def test_rt_kv_set_from_a_sync_agents_thread_during_a_commit_is_not_half_d
     assert outcome, "the agent's write never ended"
     assert outcome[0].startswith("InvalidStateError"), (outcome, rt.kv.get("k"))
     assert rt.kv.get("k") is None
+
+
+async def test_sys_exit_in_an_async_inline_task_fails_the_task_not_the_program() -> None:
+    """``sys.exit()`` in an inline agent's *async* code fails the task too (it ended the
+    program)."""
+    _, output = await _run_child_of("tests.support.async_exit_child", "task")
+    assert "PROGRAM ENDED BY" not in output, output
+    assert "FIRST failed SystemExit: 2" in output, output
+    assert "SECOND completed" in output, output
+    assert "RUNTIME STOPPED CLEANLY" in output, output
+
+
+async def test_sys_exit_in_an_async_inline_on_message_does_not_end_the_program() -> None:
+    """Likewise from an async ``on_message``: logged, the agent goes on."""
+    _, output = await _run_child_of("tests.support.async_exit_child", "handler")
+    assert "PROGRAM ENDED BY" not in output, output
+    assert "SECOND completed" in output, output
+    assert "RUNTIME STOPPED CLEANLY" in output, output
+
+
+async def test_sys_exit_in_the_constructor_of_an_async_inline_agent_fails_its_start() -> None:
+    """And from the constructor of an agent whose execute_task is async (built on the
+    loop): its start fails with the reason."""
+    _, output = await _run_child_of("tests.support.async_exit_child", "constructor")
+    assert "PROGRAM ENDED BY" not in output, output
+    assert "START failed failed to start: SystemExit: 2" in output, output
+    assert "RUNTIME STOPPED CLEANLY" in output, output
+
+
+async def test_on_error_of_an_agent_calling_sys_exit_gets_an_agent_exit_error(
+    rt: AgentRuntime, isolation: str, tmp_path: Path
+) -> None:
+    """Its ``on_error`` gets an AgentExitError in both modes (a process agent's got a
+    RemoteAgentError)."""
+    out = tmp_path / "seen"
+    agent_id = await rt.register_agent("exiting", SysExitReporter, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task = await rt.wait_for_task(await rt.submit_task("t", {"out": str(out)}, max_retries=0), 30)
+    assert task.status is TaskStatus.FAILED
+    assert task.error_message == "SystemExit: 2"
+    # on_error runs before the agent takes its next task: wait for it with one.
+    await rt.wait_for_task(await rt.submit_task("t2", {"out": str(tmp_path / "x")}), 30)
+    assert out.read_text() == "AgentExitError True"
+
+
+class _Shared:
+    def __init__(self) -> None:
+        self.begun = threading.Event()
+        self.finish = threading.Event()
+        self.release_on_pause = threading.Event()
+        self.on_pause_entered = threading.Event()
+        self.on_pause_active = False
+        self.task_code_active = False
+        self.overlap = threading.Event()
+        self.overlaps: list[str] = []
+
+
+class SlowSyncPauseStepper:
+    """Sync task with call_sync safe points; a sync on_pause that takes its time."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self.s = shared
+
+    def on_pause(self) -> dict[str, Any]:
+        s = self.s
+        s.on_pause_active = True
+        s.on_pause_entered.set()
+        try:
+            if s.task_code_active:
+                s.overlaps.append("on_pause began while the task's code was running")
+                s.overlap.set()
+            s.release_on_pause.wait(WAIT)
+        finally:
+            s.on_pause_active = False
+        return {"paused": True}
+
+    def on_resume(self, state: Any) -> None:
+        pass
+
+    def execute_task(self, task: Task) -> Any:
+        s = self.s
+        context = self.context  # type: ignore[attr-defined]
+        s.begun.set()
+        steps = 0
+        while not s.finish.is_set():
+            context.call_sync(context.checkpoint())  # a safe point
+            if s.on_pause_active:
+                s.overlaps.append("the task's code ran while on_pause was running")
+                s.overlap.set()
+            steps += 1
+            time.sleep(0.01)
+        return {"steps": steps}
+
+
+async def test_a_timed_out_pause_does_not_let_the_task_run_beside_its_sync_on_pause(
+    rt: AgentRuntime,
+) -> None:
+    """A pause of a sync task halted at ``call_sync`` whose sync ``on_pause`` is slow: the
+    pause times out and is abandoned (the gate reopens), and the task goes on only once
+    ``on_pause`` returned (run in a second thread, it ran beside the task's code)."""
+    shared = _Shared()
+    agent_id = await rt.register_agent(
+        "slowpause", SlowSyncPauseStepper(shared), isolation="inline"
+    )
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", max_retries=0)
+    assert await asyncio.to_thread(shared.begun.wait, WAIT)
+    try:
+        # (documented: the pause is abandoned and the agent keeps running)
+        with contextlib.suppress(WaitTimeoutError):
+            await rt.pause_agent(agent_id, timeout_seconds=1.0)
+        # If the task's code now runs while on_pause still runs, it says so at its next step.
+        await asyncio.to_thread(shared.overlap.wait, 5.0)
+    finally:
+        shared.release_on_pause.set()
+        shared.finish.set()
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert shared.overlaps == [], shared.overlaps
+
+
+class AbandonedSyncTask:
+    """A sync task that never reaches a safe point (it times out and is abandoned, its
+    thread runs on); a sync on_pause that notes whether that code still runs."""
+
+    def __init__(self, shared: _Shared) -> None:
+        self.s = shared
+
+    def on_pause(self) -> dict[str, Any]:
+        s = self.s
+        s.on_pause_entered.set()
+        if s.task_code_active:
+            s.overlaps.append("on_pause ran while the abandoned task's code was still running")
+        return {}
+
+    def on_resume(self, state: Any) -> None:
+        pass
+
+    def execute_task(self, task: Task) -> Any:
+        s = self.s
+        s.task_code_active = True
+        s.begun.set()
+        try:
+            s.finish.wait(WAIT)  # blocking library call: cannot be interrupted
+        finally:
+            s.task_code_active = False
+        return {}
+
+
+async def test_a_sync_on_pause_waits_for_an_abandoned_sync_call(
+    rt: AgentRuntime,
+) -> None:
+    """docs/concepts.md: a timed-out sync task's thread runs to its end "and the agent's
+    next synchronous call waits for it": a sync ``on_pause`` too (it ran at once in a
+    second thread, beside the abandoned task's code)."""
+    shared = _Shared()
+    agent_id = await rt.register_agent("abandon", AbandonedSyncTask(shared), isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", max_retries=0, timeout_seconds=0.5)
+    assert await asyncio.to_thread(shared.begun.wait, WAIT)
+    timed_out = await rt.wait_for_task(task_id, WAIT)
+    assert timed_out.status is TaskStatus.FAILED  # abandoned; its code still runs
+    assert shared.task_code_active
+    try:
+        try:
+            paused = await rt.pause_agent(agent_id, timeout_seconds=2.0)
+            assert paused.status is AgentStatus.PAUSED
+        except WaitTimeoutError:
+            pass  # on_pause waited for the abandoned call, as documented
+    finally:
+        shared.finish.set()
+    assert shared.overlaps == [], shared.overlaps

@@ -14,6 +14,7 @@ from typing import Any
 import pydantic
 import pytest
 
+from miminions.kernel import wire
 from miminions.kernel.errors import NotFoundError, RemoteAgentError
 from miminions.kernel.models import Task
 from miminions.kernel.wire import (
@@ -327,3 +328,31 @@ def test_a_task_travels_whole_with_its_none_fields_left_out() -> None:
     assert back == running
     fresh = Task.model_validate({"task_id": "t2", "name": "n", "created_at": now})
     assert task_from_wire(json.loads(json.dumps(task_to_wire(fresh)))) == fresh
+
+
+@pytest.mark.parametrize("told", [None, "ask for less at a time"])
+async def test_a_reply_too_large_for_a_frame_says_what_the_channel_was_told(
+    monkeypatch: pytest.MonkeyPatch, told: str | None
+) -> None:
+    """A reply too large for a frame is answered with FrameTooLargeError: the encoder's own
+    advice (for data an agent sends: its result, its state) unless the channel was given
+    what to say (the runtime's end, whose replies answer an agent's context calls: a task
+    result once got advice about key prefixes)."""
+    monkeypatch.setattr(wire, "MAX_FRAME_BYTES", 1000)
+    loop = asyncio.get_running_loop()
+    a, b = socket.socketpair()
+    _, client = await loop.create_connection(lambda: FrameChannel(_no_requests), sock=a)
+    _, server = await loop.create_connection(
+        lambda: FrameChannel(lambda frame: "x" * 2000, reply_too_large=told), sock=b
+    )
+    try:
+        with pytest.raises(RemoteAgentError) as info:
+            await asyncio.wait_for(client.request("listing"), WAIT)
+        assert info.value.remote_type == "FrameTooLargeError"
+        assert str(info.value) == (told or str(info.value))
+        if told is None:
+            assert "return or send a reference" in str(info.value)
+    finally:
+        client.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(client.closed, server.closed), WAIT)

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
-from miminions import Task
+from miminions import AgentExitError, Task
 from tests.support.process_agents import runtime_connection
 
 
@@ -176,3 +177,17 @@ class SyncStepperAsyncOnPause(SyncStepper):
 
     async def on_pause(self) -> dict[str, Any]:  # type: ignore[override]
         return {"paused": True}
+
+
+class SysExitReporter:
+    """A sync task calling sys.exit(2); on_error writes the class name of the error it got
+    to ``input_data['out']``."""
+
+    def execute_task(self, task: Task) -> Any:
+        sys.exit(2)
+
+    def on_error(self, error: BaseException, task: Task | None) -> None:
+        if task is not None:
+            Path(task.input_data["out"]).write_text(
+                f"{type(error).__name__} {isinstance(error, AgentExitError)}"
+            )

@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
+from miminions.kernel.agent_thread import current_agent_thread
 from miminions.kernel.errors import (
     AgentExitError,
     InvalidStateError,
@@ -530,11 +531,10 @@ class _SyncCall(Generic[_T]):
         outcome = self.outcome
         timed_out = False
         try:
-            done, _ = concurrent.futures.wait([outcome], timeout_seconds)
-            if not done:
+            if not _wait(outcome, timeout_seconds):
                 timed_out = True
                 loop.call_soon_threadsafe(self._cancel)
-                concurrent.futures.wait([outcome], _CANCEL_WAIT_SECONDS)
+                _wait(outcome, _CANCEL_WAIT_SECONDS)
         except BaseException:
             self._abandon(loop)
             raise
@@ -576,6 +576,17 @@ class _SyncCall(Generic[_T]):
                 return
         if not task.cancelled() and task.exception() is None:
             self._hand_on(task.result())
+
+
+def _wait(outcome: concurrent.futures.Future[Any], timeout: float | None) -> bool:
+    """Wait for ``outcome`` up to ``timeout`` seconds; whether it is done. In an agent's
+    thread, the agent's lifecycle hooks given to it meanwhile run here (see
+    :meth:`AgentThread.wait_serving`): a sync task halted at a safe point holds the thread."""
+    thread = current_agent_thread()
+    if thread is not None:
+        return thread.wait_serving(outcome, timeout)
+    done, _ = concurrent.futures.wait([outcome], timeout)
+    return bool(done)
 
 
 def _off_loop(loop: asyncio.AbstractEventLoop | None) -> asyncio.AbstractEventLoop | None:
@@ -692,15 +703,17 @@ async def call_agent_code(
         try:
             result = await loop.run_in_executor(executor, functools.partial(context.run, fn, *args))
         except KeyboardInterrupt as exc:
-            raise _exited(exc) from exc
+            raise agent_exit_error(exc) from exc
         if inspect.isawaitable(result):
             return await result
         return result
     except SystemExit as exc:
-        raise _exited(exc) from exc
+        raise agent_exit_error(exc) from exc
 
 
-def _exited(exc: BaseException) -> AgentExitError:
+def agent_exit_error(exc: BaseException) -> AgentExitError:
+    """The error agent code's ``SystemExit`` (or its thread's ``KeyboardInterrupt``) fails
+    its call with, naming it as a process agent's would (``"SystemExit: 2"``)."""
     return AgentExitError(error_text(exc), type(exc).__name__)
 
 

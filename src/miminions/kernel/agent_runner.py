@@ -25,6 +25,7 @@ from miminions.kernel.agent import (
     RUNNING_TASK,
     AgentContext,
     ContextChannel,
+    agent_exit_error,
     as_message,
     call_agent_code,
     call_hook,
@@ -120,7 +121,6 @@ class AgentRunner:
         self._error_quiet.set()
         self._stopping = False
         self._thread: AgentThread | None = None
-        self._hook_thread: AgentThread | None = None  # see _thread_for_hook
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
         self._handling: object | None = None  # the token of the on_message handling under way
 
@@ -246,7 +246,7 @@ class AgentRunner:
                 else:
                     with trace_scope(message.trace_context):  # the handling is in its trace
                         await handle(message)
-            except Exception:
+            except (Exception, SystemExit):  # sys.exit() too: the handler's failure
                 context.logger.exception("on_message failed for %s", message.message_id)
             except asyncio.CancelledError:
                 this = asyncio.current_task()
@@ -297,6 +297,8 @@ class AgentRunner:
                 return await self._execute(task)
             with trace_scope(task.trace_context):  # what the agent does is in the task's trace
                 return await self._execute(task)
+        except SystemExit as exc:  # sys.exit() in the agent's code: its failure, not the end
+            raise agent_exit_error(exc) from exc
         finally:
             _TASK_OF.reset(task_of)
             RUNNING_TASK.reset(running)
@@ -406,9 +408,6 @@ class AgentRunner:
                 # neither
                 self._thread.shutdown(wait=False, cancel_futures=True)
                 self._thread = None
-        if self._hook_thread is not None:  # (a hook still running in it ends there)
-            self._hook_thread.shutdown(wait=False, cancel_futures=True)
-            self._hook_thread = None
 
     @property
     def sync_call_running(self) -> bool:
@@ -448,22 +447,13 @@ class AgentRunner:
         token = _HOOK_CALL.set(call)
         self._hook_calls.add(call)
         try:
-            return await call_hook(self._agent, name, *args, executor=self._thread_for_hook())
+            # A sync hook runs in the agent's thread, within a call of the agent waiting
+            # there for a context call (a task halted at a safe point: it waits for the
+            # resume the hook makes), else after the call running there.
+            return await call_hook(self._agent, name, *args, executor=self._own_thread().meanwhile)
         finally:
             self._hook_calls.discard(call)
             _HOOK_CALL.reset(token)
-
-    def _thread_for_hook(self) -> AgentThread:
-        """The agent's thread, or a second one while the agent is halted with its thread
-        held: a sync task (or handler) halted at a safe point (``call_sync``) waits there
-        for the resume, so a sync ``on_pause``/``on_resume`` queued behind it would wait
-        for good. Its code is halted meanwhile: never two calls of the agent at once."""
-        own = self._own_thread()
-        if not own.busy or self._gate.is_set():
-            return own
-        if self._hook_thread is None:
-            self._hook_thread = AgentThread(f"miminions-{self.name}-hooks")
-        return self._hook_thread
 
     async def _build_agent(self) -> Any:
         """The agent object, from what was registered.
@@ -482,7 +472,10 @@ class AgentRunner:
             return await call_agent_code(
                 instantiate_agent, registered, kind, executor=self._own_thread()
             )
-        return instantiate_agent(registered, kind)
+        try:
+            return instantiate_agent(registered, kind)
+        except SystemExit as exc:  # sys.exit() in its constructor: a failed start
+            raise agent_exit_error(exc) from exc
 
     def _own_thread(self) -> AgentThread:
         if self._thread is None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
@@ -35,18 +36,72 @@ class AgentThread(Executor):
         self._thread: threading.Thread | None = None
         self._shut_down = False
         self._running = 0  # calls running now (0 or 1: one at a time)
+        # Calls run by a call of the thread that waits (see wait_serving); how many wait.
+        self._meanwhile: queue.SimpleQueue[_Call | None] = queue.SimpleQueue()
+        self._waiting = 0
+        #: An executor for calls that may run while the thread's call waits: the agent's
+        #: lifecycle hooks (see :meth:`wait_serving`).
+        self.meanwhile: Executor = _Meanwhile(self)
 
     def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
         """Queue ``fn(*args, **kwargs)``; the future resolves with its result or error."""
+        return self._submit(fn, args, kwargs, meanwhile=False)
+
+    def _submit(
+        self, fn: Callable[..., _T], args: Any, kwargs: Any, *, meanwhile: bool
+    ) -> Future[_T]:
         with self._lock:
             if self._shut_down:
                 raise RuntimeError(f"agent thread {self._name!r} is shut down")
             future: Future[_T] = Future()
-            self._calls.put((future, fn, args, kwargs))
+            # While the thread's call waits in wait_serving, it runs the call itself.
+            calls = self._meanwhile if meanwhile and self._waiting else self._calls
+            calls.put((future, fn, args, kwargs))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
             return future
+
+    def wait_serving(self, outcome: Future[Any], timeout: float | None) -> bool:
+        """In this thread, by the call it runs: wait up to ``timeout`` seconds for
+        ``outcome`` (a context call carried out on the agent's loop, ``call_sync``), and run
+        the calls given to :attr:`meanwhile` meanwhile, here, one at a time. Whether
+        ``outcome`` is done.
+
+        A sync task halted at a safe point waits for the resume that its agent's sync
+        ``on_resume`` (or, first, ``on_pause``) must make: queued behind it, the hook waited
+        for good. Run here, it runs in the agent's own thread while the task's code is
+        stopped, and the task goes on only once the hook returned: never two calls of the
+        agent at once.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        outcome.add_done_callback(lambda _: self._meanwhile.put(None))  # wakes the wait
+        with self._lock:
+            self._waiting += 1
+        try:
+            while not outcome.done():
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                try:
+                    call = self._meanwhile.get(timeout=left)
+                except queue.Empty:
+                    break
+                if call is not None:
+                    self._run(call)
+        finally:
+            with self._lock:
+                self._waiting -= 1
+                if not self._waiting:
+                    # given as this wait ended: they run after the call, as any other
+                    while True:
+                        try:
+                            call = self._meanwhile.get_nowait()
+                        except queue.Empty:
+                            break
+                        if call is not None:
+                            self._calls.put(call)
+        return outcome.done()
 
     @property
     def busy(self) -> bool:
@@ -80,22 +135,50 @@ class AgentThread(Executor):
             thread.join()
 
     def _serve(self) -> None:
+        _CURRENT.thread = self
         while True:
             call = self._calls.get()
             if call is None:
                 return
-            future, fn, args, kwargs = call
-            self._running += 1  # before the call may start: a release never misses it
-            if not future.set_running_or_notify_cancel():
-                self._running -= 1
-                continue
-            try:
-                result = fn(*args, **kwargs)
-            except BaseException as exc:
-                self._running -= 1
-                future.set_exception(exc)
-                del exc  # no reference cycle through the traceback
-            else:
-                self._running -= 1
-                future.set_result(result)
-            del call, future, fn, args, kwargs
+            self._run(call)
+            del call
+
+    def _run(self, call: _Call) -> None:
+        future, fn, args, kwargs = call
+        self._running += 1  # before the call may start: a release never misses it
+        if not future.set_running_or_notify_cancel():
+            self._running -= 1
+            return
+        try:
+            result = fn(*args, **kwargs)
+        except BaseException as exc:
+            self._running -= 1
+            future.set_exception(exc)
+            # The traceback holds this frame: without its references to the call, a cycle
+            # would keep the error, and all the agent's code held, until a collection.
+            del exc, future, fn, args, kwargs, call
+        else:
+            self._running -= 1
+            future.set_result(result)
+
+
+class _Meanwhile(Executor):
+    """:attr:`AgentThread.meanwhile`: runs a call in the thread's waiting call if there is
+    one, else queues it as :meth:`AgentThread.submit` does."""
+
+    def __init__(self, thread: AgentThread) -> None:
+        self._thread = thread
+
+    def submit(self, fn: Callable[_P, _T], /, *args: _P.args, **kwargs: _P.kwargs) -> Future[_T]:
+        """Run ``fn(*args, **kwargs)`` in the agent's thread as soon as it may."""
+        return self._thread._submit(fn, args, kwargs, meanwhile=True)
+
+
+#: The agent thread this thread is, if it is one.
+_CURRENT = threading.local()
+
+
+def current_agent_thread() -> AgentThread | None:
+    """The :class:`AgentThread` the calling code runs in, if any."""
+    thread: AgentThread | None = getattr(_CURRENT, "thread", None)
+    return thread

@@ -124,6 +124,10 @@ def kernel_error_from_wire(data: Any) -> BaseException:
     catches what the docs name. Only classes of :mod:`miminions.kernel.errors` by exact
     name: nothing is imported or built from what arrives beyond that."""
     remote = error_from_wire(data)
+    if remote.remote_type in ("SystemExit", "KeyboardInterrupt"):
+        # agent code's sys.exit(), sent as what it raised: the agent's on_error gets it as
+        # an inline agent's does
+        return errors.AgentExitError(str(remote), remote.remote_type)
     cls = getattr(errors, remote.remote_type, None)
     if (
         isinstance(cls, type)
@@ -177,9 +181,14 @@ class FrameChannel(asyncio.Protocol):
         handler: Handler,
         on_lost: Callable[[BaseException | None], None] | None = None,
         error_factory: Callable[[Any], BaseException] = error_from_wire,
+        *,
+        reply_too_large: str | None = None,
     ) -> None:
         self._handler = handler
         self._error_factory = error_factory
+        # What a reply too large for a frame answers instead (None: the encoder's own
+        # error, whose advice is for data the agent sends: results, states, messages).
+        self._reply_too_large = reply_too_large
         self._on_lost = on_lost
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
@@ -543,15 +552,9 @@ class FrameChannel(asyncio.Protocol):
             return
         try:
             self._send({"re": request_id, "value": value})
-        except FrameTooLargeError:
-            self._reply_error(
-                request_id,
-                FrameTooLargeError(
-                    f"the answer to this call is larger than the {MAX_FRAME_BYTES:,} bytes "
-                    "a frame between the runtime and a worker may carry: ask for less at a "
-                    "time (a narrower key prefix, say)"
-                ),
-            )
+        except FrameTooLargeError as exc:
+            told = self._reply_too_large
+            self._reply_error(request_id, exc if told is None else FrameTooLargeError(told))
         except (TypeError, ValueError) as exc:
             self._reply_error(request_id, exc)
 

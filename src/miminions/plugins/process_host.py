@@ -52,6 +52,7 @@ from miminions.kernel.models import (
 )
 from miminions.kernel.plugins import refuse_coroutines
 from miminions.kernel.wire import (
+    MAX_FRAME_BYTES,
     ChannelClosedError,
     Frame,
     FrameChannel,
@@ -77,6 +78,13 @@ MIB = 1024 * 1024
 #: one second after: see ProcessHost._lost_connection).
 _LOST_WORKER_EXIT_SECONDS = 5.0
 logger = logging.getLogger("miminions.plugins.process_host")
+
+
+#: What a process agent's context call whose answer is too large for a frame gets.
+_ANSWER_TOO_LARGE = (
+    f"the answer to this call is larger than the {MAX_FRAME_BYTES:,} bytes a frame between "
+    "the runtime and a worker may carry: ask for less at a time (a narrower key prefix, say)"
+)
 
 
 class _Live:
@@ -196,7 +204,11 @@ class ProcessHost:
         loop = asyncio.get_running_loop()
         live_box: list[_Live] = []
         _, channel = await loop.create_unix_connection(
-            lambda: FrameChannel(self._handle, lambda exc: self._channel_lost(live_box, exc)),
+            lambda: FrameChannel(
+                self._handle,
+                lambda exc: self._channel_lost(live_box, exc),
+                reply_too_large=_ANSWER_TOO_LARGE,
+            ),
             sock=process.sock,
         )
         live = _Live(process, channel)

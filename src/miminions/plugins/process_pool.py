@@ -514,7 +514,12 @@ def _multiprocessing_context(settings: ProcessSettings, loop_factory: str | None
         ours = [_WORKER_MODULE, __name__, *loop_modules, *settings.preload]
         # The list is the process's, not ours alone: the application's modules stay in it
         # (its own forkserver children would lose them), ours are added.
-        theirs = list(getattr(_forkserver_state(), "_preload_modules", None) or [])
+        # (Not "__main__", multiprocessing's own default: see above.)
+        theirs = [
+            name
+            for name in getattr(_forkserver_state(), "_preload_modules", None) or []
+            if name != "__main__"
+        ]
         context.set_forkserver_preload([*theirs, *(m for m in ours if m not in theirs)])
     return context
 

@@ -1121,22 +1121,29 @@ def _daemon(connection: aiosqlite.Connection) -> aiosqlite.Connection:
         thread.daemon = True
         target = getattr(thread, "_target", None)
         if callable(target):
-            thread._target = _outliving_closed_loops(target)  # type: ignore[attr-defined]
+            thread._target = _outliving_closed_loops(target, connection)  # type: ignore[attr-defined]
     return connection
 
 
-def _outliving_closed_loops(serve: Callable[..., None]) -> Callable[..., None]:
+def _outliving_closed_loops(
+    serve: Callable[..., None], connection: aiosqlite.Connection
+) -> Callable[..., None]:
     """aiosqlite's thread loop ``serve``, kept serving when it fails to answer a call of a
     loop that has closed meanwhile (a program ending without stopping its runtime, a call
     still in the thread): it died of that ("Event loop is closed" on stderr), and the
     connection was then never closed, not even by :meth:`SQLiteStore.abandon`. Nothing
-    waits for that answer any more: it is dropped."""
+    waits for that answer any more: it is dropped. Once the connection was asked to stop
+    and nothing is left to serve (its stop was the call answered), the thread ends."""
 
     def serve_on(*args: Any, **kwargs: Any) -> None:
         while True:
             try:
                 serve(*args, **kwargs)
             except RuntimeError:  # call_soon_threadsafe on a closed loop
+                queue = getattr(connection, "_tx", None)
+                stopped = not getattr(connection, "_running", True)
+                if stopped and (queue is None or queue.empty()):
+                    return
                 continue
             return
 
