@@ -31,6 +31,7 @@ from miminions.kernel.errors import (
     HookTimeoutError,
     HostEndedError,
     InvalidStateError,
+    MiminionsError,
     NotFoundError,
     ValidationError,
     WaitTimeoutError,
@@ -607,6 +608,13 @@ class AgentBook(RestartMixin):
             # taken; the host itself starts in the background under the agent's lock.
             self._reserve(slot)
             self._in_background(self._start_queued(slot))
+        if self._start_queue:
+            # What the remaining starts wait for now (the load they waited for has fallen,
+            # say, and the slots are full): their status says so.
+            reason = self.start_wait_reason()
+            for waiting in self._start_queue:
+                if waiting.status is S.QUEUED:
+                    waiting.instance.status_reason = reason
 
     def _recheck_load_later(self) -> None:
         # Machine load has no event to wait for: look again in a second.
@@ -803,11 +811,19 @@ class AgentBook(RestartMixin):
             slot.stops_overdue += 1
             slot.abandon_call()
 
-        if slot.call == "pause":
+        abandoned = slot.call == "pause"
+        if abandoned:
             slot.abandon_call()
         timer = asyncio.get_running_loop().call_later(grace_seconds, abandon)
         try:
             await slot.lock.acquire()
+        except asyncio.CancelledError:
+            if abandoned or overdue:
+                # The call this stop abandoned left the agent for it to end (starting, or
+                # running but taking no task): given up by its caller, it still happens,
+                # at once, as a graceful stop given up does.
+                self._in_background(self._stop_given_up(slot.agent_id))
+            raise
         finally:
             timer.cancel()
             if overdue:
@@ -816,6 +832,11 @@ class AgentBook(RestartMixin):
             yield
         finally:
             slot.lock.release()
+
+    async def _stop_given_up(self, agent_id: str) -> None:
+        """A forced stop, for one whose caller gave up after it had abandoned a call."""
+        with contextlib.suppress(MiminionsError):
+            await self.stop(agent_id, graceful=False)
 
     async def _stop(self, slot: AgentSlot, *, graceful: bool, timeout_seconds: float) -> None:
         slot.resume_queued = False
@@ -933,6 +954,7 @@ class AgentBook(RestartMixin):
                 if callable(abandon):
                     with contextlib.suppress(Exception):
                         abandon()
+                slot.host_started = False  # it holds no agent slot any more (capacity)
             if slot.status not in (S.QUEUED, S.STARTING, S.RUNNING, S.STOPPING):
                 continue
             if slot in self._start_queue:
