@@ -20,7 +20,7 @@ import pytest
 
 from miminions import AgentRuntime, AgentStatus, Task, TaskStatus, WaitTimeoutError
 from miminions.kernel.errors import InvalidStateError
-from tests.support.runtime import ROOT
+from tests.support.runtime import ROOT, start_agent
 from tests.support.sync_agents import (
     SyncHandlerAsyncioRun,
     SyncHandlerCallingContext,
@@ -33,7 +33,7 @@ from tests.support.sync_agents import (
     sync_watch_with_asyncio_run,
     sync_watch_with_call_sync,
 )
-from tests.support.waiting import wait_until
+from tests.support.waiting import WAIT_SECONDS, wait_until
 
 WAIT = 15.0
 
@@ -699,3 +699,56 @@ async def test_a_sync_on_pause_waits_for_an_abandoned_sync_call(
     finally:
         shared.finish.set()
     assert shared.overlaps == [], shared.overlaps
+
+
+STEP_DONE = threading.Event()  # one long step of synchronous work ends when set
+IN_A_STEP = threading.Event()
+FINISH_STEPS = threading.Event()  # the test's own safety stop for the old code
+SEEN_STOPPING: list[bool] = []
+CHUNKED_CALLS: list[str] = []
+
+
+def chunked_worker(task: Any, context: Any) -> dict[str, Any]:
+    """Long synchronous work in steps, checking ``context.is_stopping`` between steps as
+    the docs advise. Its second call (the re-queued task run again) returns at once."""
+    CHUNKED_CALLS.append(task.task_id)
+    if len(CHUNKED_CALLS) > 1:
+        return {"rerun": True}
+    steps = 0
+    while True:
+        IN_A_STEP.set()
+        STEP_DONE.wait(10)  # a step of work longer than the stop's timeout
+        stopping = context.is_stopping
+        SEEN_STOPPING.append(stopping)
+        if stopping or FINISH_STEPS.is_set():
+            return {"steps": steps}
+        steps += 1
+        time.sleep(0.01)
+
+
+async def test_abandoned_sync_code_still_sees_is_stopping_after_the_agent_restarts(
+    rt: AgentRuntime,
+) -> None:
+    """docs/concepts.md ("Timeouts"): sync code given up on checks ``context.is_stopping``
+    to end. Once its agent was started again, that read False again for the old code: it
+    ran on for good, and the re-queued task, handed to the restarted agent, never ran."""
+    try:
+        agent = await start_agent(rt, "chunked", chunked_worker)
+        task_id = await rt.submit_task("long")
+        assert await asyncio.to_thread(IN_A_STEP.wait, WAIT_SECONDS)
+        # The stop gives up on the step in progress: the task goes back to the queue and
+        # the thread runs on (documented).
+        await rt.stop_agent(agent, timeout_seconds=0.1)
+        assert rt.get_task_status(task_id).status is TaskStatus.PENDING
+        await rt.start_agent(agent)  # e.g. an operator restarting the agent
+        STEP_DONE.set()  # the old step ends: the old code now checks is_stopping
+        await wait_until(lambda: SEEN_STOPPING, "the stopped run's code checks is_stopping")
+        # It was asked to stop (its agent was stopped under it): it must see that.
+        assert SEEN_STOPPING[0] is True, (
+            "the stopped run's code sees is_stopping False once its agent was started "
+            f"again, and runs on ({SEEN_STOPPING[:3]})"
+        )
+        done = await rt.wait_for_task(task_id, WAIT_SECONDS)
+        assert done.status is TaskStatus.COMPLETED
+    finally:
+        FINISH_STEPS.set()

@@ -103,6 +103,9 @@ class AgentContext:
         self.current_task: Task | None = None
         self.last_checkpoint: Any = None
         self._channel = channel
+        # The start of the agent this context is of (a channel counting them): code of an
+        # earlier start, still running in its thread, sees is_stopping for good.
+        self._generation = getattr(channel, "generation", None)
         # The agent's loop: calls awaited on another one (asyncio.run in a sync agent's
         # thread) are carried out there (see on_loop).
         self._loop = _running_loop()
@@ -111,8 +114,14 @@ class AgentContext:
 
     @property
     def is_stopping(self) -> bool:
-        """True once the agent was asked to stop: finish or checkpoint the current task."""
-        return self._channel.stopping
+        """True once the agent was asked to stop: finish or checkpoint the current task.
+        Stays true for code of a start that was stopped, also once the agent started again
+        (a sync task given up on, still running in its thread)."""
+        channel = self._channel
+        return channel.stopping or (
+            self._generation is not None
+            and getattr(channel, "generation", self._generation) != self._generation
+        )
 
     def call_sync(self, call: Awaitable[_T], timeout_seconds: float | None = None) -> _T:
         """For synchronous agent code (a ``def`` in the agent's thread): carry out a context

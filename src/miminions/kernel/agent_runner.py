@@ -120,6 +120,8 @@ class AgentRunner:
         self._error_quiet = asyncio.Event()
         self._error_quiet.set()
         self._stopping = False
+        #: Counts the agent's starts: a context of an earlier one is stopping for good.
+        self.generation = 0
         self._thread: AgentThread | None = None
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
         self._handling: object | None = None  # the token of the on_message handling under way
@@ -183,6 +185,7 @@ class AgentRunner:
 
     async def start(self, resume_state: Any = None) -> None:
         """Build the agent, run ``on_start``, then ``on_resume(resume_state)`` if given."""
+        self.generation += 1
         self._stopping = False
         self._delivery_ending = False
         self._gate.set()
