@@ -206,3 +206,31 @@ async def test_recipients_given_as_a_set_reach_them_in_both_modes(
     await rt.start_agent(agent_id)
     task = await rt.wait_for_task(await rt.submit_task("send"), timeout_seconds=60)
     assert task.output_data == {"sent": 1}, task.error_message
+
+
+async def send_to_dict_keys(task: Task, context: AgentContext) -> dict[str, Any]:
+    """Sends one message to itself, naming the recipients as ``dict.keys()``, then as a
+    ``map`` object: iterables of agent ids, as ``send``'s signature (Iterable[str]) allows."""
+    peers = {context.agent_id: "me"}
+    out: dict[str, Any] = {}
+    for label, recipients in (
+        ("keys", peers.keys()),
+        ("map", map(str, [context.agent_id])),
+    ):
+        try:
+            out[label] = len(await context.send(recipients, "note"))
+        except Exception as exc:  # what the agent got, for the assertion
+            out[label] = f"{type(exc).__name__}: {exc}"
+    return out
+
+
+@pytest.mark.parametrize("isolation", ["inline", "process"])
+async def test_recipients_given_as_dict_keys_or_map_reach_them_in_both_modes(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """Recipients may be any iterable (``dict.keys()``, ``map(...)``) in both modes (a
+    process agent got "message data must be JSON-serialisable")."""
+    agent_id = await rt.register_agent("keys", send_to_dict_keys, isolation=isolation)
+    await rt.start_agent(agent_id)
+    task = await rt.wait_for_task(await rt.submit_task("send"), timeout_seconds=60)
+    assert task.output_data == {"keys": 1, "map": 1}, (task.output_data, task.error_message)

@@ -146,3 +146,39 @@ async def test_estimated_wait_leaves_out_tasks_no_agent_of_the_task_takes(
     agents.GATES.setdefault("a-next", asyncio.Event()).set()
     assert (await rt.wait_for_task(mine, 5)).assigned_agent_id == busy_agent
     assert (await rt.wait_for_task(running, 5)).status is TaskStatus.COMPLETED
+
+
+async def test_tasks_targeted_at_an_agent_that_takes_no_tasks_do_not_hold_back_an_untargeted_one(
+    rt: AgentRuntime,
+) -> None:
+    """An untargeted task is next in line for the only agent that takes tasks ("worker",
+    busy). Ten urgent tasks targeted at "idle" (registered, never started) were counted
+    ahead of it: explain() said 10 TASKS_AHEAD, and the estimate was 11 rounds, not 1."""
+    worker = await start_agent(rt, "worker", agents.GatedAgent)
+    idle = await rt.register_agent("idle", agents.EchoAgent)  # never started
+    agents.GATES.setdefault("warm", asyncio.Event()).set()
+    warm = await rt.wait_for_task(await rt.submit_task("warm", agent_id=worker), 5)
+    assert warm.status is TaskStatus.COMPLETED  # a duration to estimate from
+    running = await rt.submit_task("busy", agent_id=worker)
+    await asyncio.wait_for(agents.STARTED.setdefault("busy", asyncio.Event()).wait(), 5)
+    for n in range(10):
+        await rt.submit_task(f"for-idle-{n}", agent_id=idle, priority=0)
+    mine = await rt.submit_task("untargeted", priority=50)
+
+    try:
+        explanation = rt.explain(mine)
+        kinds = [r.kind for r in explanation.reasons]
+        ahead = [r.message for r in explanation.reasons if r.kind is HoldKind.TASKS_AHEAD]
+        mean = rt.task_book.mean_duration
+        assert mean is not None
+        assert explanation.estimated_wait_seconds is not None
+        rounds = explanation.estimated_wait_seconds / mean
+        # worker finishes "busy", then takes this one: nothing it would take is ahead.
+        assert round(rounds, 6) == 1.0, f"estimated {rounds:.1f} rounds of the mean duration"
+        assert kinds == [HoldKind.AGENTS_BUSY], ahead
+    finally:
+        agents.GATES.setdefault("busy", asyncio.Event()).set()
+        agents.GATES.setdefault("untargeted", asyncio.Event()).set()
+    done = await rt.wait_for_task(mine, 5)
+    assert done.assigned_agent_id == worker  # it was indeed next for worker
+    assert (await rt.wait_for_task(running, 5)).status is TaskStatus.COMPLETED

@@ -164,7 +164,6 @@ async def restarted(rt: AgentRuntime, agent_id: str, old_pid: int, restarts: int
 # ---------------------------------------------------------------------- 1. crashes
 CRASHES = {
     # mode: (exit code, signal name, how the worker ended in words)
-    "system_exit": (7, None, "exited with code 7"),
     "exit": (3, None, "exited with code 3"),
     "segfault": (-signal.SIGSEGV, "SIGSEGV", "killed by SIGSEGV"),
     "sigkill": (-signal.SIGKILL, "SIGKILL", "killed by SIGKILL"),
@@ -173,12 +172,29 @@ CRASHES = {
 
 def crash_error(mode: str, pid: int) -> str:
     """The error a task gets when its worker crashes in ``mode``."""
-    if mode == "system_exit":  # raised by the agent's code: that is reported, then it exits
-        return "SystemExit: 7"
     return (
         f"AgentCrashedError: the worker process of agent 'crashy' (pid {pid}) "
         f"{CRASHES[mode][2]} while running the task"
     )
+
+
+async def test_sys_exit_in_a_process_agents_code_fails_its_task_and_the_worker_goes_on(
+    config: Callable[..., RuntimeConfig],
+) -> None:
+    """``sys.exit()`` in agent code fails its task, "SystemExit: 7", as for an inline agent
+    (where it ended the whole program); the worker goes on with the next task."""
+    async with AgentRuntime(config=config()) as rt:
+        crashy = await rt.register_agent("crashy", CrashAgent, config={"crashy": True})
+        pid = (await rt.start_agent(crashy)).process_id
+        failed = await rt.wait_for_task(
+            await rt.submit_task("t", {"mode": "system_exit"}, agent_id=crashy), 30
+        )
+        assert (failed.status, failed.error_message) == (TaskStatus.FAILED, "SystemExit: 7")
+        done = await rt.wait_for_task(await rt.submit_task("t2", {}, agent_id=crashy), 30)
+        assert done.status is TaskStatus.COMPLETED
+        assert done.output_data is not None
+        assert done.output_data["pid"] == pid
+        assert rt.get_agent_status(crashy).restart_count == 0
 
 
 @pytest.mark.parametrize("mode", list(CRASHES))
@@ -934,11 +950,11 @@ async def run_on_one_crashy_agent(rt: AgentRuntime, modes: list[str | None]) -> 
 async def test_tasks_waiting_in_a_worker_that_exits_go_back_to_the_queue(
     config: Callable[..., RuntimeConfig],
 ) -> None:
-    """A task whose code ends its worker (SystemExit) fails; the tasks already sent to that
+    """A task whose code ends its worker (os._exit) fails; the tasks already sent to that
     worker, waiting behind it, never began: they run on the restarted agent instead of
     failing with a "cancelled" the runtime never asked for."""
     async with AgentRuntime(config=config()) as rt:
-        modes = [None, "system_exit_later", None, None, None]
+        modes = [None, "exit_later", None, None, None]
         done = await run_on_one_crashy_agent(rt, modes)
         assert done[0].status is TaskStatus.COMPLETED
         assert done[1].status is TaskStatus.FAILED

@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 
 from miminions import AgentRuntime, AgentStatus, Task, TaskStatus, WaitTimeoutError
+from miminions.kernel import agent as agent_module
+from miminions.kernel import agent_thread as agent_thread_module
 from miminions.kernel.errors import InvalidStateError
 from tests.support.runtime import ROOT, start_agent
 from tests.support.sync_agents import (
@@ -752,3 +754,179 @@ async def test_abandoned_sync_code_still_sees_is_stopping_after_the_agent_restar
         assert done.status is TaskStatus.COMPLETED
     finally:
         FINISH_STEPS.set()
+
+
+class HandlerAndFailingTask:
+    """A sync ``on_message`` handler that waits in ``call_sync`` (not halted: no pause);
+    an async task that fails; a sync ``on_error`` that notes whether the handler's code is
+    in the middle of its call."""
+
+    def __init__(self) -> None:
+        self.handler_in_progress = False
+        self.handler_waiting = threading.Event()
+        self.on_error_seen: list[bool] = []
+        self.on_error_ran = threading.Event()
+        self.release: asyncio.Event | None = None  # set by the test, on the loop
+        self.handler_done = threading.Event()
+
+    def on_message(self, message: Any) -> None:
+        context = self.context  # type: ignore[attr-defined]
+        self.handler_in_progress = True
+        try:
+            self.handler_waiting.set()
+            assert self.release is not None
+            context.call_sync(self.release.wait(), timeout_seconds=WAIT)
+        finally:
+            self.handler_in_progress = False
+            self.handler_done.set()
+
+    def on_error(self, error: BaseException, task: Any) -> None:
+        self.on_error_seen.append(self.handler_in_progress)
+        self.on_error_ran.set()
+
+    async def execute_task(self, task: Task) -> Any:
+        raise RuntimeError("boom")
+
+
+async def test_sync_on_error_does_not_run_in_the_middle_of_a_sync_on_message_handler(
+    rt: AgentRuntime,
+) -> None:
+    """docs/concepts.md: synchronous methods run in the agent's own thread, "one call at a
+    time"; only a halted task's wait runs on_pause/on_resume. A sync ``on_error`` ran
+    *inside* a sync ``on_message`` handler's ``call_sync`` wait, mid-call."""
+    agent = HandlerAndFailingTask()
+    agent.release = asyncio.Event()
+    agent_id = await rt.register_agent("handler", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    await rt.send_message(agent_id, "hello")
+    assert await asyncio.to_thread(agent.handler_waiting.wait, WAIT)
+    task_id = await rt.submit_task("t", max_retries=0)
+    failed = await rt.wait_for_task(task_id, WAIT)
+    assert failed.status is TaskStatus.FAILED
+    # on_error ran inside the handler's wait, at once; now after the handler. (Not waited
+    # for longer than on_error's own bound, shutdown_timeout_seconds: 2 s in tests.)
+    await asyncio.to_thread(agent.on_error_ran.wait, 0.5)
+    agent.release.set()
+    assert await asyncio.to_thread(agent.handler_done.wait, WAIT)
+    assert await asyncio.to_thread(agent.on_error_ran.wait, WAIT)
+    assert agent.on_error_seen == [False], (
+        "on_error ran while the on_message handler's code was in the middle of its call"
+    )
+
+
+class HaltsAtFirstCallSync:
+    """A sync task that runs plain code until told to go, then makes one ``call_sync``
+    safe point, and a sync ``on_pause``."""
+
+    def __init__(self) -> None:
+        self.begun = threading.Event()
+        self.go = threading.Event()
+        self.on_pause_ran = threading.Event()
+
+    def on_pause(self) -> dict[str, Any]:
+        self.on_pause_ran.set()
+        return {}
+
+    def on_resume(self, state: Any) -> None:
+        pass
+
+    def execute_task(self, task: Task) -> Any:
+        context = self.context  # type: ignore[attr-defined]
+        self.begun.set()
+        self.go.wait(WAIT)
+        context.call_sync(context.checkpoint())  # the safe point the pause halts it at
+        return {"done": True}
+
+
+async def test_sync_on_pause_is_not_lost_when_the_halt_wins_the_race_with_the_wait(
+    rt: AgentRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """call_sync handed the call to the loop before its thread counted as waiting: if the
+    loop halted the task and submitted the sync on_pause first, the hook was queued behind
+    the task, which waited for a resume that needs the hook (the pause hung). The thread
+    being descheduled in between is simulated by holding it until the hook is submitted."""
+    hook_submitted = threading.Event()
+    original_submit = agent_thread_module._Meanwhile.submit
+    original_wait = agent_module._SyncCall.wait
+
+    def submit(self: Any, fn: Any, /, *args: Any, **kwargs: Any) -> Any:
+        future = original_submit(self, fn, *args, **kwargs)
+        hook_submitted.set()
+        return future
+
+    def wait(self: Any, loop: Any, timeout_seconds: Any) -> Any:
+        # (the OS deschedules the agent's thread right after call_soon_threadsafe)
+        hook_submitted.wait(5.0)
+        return original_wait(self, loop, timeout_seconds)
+
+    monkeypatch.setattr(agent_thread_module._Meanwhile, "submit", submit)
+    monkeypatch.setattr(agent_module._SyncCall, "wait", wait)
+
+    agent = HaltsAtFirstCallSync()
+    agent_id = await rt.register_agent("race", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", max_retries=0)
+    assert await asyncio.to_thread(agent.begun.wait, WAIT)
+    pausing = asyncio.ensure_future(rt.pause_agent(agent_id, timeout_seconds=5.0))
+    agent.go.set()
+    try:
+        paused = await pausing
+    except WaitTimeoutError as exc:
+        pytest.fail(
+            f"the pause never completed (on_pause ran: {agent.on_pause_ran.is_set()}): {exc}"
+        )
+    assert paused.status is AgentStatus.PAUSED
+    await rt.resume_agent(agent_id)
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+
+
+class SyncTaskAndSyncHandler:
+    """A sync task that steps through ``call_sync`` safe points, and a sync on_message
+    handler (both run in the agent's one thread, one call at a time)."""
+
+    def __init__(self) -> None:
+        self.begun = threading.Event()
+        self.finish = threading.Event()
+        self.handled = threading.Event()
+
+    def on_message(self, message: Any) -> None:
+        self.handled.set()
+
+    def execute_task(self, task: Task) -> Any:
+        context = self.context  # type: ignore[attr-defined]
+        self.begun.set()
+        while not self.finish.is_set():
+            context.call_sync(context.checkpoint())  # a safe point
+            time.sleep(0.01)
+        return {"done": True}
+
+
+async def test_pause_of_a_sync_agent_whose_sync_handler_is_queued_behind_its_task(
+    rt: AgentRuntime,
+) -> None:
+    """A message arrives while a sync task runs: the sync handler is queued in the agent's
+    thread behind the task. A pause halts the task, and does not wait for the handler to
+    reach a safe point (it waited for good: the handler cannot even begin while the halted
+    task holds the thread); the handler runs after the resume."""
+    agent = SyncTaskAndSyncHandler()
+    agent_id = await rt.register_agent("both", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", max_retries=0)
+    assert await asyncio.to_thread(agent.begun.wait, WAIT)
+    await rt.send_message(agent_id, "hello")
+    runner = rt.agent_book.get(agent_id).host._runner  # type: ignore[attr-defined]
+    # the delivery took the message and handed it to the (busy) thread
+    await wait_until(lambda: runner._handling is not None, "the handler queued", within=WAIT)
+    try:
+        try:
+            paused = await rt.pause_agent(agent_id, timeout_seconds=5.0)
+        except WaitTimeoutError as exc:
+            pytest.fail(f"the pause never completed: {exc}")
+        assert paused.status is AgentStatus.PAUSED
+        await rt.resume_agent(agent_id)
+    finally:
+        agent.finish.set()
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+    assert await asyncio.to_thread(agent.handled.wait, WAIT)

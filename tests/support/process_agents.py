@@ -50,8 +50,9 @@ class CrashAgent(BaseAgent):
     """Misbehaves as ``task.input_data['mode']`` says when its config has ``crashy: true``;
     otherwise (a healthy agent) it completes every task at once.
 
-    Modes: ``raise`` (an ordinary exception), ``system_exit`` (``SystemExit(7)`` escapes
-    the worker's loop; ``system_exit_later``: after 0.3 s), ``exit`` (``os._exit(3)``),
+    Modes: ``raise`` (an ordinary exception), ``system_exit`` (``SystemExit(7)``: it fails
+    the task, as any error), ``exit_later`` (``os._exit(7)`` after 0.3 s), ``exit``
+    (``os._exit(3)``),
     ``segfault`` (reads address 0), ``big_reply`` (returns 8 MiB after 0.3 s),
     ``block`` (loops until killed from outside), ``spin`` (``while True: pass`` on the
     worker's event loop: no heartbeat can be answered), ``too_deep`` (sends a value the
@@ -70,9 +71,9 @@ class CrashAgent(BaseAgent):
         if mode == "big_reply":  # more than a socket buffer holds: the transport keeps some
             await asyncio.sleep(0.3)  # time for the next task to reach the worker
             return _done(self, blob="x" * (8 * MIB))
-        if mode == "system_exit_later":  # time for the next task to reach the worker
+        if mode == "exit_later":  # time for the next task to reach the worker
             await asyncio.sleep(0.3)
-            raise SystemExit(7)
+            os._exit(7)
         if mode == "exit":
             os._exit(3)
         if mode == "segfault":

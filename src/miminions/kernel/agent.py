@@ -149,13 +149,17 @@ class AgentContext:
                 call.close()
             raise
         sync_call: _SyncCall[_T] = _SyncCall(self._orphaned)
-        try:
-            loop.call_soon_threadsafe(sync_call.begin, call)
-        except RuntimeError:  # the loop is closed
-            if inspect.iscoroutine(call):
-                call.close()
-            raise InvalidStateError("the agent's event loop has ended") from None
-        return sync_call.wait(loop, timeout_seconds)
+        thread = current_agent_thread()
+        # Counted as waiting before the loop gets the call: it may halt the agent there at
+        # once, and its sync on_pause must then run in this wait (see wait_serving).
+        with thread.waiting() if thread is not None else contextlib.nullcontext():
+            try:
+                loop.call_soon_threadsafe(sync_call.begin, call)
+            except RuntimeError:  # the loop is closed
+                if inspect.iscoroutine(call):
+                    call.close()
+                raise InvalidStateError("the agent's event loop has ended") from None
+            return sync_call.wait(loop, timeout_seconds)
 
     def _orphaned(self, result: Any) -> None:
         """A call_sync call ended with ``result`` after its thread gave up on it: a message

@@ -125,6 +125,8 @@ class AgentRunner:
         self._thread: AgentThread | None = None
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
         self._handling: object | None = None  # the token of the on_message handling under way
+        self._handler_begun = True  # the handler under way has begun (a sync one may wait)
+        self._sync_handle: Callable[[AgentMessage], Awaitable[Any]] | None = None
 
     # --------------------------------------------------------------- ContextChannel
     @property
@@ -212,11 +214,13 @@ class AgentRunner:
             # Decided once per start, as for execute_task (it is on the delivery path): an
             # async handler is awaited directly; a sync one runs in the agent's thread, as
             # every sync hook does.
-            handle: Callable[[AgentMessage], Awaitable[Any]] = (
-                on_message
-                if inspect.iscoroutinefunction(on_message)
-                else partial(call_agent_code, on_message, executor=self._own_thread())
-            )
+            handle: Callable[[AgentMessage], Awaitable[Any]]
+            if inspect.iscoroutinefunction(on_message):
+                handle = on_message
+            else:
+                handle = self._sync_handle = partial(
+                    call_agent_code, self._noted_begun(on_message), executor=self._own_thread()
+                )
             self._inbox = asyncio.ensure_future(self._deliver_messages(handle))
 
     async def _deliver_messages(self, handle: Callable[[AgentMessage], Awaitable[Any]]) -> None:
@@ -240,6 +244,7 @@ class AgentRunner:
                 self._message_taken(message.message_id)
             self._handler_quiet.clear()
             self._handler_done.clear()
+            self._handler_begun = handle is not self._sync_handle
             # This task's own context: what the handler starts (its thread) inherits it.
             self._handling = object()
             _HANDLER_OF.set(self._handling)
@@ -331,8 +336,11 @@ class AgentRunner:
                     self._task_halted(task.task_id)  # its timeout stops counting (F-25)
             # An on_message handler in progress halts too (its next context call) or ends:
             # a paused agent runs none of its code, and a process agent's worker is then
-            # stopped, which must not catch a message half handled.
-            await self._handler_quiet.wait()
+            # stopped, which must not catch a message half handled. (A sync one queued
+            # behind the agent's busy thread, the task halted in it, has not begun: it
+            # begins once that call ends, after the resume.)
+            if self._handler_begun or not self._own_thread().busy:
+                await self._handler_quiet.wait()
             # So does an on_error in progress (it ends: hooks have no safe points).
             await self._error_quiet.wait()
         except BaseException:
@@ -450,10 +458,15 @@ class AgentRunner:
         token = _HOOK_CALL.set(call)
         self._hook_calls.add(call)
         try:
-            # A sync hook runs in the agent's thread, within a call of the agent waiting
-            # there for a context call (a task halted at a safe point: it waits for the
-            # resume the hook makes), else after the call running there.
-            return await call_hook(self._agent, name, *args, executor=self._own_thread().meanwhile)
+            # A sync on_pause / on_resume of a halted agent runs in the agent's thread within
+            # a call of it waiting there for a context call (a task halted at a safe point:
+            # it waits for the resume the hook makes); other hooks, and these otherwise,
+            # after the call running there.
+            thread = self._own_thread()
+            within_wait = name in ("on_pause", "on_resume") and not self._gate.is_set()
+            return await call_hook(
+                self._agent, name, *args, executor=thread.meanwhile if within_wait else thread
+            )
         finally:
             self._hook_calls.discard(call)
             _HOOK_CALL.reset(token)
@@ -479,6 +492,15 @@ class AgentRunner:
             return instantiate_agent(registered, kind)
         except SystemExit as exc:  # sys.exit() in its constructor: a failed start
             raise agent_exit_error(exc) from exc
+
+    def _noted_begun(self, on_message: Callable[..., Any]) -> Callable[..., Any]:
+        """A sync ``on_message`` that notes, in the agent's thread, that it has begun."""
+
+        def handle(message: AgentMessage) -> Any:
+            self._handler_begun = True
+            return on_message(message)
+
+        return handle
 
     def _own_thread(self) -> AgentThread:
         if self._thread is None:

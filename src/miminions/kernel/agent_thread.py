@@ -8,10 +8,11 @@ cannot be interrupted, only abandoned; a daemon thread lets the program end anyw
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Executor, Future
 from typing import Any, ParamSpec, TypeVar
 
@@ -76,9 +77,7 @@ class AgentThread(Executor):
         """
         deadline = None if timeout is None else time.monotonic() + timeout
         outcome.add_done_callback(lambda _: self._meanwhile.put(None))  # wakes the wait
-        with self._lock:
-            self._waiting += 1
-        try:
+        with self.waiting():
             while not outcome.done():
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -89,11 +88,22 @@ class AgentThread(Executor):
                     break
                 if call is not None:
                     self._run(call)
+        return outcome.done()
+
+    @contextlib.contextmanager
+    def waiting(self) -> Iterator[None]:
+        """Count the calling code (in this thread) as waiting for a context call, from
+        before the call is handed to the loop (which may at once halt it and submit a hook
+        to :attr:`meanwhile`) until it returns (re-entrant)."""
+        with self._lock:
+            self._waiting += 1
+        try:
+            yield
         finally:
             with self._lock:
                 self._waiting -= 1
                 if not self._waiting:
-                    # given as this wait ended: they run after the call, as any other
+                    # given as the wait ended: they run after the call, as any other
                     while True:
                         try:
                             call = self._meanwhile.get_nowait()
@@ -101,7 +111,6 @@ class AgentThread(Executor):
                             break
                         if call is not None:
                             self._calls.put(call)
-        return outcome.done()
 
     @property
     def busy(self) -> bool:

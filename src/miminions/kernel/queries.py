@@ -68,7 +68,8 @@ def _ahead(rt: AgentRuntime, task_id: str) -> int | None:
     sched = rt.scheduler
     competing = {sched.route(task_id)}
     for slot in _serving_agents(rt, task_id):
-        competing.update(slot.routes)
+        if _taking_tasks(slot):  # (an agent not taking tasks takes none ahead of it)
+            competing.update(slot.routes)
     return sched.rank_among(task_id, competing)
 
 

@@ -25,9 +25,8 @@ import resource
 import signal
 import socket
 import sys
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Iterable
 from multiprocessing import forkserver
-from types import GeneratorType
 from typing import Any
 
 from miminions.kernel.agent import AgentContext, ContextChannel, loading_main_in_worker
@@ -208,8 +207,8 @@ def _check_call_arguments(payload: dict[str, Any]) -> None:
             check_seconds(value, name)  # raises, naming the argument
         elif isinstance(value, str):
             check_utf8(value, name)
-        elif name == "recipients" and isinstance(value, set | frozenset | tuple | GeneratorType):
-            payload[name] = value = list(value)
+        elif name == "recipients" and isinstance(value, Iterable) and not isinstance(value, list):
+            payload[name] = value = list(value)  # any iterable, as the runtime takes
         if isinstance(value, list):
             for item in value:
                 if isinstance(item, str):
