@@ -197,6 +197,7 @@ class ProcessHost:
             "max_memory_mb": limits.max_memory_per_agent_mb,
             "max_cpu_seconds": limits.max_cpu_time_per_agent_seconds,
             "main_path": _main_path(),
+            "main_module": _main_module(),
             # Import paths of functions the worker calls first (a tracing plugin's setup).
             "worker_setup": self._worker_setup(),
         }
@@ -931,6 +932,13 @@ def _main_path() -> str | None:
     return os.path.abspath(path) if isinstance(path, str) else None
 
 
+def _main_module() -> str | None:
+    """The name of the main module when the program was run with ``python -m name``."""
+    spec = getattr(sys.modules.get("__main__"), "__spec__", None)
+    name = getattr(spec, "name", None)
+    return name if isinstance(name, str) and name != "__main__" else None
+
+
 @hookimpl(trylast=True)  # built-in: another plugin may take over process agents
 def miminions_make_host(spec: AgentSpec, agent: object, runtime: AgentRuntime) -> Any:
     """Host agents registered with ``isolation="process"`` in worker processes."""
@@ -948,7 +956,23 @@ def miminions_make_host(spec: AgentSpec, agent: object, runtime: AgentRuntime) -
             "Register a class or function defined at module level of an importable module, "
             "or pass isolation='inline'"
         )
+    if spec.target.startswith("__main__:") and _in_main(spec.target) is not agent:
+        # Typed into an interactive session (python -m asyncio, a notebook): named after
+        # the main module, but not found in it, so not in a worker's either.
+        raise ValidationError(
+            f"agent {spec.name!r} cannot run in a worker process: it is not defined in the "
+            "main module's file (an interactive session?), and workers import agents by "
+            "module path. Define it in an importable module, or pass isolation='inline'"
+        )
     return ProcessHost(spec, runtime, pool_of(runtime))
+
+
+def _in_main(target: str) -> object:
+    """What ``__main__:qualname`` names in this process's main module (None: nothing)."""
+    found: object = sys.modules.get("__main__")
+    for part in target.partition(":")[2].split("."):
+        found = getattr(found, part, None)
+    return found
 
 
 @hookimpl(trylast=True)  # built-in: another plugin may measure load differently

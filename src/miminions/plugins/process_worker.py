@@ -63,17 +63,19 @@ MIB = 1024 * 1024
 ADDRESS_SPACE_HEADROOM = 4096 * MIB
 
 
-def locate(target: str, main_path: str | None = None) -> Any:
+def locate(target: str, main_path: str | None = None, main_module: str | None = None) -> Any:
     """Import ``module:qualname`` and return the object.
 
-    ``__main__`` is the runtime's main script, loaded from ``main_path`` under another
-    module name, so its ``if __name__ == "__main__":`` block does not run here.
+    ``__main__`` is the runtime's main module: the one run with ``python -m``
+    (``main_module``) imported by its name, as multiprocessing does, else the main script
+    loaded from ``main_path`` under another module name; either way its
+    ``if __name__ == "__main__":`` block does not run here.
     """
     module_name, _, qualname = target.partition(":")
     if not module_name or not qualname:
         raise ValidationError(f"agent import path {target!r} is not 'module:qualname'")
     if module_name == "__main__":
-        obj: Any = _load_main(main_path)
+        obj: Any = _load_main(main_path, main_module)
     else:
         obj = importlib.import_module(module_name)
     for part in qualname.split("."):
@@ -81,10 +83,23 @@ def locate(target: str, main_path: str | None = None) -> Any:
     return obj
 
 
-def _load_main(main_path: str | None) -> Any:
+def _load_main(main_path: str | None, main_module: str | None = None) -> Any:
     loaded = sys.modules.get(_MAIN_MODULE)
     if loaded is not None:
         return loaded
+    if main_module:
+        # Run with ``python -m package.module``: loaded by path, outside its package, its
+        # relative imports failed.
+        try:
+            with loading_main_in_worker():
+                module = importlib.import_module(main_module)
+        except BaseException as exc:
+            raise ValidationError(
+                f"importing the main module {main_module} in the agent's worker process (to "
+                f"find the agent defined there) failed with {type(exc).__name__}: {exc}"
+            ) from exc
+        sys.modules[_MAIN_MODULE] = module
+        return module
     if not main_path:
         raise ValidationError(
             "the agent is defined in a main module that has no file (an interactive "
@@ -151,7 +166,9 @@ def _loop_factory(boot: dict[str, Any]) -> Callable[[], asyncio.AbstractEventLoo
     path = boot.get("loop_factory")
     if not path:
         return None
-    factory: Callable[[], asyncio.AbstractEventLoop] = locate(str(path), boot.get("main_path"))
+    factory: Callable[[], asyncio.AbstractEventLoop] = locate(
+        str(path), boot.get("main_path"), boot.get("main_module")
+    )
     return factory
 
 
@@ -246,7 +263,7 @@ def _run_setups(boot: dict[str, Any]) -> None:
     order, before the agent is imported; one that fails fails the agent's start."""
     for path in boot.get("worker_setup") or ():
         try:
-            locate(str(path), boot.get("main_path"))()
+            locate(str(path), boot.get("main_path"), boot.get("main_module"))()
         except Exception as exc:
             raise ConfigurationError(
                 f"the worker setup {path!r} a plugin asked for (miminions_worker_setup) "
@@ -285,7 +302,7 @@ class Worker:
             self._runner = AgentRunner(
                 str(boot["name"]),
                 str(boot["kind"]),
-                locate(str(boot["target"]), boot.get("main_path")),
+                locate(str(boot["target"]), boot.get("main_path"), boot.get("main_module")),
                 make_context=self._make_context,
                 save_checkpoint=self._save_checkpoint,
                 report_usage=self._report_usage,
