@@ -18,10 +18,10 @@ from miminions import (
     ResourceLimits,
     RuntimeConfig,
     Task,
-    hookimpl,
 )
 from tests.support import agents
 from tests.support.events import EventRecorder
+from tests.support.machine_load import FixedLoad
 from tests.support.waiting import wait_until
 
 S = AgentStatus
@@ -121,17 +121,6 @@ async def test_a_given_up_stop_of_a_pausing_agent_still_stops_it(
         await rt.start_agent(agent)  # and it can be started again, and work
         task = await rt.wait_for_task(await rt.submit_task("work", agent_id=agent), 5)
         assert task.status.value == "completed"
-
-
-class FixedLoad:
-    """Answers ``miminions_machine_load`` with a value the test sets."""
-
-    def __init__(self, load: float) -> None:
-        self.load = load
-
-    @hookimpl
-    def miminions_machine_load(self) -> float:
-        return self.load
 
 
 async def test_a_queued_agents_status_reason_follows_what_it_waits_for(

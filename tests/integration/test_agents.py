@@ -29,6 +29,7 @@ from miminions import (
 from miminions.kernel.task_input import MAX_JSON_DEPTH
 from tests.support import agents
 from tests.support.events import EventRecorder
+from tests.support.machine_load import FixedLoad
 from tests.support.runtime import start_agent
 from tests.support.waiting import wait_until
 
@@ -348,17 +349,6 @@ async def test_failing_on_pause_fails_agent_and_frees_its_slot(
         task = await rt.wait_for_task(await rt.submit_task("t", agent_id=waiting), 5)
         assert task.status is TaskStatus.COMPLETED
         assert rt.get_capacity().active_agents == 1
-
-
-class FixedLoad:
-    """A plugin answering ``miminions_machine_load`` with a value the test sets."""
-
-    def __init__(self, load: float) -> None:
-        self.load = load
-
-    @hookimpl
-    def miminions_machine_load(self) -> float:
-        return self.load
 
 
 async def test_agent_starts_wait_while_the_machine_is_loaded(

@@ -76,29 +76,12 @@ async def test_explain_calls_a_stopping_agent_stopping(rt: AgentRuntime) -> None
     assert (await rt.wait_for_task(running, 5)).status is TaskStatus.COMPLETED
 
 
-class FailThenSlowOnError:
-    """Fails tasks named ``fail``; its on_error waits for ``release``."""
-
-    def __init__(self) -> None:
-        self.in_on_error = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def execute_task(self, task: Any) -> Any:
-        if task.name == "fail":
-            raise RuntimeError("failed on purpose")
-        return {}
-
-    async def on_error(self, error: BaseException, task: Any) -> None:
-        self.in_on_error.set()
-        await self.release.wait()
-
-
 async def test_estimated_wait_counts_an_agent_in_on_error_as_busy(
     rt: AgentRuntime,
 ) -> None:
     """An agent still running on_error takes no task: explain() says AGENTS_BUSY, and the
     estimate counts the round it needs (it was 0 s: the agent has no task_id)."""
-    agent = FailThenSlowOnError()
+    agent = agents.SlowOnErrorAfterFailure()
     agent_id = await start_agent(rt, "cleaner", agent)
     failed = await rt.submit_task("fail", agent_id=agent_id)
     assert (await rt.wait_for_task(failed, 5)).status is TaskStatus.FAILED  # a duration

@@ -413,11 +413,12 @@ async def test_a_sync_agent_halted_at_call_sync_resumes_with_its_sync_on_resume(
     assert done.status is TaskStatus.COMPLETED, done.error_message
 
 
-async def _run_child_of(module: str, where: str) -> tuple[int | None, str]:
+async def _run_child_of(kind: str, where: str) -> tuple[int | None, str]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        module,
+        "tests.support.exit_child",
+        kind,
         where,
         cwd=ROOT,
         stdout=asyncio.subprocess.PIPE,
@@ -433,7 +434,7 @@ async def _run_child_of(module: str, where: str) -> tuple[int | None, str]:
 
 
 async def _run_child(where: str) -> tuple[int | None, str]:
-    return await _run_child_of("tests.support.sync_exit_child", where)
+    return await _run_child_of("sync", where)
 
 
 async def test_sys_exit_in_a_sync_inline_task_fails_the_task_not_the_program() -> None:
@@ -534,7 +535,7 @@ async def test_rt_kv_set_from_a_sync_agents_thread_during_a_commit_is_not_half_d
 async def test_sys_exit_in_an_async_inline_task_fails_the_task_not_the_program() -> None:
     """``sys.exit()`` in an inline agent's *async* code fails the task too (it ended the
     program)."""
-    _, output = await _run_child_of("tests.support.async_exit_child", "task")
+    _, output = await _run_child_of("async", "task")
     assert "PROGRAM ENDED BY" not in output, output
     assert "FIRST failed SystemExit: 2" in output, output
     assert "SECOND completed" in output, output
@@ -543,7 +544,7 @@ async def test_sys_exit_in_an_async_inline_task_fails_the_task_not_the_program()
 
 async def test_sys_exit_in_an_async_inline_on_message_does_not_end_the_program() -> None:
     """Likewise from an async ``on_message``: logged, the agent goes on."""
-    _, output = await _run_child_of("tests.support.async_exit_child", "handler")
+    _, output = await _run_child_of("async", "handler")
     assert "PROGRAM ENDED BY" not in output, output
     assert "SECOND completed" in output, output
     assert "RUNTIME STOPPED CLEANLY" in output, output
@@ -552,7 +553,7 @@ async def test_sys_exit_in_an_async_inline_on_message_does_not_end_the_program()
 async def test_sys_exit_in_the_constructor_of_an_async_inline_agent_fails_its_start() -> None:
     """And from the constructor of an agent whose execute_task is async (built on the
     loop): its start fails with the reason."""
-    _, output = await _run_child_of("tests.support.async_exit_child", "constructor")
+    _, output = await _run_child_of("async", "constructor")
     assert "PROGRAM ENDED BY" not in output, output
     assert "START failed failed to start: SystemExit: 2" in output, output
     assert "RUNTIME STOPPED CLEANLY" in output, output

@@ -305,28 +305,10 @@ async def test_explain_counts_only_tasks_its_own_agents_would_take_first(
     assert rt.get_task_status(red_task).status is TaskStatus.PENDING  # it never was ahead
 
 
-class SlowOnErrorAfterFailure:
-    """Fails tasks named ``fail``; its on_error waits for ``release`` (a cleanup that takes
-    a while), during which the agent takes no task."""
-
-    def __init__(self) -> None:
-        self.in_on_error = asyncio.Event()
-        self.release = asyncio.Event()
-
-    async def execute_task(self, task: Any) -> Any:
-        if task.name == "fail":
-            raise RuntimeError("failed on purpose")
-        return {}
-
-    async def on_error(self, error: BaseException, task: Any) -> None:
-        self.in_on_error.set()
-        await self.release.wait()
-
-
 async def test_explain_names_an_agent_still_running_on_error(rt: AgentRuntime) -> None:
     """F-24: a task waiting for an agent that still runs on_error for the task before it
     is held by a busy agent, and explain says so (it gave no reason at all)."""
-    agent = SlowOnErrorAfterFailure()
+    agent = agents.SlowOnErrorAfterFailure()
     agent_id = await start_agent(rt, "cleaner", agent)
     failed = await rt.submit_task("fail", agent_id=agent_id)
     assert (await rt.wait_for_task(failed, 5)).status is TaskStatus.FAILED

@@ -27,6 +27,17 @@ from tests.support import agents
 from tests.support.waiting import wait_until
 
 
+async def _paused_by_the_breaker(rt: AgentRuntime, agent_id: str, what: str) -> None:
+    """Wait until the agent is paused by a circuit breaker."""
+    await wait_until(
+        lambda: (
+            (status := rt.get_agent_status(agent_id)).status is AgentStatus.PAUSED
+            and (status.status_reason or "").startswith("circuit breaker")
+        ),
+        what,
+    )
+
+
 async def test_cost_reports_adding_up_to_the_budget_trip_the_breaker(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
@@ -227,10 +238,8 @@ async def test_budget_spent_by_on_pause_holds_when_the_user_resumes(
         assert await rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
         assert rt.get_agent_status(agent_id).tokens_used == 25
         await rt.resume_agent(agent_id)  # no reset: the budget is still spent
-        await wait_until(
-            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
-            "the breaker's pause of the agent whose on_pause spent its budget",
-            within=3.0,
+        await _paused_by_the_breaker(
+            rt, agent_id, "the breaker's pause of the agent whose on_pause spent its budget"
         )
 
 
@@ -239,8 +248,7 @@ async def test_budget_spent_by_on_start_holds_after_a_stop_during_the_start(
 ) -> None:
     """on_start spends the budget, and the agent is stopped before on_start returns (stop
     during start). The breaker's pause (queued behind the start's lock) meets a stopped
-    agent and is dropped: the next start runs unchecked (docs: stopped agents are paused
-    as they next start)."""
+    agent: it is owed, and paid as the agent next starts (it was dropped)."""
     _GATE["start"] = asyncio.Event()
     async with AgentRuntime(config=make_config()) as rt:
         agent_id = await rt.register_agent(
@@ -258,19 +266,15 @@ async def test_budget_spent_by_on_start_holds_after_a_stop_during_the_start(
         assert rt.get_agent_status(agent_id).status is AgentStatus.STOPPED
         del _GATE["start"]
         await rt.start_agent(agent_id)  # no reset: the budget is still spent
-        await wait_until(
-            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
-            "the breaker's pause of the agent started again",
-            within=3.0,
-        )
+        await _paused_by_the_breaker(rt, agent_id, "the breaker's pause of the agent started again")
 
 
 async def test_budget_spent_by_a_failed_on_start_holds_on_the_next_start(
     make_config: Callable[..., RuntimeConfig],
 ) -> None:
     """on_start spends the budget, then fails: the agent is failed. The breaker's pause
-    waits for the start's lock, meets a failed agent and is dropped, so starting the
-    agent again (no reset) lets it run unchecked."""
+    meets a failed agent: owed, it is paid as the agent starts again (it was dropped, and
+    the agent ran on unchecked)."""
     _GATE["fail"] = asyncio.Event()
     async with AgentRuntime(config=make_config()) as rt:
         agent_id = await rt.register_agent(
@@ -282,10 +286,8 @@ async def test_budget_spent_by_a_failed_on_start_holds_on_the_next_start(
         assert rt.get_agent_status(agent_id).status is AgentStatus.FAILED
         assert await rt.query_events(event_type=EventType.BUDGET_EXHAUSTED, agent_id=agent_id)
         await rt.start_agent(agent_id)
-        await wait_until(
-            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
-            "the breaker's pause of the agent started again after its failed start",
-            within=3.0,
+        await _paused_by_the_breaker(
+            rt, agent_id, "the breaker's pause of the agent started again after its failed start"
         )
 
 
@@ -342,11 +344,7 @@ async def test_budget_spent_before_a_crash_holds_after_the_restart(
             within=15.0,
         )
         # no reset_usage: the budget is still spent, the breaker never paused the agent
-        await wait_until(
-            lambda: rt.get_agent_status(agent_id).status is AgentStatus.PAUSED,
-            "the breaker's pause of the restarted agent",
-            within=3.0,
-        )
+        await _paused_by_the_breaker(rt, agent_id, "the breaker's pause of the restarted agent")
 
 
 async def test_a_member_that_joins_a_group_after_its_budget_is_spent_is_held(
@@ -367,8 +365,6 @@ async def test_a_member_that_joins_a_group_after_its_budget_is_spent_is_held(
         late = await rt.register_agent("late", agents.UsageAgent, group="team")
         await rt.start_agent(late)  # the group's budget is spent and not reset
         await rt.submit_task("t", {"tokens": 1000}, agent_id=late)
-        await wait_until(
-            lambda: rt.get_agent_status(late).status is AgentStatus.PAUSED,
-            "the group breaker's pause of the member that joined after it tripped",
-            within=3.0,
+        await _paused_by_the_breaker(
+            rt, late, "the group breaker's pause of the member that joined after it tripped"
         )

@@ -251,3 +251,21 @@ async def misusing_agent(task: Task, context: AgentContext) -> dict[str, str]:
         except Exception as exc:
             found[label] = type(exc).__name__
     return found
+
+
+class SlowOnErrorAfterFailure:
+    """Fails tasks named ``fail``; its on_error waits for ``release`` (a cleanup that takes
+    a while), during which the agent takes no task."""
+
+    def __init__(self) -> None:
+        self.in_on_error = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def execute_task(self, task: Any) -> Any:
+        if task.name == "fail":
+            raise RuntimeError("failed on purpose")
+        return {}
+
+    async def on_error(self, error: BaseException, task: Any) -> None:
+        self.in_on_error.set()
+        await self.release.wait()

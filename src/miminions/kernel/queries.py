@@ -62,13 +62,20 @@ def _busy(rt: AgentRuntime, slot: AgentSlot) -> bool:
     )
 
 
+_WILL_TAKE_TASKS = frozenset(
+    {AgentStatus.RUNNING, AgentStatus.PAUSED, AgentStatus.STARTING, AgentStatus.QUEUED}
+)
+
+
 def _ahead(rt: AgentRuntime, task_id: str) -> int | None:
     """How many ready tasks an agent that may run ``task_id`` would take before it (None:
     it is not ready). Tasks of routes none of those agents takes do not hold it back."""
     sched = rt.scheduler
     competing = {sched.route(task_id)}
     for slot in _serving_agents(rt, task_id):
-        if _taking_tasks(slot):  # (an agent not taking tasks takes none ahead of it)
+        # An agent that will take tasks (running, or paused, starting, queued: once it
+        # runs) takes its own first; one stopped, failed or never started takes none.
+        if slot.status in _WILL_TAKE_TASKS:
             competing.update(slot.routes)
     return sched.rank_among(task_id, competing)
 
