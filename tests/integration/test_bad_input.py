@@ -22,9 +22,11 @@ from miminions import (
     RuntimeConfig,
     Task,
     TaskRequest,
+    TaskStatus,
     UsageBudget,
     ValidationError,
 )
+from tests.support import agents
 
 
 def _stored_tasks(path: Path) -> int:
@@ -234,3 +236,28 @@ async def test_recipients_given_as_dict_keys_or_map_reach_them_in_both_modes(
     await rt.start_agent(agent_id)
     task = await rt.wait_for_task(await rt.submit_task("send"), timeout_seconds=60)
     assert task.output_data == {"keys": 1, "map": 1}, (task.output_data, task.error_message)
+
+
+async def test_recipients_given_as_bytes_get_an_error_naming_them(
+    rt: AgentRuntime, isolation: str
+) -> None:
+    """An agent id given as bytes (read from a socket) was iterated as one recipient per
+    byte: "no agent with id 53". It is refused, saying why."""
+    sender = await rt.register_agent("s", agents.Sender, isolation=isolation)
+    receiver = await rt.register_agent("r", agents.EchoAgent, isolation="inline")
+    await rt.start_agent(sender)
+    task = await rt.wait_for_task(
+        await rt.submit_task("t", {"to": receiver, "mode": "bytes"}, agent_id=sender), 30
+    )
+    assert task.status is TaskStatus.COMPLETED, task.error_message
+    assert task.output_data is not None
+    error = task.output_data["error"]
+    assert error.startswith("ValidationError"), error
+    assert "bytes" in error, error
+
+
+async def test_runtime_send_message_with_bytes_recipient(rt: AgentRuntime) -> None:
+    """The same from the application."""
+    receiver = await rt.register_agent("r", agents.EchoAgent, isolation="inline")
+    with pytest.raises(ValidationError, match="got bytes"):
+        await rt.send_message(receiver.encode(), "note", {"x": 1})  # type: ignore[arg-type]

@@ -21,7 +21,7 @@ import pytest
 from miminions import AgentRuntime, AgentStatus, Task, TaskStatus, WaitTimeoutError
 from miminions.kernel import agent as agent_module
 from miminions.kernel import agent_thread as agent_thread_module
-from miminions.kernel.errors import InvalidStateError
+from miminions.kernel.errors import InvalidStateError, MiminionsError
 from tests.support.runtime import ROOT, start_agent
 from tests.support.sync_agents import (
     SyncHandlerAsyncioRun,
@@ -931,3 +931,149 @@ async def test_pause_of_a_sync_agent_whose_sync_handler_is_queued_behind_its_tas
     done = await rt.wait_for_task(task_id, WAIT)
     assert done.status is TaskStatus.COMPLETED, done.error_message
     assert await asyncio.to_thread(agent.handled.wait, WAIT)
+
+
+class TimesOutWhilePausedThenSafePoint:
+    """A sync task: halted at a call_sync with a timeout (the pause), the call times out,
+    plain code runs until told to go, then a call_sync safe point."""
+
+    def __init__(self) -> None:
+        self.ready = threading.Event()
+        self.begun = threading.Event()
+        self.timed_out = threading.Event()
+        self.go = threading.Event()
+        self.resumed = threading.Event()
+
+    def on_pause(self) -> dict[str, Any]:
+        return {}
+
+    def on_resume(self, state: Any) -> None:
+        self.resumed.set()
+
+    def execute_task(self, task: Task) -> Any:
+        context = self.context  # type: ignore[attr-defined]
+        self.begun.set()
+        self.ready.wait(WAIT)
+        try:
+            context.call_sync(context.checkpoint(), timeout_seconds=0.5)  # halted here
+        except TimeoutError:
+            self.timed_out.set()
+        self.go.wait(WAIT)  # plain code, busy in the agent's thread
+        context.call_sync(context.checkpoint())  # the next safe point
+        return {"done": True}
+
+
+@pytest.mark.miminions(agent_start_timeout_seconds=3.0)
+async def test_a_sync_on_resume_given_while_the_task_runs_plain_code_is_run(
+    rt: AgentRuntime,
+) -> None:
+    """The resume's sync on_resume is submitted (gate closed) while the task's code runs
+    plain code (its call_sync gave up): the task's next safe point runs it (it was queued
+    behind the task, which waited there for the gate on_resume opens: the agent failed)."""
+    agent = TimesOutWhilePausedThenSafePoint()
+    agent_id = await rt.register_agent("tp", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", max_retries=0)
+    assert await asyncio.to_thread(agent.begun.wait, WAIT)
+    pausing = asyncio.ensure_future(rt.pause_agent(agent_id, timeout_seconds=WAIT))
+    agent.ready.set()
+    paused = await pausing
+    assert paused.status is AgentStatus.PAUSED
+    assert await asyncio.to_thread(agent.timed_out.wait, WAIT)
+    runner = rt.agent_book.get(agent_id).host._runner  # type: ignore[attr-defined]
+    resuming = asyncio.ensure_future(rt.resume_agent(agent_id))
+    # on_resume handed to the agent's thread (it is busy with the task's plain code)
+    await wait_until(lambda: bool(runner._hook_calls), "on_resume under way", within=WAIT)
+    await asyncio.sleep(0)  # (its executor call is submitted in the same step)
+    agent.go.set()
+    try:
+        resumed = await asyncio.wait_for(resuming, WAIT)
+    except (MiminionsError, TimeoutError) as exc:
+        pytest.fail(
+            f"the resume failed (on_resume ran: {agent.resumed.is_set()}): "
+            f"{type(exc).__name__}: {exc}"
+        )
+    assert resumed.status is AgentStatus.RUNNING
+    done = await rt.wait_for_task(task_id, WAIT)
+    assert done.status is TaskStatus.COMPLETED, done.error_message
+
+
+class SlowOnErrorAndSyncHandler:
+    """A failing async task; a sync on_error held until told; a sync on_message handler
+    that runs plain code until told, then makes a call_sync safe point; a sync on_pause."""
+
+    def __init__(self) -> None:
+        self.error_running = threading.Event()
+        self.error_go = threading.Event()
+        self.handler_begun = threading.Event()
+        self.handler_go = threading.Event()
+        self.handler_done = threading.Event()
+        self.on_pause_ran = threading.Event()
+
+    def on_error(self, error: BaseException, task: Any) -> None:
+        self.error_running.set()
+        self.error_go.wait(WAIT)
+
+    def on_message(self, message: Any) -> None:
+        context = self.context  # type: ignore[attr-defined]
+        self.handler_begun.set()
+        self.handler_go.wait(WAIT)
+        context.call_sync(context.kv.get("k"))  # a safe point of the handler
+        self.handler_done.set()
+
+    def on_pause(self) -> dict[str, Any]:
+        self.on_pause_ran.set()
+        return {}
+
+    def on_resume(self, state: Any) -> None:
+        pass
+
+    async def execute_task(self, task: Task) -> Any:
+        raise RuntimeError("boom")
+
+
+async def test_pause_with_a_sync_handler_queued_behind_a_sync_on_error(
+    rt: AgentRuntime,
+) -> None:
+    """A sync handler is queued behind a sync on_error (not behind a halted task): the halt
+    waits for it to reach its safe point, and the pause completes (it skipped the handler,
+    whose safe point then waited for an on_pause queued behind it: the pause hung)."""
+    agent = SlowOnErrorAndSyncHandler()
+    agent_id = await rt.register_agent("eh", agent, isolation="inline")
+    await rt.start_agent(agent_id)
+    task_id = await rt.submit_task("t", max_retries=0)
+    assert (await rt.wait_for_task(task_id, WAIT)).status is TaskStatus.FAILED
+    try:
+        assert await asyncio.to_thread(agent.error_running.wait, WAIT)
+        await rt.send_message(agent_id, "hello")
+        runner = rt.agent_book.get(agent_id).host._runner  # type: ignore[attr-defined]
+        await wait_until(lambda: runner._handling is not None, "the handler queued", within=WAIT)
+        pausing = asyncio.ensure_future(rt.pause_agent(agent_id, timeout_seconds=5.0))
+        # the halt now waits for on_error (having skipped the handler)
+        await wait_until(lambda: not runner._gate.is_set(), "the halt begun", within=WAIT)
+        agent.error_go.set()
+        assert await asyncio.to_thread(agent.handler_begun.wait, WAIT)
+        # on_pause handed to the thread while the handler runs plain code (or, as before
+        # f634dfe, the halt waiting for the handler to reach its safe point)
+        await wait_until(
+            lambda: (
+                bool(runner._hook_calls) or bool(runner._handler_quiet._waiters) or pausing.done()
+            ),
+            "on_pause under way, or the halt waiting for the handler",
+            within=WAIT,
+        )
+        await asyncio.sleep(0)
+        agent.handler_go.set()
+        try:
+            paused = await pausing
+        except WaitTimeoutError as exc:
+            pytest.fail(
+                f"the pause never completed (on_pause ran: {agent.on_pause_ran.is_set()}, "
+                f"handler done: {agent.handler_done.is_set()}): {exc}"
+            )
+        assert paused.status is AgentStatus.PAUSED
+        await rt.resume_agent(agent_id)
+        assert await asyncio.to_thread(agent.handler_done.wait, WAIT)
+    finally:
+        agent.error_go.set()
+        agent.handler_go.set()

@@ -269,3 +269,33 @@ class SlowOnErrorAfterFailure:
     async def on_error(self, error: BaseException, task: Any) -> None:
         self.in_on_error.set()
         await self.release.wait()
+
+
+class AgentId(str):
+    """A str subclass naming an agent."""
+
+
+class Sender(BaseAgent):
+    """Sends to ``task.input_data['to']`` given in the form ``mode`` says."""
+
+    async def execute_task(self, task: Task) -> Any:
+        to = task.input_data["to"]
+        mode = task.input_data["mode"]
+        recipients: Any
+        if mode == "dict":
+            recipients = {to: 1}
+        elif mode == "str_subclass":
+            recipients = AgentId(to)
+        elif mode == "list_of_str_subclass":
+            recipients = [AgentId(to)]
+        elif mode == "dict_keys":
+            recipients = {to: 1}.keys()
+        elif mode == "bytes":
+            recipients = to.encode()
+        else:
+            recipients = to
+        try:
+            ids = await self.context.send(recipients, "note", {"x": 1})
+        except Exception as exc:
+            return {"error": f"{type(exc).__name__}: {exc}"}
+        return {"sent": len(ids)}

@@ -337,9 +337,9 @@ class AgentRunner:
             # An on_message handler in progress halts too (its next context call) or ends:
             # a paused agent runs none of its code, and a process agent's worker is then
             # stopped, which must not catch a message half handled. (A sync one queued
-            # behind the agent's busy thread, the task halted in it, has not begun: it
-            # begins once that call ends, after the resume.)
-            if self._handler_begun or not self._own_thread().busy:
+            # behind the agent's sync task, halted in its thread, has not begun: it begins
+            # once that call ends, after the resume.)
+            if self._handler_begun or not (self._halted.is_set() and self.sync_call_running):
                 await self._handler_quiet.wait()
             # So does an on_error in progress (it ends: hooks have no safe points).
             await self._error_quiet.wait()

@@ -55,9 +55,15 @@ class AgentThread(Executor):
             if self._shut_down:
                 raise RuntimeError(f"agent thread {self._name!r} is shut down")
             future: Future[_T] = Future()
-            # While the thread's call waits in wait_serving, it runs the call itself.
-            calls = self._meanwhile if meanwhile and self._waiting else self._calls
-            calls.put((future, fn, args, kwargs))
+            if meanwhile:
+                # Run by the thread's call waiting in wait_serving, now or once it waits
+                # (a task that reaches its safe point after the hook came); else by the
+                # thread after the call it runs (woken for it).
+                self._meanwhile.put((future, fn, args, kwargs))
+                if not self._waiting:
+                    self._calls.put(_WAKE)
+            else:
+                self._calls.put((future, fn, args, kwargs))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._serve, name=self._name, daemon=True)
                 self._thread.start()
@@ -76,7 +82,9 @@ class AgentThread(Executor):
         agent at once.
         """
         deadline = None if timeout is None else time.monotonic() + timeout
-        outcome.add_done_callback(lambda _: self._meanwhile.put(None))  # wakes the wait
+        if not outcome.done():
+            # wakes the wait (left over if the wait timed out first: dropped later)
+            outcome.add_done_callback(lambda _: self._meanwhile.put(None))
         with self.waiting():
             while not outcome.done():
                 left = None if deadline is None else deadline - time.monotonic()
@@ -102,15 +110,8 @@ class AgentThread(Executor):
         finally:
             with self._lock:
                 self._waiting -= 1
-                if not self._waiting:
-                    # given as the wait ended: they run after the call, as any other
-                    while True:
-                        try:
-                            call = self._meanwhile.get_nowait()
-                        except queue.Empty:
-                            break
-                        if call is not None:
-                            self._calls.put(call)
+                if not self._waiting and not self._meanwhile.empty():
+                    self._calls.put(_WAKE)  # any given as the wait ended run after the call
 
     @property
     def busy(self) -> bool:
@@ -123,13 +124,14 @@ class AgentThread(Executor):
             self._cancel_queued()
 
     def _cancel_queued(self) -> None:
-        while True:
-            try:
-                call = self._calls.get_nowait()
-            except queue.Empty:
-                return
-            if call is not None:
-                call[0].cancel()
+        for calls in (self._calls, self._meanwhile):
+            while True:
+                try:
+                    call = calls.get_nowait()
+                except queue.Empty:
+                    break
+                if call is not None and call is not _WAKE:
+                    call[0].cancel()
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Take no more calls; with ``cancel_futures`` drop those not begun; with ``wait``
@@ -149,8 +151,21 @@ class AgentThread(Executor):
             call = self._calls.get()
             if call is None:
                 return
-            self._run(call)
+            if call is _WAKE:
+                self._run_meanwhile()
+            else:
+                self._run(call)
             del call
+
+    def _run_meanwhile(self) -> None:
+        """Run the calls given to :attr:`meanwhile` that no waiting call ran."""
+        while True:
+            try:
+                call = self._meanwhile.get_nowait()
+            except queue.Empty:
+                return
+            if call is not None:
+                self._run(call)
 
     def _run(self, call: _Call) -> None:
         future, fn, args, kwargs = call
@@ -182,6 +197,9 @@ class _Meanwhile(Executor):
         """Run ``fn(*args, **kwargs)`` in the agent's thread as soon as it may."""
         return self._thread._submit(fn, args, kwargs, meanwhile=True)
 
+
+#: Put in the thread's queue to have it run the calls waiting in its meanwhile queue.
+_WAKE: Any = (None, None, None, None)
 
 #: The agent thread this thread is, if it is one.
 _CURRENT = threading.local()

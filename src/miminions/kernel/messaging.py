@@ -199,8 +199,14 @@ class Messenger:
         message of these methods carries ``trace_context`` (the sender's trace)."""
         if isinstance(recipients, str):
             ids = [recipients]
+        elif isinstance(recipients, bytes | bytearray):
+            raise ValidationError("recipients must be agent ids (strings), got bytes: decode them")
         elif isinstance(recipients, Iterable):
             ids = list(recipients)
+            if not all(isinstance(agent_id, str) for agent_id in ids):
+                raise ValidationError(
+                    f"recipients must be agent ids (strings), got {shown(recipients)}"
+                )
         else:
             raise ValidationError(
                 f"recipients must be an agent id or a list of agent ids, got {shown(recipients)}"

@@ -224,6 +224,8 @@ def _check_call_arguments(payload: dict[str, Any]) -> None:
             check_seconds(value, name)  # raises, naming the argument
         elif isinstance(value, str):
             check_utf8(value, name)
+        elif name == "recipients" and isinstance(value, bytes | bytearray):
+            raise ValidationError("recipients must be agent ids (strings), got bytes: decode them")
         elif name == "recipients" and isinstance(value, Iterable) and not isinstance(value, list):
             payload[name] = value = list(value)  # any iterable, as the runtime takes
         if isinstance(value, list):
