@@ -417,7 +417,7 @@ async def _run_child_of(kind: str, where: str) -> tuple[int | None, str]:
     child = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "tests.support.exit_child",
+        "tests.support.sys_exit_child",
         kind,
         where,
         cwd=ROOT,
