@@ -160,6 +160,7 @@ async def test_a_count_limit_beyond_float_range_is_refused(
     OverflowError. Counts are at most 2**63 - 1; the largest is exported."""
     with pytest.raises(pydantic.ValidationError, match="max_concurrent_agents"):
         ResourceLimits(max_concurrent_agents=10**400)
+    pytest.importorskip("prometheus_client")  # (the export needs the prometheus extra)
     limits = ResourceLimits(max_concurrent_agents=2**63 - 1)
     async with AgentRuntime(config=make_config(limits=limits)) as rt:
         body = rt.export_prometheus_metrics()
