@@ -381,7 +381,9 @@ class TaskBook:
         given = request.dependencies
         # (a request's attributes may have been set after it was built: a string is
         # iterable, and was taken as one-letter ids)
-        if isinstance(given, (str, bytes)) or not isinstance(given, Sequence):
+        if type(given) is not list and (  # (a list: the usual case, without ABC checks)
+            isinstance(given, (str, bytes)) or not isinstance(given, Sequence)
+        ):
             raise ValidationError(
                 f"dependencies must be a list of task ids, got {type(given).__name__}"
             )
