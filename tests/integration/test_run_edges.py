@@ -14,6 +14,7 @@ import sys
 import textwrap
 import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -69,21 +70,14 @@ def test_a_read_in_flight_when_the_loop_ends_does_not_kill_the_database_thread(
     block_next = threading.Event()
     in_thread = threading.Event()
     release = threading.Event()
-    real_execute: Any = aiosqlite.Connection._execute
 
-    async def gated(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if block_next.is_set() and not in_thread.is_set():
+    def next_call(fn: Any) -> bool:
+        if block_next.is_set():
             block_next.clear()
+            return True
+        return False
 
-            def slow(*a: Any, **k: Any) -> Any:
-                in_thread.set()
-                release.wait(WAIT_SECONDS)  # a slow disk: still working as the loop ends
-                return fn(*a, **k)
-
-            return await real_execute(self, slow, *args, **kwargs)
-        return await real_execute(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", gated)
+    _hold_a_database_call(monkeypatch, next_call, in_thread, release)
 
     kept: dict[str, Any] = {}
 
@@ -151,20 +145,9 @@ def test_the_database_thread_ends_after_a_close_cut_off_by_the_loop_ending(
     queue, it leaked for good)."""
     in_close = threading.Event()
     release = threading.Event()
-    real_execute: Any = aiosqlite.Connection._execute
-
-    async def gated(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
-        if getattr(fn, "__name__", "") == "close" and not in_close.is_set():
-
-            def slow(*a: Any, **k: Any) -> Any:
-                in_close.set()
-                release.wait(WAIT)  # a slow disk: the close is still working
-                return fn(*a, **k)
-
-            return await real_execute(self, slow, *args, **kwargs)
-        return await real_execute(self, fn, *args, **kwargs)
-
-    monkeypatch.setattr(aiosqlite.Connection, "_execute", gated)
+    _hold_a_database_call(
+        monkeypatch, lambda fn: getattr(fn, "__name__", "") == "close", in_close, release
+    )
     kept: dict[str, Any] = {}
 
     async def main() -> None:
@@ -289,3 +272,28 @@ async def test_the_main_script_is_not_run_again_in_the_forkserver(
     assert "DONE completed" in output, output
     # Only the program itself ran the script's top level (not the forkserver, as __mp_main__).
     assert [line.split()[1] for line in runs] == ["__main__"], (runs, output)
+
+
+def _hold_a_database_call(
+    monkeypatch: pytest.MonkeyPatch,
+    chosen: Callable[[Any], bool],
+    entered: threading.Event,
+    release: threading.Event,
+) -> None:
+    """Hold the first database call ``chosen(fn)`` picks in aiosqlite's thread (a slow
+    disk, still working as the loop ends): ``entered`` is set there, and it goes on once
+    ``release`` is set."""
+    real_execute: Any = aiosqlite.Connection._execute
+
+    async def gated(self: aiosqlite.Connection, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        if not entered.is_set() and chosen(fn):
+
+            def slow(*a: Any, **k: Any) -> Any:
+                entered.set()
+                release.wait(WAIT_SECONDS)
+                return fn(*a, **k)
+
+            return await real_execute(self, slow, *args, **kwargs)
+        return await real_execute(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(aiosqlite.Connection, "_execute", gated)

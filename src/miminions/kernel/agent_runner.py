@@ -126,7 +126,6 @@ class AgentRunner:
         self._sync_calls = 0  # sync agent code running in the agent's thread right now
         self._handling: object | None = None  # the token of the on_message handling under way
         self._handler_begun = True  # the handler under way has begun (a sync one may wait)
-        self._sync_handle: Callable[[AgentMessage], Awaitable[Any]] | None = None
 
     # --------------------------------------------------------------- ContextChannel
     @property
@@ -214,16 +213,17 @@ class AgentRunner:
             # Decided once per start, as for execute_task (it is on the delivery path): an
             # async handler is awaited directly; a sync one runs in the agent's thread, as
             # every sync hook does.
-            handle: Callable[[AgentMessage], Awaitable[Any]]
-            if inspect.iscoroutinefunction(on_message):
-                handle = on_message
-            else:
-                handle = self._sync_handle = partial(
-                    call_agent_code, self._noted_begun(on_message), executor=self._own_thread()
-                )
-            self._inbox = asyncio.ensure_future(self._deliver_messages(handle))
+            sync = not inspect.iscoroutinefunction(on_message)
+            handle: Callable[[AgentMessage], Awaitable[Any]] = (
+                partial(call_agent_code, self._noted_begun(on_message), executor=self._own_thread())
+                if sync
+                else on_message
+            )
+            self._inbox = asyncio.ensure_future(self._deliver_messages(handle, sync=sync))
 
-    async def _deliver_messages(self, handle: Callable[[AgentMessage], Awaitable[Any]]) -> None:
+    async def _deliver_messages(
+        self, handle: Callable[[AgentMessage], Awaitable[Any]], *, sync: bool
+    ) -> None:
         """Hand each message to ``on_message`` (``handle``), one at a time, beside any
         running task (a handler that raises is logged; the next message still comes)."""
         context = self.context
@@ -244,7 +244,7 @@ class AgentRunner:
                 self._message_taken(message.message_id)
             self._handler_quiet.clear()
             self._handler_done.clear()
-            self._handler_begun = handle is not self._sync_handle
+            self._handler_begun = not sync  # a sync one notes it in the thread
             # This task's own context: what the handler starts (its thread) inherits it.
             self._handling = object()
             _HANDLER_OF.set(self._handling)
